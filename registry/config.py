@@ -1,0 +1,558 @@
+"""The config model: locked chunking configs and production.yaml, as YAML with line numbers.
+
+YAML is read with a strict YAML 1.2 core reading (no timestamps, no `yes`/`no` booleans, no
+sexagesimal or hex ints), duplicate keys, anchors/aliases and non-finite numbers refused, so a
+locked file means exactly one thing and every problem can name its line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import yaml
+
+from registry.errors import ConfigInvalid, Problem, invalid
+
+SCHEMA_VERSION = 1
+MAX_CHUNK_SIZE = 1000
+MAX_OVERLAP_RATIO = 0.5
+MIN_JACCARD = 0.5
+TOKEN_BUDGET = 1024
+PREFIX_BUDGET_TOKENS = 32
+"""Tokens every chunk must leave free for the contextual prefix (guardrail, not a cap)."""
+DEFAULT_SPECIAL_TOKENS = 2
+"""[CLS] and [SEP]: the special tokens a BERT-style embedder adds, when the tokenizer is absent."""
+MAX_CONFIG_BYTES = 64 * 1024
+DEFAULT_BASE_NAME = "document_chunks"
+DEFAULT_SCHEMA = "public"
+DEFAULT_TAG_PREFIX = "chunk-config/"
+CONFIG_DIR = "configs"
+PRODUCTION_FILE = "production.yaml"
+VERSION_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}-v[1-9][0-9]{0,5}")
+
+CHUNKING_FIELDS = (
+    "chunk_size",
+    "overlap_ratio",
+    "jaccard_threshold",
+    "prefix_policy",
+    "embedder_name",
+    "tokenizer_hash",
+)
+FIELD_ORDER = (
+    "schema_version",
+    "chunk_version",
+    "chunk_size",
+    "overlap_ratio",
+    "jaccard_threshold",
+    "prefix_policy",
+    "embedder_name",
+    "embedder_max_tokens",
+    "tokenizer_name",
+    "tokenizer_hash",
+    "created_at",
+    "created_by",
+    "description",
+    "baseline_metrics",
+)
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+Path_ = tuple[str | int, ...]
+
+_INT_RE = re.compile(r"^[-+]?[0-9]+$")
+_FLOAT_RE = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_NONFINITE_RE = re.compile(r"^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_NULLS = {"", "~", "null", "Null", "NULL"}
+_STR_TAG = "tag:yaml.org,2002:str"
+_PLAIN = "?"
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
+class _ComposeOnly(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """C parser when available; plain scalars keep a `?` tag so `_scalar` resolves them."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            return _PLAIN
+        return str(super().resolve(kind, value, implicit))
+
+
+@dataclass(frozen=True)
+class YamlDoc:
+    """A parsed YAML mapping and the 1-based line of every key, for `path:line` messages."""
+
+    path: str
+    data: dict[str, Any]
+    lines: dict[Path_, int]
+    raw: bytes = field(repr=False)
+
+    def line_of(self, *keys: str | int) -> int:
+        """The line of the deepest key of `keys` that exists (1 when none does)."""
+        path: Path_ = tuple(keys)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return 1
+
+    def problem(self, keys: Path_, message: str, fix: str | None = None) -> Problem:
+        return Problem(self.path, self.line_of(*keys), message, fix)
+
+
+def _yaml_problem(where: str, line: int, message: str, fix: str | None = None) -> ConfigInvalid:
+    return invalid([Problem(where, line, message, fix)])
+
+
+def _scalar(node: yaml.ScalarNode, where: str) -> Any:
+    line = node.start_mark.line + 1
+    value: str = node.value
+    if node.tag == _STR_TAG:
+        return value
+    if node.tag != _PLAIN:
+        raise _yaml_problem(where, line, f"YAML tag {node.tag} is not allowed", "use plain values")
+    if value in _NULLS:
+        return None
+    if value in _BOOLS:
+        return _BOOLS[value]
+    if _INT_RE.match(value):
+        if len(value) > 30:
+            raise _yaml_problem(where, line, f"number {value[:20]}... is too large", "use a number")
+        return int(value)
+    if _NONFINITE_RE.match(value):
+        raise _yaml_problem(where, line, f"{value} is not a finite number", "use a finite number")
+    if _FLOAT_RE.match(value):
+        number = float(value)
+        if not math.isfinite(number):
+            raise _yaml_problem(where, line, f"{value} overflows a float", "use a smaller number")
+        return number
+    return value
+
+
+def _build(node: yaml.Node, path: Path_, lines: dict[Path_, int], seen: set[int], where: str) -> Any:
+    if id(node) in seen:
+        raise _yaml_problem(
+            where, node.start_mark.line + 1, "YAML anchors and aliases are not allowed",
+            "write every value out in full",
+        )
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(node, where)
+    if node.tag not in _COLLECTION_TAGS:
+        raise _yaml_problem(where, node.start_mark.line + 1, f"YAML tag {node.tag} is not allowed",
+                            "use plain values")
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = item.start_mark.line + 1
+            items.append(_build(item, (*path, index), lines, seen, where))
+        return items
+    if isinstance(node, yaml.MappingNode):
+        mapping: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                raise _yaml_problem(where, line, "only plain string keys are allowed", "remove it")
+            key = key_node.value
+            if key in mapping:
+                raise _yaml_problem(
+                    where, line, f"duplicate key {key!r}", "keep exactly one occurrence of each key"
+                )
+            lines[(*path, key)] = line
+            mapping[key] = _build(value_node, (*path, key), lines, seen, where)
+        return mapping
+    raise _yaml_problem(where, node.start_mark.line + 1, "unsupported YAML node", None)
+
+
+def parse_yaml(raw: bytes, where: str) -> YamlDoc:
+    """Parse one YAML mapping, refusing anything that could mean two things or explode."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _yaml_problem(
+            where, 1, f"file is {len(raw)} bytes, above the {MAX_CONFIG_BYTES}-byte limit",
+            "a config is a few hundred bytes; check that this is the right file",
+        )
+    if b"\x00" in raw:
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise _yaml_problem(where, line, "file contains a NUL byte", "save it as UTF-8 text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise _yaml_problem(where, line, "file is not valid UTF-8", "save it as UTF-8") from None
+    text = text.removeprefix("\ufeff")
+    try:
+        root = yaml.compose(text, Loader=_ComposeOnly)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark else 1
+        reason = (err.problem or err.context or "malformed YAML").strip()
+        raise _yaml_problem(where, line, f"malformed YAML: {reason}", "fix the YAML syntax") from None
+    except yaml.YAMLError as err:
+        raise _yaml_problem(where, 1, f"malformed YAML: {err}", "fix the YAML syntax") from None
+    if not isinstance(root, yaml.MappingNode):
+        line = root.start_mark.line + 1 if root is not None else 1
+        raise _yaml_problem(where, line, "expected a mapping of keys to values", "see the schema")
+    lines: dict[Path_, int] = {}
+    data = _build(root, (), lines, set(), where)
+    return YamlDoc(path=where, data=data, lines=lines, raw=raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locked configs
+
+
+def table_name_for(chunk_version: str, base_name: str = DEFAULT_BASE_NAME) -> str:
+    """`document_chunks_2025_09_07_143022_v1`: the shadow table of one locked config."""
+    return f"{base_name}_{chunk_version.replace('-', '_')}"
+
+
+def overlap_tokens(chunk_size: int, overlap_ratio: float) -> int:
+    """Tokens shared by consecutive windows: round half up, so 450 x 0.10 -> 45."""
+    return int(math.floor(chunk_size * overlap_ratio + 0.5 + 1e-9))
+
+
+@dataclass(frozen=True)
+class LockedConfig:
+    """One immutable chunking configuration (the seed's LockedConfig, field names kept).
+
+    Whether it is production, and which table holds it, depend on the repo state and the
+    production settings, so they are derived (`RegistryState.is_production`, `table_name`).
+    """
+
+    chunk_version: str
+    chunk_size: int
+    overlap_ratio: float
+    jaccard_threshold: float
+    prefix_policy: str
+    embedder_name: str
+    embedder_max_tokens: int
+    tokenizer_name: str
+    tokenizer_hash: str
+    created_at: str
+    created_by: str
+    baseline_metrics: Mapping[str, float] = field(default_factory=dict)
+    description: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> LockedConfig:
+        """Build from an already schema-valid mapping (see `load_locked`)."""
+        known = {name: data[name] for name in FIELD_ORDER if name in data}
+        known["overlap_ratio"] = float(known["overlap_ratio"])
+        known["jaccard_threshold"] = float(known["jaccard_threshold"])
+        known["baseline_metrics"] = dict(known.get("baseline_metrics") or {})
+        return cls(**known)
+
+    @property
+    def overlap_tokens(self) -> int:
+        return overlap_tokens(self.chunk_size, self.overlap_ratio)
+
+    @property
+    def chunking_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CHUNKING_FIELDS}
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of the fields that change what the chunker produces."""
+        canonical = json.dumps(self.chunking_fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def ingest_run_id(self) -> str:
+        return f"{self.chunk_version}-{self.config_hash[:8]}"
+
+    @property
+    def token_budget(self) -> int:
+        """Most tokens an embedding_text may have: the embedder's limit within the hard 1024."""
+        return min(self.embedder_max_tokens, TOKEN_BUDGET)
+
+    @property
+    def created_datetime(self) -> datetime:
+        return datetime.strptime(self.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+    def table_name(self, base_name: str = DEFAULT_BASE_NAME) -> str:
+        return table_name_for(self.chunk_version, base_name)
+
+    def label(self) -> str:
+        """The short form teams use: `450/0.10/J=0.8/prefix-A`."""
+        return (
+            f"{self.chunk_size}/{self.overlap_ratio:.2f}/J={self.jaccard_threshold:g}/"
+            f"prefix-{self.prefix_policy}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for name in FIELD_ORDER:
+            value = getattr(self, name)
+            if name == "description" and value is None:
+                continue
+            data[name] = dict(value) if name == "baseline_metrics" else value
+        return data
+
+    def dump(self) -> str:
+        """The canonical YAML of this config: what `registry lock` writes, byte for byte."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+
+def guardrail_violations(
+    config: LockedConfig, special_tokens: int = DEFAULT_SPECIAL_TOKENS
+) -> list[tuple[str, str, str]]:
+    """(field, what is wrong, how to fix) for every guardrail beyond the schema's bounds."""
+    found = []
+    needed = config.chunk_size + PREFIX_BUDGET_TOKENS + special_tokens
+    if needed > config.token_budget:
+        room = config.token_budget - PREFIX_BUDGET_TOKENS - special_tokens
+        found.append((
+            "chunk_size",
+            f"chunk_size {config.chunk_size} + prefix budget {PREFIX_BUDGET_TOKENS} + "
+            f"{special_tokens} special tokens = {needed} exceeds the token budget "
+            f"{config.token_budget} (embedder_max_tokens {config.embedder_max_tokens}, hard cap "
+            f"{TOKEN_BUDGET})",
+            f"lock a new version with --chunk-size <= {max(room, 0)} or an embedder with more tokens",
+        ))
+    if config.chunk_size > 1 and config.overlap_tokens >= config.chunk_size:
+        found.append((
+            "overlap_ratio",
+            f"overlap of {config.overlap_tokens} tokens leaves no stride in {config.chunk_size}-token "
+            "chunks",
+            "lock a new version with a smaller --overlap-ratio",
+        ))
+    try:
+        config.created_datetime  # noqa: B018 - parsing is the check
+    except ValueError:
+        found.append(("created_at", f"created_at {config.created_at!r} is not a real UTC time",
+                      "use a real time like 2025-09-07T14:30:22Z"))
+    return found
+
+
+def load_locked(raw: bytes, where: str) -> tuple[LockedConfig, YamlDoc]:
+    """Parse and schema-check one locked config file; raise ConfigInvalid on the first problem."""
+    from registry.schema import schema_problems
+
+    doc = parse_yaml(raw, where)
+    problems = schema_problems(doc, "locked")
+    if problems:
+        raise invalid(problems)
+    return LockedConfig.from_mapping(doc.data), doc
+
+
+# ---------------------------------------------------------------------------------------------
+# production.yaml
+
+
+def parse_duration(text: str) -> timedelta:
+    """`48h` -> 48 hours; units s, m, h, d (the schema guarantees the shape)."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    return timedelta(**{units[text[-1]]: int(text[:-1])})
+
+
+@dataclass(frozen=True)
+class ProductionConfig:
+    """configs/production.yaml: the production pointer and the rollout policy, with defaults."""
+
+    production: str | None
+    schema: str = DEFAULT_SCHEMA
+    base_name: str = DEFAULT_BASE_NAME
+    grace_period: timedelta = timedelta(hours=48)
+    keep_previous: int = 1
+    oracle_hit_rate_max_drop: float = 0.02
+    filter_hit_rate_max_drop: float = 0.02
+    require_eval: bool = False
+    target_oracle_hit_rate: float = 0.45
+    target_filter_hit_rate: float = 0.20
+    target_snapshot_size: tuple[float, float] = (30.0, 60.0)
+    target_dedup_rate: tuple[float, float] = (0.10, 0.35)
+    tag_prefix: str = DEFAULT_TAG_PREFIX
+    monitoring_window: timedelta = timedelta(hours=48)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ProductionConfig:
+        tables = data.get("tables") or {}
+        retention = data.get("retention") or {}
+        gates = data.get("gates") or {}
+        targets = data.get("targets") or {}
+        defaults = cls(production=None)
+        return cls(
+            production=data.get("production"),
+            schema=tables.get("schema", defaults.schema),
+            base_name=tables.get("base_name", defaults.base_name),
+            grace_period=parse_duration(retention["grace_period"])
+            if "grace_period" in retention
+            else defaults.grace_period,
+            keep_previous=retention.get("keep_previous", defaults.keep_previous),
+            oracle_hit_rate_max_drop=float(
+                gates.get("oracle_hit_rate_max_drop", defaults.oracle_hit_rate_max_drop)
+            ),
+            filter_hit_rate_max_drop=float(
+                gates.get("filter_hit_rate_max_drop", defaults.filter_hit_rate_max_drop)
+            ),
+            require_eval=bool(gates.get("require_eval", defaults.require_eval)),
+            target_oracle_hit_rate=float(
+                targets.get("oracle_hit_rate", defaults.target_oracle_hit_rate)
+            ),
+            target_filter_hit_rate=float(
+                targets.get("filter_hit_rate", defaults.target_filter_hit_rate)
+            ),
+            target_snapshot_size=_range(targets.get("snapshot_size"), defaults.target_snapshot_size),
+            target_dedup_rate=_range(targets.get("dedup_rate"), defaults.target_dedup_rate),
+            tag_prefix=(data.get("tags") or {}).get("prefix", defaults.tag_prefix),
+            monitoring_window=parse_duration(data["monitoring"]["window"])
+            if "window" in (data.get("monitoring") or {})
+            else defaults.monitoring_window,
+        )
+
+    def table_name(self, chunk_version: str) -> str:
+        return table_name_for(chunk_version, self.base_name)
+
+    def tag_name(self, chunk_version: str) -> str:
+        return f"{self.tag_prefix}{chunk_version}"
+
+
+def _range(value: Any, default: tuple[float, float]) -> tuple[float, float]:
+    return (float(value[0]), float(value[1])) if value else default
+
+
+def load_production(raw: bytes, where: str) -> tuple[ProductionConfig, YamlDoc]:
+    from registry.schema import schema_problems
+
+    doc = parse_yaml(raw, where)
+    problems = schema_problems(doc, "production")
+    if problems:
+        raise invalid(problems)
+    return ProductionConfig.from_mapping(doc.data), doc
+
+
+def set_production_pointer(raw: bytes, chunk_version: str) -> bytes:
+    """production.yaml with only its `production:` line changed, comments and layout kept.
+
+    Promotion PRs then show a one-line diff, and `git revert` of one restores the other.
+    """
+    text = raw.decode("utf-8")
+    pattern = re.compile(r"^production:[^\n]*$", re.MULTILINE)
+    if pattern.search(text):
+        return pattern.sub(f"production: {chunk_version}", text, count=1).encode()
+    return f"production: {chunk_version}\n{text}".encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment (the seed's ChunkingConfig)
+
+ENV_VARS = (
+    "CHUNK_SIZE",
+    "OVERLAP_RATIO",
+    "JACCARD_THRESHOLD",
+    "PREFIX_POLICY",
+    "CHUNK_VERSION",
+    "INGEST_RUN_ID",
+    "EVAL_DISABLE_CACHE",
+)
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """The runtime chunking parameters a pipeline reads from its environment.
+
+    `from_env` starts from a locked config (or the 450/0.10/0.8/A defaults) and applies the
+    seed's env vars, each checked against the guardrails, so `eval "$(registry env V)"` gives
+    a pipeline exactly the locked values and a stray override is caught, not obeyed silently.
+    """
+
+    chunk_size: int = 450
+    overlap_ratio: float = 0.10
+    jaccard_threshold: float = 0.8
+    prefix_policy: str = "A"
+    chunk_version: str | None = None
+    ingest_run_id: str | None = None
+    eval_disable_cache: bool = False
+
+    @classmethod
+    def from_locked(cls, config: LockedConfig) -> ChunkingConfig:
+        return cls(
+            chunk_size=config.chunk_size,
+            overlap_ratio=config.overlap_ratio,
+            jaccard_threshold=config.jaccard_threshold,
+            prefix_policy=config.prefix_policy,
+            chunk_version=config.chunk_version,
+            ingest_run_id=config.ingest_run_id,
+            eval_disable_cache=True,
+        )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, base: LockedConfig | None = None
+    ) -> ChunkingConfig:
+        env = os.environ if environ is None else environ
+        start = cls.from_locked(base) if base else cls()
+        values: dict[str, Any] = {}
+        if "CHUNK_SIZE" in env:
+            values["chunk_size"] = _env_number(env, "CHUNK_SIZE", int, 1, MAX_CHUNK_SIZE)
+        if "OVERLAP_RATIO" in env:
+            values["overlap_ratio"] = _env_number(env, "OVERLAP_RATIO", float, 0, MAX_OVERLAP_RATIO)
+        if "JACCARD_THRESHOLD" in env:
+            values["jaccard_threshold"] = _env_number(env, "JACCARD_THRESHOLD", float, MIN_JACCARD, 1)
+        if "PREFIX_POLICY" in env:
+            policy = env["PREFIX_POLICY"].strip().upper()
+            if policy not in ("A", "B"):
+                raise ConfigInvalid(
+                    f"PREFIX_POLICY={env['PREFIX_POLICY']!r} is not A or B",
+                    where="environment", fix="set PREFIX_POLICY=A or PREFIX_POLICY=B",
+                )
+            values["prefix_policy"] = policy
+        if "CHUNK_VERSION" in env:
+            version = env["CHUNK_VERSION"].strip()
+            if not VERSION_RE.fullmatch(version):
+                raise ConfigInvalid(
+                    f"CHUNK_VERSION={version!r} is not a chunk version",
+                    where="environment", fix="use the form 2025-09-07-143022-v1",
+                )
+            values["chunk_version"] = version
+        if "INGEST_RUN_ID" in env:
+            values["ingest_run_id"] = env["INGEST_RUN_ID"].strip()
+        if "EVAL_DISABLE_CACHE" in env:
+            values["eval_disable_cache"] = env["EVAL_DISABLE_CACHE"].strip().lower() in (
+                "1", "true", "yes", "on",
+            )
+        return cls(**{**start.__dict__, **values})
+
+    def mismatches(self, config: LockedConfig) -> list[str]:
+        """The chunking parameters in which this environment disagrees with a locked config."""
+        locked = ChunkingConfig.from_locked(config)
+        names = ("chunk_size", "overlap_ratio", "jaccard_threshold", "prefix_policy",
+                 "chunk_version", "ingest_run_id")
+        return [
+            f"{name.upper()}={getattr(self, name)} (locked: {getattr(locked, name)})"
+            for name in names
+            if getattr(self, name) is not None and getattr(self, name) != getattr(locked, name)
+        ]
+
+
+def _env_number(
+    env: Mapping[str, str], name: str, kind: type[int] | type[float], low: float, high: float
+) -> Any:
+    text = env[name].strip()
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigInvalid(
+            f"{name}={text!r} is not a {kind.__name__}", where="environment",
+            fix=f"set {name} to a number between {low:g} and {high:g}",
+        ) from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigInvalid(
+            f"{name}={text} is outside the guardrail [{low:g}, {high:g}]", where="environment",
+            fix=f"set {name} between {low:g} and {high:g}",
+        )
+    return value
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,100 @@
+"""The one error funnel: every failure a user can act on is a RegistryError.
+
+The CLI prints `str(error)` as one line and exits with `error.exit_code`; anything that is not
+a RegistryError is a bug and reaches the user as "unexpected error" (exit 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RegistryError(Exception):
+    """A failure the user can act on: what went wrong, where, and how to fix it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, where: str | None = None, fix: str | None = None) -> None:
+        self.message = message
+        self.where = where
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        return f"{text} ({self.fix})" if self.fix else text
+
+
+class ConfigInvalid(RegistryError):
+    """A locked config or production.yaml breaks the schema or a guardrail."""
+
+
+class UsageError(RegistryError):
+    """The command line asks for something that cannot work (same code as typer's usage errors)."""
+
+    exit_code = 2
+
+
+class ReconcileBusy(RegistryError):
+    """Another reconciler holds the advisory lock; not a failure, so it has its own code."""
+
+    exit_code = 4
+
+
+class DatabaseUnavailable(RegistryError):
+    """PostgreSQL cannot be reached or refused the connection."""
+
+    exit_code = 5
+
+
+class GitError(RegistryError):
+    """The repository, a ref, a branch or a remote is not in the state the command needs."""
+
+    exit_code = 6
+
+
+class Refused(RegistryError):
+    """A safety rule forbids the change (drop production, swap to an empty table, ...)."""
+
+    exit_code = 7
+
+
+class TokenizerUnavailable(RegistryError):
+    """The tokenizer cannot be found offline, or its hash does not match the config."""
+
+    exit_code = 8
+
+
+class GitHubError(RegistryError):
+    """The GitHub REST API refused or failed a request."""
+
+    exit_code = 9
+
+
+UNEXPECTED_EXIT_CODE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One broken invariant, located in a file: rendered as `path:line: message (fix)`."""
+
+    path: str
+    line: int
+    message: str
+    fix: str | None = None
+    severity: str = "error"
+
+    def render(self) -> str:
+        text = f"{self.path}:{self.line}: {self.message}"
+        return f"{text} ({self.fix})" if self.fix else text
+
+
+def invalid(problems: list[Problem]) -> ConfigInvalid:
+    """The ConfigInvalid for the first error among `problems` (the CLI prints one line)."""
+    errors = [p for p in problems if p.severity == "error"] or problems
+    first = errors[0]
+    fix = first.fix
+    if len(errors) > 1:
+        more = f"{len(errors) - 1} more: run `registry validate`"
+        fix = f"{fix}; {more}" if fix else more
+    return ConfigInvalid(first.message, where=f"{first.path}:{first.line}", fix=fix)

@@ -1,0 +1,105 @@
+"""The JSON Schemas in `schemas/`: located, compiled once, and their errors made actionable.
+
+The schemas are the single source of truth for field names and bounds; the wheel carries a copy
+(`registry/schemas`, see pyproject) so the installed tool works outside this repository.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from registry.errors import Problem
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
+    from registry.config import YamlDoc
+
+Kind = Literal["locked", "production"]
+SCHEMA_FILES: dict[Kind, str] = {
+    "locked": "locked-config.schema.json",
+    "production": "production.schema.json",
+}
+
+FIXES: dict[str, str] = {
+    "chunk_size": "lock a new version with --chunk-size between 1 and 1000",
+    "overlap_ratio": "lock a new version with --overlap-ratio between 0 and 0.5",
+    "jaccard_threshold": "lock a new version with --jaccard-threshold between 0.5 and 1",
+    "prefix_policy": "use A (prefix in embedding_text only) or B (in both texts)",
+    "chunk_version": "name it like 2025-09-07-143022-v1; `registry lock` generates it",
+    "tokenizer_hash": "use sha256:<64 hex digits> of tokenizer.json; `registry lock` computes it",
+    "created_at": "use UTC like 2025-09-07T14:30:22Z, quoted",
+    "created_by": "use `name <email>`",
+    "schema_version": "set schema_version: 1",
+    "production": "name a chunk_version that exists in configs/, or null",
+    "baseline_metrics": "use metric names like oracle_hit_rate with numbers, rates in [0, 1]",
+}
+
+
+def schema_dir() -> Path:
+    """`registry/schemas` in a wheel; the repository's `schemas/` in a source checkout."""
+    packaged = Path(__file__).parent / "schemas"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@cache
+def schema(kind: Kind) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((schema_dir() / SCHEMA_FILES[kind]).read_text("utf-8"))
+    return result
+
+
+@cache
+def validator(kind: Kind) -> Validator:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema(kind))
+
+
+def _describe(error: Any) -> tuple[tuple[str | int, ...], str]:
+    """(path, message) for one jsonschema error, phrased for a person editing YAML."""
+    path = tuple(error.absolute_path)
+    name = ".".join(str(p) for p in path) or "the file"
+    value = error.instance
+    shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    keyword = error.validator
+    if keyword == "maximum":
+        return path, f"{name} {shown} is above the hard cap {error.validator_value}"
+    if keyword == "minimum":
+        return path, f"{name} {shown} is below the hard floor {error.validator_value}"
+    if keyword == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return path + (missing,), f"required field {missing} is missing"
+    if keyword == "additionalProperties" and error.validator_value is False:
+        extra = sorted(set(value) - set(error.schema.get("properties", {})))
+        return path + (extra[0],) if extra else path, f"unknown field {', '.join(extra)}"
+    if keyword == "type":
+        return path, f"{name} {shown} should be of type {error.validator_value}"
+    if keyword == "pattern":
+        return path, f"{name} {shown} does not have the required form"
+    if keyword in ("enum", "const"):
+        allowed = error.validator_value if keyword == "enum" else [error.validator_value]
+        return path, f"{name} {shown} is not one of {', '.join(map(str, allowed))}"
+    if keyword in ("maxLength", "minLength", "maxProperties", "minItems", "items"):
+        return path, f"{name} {shown} has the wrong size ({error.message})"
+    if keyword == "oneOf" and path == ("production",):
+        return path, f"production {shown} is not a chunk_version or null"
+    if keyword == "not":
+        return path, f"{name} {shown} is reserved"
+    return path, f"{name}: {error.message}"
+
+
+def schema_problems(doc: YamlDoc, kind: Kind) -> list[Problem]:
+    """Every schema violation in `doc`, one Problem each, in file order."""
+    problems = []
+    for error in validator(kind).iter_errors(doc.data):
+        path, message = _describe(error)
+        field = next((str(p) for p in path if isinstance(p, str)), "")
+        problems.append(doc.problem(path, message, FIXES.get(field, f"see schemas/{SCHEMA_FILES[kind]}")))
+    return sorted(problems, key=lambda p: p.line)
