@@ -73,7 +73,9 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def resolve(name: str, tokenizer_file: Path | None = None) -> ResolvedTokenizer:
+def resolve(
+    name: str, tokenizer_file: Path | None = None, *, allow_download: bool = True
+) -> ResolvedTokenizer:
     """Find tokenizer `name`: an explicit file wins, then the local cache, then the hub."""
     if tokenizer_file is not None:
         path = Path(tokenizer_file)
@@ -89,12 +91,12 @@ def resolve(name: str, tokenizer_file: Path | None = None) -> ResolvedTokenizer:
     cached = find_in_cache(name)
     if cached is not None:
         return ResolvedTokenizer(name, cached, file_hash(cached), "cache")
-    if not _offline():
+    if allow_download and not _offline():
         try:
-            from tokenizers import Tokenizer
+            from huggingface_hub import hf_hub_download
 
-            Tokenizer.from_pretrained(name)
-        except Exception as err:  # the hub client raises plain Exceptions for network errors
+            downloaded = Path(hf_hub_download(name, TOKENIZER_FILE, cache_dir=hf_cache_dir()))
+        except Exception as err:  # network, auth and missing-repo errors all end the same way
             reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             raise TokenizerUnavailable(
                 f"tokenizer {name} is not in the local Hugging Face cache ({hf_cache_dir()}) "
@@ -102,9 +104,7 @@ def resolve(name: str, tokenizer_file: Path | None = None) -> ResolvedTokenizer:
                 fix="pass --tokenizer-file PATH/tokenizer.json, or download it where the hub "
                 "is reachable",
             ) from None
-        cached = find_in_cache(name)
-        if cached is not None:
-            return ResolvedTokenizer(name, cached, file_hash(cached), "hub")
+        return ResolvedTokenizer(name, downloaded, file_hash(downloaded), "hub")
     raise TokenizerUnavailable(
         f"tokenizer {name} is not in the local Hugging Face cache ({hf_cache_dir()})"
         + (" and HF_HUB_OFFLINE is set" if _offline() else ""),

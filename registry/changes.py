@@ -1,0 +1,229 @@
+"""Commands that change the registry. Each one only makes a branch with one commit (and tags);
+the merge of that branch is the decision, and the reconciler acts on what main then says."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from registry.config import (
+    MAX_CHUNK_SIZE,
+    MAX_OVERLAP_RATIO,
+    MIN_JACCARD,
+    SCHEMA_VERSION,
+    LockedConfig,
+    guardrail_violations,
+    parse_yaml,
+    utc_now,
+)
+from registry.errors import ConfigInvalid, RegistryError, UsageError, invalid
+from registry.gitops import Git, RegistryState, config_path, read_state
+
+TRAILER = "Chunk-Version"
+
+
+@dataclass(frozen=True)
+class LockResult:
+    config: LockedConfig
+    branch: str
+    commit: str
+    path: str
+    base: str
+    pushed: bool
+    runbook_path: str | None = None
+
+
+def check_parameters(
+    chunk_size: int, overlap_ratio: float, jaccard_threshold: float, prefix_policy: str
+) -> None:
+    """Refuse values outside the hard guardrails before anything else happens."""
+    checks = [
+        (1 <= chunk_size <= MAX_CHUNK_SIZE, f"--chunk-size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}",
+         f"use a chunk size between 1 and {MAX_CHUNK_SIZE} tokens"),
+        (0 <= overlap_ratio <= MAX_OVERLAP_RATIO,
+         f"--overlap-ratio {overlap_ratio} is outside 0..{MAX_OVERLAP_RATIO}",
+         f"use an overlap ratio between 0 and {MAX_OVERLAP_RATIO}"),
+        (MIN_JACCARD <= jaccard_threshold <= 1,
+         f"--jaccard-threshold {jaccard_threshold} is outside {MIN_JACCARD}..1",
+         f"use a Jaccard threshold between {MIN_JACCARD} and 1"),
+        (prefix_policy in ("A", "B"), f"--prefix-policy {prefix_policy!r} is not A or B",
+         "A puts the prefix in embedding_text only, B in both texts"),
+    ]
+    for ok, message, fix in checks:
+        if not ok:
+            raise ConfigInvalid(message, fix=fix)
+
+
+def read_baseline_metrics(path: Path) -> dict[str, float]:
+    """Metrics from a JSON or YAML file: a mapping of numbers, or an eval report's `metrics`."""
+    where = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read baseline metrics: {err.strerror}", where=where) from None
+    try:
+        data: Any = json.loads(raw)
+    except ValueError:
+        data = parse_yaml(raw, where).data
+    if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+        data = data["metrics"]
+    if not isinstance(data, dict):
+        raise ConfigInvalid("baseline metrics must be a mapping of names to numbers", where=where,
+                            fix='write e.g. {"oracle_hit_rate": 0.47, "filter_hit_rate": 0.22}')
+    metrics = {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if not metrics:
+        raise ConfigInvalid("baseline metrics file holds no numeric metrics", where=where,
+                            fix='write e.g. {"oracle_hit_rate": 0.47}')
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def next_version(git: Git, state: RegistryState, now: datetime) -> str:
+    """`%Y-%m-%d-%H%M%S-vN` in UTC, N bumped while the version is taken anywhere we can see."""
+    stamp = now.strftime("%Y-%m-%d-%H%M%S")
+    refs = git.run("for-each-ref", "--format=%(refname)", "refs/heads/lock/", "refs/remotes/",
+                   "refs/tags/").splitlines()
+    taken_refs = {ref.rsplit("/", 1)[-1] for ref in refs}
+    n = 1
+    while True:
+        version = f"{stamp}-v{n}"
+        if version not in state.configs and config_path(version) not in state.files \
+                and version not in taken_refs:
+            return version
+        n += 1
+
+
+def lock(
+    repo: Path | str,
+    *,
+    chunk_size: int,
+    overlap_ratio: float,
+    jaccard_threshold: float,
+    prefix_policy: str,
+    embedder: str,
+    embedder_max_tokens: int = 512,
+    tokenizer: str | None = None,
+    tokenizer_file: Path | None = None,
+    baseline_metrics: Mapping[str, float] | Path | None = None,
+    description: str | None = None,
+    generate_runbook: bool = False,
+    push: bool = False,
+    now: datetime | None = None,
+) -> LockResult:
+    """Lock a new config: branch `lock/<version>` from main with one commit adding it."""
+    from registry.tokenizer import resolve, special_token_count
+
+    check_parameters(chunk_size, overlap_ratio, jaccard_threshold, prefix_policy)
+    git = Git(repo)
+    base = git.main_branch()
+    state = read_state(git, base)
+    metrics = (
+        read_baseline_metrics(baseline_metrics)
+        if isinstance(baseline_metrics, Path)
+        else dict(baseline_metrics or {})
+    )
+    tokenizer_name = tokenizer or embedder
+    resolved = resolve(tokenizer_name, tokenizer_file)
+    special = special_token_count(resolved.load())
+    when = now or utc_now()
+    config_data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "chunk_version": next_version(git, state, when),
+        "chunk_size": chunk_size,
+        "overlap_ratio": overlap_ratio,
+        "jaccard_threshold": jaccard_threshold,
+        "prefix_policy": prefix_policy,
+        "embedder_name": embedder,
+        "embedder_max_tokens": embedder_max_tokens,
+        "tokenizer_name": tokenizer_name,
+        "tokenizer_hash": resolved.hash,
+        "created_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_by": git.identity(),
+        "baseline_metrics": metrics,
+    }
+    if description:
+        config_data["description"] = description
+    config = _checked(config_data, special)
+    path = config_path(config.chunk_version)
+    changes: dict[str, bytes | None] = {path: config.dump().encode()}
+    runbook_path = None
+    if generate_runbook:
+        from registry.runbook import render
+
+        runbook_path = f"runbooks/{config.chunk_version}.md"
+        changes[runbook_path] = render(config, state.settings, "markdown").encode()
+    message = (
+        f"Lock chunk config {config.chunk_version} ({config.label()})\n\n"
+        f"Embedder {config.embedder_name} (max {config.embedder_max_tokens} tokens), tokenizer "
+        f"{config.tokenizer_name} {config.tokenizer_hash}.\n"
+        f"config_hash {config.config_hash}\n\n"
+        f"{TRAILER}: {config.chunk_version}\n"
+    )
+    commit = git.commit_files(base, changes, message)
+    branch = f"lock/{config.chunk_version}"
+    git.create_branch(branch, commit)
+    if push:
+        git.push(f"refs/heads/{branch}:refs/heads/{branch}")
+    return LockResult(config, branch, commit, path, base, push, runbook_path)
+
+
+def _checked(data: dict[str, Any], special_tokens: int) -> LockedConfig:
+    """Schema and guardrails on the exact mapping that will be written."""
+    from registry.schema import schema_problems
+
+    text = LockedConfig.from_mapping(data).dump()
+    doc = parse_yaml(text.encode(), config_path(str(data["chunk_version"])))
+    problems = schema_problems(doc, "locked")
+    if problems:
+        raise invalid(problems)
+    config = LockedConfig.from_mapping(doc.data)
+    violations = guardrail_violations(config, special_tokens)
+    if violations:
+        raise invalid([doc.problem((f,), m, fix) for f, m, fix in violations])
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Tags
+
+
+@dataclass(frozen=True)
+class TagResult:
+    created: list[str]
+    existing: list[str]
+    pushed: bool
+
+
+def tag(repo: Path | str, *, ref: str | None = None, push: bool = False) -> TagResult:
+    """Annotate every config on main that has no tag yet, on the commit that introduced it."""
+    git = Git(repo)
+    main = git.desired_ref(ref, fetch=False)
+    state = read_state(git, main)
+    settings = state.settings
+    tags = git.tags(settings.tag_prefix)
+    introduced = git.config_introductions(main)
+    created: list[str] = []
+    existing: list[str] = []
+    for version, config in sorted(state.configs.items()):
+        name = settings.tag_name(version)
+        if name in tags:
+            existing.append(name)
+            continue
+        commit = introduced.get(config_path(version))
+        if commit is None:
+            raise RegistryError(f"cannot find the commit that introduced {config_path(version)}",
+                                where=main)
+        message = (
+            f"Locked chunk config {version} ({config.label()})\n\n"
+            f"config_hash: {config.config_hash}\ningest_run_id: {config.ingest_run_id}\n"
+            f"tokenizer_hash: {config.tokenizer_hash}\n"
+        )
+        git.run("tag", "-a", name, commit, "-m", message)
+        created.append(name)
+    if push and created:
+        git.push(*(f"refs/tags/{name}:refs/tags/{name}" for name in created))
+    return TagResult(created, existing, push and bool(created))
+

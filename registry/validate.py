@@ -1,0 +1,200 @@
+"""Every invariant of the registry, as a list of Problems (`path:line: message (fix)`).
+
+Schema, guardrails, file names and the production pointer come from reading the state
+(`gitops.read_state`); this module adds what needs history: immutability against tags
+(tampering, moved tags, tags off main), provenance (configs that reached main without a pull
+request) and the tokenizer each config was locked with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry.config import PREFIX_BUDGET_TOKENS
+from registry.errors import Problem, RegistryError
+from registry.gitops import (
+    WORKTREE,
+    Git,
+    RegistryState,
+    config_path,
+    is_version,
+    read_state,
+)
+
+
+@dataclass
+class Report:
+    """The outcome of `registry validate`: problems in file order, and what was checked."""
+
+    ref: str
+    commit: str | None
+    configs: int
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def validate(
+    git: Git,
+    ref: str = WORKTREE,
+    *,
+    strict: bool = False,
+    tokenizer_files: Mapping[str, Path] | None = None,
+    main_ref: str | None = None,
+) -> Report:
+    """Check the registry at `ref` (default: the working tree) against every invariant.
+
+    `strict` turns "tokenizer not available" into an error and allows a hub download;
+    `tokenizer_files` maps tokenizer names to local tokenizer.json files.
+    """
+    state = read_state(git, ref)
+    report = Report(ref=ref, commit=state.commit, configs=len(state.files))
+    report.problems.extend(state.problems)
+    main = main_ref or _main_ref(git)
+    if main is not None:
+        report.problems.extend(tag_problems(git, state, main))
+        report.problems.extend(provenance_problems(git, state, main))
+    report.problems.extend(tokenizer_problems(state, strict, tokenizer_files or {}))
+    report.problems.sort(key=lambda p: (p.path, p.line, p.severity))
+    return report
+
+
+def _main_ref(git: Git) -> str | None:
+    try:
+        return git.desired_ref(fetch=False)
+    except RegistryError:
+        return None
+
+
+def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
+    """Locked configs must equal their tagged blob; tags must sit on main where the config was
+    introduced. One for-each-ref, one rev-list, one log and one cat-file, whatever the count."""
+    prefix = state.settings.tag_prefix
+    tags = git.tags(prefix)
+    if not tags:
+        return []
+    problems: list[Problem] = []
+    on_main = set(git.run("rev-list", main).split())
+    introduced = git.config_introductions(main)
+    named = {name: name[len(prefix):] for name in tags}
+    queries = [f"{tags[name].commit}:{config_path(version)}" for name, version in named.items()]
+    answers = git.run("cat-file", "--batch-check", input="\n".join(queries).encode() + b"\n")
+    blobs = dict(zip(named, answers.splitlines(), strict=True))
+    for name, version in sorted(named.items()):
+        tag = tags[name]
+        path = config_path(version)
+        if not is_version(version):
+            problems.append(Problem(path, 1, f"tag {name} does not name a chunk_version",
+                                    f"delete it with `git tag -d {name}`", "warning"))
+            continue
+        answer = blobs[name].split()
+        tagged_blob = answer[0] if len(answer) == 3 and answer[1] == "blob" else None
+        short = tag.commit[:10]
+        if tagged_blob is None:
+            problems.append(Problem(path, 1, f"tag {name} points to commit {short}, which has no "
+                                    f"{path}", f"delete the tag; `registry tag` recreates it"))
+            continue
+        if tag.commit not in on_main:
+            problems.append(Problem(path, 1, f"tag {name} points to commit {short}, which is not "
+                                    f"on {main}: the tagged config never reached main",
+                                    "delete the tag; `registry tag` recreates it from main"))
+        elif introduced.get(path) and introduced[path] != tag.commit:
+            problems.append(Problem(path, 1, f"tag {name} was moved: it points to {short}, but "
+                                    f"{path} was introduced by {introduced[path][:10]}",
+                                    "restore the tag to the commit that introduced the config"))
+        if not tag.annotated:
+            problems.append(Problem(path, 1, f"tag {name} is a lightweight tag",
+                                    "locks are annotated tags: recreate it with `registry tag`",
+                                    "warning"))
+        current = state.files.get(path)
+        if current is not None and current.blob != tagged_blob:
+            problems.append(Problem(path, 1, f"{path} differs from the locked blob tagged {name} "
+                                    "(tampering: a locked config is immutable)",
+                                    "restore the tagged content and lock a new version for the change"))
+    return problems
+
+
+def provenance_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
+    """Warn about configs whose introducing commit was pushed straight to main: not a merge,
+    not a squashed pull request `(#N)`, not the repository's first commit."""
+    wanted = {path for path in state.files}
+    if not wanted:
+        return []
+    introduced = git.config_introductions(main)
+    first_parent: dict[str, tuple[int, str]] = {}
+    for line in git.run("log", "--first-parent", "--format=%H%x00%P%x00%s", main).splitlines():
+        sha, parents, subject = line.split("\0", 2)
+        first_parent[sha] = (len(parents.split()), subject)
+    problems = []
+    for path, commit in introduced.items():
+        if path not in wanted or commit not in first_parent:
+            continue
+        parents, subject = first_parent[commit]
+        if parents == 1 and not _looks_squashed(subject):
+            problems.append(Problem(path, 1, f"{path} reached {main} in commit {commit[:10]} "
+                                    "without a pull request", "lock through a PR: `registry lock "
+                                    "--pr`, then merge it", "warning"))
+    return problems
+
+
+def _looks_squashed(subject: str) -> bool:
+    """GitHub's squash and rebase merges end the subject with `(#123)`."""
+    stripped = subject.rstrip()
+    if not stripped.endswith(")") or "(#" not in stripped:
+        return False
+    number = stripped[stripped.rfind("(#") + 2 : -1]
+    return number.isdigit()
+
+
+def tokenizer_problems(
+    state: RegistryState, strict: bool, tokenizer_files: Mapping[str, Path]
+) -> list[Problem]:
+    """Each config's tokenizer, when available, must hash to its tokenizer_hash."""
+    from registry.errors import TokenizerUnavailable
+    from registry.tokenizer import resolve, special_token_count
+
+    problems: list[Problem] = []
+    by_name: dict[str, list[str]] = {}
+    for path, file in sorted(state.files.items()):
+        if file.config is not None:
+            by_name.setdefault(file.config.tokenizer_name, []).append(path)
+    for name, paths in by_name.items():
+        try:
+            resolved = resolve(name, tokenizer_files.get(name), allow_download=strict)
+        except TokenizerUnavailable as err:
+            others = f" (and {len(paths) - 1} more configs)" if len(paths) > 1 else ""
+            problems.append(Problem(paths[0], 1, f"cannot check the tokenizer hash{others}: "
+                                    f"{err.message}",
+                                    err.fix, "error" if strict else "warning"))
+            continue
+        special = None
+        for path in paths:
+            config = state.files[path].config
+            assert config is not None
+            if config.tokenizer_hash != resolved.hash:
+                problems.append(Problem(path, 1, f"tokenizer {name} at {resolved.path} hashes to "
+                                        f"{resolved.hash}, not the locked {config.tokenizer_hash}",
+                                        "lock a new version with this tokenizer, or restore the "
+                                        "tokenizer the config was locked with"))
+                continue
+            if special is None:
+                special = special_token_count(resolved.load())
+            needed = config.chunk_size + PREFIX_BUDGET_TOKENS + special
+            if needed > config.token_budget:
+                problems.append(Problem(path, 1, f"chunk_size {config.chunk_size} + prefix budget "
+                                        f"{PREFIX_BUDGET_TOKENS} + {special} special tokens of "
+                                        f"{name} exceed the token budget {config.token_budget}",
+                                        "lock a new version with a smaller --chunk-size"))
+    return problems
