@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,16 @@ TRAINING_MODULES = (
 def training_text() -> list[str]:
     """Real English prose that ships with Python: the docstrings of stdlib modules."""
     texts = []
-    for name in TRAINING_MODULES:
-        module = importlib.import_module(name)
-        for _, obj in inspect.getmembers(module):
-            doc = inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None
-            if doc:
-                texts.append(doc)
-        if module.__doc__:
-            texts.append(module.__doc__)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in TRAINING_MODULES:
+            module = importlib.import_module(name)
+            for _, obj in inspect.getmembers(module):
+                doc = inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None
+                if doc:
+                    texts.append(doc)
+            if module.__doc__:
+                texts.append(module.__doc__)
     return texts
 
 
