@@ -488,10 +488,10 @@ def _plan_production(
     row = actual.live.get(wanted)
     rows = actual.rows.get(table, 0) if row is not None and row.present else 0
     if rows == 0 and not force:
-        state_of = "does not exist yet" if row is None or not row.present else "is empty"
+        new = " (it is created by this run)" if row is None or not row.present else ""
         plan.findings.append(Finding(
-            "empty", table, f"refusing to swap production to {schema}.{table}: the table "
-            f"{state_of}", f"ingest {wanted} first, then reconcile (or --force)", "error"))
+            "empty", table, f"refusing to swap production to {schema}.{table}: the table is "
+            f"empty{new}", f"ingest {wanted} first, then reconcile; or pass --force", "error"))
         return None
     plan.actions.append(SwapProduction(schema, base, old, table, wanted, reason))
     return current if current is not None and current.key != (schema, table) else None
@@ -561,7 +561,7 @@ def _when(moment: datetime) -> str:
 
 def _duration(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("h", 3600), ("m", 60)):
         if seconds % size == 0 and seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
@@ -777,7 +777,7 @@ class Applier:
                 sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target)).fetchone()
             if not (has_rows and has_rows[0]):
                 raise Refused(f"{action.schema}.{action.table} is empty",
-                              fix=f"ingest {action.chunk_version} first (or --force)")
+                              fix=f"ingest {action.chunk_version} first, or pass --force")
         self.conn.execute(
             sql.SQL("CREATE OR REPLACE VIEW {}.{} AS SELECT {} FROM {}").format(
                 sql.Identifier(action.schema), sql.Identifier(action.view),
