@@ -473,6 +473,8 @@ def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
         commit = (result.plan.commit or "")[:10]
         log.info("reconciled %s (%s): %s, %s", result.plan.ref, commit, result.outcome,
                  summary(result.plan))
+        for item in result.failed:
+            log.warning("failed: %s: %s", item.action.describe(), item.error)
         for finding in result.plan.blocking:
             log.warning("blocked: %s", finding.render())
 

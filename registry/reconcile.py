@@ -16,11 +16,12 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+import psycopg
 from psycopg import sql
 
 from registry.config import ProductionConfig
@@ -28,8 +29,6 @@ from registry.db import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY
 from registry.errors import ReconcileBusy, Refused, RegistryError
 
 if TYPE_CHECKING:
-    import psycopg
-
     from registry.gitops import RegistryState
 
 log = logging.getLogger("registry.reconcile")
@@ -286,10 +285,8 @@ SELECT statement_timestamp(),
 _MANAGED_COLUMNS = tuple(f.name for f in fields(ManagedTable) if f.name != "present")
 
 
-def read_actual(
-    conn: psycopg.Connection[Any], settings: ProductionConfig, *, count: Iterable[str] = ()
-) -> ActualState:
-    """The database as the planner needs it, in two queries (plus one to count `count`)."""
+def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> ActualState:
+    """The database as the planner needs it, in two queries whatever the number of tables."""
     base = settings.base_name
     row = conn.execute(
         _CATALOG,
@@ -309,26 +306,32 @@ def read_actual(
         ).format(cols=sql.SQL(", ").join(map(sql.Identifier, _MANAGED_COLUMNS)),
                  s=sql.Identifier(BOOKKEEPING_SCHEMA))
         actual.managed = [ManagedTable(*r) for r in conn.execute(query).fetchall()]
-    tables = [t for t in dict.fromkeys(count) if t in actual.relations]
-    actual.rows.update(row_counts(conn, settings.schema, tables))
     return actual
 
 
+_COUNT = sql.SQL("SELECT count(*) FROM {}.{}")
+_HAS_ROWS = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {}.{} LIMIT 1) AS capped")
+
+
 def row_counts(
-    conn: psycopg.Connection[Any], schema: str, tables: Sequence[str], *, limit: int | None = None
-) -> dict[str, int]:
-    """Rows of many tables in one statement (`limit` caps each count: 1 = "has rows")."""
+    conn: psycopg.Connection[Any], schema: str, tables: Sequence[str], *, exact: bool = True
+) -> dict[str, int | None]:
+    """Rows of many tables (not `exact`: 1 or 0, "has rows") in one round trip: the counts
+    go out as one pipeline with a single sync (a UNION ALL of N arms plans twice as slowly)."""
     if not tables:
         return {}
-    arms = []
-    for table in tables:
-        source = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        if limit is not None:
-            source = sql.SQL("(SELECT 1 FROM {} LIMIT {}) AS capped").format(
-                source, sql.Literal(limit))
-        arms.append(sql.SQL("SELECT {}::text, count(*) FROM {}").format(sql.Literal(table), source))
-    rows = conn.execute(sql.SQL(" UNION ALL ").join(arms)).fetchall()
-    return {name: int(n) for name, n in rows}
+    template = _COUNT if exact else _HAS_ROWS
+    cursors = []
+    with conn.pipeline():
+        for table in tables:
+            cursor = conn.cursor()
+            cursor.execute(template.format(sql.Identifier(schema), sql.Identifier(table)))
+            cursors.append(cursor)
+    counts: dict[str, int | None] = {}
+    for table, cursor in zip(tables, cursors, strict=True):
+        row = cursor.fetchone()
+        counts[table] = int(row[0]) if row else None
+    return counts
 
 
 def synthetic_actual(state: RegistryState) -> ActualState:
@@ -427,8 +430,9 @@ def make_plan(
     swapping_from = _plan_production(plan, state, actual, blocked, force)
     _plan_retirements(plan, state, actual, swapping_from)
 
+    reported = {f.table for f in plan.findings}
     for name, relation in sorted(actual.relations.items()):
-        if name == base or name in managed_names or any(f.table == name for f in plan.findings):
+        if name == base or name in managed_names or name in reported:
             continue
         kind = "view" if relation.is_view else "table"
         plan.findings.append(Finding(
@@ -522,10 +526,11 @@ def _plan_retirements(
     plan: Plan, state: RegistryState, actual: ActualState, swapping_from: ManagedTable | None
 ) -> None:
     settings = state.settings
+    configs = state.configs
     swap = next((a for a in plan.actions if isinstance(a, SwapProduction)), None)
     protected = protected_tables(actual, settings.keep_previous, swapping_from)
     for version, row in sorted(actual.live.items()):
-        if version in state.configs:
+        if version in configs:
             continue
         name = f"{row.schema_name}.{row.table_name}"
         if row.status in ("shadow", "production"):
@@ -539,10 +544,7 @@ def _plan_retirements(
                                        _when(drop_after)))
             continue
         retired_at = row.retired_at or actual.now
-        if not row.present:
-            plan.actions.append(Drop(row.schema_name, row.table_name, version, _when(retired_at),
-                                     already_gone=True))
-        elif row.key in protected:
+        if row.key in protected:
             plan.findings.append(Finding(
                 "kept", row.table_name, f"{name} is kept: it is the previous production "
                 "(the rollback target)", None, "info"))
@@ -552,7 +554,8 @@ def _plan_retirements(
                 f"{_when(retired_at + settings.grace_period)} (grace period "
                 f"{_duration(settings.grace_period)})", None, "info"))
         else:
-            plan.actions.append(Drop(row.schema_name, row.table_name, version, _when(retired_at)))
+            plan.actions.append(Drop(row.schema_name, row.table_name, version, _when(retired_at),
+                                     already_gone=not row.present))
 
 
 def _when(moment: datetime) -> str:
@@ -682,8 +685,6 @@ class Applier:
         return results
 
     def run(self, action: Action) -> ActionResult:
-        import psycopg
-
         started = time.monotonic()
         attempt = 0
         while True:
@@ -845,7 +846,7 @@ def _first_line(err: BaseException) -> str:
 def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
     """A dedicated connection holding the reconcile advisory lock, or ReconcileBusy naming the
     holder. The lock lives as long as the connection."""
-    from registry.db import connect
+    from registry.db import connect, database_error
 
     conn = connect(dsn, purpose="reconcile")
     try:
@@ -861,6 +862,9 @@ def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
             "AND l.objid = (%(key)s & 4294967295)::bigint::oid AND l.objsubid = 1",
             {"key": RECONCILE_LOCK_KEY},
         ).fetchone()
+    except psycopg.Error as err:
+        conn.close()
+        raise database_error(err, dsn, "taking the reconcile lock") from None
     except BaseException:
         conn.close()
         raise
@@ -953,9 +957,7 @@ def plan(
     with session(resolved.value, purpose="plan") as conn:
         try:
             actual = _read_for_plan(conn, state)
-        except Exception as err:
-            if isinstance(err, RegistryError):
-                raise
+        except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the database") from None
     return make_plan(state, actual, target=resolved.redacted, force=force)
 
@@ -969,7 +971,7 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
     settled = (production is not None and production.table_name == target and view is not None
                and view.reads == ((state.settings.schema, target),))
     if target and not settled and target in actual.relations:
-        actual.rows.update(row_counts(conn, state.settings.schema, [target], limit=1))
+        actual.rows.update(row_counts(conn, state.settings.schema, [target], exact=False))
     return actual
 
 
@@ -1016,9 +1018,7 @@ def reconcile(
                     outcome = "applied" if results else "noop"
                 result = RunResult(the_plan, results, outcome, run_id)
                 result.run_id = _record_finish(conn, run_id, result, actor)
-            except Exception as err:
-                if isinstance(err, RegistryError):
-                    raise
+            except psycopg.Error as err:
                 raise database_error(err, resolved.value, "reconciling") from None
     finally:
         lock.close()
@@ -1034,11 +1034,8 @@ def offline_plan(repo: str | Any, base: str, head: str) -> Plan:
     base_state = read_state(git, base)
     head_state = read_state(git, head)
     head_state.require_valid()
-    base_actual = synthetic_actual(base_state)
-    if base_state.settings.schema != head_state.settings.schema or \
-            base_state.settings.base_name != head_state.settings.base_name:
-        base_actual = synthetic_actual(base_state)
-    return make_plan(head_state, base_actual, target=f"a database reconciled to {base}")
+    return make_plan(head_state, synthetic_actual(base_state),
+                     target=f"a database reconciled to {base}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1094,19 +1091,16 @@ def status(
     state = desired_state(repo, ref, fetch=fetch)
     resolved = resolve_dsn(dsn)
     settings = state.settings
+    schema = settings.schema
     with session(resolved.value, purpose="status") as conn:
         try:
-            actual = read_actual(conn, settings, count=[
-                settings.table_name(v) for v in state.configs])
-            names = [m.table_name for m in actual.live.values()
-                     if m.present and m.table_name not in actual.rows]
-            others = row_counts(conn, settings.schema,
-                                [n for n in names if n in actual.relations])
-            actual.rows.update(others)
+            actual = read_actual(conn, settings)
+            names = [settings.table_name(v) for v in state.configs]
+            names += [m.table_name for m in actual.live.values() if m.schema_name == schema]
+            actual.rows = row_counts(conn, schema,
+                                     [n for n in dict.fromkeys(names) if n in actual.relations])
             runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
-        except Exception as err:
-            if isinstance(err, RegistryError):
-                raise
+        except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the database") from None
     the_plan = make_plan(state, actual, target=resolved.redacted)
     return StatusReport(the_plan, status_rows(state, actual, the_plan, runs), last)
@@ -1143,20 +1137,28 @@ def status_rows(
     runs: dict[str, tuple[int, str | None]],
 ) -> list[StatusRow]:
     settings = state.settings
+    configs = state.configs
     live = actual.live
     current = actual.production
-    versions = sorted(set(state.configs) | set(live), reverse=True)
+    versions = sorted(set(configs) | set(live), reverse=True)
+    by_table: dict[str | None, list[Finding]] = {}
+    for finding in the_plan.findings:
+        by_table.setdefault(finding.table, []).append(finding)
+    view_findings = [f for f in the_plan.findings if f.kind in _VIEW_KINDS]
+    pending_by_table: dict[str, list[Action]] = {}
+    for action in the_plan.actions:
+        pending_by_table.setdefault(action.table, []).append(action)
     rows = []
     for version in versions:
-        config = state.configs.get(version)
+        config = configs.get(version)
         row = live.get(version)
         table = row.table_name if row is not None else settings.table_name(version)
         schema = row.schema_name if row is not None else settings.schema
-        findings = [f for f in the_plan.findings if f.table == table]
+        findings = list(by_table.get(table, []))
         is_production = current is not None and current.table_name == table
         if is_production:
-            findings += [f for f in the_plan.findings if f.kind in _VIEW_KINDS]
-        pending = [a for a in the_plan.actions if a.table == table]
+            findings += view_findings
+        pending = pending_by_table.get(table, [])
         kinds = {f.kind for f in findings}
         name: StatusName
         if "missing" in kinds:
