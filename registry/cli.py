@@ -494,7 +494,7 @@ def status(
     fmt: FormatOpt = "text",
 ) -> None:
     """Every config and its table: rows, sync status, production, last reconcile that touched it."""
-    from registry.reconcile import status as read_status
+    from registry.status import status as read_status
 
     report = read_status(repo, ref=ref, dsn=dsn, fetch=fetch)
     if fmt == "json":

@@ -144,6 +144,8 @@ ACTION_ORDER: tuple[type, ...] = (CreateTable, Unretire, SwapProduction, Retire,
 DESTRUCTIVE: tuple[type, ...] = (Drop,)
 
 Severity = Literal["error", "warning", "info"]
+VIEW_KINDS = frozenset({"view_elsewhere", "view_missing", "view_replaced"})
+"""Finding kinds about the production view (drift of what production reads)."""
 
 
 @dataclass(frozen=True)
@@ -541,7 +543,7 @@ def _plan_retirements(
                 continue
             drop_after = actual.now + settings.grace_period
             plan.actions.append(Retire(row.schema_name, row.table_name, version,
-                                       _when(drop_after)))
+                                       utc_text(drop_after)))
             continue
         retired_at = row.retired_at or actual.now
         if row.key in protected:
@@ -551,14 +553,14 @@ def _plan_retirements(
         elif retired_at + settings.grace_period > actual.now:
             plan.findings.append(Finding(
                 "grace", row.table_name, f"{name} is retired; it is dropped after "
-                f"{_when(retired_at + settings.grace_period)} (grace period "
+                f"{utc_text(retired_at + settings.grace_period)} (grace period "
                 f"{_duration(settings.grace_period)})", None, "info"))
         else:
-            plan.actions.append(Drop(row.schema_name, row.table_name, version, _when(retired_at),
+            plan.actions.append(Drop(row.schema_name, row.table_name, version, utc_text(retired_at),
                                      already_gone=not row.present))
 
 
-def _when(moment: datetime) -> str:
+def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -651,8 +653,12 @@ def _table_ddl(action: CreateTable) -> list[sql.Composed]:
     ]
 
 
-def _bk(name: str) -> sql.Composed:
+def bookkeeping(name: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(BOOKKEEPING_SCHEMA), sql.Identifier(name))
+
+
+MANAGED = bookkeeping("managed_tables")
+RUNS = bookkeeping("reconcile_runs")
 
 
 @dataclass
@@ -746,7 +752,7 @@ class Applier:
                 "status = CASE WHEN {m}.status = 'dropped' THEN 'shadow' ELSE {m}.status END, "
                 "dropped_at = NULL, "
                 "retired_at = CASE WHEN {m}.status = 'dropped' THEN NULL ELSE {m}.retired_at END"
-            ).format(m=_bk("managed_tables")),
+            ).format(m=MANAGED),
             {"schema": action.schema, "table": action.table, "version": action.chunk_version,
              "hash": action.config_hash, "commit": self.commit},
         )
@@ -754,7 +760,7 @@ class Applier:
     def _update_status(self, schema: str, table: str, expected: str, assignment: str) -> None:
         updated = self.conn.execute(
             sql.SQL("UPDATE {m} SET {assign} WHERE schema_name = %s AND table_name = %s "
-                    "AND status = %s").format(m=_bk("managed_tables"), assign=sql.SQL(assignment)),
+                    "AND status = %s").format(m=MANAGED, assign=sql.SQL(assignment)),
             (schema, table, expected),
         ).rowcount
         if updated != 1:
@@ -767,7 +773,7 @@ class Applier:
         row = self.conn.execute(
             sql.SQL("SELECT status FROM {} WHERE schema_name = %s AND table_name = %s "
                     "AND status IN ('shadow', 'production') FOR UPDATE").format(
-                _bk("managed_tables")),
+                MANAGED),
             (action.schema, action.table),
         ).fetchone()
         if row is None:
@@ -790,12 +796,12 @@ class Applier:
         self.conn.execute(
             sql.SQL("UPDATE {} SET status = 'shadow', demoted_at = now() "
                     "WHERE status = 'production' AND NOT (schema_name = %s AND table_name = %s)"
-                    ).format(_bk("managed_tables")),
+                    ).format(MANAGED),
             (action.schema, action.table),
         )
         self.conn.execute(
             sql.SQL("UPDATE {} SET status = 'production', promoted_at = now() "
-                    "WHERE schema_name = %s AND table_name = %s").format(_bk("managed_tables")),
+                    "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
         )
 
@@ -804,7 +810,7 @@ class Applier:
         settings = self.settings
         row = self.conn.execute(
             sql.SQL("SELECT status, retired_at FROM {} WHERE schema_name = %s AND table_name = %s "
-                    "FOR UPDATE").format(_bk("managed_tables")),
+                    "FOR UPDATE").format(MANAGED),
             (action.schema, action.table),
         ).fetchone()
         name = f"{action.schema}.{action.table}"
@@ -815,12 +821,12 @@ class Applier:
         if status != "retired":
             raise Refused(f"{name} is {status}, not retired: only retired tables are dropped")
         if retired_at + settings.grace_period > self.now:
-            raise Refused(f"{name} was retired at {_when(retired_at)}: the grace period "
+            raise Refused(f"{name} was retired at {utc_text(retired_at)}: the grace period "
                           f"{_duration(settings.grace_period)} is not over")
         former = self.conn.execute(
             sql.SQL("SELECT schema_name, table_name FROM {} WHERE status <> 'dropped' "
                     "AND demoted_at IS NOT NULL AND status <> 'production' "
-                    "ORDER BY demoted_at DESC LIMIT %s").format(_bk("managed_tables")),
+                    "ORDER BY demoted_at DESC LIMIT %s").format(MANAGED),
             (settings.keep_previous,),
         ).fetchall()
         if (action.schema, action.table) in {tuple(r) for r in former}:
@@ -829,7 +835,7 @@ class Applier:
             sql.Identifier(action.schema), sql.Identifier(action.table)))
         self.conn.execute(
             sql.SQL("UPDATE {} SET status = 'dropped', dropped_at = now() "
-                    "WHERE schema_name = %s AND table_name = %s").format(_bk("managed_tables")),
+                    "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
         )
 
@@ -874,7 +880,8 @@ def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
     else:
         pid, app, addr, since = holder
         where = f" from {addr}" if addr else ""
-        who = f"backend pid {pid} ({app or 'no application_name'}{where}, connected {_when(since)})"
+        who = (f"backend pid {pid} ({app or 'no application_name'}{where}, "
+               f"connected {utc_text(since)})")
     raise ReconcileBusy(f"another reconcile is running: the lock is held by {who}",
                         fix="wait for it to finish, then rerun")
 
@@ -882,7 +889,7 @@ def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
 def _record_start(conn: psycopg.Connection[Any], plan: Plan, actor: str) -> int:
     row = conn.execute(
         sql.SQL("INSERT INTO {} (git_ref, git_commit, plan, outcome, actor) "
-                "VALUES (%s, %s, %s, 'running', %s) RETURNING id").format(_bk("reconcile_runs")),
+                "VALUES (%s, %s, %s, 'running', %s) RETURNING id").format(RUNS),
         (plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor),
     ).fetchone()
     assert row is not None
@@ -902,14 +909,14 @@ def _record_finish(
         query = sql.SQL(
             "INSERT INTO {} (git_ref, git_commit, plan, outcome, error, actor, finished_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp()) RETURNING id"
-        ).format(_bk("reconcile_runs"))
+        ).format(RUNS)
         params: tuple[Any, ...] = (plan.ref, plan.commit, json.dumps(done), result.outcome,
                                    "; ".join(errors) or None, actor)
     else:
         query = sql.SQL(
             "UPDATE {} SET plan = %s, outcome = %s, error = %s, finished_at = clock_timestamp() "
             "WHERE id = %s RETURNING id"
-        ).format(_bk("reconcile_runs"))
+        ).format(RUNS)
         params = (json.dumps(done), result.outcome, "; ".join(errors) or None, run_id)
     row = conn.execute(query, params).fetchone()
     assert row is not None
@@ -1039,157 +1046,6 @@ def offline_plan(repo: str | Any, base: str, head: str) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------
-# Status
-
-
-StatusName = Literal["Synced", "OutOfSync", "Missing", "Retired", "Drifted"]
-_DRIFT_KINDS = {"config_changed", "moved", "unmanaged"}
-_VIEW_KINDS = {"view_elsewhere", "view_missing", "view_replaced"}
-
-
-@dataclass(frozen=True)
-class StatusRow:
-    """One config (or retired table) as `registry status` shows it."""
-
-    chunk_version: str
-    params: str | None
-    table: str
-    rows: int | None
-    status: StatusName
-    production: bool
-    desired_production: bool
-    created_commit: str | None
-    last_run: int | None
-    last_run_commit: str | None
-    note: str
-
-
-@dataclass
-class StatusReport:
-    plan: Plan
-    rows: list[StatusRow]
-    last_run: dict[str, Any] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ref": self.plan.ref,
-            "commit": self.plan.commit,
-            "target": self.plan.target,
-            "in_sync": self.plan.in_sync,
-            "configs": [asdict(r) for r in self.rows],
-            "last_run": self.last_run,
-            "findings": [asdict(f) for f in self.plan.findings],
-        }
-
-
-def status(
-    repo: str | Any, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True
-) -> StatusReport:
-    """Every config and managed table: rows, sync status, production, last run that touched it."""
-    from registry.db import database_error, resolve_dsn, session
-
-    state = desired_state(repo, ref, fetch=fetch)
-    resolved = resolve_dsn(dsn)
-    settings = state.settings
-    schema = settings.schema
-    with session(resolved.value, purpose="status") as conn:
-        try:
-            actual = read_actual(conn, settings)
-            names = [settings.table_name(v) for v in state.configs]
-            names += [m.table_name for m in actual.live.values() if m.schema_name == schema]
-            actual.rows = row_counts(conn, schema,
-                                     [n for n in dict.fromkeys(names) if n in actual.relations])
-            runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
-        except psycopg.Error as err:
-            raise database_error(err, resolved.value, "reading the database") from None
-    the_plan = make_plan(state, actual, target=resolved.redacted)
-    return StatusReport(the_plan, status_rows(state, actual, the_plan, runs), last)
-
-
-def _last_runs(
-    conn: psycopg.Connection[Any],
-) -> tuple[dict[str, tuple[int, str | None]], dict[str, Any] | None]:
-    """table -> (run id, commit) of the last run that applied an action to it; the last run."""
-    touched = conn.execute(sql.SQL(
-        "SELECT DISTINCT ON (a->>'table') a->>'table', r.id, r.git_commit "
-        "FROM {} r CROSS JOIN LATERAL jsonb_array_elements(r.plan) a "
-        "WHERE a->>'result' = 'applied' ORDER BY a->>'table', r.id DESC"
-    ).format(_bk("reconcile_runs"))).fetchall()
-    last = conn.execute(sql.SQL(
-        "SELECT id, outcome, git_ref, git_commit, started_at, finished_at, error, actor, "
-        "jsonb_array_length(plan) FROM {} ORDER BY id DESC LIMIT 1"
-    ).format(_bk("reconcile_runs"))).fetchone()
-    last_run = None
-    if last is not None:
-        keys = ("id", "outcome", "git_ref", "git_commit", "started_at", "finished_at", "error",
-                "actor", "actions")
-        last_run = dict(zip(keys, last, strict=True))
-        for key in ("started_at", "finished_at"):
-            if last_run[key] is not None:
-                last_run[key] = _when(last_run[key])
-    return {t: (i, c) for t, i, c in touched}, last_run
-
-
-def status_rows(
-    state: RegistryState,
-    actual: ActualState,
-    the_plan: Plan,
-    runs: dict[str, tuple[int, str | None]],
-) -> list[StatusRow]:
-    settings = state.settings
-    configs = state.configs
-    live = actual.live
-    current = actual.production
-    versions = sorted(set(configs) | set(live), reverse=True)
-    by_table: dict[str | None, list[Finding]] = {}
-    for finding in the_plan.findings:
-        by_table.setdefault(finding.table, []).append(finding)
-    view_findings = [f for f in the_plan.findings if f.kind in _VIEW_KINDS]
-    pending_by_table: dict[str, list[Action]] = {}
-    for action in the_plan.actions:
-        pending_by_table.setdefault(action.table, []).append(action)
-    rows = []
-    for version in versions:
-        config = configs.get(version)
-        row = live.get(version)
-        table = row.table_name if row is not None else settings.table_name(version)
-        schema = row.schema_name if row is not None else settings.schema
-        findings = list(by_table.get(table, []))
-        is_production = current is not None and current.table_name == table
-        if is_production:
-            findings += view_findings
-        pending = pending_by_table.get(table, [])
-        kinds = {f.kind for f in findings}
-        name: StatusName
-        if "missing" in kinds:
-            name = "Missing"
-        elif kinds & (_DRIFT_KINDS | _VIEW_KINDS):
-            name = "Drifted"
-        elif row is not None and row.status == "retired" and config is None:
-            name = "Retired"
-        elif pending or row is None or config is None or "empty" in kinds:
-            name = "OutOfSync"
-        else:
-            name = "Synced"
-        notes = [a.describe() for a in pending] + [f.message for f in findings]
-        last = runs.get(table)
-        rows.append(StatusRow(
-            chunk_version=version,
-            params=config.label() if config else None,
-            table=f"{schema}.{table}",
-            rows=actual.rows.get(table),
-            status=name,
-            production=is_production,
-            desired_production=settings.production == version,
-            created_commit=row.created_commit if row else None,
-            last_run=last[0] if last else None,
-            last_run_commit=last[1] if last else None,
-            note="; ".join(notes),
-        ))
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
 # Rendering (shared by the CLI and pull-request bodies)
 
 _SYMBOLS = {CreateTable: "+", Unretire: "+", SwapProduction: "~", Retire: "-", Drop: "x"}
@@ -1228,7 +1084,7 @@ def render_plan(the_plan: Plan, fmt: Literal["text", "markdown"] = "text") -> st
         lines.append("  no changes: the database matches the repository")
     for finding in the_plan.findings:
         prefix = {"error": "blocked", "warning": "drift" if finding.kind in (
-            _VIEW_KINDS | {"missing"}) else "warning", "info": "note"}[finding.severity]
+            VIEW_KINDS | {"missing"}) else "warning", "info": "note"}[finding.severity]
         lines.append(f"  ! {prefix}: {finding.render()}")
     lines.append(f"Plan: {summary(the_plan)}.")
     return "\n".join(lines) + "\n"

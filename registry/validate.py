@@ -104,7 +104,7 @@ def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
         short = tag.commit[:10]
         if tagged_blob is None:
             problems.append(Problem(path, 1, f"tag {name} points to commit {short}, which has no "
-                                    f"{path}", f"delete the tag; `registry tag` recreates it"))
+                                    f"{path}", "delete the tag; `registry tag` recreates it"))
             continue
         if tag.commit not in on_main:
             problems.append(Problem(path, 1, f"tag {name} points to commit {short}, which is not "

@@ -23,8 +23,8 @@ from registry.reconcile import (
     acquire_lock,
     plan,
     reconcile,
-    status,
 )
+from registry.status import status
 from tests.database import Database, promote, retire, table_of
 from tests.helpers import PRODUCTION_YAML, RegistryRepo
 
