@@ -54,13 +54,12 @@ def _emit_json(data: Any) -> None:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*headers, box=None, pad_edge=False, header_style="bold")
-    for row in rows:
-        table.add_row(*row)
-    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240).print(table)
+    """Columns padded to their widest cell, like `kubectl get`. Plain text on purpose: rich's
+    Table takes ~1 ms a row, 1.7 s for a registry of 1,500 configs."""
+    widths = [max([len(header), *(len(row[i]) for row in rows)])
+              for i, header in enumerate(headers)]
+    _print("\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                     .rstrip() for row in [headers, *rows]))
 
 
 @app.callback()
