@@ -91,7 +91,7 @@ def redact(dsn: str) -> str:
         query = urllib.parse.urlencode(
             [(k, "***" if k == "password" else v)
              for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
-            safe="/",
+            safe="/*",
         )
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
