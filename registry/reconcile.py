@@ -376,14 +376,21 @@ def swap_target(state: RegistryState) -> str | None:
 
 
 def make_plan(
-    state: RegistryState, actual: ActualState, *, target: str = "", force: bool = False
+    state: RegistryState,
+    actual: ActualState,
+    *,
+    target: str = "",
+    force: bool = False,
+    allow_empty: bool = False,
 ) -> Plan:
     """The ordered actions that make `actual` match `state`, and what blocks or stays.
 
     Touches nothing. `force` allows swapping production to an empty table or over a view the
-    registry did not create.
+    registry did not create. An empty desired state is refused unless `allow_empty` (status
+    shows what it would mean; reconcile never applies it).
     """
-    refuse_empty(state)
+    if not allow_empty:
+        refuse_empty(state)
     settings = state.settings
     schema, base = settings.schema, settings.base_name
     plan = Plan(ref=state.ref, commit=state.commit, target=target)
@@ -944,7 +951,6 @@ def desired_state(
     git = Git(repo)
     state = read_state(git, git.desired_ref(ref, fetch=fetch))
     state.require_valid()
-    refuse_empty(state)
     return state
 
 

@@ -90,7 +90,7 @@ def status(
             runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
         except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the database") from None
-    the_plan = make_plan(state, actual, target=resolved.redacted)
+    the_plan = make_plan(state, actual, target=resolved.redacted, allow_empty=True)
     return StatusReport(the_plan, status_rows(state, actual, the_plan, runs), last)
 
 

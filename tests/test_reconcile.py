@@ -301,7 +301,11 @@ def test_a_desired_state_without_configs_is_refused(
 
     with pytest.raises(Refused, match="no locked configs"):
         run(registry_repo, db)
+    with pytest.raises(Refused, match="no locked configs"):
+        plan(registry_repo.path, dsn=db.dsn)
+    report = status(registry_repo.path, dsn=db.dsn)
     assert db.managed() == {table_of(v1): "shadow"}
+    assert [(r.chunk_version, r.status) for r in report.rows] == [(v1, "OutOfSync")]
 
 
 def test_first_run_adopts_nothing_and_drops_nothing(
