@@ -210,12 +210,17 @@ def connect(
                                   fix="check that the server is up and the DSN is right") from None
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of a driver error (PostgreSQL adds DETAIL/HINT lines below it)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def database_error(err: Exception, dsn: str, doing: str) -> RegistryError:
     """A driver error while `doing` something, as one line without the password."""
     import psycopg
 
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    reason = scrub(first, dsn)
+    reason = scrub(first_line(err), dsn)
     if isinstance(err, psycopg.OperationalError):
         return DatabaseUnavailable(f"lost the database while {doing}: {reason}",
                                    fix="check the server, then rerun")

@@ -19,16 +19,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg import sql
 
 from registry.config import ProductionConfig
-from registry.db import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY
+from registry.db import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY, first_line
 from registry.errors import ReconcileBusy, Refused, RegistryError
 
 if TYPE_CHECKING:
+    import threading
+
     from registry.gitops import RegistryState
 
 log = logging.getLogger("registry.reconcile")
@@ -714,12 +717,12 @@ class Applier:
                              self.lock_timeout_ms, attempt, delay)
                     self.sleep(delay)
                     continue
-                return self._failed(action, f"{_first_line(err)} ({attempt} attempts: a reader "
+                return self._failed(action, f"{first_line(err)} ({attempt} attempts: a reader "
                                     "holds a lock on it; retry when it is done)", attempt, started)
             except psycopg.Error as err:
                 if isinstance(err, psycopg.OperationalError) and self.conn.closed:
                     raise
-                return self._failed(action, _first_line(err), attempt, started)
+                return self._failed(action, first_line(err), attempt, started)
             except RegistryError as err:
                 return self._failed(action, str(err), attempt, started)
             log.info("applied: %s", action.describe())
@@ -847,11 +850,6 @@ class Applier:
         )
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 # ---------------------------------------------------------------------------------------------
 # Runs: the lock, the record, the whole thing
 
@@ -943,7 +941,7 @@ def _actor() -> str:
 
 
 def desired_state(
-    repo: str | Any, ref: str | None = None, *, fetch: bool = True
+    repo: Path | str, ref: str | None = None, *, fetch: bool = True
 ) -> RegistryState:
     """The validated desired state: a committed ref, never the working tree."""
     from registry.gitops import Git, read_state
@@ -955,7 +953,7 @@ def desired_state(
 
 
 def plan(
-    repo: str | Any,
+    repo: Path | str,
     *,
     ref: str | None = None,
     dsn: str | None = None,
@@ -989,7 +987,7 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
 
 
 def reconcile(
-    repo: str | Any,
+    repo: Path | str,
     *,
     ref: str | None = None,
     dsn: str | None = None,
@@ -1038,7 +1036,7 @@ def reconcile(
     return result
 
 
-def offline_plan(repo: str | Any, base: str, head: str) -> Plan:
+def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
     """What merging `head` into `base` would make the reconciler do, without a database:
     the plan against a database exactly reconciled to `base` (for PR review in CI)."""
     from registry.gitops import Git, read_state
@@ -1101,9 +1099,9 @@ def render_plan(the_plan: Plan, fmt: Literal["text", "markdown"] = "text") -> st
 
 
 def watch(
-    repo: str | Any,
+    repo: Path | str,
     *,
-    stop: Any,
+    stop: threading.Event,
     interval: float = 60.0,
     max_backoff: float = 300.0,
     on_result: Callable[[RunResult], None] | None = None,

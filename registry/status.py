@@ -8,6 +8,7 @@ constant number of queries.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
@@ -71,7 +72,7 @@ class StatusReport:
 
 
 def status(
-    repo: str | Any, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True
+    repo: Path | str, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True
 ) -> StatusReport:
     """Every config and managed table: rows, sync status, production, last run that touched it."""
     from registry.db import database_error, resolve_dsn, session
