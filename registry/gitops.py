@@ -119,9 +119,10 @@ class Git:
             if self.resolve(f"refs/heads/{name}"):
                 return name
         current = self.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False).strip()
-        if current:
+        if current and self.resolve(f"refs/heads/{current}"):
             return current
-        raise GitError("the repository has no main branch", fix="commit to a branch named main")
+        raise GitError("the repository has no main branch (no commits yet)",
+                       fix="commit configs/ to a branch named main")
 
     def desired_ref(self, ref: str | None = None, fetch: bool = True) -> str:
         """The ref the reconciler reads: `ref` if given, `origin/main` when there is a remote
