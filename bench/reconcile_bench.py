@@ -2,16 +2,16 @@
 
 1. `registry plan` and `registry status` on a repo with N locked configs and N tags, against
    `gto show` on the same repository with N GTO tags (GTO rebuilds its state from every tag).
-   GTO is not a dependency of the project; install it on the side and pass its path:
-       python3 -m venv /tmp/gto-venv && /tmp/gto-venv/bin/pip install gto
-       python bench/reconcile_bench.py --gto /tmp/gto-venv/bin/gto
+   GTO comes with the `bench` extra (`pip install -e '.[bench]'`); `--gto PATH` picks another.
 2. SQL round trips of a no-op reconcile with a few vs many managed tables (counted by libpq's
    protocol trace: every Query or Sync message the client sends is one round trip).
 3. View swap latency, and the longest stall of a concurrent read loop during swaps, against
    the same read loop with no swap; plus the stall when a long query holds the view.
 
 Usage: python bench/reconcile_bench.py [--dsn DSN] [--configs 1500] [--small 10] [--large 1000]
-       [--swaps 50] [--gto PATH]   (default DSN: the embedded server in a temp REGISTRY_HOME)
+       [--swaps 50] [--gto PATH] [--only plan|round-trips|swap]
+       (default: an embedded server in a temporary directory; --dsn is an admin DSN, each part
+       runs in a database of its own that is dropped afterwards)
 """
 
 from __future__ import annotations
@@ -297,7 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", type=int, default=10)
     parser.add_argument("--large", type=int, default=1000)
     parser.add_argument("--swaps", type=int, default=50)
-    parser.add_argument("--gto", help="path to a `gto` executable to compare with")
+    beside = Path(sys.executable).parent / "gto"
+    parser.add_argument("--gto", default=str(beside) if beside.exists() else shutil.which("gto"),
+                        help="path to a `gto` executable to compare with (default: the bench "
+                        "extra's)")
     parser.add_argument("--only", choices=["plan", "round-trips", "swap"])
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
