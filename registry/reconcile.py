@@ -683,7 +683,6 @@ class Applier:
     schema_exists: bool = True
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     attempts: int = SWAP_ATTEMPTS
-    sleep: Callable[[float], None] = time.sleep
 
     def apply(self, plan: Plan) -> list[ActionResult]:
         """Every action in order; after a failure no destructive action runs."""
@@ -715,7 +714,7 @@ class Applier:
                     delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                     log.info("%s: lock_timeout after %dms, retry %d in %.2fs", action.describe(),
                              self.lock_timeout_ms, attempt, delay)
-                    self.sleep(delay)
+                    time.sleep(delay)
                     continue
                 return self._failed(action, f"{first_line(err)} ({attempt} attempts: a reader "
                                     "holds a lock on it; retry when it is done)", attempt, started)

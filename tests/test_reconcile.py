@@ -55,6 +55,16 @@ def serving(repo: RegistryRepo, db: Database, version: str) -> None:
     assert result.outcome == "applied", result.to_dict()
 
 
+def promotion_pending(repo: RegistryRepo, db: Database, rows: int = 3) -> tuple[str, str]:
+    """v1 serves production; v2 is ingested and its promotion merged, not yet reconciled."""
+    v1, v2 = repo.locked(), repo.locked(chunk_size=300)
+    run(repo, db)
+    serving(repo, db, v1)
+    db.fill(table_of(v2), rows=rows)
+    promote(repo, v2)
+    return v1, v2
+
+
 # ---------------------------------------------------------------------------------------------
 # The lifecycle
 
@@ -130,11 +140,7 @@ def test_second_reconcile_is_a_noop_that_runs_no_ddl(
 def test_promote_and_revert_swap_the_view_while_a_reader_keeps_reading(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
-    v1, v2 = registry_repo.locked(), registry_repo.locked(chunk_size=300)
-    run(registry_repo, db)
-    serving(registry_repo, db, v1)
-    db.fill(table_of(v2), rows=5)
-    promote(registry_repo, v2)
+    v1, v2 = promotion_pending(registry_repo, db, rows=5)
     seen: list[str] = []
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -483,11 +489,7 @@ def test_a_second_reconciler_is_told_who_holds_the_lock(
 def test_a_reader_holding_the_view_makes_the_swap_retry_not_hang(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
-    v1, v2 = registry_repo.locked(), registry_repo.locked(chunk_size=300)
-    run(registry_repo, db)
-    serving(registry_repo, db, v1)
-    db.fill(table_of(v2))
-    promote(registry_repo, v2)
+    _, v2 = promotion_pending(registry_repo, db)
     reading = threading.Event()
 
     def long_reader() -> None:
