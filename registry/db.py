@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import psycopg
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_NAME = "chunk-registry"
 CONNECT_TIMEOUT_S = 10
 EMBEDDED_DBNAME = "postgres"
@@ -296,7 +296,27 @@ def _migration_1() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
-MIGRATIONS = {1: _migration_1}
+def _migration_2() -> list[sql.Composed | sql.SQL]:
+    """Evaluation runs: the promotion gate reads the last comparison of a shadow table."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.eval_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            chunk_version text NOT NULL,
+            against_version text,
+            kind text NOT NULL CHECK (kind IN ('eval', 'compare')),
+            cases integer NOT NULL CHECK (cases >= 0),
+            metrics jsonb NOT NULL,
+            passed boolean,
+            details jsonb NOT NULL DEFAULT '{{}}',
+            CHECK ((kind = 'compare') = (against_version IS NOT NULL AND passed IS NOT NULL)))""",
+        "CREATE INDEX eval_runs_version ON {s}.eval_runs (chunk_version, kind, at DESC)",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2}
 """version -> the statements that bring the schema from version-1 to version."""
 
 

@@ -47,7 +47,8 @@ def load_cases(path: Path) -> list[Case]:
     except FileNotFoundError:
         raise UsageError(f"cases file {path} does not exist", fix="pass --cases FILE") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read cases file {path}: {err}", fix="pass a UTF-8 JSONL file") from None
+        raise UsageError(f"cannot read cases file {path}: {err}",
+                         fix="pass a UTF-8 JSONL file") from None
     stripped = text.lstrip()
     records: list[tuple[int, Any]] = []
     if stripped.startswith("["):

@@ -227,6 +227,8 @@ class ManagedTable:
     retired_at: datetime | None
     dropped_at: datetime | None
     present: bool
+    last_compare_passed: bool | None = None
+    """Outcome of the newest `registry eval --compare` of this table (None: never compared)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -274,6 +276,7 @@ _CATALOG = """
 SELECT statement_timestamp(),
        to_regnamespace(%(schema)s) IS NOT NULL,
        to_regclass(%(bookkeeping)s) IS NOT NULL,
+       to_regclass(%(evals)s) IS NOT NULL,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(c.relname, c.relkind, (
                 SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_array(tn.nspname, t.relname)), '[]')
                 FROM pg_rewrite r
@@ -287,7 +290,13 @@ SELECT statement_timestamp(),
           AND (c.relname = %(base)s OR c.relname LIKE %(pattern)s ESCAPE '\\'))
 """
 
-_MANAGED_COLUMNS = tuple(f.name for f in fields(ManagedTable) if f.name != "present")
+_MANAGED_COLUMNS = tuple(
+    f.name for f in fields(ManagedTable) if f.name not in ("present", "last_compare_passed")
+)
+_LAST_COMPARE = sql.SQL(
+    "(SELECT e.passed FROM {s}.eval_runs e WHERE e.chunk_version = m.chunk_version "
+    "AND e.kind = 'compare' ORDER BY e.at DESC, e.id DESC LIMIT 1)"
+)
 
 
 def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> ActualState:
@@ -296,20 +305,23 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
     row = conn.execute(
         _CATALOG,
         {"schema": settings.schema, "base": base, "pattern": base.replace("_", "\\_") + "\\_%",
-         "bookkeeping": f"{BOOKKEEPING_SCHEMA}.managed_tables"},
+         "bookkeeping": f"{BOOKKEEPING_SCHEMA}.managed_tables",
+         "evals": f"{BOOKKEEPING_SCHEMA}.eval_runs"},
     ).fetchone()
     assert row is not None
-    now, schema_exists, bookkeeping, relations = row
+    now, schema_exists, bookkeeping, evals, relations = row
     actual = ActualState(schema=settings.schema, base_name=base, now=now,
                          schema_exists=schema_exists, bookkeeping=bookkeeping)
     for name, kind, reads in relations:
         actual.relations[name] = Relation(name, kind, tuple((s, t) for s, t in reads))
     if bookkeeping:
+        schema_id = sql.Identifier(BOOKKEEPING_SCHEMA)
         query = sql.SQL(
-            "SELECT {cols}, to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL "
-            "FROM {s}.managed_tables ORDER BY created_at, table_name"
+            "SELECT {cols}, to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL, "
+            "{compare} FROM {s}.managed_tables m ORDER BY created_at, table_name"
         ).format(cols=sql.SQL(", ").join(map(sql.Identifier, _MANAGED_COLUMNS)),
-                 s=sql.Identifier(BOOKKEEPING_SCHEMA))
+                 compare=_LAST_COMPARE.format(s=schema_id) if evals else sql.SQL("NULL"),
+                 s=schema_id)
         actual.managed = [ManagedTable(*r) for r in conn.execute(query).fetchall()]
     return actual
 
@@ -502,6 +514,10 @@ def _plan_production(
             "view_elsewhere", base, f"{schema}.{base} reads {_names(reads)}, but the registry's "
             f"production is {current.table_name}", "reconcile re-points it", "warning"))
     row = actual.live.get(wanted)
+    gate = None if force else _gate_finding(row, state, schema, table, first=current is None)
+    if gate is not None:
+        plan.findings.append(gate)
+        return None
     rows = actual.rows.get(table, 0) if row is not None and row.present else 0
     if rows == 0 and not force:
         new = " (it is created by this run)" if row is None or not row.present else ""
@@ -511,6 +527,30 @@ def _plan_production(
         return None
     plan.actions.append(SwapProduction(schema, base, old, table, wanted, reason))
     return current if current is not None and current.key != (schema, table) else None
+
+
+def _gate_finding(
+    row: ManagedTable | None, state: RegistryState, schema: str, table: str, *, first: bool
+) -> Finding | None:
+    """The promotion gate: a table that was never production needs its last comparison
+    against production to have passed (and one to exist with gates.require_eval, unless it
+    is the `first` production: there is nothing to compare against). A table that served
+    production before (a rollback target) is never held back by it."""
+    if row is None or row.promoted_at is not None:
+        return None
+    version = row.chunk_version
+    if row.last_compare_passed is False:
+        return Finding(
+            "gate", table, f"refusing to swap production to {schema}.{table}: its last "
+            "comparison against production failed the gates",
+            f"rerun `registry eval --compare {version} --against production`, or pass --force",
+            "error")
+    if row.last_compare_passed is None and state.settings.require_eval and not first:
+        return Finding(
+            "gate", table, f"refusing to swap production to {schema}.{table}: gates.require_eval "
+            "is set and it was never compared against production",
+            f"run `registry eval --compare {version} --against production --cases FILE`", "error")
+    return None
 
 
 def _names(reads: tuple[tuple[str, str], ...]) -> str:

@@ -36,8 +36,25 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
     assert db.query("SELECT version FROM chunk_registry.schema_version") == [(SCHEMA_VERSION,)]
     tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
                       "ORDER BY 1")
-    assert [t for (t,) in tables] == ["health_reports", "ingest_runs", "managed_tables",
-                                      "reconcile_runs", "schema_version"]
+    assert [t for (t,) in tables] == ["eval_runs", "health_reports", "ingest_runs",
+                                      "managed_tables", "reconcile_runs", "schema_version"]
+
+
+def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:
+    from registry.db import MIGRATIONS
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in MIGRATIONS[1]():
+            conn.execute(statement)
+        conn.execute("INSERT INTO chunk_registry.schema_version (version) VALUES (1)")
+        conn.execute("INSERT INTO chunk_registry.health_reports (report) VALUES ('{}')")
+        assert schema_version(conn) == 1
+
+        assert ensure_schema(conn) == SCHEMA_VERSION
+
+        assert schema_version(conn) == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM chunk_registry.health_reports").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM chunk_registry.eval_runs").fetchone() == (0,)
 
 
 def test_the_database_enforces_the_bookkeeping_invariants(dsn: str) -> None:
