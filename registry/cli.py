@@ -556,6 +556,140 @@ def db_stop(fmt: FormatOpt = "text") -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Evaluation and health
+
+CasesOpt = Annotated[
+    Path | None,
+    typer.Option("--cases", help="JSONL (or JSON array) of {query_id, query, gt_answer}."),
+]
+KOpt = Annotated[int, typer.Option("--k", min=1, max=1000, help="Candidates retrieved per query "
+                                   "(the retrieval snapshot).")]
+TopOpt = Annotated[int, typer.Option("--top", min=1, max=1000, help="Chunks a reader gets (the "
+                                     "filter hit is judged on these).")]
+MatchOpt = Annotated[
+    Literal["any", "all"],
+    typer.Option("--match", help="any: a chunk may match any query term (BM25-like, default); "
+                 "all: every term, as websearch_to_tsquery alone."),
+]
+
+
+@app.command("eval")
+def eval_command(
+    version: Annotated[
+        str | None, typer.Argument(help="A chunk_version, or `production`.")
+    ] = None,
+    cases: CasesOpt = None,
+    compare: Annotated[
+        str | None, typer.Option("--compare", help="Compare this shadow version ...")
+    ] = None,
+    against: Annotated[
+        str, typer.Option("--against", help="... against this version (default: production).")
+    ] = "production",
+    k: KOpt = 50,
+    top: TopOpt = 8,
+    match: MatchOpt = "any",
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Store the result in eval_runs.")
+    ] = True,
+    write_baseline: Annotated[
+        Path | None,
+        typer.Option("--write-baseline", help="Write the measured metrics to FILE for "
+                     "`registry lock --baseline-metrics FILE`."),
+    ] = None,
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Retrieval evaluation by PostgreSQL full-text search, or a shadow-vs-production comparison
+    (exit 1 when the shadow regresses beyond the gates of production.yaml)."""
+    from registry.evaluate import baseline_metrics, run_compare, run_eval
+
+    if cases is None:
+        raise _usage("--cases FILE is required")
+    if compare is None and version is None:
+        raise _usage("name a VERSION to evaluate, or --compare SHADOW --against production")
+    if compare is not None and version is not None:
+        raise _usage("give either VERSION or --compare, not both")
+    options: dict[str, Any] = {"dsn": dsn, "ref": ref, "k": k, "top": top, "match": match,
+                               "record": record}
+    if compare is None:
+        assert version is not None
+        result = run_eval(repo, version, cases, **options)
+        if write_baseline:
+            write_baseline.write_text(json.dumps(
+                {"chunk_version": result.chunk_version, "metrics": baseline_metrics(result)},
+                indent=2) + "\n")
+        if fmt == "json":
+            _emit_json(result.as_dict())
+            return
+        _print_metrics(f"{result.chunk_version} ({result.table}, k={k}, top={top}, match={match})",
+                       result.metrics)
+        if write_baseline:
+            _print(f"baseline metrics written to {write_baseline}")
+        return
+    comparison = run_compare(repo, compare, against, cases, **options)
+    if write_baseline:
+        write_baseline.write_text(json.dumps(
+            {"chunk_version": comparison.shadow.chunk_version,
+             "metrics": baseline_metrics(comparison.shadow)}, indent=2) + "\n")
+    if fmt == "json":
+        _emit_json(comparison.as_dict())
+    else:
+        shadow, base = comparison.shadow.metrics, comparison.baseline.metrics
+        _table(["METRIC", comparison.shadow.chunk_version, comparison.baseline.chunk_version,
+                "DELTA"],
+               [[name, f"{shadow[name]:.3f}", f"{base[name]:.3f}",
+                 f"{comparison.deltas[name]:+.3f}"] for name in comparison.deltas])
+        for line in comparison.regressions:
+            _print(f"regression: {line}")
+        _print("gate: PASSED" if comparison.passed else "gate: FAILED (reconcile will refuse to "
+               "promote it unless --force)")
+    if not comparison.passed:
+        raise typer.Exit(1)
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    _print(title)
+    for name, value in metrics.items():
+        shown = f"{value:.0f}" if name == "cases" else f"{value:.3f}"
+        _print(f"  {name:<20} {shown}")
+
+
+@app.command()
+def health(
+    version: Annotated[
+        str, typer.Option("--version", help="The config to check (default: production).")
+    ] = "production",
+    cases: CasesOpt = None,
+    tokenizer_file: Annotated[
+        Path | None, typer.Option(help="tokenizer.json to check the config's hash against.")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="A tokenizer that cannot be checked is critical.")
+    ] = False,
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Append the report to health_reports.")
+    ] = True,
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fmt: Annotated[
+        Literal["text", "json", "markdown"], typer.Option("--format", help="Output format.")
+    ] = "text",
+) -> None:
+    """Health of a config and its table: guardrails, prefix leakage, over-budget chunks, dedup
+    rate, retrieval metrics and alerts. Exit 0 healthy, 1 warnings, 2 critical."""
+    from registry.health import render, run_health
+
+    report = run_health(repo, version, dsn=dsn, ref=ref, cases_file=cases,
+                        tokenizer_file=tokenizer_file, strict=strict, record_report=record)
+    sys.stdout.write(render(report, fmt))
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+# ---------------------------------------------------------------------------------------------
 # The error funnel
 
 

@@ -295,3 +295,169 @@ class Comparison:
             "max_drops": self.max_drops, "deltas": self.deltas,
             "shadow_metrics": self.shadow.metrics, "against_metrics": self.baseline.metrics,
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Running against the registry, and the record the gate reads
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which table an evaluation reads: a config's table in the configured schema."""
+
+    chunk_version: str
+    schema: str
+    table: str
+
+
+def resolve_target(repo: Path | str, version: str, ref: str | None = None) -> Target:
+    from registry.gitops import Git, read_state
+
+    git = Git(repo)
+    state = read_state(git, git.desired_ref(ref, fetch=False))
+    config = state.config(version)
+    return Target(config.chunk_version, state.settings.schema,
+                  state.table_name(config.chunk_version))
+
+
+def _require_rows(conn: psycopg.Connection[Any], target: Target) -> None:
+    from psycopg import sql
+
+    from registry.errors import Refused
+
+    exists = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s)", (target.schema, target.table),
+    ).fetchone()
+    if not exists or not exists[0]:
+        raise Refused(f"table {target.schema}.{target.table} does not exist",
+                      fix="merge the lock, then run `registry reconcile`")
+    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+        sql.Identifier(target.schema, target.table))).fetchone()
+    if not row or not row[0]:
+        raise Refused(f"table {target.schema}.{target.table} is empty",
+                      fix=f"run `registry ingest {target.chunk_version} --source PATH` first")
+
+
+def record_eval(
+    conn: psycopg.Connection[Any], result: EvalResult, comparison: Comparison | None = None
+) -> None:
+    """Append to chunk_registry.eval_runs: health reads the last eval, the gate the last
+    comparison."""
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    insert = sql.SQL(
+        "INSERT INTO {}.eval_runs (chunk_version, against_version, kind, cases, metrics, passed, "
+        "details) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    ).format(sql.Identifier(BOOKKEEPING_SCHEMA))
+    details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match}
+    if comparison is None:
+        conn.execute(insert, (result.chunk_version, None, "eval", len(result.cases),
+                              Jsonb(result.metrics), None, Jsonb(details)))
+        return
+    conn.execute(insert, (
+        result.chunk_version, comparison.baseline.chunk_version, "compare", len(result.cases),
+        Jsonb(result.metrics), comparison.passed,
+        Jsonb(details | {"against_metrics": comparison.baseline.metrics,
+                         "deltas": comparison.deltas, "regressions": comparison.regressions,
+                         "max_drops": comparison.max_drops}),
+    ))
+
+
+def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> dict[str, Any] | None:
+    """The newest recorded metrics of a version (an eval, or the shadow side of a comparison)."""
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    row = conn.execute(
+        sql.SQL("SELECT at, kind, metrics FROM {}.eval_runs WHERE chunk_version = %s "
+                "ORDER BY at DESC, id DESC LIMIT 1").format(sql.Identifier(BOOKKEEPING_SCHEMA)),
+        (chunk_version,),
+    ).fetchone()
+    if row is None:
+        return None
+    at, kind, metrics = row
+    return {"at": at, "kind": kind, **metrics}
+
+
+def run_eval(
+    repo: Path | str,
+    version: str,
+    cases_file: Path,
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    k: int = DEFAULT_K,
+    top: int = DEFAULT_TOP,
+    match: MatchMode = "any",
+    record: bool = True,
+) -> EvalResult:
+    """`registry eval VERSION`: evaluate one table on the cases (and record it)."""
+    from registry.db import ensure_schema, resolve_dsn, session
+
+    cases = load_cases(cases_file)
+    target = resolve_target(repo, version, ref)
+    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
+        _require_rows(conn, target)
+        result = evaluate_table(conn, target.schema, target.table, target.chunk_version, cases,
+                                k=k, top=top, match=match)
+        if record:
+            ensure_schema(conn)
+            record_eval(conn, result)
+    return result
+
+
+def run_compare(
+    repo: Path | str,
+    shadow: str,
+    against: str,
+    cases_file: Path,
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    k: int = DEFAULT_K,
+    top: int = DEFAULT_TOP,
+    match: MatchMode = "any",
+    record: bool = True,
+) -> Comparison:
+    """`registry eval --compare SHADOW --against production`: both tables on the same cases,
+    judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
+    from registry.db import ensure_schema, resolve_dsn, session
+    from registry.gitops import Git, read_state
+
+    cases = load_cases(cases_file)
+    git = Git(repo)
+    state = read_state(git, git.desired_ref(ref, fetch=False))
+    settings = state.settings
+    shadow_target = resolve_target(repo, shadow, ref)
+    against_target = resolve_target(repo, against, ref)
+    if shadow_target == against_target:
+        raise UsageError(f"--compare and --against both name {shadow_target.chunk_version}",
+                         fix="compare a shadow version against production")
+    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
+        _require_rows(conn, shadow_target)
+        _require_rows(conn, against_target)
+        results = [
+            evaluate_table(conn, t.schema, t.table, t.chunk_version, cases, k=k, top=top,
+                           match=match)
+            for t in (shadow_target, against_target)
+        ]
+        comparison = Comparison(results[0], results[1], {
+            "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
+            "filter_hit_rate": settings.filter_hit_rate_max_drop,
+        })
+        if record:
+            ensure_schema(conn)
+            record_eval(conn, results[0], comparison)
+    return comparison
+
+
+def baseline_metrics(result: EvalResult) -> dict[str, float]:
+    """What `registry lock --baseline-metrics` records: the rates and the snapshot size."""
+    metrics = result.metrics
+    return {name: round(metrics[name], 4)
+            for name in ("oracle_hit_rate", "filter_hit_rate", "avg_snapshot_size")}

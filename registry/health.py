@@ -294,3 +294,54 @@ def require_table(health: TableHealth) -> None:
     if not health.exists:
         raise RegistryError(f"table {health.table} does not exist",
                             fix="run `registry reconcile` first")
+
+
+def run_health(
+    repo: Path | str,
+    version: str = "production",
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    cases_file: Path | None = None,
+    tokenizer_file: Path | None = None,
+    strict: bool = False,
+    record_report: bool = True,
+    k: int | None = None,
+    top: int | None = None,
+) -> HealthReport:
+    """`registry health`: guardrails on the config and on the data, retrieval metrics (a fresh
+    evaluation with `cases_file`, else the last one recorded), alerts; appended to
+    health_reports so the dashboard can draw trends."""
+    from registry.db import ensure_schema, resolve_dsn, session
+    from registry.evaluate import DEFAULT_K, DEFAULT_TOP, evaluate_table, last_eval, load_cases
+    from registry.evaluate import record_eval as record_evaluation
+    from registry.gitops import Git, read_state
+
+    git = Git(repo)
+    state = read_state(git, git.desired_ref(ref, fetch=False))
+    config = state.config(version)
+    settings = state.settings
+    guard = ProductionGuardrails(config, tokenizer_file, strict=strict).validate_config()
+    guard["issues"] = guard["issues"] + [
+        p.render() for p in state.errors if p.path.endswith(f"{config.chunk_version}.yaml")
+    ]
+    guard["valid"] = not guard["issues"]
+    cases = load_cases(cases_file) if cases_file else None
+    with session(resolve_dsn(dsn).value, purpose="health") as conn:
+        ensure_schema(conn)
+        table = check_table(conn, config, settings)
+        retrieval: dict[str, Any] | None = None
+        if cases is not None and table.exists and table.rows:
+            result = evaluate_table(conn, settings.schema, config.table_name(settings.base_name),
+                                    config.chunk_version, cases, k=k or DEFAULT_K,
+                                    top=top or DEFAULT_TOP)
+            record_evaluation(conn, result)
+            retrieval = dict(result.metrics)
+        else:
+            last = last_eval(conn, config.chunk_version)
+            if last is not None:
+                retrieval = {key: value for key, value in last.items() if key not in ("at", "kind")}
+        report = HealthReport(config, settings, guard, table, retrieval)
+        if record_report:
+            record(conn, report)
+    return report
