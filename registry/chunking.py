@@ -70,7 +70,7 @@ class Chunk(NamedTuple):
     """Character offset of the body in the document text (body == text[start:end])."""
     end: int
     overlap: int
-    """Tokens shared with the previous chunk of the same section (0 at a section start)."""
+    """Tokens shared with the previous kept chunk of the same section (0 at a section start)."""
 
     def row(self) -> tuple[str, str, int, str, str, int, int, str, str]:
         """The values of the table's data columns, in `ROW_COLUMNS` order."""
@@ -511,11 +511,11 @@ class _Words:
 class _Piece:
     """A planned chunk: tokens [start, end) of the document encoding, within one section."""
 
+    section: int
     path: str
     path_count: int
     start: int
     end: int
-    shared: int
     body: str = ""
     count: int = 0
     char_start: int = 0
@@ -613,7 +613,8 @@ class Chunker:
             previous: _Piece | None = None
             for piece in pieces:
                 if piece.kept:
-                    shared = piece.shared if previous is not None and previous.kept else 0
+                    shared = (max(previous.end - piece.start, 0)
+                              if previous is not None and previous.section == piece.section else 0)
                     result.chunks.append(self._record(document.doc_id, len(result.chunks),
                                                       titles[number], kinds[number], piece,
                                                       shared, result))
@@ -621,7 +622,7 @@ class Chunker:
                         index = position[id(piece)]
                         result.shingles.append(sets[index].copy())
                         result.band_keys.append(keys[index])
-                previous = piece
+                    previous = piece
         if not self.additive:
             for result in results:
                 self._remeasure(result)
@@ -633,9 +634,9 @@ class Chunker:
         kind = document.kind if document.kind in KINDS else "text"
         pieces: list[_Piece] = []
         sections = self._token_sections(document.text, kind, encoding, result)
-        for path, path_count, starts, end in sections:
-            pieces.extend(_Piece(path, path_count, s, e, shared)
-                          for s, e, shared in self._plan(encoding, starts, end))
+        for number, (path, path_count, starts, end) in enumerate(sections):
+            pieces.extend(_Piece(number, path, path_count, s, e)
+                          for s, e in self._plan(encoding, starts, end))
         for piece in pieces:
             self._measure(document.text, encoding, piece)
             if piece.count < MIN_CHUNK_TOKENS:
@@ -681,21 +682,20 @@ class Chunker:
             yield section.path, path_count, pending, end
             pending = []
 
-    def _plan(self, encoding: Encoding, starts: list[int], end: int) -> list[tuple[int, int, int]]:
-        """(start, end, tokens shared with the previous piece) for one section's tokens."""
+    def _plan(self, encoding: Encoding, starts: list[int], end: int) -> list[tuple[int, int]]:
+        """(start, end) token ranges of one section's pieces."""
         first = starts[0]
         if end - first <= self.size:
-            return [(first, end, 0)]
+            return [(first, end)]
         words = _Words(encoding, first, end)
         cuts = starts[1:]
         plan = []
-        start, shared = first, 0
+        start = first
         while end - start > self.size:
             stop, upcoming = self._next_cut(start, cuts, words)
-            plan.append((start, stop, shared))
-            shared = stop - upcoming
+            plan.append((start, stop))
             start = upcoming
-        plan.append((start, end, shared))
+        plan.append((start, end))
         return plan
 
     def _next_cut(self, start: int, cuts: list[int], words: _Words) -> tuple[int, int]:
