@@ -336,6 +336,225 @@ def env_command(
 
 
 # ---------------------------------------------------------------------------------------------
+# Reconciler: plan, reconcile, status, db
+
+DsnOpt = Annotated[
+    str | None,
+    typer.Option("--dsn", help="PostgreSQL DSN (default: REGISTRY_DSN, then DATABASE_URL, else "
+                 "the embedded server in REGISTRY_HOME)."),
+]
+FetchOpt = Annotated[
+    bool, typer.Option("--fetch/--no-fetch", help="git fetch origin before reading origin/main.")
+]
+PlanFormat = Literal["text", "json", "markdown"]
+
+
+@app.command()
+def plan(
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fmt: Annotated[PlanFormat, typer.Option("--format", help="Output format.")] = "text",
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option("--detailed-exitcode", help="Exit 0 in sync, 2 changes pending, 1 error."),
+    ] = False,
+    base: Annotated[
+        str | None, typer.Option("--base", help="Offline: the ref a PR merges into (no database).")
+    ] = None,
+    head: Annotated[
+        str | None, typer.Option("--head", help="Offline: the ref being merged (with --base).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Plan as `reconcile --force` would.")
+    ] = False,
+    fetch: FetchOpt = True,
+) -> None:
+    """What reconcile would change in PostgreSQL (or, with --base/--head, what merging would)."""
+    from registry.reconcile import offline_plan, render_plan
+    from registry.reconcile import plan as make_plan
+
+    if (base is None) != (head is None):
+        raise _usage("--base and --head go together")
+    try:
+        if base is not None and head is not None:
+            result = offline_plan(repo, base, head)
+        else:
+            result = make_plan(repo, ref=ref, dsn=dsn, fetch=fetch, force=force)
+    except RegistryError as err:
+        if detailed_exitcode:
+            raise RegistryError(err.message, where=err.where, fix=err.fix) from None
+        raise
+    if fmt == "json":
+        _emit_json(result.to_dict())
+    else:
+        sys.stdout.write(render_plan(result, fmt))
+    if detailed_exitcode and not result.in_sync:
+        raise typer.Exit(2)
+
+
+@app.command()
+def reconcile(
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow swapping production to an empty table, or over a "
+                           "view the registry did not create.")
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep reconciling every --interval until stopped.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between runs with --watch.", min=0.1)
+    ] = 60.0,
+    lock_timeout: Annotated[
+        int, typer.Option("--lock-timeout", help="Milliseconds the view swap may wait for readers "
+                          "before it retries.", min=1)
+    ] = 500,
+    fetch: FetchOpt = True,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Make PostgreSQL match the repo: create shadow tables, swap production, retire, drop."""
+    import logging
+
+    from registry.reconcile import reconcile as run_once
+
+    options: dict[str, Any] = {"ref": ref, "dsn": dsn, "force": force, "fetch": fetch,
+                               "lock_timeout_ms": lock_timeout}
+    if watch:
+        _watch(repo, interval, options)
+        return
+    logging.getLogger("registry").setLevel(logging.ERROR)
+    result = run_once(repo, **options)
+    if fmt == "json":
+        _emit_json(result.to_dict())
+    else:
+        _render_run(result)
+    result.raise_for_outcome()
+
+
+def _render_run(result: Any) -> None:
+    from registry.reconcile import render_plan, summary
+
+    run = f"run #{result.run_id}" if result.run_id else "run"
+    if result.outcome == "noop":
+        _print(f"In sync: {result.plan.ref} ({(result.plan.commit or '')[:10]}) matches "
+               f"{result.plan.target} ({run}).")
+        for finding in result.plan.findings:
+            _print(f"  ! {finding.render()}")
+        return
+    sys.stdout.write(render_plan(result.plan))
+    for item in result.results:
+        tries = f" after {item.attempts} attempts" if item.attempts > 1 else ""
+        detail = f": {item.error}" if item.error else ""
+        _print(f"{item.outcome}{tries}: {item.action.describe()}{detail}")
+    _print(f"Reconcile {run}: {result.outcome} ({summary(result.plan)}).")
+
+
+def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
+    """Reconcile until SIGINT/SIGTERM; one log line per run, outages logged with backoff."""
+    import logging
+    import signal
+    import threading
+
+    from registry.reconcile import summary, watch
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+    log = logging.getLogger("registry.watch")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_result(result: Any) -> None:
+        commit = (result.plan.commit or "")[:10]
+        log.info("reconciled %s (%s): %s, %s", result.plan.ref, commit, result.outcome,
+                 summary(result.plan))
+        for finding in result.plan.blocking:
+            log.warning("blocked: %s", finding.render())
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log.info("watching %s every %gs", options.get("ref") or "the main branch", interval)
+    runs = watch(repo, stop=stop, interval=interval, on_result=on_result, **options)
+    log.info("stopped after %d runs", runs)
+
+
+@app.command()
+def status(
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fetch: FetchOpt = True,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Every config and its table: rows, sync status, production, last reconcile that touched it."""
+    from registry.reconcile import status as read_status
+
+    report = read_status(repo, ref=ref, dsn=dsn, fetch=fetch)
+    if fmt == "json":
+        _emit_json(report.to_dict())
+        return
+    last = report.last_run
+    if last:
+        _print(f"Last reconcile: #{last['id']} {last['outcome']} at {last['finished_at'] or '-'} "
+               f"({last['git_ref']} {(last['git_commit'] or '')[:10]}, {last['actor']})")
+    else:
+        _print("Last reconcile: never")
+    _table(
+        ["", "VERSION", "PARAMS", "TABLE", "ROWS", "STATUS", "LAST RUN"],
+        [["*" if r.production else ("+" if r.desired_production else ""), r.chunk_version,
+          r.params or "(retired)", r.table, "-" if r.rows is None else str(r.rows), r.status,
+          f"#{r.last_run} {(r.last_run_commit or '')[:10]}" if r.last_run else "-"]
+         for r in report.rows],
+    )
+    for row in report.rows:
+        if row.note:
+            _print(f"{row.chunk_version}: {row.note}")
+    others = [f for f in report.plan.findings if f.kind == "unmanaged"]
+    for finding in others:
+        _print(f"! {finding.render()}")
+    _print("* production now, + production in the repo but not yet served")
+
+
+db_app = typer.Typer(
+    help="The database in use, and the embedded PostgreSQL.", no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("url")
+def db_url(dsn: DsnOpt = None, fmt: FormatOpt = "text") -> None:
+    """The DSN in use (password masked); starts the embedded server when it is the default."""
+    from registry.db import resolve_dsn
+
+    resolved = resolve_dsn(dsn)
+    if fmt == "json":
+        _emit_json({"dsn": resolved.redacted, "source": resolved.source})
+    else:
+        _print(resolved.redacted)
+
+
+@db_app.command("stop")
+def db_stop(fmt: FormatOpt = "text") -> None:
+    """Stop the embedded PostgreSQL (REGISTRY_HOME); later commands start it again."""
+    from registry.db import embedded_data_dir, stop_embedded
+
+    stopped = stop_embedded()
+    data = embedded_data_dir()
+    if fmt == "json":
+        _emit_json({"stopped": stopped, "data_dir": str(data)})
+    elif stopped:
+        _print(f"stopped the embedded PostgreSQL in {data}")
+    else:
+        _print(f"the embedded PostgreSQL in {data} is not running")
+
+
+# ---------------------------------------------------------------------------------------------
 # The error funnel
 
 
