@@ -7,9 +7,11 @@ anything else is a bug: "unexpected error" and exit 3 (traceback only with --deb
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -346,6 +348,18 @@ FetchOpt = Annotated[
     bool, typer.Option("--fetch/--no-fetch", help="git fetch origin before reading origin/main.")
 ]
 PlanFormat = Literal["text", "json", "markdown"]
+DedupOpt = Annotated[
+    Literal["document", "corpus"],
+    typer.Option("--dedup", help="Near-duplicates within each document, or across the corpus "
+                 "(MinHash LSH, verified exactly)."),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Chunking processes (default: CPU count).")
+]
+StrictOpt = Annotated[
+    bool, typer.Option("--strict", help="Fail the run (writing nothing) at the first bad "
+                       "document instead of skipping it.")
+]
 
 
 @app.command()
@@ -413,6 +427,16 @@ def reconcile(
     ] = 500,
     fetch: FetchOpt = True,
     fmt: FormatOpt = "text",
+    source: Annotated[
+        Path | None, typer.Option("--source", help="Then ingest this corpus into every shadow "
+                                  "table that has no successful ingest yet (see `ingest`).")
+    ] = None,
+    tokenizer_file: Annotated[
+        list[Path] | None, typer.Option(help="With --source: tokenizer.json files to pick from "
+                                        "by hash (repeatable; default: the HF cache).")
+    ] = None,
+    dedup: DedupOpt = "document",
+    workers: WorkersOpt = None,
 ) -> None:
     """Make PostgreSQL match the repo: create shadow tables, swap production, retire, drop."""
     import logging
@@ -422,14 +446,32 @@ def reconcile(
     options: dict[str, Any] = {"ref": ref, "dsn": dsn, "force": force, "fetch": fetch,
                                "lock_timeout_ms": lock_timeout}
     if watch:
+        if source is not None:
+            raise _usage("--source does not go with --watch (ingests are long; run them apart)")
         _watch(repo, interval, options)
         return
     logging.getLogger("registry").setLevel(logging.ERROR)
     result = run_once(repo, **options)
+    reports: list[Any] = []
+    if source is not None and result.outcome != "failed":
+        from registry.ingest import ingest_pending
+
+        with _ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):
+            reports = ingest_pending(repo, source, dsn=dsn, ref=ref,
+                                     tokenizer_files=tokenizer_file or [], dedup=dedup,
+                                     workers=workers, on_progress=on_progress,
+                                     on_problem=on_problem)
     if fmt == "json":
-        _emit_json(result.to_dict())
+        data = result.to_dict()
+        if source is not None:
+            data["ingests"] = [r.to_dict() for r in reports]
+        _emit_json(data)
     else:
         _render_run(result)
+        for report in reports:
+            _print_ingest(report)
+        if source is not None and not reports:
+            _print("Every shadow table already has a successful ingest.")
     result.raise_for_outcome()
 
 
@@ -687,6 +729,98 @@ def health(
     sys.stdout.write(render(report, fmt))
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest: fill a shadow table from a corpus
+
+@app.command()
+def ingest(
+    version: Annotated[str, typer.Argument(help="The chunk_version whose table to fill.")],
+    source: Annotated[
+        Path, typer.Option("--source", help="A directory of .md/.txt files, or a JSONL file of "
+                           '{"doc_id", "title"?, "text"} objects.')
+    ],
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    dedup: DedupOpt = "document",
+    workers: WorkersOpt = None,
+    tokenizer_file: Annotated[
+        Path | None, typer.Option(help="tokenizer.json to use instead of the HF cache (its "
+                                  "hash must equal the config's tokenizer_hash).")
+    ] = None,
+    strict: StrictOpt = False,
+    max_document_mb: Annotated[
+        float, typer.Option(help="Skip documents larger than this.", min=0.001)
+    ] = 16.0,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Chunk a corpus exactly as a locked config says and load it into that config's table."""
+    from registry.ingest import ingest as run
+
+    with _ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):
+        report = run(repo, version, source, dsn=dsn, ref=ref, tokenizer_file=tokenizer_file,
+                     dedup=dedup, workers=workers, strict=strict,
+                     max_document_bytes=int(max_document_mb * 1024 * 1024),
+                     on_progress=on_progress, on_problem=on_problem)
+    if fmt == "json":
+        _emit_json(report.to_dict())
+        return
+    _print_ingest(report)
+
+
+def _print_ingest(report: Any) -> None:
+    _print(f"Ingested {report.chunk_version} into {report.table}: {report.chunks} chunks from "
+           f"{report.documents} documents ({report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s, "
+           f"{report.mb_per_s:.2f} MB/s, run #{report.run})")
+    _print(f"  {report.duplicates_removed} near-duplicates removed ({report.dedup}), "
+           f"{report.too_small} tiny chunks dropped, {report.over_budget} over budget, "
+           f"{report.skipped} documents skipped, {report.replaced_rows} previous rows replaced")
+
+
+@contextlib.contextmanager
+def _ingest_feedback(quiet: bool) -> Iterator[tuple[Any, Any]]:
+    """Progress and skipped documents on stderr: a rich bar on a TTY, else a line every 5 s."""
+    def on_problem(problem: Any) -> None:
+        sys.stderr.write(f"warning: skipped {problem.render()}\n")
+
+    if quiet:
+        yield None, on_problem
+        return
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                       console=Console(stderr=True), transient=True)
+        task = bar.add_task("ingest", total=None, info="")
+
+        def on_progress(state: Any) -> None:
+            bar.update(task, total=state.total_bytes, completed=state.bytes,
+                       info=f"{state.documents} docs, {state.chunks} chunks, "
+                       f"{state.mb_per_s:.2f} MB/s")
+
+        def on_problem_tty(problem: Any) -> None:
+            bar.console.print(f"warning: skipped {problem.render()}", markup=False,
+                              highlight=False)
+
+        with bar:
+            yield on_progress, on_problem_tty
+        return
+    last = {"at": 0.0}
+
+    def on_progress_plain(state: Any) -> None:
+        import time
+
+        if time.monotonic() - last["at"] >= 5.0:
+            last["at"] = time.monotonic()
+            total = f" of {state.total_bytes / 1e6:.1f}" if state.total_bytes else ""
+            sys.stderr.write(f"ingest: {state.bytes / 1e6:.1f}{total} MB, {state.documents} "
+                             f"documents, {state.chunks} chunks, {state.mb_per_s:.2f} MB/s\n")
+
+    yield on_progress_plain, on_problem
 
 
 # ---------------------------------------------------------------------------------------------

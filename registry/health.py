@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.config import (
-    PREFIX_BUDGET_TOKENS,
     LockedConfig,
     ProductionConfig,
     guardrail_violations,
@@ -64,10 +63,6 @@ class ProductionGuardrails:
             else:
                 special = special_token_count(resolved.load())
         issues.extend(message for _, message, _ in guardrail_violations(config, special))
-        headroom = config.token_budget - config.chunk_size - special
-        if PREFIX_BUDGET_TOKENS <= headroom < 2 * PREFIX_BUDGET_TOKENS:
-            warnings.append(f"only {headroom} tokens left for the prefix: long titles and "
-                            "section paths will be shortened")
         return {"valid": not issues, "issues": issues, "warnings": warnings}
 
 
