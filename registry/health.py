@@ -1,7 +1,9 @@
 """Production guardrails and the health report: every number computed from real data.
 
 `check_table` is one pass of SQL over the whole table (no per-row Python): row count, BM25
-prefix leakage under policy A, over-budget chunks, rows of another ingest run. The dedup rate
+prefix leakage under policy A (bm25_has_prefix, computed by PostgreSQL from bm25_text as rows
+are written), over-budget chunks; the table's CHECKs make rows of another version or ingest
+run impossible. The dedup rate
 comes from the last successful ingest run; retrieval metrics from an evaluation (run now with
 `--cases`, or the last one recorded). The report keeps the seed's "Production Metrics" shape.
 """
@@ -23,9 +25,6 @@ from registry.errors import RegistryError
 
 if TYPE_CHECKING:
     import psycopg
-
-PREFIX_MARKER = "Document: "
-"""Every contextual prefix starts with this line; under policy A no bm25_text may."""
 
 CRITICAL = "critical"
 WARNING = "warning"
@@ -73,8 +72,6 @@ class TableHealth:
     rows: int = 0
     prefix_leakage: int = 0
     over_budget: int = 0
-    foreign_rows: int = 0
-    max_embedding_tokens: int | None = None
     dedup_rate: float | None = None
     last_ingest: dict[str, Any] | None = None
 
@@ -97,25 +94,17 @@ def check_table(
     if found is None or not found[0]:
         return health
     health.exists = True
-    leak = sql.SQL("bm25_text LIKE %(marker)s" if config.prefix_policy == "A" else "false")
+    leak = sql.SQL("bm25_has_prefix" if config.prefix_policy == "A" else "false")
     row = conn.execute(
         sql.SQL(
-            "SELECT count(*), "
-            "count(*) FILTER (WHERE {leak}), "
+            "SELECT count(*), count(*) FILTER (WHERE {leak}), "
             "count(*) FILTER (WHERE bm25_token_count > %(size)s "
-            "OR embedding_token_count > %(budget)s), "
-            "count(*) FILTER (WHERE chunk_version IS DISTINCT FROM %(version)s "
-            "OR ingest_run_id IS DISTINCT FROM %(run)s), "
-            "max(embedding_token_count) FROM {table}"
+            "OR embedding_token_count > %(budget)s) FROM {table}"
         ).format(leak=leak, table=sql.Identifier(settings.schema, table)),
-        {"marker": PREFIX_MARKER.replace("%", r"\%") + "%", "size": config.chunk_size,
-         "budget": config.token_budget, "version": config.chunk_version,
-         "run": config.ingest_run_id},
+        {"size": config.chunk_size, "budget": config.token_budget},
     ).fetchone()
     assert row is not None
-    health.rows, health.prefix_leakage, health.over_budget, health.foreign_rows = (
-        int(row[0]), int(row[1]), int(row[2]), int(row[3]))
-    health.max_embedding_tokens = row[4]
+    health.rows, health.prefix_leakage, health.over_budget = int(row[0]), int(row[1]), int(row[2])
     ingest = conn.execute(
         sql.SQL(
             "SELECT ingest_run_id, finished_at, documents, chunks, duplicates_removed, "
@@ -173,9 +162,6 @@ class HealthReport:
             found.append(Alert(CRITICAL, "over_budget_chunks", f"{table.over_budget} chunks "
                                f"exceed {self.config.chunk_size} BM25 tokens or the "
                                f"{self.config.token_budget}-token embedding budget"))
-        if table.foreign_rows:
-            found.append(Alert(CRITICAL, "foreign_rows", f"{table.foreign_rows} rows belong to "
-                               f"another version or ingest run than {self.config.ingest_run_id}"))
         if retrieval is None:
             found.append(Alert(WARNING, "retrieval", "no evaluation yet: run "
                                f"`registry eval {self.config.chunk_version} --cases FILE`"))

@@ -419,7 +419,8 @@ def test_a_view_pointing_elsewhere_is_reported_and_repointed(
     run(registry_repo, db)
     serving(registry_repo, db, v1)
     db.fill(table_of(v2))
-    db.execute(f"CREATE OR REPLACE VIEW document_chunks AS SELECT * FROM {table_of(v2)}")
+    db.execute("DROP VIEW document_chunks")
+    db.execute(f"CREATE VIEW document_chunks AS SELECT * FROM {table_of(v2)}")
 
     seen = plan(registry_repo.path, dsn=db.dsn)
     drifted = status(registry_repo.path, dsn=db.dsn)
