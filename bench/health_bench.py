@@ -86,7 +86,8 @@ def main() -> None:
                            "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "b@example.com"})
         tokenizer = build_tokenizer(work / "tokenizer.json")
         result = lock(repo, chunk_size=450, overlap_ratio=0.1, jaccard_threshold=0.8,
-                      prefix_policy="A", embedder="BAAI/bge-large-en-v1.5", tokenizer_file=tokenizer)
+                      prefix_policy="A", embedder="BAAI/bge-large-en-v1.5",
+                      tokenizer_file=tokenizer)
         subprocess.run(["git", *git_env, "-C", str(repo), "merge", "-q", result.branch], check=True)
         text = (repo / "configs" / "production.yaml").read_text().replace(
             "production: null", f"production: {result.config.chunk_version}")
@@ -105,7 +106,8 @@ def main() -> None:
                 "embedding_token_count, bm25_token_count, chunk_version, ingest_run_id) "
                 "SELECT md5(g::text), 'doc' || (g / 20), g % 20, 'Document: d' || chr(10) || t, "
                 "t, 380, 360, {v}, {r} FROM generate_series(1, {n}) g, LATERAL (SELECT "
-                "string_agg(({w}::text[])[1 + ((g::bigint * 7919 + i * 104729) % {c})::int], ' ') AS t "
+                "string_agg(({w}::text[])[1 + ((g::bigint * 7919 + i * 104729) % {c})::int], "
+                "' ') AS t "
                 "FROM generate_series(1, 60) i) x"
             ).format(t=table, v=sql.Literal(config.chunk_version),
                      r=sql.Literal(config.ingest_run_id), n=sql.Literal(args.rows), w=words,
