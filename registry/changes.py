@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,18 @@ from registry.config import (
     LockedConfig,
     guardrail_violations,
     parse_yaml,
+    set_production_pointer,
     utc_now,
 )
-from registry.errors import ConfigInvalid, RegistryError, UsageError, invalid
-from registry.gitops import Git, RegistryState, config_path, read_state
+from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
+from registry.gitops import (
+    PRODUCTION_PATH,
+    Git,
+    RegistryState,
+    config_path,
+    is_version,
+    read_state,
+)
 
 TRAILER = "Chunk-Version"
 
@@ -227,3 +235,168 @@ def tag(repo: Path | str, *, ref: str | None = None, push: bool = False) -> TagR
         git.push(*(f"refs/tags/{name}:refs/tags/{name}" for name in created))
     return TagResult(created, existing, push and bool(created))
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Promote, retire, rollback: the same shape as lock (a branch from main with one commit)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """A change made as a branch with one commit on top of the main branch, ready for a PR."""
+
+    action: str
+    chunk_version: str
+    branch: str
+    commit: str
+    base: str
+    title: str
+    previous: str | None = None
+    reverted: str | None = None
+    pushed: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def _finish(
+    git: Git, action: str, version: str, base: str, commit: str, push: bool, **extra: Any
+) -> ChangeResult:
+    branch = f"{action}/{version}"
+    git.create_branch(branch, commit)
+    if push:
+        git.push(f"refs/heads/{branch}:refs/heads/{branch}")
+    title = git.run("log", "-1", "--format=%s", commit).strip()
+    return ChangeResult(action, version, branch, commit, base, title, pushed=push, **extra)
+
+
+def _require_locked(state: RegistryState, version: str, base: str, action: str) -> LockedConfig:
+    if not is_version(version):
+        raise UsageError(f"{version!r} is not a chunk_version",
+                         fix="use the form 2025-09-07-143022-v1; `registry list` shows them")
+    config = state.configs.get(version)
+    if config is None:
+        raise Refused(f"cannot {action} {version}: it is not a locked config on {base}",
+                      fix="merge its lock pull request first and `git pull`; "
+                          "`registry list` shows the locked versions")
+    return config
+
+
+def promote(repo: Path | str, version: str, *, push: bool = False) -> ChangeResult:
+    """Branch `promote/<version>` from main with one commit pointing production at `version`.
+
+    Refused when the version is not locked on main, has no lock tag, or is production already.
+    """
+    git = Git(repo)
+    base = git.main_branch()
+    state = read_state(git, base)
+    config = _require_locked(state, version, base, "promote")
+    settings = state.settings
+    previous = settings.production
+    if previous == version:
+        raise Refused(f"{version} is already production on {base}",
+                      fix="nothing to do; `registry rollback` returns to the previous version")
+    tag_name = settings.tag_name(version)
+    if tag_name not in git.tags(settings.tag_prefix):
+        raise Refused(f"{version} has no lock tag {tag_name}: it is not locked yet",
+                      fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
+    raw = git.show(base, PRODUCTION_PATH)
+    if raw is None:
+        raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
+                       fix="create it with `production: null` and merge it")
+    message = (
+        f"Promote chunk config {version} to production\n\n"
+        f"Production moves from {previous or 'none'} to {version} ({config.label()}, "
+        f"embedder {config.embedder_name}, config_hash {config.config_hash[:12]}). Once merged, "
+        f"the reconciler points the {settings.base_name} view at {state.table_name(version)}; "
+        "`registry rollback` reverts this change.\n\n"
+        f"{TRAILER}: {version}\n"
+    )
+    changes: dict[str, bytes | None] = {PRODUCTION_PATH: set_production_pointer(raw, version)}
+    commit = git.commit_files(base, changes, message)
+    return _finish(git, "promote", version, base, commit, push, previous=previous)
+
+
+def retire(repo: Path | str, version: str, *, push: bool = False) -> ChangeResult:
+    """Branch `retire/<version>` from main with one commit deleting the config.
+
+    Refused for the production version and the previous production (the rollback target).
+    """
+    from registry.history import read_history, standing_promotions
+
+    git = Git(repo)
+    base = git.main_branch()
+    state = read_state(git, base)
+    _require_locked(state, version, base, "retire")
+    settings = state.settings
+    if settings.production == version:
+        raise Refused(f"cannot retire {version}: it is production",
+                      fix="promote another version first, then retire this one")
+    protected = standing_promotions(read_history(git, base)).previous_productions(
+        settings.keep_previous
+    )
+    if version in protected:
+        raise Refused(f"cannot retire {version}: it is the previous production, what "
+                      "`registry rollback` returns to",
+                      fix="retire it after another promotion has replaced it as the rollback "
+                          "target")
+    message = (
+        f"Retire chunk config {version}\n\n"
+        f"Deletes {config_path(version)}. Once merged, the reconciler marks "
+        f"{state.table_name(version)} retired and drops it after the grace period "
+        f"({_duration(settings.grace_period)}); the tag {settings.tag_name(version)} keeps the "
+        "locked content.\n\n"
+        f"{TRAILER}: {version}\n"
+    )
+    commit = git.commit_files(base, {config_path(version): None}, message)
+    return _finish(git, "retire", version, base, commit, push)
+
+
+def rollback(repo: Path | str, *, push: bool = False) -> ChangeResult:
+    """Branch `rollback/<version>` with a `git revert` of the last promotion still in force.
+
+    The promotion may have reached main as a merge commit (reverted with `-m 1`), a squash
+    merge or a plain commit. Refused when there is nothing to roll back to, when the version
+    production would return to is no longer locked, or when the revert would change more than
+    production.yaml.
+    """
+    from registry.history import last_promotion
+
+    git = Git(repo)
+    base = git.main_branch()
+    state = read_state(git, base)
+    event = last_promotion(git, base)
+    target = event.previous
+    assert target is not None
+    current = state.settings.production
+    if target not in state.configs:
+        raise Refused(f"cannot roll back to {target}: it is no longer a locked config on {base}",
+                      fix="promote a locked version with `registry promote VERSION`")
+    how = {"merge": "merge commit", "squash": "squash merge", "commit": "commit"}[event.merge]
+    pr = f" (#{event.pr})" if event.pr else ""
+    message = (
+        f"Roll back production to {target}\n\n"
+        f"Reverts the promotion of {current} ({how} {event.commit[:10]}{pr}: "
+        f"{event.subject}). Once merged, the reconciler points the view back at "
+        f"{state.table_name(target)}: no re-ingest.\n\n"
+        f"This reverts commit {event.commit}.\n\n"
+        f"{TRAILER}: {target}\n"
+    )
+    mainline = 1 if event.merge == "merge" else None
+    commit = git.revert(event.commit, base, message, mainline=mainline)
+    changed = git.run("diff", "--name-only", base, commit).split()
+    if changed != [PRODUCTION_PATH]:
+        others = ", ".join(p for p in changed if p != PRODUCTION_PATH) or "nothing"
+        raise Refused(
+            f"reverting {event.commit[:10]} would change {others}, not just {PRODUCTION_PATH}",
+            fix=f"point production back by hand: `registry promote {target}`",
+        )
+    reverted_to = read_state(git, commit).settings.production
+    if reverted_to != target:
+        raise Refused(f"reverting {event.commit[:10]} sets production to {reverted_to}, "
+                      f"not {target}", fix=f"use `registry promote {target}`")
+    return _finish(git, "rollback", target, base, commit, push, previous=current,
+                   reverted=event.commit)
+
+
+def _duration(value: timedelta) -> str:
+    hours = value.total_seconds() / 3600
+    return f"{hours:g}h"

@@ -18,6 +18,7 @@ import typer
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
 
 if TYPE_CHECKING:
+    from registry.changes import ChangeResult
     from registry.errors import Problem
     from registry.gitops import RegistryState
 
@@ -333,6 +334,93 @@ def env_command(
 
     state = _committed_state(repo, ref)
     sys.stdout.write(export_lines(state.config(version)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The GitOps flow: promote, retire, rollback (each a branch + one commit), and history
+
+PushOpt = Annotated[bool, typer.Option("--push", help="Push the branch to origin.")]
+
+
+def _report_change(result: ChangeResult, fmt: str) -> None:
+    """Print what a promote/retire/rollback made, and the step that makes it count."""
+    if fmt == "json":
+        _emit_json({
+            "action": result.action, "chunk_version": result.chunk_version,
+            "branch": result.branch, "commit": result.commit, "base": result.base,
+            "title": result.title, "previous": result.previous, "reverted": result.reverted,
+            "pushed": result.pushed,
+        })
+        return
+    _print(f"{result.title}: branch {result.branch}")
+    _print(f"  commit {result.commit[:10]} on top of {result.base}")
+    if result.reverted:
+        _print(f"  reverts {result.reverted[:10]}")
+    if result.pushed:
+        _print(f"Next: open a pull request from {result.branch} and merge it.")
+    else:
+        _print(f"Next: git push origin {result.branch}, then open a pull request and merge it.")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The locked chunk_version to make production.")],
+    push: PushOpt = False,
+    repo: RepoOpt = Path("."),
+    fmt: FormatOpt = "text",
+) -> None:
+    """Point production at a locked version: a branch promote/<version> with one commit."""
+    from registry.changes import promote as promote_version
+
+    _report_change(promote_version(repo, version, push=push), fmt)
+
+
+@app.command()
+def retire(
+    version: Annotated[str, typer.Argument(help="The locked chunk_version to retire.")],
+    push: PushOpt = False,
+    repo: RepoOpt = Path("."),
+    fmt: FormatOpt = "text",
+) -> None:
+    """Delete a locked config (its table is dropped after the grace period): branch retire/<v>."""
+    from registry.changes import retire as retire_version
+
+    _report_change(retire_version(repo, version, push=push), fmt)
+
+
+@app.command()
+def rollback(push: PushOpt = False, repo: RepoOpt = Path("."), fmt: FormatOpt = "text") -> None:
+    """Revert the last promotion on main: a branch rollback/<version> with a `git revert`."""
+    from registry.changes import rollback as rollback_production
+
+    _report_change(rollback_production(repo, push=push), fmt)
+
+
+@app.command()
+def history(
+    repo: RepoOpt = Path("."),
+    ref: Annotated[
+        str | None, typer.Option("--ref", help="Branch to read (default: the main branch).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Show only the newest N events.")] = None,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Locks, promotions, rollbacks and retirements on main, newest first: who, when, PR."""
+    from registry.gitops import Git
+    from registry.history import read_history
+
+    events = read_history(Git(repo), ref)[:limit]
+    if fmt == "json":
+        _emit_json([e.to_dict() for e in events])
+        return
+    _table(
+        ["WHEN", "EVENT", "VERSION", "FROM", "WHO", "COMMIT", "PR"],
+        [[e.at, e.kind, e.chunk_version or "none",
+          (e.previous or "none") if e.kind in ("promote", "rollback") else "",
+          e.author, f"{e.commit[:10]} ({e.merge})", f"#{e.pr}" if e.pr else ""] for e in events],
+    )
+    if not events:
+        _print("no registry events yet")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""promote, retire, rollback: a branch from main with one commit, the checkout untouched, and
+the refusals that keep production safe. Rollback is a real `git revert`, whichever way the
+promotion reached main."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from registry.changes import promote, retire, rollback, tag
+from registry.errors import Refused, UsageError
+from registry.gitops import Git, read_state
+from registry.history import read_history
+from tests.helpers import RegistryRepo
+
+
+def production_on(repo: RegistryRepo, ref: str) -> str | None:
+    return read_state(Git(repo.path), ref).settings.production
+
+
+def promoted(repo: RegistryRepo, version: str, how: str = "merge") -> str:
+    """Tag what is on main, then promote `version` and merge the PR `how` GitHub would."""
+    tag(repo.path)
+    result = promote(repo.path, version)
+    return repo.merge(result.branch, how=how)
+
+
+def test_promote_makes_a_one_line_commit_on_a_branch_and_leaves_the_checkout_alone(
+    registry_repo: RegistryRepo,
+) -> None:
+    v1 = registry_repo.locked()
+    tag(registry_repo.path)
+    registry_repo.git("checkout", "--quiet", "-b", "my-work")
+    registry_repo.write("configs/production.yaml", "production: scribble\n")
+    head = registry_repo.head()
+
+    result = promote(registry_repo.path, v1)
+
+    assert registry_repo.git("rev-parse", "--abbrev-ref", "HEAD") == "my-work"
+    assert registry_repo.head() == head
+    assert registry_repo.read("configs/production.yaml") == "production: scribble\n"
+    assert result.branch == f"promote/{v1}" and result.previous is None
+    assert registry_repo.git("rev-list", "--count", f"main..{result.branch}") == "1"
+    diff = registry_repo.git("diff", "-U0", "main", result.branch)
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in "+++---"]
+    assert changed == ["-production: null", f"+production: {v1}"]
+    message = registry_repo.git("log", "-1", "--format=%B", result.branch)
+    assert message.startswith(f"Promote chunk config {v1} to production\n")
+    assert message.rstrip().endswith(f"Chunk-Version: {v1}")
+    assert production_on(registry_repo, result.branch) == v1
+
+
+def test_promote_refuses_what_is_not_locked_on_main_untagged_or_already_production(
+    registry_repo: RegistryRepo,
+) -> None:
+    unmerged = registry_repo.lock()
+    with pytest.raises(Refused, match=f"cannot promote {unmerged}: it is not a locked config"):
+        promote(registry_repo.path, unmerged)
+    with pytest.raises(UsageError, match="is not a chunk_version"):
+        promote(registry_repo.path, "../etc/passwd")
+
+    v1 = registry_repo.locked()
+    with pytest.raises(Refused, match=f"{v1} has no lock tag chunk-config/{v1}") as refused:
+        promote(registry_repo.path, v1)
+    assert refused.value.exit_code == 7
+
+    promoted(registry_repo, v1)
+    with pytest.raises(Refused, match=f"{v1} is already production on main"):
+        promote(registry_repo.path, v1)
+    assert registry_repo.git("branch", "--list", "promote/*").split() == [f"promote/{v1}"]
+
+
+def test_retire_deletes_the_config_but_never_production_or_the_rollback_target(
+    registry_repo: RegistryRepo,
+) -> None:
+    v1, v2, v3 = registry_repo.locked(), registry_repo.locked(), registry_repo.locked()
+    promoted(registry_repo, v1)
+    promoted(registry_repo, v2)
+
+    with pytest.raises(Refused, match=f"cannot retire {v2}: it is production"):
+        retire(registry_repo.path, v2)
+    with pytest.raises(Refused, match=f"cannot retire {v1}: it is the previous production"):
+        retire(registry_repo.path, v1)
+
+    result = retire(registry_repo.path, v3)
+    assert result.branch == f"retire/{v3}"
+    assert registry_repo.git("diff", "--name-status", "main", result.branch) == (
+        f"D\tconfigs/{v3}.yaml"
+    )
+    assert f"Chunk-Version: {v3}" in registry_repo.git("log", "-1", "--format=%B", result.branch)
+    assert (registry_repo.path / "configs" / f"{v3}.yaml").exists()
+
+
+@pytest.mark.parametrize("how", ["merge", "squash", "rebase"])
+def test_rollback_reverts_the_last_promotion_however_it_was_merged(
+    registry_repo: RegistryRepo, how: str
+) -> None:
+    v1, v2 = registry_repo.locked(), registry_repo.locked()
+    promoted(registry_repo, v1)
+    promotion = promoted(registry_repo, v2, how=how)
+    registry_repo.git("checkout", "--quiet", "-b", "elsewhere")
+    registry_repo.write("scratch.txt", "dirty\n")
+
+    result = rollback(registry_repo.path)
+
+    assert registry_repo.git("rev-parse", "--abbrev-ref", "HEAD") == "elsewhere"
+    assert registry_repo.git("status", "--porcelain") == "?? scratch.txt"
+    assert registry_repo.git("worktree", "list").count("\n") == 0
+    assert result.branch == f"rollback/{v1}"
+    assert (result.chunk_version, result.previous, result.reverted) == (v1, v2, promotion)
+    assert registry_repo.git("rev-parse", f"{result.branch}^") == registry_repo.head("main")
+    assert registry_repo.git("diff", "--name-only", "main", result.branch) == (
+        "configs/production.yaml"
+    )
+    assert production_on(registry_repo, result.branch) == v1
+    message = registry_repo.git("log", "-1", "--format=%B", result.branch)
+    assert f"This reverts commit {promotion}." in message
+    assert message.rstrip().endswith(f"Chunk-Version: {v1}")
+
+    registry_repo.merge(result.branch)
+    assert production_on(registry_repo, "main") == v1
+    with pytest.raises(Refused, match=f"nothing to roll back to: {v1} is the first production"):
+        rollback(registry_repo.path)
+
+
+def test_rollback_refuses_when_there_is_nothing_to_roll_back_to(
+    registry_repo: RegistryRepo,
+) -> None:
+    with pytest.raises(Refused, match="main has no promotion to roll back"):
+        rollback(registry_repo.path)
+    v1 = registry_repo.locked()
+    promoted(registry_repo, v1)
+    with pytest.raises(Refused, match="nothing to roll back to"):
+        rollback(registry_repo.path)
+    assert registry_repo.git("branch", "--list", "rollback/*") == ""
+
+
+def test_rollback_refuses_a_promotion_merge_that_also_changed_something_else(
+    registry_repo: RegistryRepo,
+) -> None:
+    v1, v2 = registry_repo.locked(), registry_repo.locked()
+    promoted(registry_repo, v1)
+    tag(registry_repo.path)
+    branch = promote(registry_repo.path, v2).branch
+    registry_repo.git("checkout", "--quiet", branch)
+    registry_repo.write("README.md", "notes\n", "Add notes")
+    registry_repo.merge(branch)
+
+    with pytest.raises(Refused, match="would change README.md, not just configs/production.yaml"):
+        rollback(registry_repo.path)
+    assert registry_repo.git("worktree", "list").count("\n") == 0
+
+
+def test_history_reads_locks_promotions_rollbacks_and_retirements_newest_first(
+    registry_repo: RegistryRepo,
+) -> None:
+    v1, v2, v3 = registry_repo.locked(), registry_repo.locked(), registry_repo.locked()
+    promoted(registry_repo, v1, how="squash")
+    promoted(registry_repo, v2)
+    registry_repo.merge(rollback(registry_repo.path).branch, how="squash")
+    registry_repo.merge(retire(registry_repo.path, v3).branch, how="rebase")
+
+    events = read_history(Git(registry_repo.path))
+
+    summary = [(e.kind, e.chunk_version, e.previous, e.merge, e.pr) for e in events]
+    assert summary == [
+        ("retire", v3, None, "commit", None),
+        ("rollback", v1, v2, "squash", 2),
+        ("promote", v2, v1, "merge", 1),
+        ("promote", v1, None, "squash", 2),
+        ("lock", v3, None, "merge", 1),
+        ("lock", v2, None, "merge", 1),
+        ("lock", v1, None, "merge", 1),
+    ]
+    assert {e.tag for e in events if e.kind == "lock"} == {f"chunk-config/{v}" for v in (v1, v2, v3)}
+    assert all(e.author == "Test Locker" and e.at for e in events)
+
+
+def test_history_cli_prints_json_and_text(registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str]) -> None:
+    v1 = registry_repo.locked()
+    promoted(registry_repo, v1)
+
+    assert cli("history", "--repo", str(registry_repo.path), "--format", "json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(e["kind"], e["chunk_version"]) for e in data] == [("promote", v1), ("lock", v1)]
+    assert cli("history", "--repo", str(registry_repo.path), "--limit", "1") == 0
+    out = capsys.readouterr().out
+    assert "promote" in out and v1 in out and "lock" not in out
+
+
+def test_change_commands_report_refusals_as_one_line_with_exit_7(
+    registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("rollback", "--repo", str(registry_repo.path)) == 7
+    err = capsys.readouterr().err
+    assert err.startswith("error: main has no promotion to roll back (") and err.count("\n") == 1
+
+    v1 = registry_repo.locked()
+    tag(registry_repo.path)
+    assert cli("promote", v1, "--repo", str(registry_repo.path), "--push", "--format", "json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["branch"] == f"promote/{v1}" and data["pushed"] is True
+    assert registry_repo.git("ls-remote", "origin", f"refs/heads/promote/{v1}").startswith(
+        data["commit"]
+    )
+
+
+def cli(*args: str) -> int:
+    """Run the registry CLI in-process; the exit code as a user sees it."""
+    from registry.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
