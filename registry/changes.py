@@ -400,3 +400,32 @@ def rollback(repo: Path | str, *, push: bool = False) -> ChangeResult:
 def _duration(value: timedelta) -> str:
     hours = value.total_seconds() / 3600
     return f"{hours:g}h"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pull request text
+
+
+def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]:
+    """Title and Markdown body of the pull request for a change branch: the commit message,
+    the locked config it is about, and its runbook."""
+    from registry.runbook import render
+
+    git = Git(repo)
+    message = git.run("log", "-1", "--format=%B", branch).strip()
+    title, _, rest = message.partition("\n")
+    paragraphs = [p for p in rest.strip().split("\n\n") if p and not p.startswith(f"{TRAILER}:")]
+    version = next((line.split(":", 1)[1].strip() for line in message.splitlines()
+                    if line.startswith(f"{TRAILER}:")), None)
+    sections = ["\n\n".join(paragraphs)] if paragraphs else []
+    state = read_state(git, branch)
+    config = state.configs.get(version) if version else None
+    if config is None and version:
+        config = read_state(git, base).configs.get(version)  # retire: the config leaves
+    if config is not None:
+        sections.append(f"## Config `{config.chunk_version}`\n\n```yaml\n{config.dump()}```")
+        runbook = render(config, state.settings, "markdown")
+        sections.append(runbook.replace("\n## ", "\n### ").replace("# Runbook:", "## Runbook:", 1))
+    sections.append(f"<sub>Made by chunk-registry from branch `{branch}`. The merge is the "
+                    "decision; the reconciler acts on main.</sub>")
+    return title, "\n\n".join(s.strip() for s in sections) + "\n"

@@ -20,6 +20,7 @@ from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
 if TYPE_CHECKING:
     from registry.changes import ChangeResult
     from registry.errors import Problem
+    from registry.github import Proposal
     from registry.gitops import RegistryState
 
 app = typer.Typer(
@@ -44,6 +45,8 @@ RefOpt = Annotated[
 ]
 DataFormat = Literal["text", "json"]
 FormatOpt = Annotated[DataFormat, typer.Option("--format", help="Output format.")]
+PR_HELP = ("Push the branch and open a pull request (GITHUB_TOKEN or GH_TOKEN; without one, "
+           "print the page that opens it).")
 
 
 def _print(text: str = "") -> None:
@@ -106,6 +109,7 @@ def lock(
         bool, typer.Option("--generate-runbook", help="Also commit runbooks/<version>.md.")
     ] = False,
     push: Annotated[bool, typer.Option("--push", help="Push the branch to origin.")] = False,
+    pr: Annotated[bool, typer.Option("--pr", help=PR_HELP)] = False,
     repo: RepoOpt = Path("."),
     fmt: FormatOpt = "text",
 ) -> None:
@@ -125,22 +129,26 @@ def lock(
         baseline_metrics=baseline_metrics,
         description=description,
         generate_runbook=generate_runbook,
-        push=push,
+        push=push or pr,
     )
     config = result.config
+    proposal = _propose(repo, result.branch, result.base) if pr else None
     if fmt == "json":
         _emit_json({
             "chunk_version": config.chunk_version, "branch": result.branch,
             "commit": result.commit, "path": result.path, "base": result.base,
             "pushed": result.pushed, "config_hash": config.config_hash,
             "ingest_run_id": config.ingest_run_id, "runbook": result.runbook_path,
+            "pull_request": _proposal_dict(proposal),
         })
         return
     _print(f"Locked {config.chunk_version} ({config.label()}) on branch {result.branch}")
     _print(f"  {result.path} in commit {result.commit[:10]} on top of {result.base}")
     if result.runbook_path:
         _print(f"  runbook: {result.runbook_path}")
-    if result.pushed:
+    if proposal is not None:
+        _print_proposal(proposal)
+    elif result.pushed:
         _print(f"Next: open a pull request from {result.branch} and merge it to lock the config.")
     else:
         _print(f"Next: git push origin {result.branch}, then open a pull request and merge it.")
@@ -183,8 +191,11 @@ def validate(
             "problems": [_problem_dict(p) for p in report.problems],
         })
     elif fmt == "github":
+        from registry.github import annotation, append_step_summary, validation_summary
+
         for problem in report.problems:
-            _print(_github_annotation(problem))
+            _print(annotation(problem))
+        append_step_summary(validation_summary(report))
     else:
         for problem in report.problems:
             prefix = "warning: " if problem.severity == "warning" else ""
@@ -200,19 +211,6 @@ def validate(
 def _problem_dict(problem: Problem) -> dict[str, Any]:
     return {"path": problem.path, "line": problem.line, "severity": problem.severity,
             "message": problem.message, "fix": problem.fix}
-
-
-def _github_annotation(problem: Problem) -> str:
-    """A workflow command GitHub turns into an annotation on the file and line."""
-    def escape(text: str) -> str:
-        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-    def escape_property(text: str) -> str:
-        return escape(text).replace(":", "%3A").replace(",", "%2C")
-
-    message = problem.message + (f" ({problem.fix})" if problem.fix else "")
-    return (f"::{problem.severity} file={escape_property(problem.path)},line={problem.line},"
-            f"title={escape_property('registry validate')}::{escape(message)}")
 
 
 def _usage(message: str) -> RegistryError:
@@ -340,23 +338,52 @@ def env_command(
 # The GitOps flow: promote, retire, rollback (each a branch + one commit), and history
 
 PushOpt = Annotated[bool, typer.Option("--push", help="Push the branch to origin.")]
+PrOpt = Annotated[bool, typer.Option("--pr", help=PR_HELP)]
 
 
-def _report_change(result: ChangeResult, fmt: str) -> None:
+def _propose(repo: Path, branch: str, base: str) -> Proposal:
+    from registry.changes import describe_change
+    from registry.github import propose
+    from registry.gitops import Git
+
+    title, body = describe_change(repo, branch, base)
+    return propose(Git(repo), branch, base, title, body)
+
+
+def _proposal_dict(proposal: Proposal | None) -> dict[str, Any] | None:
+    if proposal is None:
+        return None
+    return {"number": proposal.number, "url": proposal.url, "created": proposal.created}
+
+
+def _print_proposal(proposal: Proposal) -> None:
+    if proposal.number is None:
+        _print(f"Next: open the pull request at {proposal.url}")
+        _print("  (set GITHUB_TOKEN or GH_TOKEN to have `--pr` open it for you)")
+    elif proposal.created:
+        _print(f"Opened pull request #{proposal.number}: {proposal.url}")
+    else:
+        _print(f"Pull request #{proposal.number} is already open: {proposal.url}")
+
+
+def _report_change(repo: Path, result: ChangeResult, fmt: str, pr: bool) -> None:
     """Print what a promote/retire/rollback made, and the step that makes it count."""
+    proposal = _propose(repo, result.branch, result.base) if pr else None
     if fmt == "json":
         _emit_json({
             "action": result.action, "chunk_version": result.chunk_version,
             "branch": result.branch, "commit": result.commit, "base": result.base,
             "title": result.title, "previous": result.previous, "reverted": result.reverted,
-            "pushed": result.pushed,
+            "pushed": result.pushed, "pull_request": _proposal_dict(proposal),
         })
         return
     _print(f"{result.title}: branch {result.branch}")
     _print(f"  commit {result.commit[:10]} on top of {result.base}")
     if result.reverted:
         _print(f"  reverts {result.reverted[:10]}")
-    if result.pushed:
+    if proposal is not None:
+        _print_proposal(proposal)
+    elif result.pushed:
         _print(f"Next: open a pull request from {result.branch} and merge it.")
     else:
         _print(f"Next: git push origin {result.branch}, then open a pull request and merge it.")
@@ -366,34 +393,38 @@ def _report_change(result: ChangeResult, fmt: str) -> None:
 def promote(
     version: Annotated[str, typer.Argument(help="The locked chunk_version to make production.")],
     push: PushOpt = False,
+    pr: PrOpt = False,
     repo: RepoOpt = Path("."),
     fmt: FormatOpt = "text",
 ) -> None:
     """Point production at a locked version: a branch promote/<version> with one commit."""
     from registry.changes import promote as promote_version
 
-    _report_change(promote_version(repo, version, push=push), fmt)
+    _report_change(repo, promote_version(repo, version, push=push or pr), fmt, pr)
 
 
 @app.command()
 def retire(
     version: Annotated[str, typer.Argument(help="The locked chunk_version to retire.")],
     push: PushOpt = False,
+    pr: PrOpt = False,
     repo: RepoOpt = Path("."),
     fmt: FormatOpt = "text",
 ) -> None:
     """Delete a locked config (its table is dropped after the grace period): branch retire/<v>."""
     from registry.changes import retire as retire_version
 
-    _report_change(retire_version(repo, version, push=push), fmt)
+    _report_change(repo, retire_version(repo, version, push=push or pr), fmt, pr)
 
 
 @app.command()
-def rollback(push: PushOpt = False, repo: RepoOpt = Path("."), fmt: FormatOpt = "text") -> None:
+def rollback(
+    push: PushOpt = False, pr: PrOpt = False, repo: RepoOpt = Path("."), fmt: FormatOpt = "text"
+) -> None:
     """Revert the last promotion on main: a branch rollback/<version> with a `git revert`."""
     from registry.changes import rollback as rollback_production
 
-    _report_change(rollback_production(repo, push=push), fmt)
+    _report_change(repo, rollback_production(repo, push=push or pr), fmt, pr)
 
 
 @app.command()

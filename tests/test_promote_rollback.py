@@ -147,7 +147,7 @@ def test_rollback_refuses_a_promotion_merge_that_also_changed_something_else(
     registry_repo.write("README.md", "notes\n", "Add notes")
     registry_repo.merge(branch)
 
-    with pytest.raises(Refused, match="would change README.md, not just configs/production.yaml"):
+    with pytest.raises(Refused, match=r"would change README\.md, not just configs/production\.yaml"):
         rollback(registry_repo.path)
     assert registry_repo.git("worktree", "list").count("\n") == 0
 
@@ -173,11 +173,14 @@ def test_history_reads_locks_promotions_rollbacks_and_retirements_newest_first(
         ("lock", v2, None, "merge", 1),
         ("lock", v1, None, "merge", 1),
     ]
-    assert {e.tag for e in events if e.kind == "lock"} == {f"chunk-config/{v}" for v in (v1, v2, v3)}
+    tags = {e.tag for e in events if e.kind == "lock"}
+    assert tags == {f"chunk-config/{v}" for v in (v1, v2, v3)}
     assert all(e.author == "Test Locker" and e.at for e in events)
 
 
-def test_history_cli_prints_json_and_text(registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_cli_prints_json_and_text(
+    registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
     v1 = registry_repo.locked()
     promoted(registry_repo, v1)
 
