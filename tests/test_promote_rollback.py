@@ -147,7 +147,8 @@ def test_rollback_refuses_a_promotion_merge_that_also_changed_something_else(
     registry_repo.write("README.md", "notes\n", "Add notes")
     registry_repo.merge(branch)
 
-    with pytest.raises(Refused, match=r"would change README\.md, not just configs/production\.yaml"):
+    only = r"would change README\.md, not just configs/production\.yaml"
+    with pytest.raises(Refused, match=only):
         rollback(registry_repo.path)
     assert registry_repo.git("worktree", "list").count("\n") == 0
 
