@@ -50,7 +50,8 @@ def check_parameters(
 ) -> None:
     """Refuse values outside the hard guardrails before anything else happens."""
     checks = [
-        (1 <= chunk_size <= MAX_CHUNK_SIZE, f"--chunk-size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}",
+        (1 <= chunk_size <= MAX_CHUNK_SIZE,
+         f"--chunk-size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}",
          f"use a chunk size between 1 and {MAX_CHUNK_SIZE} tokens"),
         (0 <= overlap_ratio <= MAX_OVERLAP_RATIO,
          f"--overlap-ratio {overlap_ratio} is outside 0..{MAX_OVERLAP_RATIO}",
@@ -82,7 +83,9 @@ def read_baseline_metrics(path: Path) -> dict[str, float]:
     if not isinstance(data, dict):
         raise ConfigInvalid("baseline metrics must be a mapping of names to numbers", where=where,
                             fix='write e.g. {"oracle_hit_rate": 0.47, "filter_hit_rate": 0.22}')
-    metrics = {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    metrics = {
+        k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     if not metrics:
         raise ConfigInvalid("baseline metrics file holds no numeric metrics", where=where,
                             fix='write e.g. {"oracle_hit_rate": 0.47}')

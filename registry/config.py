@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
@@ -138,7 +138,9 @@ def _scalar(node: yaml.ScalarNode, where: str) -> Any:
     return value
 
 
-def _build(node: yaml.Node, path: Path_, lines: dict[Path_, int], seen: set[int], where: str) -> Any:
+def _build(
+    node: yaml.Node, path: Path_, lines: dict[Path_, int], seen: set[int], where: str
+) -> Any:
     if id(node) in seen:
         raise _yaml_problem(
             where, node.start_mark.line + 1, "YAML anchors and aliases are not allowed",
@@ -195,7 +197,9 @@ def parse_yaml(raw: bytes, where: str) -> YamlDoc:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 1
         reason = (err.problem or err.context or "malformed YAML").strip()
-        raise _yaml_problem(where, line, f"malformed YAML: {reason}", "fix the YAML syntax") from None
+        raise _yaml_problem(
+            where, line, f"malformed YAML: {reason}", "fix the YAML syntax"
+        ) from None
     except yaml.YAMLError as err:
         raise _yaml_problem(where, 1, f"malformed YAML: {err}", "fix the YAML syntax") from None
     if not isinstance(root, yaml.MappingNode):
@@ -217,7 +221,7 @@ def table_name_for(chunk_version: str, base_name: str = DEFAULT_BASE_NAME) -> st
 
 def overlap_tokens(chunk_size: int, overlap_ratio: float) -> int:
     """Tokens shared by consecutive windows: round half up, so 450 x 0.10 -> 45."""
-    return int(math.floor(chunk_size * overlap_ratio + 0.5 + 1e-9))
+    return math.floor(chunk_size * overlap_ratio + 0.5 + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -317,13 +321,14 @@ def guardrail_violations(
             f"{special_tokens} special tokens = {needed} exceeds the token budget "
             f"{config.token_budget} (embedder_max_tokens {config.embedder_max_tokens}, hard cap "
             f"{TOKEN_BUDGET})",
-            f"lock a new version with --chunk-size <= {max(room, 0)} or an embedder with more tokens",
+            f"lock a new version with --chunk-size <= {max(room, 0)} or an embedder with more "
+            "tokens",
         ))
     if config.chunk_size > 1 and config.overlap_tokens >= config.chunk_size:
         found.append((
             "overlap_ratio",
-            f"overlap of {config.overlap_tokens} tokens leaves no stride in {config.chunk_size}-token "
-            "chunks",
+            f"overlap of {config.overlap_tokens} tokens leaves no stride in "
+            f"{config.chunk_size}-token chunks",
             "lock a new version with a smaller --overlap-ratio",
         ))
     try:
@@ -402,7 +407,9 @@ class ProductionConfig:
             target_filter_hit_rate=float(
                 targets.get("filter_hit_rate", defaults.target_filter_hit_rate)
             ),
-            target_snapshot_size=_range(targets.get("snapshot_size"), defaults.target_snapshot_size),
+            target_snapshot_size=_range(
+                targets.get("snapshot_size"), defaults.target_snapshot_size
+            ),
             target_dedup_rate=_range(targets.get("dedup_rate"), defaults.target_dedup_rate),
             tag_prefix=(data.get("tags") or {}).get("prefix", defaults.tag_prefix),
             monitoring_window=parse_duration(data["monitoring"]["window"])
@@ -498,7 +505,9 @@ class ChunkingConfig:
         if "OVERLAP_RATIO" in env:
             values["overlap_ratio"] = _env_number(env, "OVERLAP_RATIO", float, 0, MAX_OVERLAP_RATIO)
         if "JACCARD_THRESHOLD" in env:
-            values["jaccard_threshold"] = _env_number(env, "JACCARD_THRESHOLD", float, MIN_JACCARD, 1)
+            values["jaccard_threshold"] = _env_number(
+                env, "JACCARD_THRESHOLD", float, MIN_JACCARD, 1
+            )
         if "PREFIX_POLICY" in env:
             policy = env["PREFIX_POLICY"].strip().upper()
             if policy not in ("A", "B"):

@@ -119,16 +119,19 @@ class Git:
             if self.resolve(f"refs/heads/{name}"):
                 return name
         current = self.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False).strip()
-        if current:
+        if current and self.resolve(f"refs/heads/{current}"):
             return current
-        raise GitError("the repository has no main branch", fix="commit to a branch named main")
+        raise GitError("the repository has no main branch (no commits yet)",
+                       fix="commit configs/ to a branch named main")
 
     def desired_ref(self, ref: str | None = None, fetch: bool = True) -> str:
         """The ref the reconciler reads: `ref` if given, `origin/main` when there is a remote
         (fetched first), else local `main`."""
         if ref:
             if not self.resolve(ref):
-                raise GitError(f"ref {ref} does not exist", fix="pass --ref with a branch, tag or SHA")
+                raise GitError(
+                    f"ref {ref} does not exist", fix="pass --ref with a branch, tag or SHA"
+                )
             return ref
         if self.has_remote("origin"):
             if fetch:
@@ -215,7 +218,8 @@ class Git:
         if not ident or "<>" in ident:
             raise GitError(
                 "git has no author identity",
-                fix='run git config user.name "Your Name" and git config user.email you@example.com',
+                fix='run git config user.name "Your Name" and '
+                "git config user.email you@example.com",
             )
         return ident.rsplit(" ", 2)[0]
 
@@ -242,7 +246,9 @@ class Git:
                     self.run("update-index", "--force-remove", "--", path, env=env)
                 else:
                     blob = self.run("hash-object", "-w", "--stdin", input=content).strip()
-                    self.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+                    self.run(
+                        "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env
+                    )
             tree = self.run("write-tree", env=env).strip()
         return self.run("commit-tree", tree, "-p", base_sha, "-m", message).strip()
 
@@ -474,7 +480,9 @@ def _parse_cached(cache: ParseCache, path: str, blob: str, read: Any) -> ConfigF
     return ConfigFile(path, blob, config, tuple(problems))
 
 
-def _file_name_problems(entries: list[tuple[str, str, str]]) -> tuple[list[tuple[str, str]], list[Problem]]:
+def _file_name_problems(
+    entries: list[tuple[str, str, str]],
+) -> tuple[list[tuple[str, str]], list[Problem]]:
     """Split configs/ entries into config files to parse and problems with the names."""
     keep: list[tuple[str, str]] = []
     problems: list[Problem] = []
@@ -492,8 +500,8 @@ def _file_name_problems(entries: list[tuple[str, str, str]]) -> tuple[list[tuple
             problems.append(Problem(path, 1, f"unexpected entry (mode {mode})", "remove it"))
             continue
         if PurePosixPath(path).parent != PurePosixPath(CONFIG_DIR):
-            problems.append(Problem(path, 1, "configs live directly in configs/, not in a subfolder",
-                                    f"move it to {CONFIG_DIR}/{name}"))
+            problems.append(Problem(path, 1, "configs live directly in configs/, not in a "
+                                    "subfolder", f"move it to {CONFIG_DIR}/{name}"))
             continue
         if name.endswith(".yml"):
             problems.append(Problem(path, 1, "config files end in .yaml",
@@ -521,13 +529,16 @@ def _repo_level_problems(git: Git, state: RegistryState, contents: dict[str, byt
                 "every locked config needs its own version"))
         seen.setdefault(version, file.path)
     production = state.production
-    if production is not None and production.production is not None:
-        if production.production not in state.configs:
-            state.problems.append(
-                Problem(PRODUCTION_PATH, state.production_line, f"production names "
-                        f"{production.production}, which is not a locked config in {CONFIG_DIR}/",
-                        "lock that version first, or point production at an existing one")
-            )
+    if (
+        production is not None
+        and production.production is not None
+        and production.production not in state.configs
+    ):
+        state.problems.append(
+            Problem(PRODUCTION_PATH, state.production_line, f"production names "
+                    f"{production.production}, which is not a locked config in {CONFIG_DIR}/",
+                    "lock that version first, or point production at an existing one")
+        )
 
 
 def _doc(git: Git, file: ConfigFile, contents: dict[str, bytes]) -> YamlDoc:
@@ -563,8 +574,9 @@ def read_state(git: Git, ref: str = WORKTREE, *, use_cache: bool = True) -> Regi
         production_raw = None
         if production_entry is not None:
             if production_entry[0] == "120000":
-                state.problems.append(Problem(PRODUCTION_PATH, 1, "production.yaml must be a "
-                                              "regular file, not a symlink", "commit the file itself"))
+                state.problems.append(Problem(
+                    PRODUCTION_PATH, 1, "production.yaml must be a regular file, not a symlink",
+                    "commit the file itself"))
             else:
                 production_raw = git.read_blobs([production_entry[1]])[production_entry[1]]
     files, problems = _file_name_problems(entries)

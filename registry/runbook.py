@@ -56,20 +56,32 @@ def _hours(settings: ProductionConfig) -> str:
     return f"{int(settings.monitoring_window.total_seconds() // 3600)}h"
 
 
+def _display_sql(template: str, table: tuple[str, str], *values: object) -> str:
+    """SQL for a person to paste, composed like every statement we run: names quoted."""
+    from psycopg import sql
+
+    literals = [sql.Literal(v) for v in values]
+    return sql.SQL(template).format(sql.Identifier(*table), *literals).as_string(None)
+
+
 def sanity_checks(config: LockedConfig, settings: ProductionConfig) -> list[dict[str, str]]:
-    table = f"{settings.schema}.{config.table_name(settings.base_name)}"
+    table = (settings.schema, config.table_name(settings.base_name))
     checks = [
         {"check": "rows were ingested",
-         "sql": f"SELECT count(*) FROM {table};", "expect": "> 0"},
+         "sql": _display_sql("SELECT count(*) FROM {};", table), "expect": "> 0"},
         {"check": "no chunk over its token budget",
-         "sql": f"SELECT count(*) FROM {table} WHERE bm25_token_count > {config.chunk_size} "
-                f"OR embedding_token_count > {config.token_budget};", "expect": "0"},
+         "sql": _display_sql("SELECT count(*) FROM {} WHERE bm25_token_count > {} "
+                             "OR embedding_token_count > {};", table, config.chunk_size,
+                             config.token_budget),
+         "expect": "0"},
         {"check": "one ingest run, the locked one",
-         "sql": f"SELECT DISTINCT ingest_run_id FROM {table};", "expect": config.ingest_run_id},
+         "sql": _display_sql("SELECT DISTINCT ingest_run_id FROM {};", table),
+         "expect": config.ingest_run_id},
     ]
     if config.prefix_policy == "A":
         checks.append({"check": "policy A: no prefix leaked into BM25 text",
-                       "sql": f"SELECT count(*) FROM {table} WHERE bm25_text LIKE 'Document: %';",
+                       "sql": _display_sql("SELECT count(*) FROM {} WHERE bm25_text LIKE {};",
+                                           table, "Document: %"),
                        "expect": "0"})
     checks.append({"check": "the registry agrees", "sql": "", "expect": "registry health exits 0",
                    "command": f"registry health --version {config.chunk_version}"})

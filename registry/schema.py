@@ -7,6 +7,8 @@ The schemas are the single source of truth for field names and bounds; the wheel
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,10 +56,30 @@ def schema(kind: Kind) -> dict[str, Any]:
 
 
 @cache
-def validator(kind: Kind) -> Validator:
-    from jsonschema import Draft202012Validator
+def _ecma_pattern(pattern: str) -> re.Pattern[str]:
+    """ECMA-262 semantics for `$` (end of input), which Python's `$` is not: it also matches
+    before a trailing newline, so `v1\n` would pass `^...v1$` and reach a table name."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
 
-    return Draft202012Validator(schema(kind))
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    from jsonschema.exceptions import ValidationError
+
+    if isinstance(instance, str) and not _ecma_pattern(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
+def validator(kind: Kind) -> Validator:
+    from jsonschema import Draft202012Validator, validators
+
+    strict = validators.extend(  # type: ignore[no-untyped-call]
+        Draft202012Validator, {"pattern": _pattern}
+    )
+    compiled: Validator = strict(schema(kind))
+    return compiled
 
 
 def _describe(error: Any) -> tuple[tuple[str | int, ...], str]:
@@ -75,10 +97,10 @@ def _describe(error: Any) -> tuple[tuple[str | int, ...], str]:
         return path, f"{name} {shown} is below the hard floor {error.validator_value}"
     if keyword == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return path + (missing,), f"required field {missing} is missing"
+        return (*path, missing), f"required field {missing} is missing"
     if keyword == "additionalProperties" and error.validator_value is False:
         extra = sorted(set(value) - set(error.schema.get("properties", {})))
-        return path + (extra[0],) if extra else path, f"unknown field {', '.join(extra)}"
+        return (*path, extra[0]) if extra else path, f"unknown field {', '.join(extra)}"
     if keyword == "type":
         return path, f"{name} {shown} should be of type {error.validator_value}"
     if keyword == "pattern":
@@ -101,5 +123,6 @@ def schema_problems(doc: YamlDoc, kind: Kind) -> list[Problem]:
     for error in validator(kind).iter_errors(doc.data):
         path, message = _describe(error)
         field = next((str(p) for p in path if isinstance(p, str)), "")
-        problems.append(doc.problem(path, message, FIXES.get(field, f"see schemas/{SCHEMA_FILES[kind]}")))
+        fix = FIXES.get(field, f"see schemas/{SCHEMA_FILES[kind]}")
+        problems.append(doc.problem(path, message, fix))
     return sorted(problems, key=lambda p: p.line)

@@ -104,7 +104,7 @@ def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
         short = tag.commit[:10]
         if tagged_blob is None:
             problems.append(Problem(path, 1, f"tag {name} points to commit {short}, which has no "
-                                    f"{path}", f"delete the tag; `registry tag` recreates it"))
+                                    f"{path}", "delete the tag; `registry tag` recreates it"))
             continue
         if tag.commit not in on_main:
             problems.append(Problem(path, 1, f"tag {name} points to commit {short}, which is not "
@@ -122,7 +122,8 @@ def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
         if current is not None and current.blob != tagged_blob:
             problems.append(Problem(path, 1, f"{path} differs from the locked blob tagged {name} "
                                     "(tampering: a locked config is immutable)",
-                                    "restore the tagged content and lock a new version for the change"))
+                                    "restore the tagged content and lock a new version for "
+                                    "the change"))
     return problems
 
 
@@ -135,8 +136,8 @@ def provenance_problems(git: Git, state: RegistryState, main: str) -> list[Probl
     introduced = git.config_introductions(main)
     first_parent: dict[str, tuple[int, str]] = {}
     for line in git.run("log", "--first-parent", "--format=%H%x00%P%x00%s", main).splitlines():
-        sha, parents, subject = line.split("\0", 2)
-        first_parent[sha] = (len(parents.split()), subject)
+        sha, parent_list, subject = line.split("\0", 2)
+        first_parent[sha] = (len(parent_list.split()), subject)
     problems = []
     for path, commit in introduced.items():
         if path not in wanted or commit not in first_parent:

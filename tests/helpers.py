@@ -151,3 +151,31 @@ class RegistryRepo:
 
     def read(self, relpath: str) -> str:
         return (self.path / relpath).read_text()
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+
+def run_cli(*args: str | Path) -> CliResult:
+    """Run `registry ARGS` in-process through the real entry point (error funnel included)."""
+    import contextlib
+    import io
+
+    from registry.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())

@@ -1,0 +1,33 @@
+"""The wheel carries the schemas, so the installed tool validates outside this repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_the_schemas_byte_identical(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True,
+    )
+    wheel = next(tmp_path.glob("chunk_registry-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        for schema in ("locked-config.schema.json", "production.schema.json"):
+            assert f"registry/schemas/{schema}" in names
+            assert archive.read(f"registry/schemas/{schema}") == (ROOT / "schemas" / schema).read_bytes()
+        assert "registry/cli.py" in names
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True)
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from registry.schema import schema_dir, "
+             "validator; print(schema_dir()); validator('locked')")
+    out = subprocess.run([sys.executable, "-c", probe, str(target)], cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(target / "registry" / "schemas")
