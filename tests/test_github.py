@@ -20,8 +20,8 @@ from registry.github import (
 )
 from registry.gitops import Git
 from tests.github_server import FakeGitHub
-from tests.helpers import RegistryRepo
-from tests.test_promote_rollback import cli, promoted
+from tests.helpers import RegistryRepo, run_cli
+from tests.test_promote_rollback import promoted
 
 TOKEN = "ghp_Secret0123456789abcdefABCDEF0123456789"
 
@@ -83,14 +83,15 @@ def test_an_origin_that_is_not_a_github_repository_is_one_clear_line(url: str) -
 
 
 def test_promote_pr_pushes_the_branch_and_opens_a_pull_request(
-    registry_repo: RegistryRepo, github: FakeGitHub, capsys: pytest.CaptureFixture[str]
+    registry_repo: RegistryRepo, github: FakeGitHub
 ) -> None:
     v1 = registry_repo.locked()
     tag(registry_repo.path)
 
-    assert cli("promote", v1, "--pr", "--repo", str(registry_repo.path)) == 0
+    result = run_cli("promote", v1, "--pr", "--repo", registry_repo.path)
 
-    out, err = capsys.readouterr()
+    assert result.code == 0, result.stderr
+    out, err = result.stdout, result.stderr
     assert "Opened pull request #1: https://github.com/acme/chunk-configs/pull/1" in out
     assert TOKEN not in out + err
     assert pulls(github) == [("GET", "/repos/acme/chunk-configs/pulls"),
@@ -111,11 +112,12 @@ def test_promote_pr_pushes_the_branch_and_opens_a_pull_request(
 
 
 def test_a_second_pr_for_the_same_branch_finds_the_open_one(
-    registry_repo: RegistryRepo, github: FakeGitHub, capsys: pytest.CaptureFixture[str]
+    registry_repo: RegistryRepo, github: FakeGitHub
 ) -> None:
-    assert cli("lock", "--pr", "--tokenizer-file", str(registry_repo.tokenizer_file),
-               "--repo", str(registry_repo.path), "--format", "json") == 0
-    first = json.loads(capsys.readouterr().out)
+    result = run_cli("lock", "--pr", "--tokenizer-file", registry_repo.tokenizer_file,
+                     "--repo", registry_repo.path, "--format", "json")
+    assert result.code == 0, result.stderr
+    first = json.loads(result.stdout)
     assert first["pull_request"] == {
         "number": 1, "url": "https://github.com/acme/chunk-configs/pull/1", "created": True,
     }
@@ -125,17 +127,17 @@ def test_a_second_pr_for_the_same_branch_finds_the_open_one(
 
 
 def test_without_a_token_pr_prints_the_compare_page(
-    registry_repo: RegistryRepo, github: FakeGitHub, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    registry_repo: RegistryRepo, github: FakeGitHub, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("GITHUB_TOKEN")
     v1, v2 = registry_repo.locked(), registry_repo.locked()
     promoted(registry_repo, v1)
     promoted(registry_repo, v2)
 
-    assert cli("rollback", "--pr", "--repo", str(registry_repo.path)) == 0
+    result = run_cli("rollback", "--pr", "--repo", registry_repo.path)
 
-    out = capsys.readouterr().out
+    assert result.code == 0, result.stderr
+    out = result.stdout
     assert (f"open the pull request at https://github.com/acme/chunk-configs/compare/"
             f"main...rollback/{v1}?expand=1") in out
     assert github.received == []
@@ -177,8 +179,8 @@ def _retire_branch(repo: RegistryRepo, version: str) -> str:
     ("unreachable", r"^error: cannot reach the GitHub API at http://127\.0\.0\.1:1: "),
 ])
 def test_api_errors_become_one_clear_line_with_exit_9(
-    registry_repo: RegistryRepo, github: FakeGitHub, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, setup: str, expected: str,
+    registry_repo: RegistryRepo, github: FakeGitHub, monkeypatch: pytest.MonkeyPatch,
+    setup: str, expected: str,
 ) -> None:
     v1 = registry_repo.locked()
     tag(registry_repo.path)
@@ -201,10 +203,10 @@ def test_api_errors_become_one_clear_line_with_exit_9(
     elif setup == "unreachable":
         monkeypatch.setenv("GITHUB_API_URL", "http://127.0.0.1:1")
 
-    code = cli("promote", v1, "--pr", "--repo", str(registry_repo.path))
+    result = run_cli("promote", v1, "--pr", "--repo", registry_repo.path)
 
-    out, err = capsys.readouterr()
-    assert code == 9, err
+    out, err = result.stdout, result.stderr
+    assert result.code == 9, err
     assert re.match(expected, err), err
     assert err.count("\n") == 1
     assert TOKEN not in out + err and "ghp_wrong" not in out + err

@@ -12,7 +12,7 @@ from registry.changes import promote, retire, rollback, tag
 from registry.errors import Refused, UsageError
 from registry.gitops import Git, read_state
 from registry.history import read_history
-from tests.helpers import RegistryRepo
+from tests.helpers import RegistryRepo, run_cli
 
 
 def production_on(repo: RegistryRepo, ref: str) -> str | None:
@@ -179,44 +179,32 @@ def test_history_reads_locks_promotions_rollbacks_and_retirements_newest_first(
     assert all(e.author == "Test Locker" and e.at for e in events)
 
 
-def test_history_cli_prints_json_and_text(
-    registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_history_cli_prints_json_and_text(registry_repo: RegistryRepo) -> None:
     v1 = registry_repo.locked()
     promoted(registry_repo, v1)
 
-    assert cli("history", "--repo", str(registry_repo.path), "--format", "json") == 0
-    data = json.loads(capsys.readouterr().out)
+    result = run_cli("history", "--repo", registry_repo.path, "--format", "json")
+    assert result.code == 0
+    data = json.loads(result.stdout)
     assert [(e["kind"], e["chunk_version"]) for e in data] == [("promote", v1), ("lock", v1)]
-    assert cli("history", "--repo", str(registry_repo.path), "--limit", "1") == 0
-    out = capsys.readouterr().out
-    assert "promote" in out and v1 in out and "lock" not in out
+    text = run_cli("history", "--repo", registry_repo.path, "--limit", "1").stdout
+    assert "promote" in text and v1 in text and "lock" not in text
 
 
 def test_change_commands_report_refusals_as_one_line_with_exit_7(
-    registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str]
+    registry_repo: RegistryRepo,
 ) -> None:
-    assert cli("rollback", "--repo", str(registry_repo.path)) == 7
-    err = capsys.readouterr().err
-    assert err.startswith("error: main has no promotion to roll back (") and err.count("\n") == 1
+    refused = run_cli("rollback", "--repo", registry_repo.path)
+    assert refused.code == 7
+    assert refused.stderr.startswith("error: main has no promotion to roll back (")
+    assert refused.stderr.count("\n") == 1
 
     v1 = registry_repo.locked()
     tag(registry_repo.path)
-    assert cli("promote", v1, "--repo", str(registry_repo.path), "--push", "--format", "json") == 0
-    data = json.loads(capsys.readouterr().out)
+    result = run_cli("promote", v1, "--repo", registry_repo.path, "--push", "--format", "json")
+    assert result.code == 0
+    data = json.loads(result.stdout)
     assert data["branch"] == f"promote/{v1}" and data["pushed"] is True
     assert registry_repo.git("ls-remote", "origin", f"refs/heads/promote/{v1}").startswith(
         data["commit"]
     )
-
-
-def cli(*args: str) -> int:
-    """Run the registry CLI in-process; the exit code as a user sees it."""
-    from registry.cli import main
-
-    try:
-        main(list(args))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
-
