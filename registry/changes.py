@@ -411,7 +411,7 @@ def _duration(value: timedelta) -> str:
 
 def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]:
     """Title and Markdown body of the pull request for a change branch: the commit message,
-    the locked config it is about, and its runbook."""
+    the locked config it is about, and its runbook (not for a retirement)."""
     from registry.runbook import render
 
     git = Git(repo)
@@ -427,6 +427,7 @@ def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]
         config = read_state(git, base).configs.get(version)  # retire: the config leaves
     if config is not None:
         sections.append(f"## Config `{config.chunk_version}`\n\n```yaml\n{config.dump()}```")
+    if config is not None and not branch.startswith("retire/"):
         runbook = render(config, state.settings, "markdown")
         sections.append(runbook.replace("\n## ", "\n### ").replace("# Runbook:", "## Runbook:", 1))
     sections.append(f"<sub>Made by chunk-registry from branch `{branch}`. The merge is the "

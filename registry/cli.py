@@ -430,9 +430,7 @@ def rollback(
 @app.command()
 def history(
     repo: RepoOpt = Path("."),
-    ref: Annotated[
-        str | None, typer.Option("--ref", help="Branch to read (default: the main branch).")
-    ] = None,
+    ref: RefOpt = None,
     limit: Annotated[int | None, typer.Option(help="Show only the newest N events.")] = None,
     fmt: FormatOpt = "text",
 ) -> None:
@@ -440,7 +438,8 @@ def history(
     from registry.gitops import Git
     from registry.history import read_history
 
-    events = read_history(Git(repo), ref)[:limit]
+    git = Git(repo)
+    events = read_history(git, git.desired_ref(ref, fetch=False))[:limit]
     if fmt == "json":
         _emit_json([e.to_dict() for e in events])
         return
