@@ -1,0 +1,22 @@
+"""chunk-registry: a git repository as the registry of locked RAG chunking configurations.
+
+`registry.retrieval_table()` and `registry.active_config()` are the application API; they are
+imported on first use so `import registry` (and the CLI) stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry.api import active_config, retrieval_table
+
+__all__ = ["active_config", "retrieval_table"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from registry import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'registry' has no attribute {name!r}")

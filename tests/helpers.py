@@ -153,6 +153,20 @@ class RegistryRepo:
         return (self.path / relpath).read_text()
 
 
+def locked_config(**overrides: Any) -> Any:
+    """A LockedConfig for chunker and ingest tests (450/0.10/0.8/A by default), never on disk."""
+    from registry.config import LockedConfig
+
+    values: dict[str, Any] = {
+        "chunk_version": "2025-09-07-143022-v1", "chunk_size": 450, "overlap_ratio": 0.10,
+        "jaccard_threshold": 0.8, "prefix_policy": "A", "embedder_name": "BAAI/bge-large-en-v1.5",
+        "embedder_max_tokens": 512, "tokenizer_name": "BAAI/bge-large-en-v1.5",
+        "tokenizer_hash": "sha256:" + "0" * 64, "created_at": "2025-09-07T14:30:22Z",
+        "created_by": "Test Locker <locker@example.com>",
+    }
+    return LockedConfig(**{**values, **overrides})
+
+
 @dataclass
 class CliResult:
     code: int

@@ -1,0 +1,906 @@
+"""The chunker: what a locked config means, token for token. Pure: no I/O, no database.
+
+A document is split on markdown headings (never inside a fenced code block); a section that
+fits `chunk_size` tokens is one chunk; a longer one is packed paragraph by paragraph and, where
+a paragraph is itself too long, cut into windows. Within a section consecutive chunks share
+exactly `overlap` tokens. Every cut falls on a pre-token (word) boundary of the config's
+tokenizer, so a chunk's text, sliced from the source by offsets and never decoded, re-tokenizes
+to exactly the count stored with it. Each document is encoded once (`encode_batch`); cuts and
+counts are read off that one encoding, never by re-encoding pieces.
+
+Near-duplicates are found on word 5-gram shingles: exactly within a document, and corpus-wide
+with MinHash LSH whose candidates are verified exactly (so precision is 1 by construction).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from registry.config import LockedConfig
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding, Tokenizer
+
+MIN_CHUNK_TOKENS = 10
+"""Chunks with fewer body tokens carry too little to retrieve; they are dropped."""
+SHINGLE_WORDS = 5
+KINDS = ("markdown", "text")
+ELLIPSIS = "…"
+
+Shingles = npt.NDArray[np.uint64]
+EMPTY_SHINGLES: Shingles = np.zeros(0, dtype=np.uint64)
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One source document: `kind` is `markdown` (headings split sections) or `text`."""
+
+    doc_id: str
+    title: str
+    text: str
+    kind: str = "markdown"
+
+
+class Chunk(NamedTuple):
+    """One row of a shadow table (the first nine fields, `ROW_COLUMNS`), plus where its body
+    sits in the source. A NamedTuple: a corpus makes millions, and they cross processes."""
+
+    id: str
+    doc_id: str
+    chunk_index: int
+    embedding_text: str
+    bm25_text: str
+    embedding_token_count: int
+    bm25_token_count: int
+    chunk_version: str
+    ingest_run_id: str
+    section: str
+    start: int
+    """Character offset of the body in the document text (body == text[start:end])."""
+    end: int
+    overlap: int
+    """Tokens shared with the previous kept chunk of the same section (0 at a section start)."""
+
+    def row(self) -> tuple[str, str, int, str, str, int, int, str, str]:
+        """The values of the table's data columns, in `ROW_COLUMNS` order."""
+        return (self.id, self.doc_id, self.chunk_index, self.embedding_text, self.bm25_text,
+                self.embedding_token_count, self.bm25_token_count, self.chunk_version,
+                self.ingest_run_id)
+
+
+ROW_COLUMNS = ("id", "doc_id", "chunk_index", "embedding_text", "bm25_text",
+               "embedding_token_count", "bm25_token_count", "chunk_version", "ingest_run_id")
+
+
+@dataclass(slots=True)
+class ChunkedDocument:
+    """The kept chunks of one document, their shingles, and what was dropped and why."""
+
+    doc_id: str
+    chunks: list[Chunk]
+    shingles: list[Shingles] = field(repr=False)
+    band_keys: list[tuple[int, ...]] = field(repr=False)
+    tokens: int = 0
+    too_small: int = 0
+    duplicates: int = 0
+    over_budget: int = 0
+    header_only: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown layout: sections of blocks (paragraphs, fenced code kept whole)
+
+_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
+_CLOSING_HASHES = re.compile(r"(?:^|[ \t]+)#+$")
+_EVENTS = re.compile(r"\n(?:(?P<blank>[ \t]*(?=\n))|(?P<heading> {0,3}#{1,6}(?=[ \t\n]|$))"
+                     r"|(?P<fence> {0,3}(?:`{3,}|~{3,})))")
+_BLANKS = re.compile(r"\n(?P<blank>[ \t]*(?=\n))")
+
+
+@dataclass(slots=True)
+class Section:
+    """A heading's span of the document: its blocks as (start, end) character spans, and the
+    character spans of the heading names that make its path (`Guide > Install`)."""
+
+    path: str
+    blocks: list[tuple[int, int]]
+    names: tuple[tuple[int, int], ...] = ()
+    heading_blocks: int = 0
+    """How many leading blocks are heading lines (a section made only of them is header-only)."""
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def split_sections(text: str, kind: str) -> list[Section]:
+    """Sections of non-blank blocks. Markdown splits on ATX headings outside code fences; a
+    fenced block is one block however many blank lines it holds. Only the lines that matter
+    (blank, heading, fence) are visited: the rest are found between them."""
+    sections: list[Section] = []
+    stack: list[tuple[int, str, tuple[int, int]]] = []
+    current = Section("", [])
+    cursor = 0
+    fence: str | None = None
+    fence_start = 0
+    length = len(text)
+    for match in (_EVENTS if kind == "markdown" else _BLANKS).finditer("\n" + text):
+        start = match.start()
+        what = match.lastgroup
+        if what == "blank":
+            if fence is None:
+                if start > cursor:
+                    current.blocks.append((cursor, start - 1))
+                cursor = match.end()
+            continue
+        end = text.find("\n", start)
+        end = length if end < 0 else end
+        line = text[start:end].strip()
+        marker = line[: len(line) - len(line.lstrip(line[0]))] if what == "fence" else ""
+        if fence is not None:
+            if marker.startswith(fence) and marker == line:
+                current.blocks.append((fence_start, end))
+                fence = None
+                cursor = end + 1
+            continue
+        if start > cursor:
+            current.blocks.append((cursor, start - 1))
+        cursor = end + 1
+        if marker:
+            fence, fence_start = marker, start
+        elif heading := _HEADING.match(text, start, end):
+            if current.blocks:
+                sections.append(current)
+            level = len(heading.group(1))
+            stack = [entry for entry in stack if entry[0] < level]
+            raw = _CLOSING_HASHES.sub("", heading.group(2) or "").rstrip()
+            if raw:
+                name_start = heading.start(2)
+                stack.append((level, _clean(raw), (name_start, name_start + len(raw))))
+            current = Section(" > ".join(name for _, name, _ in stack), [(start, end)],
+                              tuple(span for _, _, span in stack), heading_blocks=1)
+    if fence is not None:
+        current.blocks.append((fence_start, length))
+    elif cursor < length:
+        current.blocks.append((cursor, length))
+    if current.blocks:
+        sections.append(current)
+    return sections
+
+
+# ---------------------------------------------------------------------------------------------
+# Shingles and exact near-duplicate detection
+
+_WORD = re.compile(r"\w+")
+_SHINGLE_MULTIPLIERS = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+     0xFF51AFD7ED558CCD], dtype=np.uint64,
+)
+_WORD_CACHE_LIMIT = 500_000
+_word_hashes: dict[str, int] = {}
+_LONG_RUN = 32
+"""Runs of a shingle shared by more chunks than this get their pairs one run at a time."""
+
+
+def words(text: str) -> list[str]:
+    """The words of `text` for dedup: runs of word characters, lowercased."""
+    return _WORD.findall(text.lower())
+
+
+def _hash_words(found: list[str]) -> npt.NDArray[np.uint64]:
+    """Stable 64-bit hashes (blake2b, cached): the same word hashes alike in every process."""
+    cache = _word_hashes
+    try:
+        values = [cache[w] for w in found]
+    except KeyError:
+        if len(cache) > _WORD_CACHE_LIMIT:
+            cache.clear()
+        for word in set(found).difference(cache):
+            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+            cache[word] = int.from_bytes(digest, "little")
+        values = [cache[w] for w in found]
+    return np.array(values, dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class ShingleSets:
+    """The shingle sets of many texts in one array: set i is values[bounds[i]:bounds[i+1]],
+    sorted and distinct. Built in one vectorized pass, so small texts cost no numpy calls each."""
+
+    values: Shingles
+    bounds: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, index: int) -> Shingles:
+        return self.values[self.bounds[index]: self.bounds[index + 1]]
+
+    @property
+    def sizes(self) -> npt.NDArray[np.int64]:
+        return np.diff(self.bounds)
+
+    @property
+    def owners(self) -> npt.NDArray[np.int64]:
+        return np.repeat(np.arange(len(self), dtype=np.int64), self.sizes)
+
+
+def shingle_sets(texts: Sequence[str]) -> ShingleSets:
+    """Word 5-gram shingles of every text, as 64-bit hashes.
+
+    A text with fewer than five words is one shingle of all its words; a text with no word
+    characters is one shingle of its whitespace-normalized self (so identical ones match).
+    """
+    found: list[str] = []
+    counts = np.zeros(len(texts), dtype=np.int64)
+    for index, text in enumerate(texts):
+        these = words(text)
+        if not these:
+            normalized = _clean(text)
+            these = [normalized] if normalized else []
+        counts[index] = len(these)
+        found.extend(these)
+    hashes = _hash_words(found)
+    total = len(hashes)
+    owner = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
+    parts: list[Shingles] = []
+    owners: list[npt.NDArray[np.int64]] = []
+    span = SHINGLE_WORDS - 1
+    if total > span:
+        grams = hashes[: total - span] * _SHINGLE_MULTIPLIERS[0]
+        for offset in range(1, SHINGLE_WORDS):
+            grams += hashes[offset: total - span + offset] * _SHINGLE_MULTIPLIERS[offset]
+        whole = owner[: total - span] == owner[span:]
+        parts.append(grams[whole])
+        owners.append(owner[: total - span][whole])
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    for index in np.flatnonzero((counts > 0) & (counts < SHINGLE_WORDS)).tolist():
+        few = hashes[starts[index]: starts[index + 1]]
+        parts.append(np.array([(few * _SHINGLE_MULTIPLIERS[: len(few)]).sum(dtype=np.uint64)],
+                              dtype=np.uint64))
+        owners.append(np.array([index], dtype=np.int64))
+    values = np.concatenate(parts) if parts else EMPTY_SHINGLES
+    owned = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((values, owned))
+    values, owned = values[order], owned[order]
+    if len(values):
+        distinct = np.ones(len(values), dtype=bool)
+        distinct[1:] = (values[1:] != values[:-1]) | (owned[1:] != owned[:-1])
+        values, owned = values[distinct], owned[distinct]
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(owned, minlength=len(texts)))))
+    return ShingleSets(values, bounds.astype(np.int64))
+
+
+def shingles(text: str) -> Shingles:
+    """The shingle set of one text (see `shingle_sets`)."""
+    return shingle_sets([text])[0]
+
+
+def jaccard(a: Shingles, b: Shingles) -> float:
+    """Jaccard similarity of two shingle sets (sorted distinct arrays); 0 when either is empty."""
+    if not len(a) or not len(b):
+        return 0.0
+    shared = int(np.intersect1d(a, b, assume_unique=True).size)
+    return shared / (len(a) + len(b) - shared)
+
+
+def dedup_exact(sets: ShingleSets, threshold: float,
+                groups: Sequence[int] | None = None) -> list[bool]:
+    """Greedy in order: keep a set unless its Jaccard with an already kept set of the same
+    group (document) is >= threshold. Exact.
+
+    Pairs that share a shingle are found by sorting every shingle once, so the cost grows with
+    the shingles two sets share, not with the square of the number of sets.
+    """
+    count = len(sets)
+    if count < 2:
+        return [True] * count
+    owners = sets.owners
+    group = (np.asarray(groups, dtype=np.int64)[owners] if groups is not None
+             else np.zeros(len(owners), dtype=np.int64))
+    order = np.lexsort((sets.values, group))
+    values, owners, group = sets.values[order], owners[order], group[order]
+    repeated = (values[1:] == values[:-1]) & (group[1:] == group[:-1])
+    if not repeated.any():
+        return [True] * count
+    in_run = np.zeros(len(values), dtype=bool)
+    in_run[1:] |= repeated
+    in_run[:-1] |= repeated
+    owners = owners[in_run]
+    starts_run = np.ones(len(owners), dtype=bool)
+    starts_run[1:] = ~_continues(values[in_run], group[in_run])
+    run_starts = np.flatnonzero(starts_run)
+    lengths = np.diff(np.append(run_starts, len(owners)))
+    run_end = np.repeat(run_starts + lengths, lengths)
+    position = np.arange(len(owners))
+    firsts: list[npt.NDArray[np.int64]] = []
+    seconds: list[npt.NDArray[np.int64]] = []
+    for distance in range(1, min(int(lengths.max()), _LONG_RUN + 1)):
+        same = np.flatnonzero(position[:-distance] + distance < run_end[:-distance])
+        firsts.append(owners[same])
+        seconds.append(owners[same + distance])
+    for start, length in zip(run_starts[lengths > _LONG_RUN + 1].tolist(),
+                             lengths[lengths > _LONG_RUN + 1].tolist(), strict=True):
+        i, j = np.triu_indices(length, k=_LONG_RUN + 1)
+        firsts.append(owners[start + i])
+        seconds.append(owners[start + j])
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
+    keys, shared = np.unique(np.minimum(first, second) * count + np.maximum(first, second),
+                             return_counts=True)
+    left, right = keys // count, keys % count
+    sizes = sets.sizes
+    close = shared / (sizes[left] + sizes[right] - shared) >= threshold
+    earlier: dict[int, list[int]] = {}
+    for kept_index, later in zip(left[close].tolist(), right[close].tolist(), strict=True):
+        earlier.setdefault(later, []).append(kept_index)
+    kept = [True] * count
+    for later in sorted(earlier):
+        if any(kept[i] for i in earlier[later]):
+            kept[later] = False
+    return kept
+
+
+def _continues(values: Shingles, group: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    same: npt.NDArray[np.bool_] = (values[1:] == values[:-1]) & (group[1:] == group[:-1])
+    return same
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus-wide near-duplicates: MinHash LSH, candidates verified exactly
+
+def _mix(x: Shingles) -> Shingles:
+    """splitmix64's finalizer: every input bit reaches every output bit."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+PAIR_RECALL = 0.9995
+"""Probability that LSH offers a pair at exactly the threshold as a candidate."""
+
+
+def lsh_shape(threshold: float) -> tuple[int, int]:
+    """(bands, rows): rows 3 above 0.7 (2 below), bands so a pair at the threshold is a
+    candidate with probability PAIR_RECALL. 0.8 -> 10 x 3 = 30 hashes."""
+    rows = 3 if threshold >= 0.7 else 2
+    miss = 1.0 - threshold**rows
+    bands = 1 if miss <= 0 else math.ceil(math.log(1.0 - PAIR_RECALL) / math.log(miss))
+    return max(bands, 1), rows
+
+
+class MinHasher:
+    """MinHash band keys of a shingle set; cheap to build, so every worker process has one."""
+
+    def __init__(self, threshold: float, seed: int = 20250907) -> None:
+        self.bands, self.rows = lsh_shape(threshold)
+        generator = np.random.default_rng(seed)
+        count = self.bands * self.rows
+        one = np.uint64(1)
+        self._a = generator.integers(1, 2**63, size=count, dtype=np.uint64) * np.uint64(2) + one
+        self._b = generator.integers(0, 2**63, size=count, dtype=np.uint64)
+        self._band_mult = generator.integers(1, 2**63, size=self.rows, dtype=np.uint64) | one
+
+    def band_keys(self, sets: ShingleSets) -> list[tuple[int, ...]]:
+        """One key per band per set: `rows` min-wise hashes (multiply-shift) mixed into one.
+
+        One vectorized pass per hash function over all sets at once; an empty set has no keys.
+        """
+        sizes = sets.sizes
+        filled = np.flatnonzero(sizes > 0)
+        keys: list[tuple[int, ...]] = [()] * len(sets)
+        if not len(filled):
+            return keys
+        starts = sets.bounds[:-1][filled]
+        shift = np.uint64(32)
+        signature = np.empty((len(filled), len(self._a)), dtype=np.uint64)
+        for column, (a, b) in enumerate(zip(self._a, self._b, strict=True)):
+            signature[:, column] = np.minimum.reduceat((a * sets.values + b) >> shift, starts)
+        banded = signature.reshape(len(filled), self.bands, self.rows) * self._band_mult
+        mixed = _mix(banded.sum(axis=2, dtype=np.uint64))
+        for index, row in zip(filled.tolist(), mixed.tolist(), strict=True):
+            keys[index] = tuple(row)
+        return keys
+
+
+class ShingleStore(Protocol):
+    """Where the corpus deduplicator keeps the shingles of kept chunks (memory, or a file)."""
+
+    def append(self, values: Shingles) -> int: ...
+
+    def get(self, index: int) -> Shingles: ...
+
+
+class MemoryShingleStore:
+    def __init__(self) -> None:
+        self._items: list[Shingles] = []
+
+    def append(self, values: Shingles) -> int:
+        self._items.append(values)
+        return len(self._items) - 1
+
+    def get(self, index: int) -> Shingles:
+        return self._items[index]
+
+
+class CorpusDeduplicator:
+    """Greedy corpus-wide near-duplicate filter: LSH proposes, exact Jaccard decides.
+
+    Memory grows with the kept chunks: one dict entry per band per kept chunk here, and the
+    shingles wherever `store` keeps them.
+    """
+
+    def __init__(self, threshold: float, store: ShingleStore | None = None) -> None:
+        self.threshold = threshold
+        self.hasher = MinHasher(threshold)
+        self.store: ShingleStore = store or MemoryShingleStore()
+        self._buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.hasher.bands)]
+        self.kept = 0
+        self.removed = 0
+        self.candidates = 0
+
+    def is_duplicate(self, values: Shingles, keys: Sequence[int]) -> bool:
+        """True (and nothing stored) if a kept chunk is a near-duplicate; else keep this one.
+
+        `keys` are this set's `MinHasher.band_keys` (computed where the chunk was made).
+        """
+        if not keys:
+            self.kept += 1
+            return False
+        seen: set[int] = set()
+        for bucket, key in zip(self._buckets, keys, strict=True):
+            found = bucket.get(key)
+            if found is None:
+                continue
+            for index in found if isinstance(found, list) else (found,):
+                if index in seen:
+                    continue
+                seen.add(index)
+                self.candidates += 1
+                if jaccard(values, self.store.get(index)) >= self.threshold:
+                    self.removed += 1
+                    return True
+        index = self.store.append(values)
+        for bucket, key in zip(self._buckets, keys, strict=True):
+            found = bucket.get(key)
+            if found is None:
+                bucket[key] = index
+            elif isinstance(found, list):
+                found.append(index)
+            else:
+                bucket[key] = [found, index]
+        self.kept += 1
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The chunker
+
+
+
+class _Words:
+    """Word (pre-token) boundaries of one section's tokens, asked lazily: cuts need only a few."""
+
+    __slots__ = ("_high", "_low", "_word")
+
+    def __init__(self, encoding: Encoding, low: int, high: int) -> None:
+        self._word = encoding.token_to_word
+        self._low = low
+        self._high = high
+
+    def boundary(self, index: int) -> bool:
+        """Whether a cut before token `index` falls between two words (section ends do)."""
+        if index <= self._low or index >= self._high:
+            return True
+        return bool(self._word(index) != self._word(index - 1))
+
+
+@dataclass(slots=True)
+class _Piece:
+    """A planned chunk: tokens [start, end) of the document encoding, within one section."""
+
+    section: int
+    path: str
+    path_count: int
+    start: int
+    end: int
+    body: str = ""
+    count: int = 0
+    char_start: int = 0
+    char_end: int = 0
+    kept: bool = True
+
+
+class Chunker:
+    """Chunks documents exactly as one locked config says, with that config's tokenizer.
+
+    `dedup=False` skips the per-document near-duplicate pass (to measure it); `corpus=True`
+    makes every ChunkedDocument carry its chunks' shingles and MinHash band keys, so a
+    CorpusDeduplicator can run the corpus-wide pass wherever the chunks are gathered.
+    """
+
+    def __init__(self, config: LockedConfig, tokenizer: Tokenizer,
+                 *, dedup: bool = True, corpus: bool = False) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.size = config.chunk_size
+        self.overlap = config.overlap_tokens
+        self.special = int(tokenizer.num_special_tokens_to_add(False))
+        self.budget = config.token_budget
+        self.policy_b = config.prefix_policy == "B"
+        self.threshold = config.jaccard_threshold
+        self.dedup = dedup
+        self.hasher = MinHasher(config.jaccard_threshold) if corpus else None
+        self._config_hash = config.config_hash
+        self._version = config.chunk_version
+        self._run_id = config.ingest_run_id
+        self.additive = splits_on_whitespace(tokenizer)
+        self._skeleton = {kind: self._count(prefix_text("", "", kind)) for kind in KINDS}
+        self._separator = self._count(" > ")
+        self._title_counts: dict[str, int] = {}
+        self._fitted: dict[tuple[str, str, str, int], tuple[str, int]] = {}
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def chunk(self, document: Document) -> ChunkedDocument:
+        return self.chunk_many([document])[0]
+
+    def chunk_many(self, documents: Sequence[Document]) -> list[ChunkedDocument]:
+        """Chunk a batch of documents with one `encode_batch` call."""
+        return self._finish(documents, self._encode(documents))
+
+    def chunk_stream(self, batches: Iterable[Sequence[Document]]) -> Iterator[ChunkedDocument]:
+        """Chunk batch after batch, encoding the next batch (GIL released) while this one is cut."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            iterator = iter(batches)
+            current = next(iterator, None)
+            pending = pool.submit(self._encode, current) if current is not None else None
+            while current is not None and pending is not None:
+                encodings = pending.result()
+                upcoming = next(iterator, None)
+                pending = pool.submit(self._encode, upcoming) if upcoming is not None else None
+                yield from self._finish(current, encodings)
+                current = upcoming
+
+    # -- a batch --------------------------------------------------------------------------------
+
+    def _encode(self, documents: Sequence[Document]) -> list[Encoding]:
+        return list(self.tokenizer.encode_batch([d.text for d in documents],
+                                                add_special_tokens=False))
+
+    def _finish(self, documents: Sequence[Document],
+                encodings: Sequence[Encoding]) -> list[ChunkedDocument]:
+        """Plan and measure every document, then shingle, dedup and prefix the batch at once."""
+        results: list[ChunkedDocument] = []
+        planned: list[list[_Piece]] = []
+        alive: list[_Piece] = []
+        groups: list[int] = []
+        for number, (document, encoding) in enumerate(zip(documents, encodings, strict=True)):
+            result = ChunkedDocument(document.doc_id, [], [], [], tokens=len(encoding))
+            pieces = self._pieces(document, encoding, result)
+            for piece in pieces:
+                if piece.kept:
+                    alive.append(piece)
+                    groups.append(number)
+            results.append(result)
+            planned.append(pieces)
+        sets = shingle_sets([piece.body for piece in alive])
+        if self.dedup:
+            for piece, keep, number in zip(alive, dedup_exact(sets, self.threshold, groups),
+                                           groups, strict=True):
+                if not keep:
+                    piece.kept = False
+                    results[number].duplicates += 1
+        keys = self.hasher.band_keys(sets) if self.hasher is not None else None
+        kinds = [d.kind if d.kind in KINDS else "text" for d in documents]
+        titles = [_clean(d.title) for d in documents]
+        self._count_titles({titles[n] for p, n in zip(alive, groups, strict=True) if p.kept})
+        position = {id(piece): index for index, piece in enumerate(alive)}
+        for number, (document, pieces) in enumerate(zip(documents, planned, strict=True)):
+            result = results[number]
+            previous: _Piece | None = None
+            for piece in pieces:
+                if piece.kept:
+                    shared = (max(previous.end - piece.start, 0)
+                              if previous is not None and previous.section == piece.section else 0)
+                    result.chunks.append(self._record(document.doc_id, len(result.chunks),
+                                                      titles[number], kinds[number], piece,
+                                                      shared, result))
+                    if keys is not None:
+                        index = position[id(piece)]
+                        result.shingles.append(sets[index].copy())
+                        result.band_keys.append(keys[index])
+                    previous = piece
+        if not self.additive:
+            for result in results:
+                self._remeasure(result)
+        return results
+
+    def _pieces(self, document: Document, encoding: Encoding,
+                result: ChunkedDocument) -> list[_Piece]:
+        """The planned pieces of one document, measured; those under MIN_CHUNK_TOKENS unkept."""
+        kind = document.kind if document.kind in KINDS else "text"
+        pieces: list[_Piece] = []
+        sections = self._token_sections(document.text, kind, encoding, result)
+        for number, (path, path_count, starts, end) in enumerate(sections):
+            pieces.extend(_Piece(number, path, path_count, s, e)
+                          for s, e in self._plan(encoding, starts, end))
+        for piece in pieces:
+            self._measure(document.text, encoding, piece)
+            if piece.count < MIN_CHUNK_TOKENS:
+                piece.kept = False
+                result.too_small += 1
+        return pieces
+
+    def _token_sections(self, text: str, kind: str, encoding: Encoding, result: ChunkedDocument
+                        ) -> Iterator[tuple[str, int, list[int], int]]:
+        """(path, its token count, token starts of the blocks, token end) per section.
+
+        Blocks are separated by blank lines, which hold no tokens, so a block ends where the
+        next one starts; a block whose characters all normalize away holds no token and goes.
+        A header-only section joins the next one (its heading starts that section's first
+        chunk); a header-only section at the end of the document has nothing to join and goes.
+        """
+        sections = split_sections(text, kind)
+        spans: list[tuple[int, int, int]] = []  # section index, block index, token start
+        for number, section in enumerate(sections):
+            for index, (start, end) in enumerate(section.blocks):
+                token = _first_token(encoding, start, end)
+                if token is not None:
+                    spans.append((number, index, token))
+        pending: list[int] = []
+        names: dict[tuple[int, int], int] = {}
+        for position, (number, index, token) in enumerate(spans):
+            pending.append(token)
+            last = position + 1 == len(spans)
+            if not last and spans[position + 1][0] == number:
+                continue
+            section = sections[number]
+            if index < section.heading_blocks:
+                result.header_only += 1
+                if last:
+                    return
+                continue
+            path_count = self._separator * max(len(section.names) - 1, 0)
+            for span in section.names:
+                if span not in names:
+                    names[span] = _tokens_in(encoding, *span)
+                path_count += names[span]
+            end = len(encoding) if last else spans[position + 1][2]
+            yield section.path, path_count, pending, end
+            pending = []
+
+    def _plan(self, encoding: Encoding, starts: list[int], end: int) -> list[tuple[int, int]]:
+        """(start, end) token ranges of one section's pieces."""
+        first = starts[0]
+        if end - first <= self.size:
+            return [(first, end)]
+        words = _Words(encoding, first, end)
+        cuts = starts[1:]
+        plan = []
+        start = first
+        while end - start > self.size:
+            stop, upcoming = self._next_cut(start, cuts, words)
+            plan.append((start, stop))
+            start = upcoming
+        plan.append((start, end))
+        return plan
+
+    def _next_cut(self, start: int, cuts: list[int], words: _Words) -> tuple[int, int]:
+        """(end of this piece, start of the next): a paragraph end when one fills at least half
+        the chunk, else a window; both ends of the overlap on word boundaries when possible."""
+        size, overlap = self.size, self.overlap
+        limit = start + size
+        low = bisect.bisect_right(cuts, max(start + size // 2, start + overlap))
+        for cut in reversed(cuts[low: bisect.bisect_right(cuts, limit)]):
+            if words.boundary(cut - overlap):
+                return cut, cut - overlap
+        for stop in range(limit, start + overlap, -1):
+            if words.boundary(stop) and words.boundary(stop - overlap):
+                return stop, stop - overlap
+        # No word-boundary pair `overlap` apart (every word two tokens and an odd overlap, or a
+        # single word longer than the chunk): end on a word boundary if there is one, and
+        # start the next piece on the nearest boundary that overlaps at least as much.
+        stop = next((i for i in range(limit, start, -1) if words.boundary(i)), limit)
+        upcoming = next((i for i in range(stop - overlap, start, -1) if words.boundary(i)), None)
+        if upcoming is None:
+            low_start = max(stop - overlap + 1, start + 1)
+            upcoming = next((i for i in range(low_start, stop) if words.boundary(i)), stop)
+        return stop, upcoming
+
+    def _measure(self, text: str, encoding: Encoding, piece: _Piece) -> None:
+        """Body text by offsets; its count from the encoding, re-measured only off a word edge."""
+        piece.char_start = _chars(encoding, piece.start)[0]
+        piece.char_end = _chars(encoding, piece.end - 1)[1]
+        piece.body = text[piece.char_start:piece.char_end]
+        piece.count = piece.end - piece.start
+        if self.additive and _word_edge(encoding, piece.start) and _word_edge(encoding, piece.end):
+            return
+        while True:  # cut inside a word: the slice may tokenize differently, so count it
+            piece.count = len(self.tokenizer.encode(piece.body, add_special_tokens=False))
+            if piece.count <= self.size or piece.end - piece.start <= 1:
+                return
+            piece.end -= 1
+            piece.char_end = _chars(encoding, piece.end - 1)[1]
+            piece.body = text[piece.char_start:piece.char_end]
+
+    def _record(self, doc_id: str, index: int, title: str, kind: str, piece: _Piece,
+                shared: int, result: ChunkedDocument) -> Chunk:
+        room = self.budget - self.special - piece.count
+        prefix = prefix_text(title, piece.path, kind)
+        prefix_count = self._skeleton[kind] + self._title_counts[title] + piece.path_count
+        if prefix_count > room:
+            prefix, prefix_count = self._fit_prefix(title, piece.path, kind, room)
+        embedding_text = prefix + piece.body
+        embedding_count = prefix_count + piece.count + self.special
+        if embedding_count > self.budget:
+            result.over_budget += 1
+        if self.policy_b:
+            bm25_text, bm25_count = embedding_text, prefix_count + piece.count
+        else:
+            bm25_text, bm25_count = piece.body, piece.count
+        return Chunk(
+            id=chunk_id(embedding_text, self._config_hash), doc_id=doc_id, chunk_index=index,
+            embedding_text=embedding_text, bm25_text=bm25_text,
+            embedding_token_count=embedding_count, bm25_token_count=bm25_count,
+            chunk_version=self._version, ingest_run_id=self._run_id, section=piece.path,
+            start=piece.char_start, end=piece.char_end, overlap=shared,
+        )
+
+    # -- the prefix -----------------------------------------------------------------------------
+
+    def _count_titles(self, titles: set[str]) -> None:
+        """Token counts of the titles a batch needs, in one `encode_batch`.
+
+        With a whitespace-splitting tokenizer a prefix counts as its skeleton plus its title
+        plus its path (read off the document's own heading tokens), since each sits between
+        whitespace; with other tokenizers the chunks are re-measured whole.
+        """
+        if len(self._title_counts) > 100_000:
+            self._title_counts.clear()
+        missing = [t for t in titles if t not in self._title_counts]
+        if missing:
+            encoded = self.tokenizer.encode_batch(missing, add_special_tokens=False)
+            self._title_counts.update(zip(missing, map(len, encoded), strict=True))
+
+    def _remeasure(self, result: ChunkedDocument) -> None:
+        """Counts from encoding each chunk's own texts: exact for any tokenizer, but slower."""
+        if not result.chunks:
+            return
+        texts = [c.embedding_text for c in result.chunks]
+        embedded = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        bm25 = self.tokenizer.encode_batch([c.bm25_text for c in result.chunks],
+                                           add_special_tokens=False)
+        result.over_budget = 0
+        for index, (chunk, with_special, plain) in enumerate(
+                zip(result.chunks, embedded, bm25, strict=True)):
+            result.chunks[index] = chunk._replace(embedding_token_count=len(with_special),
+                                                  bm25_token_count=len(plain))
+            if len(with_special) > self.budget:
+                result.over_budget += 1
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+
+    def _fit_prefix(self, title: str, path: str, kind: str, room: int) -> tuple[str, int]:
+        """The prefix shortened to `room` tokens (the body is never cut): the path down to its
+        last heading, then the title cut short, then the path cut short, at worst no prefix."""
+        key = (title, path, kind, room)
+        if key not in self._fitted:
+            if len(self._fitted) > 10_000:
+                self._fitted.clear()
+            self._fitted[key] = self._shortened(title, path, kind, room)
+        return self._fitted[key]
+
+    def _shortened(self, title: str, path: str, kind: str, room: int) -> tuple[str, int]:
+        parts = path.split(" > ")
+        if len(parts) > 1:
+            path = f"{ELLIPSIS} > {parts[-1]}"
+            text = prefix_text(title, path, kind)
+            count = self._count(text)
+            if count <= room:
+                return text, count
+        fitted = self._cut(lambda t: prefix_text(t, path, kind), title, room)
+        if fitted is None:
+            fitted = self._cut(lambda p: prefix_text("", p, kind), path, room)
+        return fitted or ("", 0)
+
+    def _cut(self, render: Callable[[str], str], value: str,
+             room: int) -> tuple[str, int] | None:
+        """The longest `render(value cut after k tokens + …)` that fits in `room` tokens."""
+        offsets = self.tokenizer.encode(value, add_special_tokens=False).offsets
+        best: tuple[str, int] | None = None
+        low, high = 0, len(offsets) - 1
+        while low <= high:
+            middle = (low + high) // 2
+            text = render(value[: offsets[middle - 1][1]] + ELLIPSIS if middle else "")
+            count = self._count(text)
+            if count <= room:
+                best, low = (text, count), middle + 1
+            else:
+                high = middle - 1
+        return best
+
+
+ADDITIVE_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation",
+                           "Digits", "UnicodeScripts"}
+LOCAL_NORMALIZERS = {"BertNormalizer", "Lowercase", "StripAccents", "NFD", "NFKD", "NFC", "NFKC",
+                     "Strip", "Replace", "Prepend"}
+
+
+def splits_on_whitespace(tokenizer: Tokenizer) -> bool:
+    """Whether text split at whitespace (and at pre-token edges) tokenizes piece by piece:
+    the pre-tokenizer splits on whitespace and drops it, and the normalizer works character
+    by character. True for BERT-style WordPiece (BGE, E5, MiniLM); false for byte-level BPE,
+    which keeps whitespace in its tokens."""
+    spec = json.loads(tokenizer.to_str())
+
+    def kinds(node: Any) -> list[str]:
+        if not node:
+            return []
+        if node.get("type") == "Sequence":
+            inner = node.get("pretokenizers") or node.get("normalizers") or []
+            return [k for child in inner for k in kinds(child)]
+        return [str(node.get("type"))]
+
+    pre = kinds(spec.get("pre_tokenizer"))
+    norm = kinds(spec.get("normalizer"))
+    has_split = any(k in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit") for k in pre)
+    return (has_split and all(k in ADDITIVE_PRE_TOKENIZERS for k in pre)
+            and all(k in LOCAL_NORMALIZERS for k in norm))
+
+
+def prefix_text(title: str, path: str, kind: str) -> str:
+    """`Document: {title}\\nSection: {path}\\nType: {kind}\\n\\n`, the contextual prefix."""
+    return f"Document: {title}\nSection: {path}\nType: {kind}\n\n"
+
+
+def chunk_id(embedding_text: str, config_hash: str) -> str:
+    """sha256 of embedding_text + config hash: the same chunk under the same config, same id."""
+    return hashlib.sha256((embedding_text + config_hash).encode()).hexdigest()
+
+
+def _first_token(encoding: Encoding, start: int, end: int) -> int | None:
+    """The first token of characters [start, end), None when they all normalize away."""
+    for position in range(start, end):
+        token = encoding.char_to_token(position)
+        if token is not None:
+            return int(token)
+    return None
+
+
+def _tokens_in(encoding: Encoding, start: int, end: int) -> int:
+    """How many tokens characters [start, end) hold (they lie between whitespace)."""
+    first = _first_token(encoding, start, end)
+    if first is None:
+        return 0
+    for position in range(end - 1, start - 1, -1):
+        last = encoding.char_to_token(position)
+        if last is not None:
+            return int(last) - first + 1
+    return 0
+
+
+def _word_edge(encoding: Encoding, index: int) -> bool:
+    if index <= 0 or index >= len(encoding):
+        return True
+    return bool(encoding.token_to_word(index) != encoding.token_to_word(index - 1))
+
+
+def _chars(encoding: Encoding, index: int) -> tuple[int, int]:
+    span = encoding.token_to_chars(index)
+    if span is None:  # only special tokens lack offsets, and chunking encodes without them
+        raise ValueError(f"token {index} has no character offsets")
+    return int(span[0]), int(span[1])

