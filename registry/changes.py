@@ -283,10 +283,15 @@ def _require_locked(state: RegistryState, version: str, base: str, action: str) 
     return config
 
 
-def promote(repo: Path | str, version: str, *, push: bool = False) -> ChangeResult:
+def promote(
+    repo: Path | str, version: str, *, dsn: str | None = None, force: bool = False,
+    push: bool = False,
+) -> ChangeResult:
     """Branch `promote/<version>` from main with one commit pointing production at `version`.
 
-    Refused when the version is not locked on main, has no lock tag, or is production already.
+    Refused when the version is not locked on main, has no lock tag, or is production already;
+    and, when a database is given (`dsn`, else REGISTRY_DSN or DATABASE_URL), when its last eval
+    comparison failed (or none exists and production.yaml requires one) unless `force`.
     """
     git = Git(repo)
     base = git.main_branch()
@@ -301,6 +306,7 @@ def promote(repo: Path | str, version: str, *, push: bool = False) -> ChangeResu
     if tag_name not in git.tags(settings.tag_prefix):
         raise Refused(f"{version} has no lock tag {tag_name}: it is not locked yet",
                       fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
+    gate = _eval_gate(version, settings.require_eval and previous is not None, dsn, force)
     raw = git.show(base, PRODUCTION_PATH)
     if raw is None:
         raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
@@ -311,11 +317,48 @@ def promote(repo: Path | str, version: str, *, push: bool = False) -> ChangeResu
         f"embedder {config.embedder_name}, config_hash {config.config_hash[:12]}). Once merged, "
         f"the reconciler points the {settings.base_name} view at {state.table_name(version)}; "
         "`registry rollback` reverts this change.\n\n"
-        f"{TRAILER}: {version}\n"
+        + (f"{gate}\n\n" if gate else "")
+        + f"{TRAILER}: {version}\n"
     )
     changes: dict[str, bytes | None] = {PRODUCTION_PATH: set_production_pointer(raw, version)}
     commit = git.commit_files(base, changes, message)
     return _finish(git, "promote", version, base, commit, push, previous=previous)
+
+
+def _eval_gate(version: str, require_eval: bool, dsn: str | None, force: bool) -> str | None:
+    """The promotion gate on the last recorded eval comparison: a line for the commit message,
+    or Refused. Without a database there is nothing to read, and the reconciler gates again.
+    (`require_eval` is off for the first promotion: there is nothing to compare against.)"""
+    import os
+
+    dsn = dsn or os.environ.get("REGISTRY_DSN") or os.environ.get("DATABASE_URL")
+    if not dsn:
+        return None
+    from registry.db import session
+    from registry.evaluate import last_comparison
+
+    with session(dsn, purpose="promote") as conn:
+        last = last_comparison(conn, version)
+    if last is None:
+        if require_eval and not force:
+            raise Refused(f"{version} has no eval comparison, and production.yaml requires one "
+                          "(gates.require_eval)",
+                          fix=f"run `registry eval --compare {version} --against production "
+                              "--cases FILE`, or promote anyway with --force")
+        return f"Eval: no comparison of {version} recorded{' (forced)' if force else ''}."
+    when = f"{last['at']:%Y-%m-%d %H:%M UTC}"
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last["metrics"].items())
+                        if isinstance(v, float))
+    if last["passed"]:
+        return f"Eval: the last comparison against {last['against']} ({when}) passed: {metrics}."
+    why = "; ".join(last["regressions"]) or "it regressed"
+    if not force:
+        raise Refused(f"the last eval comparison of {version} against {last['against']} "
+                      f"({when}) failed: {why}",
+                      fix="lock a better config, re-run `registry eval --compare`, or promote "
+                          "anyway with --force")
+    return (f"Eval: promoted with --force although the last comparison against "
+            f"{last['against']} ({when}) failed: {why}.")
 
 
 def retire(repo: Path | str, version: str, *, push: bool = False) -> ChangeResult:

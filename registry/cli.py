@@ -393,6 +393,15 @@ def _report_change(repo: Path, result: ChangeResult, fmt: str, pr: bool) -> None
 @app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="The locked chunk_version to make production.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote although the last eval comparison failed.")
+    ] = False,
+    dsn: Annotated[
+        str | None,
+        typer.Option("--dsn", help="Database whose eval_runs gate the promotion (default: "
+                     "REGISTRY_DSN, then DATABASE_URL; none: no gate here, the reconciler's "
+                     "applies)."),
+    ] = None,
     push: PushOpt = False,
     pr: PrOpt = False,
     repo: RepoOpt = Path("."),
@@ -401,7 +410,8 @@ def promote(
     """Point production at a locked version: a branch promote/<version> with one commit."""
     from registry.changes import promote as promote_version
 
-    _report_change(repo, promote_version(repo, version, push=push or pr), fmt, pr)
+    result = promote_version(repo, version, dsn=dsn, force=force, push=push or pr)
+    _report_change(repo, result, fmt, pr)
 
 
 @app.command()

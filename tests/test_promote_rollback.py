@@ -208,3 +208,58 @@ def test_change_commands_report_refusals_as_one_line_with_exit_7(
     assert registry_repo.git("ls-remote", "origin", f"refs/heads/promote/{v1}").startswith(
         data["commit"]
     )
+
+
+def record_comparison(dsn: str, version: str, against: str, passed: bool) -> None:
+    """A row as `registry eval --compare` writes it."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from registry.db import ensure_schema
+
+    regressions = [] if passed else ["oracle_hit_rate drops by 0.050 (0.470 -> 0.420), more than "
+                                     "the allowed 0.020"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_schema(conn)
+        conn.execute(
+            "INSERT INTO chunk_registry.eval_runs (chunk_version, against_version, kind, cases, "
+            "metrics, passed, details) VALUES (%s, %s, 'compare', 40, %s, %s, %s)",
+            (version, against, Jsonb({"oracle_hit_rate": 0.42 if not passed else 0.5}), passed,
+             Jsonb({"regressions": regressions})),
+        )
+
+
+def test_promote_is_gated_by_the_last_eval_comparison_when_a_database_is_given(
+    registry_repo: RegistryRepo, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry_repo.write("configs/production.yaml", registry_repo.read("configs/production.yaml")
+                        .replace("filter_hit_rate_max_drop: 0.02}",
+                                 "filter_hit_rate_max_drop: 0.02, require_eval: true}"),
+                        "Require an eval comparison before a promotion")
+    v1, v2, v3 = registry_repo.locked(), registry_repo.locked(), registry_repo.locked()
+    tag(registry_repo.path)
+    first = promote(registry_repo.path, v1, dsn=dsn)  # nothing to compare a first one against
+    assert "Eval: no comparison" in registry_repo.git("log", "-1", "--format=%B", first.branch)
+    registry_repo.merge(first.branch)
+
+    with pytest.raises(Refused, match=f"{v2} has no eval comparison, and production.yaml "
+                                      r"requires one \(gates.require_eval\)"):
+        promote(registry_repo.path, v2, dsn=dsn)
+    record_comparison(dsn, v2, v1, passed=True)
+    record_comparison(dsn, v2, v1, passed=False)
+    with pytest.raises(Refused, match=f"the last eval comparison of {v2} against {v1} .* failed: "
+                                      "oracle_hit_rate drops by 0.050") as refused:
+        promote(registry_repo.path, v2, dsn=dsn)
+    assert refused.value.exit_code == 7
+
+    forced = promote(registry_repo.path, v2, dsn=dsn, force=True)
+    message = registry_repo.git("log", "-1", "--format=%B", forced.branch)
+    assert "Eval: promoted with --force although the last comparison against" in message
+
+    record_comparison(dsn, v3, v1, passed=True)
+    monkeypatch.setenv("REGISTRY_DSN", dsn)
+    result = run_cli("promote", v3, "--repo", registry_repo.path)
+    assert result.code == 0, result.stderr
+    message = registry_repo.git("log", "-1", "--format=%B", f"promote/{v3}")
+    assert f"Eval: the last comparison against {v1}" in message and "oracle_hit_rate 0.500" in message
+    assert message.rstrip().endswith(f"Chunk-Version: {v3}")
