@@ -454,7 +454,8 @@ def _duration(value: timedelta) -> str:
 
 def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]:
     """Title and Markdown body of the pull request for a change branch: the commit message,
-    the locked config it is about, and its runbook (not for a retirement)."""
+    the locked config it is about, the offline plan of the merge, and the config's runbook
+    (not for a retirement)."""
     from registry.runbook import render
 
     git = Git(repo)
@@ -470,9 +471,23 @@ def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]
         config = read_state(git, base).configs.get(version)  # retire: the config leaves
     if config is not None:
         sections.append(f"## Config `{config.chunk_version}`\n\n```yaml\n{config.dump()}```")
+    sections.append(_offline_plan_section(repo, base, branch))
     if config is not None and not branch.startswith("retire/"):
         runbook = render(config, state.settings, "markdown")
         sections.append(runbook.replace("\n## ", "\n### ").replace("# Runbook:", "## Runbook:", 1))
     sections.append(f"<sub>Made by chunk-registry from branch `{branch}`. The merge is the "
                     "decision; the reconciler acts on main.</sub>")
     return title, "\n\n".join(s.strip() for s in sections) + "\n"
+
+
+def _offline_plan_section(repo: Path | str, base: str, branch: str) -> str:
+    """`registry plan --base BASE --head BRANCH` as Markdown; a plan that cannot be made is
+    shown as such (the validate check on the PR fails on the same problem)."""
+    from registry.reconcile import offline_plan, render_plan
+
+    command = f"`registry plan --base {base} --head {branch}`"
+    try:
+        plan = render_plan(offline_plan(repo, base, branch), "markdown")
+    except RegistryError as err:
+        return f"## Plan\n\n{command} cannot plan this merge: {err}"
+    return f"## Plan\n\nWhat merging does to PostgreSQL ({command}):\n\n{plan}"

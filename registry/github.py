@@ -325,8 +325,9 @@ def validation_summary(report: Report) -> str:
     where = "the working tree" if report.ref == WORKTREE else f"`{report.ref}`"
     verdict = "passed" if report.ok else "failed"
     icon = "\u2705" if report.ok else "\u274c"
+    configs = f"{report.configs} config{'' if report.configs == 1 else 's'}"
     lines = [f"### {icon} registry validate {verdict}", "",
-             f"{report.configs} configs in {where}, {len(report.errors)} errors, "
+             f"{configs} in {where}, {len(report.errors)} errors, "
              f"{len(report.warnings)} warnings.", ""]
     if report.problems:
         lines += ["| | Where | Problem | Fix |", "|---|---|---|---|"]

@@ -156,9 +156,10 @@ def test_validate_workflow_passes_a_good_pr_and_summarises_the_plan(
     assert "::error" not in runs[0].stdout
     text = summary.read_text()
     assert "registry validate passed" in text and "2 configs in the working tree" in text
-    assert "### What merging does to PostgreSQL" in text
-    assert f"document_chunks_{v2.replace('-', '_')}" in text
-    assert v1 not in text.split("### What merging does to PostgreSQL")[1]
+    plan = text.split("### chunk-registry plan for `HEAD`")[1]
+    assert f"| + | CreateTable | `document_chunks_{v2.replace('-', '_')}` |" in plan
+    assert "Plan: 1 to create (against a database reconciled to origin/main)." in plan
+    assert v1 not in plan
 
 
 def test_validate_workflow_fails_the_check_with_annotations_on_a_tampered_config(
