@@ -348,7 +348,7 @@ def _eval_gate(version: str, require_eval: bool, dsn: str | None, force: bool) -
         return f"Eval: no comparison of {version} recorded{' (forced)' if force else ''}."
     when = f"{last['at']:%Y-%m-%d %H:%M UTC}"
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last["metrics"].items())
-                        if isinstance(v, float))
+                        if k.endswith("_hit_rate") and isinstance(v, int | float))
     if last["passed"]:
         return f"Eval: the last comparison against {last['against']} ({when}) passed: {metrics}."
     why = "; ".join(last["regressions"]) or "it regressed"

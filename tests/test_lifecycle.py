@@ -58,9 +58,10 @@ def test_lock_merge_tag_reconcile_ingest_eval_promote_rollback_retire(
     registry(registry_repo, "ingest", v2, "--source", corpus, *tokenizer)
     comparison = registry(registry_repo, "eval", "--compare", v2, "--against", "production",
                           "--cases", cases)
-    promoted = registry(registry_repo, "promote", v2, "--force")
+    assert comparison["passed"] is True and comparison["regressions"] == []
+    promoted = registry(registry_repo, "promote", v2)
     message = registry_repo.git("log", "-1", "--format=%B", promoted["branch"])
-    assert ("passed" if comparison["passed"] else "--force although") in message
+    assert f"Eval: the last comparison against {v1}" in message and "passed" in message
     rows_v1 = db.count(table_of(v1))
     promotion = registry_repo.merge(f"promote/{v2}", how="merge")
     registry(registry_repo, "reconcile")
