@@ -464,6 +464,25 @@ def history(
         _print("no registry events yet")
 
 
+@app.command()
+def demo(
+    keep: Annotated[
+        Path | None,
+        typer.Option("--keep", help="Leave the demo repo in this directory, and its database."),
+    ] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option("--dsn", help="Server to create the demo database on (default: "
+                     "REGISTRY_DSN, then DATABASE_URL, else the embedded PostgreSQL)."),
+    ] = None,
+) -> None:
+    """The whole lifecycle on a throwaway registry and database, each step a printed command."""
+    from registry.demo import run_demo
+
+    seconds = run_demo(dsn=dsn, keep=keep)
+    _print(f"\nDemo finished in {seconds:.1f} s.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Reconciler: plan, reconcile, status, db
 
