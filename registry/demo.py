@@ -42,21 +42,34 @@ class DemoFailed(RegistryError):
 
 
 def train_tokenizer(texts: list[str], path: Path, vocab_size: int = 6000) -> Path:
-    """A BERT-style WordPiece tokenizer.json ([CLS] ... [SEP]) trained offline on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
+    """A BERT-style WordPiece tokenizer.json ([CLS] ... [SEP]) built offline from `texts`.
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    The vocabulary is every character (alone and as a `##` continuation) plus the most frequent
+    words, ties broken alphabetically, so the same texts always give the same file, the same
+    hash and the same chunks (the `tokenizers` trainer does not: its ties depend on hashing).
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in words for c in word})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = specials + chars + [f"##{c}" for c in chars]
+    ranked = sorted((w for w in words if len(w) > 1), key=lambda w: (-words[w], w))
+    pieces += ranked[: max(vocab_size - len(pieces), 0)]
+    tokenizer = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)},
+                                           unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = splitter
     tokenizer.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, show_progress=False,
-                               special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tokenizer.token_to_id("[CLS]")),
-                        ("[SEP]", tokenizer.token_to_id("[SEP]"))],
+        special_tokens=[("[CLS]", pieces.index("[CLS]")), ("[SEP]", pieces.index("[SEP]"))],
     )
     tokenizer.save(str(path))
     return path
@@ -200,7 +213,7 @@ def _setup(demo: Demo) -> None:
     demo.git("add", "configs")
     demo.git("commit", "--quiet", "-m", "Start the registry")
     demo.git("push", "--quiet", "-u", "origin", "main")
-    demo.say("A WordPiece tokenizer trained offline on the bundled corpus (../tokenizer.json)")
+    demo.say("A WordPiece tokenizer built offline from the bundled corpus (../tokenizer.json)")
     texts = [p.read_text("utf-8") for p in sorted((demo.root / "corpus").glob("*.md"))]
     train_tokenizer(texts, demo.root / "tokenizer.json")
 

@@ -14,7 +14,7 @@ from tests.helpers import run_cli
 def test_demo_runs_the_lifecycle_and_cleans_up(embedded_server: str) -> None:
     result = run_cli("demo", "--dsn", embedded_server)
 
-    assert result.code == 0, result.stderr
+    assert result.code == 0, result.stdout[-3000:] + result.stderr
     out = result.stdout
     first, second = sorted(set(re.findall(r"Locked (\S+) \(", out)))
     table_1 = f"document_chunks_{first.replace('-', '_')}"

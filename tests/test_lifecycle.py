@@ -19,6 +19,16 @@ from tests.helpers import RegistryRepo, run_cli
 DEMO = Path(__file__).resolve().parent.parent / "registry" / "demo_data"
 
 
+@pytest.fixture(scope="module")
+def demo_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's tokenizer, built deterministically from the corpus: the same chunks and so
+    the same eval metrics on every run (the comparison below must pass every time)."""
+    from registry.demo import train_tokenizer
+
+    texts = [p.read_text("utf-8") for p in sorted((DEMO / "corpus").glob("*.md"))]
+    return train_tokenizer(texts, tmp_path_factory.mktemp("demo-tokenizer") / "tokenizer.json")
+
+
 def registry(repo: RegistryRepo, *args: str | Path) -> Any:
     """`registry ARGS --repo REPO --format json`, which must succeed; its JSON output."""
     result = run_cli(*args, "--repo", repo.path, "--format", "json")
@@ -27,11 +37,11 @@ def registry(repo: RegistryRepo, *args: str | Path) -> Any:
 
 
 def test_lock_merge_tag_reconcile_ingest_eval_promote_rollback_retire(
-    registry_repo: RegistryRepo, dsn: str, monkeypatch: pytest.MonkeyPatch
+    registry_repo: RegistryRepo, dsn: str, demo_tokenizer: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REGISTRY_DSN", dsn)
     db = Database(dsn)
-    tokenizer = ("--tokenizer-file", registry_repo.tokenizer_file)
+    tokenizer = ("--tokenizer-file", demo_tokenizer)
     corpus, cases = DEMO / "corpus", DEMO / "cases.jsonl"
 
     # Lock v1 on a PR branch, merge it with --no-ff, tag it, reconcile: the shadow table.
