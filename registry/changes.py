@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.config import (
     MAX_CHUNK_SIZE,
@@ -30,6 +30,9 @@ from registry.gitops import (
     is_version,
     read_state,
 )
+
+if TYPE_CHECKING:
+    from registry.github import Proposal
 
 TRAILER = "Chunk-Version"
 
@@ -257,7 +260,6 @@ class ChangeResult:
     previous: str | None = None
     reverted: str | None = None
     pushed: bool = False
-    notes: tuple[str, ...] = ()
 
 
 def _finish(
@@ -450,6 +452,14 @@ def _duration(value: timedelta) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Pull request text
+
+
+def propose_change(repo: Path | str, branch: str, base: str) -> Proposal:
+    """The pull request of a pushed change branch (or, without a token, the page to open it)."""
+    from registry.github import propose
+
+    title, body = describe_change(repo, branch, base)
+    return propose(Git(repo), branch, base, title, body)
 
 
 def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]:

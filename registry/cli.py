@@ -116,6 +116,7 @@ def lock(
 ) -> None:
     """Lock a new chunking config: a branch lock/<version> with one commit adding it."""
     from registry.changes import lock as lock_config
+    from registry.changes import propose_change
 
     result = lock_config(
         repo,
@@ -133,7 +134,7 @@ def lock(
         push=push or pr,
     )
     config = result.config
-    proposal = _propose(repo, result.branch, result.base) if pr else None
+    proposal = propose_change(repo, result.branch, result.base) if pr else None
     if fmt == "json":
         _emit_json({
             "chunk_version": config.chunk_version, "branch": result.branch,
@@ -342,15 +343,6 @@ PushOpt = Annotated[bool, typer.Option("--push", help="Push the branch to origin
 PrOpt = Annotated[bool, typer.Option("--pr", help=PR_HELP)]
 
 
-def _propose(repo: Path, branch: str, base: str) -> Proposal:
-    from registry.changes import describe_change
-    from registry.github import propose
-    from registry.gitops import Git
-
-    title, body = describe_change(repo, branch, base)
-    return propose(Git(repo), branch, base, title, body)
-
-
 def _proposal_dict(proposal: Proposal | None) -> dict[str, Any] | None:
     if proposal is None:
         return None
@@ -369,7 +361,9 @@ def _print_proposal(proposal: Proposal) -> None:
 
 def _report_change(repo: Path, result: ChangeResult, fmt: str, pr: bool) -> None:
     """Print what a promote/retire/rollback made, and the step that makes it count."""
-    proposal = _propose(repo, result.branch, result.base) if pr else None
+    from registry.changes import propose_change
+
+    proposal = propose_change(repo, result.branch, result.base) if pr else None
     if fmt == "json":
         _emit_json({
             "action": result.action, "chunk_version": result.chunk_version,
@@ -462,6 +456,10 @@ def history(
     )
     if not events:
         _print("no registry events yet")
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo
 
 
 @app.command()
