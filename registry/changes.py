@@ -242,7 +242,6 @@ def tag(repo: Path | str, *, ref: str | None = None, push: bool = False) -> TagR
     return TagResult(created, existing, push and bool(created))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Promote, retire, rollback: the same shape as lock (a branch from main with one commit)
 
