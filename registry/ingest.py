@@ -189,6 +189,10 @@ def _read_directory(root: Path, limit: int,
                     ignored(path)
                 continue
             relative = path.relative_to(root).as_posix()
+            if not _storable(relative):
+                yield SourceProblem(repr(relative)[1:-1], "file name is not valid UTF-8",
+                                    "rename the file")
+                continue
             yield _read_file(path, relative, "markdown" if suffix in MARKDOWN_SUFFIXES else "text",
                              limit)
 
@@ -237,6 +241,17 @@ def _decode(raw: bytes, where: str, line: int = 0) -> str | SourceProblem:
         return SourceProblem(f"{where}:{line}" if line else where, "empty document",
                              "remove it, or give it text")
     return text
+
+
+def _storable(text: str) -> bool:
+    """Whether PostgreSQL can store `text`: no NUL, and encodable as UTF-8."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _title(text: str, kind: str) -> str | None:
@@ -311,9 +326,11 @@ def _parse_line(raw: bytes, where: str, number: int) -> Item:
     if not text.strip():
         return SourceProblem(f"{where}:{number}", f"document {doc_id} is empty",
                              "remove the line, or give it text")
-    if "\x00" in text:
-        return SourceProblem(f"{where}:{number}", f"document {doc_id} holds a NUL character",
-                             "keep only text in the source")
+    for name, value in (("doc_id", doc_id), ("text", text), ("title", data.get("title") or "")):
+        if isinstance(value, str) and not _storable(value):
+            return SourceProblem(f"{where}:{number}", f"{name} holds a NUL character or an "
+                                 "unpaired surrogate, which PostgreSQL text cannot store",
+                                 "remove it from the source")
     kind = data.get("kind", "markdown")
     if kind not in ("markdown", "text"):
         return SourceProblem(f"{where}:{number}", f"kind {kind!r} is not markdown or text",
