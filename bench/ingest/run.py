@@ -337,8 +337,17 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
     print("3. COPY: the ingest's COPY path vs a plain psycopg binary COPY of the same rows")
     tokenizer = load_tokenizer(tokenizer_path)
     locked = config(tokenizer_path)
-    chunked = [r for r in Chunker(locked, tokenizer).chunk_stream(
-        batches(load_documents(4_000_000 if quick else 12_000_000)))]
+    # 450-token rows, as the issue asks: the full windows of the long-form documents (vim
+    # help, licences, changelogs), so each row's texts cross the ~2 kB TOAST threshold.
+    long_form = [d for d in load_documents(None) if d.kind == "text"]
+    chunked = []
+    budget = 8_000_000 if quick else 30_000_000
+    for result in Chunker(locked, tokenizer).chunk_stream(batches(long_form)):
+        result.chunks = [c for c in result.chunks if c.bm25_token_count >= 400]
+        chunked.append(result)
+        budget -= sum(len(c.embedding_text) + len(c.bm25_text) for c in result.chunks)
+        if budget <= 0:
+            break
     rows = [c.row() for r in chunked for c in r.chunks]
     text_mb = sum(len(r[3]) + len(r[4]) for r in rows) / 1e6
     results: dict[str, Any] = {"rows": len(rows), "text_mb": round(text_mb, 1), "variants": {}}
@@ -353,7 +362,8 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
             storages["COMPRESSION lz4"] = ["SET COMPRESSION lz4"]
         conn.commit()
         for storage, alters in storages.items():
-            for way in ("plain", "ingest"):
+            # best of two, in alternating order, so neither way pays the warm-up alone
+            for way in ("plain", "ingest", "ingest", "plain"):
                 table = f"t_{uuid.uuid4().hex[:8]}"
                 for statement in _table_ddl(CreateTable("public", table, locked.chunk_version,
                                                         locked.config_hash)):
@@ -381,9 +391,11 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
                 seconds = time.perf_counter() - started
                 size = conn.execute(sql.SQL("SELECT pg_total_relation_size({})").format(
                     sql.Literal(table))).fetchone()
-                results["variants"].setdefault(storage, {})[way] = {
-                    "rows_s": round(len(rows) / seconds), "seconds": round(seconds, 2),
-                    "table_mb": round((size[0] if size else 0) / 1e6, 1)}
+                best = results["variants"].setdefault(storage, {}).get(way)
+                if best is None or best["rows_s"] < len(rows) / seconds:
+                    results["variants"][storage][way] = {
+                        "rows_s": round(len(rows) / seconds), "seconds": round(seconds, 2),
+                        "table_mb": round((size[0] if size else 0) / 1e6, 1)}
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
                 conn.commit()
             plain = results["variants"][storage]["plain"]["rows_s"]
@@ -530,8 +542,9 @@ def bench_end_to_end(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict
                        "peak_rss_mb": round(peak / 1e6)}
                 results["runs"].append(run)
                 line(f"{name}, dedup {dedup}", f"{mb / wall:.2f} MB/s",
-                     f"{report['chunks']} chunks, {report['duplicates_removed']} duplicates, "
-                     f"peak RSS {peak / 1e6:.0f} MB (process tree), {wall:.1f}s wall")
+                     f"{report['mb_per_s']:.2f} MB/s after start-up, {report['chunks']} "
+                     f"chunks, {report['duplicates_removed']} duplicates, peak RSS "
+                     f"{peak / 1e6:.0f} MB (process tree), {wall:.1f}s wall")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
