@@ -420,8 +420,9 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
                 results = []
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(spec,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(spec,))
+    try:
         pending: deque[tuple[list[Document], Future[list[ChunkedDocument]]]] = deque()
         for batch in batches:
             pending.append((batch, pool.submit(_chunk_in_worker, batch)))
@@ -431,6 +432,8 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
+    finally:  # on failure or Ctrl-C, queued batches are dropped, not chunked for nothing
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------

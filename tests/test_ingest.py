@@ -20,6 +20,7 @@ from registry.errors import Refused, TokenizerUnavailable
 from registry.ingest import IngestFailed, Progress, SourceProblem, ingest, read_source
 from registry.reconcile import reconcile
 from registry.tokenizer import load_tokenizer
+from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, build_tokenizer, run_cli, training_text
 
 
@@ -327,8 +328,11 @@ def test_cli_ingest_reports_json_and_warns_about_skipped_files(
 def test_reconcile_source_ingests_every_shadow_table_without_a_successful_run(
     registry_repo: RegistryRepo, dsn: str, corpus: Path
 ) -> None:
+    """Lock two configs and promote one, then one command: tables created, both filled, and
+    production swapped to the promoted one (the swap waits for its rows)."""
     first = registry_repo.locked(chunk_size=200)
     second = registry_repo.locked(chunk_size=300, prefix_policy="B")
+    promote(registry_repo, first)
     args = ("reconcile", "--repo", registry_repo.path, "--dsn", dsn, "--source", corpus,
             "--tokenizer-file", registry_repo.tokenizer_file, "--workers", "1")
 
@@ -338,6 +342,7 @@ def test_reconcile_source_ingests_every_shadow_table_without_a_successful_run(
     data = json.loads(result.stdout)
     assert sorted(r["chunk_version"] for r in data["ingests"]) == sorted([first, second])
     assert all(r["chunks"] > 0 for r in data["ingests"])
+    assert Database(dsn).view_target() == [table_of(first)]
     again = run_cli(*args)
     assert again.code == 0
     assert "Every shadow table already has a successful ingest." in again.stdout
