@@ -12,7 +12,8 @@ Bad input, the rule:
   without a string `doc_id`/`text`. Each is reported as `path[:line]: what (fix)`, counted in
   the run record (`details.skipped`, first problems in `details.problems`), and the run goes on.
 - The run FAILS, writing nothing, when the source itself cannot be read, when no usable
-  document is left, or (with `strict`) at the first bad document.
+  document is left, when the documents give no chunk at all (an empty run never replaces a
+  full one), or (with `strict`) at the first bad document.
 - All writes of a run happen in one transaction committed at the very end: a failure at any
   point (bad input under `strict`, a database error, Ctrl-C) leaves the table exactly as it was,
   and re-running an ingest_run_id replaces its rows atomically (readers never see it empty).
@@ -39,6 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from registry.chunking import (
+    MIN_CHUNK_TOKENS,
     ROW_COLUMNS,
     Chunk,
     ChunkedDocument,
@@ -614,6 +616,11 @@ def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer
                            f"{report.ignored_files} files ignored): nothing was written",
                            fix="point --source at .md/.txt files or a JSONL file of "
                            '{"doc_id", "text"} objects')
+    if report.chunks == 0:
+        raise IngestFailed(f"{report.documents} documents gave no chunk of at least "
+                           f"{MIN_CHUNK_TOKENS} tokens: nothing was written (an empty run never "
+                           "replaces a full one)", fix="check the source: are the documents "
+                           "empty of text?")
 
 
 def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,

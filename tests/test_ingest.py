@@ -273,8 +273,12 @@ def test_a_source_without_usable_documents_fails_and_writes_nothing(
         shadow.ingest(source)
     with pytest.raises(IngestFailed, match="does not exist"):
         shadow.ingest(tmp_path / "missing")
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text('{"doc_id": "t", "text": "too short"}\n')
+    with pytest.raises(IngestFailed, match="gave no chunk"):
+        shadow.ingest(tiny)
     assert shadow.rows("id") == []
-    assert [r["status"] for r in shadow.runs()] == ["failed", "failed"]
+    assert [r["status"] for r in shadow.runs()] == ["failed", "failed", "failed"]
 
 
 # ---------------------------------------------------------------------------------------------

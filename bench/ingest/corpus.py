@@ -93,8 +93,8 @@ def _files(pattern: str, kind: str, prefix: str, minimum: int = 200) -> Iterator
     for path in sorted(glob.glob(pattern, recursive=True)):
         text = _read(path)
         if text and len(text.strip()) >= minimum:
-            yield {"doc_id": f"{prefix}:{path}", "title": Path(path).name, "text": text,
-                   "kind": kind}
+            title = f"{Path(path).parent.name}/{Path(path).name}"  # e.g. gzip/copyright
+            yield {"doc_id": f"{prefix}:{path}", "title": title, "text": text, "kind": kind}
 
 
 def _package_dirs() -> list[str]:
