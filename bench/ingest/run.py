@@ -140,13 +140,24 @@ def competitors(tokenizer: Any) -> dict[str, Callable[[Document], int]]:
     return found
 
 
+def load() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
 def bench_chunking(tokenizer_path: Path, quick: bool) -> dict[str, Any]:
-    print("1. chunking throughput (450 tokens / 45 overlap, the same WordPiece tokenizer)")
+    print(f"1. chunking throughput (450 tokens / 45 overlap, the same WordPiece tokenizer); "
+          f"load {load()}")
     tokenizer = load_tokenizer(tokenizer_path)
     locked = config(tokenizer_path)
-    documents = load_documents(12_000_000 if quick else None)
+    # every third document: the corpus' mix of sources in a third of the time; the floor and
+    # the chunker are measured in interleaved rounds (best of each), so a neighbour's load
+    # spike on this shared machine hits both alike
+    documents = load_documents(None)[::3]
+    if quick:
+        documents = documents[::4]
     size = megabytes(documents)
-    results: dict[str, Any] = {"corpus_mb": round(size, 2), "documents": len(documents)}
+    results: dict[str, Any] = {"sample_of_corpus_mb": round(size, 2),
+                               "documents": len(documents)}
 
     def encode_all() -> int:
         return sum(len(e) for batch in batches(documents)
@@ -164,24 +175,31 @@ def bench_chunking(tokenizer_path: Path, quick: bool) -> dict[str, Any]:
         return sum(len(r.chunks) for _, chunked in chunk_corpus(spec, batches(documents), 2)
                    for r in chunked)
 
-    floor, tokens = timed(encode_all, repeat=2)
+    systems = {"encode": encode_all, "ours_1p": ours_in_process, "ours_2p": ours_two_processes}
+    best = {name: float("inf") for name in systems}
+    counts: dict[str, int] = {}
+    for _ in range(2 if quick else 3):
+        for name, run in systems.items():
+            seconds, counts[name] = timed(run)
+            best[name] = min(best[name], seconds)
+    floor = best["encode"]
     results["encode_batch_mb_s"] = round(size / floor, 2)
-    results["tokens"] = tokens
+    results["tokens"] = counts["encode"]
     line("tokenizer.encode_batch alone (2 threads)", f"{size / floor:.2f} MB/s",
-         f"{tokens / floor / 1e6:.2f} M tokens/s, {size:.1f} MB, {len(documents)} documents")
-    for name, run in (("chunker, one process (encode thread)", ours_in_process),
-                      ("chunker, 2 worker processes", ours_two_processes)):
-        seconds, chunks = timed(run, repeat=2)
-        key = "ours_1p" if "one" in name else "ours_2p"
-        results[f"{key}_mb_s"] = round(size / seconds, 2)
-        results[f"{key}_vs_encode"] = round(floor / seconds, 3)
-        results[f"{key}_chunks"] = chunks
-        line(name, f"{size / seconds:.2f} MB/s", f"{floor / seconds:.2f}x encode_batch, "
-             f"{chunks} chunks")
+         f"{counts['encode'] / floor / 1e6:.2f} M tokens/s, {size:.1f} MB, "
+         f"{len(documents)} documents")
+    for key, name in (("ours_1p", "chunker, one process (encode thread)"),
+                      ("ours_2p", "chunker, 2 worker processes")):
+        results[f"{key}_mb_s"] = round(size / best[key], 2)
+        results[f"{key}_vs_encode"] = round(floor / best[key], 3)
+        results[f"{key}_chunks"] = counts[key]
+        line(name, f"{size / best[key]:.2f} MB/s", f"{floor / best[key]:.2f}x encode_batch, "
+             f"{counts[key]} chunks")
+    results["load_after"] = load()
     sample = load_documents(3_000_000 if quick else 8_000_000)
     sample_size = megabytes(sample)
     ours_seconds, _ = timed(lambda: sum(len(r.chunks) for r in Chunker(locked, tokenizer)
-                                        .chunk_stream(batches(sample))), repeat=2)
+                                        .chunk_stream(batches(sample))), repeat=3)
     ours = sample_size / ours_seconds
     results["sample_mb"] = round(sample_size, 2)
     results["ours_sample_mb_s"] = round(ours, 2)
@@ -201,7 +219,8 @@ def bench_chunking(tokenizer_path: Path, quick: bool) -> dict[str, Any]:
 
 
 def bench_dedup(tokenizer_path: Path, quick: bool) -> dict[str, Any]:
-    print("2. corpus-wide dedup (MinHash LSH + exact verification) vs the exact greedy pass")
+    print(f"2. corpus-wide dedup (MinHash LSH + exact verification) vs the exact greedy pass; "
+          f"load {load()}")
     import random
 
     tokenizer = load_tokenizer(tokenizer_path)
@@ -341,7 +360,8 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
     from registry.ingest import COPY_TYPES, IngestReport, _keep
     from registry.reconcile import CreateTable, _table_ddl
 
-    print("3. COPY: the ingest's COPY path vs a plain psycopg binary COPY of the same rows")
+    print(f"3. COPY: the ingest's COPY path vs a plain psycopg binary COPY of the same rows; "
+          f"load {load()}")
     tokenizer = load_tokenizer(tokenizer_path)
     locked = config(tokenizer_path)
     # 450-token rows, as the issue asks: the full windows of the long-form documents (vim
@@ -517,7 +537,8 @@ def run_measured(*args: str) -> tuple[dict[str, Any], int, float]:
 
 
 def bench_end_to_end(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, Any]:
-    print("4. end to end: `registry ingest --workers 2` (read, chunk, dedup, COPY, commit)")
+    print(f"4. end to end: `registry ingest --workers 2` (read, chunk, dedup, COPY, commit); "
+          f"load {load()}")
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     results: dict[str, Any] = {"runs": []}
     try:
