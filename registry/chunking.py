@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from registry.config import LockedConfig
+from registry.config import PREFIX_MARKER, LockedConfig
 
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
@@ -864,7 +864,7 @@ def splits_on_whitespace(tokenizer: Tokenizer) -> bool:
 
 def prefix_text(title: str, path: str, kind: str) -> str:
     """`Document: {title}\\nSection: {path}\\nType: {kind}\\n\\n`, the contextual prefix."""
-    return f"Document: {title}\nSection: {path}\nType: {kind}\n\n"
+    return f"{PREFIX_MARKER}{title}\nSection: {path}\nType: {kind}\n\n"
 
 
 def chunk_id(embedding_text: str, config_hash: str) -> str:

@@ -56,13 +56,12 @@ def _emit_json(data: Any) -> None:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*headers, box=None, pad_edge=False, header_style="bold")
-    for row in rows:
-        table.add_row(*row)
-    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240).print(table)
+    """Columns padded to their widest cell, like `kubectl get`. Plain text on purpose: rich's
+    Table takes ~1 ms a row, 1.7 s for a registry of 1,500 configs."""
+    widths = [max([len(header), *(len(row[i]) for row in rows)])
+              for i, header in enumerate(headers)]
+    _print("\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                     .rstrip() for row in [headers, *rows]))
 
 
 @app.callback()
@@ -517,6 +516,8 @@ def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
         commit = (result.plan.commit or "")[:10]
         log.info("reconciled %s (%s): %s, %s", result.plan.ref, commit, result.outcome,
                  summary(result.plan))
+        for item in result.failed:
+            log.warning("failed: %s: %s", item.action.describe(), item.error)
         for finding in result.plan.blocking:
             log.warning("blocked: %s", finding.render())
 
@@ -536,7 +537,7 @@ def status(
     fmt: FormatOpt = "text",
 ) -> None:
     """Every config and its table: rows, sync status, production, last reconcile that touched it."""
-    from registry.reconcile import status as read_status
+    from registry.status import status as read_status
 
     report = read_status(repo, ref=ref, dsn=dsn, fetch=fetch)
     if fmt == "json":
@@ -596,6 +597,140 @@ def db_stop(fmt: FormatOpt = "text") -> None:
         _print(f"stopped the embedded PostgreSQL in {data}")
     else:
         _print(f"the embedded PostgreSQL in {data} is not running")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and health
+
+CasesOpt = Annotated[
+    Path | None,
+    typer.Option("--cases", help="JSONL (or JSON array) of {query_id, query, gt_answer}."),
+]
+KOpt = Annotated[int, typer.Option("--k", min=1, max=1000, help="Candidates retrieved per query "
+                                   "(the retrieval snapshot).")]
+TopOpt = Annotated[int, typer.Option("--top", min=1, max=1000, help="Chunks a reader gets (the "
+                                     "filter hit is judged on these).")]
+MatchOpt = Annotated[
+    Literal["any", "all"],
+    typer.Option("--match", help="any: a chunk may match any query term (BM25-like, default); "
+                 "all: every term, as websearch_to_tsquery alone."),
+]
+
+
+@app.command("eval")
+def eval_command(
+    version: Annotated[
+        str | None, typer.Argument(help="A chunk_version, or `production`.")
+    ] = None,
+    cases: CasesOpt = None,
+    compare: Annotated[
+        str | None, typer.Option("--compare", help="Compare this shadow version ...")
+    ] = None,
+    against: Annotated[
+        str, typer.Option("--against", help="... against this version (default: production).")
+    ] = "production",
+    k: KOpt = 50,
+    top: TopOpt = 8,
+    match: MatchOpt = "any",
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Store the result in eval_runs.")
+    ] = True,
+    write_baseline: Annotated[
+        Path | None,
+        typer.Option("--write-baseline", help="Write the measured metrics to FILE for "
+                     "`registry lock --baseline-metrics FILE`."),
+    ] = None,
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Retrieval evaluation by PostgreSQL full-text search, or a shadow-vs-production comparison
+    (exit 1 when the shadow regresses beyond the gates of production.yaml)."""
+    from registry.evaluate import baseline_metrics, run_compare, run_eval
+
+    if cases is None:
+        raise _usage("--cases FILE is required")
+    if compare is None and version is None:
+        raise _usage("name a VERSION to evaluate, or --compare SHADOW --against production")
+    if compare is not None and version is not None:
+        raise _usage("give either VERSION or --compare, not both")
+    options: dict[str, Any] = {"dsn": dsn, "ref": ref, "k": k, "top": top, "match": match,
+                               "record": record}
+    if compare is None:
+        assert version is not None
+        result = run_eval(repo, version, cases, **options)
+        if write_baseline:
+            write_baseline.write_text(json.dumps(
+                {"chunk_version": result.chunk_version, "metrics": baseline_metrics(result)},
+                indent=2) + "\n")
+        if fmt == "json":
+            _emit_json(result.as_dict())
+            return
+        _print_metrics(f"{result.chunk_version} ({result.table}, k={k}, top={top}, match={match})",
+                       result.metrics)
+        if write_baseline:
+            _print(f"baseline metrics written to {write_baseline}")
+        return
+    comparison = run_compare(repo, compare, against, cases, **options)
+    if write_baseline:
+        write_baseline.write_text(json.dumps(
+            {"chunk_version": comparison.shadow.chunk_version,
+             "metrics": baseline_metrics(comparison.shadow)}, indent=2) + "\n")
+    if fmt == "json":
+        _emit_json(comparison.as_dict())
+    else:
+        shadow, base = comparison.shadow.metrics, comparison.baseline.metrics
+        _table(["METRIC", comparison.shadow.chunk_version, comparison.baseline.chunk_version,
+                "DELTA"],
+               [[name, f"{shadow[name]:.3f}", f"{base[name]:.3f}",
+                 f"{comparison.deltas[name]:+.3f}"] for name in comparison.deltas])
+        for line in comparison.regressions:
+            _print(f"regression: {line}")
+        _print("gate: PASSED" if comparison.passed else "gate: FAILED (reconcile will refuse to "
+               "promote it unless --force)")
+    if not comparison.passed:
+        raise typer.Exit(1)
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    _print(title)
+    for name, value in metrics.items():
+        shown = f"{value:.0f}" if name == "cases" else f"{value:.3f}"
+        _print(f"  {name:<20} {shown}")
+
+
+@app.command()
+def health(
+    version: Annotated[
+        str, typer.Option("--version", help="The config to check (default: production).")
+    ] = "production",
+    cases: CasesOpt = None,
+    tokenizer_file: Annotated[
+        Path | None, typer.Option(help="tokenizer.json to check the config's hash against.")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="A tokenizer that cannot be checked is critical.")
+    ] = False,
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Append the report to health_reports.")
+    ] = True,
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fmt: Annotated[
+        Literal["text", "json", "markdown"], typer.Option("--format", help="Output format.")
+    ] = "text",
+) -> None:
+    """Health of a config and its table: guardrails, prefix leakage, over-budget chunks, dedup
+    rate, retrieval metrics and alerts. Exit 0 healthy, 1 warnings, 2 critical."""
+    from registry.health import render, run_health
+
+    report = run_health(repo, version, dsn=dsn, ref=ref, cases_file=cases,
+                        tokenizer_file=tokenizer_file, strict=strict, record_report=record)
+    sys.stdout.write(render(report, fmt))
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
 
 
 # ---------------------------------------------------------------------------------------------

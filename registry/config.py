@@ -34,6 +34,8 @@ MAX_CONFIG_BYTES = 64 * 1024
 DEFAULT_BASE_NAME = "document_chunks"
 DEFAULT_SCHEMA = "public"
 DEFAULT_TAG_PREFIX = "chunk-config/"
+PREFIX_MARKER = "Document: "
+"""Every contextual prefix starts with this; under policy A no bm25_text may (health checks it)."""
 CONFIG_DIR = "configs"
 PRODUCTION_FILE = "production.yaml"
 VERSION_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}-v[1-9][0-9]{0,5}")
@@ -214,6 +216,11 @@ def parse_yaml(raw: bytes, where: str) -> YamlDoc:
 # Locked configs
 
 
+def ingest_run_id_for(chunk_version: str, config_hash: str) -> str:
+    """`{chunk_version}-{config_hash[:8]}`: the one ingest run a locked config's table holds."""
+    return f"{chunk_version}-{config_hash[:8]}"
+
+
 def table_name_for(chunk_version: str, base_name: str = DEFAULT_BASE_NAME) -> str:
     """`document_chunks_2025_09_07_143022_v1`: the shadow table of one locked config."""
     return f"{base_name}_{chunk_version.replace('-', '_')}"
@@ -272,7 +279,7 @@ class LockedConfig:
 
     @property
     def ingest_run_id(self) -> str:
-        return f"{self.chunk_version}-{self.config_hash[:8]}"
+        return ingest_run_id_for(self.chunk_version, self.config_hash)
 
     @property
     def token_budget(self) -> int:

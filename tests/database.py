@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from registry.config import set_production_pointer
+from registry.config import ingest_run_id_for, set_production_pointer
 from tests.helpers import RegistryRepo
 
 
@@ -58,9 +58,10 @@ class Database:
 
     def fill(self, table: str, rows: int = 3, *, version: str | None = None) -> None:
         """Real rows in a shadow table, as an ingest would leave them."""
-        chunk_version = version or self.query(
-            "SELECT chunk_version FROM chunk_registry.managed_tables WHERE table_name = %s",
-            (table,))[0][0]
+        chunk_version, config_hash = self.query(
+            "SELECT chunk_version, config_hash FROM chunk_registry.managed_tables "
+            "WHERE table_name = %s", (table,))[0]
+        chunk_version = version or chunk_version
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for i in range(rows):
                 conn.execute(
@@ -69,7 +70,8 @@ class Database:
                             "ingest_run_id) VALUES (%s, %s, %s, %s, %s, 10, 8, %s, %s)").format(
                         sql.Identifier(self.schema), sql.Identifier(table)),
                     (f"{table}-{i}", "doc-1", i, f"Document: d\n\nchunk {i} of {table}",
-                     f"chunk {i} of {table}", chunk_version, f"{chunk_version}-test"),
+                     f"chunk {i} of {table}", chunk_version,
+                     ingest_run_id_for(chunk_version, config_hash)),
                 )
 
     def count(self, relation: str) -> int:

@@ -23,8 +23,8 @@ from registry.reconcile import (
     acquire_lock,
     plan,
     reconcile,
-    status,
 )
+from registry.status import status
 from tests.database import Database, promote, retire, table_of
 from tests.helpers import PRODUCTION_YAML, RegistryRepo
 
@@ -53,6 +53,16 @@ def serving(repo: RegistryRepo, db: Database, version: str) -> None:
     promote(repo, version)
     result = run(repo, db)
     assert result.outcome == "applied", result.to_dict()
+
+
+def promotion_pending(repo: RegistryRepo, db: Database, rows: int = 3) -> tuple[str, str]:
+    """v1 serves production; v2 is ingested and its promotion merged, not yet reconciled."""
+    v1, v2 = repo.locked(), repo.locked(chunk_size=300)
+    run(repo, db)
+    serving(repo, db, v1)
+    db.fill(table_of(v2), rows=rows)
+    promote(repo, v2)
+    return v1, v2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,11 +140,7 @@ def test_second_reconcile_is_a_noop_that_runs_no_ddl(
 def test_promote_and_revert_swap_the_view_while_a_reader_keeps_reading(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
-    v1, v2 = registry_repo.locked(), registry_repo.locked(chunk_size=300)
-    run(registry_repo, db)
-    serving(registry_repo, db, v1)
-    db.fill(table_of(v2), rows=5)
-    promote(registry_repo, v2)
+    v1, v2 = promotion_pending(registry_repo, db, rows=5)
     seen: list[str] = []
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -301,7 +307,11 @@ def test_a_desired_state_without_configs_is_refused(
 
     with pytest.raises(Refused, match="no locked configs"):
         run(registry_repo, db)
+    with pytest.raises(Refused, match="no locked configs"):
+        plan(registry_repo.path, dsn=db.dsn)
+    report = status(registry_repo.path, dsn=db.dsn)
     assert db.managed() == {table_of(v1): "shadow"}
+    assert [(r.chunk_version, r.status) for r in report.rows] == [(v1, "OutOfSync")]
 
 
 def test_first_run_adopts_nothing_and_drops_nothing(
@@ -409,7 +419,8 @@ def test_a_view_pointing_elsewhere_is_reported_and_repointed(
     run(registry_repo, db)
     serving(registry_repo, db, v1)
     db.fill(table_of(v2))
-    db.execute(f"CREATE OR REPLACE VIEW document_chunks AS SELECT * FROM {table_of(v2)}")
+    db.execute("DROP VIEW document_chunks")
+    db.execute(f"CREATE VIEW document_chunks AS SELECT * FROM {table_of(v2)}")
 
     seen = plan(registry_repo.path, dsn=db.dsn)
     drifted = status(registry_repo.path, dsn=db.dsn)
@@ -479,11 +490,7 @@ def test_a_second_reconciler_is_told_who_holds_the_lock(
 def test_a_reader_holding_the_view_makes_the_swap_retry_not_hang(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
-    v1, v2 = registry_repo.locked(), registry_repo.locked(chunk_size=300)
-    run(registry_repo, db)
-    serving(registry_repo, db, v1)
-    db.fill(table_of(v2))
-    promote(registry_repo, v2)
+    _, v2 = promotion_pending(registry_repo, db)
     reading = threading.Event()
 
     def long_reader() -> None:

@@ -1,0 +1,463 @@
+"""Retrieval evaluation: PostgreSQL full-text search over one chunk table, oracle and filter
+hits per case, and the comparison of a shadow table against production that gates promotion.
+
+Retrieval parses each query with `websearch_to_tsquery('english', q)` (quotes, `-term`, `or`)
+and ranks with `ts_rank_cd`. In the default `any` match mode the query's top-level AND is
+relaxed to OR (phrases and `-exclusions` kept), as BM25 retrieval does: under strict AND a
+natural-language question matches a handful of chunks, so the retrieval snapshot could never
+reach its 30-60 target (the flaw of the system this replaces). `--match all` keeps plain AND.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from registry.errors import ConfigInvalid, UsageError
+
+if TYPE_CHECKING:
+    import psycopg
+
+MatchMode = Literal["any", "all"]
+TOKEN_RE = re.compile(r"[a-z0-9]+")
+ORACLE_JACCARD = 0.28
+DEFAULT_K = 50
+DEFAULT_TOP = 8
+MAX_CASES = 100_000
+
+
+@dataclass(frozen=True)
+class Case:
+    query_id: str
+    query: str
+    gt_answer: str
+
+
+def load_cases(path: Path) -> list[Case]:
+    """Cases from JSONL (`{query_id, query, gt_answer}` per line) or a JSON array."""
+    where = str(path)
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"cases file {path} does not exist", fix="pass --cases FILE") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read cases file {path}: {err}",
+                         fix="pass a UTF-8 JSONL file") from None
+    stripped = text.lstrip()
+    records: list[tuple[int, Any]] = []
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigInvalid(f"malformed JSON: {err.msg}", where=f"{where}:{err.lineno}",
+                                fix="fix the JSON array of cases") from None
+        records = [(1, item) for item in data]
+    else:
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ConfigInvalid(f"malformed JSON line: {err.msg}", where=f"{where}:{number}",
+                                    fix="one JSON object per line") from None
+    cases = []
+    seen: set[str] = set()
+    for number, item in records:
+        case = _case(item, f"{where}:{number}")
+        if case.query_id in seen:
+            raise ConfigInvalid(f"duplicate query_id {case.query_id!r}", where=f"{where}:{number}",
+                                fix="give every case its own query_id")
+        seen.add(case.query_id)
+        cases.append(case)
+    if not cases:
+        raise ConfigInvalid("no cases", where=where, fix="add {query_id, query, gt_answer} lines")
+    if len(cases) > MAX_CASES:
+        raise ConfigInvalid(f"{len(cases)} cases is more than {MAX_CASES}", where=where,
+                            fix="split the file")
+    return cases
+
+
+def _case(item: Any, where: str) -> Case:
+    if not isinstance(item, dict):
+        raise ConfigInvalid("a case must be a JSON object", where=where,
+                            fix='write {"query_id": ..., "query": ..., "gt_answer": ...}')
+    values = {}
+    for key in ("query_id", "query", "gt_answer"):
+        value = item.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and key == "query_id":
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigInvalid(f"case field {key} is missing or not a non-empty string",
+                                where=where, fix=f"add {key}")
+        values[key] = value
+    return Case(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hits
+
+
+def tokens(text: str) -> frozenset[str]:
+    return frozenset(TOKEN_RE.findall(text.lower()))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+def is_hit(chunk_text: str, gt_answer: str) -> bool:
+    """A chunk answers the case: it contains gt_answer (case-insensitively), or its word set
+    has Jaccard >= 0.28 with gt_answer's."""
+    if gt_answer.lower() in chunk_text.lower():
+        return True
+    return jaccard(tokens(chunk_text), tokens(gt_answer)) >= ORACLE_JACCARD
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval
+
+
+def relax_to_any(tsquery: str) -> str:
+    """`'a' & 'b' <-> 'c' & !'d' | 'e'` -> `( 'a' | 'b' <-> 'c' | 'e' ) & !'d'`: any
+    top-level term may match (phrases and parenthesised groups stay whole), none excluded."""
+    atoms: list[str] = []
+    depth = 0
+    in_quote = False
+    start = 0
+    index = 0
+    while index < len(tsquery):
+        char = tsquery[index]
+        if char == "'":
+            if in_quote and tsquery.startswith("''", index):
+                index += 2
+                continue
+            in_quote = not in_quote
+        elif not in_quote and char == "(":
+            depth += 1
+        elif not in_quote and char == ")":
+            depth -= 1
+        elif not in_quote and depth == 0 and tsquery.startswith((" & ", " | "), index):
+            atoms.append(tsquery[start:index].strip())
+            index += 3
+            start = index
+            continue
+        index += 1
+    atoms.append(tsquery[start:].strip())
+    positives = [a for a in atoms if a and not a.startswith("!")]
+    negatives = [a for a in atoms if a.startswith("!")]
+    if not positives:
+        return tsquery
+    relaxed = positives[0] if len(positives) == 1 else "( " + " | ".join(positives) + " )"
+    return " & ".join([relaxed, *negatives])
+
+
+@dataclass
+class CaseResult:
+    query_id: str
+    snapshot_size: int
+    oracle_hit: bool
+    filter_hit: bool
+    latency_ms: float
+    first_hit_rank: int | None = None
+
+
+@dataclass
+class EvalResult:
+    chunk_version: str
+    table: str
+    k: int
+    top: int
+    match: str
+    cases: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        latencies = sorted(c.latency_ms for c in self.cases)
+        count = len(self.cases) or 1
+        return {
+            "cases": float(len(self.cases)),
+            "oracle_hit_rate": sum(c.oracle_hit for c in self.cases) / count,
+            "filter_hit_rate": sum(c.filter_hit for c in self.cases) / count,
+            "avg_snapshot_size": sum(c.snapshot_size for c in self.cases) / count,
+            "p50_latency_ms": _percentile(latencies, 0.50),
+            "p95_latency_ms": _percentile(latencies, 0.95),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "chunk_version": self.chunk_version, "table": self.table, "k": self.k,
+            "top": self.top, "match": self.match, "metrics": self.metrics,
+            "cases": [asdict(c) for c in self.cases],
+        }
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def _tsqueries(conn: psycopg.Connection[Any], queries: Iterable[str]) -> list[str]:
+    """The websearch_to_tsquery text of every query, in one round trip."""
+    rows = conn.execute(
+        "SELECT websearch_to_tsquery('english', q)::text FROM unnest(%s::text[]) "
+        "WITH ORDINALITY AS t(q, n) ORDER BY n",
+        (list(queries),),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def evaluate_table(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    table: str,
+    chunk_version: str,
+    cases: Sequence[Case],
+    *,
+    k: int = DEFAULT_K,
+    top: int = DEFAULT_TOP,
+    match: MatchMode = "any",
+) -> EvalResult:
+    """Run every case against one table: snapshot = the k best chunks, filter = the top ones."""
+    from psycopg import sql
+
+    if not 1 <= top <= k:
+        raise UsageError(f"--top {top} must be between 1 and --k {k}", fix="use --top <= --k")
+    parsed = _tsqueries(conn, (c.query for c in cases))
+    statement = sql.SQL(
+        "SELECT bm25_text FROM {table} WHERE bm25_tsv @@ %(q)s::tsquery "
+        "ORDER BY ts_rank_cd(bm25_tsv, %(q)s::tsquery) DESC, id LIMIT %(k)s"
+    ).format(table=sql.Identifier(schema, table))
+    result = EvalResult(chunk_version, f"{schema}.{table}", k, top, match)
+    for case, tsquery in zip(cases, parsed, strict=True):
+        query_text = relax_to_any(tsquery) if match == "any" else tsquery
+        start = time.perf_counter()
+        rows = conn.execute(statement, {"q": query_text, "k": k}).fetchall() if query_text else []
+        latency = (time.perf_counter() - start) * 1000
+        first = next((rank for rank, (text,) in enumerate(rows, 1) if is_hit(text, case.gt_answer)),
+                     None)
+        result.cases.append(CaseResult(
+            query_id=case.query_id,
+            snapshot_size=len(rows),
+            oracle_hit=first is not None,
+            filter_hit=first is not None and first <= top,
+            latency_ms=round(latency, 3),
+            first_hit_rank=first,
+        ))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison (the promotion gate)
+
+
+@dataclass
+class Comparison:
+    shadow: EvalResult
+    baseline: EvalResult
+    max_drops: dict[str, float]
+
+    @property
+    def deltas(self) -> dict[str, float]:
+        shadow, baseline = self.shadow.metrics, self.baseline.metrics
+        return {name: shadow[name] - baseline[name] for name in shadow if name != "cases"}
+
+    @property
+    def regressions(self) -> list[str]:
+        found = []
+        for metric, max_drop in self.max_drops.items():
+            drop = self.baseline.metrics[metric] - self.shadow.metrics[metric]
+            if drop > max_drop + 1e-12:
+                found.append(f"{metric} drops by {drop:.3f} ({self.baseline.metrics[metric]:.3f} "
+                             f"-> {self.shadow.metrics[metric]:.3f}), more than the allowed "
+                             f"{max_drop:.3f}")
+        return found
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "shadow": self.shadow.chunk_version, "against": self.baseline.chunk_version,
+            "passed": self.passed, "regressions": self.regressions,
+            "max_drops": self.max_drops, "deltas": self.deltas,
+            "shadow_metrics": self.shadow.metrics, "against_metrics": self.baseline.metrics,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Running against the registry, and the record the gate reads
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which table an evaluation reads: a config's table in the configured schema."""
+
+    chunk_version: str
+    schema: str
+    table: str
+
+
+def resolve_target(repo: Path | str, version: str, ref: str | None = None) -> Target:
+    from registry.gitops import Git, read_state
+
+    git = Git(repo)
+    state = read_state(git, git.desired_ref(ref, fetch=False))
+    config = state.config(version)
+    return Target(config.chunk_version, state.settings.schema,
+                  state.table_name(config.chunk_version))
+
+
+def _require_rows(conn: psycopg.Connection[Any], target: Target) -> None:
+    from psycopg import sql
+
+    from registry.errors import Refused
+
+    exists = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s)", (target.schema, target.table),
+    ).fetchone()
+    if not exists or not exists[0]:
+        raise Refused(f"table {target.schema}.{target.table} does not exist",
+                      fix="merge the lock, then run `registry reconcile`")
+    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+        sql.Identifier(target.schema, target.table))).fetchone()
+    if not row or not row[0]:
+        raise Refused(f"table {target.schema}.{target.table} is empty",
+                      fix=f"run `registry ingest {target.chunk_version} --source PATH` first")
+
+
+def record_eval(
+    conn: psycopg.Connection[Any], result: EvalResult, comparison: Comparison | None = None
+) -> None:
+    """Append to chunk_registry.eval_runs: health reads the last eval, the gate the last
+    comparison."""
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    insert = sql.SQL(
+        "INSERT INTO {}.eval_runs (chunk_version, against_version, kind, cases, metrics, passed, "
+        "details) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    ).format(sql.Identifier(BOOKKEEPING_SCHEMA))
+    details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match}
+    if comparison is None:
+        conn.execute(insert, (result.chunk_version, None, "eval", len(result.cases),
+                              Jsonb(result.metrics), None, Jsonb(details)))
+        return
+    conn.execute(insert, (
+        result.chunk_version, comparison.baseline.chunk_version, "compare", len(result.cases),
+        Jsonb(result.metrics), comparison.passed,
+        Jsonb(details | {"against_metrics": comparison.baseline.metrics,
+                         "deltas": comparison.deltas, "regressions": comparison.regressions,
+                         "max_drops": comparison.max_drops}),
+    ))
+
+
+def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> dict[str, Any] | None:
+    """The newest recorded metrics of a version (an eval, or the shadow side of a comparison)."""
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    row = conn.execute(
+        sql.SQL("SELECT at, kind, metrics FROM {}.eval_runs WHERE chunk_version = %s "
+                "ORDER BY at DESC, id DESC LIMIT 1").format(sql.Identifier(BOOKKEEPING_SCHEMA)),
+        (chunk_version,),
+    ).fetchone()
+    if row is None:
+        return None
+    at, kind, metrics = row
+    return {"at": at, "kind": kind, **metrics}
+
+
+def run_eval(
+    repo: Path | str,
+    version: str,
+    cases_file: Path,
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    k: int = DEFAULT_K,
+    top: int = DEFAULT_TOP,
+    match: MatchMode = "any",
+    record: bool = True,
+) -> EvalResult:
+    """`registry eval VERSION`: evaluate one table on the cases (and record it)."""
+    from registry.db import ensure_schema, resolve_dsn, session
+
+    cases = load_cases(cases_file)
+    target = resolve_target(repo, version, ref)
+    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
+        _require_rows(conn, target)
+        result = evaluate_table(conn, target.schema, target.table, target.chunk_version, cases,
+                                k=k, top=top, match=match)
+        if record:
+            ensure_schema(conn)
+            record_eval(conn, result)
+    return result
+
+
+def run_compare(
+    repo: Path | str,
+    shadow: str,
+    against: str,
+    cases_file: Path,
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    k: int = DEFAULT_K,
+    top: int = DEFAULT_TOP,
+    match: MatchMode = "any",
+    record: bool = True,
+) -> Comparison:
+    """`registry eval --compare SHADOW --against production`: both tables on the same cases,
+    judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
+    from registry.db import ensure_schema, resolve_dsn, session
+    from registry.gitops import Git, read_state
+
+    cases = load_cases(cases_file)
+    git = Git(repo)
+    state = read_state(git, git.desired_ref(ref, fetch=False))
+    settings = state.settings
+    shadow_target = resolve_target(repo, shadow, ref)
+    against_target = resolve_target(repo, against, ref)
+    if shadow_target == against_target:
+        raise UsageError(f"--compare and --against both name {shadow_target.chunk_version}",
+                         fix="compare a shadow version against production")
+    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
+        _require_rows(conn, shadow_target)
+        _require_rows(conn, against_target)
+        results = [
+            evaluate_table(conn, t.schema, t.table, t.chunk_version, cases, k=k, top=top,
+                           match=match)
+            for t in (shadow_target, against_target)
+        ]
+        comparison = Comparison(results[0], results[1], {
+            "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
+            "filter_hit_rate": settings.filter_hit_rate_max_drop,
+        })
+        if record:
+            ensure_schema(conn)
+            record_eval(conn, results[0], comparison)
+    return comparison
+
+
+def baseline_metrics(result: EvalResult) -> dict[str, float]:
+    """What `registry lock --baseline-metrics` records: the rates and the snapshot size."""
+    metrics = result.metrics
+    return {name: round(metrics[name], 4)
+            for name in ("oracle_hit_rate", "filter_hit_rate", "avg_snapshot_size")}

@@ -1,0 +1,178 @@
+"""`registry status`: every config and managed table as `kubectl get` would show it.
+
+Built on the same plan `reconcile` would apply (so "OutOfSync" means exactly "reconcile has an
+action for it"), plus row counts and the last reconcile run that touched each table, in a
+constant number of queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from registry.reconcile import (
+    RUNS,
+    VIEW_KINDS,
+    Action,
+    ActualState,
+    Finding,
+    Plan,
+    desired_state,
+    make_plan,
+    read_actual,
+    row_counts,
+    utc_text,
+)
+
+if TYPE_CHECKING:
+    from registry.gitops import RegistryState
+
+
+StatusName = Literal["Synced", "OutOfSync", "Missing", "Retired", "Drifted"]
+DRIFT_KINDS = frozenset({"config_changed", "moved", "unmanaged"})
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One config (or retired table) as `registry status` shows it."""
+
+    chunk_version: str
+    params: str | None
+    table: str
+    rows: int | None
+    status: StatusName
+    production: bool
+    desired_production: bool
+    created_commit: str | None
+    last_run: int | None
+    last_run_commit: str | None
+    note: str
+
+
+@dataclass
+class StatusReport:
+    plan: Plan
+    rows: list[StatusRow]
+    last_run: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref": self.plan.ref,
+            "commit": self.plan.commit,
+            "target": self.plan.target,
+            "in_sync": self.plan.in_sync,
+            "configs": [asdict(r) for r in self.rows],
+            "last_run": self.last_run,
+            "findings": [asdict(f) for f in self.plan.findings],
+        }
+
+
+def status(
+    repo: Path | str, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True
+) -> StatusReport:
+    """Every config and managed table: rows, sync status, production, last run that touched it."""
+    from registry.db import database_error, resolve_dsn, session
+
+    state = desired_state(repo, ref, fetch=fetch)
+    resolved = resolve_dsn(dsn)
+    settings = state.settings
+    schema = settings.schema
+    with session(resolved.value, purpose="status") as conn:
+        try:
+            actual = read_actual(conn, settings)
+            names = [settings.table_name(v) for v in state.configs]
+            names += [m.table_name for m in actual.live.values() if m.schema_name == schema]
+            actual.rows = row_counts(conn, schema,
+                                     [n for n in dict.fromkeys(names) if n in actual.relations])
+            runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
+        except psycopg.Error as err:
+            raise database_error(err, resolved.value, "reading the database") from None
+    the_plan = make_plan(state, actual, target=resolved.redacted, allow_empty=True)
+    return StatusReport(the_plan, status_rows(state, actual, the_plan, runs), last)
+
+
+def _last_runs(
+    conn: psycopg.Connection[Any],
+) -> tuple[dict[str, tuple[int, str | None]], dict[str, Any] | None]:
+    """table -> (run id, commit) of the last run that applied an action to it; the last run."""
+    touched = conn.execute(sql.SQL(
+        "SELECT DISTINCT ON (a->>'table') a->>'table', r.id, r.git_commit "
+        "FROM {} r CROSS JOIN LATERAL jsonb_array_elements(r.plan) a "
+        "WHERE a->>'result' = 'applied' ORDER BY a->>'table', r.id DESC"
+    ).format(RUNS)).fetchall()
+    last = conn.execute(sql.SQL(
+        "SELECT id, outcome, git_ref, git_commit, started_at, finished_at, error, actor, "
+        "jsonb_array_length(plan) FROM {} ORDER BY id DESC LIMIT 1"
+    ).format(RUNS)).fetchone()
+    last_run = None
+    if last is not None:
+        keys = ("id", "outcome", "git_ref", "git_commit", "started_at", "finished_at", "error",
+                "actor", "actions")
+        last_run = dict(zip(keys, last, strict=True))
+        for key in ("started_at", "finished_at"):
+            if last_run[key] is not None:
+                last_run[key] = utc_text(last_run[key])
+    return {t: (i, c) for t, i, c in touched}, last_run
+
+
+def status_rows(
+    state: RegistryState,
+    actual: ActualState,
+    the_plan: Plan,
+    runs: dict[str, tuple[int, str | None]],
+) -> list[StatusRow]:
+    settings = state.settings
+    configs = state.configs
+    live = actual.live
+    current = actual.production
+    versions = sorted(set(configs) | set(live), reverse=True)
+    by_table: dict[str | None, list[Finding]] = {}
+    for finding in the_plan.findings:
+        by_table.setdefault(finding.table, []).append(finding)
+    view_findings = [f for f in the_plan.findings if f.kind in VIEW_KINDS]
+    pending_by_table: dict[str, list[Action]] = {}
+    for action in the_plan.actions:
+        pending_by_table.setdefault(action.table, []).append(action)
+    rows = []
+    for version in versions:
+        config = configs.get(version)
+        row = live.get(version)
+        table = row.table_name if row is not None else settings.table_name(version)
+        schema = row.schema_name if row is not None else settings.schema
+        findings = list(by_table.get(table, []))
+        is_production = current is not None and current.table_name == table
+        if is_production:
+            findings += view_findings
+        pending = pending_by_table.get(table, [])
+        kinds = {f.kind for f in findings}
+        name: StatusName
+        if "missing" in kinds:
+            name = "Missing"
+        elif kinds & (DRIFT_KINDS | VIEW_KINDS):
+            name = "Drifted"
+        elif row is not None and row.status == "retired" and config is None:
+            name = "Retired"
+        elif pending or row is None or config is None or "empty" in kinds:
+            name = "OutOfSync"
+        else:
+            name = "Synced"
+        notes = [a.describe() for a in pending] + [f.message for f in findings]
+        last = runs.get(table)
+        rows.append(StatusRow(
+            chunk_version=version,
+            params=config.label() if config else None,
+            table=f"{schema}.{table}",
+            rows=actual.rows.get(table),
+            status=name,
+            production=is_production,
+            desired_production=settings.production == version,
+            created_commit=row.created_commit if row else None,
+            last_run=last[0] if last else None,
+            last_run_commit=last[1] if last else None,
+            note="; ".join(notes),
+        ))
+    return rows

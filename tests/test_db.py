@@ -1,0 +1,95 @@
+"""Connections and the bookkeeping schema: created once, migrated idempotently, versioned."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from registry.db import SCHEMA_VERSION, ensure_schema, redact, schema_version
+from registry.errors import RegistryError
+from tests.database import Database
+
+
+def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
+    results: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def first_run() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            start.wait()
+            try:
+                results.append(ensure_schema(conn))
+            except BaseException as err:
+                errors.append(err)
+
+    threads = [threading.Thread(target=first_run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == [] and results == [SCHEMA_VERSION] * 4
+    db = Database(dsn)
+    assert db.query("SELECT version FROM chunk_registry.schema_version") == [(SCHEMA_VERSION,)]
+    tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
+                      "ORDER BY 1")
+    assert [t for (t,) in tables] == ["eval_runs", "health_reports", "ingest_runs",
+                                      "managed_tables", "reconcile_runs", "schema_version"]
+
+
+def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:
+    from registry.db import MIGRATIONS
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in MIGRATIONS[1]():
+            conn.execute(statement)
+        conn.execute("INSERT INTO chunk_registry.schema_version (version) VALUES (1)")
+        conn.execute("INSERT INTO chunk_registry.health_reports (report) VALUES ('{}')")
+        assert schema_version(conn) == 1
+
+        assert ensure_schema(conn) == SCHEMA_VERSION
+
+        assert schema_version(conn) == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM chunk_registry.health_reports").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM chunk_registry.eval_runs").fetchone() == (0,)
+
+
+def test_the_database_enforces_the_bookkeeping_invariants(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_schema(conn)
+        insert = ("INSERT INTO chunk_registry.managed_tables (schema_name, table_name, "
+                  "chunk_version, config_hash, status) VALUES ('public', %s, %s, 'h', %s)")
+        conn.execute(insert, ("document_chunks_a", "a", "production"))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(insert, ("document_chunks_b", "b", "production"))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(insert, ("document_chunks_a", "c", "shadow"))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(insert, ("document_chunks_d", "d", "retired"))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(insert, ("document_chunks_e", "e", "gone"))
+
+
+def test_a_newer_bookkeeping_schema_is_refused(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_schema(conn)
+        conn.execute("UPDATE chunk_registry.schema_version SET version = %s",
+                     (SCHEMA_VERSION + 1,))
+        with pytest.raises(RegistryError, match="upgrade chunk-registry"):
+            ensure_schema(conn)
+        assert schema_version(conn) == SCHEMA_VERSION + 1
+
+
+@pytest.mark.parametrize(("dsn", "shown"), [
+    ("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db"),
+    ("postgresql://u@h/db?password=pw&sslmode=require",
+     "postgresql://u@h/db?password=***&sslmode=require"),
+    ("host=h user=u password=pw dbname=db", "host=h user=u password=*** dbname=db"),
+    ("host=h password = 'p w\\'x' dbname=db", "host=h password = *** dbname=db"),
+    ("postgresql://u@h/db", "postgresql://u@h/db"),
+])
+def test_redact_masks_the_password_in_every_dsn_form(dsn: str, shown: str) -> None:
+    assert redact(dsn) == shown
