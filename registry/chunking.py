@@ -301,33 +301,54 @@ def dedup_exact(sets: ShingleSets, threshold: float,
     group (document) is >= threshold. Exact.
 
     Pairs that share a shingle are found by sorting every shingle once, so the cost grows with
-    the shingles two sets share, not with the square of the number of sets.
+    the shingles two sets share, not with the square of the number of sets. A group where that
+    would mean many pairs (a document repeating one block hundreds of times) is run through
+    `_dedup_incremental` instead, whose index holds only kept sets.
     """
     count = len(sets)
+    kept = [True] * count
     if count < 2:
-        return [True] * count
+        return kept
     owners = sets.owners
     group = (np.asarray(groups, dtype=np.int64)[owners] if groups is not None
              else np.zeros(len(owners), dtype=np.int64))
     order = np.lexsort((sets.values, group))
     values, owners, group = sets.values[order], owners[order], group[order]
-    repeated = (values[1:] == values[:-1]) & (group[1:] == group[:-1])
+    repeated = _continues(values, group)
     if not repeated.any():
-        return [True] * count
+        return kept
     in_run = np.zeros(len(values), dtype=bool)
     in_run[1:] |= repeated
     in_run[:-1] |= repeated
-    owners = owners[in_run]
+    values, owners, group = values[in_run], owners[in_run], group[in_run]
     starts_run = np.ones(len(owners), dtype=bool)
-    starts_run[1:] = ~_continues(values[in_run], group[in_run])
+    starts_run[1:] = ~_continues(values, group)
     run_starts = np.flatnonzero(starts_run)
     lengths = np.diff(np.append(run_starts, len(owners)))
-    run_end = np.repeat(run_starts + lengths, lengths)
+    pairs = np.bincount(group[run_starts], weights=lengths * (lengths - 1) / 2)
+    heavy = np.flatnonzero(pairs > _HEAVY_PAIRS)
+    if len(heavy):
+        member_groups = (np.asarray(groups, dtype=np.int64) if groups is not None
+                         else np.zeros(count, dtype=np.int64))
+        for heavy_group in heavy.tolist():
+            members = np.flatnonzero(member_groups == heavy_group).tolist()
+            for index, keep in zip(members, _dedup_incremental(sets, members, threshold),
+                                   strict=True):
+                kept[index] = keep
+        light = ~np.isin(group[run_starts], heavy)
+        run_starts, lengths = run_starts[light], lengths[light]
+        if not len(run_starts):
+            return kept
+    run_end = np.zeros(len(owners), dtype=np.int64)
+    run_end[run_starts] = run_starts + lengths
+    run_end = np.maximum.accumulate(run_end)
     position = np.arange(len(owners))
+    in_light = _mark_runs(len(owners), run_starts, lengths)
     firsts: list[npt.NDArray[np.int64]] = []
     seconds: list[npt.NDArray[np.int64]] = []
     for distance in range(1, min(int(lengths.max()), _LONG_RUN + 1)):
-        same = np.flatnonzero(position[:-distance] + distance < run_end[:-distance])
+        same = np.flatnonzero(in_light[:-distance]
+                              & (position[:-distance] + distance < run_end[:-distance]))
         firsts.append(owners[same])
         seconds.append(owners[same + distance])
     for start, length in zip(run_starts[lengths > _LONG_RUN + 1].tolist(),
@@ -344,11 +365,47 @@ def dedup_exact(sets: ShingleSets, threshold: float,
     earlier: dict[int, list[int]] = {}
     for kept_index, later in zip(left[close].tolist(), right[close].tolist(), strict=True):
         earlier.setdefault(later, []).append(kept_index)
-    kept = [True] * count
     for later in sorted(earlier):
         if any(kept[i] for i in earlier[later]):
             kept[later] = False
     return kept
+
+
+_HEAVY_PAIRS = 200_000
+"""Above this many shingle-sharing pairs in one group, dedup goes incremental (bounded work)."""
+
+
+def _mark_runs(size: int, starts: npt.NDArray[np.int64],
+               lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """A mask of the positions covered by runs [start, start + length)."""
+    steps = np.zeros(size + 1, dtype=np.int64)
+    np.add.at(steps, starts, 1)
+    np.add.at(steps, starts + lengths, -1)
+    covered: npt.NDArray[np.bool_] = np.cumsum(steps[:-1]) > 0
+    return covered
+
+
+def _dedup_incremental(sets: ShingleSets, members: list[int], threshold: float) -> list[bool]:
+    """The same greedy rule, one set at a time against an index of the KEPT sets only: copies
+    of a kept set are never indexed, so heavy repetition costs linear work, not pairs."""
+    index: dict[int, list[int]] = {}
+    sizes: dict[int, int] = {}
+    result = []
+    for member in members:
+        values = sets[member].tolist()
+        shared: dict[int, int] = {}
+        for value in values:
+            for other in index.get(value, ()):
+                shared[other] = shared.get(other, 0) + 1
+        size = len(values)
+        duplicate = any(common / (size + sizes[other] - common) >= threshold
+                        for other, common in shared.items())
+        result.append(not duplicate)
+        if not duplicate:
+            sizes[member] = size
+            for value in values:
+                index.setdefault(value, []).append(member)
+    return result
 
 
 def _continues(values: Shingles, group: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
