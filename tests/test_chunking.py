@@ -281,6 +281,29 @@ def test_shingle_sets_count_distinct_word_five_grams(texts: list[str]) -> None:
 # scenarios
 
 
+@PROPERTY
+@given(data=st.data(), config=configs)
+def test_large_documents_encoded_in_segments_chunk_exactly_alike(
+    data: st.DataObject, config: Any, tokenizer: Tokenizer, single_token_words: list[str]
+) -> None:
+    """Documents above LARGE_DOCUMENT_CHARS are encoded segment by segment into compact
+    arrays (bounded memory); the chunks must be exactly those of one whole encoding."""
+    from unittest import mock
+
+    from registry import chunking
+
+    text = "\n\n".join(data.draw(st.lists(markdown(single_token_words[:200]), min_size=1,
+                                         max_size=4)))
+    document = Document("doc", "Title", text, data.draw(st.sampled_from(["markdown", "text"])))
+    whole = Chunker(config, tokenizer).chunk(document)
+    with mock.patch.object(chunking, "LARGE_DOCUMENT_CHARS", 0), \
+            mock.patch.object(chunking, "SEGMENT_CHARS", data.draw(st.integers(20, 400))):
+        segmented = Chunker(config, tokenizer).chunk(document)
+    assert segmented.chunks == whole.chunks
+    assert (segmented.tokens, segmented.duplicates, segmented.too_small) == (
+        whole.tokens, whole.duplicates, whole.too_small)
+
+
 def test_headings_inside_code_fences_do_not_start_sections() -> None:
     text = ("# Real\n\nSome words here.\n\n```bash\n# not a heading\n\nmake all\n```\n\n"
             "~~~\n## still code\n~~~\n")
