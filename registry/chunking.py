@@ -187,7 +187,7 @@ _SHINGLE_MULTIPLIERS = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
      0xFF51AFD7ED558CCD], dtype=np.uint64,
 )
-_WORD_CACHE_LIMIT = 500_000
+_WORD_CACHE_LIMIT = 200_000
 _word_hashes: dict[str, int] = {}
 _LONG_RUN = 32
 """Runs of a shingle shared by more chunks than this get their pairs one run at a time."""
@@ -592,8 +592,8 @@ class Encoded(Protocol):
     def token_to_word(self, index: int, /) -> int | None: ...
 
 
-LARGE_DOCUMENT_CHARS = 1 << 20
-SEGMENT_CHARS = 1 << 18
+LARGE_DOCUMENT_CHARS = 1 << 18
+SEGMENT_CHARS = 1 << 17
 
 
 class CompactEncoding:
