@@ -30,7 +30,7 @@ import numpy.typing as npt
 from registry.config import PREFIX_MARKER, LockedConfig
 
 if TYPE_CHECKING:
-    from tokenizers import Encoding, Tokenizer
+    from tokenizers import Tokenizer
 
 MIN_CHUNK_TOKENS = 10
 """Chunks with fewer body tokens carry too little to retrieve; they are dropped."""
@@ -187,7 +187,7 @@ _SHINGLE_MULTIPLIERS = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
      0xFF51AFD7ED558CCD], dtype=np.uint64,
 )
-_WORD_CACHE_LIMIT = 500_000
+_WORD_CACHE_LIMIT = 200_000
 _word_hashes: dict[str, int] = {}
 _LONG_RUN = 32
 """Runs of a shingle shared by more chunks than this get their pairs one run at a time."""
@@ -301,33 +301,54 @@ def dedup_exact(sets: ShingleSets, threshold: float,
     group (document) is >= threshold. Exact.
 
     Pairs that share a shingle are found by sorting every shingle once, so the cost grows with
-    the shingles two sets share, not with the square of the number of sets.
+    the shingles two sets share, not with the square of the number of sets. A group where that
+    would mean many pairs (a document repeating one block hundreds of times) is run through
+    `_dedup_incremental` instead, whose index holds only kept sets.
     """
     count = len(sets)
+    kept = [True] * count
     if count < 2:
-        return [True] * count
+        return kept
     owners = sets.owners
     group = (np.asarray(groups, dtype=np.int64)[owners] if groups is not None
              else np.zeros(len(owners), dtype=np.int64))
     order = np.lexsort((sets.values, group))
     values, owners, group = sets.values[order], owners[order], group[order]
-    repeated = (values[1:] == values[:-1]) & (group[1:] == group[:-1])
+    repeated = _continues(values, group)
     if not repeated.any():
-        return [True] * count
+        return kept
     in_run = np.zeros(len(values), dtype=bool)
     in_run[1:] |= repeated
     in_run[:-1] |= repeated
-    owners = owners[in_run]
+    values, owners, group = values[in_run], owners[in_run], group[in_run]
     starts_run = np.ones(len(owners), dtype=bool)
-    starts_run[1:] = ~_continues(values[in_run], group[in_run])
+    starts_run[1:] = ~_continues(values, group)
     run_starts = np.flatnonzero(starts_run)
     lengths = np.diff(np.append(run_starts, len(owners)))
-    run_end = np.repeat(run_starts + lengths, lengths)
+    pairs = np.bincount(group[run_starts], weights=lengths * (lengths - 1) / 2)
+    heavy = np.flatnonzero(pairs > _HEAVY_PAIRS)
+    if len(heavy):
+        member_groups = (np.asarray(groups, dtype=np.int64) if groups is not None
+                         else np.zeros(count, dtype=np.int64))
+        for heavy_group in heavy.tolist():
+            members = np.flatnonzero(member_groups == heavy_group).tolist()
+            for index, keep in zip(members, _dedup_incremental(sets, members, threshold),
+                                   strict=True):
+                kept[index] = keep
+        light = ~np.isin(group[run_starts], heavy)
+        run_starts, lengths = run_starts[light], lengths[light]
+        if not len(run_starts):
+            return kept
+    run_end = np.zeros(len(owners), dtype=np.int64)
+    run_end[run_starts] = run_starts + lengths
+    run_end = np.maximum.accumulate(run_end)
     position = np.arange(len(owners))
+    in_light = _mark_runs(len(owners), run_starts, lengths)
     firsts: list[npt.NDArray[np.int64]] = []
     seconds: list[npt.NDArray[np.int64]] = []
     for distance in range(1, min(int(lengths.max()), _LONG_RUN + 1)):
-        same = np.flatnonzero(position[:-distance] + distance < run_end[:-distance])
+        same = np.flatnonzero(in_light[:-distance]
+                              & (position[:-distance] + distance < run_end[:-distance]))
         firsts.append(owners[same])
         seconds.append(owners[same + distance])
     for start, length in zip(run_starts[lengths > _LONG_RUN + 1].tolist(),
@@ -344,11 +365,47 @@ def dedup_exact(sets: ShingleSets, threshold: float,
     earlier: dict[int, list[int]] = {}
     for kept_index, later in zip(left[close].tolist(), right[close].tolist(), strict=True):
         earlier.setdefault(later, []).append(kept_index)
-    kept = [True] * count
     for later in sorted(earlier):
         if any(kept[i] for i in earlier[later]):
             kept[later] = False
     return kept
+
+
+_HEAVY_PAIRS = 200_000
+"""Above this many shingle-sharing pairs in one group, dedup goes incremental (bounded work)."""
+
+
+def _mark_runs(size: int, starts: npt.NDArray[np.int64],
+               lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """A mask of the positions covered by runs [start, start + length)."""
+    steps = np.zeros(size + 1, dtype=np.int64)
+    np.add.at(steps, starts, 1)
+    np.add.at(steps, starts + lengths, -1)
+    covered: npt.NDArray[np.bool_] = np.cumsum(steps[:-1]) > 0
+    return covered
+
+
+def _dedup_incremental(sets: ShingleSets, members: list[int], threshold: float) -> list[bool]:
+    """The same greedy rule, one set at a time against an index of the KEPT sets only: copies
+    of a kept set are never indexed, so heavy repetition costs linear work, not pairs."""
+    index: dict[int, list[int]] = {}
+    sizes: dict[int, int] = {}
+    result = []
+    for member in members:
+        values = sets[member].tolist()
+        shared: dict[int, int] = {}
+        for value in values:
+            for other in index.get(value, ()):
+                shared[other] = shared.get(other, 0) + 1
+        size = len(values)
+        duplicate = any(common / (size + sizes[other] - common) >= threshold
+                        for other, common in shared.items())
+        result.append(not duplicate)
+        if not duplicate:
+            sizes[member] = size
+            for value in values:
+                index.setdefault(value, []).append(member)
+    return result
 
 
 def _continues(values: Shingles, group: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
@@ -495,7 +552,7 @@ class _Words:
 
     __slots__ = ("_high", "_low", "_word")
 
-    def __init__(self, encoding: Encoding, low: int, high: int) -> None:
+    def __init__(self, encoding: Encoded, low: int, high: int) -> None:
         self._word = encoding.token_to_word
         self._low = low
         self._high = high
@@ -521,6 +578,87 @@ class _Piece:
     char_start: int = 0
     char_end: int = 0
     kept: bool = True
+
+
+class Encoded(Protocol):
+    """What the chunker reads of an encoding: a tokenizers.Encoding, or a CompactEncoding."""
+
+    def __len__(self) -> int: ...
+
+    def char_to_token(self, position: int, /) -> int | None: ...
+
+    def token_to_chars(self, index: int, /) -> tuple[int, int] | None: ...
+
+    def token_to_word(self, index: int, /) -> int | None: ...
+
+
+LARGE_DOCUMENT_CHARS = 1 << 18
+SEGMENT_CHARS = 1 << 17
+
+
+class CompactEncoding:
+    """Offsets and word ids of a large document as numpy arrays (28 bytes a token), built
+    segment by segment, with the four Encoding methods the chunker uses.
+
+    Segments end at a blank line (else a line end, else whitespace), where a whitespace-
+    splitting tokenizer tokenizes each side alone exactly as in the whole; other tokenizers
+    are re-measured chunk by chunk anyway."""
+
+    def __init__(self, starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
+                 words: npt.NDArray[np.int64]) -> None:
+        self._starts, self._ends, self._words = starts, ends, words
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer, text: str) -> CompactEncoding:
+        starts, ends, words = [], [], []
+        position, word_base = 0, 0
+        while position < len(text):
+            stop = _segment_end(text, position)
+            encoding = tokenizer.encode(text[position:stop], add_special_tokens=False)
+            offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) + position
+            ids = np.array([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
+            starts.append(offsets[:, 0])
+            ends.append(offsets[:, 1])
+            words.append(ids + word_base)
+            word_base += int(ids.max()) + 1 if len(ids) else 0
+            position = stop
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(np.concatenate(starts) if starts else empty,
+                   np.concatenate(ends) if ends else empty,
+                   np.concatenate(words) if words else empty)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def char_to_token(self, position: int, /) -> int | None:
+        index = int(np.searchsorted(self._starts, position, side="right")) - 1
+        if index >= 0 and position < self._ends[index]:
+            return index
+        return None
+
+    def token_to_chars(self, index: int, /) -> tuple[int, int] | None:
+        return int(self._starts[index]), int(self._ends[index])
+
+    def token_to_word(self, index: int, /) -> int | None:
+        return int(self._words[index])
+
+
+def _segment_end(text: str, start: int) -> int:
+    """Where a segment starting at `start` ends: the last blank line (else line end, else
+    space) before start + SEGMENT_CHARS; never inside a word, so with no whitespace there the
+    segment runs on to the next whitespace (or the end of the text)."""
+    limit = start + SEGMENT_CHARS
+    if limit >= len(text):
+        return len(text)
+    for separator in ("\n\n", "\n", " "):
+        found = text.rfind(separator, start + 1, limit)
+        if found > start:
+            return found
+    after = _WHITESPACE.search(text, limit)
+    return after.start() if after else len(text)
+
+
+_WHITESPACE = re.compile(r"\s")
 
 
 class Chunker:
@@ -576,12 +714,17 @@ class Chunker:
 
     # -- a batch --------------------------------------------------------------------------------
 
-    def _encode(self, documents: Sequence[Document]) -> list[Encoding]:
-        return list(self.tokenizer.encode_batch([d.text for d in documents],
-                                                add_special_tokens=False))
+    def _encode(self, documents: Sequence[Document]) -> list[Encoded]:
+        """One encoding per document: `encode_batch` for the batch, and large documents in
+        segments kept as compact arrays (an Encoding holds ~540 bytes per token, so a 2 MB
+        document alone would take ~450 MB)."""
+        small = [d.text for d in documents if len(d.text) <= LARGE_DOCUMENT_CHARS]
+        encoded = iter(self.tokenizer.encode_batch(small, add_special_tokens=False))
+        return [next(encoded) if len(d.text) <= LARGE_DOCUMENT_CHARS
+                else CompactEncoding.of(self.tokenizer, d.text) for d in documents]
 
     def _finish(self, documents: Sequence[Document],
-                encodings: Sequence[Encoding]) -> list[ChunkedDocument]:
+                encodings: Sequence[Encoded]) -> list[ChunkedDocument]:
         """Plan and measure every document, then shingle, dedup and prefix the batch at once."""
         results: list[ChunkedDocument] = []
         planned: list[list[_Piece]] = []
@@ -628,7 +771,7 @@ class Chunker:
                 self._remeasure(result)
         return results
 
-    def _pieces(self, document: Document, encoding: Encoding,
+    def _pieces(self, document: Document, encoding: Encoded,
                 result: ChunkedDocument) -> list[_Piece]:
         """The planned pieces of one document, measured; those under MIN_CHUNK_TOKENS unkept."""
         kind = document.kind if document.kind in KINDS else "text"
@@ -644,7 +787,7 @@ class Chunker:
                 result.too_small += 1
         return pieces
 
-    def _token_sections(self, text: str, kind: str, encoding: Encoding, result: ChunkedDocument
+    def _token_sections(self, text: str, kind: str, encoding: Encoded, result: ChunkedDocument
                         ) -> Iterator[tuple[str, int, list[int], int]]:
         """(path, its token count, token starts of the blocks, token end) per section.
 
@@ -682,7 +825,7 @@ class Chunker:
             yield section.path, path_count, pending, end
             pending = []
 
-    def _plan(self, encoding: Encoding, starts: list[int], end: int) -> list[tuple[int, int]]:
+    def _plan(self, encoding: Encoded, starts: list[int], end: int) -> list[tuple[int, int]]:
         """(start, end) token ranges of one section's pieces."""
         first = starts[0]
         if end - first <= self.size:
@@ -720,7 +863,7 @@ class Chunker:
             upcoming = next((i for i in range(low_start, stop) if words.boundary(i)), stop)
         return stop, upcoming
 
-    def _measure(self, text: str, encoding: Encoding, piece: _Piece) -> None:
+    def _measure(self, text: str, encoding: Encoded, piece: _Piece) -> None:
         """Body text by offsets; its count from the encoding, re-measured only off a word edge."""
         piece.char_start = _chars(encoding, piece.start)[0]
         piece.char_end = _chars(encoding, piece.end - 1)[1]
@@ -872,7 +1015,7 @@ def chunk_id(embedding_text: str, config_hash: str) -> str:
     return hashlib.sha256((embedding_text + config_hash).encode()).hexdigest()
 
 
-def _first_token(encoding: Encoding, start: int, end: int) -> int | None:
+def _first_token(encoding: Encoded, start: int, end: int) -> int | None:
     """The first token of characters [start, end), None when they all normalize away."""
     for position in range(start, end):
         token = encoding.char_to_token(position)
@@ -881,7 +1024,7 @@ def _first_token(encoding: Encoding, start: int, end: int) -> int | None:
     return None
 
 
-def _tokens_in(encoding: Encoding, start: int, end: int) -> int:
+def _tokens_in(encoding: Encoded, start: int, end: int) -> int:
     """How many tokens characters [start, end) hold (they lie between whitespace)."""
     first = _first_token(encoding, start, end)
     if first is None:
@@ -893,13 +1036,13 @@ def _tokens_in(encoding: Encoding, start: int, end: int) -> int:
     return 0
 
 
-def _word_edge(encoding: Encoding, index: int) -> bool:
+def _word_edge(encoding: Encoded, index: int) -> bool:
     if index <= 0 or index >= len(encoding):
         return True
     return bool(encoding.token_to_word(index) != encoding.token_to_word(index - 1))
 
 
-def _chars(encoding: Encoding, index: int) -> tuple[int, int]:
+def _chars(encoding: Encoded, index: int) -> tuple[int, int]:
     span = encoding.token_to_chars(index)
     if span is None:  # only special tokens lack offsets, and chunking encodes without them
         raise ValueError(f"token {index} has no character offsets")

@@ -606,6 +606,8 @@ def reconcile(
                                      tokenizer_files=tokenizer_file or [], dedup=dedup,
                                      workers=workers, on_progress=on_progress,
                                      on_problem=on_problem)
+        if reports and result.outcome == "refused":  # e.g. a swap that waited for rows
+            result = run_once(repo, **options)
     if fmt == "json":
         data = result.to_dict()
         if source is not None:

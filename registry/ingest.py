@@ -12,7 +12,8 @@ Bad input, the rule:
   without a string `doc_id`/`text`. Each is reported as `path[:line]: what (fix)`, counted in
   the run record (`details.skipped`, first problems in `details.problems`), and the run goes on.
 - The run FAILS, writing nothing, when the source itself cannot be read, when no usable
-  document is left, or (with `strict`) at the first bad document.
+  document is left, when the documents give no chunk at all (an empty run never replaces a
+  full one), or (with `strict`) at the first bad document.
 - All writes of a run happen in one transaction committed at the very end: a failure at any
   point (bad input under `strict`, a database error, Ctrl-C) leaves the table exactly as it was,
   and re-running an ingest_run_id replaces its rows atomically (readers never see it empty).
@@ -39,6 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from registry.chunking import (
+    MIN_CHUNK_TOKENS,
     ROW_COLUMNS,
     Chunk,
     ChunkedDocument,
@@ -189,6 +191,10 @@ def _read_directory(root: Path, limit: int,
                     ignored(path)
                 continue
             relative = path.relative_to(root).as_posix()
+            if not _storable(relative):
+                yield SourceProblem(repr(relative)[1:-1], "file name is not valid UTF-8",
+                                    "rename the file")
+                continue
             yield _read_file(path, relative, "markdown" if suffix in MARKDOWN_SUFFIXES else "text",
                              limit)
 
@@ -237,6 +243,17 @@ def _decode(raw: bytes, where: str, line: int = 0) -> str | SourceProblem:
         return SourceProblem(f"{where}:{line}" if line else where, "empty document",
                              "remove it, or give it text")
     return text
+
+
+def _storable(text: str) -> bool:
+    """Whether PostgreSQL can store `text`: no NUL, and encodable as UTF-8."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _title(text: str, kind: str) -> str | None:
@@ -311,9 +328,11 @@ def _parse_line(raw: bytes, where: str, number: int) -> Item:
     if not text.strip():
         return SourceProblem(f"{where}:{number}", f"document {doc_id} is empty",
                              "remove the line, or give it text")
-    if "\x00" in text:
-        return SourceProblem(f"{where}:{number}", f"document {doc_id} holds a NUL character",
-                             "keep only text in the source")
+    for name, value in (("doc_id", doc_id), ("text", text), ("title", data.get("title") or "")):
+        if isinstance(value, str) and not _storable(value):
+            return SourceProblem(f"{where}:{number}", f"{name} holds a NUL character or an "
+                                 "unpaired surrogate, which PostgreSQL text cannot store",
+                                 "remove it from the source")
     kind = data.get("kind", "markdown")
     if kind not in ("markdown", "text"):
         return SourceProblem(f"{where}:{number}", f"kind {kind!r} is not markdown or text",
@@ -403,8 +422,9 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
                 results = []
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(spec,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(spec,))
+    try:
         pending: deque[tuple[list[Document], Future[list[ChunkedDocument]]]] = deque()
         for batch in batches:
             pending.append((batch, pool.submit(_chunk_in_worker, batch)))
@@ -414,6 +434,8 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
+    finally:  # on failure or Ctrl-C, queued batches are dropped, not chunked for nothing
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,6 +616,11 @@ def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer
                            f"{report.ignored_files} files ignored): nothing was written",
                            fix="point --source at .md/.txt files or a JSONL file of "
                            '{"doc_id", "text"} objects')
+    if report.chunks == 0:
+        raise IngestFailed(f"{report.documents} documents gave no chunk of at least "
+                           f"{MIN_CHUNK_TOKENS} tokens: nothing was written (an empty run never "
+                           "replaces a full one)", fix="check the source: are the documents "
+                           "empty of text?")
 
 
 def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,

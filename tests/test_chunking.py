@@ -230,9 +230,31 @@ def test_near_duplicates_follow_the_greedy_rule_exactly(
 
 @settings(max_examples=80, deadline=None)
 @given(sets=st.lists(st.sets(st.integers(0, 40), max_size=12), max_size=80),
-       groups=st.integers(1, 4), threshold=st.sampled_from([0.5, 0.8, 1.0]))
+       groups=st.integers(1, 4), threshold=st.sampled_from([0.5, 0.8, 1.0]),
+       incremental=st.booleans())
 def test_exact_dedup_matches_pairwise_greedy(sets: list[set[int]], groups: int,
-                                             threshold: float) -> None:
+                                             threshold: float, incremental: bool) -> None:
+    """Both ways of computing it (pairs by sorting, or incremental for heavy groups)."""
+    from unittest import mock
+
+    from registry import chunking
+
+    with mock.patch.object(chunking, "_HEAVY_PAIRS", 0 if incremental else 200_000):
+        check_exact_dedup(sets, groups, threshold)
+
+
+def test_a_block_repeated_hundreds_of_times_is_deduplicated_in_bounded_work() -> None:
+    """A licence file repeating one block 900 times: every copy after the first goes, and the
+    pair enumeration (900 x 899 / 2 per shared shingle) is never built."""
+    block = " ".join(f"word{i}" for i in range(120))
+    texts = [block] * 900 + [block.replace("word7 ", "other ")] + [
+        " ".join(f"distinct{i}x{j}" for j in range(60)) for i in range(50)]
+    packed = shingle_sets(texts)
+    kept = dedup_exact(packed, 0.8, [0] * len(texts))
+    assert [i for i, keep in enumerate(kept) if keep] == [0, *range(901, 951)]
+
+
+def check_exact_dedup(sets: list[set[int]], groups: int, threshold: float) -> None:
     group_of = sorted(i % groups for i in range(len(sets)))
     arrays = [np.array(sorted(s), dtype=np.uint64) for s in sets]
     bounds = np.concatenate(([0], np.cumsum([len(a) for a in arrays]))).astype(np.int64)
@@ -257,6 +279,29 @@ def test_shingle_sets_count_distinct_word_five_grams(texts: list[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # scenarios
+
+
+@PROPERTY
+@given(data=st.data(), config=configs)
+def test_large_documents_encoded_in_segments_chunk_exactly_alike(
+    data: st.DataObject, config: Any, tokenizer: Tokenizer, single_token_words: list[str]
+) -> None:
+    """Documents above LARGE_DOCUMENT_CHARS are encoded segment by segment into compact
+    arrays (bounded memory); the chunks must be exactly those of one whole encoding."""
+    from unittest import mock
+
+    from registry import chunking
+
+    text = "\n\n".join(data.draw(st.lists(markdown(single_token_words[:200]), min_size=1,
+                                         max_size=4)))
+    document = Document("doc", "Title", text, data.draw(st.sampled_from(["markdown", "text"])))
+    whole = Chunker(config, tokenizer).chunk(document)
+    with mock.patch.object(chunking, "LARGE_DOCUMENT_CHARS", 0), \
+            mock.patch.object(chunking, "SEGMENT_CHARS", data.draw(st.integers(20, 400))):
+        segmented = Chunker(config, tokenizer).chunk(document)
+    assert segmented.chunks == whole.chunks
+    assert (segmented.tokens, segmented.duplicates, segmented.too_small) == (
+        whole.tokens, whole.duplicates, whole.too_small)
 
 
 def test_headings_inside_code_fences_do_not_start_sections() -> None:

@@ -20,6 +20,7 @@ from registry.errors import Refused, TokenizerUnavailable
 from registry.ingest import IngestFailed, Progress, SourceProblem, ingest, read_source
 from registry.reconcile import reconcile
 from registry.tokenizer import load_tokenizer
+from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, build_tokenizer, run_cli, training_text
 
 
@@ -188,6 +189,7 @@ def bad_directory(root: Path) -> Path:
     (root / "empty.md").write_text("  \n\n\t\n")
     (root / "folder.md").mkdir()
     os.mkfifo(root / "pipe.md")
+    (root / os.fsdecode(b"bad-\xff-name.md")).write_text("# Bad name\n\nwords and words\n")
     (root / "gone.md").symlink_to(root / "does-not-exist.md")
     (root / "one-line.txt").write_text("word " * 1200)
     return root
@@ -208,7 +210,8 @@ def test_bad_files_are_skipped_with_their_path_and_line(tmp_path: Path) -> None:
     assert "cannot read" in problems["gone.md"].message
     assert "above the 0 MB limit" in problems["one-line.txt"].message or \
         "MB limit" in problems["one-line.txt"].message
-    assert len(problems) == 6
+    assert problems["bad-\\udcff-name.md"].message == "file name is not valid UTF-8"
+    assert len(problems) == 7
 
 
 def test_bad_jsonl_lines_are_skipped_with_their_line_numbers(tmp_path: Path) -> None:
@@ -221,25 +224,28 @@ def test_bad_jsonl_lines_are_skipped_with_their_line_numbers(tmp_path: Path) -> 
         out.write(b'{"doc_id": "d", "text": "caf\xe9"}\n')
         out.write(b"\n")
         out.write(b'{"doc_id": "huge", "text": "' + b"x" * (50 * 1024 * 1024) + b'"}\n')
+        out.write(b'{"doc_id": "e", "text": "lone \\ud800 surrogate"}\n')
+        out.write(b'{"doc_id": "f\\u0000", "text": "nul in the id"}\n')
         out.write(b'{"doc_id": 7, "title": "Seven", "text": "last", "kind": "text"}\n')
     items = list(read_source(source))
     assert [(d.doc_id, d.title, d.kind) for d in items if isinstance(d, Document)] == [
         ("a", "a", "markdown"), ("7", "Seven", "text")]
     problems = [(p.where, p.message) for p in items if isinstance(p, SourceProblem)]
-    assert [where for where, _ in problems] == [f"docs.jsonl:{n}" for n in (2, 3, 4, 5, 7)]
+    assert [where for where, _ in problems] == [f"docs.jsonl:{n}" for n in (2, 3, 4, 5, 7, 8, 9)]
     assert problems[0][1].startswith("malformed JSON")
     assert "not an object" in problems[1][1]
     assert "text is missing" in problems[2][1]
     assert "UTF-8" in problems[3][1]
     assert "longer than the 17 MB document limit" in problems[4][1]
+    assert "unpaired surrogate" in problems[5][1] and problems[6][1].startswith("doc_id holds")
 
 
 def test_a_run_skips_bad_documents_and_records_them(shadow: Shadow, tmp_path: Path) -> None:
     report = shadow.ingest(bad_directory(tmp_path / "src"), max_document_bytes=4096)
-    assert (report.documents, report.skipped) == (1, 6)
+    assert (report.documents, report.skipped) == (1, 7)
     [run] = shadow.runs()
     assert run["status"] == "succeeded"
-    assert run["details"]["skipped"] == 6
+    assert run["details"]["skipped"] == 7
     assert any(p.startswith("latin1.md:1: not valid UTF-8") for p in run["details"]["problems"])
     assert {r[0] for r in shadow.rows("doc_id")} == {"good.md"}
 
@@ -249,11 +255,11 @@ def test_strict_fails_the_run_and_leaves_the_previous_rows(
 ) -> None:
     shadow.ingest(corpus)
     before = shadow.rows("id")
-    with pytest.raises(IngestFailed, match=r"binary.txt:2: binary content.*nothing was written"):
+    with pytest.raises(IngestFailed, match=r"udcff-name.md: file name is not valid UTF-8.*nothing was written"):
         shadow.ingest(bad_directory(tmp_path / "src"), strict=True)
     assert shadow.rows("id") == before
     assert [r["status"] for r in shadow.runs()] == ["succeeded", "failed"]
-    assert "binary.txt:2" in shadow.runs()[-1]["details"]["error"]
+    assert "file name is not valid UTF-8" in shadow.runs()[-1]["details"]["error"]
 
 
 def test_a_source_without_usable_documents_fails_and_writes_nothing(
@@ -267,8 +273,12 @@ def test_a_source_without_usable_documents_fails_and_writes_nothing(
         shadow.ingest(source)
     with pytest.raises(IngestFailed, match="does not exist"):
         shadow.ingest(tmp_path / "missing")
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text('{"doc_id": "t", "text": "too short"}\n')
+    with pytest.raises(IngestFailed, match="gave no chunk"):
+        shadow.ingest(tiny)
     assert shadow.rows("id") == []
-    assert [r["status"] for r in shadow.runs()] == ["failed", "failed"]
+    assert [r["status"] for r in shadow.runs()] == ["failed", "failed", "failed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +319,7 @@ def test_cli_ingest_reports_json_and_warns_about_skipped_files(
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
     assert (data["documents"], data["skipped"], data["table"]) == (
-        1, 6, f"public.{shadow.table}")
+        1, 7, f"public.{shadow.table}")
     assert "warning: skipped latin1.md:1: not valid UTF-8 (byte 3) (save it as UTF-8)" in \
         result.stderr
     text = run_cli("ingest", shadow.version, "--source", source, "--repo", shadow.repo.path,
@@ -322,8 +332,11 @@ def test_cli_ingest_reports_json_and_warns_about_skipped_files(
 def test_reconcile_source_ingests_every_shadow_table_without_a_successful_run(
     registry_repo: RegistryRepo, dsn: str, corpus: Path
 ) -> None:
+    """Lock two configs and promote one, then one command: tables created, both filled, and
+    production swapped to the promoted one (the swap waits for its rows)."""
     first = registry_repo.locked(chunk_size=200)
     second = registry_repo.locked(chunk_size=300, prefix_policy="B")
+    promote(registry_repo, first)
     args = ("reconcile", "--repo", registry_repo.path, "--dsn", dsn, "--source", corpus,
             "--tokenizer-file", registry_repo.tokenizer_file, "--workers", "1")
 
@@ -333,6 +346,7 @@ def test_reconcile_source_ingests_every_shadow_table_without_a_successful_run(
     data = json.loads(result.stdout)
     assert sorted(r["chunk_version"] for r in data["ingests"]) == sorted([first, second])
     assert all(r["chunks"] > 0 for r in data["ingests"])
+    assert Database(dsn).view_target() == [table_of(first)]
     again = run_cli(*args)
     assert again.code == 0
     assert "Every shadow table already has a successful ingest." in again.stdout
