@@ -38,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from registry import faults
 from registry.chunking import (
     ROW_COLUMNS,
     Chunk,
@@ -510,6 +511,7 @@ def run_ingest(
         ensure_schema(control)
         _require_table(control, target)
         report.run = _record_start(control, report)
+        faults.point("ingest", "started")
         started = time.monotonic()
         try:
             with connect(dsn, autocommit=False, purpose="ingest copy") as data:
@@ -518,7 +520,9 @@ def run_ingest(
                       on_progress=on_progress, on_problem=on_problem)
                 report.seconds = time.monotonic() - started
                 _record_success(data, report)
+                faults.point("ingest", "before_commit")
                 data.commit()
+                faults.point("ingest", "committed")
         except BaseException as err:
             report.seconds = time.monotonic() - started
             reason = str(err) if isinstance(err, RegistryError) else _first_line(err)
@@ -543,6 +547,7 @@ def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer
     report.replaced_rows = data.execute(
         sql.SQL("DELETE FROM {} WHERE ingest_run_id = %s").format(table),
         (config.ingest_run_id,)).rowcount
+    faults.point("ingest", "deleted")
 
     def problem(found: SourceProblem) -> None:
         if strict:
@@ -579,6 +584,7 @@ def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer
                     report.chunks += len(rows)
                     report.bytes += len(document.text.encode())
                     report.tokens += result.tokens
+                faults.point("ingest", "copy_batch")
                 progress.documents, progress.chunks = report.documents, report.chunks
                 progress.bytes = report.bytes
                 if on_progress is not None and time.monotonic() - last_report > 0.2:

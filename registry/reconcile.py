@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 from psycopg import sql
 
+from registry import faults
 from registry.config import ProductionConfig
 from registry.db import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY, first_line
 from registry.errors import ReconcileBusy, Refused, RegistryError
@@ -751,14 +752,17 @@ class Applier:
 
     def run(self, action: Action) -> ActionResult:
         started = time.monotonic()
+        name = type(action).__name__
         attempt = 0
         while True:
             attempt += 1
+            faults.point("apply", name, "begin")
             try:
                 with self.conn.transaction():
                     self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                         sql.Literal(f"{self.lock_timeout_ms}ms")))
                     self._do(action)
+                    faults.point("apply", name, "before_commit")
             except psycopg.errors.LockNotAvailable as err:
                 if attempt < self.attempts:
                     delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -774,6 +778,7 @@ class Applier:
                 return self._failed(action, first_line(err), attempt, started)
             except RegistryError as err:
                 return self._failed(action, str(err), attempt, started)
+            faults.point("apply", name, "committed")
             log.info("applied: %s", action.describe())
             return ActionResult(action, "applied", attempts=attempt,
                                 seconds=time.monotonic() - started)
@@ -782,27 +787,37 @@ class Applier:
         log.warning("FAILED: %s: %s", action.describe(), error)
         return ActionResult(action, "failed", error, attempts, time.monotonic() - started)
 
+    def _ddl(self, action: Action, statement: sql.Composed) -> None:
+        """One DDL statement of `action`, between two crash points."""
+        faults.point("apply", type(action).__name__, "ddl")
+        self.conn.execute(statement)
+        faults.point("apply", type(action).__name__, "ddl_done")
+
+    def _bookkeeping(self, action: Action, statement: sql.Composed, params: Any) -> int:
+        """One bookkeeping write of `action` (after its DDL, same transaction): rows changed."""
+        faults.point("apply", type(action).__name__, "bookkeeping")
+        return self.conn.execute(statement, params).rowcount
+
     def _do(self, action: Action) -> None:
         if isinstance(action, CreateTable):
             self._create(action)
         elif isinstance(action, Unretire):
-            self._update_status(action.schema, action.table, "retired",
-                                "status = 'shadow', retired_at = NULL")
+            self._update_status(action, "retired", "status = 'shadow', retired_at = NULL")
         elif isinstance(action, SwapProduction):
             self._swap(action)
         elif isinstance(action, Retire):
-            self._update_status(action.schema, action.table, "shadow",
-                                "status = 'retired', retired_at = now()")
+            self._update_status(action, "shadow", "status = 'retired', retired_at = now()")
         else:
             self._drop(action)
 
     def _create(self, action: CreateTable) -> None:
         if not self.schema_exists:
-            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+            self._ddl(action, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(action.schema)))
         for statement in _table_ddl(action):
-            self.conn.execute(statement)
-        self.conn.execute(
+            self._ddl(action, statement)
+        self._bookkeeping(
+            action,
             sql.SQL(
                 "INSERT INTO {m} (schema_name, table_name, chunk_version, config_hash, status, "
                 "created_commit) VALUES (%(schema)s, %(table)s, %(version)s, %(hash)s, 'shadow', "
@@ -816,14 +831,15 @@ class Applier:
              "hash": action.config_hash, "commit": self.commit},
         )
 
-    def _update_status(self, schema: str, table: str, expected: str, assignment: str) -> None:
-        updated = self.conn.execute(
+    def _update_status(self, action: Unretire | Retire, expected: str, assignment: str) -> None:
+        updated = self._bookkeeping(
+            action,
             sql.SQL("UPDATE {m} SET {assign} WHERE schema_name = %s AND table_name = %s "
                     "AND status = %s").format(m=MANAGED, assign=sql.SQL(assignment)),
-            (schema, table, expected),
-        ).rowcount
+            (action.schema, action.table, expected),
+        )
         if updated != 1:
-            raise Refused(f"{schema}.{table} is not a managed {expected} table")
+            raise Refused(f"{action.schema}.{action.table} is not a managed {expected} table")
 
     def _swap(self, action: SwapProduction) -> None:
         """CREATE OR REPLACE VIEW + the bookkeeping update, in the caller's transaction."""
@@ -853,21 +869,21 @@ class Applier:
         if columns and columns[0] and tuple(columns[0]) != VIEW_COLUMNS:
             # A view re-pointed by hand with other columns cannot be CREATE OR REPLACEd; it
             # is dropped and recreated in this same transaction (RESTRICT: never a dependent).
-            self.conn.execute(sql.SQL("DROP VIEW {}").format(view))
-        self.conn.execute(
-            sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
-                view, sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS)), target))
-        self.conn.execute(
-            sql.SQL("COMMENT ON VIEW {}.{} IS {}").format(
-                sql.Identifier(action.schema), sql.Identifier(action.view),
-                sql.Literal(f"chunk-registry: production reads {action.chunk_version}")))
-        self.conn.execute(
+            self._ddl(action, sql.SQL("DROP VIEW {}").format(view))
+        self._ddl(action, sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
+            view, sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS)), target))
+        self._ddl(action, sql.SQL("COMMENT ON VIEW {}.{} IS {}").format(
+            sql.Identifier(action.schema), sql.Identifier(action.view),
+            sql.Literal(f"chunk-registry: production reads {action.chunk_version}")))
+        self._bookkeeping(
+            action,
             sql.SQL("UPDATE {} SET status = 'shadow', demoted_at = now() "
                     "WHERE status = 'production' AND NOT (schema_name = %s AND table_name = %s)"
                     ).format(MANAGED),
             (action.schema, action.table),
         )
-        self.conn.execute(
+        self._bookkeeping(
+            action,
             sql.SQL("UPDATE {} SET status = 'production', promoted_at = now() "
                     "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
@@ -899,9 +915,10 @@ class Applier:
         ).fetchall()
         if (action.schema, action.table) in {tuple(r) for r in former}:
             raise Refused(f"{name} is the previous production (the rollback target): kept")
-        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.{} RESTRICT").format(
+        self._ddl(action, sql.SQL("DROP TABLE IF EXISTS {}.{} RESTRICT").format(
             sql.Identifier(action.schema), sql.Identifier(action.table)))
-        self.conn.execute(
+        self._bookkeeping(
+            action,
             sql.SQL("UPDATE {} SET status = 'dropped', dropped_at = now() "
                     "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
@@ -912,15 +929,20 @@ class Applier:
 # Runs: the lock, the record, the whole thing
 
 
-def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
-    """A dedicated connection holding the reconcile advisory lock, or ReconcileBusy naming the
-    holder. The lock lives as long as the connection."""
+def acquire_lock(dsn: str, *, wait: float = 0.0) -> psycopg.Connection[Any]:
+    """A connection holding the reconcile advisory lock, or ReconcileBusy naming the holder.
+
+    The lock lives as long as the connection, and the run does its work on that same
+    connection: if the server drops it, the lock and the work stop together, so a second
+    reconciler can never take the lock while the first is still applying. With `wait` > 0 the
+    server queues us behind the holder for at most `wait` seconds (a lock_timeout on
+    pg_advisory_lock: no polling, first come first served) before ReconcileBusy.
+    """
     from registry.db import connect, database_error
 
     conn = connect(dsn, purpose="reconcile")
     try:
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (RECONCILE_LOCK_KEY,)).fetchone()
-        if got and got[0]:
+        if _take_lock(conn, wait):
             return conn
         holder = conn.execute(
             "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
@@ -945,8 +967,34 @@ def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
         where = f" from {addr}" if addr else ""
         who = (f"backend pid {pid} ({app or 'no application_name'}{where}, "
                f"connected {utc_text(since)})")
-    raise ReconcileBusy(f"another reconcile is running: the lock is held by {who}",
-                        fix="wait for it to finish, then rerun")
+    waited = f" (waited {wait:g}s)" if wait > 0 else ""
+    raise ReconcileBusy(f"another reconcile is running: the lock is held by {who}{waited}",
+                        fix="wait for it to finish, then rerun, or pass --wait-lock SECONDS")
+
+
+def _take_lock(conn: psycopg.Connection[Any], wait: float) -> bool:
+    if wait <= 0:
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (RECONCILE_LOCK_KEY,)).fetchone()
+        return bool(got and got[0])
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(wait * 1000)}ms")))
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (RECONCILE_LOCK_KEY,))
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute("RESET lock_timeout")
+
+
+def _mark_interrupted(conn: psycopg.Connection[Any]) -> None:
+    """Runs still `running` belong to reconcilers that died (killed, or their connection
+    lost): every run row is written under the lock we now hold. Say so, once."""
+    conn.execute(
+        sql.SQL("UPDATE {} SET outcome = 'failed', error = %s WHERE outcome = 'running'").format(
+            RUNS),
+        ("interrupted: the reconciler stopped before it recorded an outcome (process killed or "
+         "database connection lost); a later run converged from where it stopped",),
+    )
 
 
 def _record_start(conn: psycopg.Connection[Any], plan: Plan, actor: str) -> int:
@@ -999,15 +1047,36 @@ def _actor() -> str:
 
 
 def desired_state(
-    repo: Path | str, ref: str | None = None, *, fetch: bool = True
+    repo: Path | str, ref: str | None = None, *, fetch: bool = True,
+    signers: Path | None = None,
 ) -> RegistryState:
-    """The validated desired state: a committed ref, never the working tree."""
+    """The validated desired state: a committed ref, never the working tree. With `signers`
+    (an allowed-signers file) the ref's signature must verify too."""
     from registry.gitops import Git, read_state
 
     git = Git(repo)
-    state = read_state(git, git.desired_ref(ref, fetch=fetch))
+    desired = git.desired_ref(ref, fetch=fetch)
+    state = read_state(git, desired)
     state.require_valid()
+    if signers is not None:
+        from registry.trust import verify
+
+        assert state.commit is not None
+        verify(git, desired, state.commit, signers)
     return state
+
+
+def _still_desired(
+    repo: Path | str, state: RegistryState, ref: str | None, fetch: bool, signers: Path | None
+) -> RegistryState:
+    """Under the lock: the ref may have moved while we connected or waited (another reconciler
+    may have applied a newer commit meanwhile); never apply a stale commit."""
+    from registry.gitops import Git
+
+    git = Git(repo)
+    if git.resolve(git.desired_ref(ref, fetch=fetch)) == state.commit:
+        return state
+    return desired_state(repo, ref, fetch=False, signers=signers)
 
 
 def plan(
@@ -1054,43 +1123,65 @@ def reconcile(
     now: datetime | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
+    wait_lock: float = 0.0,
+    require_signed: bool = False,
+    allowed_signers: Path | None = None,
 ) -> RunResult:
-    """Lock, read the desired and actual states, plan, apply, record. One run.
+    """Read and validate the desired state, lock, read the actual state, plan, apply, record.
 
+    The committed state is read and validated (and its signature verified with
+    `require_signed`) BEFORE any connection: an invalid or untrusted commit runs no SQL at all.
     `now` overrides the database clock for the grace period (tests, what-if runs).
     """
-    from registry.db import database_error, ensure_schema, resolve_dsn, session
+    from registry.db import database_error, ensure_schema, resolve_dsn
 
+    signers = None
+    if require_signed:
+        from registry.gitops import Git
+        from registry.trust import allowed_signers as signers_file
+
+        signers = signers_file(Git(repo), allowed_signers)
+    state = desired_state(repo, ref, fetch=fetch, signers=signers)
     resolved = resolve_dsn(dsn)
-    lock = acquire_lock(resolved.value)
+    conn = acquire_lock(resolved.value, wait=wait_lock)
     try:
-        state = desired_state(repo, ref, fetch=fetch)
-        with session(resolved.value, purpose="reconcile") as conn:
-            try:
-                ensure_schema(conn)
-                actual = _read_for_plan(conn, state)
-                if now is not None:
-                    actual.now = now
-                the_plan = make_plan(state, actual, target=resolved.redacted, force=force)
-                actor = _actor()
-                run_id = _record_start(conn, the_plan, actor) if the_plan.actions else None
-                applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
-                                  schema_exists=actual.schema_exists,
-                                  lock_timeout_ms=lock_timeout_ms, attempts=attempts)
-                results = applier.apply(the_plan)
-                outcome: Outcome
-                if any(r.outcome == "failed" for r in results):
-                    outcome = "failed"
-                elif the_plan.blocking:
-                    outcome = "refused"
-                else:
-                    outcome = "applied" if results else "noop"
-                result = RunResult(the_plan, results, outcome, run_id)
-                result.run_id = _record_finish(conn, run_id, result, actor)
-            except psycopg.Error as err:
-                raise database_error(err, resolved.value, "reconciling") from None
+        faults.point("reconcile", "locked")
+        state = _still_desired(repo, state, ref, fetch, signers)
+        ensure_schema(conn)
+        _mark_interrupted(conn)
+        actual = _read_for_plan(conn, state)
+        if now is not None:
+            actual.now = now
+        the_plan = make_plan(state, actual, target=resolved.redacted, force=force)
+        applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
+                          schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
+                          attempts=attempts)
+        return _apply_and_record(conn, applier, the_plan)
+    except psycopg.Error as err:
+        raise database_error(err, resolved.value, "reconciling") from None
     finally:
-        lock.close()
+        conn.close()
+
+
+def _apply_and_record(
+    conn: psycopg.Connection[Any], applier: Applier, the_plan: Plan
+) -> RunResult:
+    """Record the run as `running`, apply, record the outcome (a no-op run: one row, finished)."""
+    actor = _actor()
+    run_id = _record_start(conn, the_plan, actor) if the_plan.actions else None
+    faults.point("reconcile", "recorded")
+    results = applier.apply(the_plan)
+    outcome: Outcome
+    if any(r.outcome == "failed" for r in results):
+        outcome = "failed"
+    elif the_plan.blocking:
+        outcome = "refused"
+    else:
+        outcome = "applied" if results else "noop"
+    result = RunResult(the_plan, results, outcome, run_id)
+    faults.point("reconcile", "finishing")
+    result.run_id = _record_finish(conn, run_id, result, actor)
+    faults.point("reconcile", "finished")
     return result
 
 
