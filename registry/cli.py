@@ -844,6 +844,11 @@ def _ingest_feedback(quiet: bool) -> Iterator[tuple[Any, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turn errors into one line and an exit code."""
+    import logging
+
+    # psycopg warns about cleanup after an error (a COPY on a lost connection) that the
+    # funnel below already reports as one line.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     try:
         app(args=argv, prog_name="registry")
     except RegistryError as err:

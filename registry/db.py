@@ -204,10 +204,27 @@ def connect(
             connect_timeout=CONNECT_TIMEOUT_S,
         )
     except psycopg.Error as err:
-        text = str(err).strip()
-        reason = scrub(text.splitlines()[-1] if text else type(err).__name__, dsn)
+        # The first line says why (refused, no such socket, FATAL ...); libpq's later lines
+        # are hints that would hide it.
+        reason = scrub(_CONNECT_PREFIX.sub("", first_line(err)), dsn)
         raise DatabaseUnavailable(f"cannot connect to {redact(dsn)}: {reason}",
                                   fix="check that the server is up and the DSN is right") from None
+
+
+_CONNECT_PREFIX = re.compile(r"^connection (failed|is bad): ")
+_UNAVAILABLE_STATES = ("57P01", "57P02", "57P03", "53300")
+"""admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections; and class 08."""
+
+
+def unavailable(err: Exception) -> bool:
+    """Whether a driver error means the database went away (rather than a statement failing:
+    a statement_timeout or lock_timeout is an OperationalError too, but the server is fine)."""
+    import psycopg
+
+    if not isinstance(err, psycopg.OperationalError):
+        return False
+    state = err.sqlstate
+    return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
 
 
 def first_line(err: BaseException) -> str:
@@ -218,10 +235,9 @@ def first_line(err: BaseException) -> str:
 
 def database_error(err: Exception, dsn: str, doing: str) -> RegistryError:
     """A driver error while `doing` something, as one line without the password."""
-    import psycopg
 
     reason = scrub(first_line(err), dsn)
-    if isinstance(err, psycopg.OperationalError):
+    if unavailable(err):
         return DatabaseUnavailable(f"lost the database while {doing}: {reason}",
                                    fix="check the server, then rerun")
     return RegistryError(f"database error while {doing}: {reason}")
