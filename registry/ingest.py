@@ -544,9 +544,11 @@ def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer
 
     config = target.config
     table = sql.Identifier(target.schema, target.table)
+    # A value as a Literal, not a parameter: psycopg would read a `%` in the table's name as a
+    # placeholder if the statement also carried parameters.
     report.replaced_rows = data.execute(
-        sql.SQL("DELETE FROM {} WHERE ingest_run_id = %s").format(table),
-        (config.ingest_run_id,)).rowcount
+        sql.SQL("DELETE FROM {} WHERE ingest_run_id = {}").format(
+            table, sql.Literal(config.ingest_run_id))).rowcount
     faults.point("ingest", "deleted")
 
     def problem(found: SourceProblem) -> None:

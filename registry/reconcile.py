@@ -275,7 +275,7 @@ class ActualState:
 
 _CATALOG = """
 SELECT statement_timestamp(),
-       to_regnamespace(%(schema)s) IS NOT NULL,
+       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s),
        to_regclass(%(bookkeeping)s) IS NOT NULL,
        to_regclass(%(evals)s) IS NOT NULL,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(c.relname, c.relkind, (
@@ -291,6 +291,11 @@ SELECT statement_timestamp(),
           AND (c.relname = %(base)s OR c.relname LIKE %(pattern)s ESCAPE '\\'))
 """
 
+def _like_prefix(text: str) -> str:
+    """`text` matched literally by LIKE ... ESCAPE '\\' (its `_`, `%` and `\\` escaped)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 _MANAGED_COLUMNS = tuple(
     f.name for f in fields(ManagedTable) if f.name not in ("present", "last_compare_passed")
 )
@@ -305,7 +310,7 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
     base = settings.base_name
     row = conn.execute(
         _CATALOG,
-        {"schema": settings.schema, "base": base, "pattern": base.replace("_", "\\_") + "\\_%",
+        {"schema": settings.schema, "base": base, "pattern": _like_prefix(base) + "\\_%",
          "bookkeeping": f"{BOOKKEEPING_SCHEMA}.managed_tables",
          "evals": f"{BOOKKEEPING_SCHEMA}.eval_runs"},
     ).fetchone()
