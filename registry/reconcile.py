@@ -1055,14 +1055,20 @@ def desired_state(
     repo: Path | str, ref: str | None = None, *, fetch: bool = True,
     signers: Path | None = None,
 ) -> RegistryState:
-    """The validated desired state: a committed ref, never the working tree. With `signers`
-    (an allowed-signers file) the ref's signature must verify too."""
+    """The validated desired state: a committed ref, never the working tree, with no locked
+    config edited after its tag. With `signers` (an allowed-signers file) the ref's signature
+    must verify too."""
+    from registry.errors import invalid
     from registry.gitops import Git, read_state
+    from registry.validate import tampering_problems
 
     git = Git(repo)
     desired = git.desired_ref(ref, fetch=fetch)
     state = read_state(git, desired)
     state.require_valid()
+    tampered = tampering_problems(git, state)
+    if tampered:
+        raise invalid(tampered)
     if signers is not None:
         from registry.trust import verify
 
