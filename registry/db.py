@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from registry.errors import DatabaseUnavailable, RegistryError
+from registry.errors import DatabaseUnavailable, RegistryError, UsageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -94,7 +94,10 @@ def redact(dsn: str) -> str:
             safe="/*",
         )
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+    # A quoted value up to its closing quote; anything else (unquoted, or a quote never
+    # closed) up to the next `key=` or the end, so no part of a malformed password shows.
+    return re.sub(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'(?=\s|$)|.*?(?=\s+\w+\s*=|$))",
+                  r"\1***", dsn)
 
 
 def _password(dsn: str) -> str | None:
@@ -196,7 +199,15 @@ def connect(
     the lock in pg_stat_activity.
     """
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error:
+        # libpq's parse errors quote fragments of the string, which may be the password.
+        raise UsageError(f"the DSN {redact(dsn)} is not a valid connection string",
+                         fix="quote values with spaces in single quotes (password='a b'), or "
+                         "use a postgresql:// URL with %-encoded special characters") from None
     name = f"{APPLICATION_NAME} {purpose}" if purpose else APPLICATION_NAME
     try:
         return psycopg.connect(
