@@ -51,8 +51,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture
-def figures() -> dict[str, Any]:
-    return FIGURES
+def figures(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Where a test records its figures: per server for tests run on every server."""
+    callspec = getattr(request.node, "callspec", None)
+    server = callspec.params.get("pg_server") if callspec is not None else None
+    return FIGURES.setdefault(f"on {server} PostgreSQL", {}) if server else FIGURES
 
 
 # ---------------------------------------------------------------------------------------------

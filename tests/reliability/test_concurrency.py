@@ -179,8 +179,7 @@ def test_readers_of_production_see_no_error_during_an_ingest_and_view_swaps(
     assert invariants(dsn) == []
     assert swap, "no read overlapped a swap"
     assert max(everything) < 5.0
-    server = request.node.callspec.params.get("pg_server", "embedded")
-    figures[f"readers during ingest and swaps ({server})"] = {
+    figures["readers during ingest and swaps"] = {
         "readers": 4, "reads": len(everything), "errors": len(readers.errors),
         "empty": len(readers.bad), "swaps": SWAPS,
         "p50_ms": round(percentile(everything, 50) * 1000, 2),
