@@ -141,8 +141,7 @@ SWAPS = 6
 
 
 def test_readers_of_production_see_no_error_during_an_ingest_and_view_swaps(
-    registry_repo: RegistryRepo, dsn: str, tmp_path: Path, figures: dict[str, Any],
-    request: pytest.FixtureRequest
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path, figures: dict[str, Any]
 ) -> None:
     v1, v2 = registry_repo.locked(chunk_size=100), registry_repo.locked(chunk_size=120)
     reconcile(registry_repo.path, dsn=dsn)
