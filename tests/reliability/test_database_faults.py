@@ -67,6 +67,11 @@ def converge(repo: RegistryRepo, dsn: str) -> None:
     raise AssertionError("no convergence after 4 runs")
 
 
+def survived(figures: dict[str, Any], fault: str) -> None:
+    """Called last in a test: every assertion about `fault` held."""
+    figures.setdefault("database faults survived", []).append(fault)
+
+
 def backends(admin: str, dsn: str, purpose: str) -> list[int]:
     """Backend pids of the registry's connections for `purpose` in `dsn`'s database."""
     dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
@@ -145,6 +150,7 @@ def test_the_server_down_at_start_is_one_line_exit_5_and_nothing_half_done(
     assert Database(private_db).tables() == [table_of(version)]
     figures["server down at start"] = {"commands": len(results), "exit 5": sum(
         r.returncode == UNAVAILABLE for r in results.values())}
+    survived(figures, "server down at start")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +159,7 @@ def test_the_server_down_at_start_is_one_line_exit_5_and_nothing_half_done(
 
 def test_a_restart_in_the_middle_of_an_ingest_fails_cleanly_and_the_rerun_loads(
     registry_repo: RegistryRepo, private_server: PrivateServer, private_db: str,
-    shadow_filled: Any,
+    shadow_filled: Any, figures: dict[str, Any]
 ) -> None:
     version, corpus, before = shadow_filled(private_db)
     proc = start_registry(*ingest_args(registry_repo, private_db, version, corpus),
@@ -173,10 +179,11 @@ def test_a_restart_in_the_middle_of_an_ingest_fails_cleanly_and_the_rerun_loads(
     assert ingest_statuses(private_db)[-1] == "succeeded"
     assert Database(private_db).count(table_of(version)) > before
     assert invariants(private_db) == []
+    survived(figures, "restart mid-ingest")
 
 
 def test_a_restart_in_the_middle_of_a_view_swap_leaves_the_old_production_serving(
-    tmp_path: Path, tokenizer_file: Path, private_server: PrivateServer,
+    tmp_path: Path, tokenizer_file: Path, private_server: PrivateServer, figures: dict[str, Any]
 ) -> None:
     scene = EveryAction.build(tmp_path, tokenizer_file, private_server.admin)
     name, dsn = scene.clone()
@@ -208,6 +215,7 @@ def test_a_restart_in_the_middle_of_a_view_swap_leaves_the_old_production_servin
     assert view_after_rerun == [table_of(v2)]
     interrupted = next(r for r in final_runs if r["id"] == runs[-1]["id"])
     assert interrupted["outcome"] == "failed" and interrupted["error"].startswith("interrupted")
+    survived(figures, "restart mid-swap")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +223,7 @@ def test_a_restart_in_the_middle_of_a_view_swap_leaves_the_old_production_servin
 
 
 def test_a_terminated_connection_mid_create_rolls_back_and_the_rerun_converges(
-    registry_repo: RegistryRepo, dsn: str, pg_server: str
+    registry_repo: RegistryRepo, dsn: str, pg_server: str, figures: dict[str, Any]
 ) -> None:
     version = registry_repo.locked()
     proc = start_registry(*reconcile_cli(registry_repo, dsn),
@@ -235,10 +243,11 @@ def test_a_terminated_connection_mid_create_rolls_back_and_the_rerun_converges(
     one_clear_line(err, r"^error: lost the database while reconciling: terminating connection")
     assert tables == [] and managed == {}
     assert db.tables() == [table_of(version)]
+    survived(figures, "terminate mid-create")
 
 
 def test_a_terminated_copy_connection_fails_the_ingest_and_keeps_the_old_rows(
-    registry_repo: RegistryRepo, dsn: str, pg_server: str, shadow_filled: Any
+    registry_repo: RegistryRepo, dsn: str, pg_server: str, shadow_filled: Any, figures: dict[str, Any]
 ) -> None:
     version, corpus, before = shadow_filled(dsn)
     proc = start_registry(*ingest_args(registry_repo, dsn, version, corpus),
@@ -261,6 +270,7 @@ def test_a_terminated_copy_connection_fails_the_ingest_and_keeps_the_old_rows(
     assert statuses == ["succeeded", "failed"], "the control connection recorded the failure"
     assert rerun.returncode == 0, rerun.stderr
     assert Database(dsn).count(table_of(version)) > before and invariants(dsn) == []
+    survived(figures, "terminate mid-COPY")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +289,7 @@ def set_statement_timeout(admin: str, dsn: str, value: str | None) -> None:
 
 
 def test_a_statement_timeout_during_the_swap_fails_the_action_and_records_it(
-    registry_repo: RegistryRepo, dsn: str, pg_server: str
+    registry_repo: RegistryRepo, dsn: str, pg_server: str, figures: dict[str, Any]
 ) -> None:
     v1, v2 = registry_repo.locked(), registry_repo.locked(chunk_size=300)
     db = Database(dsn)
@@ -307,10 +317,11 @@ def test_a_statement_timeout_during_the_swap_fails_the_action_and_records_it(
     assert runs[-1]["outcome"] == "failed" and "statement timeout" in runs[-1]["error"]
     assert rerun.returncode == 0, rerun.stderr
     assert db.view_target() == [table_of(v2)] and invariants(dsn) == []
+    survived(figures, "statement_timeout in swap")
 
 
 def test_a_statement_timeout_during_an_ingest_writes_nothing(
-    registry_repo: RegistryRepo, dsn: str, pg_server: str, shadow_filled: Any
+    registry_repo: RegistryRepo, dsn: str, pg_server: str, shadow_filled: Any, figures: dict[str, Any]
 ) -> None:
     version, corpus, before = shadow_filled(dsn)
     set_statement_timeout(pg_server, dsn, "500ms")
@@ -331,6 +342,7 @@ def test_a_statement_timeout_during_an_ingest_writes_nothing(
     assert rows_after == before and statuses == ["succeeded", "failed"]
     assert rerun.returncode == 0, rerun.stderr
     assert Database(dsn).count(table_of(version)) > before
+    survived(figures, "statement_timeout in ingest")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,3 +406,4 @@ def test_watch_keeps_running_across_a_30s_outage_and_resumes(
     assert Database(private_db).tables() == sorted([table_of(v1), table_of(v2)])
     figures["watch outage"] = {"outage_s": OUTAGE_S, "retries_logged": retries,
                                "resumed_s_after_restart": round(resumed - up, 1)}
+    survived(figures, "30 s outage under --watch")
