@@ -21,6 +21,7 @@ from psycopg import sql
 
 from registry.errors import RegistryError
 from tests.database import promote
+from tests.github_server import FakeGitHub
 from tests.helpers import RegistryRepo
 from tests.reliability.conftest import PrivateServer, run_registry, start_registry
 from tests.reliability.scenarios import write_corpus
@@ -72,6 +73,20 @@ def login(private_server: PrivateServer) -> Iterator[Login]:
     private_server.drop_database(DATABASE)
     with psycopg.connect(private_server.admin, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ROLE)))
+
+
+@dataclass
+class EchoingGitHub(FakeGitHub):
+    """A misbehaving API (or proxy) that echoes the request's Authorization header back in its
+    error messages."""
+
+    status: int = 403
+
+    def answer(self, request: Any, path: str, query: dict[str, str], body: Any
+               ) -> tuple[int, Any, dict[str, str]]:
+        echoed = f"denied for {request.headers.get('Authorization', '')}"
+        errors = [{"message": f"head invalid ({echoed})"}] if self.status == 422 else []
+        return self.status, {"message": echoed, "errors": errors}, {}
 
 
 @dataclass
@@ -139,6 +154,20 @@ def test_no_password_or_token_appears_anywhere_the_lifecycle_writes(
     codes["watch"] = watcher.returncode
     evidence.add("watch log", out + err)
 
+    # Pull requests over the GitHub API: one that works, then servers that echo the token
+    registry_repo.git("remote", "set-url", "origin", "https://github.com/acme/chunk-configs.git")
+    registry_repo.git("remote", "set-url", "--push", "origin", str(registry_repo.origin))
+    lock = ["lock", "--repo", repo, "--tokenizer-file", token, "--pr"]
+    with FakeGitHub(TOKEN, {"acme/chunk-configs": registry_repo.origin}) as github:
+        run("lock --pr", *lock, "--chunk-size", "140", env={"GITHUB_API_URL": github.url})
+    sent = {r.headers.get("authorization") for r in github.received}
+    for size, status in ((150, 401), (160, 403), (170, 422), (180, 500)):
+        with EchoingGitHub(TOKEN, {}, status=status) as echo:
+            run(f"lock --pr, API answers {status} with the token", *lock, "--chunk-size",
+                str(size), env={"GITHUB_API_URL": echo.url})
+    registry_repo.git("remote", "set-url", "origin", str(registry_repo.origin))
+    registry_repo.git("config", "--unset", "remote.origin.pushurl")
+
     # Failing paths
     run("wrong password", "plan", "--repo", repo, "--dsn", login.wrong)
     run("malformed dsn", "reconcile", "--repo", repo, "--dsn", login.malformed)
@@ -176,7 +205,10 @@ def test_no_password_or_token_appears_anywhere_the_lifecycle_writes(
         "health": codes["health"], "reconcile json": 0, "status": 0, "status json": 0,
         "db url": 0, "db url json": 0, "watch": 0, "wrong password": 5, "malformed dsn": 2,
         "missing source": 1, "unknown version": 1, "debug, server unreachable": 5,
-        "fetch with a token in the remote": 6}, {k: v for k, v in codes.items()}
+        "fetch with a token in the remote": 6, "lock --pr": 0,
+        **{f"lock --pr, API answers {s} with the token": 9 for s in (401, 403, 422, 500)}}, codes
+    assert sent == {f"Bearer {TOKEN}"}, "the token did go to the API, in the header only"
+    assert "Bearer ***" in evidence.texts["lock --pr, API answers 403 with the token output"]
     assert "password authentication failed" in evidence.texts["wrong password output"]
     assert "***" in evidence.texts["db url output"]
     assert len(evidence.texts["chunk_registry.reconcile_runs"]) > 100
