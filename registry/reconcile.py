@@ -1001,22 +1001,23 @@ def _take_lock(conn: psycopg.Connection[Any], wait: float) -> bool:
         conn.execute("RESET lock_timeout")
 
 
-def _mark_interrupted(conn: psycopg.Connection[Any]) -> None:
-    """Runs still `running` belong to reconcilers that died (killed, or their connection
-    lost): every run row is written under the lock we now hold. Say so, once."""
-    conn.execute(
-        sql.SQL("UPDATE {} SET outcome = 'failed', error = %s WHERE outcome = 'running'").format(
-            RUNS),
-        ("interrupted: the reconciler stopped before it recorded an outcome (process killed or "
-         "database connection lost); a later run converged from where it stopped",),
-    )
+INTERRUPTED = ("interrupted: the reconciler stopped before it recorded an outcome (process "
+               "killed or database connection lost); a later run converged from where it stopped")
+_MARK_INTERRUPTED = sql.SQL(
+    "WITH interrupted AS (UPDATE {} SET outcome = 'failed', error = %(interrupted)s "
+    "WHERE outcome = 'running') ").format(RUNS)
+"""Runs still `running` belong to reconcilers that died (killed, or their connection lost):
+every run row is written under the lock this run holds. Said once, in the same statement that
+records this run (no extra round trip); the new row is not visible to the UPDATE."""
 
 
 def _record_start(conn: psycopg.Connection[Any], plan: Plan, actor: str) -> int:
     row = conn.execute(
-        sql.SQL("INSERT INTO {} (git_ref, git_commit, plan, outcome, actor) "
-                "VALUES (%s, %s, %s, 'running', %s) RETURNING id").format(RUNS),
-        (plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor),
+        _MARK_INTERRUPTED + sql.SQL(
+            "INSERT INTO {} (git_ref, git_commit, plan, outcome, actor) VALUES (%(ref)s, "
+            "%(commit)s, %(plan)s, 'running', %(actor)s) RETURNING id").format(RUNS),
+        {"ref": plan.ref, "commit": plan.commit, "actor": actor, "interrupted": INTERRUPTED,
+         "plan": json.dumps([action_dict(a) for a in plan.actions])},
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -1031,19 +1032,18 @@ def _record_finish(
     errors = [f"{r.action.describe()}: {r.error}" for r in result.failed]
     errors += [f.render() for f in result.plan.blocking]
     plan = result.plan
+    params = {"ref": plan.ref, "commit": plan.commit, "plan": json.dumps(done),
+              "outcome": result.outcome, "error": "; ".join(errors) or None, "actor": actor,
+              "id": run_id, "interrupted": INTERRUPTED}
     if run_id is None:
-        query = sql.SQL(
+        query = _MARK_INTERRUPTED + sql.SQL(
             "INSERT INTO {} (git_ref, git_commit, plan, outcome, error, actor, finished_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp()) RETURNING id"
-        ).format(RUNS)
-        params: tuple[Any, ...] = (plan.ref, plan.commit, json.dumps(done), result.outcome,
-                                   "; ".join(errors) or None, actor)
+            "VALUES (%(ref)s, %(commit)s, %(plan)s, %(outcome)s, %(error)s, %(actor)s, "
+            "clock_timestamp()) RETURNING id").format(RUNS)
     else:
         query = sql.SQL(
-            "UPDATE {} SET plan = %s, outcome = %s, error = %s, finished_at = clock_timestamp() "
-            "WHERE id = %s RETURNING id"
-        ).format(RUNS)
-        params = (json.dumps(done), result.outcome, "; ".join(errors) or None, run_id)
+            "UPDATE {} SET plan = %(plan)s, outcome = %(outcome)s, error = %(error)s, "
+            "finished_at = clock_timestamp() WHERE id = %(id)s RETURNING id").format(RUNS)
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return int(row[0])
@@ -1169,7 +1169,6 @@ def reconcile(
         faults.point("reconcile", "locked")
         state = _still_desired(repo, state, ref, fetch, signers)
         ensure_schema(conn)
-        _mark_interrupted(conn)
         actual = _read_for_plan(conn, state)
         if now is not None:
             actual.now = now
