@@ -246,7 +246,6 @@ def first_line(err: BaseException) -> str:
 
 def database_error(err: Exception, dsn: str, doing: str) -> RegistryError:
     """A driver error while `doing` something, as one line without the password."""
-
     reason = scrub(first_line(err), dsn)
     if unavailable(err):
         return DatabaseUnavailable(f"lost the database while {doing}: {reason}",

@@ -57,8 +57,10 @@ def verify(git: Git, ref: str, commit: str, signers: Path) -> Signature:
     revision = ref if tag else commit
     command = "verify-tag" if tag else "verify-commit"
     proc = subprocess.run(
-        ["git", "-C", str(git.root), "-c", "gpg.format=ssh", "-c",
-         f"gpg.ssh.allowedSignersFile={signers}", command, revision],
+        # The verifier is pinned too: a repository's own config must not swap it for a
+        # program that always says "Good".
+        ["git", "-C", str(git.root), "-c", "gpg.format=ssh", "-c", "gpg.ssh.program=ssh-keygen",
+         "-c", f"gpg.ssh.allowedSignersFile={signers}", command, revision],
         capture_output=True, text=True, check=False,
     )
     output = (proc.stderr + proc.stdout).strip()

@@ -44,7 +44,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     terminalreporter.section("reliability figures")
     for name, value in FIGURES.items():
-        terminalreporter.write_line(f"{name}: {json.dumps(value)}")
+        if value:
+            terminalreporter.write_line(f"{name}: {json.dumps(value)}")
     target = os.environ.get("RELIABILITY_FIGURES")
     if target:
         Path(target).write_text(json.dumps(FIGURES, indent=2) + "\n")
