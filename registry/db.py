@@ -43,6 +43,11 @@ RECONCILE_LOCK_KEY = _advisory_key("chunk-registry reconcile")
 MIGRATION_LOCK_KEY = _advisory_key("chunk-registry migrate")
 
 
+def ingest_lock_key(ingest_run_id: str) -> int:
+    """The advisory lock one ingest of `ingest_run_id` holds while it runs."""
+    return _advisory_key(f"chunk-registry ingest {ingest_run_id}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Where the database is
 

@@ -44,10 +44,14 @@ class UsageError(RegistryError):
     exit_code = 2
 
 
-class ReconcileBusy(RegistryError):
-    """Another reconciler holds the advisory lock; not a failure, so it has its own code."""
+class Busy(RegistryError):
+    """Another process holds the lock this one needs; not a failure, so it has its own code."""
 
     exit_code = 4
+
+
+class ReconcileBusy(Busy):
+    """Another reconciler holds the reconcile advisory lock."""
 
 
 class DatabaseUnavailable(RegistryError):

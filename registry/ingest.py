@@ -510,6 +510,7 @@ def run_ingest(
     try:
         ensure_schema(control)
         _require_table(control, target)
+        _take_run_lock(control, report)
         report.run = _record_start(control, report)
         faults.point("ingest", "started")
         started = time.monotonic()
@@ -661,15 +662,40 @@ def _bk(name: str) -> Any:
     return sql.Identifier(BOOKKEEPING_SCHEMA, name)
 
 
+def _take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
+    """One ingest of a config at a time (held by the control connection until the run ends):
+    a second one would redo all the chunking only to fail on the first one's rows."""
+    from registry.db import ingest_lock_key
+    from registry.errors import Busy
+
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)",
+                       (ingest_lock_key(report.ingest_run_id),)).fetchone()
+    if not (got and got[0]):
+        raise Busy(f"another ingest of {report.chunk_version} into {report.table} is running",
+                   fix="wait for it to finish, then rerun if needed")
+
+
+INTERRUPTED = ("interrupted: the ingest stopped before it recorded an outcome (process killed "
+               "or database connection lost); nothing of it was committed")
+
+
 def _record_start(conn: psycopg.Connection[Any], report: IngestReport) -> int:
+    """The run's `running` record. Any earlier `running` record of the same ingest_run_id is
+    a dead run (this one holds the run's lock): it is marked in the same statement."""
     from psycopg import sql
     from psycopg.types.json import Jsonb
 
+    runs = _bk("ingest_runs")
     row = conn.execute(
-        sql.SQL("INSERT INTO {} (ingest_run_id, chunk_version, status, source, details) "
-                "VALUES (%s, %s, 'running', %s, %s) RETURNING id").format(_bk("ingest_runs")),
-        (report.ingest_run_id, report.chunk_version, report.source,
-         Jsonb({"dedup": report.dedup, "workers": report.workers, "table": report.table})),
+        sql.SQL("WITH interrupted AS (UPDATE {} SET status = 'failed', details = details || "
+                "%(note)s WHERE status = 'running' AND ingest_run_id = %(run)s) "
+                "INSERT INTO {} (ingest_run_id, chunk_version, status, source, details) "
+                "VALUES (%(run)s, %(version)s, 'running', %(source)s, %(details)s) "
+                "RETURNING id").format(runs, runs),
+        {"run": report.ingest_run_id, "version": report.chunk_version, "source": report.source,
+         "note": Jsonb({"error": INTERRUPTED}),
+         "details": Jsonb({"dedup": report.dedup, "workers": report.workers,
+                           "table": report.table})},
     ).fetchone()
     assert row is not None
     return int(row[0])

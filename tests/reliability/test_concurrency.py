@@ -137,6 +137,31 @@ def test_wait_lock_queues_reconcilers_behind_the_holder_and_gives_up_after_its_b
                               "gave up after s (bound 1s)": round(gave_up_after, 2)}
 
 
+def test_a_second_ingest_of_the_same_config_exits_4_while_the_first_runs(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path, figures: dict[str, Any]
+) -> None:
+    version = registry_repo.locked(chunk_size=120)
+    reconcile(registry_repo.path, dsn=dsn)
+    corpus = write_corpus(tmp_path / "corpus", 300)
+    args = ["ingest", version, "--repo", str(registry_repo.path), "--dsn", dsn, "--source",
+            str(corpus), "--tokenizer-file", str(registry_repo.tokenizer_file), "--workers", "1"]
+    first = start_registry(*args, env={FAULT_ENV: "ingest.copy_batch#1:stop"})
+    try:
+        wait_stopped(first)
+        second = run_registry(*args)
+    finally:
+        code, _, err = finish(first)
+
+    assert second.returncode == BUSY
+    assert second.stderr.startswith(f"error: another ingest of {version} into public.")
+    assert code == 0, err
+    statuses = [r[0] for r in Database(dsn).query(
+        "SELECT status FROM chunk_registry.ingest_runs ORDER BY id")]
+    assert statuses == ["succeeded"], "the refused ingest recorded nothing"
+    assert invariants(dsn) == []
+    figures["concurrent ingests of one config"] = {"runs": 2, "correct outcomes": 2}
+
+
 SWAPS = 6
 
 

@@ -215,10 +215,14 @@ def _kill_ingest(repo: RegistryRepo, admin: str, template: str, version: str, so
         expected = "succeeded" if point == "ingest.committed#1" else "running"
         if statuses[-1] != expected:
             return f"the killed run reads {statuses[-1]}, not {expected}"
-        final = [r[0] for r in db.query(
-            "SELECT status FROM chunk_registry.ingest_runs ORDER BY id")]
-        if final[-1] != "succeeded" or len(final) != len(statuses) + 1:
+        final = db.query("SELECT status, details->>'error' FROM chunk_registry.ingest_runs "
+                         "ORDER BY id")
+        if final[-1][0] != "succeeded" or len(final) != len(statuses) + 1:
             return f"runs after the rerun: {final}"
+        killed = final[-2]
+        if expected == "running" and not (killed[0] == "failed"
+                                          and (killed[1] or "").startswith("interrupted")):
+            return f"the killed run was not marked interrupted: {killed}"
         return None
     except AssertionError as err:
         return str(err)[:500]
