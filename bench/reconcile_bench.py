@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from registry.config import LockedConfig
+from registry.config import LockedConfig, ingest_run_id_for
 from registry.reconcile import Applier, SwapProduction, reconcile
 
 PRODUCTION_YAML = """\
@@ -229,6 +229,9 @@ def bench_swap(admin: str, swaps: int) -> None:
         tables = ["document_chunks_" + v.replace("-", "_") for v in versions]
         with psycopg.connect(dsn, autocommit=True) as conn:
             for version, table in zip(versions, tables, strict=True):
+                row = conn.execute("SELECT config_hash FROM chunk_registry.managed_tables "
+                                   "WHERE table_name = %s", (table,)).fetchone()
+                assert row is not None
                 conn.execute(
                     psycopg.sql.SQL(
                         "INSERT INTO {} (id, doc_id, chunk_index, embedding_text, bm25_text, "
@@ -236,7 +239,7 @@ def bench_swap(admin: str, swaps: int) -> None:
                         "SELECT {} || i, 'doc-' || (i %% 1000), i, 'text ' || i, 'text ' || i, "
                         "3, 2, %s, %s FROM generate_series(1, 50000) i"
                     ).format(psycopg.sql.Identifier(table), psycopg.sql.Literal(table)),
-                    (version, f"{version}-bench"))
+                    (version, ingest_run_id_for(version, row[0])))
                 conn.execute(psycopg.sql.SQL("ANALYZE {}").format(psycopg.sql.Identifier(table)))
         from registry.config import ProductionConfig
 

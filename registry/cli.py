@@ -570,6 +570,19 @@ def reconcile(
         int, typer.Option("--lock-timeout", help="Milliseconds the view swap may wait for readers "
                           "before it retries.", min=1)
     ] = 500,
+    wait_lock: Annotated[
+        float, typer.Option("--wait-lock", help="Wait up to SECONDS for another reconciler to "
+                            "finish instead of exiting 4.", min=0)
+    ] = 0.0,
+    require_signed: Annotated[
+        bool, typer.Option("--require-signed", help="Apply only a commit (or annotated tag) "
+                           "whose SSH signature verifies against the allowed signers.")
+    ] = False,
+    allowed_signers: Annotated[
+        Path | None, typer.Option("--allowed-signers", help="With --require-signed: the "
+                                  "ssh-keygen allowed_signers file (default: git config "
+                                  "gpg.ssh.allowedSignersFile).")
+    ] = None,
     fetch: FetchOpt = True,
     fmt: FormatOpt = "text",
     source: Annotated[
@@ -589,7 +602,9 @@ def reconcile(
     from registry.reconcile import reconcile as run_once
 
     options: dict[str, Any] = {"ref": ref, "dsn": dsn, "force": force, "fetch": fetch,
-                               "lock_timeout_ms": lock_timeout}
+                               "lock_timeout_ms": lock_timeout, "wait_lock": wait_lock,
+                               "require_signed": require_signed,
+                               "allowed_signers": allowed_signers}
     if watch:
         if source is not None:
             raise _usage("--source does not go with --watch (ingests are long; run them apart)")
@@ -976,6 +991,11 @@ def _ingest_feedback(quiet: bool) -> Iterator[tuple[Any, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turn errors into one line and an exit code."""
+    import logging
+
+    # psycopg warns about cleanup after an error (a COPY on a lost connection) that the
+    # funnel below already reports as one line.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     try:
         app(args=argv, prog_name="registry")
     except RegistryError as err:

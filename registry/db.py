@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from registry.errors import DatabaseUnavailable, RegistryError
+from registry.errors import DatabaseUnavailable, RegistryError, UsageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,6 +41,11 @@ def _advisory_key(name: str) -> int:
 
 RECONCILE_LOCK_KEY = _advisory_key("chunk-registry reconcile")
 MIGRATION_LOCK_KEY = _advisory_key("chunk-registry migrate")
+
+
+def ingest_lock_key(ingest_run_id: str) -> int:
+    """The advisory lock one ingest of `ingest_run_id` holds while it runs."""
+    return _advisory_key(f"chunk-registry ingest {ingest_run_id}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +99,10 @@ def redact(dsn: str) -> str:
             safe="/*",
         )
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+    # A quoted value up to its closing quote; anything else (unquoted, or a quote never
+    # closed) up to the next `key=` or the end, so no part of a malformed password shows.
+    return re.sub(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'(?=\s|$)|.*?(?=\s+\w+\s*=|$))",
+                  r"\1***", dsn)
 
 
 def _password(dsn: str) -> str | None:
@@ -196,7 +204,15 @@ def connect(
     the lock in pg_stat_activity.
     """
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error:
+        # libpq's parse errors quote fragments of the string, which may be the password.
+        raise UsageError(f"the DSN {redact(dsn)} is not a valid connection string",
+                         fix="quote values with spaces in single quotes (password='a b'), or "
+                         "use a postgresql:// URL with %-encoded special characters") from None
     name = f"{APPLICATION_NAME} {purpose}" if purpose else APPLICATION_NAME
     try:
         return psycopg.connect(
@@ -204,10 +220,27 @@ def connect(
             connect_timeout=CONNECT_TIMEOUT_S,
         )
     except psycopg.Error as err:
-        text = str(err).strip()
-        reason = scrub(text.splitlines()[-1] if text else type(err).__name__, dsn)
+        # The first line says why (refused, no such socket, FATAL ...); libpq's later lines
+        # are hints that would hide it.
+        reason = scrub(_CONNECT_PREFIX.sub("", first_line(err)), dsn)
         raise DatabaseUnavailable(f"cannot connect to {redact(dsn)}: {reason}",
                                   fix="check that the server is up and the DSN is right") from None
+
+
+_CONNECT_PREFIX = re.compile(r"^connection (failed|is bad): ")
+_UNAVAILABLE_STATES = ("57P01", "57P02", "57P03", "53300")
+"""admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections; and class 08."""
+
+
+def unavailable(err: Exception) -> bool:
+    """Whether a driver error means the database went away (rather than a statement failing:
+    a statement_timeout or lock_timeout is an OperationalError too, but the server is fine)."""
+    import psycopg
+
+    if not isinstance(err, psycopg.OperationalError):
+        return False
+    state = err.sqlstate
+    return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
 
 
 def first_line(err: BaseException) -> str:
@@ -218,10 +251,8 @@ def first_line(err: BaseException) -> str:
 
 def database_error(err: Exception, dsn: str, doing: str) -> RegistryError:
     """A driver error while `doing` something, as one line without the password."""
-    import psycopg
-
     reason = scrub(first_line(err), dsn)
-    if isinstance(err, psycopg.OperationalError):
+    if unavailable(err):
         return DatabaseUnavailable(f"lost the database while {doing}: {reason}",
                                    fix="check the server, then rerun")
     return RegistryError(f"database error while {doing}: {reason}")

@@ -6,7 +6,16 @@ a RegistryError is a bug and reaches the user as "unexpected error" (exit 3).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """`text` with control, zero-width and bidi-override characters shown as escapes, so a
+    hostile file name can neither break a one-line report nor disguise itself on a terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class RegistryError(Exception):
@@ -21,7 +30,7 @@ class RegistryError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        text = f"{self.where}: {self.message}" if self.where else self.message
+        text = f"{printable(self.where)}: {self.message}" if self.where else self.message
         return f"{text} ({self.fix})" if self.fix else text
 
 
@@ -35,10 +44,14 @@ class UsageError(RegistryError):
     exit_code = 2
 
 
-class ReconcileBusy(RegistryError):
-    """Another reconciler holds the advisory lock; not a failure, so it has its own code."""
+class Busy(RegistryError):
+    """Another process holds the lock this one needs; not a failure, so it has its own code."""
 
     exit_code = 4
+
+
+class ReconcileBusy(Busy):
+    """Another reconciler holds the reconcile advisory lock."""
 
 
 class DatabaseUnavailable(RegistryError):
@@ -86,7 +99,7 @@ class Problem:
 
     def render(self) -> str:
         text = f"{self.path}:{self.line}: {self.message}"
-        return f"{text} ({self.fix})" if self.fix else text
+        return printable(f"{text} ({self.fix})" if self.fix else text)
 
 
 def invalid(problems: list[Problem]) -> ConfigInvalid:

@@ -235,15 +235,18 @@ def evaluate_table(
     if not 1 <= top <= k:
         raise UsageError(f"--top {top} must be between 1 and --k {k}", fix="use --top <= --k")
     parsed = _tsqueries(conn, (c.query for c in cases))
+    # Values as Literals, not parameters, next to a composed name (see ingest._load).
     statement = sql.SQL(
-        "SELECT bm25_text FROM {table} WHERE bm25_tsv @@ %(q)s::tsquery "
-        "ORDER BY ts_rank_cd(bm25_tsv, %(q)s::tsquery) DESC, id LIMIT %(k)s"
-    ).format(table=sql.Identifier(schema, table))
+        "SELECT bm25_text FROM {table} WHERE bm25_tsv @@ {q}::tsquery "
+        "ORDER BY ts_rank_cd(bm25_tsv, {q}::tsquery) DESC, id LIMIT {k}"
+    )
+    name = sql.Identifier(schema, table)
     result = EvalResult(chunk_version, f"{schema}.{table}", k, top, match)
     for case, tsquery in zip(cases, parsed, strict=True):
         query_text = relax_to_any(tsquery) if match == "any" else tsquery
         start = time.perf_counter()
-        rows = conn.execute(statement, {"q": query_text, "k": k}).fetchall() if query_text else []
+        rows = conn.execute(statement.format(table=name, q=sql.Literal(query_text),
+                                             k=sql.Literal(k))).fetchall() if query_text else []
         latency = (time.perf_counter() - start) * 1000
         first = next((rank for rank, (text,) in enumerate(rows, 1) if is_hit(text, case.gt_answer)),
                      None)

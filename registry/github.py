@@ -188,7 +188,7 @@ class GitHubClient:
     def _error(
         self, status: int, headers: Message, payload: dict[str, Any], method: str, path: str
     ) -> GitHubError:
-        message = str(payload.get("message") or "").strip()
+        message = self._scrub(str(payload.get("message") or "").strip())
         repo = self.repo.full_name
         if status == 401:
             return GitHubError(f"GitHub rejected the token (401 {message or 'Bad credentials'})",
@@ -207,7 +207,7 @@ class GitHubClient:
                                "(404 Not Found)",
                                fix="check the origin URL, and the token's repository access")
         if status == 422:
-            details = [_detail(e) for e in payload.get("errors") or []]
+            details = [self._scrub(_detail(e)) for e in payload.get("errors") or []]
             if any("already exists" in d for d in details):
                 return GitHubError(f"a pull request already exists on {repo}: {details[0]}",
                                    fix="open the existing pull request instead")
@@ -219,6 +219,11 @@ class GitHubClient:
                                "may have moved", fix="update the origin URL to the new location")
         return GitHubError(f"GitHub answered {method} {path} with {status} {message}".rstrip(),
                            fix="retry later; https://www.githubstatus.com shows outages")
+
+    def _scrub(self, text: str) -> str:
+        """Server text with the token masked: a proxy or a misbehaving server may echo the
+        request's Authorization header back in its error message."""
+        return text.replace(self._token, "***")
 
     def find_open(self, branch: str, base: str) -> PullRequest | None:
         """The open pull request from `branch` into `base`, if there is one."""

@@ -581,7 +581,10 @@ def read_state(git: Git, ref: str = WORKTREE, *, use_cache: bool = True) -> Regi
                 production_raw = git.read_blobs([production_entry[1]])[production_entry[1]]
     files, problems = _file_name_problems(entries)
     state.problems.extend(problems)
-    misses = sorted({blob for _, blob in files if cache.get(blob) is None} - contents.keys())
+    # A cached parse is reused only at the same path (the path is in its problems), so a blob
+    # cached under another name (a renamed file) is read again.
+    misses = sorted({blob for path, blob in files
+                     if (cache.get(blob) or {}).get("path") != path} - contents.keys())
     if misses:
         contents.update(git.read_blobs(misses))
     for path, blob in files:

@@ -95,13 +95,14 @@ def check_table(
         return health
     health.exists = True
     leak = sql.SQL("bm25_has_prefix" if config.prefix_policy == "A" else "false")
+    # Values as Literals, not parameters, next to a composed name (see ingest._load).
     row = conn.execute(
         sql.SQL(
             "SELECT count(*), count(*) FILTER (WHERE {leak}), "
-            "count(*) FILTER (WHERE bm25_token_count > %(size)s "
-            "OR embedding_token_count > %(budget)s) FROM {table}"
-        ).format(leak=leak, table=sql.Identifier(settings.schema, table)),
-        {"size": config.chunk_size, "budget": config.token_budget},
+            "count(*) FILTER (WHERE bm25_token_count > {size} "
+            "OR embedding_token_count > {budget}) FROM {table}"
+        ).format(leak=leak, table=sql.Identifier(settings.schema, table),
+                 size=sql.Literal(config.chunk_size), budget=sql.Literal(config.token_budget)),
     ).fetchone()
     assert row is not None
     health.rows, health.prefix_leakage, health.over_budget = int(row[0]), int(row[1]), int(row[2])

@@ -39,6 +39,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from registry import faults
 from registry.chunking import (
     MIN_CHUNK_TOKENS,
     ROW_COLUMNS,
@@ -531,7 +532,9 @@ def run_ingest(
     try:
         ensure_schema(control)
         _require_table(control, target)
+        _take_run_lock(control, report)
         report.run = _record_start(control, report)
+        faults.point("ingest", "started")
         started = time.monotonic()
         try:
             with connect(dsn, autocommit=False, purpose="ingest copy") as data:
@@ -540,7 +543,9 @@ def run_ingest(
                       on_progress=on_progress, on_problem=on_problem)
                 report.seconds = time.monotonic() - started
                 _record_success(data, report)
+                faults.point("ingest", "before_commit")
                 data.commit()
+                faults.point("ingest", "committed")
         except BaseException as err:
             report.seconds = time.monotonic() - started
             reason = str(err) if isinstance(err, RegistryError) else _first_line(err)
@@ -562,9 +567,12 @@ def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer
 
     config = target.config
     table = sql.Identifier(target.schema, target.table)
+    # A value as a Literal, not a parameter: psycopg would read a `%` in the table's name as a
+    # placeholder if the statement also carried parameters.
     report.replaced_rows = data.execute(
-        sql.SQL("DELETE FROM {} WHERE ingest_run_id = %s").format(table),
-        (config.ingest_run_id,)).rowcount
+        sql.SQL("DELETE FROM {} WHERE ingest_run_id = {}").format(
+            table, sql.Literal(config.ingest_run_id))).rowcount
+    faults.point("ingest", "deleted")
 
     def problem(found: SourceProblem) -> None:
         if strict:
@@ -601,6 +609,7 @@ def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer
                     report.chunks += len(rows)
                     report.bytes += len(document.text.encode())
                     report.tokens += result.tokens
+                faults.point("ingest", "copy_batch")
                 progress.documents, progress.chunks = report.documents, report.chunks
                 progress.bytes = report.bytes
                 if on_progress is not None and time.monotonic() - last_report > 0.2:
@@ -680,15 +689,40 @@ def _bk(name: str) -> Any:
     return sql.Identifier(BOOKKEEPING_SCHEMA, name)
 
 
+def _take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
+    """One ingest of a config at a time (held by the control connection until the run ends):
+    a second one would redo all the chunking only to fail on the first one's rows."""
+    from registry.db import ingest_lock_key
+    from registry.errors import Busy
+
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)",
+                       (ingest_lock_key(report.ingest_run_id),)).fetchone()
+    if not (got and got[0]):
+        raise Busy(f"another ingest of {report.chunk_version} into {report.table} is running",
+                   fix="wait for it to finish, then rerun if needed")
+
+
+INTERRUPTED = ("interrupted: the ingest stopped before it recorded an outcome (process killed "
+               "or database connection lost); nothing of it was committed")
+
+
 def _record_start(conn: psycopg.Connection[Any], report: IngestReport) -> int:
+    """The run's `running` record. Any earlier `running` record of the same ingest_run_id is
+    a dead run (this one holds the run's lock): it is marked in the same statement."""
     from psycopg import sql
     from psycopg.types.json import Jsonb
 
+    runs = _bk("ingest_runs")
     row = conn.execute(
-        sql.SQL("INSERT INTO {} (ingest_run_id, chunk_version, status, source, details) "
-                "VALUES (%s, %s, 'running', %s, %s) RETURNING id").format(_bk("ingest_runs")),
-        (report.ingest_run_id, report.chunk_version, report.source,
-         Jsonb({"dedup": report.dedup, "workers": report.workers, "table": report.table})),
+        sql.SQL("WITH interrupted AS (UPDATE {} SET status = 'failed', details = details || "
+                "%(note)s WHERE status = 'running' AND ingest_run_id = %(run)s) "
+                "INSERT INTO {} (ingest_run_id, chunk_version, status, source, details) "
+                "VALUES (%(run)s, %(version)s, 'running', %(source)s, %(details)s) "
+                "RETURNING id").format(runs, runs),
+        {"run": report.ingest_run_id, "version": report.chunk_version, "source": report.source,
+         "note": Jsonb({"error": INTERRUPTED}),
+         "details": Jsonb({"dedup": report.dedup, "workers": report.workers,
+                           "table": report.table})},
     ).fetchone()
     assert row is not None
     return int(row[0])

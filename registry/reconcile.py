@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 from psycopg import sql
 
+from registry import faults
 from registry.config import ProductionConfig
 from registry.db import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY, first_line
 from registry.errors import ReconcileBusy, Refused, RegistryError
@@ -274,7 +275,7 @@ class ActualState:
 
 _CATALOG = """
 SELECT statement_timestamp(),
-       to_regnamespace(%(schema)s) IS NOT NULL,
+       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s),
        to_regclass(%(bookkeeping)s) IS NOT NULL,
        to_regclass(%(evals)s) IS NOT NULL,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(c.relname, c.relkind, (
@@ -290,6 +291,11 @@ SELECT statement_timestamp(),
           AND (c.relname = %(base)s OR c.relname LIKE %(pattern)s ESCAPE '\\'))
 """
 
+def _like_prefix(text: str) -> str:
+    """`text` matched literally by LIKE ... ESCAPE '\\' (its `_`, `%` and `\\` escaped)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 _MANAGED_COLUMNS = tuple(
     f.name for f in fields(ManagedTable) if f.name not in ("present", "last_compare_passed")
 )
@@ -304,7 +310,7 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
     base = settings.base_name
     row = conn.execute(
         _CATALOG,
-        {"schema": settings.schema, "base": base, "pattern": base.replace("_", "\\_") + "\\_%",
+        {"schema": settings.schema, "base": base, "pattern": _like_prefix(base) + "\\_%",
          "bookkeeping": f"{BOOKKEEPING_SCHEMA}.managed_tables",
          "evals": f"{BOOKKEEPING_SCHEMA}.eval_runs"},
     ).fetchone()
@@ -751,14 +757,17 @@ class Applier:
 
     def run(self, action: Action) -> ActionResult:
         started = time.monotonic()
+        name = type(action).__name__
         attempt = 0
         while True:
             attempt += 1
+            faults.point("apply", name, "begin")
             try:
                 with self.conn.transaction():
                     self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                         sql.Literal(f"{self.lock_timeout_ms}ms")))
                     self._do(action)
+                    faults.point("apply", name, "before_commit")
             except psycopg.errors.LockNotAvailable as err:
                 if attempt < self.attempts:
                     delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -774,6 +783,7 @@ class Applier:
                 return self._failed(action, first_line(err), attempt, started)
             except RegistryError as err:
                 return self._failed(action, str(err), attempt, started)
+            faults.point("apply", name, "committed")
             log.info("applied: %s", action.describe())
             return ActionResult(action, "applied", attempts=attempt,
                                 seconds=time.monotonic() - started)
@@ -782,27 +792,37 @@ class Applier:
         log.warning("FAILED: %s: %s", action.describe(), error)
         return ActionResult(action, "failed", error, attempts, time.monotonic() - started)
 
+    def _ddl(self, action: Action, statement: sql.Composed) -> None:
+        """One DDL statement of `action`, between two crash points."""
+        faults.point("apply", type(action).__name__, "ddl")
+        self.conn.execute(statement)
+        faults.point("apply", type(action).__name__, "ddl_done")
+
+    def _bookkeeping(self, action: Action, statement: sql.Composed, params: Any) -> int:
+        """One bookkeeping write of `action` (after its DDL, same transaction): rows changed."""
+        faults.point("apply", type(action).__name__, "bookkeeping")
+        return self.conn.execute(statement, params).rowcount
+
     def _do(self, action: Action) -> None:
         if isinstance(action, CreateTable):
             self._create(action)
         elif isinstance(action, Unretire):
-            self._update_status(action.schema, action.table, "retired",
-                                "status = 'shadow', retired_at = NULL")
+            self._update_status(action, "retired", "status = 'shadow', retired_at = NULL")
         elif isinstance(action, SwapProduction):
             self._swap(action)
         elif isinstance(action, Retire):
-            self._update_status(action.schema, action.table, "shadow",
-                                "status = 'retired', retired_at = now()")
+            self._update_status(action, "shadow", "status = 'retired', retired_at = now()")
         else:
             self._drop(action)
 
     def _create(self, action: CreateTable) -> None:
         if not self.schema_exists:
-            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+            self._ddl(action, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(action.schema)))
         for statement in _table_ddl(action):
-            self.conn.execute(statement)
-        self.conn.execute(
+            self._ddl(action, statement)
+        self._bookkeeping(
+            action,
             sql.SQL(
                 "INSERT INTO {m} (schema_name, table_name, chunk_version, config_hash, status, "
                 "created_commit) VALUES (%(schema)s, %(table)s, %(version)s, %(hash)s, 'shadow', "
@@ -816,14 +836,15 @@ class Applier:
              "hash": action.config_hash, "commit": self.commit},
         )
 
-    def _update_status(self, schema: str, table: str, expected: str, assignment: str) -> None:
-        updated = self.conn.execute(
+    def _update_status(self, action: Unretire | Retire, expected: str, assignment: str) -> None:
+        updated = self._bookkeeping(
+            action,
             sql.SQL("UPDATE {m} SET {assign} WHERE schema_name = %s AND table_name = %s "
                     "AND status = %s").format(m=MANAGED, assign=sql.SQL(assignment)),
-            (schema, table, expected),
-        ).rowcount
+            (action.schema, action.table, expected),
+        )
         if updated != 1:
-            raise Refused(f"{schema}.{table} is not a managed {expected} table")
+            raise Refused(f"{action.schema}.{action.table} is not a managed {expected} table")
 
     def _swap(self, action: SwapProduction) -> None:
         """CREATE OR REPLACE VIEW + the bookkeeping update, in the caller's transaction."""
@@ -853,14 +874,12 @@ class Applier:
         if columns and columns[0] and tuple(columns[0]) != VIEW_COLUMNS:
             # A view re-pointed by hand with other columns cannot be CREATE OR REPLACEd; it
             # is dropped and recreated in this same transaction (RESTRICT: never a dependent).
-            self.conn.execute(sql.SQL("DROP VIEW {}").format(view))
-        self.conn.execute(
-            sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
-                view, sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS)), target))
-        self.conn.execute(
-            sql.SQL("COMMENT ON VIEW {}.{} IS {}").format(
-                sql.Identifier(action.schema), sql.Identifier(action.view),
-                sql.Literal(f"chunk-registry: production reads {action.chunk_version}")))
+            self._ddl(action, sql.SQL("DROP VIEW {}").format(view))
+        self._ddl(action, sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
+            view, sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS)), target))
+        self._ddl(action, sql.SQL("COMMENT ON VIEW {}.{} IS {}").format(
+            sql.Identifier(action.schema), sql.Identifier(action.view),
+            sql.Literal(f"chunk-registry: production reads {action.chunk_version}")))
         # Swapping back to the most recent former production is a rollback: the table it
         # leaves is no rollback target (nothing returns to it), so it gets no demoted_at and a
         # retirement of it is dropped after the grace period, as `registry retire` expects.
@@ -871,13 +890,15 @@ class Applier:
             (action.schema, action.table),
         ).fetchone()
         demoted_at = sql.SQL("NULL" if latest and latest[0] else "now()")
-        self.conn.execute(
+        self._bookkeeping(
+            action,
             sql.SQL("UPDATE {} SET status = 'shadow', demoted_at = {} "
                     "WHERE status = 'production' AND NOT (schema_name = %s AND table_name = %s)"
                     ).format(MANAGED, demoted_at),
             (action.schema, action.table),
         )
-        self.conn.execute(
+        self._bookkeeping(
+            action,
             sql.SQL("UPDATE {} SET status = 'production', promoted_at = now() "
                     "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
@@ -909,9 +930,10 @@ class Applier:
         ).fetchall()
         if (action.schema, action.table) in {tuple(r) for r in former}:
             raise Refused(f"{name} is the previous production (the rollback target): kept")
-        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.{} RESTRICT").format(
+        self._ddl(action, sql.SQL("DROP TABLE IF EXISTS {}.{} RESTRICT").format(
             sql.Identifier(action.schema), sql.Identifier(action.table)))
-        self.conn.execute(
+        self._bookkeeping(
+            action,
             sql.SQL("UPDATE {} SET status = 'dropped', dropped_at = now() "
                     "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
@@ -922,15 +944,20 @@ class Applier:
 # Runs: the lock, the record, the whole thing
 
 
-def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
-    """A dedicated connection holding the reconcile advisory lock, or ReconcileBusy naming the
-    holder. The lock lives as long as the connection."""
+def acquire_lock(dsn: str, *, wait: float = 0.0) -> psycopg.Connection[Any]:
+    """A connection holding the reconcile advisory lock, or ReconcileBusy naming the holder.
+
+    The lock lives as long as the connection, and the run does its work on that same
+    connection: if the server drops it, the lock and the work stop together, so a second
+    reconciler can never take the lock while the first is still applying. With `wait` > 0 the
+    server queues us behind the holder for at most `wait` seconds (a lock_timeout on
+    pg_advisory_lock: no polling, first come first served) before ReconcileBusy.
+    """
     from registry.db import connect, database_error
 
     conn = connect(dsn, purpose="reconcile")
     try:
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (RECONCILE_LOCK_KEY,)).fetchone()
-        if got and got[0]:
+        if _take_lock(conn, wait):
             return conn
         holder = conn.execute(
             "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
@@ -955,15 +982,42 @@ def acquire_lock(dsn: str) -> psycopg.Connection[Any]:
         where = f" from {addr}" if addr else ""
         who = (f"backend pid {pid} ({app or 'no application_name'}{where}, "
                f"connected {utc_text(since)})")
-    raise ReconcileBusy(f"another reconcile is running: the lock is held by {who}",
-                        fix="wait for it to finish, then rerun")
+    waited = f" (waited {wait:g}s)" if wait > 0 else ""
+    raise ReconcileBusy(f"another reconcile is running: the lock is held by {who}{waited}",
+                        fix="wait for it to finish, then rerun, or pass --wait-lock SECONDS")
+
+
+def _take_lock(conn: psycopg.Connection[Any], wait: float) -> bool:
+    if wait <= 0:
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (RECONCILE_LOCK_KEY,)).fetchone()
+        return bool(got and got[0])
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(wait * 1000)}ms")))
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (RECONCILE_LOCK_KEY,))
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute("RESET lock_timeout")
+
+
+INTERRUPTED = ("interrupted: the reconciler stopped before it recorded an outcome (process "
+               "killed or database connection lost); a later run converged from where it stopped")
+_MARK_INTERRUPTED = sql.SQL(
+    "WITH interrupted AS (UPDATE {} SET outcome = 'failed', error = %(interrupted)s "
+    "WHERE outcome = 'running') ").format(RUNS)
+"""Runs still `running` belong to reconcilers that died (killed, or their connection lost):
+every run row is written under the lock this run holds. Said once, in the same statement that
+records this run (no extra round trip); the new row is not visible to the UPDATE."""
 
 
 def _record_start(conn: psycopg.Connection[Any], plan: Plan, actor: str) -> int:
     row = conn.execute(
-        sql.SQL("INSERT INTO {} (git_ref, git_commit, plan, outcome, actor) "
-                "VALUES (%s, %s, %s, 'running', %s) RETURNING id").format(RUNS),
-        (plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor),
+        _MARK_INTERRUPTED + sql.SQL(
+            "INSERT INTO {} (git_ref, git_commit, plan, outcome, actor) VALUES (%(ref)s, "
+            "%(commit)s, %(plan)s, 'running', %(actor)s) RETURNING id").format(RUNS),
+        {"ref": plan.ref, "commit": plan.commit, "actor": actor, "interrupted": INTERRUPTED,
+         "plan": json.dumps([action_dict(a) for a in plan.actions])},
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -978,19 +1032,18 @@ def _record_finish(
     errors = [f"{r.action.describe()}: {r.error}" for r in result.failed]
     errors += [f.render() for f in result.plan.blocking]
     plan = result.plan
+    params = {"ref": plan.ref, "commit": plan.commit, "plan": json.dumps(done),
+              "outcome": result.outcome, "error": "; ".join(errors) or None, "actor": actor,
+              "id": run_id, "interrupted": INTERRUPTED}
     if run_id is None:
-        query = sql.SQL(
+        query = _MARK_INTERRUPTED + sql.SQL(
             "INSERT INTO {} (git_ref, git_commit, plan, outcome, error, actor, finished_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp()) RETURNING id"
-        ).format(RUNS)
-        params: tuple[Any, ...] = (plan.ref, plan.commit, json.dumps(done), result.outcome,
-                                   "; ".join(errors) or None, actor)
+            "VALUES (%(ref)s, %(commit)s, %(plan)s, %(outcome)s, %(error)s, %(actor)s, "
+            "clock_timestamp()) RETURNING id").format(RUNS)
     else:
         query = sql.SQL(
-            "UPDATE {} SET plan = %s, outcome = %s, error = %s, finished_at = clock_timestamp() "
-            "WHERE id = %s RETURNING id"
-        ).format(RUNS)
-        params = (json.dumps(done), result.outcome, "; ".join(errors) or None, run_id)
+            "UPDATE {} SET plan = %(plan)s, outcome = %(outcome)s, error = %(error)s, "
+            "finished_at = clock_timestamp() WHERE id = %(id)s RETURNING id").format(RUNS)
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return int(row[0])
@@ -1009,15 +1062,42 @@ def _actor() -> str:
 
 
 def desired_state(
-    repo: Path | str, ref: str | None = None, *, fetch: bool = True
+    repo: Path | str, ref: str | None = None, *, fetch: bool = True,
+    signers: Path | None = None,
 ) -> RegistryState:
-    """The validated desired state: a committed ref, never the working tree."""
+    """The validated desired state: a committed ref, never the working tree, with no locked
+    config edited after its tag. With `signers` (an allowed-signers file) the ref's signature
+    must verify too."""
+    from registry.errors import invalid
     from registry.gitops import Git, read_state
+    from registry.validate import tampering_problems
 
     git = Git(repo)
-    state = read_state(git, git.desired_ref(ref, fetch=fetch))
+    desired = git.desired_ref(ref, fetch=fetch)
+    state = read_state(git, desired)
     state.require_valid()
+    tampered = tampering_problems(git, state)
+    if tampered:
+        raise invalid(tampered)
+    if signers is not None:
+        from registry.trust import verify
+
+        assert state.commit is not None
+        verify(git, desired, state.commit, signers)
     return state
+
+
+def _still_desired(
+    repo: Path | str, state: RegistryState, ref: str | None, fetch: bool, signers: Path | None
+) -> RegistryState:
+    """Under the lock: the ref may have moved while we connected or waited (another reconciler
+    may have applied a newer commit meanwhile); never apply a stale commit."""
+    from registry.gitops import Git
+
+    git = Git(repo)
+    if git.resolve(git.desired_ref(ref, fetch=fetch)) == state.commit:
+        return state
+    return desired_state(repo, ref, fetch=False, signers=signers)
 
 
 def plan(
@@ -1064,43 +1144,64 @@ def reconcile(
     now: datetime | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
+    wait_lock: float = 0.0,
+    require_signed: bool = False,
+    allowed_signers: Path | None = None,
 ) -> RunResult:
-    """Lock, read the desired and actual states, plan, apply, record. One run.
+    """Read and validate the desired state, lock, read the actual state, plan, apply, record.
 
+    The committed state is read and validated (and its signature verified with
+    `require_signed`) BEFORE any connection: an invalid or untrusted commit runs no SQL at all.
     `now` overrides the database clock for the grace period (tests, what-if runs).
     """
-    from registry.db import database_error, ensure_schema, resolve_dsn, session
+    from registry.db import database_error, ensure_schema, resolve_dsn
 
+    signers = None
+    if require_signed:
+        from registry.gitops import Git
+        from registry.trust import allowed_signers as signers_file
+
+        signers = signers_file(Git(repo), allowed_signers)
+    state = desired_state(repo, ref, fetch=fetch, signers=signers)
     resolved = resolve_dsn(dsn)
-    lock = acquire_lock(resolved.value)
+    conn = acquire_lock(resolved.value, wait=wait_lock)
     try:
-        state = desired_state(repo, ref, fetch=fetch)
-        with session(resolved.value, purpose="reconcile") as conn:
-            try:
-                ensure_schema(conn)
-                actual = _read_for_plan(conn, state)
-                if now is not None:
-                    actual.now = now
-                the_plan = make_plan(state, actual, target=resolved.redacted, force=force)
-                actor = _actor()
-                run_id = _record_start(conn, the_plan, actor) if the_plan.actions else None
-                applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
-                                  schema_exists=actual.schema_exists,
-                                  lock_timeout_ms=lock_timeout_ms, attempts=attempts)
-                results = applier.apply(the_plan)
-                outcome: Outcome
-                if any(r.outcome == "failed" for r in results):
-                    outcome = "failed"
-                elif the_plan.blocking:
-                    outcome = "refused"
-                else:
-                    outcome = "applied" if results else "noop"
-                result = RunResult(the_plan, results, outcome, run_id)
-                result.run_id = _record_finish(conn, run_id, result, actor)
-            except psycopg.Error as err:
-                raise database_error(err, resolved.value, "reconciling") from None
+        faults.point("reconcile", "locked")
+        state = _still_desired(repo, state, ref, fetch, signers)
+        ensure_schema(conn)
+        actual = _read_for_plan(conn, state)
+        if now is not None:
+            actual.now = now
+        the_plan = make_plan(state, actual, target=resolved.redacted, force=force)
+        applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
+                          schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
+                          attempts=attempts)
+        return _apply_and_record(conn, applier, the_plan)
+    except psycopg.Error as err:
+        raise database_error(err, resolved.value, "reconciling") from None
     finally:
-        lock.close()
+        conn.close()
+
+
+def _apply_and_record(
+    conn: psycopg.Connection[Any], applier: Applier, the_plan: Plan
+) -> RunResult:
+    """Record the run as `running`, apply, record the outcome (a no-op run: one row, finished)."""
+    actor = _actor()
+    run_id = _record_start(conn, the_plan, actor) if the_plan.actions else None
+    faults.point("reconcile", "recorded")
+    results = applier.apply(the_plan)
+    outcome: Outcome
+    if any(r.outcome == "failed" for r in results):
+        outcome = "failed"
+    elif the_plan.blocking:
+        outcome = "refused"
+    else:
+        outcome = "applied" if results else "noop"
+    result = RunResult(the_plan, results, outcome, run_id)
+    faults.point("reconcile", "finishing")
+    result.run_id = _record_finish(conn, run_id, result, actor)
+    faults.point("reconcile", "finished")
     return result
 
 

@@ -18,6 +18,7 @@ from registry.gitops import (
     WORKTREE,
     Git,
     RegistryState,
+    TagInfo,
     config_path,
     is_version,
     read_state,
@@ -89,9 +90,7 @@ def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
     on_main = set(git.run("rev-list", main).split())
     introduced = git.config_introductions(main)
     named = {name: name[len(prefix):] for name in tags}
-    queries = [f"{tags[name].commit}:{config_path(version)}" for name, version in named.items()]
-    answers = git.run("cat-file", "--batch-check", input="\n".join(queries).encode() + b"\n")
-    blobs = dict(zip(named, answers.splitlines(), strict=True))
+    blobs = _tagged_blobs(git, tags, named)
     for name, version in sorted(named.items()):
         tag = tags[name]
         path = config_path(version)
@@ -99,8 +98,7 @@ def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
             problems.append(Problem(path, 1, f"tag {name} does not name a chunk_version",
                                     f"delete it with `git tag -d {name}`", "warning"))
             continue
-        answer = blobs[name].split()
-        tagged_blob = answer[0] if len(answer) == 3 and answer[1] == "blob" else None
+        tagged_blob = blobs[name]
         short = tag.commit[:10]
         if tagged_blob is None:
             problems.append(Problem(path, 1, f"tag {name} points to commit {short}, which has no "
@@ -118,12 +116,43 @@ def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
             problems.append(Problem(path, 1, f"tag {name} is a lightweight tag",
                                     "locks are annotated tags: recreate it with `registry tag`",
                                     "warning"))
-        current = state.files.get(path)
-        if current is not None and current.blob != tagged_blob:
-            problems.append(Problem(path, 1, f"{path} differs from the locked blob tagged {name} "
-                                    "(tampering: a locked config is immutable)",
-                                    "restore the tagged content and lock a new version for "
-                                    "the change"))
+        problems.extend(_tampering(state, path, name, tagged_blob))
+    return problems
+
+
+def _tagged_blobs(git: Git, tags: Mapping[str, TagInfo], named: Mapping[str, str]
+                  ) -> dict[str, str | None]:
+    """tag -> the blob of its config at the tagged commit (None: no such file), in one call."""
+    queries = [f"{tags[name].commit}:{config_path(version)}" for name, version in named.items()]
+    answers = git.run("cat-file", "--batch-check", input="\n".join(queries).encode() + b"\n")
+    blobs: dict[str, str | None] = {}
+    for name, answer in zip(named, answers.splitlines(), strict=True):
+        parts = answer.split()
+        blobs[name] = parts[0] if len(parts) == 3 and parts[1] == "blob" else None
+    return blobs
+
+
+def _tampering(state: RegistryState, path: str, tag: str, tagged_blob: str) -> list[Problem]:
+    current = state.files.get(path)
+    if current is None or current.blob == tagged_blob:
+        return []
+    return [Problem(path, 1, f"{path} differs from the locked blob tagged {tag} (tampering: a "
+                    "locked config is immutable)", "restore the tagged content and lock a new "
+                    "version for the change")]
+
+
+def tampering_problems(git: Git, state: RegistryState) -> list[Problem]:
+    """Only the immutability check (configs equal to their tagged blobs): two git calls, so the
+    reconciler can refuse a tampered state before it touches the database."""
+    prefix = state.settings.tag_prefix
+    tags = git.tags(prefix)
+    named = {name: name[len(prefix):] for name in tags if is_version(name[len(prefix):])}
+    if not named:
+        return []
+    problems: list[Problem] = []
+    for name, blob in _tagged_blobs(git, tags, named).items():
+        if blob is not None:
+            problems.extend(_tampering(state, config_path(named[name]), name, blob))
     return problems
 
 

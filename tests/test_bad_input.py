@@ -213,3 +213,18 @@ def test_generated_configs_are_accepted_exactly_within_bounds(data: dict[str, An
     valid = config is not None and not problems and not guardrail_violations(config)
     assert valid == expected_valid(data), (data, problems)
     assert all(p.line >= 1 and p.message for p in problems)
+
+
+def test_a_config_copied_under_another_name_is_reported_not_a_crash(registry_repo: RegistryRepo) -> None:
+    """The parse cache is keyed by blob: the same bytes under a second name must be read again."""
+    repo_with(registry_repo, f"{VERSION}.yaml", good_text().encode())
+    registry_repo.write("x", "", message="lock")
+    first = run_cli("validate", "--repo", registry_repo.path, "--ref", "main")
+    registry_repo.git("mv", f"configs/{VERSION}.yaml", "configs/2025-09-07-143022-v9.yaml")
+    registry_repo.write("x", "", message="rename it")
+
+    renamed = run_cli("validate", "--repo", registry_repo.path, "--ref", "main")
+
+    assert first.code == 0, first.stdout
+    assert renamed.code == 1 and "Traceback" not in renamed.stdout + renamed.stderr
+    assert "configs/2025-09-07-143022-v9.yaml:2: file name does not match chunk_version" in renamed.stdout
