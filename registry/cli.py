@@ -824,6 +824,47 @@ def _ingest_feedback(quiet: bool) -> Iterator[tuple[Any, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Monitoring: the health dashboard, and the regression watch after a promotion
+
+
+@app.command()
+def dashboard(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write index.html into.")],
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then serve it on 127.0.0.1 until interrupted.")
+    ] = False,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port for --serve (0: any free one).")
+    ] = 8000,
+    days: Annotated[int, typer.Option("--days", min=1, help="Days of history to draw.")] = 90,
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fetch: FetchOpt = True,
+    fmt: FormatOpt = "text",
+) -> None:
+    """A static health dashboard: alerts, configs, and per config the metrics over time with
+    their target bands and the promotions, rollbacks and reconciles that touched it."""
+    from registry.dashboard import build, server, url_of
+
+    result = build(repo, out, dsn=dsn, ref=ref, fetch=fetch, days=days)
+    if fmt == "json":
+        _emit_json(result.to_dict())
+    else:
+        _print(f"Wrote {result.path} ({result.bytes / 1e6:.1f} MB): {result.configs} configs, "
+               f"{result.reports} health reports, {result.markers} events, {result.alerts} "
+               "current alerts")
+    if not serve:
+        return
+    http = server(out, port)
+    with http:
+        sys.stderr.write(f"Serving {url_of(http)} (Ctrl-C stops)\n")
+        sys.stderr.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            http.serve_forever()
+
+
+# ---------------------------------------------------------------------------------------------
 # The error funnel
 
 
