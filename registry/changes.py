@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.config import (
     MAX_CHUNK_SIZE,
@@ -18,10 +18,21 @@ from registry.config import (
     LockedConfig,
     guardrail_violations,
     parse_yaml,
+    set_production_pointer,
     utc_now,
 )
-from registry.errors import ConfigInvalid, RegistryError, UsageError, invalid
-from registry.gitops import Git, RegistryState, config_path, read_state
+from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
+from registry.gitops import (
+    PRODUCTION_PATH,
+    Git,
+    RegistryState,
+    config_path,
+    is_version,
+    read_state,
+)
+
+if TYPE_CHECKING:
+    from registry.github import Proposal
 
 TRAILER = "Chunk-Version"
 
@@ -230,3 +241,262 @@ def tag(repo: Path | str, *, ref: str | None = None, push: bool = False) -> TagR
         git.push(*(f"refs/tags/{name}:refs/tags/{name}" for name in created))
     return TagResult(created, existing, push and bool(created))
 
+
+# ---------------------------------------------------------------------------------------------
+# Promote, retire, rollback: the same shape as lock (a branch from main with one commit)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """A change made as a branch with one commit on top of the main branch, ready for a PR."""
+
+    action: str
+    chunk_version: str
+    branch: str
+    commit: str
+    base: str
+    title: str
+    previous: str | None = None
+    reverted: str | None = None
+    pushed: bool = False
+
+
+def _finish(
+    git: Git, action: str, version: str, base: str, commit: str, push: bool, **extra: Any
+) -> ChangeResult:
+    branch = f"{action}/{version}"
+    git.create_branch(branch, commit)
+    if push:
+        git.push(f"refs/heads/{branch}:refs/heads/{branch}")
+    title = git.run("log", "-1", "--format=%s", commit).strip()
+    return ChangeResult(action, version, branch, commit, base, title, pushed=push, **extra)
+
+
+def _require_locked(state: RegistryState, version: str, base: str, action: str) -> LockedConfig:
+    if not is_version(version):
+        raise UsageError(f"{version!r} is not a chunk_version",
+                         fix="use the form 2025-09-07-143022-v1; `registry list` shows them")
+    config = state.configs.get(version)
+    if config is None:
+        raise Refused(f"cannot {action} {version}: it is not a locked config on {base}",
+                      fix="merge its lock pull request first and `git pull`; "
+                          "`registry list` shows the locked versions")
+    return config
+
+
+def promote(
+    repo: Path | str, version: str, *, dsn: str | None = None, force: bool = False,
+    push: bool = False,
+) -> ChangeResult:
+    """Branch `promote/<version>` from main with one commit pointing production at `version`.
+
+    Refused when the version is not locked on main, has no lock tag, or is production already;
+    and, when a database is given (`dsn`, else REGISTRY_DSN or DATABASE_URL), when its last eval
+    comparison failed (or none exists and production.yaml requires one) unless `force`.
+    """
+    git = Git(repo)
+    base = git.main_branch()
+    state = read_state(git, base)
+    config = _require_locked(state, version, base, "promote")
+    settings = state.settings
+    previous = settings.production
+    if previous == version:
+        raise Refused(f"{version} is already production on {base}",
+                      fix="nothing to do; `registry rollback` returns to the previous version")
+    tag_name = settings.tag_name(version)
+    if tag_name not in git.tags(settings.tag_prefix):
+        raise Refused(f"{version} has no lock tag {tag_name}: it is not locked yet",
+                      fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
+    gate = _eval_gate(version, settings.require_eval and previous is not None, dsn, force)
+    raw = git.show(base, PRODUCTION_PATH)
+    if raw is None:
+        raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
+                       fix="create it with `production: null` and merge it")
+    message = (
+        f"Promote chunk config {version} to production\n\n"
+        f"Production moves from {previous or 'none'} to {version} ({config.label()}, "
+        f"embedder {config.embedder_name}, config_hash {config.config_hash[:12]}). Once merged, "
+        f"the reconciler points the {settings.base_name} view at {state.table_name(version)}; "
+        "`registry rollback` reverts this change.\n\n"
+        + (f"{gate}\n\n" if gate else "")
+        + f"{TRAILER}: {version}\n"
+    )
+    changes: dict[str, bytes | None] = {PRODUCTION_PATH: set_production_pointer(raw, version)}
+    commit = git.commit_files(base, changes, message)
+    return _finish(git, "promote", version, base, commit, push, previous=previous)
+
+
+def _eval_gate(version: str, require_eval: bool, dsn: str | None, force: bool) -> str | None:
+    """The promotion gate on the last recorded eval comparison: a line for the commit message,
+    or Refused. Without a database there is nothing to read, and the reconciler gates again.
+    (`require_eval` is off for the first promotion: there is nothing to compare against.)"""
+    import os
+
+    dsn = dsn or os.environ.get("REGISTRY_DSN") or os.environ.get("DATABASE_URL")
+    if not dsn:
+        return None
+    from registry.db import session
+    from registry.evaluate import last_comparison
+
+    with session(dsn, purpose="promote") as conn:
+        last = last_comparison(conn, version)
+    if last is None:
+        if require_eval and not force:
+            raise Refused(f"{version} has no eval comparison, and production.yaml requires one "
+                          "(gates.require_eval)",
+                          fix=f"run `registry eval --compare {version} --against production "
+                              "--cases FILE`, or promote anyway with --force")
+        return f"Eval: no comparison of {version} recorded{' (forced)' if force else ''}."
+    when = f"{last['at']:%Y-%m-%d %H:%M UTC}"
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last["metrics"].items())
+                        if k.endswith("_hit_rate") and isinstance(v, int | float))
+    if last["passed"]:
+        return f"Eval: the last comparison against {last['against']} ({when}) passed: {metrics}."
+    why = "; ".join(last["regressions"]) or "it regressed"
+    if not force:
+        raise Refused(f"the last eval comparison of {version} against {last['against']} "
+                      f"({when}) failed: {why}",
+                      fix="lock a better config, re-run `registry eval --compare`, or promote "
+                          "anyway with --force")
+    return (f"Eval: promoted with --force although the last comparison against "
+            f"{last['against']} ({when}) failed: {why}.")
+
+
+def retire(repo: Path | str, version: str, *, push: bool = False) -> ChangeResult:
+    """Branch `retire/<version>` from main with one commit deleting the config.
+
+    Refused for the production version and the previous production (the rollback target).
+    """
+    from registry.history import read_history, standing_promotions
+
+    git = Git(repo)
+    base = git.main_branch()
+    state = read_state(git, base)
+    _require_locked(state, version, base, "retire")
+    settings = state.settings
+    if settings.production == version:
+        raise Refused(f"cannot retire {version}: it is production",
+                      fix="promote another version first, then retire this one")
+    protected = standing_promotions(read_history(git, base)).previous_productions(
+        settings.keep_previous
+    )
+    if version in protected:
+        raise Refused(f"cannot retire {version}: it is the previous production, what "
+                      "`registry rollback` returns to",
+                      fix="retire it after another promotion has replaced it as the rollback "
+                          "target")
+    message = (
+        f"Retire chunk config {version}\n\n"
+        f"Deletes {config_path(version)}. Once merged, the reconciler marks "
+        f"{state.table_name(version)} retired and drops it after the grace period "
+        f"({_duration(settings.grace_period)}); the tag {settings.tag_name(version)} keeps the "
+        "locked content.\n\n"
+        f"{TRAILER}: {version}\n"
+    )
+    commit = git.commit_files(base, {config_path(version): None}, message)
+    return _finish(git, "retire", version, base, commit, push)
+
+
+def rollback(repo: Path | str, *, push: bool = False) -> ChangeResult:
+    """Branch `rollback/<version>` with a `git revert` of the last promotion still in force.
+
+    The promotion may have reached main as a merge commit (reverted with `-m 1`), a squash
+    merge or a plain commit. Refused when there is nothing to roll back to, when the version
+    production would return to is no longer locked, or when the revert would change more than
+    production.yaml.
+    """
+    from registry.history import last_promotion
+
+    git = Git(repo)
+    base = git.main_branch()
+    state = read_state(git, base)
+    event = last_promotion(git, base)
+    target = event.previous
+    assert target is not None
+    current = state.settings.production
+    if target not in state.configs:
+        raise Refused(f"cannot roll back to {target}: it is no longer a locked config on {base}",
+                      fix="promote a locked version with `registry promote VERSION`")
+    how = {"merge": "merge commit", "squash": "squash merge", "commit": "commit"}[event.merge]
+    pr = f" (#{event.pr})" if event.pr else ""
+    message = (
+        f"Roll back production to {target}\n\n"
+        f"Reverts the promotion of {current} ({how} {event.commit[:10]}{pr}: "
+        f"{event.subject}). Once merged, the reconciler points the view back at "
+        f"{state.table_name(target)}: no re-ingest.\n\n"
+        f"This reverts commit {event.commit}.\n\n"
+        f"{TRAILER}: {target}\n"
+    )
+    mainline = 1 if event.merge == "merge" else None
+    commit = git.revert(event.commit, base, message, mainline=mainline)
+    changed = git.run("diff", "--name-only", base, commit).split()
+    if changed != [PRODUCTION_PATH]:
+        others = ", ".join(p for p in changed if p != PRODUCTION_PATH) or "nothing"
+        raise Refused(
+            f"reverting {event.commit[:10]} would change {others}, not just {PRODUCTION_PATH}",
+            fix=f"point production back by hand: `registry promote {target}`",
+        )
+    reverted_to = read_state(git, commit).settings.production
+    if reverted_to != target:
+        raise Refused(f"reverting {event.commit[:10]} sets production to {reverted_to}, "
+                      f"not {target}", fix=f"use `registry promote {target}`")
+    return _finish(git, "rollback", target, base, commit, push, previous=current,
+                   reverted=event.commit)
+
+
+def _duration(value: timedelta) -> str:
+    hours = value.total_seconds() / 3600
+    return f"{hours:g}h"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pull request text
+
+
+def propose_change(repo: Path | str, branch: str, base: str) -> Proposal:
+    """The pull request of a pushed change branch (or, without a token, the page to open it)."""
+    from registry.github import propose
+
+    title, body = describe_change(repo, branch, base)
+    return propose(Git(repo), branch, base, title, body)
+
+
+def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]:
+    """Title and Markdown body of the pull request for a change branch: the commit message,
+    the locked config it is about, the offline plan of the merge, and the config's runbook
+    (not for a retirement)."""
+    from registry.runbook import render
+
+    git = Git(repo)
+    message = git.run("log", "-1", "--format=%B", branch).strip()
+    title, _, rest = message.partition("\n")
+    paragraphs = [p for p in rest.strip().split("\n\n") if p and not p.startswith(f"{TRAILER}:")]
+    version = next((line.split(":", 1)[1].strip() for line in message.splitlines()
+                    if line.startswith(f"{TRAILER}:")), None)
+    sections = ["\n\n".join(paragraphs)] if paragraphs else []
+    state = read_state(git, branch)
+    config = state.configs.get(version) if version else None
+    if config is None and version:
+        config = read_state(git, base).configs.get(version)  # retire: the config leaves
+    if config is not None:
+        sections.append(f"## Config `{config.chunk_version}`\n\n```yaml\n{config.dump()}```")
+    sections.append(_offline_plan_section(repo, base, branch))
+    if config is not None and not branch.startswith("retire/"):
+        runbook = render(config, state.settings, "markdown")
+        sections.append(runbook.replace("\n## ", "\n### ").replace("# Runbook:", "## Runbook:", 1))
+    sections.append(f"<sub>Made by chunk-registry from branch `{branch}`. The merge is the "
+                    "decision; the reconciler acts on main.</sub>")
+    return title, "\n\n".join(s.strip() for s in sections) + "\n"
+
+
+def _offline_plan_section(repo: Path | str, base: str, branch: str) -> str:
+    """`registry plan --base BASE --head BRANCH` as Markdown; a plan that cannot be made is
+    shown as such (the validate check on the PR fails on the same problem)."""
+    from registry.reconcile import offline_plan, render_plan
+
+    command = f"`registry plan --base {base} --head {branch}`"
+    try:
+        plan = render_plan(offline_plan(repo, base, branch), "markdown")
+    except RegistryError as err:
+        return f"## Plan\n\n{command} cannot plan this merge: {err}"
+    return f"## Plan\n\nWhat merging does to PostgreSQL ({command}):\n\n{plan}"

@@ -20,7 +20,9 @@ import typer
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
 
 if TYPE_CHECKING:
+    from registry.changes import ChangeResult
     from registry.errors import Problem
+    from registry.github import Proposal
     from registry.gitops import RegistryState
 
 app = typer.Typer(
@@ -45,6 +47,8 @@ RefOpt = Annotated[
 ]
 DataFormat = Literal["text", "json"]
 FormatOpt = Annotated[DataFormat, typer.Option("--format", help="Output format.")]
+PR_HELP = ("Push the branch and open a pull request (GITHUB_TOKEN or GH_TOKEN; without one, "
+           "print the page that opens it).")
 
 
 def _print(text: str = "") -> None:
@@ -106,11 +110,13 @@ def lock(
         bool, typer.Option("--generate-runbook", help="Also commit runbooks/<version>.md.")
     ] = False,
     push: Annotated[bool, typer.Option("--push", help="Push the branch to origin.")] = False,
+    pr: Annotated[bool, typer.Option("--pr", help=PR_HELP)] = False,
     repo: RepoOpt = Path("."),
     fmt: FormatOpt = "text",
 ) -> None:
     """Lock a new chunking config: a branch lock/<version> with one commit adding it."""
     from registry.changes import lock as lock_config
+    from registry.changes import propose_change
 
     result = lock_config(
         repo,
@@ -125,22 +131,26 @@ def lock(
         baseline_metrics=baseline_metrics,
         description=description,
         generate_runbook=generate_runbook,
-        push=push,
+        push=push or pr,
     )
     config = result.config
+    proposal = propose_change(repo, result.branch, result.base) if pr else None
     if fmt == "json":
         _emit_json({
             "chunk_version": config.chunk_version, "branch": result.branch,
             "commit": result.commit, "path": result.path, "base": result.base,
             "pushed": result.pushed, "config_hash": config.config_hash,
             "ingest_run_id": config.ingest_run_id, "runbook": result.runbook_path,
+            "pull_request": _proposal_dict(proposal),
         })
         return
     _print(f"Locked {config.chunk_version} ({config.label()}) on branch {result.branch}")
     _print(f"  {result.path} in commit {result.commit[:10]} on top of {result.base}")
     if result.runbook_path:
         _print(f"  runbook: {result.runbook_path}")
-    if result.pushed:
+    if proposal is not None:
+        _print_proposal(proposal)
+    elif result.pushed:
         _print(f"Next: open a pull request from {result.branch} and merge it to lock the config.")
     else:
         _print(f"Next: git push origin {result.branch}, then open a pull request and merge it.")
@@ -183,8 +193,11 @@ def validate(
             "problems": [_problem_dict(p) for p in report.problems],
         })
     elif fmt == "github":
+        from registry.github import annotation, append_step_summary, validation_summary
+
         for problem in report.problems:
-            _print(_github_annotation(problem))
+            _print(annotation(problem))
+        append_step_summary(validation_summary(report))
     else:
         for problem in report.problems:
             prefix = "warning: " if problem.severity == "warning" else ""
@@ -200,19 +213,6 @@ def validate(
 def _problem_dict(problem: Problem) -> dict[str, Any]:
     return {"path": problem.path, "line": problem.line, "severity": problem.severity,
             "message": problem.message, "fix": problem.fix}
-
-
-def _github_annotation(problem: Problem) -> str:
-    """A workflow command GitHub turns into an annotation on the file and line."""
-    def escape(text: str) -> str:
-        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-    def escape_property(text: str) -> str:
-        return escape(text).replace(":", "%3A").replace(",", "%2C")
-
-    message = problem.message + (f" ({problem.fix})" if problem.fix else "")
-    return (f"::{problem.severity} file={escape_property(problem.path)},line={problem.line},"
-            f"title={escape_property('registry validate')}::{escape(message)}")
 
 
 def _usage(message: str) -> RegistryError:
@@ -334,6 +334,151 @@ def env_command(
 
     state = _committed_state(repo, ref)
     sys.stdout.write(export_lines(state.config(version)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The GitOps flow: promote, retire, rollback (each a branch + one commit), and history
+
+PushOpt = Annotated[bool, typer.Option("--push", help="Push the branch to origin.")]
+PrOpt = Annotated[bool, typer.Option("--pr", help=PR_HELP)]
+
+
+def _proposal_dict(proposal: Proposal | None) -> dict[str, Any] | None:
+    if proposal is None:
+        return None
+    return {"number": proposal.number, "url": proposal.url, "created": proposal.created}
+
+
+def _print_proposal(proposal: Proposal) -> None:
+    if proposal.number is None:
+        _print(f"Next: open the pull request at {proposal.url}")
+        _print("  (set GITHUB_TOKEN or GH_TOKEN to have `--pr` open it for you)")
+    elif proposal.created:
+        _print(f"Opened pull request #{proposal.number}: {proposal.url}")
+    else:
+        _print(f"Pull request #{proposal.number} is already open: {proposal.url}")
+
+
+def _report_change(repo: Path, result: ChangeResult, fmt: str, pr: bool) -> None:
+    """Print what a promote/retire/rollback made, and the step that makes it count."""
+    from registry.changes import propose_change
+
+    proposal = propose_change(repo, result.branch, result.base) if pr else None
+    if fmt == "json":
+        _emit_json({
+            "action": result.action, "chunk_version": result.chunk_version,
+            "branch": result.branch, "commit": result.commit, "base": result.base,
+            "title": result.title, "previous": result.previous, "reverted": result.reverted,
+            "pushed": result.pushed, "pull_request": _proposal_dict(proposal),
+        })
+        return
+    _print(f"{result.title}: branch {result.branch}")
+    _print(f"  commit {result.commit[:10]} on top of {result.base}")
+    if result.reverted:
+        _print(f"  reverts {result.reverted[:10]}")
+    if proposal is not None:
+        _print_proposal(proposal)
+    elif result.pushed:
+        _print(f"Next: open a pull request from {result.branch} and merge it.")
+    else:
+        _print(f"Next: git push origin {result.branch}, then open a pull request and merge it.")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The locked chunk_version to make production.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote although the last eval comparison failed.")
+    ] = False,
+    dsn: Annotated[
+        str | None,
+        typer.Option("--dsn", help="Database whose eval_runs gate the promotion (default: "
+                     "REGISTRY_DSN, then DATABASE_URL; none: no gate here, the reconciler's "
+                     "applies)."),
+    ] = None,
+    push: PushOpt = False,
+    pr: PrOpt = False,
+    repo: RepoOpt = Path("."),
+    fmt: FormatOpt = "text",
+) -> None:
+    """Point production at a locked version: a branch promote/<version> with one commit."""
+    from registry.changes import promote as promote_version
+
+    result = promote_version(repo, version, dsn=dsn, force=force, push=push or pr)
+    _report_change(repo, result, fmt, pr)
+
+
+@app.command()
+def retire(
+    version: Annotated[str, typer.Argument(help="The locked chunk_version to retire.")],
+    push: PushOpt = False,
+    pr: PrOpt = False,
+    repo: RepoOpt = Path("."),
+    fmt: FormatOpt = "text",
+) -> None:
+    """Delete a locked config (its table is dropped after the grace period): branch retire/<v>."""
+    from registry.changes import retire as retire_version
+
+    _report_change(repo, retire_version(repo, version, push=push or pr), fmt, pr)
+
+
+@app.command()
+def rollback(
+    push: PushOpt = False, pr: PrOpt = False, repo: RepoOpt = Path("."), fmt: FormatOpt = "text"
+) -> None:
+    """Revert the last promotion on main: a branch rollback/<version> with a `git revert`."""
+    from registry.changes import rollback as rollback_production
+
+    _report_change(repo, rollback_production(repo, push=push or pr), fmt, pr)
+
+
+@app.command()
+def history(
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    limit: Annotated[int | None, typer.Option(help="Show only the newest N events.")] = None,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Locks, promotions, rollbacks and retirements on main, newest first: who, when, PR."""
+    from registry.gitops import Git
+    from registry.history import read_history
+
+    git = Git(repo)
+    events = read_history(git, git.desired_ref(ref, fetch=False))[:limit]
+    if fmt == "json":
+        _emit_json([e.to_dict() for e in events])
+        return
+    _table(
+        ["WHEN", "EVENT", "VERSION", "FROM", "WHO", "COMMIT", "PR"],
+        [[e.at, e.kind, e.chunk_version or "none",
+          (e.previous or "none") if e.kind in ("promote", "rollback") else "",
+          e.author, f"{e.commit[:10]} ({e.merge})", f"#{e.pr}" if e.pr else ""] for e in events],
+    )
+    if not events:
+        _print("no registry events yet")
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        Path | None,
+        typer.Option("--keep", help="Leave the demo repo in this directory, and its database."),
+    ] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option("--dsn", help="Server to create the demo database on (default: "
+                     "REGISTRY_DSN, then DATABASE_URL, else the embedded PostgreSQL)."),
+    ] = None,
+) -> None:
+    """The whole lifecycle on a throwaway registry and database, each step a printed command."""
+    from registry.demo import run_demo
+
+    seconds = run_demo(dsn=dsn, keep=keep)
+    _print(f"\nDemo finished in {seconds:.1f} s.")
 
 
 # ---------------------------------------------------------------------------------------------

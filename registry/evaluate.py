@@ -384,6 +384,30 @@ def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> dict[str, An
     return {"at": at, "kind": kind, **metrics}
 
 
+def last_comparison(conn: psycopg.Connection[Any], chunk_version: str) -> dict[str, Any] | None:
+    """The newest comparison of a version against another (what `registry promote` gates on);
+    None when there is none, or when the database predates eval_runs."""
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    table = f"{BOOKKEEPING_SCHEMA}.eval_runs"
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT at, against_version, passed, metrics, details FROM {}.eval_runs "
+                "WHERE chunk_version = %s AND kind = 'compare' ORDER BY at DESC, id DESC LIMIT 1"
+                ).format(sql.Identifier(BOOKKEEPING_SCHEMA)),
+        (chunk_version,),
+    ).fetchone()
+    if row is None:
+        return None
+    at, against, passed, metrics, details = row
+    return {"at": at, "against": against, "passed": passed, "metrics": metrics,
+            "regressions": list((details or {}).get("regressions") or [])}
+
+
 def run_eval(
     repo: Path | str,
     version: str,

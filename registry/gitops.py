@@ -252,6 +252,47 @@ class Git:
             tree = self.run("write-tree", env=env).strip()
         return self.run("commit-tree", tree, "-p", base_sha, "-m", message).strip()
 
+    def revert(self, commit: str, onto: str, message: str, *, mainline: int | None = None) -> str:
+        """A real `git revert` of `commit` on top of `onto`, committed with `message`.
+
+        Runs in a temporary detached worktree (removed afterwards, hooks off), so the user's
+        checkout, index and current branch never move. `mainline=1` reverts a merge commit
+        against its first parent, i.e. undoes everything its pull request brought in.
+        """
+        onto_sha = self.resolve(onto)
+        if onto_sha is None:
+            raise GitError(f"ref {onto} does not exist")
+        no_hooks = ("-c", f"core.hooksPath={os.devnull}")
+        with tempfile.TemporaryDirectory(prefix="registry-revert-") as tmp:
+            tree_dir = Path(tmp) / "tree"
+            self.run(*no_hooks, "worktree", "add", "--quiet", "--detach", str(tree_dir), onto_sha)
+            try:
+                merge = ["-m", str(mainline)] if mainline else []
+                args = ["revert", "--no-commit", *merge, commit]
+                proc = subprocess.run(
+                    ["git", *no_hooks, "-C", str(tree_dir), *args],
+                    capture_output=True, check=False,
+                )
+                if proc.returncode != 0:
+                    conflicted = subprocess.run(
+                        ["git", "-C", str(tree_dir), "diff", "--name-only", "--diff-filter=U"],
+                        capture_output=True, text=True, check=False,
+                    ).stdout.split()
+                    where = ", ".join(conflicted) or "the tree"
+                    raise GitError(
+                        f"git revert of {commit[:10]} conflicts with later changes to {where}",
+                        where=str(self.root),
+                        fix="make the change by hand on a branch, e.g. `registry promote VERSION`",
+                    )
+                tree = subprocess.run(
+                    ["git", "-C", str(tree_dir), "write-tree"],
+                    capture_output=True, text=True, check=True,
+                ).stdout.strip()
+            finally:
+                self.run("worktree", "remove", "--force", str(tree_dir), check=False)
+                self.run("worktree", "prune", check=False)
+        return self.run("commit-tree", tree, "-p", onto_sha, "-m", message).strip()
+
     def create_branch(self, branch: str, commit: str) -> None:
         """Create `branch` at `commit`; refuse to move an existing branch."""
         if self.resolve(f"refs/heads/{branch}"):

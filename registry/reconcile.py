@@ -861,10 +861,20 @@ class Applier:
             sql.SQL("COMMENT ON VIEW {}.{} IS {}").format(
                 sql.Identifier(action.schema), sql.Identifier(action.view),
                 sql.Literal(f"chunk-registry: production reads {action.chunk_version}")))
+        # Swapping back to the most recent former production is a rollback: the table it
+        # leaves is no rollback target (nothing returns to it), so it gets no demoted_at and a
+        # retirement of it is dropped after the grace period, as `registry retire` expects.
+        latest = self.conn.execute(
+            sql.SQL("SELECT schema_name = %s AND table_name = %s FROM {} WHERE demoted_at IS NOT "
+                    "NULL AND status NOT IN ('production', 'dropped') ORDER BY demoted_at DESC "
+                    "LIMIT 1").format(MANAGED),
+            (action.schema, action.table),
+        ).fetchone()
+        demoted_at = sql.SQL("NULL" if latest and latest[0] else "now()")
         self.conn.execute(
-            sql.SQL("UPDATE {} SET status = 'shadow', demoted_at = now() "
+            sql.SQL("UPDATE {} SET status = 'shadow', demoted_at = {} "
                     "WHERE status = 'production' AND NOT (schema_name = %s AND table_name = %s)"
-                    ).format(MANAGED),
+                    ).format(MANAGED, demoted_at),
             (action.schema, action.table),
         )
         self.conn.execute(
