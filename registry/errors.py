@@ -41,6 +41,10 @@ class ReconcileBusy(RegistryError):
     exit_code = 4
 
 
+class WatchBusy(ReconcileBusy):
+    """Another `registry watch-promotion` holds its lock; like a busy reconcile, not a failure."""
+
+
 class DatabaseUnavailable(RegistryError):
     """PostgreSQL cannot be reached or refused the connection."""
 
