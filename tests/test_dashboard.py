@@ -4,6 +4,7 @@ the loopback interface only. (Rendering in a real browser: test_dashboard_browse
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,12 +13,17 @@ import urllib.request
 from pathlib import Path
 
 import psycopg
+import yaml
 from plotly.offline import get_plotlyjs
 
+from registry.ingest import ingest
 from registry.reconcile import reconcile
 from tests.database import promote
 from tests.helpers import RegistryRepo, run_cli
 from tests.history import build_history
+from tests.test_health_eval import write_corpus
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / ".github" / "workflows"
 
 
 def sections(page: str) -> list[str]:
@@ -102,3 +108,68 @@ def test_serve_binds_the_loopback_interface_and_shows_a_registry_without_reports
     assert f'data-config="{version}"' in body
     assert "no health report recorded" in body
     assert sections(body) == [version]
+
+
+def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    """reconcile.yml's `watch` and `dashboard` jobs, their `run:` steps executed as the runner
+    would (bash -eo pipefail, secrets and runner paths filled in) on a checkout of main."""
+    corpus = write_corpus(tmp_path / "data")
+    version = registry_repo.locked()
+    registry_repo.write("eval/cases.jsonl", corpus.cases.read_text(), "Eval cases")
+    reconcile(registry_repo.path, dsn=dsn)
+    ingest(registry_repo.path, version, corpus.path, dsn=dsn,
+           tokenizer_file=registry_repo.tokenizer_file, workers=1)
+    promote(registry_repo, version)
+    reconcile(registry_repo.path, dsn=dsn)
+    workspace = tmp_path / "workspace"
+    subprocess.run(["git", "clone", "--quiet", str(registry_repo.origin), str(workspace)],
+                   check=True)
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    summary, outputs = runner / "summary.md", runner / "output"
+    context = {"secrets.REGISTRY_DSN": dsn, "github.token": "", "runner.temp": str(runner)}
+    workflow = yaml.safe_load((WORKFLOWS / "reconcile.yml").read_text())
+
+    ran = []
+    for job in ("watch", "dashboard"):
+        for step in workflow["jobs"][job]["steps"]:
+            if "run" not in step or step["name"] == "Install chunk-registry":
+                continue
+            if "if" in step:
+                assert step["if"] == "${{ steps.health.outputs.exit == '2' }}"
+                if "exit=2" not in outputs.read_text():
+                    continue
+            env = {key: _expand(str(value), context) for key, value in (step.get("env") or {}).items()}
+            proc = subprocess.run(
+                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", _expand(step["run"], context)],
+                cwd=workspace, capture_output=True, text=True,
+                env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                     "RUNNER_TEMP": str(runner), "GITHUB_STEP_SUMMARY": str(summary),
+                     "GITHUB_OUTPUT": str(outputs), "GITHUB_ACTIONS": "true"},
+            )
+            assert proc.returncode == 0, f"{step['name']}: {proc.stdout}{proc.stderr}"
+            ran.append(step["name"])
+
+    assert ran == ["Judge the latest promotion, propose its rollback if it regressed",
+                   "Record today's health report", "Build the dashboard"]
+    assert outputs.read_text().strip() == "exit=0"
+    assert f"### Chunk registry health: {version} (healthy)" in summary.read_text()
+    with psycopg.connect(dsn) as conn:
+        evals = conn.execute("SELECT count(*) FROM chunk_registry.eval_runs").fetchone()
+        reports = conn.execute("SELECT count(*) FROM chunk_registry.health_reports").fetchone()
+    assert evals == (1,) and reports == (1,)
+    upload = next(s for s in workflow["jobs"]["dashboard"]["steps"]
+                  if s["name"] == "Publish the dashboard")
+    page = Path(_expand(upload["with"]["path"], context))
+    assert f'data-config="{version}"' in page.read_text()
+
+
+def _expand(text: str, context: dict[str, str]) -> str:
+    def one(found: re.Match[str]) -> str:
+        key = found.group(1).strip()
+        assert key in context, f"the local runner does not know ${{{{ {key} }}}}"
+        return context[key]
+
+    return re.sub(r"\$\{\{(.*?)\}\}", one, text)
