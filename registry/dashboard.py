@@ -7,14 +7,16 @@ plotly figure of seven stacked time series sharing their time axis: the target b
 production.yaml on each, and a vertical marker at every promotion, rollback and reconcile that
 touched the config, labelled with its commit.
 
-Plotly, because it draws bands (`hrect`) and event markers natively, lets a reader zoom into
-and hover over 90 days of points, and ships plotly.js inside the Python wheel: the page inlines
-it once (no CDN, nothing fetched when the page opens; a Content-Security-Policy forbids it).
+Plotly, because it draws bands and event markers as layout shapes, lets a reader zoom into and
+hover over 90 days of points (and toggle 7d/30d/all), and ships plotly.js inside the Python
+wheel: the page inlines it once (no CDN, nothing fetched when the page opens; a
+Content-Security-Policy forbids it). The figures are written as plotly.js JSON directly.
 """
 
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -415,32 +417,72 @@ def bands(settings: ProductionConfig) -> dict[str, tuple[float, float, str]]:
 
 
 EVENTS_TITLE = "Promotions, rollbacks and reconciles"
+ROW_HEIGHTS = (0.45,) + (1.0,) * len(METRICS)
+ROW_GAP = 0.03
+BAND_FONT = {"size": 10, "color": "#1a7f37"}
+MUTED = {"size": 10, "color": "#6e7781"}
 
 
-def figure(data: DashboardData, config: ConfigData, color: str) -> Any:
-    """One figure per config: an events row, then the seven series, on a shared time axis."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+def _t(moment: datetime) -> str:
+    """plotly.js dates carry no zone: every time on the page is UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
+
+def _domains() -> list[tuple[float, float]]:
+    """(bottom, top) of each row in paper coordinates, row 1 on top."""
+    usable = 1 - ROW_GAP * (len(ROW_HEIGHTS) - 1)
+    total = sum(ROW_HEIGHTS)
+    domains, top = [], 1.0
+    for height in ROW_HEIGHTS:
+        bottom = top - usable * height / total
+        domains.append((max(bottom, 0.0), top))
+        top = bottom - ROW_GAP
+    return domains
+
+
+def figure(data: DashboardData, config: ConfigData, color: str) -> dict[str, Any]:
+    """One plotly.js figure per config: an events row, then the seven series, all sharing one
+    time axis. Built as plain JSON: plotly's Python figure objects validate every property
+    and took seconds for a page of five configs."""
     targets = bands(data.settings)
+    start, end = _t(data.since), _t(data.generated_at)
+    traces: list[dict[str, Any]] = []
+    shapes: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {
+        "height": 180 * len(METRICS) + 160, "margin": {"l": 60, "r": 20, "t": 60, "b": 30},
+        "template": {"layout": {"paper_bgcolor": "#fff", "plot_bgcolor": "#fff"}},
+        "hovermode": "closest", "showlegend": False,
+        "font": {"family": "system-ui, sans-serif", "size": 12, "color": "#1f2328"},
+    }
     titles = [EVENTS_TITLE] + [f"{m.title} ({m.unit})" if m.unit else m.title for m in METRICS]
-    fig = make_subplots(rows=len(METRICS) + 1, cols=1, shared_xaxes=True,
-                        vertical_spacing=0.03, subplot_titles=titles,
-                        row_heights=[0.45] + [1.0] * len(METRICS))
-    start, end = data.since, data.generated_at
-    _events_row(fig, config.markers, start, end)
+    for row, ((bottom, top), title) in enumerate(zip(_domains(), titles, strict=True), start=1):
+        suffix = "" if row == 1 else str(row)
+        layout[f"xaxis{suffix}"] = {
+            "domain": [0, 1], "anchor": f"y{suffix}", "type": "date", "range": [start, end],
+            "tickformat": "%b %d", "gridcolor": "#eaeef2", "showline": False,
+            **({} if row == 1 else {"matches": "x"}),
+        }
+        layout[f"yaxis{suffix}"] = {"domain": [bottom, top], "anchor": f"x{suffix}",
+                                    "gridcolor": "#eaeef2", "zeroline": False}
+        notes.append({"text": title, "x": 0, "y": top, "xref": "paper", "yref": "paper",
+                      "xanchor": "left", "yanchor": "bottom", "showarrow": False,
+                      "font": {"size": 13}})
+    _events(config.markers, traces, layout, notes)
     for row, metric in enumerate(METRICS, start=2):
+        x, y = f"x{row}", f"y{row}"
+        axis = layout[f"yaxis{row}"]
         points = config.series.get(metric.key, [])
-        fig.add_trace(go.Scatter(
-            x=[p.at for p in points], y=[p.value for p in points],
-            customdata=[p.note for p in points],
-            mode=_mode(metric, len(points)), name=metric.title,
-            showlegend=False, line={"color": color, "width": 1.6}, marker={"size": 4},
-            hovertemplate=f"%{{x|%Y-%m-%d %H:%M}} UTC<br>{metric.title}: "
-                          f"%{{y:{metric.hover}}}<br>%{{customdata}}<extra></extra>",
-        ), row=row, col=1)
-        axis: dict[str, Any] = {"title_text": metric.unit or None, "zeroline": False,
-                                "gridcolor": "#eaeef2"}
+        traces.append({
+            "type": "scatter", "xaxis": x, "yaxis": y, "name": metric.title,
+            "x": [_t(p.at) for p in points], "y": [p.value for p in points],
+            "customdata": [p.note for p in points], "mode": _mode(metric, len(points)),
+            "line": {"color": color, "width": 1.6}, "marker": {"size": 4, "color": color},
+            "hovertemplate": f"%{{x|%Y-%m-%d %H:%M}} UTC<br>{metric.title}: "
+                             f"%{{y:{metric.hover}}}<br>%{{customdata}}<extra></extra>",
+        })
+        if metric.unit:
+            axis["title"] = {"text": metric.unit}
         if metric.key.endswith("hit_rate"):
             axis["range"] = [0, 1.02]
         elif metric.key == "dedup_rate":
@@ -448,46 +490,39 @@ def figure(data: DashboardData, config: ConfigData, color: str) -> Any:
         else:
             axis["rangemode"] = "nonnegative"
         if not points:
-            fig.add_annotation(text="no data in this period", showarrow=False, row=row, col=1,
-                               xref="x domain", yref="y domain", x=0.5, y=0.5,
-                               font={"color": "#6e7781"})
+            notes.append({"text": "no data in this period", "showarrow": False,
+                          "xref": f"{x} domain", "yref": f"{y} domain", "x": 0.5, "y": 0.5,
+                          "font": MUTED})
         band = targets.get(metric.key)
-        if band is not None:
-            low, high, label = band
-            annotation = {"annotation_text": label, "annotation_position": "top left",
-                          "annotation_font": {"size": 10, "color": "#1a7f37"}}
-            if high > low:
-                fig.add_hrect(y0=low, y1=high, row=row, col=1, fillcolor="#2da44e", opacity=0.12,
-                              line_width=0, layer="below", **annotation)
-            else:
-                fig.add_hline(y=low, row=row, col=1, line={"color": "#2da44e", "width": 1,
-                              "dash": "dash"}, **annotation)
+        if band is None:
+            notes.append({"text": "no target in production.yaml", "showarrow": False,
+                          "xref": f"{x} domain", "yref": f"{y} domain", "x": 1, "y": 1,
+                          "xanchor": "right", "yanchor": "bottom", "font": MUTED})
+            continue
+        low, high, label = band
+        if high > low:
+            shapes.append({"type": "rect", "xref": f"{x} domain", "yref": y, "x0": 0, "x1": 1,
+                           "y0": low, "y1": high, "fillcolor": "#2da44e", "opacity": 0.12,
+                           "line": {"width": 0}, "layer": "below"})
         else:
-            fig.add_annotation(text="no target in production.yaml", showarrow=False,
-                               xref="x domain", yref="y domain", x=1, y=1.0, xanchor="right",
-                               yanchor="bottom", font={"size": 10, "color": "#6e7781"},
-                               row=row, col=1)
-        fig.update_yaxes(axis, row=row, col=1)
+            shapes.append({"type": "line", "xref": f"{x} domain", "yref": y, "x0": 0, "x1": 1,
+                           "y0": low, "y1": low, "layer": "below",
+                           "line": {"color": "#2da44e", "width": 1, "dash": "dash"}})
+        notes.append({"text": label, "showarrow": False, "xref": f"{x} domain", "yref": y,
+                      "x": 0, "y": high, "xanchor": "left",
+                      "yanchor": "top" if high > low else "bottom", "font": BAND_FONT})
     for marker in config.markers:
         line_color, dash = MARKER_STYLE[marker.kind]
-        fig.add_shape(type="line", xref="x", yref="paper", x0=marker.at, x1=marker.at, y0=0,
-                      y1=1, line={"color": line_color, "width": 1.2, "dash": dash},
-                      layer="below")
-    fig.update_xaxes(range=[start, end], gridcolor="#eaeef2", showticklabels=True,
-                     tickformat="%b %d")
-    for title in titles:
-        fig.update_annotations(selector={"text": title}, x=0, xanchor="left",
-                               font={"size": 13, "color": "#1f2328"})
-    fig.update_xaxes(rangeselector={"buttons": [
-        {"count": 7, "label": "7d", "step": "day", "stepmode": "backward"},
-        {"count": 30, "label": "30d", "step": "day", "stepmode": "backward"},
-        {"step": "all", "label": "all"},
-    ], "x": 0.5, "xanchor": "center", "y": 1.02}, row=1, col=1)
-    fig.update_layout(height=180 * len(METRICS) + 160,
-                      margin={"l": 60, "r": 20, "t": 60, "b": 30},
-                      template="plotly_white", hovermode="closest",
-                      font={"family": "system-ui, sans-serif", "size": 12})
-    return fig
+        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": _t(marker.at),
+                       "x1": _t(marker.at), "y0": 0, "y1": 1, "layer": "below",
+                       "line": {"color": line_color, "width": 1.2, "dash": dash}})
+    layout["xaxis"]["rangeselector"] = {
+        "buttons": [{"count": 7, "label": "7d", "step": "day", "stepmode": "backward"},
+                    {"count": 30, "label": "30d", "step": "day", "stepmode": "backward"},
+                    {"step": "all", "label": "all"}],
+        "x": 0.5, "xanchor": "center", "y": 1.02}
+    layout["shapes"], layout["annotations"] = shapes, notes
+    return {"data": traces, "layout": layout}
 
 
 def _mode(metric: Metric, points: int) -> str:
@@ -497,29 +532,29 @@ def _mode(metric: Metric, points: int) -> str:
     return "lines" if points > 120 else "lines+markers"
 
 
-def _events_row(fig: Any, markers: list[Marker], start: datetime, end: datetime) -> None:
-    """Row 1: a labelled triangle per event (hover: kind, run, commit, what it did)."""
-    import plotly.graph_objects as go
-
-    levels = 3
-    fig.add_trace(go.Scatter(
-        x=[m.at for m in markers], y=[levels - 0.5 - (i % levels) for i in range(len(markers))],
-        mode="markers+text", showlegend=False, name="events",
-        text=[m.label for m in markers], textposition="middle right",
-        textfont={"size": 10, "color": [MARKER_STYLE[m.kind][0] for m in markers]},
-        marker={"symbol": "triangle-down", "size": 10,
-                "color": [MARKER_STYLE[m.kind][0] for m in markers]},
-        customdata=[[m.kind, m.commit or "no commit", m.run_id, m.description]
-                    for m in markers],
-        hovertemplate="%{x|%Y-%m-%d %H:%M} UTC<br><b>%{customdata[0]}</b> (reconcile run "
-                      "#%{customdata[2]}, commit %{customdata[1]})<br>%{customdata[3]}"
-                      "<extra></extra>",
-    ), row=1, col=1)
-    fig.update_yaxes(range=[0, levels], visible=False, fixedrange=True, row=1, col=1)
+def _events(markers: list[Marker], traces: list[dict[str, Any]], layout: dict[str, Any],
+            notes: list[dict[str, Any]]) -> None:
+    """Row 1: a labelled triangle per event, on three staggered lanes so close labels do not
+    overlap (hover: kind, run, commit, what it did)."""
+    lanes = 3
+    colors = [MARKER_STYLE[m.kind][0] for m in markers]
+    traces.append({
+        "type": "scatter", "xaxis": "x", "yaxis": "y", "name": "events",
+        "x": [_t(m.at) for m in markers],
+        "y": [lanes - 0.5 - (i % lanes) for i in range(len(markers))],
+        "mode": "markers+text", "text": [m.label for m in markers],
+        "textposition": "middle right", "textfont": {"size": 10, "color": colors},
+        "marker": {"symbol": "triangle-down", "size": 10, "color": colors},
+        "customdata": [[m.kind, m.commit or "no commit", m.run_id, m.description]
+                       for m in markers],
+        "hovertemplate": "%{x|%Y-%m-%d %H:%M} UTC<br><b>%{customdata[0]}</b> (reconcile run "
+                         "#%{customdata[2]}, commit %{customdata[1]})<br>%{customdata[3]}"
+                         "<extra></extra>",
+    })
+    layout["yaxis"].update({"range": [0, lanes], "visible": False, "fixedrange": True})
     if not markers:
-        fig.add_annotation(text="none in this period", showarrow=False, row=1, col=1,
-                           xref="x domain", yref="y domain", x=0.5, y=0.5,
-                           font={"color": "#6e7781"})
+        notes.append({"text": "none in this period", "showarrow": False, "xref": "x domain",
+                      "yref": "y domain", "x": 0.5, "y": 0.5, "font": MUTED})
 
 
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; "
@@ -545,6 +580,11 @@ background:#eaeef2}.badge.prod{background:#1a7f37;color:#fff}
 height:0;border-top-width:2px;vertical-align:middle;margin-right:4px}
 code{font-size:12px}.level{font-size:11px;font-weight:600;letter-spacing:.04em}
 """
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe inside a <script> element: no `<` can close it."""
+    return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def _esc(value: Any) -> str:
@@ -614,16 +654,15 @@ def _legend() -> str:
 
 def render(data: DashboardData) -> str:
     """The whole page: plotly.js inlined once, then one figure per config."""
-    import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
     sections = []
     plot_config = {"displaylogo": False, "responsive": True}
     for index, config in enumerate(data.configs):
         fig = figure(data, config, PALETTE[index % len(PALETTE)])
-        div = pio.to_html(fig, full_html=False, include_plotlyjs=False,
-                          div_id=f"chart-{config.chunk_version}", config=plot_config,
-                          validate=False)
+        div_id = f"chart-{config.chunk_version}"
+        args = ", ".join(_script_json(v) for v in (div_id, fig["data"], fig["layout"],
+                                                    plot_config))
         badge = ' <span class="badge prod">production</span>' if config.production else ""
         sections.append(
             f'<section class="config" id="config-{_esc(config.chunk_version)}" '
@@ -631,7 +670,8 @@ def render(data: DashboardData) -> str:
             f"<h2><code>{_esc(config.chunk_version)}</code>{badge}</h2>"
             f'<div class="meta">{_esc(config.params or "(not in the repo)")} · '
             f"{_esc(config.table or '')} · {config.reports} reports, {len(config.markers)} "
-            f"events in the period</div>{div}</div></section>")
+            f'events in the period</div><div id="{_esc(div_id)}" class="chart"></div>'
+            f"<script>Plotly.newPlot({args});</script></div></section>")
     title = f"chunk-registry health: {data.registry}"
     production = data.production or "none"
     summary = (f"Production: <code>{_esc(production)}</code> · {len(data.configs)} configs · "
