@@ -318,8 +318,9 @@ def _migration_2() -> list[sql.Composed | sql.SQL]:
 
 
 def _migration_3() -> list[sql.Composed | sql.SQL]:
-    """Rollback proposals of the regression watch: one per promotion (the unique key), so a
-    rerun or a restart finds the proposal it already made instead of opening another."""
+    """Rollback proposals of the regression watch: one per promotion, i.e. per config and
+    promotion commit on main (the unique key), so a rerun or a restart finds the proposal it
+    already made instead of opening another (a drift re-swap moves promoted_at, not that)."""
     s = sql.Identifier(BOOKKEEPING_SCHEMA)
     statements = [
         """CREATE TABLE {s}.rollback_proposals (
@@ -335,7 +336,7 @@ def _migration_3() -> list[sql.Composed | sql.SQL]:
             pr_url text,
             adopted boolean NOT NULL DEFAULT false,
             evidence jsonb NOT NULL DEFAULT '{{}}',
-            UNIQUE (chunk_version, promoted_at))""",
+            UNIQUE (chunk_version, promote_commit))""",
     ]
     return [sql.SQL(text).format(s=s) for text in statements]
 

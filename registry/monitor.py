@@ -8,11 +8,12 @@ more than its gate, makes the watch open a rollback pull request through the Git
 (`registry rollback --pr`: a `git revert` of the promotion) with the evidence in its body. The
 merge decides; the reconciler then points the view back.
 
-Exactly once per promotion (a promotion = the config and the time the view was swapped to it):
-the proposal is recorded in chunk_registry.rollback_proposals, and before opening one the
-watch asks GitHub for an open rollback pull request and adopts it instead (so a crash between
-opening and recording, or a rollback someone opened by hand, never leads to a second one). An
-advisory lock keeps two watchers from racing.
+Exactly once per promotion (a promotion = the config and the commit on main that promoted it;
+its window starts when the view was swapped to it): the proposal is recorded in
+chunk_registry.rollback_proposals, and before opening one the watch asks GitHub for an open
+rollback pull request and adopts it instead (so a crash between opening and recording, or a
+rollback someone opened by hand, never leads to a second one). An advisory lock keeps two
+watchers from racing.
 """
 
 from __future__ import annotations
@@ -250,8 +251,8 @@ def _recorded(conn: psycopg.Connection[Any], promotion: Promotion) -> Proposal |
 
     row = conn.execute(sql.SQL(
         "SELECT target_version, proposed_at, branch, commit, pr_number, pr_url, adopted FROM {} "
-        "WHERE chunk_version = %s AND promoted_at = %s").format(_bk("rollback_proposals")),
-        (promotion.chunk_version, promotion.promoted_at)).fetchone()
+        "WHERE chunk_version = %s AND promote_commit = %s").format(_bk("rollback_proposals")),
+        (promotion.chunk_version, promotion.commit)).fetchone()
     return Proposal(*row) if row else None
 
 
@@ -263,7 +264,7 @@ def _record(conn: psycopg.Connection[Any], promotion: Promotion, proposal: Propo
     row = conn.execute(sql.SQL(
         "INSERT INTO {} (chunk_version, promoted_at, promote_commit, target_version, branch, "
         "commit, pr_number, pr_url, adopted, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, %s) ON CONFLICT (chunk_version, promoted_at) DO NOTHING RETURNING proposed_at"
+        "%s, %s) ON CONFLICT (chunk_version, promote_commit) DO NOTHING RETURNING proposed_at"
     ).format(_bk("rollback_proposals")), (
         promotion.chunk_version, promotion.promoted_at, promotion.commit,
         proposal.target_version, proposal.branch, proposal.commit, proposal.number,

@@ -126,8 +126,12 @@ def test_a_regression_opens_one_rollback_pr_with_the_evidence_and_restarts_keep_
     assert production_on_branch.startswith(f"production: {s.previous}")
     assert first["proposal"]["number"] == 1  # type: ignore[index]
 
-    # A rerun, a restart in a new process, and a crash between opening the PR and recording
-    # it: still one pull request.
+    # A rerun, a drift re-swap of the view (which moves promoted_at), a restart in a new
+    # process, and a crash between opening the PR and recording it: still one pull request.
+    code, again = s.watch()
+    assert (code, again["outcome"]) == (1, "already-proposed")
+    s.sql("UPDATE chunk_registry.managed_tables SET promoted_at = now() "
+          "WHERE status = 'production'")
     code, again = s.watch()
     assert (code, again["outcome"]) == (1, "already-proposed")
     s.sql("DELETE FROM chunk_registry.rollback_proposals")
