@@ -24,7 +24,7 @@ from registry.evaluate import baseline_metrics, run_eval
 from registry.health import run_health
 from registry.ingest import ingest
 from registry.monitor import Report, judge
-from registry.reconcile import reconcile
+from registry.reconcile import VIEW_COLUMNS, reconcile
 from tests.github_server import FakeGitHub
 from tests.helpers import RegistryRepo, run_cli
 from tests.test_health_eval import Corpus, write_corpus
@@ -126,12 +126,15 @@ def test_a_regression_opens_one_rollback_pr_with_the_evidence_and_restarts_keep_
     assert production_on_branch.startswith(f"production: {s.previous}")
     assert first["proposal"]["number"] == 1  # type: ignore[index]
 
-    # A rerun, a drift re-swap of the view (which moves promoted_at), a restart in a new
+    # A rerun, the view re-pointed by hand and corrected by the reconciler, a restart in a new
     # process, and a crash between opening the PR and recording it: still one pull request.
     code, again = s.watch()
     assert (code, again["outcome"]) == (1, "already-proposed")
-    s.sql("UPDATE chunk_registry.managed_tables SET promoted_at = now() "
-          "WHERE status = 'production'")
+    view = "public.document_chunks"
+    s.sql(f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(VIEW_COLUMNS)} FROM "
+          "document_chunks_" + s.previous.replace("-", "_"))
+    swapped = reconcile(registry_repo.path, dsn=dsn, fetch=False)
+    assert [type(a).__name__ for a in swapped.plan.actions] == ["SwapProduction"]
     code, again = s.watch()
     assert (code, again["outcome"]) == (1, "already-proposed")
     s.sql("DELETE FROM chunk_registry.rollback_proposals")
