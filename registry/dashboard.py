@@ -324,13 +324,12 @@ def collect(
     import psycopg
 
     from registry.db import database_error, ensure_schema, resolve_dsn, session
+    from registry.reconcile import desired_state
     from registry.status import status
 
     if days < 1:
         raise UsageError(f"--days {days} must be at least 1")
     report = status(repo, ref=ref, dsn=dsn, fetch=fetch)
-    from registry.reconcile import desired_state
-
     state = desired_state(repo, ref, fetch=False)
     resolved = resolve_dsn(dsn)
     with session(resolved.value, purpose="dashboard") as conn:
