@@ -262,9 +262,10 @@ class ChangeResult:
 
 
 def _finish(
-    git: Git, action: str, version: str, base: str, commit: str, push: bool, **extra: Any
+    git: Git, action: str, version: str, base: str, commit: str, push: bool,
+    branch: str | None = None, **extra: Any
 ) -> ChangeResult:
-    branch = f"{action}/{version}"
+    branch = branch or f"{action}/{version}"
     git.create_branch(branch, commit)
     if push:
         git.push(f"refs/heads/{branch}:refs/heads/{branch}")
@@ -397,13 +398,14 @@ def retire(repo: Path | str, version: str, *, push: bool = False) -> ChangeResul
     return _finish(git, "retire", version, base, commit, push)
 
 
-def rollback(repo: Path | str, *, push: bool = False) -> ChangeResult:
+def rollback(repo: Path | str, *, push: bool = False, branch: str | None = None) -> ChangeResult:
     """Branch `rollback/<version>` with a `git revert` of the last promotion still in force.
 
     The promotion may have reached main as a merge commit (reverted with `-m 1`), a squash
     merge or a plain commit. Refused when there is nothing to roll back to, when the version
     production would return to is no longer locked, or when the revert would change more than
-    production.yaml.
+    production.yaml. `branch` overrides `rollback/<version>` (the regression watch names its
+    own per promotion).
     """
     from registry.history import last_promotion
 
@@ -440,7 +442,7 @@ def rollback(repo: Path | str, *, push: bool = False) -> ChangeResult:
     if reverted_to != target:
         raise Refused(f"reverting {event.commit[:10]} sets production to {reverted_to}, "
                       f"not {target}", fix=f"use `registry promote {target}`")
-    return _finish(git, "rollback", target, base, commit, push, previous=current,
+    return _finish(git, "rollback", target, base, commit, push, branch, previous=current,
                    reverted=event.commit)
 
 

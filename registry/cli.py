@@ -986,6 +986,143 @@ def _ingest_feedback(quiet: bool) -> Iterator[tuple[Any, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Monitoring: the health dashboard, and the regression watch after a promotion
+
+
+@app.command()
+def dashboard(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write index.html into.")],
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then serve it on 127.0.0.1 until interrupted.")
+    ] = False,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port for --serve (0: any free one).")
+    ] = 8000,
+    days: Annotated[int, typer.Option("--days", min=1, help="Days of history to draw.")] = 90,
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fetch: FetchOpt = True,
+    fmt: FormatOpt = "text",
+) -> None:
+    """A static health dashboard: alerts, configs, and per config the metrics over time with
+    their target bands and the promotions, rollbacks and reconciles that touched it."""
+    from registry.dashboard import build, server, url_of
+
+    result = build(repo, out, dsn=dsn, ref=ref, fetch=fetch, days=days)
+    if fmt == "json":
+        _emit_json(result.to_dict())
+    else:
+        _print(f"Wrote {result.path} ({result.bytes / 1e6:.1f} MB): {result.configs} configs, "
+               f"{result.reports} health reports, {result.markers} events, {result.alerts} "
+               "current alerts")
+    if not serve:
+        return
+    http = server(out, port)
+    with http:
+        sys.stderr.write(f"Serving {url_of(http)} (Ctrl-C stops)\n")
+        sys.stderr.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            http.serve_forever()
+
+
+@app.command("watch-promotion")
+def watch_promotion(
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep checking every --interval until stopped.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=1.0, help="Seconds between checks with --follow.")
+    ] = 300.0,
+    cases: Annotated[
+        Path | None,
+        typer.Option("--cases", help="Record a fresh health report (an eval on these cases) "
+                     "before each check."),
+    ] = None,
+    tokenizer_file: Annotated[
+        Path | None, typer.Option(help="With --cases: tokenizer.json for the health check.")
+    ] = None,
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    fetch: FetchOpt = True,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Within the monitoring window after a promotion, compare each health report with the
+    config's baseline and the previous production; on a critical alert or a regression beyond
+    the gates, open a rollback pull request (once per promotion). Exit 1 while it regressed."""
+    from registry.monitor import check
+
+    options: dict[str, Any] = {"dsn": dsn, "ref": ref, "fetch": fetch}
+
+    def record_health() -> None:
+        if cases is not None:
+            from registry.health import run_health
+
+            run_health(repo, dsn=dsn, ref=ref, cases_file=cases, tokenizer_file=tokenizer_file)
+
+    if follow:
+        _follow_promotions(repo, interval, record_health, options)
+        return
+    record_health()
+    result = check(repo, **options)
+    if fmt == "json":
+        _emit_json(result.to_dict())
+    else:
+        _print_watch(result)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+def _print_watch(result: Any) -> None:
+    promotion = result.promotion
+    if promotion is not None:
+        _print(f"Promotion of {promotion.chunk_version} from {promotion.previous or 'nothing'} "
+               f"(commit {promotion.commit[:10]}), served since "
+               f"{promotion.to_dict()['promoted_at']}, watched until "
+               f"{promotion.to_dict()['window_ends']}: {len(result.reports)} health report(s)")
+    for regression in result.regressions:
+        _print(f"  regression in report #{regression.report}: {regression.message}")
+    _print(f"{result.outcome}: {result.message}")
+
+
+def _follow_promotions(repo: Path, interval: float, before_check: Any,
+                       options: dict[str, Any]) -> None:
+    """Check until SIGINT/SIGTERM; a log line whenever the verdict changes."""
+    import logging
+    import signal
+    import threading
+
+    from registry.monitor import follow
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+    log = logging.getLogger("registry.monitor")
+    stop = threading.Event()
+    last: dict[str, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_result(result: Any) -> None:
+        verdict = (result.outcome, len(result.regressions), result.message)
+        if verdict != last.get("verdict"):
+            last["verdict"] = verdict
+            for regression in result.regressions:
+                log.warning("regression in report #%s: %s", regression.report,
+                            regression.message)
+            log.info("%s: %s", result.outcome, result.message)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log.info("watching promotions every %gs", interval)
+    checks = follow(repo, stop=stop, interval=interval, on_result=on_result,
+                    before_check=before_check, **options)
+    log.info("stopped after %d checks", checks)
+
+
+# ---------------------------------------------------------------------------------------------
 # The error funnel
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import psycopg
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_NAME = "chunk-registry"
 CONNECT_TIMEOUT_S = 10
 EMBEDDED_DBNAME = "postgres"
@@ -41,6 +41,7 @@ def _advisory_key(name: str) -> int:
 
 RECONCILE_LOCK_KEY = _advisory_key("chunk-registry reconcile")
 MIGRATION_LOCK_KEY = _advisory_key("chunk-registry migrate")
+WATCH_LOCK_KEY = _advisory_key("chunk-registry watch-promotion")
 
 
 def ingest_lock_key(ingest_run_id: str) -> int:
@@ -347,7 +348,31 @@ def _migration_2() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
-MIGRATIONS = {1: _migration_1, 2: _migration_2}
+def _migration_3() -> list[sql.Composed | sql.SQL]:
+    """Rollback proposals of the regression watch: one per promotion, i.e. per config and
+    promotion commit on main (the unique key), so a rerun or a restart finds the proposal it
+    already made instead of opening another (a drift re-swap moves promoted_at, not that)."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.rollback_proposals (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            chunk_version text NOT NULL,
+            promoted_at timestamptz NOT NULL,
+            promote_commit text NOT NULL,
+            target_version text NOT NULL,
+            proposed_at timestamptz NOT NULL DEFAULT now(),
+            branch text,
+            commit text,
+            pr_number integer,
+            pr_url text,
+            adopted boolean NOT NULL DEFAULT false,
+            evidence jsonb NOT NULL DEFAULT '{{}}',
+            UNIQUE (chunk_version, promote_commit))""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3}
 """version -> the statements that bring the schema from version-1 to version."""
 
 

@@ -54,6 +54,10 @@ class ReconcileBusy(Busy):
     """Another reconciler holds the reconcile advisory lock."""
 
 
+class WatchBusy(Busy):
+    """Another `registry watch-promotion` holds its lock; like a busy reconcile, not a failure."""
+
+
 class DatabaseUnavailable(RegistryError):
     """PostgreSQL cannot be reached or refused the connection."""
 

@@ -235,6 +235,14 @@ class GitHubClient:
             return None
         return PullRequest(int(found[0]["number"]), str(found[0]["html_url"]), created=False)
 
+    def open_pulls(self, base: str) -> list[tuple[str, PullRequest]]:
+        """(head branch, pull request) of every open pull request into `base`."""
+        found = self._request("GET", f"/repos/{self.repo.full_name}/pulls",
+                              query={"base": base, "state": "open", "per_page": "100"})
+        return [(str(p["head"]["ref"]), PullRequest(int(p["number"]), str(p["html_url"]),
+                                                    created=False))
+                for p in found or [] if isinstance(p, dict)]
+
     def create(self, branch: str, base: str, title: str, body: str) -> PullRequest:
         pull = self._request(
             "POST", f"/repos/{self.repo.full_name}/pulls",

@@ -897,9 +897,12 @@ class Applier:
                     ).format(MANAGED, demoted_at),
             (action.schema, action.table),
         )
+        # A drift correction re-points the view at the table that is production already: it
+        # keeps its promoted_at (when it became production; the regression watch's window).
         self._bookkeeping(
             action,
-            sql.SQL("UPDATE {} SET status = 'production', promoted_at = now() "
+            sql.SQL("UPDATE {} SET promoted_at = CASE WHEN status = 'production' "
+                    "THEN promoted_at ELSE now() END, status = 'production' "
                     "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
             (action.schema, action.table),
         )

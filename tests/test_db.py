@@ -37,7 +37,8 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
     tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
                       "ORDER BY 1")
     assert [t for (t,) in tables] == ["eval_runs", "health_reports", "ingest_runs",
-                                      "managed_tables", "reconcile_runs", "schema_version"]
+                                      "managed_tables", "reconcile_runs", "rollback_proposals",
+                                      "schema_version"]
 
 
 def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:
@@ -55,6 +56,19 @@ def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:
         assert schema_version(conn) == SCHEMA_VERSION
         assert conn.execute("SELECT count(*) FROM chunk_registry.health_reports").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM chunk_registry.eval_runs").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM chunk_registry.rollback_proposals").fetchone() == (0,)
+
+
+def test_one_rollback_proposal_per_promotion_is_enforced_by_the_database(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_schema(conn)
+        insert = ("INSERT INTO chunk_registry.rollback_proposals (chunk_version, promoted_at, "
+                  "promote_commit, target_version) VALUES ('v2', now(), %s, 'v1')")
+        conn.execute(insert, ("a" * 40,))
+        conn.execute(insert, ("b" * 40,))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(insert, ("a" * 40,))
 
 
 def test_the_database_enforces_the_bookkeeping_invariants(dsn: str) -> None:

@@ -1,0 +1,754 @@
+"""The health dashboard: one static HTML page per registry, drawn from the bookkeeping tables.
+
+`collect` reads chunk_registry.health_reports, ingest_runs, reconcile_runs and managed_tables
+(a fixed number of queries, whatever the number of reports) plus `registry status`; `render`
+turns that into a page with the current alerts on top, a table of configs, and per config one
+plotly figure of seven stacked time series sharing their time axis: the target band of
+production.yaml on each, and a vertical marker at every promotion, rollback and reconcile that
+touched the config, labelled with its commit.
+
+Plotly, because it draws bands and event markers as layout shapes, lets a reader zoom into and
+hover over 90 days of points (and toggle 7d/30d/all), and ships plotly.js inside the Python
+wheel: the page inlines it once (no CDN, nothing fetched when the page opens; a
+Content-Security-Policy forbids it). The figures are written as plotly.js JSON directly.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from registry.errors import UsageError
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
+    import psycopg
+
+    from registry.config import ProductionConfig
+    from registry.status import StatusRow
+
+DEFAULT_DAYS = 90
+PAGE_NAME = "index.html"
+STALE_AFTER = timedelta(hours=36)
+"""A production report older than this is itself an alert: the daily health run stopped."""
+
+MarkerKind = Literal["promotion", "rollback", "drift", "reconcile", "failed"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    title: str
+    hover: str
+    unit: str = ""
+
+
+METRICS = (
+    Metric("oracle_hit_rate", "Oracle hit rate", ".3f"),
+    Metric("filter_hit_rate", "Filter hit rate", ".3f"),
+    Metric("avg_snapshot_size", "Avg snapshot size", ".1f", "chunks"),
+    Metric("dedup_rate", "Dedup rate", ".1%"),
+    Metric("bm25_prefix_leakage", "BM25 prefix leakage", ",d", "rows"),
+    Metric("over_budget_chunks", "Over-budget chunks", ",d", "chunks"),
+    Metric("ingest_mb_per_s", "Ingest throughput", ".2f", "MB/s"),
+)
+REPORT_METRICS = {
+    "oracle_hit_rate": ("oracle_hit_rate",),
+    "filter_hit_rate": ("filter_hit_rate",),
+    "avg_snapshot_size": ("retrieval_health", "avg_snapshot_size"),
+    "dedup_rate": ("dedup_rate",),
+    "bm25_prefix_leakage": ("retrieval_health", "bm25_prefix_leakage"),
+    "over_budget_chunks": ("retrieval_health", "over_budget_chunks"),
+}
+"""Where each charted number sits in a stored report (HealthReport.as_dict)."""
+
+MARKER_STYLE: dict[str, tuple[str, str]] = {
+    "promotion": ("#1a7f37", "solid"),
+    "rollback": ("#cf222e", "solid"),
+    "drift": ("#9a6700", "dash"),
+    "reconcile": ("#6e7781", "dot"),
+    "failed": ("#cf222e", "dot"),
+}
+PALETTE = ("#0969da", "#8250df", "#bf3989", "#1b7c83", "#953800", "#57606a")
+
+
+# ---------------------------------------------------------------------------------------------
+# The data
+
+
+@dataclass(frozen=True)
+class Point:
+    at: datetime
+    value: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A reconcile run that changed something for a config (or failed to)."""
+
+    at: datetime
+    kind: MarkerKind
+    run_id: int
+    commit: str | None
+    description: str
+
+    @property
+    def label(self) -> str:
+        sha = (self.commit or "no commit")[:7]
+        return f"{self.kind} {sha}"
+
+
+@dataclass
+class ConfigData:
+    chunk_version: str
+    params: str | None
+    status: str
+    production: bool
+    table: str | None
+    rows: int | None
+    series: dict[str, list[Point]] = field(default_factory=dict)
+    markers: list[Marker] = field(default_factory=list)
+    latest: dict[str, Any] | None = None
+    latest_at: datetime | None = None
+    reports: int = 0
+
+
+@dataclass
+class Proposal:
+    chunk_version: str
+    target_version: str
+    proposed_at: datetime
+    url: str | None
+    number: int | None
+    evidence: dict[str, Any]
+
+
+@dataclass
+class DashboardData:
+    registry: str
+    generated_at: datetime
+    since: datetime
+    settings: ProductionConfig
+    production: str | None
+    configs: list[ConfigData]
+    proposals: list[Proposal] = field(default_factory=list)
+
+    @property
+    def reports(self) -> int:
+        return sum(c.reports for c in self.configs)
+
+    def alerts(self) -> list[tuple[str, str, str, datetime | None]]:
+        """(level, config, message, report time) of the latest report of every live config,
+        production first, plus a stale or missing production report."""
+        found: list[tuple[str, str, str, datetime | None]] = []
+        now = self.generated_at
+        for config in self.configs:
+            if config.status == "Retired":
+                continue
+            if config.production:
+                if config.latest_at is None:
+                    found.append(("warning", config.chunk_version, "no health report recorded: "
+                                  "run `registry health` (the daily workflow does)", None))
+                elif now - config.latest_at > STALE_AFTER:
+                    hours = (now - config.latest_at).total_seconds() / 3600
+                    found.append(("warning", config.chunk_version, f"the last health report is "
+                                  f"{hours:.0f} hours old: is the daily health run failing?",
+                                  config.latest_at))
+            for alert in (config.latest or {}).get("alerts") or []:
+                level = "critical" if alert.get("level") == "critical" else "warning"
+                found.append((level, config.chunk_version, str(alert.get("message", "")),
+                              config.latest_at))
+        order = {"critical": 0, "warning": 1}
+        production_first = {c.chunk_version: not c.production for c in self.configs}
+        return sorted(found, key=lambda a: (production_first.get(a[1], True), order[a[0]]))
+
+
+def _number(path: tuple[str, ...]) -> Any:
+    """SQL for a numeric field of the report, NULL when absent or not a number."""
+    from psycopg import sql
+
+    keys = sql.Literal("{" + ",".join(path) + "}")
+    return sql.SQL(
+        "CASE WHEN jsonb_typeof(report #> {k}) = 'number' THEN (report #>> {k})::float8 END"
+    ).format(k=keys)
+
+
+def _read_reports(
+    conn: psycopg.Connection[Any], since: datetime
+) -> Iterator[tuple[str, datetime, dict[str, float | None], int, int]]:
+    """(version, at, metrics, alerts, critical alerts) for every report since `since`."""
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    columns = sql.SQL(", ").join(_number(path) for path in REPORT_METRICS.values())
+    query = sql.SQL(
+        "SELECT chunk_version, at, {columns}, "
+        "CASE WHEN jsonb_typeof(report->'alerts') = 'array' "
+        "THEN jsonb_array_length(report->'alerts') ELSE 0 END, "
+        "CASE WHEN jsonb_typeof(report->'alerts') = 'array' THEN (SELECT count(*) FROM "
+        "jsonb_array_elements(report->'alerts') a WHERE a->>'level' = 'critical') ELSE 0 END "
+        "FROM {s}.health_reports WHERE at >= %s AND chunk_version IS NOT NULL "
+        "ORDER BY chunk_version, at, id"
+    ).format(columns=columns, s=sql.Identifier(BOOKKEEPING_SCHEMA))
+    keys = list(REPORT_METRICS)
+    for row in conn.execute(query, (since,)):
+        version, at, *values, alerts, critical = row
+        yield version, at, dict(zip(keys, values, strict=True)), int(alerts), int(critical)
+
+
+def _latest_reports(conn: psycopg.Connection[Any]) -> dict[str, tuple[datetime, dict[str, Any]]]:
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    rows = conn.execute(sql.SQL(
+        "SELECT DISTINCT ON (chunk_version) chunk_version, at, report FROM {}.health_reports "
+        "WHERE chunk_version IS NOT NULL ORDER BY chunk_version, at DESC, id DESC"
+    ).format(sql.Identifier(BOOKKEEPING_SCHEMA))).fetchall()
+    return {version: (at, report if isinstance(report, dict) else {})
+            for version, at, report in rows}
+
+
+def _read_ingests(
+    conn: psycopg.Connection[Any], since: datetime
+) -> list[tuple[str, datetime, float, int | None, int | None]]:
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    rows = conn.execute(sql.SQL(
+        "SELECT chunk_version, finished_at, (details->>'mb_per_s')::float8, documents, chunks "
+        "FROM {}.ingest_runs WHERE status = 'succeeded' AND finished_at >= %s "
+        "AND jsonb_typeof(details->'mb_per_s') = 'number' ORDER BY finished_at, id"
+    ).format(sql.Identifier(BOOKKEEPING_SCHEMA)), (since,)).fetchall()
+    return [(v, at, float(rate), docs, chunks) for v, at, rate, docs, chunks in rows]
+
+
+def _read_markers(conn: psycopg.Connection[Any]) -> dict[str, list[Marker]]:
+    """version -> the reconcile runs that changed (or failed to change) its table.
+
+    Every production swap is replayed oldest first, as `registry history` replays git: a swap
+    that undoes the swap still standing before it is a rollback, any other a promotion.
+    """
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    tables = {table: version for table, version in conn.execute(sql.SQL(
+        "SELECT table_name, chunk_version FROM {}.managed_tables ORDER BY created_at").format(s))}
+    runs = conn.execute(sql.SQL(
+        "SELECT id, coalesce(finished_at, started_at), git_commit, outcome, plan "
+        "FROM {}.reconcile_runs WHERE outcome IN ('applied', 'failed') "
+        "AND jsonb_typeof(plan) = 'array' ORDER BY id").format(s)).fetchall()
+    markers: dict[str, list[Marker]] = {}
+    standing: list[tuple[str | None, str]] = []
+    for run_id, at, commit, _outcome, actions in runs:
+        touched: dict[str, tuple[MarkerKind, list[str]]] = {}
+
+        def touch(version: str | None, kind: MarkerKind, text: str,
+                  touched: dict[str, tuple[MarkerKind, list[str]]] = touched) -> None:
+            if not version:
+                return
+            rank = ("reconcile", "failed", "drift", "promotion", "rollback")
+            old_kind, texts = touched.get(version, ("reconcile", []))
+            best = kind if rank.index(kind) > rank.index(old_kind) else old_kind
+            touched[version] = (best, [*texts, text])
+
+        for action in actions:
+            if not isinstance(action, dict):
+                continue
+            result = action.get("result")
+            text = str(action.get("description") or action.get("action"))
+            version = action.get("chunk_version")
+            if result not in ("applied", "failed"):
+                continue
+            if result == "failed":
+                touch(version, "failed", f"FAILED: {text}")
+                continue
+            if action.get("action") != "SwapProduction":
+                touch(version, "reconcile", text)
+                continue
+            old, new = action.get("old_table"), str(action.get("table"))
+            kind: MarkerKind
+            if not str(action.get("reason", "promote")).startswith("promote"):
+                kind = "drift"
+            elif standing and standing[-1] == (new, old):
+                standing.pop()
+                kind = "rollback"
+            else:
+                standing.append((old, new))
+                kind = "promotion"
+            touch(version, kind, text)
+            touch(tables.get(old) if old else None, kind, text)
+        for version, (kind, texts) in touched.items():
+            markers.setdefault(version, []).append(
+                Marker(at, kind, int(run_id), commit, "; ".join(texts)))
+    return markers
+
+
+def _read_proposals(conn: psycopg.Connection[Any], since: datetime) -> list[Proposal]:
+    from psycopg import sql
+
+    from registry.db import BOOKKEEPING_SCHEMA
+
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                          (f"{BOOKKEEPING_SCHEMA}.rollback_proposals",)).fetchone()
+    if not exists or not exists[0]:
+        return []
+    rows = conn.execute(sql.SQL(
+        "SELECT chunk_version, target_version, proposed_at, pr_url, pr_number, evidence "
+        "FROM {}.rollback_proposals WHERE proposed_at >= %s ORDER BY proposed_at DESC"
+    ).format(sql.Identifier(BOOKKEEPING_SCHEMA)), (since,)).fetchall()
+    return [Proposal(*row) for row in rows]
+
+
+def collect(
+    repo: Path | str,
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    fetch: bool = True,
+    days: int = DEFAULT_DAYS,
+    now: datetime | None = None,
+) -> DashboardData:
+    """Everything the page shows, read in a fixed number of queries."""
+    import psycopg
+
+    from registry.db import database_error, ensure_schema, resolve_dsn, session
+    from registry.reconcile import desired_state
+    from registry.status import status
+
+    if days < 1:
+        raise UsageError(f"--days {days} must be at least 1")
+    report = status(repo, ref=ref, dsn=dsn, fetch=fetch)
+    state = desired_state(repo, ref, fetch=False)
+    resolved = resolve_dsn(dsn)
+    with session(resolved.value, purpose="dashboard") as conn:
+        try:
+            ensure_schema(conn)
+            clock = conn.execute("SELECT statement_timestamp()").fetchone()
+            assert clock is not None
+            generated = now or clock[0]
+            since = generated - timedelta(days=days)
+            series: dict[str, dict[str, list[Point]]] = {}
+            counts: dict[str, int] = {}
+            for version, at, values, alerts, critical in _read_reports(conn, since):
+                counts[version] = counts.get(version, 0) + 1
+                note = (f"{critical} critical, {alerts - critical} warnings" if alerts
+                        else "no alerts")
+                per = series.setdefault(version, {})
+                for key, value in values.items():
+                    if value is not None:
+                        per.setdefault(key, []).append(Point(at, value, note))
+            for version, at, rate, docs, chunks in _read_ingests(conn, since):
+                series.setdefault(version, {}).setdefault("ingest_mb_per_s", []).append(
+                    Point(at, rate, f"{docs or 0:,} documents, {chunks or 0:,} chunks"))
+            latest = _latest_reports(conn)
+            markers = _read_markers(conn)
+            proposals = _read_proposals(conn, since)
+        except psycopg.Error as err:
+            raise database_error(err, resolved.value, "reading the health history") from None
+    rows: dict[str, StatusRow | None] = {r.chunk_version: r for r in report.rows}
+    for version in series:
+        rows.setdefault(version, None)
+    configs = []
+    for version, row in rows.items():
+        config = ConfigData(
+            chunk_version=version,
+            params=row.params if row else None,
+            status=row.status if row else "Dropped",
+            production=bool(row and row.production),
+            table=row.table if row else None,
+            rows=row.rows if row else None,
+            series=series.get(version, {}),
+            markers=[m for m in markers.get(version, []) if m.at >= since],
+            reports=counts.get(version, 0),
+        )
+        if version in latest:
+            config.latest_at, config.latest = latest[version]
+        configs.append(config)
+    production_first = [c for c in configs if c.production]
+    others = sorted((c for c in configs if not c.production),
+                    key=lambda c: (c.status in ("Retired", "Dropped"), _desc(c.chunk_version)))
+    return DashboardData(
+        registry=Path(repo).resolve().name,
+        generated_at=generated,
+        since=since,
+        settings=state.settings,
+        production=state.settings.production,
+        configs=production_first + others,
+        proposals=proposals,
+    )
+
+
+def _desc(version: str) -> tuple[int, ...]:
+    """Newest version first."""
+    return tuple(-ord(c) for c in version)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def bands(settings: ProductionConfig) -> dict[str, tuple[float, float, str]]:
+    """metric -> (low, high, label) of its target from production.yaml (or the hard rule)."""
+    snap_low, snap_high = settings.target_snapshot_size
+    dedup_low, dedup_high = settings.target_dedup_rate
+    return {
+        "oracle_hit_rate": (settings.target_oracle_hit_rate, 1.0,
+                            f"target >= {settings.target_oracle_hit_rate:g}"),
+        "filter_hit_rate": (settings.target_filter_hit_rate, 1.0,
+                            f"target >= {settings.target_filter_hit_rate:g}"),
+        "avg_snapshot_size": (snap_low, snap_high, f"target {snap_low:g}-{snap_high:g}"),
+        "dedup_rate": (dedup_low, dedup_high, f"target {dedup_low:.0%}-{dedup_high:.0%}"),
+        "bm25_prefix_leakage": (0.0, 0.0, "must be 0"),
+        "over_budget_chunks": (0.0, 0.0, "must be 0"),
+    }
+
+
+EVENTS_TITLE = "Promotions, rollbacks and reconciles"
+ROW_HEIGHTS = (0.45,) + (1.0,) * len(METRICS)
+ROW_GAP = 0.03
+BAND_FONT = {"size": 10, "color": "#1a7f37"}
+MUTED = {"size": 10, "color": "#6e7781"}
+
+
+def _t(moment: datetime) -> str:
+    """plotly.js dates carry no zone: every time on the page is UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _domains() -> list[tuple[float, float]]:
+    """(bottom, top) of each row in paper coordinates, row 1 on top."""
+    usable = 1 - ROW_GAP * (len(ROW_HEIGHTS) - 1)
+    total = sum(ROW_HEIGHTS)
+    domains, top = [], 1.0
+    for height in ROW_HEIGHTS:
+        bottom = top - usable * height / total
+        domains.append((max(bottom, 0.0), top))
+        top = bottom - ROW_GAP
+    return domains
+
+
+def figure(data: DashboardData, config: ConfigData, color: str) -> dict[str, Any]:
+    """One plotly.js figure per config: an events row, then the seven series, all sharing one
+    time axis. Built as plain JSON: plotly's Python figure objects validate every property
+    and took seconds for a page of five configs."""
+    targets = bands(data.settings)
+    start, end = _t(data.since), _t(data.generated_at)
+    traces: list[dict[str, Any]] = []
+    shapes: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {
+        "height": 180 * len(METRICS) + 160, "margin": {"l": 60, "r": 20, "t": 60, "b": 30},
+        "template": {"layout": {"paper_bgcolor": "#fff", "plot_bgcolor": "#fff"}},
+        "hovermode": "closest", "showlegend": False,
+        "font": {"family": "system-ui, sans-serif", "size": 12, "color": "#1f2328"},
+    }
+    titles = [EVENTS_TITLE] + [f"{m.title} ({m.unit})" if m.unit else m.title for m in METRICS]
+    for row, ((bottom, top), title) in enumerate(zip(_domains(), titles, strict=True), start=1):
+        suffix = "" if row == 1 else str(row)
+        layout[f"xaxis{suffix}"] = {
+            "domain": [0, 1], "anchor": f"y{suffix}", "type": "date", "range": [start, end],
+            "tickformat": "%b %d", "gridcolor": "#eaeef2", "showline": False,
+            **({} if row == 1 else {"matches": "x"}),
+        }
+        layout[f"yaxis{suffix}"] = {"domain": [bottom, top], "anchor": f"x{suffix}",
+                                    "gridcolor": "#eaeef2", "zeroline": False}
+        notes.append({"text": title, "x": 0, "y": top, "xref": "paper", "yref": "paper",
+                      "xanchor": "left", "yanchor": "bottom", "showarrow": False,
+                      "font": {"size": 13}})
+    _events(config.markers, traces, layout, notes)
+    for row, metric in enumerate(METRICS, start=2):
+        x, y = f"x{row}", f"y{row}"
+        axis = layout[f"yaxis{row}"]
+        points = config.series.get(metric.key, [])
+        traces.append({
+            "type": "scatter", "xaxis": x, "yaxis": y, "name": metric.title,
+            "x": [_t(p.at) for p in points], "y": [p.value for p in points],
+            "customdata": [p.note for p in points], "mode": _mode(metric, len(points)),
+            "line": {"color": color, "width": 1.6}, "marker": {"size": 4, "color": color},
+            "hovertemplate": f"%{{x|%Y-%m-%d %H:%M}} UTC<br>{metric.title}: "
+                             f"%{{y:{metric.hover}}}<br>%{{customdata}}<extra></extra>",
+        })
+        if metric.unit:
+            axis["title"] = {"text": metric.unit}
+        if metric.key.endswith("hit_rate"):
+            axis["range"] = [0, 1.02]
+        elif metric.key == "dedup_rate":
+            axis["tickformat"] = ".0%"
+        else:
+            axis["rangemode"] = "nonnegative"
+        if not points:
+            notes.append({"text": "no data in this period", "showarrow": False,
+                          "xref": f"{x} domain", "yref": f"{y} domain", "x": 0.5, "y": 0.5,
+                          "font": MUTED})
+        band = targets.get(metric.key)
+        if band is None:
+            notes.append({"text": "no target in production.yaml", "showarrow": False,
+                          "xref": f"{x} domain", "yref": f"{y} domain", "x": 1, "y": 1,
+                          "xanchor": "right", "yanchor": "bottom", "font": MUTED})
+            continue
+        low, high, label = band
+        if high > low:
+            shapes.append({"type": "rect", "xref": f"{x} domain", "yref": y, "x0": 0, "x1": 1,
+                           "y0": low, "y1": high, "fillcolor": "#2da44e", "opacity": 0.12,
+                           "line": {"width": 0}, "layer": "below"})
+        else:
+            shapes.append({"type": "line", "xref": f"{x} domain", "yref": y, "x0": 0, "x1": 1,
+                           "y0": low, "y1": low, "layer": "below",
+                           "line": {"color": "#2da44e", "width": 1, "dash": "dash"}})
+        notes.append({"text": label, "showarrow": False, "xref": f"{x} domain", "yref": y,
+                      "x": 0, "y": high, "xanchor": "left",
+                      "yanchor": "top" if high > low else "bottom", "font": BAND_FONT})
+    for marker in config.markers:
+        line_color, dash = MARKER_STYLE[marker.kind]
+        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": _t(marker.at),
+                       "x1": _t(marker.at), "y0": 0, "y1": 1, "layer": "below",
+                       "line": {"color": line_color, "width": 1.2, "dash": dash}})
+    layout["xaxis"]["rangeselector"] = {
+        "buttons": [{"count": 7, "label": "7d", "step": "day", "stepmode": "backward"},
+                    {"count": 30, "label": "30d", "step": "day", "stepmode": "backward"},
+                    {"step": "all", "label": "all"}],
+        "x": 0.5, "xanchor": "center", "y": 1.02}
+    layout["shapes"], layout["annotations"] = shapes, notes
+    return {"data": traces, "layout": layout}
+
+
+def _mode(metric: Metric, points: int) -> str:
+    """Ingest runs are sparse events (no line implied between them); dense series drop dots."""
+    if metric.key == "ingest_mb_per_s":
+        return "markers"
+    return "lines" if points > 120 else "lines+markers"
+
+
+def _events(markers: list[Marker], traces: list[dict[str, Any]], layout: dict[str, Any],
+            notes: list[dict[str, Any]]) -> None:
+    """Row 1: a labelled triangle per event, on three staggered lanes so close labels do not
+    overlap (hover: kind, run, commit, what it did)."""
+    lanes = 3
+    colors = [MARKER_STYLE[m.kind][0] for m in markers]
+    traces.append({
+        "type": "scatter", "xaxis": "x", "yaxis": "y", "name": "events",
+        "x": [_t(m.at) for m in markers],
+        "y": [lanes - 0.5 - (i % lanes) for i in range(len(markers))],
+        "mode": "markers+text", "text": [m.label for m in markers],
+        "textposition": "middle right", "textfont": {"size": 10, "color": colors},
+        "marker": {"symbol": "triangle-down", "size": 10, "color": colors},
+        "customdata": [[m.kind, m.commit or "no commit", m.run_id, m.description]
+                       for m in markers],
+        "hovertemplate": "%{x|%Y-%m-%d %H:%M} UTC<br><b>%{customdata[0]}</b> (reconcile run "
+                         "#%{customdata[2]}, commit %{customdata[1]})<br>%{customdata[3]}"
+                         "<extra></extra>",
+    })
+    layout["yaxis"].update({"range": [0, lanes], "visible": False, "fixedrange": True})
+    if not markers:
+        notes.append({"text": "none in this period", "showarrow": False, "xref": "x domain",
+                      "yref": "y domain", "x": 0.5, "y": 0.5, "font": MUTED})
+
+
+_CSP = ("default-src 'none'; script-src 'unsafe-inline'; "
+        "style-src 'unsafe-inline'; img-src data:; font-src data:")
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
+header,section{max-width:1280px;margin:0 auto;padding:12px 24px}
+header{padding-top:20px}h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:8px 0}
+.meta{color:#59636e;font-size:13px}
+.card{background:#fff;border:1px solid #d1d9e0;border-radius:6px;padding:12px 16px;
+margin:10px 0}
+ul.alerts{list-style:none;padding:0;margin:0}ul.alerts li{padding:6px 8px;border-radius:4px;
+margin:4px 0;font-size:14px}li.critical{background:#ffebe9;border-left:4px solid #cf222e}
+li.warning{background:#fff8c5;border-left:4px solid #9a6700}
+li.ok{background:#dafbe1;border-left:4px solid #1a7f37}
+li.proposal{background:#ddf4ff;border-left:4px solid #0969da}
+table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;
+padding:6px 8px;border-bottom:1px solid #d1d9e0}th{background:#f6f8fa}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;
+background:#eaeef2}.badge.prod{background:#1a7f37;color:#fff}
+.legend span{margin-right:14px;font-size:12px}.legend i{display:inline-block;width:18px;
+height:0;border-top-width:2px;vertical-align:middle;margin-right:4px}
+code{font-size:12px}.level{font-size:11px;font-weight:600;letter-spacing:.04em}
+"""
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe inside a <script> element: no `<` can close it."""
+    return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _when(moment: datetime | None) -> str:
+    return "never" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    return "–" if not isinstance(value, int | float) else format(value, pattern)
+
+
+def _alerts_html(data: DashboardData) -> str:
+    items = []
+    for proposal in data.proposals:
+        link = (f'<a href="{_esc(proposal.url)}">{_esc(proposal.url)}</a>' if proposal.url
+                else "no pull request recorded")
+        number = f" #{proposal.number}" if proposal.number else ""
+        items.append('<li class="proposal"><span class="level">ROLLBACK PROPOSED</span> '
+                     f"<b>{_esc(proposal.chunk_version)}</b> "
+                     f"back to {_esc(proposal.target_version)}{number} at "
+                     f"{_esc(_when(proposal.proposed_at))}: {link}</li>")
+    for level, version, message, at in data.alerts():
+        items.append(f'<li class="{level}" data-config="{_esc(version)}">'
+                     f'<span class="level">{level.upper()}</span> '
+                     f"<b>{_esc(version)}</b>: {_esc(message)} "
+                     f'<span class="meta">({_esc(_when(at))})</span></li>')
+    if not items:
+        items.append('<li class="ok">No alerts in the latest health reports.</li>')
+    return f'<ul class="alerts" id="alert-list">{"".join(items)}</ul>'
+
+
+def _configs_table(data: DashboardData) -> str:
+    head = ("<tr><th>Version</th><th>Params</th><th>Status</th><th class=num>Rows</th>"
+            "<th>Last report</th><th class=num>Oracle hit</th><th class=num>Filter hit</th>"
+            "<th class=num>Alerts</th><th class=num>Reports</th></tr>")
+    body = []
+    for config in data.configs:
+        latest = config.latest or {}
+        alerts = latest.get("alerts") or []
+        critical = sum(1 for a in alerts if isinstance(a, dict) and a.get("level") == "critical")
+        badge = ('<span class="badge prod">production</span> ' if config.production else "")
+        alert_text = (f"{critical} critical, {len(alerts) - critical} warnings" if alerts
+                      else ("none" if config.latest else "–"))
+        body.append(
+            f'<tr data-config="{_esc(config.chunk_version)}"><td><a href="#config-'
+            f'{_esc(config.chunk_version)}"><code>{_esc(config.chunk_version)}</code></a></td>'
+            f"<td>{_esc(config.params or '(not in the repo)')}</td>"
+            f'<td>{badge}<span class="badge">{_esc(config.status)}</span></td>'
+            f"<td class=num>{_fmt(config.rows, ',d')}</td><td>{_esc(_when(config.latest_at))}"
+            f"</td><td class=num>{_fmt(latest.get('oracle_hit_rate'), '.3f')}</td>"
+            f"<td class=num>{_fmt(latest.get('filter_hit_rate'), '.3f')}</td>"
+            f"<td class=num>{alert_text}</td><td class=num>{config.reports}</td></tr>")
+    return f'<table id="configs-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _legend() -> str:
+    css = {"solid": "solid", "dash": "dashed", "dot": "dotted"}
+    parts = [f'<span><i style="border-top:2px {css[dash]} {color}"></i>{kind}</span>'
+             for kind, (color, dash) in MARKER_STYLE.items()]
+    parts.append('<span><i style="border-top:8px solid #2da44e33"></i>target band '
+                 "(production.yaml)</span>")
+    return f'<div class="legend meta">{"".join(parts)}</div>'
+
+
+def render(data: DashboardData) -> str:
+    """The whole page: plotly.js inlined once, then one figure per config."""
+    from plotly.offline import get_plotlyjs
+
+    sections = []
+    plot_config = {"displaylogo": False, "responsive": True}
+    for index, config in enumerate(data.configs):
+        fig = figure(data, config, PALETTE[index % len(PALETTE)])
+        div_id = f"chart-{config.chunk_version}"
+        args = ", ".join(_script_json(v) for v in (div_id, fig["data"], fig["layout"],
+                                                    plot_config))
+        badge = ' <span class="badge prod">production</span>' if config.production else ""
+        sections.append(
+            f'<section class="config" id="config-{_esc(config.chunk_version)}" '
+            f'data-config="{_esc(config.chunk_version)}"><div class="card">'
+            f"<h2><code>{_esc(config.chunk_version)}</code>{badge}</h2>"
+            f'<div class="meta">{_esc(config.params or "(not in the repo)")} · '
+            f"{_esc(config.table or '')} · {config.reports} reports, {len(config.markers)} "
+            f'events in the period</div><div id="{_esc(div_id)}" class="chart"></div>'
+            f"<script>Plotly.newPlot({args});</script></div></section>")
+    title = f"chunk-registry health: {data.registry}"
+    production = data.production or "none"
+    summary = (f"Production: <code>{_esc(production)}</code> · {len(data.configs)} configs · "
+               f"{data.reports} health reports from {_esc(_when(data.since))} to "
+               f"{_esc(_when(data.generated_at))} · generated {_esc(_when(data.generated_at))}")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title><style>{_STYLE}</style>"
+        f"<script>{get_plotlyjs()}</script></head><body>"
+        f'<header><h1>{_esc(title)}</h1><div class="meta">{summary}</div></header>'
+        f'<section id="alerts"><div class="card"><h2>Current alerts</h2>{_alerts_html(data)}'
+        "</div></section>"
+        f'<section id="configs"><div class="card"><h2>Configs</h2>{_configs_table(data)}'
+        f"{_legend()}</div></section>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and serving
+
+
+@dataclass(frozen=True)
+class DashboardResult:
+    path: Path
+    bytes: int
+    configs: int
+    reports: int
+    markers: int
+    alerts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "bytes": self.bytes, "configs": self.configs,
+                "reports": self.reports, "markers": self.markers, "alerts": self.alerts}
+
+
+def build(
+    repo: Path | str,
+    out: Path,
+    *,
+    dsn: str | None = None,
+    ref: str | None = None,
+    fetch: bool = True,
+    days: int = DEFAULT_DAYS,
+) -> DashboardResult:
+    """`registry dashboard --out DIR`: write DIR/index.html (written whole, then renamed)."""
+    data = collect(repo, dsn=dsn, ref=ref, fetch=fetch, days=days)
+    page = render(data).encode()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / PAGE_NAME
+    partial = out / f".{PAGE_NAME}.partial"
+    partial.write_bytes(page)
+    partial.replace(target)
+    return DashboardResult(target, len(page), len(data.configs), data.reports,
+                           sum(len(c.markers) for c in data.configs), len(data.alerts()))
+
+
+def server(directory: Path, port: int = 8000) -> ThreadingHTTPServer:
+    """An HTTP server for `directory` bound to 127.0.0.1 only (never all interfaces): the
+    caller runs `serve_forever`. Port 0 picks a free port."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = partial(Quiet, directory=str(directory))
+    try:
+        return ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as err:
+        raise UsageError(f"cannot listen on 127.0.0.1:{port}: {err.strerror}",
+                         fix="pick another --port (0 picks a free one)") from None
+
+
+def url_of(http: ThreadingHTTPServer) -> str:
+    host, port = http.server_address[:2]
+    return f"http://{host!s}:{port}/{PAGE_NAME}"

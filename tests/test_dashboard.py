@@ -1,0 +1,175 @@
+"""The health dashboard: 90 days of reports for 5 configs on one offline page, and --serve on
+the loopback interface only. (Rendering in a real browser: test_dashboard_browser.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import yaml
+from plotly.offline import get_plotlyjs
+
+from registry.ingest import ingest
+from registry.reconcile import reconcile
+from tests.database import promote
+from tests.helpers import RegistryRepo, run_cli
+from tests.history import build_history
+from tests.test_health_eval import write_corpus
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / ".github" / "workflows"
+
+
+def sections(page: str) -> list[str]:
+    return re.findall(r'<section class="config" id="config-([^"]+)"', page)
+
+
+def test_ninety_days_of_five_configs_make_one_offline_page(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    history = build_history(registry_repo, dsn, tmp_path)
+    out = tmp_path / "site"
+
+    started = time.perf_counter()
+    result = run_cli("dashboard", "--out", out, "--repo", registry_repo.path, "--dsn", dsn,
+                     "--no-fetch", "--format", "json")
+    seconds = time.perf_counter() - started
+
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["configs"], summary["reports"]) == (5, 5 * history.days)
+    assert seconds < 15
+    page = (out / "index.html").read_text()
+    assert sections(page)[0] == history.production
+    assert sorted(sections(page)) == sorted(history.versions)
+    table_rows = re.findall(r'<tr data-config="([^"]+)">', page)
+    assert sorted(table_rows) == sorted(history.versions)
+
+    # Nothing is fetched: plotly.js is inlined once, the rest of the page names no remote
+    # script, style or link, and a CSP forbids any fetch anyway.
+    assert page.count(get_plotlyjs()) == 1
+    ours = page.replace(get_plotlyjs(), "")
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", ours)
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert summary["bytes"] < 6_000_000 and len(ours.encode()) < 600_000
+
+    # Every production move is a marker on the charts of the configs it touched, with its SHA.
+    production_section = page.split(f'id="config-{history.production}"')[1]
+    for kind, _version, sha in history.moves[1:]:
+        label = f"{'promotion' if kind == 'promote' else 'rollback'} {sha[:7]}"
+        assert label in production_section, label
+
+    # The current alerts are those of each config's latest report: the planted critical one
+    # first among them, each with its config.
+    with psycopg.connect(dsn) as conn:
+        latest = dict(conn.execute(
+            "SELECT DISTINCT ON (chunk_version) chunk_version, report->'alerts' FROM "
+            "chunk_registry.health_reports ORDER BY chunk_version, at DESC").fetchall())
+    shown = re.findall(r'<li class="(critical|warning)" data-config="([^"]+)">', page)
+    expected = [(a["level"], version) for version, alerts in latest.items() for a in alerts]
+    assert sorted(shown) == sorted(expected)
+    assert ("critical", history.critical) in shown
+    assert "3 chunks exceed 350 BM25 tokens" in page
+    assert page.index('id="alerts"') < page.index('id="configs"') < page.index('class="config"')
+
+
+def test_serve_binds_the_loopback_interface_and_shows_a_registry_without_reports(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    version = registry_repo.locked()
+    promote(registry_repo, version)
+    reconcile(registry_repo.path, dsn=dsn, force=True)
+    out = tmp_path / "site"
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "registry", "dashboard", "--out", str(out), "--serve", "--port",
+         "0", "--repo", str(registry_repo.path), "--dsn", dsn, "--no-fetch"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        found = re.match(r"Serving (http://127\.0\.0\.1:([0-9]+)/index\.html)", line)
+        assert found, line + (server.stderr.read() if server.poll() is not None else "")
+        with urllib.request.urlopen(found.group(1), timeout=10) as response:
+            body = response.read().decode()
+            assert response.status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    assert "Wrote" in (server.stdout.read() if server.stdout else "")
+    assert f'data-config="{version}"' in body
+    assert "no health report recorded" in body
+    assert sections(body) == [version]
+
+
+def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    """reconcile.yml's `watch` and `dashboard` jobs, their `run:` steps executed as the runner
+    would (bash -eo pipefail, secrets and runner paths filled in) on a checkout of main."""
+    corpus = write_corpus(tmp_path / "data")
+    version = registry_repo.locked()
+    registry_repo.write("eval/cases.jsonl", corpus.cases.read_text(), "Eval cases")
+    reconcile(registry_repo.path, dsn=dsn)
+    ingest(registry_repo.path, version, corpus.path, dsn=dsn,
+           tokenizer_file=registry_repo.tokenizer_file, workers=1)
+    promote(registry_repo, version)
+    reconcile(registry_repo.path, dsn=dsn)
+    workspace = tmp_path / "workspace"
+    subprocess.run(["git", "clone", "--quiet", str(registry_repo.origin), str(workspace)],
+                   check=True)
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    summary, outputs = runner / "summary.md", runner / "output"
+    context = {"secrets.REGISTRY_DSN": dsn, "github.token": "", "runner.temp": str(runner)}
+    workflow = yaml.safe_load((WORKFLOWS / "reconcile.yml").read_text())
+
+    ran = []
+    for job in ("watch", "dashboard"):
+        for step in workflow["jobs"][job]["steps"]:
+            if "run" not in step or step["name"] == "Install chunk-registry":
+                continue
+            if "if" in step:
+                assert step["if"] == "${{ steps.health.outputs.exit == '2' }}"
+                if "exit=2" not in outputs.read_text():
+                    continue
+            env = {key: _expand(str(value), context) for key, value in (step.get("env") or {}).items()}
+            proc = subprocess.run(
+                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", _expand(step["run"], context)],
+                cwd=workspace, capture_output=True, text=True,
+                env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                     "RUNNER_TEMP": str(runner), "GITHUB_STEP_SUMMARY": str(summary),
+                     "GITHUB_OUTPUT": str(outputs), "GITHUB_ACTIONS": "true"},
+            )
+            assert proc.returncode == 0, f"{step['name']}: {proc.stdout}{proc.stderr}"
+            ran.append(step["name"])
+
+    assert ran == ["Judge the latest promotion, propose its rollback if it regressed",
+                   "Record today's health report", "Build the dashboard"]
+    assert outputs.read_text().strip() == "exit=0"
+    assert f"### Chunk registry health: {version} (healthy)" in summary.read_text()
+    with psycopg.connect(dsn) as conn:
+        evals = conn.execute("SELECT count(*) FROM chunk_registry.eval_runs").fetchone()
+        reports = conn.execute("SELECT count(*) FROM chunk_registry.health_reports").fetchone()
+    assert evals == (1,) and reports == (1,)
+    upload = next(s for s in workflow["jobs"]["dashboard"]["steps"]
+                  if s["name"] == "Publish the dashboard")
+    page = Path(_expand(upload["with"]["path"], context))
+    assert f'data-config="{version}"' in page.read_text()
+
+
+def _expand(text: str, context: dict[str, str]) -> str:
+    def one(found: re.Match[str]) -> str:
+        key = found.group(1).strip()
+        assert key in context, f"the local runner does not know ${{{{ {key} }}}}"
+        return context[key]
+
+    return re.sub(r"\$\{\{(.*?)\}\}", one, text)
