@@ -148,12 +148,17 @@ def lock(
     _print(f"  {result.path} in commit {result.commit[:10]} on top of {result.base}")
     if result.runbook_path:
         _print(f"  runbook: {result.runbook_path}")
+    _print_next_step(result.branch, result.pushed, proposal)
+
+
+def _print_next_step(branch: str, pushed: bool, proposal: Any) -> None:
+    """What the user does next with a change branch: the PR that was opened, or how to open one."""
     if proposal is not None:
         _print_proposal(proposal)
-    elif result.pushed:
-        _print(f"Next: open a pull request from {result.branch} and merge it to lock the config.")
+    elif pushed:
+        _print(f"Next: open a pull request from {branch} and merge it.")
     else:
-        _print(f"Next: git push origin {result.branch}, then open a pull request and merge it.")
+        _print(f"Next: git push origin {branch}, then open a pull request and merge it.")
 
 
 ValidateFormat = Literal["text", "json", "github"]
@@ -243,10 +248,9 @@ def tag(
 
 
 def _committed_state(repo: Path, ref: str | None) -> RegistryState:
-    from registry.gitops import Git, read_state
+    from registry.gitops import committed_state
 
-    git = Git(repo)
-    return read_state(git, git.desired_ref(ref, fetch=False))
+    return committed_state(repo, ref)
 
 
 def _config_row(state: RegistryState, version: str, tags: dict[str, Any]) -> dict[str, Any]:
@@ -376,12 +380,7 @@ def _report_change(repo: Path, result: ChangeResult, fmt: str, pr: bool) -> None
     _print(f"  commit {result.commit[:10]} on top of {result.base}")
     if result.reverted:
         _print(f"  reverts {result.reverted[:10]}")
-    if proposal is not None:
-        _print_proposal(proposal)
-    elif result.pushed:
-        _print(f"Next: open a pull request from {result.branch} and merge it.")
-    else:
-        _print(f"Next: git push origin {result.branch}, then open a pull request and merge it.")
+    _print_next_step(result.branch, result.pushed, proposal)
 
 
 @app.command()

@@ -24,6 +24,8 @@ from registry.errors import ConfigInvalid, UsageError
 if TYPE_CHECKING:
     import psycopg
 
+    from registry.gitops import RegistryState
+
 MatchMode = Literal["any", "all"]
 TOKEN_RE = re.compile(r"[a-z0-9]+")
 ORACLE_JACCARD = 0.28
@@ -313,11 +315,7 @@ class Target:
     table: str
 
 
-def resolve_target(repo: Path | str, version: str, ref: str | None = None) -> Target:
-    from registry.gitops import Git, read_state
-
-    git = Git(repo)
-    state = read_state(git, git.desired_ref(ref, fetch=False))
+def resolve_target(state: RegistryState, version: str) -> Target:
     config = state.config(version)
     return Target(config.chunk_version, state.settings.schema,
                   state.table_name(config.chunk_version))
@@ -427,7 +425,9 @@ def run_eval(
     from registry.db import ensure_schema, resolve_dsn, session
 
     cases = load_cases(cases_file)
-    target = resolve_target(repo, version, ref)
+    from registry.gitops import committed_state
+
+    target = resolve_target(committed_state(repo, ref), version)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         _require_rows(conn, target)
         result = evaluate_table(conn, target.schema, target.table, target.chunk_version, cases,
@@ -454,14 +454,13 @@ def run_compare(
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
     from registry.db import ensure_schema, resolve_dsn, session
-    from registry.gitops import Git, read_state
+    from registry.gitops import committed_state
 
     cases = load_cases(cases_file)
-    git = Git(repo)
-    state = read_state(git, git.desired_ref(ref, fetch=False))
+    state = committed_state(repo, ref)
     settings = state.settings
-    shadow_target = resolve_target(repo, shadow, ref)
-    against_target = resolve_target(repo, against, ref)
+    shadow_target = resolve_target(state, shadow)
+    against_target = resolve_target(state, against)
     if shadow_target == against_target:
         raise UsageError(f"--compare and --against both name {shadow_target.chunk_version}",
                          fix="compare a shadow version against production")

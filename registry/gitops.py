@@ -600,6 +600,12 @@ def read_state(git: Git, ref: str = WORKTREE, *, use_cache: bool = True) -> Regi
     return state
 
 
+def committed_state(repo: Path | str, ref: str | None = None) -> RegistryState:
+    """The registry as committed on `ref` (default: origin/main or main, not fetched)."""
+    git = Git(repo)
+    return read_state(git, git.desired_ref(ref, fetch=False))
+
+
 def _read_production(state: RegistryState, raw: bytes | None) -> None:
     from registry.schema import schema_problems
 

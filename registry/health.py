@@ -297,10 +297,9 @@ def run_health(
     from registry.db import ensure_schema, resolve_dsn, session
     from registry.evaluate import DEFAULT_K, DEFAULT_TOP, evaluate_table, last_eval, load_cases
     from registry.evaluate import record_eval as record_evaluation
-    from registry.gitops import Git, read_state
+    from registry.gitops import committed_state
 
-    git = Git(repo)
-    state = read_state(git, git.desired_ref(ref, fetch=False))
+    state = committed_state(repo, ref)
     config = state.config(version)
     settings = state.settings
     guard = ProductionGuardrails(config, tokenizer_file, strict=strict).validate_config()

@@ -784,10 +784,9 @@ def ingest(
     """`registry ingest VERSION --source PATH`: the locked config as committed on the main
     branch (or `ref`), its tokenizer checked by hash, its shadow table filled."""
     from registry.db import resolve_dsn
-    from registry.gitops import Git, read_state
+    from registry.gitops import committed_state
 
-    git = Git(repo)
-    state = read_state(git, git.desired_ref(ref, fetch=False))
+    state = committed_state(repo, ref)
     target = target_for(state, version)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
     return run_ingest(target, source, resolve_dsn(dsn).value, tokenizer_json, dedup=dedup,
@@ -833,11 +832,10 @@ def ingest_pending(
     Each config's tokenizer is the first of `tokenizer_files` whose hash matches it, else the
     one its name resolves to (local cache)."""
     from registry.db import ensure_schema, resolve_dsn, session
-    from registry.gitops import Git, read_state
+    from registry.gitops import committed_state
     from registry.tokenizer import file_hash
 
-    git = Git(repo)
-    state = read_state(git, git.desired_ref(ref, fetch=False))
+    state = committed_state(repo, ref)
     resolved = resolve_dsn(dsn).value
     with session(resolved, purpose="ingest pending") as conn:
         ensure_schema(conn)
