@@ -288,7 +288,8 @@ class LockedConfig:
 
     @property
     def created_datetime(self) -> datetime:
-        return datetime.strptime(self.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        # The schema fixes the shape (…T14:30:22Z); fromisoformat checks the values, in C.
+        return datetime.fromisoformat(self.created_at).astimezone(UTC)
 
     def table_name(self, base_name: str = DEFAULT_BASE_NAME) -> str:
         return table_name_for(self.chunk_version, base_name)

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.config import (
@@ -487,7 +487,7 @@ def _file_name_problems(
     keep: list[tuple[str, str]] = []
     problems: list[Problem] = []
     for mode, blob, path in entries:
-        name = PurePosixPath(path).name
+        folder, _, name = path.rpartition("/")
         if path == PRODUCTION_PATH:
             continue
         if not (name.endswith(".yaml") or name.endswith(".yml")):
@@ -499,7 +499,7 @@ def _file_name_problems(
         if mode not in ("100644", "100755"):
             problems.append(Problem(path, 1, f"unexpected entry (mode {mode})", "remove it"))
             continue
-        if PurePosixPath(path).parent != PurePosixPath(CONFIG_DIR):
+        if folder != CONFIG_DIR:
             problems.append(Problem(path, 1, "configs live directly in configs/, not in a "
                                     "subfolder", f"move it to {CONFIG_DIR}/{name}"))
             continue
@@ -593,8 +593,8 @@ def read_state(git: Git, ref: str = WORKTREE, *, use_cache: bool = True) -> Regi
         state.problems.extend(file.problems)
         if file.config is not None:
             state.problems.extend(_guardrail_problems(git, file, contents))
+    _read_production(state, production_raw, cache)
     cache.save()
-    _read_production(state, production_raw)
     _repo_level_problems(git, state, contents)
     state.problems.sort(key=lambda p: (p.path, p.line))
     return state
@@ -606,9 +606,19 @@ def committed_state(repo: Path | str, ref: str | None = None) -> RegistryState:
     return read_state(git, git.desired_ref(ref, fetch=False))
 
 
-def _read_production(state: RegistryState, raw: bytes | None) -> None:
+def _read_production(state: RegistryState, raw: bytes | None, cache: ParseCache) -> None:
+    """production.yaml; a valid one is cached by blob SHA like the configs (a warm read then
+    needs neither the YAML parser nor jsonschema)."""
     from registry.schema import schema_problems
 
+    if raw is not None:
+        blob = git_blob_sha(raw)
+        hit = cache.get(f"production:{blob}")
+        if hit is not None:
+            state.production = ProductionConfig.from_mapping(hit["data"])
+            state.production_line = hit["line"]
+            state.production_blob = blob
+            return
     if raw is None:
         if not any(p.path == PRODUCTION_PATH for p in state.problems):
             state.problems.append(Problem(PRODUCTION_PATH, 1, "production.yaml is missing",
@@ -627,6 +637,8 @@ def _read_production(state: RegistryState, raw: bytes | None) -> None:
         return
     state.production = ProductionConfig.from_mapping(doc.data)
     state.production_blob = git_blob_sha(raw)
+    cache.put(f"production:{state.production_blob}",
+              {"data": doc.data, "line": state.production_line})
 
 
 def _worktree_entries(

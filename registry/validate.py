@@ -8,6 +8,7 @@ request) and the tokenizer each config was locked with.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,14 +123,31 @@ def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
 
 def _tagged_blobs(git: Git, tags: Mapping[str, TagInfo], named: Mapping[str, str]
                   ) -> dict[str, str | None]:
-    """tag -> the blob of its config at the tagged commit (None: no such file), in one call."""
-    queries = [f"{tags[name].commit}:{config_path(version)}" for name, version in named.items()]
-    answers = git.run("cat-file", "--batch-check", input="\n".join(queries).encode() + b"\n")
-    blobs: dict[str, str | None] = {}
-    for name, answer in zip(named, answers.splitlines(), strict=True):
-        parts = answer.split()
-        blobs[name] = parts[0] if len(parts) == 3 and parts[1] == "blob" else None
-    return blobs
+    """tag -> the blob of its config at the tagged commit (None: no such file).
+
+    A commit's tree never changes, so answers are cached by `commit:path` in .git; only new or
+    moved tags reach git, in one `cat-file --batch-check` (each lookup walks the commit's
+    configs/ tree, which costs 0.3 s for 1,500 tags every run without the cache)."""
+    cache_file = git.git_dir / "chunk-registry" / "tagged-blobs.json"
+    try:
+        cached: dict[str, str | None] = json.loads(cache_file.read_text("utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    keys = {name: f"{tags[name].commit}:{config_path(version)}" for name, version in named.items()}
+    missing = sorted({key for key in keys.values() if key not in cached})
+    if missing:
+        answers = git.run("cat-file", "--batch-check", input="\n".join(missing).encode() + b"\n")
+        for key, answer in zip(missing, answers.splitlines(), strict=True):
+            parts = answer.split()
+            cached[key] = parts[0] if len(parts) == 3 and parts[1] == "blob" else None
+        try:
+            cache_file.parent.mkdir(exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cached), "utf-8")
+            tmp.replace(cache_file)
+        except OSError:
+            pass  # a read-only .git only costs speed
+    return {name: cached[key] for name, key in keys.items()}
 
 
 def _tampering(state: RegistryState, path: str, tag: str, tagged_blob: str) -> list[Problem]:
