@@ -87,6 +87,9 @@ def make_registry(where: Path, count: int) -> Path:
 
 
 def main() -> None:
+    # Commands run as an installed tool runs: with bytecode cached (pip compiles it at install
+    # time), for the tool and the baseline alike. Some shells export PYTHONDONTWRITEBYTECODE.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=7)

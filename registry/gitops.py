@@ -142,7 +142,36 @@ class Git:
         return self.main_branch()
 
     def fetch(self, remote: str = "origin") -> None:
+        """Fetch branches and tags, unless `ls-remote` shows nothing new: a no-op `git fetch`
+        walks every local ref (70 ms with 1,500 tags), `ls-remote` plus one `for-each-ref`
+        17-36 ms, and most runs of plan, status and --watch find nothing new."""
+        if not self._remote_moved(remote):
+            return
         self.run("fetch", "--quiet", "--tags", "--prune", remote)
+
+    def _remote_moved(self, remote: str) -> bool:
+        """Whether a fetch would change a remote-tracking branch or bring a tag."""
+        advertised = self.run("ls-remote", "--heads", "--tags", remote)
+        namespaces = [f"refs/remotes/{remote}/"]
+        if "\trefs/tags/" in advertised:
+            namespaces.append("refs/tags/")
+        local: dict[str, str] = {}
+        for line in self.run("for-each-ref", "--format=%(refname) %(objectname)",
+                             *namespaces).splitlines():
+            name, sha = line.rsplit(" ", 1)
+            local[name] = sha
+        local.pop(f"refs/remotes/{remote}/HEAD", None)
+        wanted: dict[str, str] = {}
+        for line in advertised.splitlines():
+            sha, _, name = line.partition("\t")
+            if name.endswith("^{}"):
+                continue
+            if name.startswith("refs/heads/"):
+                name = f"refs/remotes/{remote}/" + name.removeprefix("refs/heads/")
+            wanted[name] = sha
+        tracking = {name for name in local if name.startswith(f"refs/remotes/{remote}/")}
+        branches = {name for name in wanted if name.startswith(f"refs/remotes/{remote}/")}
+        return tracking != branches or any(local.get(n) != sha for n, sha in wanted.items())
 
     # -- reading trees --------------------------------------------------------------------------
 
