@@ -145,6 +145,26 @@ def test_a_healthy_table_has_no_alerts_and_each_planted_fault_fires_exactly_its_
         assert alerts() == (["dedup_rate"], 1)
 
 
+@pytest.mark.parametrize("policy", ["A", "B"])
+def test_the_health_counts_read_the_partial_index_of_flagged_rows_not_the_heap(
+    registry_repo: RegistryRepo, dsn: str, policy: str
+) -> None:
+    """The table's partial index and the check's WHERE are one predicate: if they ever drift
+    apart PostgreSQL can no longer use the index and the check reads the whole table."""
+    from registry.gitops import committed_state
+    from registry.health import counts_query
+
+    version = registry_repo.locked(prefix_policy=policy)
+    reconcile(registry_repo.path, dsn=dsn)
+    state = committed_state(registry_repo.path, "main")
+    config = state.config(version)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(row[0] for row in conn.execute(
+            psycopg.sql.SQL("EXPLAIN {}").format(counts_query(config, state.settings))))
+    assert f"{config.table_name(state.settings.base_name)}_bad" in plan, plan
+
+
 def test_health_reports_the_seed_metrics_and_records_each_report(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus
 ) -> None:

@@ -107,7 +107,7 @@ def catalog(conn: psycopg.Connection[Any]) -> set[tuple[str, str, str]]:
 
 def objects_of(schema: str, table: str) -> set[tuple[str, str, str]]:
     return {(schema, table, "r"), (schema, f"{table}_pkey", "i"), (schema, f"{table}_doc", "i"),
-            (schema, f"{table}_tsv", "i")}
+            (schema, f"{table}_tsv", "i"), (schema, f"{table}_bad", "i")}
 
 
 @pytest.mark.parametrize("names", HOSTILE, ids=["quotes-semicolons", "spaces-unicode", "dots"])
@@ -133,8 +133,7 @@ def test_hostile_names_given_to_every_sql_helper_land_in_the_catalog_exactly_quo
         now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         applier = Applier(conn, settings, "deadbeef", now, schema_exists=False)
         created = applier.apply(Plan("test", None, "", [
-            CreateTable(schema, table, version, served.config_hash),
-            CreateTable(schema, other, retired.chunk_version, retired.config_hash)]))
+            CreateTable.of(schema, table, served), CreateTable.of(schema, other, retired)]))
         report = run_ingest(Target(served, schema, table), write_corpus(tmp_path / "c", 8), dsn,
                             tokenizer_file.read_text(), workers=1)
         swapped = applier.apply(Plan("test", None, "", [
