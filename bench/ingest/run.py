@@ -395,8 +395,7 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
             # best of two, in alternating order, so neither way pays the warm-up alone
             for way in ("plain", "ingest", "ingest", "plain"):
                 table = f"t_{uuid.uuid4().hex[:8]}"
-                for statement in _table_ddl(CreateTable("public", table, locked.chunk_version,
-                                                        locked.config_hash)):
+                for statement in _table_ddl(CreateTable.of("public", table, locked)):
                     conn.execute(statement)
                 for alter in alters:
                     for column in ("embedding_text", "bm25_text"):
