@@ -4,9 +4,9 @@
 prefix leakage under policy A (bm25_has_prefix, computed by PostgreSQL from bm25_text as rows
 are written), over-budget chunks, the last two read from a partial index that holds only the
 flagged rows; the table's CHECKs make rows of another version or ingest run impossible. The
-dedup rate
-comes from the last successful ingest run; retrieval metrics from an evaluation (run now with
-`--cases`, or the last one recorded). The report keeps the seed's "Production Metrics" shape.
+dedup rate comes from the last successful ingest run; retrieval metrics from an evaluation (run
+now with `--cases`, or the last one recorded). The report keeps the seed's "Production Metrics"
+shape.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def unhealthy_rows(prefix_policy: str, chunk_size: int, token_budget: int) -> sq
 
 def counts_query(config: LockedConfig, settings: ProductionConfig) -> sql.Composed:
     """Rows, prefix leakage and over-budget rows of the config's table in one statement:
-    count(*) is an index-only scan and the flagged rows come from the partial index (empty
-    while healthy), so the heap is never read in full."""
+    count(*) can be an index-only scan and the flagged rows come from the partial index
+    (empty while healthy), so the heap need not be read in full."""
     from psycopg import sql
 
     leak = sql.SQL("bm25_has_prefix" if config.prefix_policy == "A" else "false")
