@@ -67,13 +67,19 @@ class ProductionGuardrails:
         return {"valid": not issues, "issues": issues, "warnings": warnings}
 
 
+def _over_budget(chunk_size: int, token_budget: int) -> sql.Composed:
+    from psycopg import sql
+
+    return sql.SQL("bm25_token_count > {} OR embedding_token_count > {}").format(
+        sql.Literal(chunk_size), sql.Literal(token_budget))
+
+
 def unhealthy_rows(prefix_policy: str, chunk_size: int, token_budget: int) -> sql.Composable:
     """The rows a health check counts against a table: the predicate of the table's partial
     index and of the check's query, built in one place so that PostgreSQL sees them equal."""
     from psycopg import sql
 
-    over = sql.SQL("bm25_token_count > {} OR embedding_token_count > {}").format(
-        sql.Literal(chunk_size), sql.Literal(token_budget))
+    over = _over_budget(chunk_size, token_budget)
     if prefix_policy != "A":
         return sql.SQL("({})").format(over)
     return sql.SQL("(bm25_has_prefix OR {})").format(over)
@@ -87,13 +93,12 @@ def counts_query(config: LockedConfig, settings: ProductionConfig) -> sql.Compos
 
     leak = sql.SQL("bm25_has_prefix" if config.prefix_policy == "A" else "false")
     table = sql.Identifier(settings.schema, config.table_name(settings.base_name))
-    # Values as Literals, not parameters, next to a composed name (see ingest._load).
+    # Values as Literals (in the predicates), not parameters, next to a composed name (see
+    # ingest._load).
     return sql.SQL(
         "SELECT (SELECT count(*) FROM {table}), count(*) FILTER (WHERE {leak}), "
-        "count(*) FILTER (WHERE bm25_token_count > {size} "
-        "OR embedding_token_count > {budget}) FROM {table} WHERE {unhealthy}"
-    ).format(leak=leak, table=table,
-             size=sql.Literal(config.chunk_size), budget=sql.Literal(config.token_budget),
+        "count(*) FILTER (WHERE {over}) FROM {table} WHERE {unhealthy}"
+    ).format(leak=leak, table=table, over=_over_budget(config.chunk_size, config.token_budget),
              unhealthy=unhealthy_rows(config.prefix_policy, config.chunk_size,
                                       config.token_budget))
 
