@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import queue
 import subprocess
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +196,34 @@ def run_cli(*args: str | Path) -> CliResult:
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+class StderrLines:
+    """A running process's stderr, line by line: a thread reads the pipe, so a test can wait
+    for a line with a deadline instead of blocking on it. Every line read is kept in `seen`."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        stream = proc.stderr
+        self.seen: list[str] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(line) for line in stream],
+                         daemon=True).start()
+
+    def next(self, timeout: float) -> str | None:
+        """The next line, or None when none came within `timeout` seconds."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self.seen.append(line)
+        return line
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        """The first line from now on that contains `text`; fails after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.next(0.5)
+            if line is not None and text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} in {timeout}s: {self.seen}")

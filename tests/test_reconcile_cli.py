@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from registry.cli import main
 from tests.database import Database, promote, table_of
-from tests.helpers import RegistryRepo
+from tests.helpers import RegistryRepo, StderrLines
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -246,35 +244,18 @@ def test_watch_survives_an_outage_follows_new_commits_and_stops_on_sigterm(
     v1 = registry_repo.locked()
     proc = _registry("reconcile", "--watch", "--interval", "0.5", "--repo",
                      str(registry_repo.path), "--dsn", later_database)
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stderr is not None
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr or []],
-                     daemon=True).start()
-    seen: list[str] = []
-
-    def wait_for(text: str) -> str:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r} in {seen}")
-
+    lines = StderrLines(proc)
     try:
-        outage = wait_for("retrying in")
+        outage = lines.wait_for("retrying in")
         with psycopg.connect(pg_server, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{conninfo_to_dict(later_database)["dbname"]}"')
-        wait_for("applied, 1 to create")
+        lines.wait_for("applied, 1 to create")
         v2 = registry_repo.locked(chunk_size=300)
-        wait_for("applied, 1 to create")
-        wait_for("noop, no changes")
+        lines.wait_for("applied, 1 to create")
+        lines.wait_for("noop, no changes")
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
-        wait_for("stopped after")
+        lines.wait_for("stopped after")
     finally:
         if proc.poll() is None:
             proc.kill()

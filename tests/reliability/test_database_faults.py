@@ -11,13 +11,12 @@ itself) while the test breaks the database, then resumed with SIGCONT.
 
 from __future__ import annotations
 
-import queue
 import re
 import signal
-import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -26,7 +25,7 @@ from psycopg import sql
 from registry.faults import FAULT_ENV
 from registry.reconcile import reconcile
 from tests.database import Database, promote, table_of
-from tests.helpers import RegistryRepo
+from tests.helpers import RegistryRepo, StderrLines
 from tests.reliability.conftest import (
     PrivateServer,
     finish,
@@ -43,6 +42,7 @@ from tests.reliability.scenarios import (
 
 pytestmark = pytest.mark.reliability
 UNAVAILABLE = 5
+T = TypeVar("T")
 
 
 def one_clear_line(err: str, pattern: str) -> None:
@@ -72,19 +72,29 @@ def survived(figures: dict[str, Any], fault: str) -> None:
     figures.setdefault("database faults survived", []).append(fault)
 
 
-def backends(admin: str, dsn: str, purpose: str) -> list[int]:
-    """Backend pids of the registry's connections for `purpose` in `dsn`'s database."""
+def terminate_backends(admin: str, dsn: str, purpose: str) -> list[int]:
+    """Terminate the registry's connections for `purpose` in `dsn`'s database; their pids."""
     dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     with psycopg.connect(admin, autocommit=True) as conn:
         rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND "
                             "application_name LIKE %s", (dbname, f"chunk-registry {purpose} (%"))
-        return [r[0] for r in rows.fetchall()]
-
-
-def terminate(admin: str, pids: list[int]) -> None:
-    with psycopg.connect(admin, autocommit=True) as conn:
+        pids = [r[0] for r in rows.fetchall()]
         for pid in pids:
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    return pids
+
+
+def while_stopped_at(point: str, args: Sequence[str | Path], action: Callable[[], T]
+                     ) -> tuple[T, int, str]:
+    """Run `registry args` until it stops itself at fault `point`, break the database with
+    `action` meanwhile, then let it finish: (what `action` returned, exit code, stderr)."""
+    proc = start_registry(*args, env={FAULT_ENV: f"{point}:stop"})
+    try:
+        wait_stopped(proc)
+        done = action()
+    finally:
+        code, _, err = finish(proc)
+    return done, code, err
 
 
 @pytest.fixture
@@ -162,13 +172,9 @@ def test_a_restart_in_the_middle_of_an_ingest_fails_cleanly_and_the_rerun_loads(
     shadow_filled: Any, figures: dict[str, Any]
 ) -> None:
     version, corpus, before = shadow_filled(private_db)
-    proc = start_registry(*ingest_args(registry_repo, private_db, version, corpus),
-                          env={FAULT_ENV: "ingest.copy_batch#1:stop"})
-    try:
-        wait_stopped(proc)
-        private_server.restart()
-    finally:
-        code, _, err = finish(proc)
+    _, code, err = while_stopped_at("ingest.copy_batch#1",
+                                    ingest_args(registry_repo, private_db, version, corpus),
+                                    private_server.restart)
 
     assert code == UNAVAILABLE
     one_clear_line(err, r"^error: lost the database while loading public\.document_chunks_")
@@ -189,14 +195,10 @@ def test_a_restart_in_the_middle_of_a_view_swap_leaves_the_old_production_servin
     name, dsn = scene.clone()
     v1, v2 = scene.versions[:2]
     try:
-        proc = start_registry("reconcile", "--repo", scene.repo.path, "--dsn", dsn, "--ref",
-                              scene.change,
-                              env={FAULT_ENV: "apply.SwapProduction.before_commit:stop"})
-        try:
-            wait_stopped(proc)
-            private_server.restart()
-        finally:
-            code, _, err = finish(proc)
+        _, code, err = while_stopped_at(
+            "apply.SwapProduction.before_commit",
+            ["reconcile", "--repo", scene.repo.path, "--dsn", dsn, "--ref", scene.change],
+            private_server.restart)
         db = Database(dsn)
         view_after_restart = db.view_target()
         runs = db.runs()
@@ -226,14 +228,9 @@ def test_a_terminated_connection_mid_create_rolls_back_and_the_rerun_converges(
     registry_repo: RegistryRepo, dsn: str, pg_server: str, figures: dict[str, Any]
 ) -> None:
     version = registry_repo.locked()
-    proc = start_registry(*reconcile_cli(registry_repo, dsn),
-                          env={FAULT_ENV: "apply.CreateTable.ddl_done#2:stop"})
-    try:
-        wait_stopped(proc)
-        pids = backends(pg_server, dsn, "reconcile")
-        terminate(pg_server, pids)
-    finally:
-        code, _, err = finish(proc)
+    pids, code, err = while_stopped_at(
+        "apply.CreateTable.ddl_done#2", reconcile_cli(registry_repo, dsn),
+        lambda: terminate_backends(pg_server, dsn, "reconcile"))
     db = Database(dsn)
     tables, managed = db.tables(), db.managed()
     converge(registry_repo, dsn)
@@ -250,14 +247,9 @@ def test_a_terminated_copy_connection_fails_the_ingest_and_keeps_the_old_rows(
     registry_repo: RegistryRepo, dsn: str, pg_server: str, shadow_filled: Any, figures: dict[str, Any]
 ) -> None:
     version, corpus, before = shadow_filled(dsn)
-    proc = start_registry(*ingest_args(registry_repo, dsn, version, corpus),
-                          env={FAULT_ENV: "ingest.copy_batch#1:stop"})
-    try:
-        wait_stopped(proc)
-        pids = backends(pg_server, dsn, "ingest copy")
-        terminate(pg_server, pids)
-    finally:
-        code, _, err = finish(proc)
+    pids, code, err = while_stopped_at(
+        "ingest.copy_batch#1", ingest_args(registry_repo, dsn, version, corpus),
+        lambda: terminate_backends(pg_server, dsn, "ingest copy"))
     rows_after = Database(dsn).count(table_of(version))
     statuses = ingest_statuses(dsn)
     rerun = ingest_cli(registry_repo, dsn, version, corpus)
@@ -358,40 +350,21 @@ def test_watch_keeps_running_across_a_30s_outage_and_resumes(
     v1 = registry_repo.locked()
     proc = start_registry(*reconcile_cli(registry_repo, private_db), "--watch", "--interval",
                           "1")
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr or []],
-                     daemon=True).start()
-    seen: list[str] = []
-
-    def wait_for(text: str, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            seen.append(line)
-            if text in line:
-                return time.monotonic()
-        raise AssertionError(f"no line with {text!r} in {timeout}s: {seen}")
-
+    lines = StderrLines(proc)
     try:
-        wait_for("applied, 1 to create", 60)
+        lines.wait_for("applied, 1 to create", 60)
         private_server.stop()
         down = time.monotonic()
         v2 = registry_repo.locked(chunk_size=300)
         retries = 0
         while time.monotonic() - down < OUTAGE_S:
             assert proc.poll() is None, "the watcher died during the outage"
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            seen.append(line)
-            retries += "retrying in" in line
+            line = lines.next(0.5)
+            retries += line is not None and "retrying in" in line
         private_server.start()
         up = time.monotonic()
-        resumed = wait_for("applied, 1 to create", 120)
+        lines.wait_for("applied, 1 to create", 120)
+        resumed = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     finally:
@@ -401,8 +374,8 @@ def test_watch_keeps_running_across_a_30s_outage_and_resumes(
         private_server.ensure_running()
 
     assert code == 0
-    assert retries >= 3, seen
-    assert all("Traceback" not in line for line in seen)
+    assert retries >= 3, lines.seen
+    assert all("Traceback" not in line for line in lines.seen)
     assert Database(private_db).tables() == sorted([table_of(v1), table_of(v2)])
     figures["watch outage"] = {"outage_s": OUTAGE_S, "retries_logged": retries,
                                "resumed_s_after_restart": round(resumed - up, 1)}
