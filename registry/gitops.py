@@ -9,6 +9,7 @@ a dirty checkout or another branch leaves both exactly as they were.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -423,6 +424,7 @@ def config_path(chunk_version: str) -> str:
 # The parse cache: blob sha -> parsed result, safe forever because the sha names the content.
 
 
+@functools.cache
 def _cache_key() -> str:
     from registry.schema import SCHEMA_FILES, schema_dir
 
@@ -434,10 +436,12 @@ def _cache_key() -> str:
 
 
 class ParseCache:
-    """Parsed locked configs by blob SHA in `.git/chunk-registry/`; a miss just parses."""
+    """What was worked out from immutable git objects (parsed configs by blob SHA, a tagged
+    commit's blob by `commit:path`), as JSON in `.git/chunk-registry/NAME`; a miss just works
+    it out again."""
 
-    def __init__(self, git_dir: Path | None) -> None:
-        self.path = git_dir / "chunk-registry" / "parsed.json" if git_dir else None
+    def __init__(self, git_dir: Path | None, name: str = "parsed.json") -> None:
+        self.path = git_dir / "chunk-registry" / name if git_dir else None
         self.entries: dict[str, Any] = {}
         self.dirty = False
         self.key = ""
@@ -452,6 +456,9 @@ class ParseCache:
 
     def get(self, blob: str) -> Any:
         return self.entries.get(blob)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
 
     def put(self, blob: str, value: Any) -> None:
         self.entries[blob] = value

@@ -8,7 +8,6 @@ request) and the tokenizer each config was locked with.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from registry.errors import Problem, RegistryError
 from registry.gitops import (
     WORKTREE,
     Git,
+    ParseCache,
     RegistryState,
     TagInfo,
     config_path,
@@ -128,26 +128,16 @@ def _tagged_blobs(git: Git, tags: Mapping[str, TagInfo], named: Mapping[str, str
     A commit's tree never changes, so answers are cached by `commit:path` in .git; only new or
     moved tags reach git, in one `cat-file --batch-check` (each lookup walks the commit's
     configs/ tree, which costs 0.3 s for 1,500 tags every run without the cache)."""
-    cache_file = git.git_dir / "chunk-registry" / "tagged-blobs.json"
-    try:
-        cached: dict[str, str | None] = json.loads(cache_file.read_text("utf-8"))
-    except (OSError, ValueError):
-        cached = {}
+    cache = ParseCache(git.git_dir, "tagged-blobs.json")
     keys = {name: f"{tags[name].commit}:{config_path(version)}" for name, version in named.items()}
-    missing = sorted({key for key in keys.values() if key not in cached})
+    missing = sorted({key for key in keys.values() if key not in cache})
     if missing:
         answers = git.run("cat-file", "--batch-check", input="\n".join(missing).encode() + b"\n")
         for key, answer in zip(missing, answers.splitlines(), strict=True):
             parts = answer.split()
-            cached[key] = parts[0] if len(parts) == 3 and parts[1] == "blob" else None
-        try:
-            cache_file.parent.mkdir(exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cached), "utf-8")
-            tmp.replace(cache_file)
-        except OSError:
-            pass  # a read-only .git only costs speed
-    return {name: cached[key] for name, key in keys.items()}
+            cache.put(key, parts[0] if len(parts) == 3 and parts[1] == "blob" else None)
+        cache.save()
+    return {name: cache.get(key) for name, key in keys.items()}
 
 
 def _tampering(state: RegistryState, path: str, tag: str, tagged_blob: str) -> list[Problem]:
