@@ -56,12 +56,12 @@ def main() -> None:
     import psycopg
     from psycopg import sql
 
-    from registry.changes import lock
     from registry.config import ProductionConfig
-    from registry.evaluate import Case, evaluate_table
-    from registry.gitops import Git, read_state
-    from registry.health import check_table
-    from registry.reconcile import reconcile
+    from registry.quality.evaluation import Case, evaluate_table
+    from registry.quality.health import check_table
+    from registry.reconciler.core import reconcile
+    from registry.repository.lifecycle import lock
+    from registry.repository.state import Git, read_state
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

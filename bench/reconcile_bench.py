@@ -34,7 +34,7 @@ import psycopg
 from pgtemp import throwaway_database
 
 from registry.config import LockedConfig, ingest_run_id_for
-from registry.reconcile import Applier, SwapProduction, reconcile
+from registry.reconciler.core import Applier, SwapProduction, reconcile
 
 PRODUCTION_YAML = """\
 production: {production}

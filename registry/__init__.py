@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.api import active_config, retrieval_table
+    from registry.serving import active_config, retrieval_table
 
 __all__ = ["active_config", "retrieval_table"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from registry import api
+        from registry import serving
 
-        return getattr(api, name)
+        return getattr(serving, name)
     raise AttributeError(f"module 'registry' has no attribute {name!r}")

@@ -349,7 +349,7 @@ def guardrail_violations(
 
 def load_locked(raw: bytes, where: str) -> tuple[LockedConfig, YamlDoc]:
     """Parse and schema-check one locked config file; raise ConfigInvalid on the first problem."""
-    from registry.schema import schema_problems
+    from registry.repository.config_schema import schema_problems
 
     doc = parse_yaml(raw, where)
     problems = schema_problems(doc, "locked")
@@ -437,7 +437,7 @@ def _range(value: Any, default: tuple[float, float]) -> tuple[float, float]:
 
 
 def load_production(raw: bytes, where: str) -> tuple[ProductionConfig, YamlDoc]:
-    from registry.schema import schema_problems
+    from registry.repository.config_schema import schema_problems
 
     doc = parse_yaml(raw, where)
     problems = schema_problems(doc, "production")

@@ -106,7 +106,7 @@ class RegistryRepo:
 
     def lock(self, **params: Any) -> str:
         """`registry lock` through the library; returns the new chunk_version (branch unmerged)."""
-        from registry.changes import lock
+        from registry.repository.lifecycle import lock
 
         defaults: dict[str, Any] = {
             "chunk_size": 450, "overlap_ratio": 0.10, "jaccard_threshold": 0.8,
@@ -186,7 +186,7 @@ def run_cli(*args: str | Path) -> CliResult:
     import contextlib
     import io
 
-    from registry.cli import main
+    from registry.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     code = 0

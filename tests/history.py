@@ -13,10 +13,10 @@ from pathlib import Path
 
 import psycopg
 
-from registry.gitops import Git, RegistryState, read_state
-from registry.health import HealthReport, check_table, record
-from registry.ingest import ingest
-from registry.reconcile import reconcile
+from registry.ingest.pipeline import ingest
+from registry.quality.health import HealthReport, check_table, record
+from registry.reconciler.core import reconcile
+from registry.repository.state import Git, RegistryState, read_state
 from tests.database import promote
 from tests.helpers import RegistryRepo
 from tests.test_health_eval import write_corpus

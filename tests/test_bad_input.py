@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry.config import PREFIX_BUDGET_TOKENS, TOKEN_BUDGET
-from registry.gitops import parse_config_file
+from registry.repository.state import parse_config_file
 from tests.helpers import RegistryRepo, run_cli
 
 VERSION = "2025-09-07-143022-v1"

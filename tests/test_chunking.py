@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from registry.chunking import (
+from registry.ingest.chunker import (
     MIN_CHUNK_TOKENS,
     Chunk,
     Chunker,
@@ -237,9 +237,9 @@ def test_exact_dedup_matches_pairwise_greedy(sets: list[set[int]], groups: int,
     """Both ways of computing it (pairs by sorting, or incremental for heavy groups)."""
     from unittest import mock
 
-    from registry import chunking
+    from registry.ingest import chunker
 
-    with mock.patch.object(chunking, "_HEAVY_PAIRS", 0 if incremental else 200_000):
+    with mock.patch.object(chunker, "_HEAVY_PAIRS", 0 if incremental else 200_000):
         check_exact_dedup(sets, groups, threshold)
 
 
@@ -290,14 +290,14 @@ def test_large_documents_encoded_in_segments_chunk_exactly_alike(
     arrays (bounded memory); the chunks must be exactly those of one whole encoding."""
     from unittest import mock
 
-    from registry import chunking
+    from registry.ingest import chunker
 
     text = "\n\n".join(data.draw(st.lists(markdown(single_token_words[:200]), min_size=1,
                                          max_size=4)))
     document = Document("doc", "Title", text, data.draw(st.sampled_from(["markdown", "text"])))
     whole = Chunker(config, tokenizer).chunk(document)
-    with mock.patch.object(chunking, "LARGE_DOCUMENT_CHARS", 0), \
-            mock.patch.object(chunking, "SEGMENT_CHARS", data.draw(st.integers(20, 400))):
+    with mock.patch.object(chunker, "LARGE_DOCUMENT_CHARS", 0), \
+            mock.patch.object(chunker, "SEGMENT_CHARS", data.draw(st.integers(20, 400))):
         segmented = Chunker(config, tokenizer).chunk(document)
     assert segmented.chunks == whole.chunks
     assert (segmented.tokens, segmented.duplicates, segmented.too_small) == (

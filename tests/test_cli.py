@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import typer
 
-from registry.cli import app
+from registry.cli.app import app
 from tests.helpers import run_cli
 
 
@@ -47,12 +47,12 @@ def test_every_command_has_help(path: list[str]) -> None:
 
 
 def test_unexpected_errors_are_one_line_with_exit_3(monkeypatch: pytest.MonkeyPatch) -> None:
-    import registry.validate
+    import registry.repository.validation
 
     def explode(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(registry.validate, "validate", explode)
+    monkeypatch.setattr(registry.repository.validation, "validate", explode)
     result = run_cli("validate")
     assert result.code == 3
     assert result.stderr == ("unexpected error: ZeroDivisionError: boom (rerun with --debug for "
@@ -60,7 +60,7 @@ def test_unexpected_errors_are_one_line_with_exit_3(monkeypatch: pytest.MonkeyPa
 
 
 def test_help_does_not_import_heavy_modules() -> None:
-    code = ("import sys; from registry.cli import main\n"
+    code = ("import sys; from registry.cli.app import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = {'git', 'psycopg', 'jsonschema', 'tokenizers', 'yaml'} & set(sys.modules)\n"
             "print(sorted(heavy))")

@@ -16,8 +16,8 @@ import psycopg
 import yaml
 from plotly.offline import get_plotlyjs
 
-from registry.ingest import ingest
-from registry.reconcile import reconcile
+from registry.ingest.pipeline import ingest
+from registry.reconciler.core import reconcile
 from tests.database import promote
 from tests.helpers import RegistryRepo, run_cli
 from tests.history import build_history

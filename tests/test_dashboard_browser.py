@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.dashboard import METRICS, build
+from registry.quality.dashboard import METRICS, build
 from tests.browser import ARTIFACTS, Chromium
 from tests.helpers import RegistryRepo
 from tests.history import build_history

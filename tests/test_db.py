@@ -7,7 +7,7 @@ import threading
 import psycopg
 import pytest
 
-from registry.db import SCHEMA_VERSION, ensure_schema, redact, schema_version
+from registry.database.connection import SCHEMA_VERSION, ensure_schema, redact, schema_version
 from registry.errors import RegistryError
 from tests.database import Database
 
@@ -42,7 +42,7 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
 
 
 def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:
-    from registry.db import MIGRATIONS
+    from registry.database.connection import MIGRATIONS
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in MIGRATIONS[1]():

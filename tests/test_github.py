@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from registry.changes import tag
 from registry.errors import GitError, GitHubError, Problem
-from registry.github import (
+from registry.repository.github import (
     annotation,
     append_step_summary,
     parse_remote_url,
     propose,
 )
-from registry.gitops import Git
+from registry.repository.lifecycle import tag
+from registry.repository.state import Git
 from tests.github_server import FakeGitHub
 from tests.helpers import RegistryRepo, run_cli
 from tests.test_promote_rollback import promoted
@@ -165,7 +165,7 @@ def test_gh_token_and_an_enterprise_api_prefix_work_too(
 
 
 def _retire_branch(repo: RegistryRepo, version: str) -> str:
-    from registry.changes import retire
+    from registry.repository.lifecycle import retire
 
     return retire(repo.path, version, push=True).branch
 

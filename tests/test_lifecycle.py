@@ -12,18 +12,18 @@ from typing import Any
 import pytest
 
 from registry.errors import Refused
-from registry.reconcile import reconcile
+from registry.reconciler.core import reconcile
 from tests.database import Database, table_of
 from tests.helpers import RegistryRepo, run_cli
 
-DEMO = Path(__file__).resolve().parent.parent / "registry" / "demo_data"
+DEMO = Path(__file__).resolve().parent.parent / "registry" / "cli" / "demo_data"
 
 
 @pytest.fixture(scope="module")
 def demo_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's tokenizer, built deterministically from the corpus: the same chunks and so
     the same eval metrics on every run (the comparison below must pass every time)."""
-    from registry.demo import train_tokenizer
+    from registry.cli.demo import train_tokenizer
 
     texts = [p.read_text("utf-8") for p in sorted((DEMO / "corpus").glob("*.md"))]
     return train_tokenizer(texts, tmp_path_factory.mktemp("demo-tokenizer") / "tokenizer.json")
@@ -113,7 +113,7 @@ def test_the_config_production_was_rolled_back_from_is_no_rollback_target(
 ) -> None:
     """After v1 -> v2 -> rollback to v1, `registry rollback` can never return to v2, so the
     reconciler must not keep v2 as "the previous production": retired, it is dropped."""
-    from registry.changes import promote, retire, rollback, tag
+    from registry.repository.lifecycle import promote, retire, rollback, tag
 
     db = Database(dsn)
     v0, v1, v2 = (registry_repo.locked(chunk_size=s) for s in (400, 300, 200))

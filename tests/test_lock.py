@@ -50,7 +50,7 @@ def test_lock_refuses_values_outside_the_guardrails_before_writing_anything(
 
 
 def test_versions_locked_in_the_same_second_get_bumped(registry_repo: RegistryRepo) -> None:
-    from registry.changes import lock
+    from registry.repository.lifecycle import lock
 
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     versions = [

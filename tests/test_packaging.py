@@ -21,12 +21,12 @@ def test_wheel_ships_the_schemas_byte_identical(tmp_path: Path) -> None:
         for schema in ("locked-config.schema.json", "production.schema.json"):
             assert f"registry/schemas/{schema}" in names
             assert archive.read(f"registry/schemas/{schema}") == (ROOT / "schemas" / schema).read_bytes()
-        assert "registry/cli.py" in names
+        assert "registry/cli/app.py" in names
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                     str(target), str(wheel)], check=True, capture_output=True)
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from registry.schema import schema_dir, "
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from registry.repository.config_schema import schema_dir, "
              "validator; print(schema_dir()); validator('locked')")
     out = subprocess.run([sys.executable, "-c", probe, str(target)], cwd=tmp_path,
                          capture_output=True, text=True, check=True)

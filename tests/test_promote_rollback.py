@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from registry.changes import promote, retire, rollback, tag
 from registry.errors import Refused, UsageError
-from registry.gitops import Git, read_state
-from registry.history import read_history
+from registry.repository.history import read_history
+from registry.repository.lifecycle import promote, retire, rollback, tag
+from registry.repository.state import Git, read_state
 from tests.helpers import RegistryRepo, run_cli
 
 
@@ -215,7 +215,7 @@ def record_comparison(dsn: str, version: str, against: str, passed: bool) -> Non
     import psycopg
     from psycopg.types.json import Jsonb
 
-    from registry.db import ensure_schema
+    from registry.database.connection import ensure_schema
 
     regressions = [] if passed else ["oracle_hit_rate drops by 0.050 (0.470 -> 0.420), more than "
                                      "the allowed 0.020"]

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from registry.errors import ReconcileBusy, Refused
-from registry.reconcile import (
+from registry.reconciler.core import (
     Applier,
     CreateTable,
     Drop,
@@ -24,7 +24,7 @@ from registry.reconcile import (
     plan,
     reconcile,
 )
-from registry.status import status
+from registry.reconciler.status import status
 from tests.database import Database, promote, retire, table_of
 from tests.helpers import PRODUCTION_YAML, RegistryRepo
 
@@ -248,7 +248,7 @@ def test_drop_rechecks_every_rule_inside_its_transaction(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
     """A Drop built by hand (not by the planner) still cannot break a safety rule."""
-    from registry.gitops import Git, read_state
+    from registry.repository.state import Git, read_state
 
     v1, v2, v3, v4 = (registry_repo.locked(chunk_size=s) for s in (400, 300, 200, 100))
     run(registry_repo, db)

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from registry.cli import main
+from registry.cli.app import main
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, StderrLines
 
@@ -154,7 +154,7 @@ def test_a_dsn_password_never_reaches_the_output(
 def test_the_embedded_server_is_the_default_and_is_reused_until_stopped(
     registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str], isolated: Path
 ) -> None:
-    from registry.db import stop_embedded
+    from registry.database.connection import stop_embedded
 
     v1 = registry_repo.locked()
     try:
@@ -178,7 +178,7 @@ def test_the_embedded_server_is_the_default_and_is_reused_until_stopped(
 
 
 def test_precedence_of_dsn_sources(monkeypatch: pytest.MonkeyPatch) -> None:
-    from registry.db import Dsn, resolve_dsn
+    from registry.database.connection import Dsn, resolve_dsn
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://a/x")
     assert resolve_dsn() == Dsn("postgresql://a/x", "DATABASE_URL")

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from registry.gitops import Git
-from registry.validate import validate
+from registry.repository.state import Git
+from registry.repository.validation import validate
 from tests.helpers import RegistryRepo, run_cli
 
 

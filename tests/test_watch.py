@@ -19,12 +19,12 @@ import psycopg
 import pytest
 
 from registry.config import ProductionConfig
-from registry.dashboard import build
-from registry.evaluate import baseline_metrics, run_eval
-from registry.health import run_health
-from registry.ingest import ingest
-from registry.monitor import Report, judge
-from registry.reconcile import VIEW_COLUMNS, reconcile
+from registry.ingest.pipeline import ingest
+from registry.quality.dashboard import build
+from registry.quality.evaluation import baseline_metrics, run_eval
+from registry.quality.health import run_health
+from registry.quality.promotion_watch import Report, judge
+from registry.reconciler.core import VIEW_COLUMNS, reconcile
 from tests.github_server import FakeGitHub
 from tests.helpers import RegistryRepo, run_cli
 from tests.test_health_eval import Corpus, write_corpus

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from registry.changes import tag
+from registry.repository.lifecycle import tag
 from tests.helpers import RegistryRepo, git
 
 ROOT = Path(__file__).resolve().parent.parent

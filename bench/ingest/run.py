@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus  # noqa: E402
 
-from registry.chunking import (  # noqa: E402
+from registry.config import LockedConfig  # noqa: E402
+from registry.ingest.chunker import (  # noqa: E402
     Chunker,
     CorpusDeduplicator,
     Document,
@@ -51,7 +52,6 @@ from registry.chunking import (  # noqa: E402
     dedup_exact,
     shingle_sets,
 )
-from registry.config import LockedConfig  # noqa: E402
 from registry.tokenizer import file_hash, load_tokenizer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
@@ -69,7 +69,7 @@ def config(tokenizer_path: Path) -> LockedConfig:
 
 
 def load_documents(limit: int | None) -> list[Document]:
-    from registry.ingest import _parse_line
+    from registry.ingest.pipeline import _parse_line
 
     found = (_parse_line(json.dumps(d).encode(), "corpus", 0) for d in corpus.documents(limit))
     return [d for d in found if isinstance(d, Document)]  # what `registry ingest` would keep
@@ -170,7 +170,7 @@ def bench_chunking(tokenizer_path: Path, quick: bool) -> dict[str, Any]:
         return sum(len(r.chunks) for r in chunker.chunk_stream(batches(documents)))
 
     def ours_two_processes() -> int:
-        from registry.ingest import ChunkerSpec, chunk_corpus
+        from registry.ingest.pipeline import ChunkerSpec, chunk_corpus
 
         spec = ChunkerSpec(locked, tokenizer_path.read_text(), corpus=False)
         return sum(len(r.chunks) for _, chunked in chunk_corpus(spec, batches(documents), 2)
@@ -349,9 +349,9 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
     import psycopg
     from psycopg import sql
 
-    from registry.chunking import ROW_COLUMNS
-    from registry.ingest import COPY_TYPES, IngestReport, _keep
-    from registry.reconcile import CreateTable, _table_ddl
+    from registry.ingest.chunker import ROW_COLUMNS
+    from registry.ingest.pipeline import COPY_TYPES, IngestReport, _keep
+    from registry.reconciler.core import CreateTable, _table_ddl
 
     print(f"3. COPY: the ingest's COPY path vs a plain psycopg binary COPY of the same rows; "
           f"load {load()}")

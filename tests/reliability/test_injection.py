@@ -21,11 +21,11 @@ import pytest
 from psycopg import sql
 
 from registry.config import ProductionConfig, table_name_for
-from registry.db import connect, ensure_schema
-from registry.evaluate import Case, evaluate_table
-from registry.health import check_table
-from registry.ingest import Target, run_ingest
-from registry.reconcile import (
+from registry.database.connection import connect, ensure_schema
+from registry.ingest.pipeline import Target, run_ingest
+from registry.quality.evaluation import Case, evaluate_table
+from registry.quality.health import check_table
+from registry.reconciler.core import (
     Applier,
     CreateTable,
     Drop,

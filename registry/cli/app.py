@@ -20,10 +20,10 @@ import typer
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
 
 if TYPE_CHECKING:
-    from registry.changes import ChangeResult
     from registry.errors import Problem
-    from registry.github import Proposal
-    from registry.gitops import RegistryState
+    from registry.repository.github import Proposal
+    from registry.repository.lifecycle import ChangeResult
+    from registry.repository.state import RegistryState
 
 app = typer.Typer(
     name="registry",
@@ -115,8 +115,8 @@ def lock(
     fmt: FormatOpt = "text",
 ) -> None:
     """Lock a new chunking config: a branch lock/<version> with one commit adding it."""
-    from registry.changes import lock as lock_config
-    from registry.changes import propose_change
+    from registry.repository.lifecycle import lock as lock_config
+    from registry.repository.lifecycle import propose_change
 
     result = lock_config(
         repo,
@@ -181,8 +181,8 @@ def validate(
     ] = None,
 ) -> None:
     """Check every invariant: schema, guardrails, names, production pointer, tags, tokenizer."""
-    from registry.gitops import WORKTREE, Git
-    from registry.validate import validate as run_validate
+    from registry.repository.state import WORKTREE, Git
+    from registry.repository.validation import validate as run_validate
 
     files: dict[str, Path] = {}
     for item in tokenizer_file or []:
@@ -198,7 +198,7 @@ def validate(
             "problems": [_problem_dict(p) for p in report.problems],
         })
     elif fmt == "github":
-        from registry.github import annotation, append_step_summary, validation_summary
+        from registry.repository.github import annotation, append_step_summary, validation_summary
 
         for problem in report.problems:
             _print(annotation(problem))
@@ -234,7 +234,7 @@ def tag(
     fmt: FormatOpt = "text",
 ) -> None:
     """Tag every config on main that has no tag yet, on the commit that introduced it."""
-    from registry.changes import tag as tag_configs
+    from registry.repository.lifecycle import tag as tag_configs
 
     result = tag_configs(repo, ref=ref, push=push)
     if fmt == "json":
@@ -248,7 +248,7 @@ def tag(
 
 
 def _committed_state(repo: Path, ref: str | None) -> RegistryState:
-    from registry.gitops import committed_state
+    from registry.repository.state import committed_state
 
     return committed_state(repo, ref)
 
@@ -271,7 +271,7 @@ def _config_row(state: RegistryState, version: str, tags: dict[str, Any]) -> dic
 @app.command("list")
 def list_configs(repo: RepoOpt = Path("."), ref: RefOpt = None, fmt: FormatOpt = "text") -> None:
     """The locked configs on a ref, newest first, with tag and production marker."""
-    from registry.gitops import Git
+    from registry.repository.state import Git
 
     state = _committed_state(repo, ref)
     tags = Git(repo).tags(state.settings.tag_prefix)
@@ -296,7 +296,7 @@ def show(
     fmt: FormatOpt = "text",
 ) -> None:
     """One locked config: its parameters, derived names, tag and production marker."""
-    from registry.gitops import Git
+    from registry.repository.state import Git
 
     state = _committed_state(repo, ref)
     config = state.config(version)
@@ -321,7 +321,7 @@ def runbook(
     ] = "text",
 ) -> None:
     """The runbook of a config: environment, the exact rollout commands, sanity checks."""
-    from registry.runbook import render
+    from registry.repository.runbook import render
 
     state = _committed_state(repo, ref)
     sys.stdout.write(render(state.config(version), state.settings, fmt))
@@ -334,7 +334,7 @@ def env_command(
     ref: RefOpt = None,
 ) -> None:
     """`export` lines of a config's environment: eval "$(registry env VERSION)"."""
-    from registry.runbook import export_lines
+    from registry.repository.runbook import export_lines
 
     state = _committed_state(repo, ref)
     sys.stdout.write(export_lines(state.config(version)))
@@ -365,7 +365,7 @@ def _print_proposal(proposal: Proposal) -> None:
 
 def _report_change(repo: Path, result: ChangeResult, fmt: str, pr: bool) -> None:
     """Print what a promote/retire/rollback made, and the step that makes it count."""
-    from registry.changes import propose_change
+    from registry.repository.lifecycle import propose_change
 
     proposal = propose_change(repo, result.branch, result.base) if pr else None
     if fmt == "json":
@@ -401,7 +401,7 @@ def promote(
     fmt: FormatOpt = "text",
 ) -> None:
     """Point production at a locked version: a branch promote/<version> with one commit."""
-    from registry.changes import promote as promote_version
+    from registry.repository.lifecycle import promote as promote_version
 
     result = promote_version(repo, version, dsn=dsn, force=force, push=push or pr)
     _report_change(repo, result, fmt, pr)
@@ -416,7 +416,7 @@ def retire(
     fmt: FormatOpt = "text",
 ) -> None:
     """Delete a locked config (its table is dropped after the grace period): branch retire/<v>."""
-    from registry.changes import retire as retire_version
+    from registry.repository.lifecycle import retire as retire_version
 
     _report_change(repo, retire_version(repo, version, push=push or pr), fmt, pr)
 
@@ -426,7 +426,7 @@ def rollback(
     push: PushOpt = False, pr: PrOpt = False, repo: RepoOpt = Path("."), fmt: FormatOpt = "text"
 ) -> None:
     """Revert the last promotion on main: a branch rollback/<version> with a `git revert`."""
-    from registry.changes import rollback as rollback_production
+    from registry.repository.lifecycle import rollback as rollback_production
 
     _report_change(repo, rollback_production(repo, push=push or pr), fmt, pr)
 
@@ -439,8 +439,8 @@ def history(
     fmt: FormatOpt = "text",
 ) -> None:
     """Locks, promotions, rollbacks and retirements on main, newest first: who, when, PR."""
-    from registry.gitops import Git
-    from registry.history import read_history
+    from registry.repository.history import read_history
+    from registry.repository.state import Git
 
     git = Git(repo)
     events = read_history(git, git.desired_ref(ref, fetch=False))[:limit]
@@ -474,7 +474,7 @@ def demo(
     ] = None,
 ) -> None:
     """The whole lifecycle on a throwaway registry and database, each step a printed command."""
-    from registry.demo import run_demo
+    from registry.cli.demo import run_demo
 
     seconds = run_demo(dsn=dsn, keep=keep)
     _print(f"\nDemo finished in {seconds:.1f} s.")
@@ -528,8 +528,8 @@ def plan(
     fetch: FetchOpt = True,
 ) -> None:
     """What reconcile would change in PostgreSQL (or, with --base/--head, what merging would)."""
-    from registry.reconcile import offline_plan, render_plan
-    from registry.reconcile import plan as make_plan
+    from registry.reconciler.core import offline_plan, render_plan
+    from registry.reconciler.core import plan as make_plan
 
     if (base is None) != (head is None):
         raise _usage("--base and --head go together")
@@ -598,7 +598,7 @@ def reconcile(
     """Make PostgreSQL match the repo: create shadow tables, swap production, retire, drop."""
     import logging
 
-    from registry.reconcile import reconcile as run_once
+    from registry.reconciler.core import reconcile as run_once
 
     options: dict[str, Any] = {"ref": ref, "dsn": dsn, "force": force, "fetch": fetch,
                                "lock_timeout_ms": lock_timeout, "wait_lock": wait_lock,
@@ -613,7 +613,7 @@ def reconcile(
     result = run_once(repo, **options)
     reports: list[Any] = []
     if source is not None and result.outcome != "failed":
-        from registry.ingest import ingest_pending
+        from registry.ingest.pipeline import ingest_pending
 
         with _ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):
             reports = ingest_pending(repo, source, dsn=dsn, ref=ref,
@@ -637,7 +637,7 @@ def reconcile(
 
 
 def _render_run(result: Any) -> None:
-    from registry.reconcile import render_plan, summary
+    from registry.reconciler.core import render_plan, summary
 
     run = f"run #{result.run_id}" if result.run_id else "run"
     if result.outcome == "noop":
@@ -660,7 +660,7 @@ def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
     import signal
     import threading
 
-    from registry.reconcile import summary, watch
+    from registry.reconciler.core import summary, watch
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
@@ -696,7 +696,7 @@ def status(
     fmt: FormatOpt = "text",
 ) -> None:
     """Every config and its table: rows, sync status, production, last reconcile that touched it."""
-    from registry.status import status as read_status
+    from registry.reconciler.status import status as read_status
 
     report = read_status(repo, ref=ref, dsn=dsn, fetch=fetch)
     if fmt == "json":
@@ -734,7 +734,7 @@ app.add_typer(db_app, name="db")
 @db_app.command("url")
 def db_url(dsn: DsnOpt = None, fmt: FormatOpt = "text") -> None:
     """The DSN in use (password masked); starts the embedded server when it is the default."""
-    from registry.db import resolve_dsn
+    from registry.database.connection import resolve_dsn
 
     resolved = resolve_dsn(dsn)
     if fmt == "json":
@@ -746,7 +746,7 @@ def db_url(dsn: DsnOpt = None, fmt: FormatOpt = "text") -> None:
 @db_app.command("stop")
 def db_stop(fmt: FormatOpt = "text") -> None:
     """Stop the embedded PostgreSQL (REGISTRY_HOME); later commands start it again."""
-    from registry.db import embedded_data_dir, stop_embedded
+    from registry.database.connection import embedded_data_dir, stop_embedded
 
     stopped = stop_embedded()
     data = embedded_data_dir()
@@ -806,7 +806,7 @@ def eval_command(
 ) -> None:
     """Retrieval evaluation by PostgreSQL full-text search, or a shadow-vs-production comparison
     (exit 1 when the shadow regresses beyond the gates of production.yaml)."""
-    from registry.evaluate import baseline_metrics, run_compare, run_eval
+    from registry.quality.evaluation import baseline_metrics, run_compare, run_eval
 
     if cases is None:
         raise _usage("--cases FILE is required")
@@ -883,7 +883,7 @@ def health(
 ) -> None:
     """Health of a config and its table: guardrails, prefix leakage, over-budget chunks, dedup
     rate, retrieval metrics and alerts. Exit 0 healthy, 1 warnings, 2 critical."""
-    from registry.health import render, run_health
+    from registry.quality.health import render, run_health
 
     report = run_health(repo, version, dsn=dsn, ref=ref, cases_file=cases,
                         tokenizer_file=tokenizer_file, strict=strict, record_report=record)
@@ -918,7 +918,7 @@ def ingest(
     fmt: FormatOpt = "text",
 ) -> None:
     """Chunk a corpus exactly as a locked config says and load it into that config's table."""
-    from registry.ingest import ingest as run
+    from registry.ingest.pipeline import ingest as run
 
     with _ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):
         report = run(repo, version, source, dsn=dsn, ref=ref, tokenizer_file=tokenizer_file,
@@ -1006,7 +1006,7 @@ def dashboard(
 ) -> None:
     """A static health dashboard: alerts, configs, and per config the metrics over time with
     their target bands and the promotions, rollbacks and reconciles that touched it."""
-    from registry.dashboard import build, server, url_of
+    from registry.quality.dashboard import build, server, url_of
 
     result = build(repo, out, dsn=dsn, ref=ref, fetch=fetch, days=days)
     if fmt == "json":
@@ -1050,13 +1050,13 @@ def watch_promotion(
     """Within the monitoring window after a promotion, compare each health report with the
     config's baseline and the previous production; on a critical alert or a regression beyond
     the gates, open a rollback pull request (once per promotion). Exit 1 while it regressed."""
-    from registry.monitor import check
+    from registry.quality.promotion_watch import check
 
     options: dict[str, Any] = {"dsn": dsn, "ref": ref, "fetch": fetch}
 
     def record_health() -> None:
         if cases is not None:
-            from registry.health import run_health
+            from registry.quality.health import run_health
 
             run_health(repo, dsn=dsn, ref=ref, cases_file=cases, tokenizer_file=tokenizer_file)
 
@@ -1092,11 +1092,11 @@ def _follow_promotions(repo: Path, interval: float, before_check: Any,
     import signal
     import threading
 
-    from registry.monitor import follow
+    from registry.quality.promotion_watch import follow
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
-    log = logging.getLogger("registry.monitor")
+    log = logging.getLogger("registry.quality.promotion_watch")
     stop = threading.Event()
     last: dict[str, Any] = {}
 

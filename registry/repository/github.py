@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from email.message import Message
 
     from registry.errors import Problem
-    from registry.gitops import Git
-    from registry.validate import Report
+    from registry.repository.state import Git
+    from registry.repository.validation import Report
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
@@ -333,7 +333,7 @@ def append_step_summary(markdown: str, env: Mapping[str, str] | None = None) -> 
 
 def validation_summary(report: Report) -> str:
     """`registry validate` as Markdown for the job summary: verdict, then each problem."""
-    from registry.gitops import WORKTREE
+    from registry.repository.state import WORKTREE
 
     where = "the working tree" if report.ref == WORKTREE else f"`{report.ref}`"
     verdict = "passed" if report.ok else "failed"

@@ -40,7 +40,9 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from registry import faults
-from registry.chunking import (
+from registry.config import LockedConfig
+from registry.errors import Refused, RegistryError, TokenizerUnavailable, UsageError
+from registry.ingest.chunker import (
     MIN_CHUNK_TOKENS,
     ROW_COLUMNS,
     Chunk,
@@ -50,14 +52,12 @@ from registry.chunking import (
     Document,
     Shingles,
 )
-from registry.config import LockedConfig
-from registry.errors import Refused, RegistryError, TokenizerUnavailable, UsageError
 
 if TYPE_CHECKING:
     import psycopg
     from tokenizers import Tokenizer
 
-    from registry.gitops import RegistryState
+    from registry.repository.state import RegistryState
 
 DedupMode = Literal["document", "corpus"]
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
@@ -520,7 +520,7 @@ def run_ingest(
     """Fill `target` from `source` in one transaction and record the run in ingest_runs."""
     import psycopg
 
-    from registry.db import connect, database_error, ensure_schema
+    from registry.database.connection import connect, database_error, ensure_schema
 
     if dedup not in ("document", "corpus"):
         raise UsageError(f"--dedup {dedup} is not document or corpus")
@@ -661,7 +661,7 @@ def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
 def _require_table(conn: psycopg.Connection[Any], target: Target) -> None:
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     row = conn.execute(
         sql.SQL("SELECT to_regclass(%s) IS NOT NULL, (SELECT status FROM {}.managed_tables "
@@ -684,7 +684,7 @@ def _require_table(conn: psycopg.Connection[Any], target: Target) -> None:
 def _bk(name: str) -> Any:
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     return sql.Identifier(BOOKKEEPING_SCHEMA, name)
 
@@ -692,7 +692,7 @@ def _bk(name: str) -> Any:
 def _take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
     """One ingest of a config at a time (held by the control connection until the run ends):
     a second one would redo all the chunking only to fail on the first one's rows."""
-    from registry.db import ingest_lock_key
+    from registry.database.connection import ingest_lock_key
     from registry.errors import Busy
 
     got = conn.execute("SELECT pg_try_advisory_lock(%s)",
@@ -783,8 +783,8 @@ def ingest(
 ) -> IngestReport:
     """`registry ingest VERSION --source PATH`: the locked config as committed on the main
     branch (or `ref`), its tokenizer checked by hash, its shadow table filled."""
-    from registry.db import resolve_dsn
-    from registry.gitops import committed_state
+    from registry.database.connection import resolve_dsn
+    from registry.repository.state import committed_state
 
     state = committed_state(repo, ref)
     target = target_for(state, version)
@@ -831,8 +831,8 @@ def ingest_pending(
 
     Each config's tokenizer is the first of `tokenizer_files` whose hash matches it, else the
     one its name resolves to (local cache)."""
-    from registry.db import ensure_schema, resolve_dsn, session
-    from registry.gitops import committed_state
+    from registry.database.connection import ensure_schema, resolve_dsn, session
+    from registry.repository.state import committed_state
     from registry.tokenizer import file_hash
 
     state = committed_state(repo, ref)

@@ -27,15 +27,15 @@ from psycopg import sql
 
 from registry import faults
 from registry.config import LockedConfig, ProductionConfig
-from registry.db import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY, first_line
+from registry.database.connection import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY, first_line
 from registry.errors import ReconcileBusy, Refused, RegistryError
 
 if TYPE_CHECKING:
     import threading
 
-    from registry.gitops import RegistryState
+    from registry.repository.state import RegistryState
 
-log = logging.getLogger("registry.reconcile")
+log = logging.getLogger("registry.reconciler.core")
 
 DEFAULT_LOCK_TIMEOUT_MS = 500
 """How long the view swap may wait for readers; new readers queue behind it at most this long."""
@@ -698,7 +698,7 @@ def _table_ddl(action: CreateTable) -> list[sql.Composed]:
     CHECKs make rows of another version or ingest run impossible rather than something to
     look for."""
     from registry.config import PREFIX_MARKER, ingest_run_id_for
-    from registry.health import unhealthy_rows
+    from registry.quality.health import unhealthy_rows
 
     t = sql.SQL("{}.{}").format(sql.Identifier(action.schema), sql.Identifier(action.table))
     return [
@@ -970,7 +970,7 @@ def acquire_lock(dsn: str, *, wait: float = 0.0) -> psycopg.Connection[Any]:
     server queues us behind the holder for at most `wait` seconds (a lock_timeout on
     pg_advisory_lock: no polling, first come first served) before ReconcileBusy.
     """
-    from registry.db import connect, database_error
+    from registry.database.connection import connect, database_error
 
     conn = connect(dsn, purpose="reconcile")
     try:
@@ -1086,8 +1086,8 @@ def desired_state(
     config edited after its tag. With `signers` (an allowed-signers file) the ref's signature
     must verify too."""
     from registry.errors import invalid
-    from registry.gitops import Git, read_state
-    from registry.validate import tampering_problems
+    from registry.repository.state import Git, read_state
+    from registry.repository.validation import tampering_problems
 
     git = Git(repo)
     desired = git.desired_ref(ref, fetch=fetch)
@@ -1097,7 +1097,7 @@ def desired_state(
     if tampered:
         raise invalid(tampered)
     if signers is not None:
-        from registry.trust import verify
+        from registry.repository.trust import verify
 
         assert state.commit is not None
         verify(git, desired, state.commit, signers)
@@ -1109,7 +1109,7 @@ def _still_desired(
 ) -> RegistryState:
     """Under the lock: the ref may have moved while we connected or waited (another reconciler
     may have applied a newer commit meanwhile); never apply a stale commit."""
-    from registry.gitops import Git
+    from registry.repository.state import Git
 
     git = Git(repo)
     if git.resolve(git.desired_ref(ref, fetch=fetch)) == state.commit:
@@ -1126,7 +1126,7 @@ def plan(
     force: bool = False,
 ) -> Plan:
     """What `reconcile` would do now (reads only; creates nothing, not even bookkeeping)."""
-    from registry.db import database_error, resolve_dsn, session
+    from registry.database.connection import database_error, resolve_dsn, session
 
     state = desired_state(repo, ref, fetch=fetch)
     resolved = resolve_dsn(dsn)
@@ -1171,12 +1171,12 @@ def reconcile(
     `require_signed`) BEFORE any connection: an invalid or untrusted commit runs no SQL at all.
     `now` overrides the database clock for the grace period (tests, what-if runs).
     """
-    from registry.db import database_error, ensure_schema, resolve_dsn
+    from registry.database.connection import database_error, ensure_schema, resolve_dsn
 
     signers = None
     if require_signed:
-        from registry.gitops import Git
-        from registry.trust import allowed_signers as signers_file
+        from registry.repository.state import Git
+        from registry.repository.trust import allowed_signers as signers_file
 
         signers = signers_file(Git(repo), allowed_signers)
     state = desired_state(repo, ref, fetch=fetch, signers=signers)
@@ -1225,7 +1225,7 @@ def _apply_and_record(
 def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
     """What merging `head` into `base` would make the reconciler do, without a database:
     the plan against a database exactly reconciled to `base` (for PR review in CI)."""
-    from registry.gitops import Git, read_state
+    from registry.repository.state import Git, read_state
 
     git = Git(repo)
     base_state = read_state(git, base)

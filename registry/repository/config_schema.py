@@ -43,10 +43,11 @@ FIXES: dict[str, str] = {
 
 def schema_dir() -> Path:
     """`registry/schemas` in a wheel; the repository's `schemas/` in a source checkout."""
-    packaged = Path(__file__).parent / "schemas"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "schemas"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "schemas"
+    return package.parent / "schemas"
 
 
 @cache

@@ -24,7 +24,7 @@ from registry.errors import ConfigInvalid, UsageError
 if TYPE_CHECKING:
     import psycopg
 
-    from registry.gitops import RegistryState
+    from registry.repository.state import RegistryState
 
 MatchMode = Literal["any", "all"]
 TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -348,7 +348,7 @@ def record_eval(
     from psycopg import sql
     from psycopg.types.json import Jsonb
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     insert = sql.SQL(
         "INSERT INTO {}.eval_runs (chunk_version, against_version, kind, cases, metrics, passed, "
@@ -372,7 +372,7 @@ def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> dict[str, An
     """The newest recorded metrics of a version (an eval, or the shadow side of a comparison)."""
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     row = conn.execute(
         sql.SQL("SELECT at, kind, metrics FROM {}.eval_runs WHERE chunk_version = %s "
@@ -390,7 +390,7 @@ def last_comparison(conn: psycopg.Connection[Any], chunk_version: str) -> dict[s
     None when there is none, or when the database predates eval_runs."""
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     table = f"{BOOKKEEPING_SCHEMA}.eval_runs"
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
@@ -422,10 +422,10 @@ def run_eval(
     record: bool = True,
 ) -> EvalResult:
     """`registry eval VERSION`: evaluate one table on the cases (and record it)."""
-    from registry.db import ensure_schema, resolve_dsn, session
+    from registry.database.connection import ensure_schema, resolve_dsn, session
 
     cases = load_cases(cases_file)
-    from registry.gitops import committed_state
+    from registry.repository.state import committed_state
 
     target = resolve_target(committed_state(repo, ref), version)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
@@ -453,8 +453,8 @@ def run_compare(
 ) -> Comparison:
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
-    from registry.db import ensure_schema, resolve_dsn, session
-    from registry.gitops import committed_state
+    from registry.database.connection import ensure_schema, resolve_dsn, session
+    from registry.repository.state import committed_state
 
     cases = load_cases(cases_file)
     state = committed_state(repo, ref)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from registry.config import CONFIG_DIR, VERSION_RE
 from registry.errors import Refused
-from registry.gitops import PRODUCTION_PATH, Git, read_state
+from registry.repository.state import PRODUCTION_PATH, Git, read_state
 
 Kind = Literal["lock", "promote", "rollback", "retire"]
 Merge = Literal["merge", "squash", "commit"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from registry.config import LockedConfig
 from registry.errors import ConfigInvalid
-from registry.gitops import Git, RegistryState, read_state
+from registry.repository.state import Git, RegistryState, read_state
 
 REPO_ENV = "REGISTRY_REPO"
 

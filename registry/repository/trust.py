@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import Refused, UsageError
-from registry.gitops import Git
+from registry.repository.state import Git
 
 GOOD = re.compile(r'^Good "git" signature for (?P<principal>.+) with (?P<key>.+)$', re.MULTILINE)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 from psycopg import sql
 
-from registry.reconcile import (
+from registry.reconciler.core import (
     RUNS,
     VIEW_KINDS,
     Action,
@@ -29,7 +29,7 @@ from registry.reconcile import (
 )
 
 if TYPE_CHECKING:
-    from registry.gitops import RegistryState
+    from registry.repository.state import RegistryState
 
 
 StatusName = Literal["Synced", "OutOfSync", "Missing", "Retired", "Drifted"]
@@ -75,7 +75,7 @@ def status(
     repo: Path | str, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True
 ) -> StatusReport:
     """Every config and managed table: rows, sync status, production, last run that touched it."""
-    from registry.db import database_error, resolve_dsn, session
+    from registry.database.connection import database_error, resolve_dsn, session
 
     state = desired_state(repo, ref, fetch=fetch)
     resolved = resolve_dsn(dsn)

@@ -121,7 +121,7 @@ def check_table(
     one bookkeeping query."""
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     table = config.table_name(settings.base_name)
     health = TableHealth(table=f"{settings.schema}.{table}", exists=False)
@@ -260,7 +260,7 @@ def record(conn: psycopg.Connection[Any], report: HealthReport) -> None:
     from psycopg import sql
     from psycopg.types.json import Jsonb
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     conn.execute(
         sql.SQL("INSERT INTO {}.health_reports (at, chunk_version, report) VALUES (%s, %s, %s)")
@@ -324,10 +324,16 @@ def run_health(
     """`registry health`: guardrails on the config and on the data, retrieval metrics (a fresh
     evaluation with `cases_file`, else the last one recorded), alerts; appended to
     health_reports so the dashboard can draw trends."""
-    from registry.db import ensure_schema, resolve_dsn, session
-    from registry.evaluate import DEFAULT_K, DEFAULT_TOP, evaluate_table, last_eval, load_cases
-    from registry.evaluate import record_eval as record_evaluation
-    from registry.gitops import committed_state
+    from registry.database.connection import ensure_schema, resolve_dsn, session
+    from registry.quality.evaluation import (
+        DEFAULT_K,
+        DEFAULT_TOP,
+        evaluate_table,
+        last_eval,
+        load_cases,
+    )
+    from registry.quality.evaluation import record_eval as record_evaluation
+    from registry.repository.state import committed_state
 
     state = committed_state(repo, ref)
     config = state.config(version)

@@ -426,12 +426,12 @@ def config_path(chunk_version: str) -> str:
 
 @functools.cache
 def _cache_key() -> str:
-    from registry.schema import SCHEMA_FILES, schema_dir
+    from registry.repository.config_schema import SCHEMA_FILES, schema_dir
 
     digest = hashlib.sha256(str(CACHE_FORMAT).encode())
     for name in sorted(SCHEMA_FILES.values()):
         digest.update((schema_dir() / name).read_bytes())
-    digest.update(Path(__file__).with_name("config.py").read_bytes())
+    digest.update((Path(__file__).parent.parent / "config.py").read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -478,7 +478,7 @@ class ParseCache:
 
 def parse_config_file(path: str, raw: bytes) -> tuple[LockedConfig | None, list[Problem]]:
     """Parse and schema-check one config file (no repo-level checks)."""
-    from registry.schema import schema_problems
+    from registry.repository.config_schema import schema_problems
 
     try:
         doc = parse_yaml(raw, path)
@@ -645,7 +645,7 @@ def committed_state(repo: Path | str, ref: str | None = None) -> RegistryState:
 def _read_production(state: RegistryState, raw: bytes | None, cache: ParseCache) -> None:
     """production.yaml; a valid one is cached by blob SHA like the configs (a warm read then
     needs neither the YAML parser nor jsonschema)."""
-    from registry.schema import schema_problems
+    from registry.repository.config_schema import schema_problems
 
     if raw is not None:
         blob = git_blob_sha(raw)

@@ -22,7 +22,7 @@ from registry.config import (
     utc_now,
 )
 from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
-from registry.gitops import (
+from registry.repository.state import (
     PRODUCTION_PATH,
     Git,
     RegistryState,
@@ -32,7 +32,7 @@ from registry.gitops import (
 )
 
 if TYPE_CHECKING:
-    from registry.github import Proposal
+    from registry.repository.github import Proposal
 
 TRAILER = "Chunk-Version"
 
@@ -165,7 +165,7 @@ def lock(
     changes: dict[str, bytes | None] = {path: config.dump().encode()}
     runbook_path = None
     if generate_runbook:
-        from registry.runbook import render
+        from registry.repository.runbook import render
 
         runbook_path = f"runbooks/{config.chunk_version}.md"
         changes[runbook_path] = render(config, state.settings, "markdown").encode()
@@ -186,7 +186,7 @@ def lock(
 
 def _checked(data: dict[str, Any], special_tokens: int) -> LockedConfig:
     """Schema and guardrails on the exact mapping that will be written."""
-    from registry.schema import schema_problems
+    from registry.repository.config_schema import schema_problems
 
     text = LockedConfig.from_mapping(data).dump()
     doc = parse_yaml(text.encode(), config_path(str(data["chunk_version"])))
@@ -336,8 +336,8 @@ def _eval_gate(version: str, require_eval: bool, dsn: str | None, force: bool) -
     dsn = dsn or os.environ.get("REGISTRY_DSN") or os.environ.get("DATABASE_URL")
     if not dsn:
         return None
-    from registry.db import session
-    from registry.evaluate import last_comparison
+    from registry.database.connection import session
+    from registry.quality.evaluation import last_comparison
 
     with session(dsn, purpose="promote") as conn:
         last = last_comparison(conn, version)
@@ -368,7 +368,7 @@ def retire(repo: Path | str, version: str, *, push: bool = False) -> ChangeResul
 
     Refused for the production version and the previous production (the rollback target).
     """
-    from registry.history import read_history, standing_promotions
+    from registry.repository.history import read_history, standing_promotions
 
     git = Git(repo)
     base = git.main_branch()
@@ -407,7 +407,7 @@ def rollback(repo: Path | str, *, push: bool = False, branch: str | None = None)
     production.yaml. `branch` overrides `rollback/<version>` (the regression watch names its
     own per promotion).
     """
-    from registry.history import last_promotion
+    from registry.repository.history import last_promotion
 
     git = Git(repo)
     base = git.main_branch()
@@ -457,7 +457,7 @@ def _duration(value: timedelta) -> str:
 
 def propose_change(repo: Path | str, branch: str, base: str) -> Proposal:
     """The pull request of a pushed change branch (or, without a token, the page to open it)."""
-    from registry.github import propose
+    from registry.repository.github import propose
 
     title, body = describe_change(repo, branch, base)
     return propose(Git(repo), branch, base, title, body)
@@ -467,7 +467,7 @@ def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]
     """Title and Markdown body of the pull request for a change branch: the commit message,
     the locked config it is about, the offline plan of the merge, and the config's runbook
     (not for a retirement)."""
-    from registry.runbook import render
+    from registry.repository.runbook import render
 
     git = Git(repo)
     message = git.run("log", "-1", "--format=%B", branch).strip()
@@ -494,7 +494,7 @@ def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]
 def _offline_plan_section(repo: Path | str, base: str, branch: str) -> str:
     """`registry plan --base BASE --head BRANCH` as Markdown; a plan that cannot be made is
     shown as such (the validate check on the PR fails on the same problem)."""
-    from registry.reconcile import offline_plan, render_plan
+    from registry.reconciler.core import offline_plan, render_plan
 
     command = f"`registry plan --base {base} --head {branch}`"
     try:

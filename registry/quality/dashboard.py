@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from registry.config import ProductionConfig
-    from registry.status import StatusRow
+    from registry.reconciler.status import StatusRow
 
 DEFAULT_DAYS = 90
 PAGE_NAME = "index.html"
@@ -186,7 +186,7 @@ def _read_reports(
     """(version, at, metrics, alerts, critical alerts) for every report since `since`."""
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     columns = sql.SQL(", ").join(_number(path) for path in REPORT_METRICS.values())
     query = sql.SQL(
@@ -207,7 +207,7 @@ def _read_reports(
 def _latest_reports(conn: psycopg.Connection[Any]) -> dict[str, tuple[datetime, dict[str, Any]]]:
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     rows = conn.execute(sql.SQL(
         "SELECT DISTINCT ON (chunk_version) chunk_version, at, report FROM {}.health_reports "
@@ -222,7 +222,7 @@ def _read_ingests(
 ) -> list[tuple[str, datetime, float, int | None, int | None]]:
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     rows = conn.execute(sql.SQL(
         "SELECT chunk_version, finished_at, (details->>'mb_per_s')::float8, documents, chunks "
@@ -240,7 +240,7 @@ def _read_markers(conn: psycopg.Connection[Any]) -> dict[str, list[Marker]]:
     """
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     s = sql.Identifier(BOOKKEEPING_SCHEMA)
     tables = {table: version for table, version in conn.execute(sql.SQL(
@@ -298,7 +298,7 @@ def _read_markers(conn: psycopg.Connection[Any]) -> dict[str, list[Marker]]:
 def _read_proposals(conn: psycopg.Connection[Any], since: datetime) -> list[Proposal]:
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
                           (f"{BOOKKEEPING_SCHEMA}.rollback_proposals",)).fetchone()
@@ -323,9 +323,9 @@ def collect(
     """Everything the page shows, read in a fixed number of queries."""
     import psycopg
 
-    from registry.db import database_error, ensure_schema, resolve_dsn, session
-    from registry.reconcile import desired_state
-    from registry.status import status
+    from registry.database.connection import database_error, ensure_schema, resolve_dsn, session
+    from registry.reconciler.core import desired_state
+    from registry.reconciler.status import status
 
     if days < 1:
         raise UsageError(f"--days {days} must be at least 1")

@@ -106,7 +106,7 @@ class Demo:
 
     def registry(self, *args: str, expect: int = 0) -> None:
         """Run `registry ARGS` in this process, in the repo, as the console script would."""
-        from registry.cli import app
+        from registry.cli.app import app
 
         self.show(shlex.join(["registry", *args]))
         code = 0
@@ -160,7 +160,7 @@ def demo_database(dsn: str | None, *, drop: bool = True) -> Iterator[str]:
     from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
-    from registry.db import connect, resolve_dsn
+    from registry.database.connection import connect, resolve_dsn
 
     admin = resolve_dsn(dsn).value
     name = f"registry_demo_{uuid.uuid4().hex[:10]}"
@@ -181,7 +181,7 @@ def run_demo(
 ) -> float:
     """Run the demo; the seconds it took. With `keep`, the repo stays there and the database
     stays on the server; otherwise both are removed."""
-    from registry.db import redact
+    from registry.database.connection import redact
 
     out = out or sys.stdout
     started = time.monotonic()

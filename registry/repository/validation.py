@@ -14,7 +14,7 @@ from pathlib import Path
 
 from registry.config import PREFIX_BUDGET_TOKENS
 from registry.errors import Problem, RegistryError
-from registry.gitops import (
+from registry.repository.state import (
     WORKTREE,
     Git,
     ParseCache,

@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     import psycopg
 
     from registry.config import ProductionConfig
-    from registry.github import GitHubClient
-    from registry.gitops import Git
+    from registry.repository.github import GitHubClient
+    from registry.repository.state import Git
 
-log = logging.getLogger("registry.monitor")
+log = logging.getLogger("registry.quality.promotion_watch")
 
 Outcome = Literal["no-production", "pending", "rolled-back", "waiting", "healthy", "regressed",
                   "proposed", "already-proposed", "window-closed"]
@@ -210,7 +210,7 @@ def judge(
 def _bk(name: str) -> Any:
     from psycopg import sql
 
-    from registry.db import BOOKKEEPING_SCHEMA
+    from registry.database.connection import BOOKKEEPING_SCHEMA
 
     return sql.Identifier(BOOKKEEPING_SCHEMA, name)
 
@@ -290,10 +290,10 @@ def check(
 ) -> WatchResult:
     """One pass of the watch: find the promotion in force, judge its reports, and propose the
     rollback once when it regressed inside the monitoring window."""
-    from registry.db import WATCH_LOCK_KEY, ensure_schema, resolve_dsn, session
-    from registry.gitops import Git
-    from registry.history import read_history
-    from registry.reconcile import desired_state
+    from registry.database.connection import WATCH_LOCK_KEY, ensure_schema, resolve_dsn, session
+    from registry.reconciler.core import desired_state
+    from registry.repository.history import read_history
+    from registry.repository.state import Git
 
     env = os.environ if env is None else env
     state = desired_state(repo, ref, fetch=fetch)
@@ -371,8 +371,8 @@ def watch_branch(promotion: Promotion) -> str:
 
 def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotion: Promotion,
              result: WatchResult, env: Mapping[str, str]) -> Proposal:
-    from registry.changes import describe_change, rollback
-    from registry.github import GitHubClient, origin_repo, propose, token_from
+    from registry.repository.github import GitHubClient, origin_repo, propose, token_from
+    from registry.repository.lifecycle import describe_change, rollback
 
     assert promotion.previous is not None
     evidence = result.to_dict()
