@@ -70,7 +70,7 @@ class PrefixedEmbedder(ABC):
                 f"{len(texts)} texts, expected dimension {self.dimension}",
                 fix="check that the embedder is the model the spec pins",
             )
-        return l2_normalise(vectors) if self._spec.normalize else vectors
+        return l2_normalise(vectors) if self._spec.normalize else vectors.astype(np.float32)
 
     def embed_passages(self, texts: Sequence[str]) -> Vectors:
         prefix = self._spec.passage_prefix
@@ -78,12 +78,14 @@ class PrefixedEmbedder(ABC):
 
     def embed_query(self, text: str) -> Vectors:
         """One row: the query with the query prefix (e5's `query: `, bge's instruction)."""
-        return self.embed_texts([self._spec.query_prefix + text])[0]
+        row: Vectors = self.embed_texts([self._spec.query_prefix + text])[0]
+        return row
 
 
 def l2_normalise(vectors: Vectors) -> Vectors:
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    normalised: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalised
 
 
 def fingerprint(embedder: Embedder) -> str:

@@ -135,8 +135,8 @@ class OnnxEmbedder(PrefixedEmbedder):
         """An embedder for a model in INSTALLED_MODELS, with its trained pooling and length."""
         model_file, tokenizer_file = installed_model(name)
         model = INSTALLED_MODELS[name]
-        settings = {"pooling": model.pooling, "max_tokens": model.max_tokens} | settings
-        return cls(model_file, tokenizer_file, name=name, **settings)
+        merged: dict[str, Any] = {"pooling": model.pooling, "max_tokens": model.max_tokens}
+        return cls(model_file, tokenizer_file, name=name, **(merged | settings))
 
     @classmethod
     def from_spec(cls, spec: EmbedderSpec, model_file: Path, tokenizer_file: Path,
@@ -184,10 +184,11 @@ class OnnxEmbedder(PrefixedEmbedder):
             feed["token_type_ids"] = np.zeros_like(ids)
         states = np.asarray(self._session.run([self._output], feed)[0], dtype=np.float32)
         if self.spec.pooling == "cls":
-            return states[:, 0, :]
+            pooled: Vectors = states[:, 0, :]
+            return pooled
         weights = mask[:, :, None].astype(np.float32)
-        summed = (states * weights).sum(axis=1)
-        return (summed / np.maximum(weights.sum(axis=1), 1.0)).astype(np.float32)
+        pooled = (states * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+        return pooled.astype(np.float32)
 
 
 def _open_session(model_file: Path, providers: Sequence[str] | None,
