@@ -49,6 +49,9 @@ class FakeEmbeddings:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Buffered: head and body leave in one write (two small writes meet the client's
+            # delayed ACK and cost 40 ms a request, which a real server does not).
+            wbufsize = -1
 
             def do_POST(self) -> None:
                 fake.handle(self)
