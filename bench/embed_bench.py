@@ -16,19 +16,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from registry.embedding.onnx import OnnxEmbedder  # noqa: E402
-from registry.embedding.openai import OpenAIEmbedder  # noqa: E402
-from tests.embedding_server import FakeEmbeddings  # noqa: E402
+from registry.embedding.onnx import OnnxEmbedder
+from registry.embedding.openai import OpenAIEmbedder
+from tests.embedding_server import FakeEmbeddings
 
 MODEL = "all-MiniLM-L6-v2-int8"
 
 
 def chunks_of(embedder: OnnxEmbedder, count: int, tokens: int) -> list[str]:
     """`count` distinct texts of exactly `tokens` tokens (specials included) for this model."""
-    words = ("registry chunk token budget overlap jaccard duplicate prefix lock promotion "
-             "rollback reconciler shadow table embedding retrieval drift health eval").split()
+    words = ["registry", "chunk", "token", "budget", "overlap", "jaccard", "duplicate", "prefix",
+             "lock", "promotion", "rollback", "reconciler", "shadow", "table", "embedding",
+             "retrieval", "drift", "health", "eval"]
     rng = random.Random(7)
-    tokenizer = embedder._tokenizer
+    tokenizer = embedder.tokenizer
     texts = []
     for _ in range(count):
         text = " ".join(rng.choice(words) for _ in range(tokens * 2))
@@ -58,7 +59,7 @@ def main() -> None:
 
     probe = OnnxEmbedder.installed(MODEL, max_tokens=args.tokens)
     texts = chunks_of(probe, args.chunks, args.tokens)
-    lengths = {len(e.ids) for e in probe._tokenizer.encode_batch(texts)}
+    lengths = {len(e.ids) for e in probe.tokenizer.encode_batch(texts)}
     print(f"{args.chunks} chunks of {sorted(lengths)} tokens, model {MODEL}, "
           f"providers {probe.providers}")
     probe.embed_texts(texts[:2])  # warm-up: first run allocates the arena

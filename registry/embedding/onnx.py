@@ -23,6 +23,7 @@ from registry.tokenizer import file_hash, load_tokenizer
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
+    from tokenizers import Tokenizer
 
 GPU_PROVIDERS = (
     "TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider",
@@ -161,6 +162,11 @@ class OnnxEmbedder(PrefixedEmbedder):
                                 f"config pins {spec.dimension}",
                                 fix="pass the model file the config was locked with")
         return embedder
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The embedder's own tokenizer (truncating at max_tokens, padding a batch)."""
+        return self._tokenizer
 
     @property
     def providers(self) -> list[str]:
