@@ -115,3 +115,14 @@ def invalid(problems: list[Problem]) -> ConfigInvalid:
         more = f"{len(errors) - 1} more: run `registry validate`"
         fix = f"{fix}; {more}" if fix else more
     return ConfigInvalid(first.message, where=f"{first.path}:{first.line}", fix=fix)
+
+
+class EmbedderError(RegistryError):
+    """The embedder cannot run: a model file missing or not the pinned one, an endpoint that
+    refuses or keeps failing, vectors of the wrong shape."""
+
+    exit_code = 10
+
+
+class EmbedderChanged(EmbedderError):
+    """The embedder answers the probe texts differently from the fingerprint in the lock."""

@@ -1,0 +1,137 @@
+"""The OpenAI-compatible backend against a local server that answers with real ONNX vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from registry.embedding.base import pin
+from registry.embedding.onnx import OnnxEmbedder
+from registry.embedding.openai import TOKEN_ENV, URL_ENV, OpenAIEmbedder, RetryPolicy
+from registry.errors import EmbedderError
+from tests.embedding.conftest import needs_minilm
+from tests.embedding_server import FakeEmbeddings
+
+pytestmark = needs_minilm
+
+TOKEN = "sk-test-5ecret-t0ken-never-printed"
+TEXTS = ["How do I roll back a promotion?", "Bananas are a good source of potassium.",
+         "The reconciler keeps PostgreSQL in step with git.", "ok", "Token budgets",
+         "Jaccard near-duplicates", "HNSW index", "a cat on a windowsill", "drift", "CE scores"]
+
+
+@pytest.fixture
+def server(minilm: OnnxEmbedder) -> Iterator[FakeEmbeddings]:
+    with FakeEmbeddings(minilm, token=TOKEN) as fake:
+        yield fake
+
+
+def client(server: FakeEmbeddings, sleeps: list[float] | None = None, token: str = TOKEN,
+           **settings: object) -> OpenAIEmbedder:
+    recorded = [] if sleeps is None else sleeps
+    return OpenAIEmbedder(server.model, base_url=server.base_url, token=token, dimension=384,
+                          sleep=recorded.append, **settings)  # type: ignore[arg-type]
+
+
+def test_the_endpoint_returns_the_vectors_of_the_local_model(
+        server: FakeEmbeddings, minilm: OnnxEmbedder) -> None:
+    remote = client(server, batch_size=3, concurrency=3)
+    np.testing.assert_allclose(remote.embed_passages(TEXTS), minilm.embed_passages(TEXTS),
+                               atol=1e-6)
+    assert [len(r.body["input"]) for r in server.received] == [3, 3, 3, 1]
+    assert {r.authorization for r in server.received} == {f"Bearer {TOKEN}"}
+    assert {r.body["model"] for r in server.received} == {"minilm"}
+
+
+def test_the_dimension_is_asked_of_the_server_when_not_given(server: FakeEmbeddings) -> None:
+    remote = OpenAIEmbedder(server.model, base_url=server.base_url, token=TOKEN)
+    assert remote.dimension == 384 and server.received[0].body["input"] == ["ok"]
+
+
+def test_a_locked_spec_finds_its_endpoint_and_token_in_the_environment(
+        server: FakeEmbeddings, minilm: OnnxEmbedder) -> None:
+    locked = pin(client(server))
+    remote = OpenAIEmbedder.from_spec(locked, env={URL_ENV: server.base_url, TOKEN_ENV: TOKEN})
+    np.testing.assert_allclose(remote.embed_query("drift"), minilm.embed_query("drift"), atol=1e-6)
+    assert TOKEN not in str(locked.to_dict()) and server.base_url not in str(locked.to_dict())
+
+
+def test_429_and_5xx_and_dropped_connections_are_retried_with_growing_waits(
+        server: FakeEmbeddings, minilm: OnnxEmbedder) -> None:
+    server.failures = [429, 500, 0, 503]
+    sleeps: list[float] = []
+    vectors = client(server, sleeps, retry=RetryPolicy(attempts=5, base_delay=1.0)).embed_texts(TEXTS[:2])
+    np.testing.assert_allclose(vectors, minilm.embed_texts(TEXTS[:2]), atol=1e-6)
+    assert len(server.received) == 5
+    assert [0.5 <= s / 2 ** i <= 1.0 for i, s in enumerate(sleeps)] == [True] * 4
+
+
+def test_retry_after_is_honoured(server: FakeEmbeddings) -> None:
+    server.failures, server.retry_after = [429, 429], "3"
+    sleeps: list[float] = []
+    client(server, sleeps).embed_texts(["ok"])
+    assert sleeps == [3.0, 3.0]
+
+
+def test_a_retry_after_beyond_the_limit_ends_the_run_at_once(server: FakeEmbeddings) -> None:
+    server.failures, server.retry_after = [429, 429], "3600"
+    with pytest.raises(EmbedderError, match=r"asks to retry after 3600 s \(429 injected 429\)"):
+        client(server).embed_texts(["ok"])
+    assert len(server.received) == 1
+
+
+def test_it_gives_up_in_one_line_after_the_attempts(server: FakeEmbeddings) -> None:
+    server.failures = [500] * 10
+    with pytest.raises(EmbedderError) as caught:
+        client(server, retry=RetryPolicy(attempts=3)).embed_texts(["ok"])
+    assert str(caught.value) == (
+        f"embedding endpoint {server.base_url}/embeddings failed 3 times; last: 500 injected 500 "
+        "(retry later, or lower the concurrency if the server is overloaded)")
+    assert len(server.received) == 3
+
+
+def test_an_unreachable_endpoint_is_one_line_after_retries() -> None:
+    remote = OpenAIEmbedder("m", base_url="http://127.0.0.1:9/v1", dimension=3,
+                            retry=RetryPolicy(attempts=2), sleep=lambda _: None)
+    with pytest.raises(EmbedderError, match=r"127.0.0.1:9/v1/embeddings failed 2 times; "
+                                            r"last: connection failed: .*refused"):
+        remote.embed_texts(["ok"])
+
+
+@pytest.mark.parametrize("failure", [401, 500])
+def test_the_token_never_appears_in_an_error(server: FakeEmbeddings, failure: int) -> None:
+    server.echo_authorization = True
+    if failure == 401:
+        server.token = "the-server-expects-another-token"
+    else:
+        server.failures = [500] * 3
+    with pytest.raises(EmbedderError) as caught:
+        client(server, retry=RetryPolicy(attempts=3)).embed_texts(["ok"])
+    message = str(caught.value)
+    assert "request had Authorization: Bearer ***" in message
+    assert TOKEN not in message and TOKEN not in repr(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    if failure == 401:
+        assert "rejected the token (401 Incorrect API key provided" in message
+        assert f"set {TOKEN_ENV} to a token" in message
+
+
+def test_the_token_is_not_in_the_embedders_repr(server: FakeEmbeddings) -> None:
+    assert TOKEN not in repr(client(server)) and TOKEN not in str(vars(client(server)).keys())
+
+
+def test_an_unknown_model_is_one_line_and_not_retried(server: FakeEmbeddings) -> None:
+    remote = OpenAIEmbedder("no-such-model", base_url=server.base_url, token=TOKEN, dimension=384)
+    with pytest.raises(EmbedderError, match=r"has no model no-such-model or no embeddings route "
+                                            r"\(404 The model `no-such-model` does not exist\)"):
+        remote.embed_texts(["ok"])
+    assert len(server.received) == 1
+
+
+def test_vectors_of_another_dimension_are_refused(server: FakeEmbeddings) -> None:
+    with pytest.raises(EmbedderError, match=r"returned vectors of shape \(1, 384\) for 1 texts, "
+                                            r"expected dimension 768"):
+        OpenAIEmbedder(server.model, base_url=server.base_url, token=TOKEN,
+                       dimension=768).embed_texts(["ok"])
