@@ -10,10 +10,10 @@ the small row types below; callers own the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -21,6 +21,8 @@ from psycopg.types.json import Jsonb
 
 from registry.database.connection import MIGRATION_LOCK_KEY
 from registry.errors import RegistryError
+
+T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
 BOOKKEEPING_VERSION = 3
@@ -221,6 +223,15 @@ def exists(conn: psycopg.Connection[Any], name: str) -> bool:
     return bool(row and row[0])
 
 
+def _one(
+    conn: psycopg.Connection[Any], query: sql.Composed, params: Sequence[Any],
+    make: Callable[..., T],
+) -> T | None:
+    """The first row of `query` made into `make(*row)`, None when there is none."""
+    row = conn.execute(query, params).fetchone()
+    return make(*row) if row else None
+
+
 # ---------------------------------------------------------------------------------------------
 # managed_tables: what the reconciler created, and what production reads
 
@@ -299,20 +310,14 @@ def record_created(
     )
 
 
-def mark_retired(conn: psycopg.Connection[Any], schema: str, table_name: str) -> bool:
-    """shadow -> retired (its grace period starts now); False when it was not a shadow."""
+def set_retired(conn: psycopg.Connection[Any], schema: str, table_name: str, retired: bool) -> bool:
+    """shadow -> retired (its grace period starts now), or back; False when the table was not
+    in the state it leaves."""
+    change = ("status = 'retired', retired_at = now() WHERE status = 'shadow'" if retired
+              else "status = 'shadow', retired_at = NULL WHERE status = 'retired'")
     return conn.execute(
-        sql.SQL("UPDATE {} SET status = 'retired', retired_at = now() WHERE schema_name = %s "
-                "AND table_name = %s AND status = 'shadow'").format(MANAGED),
-        (schema, table_name)).rowcount == 1
-
-
-def mark_unretired(conn: psycopg.Connection[Any], schema: str, table_name: str) -> bool:
-    """retired -> shadow; False when it was not retired."""
-    return conn.execute(
-        sql.SQL("UPDATE {} SET status = 'shadow', retired_at = NULL WHERE schema_name = %s "
-                "AND table_name = %s AND status = 'retired'").format(MANAGED),
-        (schema, table_name)).rowcount == 1
+        sql.SQL("UPDATE {} SET {} AND schema_name = %s AND table_name = %s").format(
+            MANAGED, sql.SQL(change)), (schema, table_name)).rowcount == 1
 
 
 def lock_live(conn: psycopg.Connection[Any], schema: str, table_name: str) -> str | None:
@@ -464,11 +469,10 @@ class ReconcileRun:
 
 
 def last_reconcile_run(conn: psycopg.Connection[Any]) -> ReconcileRun | None:
-    row = conn.execute(sql.SQL(
+    return _one(conn, sql.SQL(
         "SELECT id, outcome, git_ref, git_commit, started_at, finished_at, error, actor, "
-        "jsonb_array_length(plan) FROM {} ORDER BY id DESC LIMIT 1").format(RECONCILE_RUNS)
-    ).fetchone()
-    return ReconcileRun(*row) if row else None
+        "jsonb_array_length(plan) FROM {} ORDER BY id DESC LIMIT 1").format(RECONCILE_RUNS),
+        (), ReconcileRun)
 
 
 def last_applied_by_table(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, str | None]]:
@@ -556,12 +560,11 @@ class IngestRun:
 
 
 def last_successful_ingest(conn: psycopg.Connection[Any], chunk_version: str) -> IngestRun | None:
-    row = conn.execute(
-        sql.SQL("SELECT ingest_run_id, finished_at, documents, chunks, duplicates_removed, "
-                "over_budget, source FROM {} WHERE chunk_version = %s AND status = 'succeeded' "
-                "ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT 1").format(INGEST_RUNS),
-        (chunk_version,)).fetchone()
-    return IngestRun(*row) if row else None
+    return _one(conn, sql.SQL(
+        "SELECT ingest_run_id, finished_at, documents, chunks, duplicates_removed, over_budget, "
+        "source FROM {} WHERE chunk_version = %s AND status = 'succeeded' "
+        "ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT 1").format(INGEST_RUNS),
+        (chunk_version,), IngestRun)
 
 
 def versions_never_ingested(
@@ -629,11 +632,9 @@ def record_eval_run(
 
 
 def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> EvalRecord | None:
-    row = conn.execute(
-        sql.SQL("SELECT at, kind, metrics FROM {} WHERE chunk_version = %s "
-                "ORDER BY at DESC, id DESC LIMIT 1").format(EVAL_RUNS), (chunk_version,)
-    ).fetchone()
-    return EvalRecord(*row) if row else None
+    return _one(conn, sql.SQL("SELECT at, kind, metrics FROM {} WHERE chunk_version = %s "
+                              "ORDER BY at DESC, id DESC LIMIT 1").format(EVAL_RUNS),
+                (chunk_version,), EvalRecord)
 
 
 def last_comparison(conn: psycopg.Connection[Any], chunk_version: str) -> ComparisonRecord | None:
@@ -672,8 +673,9 @@ def record_health_report(
             HEALTH_REPORTS), (at, chunk_version, Jsonb(dict(report))))
 
 
-def _stored(row: Sequence[Any]) -> StoredHealthReport:
-    return StoredHealthReport(int(row[0]), row[1], row[2] if isinstance(row[2], dict) else {})
+def _stored(report_id: int, at: datetime, report: Any) -> StoredHealthReport:
+    """A stored report (one that is not a JSON object reads as empty)."""
+    return StoredHealthReport(int(report_id), at, report if isinstance(report, dict) else {})
 
 
 def health_reports_between(
@@ -682,17 +684,17 @@ def health_reports_between(
     rows = conn.execute(sql.SQL(
         "SELECT id, at, report FROM {} WHERE chunk_version = %s AND at >= %s AND at <= %s "
         "ORDER BY at, id").format(HEALTH_REPORTS), (chunk_version, since, until)).fetchall()
-    return [_stored(r) for r in rows]
+    return [_stored(*r) for r in rows]
 
 
 def last_health_report(
     conn: psycopg.Connection[Any], chunk_version: str, until: datetime
 ) -> StoredHealthReport | None:
-    row = conn.execute(sql.SQL(
+    """The newest report of `chunk_version` up to `until` (what it looked like before)."""
+    return _one(conn, sql.SQL(
         "SELECT id, at, report FROM {} WHERE chunk_version = %s AND at <= %s "
         "ORDER BY at DESC, id DESC LIMIT 1").format(HEALTH_REPORTS),
-        (chunk_version, until)).fetchone()
-    return _stored(row) if row else None
+        (chunk_version, until), _stored)
 
 
 def latest_health_reports(conn: psycopg.Connection[Any]) -> dict[str, StoredHealthReport]:
@@ -701,7 +703,7 @@ def latest_health_reports(conn: psycopg.Connection[Any]) -> dict[str, StoredHeal
         "SELECT DISTINCT ON (chunk_version) chunk_version, id, at, report FROM {} "
         "WHERE chunk_version IS NOT NULL ORDER BY chunk_version, at DESC, id DESC"
     ).format(HEALTH_REPORTS)).fetchall()
-    return {str(r[0]): _stored(r[1:]) for r in rows}
+    return {str(r[0]): _stored(*r[1:]) for r in rows}
 
 
 def _report_number(path: tuple[str, ...]) -> sql.Composed:
@@ -760,11 +762,10 @@ def rollback_proposal(
     conn: psycopg.Connection[Any], chunk_version: str, promote_commit: str
 ) -> RollbackProposal | None:
     """The proposal recorded for the promotion of `chunk_version` by `promote_commit`."""
-    row = conn.execute(sql.SQL(
+    return _one(conn, sql.SQL(
         "SELECT target_version, proposed_at, branch, commit, pr_number, pr_url, adopted FROM {} "
         "WHERE chunk_version = %s AND promote_commit = %s").format(ROLLBACK_PROPOSALS),
-        (chunk_version, promote_commit)).fetchone()
-    return RollbackProposal(*row) if row else None
+        (chunk_version, promote_commit), RollbackProposal)
 
 
 def record_rollback_proposal(

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from registry.config import PREFIX_MARKER, LockedConfig, ingest_run_id_for
+from registry.errors import Refused
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -81,6 +82,13 @@ def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool
         (schema, table),
     ).fetchone()
     return bool(found and found[0])
+
+
+def require_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
+    """Refused when the version's table does not exist (yet)."""
+    if not table_exists(conn, target.schema, target.table):
+        raise Refused(f"table {target.qualified} of {target.chunk_version} does not exist",
+                      fix="merge its lock PR and run `registry reconcile` to create it")
 
 
 def has_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:

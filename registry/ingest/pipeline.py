@@ -49,7 +49,7 @@ from registry.database.chunk_table import (
     ROW_COLUMNS,
     ChunkTable,
     chunk_table,
-    table_exists,
+    require_table,
 )
 from registry.database.connection import (
     connect,
@@ -650,9 +650,7 @@ def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
 
 
 def _require_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
-    if not table_exists(conn, target.schema, target.table):
-        raise Refused(f"table {target.qualified} of {target.config.chunk_version} does not exist",
-                      fix="merge its lock PR and run `registry reconcile` to create it")
+    require_table(conn, target)
     status = bookkeeping.managed_status(conn, target.schema, target.table)
     if status is None:
         raise Refused(f"table {target.qualified} is not managed by the registry",

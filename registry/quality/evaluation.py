@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from registry.database import bookkeeping
-from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, table_exists
+from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, require_table
 from registry.database.connection import resolve_dsn, session
 from registry.errors import ConfigInvalid, Refused, UsageError
 from registry.repository.state import committed_state
@@ -305,9 +305,7 @@ class Comparison:
 
 
 def _require_rows(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
-    if not table_exists(conn, target.schema, target.table):
-        raise Refused(f"table {target.qualified} does not exist",
-                      fix="merge the lock, then run `registry reconcile`")
+    require_table(conn, target)
     if not has_rows(conn, target.schema, target.table):
         raise Refused(f"table {target.qualified} is empty",
                       fix=f"run `registry ingest {target.chunk_version} --source PATH` first")

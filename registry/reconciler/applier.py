@@ -25,7 +25,6 @@ from registry.reconciler.planner import (
     DESTRUCTIVE,
     Action,
     CreateTable,
-    Drop,
     Plan,
     Retire,
     SwapProduction,
@@ -131,16 +130,14 @@ class Applier:
     def _do(self, action: Action) -> None:
         if isinstance(action, CreateTable):
             self._create(action)
-        elif isinstance(action, Unretire):
-            self._bookkeeping(action)
-            if not bookkeeping.mark_unretired(self.conn, action.schema, action.table):
-                raise Refused(f"{action.schema}.{action.table} is not a managed retired table")
         elif isinstance(action, SwapProduction):
             self._swap(action)
-        elif isinstance(action, Retire):
+        elif isinstance(action, Retire | Unretire):
+            retire = isinstance(action, Retire)
             self._bookkeeping(action)
-            if not bookkeeping.mark_retired(self.conn, action.schema, action.table):
-                raise Refused(f"{action.schema}.{action.table} is not a managed shadow table")
+            if not bookkeeping.set_retired(self.conn, action.schema, action.table, retire):
+                expected = "shadow" if retire else "retired"
+                raise Refused(f"{action.schema}.{action.table} is not a managed {expected} table")
         else:
             self._drop(action)
 
@@ -191,7 +188,7 @@ class Applier:
         self._bookkeeping(action)
         bookkeeping.set_production(self.conn, action.schema, action.table)
 
-    def _drop(self, action: Drop) -> None:
+    def _drop(self, action: Action) -> None:
         """Re-check every drop rule against the bookkeeping row, locked, then DROP (RESTRICT)."""
         settings = self.settings
         row = bookkeeping.lock_row(self.conn, action.schema, action.table)

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from registry.reconciler.planner import (
-    VIEW_KINDS,
-    CreateTable,
-    Drop,
-    Plan,
-    Retire,
-    SwapProduction,
-    Unretire,
-)
+from registry.reconciler.planner import ACTION_ORDER, VIEW_KINDS, Plan
 
-_SYMBOLS = {CreateTable: "+", Unretire: "+", SwapProduction: "~", Retire: "-", Drop: "x"}
+_SYMBOLS = dict(zip(ACTION_ORDER, "++~-x", strict=True))
+"""create, unretire, swap, retire, drop"""
 _LABELS = {"CreateTable": "to create", "Unretire": "to unretire", "SwapProduction": "to swap",
            "Retire": "to retire", "Drop": "to drop"}
 
