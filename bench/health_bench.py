@@ -57,9 +57,10 @@ def main() -> None:
     from psycopg import sql
 
     from registry.config import ProductionConfig
+    from registry.database.chunk_table import ChunkTable
     from registry.quality.evaluation import Case, evaluate_table
     from registry.quality.health import check_table
-    from registry.reconciler.core import reconcile
+    from registry.reconciler.run import reconcile
     from registry.repository.lifecycle import lock
     from registry.repository.state import Git, read_state
 
@@ -96,7 +97,8 @@ def main() -> None:
         reconcile(repo, dsn=dsn, force=True)
         config = result.config
         settings: ProductionConfig = read_state(Git(repo), "main").settings
-        table = sql.Identifier(settings.schema, config.table_name(settings.base_name))
+        target = ChunkTable(config, settings.schema, settings.table_name(config.chunk_version))
+        table = target.identifier
         with psycopg.connect(dsn, autocommit=True) as conn:
             start = time.perf_counter()
             pool = word_pool()
@@ -125,13 +127,13 @@ def main() -> None:
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
             print(f"filled {args.rows:,} rows in {time.perf_counter() - start:.1f} s")
             size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size(%s::regclass))",
-                                (f"{settings.schema}.{config.table_name(settings.base_name)}",)
+                                (target.qualified,)
                                 ).fetchone()
             print(f"table size {size[0] if size else '?'}")
 
             count = median_time(lambda: conn.execute(sql.SQL("SELECT count(*) FROM {}")
                                                      .format(table)).fetchone())
-            health = median_time(lambda: check_table(conn, config, settings))
+            health = median_time(lambda: check_table(conn, target))
             ratio = health / count
             print(f"\n## 1. health over {args.rows:,} rows")
             print(f"check_table (one statement): {health * 1000:.0f} ms; SELECT count(*): "
@@ -146,9 +148,7 @@ def main() -> None:
             rng = random.Random(1)
             cases = [Case(f"q{i}", " ".join(rng.sample(pool, 3)), " ".join(rng.sample(pool, 2)))
                      for i in range(args.cases)]
-            evaluation = evaluate_table(conn, settings.schema,
-                                        config.table_name(settings.base_name),
-                                        config.chunk_version, cases)
+            evaluation = evaluate_table(conn, target, cases)
             metrics = evaluation.metrics
             print(f"\n## 2. eval, {args.cases} cases over {args.rows:,} rows (k=50, match any)")
             print(json.dumps({k: round(v, 2) for k, v in metrics.items()}))

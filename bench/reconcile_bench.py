@@ -34,7 +34,9 @@ import psycopg
 from pgtemp import throwaway_database
 
 from registry.config import LockedConfig, ingest_run_id_for
-from registry.reconciler.core import Applier, SwapProduction, reconcile
+from registry.reconciler.applier import Applier
+from registry.reconciler.planner import SwapProduction
+from registry.reconciler.run import reconcile
 
 PRODUCTION_YAML = """\
 production: {production}

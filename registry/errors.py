@@ -58,6 +58,10 @@ class WatchBusy(Busy):
     """Another `registry watch-promotion` holds its lock; like a busy reconcile, not a failure."""
 
 
+class ReconcileFailed(RegistryError):
+    """An action failed while applying a plan; the run is recorded with its error."""
+
+
 class DatabaseUnavailable(RegistryError):
     """PostgreSQL cannot be reached or refused the connection."""
 

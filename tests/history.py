@@ -13,9 +13,10 @@ from pathlib import Path
 
 import psycopg
 
+from registry.database.chunk_table import chunk_table
 from registry.ingest.pipeline import ingest
 from registry.quality.health import HealthReport, check_table, record
-from registry.reconciler.core import reconcile
+from registry.reconciler.run import reconcile
 from registry.repository.state import Git, RegistryState, read_state
 from tests.database import promote
 from tests.helpers import RegistryRepo
@@ -102,7 +103,7 @@ def _daily_reports(conn: psycopg.Connection[tuple[object, ...]], state: Registry
     guard = {"valid": True, "issues": [], "warnings": []}
     for index, version in enumerate(versions):
         config = state.configs[version]
-        table = check_table(conn, config, state.settings)
+        table = check_table(conn, chunk_table(state, version))
         level = 0.62 - 0.05 * index
         for day in range(days, -1, -1):
             at = now - timedelta(days=day, hours=index)

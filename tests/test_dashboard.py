@@ -17,7 +17,7 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from registry.ingest.pipeline import ingest
-from registry.reconciler.core import reconcile
+from registry.reconciler.run import reconcile
 from tests.database import promote
 from tests.helpers import RegistryRepo, run_cli
 from tests.history import build_history

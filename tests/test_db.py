@@ -7,7 +7,13 @@ import threading
 import psycopg
 import pytest
 
-from registry.database.connection import SCHEMA_VERSION, ensure_schema, redact, schema_version
+from registry.database.bookkeeping import (
+    BOOKKEEPING_VERSION,
+    MIGRATIONS,
+    bookkeeping_version,
+    ensure_schema,
+)
+from registry.database.connection import redact
 from registry.errors import RegistryError
 from tests.database import Database
 
@@ -31,9 +37,9 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
     for thread in threads:
         thread.join()
 
-    assert errors == [] and results == [SCHEMA_VERSION] * 4
+    assert errors == [] and results == [BOOKKEEPING_VERSION] * 4
     db = Database(dsn)
-    assert db.query("SELECT version FROM chunk_registry.schema_version") == [(SCHEMA_VERSION,)]
+    assert db.query("SELECT version FROM chunk_registry.schema_version") == [(BOOKKEEPING_VERSION,)]
     tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
                       "ORDER BY 1")
     assert [t for (t,) in tables] == ["eval_runs", "health_reports", "ingest_runs",
@@ -42,18 +48,16 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
 
 
 def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:
-    from registry.database.connection import MIGRATIONS
-
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in MIGRATIONS[1]():
             conn.execute(statement)
         conn.execute("INSERT INTO chunk_registry.schema_version (version) VALUES (1)")
         conn.execute("INSERT INTO chunk_registry.health_reports (report) VALUES ('{}')")
-        assert schema_version(conn) == 1
+        assert bookkeeping_version(conn) == 1
 
-        assert ensure_schema(conn) == SCHEMA_VERSION
+        assert ensure_schema(conn) == BOOKKEEPING_VERSION
 
-        assert schema_version(conn) == SCHEMA_VERSION
+        assert bookkeeping_version(conn) == BOOKKEEPING_VERSION
         assert conn.execute("SELECT count(*) FROM chunk_registry.health_reports").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM chunk_registry.eval_runs").fetchone() == (0,)
         assert conn.execute(
@@ -91,10 +95,10 @@ def test_a_newer_bookkeeping_schema_is_refused(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         ensure_schema(conn)
         conn.execute("UPDATE chunk_registry.schema_version SET version = %s",
-                     (SCHEMA_VERSION + 1,))
+                     (BOOKKEEPING_VERSION + 1,))
         with pytest.raises(RegistryError, match="upgrade chunk-registry"):
             ensure_schema(conn)
-        assert schema_version(conn) == SCHEMA_VERSION + 1
+        assert bookkeeping_version(conn) == BOOKKEEPING_VERSION + 1
 
 
 @pytest.mark.parametrize(("dsn", "shown"), [

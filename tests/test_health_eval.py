@@ -14,7 +14,7 @@ import pytest
 from registry.ingest.pipeline import ingest
 from registry.quality.evaluation import load_cases, relax_to_any, run_compare, run_eval
 from registry.quality.health import run_health
-from registry.reconciler.core import reconcile
+from registry.reconciler.run import reconcile
 from tests.helpers import RegistryRepo, run_cli
 
 WORDS = ["river", "stone", "window", "garden", "letter", "market", "silver", "engine", "harbor", "candle", "meadow", "pencil", "orchard", "lantern", "valley", "copper", "thunder", "ribbon", "falcon", "marble", "compass", "velvet", "glacier", "saddle", "timber", "beacon", "quarry", "meadowlark", "pebble", "cobalt", "saffron", "harvest", "pilgrim", "anchor", "basket", "cellar", "chimney", "desert", "ember", "fountain", "granite", "hollow", "island", "jasmine", "kettle", "ladder", "mirror", "nectar", "oyster", "parcel", "quiver", "raven", "summit", "tunnel", "umbrella", "violet", "walnut", "yarrow", "bramble", "canyon", "dagger", "feather", "gravel", "hammock", "indigo", "jungle", "kernel", "lichen", "mosaic", "nugget", "pepper", "quartz", "rustle", "sparrow", "thistle", "utensil", "vessel", "wander", "zenith", "blossom", "crystal"]
@@ -151,18 +151,19 @@ def test_the_health_counts_read_the_partial_index_of_flagged_rows_not_the_heap(
 ) -> None:
     """The table's partial index and the check's WHERE are one predicate: if they ever drift
     apart PostgreSQL can no longer use the index and the check reads the whole table."""
+    from registry.database.chunk_table import chunk_table
     from registry.quality.health import counts_query
     from registry.repository.state import committed_state
 
     version = registry_repo.locked(prefix_policy=policy)
     reconcile(registry_repo.path, dsn=dsn)
     state = committed_state(registry_repo.path, "main")
-    config = state.config(version)
+    target = chunk_table(state, version)
     with psycopg.connect(dsn) as conn:
         conn.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(row[0] for row in conn.execute(
-            psycopg.sql.SQL("EXPLAIN {}").format(counts_query(config, state.settings))))
-    assert f"{config.table_name(state.settings.base_name)}_bad" in plan, plan
+            psycopg.sql.SQL("EXPLAIN {}").format(counts_query(target))))
+    assert f"{target.table}_bad" in plan, plan
 
 
 def test_health_reports_the_seed_metrics_and_records_each_report(

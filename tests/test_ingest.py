@@ -18,7 +18,7 @@ from psycopg import sql
 from registry.errors import Refused, TokenizerUnavailable
 from registry.ingest.chunker import Document
 from registry.ingest.pipeline import IngestFailed, Progress, SourceProblem, ingest, read_source
-from registry.reconciler.core import reconcile
+from registry.reconciler.run import reconcile
 from registry.tokenizer import load_tokenizer
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, build_tokenizer, run_cli, training_text

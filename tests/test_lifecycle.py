@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from registry.errors import Refused
-from registry.reconciler.core import reconcile
+from registry.reconciler.run import reconcile
 from tests.database import Database, table_of
 from tests.helpers import RegistryRepo, run_cli
 

@@ -215,7 +215,7 @@ def record_comparison(dsn: str, version: str, against: str, passed: bool) -> Non
     import psycopg
     from psycopg.types.json import Jsonb
 
-    from registry.database.connection import ensure_schema
+    from registry.database.bookkeeping import ensure_schema
 
     regressions = [] if passed else ["oracle_hit_rate drops by 0.050 (0.470 -> 0.420), more than "
                                      "the allowed 0.020"]

@@ -12,18 +12,9 @@ import psycopg
 import pytest
 
 from registry.errors import ReconcileBusy, Refused
-from registry.reconciler.core import (
-    Applier,
-    CreateTable,
-    Drop,
-    Retire,
-    RunResult,
-    SwapProduction,
-    Unretire,
-    acquire_lock,
-    plan,
-    reconcile,
-)
+from registry.reconciler.applier import Applier
+from registry.reconciler.planner import CreateTable, Drop, Retire, SwapProduction, Unretire
+from registry.reconciler.run import RunResult, acquire_lock, plan, reconcile
 from registry.reconciler.status import status
 from tests.database import Database, promote, retire, table_of
 from tests.helpers import PRODUCTION_YAML, RegistryRepo

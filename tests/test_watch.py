@@ -19,12 +19,13 @@ import psycopg
 import pytest
 
 from registry.config import ProductionConfig
+from registry.database.chunk_table import VIEW_COLUMNS
 from registry.ingest.pipeline import ingest
 from registry.quality.dashboard import build
 from registry.quality.evaluation import baseline_metrics, run_eval
 from registry.quality.health import run_health
 from registry.quality.promotion_watch import Report, judge
-from registry.reconciler.core import VIEW_COLUMNS, reconcile
+from registry.reconciler.run import reconcile
 from tests.github_server import FakeGitHub
 from tests.helpers import RegistryRepo, run_cli
 from tests.test_health_eval import Corpus, write_corpus

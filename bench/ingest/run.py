@@ -349,9 +349,8 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
     import psycopg
     from psycopg import sql
 
-    from registry.ingest.chunker import ROW_COLUMNS
-    from registry.ingest.pipeline import COPY_TYPES, IngestReport, _keep
-    from registry.reconciler.core import CreateTable, _table_ddl
+    from registry.database.chunk_table import COPY_TYPES, ROW_COLUMNS, table_ddl
+    from registry.ingest.pipeline import IngestReport, _keep
 
     print(f"3. COPY: the ingest's COPY path vs a plain psycopg binary COPY of the same rows; "
           f"load {load()}")
@@ -388,7 +387,10 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
             # best of two, in alternating order, so neither way pays the warm-up alone
             for way in ("plain", "ingest", "ingest", "plain"):
                 table = f"t_{uuid.uuid4().hex[:8]}"
-                for statement in _table_ddl(CreateTable.of("public", table, locked)):
+                for statement in table_ddl(
+                        "public", table, chunk_version=locked.chunk_version,
+                        config_hash=locked.config_hash, prefix_policy=locked.prefix_policy,
+                        chunk_size=locked.chunk_size, token_budget=locked.token_budget):
                     conn.execute(statement)
                 for alter in alters:
                     for column in ("embedding_text", "bm25_text"):

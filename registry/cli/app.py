@@ -528,8 +528,9 @@ def plan(
     fetch: FetchOpt = True,
 ) -> None:
     """What reconcile would change in PostgreSQL (or, with --base/--head, what merging would)."""
-    from registry.reconciler.core import offline_plan, render_plan
-    from registry.reconciler.core import plan as make_plan
+    from registry.reconciler.render import render_plan
+    from registry.reconciler.run import offline_plan
+    from registry.reconciler.run import plan as make_plan
 
     if (base is None) != (head is None):
         raise _usage("--base and --head go together")
@@ -598,7 +599,7 @@ def reconcile(
     """Make PostgreSQL match the repo: create shadow tables, swap production, retire, drop."""
     import logging
 
-    from registry.reconciler.core import reconcile as run_once
+    from registry.reconciler.run import reconcile as run_once
 
     options: dict[str, Any] = {"ref": ref, "dsn": dsn, "force": force, "fetch": fetch,
                                "lock_timeout_ms": lock_timeout, "wait_lock": wait_lock,
@@ -637,7 +638,7 @@ def reconcile(
 
 
 def _render_run(result: Any) -> None:
-    from registry.reconciler.core import render_plan, summary
+    from registry.reconciler.render import render_plan, summary
 
     run = f"run #{result.run_id}" if result.run_id else "run"
     if result.outcome == "noop":
@@ -660,7 +661,8 @@ def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
     import signal
     import threading
 
-    from registry.reconciler.core import summary, watch
+    from registry.reconciler.render import summary
+    from registry.reconciler.run import watch
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")

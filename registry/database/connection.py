@@ -1,11 +1,10 @@
-"""Connections, the embedded PostgreSQL default, and the bookkeeping schema.
+"""Connections and the embedded PostgreSQL default.
 
 The DSN comes from `--dsn`, then `REGISTRY_DSN`, then `DATABASE_URL`; without any, an embedded
 PostgreSQL in `REGISTRY_HOME` is started on demand and left running for the next command. A
 DSN's password is never printed: everything user-facing goes through `redact`.
 
-The bookkeeping schema `chunk_registry` is created and migrated by the tool itself, under a
-transaction-level advisory lock so two first runs cannot race, and its version is recorded.
+The bookkeeping schema the tool keeps in the database is `registry.database.bookkeeping`.
 """
 
 from __future__ import annotations
@@ -20,15 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from psycopg import sql
-
 from registry.errors import DatabaseUnavailable, RegistryError, UsageError
 
 if TYPE_CHECKING:
     import psycopg
 
-BOOKKEEPING_SCHEMA = "chunk_registry"
-SCHEMA_VERSION = 3
 APPLICATION_NAME = "chunk-registry"
 CONNECT_TIMEOUT_S = 10
 EMBEDDED_DBNAME = "postgres"
@@ -265,183 +260,6 @@ def database_error(err: Exception, dsn: str, doing: str) -> RegistryError:
         return DatabaseUnavailable(f"lost the database while {doing}: {reason}",
                                    fix="check the server, then rerun")
     return RegistryError(f"database error while {doing}: {reason}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The bookkeeping schema
-
-
-def _migration_1() -> list[sql.Composed | sql.SQL]:
-    s = sql.Identifier(BOOKKEEPING_SCHEMA)
-    statements = [
-        "CREATE SCHEMA IF NOT EXISTS {s}",
-        """CREATE TABLE {s}.schema_version (
-            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-            version integer NOT NULL,
-            migrated_at timestamptz NOT NULL DEFAULT now())""",
-        # One row per table the registry ever created; rows are kept after a drop (history).
-        """CREATE TABLE {s}.managed_tables (
-            schema_name text NOT NULL,
-            table_name text NOT NULL CHECK (octet_length(table_name) <= 63),
-            chunk_version text NOT NULL,
-            config_hash text NOT NULL,
-            status text NOT NULL CHECK (status IN ('shadow', 'production', 'retired', 'dropped')),
-            created_at timestamptz NOT NULL DEFAULT now(),
-            created_commit text,
-            promoted_at timestamptz,
-            demoted_at timestamptz,
-            retired_at timestamptz,
-            dropped_at timestamptz,
-            PRIMARY KEY (schema_name, table_name),
-            CHECK ((status = 'retired') <= (retired_at IS NOT NULL)),
-            CHECK ((status = 'dropped') = (dropped_at IS NOT NULL)))""",
-        # At most one production table, enforced by the database itself.
-        """CREATE UNIQUE INDEX managed_tables_one_production ON {s}.managed_tables ((true))
-            WHERE status = 'production'""",
-        # A live chunk_version has one table (a dropped one may come back under a new row).
-        """CREATE UNIQUE INDEX managed_tables_live_version ON {s}.managed_tables (chunk_version)
-            WHERE status <> 'dropped'""",
-        """CREATE TABLE {s}.reconcile_runs (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            started_at timestamptz NOT NULL DEFAULT now(),
-            finished_at timestamptz,
-            git_ref text NOT NULL,
-            git_commit text,
-            plan jsonb NOT NULL DEFAULT '[]',
-            outcome text NOT NULL
-                CHECK (outcome IN ('running', 'noop', 'applied', 'refused', 'failed')),
-            error text,
-            actor text)""",
-        """CREATE TABLE {s}.ingest_runs (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            ingest_run_id text NOT NULL,
-            chunk_version text NOT NULL,
-            started_at timestamptz NOT NULL DEFAULT now(),
-            finished_at timestamptz,
-            status text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
-            documents integer,
-            chunks integer,
-            duplicates_removed integer,
-            over_budget integer,
-            source text,
-            details jsonb NOT NULL DEFAULT '{{}}')""",
-        "CREATE INDEX ingest_runs_version ON {s}.ingest_runs (chunk_version, started_at DESC)",
-        """CREATE TABLE {s}.health_reports (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            at timestamptz NOT NULL DEFAULT now(),
-            chunk_version text,
-            report jsonb NOT NULL)""",
-        "CREATE INDEX health_reports_version ON {s}.health_reports (chunk_version, at DESC)",
-    ]
-    return [sql.SQL(text).format(s=s) for text in statements]
-
-
-def _migration_2() -> list[sql.Composed | sql.SQL]:
-    """Evaluation runs: the promotion gate reads the last comparison of a shadow table."""
-    s = sql.Identifier(BOOKKEEPING_SCHEMA)
-    statements = [
-        """CREATE TABLE {s}.eval_runs (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            at timestamptz NOT NULL DEFAULT now(),
-            chunk_version text NOT NULL,
-            against_version text,
-            kind text NOT NULL CHECK (kind IN ('eval', 'compare')),
-            cases integer NOT NULL CHECK (cases >= 0),
-            metrics jsonb NOT NULL,
-            passed boolean,
-            details jsonb NOT NULL DEFAULT '{{}}',
-            CHECK ((kind = 'compare') = (against_version IS NOT NULL AND passed IS NOT NULL)))""",
-        "CREATE INDEX eval_runs_version ON {s}.eval_runs (chunk_version, kind, at DESC)",
-    ]
-    return [sql.SQL(text).format(s=s) for text in statements]
-
-
-def _migration_3() -> list[sql.Composed | sql.SQL]:
-    """Rollback proposals of the regression watch: one per promotion, i.e. per config and
-    promotion commit on main (the unique key), so a rerun or a restart finds the proposal it
-    already made instead of opening another (a drift re-swap moves promoted_at, not that)."""
-    s = sql.Identifier(BOOKKEEPING_SCHEMA)
-    statements = [
-        """CREATE TABLE {s}.rollback_proposals (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            chunk_version text NOT NULL,
-            promoted_at timestamptz NOT NULL,
-            promote_commit text NOT NULL,
-            target_version text NOT NULL,
-            proposed_at timestamptz NOT NULL DEFAULT now(),
-            branch text,
-            commit text,
-            pr_number integer,
-            pr_url text,
-            adopted boolean NOT NULL DEFAULT false,
-            evidence jsonb NOT NULL DEFAULT '{{}}',
-            UNIQUE (chunk_version, promote_commit))""",
-    ]
-    return [sql.SQL(text).format(s=s) for text in statements]
-
-
-MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3}
-"""version -> the statements that bring the schema from version-1 to version."""
-
-
-def schema_version(conn: psycopg.Connection[Any]) -> int:
-    """The recorded bookkeeping version, 0 when the schema does not exist yet (one query)."""
-    row = conn.execute(
-        sql.SQL("SELECT CASE WHEN to_regclass({}) IS NULL THEN NULL ELSE 1 END").format(
-            sql.Literal(f"{BOOKKEEPING_SCHEMA}.schema_version"))
-    ).fetchone()
-    if row is None or row[0] is None:
-        return 0
-    found = conn.execute(
-        sql.SQL("SELECT version FROM {}.schema_version").format(sql.Identifier(BOOKKEEPING_SCHEMA))
-    ).fetchone()
-    return int(found[0]) if found else 0
-
-
-def ensure_schema(conn: psycopg.Connection[Any]) -> int:
-    """Create or migrate `chunk_registry` to SCHEMA_VERSION; idempotent and race-free.
-
-    The common case (already current) is one query.
-    """
-    import psycopg
-
-    try:
-        row = conn.execute(
-            sql.SQL("SELECT version FROM {}.schema_version").format(
-                sql.Identifier(BOOKKEEPING_SCHEMA))
-        ).fetchone()
-        current = int(row[0]) if row else 0
-    except psycopg.errors.UndefinedTable:
-        if not conn.autocommit:
-            conn.rollback()
-        current = 0
-    if current == SCHEMA_VERSION:
-        return current
-    _check_not_newer(current)
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        current = schema_version(conn)
-        _check_not_newer(current)
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version]():
-                conn.execute(statement)
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.schema_version (version) VALUES (%s) ON CONFLICT (singleton) "
-                "DO UPDATE SET version = EXCLUDED.version, migrated_at = now()"
-            ).format(sql.Identifier(BOOKKEEPING_SCHEMA)),
-            (SCHEMA_VERSION,),
-        )
-    return SCHEMA_VERSION
-
-
-def _check_not_newer(version: int) -> None:
-    if version > SCHEMA_VERSION:
-        raise RegistryError(
-            f"the database's {BOOKKEEPING_SCHEMA} schema is version {version}, newer than this "
-            f"chunk-registry understands ({SCHEMA_VERSION})",
-            fix="upgrade chunk-registry",
-        )
 
 
 @contextmanager

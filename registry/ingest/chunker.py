@@ -53,8 +53,9 @@ class Document:
 
 
 class Chunk(NamedTuple):
-    """One row of a shadow table (the first nine fields, `ROW_COLUMNS`), plus where its body
-    sits in the source. A NamedTuple: a corpus makes millions, and they cross processes."""
+    """One row of a shadow table (the first nine fields, `chunk_table.ROW_COLUMNS`), plus
+    where its body sits in the source. A NamedTuple: a corpus makes millions, and they cross
+    processes."""
 
     id: str
     doc_id: str
@@ -73,14 +74,10 @@ class Chunk(NamedTuple):
     """Tokens shared with the previous kept chunk of the same section (0 at a section start)."""
 
     def row(self) -> tuple[str, str, int, str, str, int, int, str, str]:
-        """The values of the table's data columns, in `ROW_COLUMNS` order."""
+        """The values of the table's data columns, in `chunk_table.ROW_COLUMNS` order."""
         return (self.id, self.doc_id, self.chunk_index, self.embedding_text, self.bm25_text,
                 self.embedding_token_count, self.bm25_token_count, self.chunk_version,
                 self.ingest_run_id)
-
-
-ROW_COLUMNS = ("id", "doc_id", "chunk_index", "embedding_text", "bm25_text",
-               "embedding_token_count", "bm25_token_count", "chunk_version", "ingest_run_id")
 
 
 @dataclass(slots=True)

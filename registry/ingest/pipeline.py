@@ -38,13 +38,29 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import psycopg
+from psycopg import sql
 
 from registry import faults
 from registry.config import LockedConfig
-from registry.errors import Refused, RegistryError, TokenizerUnavailable, UsageError
+from registry.database import bookkeeping
+from registry.database.chunk_table import (
+    COPY_TYPES,
+    ROW_COLUMNS,
+    ChunkTable,
+    chunk_table,
+    require_table,
+)
+from registry.database.connection import (
+    connect,
+    database_error,
+    ingest_lock_key,
+    resolve_dsn,
+    session,
+)
+from registry.errors import Busy, Refused, RegistryError, TokenizerUnavailable, UsageError
 from registry.ingest.chunker import (
     MIN_CHUNK_TOKENS,
-    ROW_COLUMNS,
     Chunk,
     ChunkedDocument,
     Chunker,
@@ -52,12 +68,11 @@ from registry.ingest.chunker import (
     Document,
     Shingles,
 )
+from registry.repository.state import RegistryState, committed_state
+from registry.tokenizer import file_hash, resolve
 
 if TYPE_CHECKING:
-    import psycopg
     from tokenizers import Tokenizer
-
-    from registry.repository.state import RegistryState
 
 DedupMode = Literal["document", "corpus"]
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
@@ -470,27 +485,9 @@ class FileShingleStore:
 # The run
 
 
-COPY_TYPES = ["text", "text", "int4", "text", "text", "int4", "int4", "text", "text"]
-
-
-@dataclass
-class Target:
-    """Where a run writes: the shadow table of one locked config."""
-
-    config: LockedConfig
-    schema: str
-    table: str
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
 def load_tokenizer_json(config: LockedConfig, tokenizer_file: Path | None) -> tuple[str, Path]:
     """The tokenizer.json text the config was locked with, resolved as at lock time and
     refused when its hash differs from the config's `tokenizer_hash`."""
-    from registry.tokenizer import resolve
-
     resolved = resolve(config.tokenizer_name, tokenizer_file)
     raw = resolved.path.read_bytes()
     digest = f"sha256:{hashlib.sha256(raw).hexdigest()}"
@@ -505,7 +502,7 @@ def load_tokenizer_json(config: LockedConfig, tokenizer_file: Path | None) -> tu
 
 
 def run_ingest(
-    target: Target,
+    target: ChunkTable,
     source: Path,
     dsn: str,
     tokenizer_json: str,
@@ -518,10 +515,6 @@ def run_ingest(
     on_problem: Callable[[SourceProblem], None] | None = None,
 ) -> IngestReport:
     """Fill `target` from `source` in one transaction and record the run in ingest_runs."""
-    import psycopg
-
-    from registry.database.connection import connect, database_error, ensure_schema
-
     if dedup not in ("document", "corpus"):
         raise UsageError(f"--dedup {dedup} is not document or corpus")
     config = target.config
@@ -530,7 +523,7 @@ def run_ingest(
     progress = Progress(total_bytes=source_bytes(source) if source.exists() else None)
     control = connect(dsn, purpose="ingest")
     try:
-        ensure_schema(control)
+        bookkeeping.ensure_schema(control)
         _require_table(control, target)
         _take_run_lock(control, report)
         report.run = _record_start(control, report)
@@ -559,14 +552,12 @@ def run_ingest(
     return report
 
 
-def _load(data: psycopg.Connection[Any], target: Target, source: Path, tokenizer_json: str,
+def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, tokenizer_json: str,
           report: IngestReport, progress: Progress, *, strict: bool, max_document_bytes: int,
           on_progress: Callable[[Progress], None] | None,
           on_problem: Callable[[SourceProblem], None] | None) -> None:
-    from psycopg import sql
-
     config = target.config
-    table = sql.Identifier(target.schema, target.table)
+    table = target.identifier
     # A value as a Literal, not a parameter: psycopg would read a `%` in the table's name as a
     # placeholder if the statement also carried parameters.
     report.replaced_rows = data.execute(
@@ -658,21 +649,9 @@ def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
     return [chunk.row() for chunk in kept]
 
 
-def _require_table(conn: psycopg.Connection[Any], target: Target) -> None:
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    row = conn.execute(
-        sql.SQL("SELECT to_regclass(%s) IS NOT NULL, (SELECT status FROM {}.managed_tables "
-                "WHERE schema_name = %s AND table_name = %s)").format(
-                    sql.Identifier(BOOKKEEPING_SCHEMA)),
-        (sql.Identifier(target.schema, target.table).as_string(conn), target.schema,
-         target.table)).fetchone()
-    exists, status = (row[0], row[1]) if row else (False, None)
-    if not exists:
-        raise Refused(f"table {target.qualified} of {target.config.chunk_version} does not exist",
-                      fix="merge its lock PR and run `registry reconcile` to create it")
+def _require_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
+    require_table(conn, target)
+    status = bookkeeping.managed_status(conn, target.schema, target.table)
     if status is None:
         raise Refused(f"table {target.qualified} is not managed by the registry",
                       fix="run `registry reconcile`; ingest only fills tables the registry made")
@@ -681,20 +660,9 @@ def _require_table(conn: psycopg.Connection[Any], target: Target) -> None:
                       fix="ingest a locked config that is still in the registry")
 
 
-def _bk(name: str) -> Any:
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    return sql.Identifier(BOOKKEEPING_SCHEMA, name)
-
-
 def _take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
     """One ingest of a config at a time (held by the control connection until the run ends):
     a second one would redo all the chunking only to fail on the first one's rows."""
-    from registry.database.connection import ingest_lock_key
-    from registry.errors import Busy
-
     got = conn.execute("SELECT pg_try_advisory_lock(%s)",
                        (ingest_lock_key(report.ingest_run_id),)).fetchone()
     if not (got and got[0]):
@@ -702,54 +670,22 @@ def _take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
                    fix="wait for it to finish, then rerun if needed")
 
 
-INTERRUPTED = ("interrupted: the ingest stopped before it recorded an outcome (process killed "
-               "or database connection lost); nothing of it was committed")
-
-
 def _record_start(conn: psycopg.Connection[Any], report: IngestReport) -> int:
-    """The run's `running` record. Any earlier `running` record of the same ingest_run_id is
-    a dead run (this one holds the run's lock): it is marked in the same statement."""
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
-
-    runs = _bk("ingest_runs")
-    row = conn.execute(
-        sql.SQL("WITH interrupted AS (UPDATE {} SET status = 'failed', details = details || "
-                "%(note)s WHERE status = 'running' AND ingest_run_id = %(run)s) "
-                "INSERT INTO {} (ingest_run_id, chunk_version, status, source, details) "
-                "VALUES (%(run)s, %(version)s, 'running', %(source)s, %(details)s) "
-                "RETURNING id").format(runs, runs),
-        {"run": report.ingest_run_id, "version": report.chunk_version, "source": report.source,
-         "note": Jsonb({"error": INTERRUPTED}),
-         "details": Jsonb({"dedup": report.dedup, "workers": report.workers,
-                           "table": report.table})},
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return bookkeeping.start_ingest_run(
+        conn, report.ingest_run_id, report.chunk_version, report.source,
+        {"dedup": report.dedup, "workers": report.workers, "table": report.table})
 
 
 def _record_success(conn: psycopg.Connection[Any], report: IngestReport) -> None:
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
-
-    conn.execute(
-        sql.SQL("UPDATE {} SET status = 'succeeded', finished_at = now(), documents = %s, "
-                "chunks = %s, duplicates_removed = %s, over_budget = %s, details = %s "
-                "WHERE id = %s").format(_bk("ingest_runs")),
-        (report.documents, report.chunks, report.duplicates_removed, report.over_budget,
-         Jsonb(report.details()), report.run),
-    )
+    bookkeeping.finish_ingest_run(
+        conn, report.run, documents=report.documents, chunks=report.chunks,
+        duplicates_removed=report.duplicates_removed, over_budget=report.over_budget,
+        details=report.details())
 
 
 def _record_failure(conn: psycopg.Connection[Any], report: IngestReport, reason: str) -> None:
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
-
-    conn.execute(
-        sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(), documents = %s, "
-                "details = %s WHERE id = %s").format(_bk("ingest_runs")),
-        (report.documents, Jsonb({**report.details(), "error": reason[:2000]}), report.run),
-    )
+    bookkeeping.fail_ingest_run(conn, report.run, documents=report.documents,
+                                details={**report.details(), "error": reason[:2000]})
 
 
 def _first_line(err: BaseException) -> str:
@@ -759,11 +695,6 @@ def _first_line(err: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Entry points: one version, or every shadow table still waiting for its first ingest
-
-
-def target_for(state: RegistryState, version: str) -> Target:
-    config = state.config(version)
-    return Target(config, state.settings.schema, state.table_name(config.chunk_version))
 
 
 def ingest(
@@ -783,11 +714,8 @@ def ingest(
 ) -> IngestReport:
     """`registry ingest VERSION --source PATH`: the locked config as committed on the main
     branch (or `ref`), its tokenizer checked by hash, its shadow table filled."""
-    from registry.database.connection import resolve_dsn
-    from registry.repository.state import committed_state
-
     state = committed_state(repo, ref)
-    target = target_for(state, version)
+    target = chunk_table(state, version)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
     return run_ingest(target, source, resolve_dsn(dsn).value, tokenizer_json, dedup=dedup,
                       workers=default_workers(workers), strict=strict,
@@ -801,17 +729,9 @@ def default_workers(workers: int | None) -> int:
 
 def pending_versions(conn: psycopg.Connection[Any], state: RegistryState) -> list[str]:
     """Configs whose shadow table exists but has no successful run of their ingest_run_id."""
-    from psycopg import sql
-
-    rows = conn.execute(
-        sql.SQL("SELECT m.chunk_version FROM {m} m WHERE m.status = 'shadow' "
-                "AND m.schema_name = %s AND NOT EXISTS (SELECT 1 FROM {r} r WHERE "
-                "r.chunk_version = m.chunk_version AND r.status = 'succeeded' "
-                "AND r.ingest_run_id = ANY(%s))").format(m=_bk("managed_tables"),
-                                                         r=_bk("ingest_runs")),
-        (state.settings.schema, [c.ingest_run_id for c in state.configs.values()]),
-    ).fetchall()
-    return sorted(str(r[0]) for r in rows if r[0] in state.configs)
+    versions = bookkeeping.versions_never_ingested(
+        conn, state.settings.schema, [c.ingest_run_id for c in state.configs.values()])
+    return sorted(v for v in versions if v in state.configs)
 
 
 def ingest_pending(
@@ -831,19 +751,15 @@ def ingest_pending(
 
     Each config's tokenizer is the first of `tokenizer_files` whose hash matches it, else the
     one its name resolves to (local cache)."""
-    from registry.database.connection import ensure_schema, resolve_dsn, session
-    from registry.repository.state import committed_state
-    from registry.tokenizer import file_hash
-
     state = committed_state(repo, ref)
     resolved = resolve_dsn(dsn).value
     with session(resolved, purpose="ingest pending") as conn:
-        ensure_schema(conn)
+        bookkeeping.ensure_schema(conn)
         versions = pending_versions(conn, state)
     by_hash = {file_hash(Path(p)): Path(p) for p in tokenizer_files}
     reports = []
     for version in versions:
-        target = target_for(state, version)
+        target = chunk_table(state, version)
         tokenizer_json, _ = load_tokenizer_json(target.config,
                                                 by_hash.get(target.config.tokenizer_hash))
         reports.append(run_ingest(target, source, resolved, tokenizer_json, dedup=dedup,

@@ -17,21 +17,23 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import psycopg
+
+from registry.config import ProductionConfig
+from registry.database import bookkeeping
+from registry.database.bookkeeping import ProposedRollback
+from registry.database.connection import database_error, resolve_dsn, session
 from registry.errors import UsageError
+from registry.reconciler.run import desired_state
+from registry.reconciler.status import StatusRow, status
 
 if TYPE_CHECKING:
     from http.server import ThreadingHTTPServer
-
-    import psycopg
-
-    from registry.config import ProductionConfig
-    from registry.reconciler.status import StatusRow
 
 DEFAULT_DAYS = 90
 PAGE_NAME = "index.html"
@@ -121,16 +123,6 @@ class ConfigData:
 
 
 @dataclass
-class Proposal:
-    chunk_version: str
-    target_version: str
-    proposed_at: datetime
-    url: str | None
-    number: int | None
-    evidence: dict[str, Any]
-
-
-@dataclass
 class DashboardData:
     registry: str
     generated_at: datetime
@@ -138,7 +130,7 @@ class DashboardData:
     settings: ProductionConfig
     production: str | None
     configs: list[ConfigData]
-    proposals: list[Proposal] = field(default_factory=list)
+    proposals: list[ProposedRollback] = field(default_factory=list)
 
     @property
     def reports(self) -> int:
@@ -170,85 +162,14 @@ class DashboardData:
         return sorted(found, key=lambda a: (production_first.get(a[1], True), order[a[0]]))
 
 
-def _number(path: tuple[str, ...]) -> Any:
-    """SQL for a numeric field of the report, NULL when absent or not a number."""
-    from psycopg import sql
-
-    keys = sql.Literal("{" + ",".join(path) + "}")
-    return sql.SQL(
-        "CASE WHEN jsonb_typeof(report #> {k}) = 'number' THEN (report #>> {k})::float8 END"
-    ).format(k=keys)
-
-
-def _read_reports(
-    conn: psycopg.Connection[Any], since: datetime
-) -> Iterator[tuple[str, datetime, dict[str, float | None], int, int]]:
-    """(version, at, metrics, alerts, critical alerts) for every report since `since`."""
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    columns = sql.SQL(", ").join(_number(path) for path in REPORT_METRICS.values())
-    query = sql.SQL(
-        "SELECT chunk_version, at, {columns}, "
-        "CASE WHEN jsonb_typeof(report->'alerts') = 'array' "
-        "THEN jsonb_array_length(report->'alerts') ELSE 0 END, "
-        "CASE WHEN jsonb_typeof(report->'alerts') = 'array' THEN (SELECT count(*) FROM "
-        "jsonb_array_elements(report->'alerts') a WHERE a->>'level' = 'critical') ELSE 0 END "
-        "FROM {s}.health_reports WHERE at >= %s AND chunk_version IS NOT NULL "
-        "ORDER BY chunk_version, at, id"
-    ).format(columns=columns, s=sql.Identifier(BOOKKEEPING_SCHEMA))
-    keys = list(REPORT_METRICS)
-    for row in conn.execute(query, (since,)):
-        version, at, *values, alerts, critical = row
-        yield version, at, dict(zip(keys, values, strict=True)), int(alerts), int(critical)
-
-
-def _latest_reports(conn: psycopg.Connection[Any]) -> dict[str, tuple[datetime, dict[str, Any]]]:
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    rows = conn.execute(sql.SQL(
-        "SELECT DISTINCT ON (chunk_version) chunk_version, at, report FROM {}.health_reports "
-        "WHERE chunk_version IS NOT NULL ORDER BY chunk_version, at DESC, id DESC"
-    ).format(sql.Identifier(BOOKKEEPING_SCHEMA))).fetchall()
-    return {version: (at, report if isinstance(report, dict) else {})
-            for version, at, report in rows}
-
-
-def _read_ingests(
-    conn: psycopg.Connection[Any], since: datetime
-) -> list[tuple[str, datetime, float, int | None, int | None]]:
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    rows = conn.execute(sql.SQL(
-        "SELECT chunk_version, finished_at, (details->>'mb_per_s')::float8, documents, chunks "
-        "FROM {}.ingest_runs WHERE status = 'succeeded' AND finished_at >= %s "
-        "AND jsonb_typeof(details->'mb_per_s') = 'number' ORDER BY finished_at, id"
-    ).format(sql.Identifier(BOOKKEEPING_SCHEMA)), (since,)).fetchall()
-    return [(v, at, float(rate), docs, chunks) for v, at, rate, docs, chunks in rows]
-
-
 def _read_markers(conn: psycopg.Connection[Any]) -> dict[str, list[Marker]]:
     """version -> the reconcile runs that changed (or failed to change) its table.
 
     Every production swap is replayed oldest first, as `registry history` replays git: a swap
     that undoes the swap still standing before it is a rollback, any other a promotion.
     """
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    s = sql.Identifier(BOOKKEEPING_SCHEMA)
-    tables = {table: version for table, version in conn.execute(sql.SQL(
-        "SELECT table_name, chunk_version FROM {}.managed_tables ORDER BY created_at").format(s))}
-    runs = conn.execute(sql.SQL(
-        "SELECT id, coalesce(finished_at, started_at), git_commit, outcome, plan "
-        "FROM {}.reconcile_runs WHERE outcome IN ('applied', 'failed') "
-        "AND jsonb_typeof(plan) = 'array' ORDER BY id").format(s)).fetchall()
+    tables = bookkeeping.table_versions(conn)
+    runs = bookkeeping.changing_runs(conn)
     markers: dict[str, list[Marker]] = {}
     standing: list[tuple[str | None, str]] = []
     for run_id, at, commit, _outcome, actions in runs:
@@ -295,22 +216,6 @@ def _read_markers(conn: psycopg.Connection[Any]) -> dict[str, list[Marker]]:
     return markers
 
 
-def _read_proposals(conn: psycopg.Connection[Any], since: datetime) -> list[Proposal]:
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                          (f"{BOOKKEEPING_SCHEMA}.rollback_proposals",)).fetchone()
-    if not exists or not exists[0]:
-        return []
-    rows = conn.execute(sql.SQL(
-        "SELECT chunk_version, target_version, proposed_at, pr_url, pr_number, evidence "
-        "FROM {}.rollback_proposals WHERE proposed_at >= %s ORDER BY proposed_at DESC"
-    ).format(sql.Identifier(BOOKKEEPING_SCHEMA)), (since,)).fetchall()
-    return [Proposal(*row) for row in rows]
-
-
 def collect(
     repo: Path | str,
     *,
@@ -321,12 +226,6 @@ def collect(
     now: datetime | None = None,
 ) -> DashboardData:
     """Everything the page shows, read in a fixed number of queries."""
-    import psycopg
-
-    from registry.database.connection import database_error, ensure_schema, resolve_dsn, session
-    from registry.reconciler.core import desired_state
-    from registry.reconciler.status import status
-
     if days < 1:
         raise UsageError(f"--days {days} must be at least 1")
     report = status(repo, ref=ref, dsn=dsn, fetch=fetch)
@@ -334,14 +233,15 @@ def collect(
     resolved = resolve_dsn(dsn)
     with session(resolved.value, purpose="dashboard") as conn:
         try:
-            ensure_schema(conn)
+            bookkeeping.ensure_schema(conn)
             clock = conn.execute("SELECT statement_timestamp()").fetchone()
             assert clock is not None
             generated = now or clock[0]
             since = generated - timedelta(days=days)
             series: dict[str, dict[str, list[Point]]] = {}
             counts: dict[str, int] = {}
-            for version, at, values, alerts, critical in _read_reports(conn, since):
+            for version, at, values, alerts, critical in bookkeeping.health_series(
+                    conn, since, REPORT_METRICS):
                 counts[version] = counts.get(version, 0) + 1
                 note = (f"{critical} critical, {alerts - critical} warnings" if alerts
                         else "no alerts")
@@ -349,12 +249,12 @@ def collect(
                 for key, value in values.items():
                     if value is not None:
                         per.setdefault(key, []).append(Point(at, value, note))
-            for version, at, rate, docs, chunks in _read_ingests(conn, since):
+            for version, at, rate, docs, chunks in bookkeeping.ingest_throughput(conn, since):
                 series.setdefault(version, {}).setdefault("ingest_mb_per_s", []).append(
                     Point(at, rate, f"{docs or 0:,} documents, {chunks or 0:,} chunks"))
-            latest = _latest_reports(conn)
+            latest = bookkeeping.latest_health_reports(conn)
             markers = _read_markers(conn)
-            proposals = _read_proposals(conn, since)
+            proposals = bookkeeping.rollback_proposals_since(conn, since)
         except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the health history") from None
     rows: dict[str, StatusRow | None] = {r.chunk_version: r for r in report.rows}
@@ -374,7 +274,7 @@ def collect(
             reports=counts.get(version, 0),
         )
         if version in latest:
-            config.latest_at, config.latest = latest[version]
+            config.latest_at, config.latest = latest[version].at, latest[version].report
         configs.append(config)
     production_first = [c for c in configs if c.production]
     others = sorted((c for c in configs if not c.production),

@@ -17,14 +17,16 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from registry.errors import ConfigInvalid, UsageError
+import psycopg
+from psycopg import sql
 
-if TYPE_CHECKING:
-    import psycopg
-
-    from registry.repository.state import RegistryState
+from registry.database import bookkeeping
+from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, require_table
+from registry.database.connection import resolve_dsn, session
+from registry.errors import ConfigInvalid, Refused, UsageError
+from registry.repository.state import committed_state
 
 MatchMode = Literal["any", "all"]
 TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -222,9 +224,7 @@ def _tsqueries(conn: psycopg.Connection[Any], queries: Iterable[str]) -> list[st
 
 def evaluate_table(
     conn: psycopg.Connection[Any],
-    schema: str,
-    table: str,
-    chunk_version: str,
+    target: ChunkTable,
     cases: Sequence[Case],
     *,
     k: int = DEFAULT_K,
@@ -232,8 +232,6 @@ def evaluate_table(
     match: MatchMode = "any",
 ) -> EvalResult:
     """Run every case against one table: snapshot = the k best chunks, filter = the top ones."""
-    from psycopg import sql
-
     if not 1 <= top <= k:
         raise UsageError(f"--top {top} must be between 1 and --k {k}", fix="use --top <= --k")
     parsed = _tsqueries(conn, (c.query for c in cases))
@@ -242,8 +240,8 @@ def evaluate_table(
         "SELECT bm25_text FROM {table} WHERE bm25_tsv @@ {q}::tsquery "
         "ORDER BY ts_rank_cd(bm25_tsv, {q}::tsquery) DESC, id LIMIT {k}"
     )
-    name = sql.Identifier(schema, table)
-    result = EvalResult(chunk_version, f"{schema}.{table}", k, top, match)
+    name = target.identifier
+    result = EvalResult(target.chunk_version, target.qualified, k, top, match)
     for case, tsquery in zip(cases, parsed, strict=True):
         query_text = relax_to_any(tsquery) if match == "any" else tsquery
         start = time.perf_counter()
@@ -306,37 +304,10 @@ class Comparison:
 # Running against the registry, and the record the gate reads
 
 
-@dataclass(frozen=True)
-class Target:
-    """Which table an evaluation reads: a config's table in the configured schema."""
-
-    chunk_version: str
-    schema: str
-    table: str
-
-
-def resolve_target(state: RegistryState, version: str) -> Target:
-    config = state.config(version)
-    return Target(config.chunk_version, state.settings.schema,
-                  state.table_name(config.chunk_version))
-
-
-def _require_rows(conn: psycopg.Connection[Any], target: Target) -> None:
-    from psycopg import sql
-
-    from registry.errors import Refused
-
-    exists = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s)", (target.schema, target.table),
-    ).fetchone()
-    if not exists or not exists[0]:
-        raise Refused(f"table {target.schema}.{target.table} does not exist",
-                      fix="merge the lock, then run `registry reconcile`")
-    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-        sql.Identifier(target.schema, target.table))).fetchone()
-    if not row or not row[0]:
-        raise Refused(f"table {target.schema}.{target.table} is empty",
+def _require_rows(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
+    require_table(conn, target)
+    if not has_rows(conn, target.schema, target.table):
+        raise Refused(f"table {target.qualified} is empty",
                       fix=f"run `registry ingest {target.chunk_version} --source PATH` first")
 
 
@@ -345,68 +316,17 @@ def record_eval(
 ) -> None:
     """Append to chunk_registry.eval_runs: health reads the last eval, the gate the last
     comparison."""
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    insert = sql.SQL(
-        "INSERT INTO {}.eval_runs (chunk_version, against_version, kind, cases, metrics, passed, "
-        "details) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-    ).format(sql.Identifier(BOOKKEEPING_SCHEMA))
     details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match}
     if comparison is None:
-        conn.execute(insert, (result.chunk_version, None, "eval", len(result.cases),
-                              Jsonb(result.metrics), None, Jsonb(details)))
+        bookkeeping.record_eval_run(conn, result.chunk_version, cases=len(result.cases),
+                                    metrics=result.metrics, details=details)
         return
-    conn.execute(insert, (
-        result.chunk_version, comparison.baseline.chunk_version, "compare", len(result.cases),
-        Jsonb(result.metrics), comparison.passed,
-        Jsonb(details | {"against_metrics": comparison.baseline.metrics,
-                         "deltas": comparison.deltas, "regressions": comparison.regressions,
-                         "max_drops": comparison.max_drops}),
-    ))
-
-
-def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> dict[str, Any] | None:
-    """The newest recorded metrics of a version (an eval, or the shadow side of a comparison)."""
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    row = conn.execute(
-        sql.SQL("SELECT at, kind, metrics FROM {}.eval_runs WHERE chunk_version = %s "
-                "ORDER BY at DESC, id DESC LIMIT 1").format(sql.Identifier(BOOKKEEPING_SCHEMA)),
-        (chunk_version,),
-    ).fetchone()
-    if row is None:
-        return None
-    at, kind, metrics = row
-    return {"at": at, "kind": kind, **metrics}
-
-
-def last_comparison(conn: psycopg.Connection[Any], chunk_version: str) -> dict[str, Any] | None:
-    """The newest comparison of a version against another (what `registry promote` gates on);
-    None when there is none, or when the database predates eval_runs."""
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    table = f"{BOOKKEEPING_SCHEMA}.eval_runs"
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-    if not exists or not exists[0]:
-        return None
-    row = conn.execute(
-        sql.SQL("SELECT at, against_version, passed, metrics, details FROM {}.eval_runs "
-                "WHERE chunk_version = %s AND kind = 'compare' ORDER BY at DESC, id DESC LIMIT 1"
-                ).format(sql.Identifier(BOOKKEEPING_SCHEMA)),
-        (chunk_version,),
-    ).fetchone()
-    if row is None:
-        return None
-    at, against, passed, metrics, details = row
-    return {"at": at, "against": against, "passed": passed, "metrics": metrics,
-            "regressions": list((details or {}).get("regressions") or [])}
+    bookkeeping.record_eval_run(
+        conn, result.chunk_version, cases=len(result.cases), metrics=result.metrics,
+        against=comparison.baseline.chunk_version, passed=comparison.passed,
+        details=details | {"against_metrics": comparison.baseline.metrics,
+                           "deltas": comparison.deltas, "regressions": comparison.regressions,
+                           "max_drops": comparison.max_drops})
 
 
 def run_eval(
@@ -422,18 +342,13 @@ def run_eval(
     record: bool = True,
 ) -> EvalResult:
     """`registry eval VERSION`: evaluate one table on the cases (and record it)."""
-    from registry.database.connection import ensure_schema, resolve_dsn, session
-
     cases = load_cases(cases_file)
-    from registry.repository.state import committed_state
-
-    target = resolve_target(committed_state(repo, ref), version)
+    target = chunk_table(committed_state(repo, ref), version)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         _require_rows(conn, target)
-        result = evaluate_table(conn, target.schema, target.table, target.chunk_version, cases,
-                                k=k, top=top, match=match)
+        result = evaluate_table(conn, target, cases, k=k, top=top, match=match)
         if record:
-            ensure_schema(conn)
+            bookkeeping.ensure_schema(conn)
             record_eval(conn, result)
     return result
 
@@ -453,31 +368,25 @@ def run_compare(
 ) -> Comparison:
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
-    from registry.database.connection import ensure_schema, resolve_dsn, session
-    from registry.repository.state import committed_state
-
     cases = load_cases(cases_file)
     state = committed_state(repo, ref)
     settings = state.settings
-    shadow_target = resolve_target(state, shadow)
-    against_target = resolve_target(state, against)
+    shadow_target = chunk_table(state, shadow)
+    against_target = chunk_table(state, against)
     if shadow_target == against_target:
         raise UsageError(f"--compare and --against both name {shadow_target.chunk_version}",
                          fix="compare a shadow version against production")
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         _require_rows(conn, shadow_target)
         _require_rows(conn, against_target)
-        results = [
-            evaluate_table(conn, t.schema, t.table, t.chunk_version, cases, k=k, top=top,
-                           match=match)
-            for t in (shadow_target, against_target)
-        ]
+        results = [evaluate_table(conn, t, cases, k=k, top=top, match=match)
+                   for t in (shadow_target, against_target)]
         comparison = Comparison(results[0], results[1], {
             "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
             "filter_hit_rate": settings.filter_hit_rate_max_drop,
         })
         if record:
-            ensure_schema(conn)
+            bookkeeping.ensure_schema(conn)
             record_eval(conn, results[0], comparison)
     return comparison
 

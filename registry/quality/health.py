@@ -15,18 +15,35 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psycopg
+from psycopg import sql
 
 from registry.config import (
     LockedConfig,
     ProductionConfig,
     guardrail_violations,
 )
-from registry.errors import RegistryError
-
-if TYPE_CHECKING:
-    import psycopg
-    from psycopg import sql
+from registry.database import bookkeeping
+from registry.database.chunk_table import (
+    ChunkTable,
+    chunk_table,
+    over_budget,
+    table_exists,
+    unhealthy_rows,
+)
+from registry.database.connection import resolve_dsn, session
+from registry.errors import RegistryError, TokenizerUnavailable
+from registry.quality.evaluation import (
+    DEFAULT_K,
+    DEFAULT_TOP,
+    evaluate_table,
+    load_cases,
+    record_eval,
+)
+from registry.repository.state import committed_state
+from registry.tokenizer import resolve, special_token_count
 
 CRITICAL = "critical"
 WARNING = "warning"
@@ -44,9 +61,6 @@ class ProductionGuardrails:
         self.strict = strict
 
     def validate_config(self) -> dict[str, Any]:
-        from registry.errors import TokenizerUnavailable
-        from registry.tokenizer import resolve, special_token_count
-
         config = self.config
         issues: list[str] = []
         warnings: list[str] = []
@@ -67,38 +81,19 @@ class ProductionGuardrails:
         return {"valid": not issues, "issues": issues, "warnings": warnings}
 
 
-def _over_budget(chunk_size: int, token_budget: int) -> sql.Composed:
-    from psycopg import sql
-
-    return sql.SQL("bm25_token_count > {} OR embedding_token_count > {}").format(
-        sql.Literal(chunk_size), sql.Literal(token_budget))
-
-
-def unhealthy_rows(prefix_policy: str, chunk_size: int, token_budget: int) -> sql.Composable:
-    """The rows a health check counts against a table: the predicate of the table's partial
-    index and of the check's query, built in one place so that PostgreSQL sees them equal."""
-    from psycopg import sql
-
-    over = _over_budget(chunk_size, token_budget)
-    if prefix_policy != "A":
-        return sql.SQL("({})").format(over)
-    return sql.SQL("(bm25_has_prefix OR {})").format(over)
-
-
-def counts_query(config: LockedConfig, settings: ProductionConfig) -> sql.Composed:
+def counts_query(target: ChunkTable) -> sql.Composed:
     """Rows, prefix leakage and over-budget rows of the config's table in one statement:
     count(*) can be an index-only scan and the flagged rows come from the partial index
     (empty while healthy), so the heap need not be read in full."""
-    from psycopg import sql
-
+    config = target.config
     leak = sql.SQL("bm25_has_prefix" if config.prefix_policy == "A" else "false")
-    table = sql.Identifier(settings.schema, config.table_name(settings.base_name))
     # Values as Literals (in the predicates), not parameters, next to a composed name (see
     # ingest._load).
     return sql.SQL(
         "SELECT (SELECT count(*) FROM {table}), count(*) FILTER (WHERE {leak}), "
         "count(*) FILTER (WHERE {over}) FROM {table} WHERE {unhealthy}"
-    ).format(leak=leak, table=table, over=_over_budget(config.chunk_size, config.token_budget),
+    ).format(leak=leak, table=target.identifier,
+             over=over_budget(config.chunk_size, config.token_budget),
              unhealthy=unhealthy_rows(config.prefix_policy, config.chunk_size,
                                       config.token_budget))
 
@@ -114,44 +109,21 @@ class TableHealth:
     last_ingest: dict[str, Any] | None = None
 
 
-def check_table(
-    conn: psycopg.Connection[Any], config: LockedConfig, settings: ProductionConfig
-) -> TableHealth:
+def check_table(conn: psycopg.Connection[Any], target: ChunkTable) -> TableHealth:
     """The data guardrails of one table: one statement over the table (`counts_query`), plus
     one bookkeeping query."""
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    table = config.table_name(settings.base_name)
-    health = TableHealth(table=f"{settings.schema}.{table}", exists=False)
-    found = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p'))",
-        (settings.schema, table),
-    ).fetchone()
-    if found is None or not found[0]:
+    health = TableHealth(table=target.qualified, exists=False)
+    if not table_exists(conn, target.schema, target.table):
         return health
     health.exists = True
-    row = conn.execute(counts_query(config, settings)).fetchone()
+    row = conn.execute(counts_query(target)).fetchone()
     assert row is not None
     health.rows, health.prefix_leakage, health.over_budget = int(row[0]), int(row[1]), int(row[2])
-    ingest = conn.execute(
-        sql.SQL(
-            "SELECT ingest_run_id, finished_at, documents, chunks, duplicates_removed, "
-            "over_budget, source FROM {}.ingest_runs WHERE chunk_version = %s "
-            "AND status = 'succeeded' ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT 1"
-        ).format(sql.Identifier(BOOKKEEPING_SCHEMA)),
-        (config.chunk_version,),
-    ).fetchone()
+    ingest = bookkeeping.last_successful_ingest(conn, target.chunk_version)
     if ingest is not None:
-        run_id, finished, documents, chunks, removed, over, source = ingest
-        health.last_ingest = {"ingest_run_id": run_id, "finished_at": finished,
-                              "documents": documents, "chunks": chunks,
-                              "duplicates_removed": removed, "over_budget": over,
-                              "source": source}
-        produced = (chunks or 0) + (removed or 0)
-        health.dedup_rate = (removed or 0) / produced if produced else None
+        health.last_ingest = asdict(ingest)
+        produced = (ingest.chunks or 0) + (ingest.duplicates_removed or 0)
+        health.dedup_rate = (ingest.duplicates_removed or 0) / produced if produced else None
     return health
 
 
@@ -257,17 +229,8 @@ class HealthReport:
 
 def record(conn: psycopg.Connection[Any], report: HealthReport) -> None:
     """Append the report to chunk_registry.health_reports (the trend the dashboard draws)."""
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    conn.execute(
-        sql.SQL("INSERT INTO {}.health_reports (at, chunk_version, report) VALUES (%s, %s, %s)")
-        .format(sql.Identifier(BOOKKEEPING_SCHEMA)),
-        (report.timestamp, report.config.chunk_version,
-         Jsonb(json.loads(json.dumps(report.as_dict(), default=str)))),
-    )
+    bookkeeping.record_health_report(conn, report.timestamp, report.config.chunk_version,
+                                     json.loads(json.dumps(report.as_dict(), default=str)))
 
 
 def render(report: HealthReport, fmt: str) -> str:
@@ -324,19 +287,9 @@ def run_health(
     """`registry health`: guardrails on the config and on the data, retrieval metrics (a fresh
     evaluation with `cases_file`, else the last one recorded), alerts; appended to
     health_reports so the dashboard can draw trends."""
-    from registry.database.connection import ensure_schema, resolve_dsn, session
-    from registry.quality.evaluation import (
-        DEFAULT_K,
-        DEFAULT_TOP,
-        evaluate_table,
-        last_eval,
-        load_cases,
-    )
-    from registry.quality.evaluation import record_eval as record_evaluation
-    from registry.repository.state import committed_state
-
     state = committed_state(repo, ref)
-    config = state.config(version)
+    target = chunk_table(state, version)
+    config = target.config
     settings = state.settings
     guard = ProductionGuardrails(config, tokenizer_file, strict=strict).validate_config()
     guard["issues"] = guard["issues"] + [
@@ -345,19 +298,18 @@ def run_health(
     guard["valid"] = not guard["issues"]
     cases = load_cases(cases_file) if cases_file else None
     with session(resolve_dsn(dsn).value, purpose="health") as conn:
-        ensure_schema(conn)
-        table = check_table(conn, config, settings)
+        bookkeeping.ensure_schema(conn)
+        table = check_table(conn, target)
         retrieval: dict[str, Any] | None = None
         if cases is not None and table.exists and table.rows:
-            result = evaluate_table(conn, settings.schema, config.table_name(settings.base_name),
-                                    config.chunk_version, cases, k=k or DEFAULT_K,
+            result = evaluate_table(conn, target, cases, k=k or DEFAULT_K,
                                     top=top or DEFAULT_TOP)
-            record_evaluation(conn, result)
+            record_eval(conn, result)
             retrieval = dict(result.metrics)
         else:
-            last = last_eval(conn, config.chunk_version)
+            last = bookkeeping.last_eval(conn, config.chunk_version)
             if last is not None:
-                retrieval = {key: value for key, value in last.items() if key not in ("at", "kind")}
+                retrieval = dict(last.metrics)
         report = HealthReport(config, settings, guard, table, retrieval)
         if record_report:
             record(conn, report)

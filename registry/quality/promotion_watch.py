@@ -27,16 +27,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from registry.errors import Refused, WatchBusy
+import psycopg
+
+from registry.config import ProductionConfig
+from registry.database import bookkeeping
+from registry.database.bookkeeping import RollbackProposal
+from registry.database.connection import WATCH_LOCK_KEY, resolve_dsn, session
+from registry.errors import Refused, RegistryError, WatchBusy
+from registry.reconciler.run import desired_state
+from registry.repository.github import GitHubClient, origin_repo, propose, token_from
+from registry.repository.history import read_history
+from registry.repository.lifecycle import describe_change, rollback
+from registry.repository.state import Git
 
 if TYPE_CHECKING:
     import threading
-
-    import psycopg
-
-    from registry.config import ProductionConfig
-    from registry.repository.github import GitHubClient
-    from registry.repository.state import Git
 
 log = logging.getLogger("registry.quality.promotion_watch")
 
@@ -109,23 +114,6 @@ class Regression:
         return {**asdict(self), "at": _iso(self.at)}
 
 
-@dataclass(frozen=True)
-class Proposal:
-    """The rollback proposal of one promotion, as recorded."""
-
-    target_version: str
-    proposed_at: datetime
-    branch: str | None
-    commit: str | None
-    number: int | None
-    url: str | None
-    adopted: bool
-    created: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "proposed_at": _iso(self.proposed_at)}
-
-
 @dataclass
 class WatchResult:
     outcome: Outcome
@@ -135,7 +123,7 @@ class WatchResult:
     regressions: list[Regression] = field(default_factory=list)
     baseline: dict[str, float] = field(default_factory=dict)
     before: Report | None = None
-    proposal: Proposal | None = None
+    proposal: RollbackProposal | None = None
 
     @property
     def exit_code(self) -> int:
@@ -207,73 +195,8 @@ def judge(
 # Reading the database
 
 
-def _bk(name: str) -> Any:
-    from psycopg import sql
-
-    from registry.database.connection import BOOKKEEPING_SCHEMA
-
-    return sql.Identifier(BOOKKEEPING_SCHEMA, name)
-
-
-def _production(conn: psycopg.Connection[Any]) -> tuple[str, str, datetime | None] | None:
-    from psycopg import sql
-
-    row = conn.execute(sql.SQL(
-        "SELECT chunk_version, table_name, promoted_at FROM {} WHERE status = 'production'"
-    ).format(_bk("managed_tables"))).fetchone()
-    return (row[0], row[1], row[2]) if row else None
-
-
-def _reports(conn: psycopg.Connection[Any], version: str, since: datetime,
-             until: datetime) -> list[Report]:
-    from psycopg import sql
-
-    rows = conn.execute(sql.SQL(
-        "SELECT id, at, report FROM {} WHERE chunk_version = %s AND at >= %s AND at <= %s "
-        "ORDER BY at, id").format(_bk("health_reports")), (version, since, until)).fetchall()
-    return [Report(int(i), at, data if isinstance(data, dict) else {}) for i, at, data in rows]
-
-
-def _last_report(conn: psycopg.Connection[Any], version: str, until: datetime) -> Report | None:
-    from psycopg import sql
-
-    row = conn.execute(sql.SQL(
-        "SELECT id, at, report FROM {} WHERE chunk_version = %s AND at <= %s "
-        "ORDER BY at DESC, id DESC LIMIT 1").format(_bk("health_reports")),
-        (version, until)).fetchone()
-    if row is None:
-        return None
-    return Report(int(row[0]), row[1], row[2] if isinstance(row[2], dict) else {})
-
-
-def _recorded(conn: psycopg.Connection[Any], promotion: Promotion) -> Proposal | None:
-    from psycopg import sql
-
-    row = conn.execute(sql.SQL(
-        "SELECT target_version, proposed_at, branch, commit, pr_number, pr_url, adopted FROM {} "
-        "WHERE chunk_version = %s AND promote_commit = %s").format(_bk("rollback_proposals")),
-        (promotion.chunk_version, promotion.commit)).fetchone()
-    return Proposal(*row) if row else None
-
-
-def _record(conn: psycopg.Connection[Any], promotion: Promotion, proposal: Proposal,
-            evidence: dict[str, Any]) -> Proposal:
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
-
-    row = conn.execute(sql.SQL(
-        "INSERT INTO {} (chunk_version, promoted_at, promote_commit, target_version, branch, "
-        "commit, pr_number, pr_url, adopted, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, %s) ON CONFLICT (chunk_version, promote_commit) DO NOTHING RETURNING proposed_at"
-    ).format(_bk("rollback_proposals")), (
-        promotion.chunk_version, promotion.promoted_at, promotion.commit,
-        proposal.target_version, proposal.branch, proposal.commit, proposal.number,
-        proposal.url, proposal.adopted, Jsonb(evidence))).fetchone()
-    if row is None:
-        existing = _recorded(conn, promotion)
-        assert existing is not None
-        return existing
-    return Proposal(**{**asdict(proposal), "proposed_at": row[0]})
+def _report(stored: bookkeeping.StoredHealthReport) -> Report:
+    return Report(stored.id, stored.at, stored.report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,17 +213,12 @@ def check(
 ) -> WatchResult:
     """One pass of the watch: find the promotion in force, judge its reports, and propose the
     rollback once when it regressed inside the monitoring window."""
-    from registry.database.connection import WATCH_LOCK_KEY, ensure_schema, resolve_dsn, session
-    from registry.reconciler.core import desired_state
-    from registry.repository.history import read_history
-    from registry.repository.state import Git
-
     env = os.environ if env is None else env
     state = desired_state(repo, ref, fetch=fetch)
     settings = state.settings
     git = Git(repo)
     with session(resolve_dsn(dsn).value, purpose="watch-promotion") as conn:
-        ensure_schema(conn)
+        bookkeeping.ensure_schema(conn)
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (WATCH_LOCK_KEY,)).fetchone()
         if not (got and got[0]):
             raise WatchBusy("another `registry watch-promotion` is running against this database",
@@ -308,7 +226,7 @@ def check(
         clock = conn.execute("SELECT statement_timestamp()").fetchone()
         assert clock is not None
         now: datetime = clock[0]
-        served = _production(conn)
+        served = bookkeeping.production_row(conn)
         if served is None or served[2] is None:
             return WatchResult("no-production", "no production table yet: nothing to watch")
         version, table, promoted_at = served[0], served[1], served[2]
@@ -326,12 +244,14 @@ def check(
         config = state.configs.get(version)
         result = WatchResult("waiting", "", promotion,
                              baseline=dict(config.baseline_metrics) if config else {})
-        result.reports = _reports(conn, version, promoted_at, min(now, promotion.window_ends))
+        result.reports = [_report(r) for r in bookkeeping.health_reports_between(
+            conn, version, promoted_at, min(now, promotion.window_ends))]
         if promotion.previous:
-            result.before = _last_report(conn, promotion.previous, promoted_at)
+            before = bookkeeping.last_health_report(conn, promotion.previous, promoted_at)
+            result.before = _report(before) if before else None
         result.regressions = judge(result.reports, result.baseline, result.before, settings,
                                    promotion.previous)
-        result.proposal = _recorded(conn, promotion)
+        result.proposal = bookkeeping.rollback_proposal(conn, version, promotion.commit)
         window = f"window until {_iso(promotion.window_ends)}"
         if result.proposal is not None:
             result.outcome = "already-proposed"
@@ -370,10 +290,7 @@ def watch_branch(promotion: Promotion) -> str:
 
 
 def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotion: Promotion,
-             result: WatchResult, env: Mapping[str, str]) -> Proposal:
-    from registry.repository.github import GitHubClient, origin_repo, propose, token_from
-    from registry.repository.lifecycle import describe_change, rollback
-
+             result: WatchResult, env: Mapping[str, str]) -> RollbackProposal:
     assert promotion.previous is not None
     evidence = result.to_dict()
     base = git.main_branch()
@@ -387,7 +304,7 @@ def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotio
         if open_rollbacks:
             head, pull = open_rollbacks[0]
             log.info("rollback pull request #%s (%s) is already open: adopted", pull.number, head)
-            return _record(conn, promotion, Proposal(
+            return _record(conn, promotion, RollbackProposal(
                 promotion.previous, promotion.promoted_at, head, None, pull.number, pull.url,
                 adopted=True), evidence)
     branch = watch_branch(promotion)
@@ -403,10 +320,17 @@ def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotio
     git.push(f"+refs/heads/{branch}:refs/heads/{branch}")
     title, body = describe_change(repo, branch, base)
     made = propose(git, branch, base, title, evidence_markdown(result) + "\n" + body, env)
-    proposal = Proposal(promotion.previous, promotion.promoted_at, branch, change.commit,
-                        made.number, made.url, adopted=False, created=made.created)
+    proposal = RollbackProposal(promotion.previous, promotion.promoted_at, branch, change.commit,
+                                made.number, made.url, adopted=False, created=made.created)
     recorded = _record(conn, promotion, proposal, evidence)
-    return Proposal(**{**asdict(recorded), "created": made.created})
+    return RollbackProposal(**{**asdict(recorded), "created": made.created})
+
+
+def _record(conn: psycopg.Connection[Any], promotion: Promotion, proposal: RollbackProposal,
+            evidence: dict[str, Any]) -> RollbackProposal:
+    return bookkeeping.record_rollback_proposal(conn, promotion.chunk_version,
+                                                promotion.promoted_at, promotion.commit,
+                                                proposal, evidence)
 
 
 def evidence_markdown(result: WatchResult) -> str:
@@ -462,8 +386,6 @@ def follow(
     **options: Any,
 ) -> int:
     """Check every `interval` seconds until `stop` is set; errors are logged and retried."""
-    from registry.errors import RegistryError
-
     checks = 0
     while not stop.is_set():
         try:

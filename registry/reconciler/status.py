@@ -12,21 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
-from psycopg import sql
 
-from registry.reconciler.core import (
-    RUNS,
-    VIEW_KINDS,
-    Action,
-    ActualState,
-    Finding,
-    Plan,
-    desired_state,
-    make_plan,
-    read_actual,
-    row_counts,
-    utc_text,
-)
+from registry.database import bookkeeping
+from registry.database.connection import database_error, resolve_dsn, session
+from registry.reconciler.actual import ActualState, read_actual, row_counts
+from registry.reconciler.planner import VIEW_KINDS, Action, Finding, Plan, make_plan, utc_text
+from registry.reconciler.run import desired_state
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -75,8 +66,6 @@ def status(
     repo: Path | str, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True
 ) -> StatusReport:
     """Every config and managed table: rows, sync status, production, last run that touched it."""
-    from registry.database.connection import database_error, resolve_dsn, session
-
     state = desired_state(repo, ref, fetch=fetch)
     resolved = resolve_dsn(dsn)
     settings = state.settings
@@ -99,24 +88,14 @@ def _last_runs(
     conn: psycopg.Connection[Any],
 ) -> tuple[dict[str, tuple[int, str | None]], dict[str, Any] | None]:
     """table -> (run id, commit) of the last run that applied an action to it; the last run."""
-    touched = conn.execute(sql.SQL(
-        "SELECT DISTINCT ON (a->>'table') a->>'table', r.id, r.git_commit "
-        "FROM {} r CROSS JOIN LATERAL jsonb_array_elements(r.plan) a "
-        "WHERE a->>'result' = 'applied' ORDER BY a->>'table', r.id DESC"
-    ).format(RUNS)).fetchall()
-    last = conn.execute(sql.SQL(
-        "SELECT id, outcome, git_ref, git_commit, started_at, finished_at, error, actor, "
-        "jsonb_array_length(plan) FROM {} ORDER BY id DESC LIMIT 1"
-    ).format(RUNS)).fetchone()
+    last = bookkeeping.last_reconcile_run(conn)
     last_run = None
     if last is not None:
-        keys = ("id", "outcome", "git_ref", "git_commit", "started_at", "finished_at", "error",
-                "actor", "actions")
-        last_run = dict(zip(keys, last, strict=True))
+        last_run = asdict(last)
         for key in ("started_at", "finished_at"):
             if last_run[key] is not None:
                 last_run[key] = utc_text(last_run[key])
-    return {t: (i, c) for t, i, c in touched}, last_run
+    return bookkeeping.last_applied_by_table(conn), last_run
 
 
 def status_rows(

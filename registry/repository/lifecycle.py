@@ -328,39 +328,20 @@ def promote(
 
 
 def _eval_gate(version: str, require_eval: bool, dsn: str | None, force: bool) -> str | None:
-    """The promotion gate on the last recorded eval comparison: a line for the commit message,
-    or Refused. Without a database there is nothing to read, and the reconciler gates again.
-    (`require_eval` is off for the first promotion: there is nothing to compare against.)"""
+    """The promotion gate (`registry.quality.gate`) on what the database recorded: a line for
+    the commit message, or Refused. Without a database there is nothing to read, and the
+    reconciler gates again. (`require_eval` is off for the first promotion: there is nothing
+    to compare against.)"""
     import os
 
     dsn = dsn or os.environ.get("REGISTRY_DSN") or os.environ.get("DATABASE_URL")
     if not dsn:
         return None
     from registry.database.connection import session
-    from registry.quality.evaluation import last_comparison
+    from registry.quality.gate import promotion_note
 
     with session(dsn, purpose="promote") as conn:
-        last = last_comparison(conn, version)
-    if last is None:
-        if require_eval and not force:
-            raise Refused(f"{version} has no eval comparison, and production.yaml requires one "
-                          "(gates.require_eval)",
-                          fix=f"run `registry eval --compare {version} --against production "
-                              "--cases FILE`, or promote anyway with --force")
-        return f"Eval: no comparison of {version} recorded{' (forced)' if force else ''}."
-    when = f"{last['at']:%Y-%m-%d %H:%M UTC}"
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last["metrics"].items())
-                        if k.endswith("_hit_rate") and isinstance(v, int | float))
-    if last["passed"]:
-        return f"Eval: the last comparison against {last['against']} ({when}) passed: {metrics}."
-    why = "; ".join(last["regressions"]) or "it regressed"
-    if not force:
-        raise Refused(f"the last eval comparison of {version} against {last['against']} "
-                      f"({when}) failed: {why}",
-                      fix="lock a better config, re-run `registry eval --compare`, or promote "
-                          "anyway with --force")
-    return (f"Eval: promoted with --force although the last comparison against "
-            f"{last['against']} ({when}) failed: {why}.")
+        return promotion_note(conn, version, require_eval=require_eval, force=force)
 
 
 def retire(repo: Path | str, version: str, *, push: bool = False) -> ChangeResult:
@@ -494,7 +475,8 @@ def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]
 def _offline_plan_section(repo: Path | str, base: str, branch: str) -> str:
     """`registry plan --base BASE --head BRANCH` as Markdown; a plan that cannot be made is
     shown as such (the validate check on the PR fails on the same problem)."""
-    from registry.reconciler.core import offline_plan, render_plan
+    from registry.reconciler.render import render_plan
+    from registry.reconciler.run import offline_plan
 
     command = f"`registry plan --base {base} --head {branch}`"
     try:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from registry.faults import FAULT_ENV
-from registry.reconciler.core import reconcile
+from registry.reconciler.run import reconcile
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo
 from tests.reliability.conftest import (

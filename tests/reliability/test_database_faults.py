@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 
 from registry.faults import FAULT_ENV
-from registry.reconciler.core import reconcile
+from registry.reconciler.run import reconcile
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, StderrLines
 from tests.reliability.conftest import (

@@ -21,20 +21,15 @@ import pytest
 from psycopg import sql
 
 from registry.config import ProductionConfig, table_name_for
-from registry.database.connection import connect, ensure_schema
-from registry.ingest.pipeline import Target, run_ingest
+from registry.database.bookkeeping import ensure_schema
+from registry.database.chunk_table import ChunkTable
+from registry.database.connection import connect
+from registry.ingest.pipeline import run_ingest
 from registry.quality.evaluation import Case, evaluate_table
 from registry.quality.health import check_table
-from registry.reconciler.core import (
-    Applier,
-    CreateTable,
-    Drop,
-    Plan,
-    Retire,
-    SwapProduction,
-    read_actual,
-    row_counts,
-)
+from registry.reconciler.actual import read_actual, row_counts
+from registry.reconciler.applier import Applier
+from registry.reconciler.planner import CreateTable, Drop, Plan, Retire, SwapProduction
 from tests.helpers import locked_config
 from tests.reliability.scenarios import write_corpus
 from tests.reliability.sqlscan import scan_package, scan_source
@@ -134,14 +129,14 @@ def test_hostile_names_given_to_every_sql_helper_land_in_the_catalog_exactly_quo
         applier = Applier(conn, settings, "deadbeef", now, schema_exists=False)
         created = applier.apply(Plan("test", None, "", [
             CreateTable.of(schema, table, served), CreateTable.of(schema, other, retired)]))
-        report = run_ingest(Target(served, schema, table), write_corpus(tmp_path / "c", 8), dsn,
+        report = run_ingest(ChunkTable(served, schema, table), write_corpus(tmp_path / "c", 8), dsn,
                             tokenizer_file.read_text(), workers=1)
         swapped = applier.apply(Plan("test", None, "", [
             SwapProduction(schema, base, None, table, version)]))
         actual = read_actual(conn, settings)
         counted = row_counts(conn, schema, [table, other])
-        health = check_table(conn, served, settings)
-        evaluation = evaluate_table(conn, schema, table, version, [
+        health = check_table(conn, ChunkTable(served, schema, table))
+        evaluation = evaluate_table(conn, ChunkTable(served, schema, table), [
             Case("q1", "module documentation", "module")], k=5, top=2)
         later = Applier(conn, settings, "deadbeef", now + timedelta(hours=1))
         retired_result = later.apply(Plan("test", None, "", [

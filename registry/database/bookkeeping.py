@@ -1,0 +1,813 @@
+"""The bookkeeping schema `chunk_registry`: every table of it, and every read and write of them.
+
+What the registry created and did is recorded here: the tables it manages (`managed_tables`),
+its reconcile, ingest and evaluation runs, the health reports the dashboard draws and the
+rollback proposals of the regression watch. The schema is created and migrated by the tool
+itself, under a transaction-level advisory lock so two first runs cannot race, and its version
+is recorded. Functions take a psycopg connection and plain values, and return plain values or
+the small row types below; callers own the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from registry.database.connection import MIGRATION_LOCK_KEY
+from registry.errors import RegistryError
+
+T = TypeVar("T")
+
+BOOKKEEPING_SCHEMA = "chunk_registry"
+BOOKKEEPING_VERSION = 3
+"""The version of the `chunk_registry` schema this code writes (not the locked-config format,
+which is `config.SCHEMA_VERSION`)."""
+
+
+def table(name: str) -> sql.Composed:
+    """`chunk_registry.<name>`, quoted."""
+    return sql.SQL("{}.{}").format(sql.Identifier(BOOKKEEPING_SCHEMA), sql.Identifier(name))
+
+
+MANAGED = table("managed_tables")
+RECONCILE_RUNS = table("reconcile_runs")
+INGEST_RUNS = table("ingest_runs")
+EVAL_RUNS = table("eval_runs")
+HEALTH_REPORTS = table("health_reports")
+ROLLBACK_PROPOSALS = table("rollback_proposals")
+
+
+# ---------------------------------------------------------------------------------------------
+# Migrations
+
+
+def _migration_1() -> list[sql.Composed | sql.SQL]:
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        "CREATE SCHEMA IF NOT EXISTS {s}",
+        """CREATE TABLE {s}.schema_version (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            version integer NOT NULL,
+            migrated_at timestamptz NOT NULL DEFAULT now())""",
+        # One row per table the registry ever created; rows are kept after a drop (history).
+        """CREATE TABLE {s}.managed_tables (
+            schema_name text NOT NULL,
+            table_name text NOT NULL CHECK (octet_length(table_name) <= 63),
+            chunk_version text NOT NULL,
+            config_hash text NOT NULL,
+            status text NOT NULL CHECK (status IN ('shadow', 'production', 'retired', 'dropped')),
+            created_at timestamptz NOT NULL DEFAULT now(),
+            created_commit text,
+            promoted_at timestamptz,
+            demoted_at timestamptz,
+            retired_at timestamptz,
+            dropped_at timestamptz,
+            PRIMARY KEY (schema_name, table_name),
+            CHECK ((status = 'retired') <= (retired_at IS NOT NULL)),
+            CHECK ((status = 'dropped') = (dropped_at IS NOT NULL)))""",
+        # At most one production table, enforced by the database itself.
+        """CREATE UNIQUE INDEX managed_tables_one_production ON {s}.managed_tables ((true))
+            WHERE status = 'production'""",
+        # A live chunk_version has one table (a dropped one may come back under a new row).
+        """CREATE UNIQUE INDEX managed_tables_live_version ON {s}.managed_tables (chunk_version)
+            WHERE status <> 'dropped'""",
+        """CREATE TABLE {s}.reconcile_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            finished_at timestamptz,
+            git_ref text NOT NULL,
+            git_commit text,
+            plan jsonb NOT NULL DEFAULT '[]',
+            outcome text NOT NULL
+                CHECK (outcome IN ('running', 'noop', 'applied', 'refused', 'failed')),
+            error text,
+            actor text)""",
+        """CREATE TABLE {s}.ingest_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ingest_run_id text NOT NULL,
+            chunk_version text NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            finished_at timestamptz,
+            status text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+            documents integer,
+            chunks integer,
+            duplicates_removed integer,
+            over_budget integer,
+            source text,
+            details jsonb NOT NULL DEFAULT '{{}}')""",
+        "CREATE INDEX ingest_runs_version ON {s}.ingest_runs (chunk_version, started_at DESC)",
+        """CREATE TABLE {s}.health_reports (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            chunk_version text,
+            report jsonb NOT NULL)""",
+        "CREATE INDEX health_reports_version ON {s}.health_reports (chunk_version, at DESC)",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+def _migration_2() -> list[sql.Composed | sql.SQL]:
+    """Evaluation runs: the promotion gate reads the last comparison of a shadow table."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.eval_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            chunk_version text NOT NULL,
+            against_version text,
+            kind text NOT NULL CHECK (kind IN ('eval', 'compare')),
+            cases integer NOT NULL CHECK (cases >= 0),
+            metrics jsonb NOT NULL,
+            passed boolean,
+            details jsonb NOT NULL DEFAULT '{{}}',
+            CHECK ((kind = 'compare') = (against_version IS NOT NULL AND passed IS NOT NULL)))""",
+        "CREATE INDEX eval_runs_version ON {s}.eval_runs (chunk_version, kind, at DESC)",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+def _migration_3() -> list[sql.Composed | sql.SQL]:
+    """Rollback proposals of the regression watch: one per promotion, i.e. per config and
+    promotion commit on main (the unique key), so a rerun or a restart finds the proposal it
+    already made instead of opening another (a drift re-swap moves promoted_at, not that)."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.rollback_proposals (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            chunk_version text NOT NULL,
+            promoted_at timestamptz NOT NULL,
+            promote_commit text NOT NULL,
+            target_version text NOT NULL,
+            proposed_at timestamptz NOT NULL DEFAULT now(),
+            branch text,
+            commit text,
+            pr_number integer,
+            pr_url text,
+            adopted boolean NOT NULL DEFAULT false,
+            evidence jsonb NOT NULL DEFAULT '{{}}',
+            UNIQUE (chunk_version, promote_commit))""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3}
+"""version -> the statements that bring the schema from version-1 to version."""
+
+
+def bookkeeping_version(conn: psycopg.Connection[Any]) -> int:
+    """The recorded bookkeeping version, 0 when the schema does not exist yet (one query)."""
+    row = conn.execute(
+        sql.SQL("SELECT CASE WHEN to_regclass({}) IS NULL THEN NULL ELSE 1 END").format(
+            sql.Literal(f"{BOOKKEEPING_SCHEMA}.schema_version"))
+    ).fetchone()
+    if row is None or row[0] is None:
+        return 0
+    found = conn.execute(sql.SQL("SELECT version FROM {}").format(table("schema_version"))
+                         ).fetchone()
+    return int(found[0]) if found else 0
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> int:
+    """Create or migrate `chunk_registry` to BOOKKEEPING_VERSION; idempotent and race-free.
+
+    The common case (already current) is one query.
+    """
+    try:
+        row = conn.execute(sql.SQL("SELECT version FROM {}").format(table("schema_version"))
+                           ).fetchone()
+        current = int(row[0]) if row else 0
+    except psycopg.errors.UndefinedTable:
+        if not conn.autocommit:
+            conn.rollback()
+        current = 0
+    if current == BOOKKEEPING_VERSION:
+        return current
+    _check_not_newer(current)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        current = bookkeeping_version(conn)
+        _check_not_newer(current)
+        for version in range(current + 1, BOOKKEEPING_VERSION + 1):
+            for statement in MIGRATIONS[version]():
+                conn.execute(statement)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (version) VALUES (%s) ON CONFLICT (singleton) "
+                "DO UPDATE SET version = EXCLUDED.version, migrated_at = now()"
+            ).format(table("schema_version")),
+            (BOOKKEEPING_VERSION,),
+        )
+    return BOOKKEEPING_VERSION
+
+
+def _check_not_newer(version: int) -> None:
+    if version > BOOKKEEPING_VERSION:
+        raise RegistryError(
+            f"the database's {BOOKKEEPING_SCHEMA} schema is version {version}, newer than this "
+            f"chunk-registry understands ({BOOKKEEPING_VERSION})",
+            fix="upgrade chunk-registry",
+        )
+
+
+def exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Whether the bookkeeping table `name` exists (a database a read-only command never
+    migrated may predate it)."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                       (f"{BOOKKEEPING_SCHEMA}.{name}",)).fetchone()
+    return bool(row and row[0])
+
+
+def _one(
+    conn: psycopg.Connection[Any], query: sql.Composed, params: Sequence[Any],
+    make: Callable[..., T],
+) -> T | None:
+    """The first row of `query` made into `make(*row)`, None when there is none."""
+    row = conn.execute(query, params).fetchone()
+    return make(*row) if row else None
+
+
+# ---------------------------------------------------------------------------------------------
+# managed_tables: what the reconciler created, and what production reads
+
+
+@dataclass(frozen=True)
+class ManagedTable:
+    """One row of chunk_registry.managed_tables, and whether its table exists."""
+
+    schema_name: str
+    table_name: str
+    chunk_version: str
+    config_hash: str
+    status: str
+    created_at: datetime
+    created_commit: str | None
+    promoted_at: datetime | None
+    demoted_at: datetime | None
+    retired_at: datetime | None
+    dropped_at: datetime | None
+    present: bool
+    last_compare_passed: bool | None = None
+    """Outcome of the newest `registry eval --compare` of this table (None: never compared)."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.schema_name, self.table_name)
+
+
+_MANAGED_COLUMNS = tuple(
+    f.name for f in fields(ManagedTable) if f.name not in ("present", "last_compare_passed")
+)
+_LAST_COMPARE = sql.SQL(
+    "(SELECT e.passed FROM {e} e WHERE e.chunk_version = m.chunk_version "
+    "AND e.kind = 'compare' ORDER BY e.at DESC, e.id DESC LIMIT 1)"
+).format(e=EVAL_RUNS)
+
+
+def managed_tables(
+    conn: psycopg.Connection[Any], *, with_last_compare: bool
+) -> list[ManagedTable]:
+    """Every managed row, oldest first, with whether its table exists and (when eval_runs
+    exists, `with_last_compare`) its newest comparison's outcome: one query."""
+    query = sql.SQL(
+        "SELECT {cols}, to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL, "
+        "{compare} FROM {m} m ORDER BY created_at, table_name"
+    ).format(cols=sql.SQL(", ").join(map(sql.Identifier, _MANAGED_COLUMNS)),
+             compare=_LAST_COMPARE if with_last_compare else sql.SQL("NULL"), m=MANAGED)
+    return [ManagedTable(*r) for r in conn.execute(query).fetchall()]
+
+
+def managed_status(conn: psycopg.Connection[Any], schema: str, table_name: str) -> str | None:
+    """The status of a managed table, None when the registry does not manage it."""
+    row = conn.execute(
+        sql.SQL("SELECT status FROM {} WHERE schema_name = %s AND table_name = %s").format(
+            MANAGED), (schema, table_name)).fetchone()
+    return str(row[0]) if row else None
+
+
+def record_created(
+    conn: psycopg.Connection[Any], schema: str, table_name: str, chunk_version: str,
+    config_hash: str, commit: str | None,
+) -> None:
+    """A table the reconciler (re)created: a new shadow row, or a dropped row come back."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {m} (schema_name, table_name, chunk_version, config_hash, status, "
+            "created_commit) VALUES (%(schema)s, %(table)s, %(version)s, %(hash)s, 'shadow', "
+            "%(commit)s) ON CONFLICT (schema_name, table_name) DO UPDATE SET "
+            "created_at = now(), created_commit = EXCLUDED.created_commit, "
+            "status = CASE WHEN {m}.status = 'dropped' THEN 'shadow' ELSE {m}.status END, "
+            "dropped_at = NULL, "
+            "retired_at = CASE WHEN {m}.status = 'dropped' THEN NULL ELSE {m}.retired_at END"
+        ).format(m=MANAGED),
+        {"schema": schema, "table": table_name, "version": chunk_version,
+         "hash": config_hash, "commit": commit},
+    )
+
+
+def set_retired(conn: psycopg.Connection[Any], schema: str, table_name: str, retired: bool) -> bool:
+    """shadow -> retired (its grace period starts now), or back; False when the table was not
+    in the state it leaves."""
+    change = ("status = 'retired', retired_at = now() WHERE status = 'shadow'" if retired
+              else "status = 'shadow', retired_at = NULL WHERE status = 'retired'")
+    return conn.execute(
+        sql.SQL("UPDATE {} SET {} AND schema_name = %s AND table_name = %s").format(
+            MANAGED, sql.SQL(change)), (schema, table_name)).rowcount == 1
+
+
+def lock_live(conn: psycopg.Connection[Any], schema: str, table_name: str) -> str | None:
+    """The status of a live (shadow or production) managed table, its row locked FOR UPDATE
+    until the transaction ends; None when it is not live."""
+    row = conn.execute(
+        sql.SQL("SELECT status FROM {} WHERE schema_name = %s AND table_name = %s "
+                "AND status IN ('shadow', 'production') FOR UPDATE").format(MANAGED),
+        (schema, table_name)).fetchone()
+    return str(row[0]) if row else None
+
+
+def lock_row(
+    conn: psycopg.Connection[Any], schema: str, table_name: str
+) -> tuple[str, datetime | None] | None:
+    """(status, retired_at) of a managed table, its row locked FOR UPDATE; None: unmanaged."""
+    row = conn.execute(
+        sql.SQL("SELECT status, retired_at FROM {} WHERE schema_name = %s AND table_name = %s "
+                "FOR UPDATE").format(MANAGED), (schema, table_name)).fetchone()
+    return (str(row[0]), row[1]) if row else None
+
+
+def former_productions(conn: psycopg.Connection[Any], limit: int) -> list[tuple[str, str]]:
+    """(schema, table) of the `limit` most recently demoted live tables: the rollback targets."""
+    rows = conn.execute(
+        sql.SQL("SELECT schema_name, table_name FROM {} WHERE status <> 'dropped' "
+                "AND demoted_at IS NOT NULL AND status <> 'production' "
+                "ORDER BY demoted_at DESC LIMIT %s").format(MANAGED), (limit,)).fetchall()
+    return [(str(s), str(t)) for s, t in rows]
+
+
+def set_demoted(conn: psycopg.Connection[Any], schema: str, table_name: str, *,
+                rollback: bool) -> int:
+    """The production other than the table becomes a shadow; rows changed."""
+    demoted_at = sql.SQL("NULL" if rollback else "now()")
+    return conn.execute(
+        sql.SQL("UPDATE {} SET status = 'shadow', demoted_at = {} "
+                "WHERE status = 'production' AND NOT (schema_name = %s AND table_name = %s)"
+                ).format(MANAGED, demoted_at), (schema, table_name)).rowcount
+
+
+def set_production(conn: psycopg.Connection[Any], schema: str, table_name: str) -> int:
+    """The table becomes production; a drift correction keeps its promoted_at (when it became
+    production: the regression watch's window). Rows changed."""
+    return conn.execute(
+        sql.SQL("UPDATE {} SET promoted_at = CASE WHEN status = 'production' "
+                "THEN promoted_at ELSE now() END, status = 'production' "
+                "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
+        (schema, table_name)).rowcount
+
+
+def mark_dropped(conn: psycopg.Connection[Any], schema: str, table_name: str) -> int:
+    return conn.execute(
+        sql.SQL("UPDATE {} SET status = 'dropped', dropped_at = now() "
+                "WHERE schema_name = %s AND table_name = %s").format(MANAGED),
+        (schema, table_name)).rowcount
+
+
+def production_row(conn: psycopg.Connection[Any]) -> tuple[str, str, datetime | None] | None:
+    """(chunk_version, table, promoted_at) of the table production reads, per the bookkeeping."""
+    row = conn.execute(sql.SQL(
+        "SELECT chunk_version, table_name, promoted_at FROM {} WHERE status = 'production'"
+    ).format(MANAGED)).fetchone()
+    return (row[0], row[1], row[2]) if row else None
+
+
+def served_production(conn: psycopg.Connection[Any], chunk_version: str) -> bool:
+    """Whether the live table of `chunk_version` was production at some point."""
+    row = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE chunk_version = %s AND status <> "
+                "'dropped' AND promoted_at IS NOT NULL)").format(MANAGED),
+        (chunk_version,)).fetchone()
+    return bool(row and row[0])
+
+
+def table_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """table -> chunk_version of every table the registry ever created."""
+    return {str(t): str(v) for t, v in conn.execute(sql.SQL(
+        "SELECT table_name, chunk_version FROM {} ORDER BY created_at").format(MANAGED))}
+
+
+# ---------------------------------------------------------------------------------------------
+# reconcile_runs
+
+
+RECONCILE_INTERRUPTED = (
+    "interrupted: the reconciler stopped before it recorded an outcome (process killed or "
+    "database connection lost); a later run converged from where it stopped")
+_MARK_INTERRUPTED = sql.SQL(
+    "WITH interrupted AS (UPDATE {} SET outcome = 'failed', error = %(interrupted)s "
+    "WHERE outcome = 'running') ").format(RECONCILE_RUNS)
+"""Runs still `running` belong to reconcilers that died (killed, or their connection lost):
+every run row is written under the reconcile lock. Said once, in the same statement that
+records the new run (no extra round trip); the new row is not visible to the UPDATE."""
+
+
+def start_reconcile_run(
+    conn: psycopg.Connection[Any], ref: str, commit: str | None, plan: str, actor: str
+) -> int:
+    """A `running` run with its planned actions (JSON text); earlier running ones are marked
+    interrupted in the same statement. Returns its id."""
+    row = conn.execute(
+        _MARK_INTERRUPTED + sql.SQL(
+            "INSERT INTO {} (git_ref, git_commit, plan, outcome, actor) VALUES (%(ref)s, "
+            "%(commit)s, %(plan)s, 'running', %(actor)s) RETURNING id").format(RECONCILE_RUNS),
+        {"ref": ref, "commit": commit, "actor": actor, "interrupted": RECONCILE_INTERRUPTED,
+         "plan": plan},
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def finish_reconcile_run(
+    conn: psycopg.Connection[Any], run_id: int | None, *, ref: str, commit: str | None,
+    plan: str, outcome: str, error: str | None, actor: str,
+) -> int:
+    """Finish the run row (one statement; a run never started, a no-op, is inserted already
+    finished, marking earlier running ones interrupted). Returns its id."""
+    params = {"ref": ref, "commit": commit, "plan": plan, "outcome": outcome, "error": error,
+              "actor": actor, "id": run_id, "interrupted": RECONCILE_INTERRUPTED}
+    if run_id is None:
+        query = _MARK_INTERRUPTED + sql.SQL(
+            "INSERT INTO {} (git_ref, git_commit, plan, outcome, error, actor, finished_at) "
+            "VALUES (%(ref)s, %(commit)s, %(plan)s, %(outcome)s, %(error)s, %(actor)s, "
+            "clock_timestamp()) RETURNING id").format(RECONCILE_RUNS)
+    else:
+        query = sql.SQL(
+            "UPDATE {} SET plan = %(plan)s, outcome = %(outcome)s, error = %(error)s, "
+            "finished_at = clock_timestamp() WHERE id = %(id)s RETURNING id"
+        ).format(RECONCILE_RUNS)
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@dataclass(frozen=True)
+class ReconcileRun:
+    """The newest reconcile run, as `registry status` shows it."""
+
+    id: int
+    outcome: str
+    git_ref: str
+    git_commit: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    actor: str | None
+    actions: int
+
+
+def last_reconcile_run(conn: psycopg.Connection[Any]) -> ReconcileRun | None:
+    return _one(conn, sql.SQL(
+        "SELECT id, outcome, git_ref, git_commit, started_at, finished_at, error, actor, "
+        "jsonb_array_length(plan) FROM {} ORDER BY id DESC LIMIT 1").format(RECONCILE_RUNS),
+        (), ReconcileRun)
+
+
+def last_applied_by_table(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, str | None]]:
+    """table -> (run id, commit) of the last run that applied an action to it."""
+    touched = conn.execute(sql.SQL(
+        "SELECT DISTINCT ON (a->>'table') a->>'table', r.id, r.git_commit "
+        "FROM {} r CROSS JOIN LATERAL jsonb_array_elements(r.plan) a "
+        "WHERE a->>'result' = 'applied' ORDER BY a->>'table', r.id DESC"
+    ).format(RECONCILE_RUNS)).fetchall()
+    return {t: (i, c) for t, i, c in touched}
+
+
+def changing_runs(
+    conn: psycopg.Connection[Any],
+) -> list[tuple[int, datetime, str | None, str, list[Any]]]:
+    """(id, when, commit, outcome, recorded actions) of every run that applied or failed
+    something, oldest first."""
+    return [(int(i), at, c, o, p) for i, at, c, o, p in conn.execute(sql.SQL(
+        "SELECT id, coalesce(finished_at, started_at), git_commit, outcome, plan "
+        "FROM {} WHERE outcome IN ('applied', 'failed') "
+        "AND jsonb_typeof(plan) = 'array' ORDER BY id").format(RECONCILE_RUNS)).fetchall()]
+
+
+# ---------------------------------------------------------------------------------------------
+# ingest_runs
+
+
+INGEST_INTERRUPTED = ("interrupted: the ingest stopped before it recorded an outcome (process "
+                      "killed or database connection lost); nothing of it was committed")
+
+
+def start_ingest_run(
+    conn: psycopg.Connection[Any], ingest_run_id: str, chunk_version: str, source: str,
+    details: Mapping[str, Any],
+) -> int:
+    """The run's `running` record. Any earlier `running` record of the same ingest_run_id is
+    a dead run (the caller holds the run's lock): it is marked in the same statement."""
+    row = conn.execute(
+        sql.SQL("WITH interrupted AS (UPDATE {r} SET status = 'failed', details = details || "
+                "%(note)s WHERE status = 'running' AND ingest_run_id = %(run)s) "
+                "INSERT INTO {r} (ingest_run_id, chunk_version, status, source, details) "
+                "VALUES (%(run)s, %(version)s, 'running', %(source)s, %(details)s) "
+                "RETURNING id").format(r=INGEST_RUNS),
+        {"run": ingest_run_id, "version": chunk_version, "source": source,
+         "note": Jsonb({"error": INGEST_INTERRUPTED}), "details": Jsonb(dict(details))},
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def finish_ingest_run(
+    conn: psycopg.Connection[Any], run: int | None, *, documents: int, chunks: int,
+    duplicates_removed: int, over_budget: int, details: Mapping[str, Any],
+) -> None:
+    conn.execute(
+        sql.SQL("UPDATE {} SET status = 'succeeded', finished_at = now(), documents = %s, "
+                "chunks = %s, duplicates_removed = %s, over_budget = %s, details = %s "
+                "WHERE id = %s").format(INGEST_RUNS),
+        (documents, chunks, duplicates_removed, over_budget, Jsonb(dict(details)), run),
+    )
+
+
+def fail_ingest_run(
+    conn: psycopg.Connection[Any], run: int | None, *, documents: int,
+    details: Mapping[str, Any],
+) -> None:
+    conn.execute(
+        sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(), documents = %s, "
+                "details = %s WHERE id = %s").format(INGEST_RUNS),
+        (documents, Jsonb(dict(details)), run),
+    )
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """The last successful ingest of a config (what the health check's dedup rate reads)."""
+
+    ingest_run_id: str
+    finished_at: datetime | None
+    documents: int | None
+    chunks: int | None
+    duplicates_removed: int | None
+    over_budget: int | None
+    source: str | None
+
+
+def last_successful_ingest(conn: psycopg.Connection[Any], chunk_version: str) -> IngestRun | None:
+    return _one(conn, sql.SQL(
+        "SELECT ingest_run_id, finished_at, documents, chunks, duplicates_removed, over_budget, "
+        "source FROM {} WHERE chunk_version = %s AND status = 'succeeded' "
+        "ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT 1").format(INGEST_RUNS),
+        (chunk_version,), IngestRun)
+
+
+def versions_never_ingested(
+    conn: psycopg.Connection[Any], schema: str, ingest_run_ids: Sequence[str]
+) -> list[str]:
+    """chunk_versions of shadow tables in `schema` with no successful run of any of
+    `ingest_run_ids`."""
+    rows = conn.execute(
+        sql.SQL("SELECT m.chunk_version FROM {m} m WHERE m.status = 'shadow' "
+                "AND m.schema_name = %s AND NOT EXISTS (SELECT 1 FROM {r} r WHERE "
+                "r.chunk_version = m.chunk_version AND r.status = 'succeeded' "
+                "AND r.ingest_run_id = ANY(%s))").format(m=MANAGED, r=INGEST_RUNS),
+        (schema, list(ingest_run_ids))).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def ingest_throughput(
+    conn: psycopg.Connection[Any], since: datetime
+) -> list[tuple[str, datetime, float, int | None, int | None]]:
+    """(version, finished, MB/s, documents, chunks) of every successful ingest since `since`."""
+    rows = conn.execute(sql.SQL(
+        "SELECT chunk_version, finished_at, (details->>'mb_per_s')::float8, documents, chunks "
+        "FROM {} WHERE status = 'succeeded' AND finished_at >= %s "
+        "AND jsonb_typeof(details->'mb_per_s') = 'number' ORDER BY finished_at, id"
+    ).format(INGEST_RUNS), (since,)).fetchall()
+    return [(v, at, float(rate), docs, chunks) for v, at, rate, docs, chunks in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# eval_runs
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """The newest recorded metrics of a version (an eval, or the shadow side of a comparison)."""
+
+    at: datetime
+    kind: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ComparisonRecord:
+    """The newest comparison of a version against another: what the promotion gate reads."""
+
+    at: datetime
+    against: str
+    passed: bool
+    metrics: dict[str, float]
+    regressions: list[str]
+
+
+def record_eval_run(
+    conn: psycopg.Connection[Any], chunk_version: str, *, cases: int,
+    metrics: Mapping[str, float], details: Mapping[str, Any],
+    against: str | None = None, passed: bool | None = None,
+) -> None:
+    """Append an eval (or, with `against` and `passed`, a comparison) to eval_runs."""
+    conn.execute(
+        sql.SQL("INSERT INTO {} (chunk_version, against_version, kind, cases, metrics, passed, "
+                "details) VALUES (%s, %s, %s, %s, %s, %s, %s)").format(EVAL_RUNS),
+        (chunk_version, against, "eval" if against is None else "compare", cases,
+         Jsonb(dict(metrics)), passed, Jsonb(dict(details))),
+    )
+
+
+def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> EvalRecord | None:
+    return _one(conn, sql.SQL("SELECT at, kind, metrics FROM {} WHERE chunk_version = %s "
+                              "ORDER BY at DESC, id DESC LIMIT 1").format(EVAL_RUNS),
+                (chunk_version,), EvalRecord)
+
+
+def last_comparison(conn: psycopg.Connection[Any], chunk_version: str) -> ComparisonRecord | None:
+    """None when there is none, or when the database predates eval_runs."""
+    if not exists(conn, "eval_runs"):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT at, against_version, passed, metrics, details FROM {} "
+                "WHERE chunk_version = %s AND kind = 'compare' ORDER BY at DESC, id DESC LIMIT 1"
+                ).format(EVAL_RUNS), (chunk_version,)).fetchone()
+    if row is None:
+        return None
+    at, against, passed, metrics, details = row
+    return ComparisonRecord(at, against, passed, metrics,
+                            list((details or {}).get("regressions") or []))
+
+
+# ---------------------------------------------------------------------------------------------
+# health_reports
+
+
+@dataclass(frozen=True)
+class StoredHealthReport:
+    """One row of health_reports: a HealthReport's JSON as `registry health` recorded it."""
+
+    id: int
+    at: datetime
+    report: dict[str, Any]
+
+
+def record_health_report(
+    conn: psycopg.Connection[Any], at: datetime, chunk_version: str, report: Mapping[str, Any]
+) -> None:
+    conn.execute(
+        sql.SQL("INSERT INTO {} (at, chunk_version, report) VALUES (%s, %s, %s)").format(
+            HEALTH_REPORTS), (at, chunk_version, Jsonb(dict(report))))
+
+
+def _stored(report_id: int, at: datetime, report: Any) -> StoredHealthReport:
+    """A stored report (one that is not a JSON object reads as empty)."""
+    return StoredHealthReport(int(report_id), at, report if isinstance(report, dict) else {})
+
+
+def health_reports_between(
+    conn: psycopg.Connection[Any], chunk_version: str, since: datetime, until: datetime
+) -> list[StoredHealthReport]:
+    rows = conn.execute(sql.SQL(
+        "SELECT id, at, report FROM {} WHERE chunk_version = %s AND at >= %s AND at <= %s "
+        "ORDER BY at, id").format(HEALTH_REPORTS), (chunk_version, since, until)).fetchall()
+    return [_stored(*r) for r in rows]
+
+
+def last_health_report(
+    conn: psycopg.Connection[Any], chunk_version: str, until: datetime
+) -> StoredHealthReport | None:
+    """The newest report of `chunk_version` up to `until` (what it looked like before)."""
+    return _one(conn, sql.SQL(
+        "SELECT id, at, report FROM {} WHERE chunk_version = %s AND at <= %s "
+        "ORDER BY at DESC, id DESC LIMIT 1").format(HEALTH_REPORTS),
+        (chunk_version, until), _stored)
+
+
+def latest_health_reports(conn: psycopg.Connection[Any]) -> dict[str, StoredHealthReport]:
+    """chunk_version -> its newest report."""
+    rows = conn.execute(sql.SQL(
+        "SELECT DISTINCT ON (chunk_version) chunk_version, id, at, report FROM {} "
+        "WHERE chunk_version IS NOT NULL ORDER BY chunk_version, at DESC, id DESC"
+    ).format(HEALTH_REPORTS)).fetchall()
+    return {str(r[0]): _stored(*r[1:]) for r in rows}
+
+
+def _report_number(path: tuple[str, ...]) -> sql.Composed:
+    """SQL for a numeric field of a report, NULL when absent or not a number."""
+    keys = sql.Literal("{" + ",".join(path) + "}")
+    return sql.SQL(
+        "CASE WHEN jsonb_typeof(report #> {k}) = 'number' THEN (report #>> {k})::float8 END"
+    ).format(k=keys)
+
+
+def health_series(
+    conn: psycopg.Connection[Any], since: datetime, metrics: Mapping[str, tuple[str, ...]]
+) -> Iterator[tuple[str, datetime, dict[str, float | None], int, int]]:
+    """(version, at, metric -> number at its path in the report, alerts, critical alerts) of
+    every report since `since`, in one query however many there are."""
+    columns = sql.SQL(", ").join(_report_number(path) for path in metrics.values())
+    query = sql.SQL(
+        "SELECT chunk_version, at, {columns}, "
+        "CASE WHEN jsonb_typeof(report->'alerts') = 'array' "
+        "THEN jsonb_array_length(report->'alerts') ELSE 0 END, "
+        "CASE WHEN jsonb_typeof(report->'alerts') = 'array' THEN (SELECT count(*) FROM "
+        "jsonb_array_elements(report->'alerts') a WHERE a->>'level' = 'critical') ELSE 0 END "
+        "FROM {r} WHERE at >= %s AND chunk_version IS NOT NULL "
+        "ORDER BY chunk_version, at, id"
+    ).format(columns=columns, r=HEALTH_REPORTS)
+    keys = list(metrics)
+    for row in conn.execute(query, (since,)):
+        version, at, *values, alerts, critical = row
+        yield version, at, dict(zip(keys, values, strict=True)), int(alerts), int(critical)
+
+
+# ---------------------------------------------------------------------------------------------
+# rollback_proposals
+
+
+@dataclass(frozen=True)
+class RollbackProposal:
+    """The rollback the regression watch proposed (or adopted) for one promotion."""
+
+    target_version: str
+    proposed_at: datetime
+    branch: str | None
+    commit: str | None
+    number: int | None
+    url: str | None
+    adopted: bool
+    created: bool = False
+    """Whether this run opened the pull request (not stored: a property of the run)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self),
+                "proposed_at": self.proposed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def rollback_proposal(
+    conn: psycopg.Connection[Any], chunk_version: str, promote_commit: str
+) -> RollbackProposal | None:
+    """The proposal recorded for the promotion of `chunk_version` by `promote_commit`."""
+    return _one(conn, sql.SQL(
+        "SELECT target_version, proposed_at, branch, commit, pr_number, pr_url, adopted FROM {} "
+        "WHERE chunk_version = %s AND promote_commit = %s").format(ROLLBACK_PROPOSALS),
+        (chunk_version, promote_commit), RollbackProposal)
+
+
+def record_rollback_proposal(
+    conn: psycopg.Connection[Any], chunk_version: str, promoted_at: datetime,
+    promote_commit: str, proposal: RollbackProposal, evidence: Mapping[str, Any],
+) -> RollbackProposal:
+    """Record it once per promotion: when one is recorded already, that one is returned."""
+    row = conn.execute(sql.SQL(
+        "INSERT INTO {} (chunk_version, promoted_at, promote_commit, target_version, branch, "
+        "commit, pr_number, pr_url, adopted, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+        "%s, %s) ON CONFLICT (chunk_version, promote_commit) DO NOTHING RETURNING proposed_at"
+    ).format(ROLLBACK_PROPOSALS), (
+        chunk_version, promoted_at, promote_commit, proposal.target_version, proposal.branch,
+        proposal.commit, proposal.number, proposal.url, proposal.adopted,
+        Jsonb(dict(evidence)))).fetchone()
+    if row is None:
+        existing = rollback_proposal(conn, chunk_version, promote_commit)
+        assert existing is not None
+        return existing
+    return RollbackProposal(**{**asdict(proposal), "proposed_at": row[0]})
+
+
+@dataclass(frozen=True)
+class ProposedRollback:
+    """A recent rollback proposal as the dashboard lists it, with its evidence."""
+
+    chunk_version: str
+    target_version: str
+    proposed_at: datetime
+    url: str | None
+    number: int | None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def rollback_proposals_since(
+    conn: psycopg.Connection[Any], since: datetime
+) -> list[ProposedRollback]:
+    """Newest first; none when the database predates rollback_proposals."""
+    if not exists(conn, "rollback_proposals"):
+        return []
+    rows = conn.execute(sql.SQL(
+        "SELECT chunk_version, target_version, proposed_at, pr_url, pr_number, evidence "
+        "FROM {} WHERE proposed_at >= %s ORDER BY proposed_at DESC").format(ROLLBACK_PROPOSALS),
+        (since,)).fetchall()
+    return [ProposedRollback(*row) for row in rows]

@@ -1,0 +1,161 @@
+"""The shape of a chunk table: one home for everything that must agree about it.
+
+A locked config's chunks live in one table, named by `ProductionConfig.table_name` (the rule
+itself is `config.table_name_for`) in the schema of production.yaml. Here: the DDL the
+reconciler creates it with, the columns the production view exposes, the columns and COPY
+types an ingest writes, the predicate of the rows a health check flags (the table's partial
+index and the check's query must use the same one), and which table a version uses and
+whether it exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from registry.config import PREFIX_MARKER, LockedConfig, ingest_run_id_for
+from registry.errors import Refused
+
+if TYPE_CHECKING:
+    from registry.repository.state import RegistryState
+
+VIEW_COLUMNS = (
+    "id",
+    "doc_id",
+    "chunk_index",
+    "embedding_text",
+    "bm25_text",
+    "embedding_token_count",
+    "bm25_token_count",
+    "chunk_version",
+    "ingest_run_id",
+    "created_at",
+    "bm25_tsv",
+)
+"""The columns of the production view, in order: the contract retrieval code reads."""
+
+ROW_COLUMNS = ("id", "doc_id", "chunk_index", "embedding_text", "bm25_text",
+               "embedding_token_count", "bm25_token_count", "chunk_version", "ingest_run_id")
+"""The columns an ingest writes, in the order of `Chunk.row()`; the others are computed."""
+
+COPY_TYPES = ["text", "text", "int4", "text", "text", "int4", "int4", "text", "text"]
+"""The binary COPY types of ROW_COLUMNS."""
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    """Which table a locked config's chunks live in."""
+
+    config: LockedConfig
+    schema: str
+    table: str
+
+    @property
+    def chunk_version(self) -> str:
+        return self.config.chunk_version
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
+
+def chunk_table(state: RegistryState, version: str) -> ChunkTable:
+    """The table of `version` (or `production`) in the committed state."""
+    config = state.config(version)
+    return ChunkTable(config, state.settings.schema,
+                      state.settings.table_name(config.chunk_version))
+
+
+def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    """Whether `schema.table` exists as a table (a view or anything else of that name is not
+    a chunk table)."""
+    found = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p'))",
+        (schema, table),
+    ).fetchone()
+    return bool(found and found[0])
+
+
+def require_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
+    """Refused when the version's table does not exist (yet)."""
+    if not table_exists(conn, target.schema, target.table):
+        raise Refused(f"table {target.qualified} of {target.chunk_version} does not exist",
+                      fix="merge its lock PR and run `registry reconcile` to create it")
+
+
+def has_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+        sql.Identifier(schema, table))).fetchone()
+    return bool(row and row[0])
+
+
+def over_budget(chunk_size: int, token_budget: int) -> sql.Composed:
+    """Rows over the config's BM25 chunk size or its embedding token budget."""
+    return sql.SQL("bm25_token_count > {} OR embedding_token_count > {}").format(
+        sql.Literal(chunk_size), sql.Literal(token_budget))
+
+
+def unhealthy_rows(prefix_policy: str, chunk_size: int, token_budget: int) -> sql.Composable:
+    """The rows a health check counts against a table: the predicate of the table's partial
+    index and of the check's query, built in one place so that PostgreSQL sees them equal."""
+    over = over_budget(chunk_size, token_budget)
+    if prefix_policy != "A":
+        return sql.SQL("({})").format(over)
+    return sql.SQL("(bm25_has_prefix OR {})").format(over)
+
+
+def table_ddl(
+    schema: str, table: str, *, chunk_version: str, config_hash: str, prefix_policy: str,
+    chunk_size: int, token_budget: int,
+) -> list[sql.Composed]:
+    """The versioned table. `bm25_has_prefix` is computed by PostgreSQL as rows are written,
+    and a partial index holds exactly the rows the health check counts as unhealthy (prefix
+    leakage, over budget): it is empty while the table is healthy, costs nothing to write,
+    and lets the check read only those rows plus a count(*), never the whole heap. The
+    CHECKs make rows of another version or ingest run impossible rather than something to
+    look for."""
+    t = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    return [
+        sql.SQL(
+            "CREATE TABLE {t} ("
+            "chunk_index integer NOT NULL CHECK (chunk_index >= 0), "
+            "embedding_token_count integer NOT NULL, "
+            "bm25_token_count integer NOT NULL, "
+            "created_at timestamptz NOT NULL DEFAULT now(), "
+            "bm25_has_prefix boolean GENERATED ALWAYS AS (starts_with(bm25_text, {marker})) "
+            "STORED, "
+            "id text PRIMARY KEY, "
+            "doc_id text NOT NULL, "
+            "embedding_text text NOT NULL, "
+            "bm25_text text NOT NULL, "
+            "chunk_version text NOT NULL CHECK (chunk_version = {version}), "
+            "ingest_run_id text NOT NULL CHECK (ingest_run_id = {run}), "
+            "bm25_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', bm25_text)) STORED)"
+        ).format(t=t, version=sql.Literal(chunk_version), marker=sql.Literal(PREFIX_MARKER),
+                 run=sql.Literal(ingest_run_id_for(chunk_version, config_hash))),
+        sql.SQL("CREATE INDEX {} ON {} (doc_id, chunk_index)").format(
+            sql.Identifier(f"{table}_doc"), t),
+        sql.SQL("CREATE INDEX {} ON {} USING gin (bm25_tsv)").format(
+            sql.Identifier(f"{table}_tsv"), t),
+        sql.SQL("CREATE INDEX {} ON {} (chunk_index) WHERE {}").format(
+            sql.Identifier(f"{table}_bad"), t,
+            unhealthy_rows(prefix_policy, chunk_size, token_budget)),
+        sql.SQL("COMMENT ON TABLE {} IS {}").format(
+            t, sql.Literal(f"chunk-registry: chunks of locked config {chunk_version} "
+                           f"(config_hash {config_hash})")),
+    ]
+
+
+def view_ddl(schema: str, view: str, table: str) -> sql.Composed:
+    """The production view over `table`: exactly VIEW_COLUMNS."""
+    return sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
+        sql.Identifier(schema, view), sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS)),
+        sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table)))

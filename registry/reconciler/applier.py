@@ -1,0 +1,211 @@
+"""The applier: runs a plan's actions against one connection, each in its own transaction,
+re-checking the planner's safety rules under row locks, with a crash point (registry.faults)
+around every DDL statement and bookkeeping write."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from registry import faults
+from registry.config import ProductionConfig
+from registry.database import bookkeeping
+from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
+from registry.database.chunk_table import VIEW_COLUMNS, has_rows, table_ddl, view_ddl
+from registry.database.connection import first_line
+from registry.errors import Refused, RegistryError
+from registry.reconciler.planner import (
+    DESTRUCTIVE,
+    Action,
+    CreateTable,
+    Plan,
+    Retire,
+    SwapProduction,
+    Unretire,
+    duration_text,
+    utc_text,
+)
+
+log = logging.getLogger("registry.reconciler.applier")
+
+DEFAULT_LOCK_TIMEOUT_MS = 500
+"""How long the view swap may wait for readers; new readers queue behind it at most this long."""
+SWAP_ATTEMPTS = 6
+
+
+@dataclass
+class ActionResult:
+    """What applying one action did."""
+
+    action: Action
+    outcome: Literal["applied", "failed", "skipped"]
+    error: str | None = None
+    attempts: int = 1
+    seconds: float = 0.0
+
+
+@dataclass
+class Applier:
+    """Runs actions against one connection, each in its own transaction."""
+
+    conn: psycopg.Connection[Any]
+    settings: ProductionConfig
+    commit: str | None
+    now: datetime
+    force: bool = False
+    schema_exists: bool = True
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
+    attempts: int = SWAP_ATTEMPTS
+
+    def apply(self, plan: Plan) -> list[ActionResult]:
+        """Every action in order; after a failure no destructive action runs."""
+        results: list[ActionResult] = []
+        failed = False
+        for action in plan.actions:
+            if failed and isinstance(action, DESTRUCTIVE):
+                results.append(ActionResult(action, "skipped",
+                                            "an earlier action failed", attempts=0))
+                log.info("skipped %s: an earlier action failed", action.describe())
+                continue
+            result = self.run(action)
+            results.append(result)
+            failed = failed or result.outcome == "failed"
+        return results
+
+    def run(self, action: Action) -> ActionResult:
+        started = time.monotonic()
+        name = type(action).__name__
+        attempt = 0
+        while True:
+            attempt += 1
+            faults.point("apply", name, "begin")
+            try:
+                with self.conn.transaction():
+                    self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                        sql.Literal(f"{self.lock_timeout_ms}ms")))
+                    self._do(action)
+                    faults.point("apply", name, "before_commit")
+            except psycopg.errors.LockNotAvailable as err:
+                if attempt < self.attempts:
+                    delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                    log.info("%s: lock_timeout after %dms, retry %d in %.2fs", action.describe(),
+                             self.lock_timeout_ms, attempt, delay)
+                    time.sleep(delay)
+                    continue
+                return self._failed(action, f"{first_line(err)} ({attempt} attempts: a reader "
+                                    "holds a lock on it; retry when it is done)", attempt, started)
+            except psycopg.Error as err:
+                if isinstance(err, psycopg.OperationalError) and self.conn.closed:
+                    raise
+                return self._failed(action, first_line(err), attempt, started)
+            except RegistryError as err:
+                return self._failed(action, str(err), attempt, started)
+            faults.point("apply", name, "committed")
+            log.info("applied: %s", action.describe())
+            return ActionResult(action, "applied", attempts=attempt,
+                                seconds=time.monotonic() - started)
+
+    def _failed(self, action: Action, error: str, attempts: int, started: float) -> ActionResult:
+        log.warning("FAILED: %s: %s", action.describe(), error)
+        return ActionResult(action, "failed", error, attempts, time.monotonic() - started)
+
+    def _ddl(self, action: Action, statement: sql.Composed) -> None:
+        """One DDL statement of `action`, between two crash points."""
+        faults.point("apply", type(action).__name__, "ddl")
+        self.conn.execute(statement)
+        faults.point("apply", type(action).__name__, "ddl_done")
+
+    def _bookkeeping(self, action: Action) -> None:
+        """The crash point before each bookkeeping write of `action` (after its DDL, in the
+        same transaction)."""
+        faults.point("apply", type(action).__name__, "bookkeeping")
+
+    def _do(self, action: Action) -> None:
+        if isinstance(action, CreateTable):
+            self._create(action)
+        elif isinstance(action, SwapProduction):
+            self._swap(action)
+        elif isinstance(action, Retire | Unretire):
+            retire = isinstance(action, Retire)
+            self._bookkeeping(action)
+            if not bookkeeping.set_retired(self.conn, action.schema, action.table, retire):
+                expected = "shadow" if retire else "retired"
+                raise Refused(f"{action.schema}.{action.table} is not a managed {expected} table")
+        else:
+            self._drop(action)
+
+    def _create(self, action: CreateTable) -> None:
+        if not self.schema_exists:
+            self._ddl(action, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(action.schema)))
+        for statement in table_ddl(
+            action.schema, action.table, chunk_version=action.chunk_version,
+            config_hash=action.config_hash, prefix_policy=action.prefix_policy,
+            chunk_size=action.chunk_size, token_budget=action.token_budget,
+        ):
+            self._ddl(action, statement)
+        self._bookkeeping(action)
+        bookkeeping.record_created(self.conn, action.schema, action.table, action.chunk_version,
+                                   action.config_hash, self.commit)
+
+    def _swap(self, action: SwapProduction) -> None:
+        """CREATE OR REPLACE VIEW + the bookkeeping update, in the caller's transaction."""
+        if bookkeeping.lock_live(self.conn, action.schema, action.table) is None:
+            raise Refused(f"{action.schema}.{action.table} is not a live managed table: production "
+                          "never reads an unmanaged or retired table")
+        if not self.force and not has_rows(self.conn, action.schema, action.table):
+            raise Refused(f"{action.schema}.{action.table} is empty",
+                          fix=f"ingest {action.chunk_version} first, or pass --force")
+        columns = self.conn.execute(
+            "SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'v' AND a.attnum > 0 "
+            "AND NOT a.attisdropped", (action.schema, action.view)).fetchone()
+        if columns and columns[0] and tuple(columns[0]) != VIEW_COLUMNS:
+            # A view re-pointed by hand with other columns cannot be CREATE OR REPLACEd; it
+            # is dropped and recreated in this same transaction (RESTRICT: never a dependent).
+            self._ddl(action, sql.SQL("DROP VIEW {}").format(
+                sql.Identifier(action.schema, action.view)))
+        self._ddl(action, view_ddl(action.schema, action.view, action.table))
+        self._ddl(action, sql.SQL("COMMENT ON VIEW {}.{} IS {}").format(
+            sql.Identifier(action.schema), sql.Identifier(action.view),
+            sql.Literal(f"chunk-registry: production reads {action.chunk_version}")))
+        # Swapping back to the most recent former production is a rollback: the table it
+        # leaves is no rollback target (nothing returns to it), so it gets no demoted_at and a
+        # retirement of it is dropped after the grace period, as `registry retire` expects.
+        rollback = bookkeeping.former_productions(self.conn, 1) == [(action.schema, action.table)]
+        self._bookkeeping(action)
+        bookkeeping.set_demoted(self.conn, action.schema, action.table, rollback=rollback)
+        # A drift correction re-points the view at the table that is production already: it
+        # keeps its promoted_at (when it became production; the regression watch's window).
+        self._bookkeeping(action)
+        bookkeeping.set_production(self.conn, action.schema, action.table)
+
+    def _drop(self, action: Action) -> None:
+        """Re-check every drop rule against the bookkeeping row, locked, then DROP (RESTRICT)."""
+        settings = self.settings
+        row = bookkeeping.lock_row(self.conn, action.schema, action.table)
+        name = f"{action.schema}.{action.table}"
+        if row is None:
+            raise Refused(f"{name} is not in {BOOKKEEPING_SCHEMA}.managed_tables: the registry "
+                          "never drops a table it does not manage")
+        status, retired_at = row
+        if status != "retired" or retired_at is None:
+            raise Refused(f"{name} is {status}, not retired: only retired tables are dropped")
+        if retired_at + settings.grace_period > self.now:
+            raise Refused(f"{name} was retired at {utc_text(retired_at)}: the grace period "
+                          f"{duration_text(settings.grace_period)} is not over")
+        former = bookkeeping.former_productions(self.conn, settings.keep_previous)
+        if (action.schema, action.table) in former:
+            raise Refused(f"{name} is the previous production (the rollback target): kept")
+        self._ddl(action, sql.SQL("DROP TABLE IF EXISTS {}.{} RESTRICT").format(
+            sql.Identifier(action.schema), sql.Identifier(action.table)))
+        self._bookkeeping(action)
+        bookkeeping.mark_dropped(self.conn, action.schema, action.table)

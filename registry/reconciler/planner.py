@@ -1,0 +1,417 @@
+"""The pure planner: what reconciling the committed state would do to the database.
+
+`make_plan` compares the desired state (read from git) with the actual state (read by
+`registry.reconciler.actual`, or made up by `synthetic_actual`) and returns typed actions plus
+findings (drift, refusals) without touching anything: no connection, no I/O. Printing,
+applying and testing all read the same action objects.
+
+Safety rules live here AND are re-checked inside each action's transaction by the applier (a
+Drop re-reads its bookkeeping row FOR UPDATE), so an action built by hand cannot break them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from registry.config import LockedConfig
+from registry.database.bookkeeping import ManagedTable
+from registry.errors import Refused
+from registry.quality import gate
+from registry.reconciler.actual import ActualState
+
+if TYPE_CHECKING:
+    from registry.repository.state import RegistryState
+
+@dataclass(frozen=True)
+class CreateTable:
+    """Create the shadow table of a locked config (empty: an ingest fills it)."""
+
+    schema: str
+    table: str
+    chunk_version: str
+    config_hash: str
+    chunk_size: int
+    token_budget: int
+    prefix_policy: str
+    recreate: bool = False
+
+    @classmethod
+    def of(cls, schema: str, table: str, config: LockedConfig, *,
+           recreate: bool = False) -> CreateTable:
+        return cls(schema, table, config.chunk_version, config.config_hash, config.chunk_size,
+                   config.token_budget, config.prefix_policy, recreate=recreate)
+
+    def describe(self) -> str:
+        if self.recreate:
+            return (f"recreate {self.schema}.{self.table} for {self.chunk_version} (dropped "
+                    "outside the registry; it comes back empty and needs an ingest)")
+        return f"create {self.schema}.{self.table} for {self.chunk_version}"
+
+
+@dataclass(frozen=True)
+class Unretire:
+    """A retired config is back in the repo (a reverted retire): its table is a shadow again."""
+
+    schema: str
+    table: str
+    chunk_version: str
+
+    def describe(self) -> str:
+        return f"unretire {self.schema}.{self.table} ({self.chunk_version} is back in the repo)"
+
+
+@dataclass(frozen=True)
+class SwapProduction:
+    """Point the production view at another table (and record it), in one transaction."""
+
+    schema: str
+    view: str
+    old_table: str | None
+    table: str
+    chunk_version: str
+    reason: str = "promote"
+
+    def describe(self) -> str:
+        old = self.old_table or "nothing"
+        why = "" if self.reason == "promote" else f" ({self.reason})"
+        return f"swap {self.schema}.{self.view}: {old} -> {self.table}{why}"
+
+
+@dataclass(frozen=True)
+class Retire:
+    """The config left the repo: mark its table retired; it is dropped after the grace period."""
+
+    schema: str
+    table: str
+    chunk_version: str
+    drop_after: str
+
+    def describe(self) -> str:
+        return (f"retire {self.schema}.{self.table} ({self.chunk_version}; "
+                f"drop after {self.drop_after})")
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Drop a retired table whose grace period is over (never CASCADE)."""
+
+    schema: str
+    table: str
+    chunk_version: str
+    retired_at: str | None
+    already_gone: bool = False
+
+    def describe(self) -> str:
+        if self.already_gone:
+            return (f"record {self.schema}.{self.table} as dropped (it was dropped outside "
+                    "the registry)")
+        return f"drop {self.schema}.{self.table} ({self.chunk_version}, retired {self.retired_at})"
+
+
+Action = CreateTable | Unretire | SwapProduction | Retire | Drop
+ACTION_ORDER: tuple[type, ...] = (CreateTable, Unretire, SwapProduction, Retire, Drop)
+DESTRUCTIVE: tuple[type, ...] = (Drop,)
+
+Severity = Literal["error", "warning", "info"]
+VIEW_KINDS = frozenset({"view_elsewhere", "view_missing", "view_replaced"})
+"""Finding kinds about the production view (drift of what production reads)."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something the plan noticed: drift, a refusal, or why a table is kept.
+
+    `error` findings block: `plan` reports changes pending and `reconcile` exits non-zero.
+    """
+
+    kind: str
+    table: str | None
+    message: str
+    fix: str | None = None
+    severity: Severity = "warning"
+
+    def render(self) -> str:
+        return f"{self.message} ({self.fix})" if self.fix else self.message
+
+
+def action_dict(action: Action) -> dict[str, Any]:
+    return {"action": type(action).__name__, **asdict(action), "description": action.describe()}
+
+
+@dataclass
+class Plan:
+    """What reconciling `ref` would do to the database, and what it found there."""
+
+    ref: str
+    commit: str | None
+    target: str
+    actions: list[Action] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.actions and not self.blocking
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for action in self.actions:
+            out[type(action).__name__] = out.get(type(action).__name__, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "commit": self.commit,
+            "target": self.target,
+            "in_sync": self.in_sync,
+            "actions": [action_dict(a) for a in self.actions],
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+def refuse_empty(state: RegistryState) -> None:
+    if not state.configs:
+        raise Refused(
+            f"the desired state at {state.ref} has no locked configs: refusing to reconcile "
+            "(it would retire every managed table)",
+            fix="check --ref and the repository; lock a config first",
+        )
+
+
+def swap_target(state: RegistryState) -> str | None:
+    """The table production should read, if production.yaml names one."""
+    production = state.settings.production
+    return state.settings.table_name(production) if production else None
+
+
+def make_plan(
+    state: RegistryState,
+    actual: ActualState,
+    *,
+    target: str = "",
+    force: bool = False,
+    allow_empty: bool = False,
+) -> Plan:
+    """The ordered actions that make `actual` match `state`, and what blocks or stays.
+
+    Touches nothing. `force` allows swapping production to an empty table or over a view the
+    registry did not create. An empty desired state is refused unless `allow_empty` (status
+    shows what it would mean; reconcile never applies it).
+    """
+    if not allow_empty:
+        refuse_empty(state)
+    settings = state.settings
+    schema, base = settings.schema, settings.base_name
+    plan = Plan(ref=state.ref, commit=state.commit, target=target)
+    live = actual.live
+    managed_names = {m.table_name for m in live.values() if m.schema_name == schema}
+    blocked: set[str] = set()
+
+    for version, config in sorted(state.configs.items()):
+        table = settings.table_name(version)
+        row = live.get(version)
+        if row is None:
+            if table in actual.relations:
+                blocked.add(version)
+                plan.findings.append(Finding(
+                    "unmanaged", table, f"{schema}.{table} exists but the registry did not create "
+                    "it: refusing to adopt it", "rename or drop it yourself, then reconcile",
+                    "error"))
+                continue
+            plan.actions.append(CreateTable.of(schema, table, config))
+            continue
+        if row.config_hash != config.config_hash:
+            blocked.add(version)
+            plan.findings.append(Finding(
+                "config_changed", row.table_name, f"{row.schema_name}.{row.table_name} was created "
+                f"for config hash {row.config_hash[:12]}, but {version} in the repo hashes to "
+                f"{config.config_hash[:12]}", "a locked config is immutable: restore it and lock "
+                "a new version for the change", "error"))
+            continue
+        if row.key != (schema, table):
+            blocked.add(version)
+            plan.findings.append(Finding(
+                "moved", row.table_name, f"{version} is managed as {row.schema_name}."
+                f"{row.table_name}, but production.yaml now places it at {schema}.{table}",
+                "restore tables.schema/base_name in production.yaml; moving tables is not "
+                "supported", "error"))
+            continue
+        if row.status == "retired":
+            plan.actions.append(Unretire(schema, table, version))
+        if not row.present:
+            plan.actions.append(CreateTable.of(schema, table, config, recreate=True))
+            plan.findings.append(Finding(
+                "missing", table, f"managed table {schema}.{table} was dropped outside the "
+                "registry", "reconcile recreates it empty; ingest it again", "warning"))
+
+    swapping_from = _plan_production(plan, state, actual, blocked, force)
+    _plan_retirements(plan, state, actual, swapping_from)
+
+    reported = {f.table for f in plan.findings}
+    for name, relation in sorted(actual.relations.items()):
+        if name == base or name in managed_names or name in reported:
+            continue
+        kind = "view" if relation.is_view else "table"
+        plan.findings.append(Finding(
+            "unmanaged", name, f"{schema}.{name} looks like a registry {kind} but is not managed: "
+            "left alone", "drop or rename it yourself if it is not needed", "warning"))
+    plan.actions.sort(key=lambda a: ACTION_ORDER.index(type(a)))
+    return plan
+
+
+def _plan_production(
+    plan: Plan, state: RegistryState, actual: ActualState, blocked: set[str], force: bool
+) -> ManagedTable | None:
+    """Add the swap (or why there is none); return the row production moves away from."""
+    settings = state.settings
+    schema, base = settings.schema, settings.base_name
+    view = actual.relations.get(base)
+    current = actual.production
+    wanted = settings.production
+    if wanted is None:
+        if current is not None:
+            plan.findings.append(Finding(
+                "no_production", current.table_name, f"production.yaml names no production; "
+                f"{schema}.{base} keeps reading {current.table_name}",
+                "point production at a config to switch it", "warning"))
+        return None
+    if wanted in blocked:
+        return None
+    table = settings.table_name(wanted)
+    if view is not None and not view.is_view:
+        plan.findings.append(Finding(
+            "view_replaced", base, f"{schema}.{base} is a table, not the registry's view: "
+            "production cannot be switched", f"rename that table (ALTER TABLE {schema}.{base} "
+            "RENAME TO ...) and reconcile to recreate the view", "error"))
+        return None
+    reads = view.reads if view is not None else ()
+    points_right = reads == ((schema, table),)
+    marked_right = current is not None and current.key == (schema, table)
+    if points_right and marked_right:
+        return None
+    old = reads[0][1] if len(reads) == 1 else (current.table_name if current else None)
+    reason = "promote"
+    if view is not None and not points_right and current is None and not force:
+        plan.findings.append(Finding(
+            "unmanaged", base, f"{schema}.{base} is a view the registry did not create (it reads "
+            f"{_names(reads)})", "drop it yourself, or reconcile --force to replace it", "error"))
+        return None
+    if current is not None and view is None:
+        reason = "drift: the view was missing"
+        plan.findings.append(Finding(
+            "view_missing", base, f"the production view {schema}.{base} is missing",
+            "reconcile recreates it", "warning"))
+    elif current is not None and reads != ((schema, current.table_name),):
+        reason = f"drift: the view read {_names(reads)}"
+        plan.findings.append(Finding(
+            "view_elsewhere", base, f"{schema}.{base} reads {_names(reads)}, but the registry's "
+            f"production is {current.table_name}", "reconcile re-points it", "warning"))
+    row = actual.live.get(wanted)
+    gate = None if force else _gate_finding(row, state, schema, table, first=current is None)
+    if gate is not None:
+        plan.findings.append(gate)
+        return None
+    rows = actual.rows.get(table, 0) if row is not None and row.present else 0
+    if rows == 0 and not force:
+        new = " (it is created by this run)" if row is None or not row.present else ""
+        plan.findings.append(Finding(
+            "empty", table, f"refusing to swap production to {schema}.{table}: the table is "
+            f"empty{new}", f"ingest {wanted} first, then reconcile; or pass --force", "error"))
+        return None
+    plan.actions.append(SwapProduction(schema, base, old, table, wanted, reason))
+    return current if current is not None and current.key != (schema, table) else None
+
+
+def _gate_finding(
+    row: ManagedTable | None, state: RegistryState, schema: str, table: str, *, first: bool
+) -> Finding | None:
+    """The promotion gate (`registry.quality.gate`) on the swap target's bookkeeping row; no
+    row: the table is created by this run and the empty-table refusal speaks instead."""
+    if row is None:
+        return None
+    verdict = gate.judge(row.chunk_version, row.last_compare_passed,
+                         served_before=row.promoted_at is not None,
+                         require_eval=state.settings.require_eval and not first)
+    if not verdict.held:
+        return None
+    return Finding("gate", table, f"refusing to swap production to {schema}.{table}: "
+                   f"{verdict.reason}", verdict.fix, "error")
+
+
+def _names(reads: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"{s}.{t}" for s, t in reads) or "nothing"
+
+
+def protected_tables(
+    actual: ActualState, keep_previous: int, swapping_from: ManagedTable | None = None
+) -> set[tuple[str, str]]:
+    """Production and the `keep_previous` most recent former productions (rollback targets),
+    as they will be once a planned swap away from `swapping_from` is done."""
+    keep = {m.key for m in actual.managed if m.status == "production"}
+    former = sorted(
+        (m for m in actual.managed if m.status != "dropped" and m.demoted_at is not None
+         and m.status != "production"),
+        key=lambda m: m.demoted_at or datetime.min.replace(tzinfo=UTC), reverse=True,
+    )
+    order = ([swapping_from] if swapping_from else []) + [
+        m for m in former if swapping_from is None or m.key != swapping_from.key]
+    keep.update(m.key for m in order[:keep_previous])
+    return keep
+
+
+def _plan_retirements(
+    plan: Plan, state: RegistryState, actual: ActualState, swapping_from: ManagedTable | None
+) -> None:
+    settings = state.settings
+    configs = state.configs
+    swap = next((a for a in plan.actions if isinstance(a, SwapProduction)), None)
+    protected = protected_tables(actual, settings.keep_previous, swapping_from)
+    for version, row in sorted(actual.live.items()):
+        if version in configs:
+            continue
+        name = f"{row.schema_name}.{row.table_name}"
+        if row.status in ("shadow", "production"):
+            if row.status == "production" and (swap is None or swap.table == row.table_name):
+                plan.findings.append(Finding(
+                    "kept", row.table_name, f"{name} is still production: it is not retired until "
+                    "production moves to another config", "promote another config", "warning"))
+                continue
+            drop_after = actual.now + settings.grace_period
+            plan.actions.append(Retire(row.schema_name, row.table_name, version,
+                                       utc_text(drop_after)))
+            continue
+        retired_at = row.retired_at or actual.now
+        if row.key in protected:
+            plan.findings.append(Finding(
+                "kept", row.table_name, f"{name} is kept: it is the previous production "
+                "(the rollback target)", None, "info"))
+        elif retired_at + settings.grace_period > actual.now:
+            plan.findings.append(Finding(
+                "grace", row.table_name, f"{name} is retired; it is dropped after "
+                f"{utc_text(retired_at + settings.grace_period)} (grace period "
+                f"{duration_text(settings.grace_period)})", None, "info"))
+        else:
+            plan.actions.append(Drop(row.schema_name, row.table_name, version, utc_text(retired_at),
+                                     already_gone=not row.present))
+
+
+def utc_text(moment: datetime) -> str:
+    """`2026-01-02T03:04:05Z`: how plans and errors write a moment."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration_text(delta: timedelta) -> str:
+    """`48h`, `90m`, `45s`: a grace period as production.yaml writes it."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+

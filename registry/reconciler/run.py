@@ -1,0 +1,358 @@
+"""A reconcile run: read and validate the committed state, take the reconcile lock, read the
+actual state, plan, apply, and record the run; plus `plan` (read only), `offline_plan` (no
+database) and the watch loop that reconciles every interval, like Flux."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from registry import faults
+from registry.database import bookkeeping
+from registry.database.connection import (
+    RECONCILE_LOCK_KEY,
+    connect,
+    database_error,
+    resolve_dsn,
+    session,
+)
+from registry.errors import (
+    DatabaseUnavailable,
+    GitError,
+    ReconcileBusy,
+    ReconcileFailed,
+    Refused,
+    RegistryError,
+    invalid,
+)
+from registry.reconciler.actual import ActualState, read_actual, row_counts, synthetic_actual
+from registry.reconciler.applier import (
+    DEFAULT_LOCK_TIMEOUT_MS,
+    SWAP_ATTEMPTS,
+    ActionResult,
+    Applier,
+)
+from registry.reconciler.planner import Plan, action_dict, make_plan, swap_target, utc_text
+from registry.repository import trust
+from registry.repository.state import Git, RegistryState, read_state
+from registry.repository.validation import tampering_problems
+
+if TYPE_CHECKING:
+    import threading
+
+log = logging.getLogger("registry.reconciler.run")
+
+
+Outcome = Literal["noop", "applied", "refused", "failed"]
+
+
+@dataclass
+class RunResult:
+    """One reconcile run: the plan, what each action did, and how the run ended."""
+
+    plan: Plan
+    results: list[ActionResult]
+    outcome: Outcome
+    run_id: int | None = None
+
+    @property
+    def failed(self) -> list[ActionResult]:
+        return [r for r in self.results if r.outcome == "failed"]
+
+    def raise_for_outcome(self) -> None:
+        """Turn a failed or refused run into its RegistryError (after the CLI rendered it)."""
+        if self.failed:
+            first = self.failed[0]
+            more = f"; {len(self.failed) - 1} more failed" if len(self.failed) > 1 else ""
+            raise ReconcileFailed(f"{first.action.describe()} failed: {first.error}{more}",
+                                  fix="fix the cause and rerun `registry reconcile`")
+        if self.outcome == "refused":
+            first_finding = self.plan.blocking[0]
+            raise Refused(first_finding.message, fix=first_finding.fix)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.plan.to_dict(),
+            "run_id": self.run_id,
+            "outcome": self.outcome,
+            "results": [
+                {"action": type(r.action).__name__, "table": r.action.table,
+                 "outcome": r.outcome, "error": r.error, "attempts": r.attempts,
+                 "seconds": round(r.seconds, 4)}
+                for r in self.results
+            ],
+        }
+
+
+def acquire_lock(dsn: str, *, wait: float = 0.0) -> psycopg.Connection[Any]:
+    """A connection holding the reconcile advisory lock, or ReconcileBusy naming the holder.
+
+    The lock lives as long as the connection, and the run does its work on that same
+    connection: if the server drops it, the lock and the work stop together, so a second
+    reconciler can never take the lock while the first is still applying. With `wait` > 0 the
+    server queues us behind the holder for at most `wait` seconds (a lock_timeout on
+    pg_advisory_lock: no polling, first come first served) before ReconcileBusy.
+    """
+    conn = connect(dsn, purpose="reconcile")
+    try:
+        if _take_lock(conn, wait):
+            return conn
+        holder = conn.execute(
+            "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid = ((%(key)s >> 32) & 4294967295)::bigint::oid "
+            "AND l.objid = (%(key)s & 4294967295)::bigint::oid AND l.objsubid = 1",
+            {"key": RECONCILE_LOCK_KEY},
+        ).fetchone()
+    except psycopg.Error as err:
+        conn.close()
+        raise database_error(err, dsn, "taking the reconcile lock") from None
+    except BaseException:
+        conn.close()
+        raise
+    conn.close()
+    if holder is None:
+        who = "another session (it may have just finished)"
+    else:
+        pid, app, addr, since = holder
+        where = f" from {addr}" if addr else ""
+        who = (f"backend pid {pid} ({app or 'no application_name'}{where}, "
+               f"connected {utc_text(since)})")
+    waited = f" (waited {wait:g}s)" if wait > 0 else ""
+    raise ReconcileBusy(f"another reconcile is running: the lock is held by {who}{waited}",
+                        fix="wait for it to finish, then rerun, or pass --wait-lock SECONDS")
+
+
+def _take_lock(conn: psycopg.Connection[Any], wait: float) -> bool:
+    if wait <= 0:
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (RECONCILE_LOCK_KEY,)).fetchone()
+        return bool(got and got[0])
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(wait * 1000)}ms")))
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (RECONCILE_LOCK_KEY,))
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute("RESET lock_timeout")
+
+
+def _record_start(conn: psycopg.Connection[Any], plan: Plan, actor: str) -> int:
+    return bookkeeping.start_reconcile_run(
+        conn, plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor)
+
+
+def _record_finish(
+    conn: psycopg.Connection[Any], run_id: int | None, result: RunResult, actor: str
+) -> int:
+    """Finish the run row (one statement; a no-op run is inserted already finished)."""
+    done = [action_dict(r.action) | {"result": r.outcome, "error": r.error, "attempts": r.attempts}
+            for r in result.results]
+    errors = [f"{r.action.describe()}: {r.error}" for r in result.failed]
+    errors += [f.render() for f in result.plan.blocking]
+    plan = result.plan
+    return bookkeeping.finish_reconcile_run(
+        conn, run_id, ref=plan.ref, commit=plan.commit, plan=json.dumps(done),
+        outcome=result.outcome, error="; ".join(errors) or None, actor=actor)
+
+
+def _actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def desired_state(
+    repo: Path | str, ref: str | None = None, *, fetch: bool = True,
+    signers: Path | None = None,
+) -> RegistryState:
+    """The validated desired state: a committed ref, never the working tree, with no locked
+    config edited after its tag. With `signers` (an allowed-signers file) the ref's signature
+    must verify too."""
+    git = Git(repo)
+    desired = git.desired_ref(ref, fetch=fetch)
+    state = read_state(git, desired)
+    state.require_valid()
+    tampered = tampering_problems(git, state)
+    if tampered:
+        raise invalid(tampered)
+    if signers is not None:
+        assert state.commit is not None
+        trust.verify(git, desired, state.commit, signers)
+    return state
+
+
+def _still_desired(
+    repo: Path | str, state: RegistryState, ref: str | None, fetch: bool, signers: Path | None
+) -> RegistryState:
+    """Under the lock: the ref may have moved while we connected or waited (another reconciler
+    may have applied a newer commit meanwhile); never apply a stale commit."""
+    git = Git(repo)
+    if git.resolve(git.desired_ref(ref, fetch=fetch)) == state.commit:
+        return state
+    return desired_state(repo, ref, fetch=False, signers=signers)
+
+
+def plan(
+    repo: Path | str,
+    *,
+    ref: str | None = None,
+    dsn: str | None = None,
+    fetch: bool = True,
+    force: bool = False,
+) -> Plan:
+    """What `reconcile` would do now (reads only; creates nothing, not even bookkeeping)."""
+    state = desired_state(repo, ref, fetch=fetch)
+    resolved = resolve_dsn(dsn)
+    with session(resolved.value, purpose="plan") as conn:
+        try:
+            actual = _read_for_plan(conn, state)
+        except psycopg.Error as err:
+            raise database_error(err, resolved.value, "reading the database") from None
+    return make_plan(state, actual, target=resolved.redacted, force=force)
+
+
+def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> ActualState:
+    """The actual state, with a has-rows probe of the swap target when a swap may be needed."""
+    actual = read_actual(conn, state.settings)
+    target = swap_target(state)
+    production = actual.production
+    view = actual.relations.get(state.settings.base_name)
+    settled = (production is not None and production.table_name == target and view is not None
+               and view.reads == ((state.settings.schema, target),))
+    if target and not settled and target in actual.relations:
+        actual.rows.update(row_counts(conn, state.settings.schema, [target], exact=False))
+    return actual
+
+
+def reconcile(
+    repo: Path | str,
+    *,
+    ref: str | None = None,
+    dsn: str | None = None,
+    force: bool = False,
+    fetch: bool = True,
+    now: datetime | None = None,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    attempts: int = SWAP_ATTEMPTS,
+    wait_lock: float = 0.0,
+    require_signed: bool = False,
+    allowed_signers: Path | None = None,
+) -> RunResult:
+    """Read and validate the desired state, lock, read the actual state, plan, apply, record.
+
+    The committed state is read and validated (and its signature verified with
+    `require_signed`) BEFORE any connection: an invalid or untrusted commit runs no SQL at all.
+    `now` overrides the database clock for the grace period (tests, what-if runs).
+    """
+    signers = None
+    if require_signed:
+        signers = trust.allowed_signers(Git(repo), allowed_signers)
+    state = desired_state(repo, ref, fetch=fetch, signers=signers)
+    resolved = resolve_dsn(dsn)
+    conn = acquire_lock(resolved.value, wait=wait_lock)
+    try:
+        faults.point("reconcile", "locked")
+        state = _still_desired(repo, state, ref, fetch, signers)
+        bookkeeping.ensure_schema(conn)
+        actual = _read_for_plan(conn, state)
+        if now is not None:
+            actual.now = now
+        the_plan = make_plan(state, actual, target=resolved.redacted, force=force)
+        applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
+                          schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
+                          attempts=attempts)
+        return _apply_and_record(conn, applier, the_plan)
+    except psycopg.Error as err:
+        raise database_error(err, resolved.value, "reconciling") from None
+    finally:
+        conn.close()
+
+
+def _apply_and_record(
+    conn: psycopg.Connection[Any], applier: Applier, the_plan: Plan
+) -> RunResult:
+    """Record the run as `running`, apply, record the outcome (a no-op run: one row, finished)."""
+    actor = _actor()
+    run_id = _record_start(conn, the_plan, actor) if the_plan.actions else None
+    faults.point("reconcile", "recorded")
+    results = applier.apply(the_plan)
+    outcome: Outcome
+    if any(r.outcome == "failed" for r in results):
+        outcome = "failed"
+    elif the_plan.blocking:
+        outcome = "refused"
+    else:
+        outcome = "applied" if results else "noop"
+    result = RunResult(the_plan, results, outcome, run_id)
+    faults.point("reconcile", "finishing")
+    result.run_id = _record_finish(conn, run_id, result, actor)
+    faults.point("reconcile", "finished")
+    return result
+
+
+def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
+    """What merging `head` into `base` would make the reconciler do, without a database:
+    the plan against a database exactly reconciled to `base` (for PR review in CI)."""
+    git = Git(repo)
+    base_state = read_state(git, base)
+    head_state = read_state(git, head)
+    head_state.require_valid()
+    return make_plan(head_state, synthetic_actual(base_state),
+                     target=f"a database reconciled to {base}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching: reconcile every interval, like Flux
+
+
+def watch(
+    repo: Path | str,
+    *,
+    stop: threading.Event,
+    interval: float = 60.0,
+    max_backoff: float = 300.0,
+    on_result: Callable[[RunResult], None] | None = None,
+    **options: Any,
+) -> int:
+    """Reconcile every `interval` seconds until `stop` (a threading.Event) is set.
+
+    Database and git outages back off exponentially (capped at `max_backoff`) with one log
+    line each; a busy lock, an invalid commit or a refusal wait for the next interval. Returns
+    the number of runs that completed.
+    """
+    failures = 0
+    runs = 0
+    while not stop.is_set():
+        delay = interval
+        try:
+            result = reconcile(repo, **options)
+            runs += 1
+            failures = 0
+            if on_result is not None:
+                on_result(result)
+        except (DatabaseUnavailable, GitError) as err:
+            failures += 1
+            delay = min(max(max_backoff, interval), interval * 2 ** (failures - 1))
+            log.warning("%s; retrying in %gs (attempt %d)", err, delay, failures + 1)
+        except RegistryError as err:
+            failures = 0
+            log.warning("%s; next run in %gs", err, delay)
+        if stop.wait(delay):
+            break
+    return runs
