@@ -784,9 +784,10 @@ def ingest(
     """`registry ingest VERSION --source PATH`: the locked config as committed on the main
     branch (or `ref`), its tokenizer checked by hash, its shadow table filled."""
     from registry.database.connection import resolve_dsn
+    from registry.repository.git import Git
     from registry.repository.state import committed_state
 
-    state = committed_state(repo, ref)
+    state = committed_state(Git(repo), ref)
     target = target_for(state, version)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
     return run_ingest(target, source, resolve_dsn(dsn).value, tokenizer_json, dedup=dedup,
@@ -832,10 +833,11 @@ def ingest_pending(
     Each config's tokenizer is the first of `tokenizer_files` whose hash matches it, else the
     one its name resolves to (local cache)."""
     from registry.database.connection import ensure_schema, resolve_dsn, session
+    from registry.repository.git import Git
     from registry.repository.state import committed_state
     from registry.tokenizer import file_hash
 
-    state = committed_state(repo, ref)
+    state = committed_state(Git(repo), ref)
     resolved = resolve_dsn(dsn).value
     with session(resolved, purpose="ingest pending") as conn:
         ensure_schema(conn)

@@ -425,9 +425,10 @@ def run_eval(
     from registry.database.connection import ensure_schema, resolve_dsn, session
 
     cases = load_cases(cases_file)
+    from registry.repository.git import Git
     from registry.repository.state import committed_state
 
-    target = resolve_target(committed_state(repo, ref), version)
+    target = resolve_target(committed_state(Git(repo), ref), version)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         _require_rows(conn, target)
         result = evaluate_table(conn, target.schema, target.table, target.chunk_version, cases,
@@ -454,10 +455,11 @@ def run_compare(
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
     from registry.database.connection import ensure_schema, resolve_dsn, session
+    from registry.repository.git import Git
     from registry.repository.state import committed_state
 
     cases = load_cases(cases_file)
-    state = committed_state(repo, ref)
+    state = committed_state(Git(repo), ref)
     settings = state.settings
     shadow_target = resolve_target(state, shadow)
     against_target = resolve_target(state, against)

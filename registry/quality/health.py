@@ -333,9 +333,10 @@ def run_health(
         load_cases,
     )
     from registry.quality.evaluation import record_eval as record_evaluation
+    from registry.repository.git import Git
     from registry.repository.state import committed_state
 
-    state = committed_state(repo, ref)
+    state = committed_state(Git(repo), ref)
     config = state.config(version)
     settings = state.settings
     guard = ProductionGuardrails(config, tokenizer_file, strict=strict).validate_config()

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     import psycopg
 
     from registry.config import ProductionConfig
+    from registry.repository.git import Git
     from registry.repository.github import GitHubClient
-    from registry.repository.state import Git
 
 log = logging.getLogger("registry.quality.promotion_watch")
 
@@ -292,8 +292,8 @@ def check(
     rollback once when it regressed inside the monitoring window."""
     from registry.database.connection import WATCH_LOCK_KEY, ensure_schema, resolve_dsn, session
     from registry.reconciler.core import desired_state
+    from registry.repository.git import Git
     from registry.repository.history import read_history
-    from registry.repository.state import Git
 
     env = os.environ if env is None else env
     state = desired_state(repo, ref, fetch=fetch)
@@ -393,7 +393,7 @@ def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotio
     branch = watch_branch(promotion)
     if git.resolve(f"refs/heads/{branch}"):
         git.run("branch", "-D", branch)  # left by a run interrupted before it was proposed
-    change = rollback(repo, branch=branch)
+    change = rollback(git, branch=branch)
     if change.reverted != promotion.commit:
         git.run("branch", "-D", branch)
         raise Refused(
@@ -401,7 +401,7 @@ def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotio
             f"{promotion.commit[:10]} of {promotion.chunk_version}",
             fix=f"bring {base} up to date with the reconciled ref (`git pull`), then rerun")
     git.push(f"+refs/heads/{branch}:refs/heads/{branch}")
-    title, body = describe_change(repo, branch, base)
+    title, body = describe_change(git, branch, base)
     made = propose(git, branch, base, title, evidence_markdown(result) + "\n" + body, env)
     proposal = Proposal(promotion.previous, promotion.promoted_at, branch, change.commit,
                         made.number, made.url, adopted=False, created=made.created)

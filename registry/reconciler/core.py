@@ -1086,12 +1086,12 @@ def desired_state(
     config edited after its tag. With `signers` (an allowed-signers file) the ref's signature
     must verify too."""
     from registry.errors import invalid
-    from registry.repository.state import Git, read_state
+    from registry.repository.git import Git
+    from registry.repository.state import committed_state
     from registry.repository.validation import tampering_problems
 
     git = Git(repo)
-    desired = git.desired_ref(ref, fetch=fetch)
-    state = read_state(git, desired)
+    state = committed_state(git, ref, fetch=fetch)
     state.require_valid()
     tampered = tampering_problems(git, state)
     if tampered:
@@ -1100,7 +1100,7 @@ def desired_state(
         from registry.repository.trust import verify
 
         assert state.commit is not None
-        verify(git, desired, state.commit, signers)
+        verify(git, state.ref, state.commit, signers)
     return state
 
 
@@ -1109,7 +1109,7 @@ def _still_desired(
 ) -> RegistryState:
     """Under the lock: the ref may have moved while we connected or waited (another reconciler
     may have applied a newer commit meanwhile); never apply a stale commit."""
-    from registry.repository.state import Git
+    from registry.repository.git import Git
 
     git = Git(repo)
     if git.resolve(git.desired_ref(ref, fetch=fetch)) == state.commit:
@@ -1175,7 +1175,7 @@ def reconcile(
 
     signers = None
     if require_signed:
-        from registry.repository.state import Git
+        from registry.repository.git import Git
         from registry.repository.trust import allowed_signers as signers_file
 
         signers = signers_file(Git(repo), allowed_signers)
@@ -1225,7 +1225,8 @@ def _apply_and_record(
 def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
     """What merging `head` into `base` would make the reconciler do, without a database:
     the plan against a database exactly reconciled to `base` (for PR review in CI)."""
-    from registry.repository.state import Git, read_state
+    from registry.repository.git import Git
+    from registry.repository.state import read_state
 
     git = Git(repo)
     base_state = read_state(git, base)
