@@ -152,11 +152,12 @@ def test_the_health_counts_read_the_partial_index_of_flagged_rows_not_the_heap(
     """The table's partial index and the check's WHERE are one predicate: if they ever drift
     apart PostgreSQL can no longer use the index and the check reads the whole table."""
     from registry.quality.health import counts_query
+    from registry.repository.git import Git
     from registry.repository.state import committed_state
 
     version = registry_repo.locked(prefix_policy=policy)
     reconcile(registry_repo.path, dsn=dsn)
-    state = committed_state(registry_repo.path, "main")
+    state = committed_state(Git(registry_repo.path), "main")
     config = state.config(version)
     with psycopg.connect(dsn) as conn:
         conn.execute("SET LOCAL enable_seqscan = off")

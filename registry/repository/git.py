@@ -40,6 +40,11 @@ def git_blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
+def _text(value: str | bytes) -> str:
+    """GitPython's cat-file answers are bytes; everything else here is text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @dataclass(frozen=True)
 class TagInfo:
     name: str
@@ -248,7 +253,7 @@ class Git:
             except ValueError:
                 headers[name] = None
             else:
-                headers[name] = (kind, sha)
+                headers[name] = (_text(kind), _text(sha))
         return headers
 
     def config_introductions(self, ref: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from registry.repository.state import Git
+from registry.repository.git import Git
 from tests.helpers import RegistryRepo, git
 
 
