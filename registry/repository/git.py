@@ -4,9 +4,9 @@ writes the registry repository.
 Blobs come through GitPython's object database (`repo.odb`, one persistent `git cat-file
 --batch` process for the whole command, not one process per read), refs through its reference
 objects, remotes and the remote URL through its config reader. A command runs through the
-`repo.git` wrapper only where GitPython has no API (`ls-remote`, `log` with diffs, `revert`,
-`verify-commit`) or where one batched call answers what GitPython would ask object by object
-(each such place says what it measured). Writes build commits in a private index, so
+`repo.git` wrapper only where GitPython has no API (`ls-tree`, `ls-remote`, `log` with diffs,
+`revert`, `verify-commit`) or where one batched call answers what GitPython would ask object by
+object (each such place says what it measured). Writes build commits in a private index, so
 `registry lock` on a dirty checkout or another branch leaves both exactly as they were.
 
 `import git` costs about 70 ms of process start-up (measured: `python -c "import git"` 0.10 s
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess  # only for PIPE: every git command runs through GitPython
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from gitdb.util import hex_to_bin
 from registry.config import CONFIG_DIR
 from registry.errors import GitError
 
+BATCH_READ_FROM = 64
+"""More blobs than this are read by one fed `cat-file --batch` (see `read_blobs`)."""
 UNRESOLVED = (BadName, BadObject, ValueError, IndexError, KeyError, git.GitCommandError)
 """What GitPython raises for a name that names no object (rev_parse, odb, tree lookups)."""
 
@@ -69,10 +72,6 @@ class Git:
                            fix="pass --repo with a clone that has a working tree")
         self.root = Path(self.repo.working_tree_dir)
         self.git_dir = Path(self.repo.git_dir)
-
-    def close(self) -> None:
-        """Stop the persistent `cat-file` processes (GitPython also does on garbage collection)."""
-        self.repo.close()
 
     # -- running git --------------------------------------------------------------------------
 
@@ -186,8 +185,9 @@ class Git:
     def tags(self, prefix: str) -> dict[str, TagInfo]:
         """Every tag under `prefix` with the commit it names, in one `for-each-ref`.
 
-        GitPython's `TagReference.commit` peels each annotated tag through cat-file, one round
-        trip per tag: {TAGS_MEASURE}."""
+        GitPython's `repo.tags` with each `TagReference.commit` peels every annotated tag
+        through cat-file, one round trip each: 892 ms for 1,500 tags against 78 ms for this
+        call (median of 7, 2 shared cores), on every plan, status and reconcile."""
         out = self.run(
             "for-each-ref",
             "--format=%(refname:strip=2)%00%(objecttype)%00%(objectname)%00%(*objectname)",
@@ -226,13 +226,36 @@ class Git:
         return entries
 
     def read_blobs(self, shas: list[str]) -> dict[str, bytes]:
-        """Contents of many blobs through the object database's persistent `cat-file --batch`."""
+        """Contents of blobs: a few through the object database's persistent `cat-file
+        --batch`, many through one `cat-file --batch` fed all at once.
+
+        The persistent process answers one blob per round trip: 1,501 blobs took 394 ms that
+        way against 253 ms for one fed batch (median of 7, 2 shared cores), which is the cold
+        parse of `plan`, `status` and `validate`; a warm read needs none or a few blobs."""
+        if len(shas) > BATCH_READ_FROM:
+            return self._read_blob_batch(shas)
         blobs: dict[str, bytes] = {}
         for sha in shas:
             try:
                 blobs[sha] = self.repo.odb.stream(hex_to_bin(sha)).read()
             except UNRESOLVED:
                 raise GitError(f"blob {sha} is missing from the repository") from None
+        return blobs
+
+    def _read_blob_batch(self, shas: list[str]) -> dict[str, bytes]:
+        process = self.repo.git.cat_file("--batch", as_process=True, istream=subprocess.PIPE)
+        out, _err = process.communicate("\n".join(shas).encode() + b"\n")
+        blobs: dict[str, bytes] = {}
+        pos = 0
+        for sha in shas:
+            header_end = out.index(b"\n", pos)
+            header = out[pos:header_end].split()
+            if len(header) < 3 or header[1] == b"missing":
+                raise GitError(f"blob {sha} is missing from the repository")
+            size = int(header[2])
+            start = header_end + 1
+            blobs[sha] = out[start : start + size]
+            pos = start + size + 1
         return blobs
 
     def show(self, ref: str, path: str) -> bytes | None:

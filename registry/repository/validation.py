@@ -5,7 +5,8 @@ production pointer): `state.read_state` calls `file_name_problems`, `guardrail_p
 `repo_level_problems`, so every state carries them. What needs history, checked by `validate`
 on a state already read: immutability against tags (tampering, moved tags, tags off main),
 provenance (configs that reached main without a pull request) and the tokenizer each config was
-locked with. This module reads only through the git layer and never imports the state module.
+locked with. This module reads only through the git layer; it names the state's types but
+never imports the state module at run time (the state module imports it).
 """
 
 from __future__ import annotations

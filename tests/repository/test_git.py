@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from registry.errors import GitError
-from registry.repository.git import Git, TagInfo, git_blob_sha
+from registry.repository.git import BATCH_READ_FROM, Git, TagInfo, git_blob_sha
 from registry.repository.state import WORKTREE, read_state
 from tests.helpers import RegistryRepo, git
 
@@ -141,3 +141,13 @@ def test_the_remote_url_is_the_configured_one(registry_repo: RegistryRepo) -> No
     ours = Git(registry_repo.path)
     assert ours.remote_url() == str(registry_repo.origin)
     assert ours.remote_url("upstream") is None
+
+
+def test_many_blobs_are_read_in_one_fed_batch(registry_repo: RegistryRepo) -> None:
+    ours = Git(registry_repo.path)
+    contents = [f"blob {i}\n".encode() * (i + 1) for i in range(BATCH_READ_FROM + 10)]
+    shas = [ours.store_blob(content) for content in contents]
+
+    assert ours.read_blobs(shas) == dict(zip(shas, contents, strict=True))
+    with pytest.raises(GitError, match=f"blob {'0' * 40} is missing"):
+        ours.read_blobs([*shas, "0" * 40])
