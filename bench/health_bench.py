@@ -61,8 +61,9 @@ def main() -> None:
     from registry.quality.evaluation import Case, evaluate_table
     from registry.quality.health import check_table
     from registry.reconciler.run import reconcile
+    from registry.repository.git import Git
     from registry.repository.lifecycle import lock
-    from registry.repository.state import Git, read_state
+    from registry.repository.state import read_state
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -86,7 +87,7 @@ def main() -> None:
         os.environ.update({"GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
                            "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "b@example.com"})
         tokenizer = build_tokenizer(work / "tokenizer.json")
-        result = lock(repo, chunk_size=450, overlap_ratio=0.1, jaccard_threshold=0.8,
+        result = lock(Git(repo), chunk_size=450, overlap_ratio=0.1, jaccard_threshold=0.8,
                       prefix_policy="A", embedder="BAAI/bge-large-en-v1.5",
                       tokenizer_file=tokenizer)
         subprocess.run(["git", *git_env, "-C", str(repo), "merge", "-q", result.branch], check=True)

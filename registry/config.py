@@ -39,6 +39,17 @@ PREFIX_MARKER = "Document: "
 CONFIG_DIR = "configs"
 PRODUCTION_FILE = "production.yaml"
 VERSION_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}-v[1-9][0-9]{0,5}")
+PRODUCTION_PATH = f"{CONFIG_DIR}/{PRODUCTION_FILE}"
+
+
+def config_path(chunk_version: str) -> str:
+    """Where the locked config of `chunk_version` lives in the registry repository."""
+    return f"{CONFIG_DIR}/{chunk_version}.yaml"
+
+
+def is_version(text: str) -> bool:
+    return VERSION_RE.fullmatch(text) is not None
+
 
 CHUNKING_FIELDS = (
     "chunk_size",

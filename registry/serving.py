@@ -13,15 +13,15 @@ from pathlib import Path
 
 from registry.config import LockedConfig
 from registry.errors import ConfigInvalid
-from registry.repository.state import Git, RegistryState, read_state
+from registry.repository.git import Git
+from registry.repository.state import RegistryState, committed_state
 
 REPO_ENV = "REGISTRY_REPO"
 
 
 def _state(repo: Path | str | None) -> RegistryState:
     path = repo if repo is not None else os.environ.get(REPO_ENV, ".")
-    git = Git(path)
-    return read_state(git, git.desired_ref(fetch=False))
+    return committed_state(Git(path))
 
 
 def retrieval_table(

@@ -106,6 +106,7 @@ class RegistryRepo:
 
     def lock(self, **params: Any) -> str:
         """`registry lock` through the library; returns the new chunk_version (branch unmerged)."""
+        from registry.repository.git import Git
         from registry.repository.lifecycle import lock
 
         defaults: dict[str, Any] = {
@@ -113,7 +114,7 @@ class RegistryRepo:
             "prefix_policy": "A", "embedder": "BAAI/bge-large-en-v1.5",
             "tokenizer_file": self.tokenizer_file,
         }
-        result = lock(self.path, **{**defaults, **params})
+        result = lock(Git(self.path), **{**defaults, **params})
         return result.config.chunk_version
 
     def merge(self, branch: str, *, how: str = "merge", push: bool = True) -> str:

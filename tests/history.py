@@ -17,7 +17,8 @@ from registry.database.chunk_table import chunk_table
 from registry.ingest.pipeline import ingest
 from registry.quality.health import HealthReport, check_table, record
 from registry.reconciler.run import reconcile
-from registry.repository.state import Git, RegistryState, read_state
+from registry.repository.git import Git
+from registry.repository.state import RegistryState, read_state
 from tests.database import promote
 from tests.helpers import RegistryRepo
 from tests.test_health_eval import write_corpus

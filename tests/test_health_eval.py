@@ -15,6 +15,7 @@ from registry.ingest.pipeline import ingest
 from registry.quality.evaluation import load_cases, relax_to_any, run_compare, run_eval
 from registry.quality.health import run_health
 from registry.reconciler.run import reconcile
+from registry.repository.git import Git
 from tests.helpers import RegistryRepo, run_cli
 
 WORDS = ["river", "stone", "window", "garden", "letter", "market", "silver", "engine", "harbor", "candle", "meadow", "pencil", "orchard", "lantern", "valley", "copper", "thunder", "ribbon", "falcon", "marble", "compass", "velvet", "glacier", "saddle", "timber", "beacon", "quarry", "meadowlark", "pebble", "cobalt", "saffron", "harvest", "pilgrim", "anchor", "basket", "cellar", "chimney", "desert", "ember", "fountain", "granite", "hollow", "island", "jasmine", "kettle", "ladder", "mirror", "nectar", "oyster", "parcel", "quiver", "raven", "summit", "tunnel", "umbrella", "violet", "walnut", "yarrow", "bramble", "canyon", "dagger", "feather", "gravel", "hammock", "indigo", "jungle", "kernel", "lichen", "mosaic", "nugget", "pepper", "quartz", "rustle", "sparrow", "thistle", "utensil", "vessel", "wander", "zenith", "blossom", "crystal"]
@@ -157,7 +158,7 @@ def test_the_health_counts_read_the_partial_index_of_flagged_rows_not_the_heap(
 
     version = registry_repo.locked(prefix_policy=policy)
     reconcile(registry_repo.path, dsn=dsn)
-    state = committed_state(registry_repo.path, "main")
+    state = committed_state(Git(registry_repo.path), "main")
     target = chunk_table(state, version)
     with psycopg.connect(dsn) as conn:
         conn.execute("SET LOCAL enable_seqscan = off")

@@ -113,23 +113,24 @@ def test_the_config_production_was_rolled_back_from_is_no_rollback_target(
 ) -> None:
     """After v1 -> v2 -> rollback to v1, `registry rollback` can never return to v2, so the
     reconciler must not keep v2 as "the previous production": retired, it is dropped."""
+    from registry.repository.git import Git
     from registry.repository.lifecycle import promote, retire, rollback, tag
 
     db = Database(dsn)
     v0, v1, v2 = (registry_repo.locked(chunk_size=s) for s in (400, 300, 200))
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
     reconcile(registry_repo.path, dsn=dsn)
     for version in (v0, v1, v2):
         db.fill(table_of(version))
-        registry_repo.merge(promote(registry_repo.path, version).branch)
+        registry_repo.merge(promote(Git(registry_repo.path), version).branch)
         reconcile(registry_repo.path, dsn=dsn)
-    registry_repo.merge(rollback(registry_repo.path).branch)
+    registry_repo.merge(rollback(Git(registry_repo.path)).branch)
     reconcile(registry_repo.path, dsn=dsn)
     assert db.view_target() == [table_of(v1)]
 
     with pytest.raises(Refused, match=f"cannot retire {v0}: it is the previous production"):
-        retire(registry_repo.path, v0)
-    registry_repo.merge(retire(registry_repo.path, v2).branch)
+        retire(Git(registry_repo.path), v0)
+    registry_repo.merge(retire(Git(registry_repo.path), v2).branch)
     now = db.query("SELECT now()")[0][0]
     reconcile(registry_repo.path, dsn=dsn)
     reconcile(registry_repo.path, dsn=dsn, now=now + timedelta(hours=49))

@@ -239,7 +239,8 @@ def test_drop_rechecks_every_rule_inside_its_transaction(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
     """A Drop built by hand (not by the planner) still cannot break a safety rule."""
-    from registry.repository.state import Git, read_state
+    from registry.repository.git import Git
+    from registry.repository.state import read_state
 
     v1, v2, v3, v4 = (registry_repo.locked(chunk_size=s) for s in (400, 300, 200, 100))
     run(registry_repo, db)

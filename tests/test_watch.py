@@ -28,8 +28,8 @@ from registry.quality.promotion_watch import Report, judge
 from registry.reconciler.run import reconcile
 from tests.github_server import FakeGitHub
 from tests.helpers import RegistryRepo, run_cli
+from tests.repository.test_promote_rollback import promoted
 from tests.test_health_eval import Corpus, write_corpus
-from tests.test_promote_rollback import promoted
 
 TOKEN = "ghp_Watch0123456789abcdefABCDEF0123456789ab"
 PULLS = "/repos/acme/chunk-configs/pulls"

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from registry.repository.git import Git
 from registry.repository.lifecycle import tag
 from tests.helpers import RegistryRepo, git
 
@@ -141,7 +142,7 @@ def test_validate_workflow_passes_a_good_pr_and_summarises_the_plan(
     registry_repo: RegistryRepo, tmp_path: Path
 ) -> None:
     v1 = registry_repo.locked()
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
     v2 = registry_repo.lock(chunk_size=400)
     cache_tokenizer(registry_repo)
     workspace = pr_checkout(registry_repo, f"lock/{v2}", tmp_path)
@@ -166,7 +167,7 @@ def test_validate_workflow_fails_the_check_with_annotations_on_a_tampered_config
     registry_repo: RegistryRepo, tmp_path: Path
 ) -> None:
     v1 = registry_repo.locked()
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
     cache_tokenizer(registry_repo)
     registry_repo.git("checkout", "--quiet", "-b", "edit-locked", "main")
     path = f"configs/{v1}.yaml"

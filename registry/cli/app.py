@@ -21,6 +21,7 @@ from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
 
 if TYPE_CHECKING:
     from registry.errors import Problem
+    from registry.repository.git import Git
     from registry.repository.github import Proposal
     from registry.repository.lifecycle import ChangeResult
     from registry.repository.state import RegistryState
@@ -115,11 +116,13 @@ def lock(
     fmt: FormatOpt = "text",
 ) -> None:
     """Lock a new chunking config: a branch lock/<version> with one commit adding it."""
+    from registry.repository.git import Git
     from registry.repository.lifecycle import lock as lock_config
     from registry.repository.lifecycle import propose_change
 
+    git = Git(repo)
     result = lock_config(
-        repo,
+        git,
         chunk_size=chunk_size,
         overlap_ratio=overlap_ratio,
         jaccard_threshold=jaccard_threshold,
@@ -134,7 +137,7 @@ def lock(
         push=push or pr,
     )
     config = result.config
-    proposal = propose_change(repo, result.branch, result.base) if pr else None
+    proposal = propose_change(git, result.branch, result.base) if pr else None
     if fmt == "json":
         _emit_json({
             "chunk_version": config.chunk_version, "branch": result.branch,
@@ -181,7 +184,8 @@ def validate(
     ] = None,
 ) -> None:
     """Check every invariant: schema, guardrails, names, production pointer, tags, tokenizer."""
-    from registry.repository.state import WORKTREE, Git
+    from registry.repository.git import Git
+    from registry.repository.state import WORKTREE, read_state
     from registry.repository.validation import validate as run_validate
 
     files: dict[str, Path] = {}
@@ -190,7 +194,9 @@ def validate(
         if not sep:
             raise _usage(f"--tokenizer-file {item!r} is not NAME=PATH")
         files[name] = Path(path)
-    report = run_validate(Git(repo), ref or WORKTREE, strict=strict, tokenizer_files=files)
+    git = Git(repo)
+    state = read_state(git, ref or WORKTREE)
+    report = run_validate(git, state, strict=strict, tokenizer_files=files)
     if fmt == "json":
         _emit_json({
             "ref": report.ref, "commit": report.commit, "configs": report.configs,
@@ -234,9 +240,10 @@ def tag(
     fmt: FormatOpt = "text",
 ) -> None:
     """Tag every config on main that has no tag yet, on the commit that introduced it."""
+    from registry.repository.git import Git
     from registry.repository.lifecycle import tag as tag_configs
 
-    result = tag_configs(repo, ref=ref, push=push)
+    result = tag_configs(Git(repo), ref=ref, push=push)
     if fmt == "json":
         _emit_json({"created": result.created, "existing": result.existing,
                     "pushed": result.pushed})
@@ -248,9 +255,10 @@ def tag(
 
 
 def _committed_state(repo: Path, ref: str | None) -> RegistryState:
+    from registry.repository.git import Git
     from registry.repository.state import committed_state
 
-    return committed_state(repo, ref)
+    return committed_state(Git(repo), ref)
 
 
 def _config_row(state: RegistryState, version: str, tags: dict[str, Any]) -> dict[str, Any]:
@@ -271,10 +279,12 @@ def _config_row(state: RegistryState, version: str, tags: dict[str, Any]) -> dic
 @app.command("list")
 def list_configs(repo: RepoOpt = Path("."), ref: RefOpt = None, fmt: FormatOpt = "text") -> None:
     """The locked configs on a ref, newest first, with tag and production marker."""
-    from registry.repository.state import Git
+    from registry.repository.git import Git
+    from registry.repository.state import committed_state
 
-    state = _committed_state(repo, ref)
-    tags = Git(repo).tags(state.settings.tag_prefix)
+    git = Git(repo)
+    state = committed_state(git, ref)
+    tags = git.tags(state.settings.tag_prefix)
     rows = [_config_row(state, v, tags) for v in sorted(state.configs, reverse=True)]
     if fmt == "json":
         _emit_json(rows)
@@ -296,11 +306,13 @@ def show(
     fmt: FormatOpt = "text",
 ) -> None:
     """One locked config: its parameters, derived names, tag and production marker."""
-    from registry.repository.state import Git
+    from registry.repository.git import Git
+    from registry.repository.state import committed_state
 
-    state = _committed_state(repo, ref)
+    git = Git(repo)
+    state = committed_state(git, ref)
     config = state.config(version)
-    row = _config_row(state, config.chunk_version, Git(repo).tags(state.settings.tag_prefix))
+    row = _config_row(state, config.chunk_version, git.tags(state.settings.tag_prefix))
     if fmt == "json":
         _emit_json(row)
         return
@@ -363,11 +375,11 @@ def _print_proposal(proposal: Proposal) -> None:
         _print(f"Pull request #{proposal.number} is already open: {proposal.url}")
 
 
-def _report_change(repo: Path, result: ChangeResult, fmt: str, pr: bool) -> None:
+def _report_change(git: Git, result: ChangeResult, fmt: str, pr: bool) -> None:
     """Print what a promote/retire/rollback made, and the step that makes it count."""
     from registry.repository.lifecycle import propose_change
 
-    proposal = propose_change(repo, result.branch, result.base) if pr else None
+    proposal = propose_change(git, result.branch, result.base) if pr else None
     if fmt == "json":
         _emit_json({
             "action": result.action, "chunk_version": result.chunk_version,
@@ -401,10 +413,12 @@ def promote(
     fmt: FormatOpt = "text",
 ) -> None:
     """Point production at a locked version: a branch promote/<version> with one commit."""
+    from registry.repository.git import Git
     from registry.repository.lifecycle import promote as promote_version
 
-    result = promote_version(repo, version, dsn=dsn, force=force, push=push or pr)
-    _report_change(repo, result, fmt, pr)
+    git = Git(repo)
+    result = promote_version(git, version, dsn=dsn, force=force, push=push or pr)
+    _report_change(git, result, fmt, pr)
 
 
 @app.command()
@@ -416,9 +430,11 @@ def retire(
     fmt: FormatOpt = "text",
 ) -> None:
     """Delete a locked config (its table is dropped after the grace period): branch retire/<v>."""
+    from registry.repository.git import Git
     from registry.repository.lifecycle import retire as retire_version
 
-    _report_change(repo, retire_version(repo, version, push=push or pr), fmt, pr)
+    git = Git(repo)
+    _report_change(git, retire_version(git, version, push=push or pr), fmt, pr)
 
 
 @app.command()
@@ -426,9 +442,11 @@ def rollback(
     push: PushOpt = False, pr: PrOpt = False, repo: RepoOpt = Path("."), fmt: FormatOpt = "text"
 ) -> None:
     """Revert the last promotion on main: a branch rollback/<version> with a `git revert`."""
+    from registry.repository.git import Git
     from registry.repository.lifecycle import rollback as rollback_production
 
-    _report_change(repo, rollback_production(repo, push=push or pr), fmt, pr)
+    git = Git(repo)
+    _report_change(git, rollback_production(git, push=push or pr), fmt, pr)
 
 
 @app.command()
@@ -439,8 +457,8 @@ def history(
     fmt: FormatOpt = "text",
 ) -> None:
     """Locks, promotions, rollbacks and retirements on main, newest first: who, when, PR."""
+    from registry.repository.git import Git
     from registry.repository.history import read_history
-    from registry.repository.state import Git
 
     git = Git(repo)
     events = read_history(git, git.desired_ref(ref, fetch=False))[:limit]

@@ -68,6 +68,7 @@ from registry.ingest.chunker import (
     Document,
     Shingles,
 )
+from registry.repository.git import Git
 from registry.repository.state import RegistryState, committed_state
 from registry.tokenizer import file_hash, resolve
 
@@ -714,7 +715,7 @@ def ingest(
 ) -> IngestReport:
     """`registry ingest VERSION --source PATH`: the locked config as committed on the main
     branch (or `ref`), its tokenizer checked by hash, its shadow table filled."""
-    state = committed_state(repo, ref)
+    state = committed_state(Git(repo), ref)
     target = chunk_table(state, version)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
     return run_ingest(target, source, resolve_dsn(dsn).value, tokenizer_json, dedup=dedup,
@@ -751,7 +752,7 @@ def ingest_pending(
 
     Each config's tokenizer is the first of `tokenizer_files` whose hash matches it, else the
     one its name resolves to (local cache)."""
-    state = committed_state(repo, ref)
+    state = committed_state(Git(repo), ref)
     resolved = resolve_dsn(dsn).value
     with session(resolved, purpose="ingest pending") as conn:
         bookkeeping.ensure_schema(conn)

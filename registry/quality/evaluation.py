@@ -26,6 +26,7 @@ from registry.database import bookkeeping
 from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, require_table
 from registry.database.connection import resolve_dsn, session
 from registry.errors import ConfigInvalid, Refused, UsageError
+from registry.repository.git import Git
 from registry.repository.state import committed_state
 
 MatchMode = Literal["any", "all"]
@@ -343,7 +344,7 @@ def run_eval(
 ) -> EvalResult:
     """`registry eval VERSION`: evaluate one table on the cases (and record it)."""
     cases = load_cases(cases_file)
-    target = chunk_table(committed_state(repo, ref), version)
+    target = chunk_table(committed_state(Git(repo), ref), version)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         _require_rows(conn, target)
         result = evaluate_table(conn, target, cases, k=k, top=top, match=match)
@@ -369,7 +370,7 @@ def run_compare(
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
     cases = load_cases(cases_file)
-    state = committed_state(repo, ref)
+    state = committed_state(Git(repo), ref)
     settings = state.settings
     shadow_target = chunk_table(state, shadow)
     against_target = chunk_table(state, against)

@@ -42,6 +42,7 @@ from registry.quality.evaluation import (
     load_cases,
     record_eval,
 )
+from registry.repository.git import Git
 from registry.repository.state import committed_state
 from registry.tokenizer import resolve, special_token_count
 
@@ -287,7 +288,7 @@ def run_health(
     """`registry health`: guardrails on the config and on the data, retrieval metrics (a fresh
     evaluation with `cases_file`, else the last one recorded), alerts; appended to
     health_reports so the dashboard can draw trends."""
-    state = committed_state(repo, ref)
+    state = committed_state(Git(repo), ref)
     target = chunk_table(state, version)
     config = target.config
     settings = state.settings

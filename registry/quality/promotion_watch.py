@@ -35,10 +35,10 @@ from registry.database.bookkeeping import RollbackProposal
 from registry.database.connection import WATCH_LOCK_KEY, resolve_dsn, session
 from registry.errors import Refused, RegistryError, WatchBusy
 from registry.reconciler.run import desired_state
+from registry.repository.git import Git
 from registry.repository.github import GitHubClient, origin_repo, propose, token_from
 from registry.repository.history import read_history
 from registry.repository.lifecycle import describe_change, rollback
-from registry.repository.state import Git
 
 if TYPE_CHECKING:
     import threading
@@ -310,7 +310,7 @@ def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotio
     branch = watch_branch(promotion)
     if git.resolve(f"refs/heads/{branch}"):
         git.run("branch", "-D", branch)  # left by a run interrupted before it was proposed
-    change = rollback(repo, branch=branch)
+    change = rollback(git, branch=branch)
     if change.reverted != promotion.commit:
         git.run("branch", "-D", branch)
         raise Refused(
@@ -318,7 +318,7 @@ def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotio
             f"{promotion.commit[:10]} of {promotion.chunk_version}",
             fix=f"bring {base} up to date with the reconciled ref (`git pull`), then rerun")
     git.push(f"+refs/heads/{branch}:refs/heads/{branch}")
-    title, body = describe_change(repo, branch, base)
+    title, body = describe_change(git, branch, base)
     made = propose(git, branch, base, title, evidence_markdown(result) + "\n" + body, env)
     proposal = RollbackProposal(promotion.previous, promotion.promoted_at, branch, change.commit,
                                 made.number, made.url, adopted=False, created=made.created)

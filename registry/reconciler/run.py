@@ -45,7 +45,8 @@ from registry.reconciler.applier import (
 )
 from registry.reconciler.planner import Plan, action_dict, make_plan, swap_target, utc_text
 from registry.repository import trust
-from registry.repository.state import Git, RegistryState, read_state
+from registry.repository.git import Git
+from registry.repository.state import RegistryState, committed_state, read_state
 from registry.repository.validation import tampering_problems
 
 if TYPE_CHECKING:
@@ -185,15 +186,14 @@ def desired_state(
     config edited after its tag. With `signers` (an allowed-signers file) the ref's signature
     must verify too."""
     git = Git(repo)
-    desired = git.desired_ref(ref, fetch=fetch)
-    state = read_state(git, desired)
+    state = committed_state(git, ref, fetch=fetch)
     state.require_valid()
     tampered = tampering_problems(git, state)
     if tampered:
         raise invalid(tampered)
     if signers is not None:
         assert state.commit is not None
-        trust.verify(git, desired, state.commit, signers)
+        trust.verify(git, state.ref, state.commit, signers)
     return state
 
 

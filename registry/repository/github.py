@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import GitError, GitHubError
+from registry.repository.git import Git
+from registry.repository.state import WORKTREE
 
 if TYPE_CHECKING:
     from email.message import Message
 
     from registry.errors import Problem
-    from registry.repository.state import Git
     from registry.repository.validation import Report
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -97,7 +98,7 @@ def parse_remote_url(url: str) -> GitHubRepo:
 
 def origin_repo(git: Git, remote: str = "origin") -> GitHubRepo:
     """The GitHub repository behind `remote` (its configured URL, not a rewritten one)."""
-    url = git.run("config", "--get", f"remote.{remote}.url", check=False).strip()
+    url = git.remote_url(remote)
     if not url:
         raise GitError(f"there is no remote named {remote}",
                        fix="git remote add origin https://github.com/OWNER/REPO.git")
@@ -333,8 +334,6 @@ def append_step_summary(markdown: str, env: Mapping[str, str] | None = None) -> 
 
 def validation_summary(report: Report) -> str:
     """`registry validate` as Markdown for the job summary: verdict, then each problem."""
-    from registry.repository.state import WORKTREE
-
     where = "the working tree" if report.ref == WORKTREE else f"`{report.ref}`"
     verdict = "passed" if report.ok else "failed"
     icon = "\u2705" if report.ok else "\u274c"

@@ -14,9 +14,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from registry.config import CONFIG_DIR, VERSION_RE
+from registry.config import CONFIG_DIR, PRODUCTION_PATH, VERSION_RE
 from registry.errors import Refused
-from registry.repository.state import PRODUCTION_PATH, Git, read_state
+from registry.repository.git import Git
+from registry.repository.state import read_state
 
 Kind = Literal["lock", "promote", "rollback", "retire"]
 Merge = Literal["merge", "squash", "commit"]

@@ -8,31 +8,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from registry.config import (
     MAX_CHUNK_SIZE,
     MAX_OVERLAP_RATIO,
     MIN_JACCARD,
+    PRODUCTION_PATH,
     SCHEMA_VERSION,
     LockedConfig,
+    config_path,
     guardrail_violations,
+    is_version,
     parse_yaml,
     set_production_pointer,
     utc_now,
 )
+from registry.database.connection import session
 from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
-from registry.repository.state import (
-    PRODUCTION_PATH,
-    Git,
-    RegistryState,
-    config_path,
-    is_version,
-    read_state,
-)
-
-if TYPE_CHECKING:
-    from registry.repository.github import Proposal
+from registry.quality.gate import promotion_note
+from registry.reconciler.render import render_plan
+from registry.reconciler.run import offline_plan
+from registry.repository.config_schema import schema_problems
+from registry.repository.git import Git
+from registry.repository.github import Proposal, propose
+from registry.repository.history import last_promotion, read_history, standing_promotions
+from registry.repository.runbook import render
+from registry.repository.state import RegistryState, read_state
+from registry.tokenizer import resolve, special_token_count
 
 TRAILER = "Chunk-Version"
 
@@ -111,7 +114,7 @@ def next_version(git: Git, state: RegistryState, now: datetime) -> str:
 
 
 def lock(
-    repo: Path | str,
+    git: Git,
     *,
     chunk_size: int,
     overlap_ratio: float,
@@ -128,10 +131,7 @@ def lock(
     now: datetime | None = None,
 ) -> LockResult:
     """Lock a new config: branch `lock/<version>` from main with one commit adding it."""
-    from registry.tokenizer import resolve, special_token_count
-
     check_parameters(chunk_size, overlap_ratio, jaccard_threshold, prefix_policy)
-    git = Git(repo)
     base = git.main_branch()
     state = read_state(git, base)
     metrics = (
@@ -165,8 +165,6 @@ def lock(
     changes: dict[str, bytes | None] = {path: config.dump().encode()}
     runbook_path = None
     if generate_runbook:
-        from registry.repository.runbook import render
-
         runbook_path = f"runbooks/{config.chunk_version}.md"
         changes[runbook_path] = render(config, state.settings, "markdown").encode()
     message = (
@@ -186,8 +184,6 @@ def lock(
 
 def _checked(data: dict[str, Any], special_tokens: int) -> LockedConfig:
     """Schema and guardrails on the exact mapping that will be written."""
-    from registry.repository.config_schema import schema_problems
-
     text = LockedConfig.from_mapping(data).dump()
     doc = parse_yaml(text.encode(), config_path(str(data["chunk_version"])))
     problems = schema_problems(doc, "locked")
@@ -211,9 +207,8 @@ class TagResult:
     pushed: bool
 
 
-def tag(repo: Path | str, *, ref: str | None = None, push: bool = False) -> TagResult:
+def tag(git: Git, *, ref: str | None = None, push: bool = False) -> TagResult:
     """Annotate every config on main that has no tag yet, on the commit that introduced it."""
-    git = Git(repo)
     main = git.desired_ref(ref, fetch=False)
     state = read_state(git, main)
     settings = state.settings
@@ -235,7 +230,7 @@ def tag(repo: Path | str, *, ref: str | None = None, push: bool = False) -> TagR
             f"config_hash: {config.config_hash}\ningest_run_id: {config.ingest_run_id}\n"
             f"tokenizer_hash: {config.tokenizer_hash}\n"
         )
-        git.run("tag", "-a", name, commit, "-m", message)
+        git.create_tag(name, commit, message)
         created.append(name)
     if push and created:
         git.push(*(f"refs/tags/{name}:refs/tags/{name}" for name in created))
@@ -286,7 +281,7 @@ def _require_locked(state: RegistryState, version: str, base: str, action: str) 
 
 
 def promote(
-    repo: Path | str, version: str, *, dsn: str | None = None, force: bool = False,
+    git: Git, version: str, *, dsn: str | None = None, force: bool = False,
     push: bool = False,
 ) -> ChangeResult:
     """Branch `promote/<version>` from main with one commit pointing production at `version`.
@@ -295,7 +290,6 @@ def promote(
     and, when a database is given (`dsn`, else REGISTRY_DSN or DATABASE_URL), when its last eval
     comparison failed (or none exists and production.yaml requires one) unless `force`.
     """
-    git = Git(repo)
     base = git.main_branch()
     state = read_state(git, base)
     config = _require_locked(state, version, base, "promote")
@@ -337,21 +331,15 @@ def _eval_gate(version: str, require_eval: bool, dsn: str | None, force: bool) -
     dsn = dsn or os.environ.get("REGISTRY_DSN") or os.environ.get("DATABASE_URL")
     if not dsn:
         return None
-    from registry.database.connection import session
-    from registry.quality.gate import promotion_note
-
     with session(dsn, purpose="promote") as conn:
         return promotion_note(conn, version, require_eval=require_eval, force=force)
 
 
-def retire(repo: Path | str, version: str, *, push: bool = False) -> ChangeResult:
+def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
     """Branch `retire/<version>` from main with one commit deleting the config.
 
     Refused for the production version and the previous production (the rollback target).
     """
-    from registry.repository.history import read_history, standing_promotions
-
-    git = Git(repo)
     base = git.main_branch()
     state = read_state(git, base)
     _require_locked(state, version, base, "retire")
@@ -379,7 +367,7 @@ def retire(repo: Path | str, version: str, *, push: bool = False) -> ChangeResul
     return _finish(git, "retire", version, base, commit, push)
 
 
-def rollback(repo: Path | str, *, push: bool = False, branch: str | None = None) -> ChangeResult:
+def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> ChangeResult:
     """Branch `rollback/<version>` with a `git revert` of the last promotion still in force.
 
     The promotion may have reached main as a merge commit (reverted with `-m 1`), a squash
@@ -388,9 +376,6 @@ def rollback(repo: Path | str, *, push: bool = False, branch: str | None = None)
     production.yaml. `branch` overrides `rollback/<version>` (the regression watch names its
     own per promotion).
     """
-    from registry.repository.history import last_promotion
-
-    git = Git(repo)
     base = git.main_branch()
     state = read_state(git, base)
     event = last_promotion(git, base)
@@ -436,21 +421,16 @@ def _duration(value: timedelta) -> str:
 # Pull request text
 
 
-def propose_change(repo: Path | str, branch: str, base: str) -> Proposal:
+def propose_change(git: Git, branch: str, base: str) -> Proposal:
     """The pull request of a pushed change branch (or, without a token, the page to open it)."""
-    from registry.repository.github import propose
-
-    title, body = describe_change(repo, branch, base)
-    return propose(Git(repo), branch, base, title, body)
+    title, body = describe_change(git, branch, base)
+    return propose(git, branch, base, title, body)
 
 
-def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]:
+def describe_change(git: Git, branch: str, base: str) -> tuple[str, str]:
     """Title and Markdown body of the pull request for a change branch: the commit message,
     the locked config it is about, the offline plan of the merge, and the config's runbook
     (not for a retirement)."""
-    from registry.repository.runbook import render
-
-    git = Git(repo)
     message = git.run("log", "-1", "--format=%B", branch).strip()
     title, _, rest = message.partition("\n")
     paragraphs = [p for p in rest.strip().split("\n\n") if p and not p.startswith(f"{TRAILER}:")]
@@ -463,7 +443,7 @@ def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]
         config = read_state(git, base).configs.get(version)  # retire: the config leaves
     if config is not None:
         sections.append(f"## Config `{config.chunk_version}`\n\n```yaml\n{config.dump()}```")
-    sections.append(_offline_plan_section(repo, base, branch))
+    sections.append(_offline_plan_section(git.root, base, branch))
     if config is not None and not branch.startswith("retire/"):
         runbook = render(config, state.settings, "markdown")
         sections.append(runbook.replace("\n## ", "\n### ").replace("# Runbook:", "## Runbook:", 1))
@@ -472,12 +452,9 @@ def describe_change(repo: Path | str, branch: str, base: str) -> tuple[str, str]
     return title, "\n\n".join(s.strip() for s in sections) + "\n"
 
 
-def _offline_plan_section(repo: Path | str, base: str, branch: str) -> str:
+def _offline_plan_section(repo: Path, base: str, branch: str) -> str:
     """`registry plan --base BASE --head BRANCH` as Markdown; a plan that cannot be made is
     shown as such (the validate check on the PR fails on the same problem)."""
-    from registry.reconciler.render import render_plan
-    from registry.reconciler.run import offline_plan
-
     command = f"`registry plan --base {base} --head {branch}`"
     try:
         plan = render_plan(offline_plan(repo, base, branch), "markdown")

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import Refused, UsageError
-from registry.repository.state import Git
+from registry.repository.git import Git
 
 GOOD = re.compile(r'^Good "git" signature for (?P<principal>.+) with (?P<key>.+)$', re.MULTILINE)
 
@@ -33,7 +32,9 @@ class Signature:
 
 def allowed_signers(git: Git, explicit: Path | None) -> Path:
     """`explicit`, else git config `gpg.ssh.allowedSignersFile` (a relative path is taken from
-    the repository root, as git does); it must exist."""
+    the repository root, as git does); it must exist. Asked of `git config`, not GitPython's
+    config reader: that one ignores GIT_CONFIG_GLOBAL and GIT_CONFIG_NOSYSTEM, and which file
+    a key comes from decides who may change production."""
     if explicit is None:
         configured = git.run("config", "--get", "gpg.ssh.allowedSignersFile", check=False).strip()
         if not configured:
@@ -53,20 +54,19 @@ def allowed_signers(git: Git, explicit: Path | None) -> Path:
 def verify(git: Git, ref: str, commit: str, signers: Path) -> Signature:
     """The signature of `ref` (an annotated tag's own signature, else the commit's), or Refused
     saying why it does not verify."""
-    tag = git.run("cat-file", "-t", ref, check=False).strip() == "tag"
+    tag = git.object_type(ref) == "tag"
     revision = ref if tag else commit
     command = "verify-tag" if tag else "verify-commit"
-    proc = subprocess.run(
+    status, out, err = git.execute(
         # The verifier is pinned too: a repository's own config must not swap it for a
         # program that always says "Good".
-        ["git", "-C", str(git.root), "-c", "gpg.format=ssh", "-c", "gpg.ssh.program=ssh-keygen",
-         "-c", f"gpg.ssh.allowedSignersFile={signers}", command, revision],
-        capture_output=True, text=True, check=False,
+        "-c", "gpg.format=ssh", "-c", "gpg.ssh.program=ssh-keygen",
+        "-c", f"gpg.ssh.allowedSignersFile={signers}", command, revision,
     )
-    output = (proc.stderr + proc.stdout).strip()
+    output = (err + out.decode("utf-8", errors="replace")).strip()
     good = GOOD.search(output)
     what = f"tag {ref}" if tag else f"commit {commit[:10]} ({ref})"
-    if proc.returncode == 0 and good is not None:
+    if status == 0 and good is not None:
         return Signature(revision, good["principal"], good["key"])
     lines = [line for line in output.splitlines() if line.strip()]
     if not lines:

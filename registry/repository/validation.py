@@ -1,9 +1,12 @@
 """Every invariant of the registry, as a list of Problems (`path:line: message (fix)`).
 
-Schema, guardrails, file names and the production pointer come from reading the state
-(`gitops.read_state`); this module adds what needs history: immutability against tags
-(tampering, moved tags, tags off main), provenance (configs that reached main without a pull
-request) and the tokenizer each config was locked with.
+Two kinds. What reading a state checks (file names, guardrails, one file per version, the
+production pointer): `state.read_state` calls `file_name_problems`, `guardrail_problems` and
+`repo_level_problems`, so every state carries them. What needs history, checked by `validate`
+on a state already read: immutability against tags (tampering, moved tags, tags off main),
+provenance (configs that reached main without a pull request) and the tokenizer each config was
+locked with. This module reads only through the git layer; it names the state's types but
+never imports the state module at run time (the state module imports it).
 """
 
 from __future__ import annotations
@@ -11,19 +14,115 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from registry.config import PREFIX_BUDGET_TOKENS
-from registry.errors import Problem, RegistryError
-from registry.repository.state import (
-    WORKTREE,
-    Git,
-    ParseCache,
-    RegistryState,
-    TagInfo,
+from registry.config import (
+    CONFIG_DIR,
+    PREFIX_BUDGET_TOKENS,
+    PRODUCTION_PATH,
+    YamlDoc,
     config_path,
+    guardrail_violations,
     is_version,
-    read_state,
+    parse_yaml,
 )
+from registry.errors import Problem, RegistryError, TokenizerUnavailable
+from registry.repository.git import Git, TagInfo
+from registry.repository.parse_cache import ParseCache
+from registry.tokenizer import resolve, special_token_count
+
+if TYPE_CHECKING:
+    from registry.repository.state import ConfigFile, RegistryState
+
+
+# ---------------------------------------------------------------------------------------------
+# What reading a state checks
+
+
+def file_name_problems(
+    entries: list[tuple[str, str, str]],
+) -> tuple[list[tuple[str, str]], list[Problem]]:
+    """Split configs/ entries (mode, blob, path) into (path, blob) of the config files to parse
+    and problems with the names."""
+    keep: list[tuple[str, str]] = []
+    problems: list[Problem] = []
+    for mode, blob, path in entries:
+        folder, _, name = path.rpartition("/")
+        if path == PRODUCTION_PATH:
+            continue
+        if not (name.endswith(".yaml") or name.endswith(".yml")):
+            continue
+        if mode == "120000":
+            problems.append(Problem(path, 1, "configs must be regular files, not symlinks",
+                                    "commit the file itself"))
+            continue
+        if mode not in ("100644", "100755"):
+            problems.append(Problem(path, 1, f"unexpected entry (mode {mode})", "remove it"))
+            continue
+        if folder != CONFIG_DIR:
+            problems.append(Problem(path, 1, "configs live directly in configs/, not in a "
+                                    "subfolder", f"move it to {CONFIG_DIR}/{name}"))
+            continue
+        if name.endswith(".yml"):
+            problems.append(Problem(path, 1, "config files end in .yaml",
+                                    f"rename it to {CONFIG_DIR}/{name[:-4]}.yaml"))
+            continue
+        keep.append((path, blob))
+    return keep, problems
+
+
+def repo_level_problems(
+    git: Git, state: RegistryState, contents: Mapping[str, bytes]
+) -> list[Problem]:
+    """File name == version, versions unique, production names an existing config."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for file in state.files.values():
+        if file.config is None:
+            continue
+        version = file.config.chunk_version
+        expected = config_path(version)
+        if file.path != expected:
+            problems.append(_doc(git, file, contents).problem(
+                ("chunk_version",), f"file name does not match chunk_version {version}",
+                f"rename the file to {expected} or fix chunk_version"))
+        if version in seen:
+            problems.append(_doc(git, file, contents).problem(
+                ("chunk_version",), f"chunk_version {version} is already used by {seen[version]}",
+                "every locked config needs its own version"))
+        seen.setdefault(version, file.path)
+    production = state.production
+    if (
+        production is not None
+        and production.production is not None
+        and production.production not in state.configs
+    ):
+        problems.append(
+            Problem(PRODUCTION_PATH, state.production_line, f"production names "
+                    f"{production.production}, which is not a locked config in {CONFIG_DIR}/",
+                    "lock that version first, or point production at an existing one")
+        )
+    return problems
+
+
+def _doc(git: Git, file: ConfigFile, contents: Mapping[str, bytes]) -> YamlDoc:
+    """The parsed file with line numbers, re-read only when a problem needs a line."""
+    raw = contents.get(file.blob) or git.read_blobs([file.blob])[file.blob]
+    return parse_yaml(raw, file.path)
+
+
+def guardrail_problems(git: Git, file: ConfigFile, contents: Mapping[str, bytes]) -> list[Problem]:
+    """The hard guardrails on one parsed config, each at the line of its field."""
+    assert file.config is not None
+    violations = guardrail_violations(file.config)
+    if not violations:
+        return []
+    doc = _doc(git, file, contents)
+    return [doc.problem((field_name,), message, fix) for field_name, message, fix in violations]
+
+
+# ---------------------------------------------------------------------------------------------
+# What needs history: `registry validate`
 
 
 @dataclass
@@ -50,19 +149,18 @@ class Report:
 
 def validate(
     git: Git,
-    ref: str = WORKTREE,
+    state: RegistryState,
     *,
     strict: bool = False,
     tokenizer_files: Mapping[str, Path] | None = None,
     main_ref: str | None = None,
 ) -> Report:
-    """Check the registry at `ref` (default: the working tree) against every invariant.
+    """Check `state` (read by `read_state`, whose problems it carries) against every invariant.
 
     `strict` turns "tokenizer not available" into an error and allows a hub download;
     `tokenizer_files` maps tokenizer names to local tokenizer.json files.
     """
-    state = read_state(git, ref)
-    report = Report(ref=ref, commit=state.commit, configs=len(state.files))
+    report = Report(ref=state.ref, commit=state.commit, configs=len(state.files))
     report.problems.extend(state.problems)
     main = main_ref or _main_ref(git)
     if main is not None:
@@ -126,16 +224,15 @@ def _tagged_blobs(git: Git, tags: Mapping[str, TagInfo], named: Mapping[str, str
     """tag -> the blob of its config at the tagged commit (None: no such file).
 
     A commit's tree never changes, so answers are cached by `commit:path` in .git; only new or
-    moved tags reach git, in one `cat-file --batch-check` (each lookup walks the commit's
-    configs/ tree, which costs 0.3 s for 1,500 tags every run without the cache)."""
+    moved tags reach git, through the persistent `cat-file --batch-check` (each lookup walks
+    the commit's configs/ tree, which costs 0.3 s for 1,500 tags every run without the
+    cache)."""
     cache = ParseCache(git.git_dir, "tagged-blobs.json")
     keys = {name: f"{tags[name].commit}:{config_path(version)}" for name, version in named.items()}
     missing = sorted({key for key in keys.values() if key not in cache})
     if missing:
-        answers = git.run("cat-file", "--batch-check", input="\n".join(missing).encode() + b"\n")
-        for key, answer in zip(missing, answers.splitlines(), strict=True):
-            parts = answer.split()
-            cache.put(key, parts[0] if len(parts) == 3 and parts[1] == "blob" else None)
+        for key, header in git.object_headers(missing).items():
+            cache.put(key, header[1] if header is not None and header[0] == "blob" else None)
         cache.save()
     return {name: cache.get(key) for name, key in keys.items()}
 
@@ -200,9 +297,6 @@ def tokenizer_problems(
     state: RegistryState, strict: bool, tokenizer_files: Mapping[str, Path]
 ) -> list[Problem]:
     """Each config's tokenizer, when available, must hash to its tokenizer_hash."""
-    from registry.errors import TokenizerUnavailable
-    from registry.tokenizer import resolve, special_token_count
-
     problems: list[Problem] = []
     by_name: dict[str, list[str]] = {}
     for path, file in sorted(state.files.items()):

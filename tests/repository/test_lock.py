@@ -50,11 +50,12 @@ def test_lock_refuses_values_outside_the_guardrails_before_writing_anything(
 
 
 def test_versions_locked_in_the_same_second_get_bumped(registry_repo: RegistryRepo) -> None:
+    from registry.repository.git import Git
     from registry.repository.lifecycle import lock
 
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     versions = [
-        lock(registry_repo.path, chunk_size=size, overlap_ratio=0.1, jaccard_threshold=0.8,
+        lock(Git(registry_repo.path), chunk_size=size, overlap_ratio=0.1, jaccard_threshold=0.8,
              prefix_policy="A", embedder="BAAI/bge-large-en-v1.5",
              tokenizer_file=registry_repo.tokenizer_file, now=moment).config.chunk_version
         for size in (300, 350, 400)

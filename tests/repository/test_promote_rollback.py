@@ -9,9 +9,10 @@ import json
 import pytest
 
 from registry.errors import Refused, UsageError
+from registry.repository.git import Git
 from registry.repository.history import read_history
 from registry.repository.lifecycle import promote, retire, rollback, tag
-from registry.repository.state import Git, read_state
+from registry.repository.state import read_state
 from tests.helpers import RegistryRepo, run_cli
 
 
@@ -21,8 +22,8 @@ def production_on(repo: RegistryRepo, ref: str) -> str | None:
 
 def promoted(repo: RegistryRepo, version: str, how: str = "merge") -> str:
     """Tag what is on main, then promote `version` and merge the PR `how` GitHub would."""
-    tag(repo.path)
-    result = promote(repo.path, version)
+    tag(Git(repo.path))
+    result = promote(Git(repo.path), version)
     return repo.merge(result.branch, how=how)
 
 
@@ -30,12 +31,12 @@ def test_promote_makes_a_one_line_commit_on_a_branch_and_leaves_the_checkout_alo
     registry_repo: RegistryRepo,
 ) -> None:
     v1 = registry_repo.locked()
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
     registry_repo.git("checkout", "--quiet", "-b", "my-work")
     registry_repo.write("configs/production.yaml", "production: scribble\n")
     head = registry_repo.head()
 
-    result = promote(registry_repo.path, v1)
+    result = promote(Git(registry_repo.path), v1)
 
     assert registry_repo.git("rev-parse", "--abbrev-ref", "HEAD") == "my-work"
     assert registry_repo.head() == head
@@ -56,18 +57,18 @@ def test_promote_refuses_what_is_not_locked_on_main_untagged_or_already_producti
 ) -> None:
     unmerged = registry_repo.lock()
     with pytest.raises(Refused, match=f"cannot promote {unmerged}: it is not a locked config"):
-        promote(registry_repo.path, unmerged)
+        promote(Git(registry_repo.path), unmerged)
     with pytest.raises(UsageError, match="is not a chunk_version"):
-        promote(registry_repo.path, "../etc/passwd")
+        promote(Git(registry_repo.path), "../etc/passwd")
 
     v1 = registry_repo.locked()
     with pytest.raises(Refused, match=f"{v1} has no lock tag chunk-config/{v1}") as refused:
-        promote(registry_repo.path, v1)
+        promote(Git(registry_repo.path), v1)
     assert refused.value.exit_code == 7
 
     promoted(registry_repo, v1)
     with pytest.raises(Refused, match=f"{v1} is already production on main"):
-        promote(registry_repo.path, v1)
+        promote(Git(registry_repo.path), v1)
     assert registry_repo.git("branch", "--list", "promote/*").split() == [f"promote/{v1}"]
 
 
@@ -79,11 +80,11 @@ def test_retire_deletes_the_config_but_never_production_or_the_rollback_target(
     promoted(registry_repo, v2)
 
     with pytest.raises(Refused, match=f"cannot retire {v2}: it is production"):
-        retire(registry_repo.path, v2)
+        retire(Git(registry_repo.path), v2)
     with pytest.raises(Refused, match=f"cannot retire {v1}: it is the previous production"):
-        retire(registry_repo.path, v1)
+        retire(Git(registry_repo.path), v1)
 
-    result = retire(registry_repo.path, v3)
+    result = retire(Git(registry_repo.path), v3)
     assert result.branch == f"retire/{v3}"
     assert registry_repo.git("diff", "--name-status", "main", result.branch) == (
         f"D\tconfigs/{v3}.yaml"
@@ -102,7 +103,7 @@ def test_rollback_reverts_the_last_promotion_however_it_was_merged(
     registry_repo.git("checkout", "--quiet", "-b", "elsewhere")
     registry_repo.write("scratch.txt", "dirty\n")
 
-    result = rollback(registry_repo.path)
+    result = rollback(Git(registry_repo.path))
 
     assert registry_repo.git("rev-parse", "--abbrev-ref", "HEAD") == "elsewhere"
     assert registry_repo.git("status", "--porcelain") == "?? scratch.txt"
@@ -121,18 +122,18 @@ def test_rollback_reverts_the_last_promotion_however_it_was_merged(
     registry_repo.merge(result.branch)
     assert production_on(registry_repo, "main") == v1
     with pytest.raises(Refused, match=f"nothing to roll back to: {v1} is the first production"):
-        rollback(registry_repo.path)
+        rollback(Git(registry_repo.path))
 
 
 def test_rollback_refuses_when_there_is_nothing_to_roll_back_to(
     registry_repo: RegistryRepo,
 ) -> None:
     with pytest.raises(Refused, match="main has no promotion to roll back"):
-        rollback(registry_repo.path)
+        rollback(Git(registry_repo.path))
     v1 = registry_repo.locked()
     promoted(registry_repo, v1)
     with pytest.raises(Refused, match="nothing to roll back to"):
-        rollback(registry_repo.path)
+        rollback(Git(registry_repo.path))
     assert registry_repo.git("branch", "--list", "rollback/*") == ""
 
 
@@ -141,15 +142,15 @@ def test_rollback_refuses_a_promotion_merge_that_also_changed_something_else(
 ) -> None:
     v1, v2 = registry_repo.locked(), registry_repo.locked()
     promoted(registry_repo, v1)
-    tag(registry_repo.path)
-    branch = promote(registry_repo.path, v2).branch
+    tag(Git(registry_repo.path))
+    branch = promote(Git(registry_repo.path), v2).branch
     registry_repo.git("checkout", "--quiet", branch)
     registry_repo.write("README.md", "notes\n", "Add notes")
     registry_repo.merge(branch)
 
     only = r"would change README\.md, not just configs/production\.yaml"
     with pytest.raises(Refused, match=only):
-        rollback(registry_repo.path)
+        rollback(Git(registry_repo.path))
     assert registry_repo.git("worktree", "list").count("\n") == 0
 
 
@@ -159,8 +160,8 @@ def test_history_reads_locks_promotions_rollbacks_and_retirements_newest_first(
     v1, v2, v3 = registry_repo.locked(), registry_repo.locked(), registry_repo.locked()
     promoted(registry_repo, v1, how="squash")
     promoted(registry_repo, v2)
-    registry_repo.merge(rollback(registry_repo.path).branch, how="squash")
-    registry_repo.merge(retire(registry_repo.path, v3).branch, how="rebase")
+    registry_repo.merge(rollback(Git(registry_repo.path)).branch, how="squash")
+    registry_repo.merge(retire(Git(registry_repo.path), v3).branch, how="rebase")
 
     events = read_history(Git(registry_repo.path))
 
@@ -200,7 +201,7 @@ def test_change_commands_report_refusals_as_one_line_with_exit_7(
     assert refused.stderr.count("\n") == 1
 
     v1 = registry_repo.locked()
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
     result = run_cli("promote", v1, "--repo", registry_repo.path, "--push", "--format", "json")
     assert result.code == 0
     data = json.loads(result.stdout)
@@ -237,22 +238,22 @@ def test_promote_is_gated_by_the_last_eval_comparison_when_a_database_is_given(
                                  "filter_hit_rate_max_drop: 0.02, require_eval: true}"),
                         "Require an eval comparison before a promotion")
     v1, v2, v3 = registry_repo.locked(), registry_repo.locked(), registry_repo.locked()
-    tag(registry_repo.path)
-    first = promote(registry_repo.path, v1, dsn=dsn)  # nothing to compare a first one against
+    tag(Git(registry_repo.path))
+    first = promote(Git(registry_repo.path), v1, dsn=dsn)  # nothing to compare a first one against
     assert "Eval: no comparison" in registry_repo.git("log", "-1", "--format=%B", first.branch)
     registry_repo.merge(first.branch)
 
     with pytest.raises(Refused, match=f"{v2} has no eval comparison, and production.yaml "
                                       r"requires one \(gates.require_eval\)"):
-        promote(registry_repo.path, v2, dsn=dsn)
+        promote(Git(registry_repo.path), v2, dsn=dsn)
     record_comparison(dsn, v2, v1, passed=True)
     record_comparison(dsn, v2, v1, passed=False)
     with pytest.raises(Refused, match=f"the last eval comparison of {v2} against {v1} .* failed: "
                                       "oracle_hit_rate drops by 0.050") as refused:
-        promote(registry_repo.path, v2, dsn=dsn)
+        promote(Git(registry_repo.path), v2, dsn=dsn)
     assert refused.value.exit_code == 7
 
-    forced = promote(registry_repo.path, v2, dsn=dsn, force=True)
+    forced = promote(Git(registry_repo.path), v2, dsn=dsn, force=True)
     message = registry_repo.git("log", "-1", "--format=%B", forced.branch)
     assert "Eval: promoted with --force although the last comparison against" in message
 

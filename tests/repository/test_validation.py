@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from registry.repository.state import Git
-from registry.repository.validation import validate
+from registry.repository.git import Git
+from registry.repository.state import WORKTREE, read_state
+from registry.repository.validation import Report, validate
 from tests.helpers import RegistryRepo, run_cli
+
+
+def validated(path: Path, **options: Any) -> Report:
+    """`validate` of the working tree, as `registry validate` runs it."""
+    git = Git(path)
+    return validate(git, read_state(git, WORKTREE), **options)
 
 
 def locked_text(registry_repo: RegistryRepo, version: str) -> str:
@@ -139,7 +148,7 @@ def test_a_config_pushed_straight_to_main_is_a_warning(registry_repo: RegistryRe
     version = registry_repo.lock()
     registry_repo.merge(f"lock/{version}", how="rebase")
 
-    report = validate(Git(registry_repo.path))
+    report = validated(registry_repo.path)
 
     assert report.ok
     assert [w.message for w in report.warnings if "without a pull request" in w.message]
@@ -149,7 +158,7 @@ def test_squash_merged_pr_is_not_flagged(registry_repo: RegistryRepo) -> None:
     version = registry_repo.lock()
     registry_repo.merge(f"lock/{version}", how="squash")
 
-    report = validate(Git(registry_repo.path))
+    report = validated(registry_repo.path)
 
     assert not [w for w in report.warnings if "without a pull request" in w.message]
 
@@ -162,9 +171,9 @@ def test_tokenizer_hash_mismatch_is_an_error_and_missing_tokenizer_a_warning(
     registry_repo.locked()
     other = build_tokenizer(tmp_path_factory.mktemp("other") / "tokenizer.json", vocab_size=3000)
 
-    missing = validate(Git(registry_repo.path))
-    strict = validate(Git(registry_repo.path), strict=True)
-    mismatch = validate(Git(registry_repo.path), tokenizer_files={"BAAI/bge-large-en-v1.5": other})
+    missing = validated(registry_repo.path)
+    strict = validated(registry_repo.path, strict=True)
+    mismatch = validated(registry_repo.path, tokenizer_files={"BAAI/bge-large-en-v1.5": other})
 
     assert missing.ok and "cannot check the tokenizer hash" in missing.warnings[0].message
     assert not strict.ok and "cannot check the tokenizer hash" in strict.errors[0].message

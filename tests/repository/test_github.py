@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from registry.errors import GitError, GitHubError, Problem
+from registry.repository.git import Git
 from registry.repository.github import (
     annotation,
     append_step_summary,
@@ -19,10 +20,9 @@ from registry.repository.github import (
     propose,
 )
 from registry.repository.lifecycle import tag
-from registry.repository.state import Git
 from tests.github_server import FakeGitHub
 from tests.helpers import RegistryRepo, run_cli
-from tests.test_promote_rollback import promoted
+from tests.repository.test_promote_rollback import promoted
 
 TOKEN = "ghp_Secret0123456789abcdefABCDEF0123456789"
 
@@ -87,7 +87,7 @@ def test_promote_pr_pushes_the_branch_and_opens_a_pull_request(
     registry_repo: RegistryRepo, github: FakeGitHub
 ) -> None:
     v1 = registry_repo.locked()
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
 
     result = run_cli("promote", v1, "--pr", "--repo", registry_repo.path)
 
@@ -167,7 +167,7 @@ def test_gh_token_and_an_enterprise_api_prefix_work_too(
 def _retire_branch(repo: RegistryRepo, version: str) -> str:
     from registry.repository.lifecycle import retire
 
-    return retire(repo.path, version, push=True).branch
+    return retire(Git(repo.path), version, push=True).branch
 
 
 @pytest.mark.parametrize(("setup", "expected"), [
@@ -187,7 +187,7 @@ def test_api_errors_become_one_clear_line_with_exit_9(
     setup: str, expected: str,
 ) -> None:
     v1 = registry_repo.locked()
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
     if setup == "bad-token":
         monkeypatch.setenv("GITHUB_TOKEN", "ghp_wrong")
     elif setup == "unknown-repo":

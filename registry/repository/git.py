@@ -1,0 +1,391 @@
+"""The git layer: one `git.Repo` (GitPython) per command, passed down to everything that reads or
+writes the registry repository.
+
+Blobs come through GitPython's object database (`repo.odb`, one persistent `git cat-file
+--batch` process for the whole command, not one process per read), refs through its reference
+objects, remotes and the remote URL through its config reader. A command runs through the
+`repo.git` wrapper only where GitPython has no API (`ls-tree`, `ls-remote`, `log` with diffs,
+`revert`, `verify-commit`) or where one batched call answers what GitPython would ask object by
+object (each such place says what it measured). Writes build commits in a private index, so
+`registry lock` on a dirty checkout or another branch leaves both exactly as they were.
+
+`import git` costs about 70 ms of process start-up (measured: `python -c "import git"` 0.10 s
+against 0.03 s for the standard modules it needs), so only commands that touch the repository
+import this module; `registry --help` does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess  # only for PIPE: every git command runs through GitPython
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+from gitdb.base import IStream
+from gitdb.exc import BadName, BadObject
+from gitdb.util import hex_to_bin
+
+from registry.config import CONFIG_DIR
+from registry.errors import GitError
+
+BATCH_READ_FROM = 64
+"""More blobs than this are read by one fed `cat-file --batch` (see `read_blobs`)."""
+UNRESOLVED = (BadName, BadObject, ValueError, IndexError, KeyError, git.GitCommandError)
+"""What GitPython raises for a name that names no object (rev_parse, odb, tree lookups)."""
+
+
+def git_blob_sha(data: bytes) -> str:
+    """The SHA git gives `data` as a blob, so working-tree files share the cache with commits."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _text(value: str | bytes) -> str:
+    """GitPython's cat-file answers are bytes; everything else here is text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    name: str
+    commit: str
+    annotated: bool
+
+
+class Git:
+    """The registry repository: a `git.Repo` plus the few questions the registry asks it."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.requested = Path(path)
+        try:
+            self.repo = git.Repo(self.requested, search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise GitError(
+                f"{self.requested} is not a git repository",
+                fix="pass --repo with the registry repository's path, or run `git init` there",
+            ) from None
+        if self.repo.working_tree_dir is None:
+            raise GitError(f"{self.requested} is a bare repository",
+                           fix="pass --repo with a clone that has a working tree")
+        self.root = Path(self.repo.working_tree_dir)
+        self.git_dir = Path(self.repo.git_dir)
+
+    # -- running git --------------------------------------------------------------------------
+
+    def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+        """`git ARGS` through GitPython's command wrapper, stdout as text."""
+        return self.run_bytes(*args, env=env, check=check).decode("utf-8", errors="replace")
+
+    def run_bytes(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
+                  command: git.Git | None = None) -> bytes:
+        """`git ARGS`, stdout as bytes; a failure is a GitError naming git's last line of
+        stderr unless `check` is off."""
+        status, out, err = self.execute(*args, env=env, command=command)
+        if check and status != 0:
+            lines = err.strip().splitlines()
+            reason = lines[-1] if lines else f"exit {status}"
+            raise GitError(f"git {args[0]} failed: {reason}", where=str(self.root))
+        return out
+
+    def execute(self, *args: str, env: dict[str, str] | None = None,
+                command: git.Git | None = None) -> tuple[int, bytes, str]:
+        """(exit status, stdout, stderr) of `git ARGS` through `command`, GitPython's command
+        wrapper (default: the repository's `repo.git`)."""
+        status, out, err = (command or self.repo.git).execute(
+            ["git", *args], with_extended_output=True, with_exceptions=False,
+            stdout_as_string=False, strip_newline_in_stdout=False, env=env,
+        )
+        return status, out if isinstance(out, bytes) else str(out or "").encode(), str(err)
+
+    # -- refs -----------------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str | None:
+        """The commit `ref` names (a branch, remote branch, tag, SHA or rev expression)."""
+        try:
+            return self.repo.rev_parse(f"{ref}^{{commit}}").hexsha
+        except UNRESOLVED:
+            return None
+
+    def has_remote(self, name: str = "origin") -> bool:
+        return any(remote.name == name for remote in self.repo.remotes)
+
+    def main_branch(self) -> str:
+        """The local main branch: `main`, else `master`, else the current branch."""
+        heads = {head.name for head in self.repo.heads}
+        for name in ("main", "master"):
+            if name in heads:
+                return name
+        if not self.repo.head.is_detached and self.repo.head.reference.name in heads:
+            return self.repo.head.reference.name
+        raise GitError("the repository has no main branch (no commits yet)",
+                       fix="commit configs/ to a branch named main")
+
+    def desired_ref(self, ref: str | None = None, fetch: bool = True) -> str:
+        """The ref the reconciler reads: `ref` if given, `origin/main` when there is a remote
+        (fetched first), else local `main`."""
+        if ref:
+            if not self.resolve(ref):
+                raise GitError(
+                    f"ref {ref} does not exist", fix="pass --ref with a branch, tag or SHA"
+                )
+            return ref
+        if self.has_remote("origin"):
+            if fetch:
+                self.fetch()
+            tracking = {branch.remote_head for branch in self.repo.remote("origin").refs}
+            for name in ("main", "master"):
+                if name in tracking:
+                    return f"origin/{name}"
+        return self.main_branch()
+
+    def fetch(self, remote: str = "origin") -> None:
+        """Fetch branches and tags, unless `ls-remote` shows nothing new: a no-op `git fetch`
+        walks every local ref (70 ms with 1,500 tags), `ls-remote` plus one `for-each-ref`
+        17-36 ms, and most runs of plan, status and --watch find nothing new."""
+        if not self._remote_moved(remote):
+            return
+        self.run("fetch", "--quiet", "--tags", "--prune", remote)
+
+    def _remote_moved(self, remote: str) -> bool:
+        """Whether a fetch would change a remote-tracking branch or bring a tag.
+
+        The local side is one `for-each-ref`: GitPython's `repo.tags` gives each annotated
+        tag's object only by asking cat-file for it (1,500 round trips with 1,500 tags)."""
+        advertised = self.run("ls-remote", "--heads", "--tags", remote)
+        namespaces = [f"refs/remotes/{remote}/"]
+        if "\trefs/tags/" in advertised:
+            namespaces.append("refs/tags/")
+        local: dict[str, str] = {}
+        for line in self.run("for-each-ref", "--format=%(refname) %(objectname)",
+                             *namespaces).splitlines():
+            name, sha = line.rsplit(" ", 1)
+            local[name] = sha
+        local.pop(f"refs/remotes/{remote}/HEAD", None)
+        wanted: dict[str, str] = {}
+        for line in advertised.splitlines():
+            sha, _, name = line.partition("\t")
+            if name.endswith("^{}"):
+                continue
+            if name.startswith("refs/heads/"):
+                name = f"refs/remotes/{remote}/" + name.removeprefix("refs/heads/")
+            wanted[name] = sha
+        tracking = {name for name in local if name.startswith(f"refs/remotes/{remote}/")}
+        branches = {name for name in wanted if name.startswith(f"refs/remotes/{remote}/")}
+        return tracking != branches or any(local.get(n) != sha for n, sha in wanted.items())
+
+    def remote_url(self, remote: str = "origin") -> str | None:
+        """`remote.<name>.url` from the repository's config, None without such a remote."""
+        if not self.has_remote(remote):
+            return None
+        return str(self.repo.remote(remote).url)
+
+    def tags(self, prefix: str) -> dict[str, TagInfo]:
+        """Every tag under `prefix` with the commit it names, in one `for-each-ref`.
+
+        GitPython's `repo.tags` with each `TagReference.commit` peels every annotated tag
+        through cat-file, one round trip each: 892 ms for 1,500 tags against 78 ms for this
+        call (median of 7, 2 shared cores), on every plan, status and reconcile."""
+        out = self.run(
+            "for-each-ref",
+            "--format=%(refname:strip=2)%00%(objecttype)%00%(objectname)%00%(*objectname)",
+            f"refs/tags/{prefix.rstrip('/')}/" if prefix.endswith("/") else f"refs/tags/{prefix}",
+        )
+        tags = {}
+        for line in out.splitlines():
+            name, kind, sha, peeled = line.split("\0")
+            commit = peeled if kind == "tag" else sha
+            tags[name] = TagInfo(name=name, commit=commit, annotated=kind == "tag")
+        return tags
+
+    def create_tag(self, name: str, commit: str, message: str) -> None:
+        """An annotated tag `name` on `commit`."""
+        self.repo.create_tag(name, ref=commit, message=message)
+
+    def object_type(self, ref: str) -> str | None:
+        """`commit`, `tag`, `tree` or `blob` for what `ref` names directly (tags not peeled)."""
+        try:
+            return str(self.repo.rev_parse(ref).type)
+        except UNRESOLVED:
+            return None
+
+    # -- reading objects ------------------------------------------------------------------------
+
+    def ls_configs(self, ref: str) -> list[tuple[str, str, str]]:
+        """(mode, blob sha, path) of every entry under configs/ at `ref`, in one call."""
+        out = self.run("ls-tree", "-r", "--full-tree", "-z", ref, "--", f"{CONFIG_DIR}/")
+        entries = []
+        for record in out.split("\0"):
+            if not record:
+                continue
+            meta, path = record.split("\t", 1)
+            mode, _kind, sha = meta.split()
+            entries.append((mode, sha, path))
+        return entries
+
+    def read_blobs(self, shas: list[str]) -> dict[str, bytes]:
+        """Contents of blobs: a few through the object database's persistent `cat-file
+        --batch`, many through one `cat-file --batch` fed all at once.
+
+        The persistent process answers one blob per round trip: 1,501 blobs took 394 ms that
+        way against 253 ms for one fed batch (median of 7, 2 shared cores), which is the cold
+        parse of `plan`, `status` and `validate`; a warm read needs none or a few blobs."""
+        if len(shas) > BATCH_READ_FROM:
+            return self._read_blob_batch(shas)
+        blobs: dict[str, bytes] = {}
+        for sha in shas:
+            try:
+                blobs[sha] = self.repo.odb.stream(hex_to_bin(sha)).read()
+            except UNRESOLVED:
+                raise GitError(f"blob {sha} is missing from the repository") from None
+        return blobs
+
+    def _read_blob_batch(self, shas: list[str]) -> dict[str, bytes]:
+        process = self.repo.git.cat_file("--batch", as_process=True, istream=subprocess.PIPE)
+        out, _err = process.communicate("\n".join(shas).encode() + b"\n")
+        blobs: dict[str, bytes] = {}
+        pos = 0
+        for sha in shas:
+            header_end = out.index(b"\n", pos)
+            header = out[pos:header_end].split()
+            if len(header) < 3 or header[1] == b"missing":
+                raise GitError(f"blob {sha} is missing from the repository")
+            size = int(header[2])
+            start = header_end + 1
+            blobs[sha] = out[start : start + size]
+            pos = start + size + 1
+        return blobs
+
+    def show(self, ref: str, path: str) -> bytes | None:
+        """The file at `path` on `ref`, None when there is none."""
+        try:
+            blob = self.repo.commit(ref).tree / path
+        except UNRESOLVED:
+            return None
+        return bytes(blob.data_stream.read()) if blob.type == "blob" else None
+
+    def object_headers(self, names: list[str]) -> dict[str, tuple[str, str] | None]:
+        """name -> (type, sha) of what each `rev:path`-style name names, None for nothing,
+        through GitPython's persistent `cat-file --batch-check`."""
+        headers: dict[str, tuple[str, str] | None] = {}
+        for name in names:
+            try:
+                sha, kind, _size = self.repo.git.get_object_header(name)
+            except ValueError:
+                headers[name] = None
+            else:
+                headers[name] = (_text(kind), _text(sha))
+        return headers
+
+    def config_introductions(self, ref: str) -> dict[str, str]:
+        """configs/<file> -> the oldest commit on `ref`'s history that added it (one `git log`)."""
+        out = self.run(
+            "log", "--format=%x01%H", "--diff-filter=A", "--name-only", "--no-renames",
+            ref, "--", f"{CONFIG_DIR}/",
+        )
+        added: dict[str, str] = {}
+        commit = ""
+        for line in out.splitlines():
+            if line.startswith("\x01"):
+                commit = line[1:]
+            elif line:
+                added[line] = commit  # log is newest first: the last write wins, the oldest add
+        return added
+
+    def identity(self) -> str:
+        """`name <email>` as commits would be authored. Asked of `git var`, not GitPython's
+        config reader, which ignores GIT_CONFIG_GLOBAL and git's identity environment rules."""
+        ident = self.run("var", "GIT_AUTHOR_IDENT", check=False).strip()
+        if not ident or "<>" in ident:
+            raise GitError(
+                "git has no author identity",
+                fix='run git config user.name "Your Name" and '
+                "git config user.email you@example.com",
+            )
+        return ident.rsplit(" ", 2)[0]
+
+    # -- writing commits without a checkout -----------------------------------------------------
+
+    def store_blob(self, content: bytes) -> str:
+        """Write `content` into the object database; its blob SHA."""
+        stored = self.repo.odb.store(IStream("blob", len(content), io.BytesIO(content)))
+        return str(stored.hexsha.decode())
+
+    def commit_files(
+        self,
+        base: str,
+        changes: dict[str, bytes | None],
+        message: str,
+    ) -> str:
+        """A commit on top of `base` that writes (bytes) or deletes (None) the given paths.
+
+        Built in a private index file, so neither the user's index nor working tree moves.
+        """
+        base_sha = self.resolve(base)
+        if base_sha is None:
+            raise GitError(f"ref {base} does not exist")
+        with tempfile.TemporaryDirectory(prefix="registry-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self.run("read-tree", base_sha, env=env)
+            for path, content in changes.items():
+                if content is None:
+                    self.run("update-index", "--force-remove", "--", path, env=env)
+                else:
+                    blob = self.store_blob(content)
+                    self.run(
+                        "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env
+                    )
+            tree = self.run("write-tree", env=env).strip()
+        return self.run("commit-tree", tree, "-p", base_sha, "-m", message).strip()
+
+    def revert(self, commit: str, onto: str, message: str, *, mainline: int | None = None) -> str:
+        """A real `git revert` of `commit` on top of `onto`, committed with `message`.
+
+        Runs in a temporary detached worktree (removed afterwards, hooks off), so the user's
+        checkout, index and current branch never move. `mainline=1` reverts a merge commit
+        against its first parent, i.e. undoes everything its pull request brought in.
+        """
+        onto_sha = self.resolve(onto)
+        if onto_sha is None:
+            raise GitError(f"ref {onto} does not exist")
+        no_hooks = ("-c", f"core.hooksPath={os.devnull}")
+        with tempfile.TemporaryDirectory(prefix="registry-revert-") as tmp:
+            tree_dir = Path(tmp) / "tree"
+            self.run(*no_hooks, "worktree", "add", "--quiet", "--detach", str(tree_dir), onto_sha)
+            in_tree = git.Git(tree_dir)
+            try:
+                merge = ["-m", str(mainline)] if mainline else []
+                try:
+                    self.run_bytes(*no_hooks, "revert", "--no-commit", *merge, commit,
+                                   command=in_tree)
+                except GitError:
+                    conflicted = self.run_bytes(
+                        "diff", "--name-only", "--diff-filter=U", command=in_tree, check=False,
+                    ).decode("utf-8", errors="replace").split()
+                    where = ", ".join(conflicted) or "the tree"
+                    raise GitError(
+                        f"git revert of {commit[:10]} conflicts with later changes to {where}",
+                        where=str(self.root),
+                        fix="make the change by hand on a branch, e.g. `registry promote VERSION`",
+                    ) from None
+                tree = self.run_bytes("write-tree", command=in_tree).decode().strip()
+            finally:
+                self.run("worktree", "remove", "--force", str(tree_dir), check=False)
+                self.run("worktree", "prune", check=False)
+        return self.run("commit-tree", tree, "-p", onto_sha, "-m", message).strip()
+
+    def create_branch(self, branch: str, commit: str) -> None:
+        """Create `branch` at `commit`; refuse to move an existing branch."""
+        if self.resolve(f"refs/heads/{branch}"):
+            raise GitError(
+                f"branch {branch} already exists",
+                fix=f"delete it with `git branch -D {branch}` or merge it first",
+            )
+        self.repo.create_head(branch, commit)
+
+    def push(self, *refspecs: str, remote: str = "origin") -> None:
+        if not self.has_remote(remote):
+            raise GitError(f"there is no remote named {remote}", fix="git remote add origin <url>")
+        self.run("push", "--quiet", remote, *refspecs)
