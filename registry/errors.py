@@ -88,6 +88,18 @@ class GitHubError(RegistryError):
     exit_code = 9
 
 
+class MissingExtra(RegistryError):
+    """The command needs an optional dependency (an extra) that is not installed."""
+
+    exit_code = 10
+
+
+class InitConflict(RegistryError):
+    """`registry init` found a file it would write, with other content: it never overwrites."""
+
+    exit_code = 11
+
+
 UNEXPECTED_EXIT_CODE = 3
 
 

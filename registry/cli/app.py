@@ -68,10 +68,22 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
                      .rstrip() for row in [headers, *rows]))
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        _print(f"registry (chunk-registry) {version('chunk-registry')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_show_version,
+                           help="Print the installed chunk-registry version and exit.")
     ] = False,
 ) -> None:
     if debug:
