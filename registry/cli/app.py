@@ -95,6 +95,46 @@ def _root(
 
 
 @app.command()
+def init(
+    directory: Annotated[
+        Path, typer.Argument(help="The registry repository to set up (git init when it is not "
+                             "one yet).")
+    ] = Path("."),
+    tool_repo: Annotated[
+        str, typer.Option("--tool-repo", help="OWNER/NAME of the chunk-registry repository the "
+                          "workflows and the pre-commit hook pin.")
+    ] = "chunk-registry/chunk-registry",
+    pin_sha: Annotated[
+        str | None, typer.Option("--pin-sha", help="Pin by this commit SHA of the release tag "
+                                 "instead of the tag.")
+    ] = None,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Start a registry repository: configs/production.yaml, the workflows and pre-commit hook
+    pinned to this release, a README section. Never overwrites (exit 11 on a differing file)."""
+    from registry.repository.scaffold import init as run_init
+
+    result = run_init(directory, tool_repo=tool_repo, pin_sha=pin_sha)
+    if fmt == "json":
+        _emit_json({"root": str(result.root), "version": result.version,
+                    "git_initialised": result.git_initialised, "written": result.written,
+                    "unchanged": result.unchanged})
+        return
+    if not result.changed:
+        _print(f"{result.root} is already a registry repository for chunk-registry "
+               f"{result.version}: nothing to do")
+        return
+    if result.git_initialised:
+        _print(f"Initialised an empty git repository in {result.root}")
+    for path in result.written:
+        _print(f"  wrote {path}")
+    for path in result.unchanged:
+        _print(f"  kept {path} (already up to date)")
+    _print("Next: git add -A && git commit -m 'Start the registry', push it to main, then "
+           "`registry lock`.")
+
+
+@app.command()
 def lock(
     chunk_size: Annotated[int, typer.Option(help="Tokens per chunk (1..1000).")] = 450,
     overlap_ratio: Annotated[float, typer.Option(help="Overlap between windows (0..0.5).")] = 0.10,
