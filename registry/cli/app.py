@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from registry.cli.completion import complete_version
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ app = typer.Typer(
     help="A git repository as the registry of locked RAG chunking configurations, with "
     "PostgreSQL kept in step by a reconciler.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -342,7 +343,8 @@ def list_configs(repo: RepoOpt = Path("."), ref: RefOpt = None, fmt: FormatOpt =
 
 @app.command()
 def show(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.")],
+    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
+                                           autocompletion=complete_version)],
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
     fmt: FormatOpt = "text",
@@ -365,7 +367,8 @@ def show(
 
 @app.command()
 def runbook(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.")],
+    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
+                                           autocompletion=complete_version)],
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
     fmt: Annotated[
@@ -381,7 +384,8 @@ def runbook(
 
 @app.command("env")
 def env_command(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.")],
+    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
+                                           autocompletion=complete_version)],
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
 ) -> None:
@@ -437,7 +441,8 @@ def _report_change(repo: Path, result: ChangeResult, fmt: str, pr: bool) -> None
 
 @app.command()
 def promote(
-    version: Annotated[str, typer.Argument(help="The locked chunk_version to make production.")],
+    version: Annotated[str, typer.Argument(help="The locked chunk_version to make production.",
+                                           autocompletion=complete_version)],
     force: Annotated[
         bool, typer.Option("--force", help="Promote although the last eval comparison failed.")
     ] = False,
@@ -461,7 +466,8 @@ def promote(
 
 @app.command()
 def retire(
-    version: Annotated[str, typer.Argument(help="The locked chunk_version to retire.")],
+    version: Annotated[str, typer.Argument(help="The locked chunk_version to retire.",
+                                           autocompletion=complete_version)],
     push: PushOpt = False,
     pr: PrOpt = False,
     repo: RepoOpt = Path("."),
@@ -831,7 +837,8 @@ MatchOpt = Annotated[
 @app.command("eval")
 def eval_command(
     version: Annotated[
-        str | None, typer.Argument(help="A chunk_version, or `production`.")
+        str | None, typer.Argument(help="A chunk_version, or `production`.",
+                                   autocompletion=complete_version)
     ] = None,
     cases: CasesOpt = None,
     compare: Annotated[
@@ -949,7 +956,8 @@ def health(
 
 @app.command()
 def ingest(
-    version: Annotated[str, typer.Argument(help="The chunk_version whose table to fill.")],
+    version: Annotated[str, typer.Argument(help="The chunk_version whose table to fill.",
+                                           autocompletion=complete_version)],
     source: Annotated[
         Path, typer.Option("--source", help="A directory of .md/.txt files, or a JSONL file of "
                            '{"doc_id", "title"?, "text"} objects.')
