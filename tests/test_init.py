@@ -12,11 +12,9 @@ import pytest
 import yaml
 
 from registry.config import ProductionConfig
-from registry.repository.scaffold import FILES, README_MARKER, render
+from registry.repository.scaffold import FILES, README_MARKER
 from tests.helpers import RegistryRepo, git, run_cli
 from tests.test_workflows import BIN, pr_checkout, pr_context, run_workflow_steps
-
-VERSION = render("0.0.0")  # templates render without an installed version
 
 
 def closed_port() -> int:

@@ -83,9 +83,10 @@ def init(directory: Path, *, tool_repo: str = DEFAULT_TOOL_REPO, pin_sha: str | 
     root = directory.resolve()
     if root.exists() and not root.is_dir():
         raise UsageError(f"{directory} exists and is not a directory")
-    files = render(version or tool_version(), tool_repo, pin_sha)
+    version = version or tool_version()
+    files = render(version, tool_repo, pin_sha)
     readme = files.pop("README.md")
-    result = InitResult(root, version or tool_version())
+    result = InitResult(root, version)
     for target, text in files.items():
         path = root / target
         if path.is_symlink() or (path.exists() and not path.is_file()):
