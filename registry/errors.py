@@ -92,6 +92,18 @@ class GitHubError(RegistryError):
     exit_code = 9
 
 
+class MissingExtra(RegistryError):
+    """The command needs an optional dependency (an extra) that is not installed."""
+
+    exit_code = 10
+
+
+class InitConflict(RegistryError):
+    """`registry init` found a file it would write, with other content: it never overwrites."""
+
+    exit_code = 11
+
+
 UNEXPECTED_EXIT_CODE = 3
 
 
@@ -125,7 +137,7 @@ class EmbedderError(RegistryError):
     """The embedder cannot run: a model file missing or not the pinned one, an endpoint that
     refuses or keeps failing, vectors of the wrong shape."""
 
-    exit_code = 10
+    exit_code = 12
 
 
 class EmbedderChanged(EmbedderError):

@@ -1,7 +1,10 @@
-"""Resolve a tokenizer (file path, local Hugging Face cache, hub when online) and hash it.
+"""Resolve a tokenizer (file path, a file pinned in the registry repo, local Hugging Face cache,
+hub when online) and hash it.
 
 The hash is sha256 of the tokenizer.json bytes: the exact file that defines token counts, so a
-locked config names the tokenizer it was measured with, not just a model name.
+locked config names the tokenizer it was measured with, not just a model name. A registry that
+must validate without the network (CI, a private or locally trained tokenizer) pins the file at
+`tokenizers/<name>/tokenizer.json`, or points HF_HUB_CACHE at a cache it restores.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
+PINNED_DIR = "tokenizers"
+HUB_PROBE_SECONDS = 0.5
+"""How long the hub may take to accept a TCP connection before it counts as unreachable: the
+hub client would otherwise retry a refused connection for ~24 s."""
+PROVIDE = (f"commit it as {PINNED_DIR}/<name>/{TOKENIZER_FILE} in the registry repo, pass "
+           "--tokenizer-file, or point HF_HUB_CACHE at a cache that holds it")
 
 
 @dataclass(frozen=True)
@@ -69,14 +78,65 @@ def find_in_cache(name: str, cache: Path | None = None) -> Path | None:
     return found[-1] if found else None
 
 
+def pinned_path(repo_root: Path, name: str) -> Path | None:
+    """`tokenizers/<name>/tokenizer.json` of the registry repo, when the name is a plain
+    relative path (never `..` or absolute) and the file exists."""
+    parts = name.split("/")
+    if not name or any(part in ("", ".", "..") or "\\" in part for part in parts):
+        return None
+    path = repo_root.joinpath(PINNED_DIR, *parts, TOKENIZER_FILE)
+    return path if path.is_file() and not path.is_symlink() else None
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an error, cut at a word boundary (never mid-word) when long."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the hub (HF_ENDPOINT) cannot be reached within `timeout`, or None when it can: a
+    TCP connect, with name resolution bounded too (a thread, since getaddrinfo has no timeout)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: dict[str, str | None] = {}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["error"] = None
+        except OSError as err:
+            outcome["error"] = f"{endpoint} is unreachable ({_one_line(err, 80)})"
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" not in outcome:
+        return f"{endpoint} did not answer within {timeout:g}s"
+    return outcome["error"]
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def resolve(
-    name: str, tokenizer_file: Path | None = None, *, allow_download: bool = True
+    name: str,
+    tokenizer_file: Path | None = None,
+    *,
+    allow_download: bool = True,
+    repo_root: Path | None = None,
 ) -> ResolvedTokenizer:
-    """Find tokenizer `name`: an explicit file wins, then the local cache, then the hub."""
+    """Find tokenizer `name`: an explicit file wins, then the file pinned in the registry repo,
+    then the local cache, then the hub (only when it answers at once: never retried)."""
     if tokenizer_file is not None:
         path = Path(tokenizer_file)
         if path.is_dir():
@@ -88,28 +148,29 @@ def resolve(
             )
         load_tokenizer(path)
         return ResolvedTokenizer(name, path, file_hash(path), "file")
+    pinned = pinned_path(repo_root, name) if repo_root is not None else None
+    if pinned is not None:
+        return ResolvedTokenizer(name, pinned, file_hash(pinned), "repo")
     cached = find_in_cache(name)
     if cached is not None:
         return ResolvedTokenizer(name, cached, file_hash(cached), "cache")
-    if allow_download and not _offline():
-        try:
-            from huggingface_hub import hf_hub_download
+    missing = f"tokenizer {name} is not pinned in the repo nor in the Hugging Face cache " \
+              f"({hf_cache_dir()})"
+    if not allow_download or _offline():
+        offline = " and HF_HUB_OFFLINE is set" if _offline() else ""
+        raise TokenizerUnavailable(missing + offline, fix=PROVIDE)
+    unreachable = hub_unreachable()
+    if unreachable is not None:
+        raise TokenizerUnavailable(f"{missing}, and {unreachable}", fix=PROVIDE)
+    try:
+        from huggingface_hub import hf_hub_download
 
-            downloaded = Path(hf_hub_download(name, TOKENIZER_FILE, cache_dir=hf_cache_dir()))
-        except Exception as err:  # network, auth and missing-repo errors all end the same way
-            reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            raise TokenizerUnavailable(
-                f"tokenizer {name} is not in the local Hugging Face cache ({hf_cache_dir()}) "
-                f"and could not be downloaded: {reason}",
-                fix="pass --tokenizer-file PATH/tokenizer.json, or download it where the hub "
-                "is reachable",
-            ) from None
-        return ResolvedTokenizer(name, downloaded, file_hash(downloaded), "hub")
-    raise TokenizerUnavailable(
-        f"tokenizer {name} is not in the local Hugging Face cache ({hf_cache_dir()})"
-        + (" and HF_HUB_OFFLINE is set" if _offline() else ""),
-        fix="pass --tokenizer-file PATH/tokenizer.json",
-    )
+        downloaded = Path(hf_hub_download(name, TOKENIZER_FILE, cache_dir=hf_cache_dir()))
+    except Exception as err:  # network, auth and missing-repo errors all end the same way
+        raise TokenizerUnavailable(
+            f"{missing}, and could not be downloaded: {_one_line(err)}", fix=PROVIDE,
+        ) from None
+    return ResolvedTokenizer(name, downloaded, file_hash(downloaded), "hub")
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

@@ -113,8 +113,9 @@ def test_serve_binds_the_loopback_interface_and_shows_a_registry_without_reports
 def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:
-    """reconcile.yml's `watch` and `dashboard` jobs, their `run:` steps executed as the runner
-    would (bash -eo pipefail, secrets and runner paths filled in) on a checkout of main."""
+    """The `watch` and `dashboard` jobs of registry-reconcile.yml (what reconcile.yml and every
+    registry repository call), their `run:` steps executed as the runner would (bash -eo
+    pipefail, secrets and runner paths filled in) on a checkout of main."""
     corpus = write_corpus(tmp_path / "data")
     version = registry_repo.locked()
     registry_repo.write("eval/cases.jsonl", corpus.cases.read_text(), "Eval cases")
@@ -130,7 +131,7 @@ def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
     runner.mkdir()
     summary, outputs = runner / "summary.md", runner / "output"
     context = {"secrets.REGISTRY_DSN": dsn, "github.token": "", "runner.temp": str(runner)}
-    workflow = yaml.safe_load((WORKFLOWS / "reconcile.yml").read_text())
+    workflow = yaml.safe_load((WORKFLOWS / "registry-reconcile.yml").read_text())
 
     ran = []
     for job in ("watch", "dashboard"):

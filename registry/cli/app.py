@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from registry.cli.completion import complete_version
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ app = typer.Typer(
     help="A git repository as the registry of locked RAG chunking configurations, with "
     "PostgreSQL kept in step by a reconciler.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -69,10 +70,22 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
                      .rstrip() for row in [headers, *rows]))
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        _print(f"registry (chunk-registry) {version('chunk-registry')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_show_version,
+                           help="Print the installed chunk-registry version and exit.")
     ] = False,
 ) -> None:
     if debug:
@@ -81,6 +94,46 @@ def _root(
 
 # ---------------------------------------------------------------------------------------------
 # Configs: lock, validate, tag, show, list
+
+
+@app.command()
+def init(
+    directory: Annotated[
+        Path, typer.Argument(help="The registry repository to set up (git init when it is not "
+                             "one yet).")
+    ] = Path("."),
+    tool_repo: Annotated[
+        str, typer.Option("--tool-repo", help="OWNER/NAME of the chunk-registry repository the "
+                          "workflows and the pre-commit hook pin.")
+    ] = "chunk-registry/chunk-registry",
+    pin_sha: Annotated[
+        str | None, typer.Option("--pin-sha", help="Pin by this commit SHA of the release tag "
+                                 "instead of the tag.")
+    ] = None,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Start a registry repository: configs/production.yaml, the workflows and pre-commit hook
+    pinned to this release, a README section. Never overwrites (exit 11 on a differing file)."""
+    from registry.repository.scaffold import init as run_init
+
+    result = run_init(directory, tool_repo=tool_repo, pin_sha=pin_sha)
+    if fmt == "json":
+        _emit_json({"root": str(result.root), "version": result.version,
+                    "git_initialised": result.git_initialised, "written": result.written,
+                    "unchanged": result.unchanged})
+        return
+    if not result.changed:
+        _print(f"{result.root} is already a registry repository for chunk-registry "
+               f"{result.version}: nothing to do")
+        return
+    if result.git_initialised:
+        _print(f"Initialised an empty git repository in {result.root}")
+    for path in result.written:
+        _print(f"  wrote {path}")
+    for path in result.unchanged:
+        _print(f"  kept {path} (already up to date)")
+    _print("Next: git add -A && git commit -m 'Start the registry', push it to main, then "
+           "`registry lock`.")
 
 
 @app.command()
@@ -300,7 +353,8 @@ def list_configs(repo: RepoOpt = Path("."), ref: RefOpt = None, fmt: FormatOpt =
 
 @app.command()
 def show(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.")],
+    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
+                                           autocompletion=complete_version)],
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
     fmt: FormatOpt = "text",
@@ -325,7 +379,8 @@ def show(
 
 @app.command()
 def runbook(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.")],
+    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
+                                           autocompletion=complete_version)],
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
     fmt: Annotated[
@@ -341,7 +396,8 @@ def runbook(
 
 @app.command("env")
 def env_command(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.")],
+    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
+                                           autocompletion=complete_version)],
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
 ) -> None:
@@ -397,7 +453,8 @@ def _report_change(git: Git, result: ChangeResult, fmt: str, pr: bool) -> None:
 
 @app.command()
 def promote(
-    version: Annotated[str, typer.Argument(help="The locked chunk_version to make production.")],
+    version: Annotated[str, typer.Argument(help="The locked chunk_version to make production.",
+                                           autocompletion=complete_version)],
     force: Annotated[
         bool, typer.Option("--force", help="Promote although the last eval comparison failed.")
     ] = False,
@@ -423,7 +480,8 @@ def promote(
 
 @app.command()
 def retire(
-    version: Annotated[str, typer.Argument(help="The locked chunk_version to retire.")],
+    version: Annotated[str, typer.Argument(help="The locked chunk_version to retire.",
+                                           autocompletion=complete_version)],
     push: PushOpt = False,
     pr: PrOpt = False,
     repo: RepoOpt = Path("."),
@@ -799,7 +857,8 @@ MatchOpt = Annotated[
 @app.command("eval")
 def eval_command(
     version: Annotated[
-        str | None, typer.Argument(help="A chunk_version, or `production`.")
+        str | None, typer.Argument(help="A chunk_version, or `production`.",
+                                   autocompletion=complete_version)
     ] = None,
     cases: CasesOpt = None,
     compare: Annotated[
@@ -917,7 +976,8 @@ def health(
 
 @app.command()
 def ingest(
-    version: Annotated[str, typer.Argument(help="The chunk_version whose table to fill.")],
+    version: Annotated[str, typer.Argument(help="The chunk_version whose table to fill.",
+                                           autocompletion=complete_version)],
     source: Annotated[
         Path, typer.Option("--source", help="A directory of .md/.txt files, or a JSONL file of "
                            '{"doc_id", "title"?, "text"} objects.')

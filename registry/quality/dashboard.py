@@ -620,6 +620,9 @@ def build(
     days: int = DEFAULT_DAYS,
 ) -> DashboardResult:
     """`registry dashboard --out DIR`: write DIR/index.html (written whole, then renamed)."""
+    from registry.extras import require
+
+    require("plotly", "the dashboard")
     data = collect(repo, dsn=dsn, ref=ref, fetch=fetch, days=days)
     page = render(data).encode()
     out.mkdir(parents=True, exist_ok=True)

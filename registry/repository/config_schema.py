@@ -124,6 +124,7 @@ def schema_problems(doc: YamlDoc, kind: Kind) -> list[Problem]:
     for error in validator(kind).iter_errors(doc.data):
         path, message = _describe(error)
         field = next((str(p) for p in path if isinstance(p, str)), "")
-        fix = FIXES.get(field, f"see schemas/{SCHEMA_FILES[kind]}")
+        fix = FIXES.get(field, f"see {SCHEMA_FILES[kind]}, shipped inside the chunk-registry "
+                                "package (registry/schemas/; `registry init` needs no copy)")
         problems.append(doc.problem(path, message, fix))
     return sorted(problems, key=lambda p: p.line)

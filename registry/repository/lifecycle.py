@@ -133,6 +133,10 @@ def lock(
     """Lock a new config: branch `lock/<version>` from main with one commit adding it."""
     check_parameters(chunk_size, overlap_ratio, jaccard_threshold, prefix_policy)
     base = git.main_branch()
+    if not git.run("ls-tree", "--name-only", base, "--", PRODUCTION_PATH).strip():
+        raise ConfigInvalid(f"{PRODUCTION_PATH} is missing on {base}, so this is not a registry "
+                            "repository yet", where=str(git.root),
+                            fix="run `registry init`, commit what it writes to main, then lock")
     state = read_state(git, base)
     metrics = (
         read_baseline_metrics(baseline_metrics)
@@ -140,7 +144,7 @@ def lock(
         else dict(baseline_metrics or {})
     )
     tokenizer_name = tokenizer or embedder
-    resolved = resolve(tokenizer_name, tokenizer_file)
+    resolved = resolve(tokenizer_name, tokenizer_file, repo_root=git.root)
     special = special_token_count(resolved.load())
     when = now or utc_now()
     config_data: dict[str, Any] = {

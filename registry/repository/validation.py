@@ -166,7 +166,8 @@ def validate(
     if main is not None:
         report.problems.extend(tag_problems(git, state, main))
         report.problems.extend(provenance_problems(git, state, main))
-    report.problems.extend(tokenizer_problems(state, strict, tokenizer_files or {}))
+    report.problems.extend(tokenizer_problems(state, strict, tokenizer_files or {},
+                                              repo_root=git.root))
     report.problems.sort(key=lambda p: (p.path, p.line, p.severity))
     return report
 
@@ -294,9 +295,11 @@ def _looks_squashed(subject: str) -> bool:
 
 
 def tokenizer_problems(
-    state: RegistryState, strict: bool, tokenizer_files: Mapping[str, Path]
+    state: RegistryState, strict: bool, tokenizer_files: Mapping[str, Path],
+    repo_root: Path | None = None,
 ) -> list[Problem]:
-    """Each config's tokenizer, when available, must hash to its tokenizer_hash."""
+    """Each config's tokenizer, when available, must hash to its tokenizer_hash (a file pinned
+    at tokenizers/<name>/tokenizer.json in `repo_root` is found offline)."""
     problems: list[Problem] = []
     by_name: dict[str, list[str]] = {}
     for path, file in sorted(state.files.items()):
@@ -304,7 +307,8 @@ def tokenizer_problems(
             by_name.setdefault(file.config.tokenizer_name, []).append(path)
     for name, paths in by_name.items():
         try:
-            resolved = resolve(name, tokenizer_files.get(name), allow_download=strict)
+            resolved = resolve(name, tokenizer_files.get(name), allow_download=strict,
+                               repo_root=repo_root)
         except TokenizerUnavailable as err:
             others = f" (and {len(paths) - 1} more configs)" if len(paths) > 1 else ""
             problems.append(Problem(paths[0], 1, f"cannot check the tokenizer hash{others}: "

@@ -85,7 +85,7 @@ def test_lock_records_tokenizer_hash_identity_and_baseline_metrics(
 def test_lock_without_a_tokenizer_offline_is_a_clear_error(registry_repo: RegistryRepo) -> None:
     result = run_cli("lock", "--repo", registry_repo.path)
     assert result.code == 8
-    assert "is not in the local Hugging Face cache" in result.stderr
+    assert "is not pinned in the repo nor in the Hugging Face cache" in result.stderr
     assert "pass --tokenizer-file" in result.stderr
 
 
