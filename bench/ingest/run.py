@@ -152,7 +152,7 @@ def bench_chunking(args: argparse.Namespace, tokenizer_path: Path, state: str,
             if name not in (OURS, "encode_batch (floor)", "ours, one process"):
                 faster = fair.ratio(found, ours)
                 entry[f"ours_vs_{name}"] = round(faster, 3)
-                note = f"ours {faster:.2f}x faster; " + note
+                note = f"ours {faster:.2f}x as fast; " + note
             line(name, f"{speed:6.2f} MB/s {found.spread():>13}", note)
         entry["ours_vs_floor"] = round(floor.median / ours.median, 3)
         entry["one_process_vs_floor"] = round(floor.median / one.median, 3)
@@ -222,7 +222,7 @@ def bench_dedup(args: argparse.Namespace, tokenizer_path: Path, state: str,
                 note = f"recall {recall:.4f}, precision {precision:.4f}"
                 if found is not ours:
                     run["ours_faster_x"] = round(fair.ratio(found, ours), 2)
-                    note = f"ours {fair.ratio(found, ours):.2f}x faster; " + note
+                    note = f"ours {fair.ratio(found, ours):.2f}x as fast; " + note
                 line(f"{count:>7} chunks, {cores}: {name}",
                      f"{found.median / count * 1e6:6.1f} us/chunk {found.spread():>13}", note)
             results["runs"].append(run)
