@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-import fair  # noqa: E402
+import fair
 
 
 def test_competitors_alternate_round_after_round_the_same_number_of_times() -> None:
