@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.bench
 
 
+@pytest.mark.timeout(1500)
 def test_ingest_benchmark_quick_run_reports_ratios(tmp_path: Path) -> None:
     for module in ("langchain_text_splitters", "semchunk", "chonkie", "semantic_text_splitter",
                    "datasketch"):
@@ -24,7 +25,7 @@ def test_ingest_benchmark_quick_run_reports_ratios(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "ingest" / "run.py"), "--quick",
                            "--sample-mb", "1", "--repetitions", "2", "--allow-busy",
                            "--only", "chunking,dedup"], capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=1400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "load average at start" in proc.stdout and "load average at end" in proc.stdout
     data = json.loads(results.read_text())

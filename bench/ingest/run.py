@@ -189,7 +189,8 @@ def bench_dedup(args: argparse.Namespace, tokenizer_path: Path, state: str,
     chunker = Chunker(config(tokenizer_path, chunk_size=256), tokenizer, dedup=False)
     target = 20_000 if args.quick else 100_000
     bodies: list[str] = []
-    for result in chunker.chunk_stream(batches(load_documents())):
+    documents = load_documents()
+    for result in chunker.chunk_stream(batches(documents[::3] if args.quick else documents)):
         bodies.extend(c.bm25_text for c in result.chunks)
     random.Random(4).shuffle(bodies)
     bodies = bodies[:target]
