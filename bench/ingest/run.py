@@ -54,6 +54,7 @@ import fair  # noqa: E402
 import racers  # noqa: E402
 from racers import batches, config  # noqa: E402
 
+from registry.config import LockedConfig  # noqa: E402
 from registry.ingest.chunker import Chunker, Document, dedup_exact, shingle_sets  # noqa: E402
 from registry.tokenizer import load_tokenizer  # noqa: E402
 
@@ -281,8 +282,10 @@ def bench_copy(args: argparse.Namespace, tokenizer_path: Path, state: str) -> di
 
     print(f"3. COPY: the ingest's COPY path vs a plain psycopg binary COPY of the same rows; "
           f"{args.repetitions} alternated rounds, median; {labels(state, '')}")
+    work = Path(tempfile.mkdtemp(prefix="bench-copy-"))
+    repo, version = registry_repo(work, tokenizer_path)
     tokenizer = load_tokenizer(tokenizer_path)
-    locked = config(tokenizer_path)
+    locked = LockedConfig(**{**config(tokenizer_path).to_dict(), "chunk_version": version})
     # 450-token rows: the full windows of the long-form documents (vim help, licences,
     # changelogs), so each row's texts cross the ~2 kB TOAST threshold.
     long_form = [d for d in load_documents() if d.kind == "text"]
@@ -302,9 +305,7 @@ def bench_copy(args: argparse.Namespace, tokenizer_path: Path, state: str) -> di
     results: dict[str, Any] = {"rows": len(rows), "text_mb": round(text_mb, 1), "variants": {},
                                "state": state or "quiet"}
     columns = sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS))
-    work = Path(tempfile.mkdtemp(prefix="bench-copy-"))
     try:
-        repo, version = registry_repo(work, tokenizer_path)
         with database(args.dsn) as url, psycopg.connect(url) as conn:
             # the production DDL, as `registry reconcile` creates it (PK, generated tsvector +
             # GIN, doc index), copied with LIKE ... INCLUDING ALL for every measurement
