@@ -1,27 +1,36 @@
-"""Ingest benchmarks (issue 4): every figure is a ratio against a baseline measured in the
-same run, on the corpus of bench/ingest/corpus.py (>= 50 MB of real English text found on this
-machine) with one real WordPiece tokenizer trained on it, at 450 tokens / 0.10 overlap.
+"""Ingest benchmarks (issues 4 and 20): every figure is a ratio against a baseline measured in
+the same run, on the corpus of bench/ingest/corpus.py (>= 50 MB of real English text found on
+this machine) with one real WordPiece tokenizer trained on it, at 450 tokens / 0.10 overlap.
+Races are fair in the sense of bench/fair.py: competitors alternated round after round, each
+measurement in a fresh subprocess pinned to the same CPU set, medians with their spread, on
+1 core and on all cores, the load average checked first (--allow-busy labels figures busy).
 
-1. chunking: MB/s of the chunker vs `tokenizer.encode_batch` alone on the same documents (the
-   floor; goal >= 0.7x), and vs langchain-text-splitters' TokenTextSplitter algorithm, semchunk,
-   chonkie's TokenChunker and semantic-text-splitter, all at 450 tokens / 45 overlap with the
-   same tokenizer (goal: faster than every one);
-2. dedup: corpus-wide near-duplicate removal of 10k..100k chunks: time, growth, recall against
-   the exact greedy pass (goal: linear, recall >= 0.99), and datasketch's LSH for reference;
+1. chunking, on a mixed sample of the corpus (every kind of source, long documents > 256K
+   characters included): MB/s of the chunker as `registry ingest` runs it by default and in
+   one process, against `tokenizer.encode_batch` on the same documents and cores (the floor)
+   and each competitor in its fastest documented mode at 450 tokens / 45 overlap with the same
+   tokenizer: chonkie's `chunk_batch`, langchain's TokenTextSplitter over a process pool,
+   semchunk with `processes`, semantic-text-splitter's `chunk_all`;
+2. dedup: corpus-wide near-duplicate removal of 10k..100k chunks, per chunk with every stage
+   (shingling included), against datasketch's MinHashLSH with the same permutations and band
+   shape, MinHash.bulk and `insertion_session`; recall against the exact greedy pass;
 3. copy: rows/s of the ingest's COPY path vs a plain psycopg binary COPY of the same rows
-   (goal >= 0.8x), with the text columns stored as PostgreSQL does by default (pglz), with
-   STORAGE EXTERNAL, and with lz4 compression;
-4. end-to-end: `registry ingest` with 2 worker processes, MB/s (reference pipeline: 2.8 MB/s),
-   document and corpus dedup, and peak memory (whole process tree) against corpus size.
+   (goal >= 0.8x), alternated, with the text columns stored as PostgreSQL does by default
+   (pglz), with STORAGE EXTERNAL, and with lz4 compression;
+4. end-to-end: `registry ingest` (one worker per core) against the tokenizer floor on the same
+   file and cores, alternated; document and corpus dedup, and peak memory (whole process tree)
+   against corpus size.
 
-Run: `.venv/bin/python bench/ingest/run.py [--quick] [--only chunking,dedup,copy,e2e]
-[--dsn DSN]` (needs the `bench` extra). Without --dsn: REGISTRY_TEST_DSN, else an embedded
-PostgreSQL in a temporary directory. Results also go to bench/results/ingest.json.
+Run: `.venv/bin/python bench/ingest/run.py [--quick] [--sample-mb 24] [--only chunking,dedup,
+copy,e2e] [--repetitions 3] [--cores both|one|all] [--allow-busy] [--warm] [--dsn DSN]`
+(needs the `bench` extra). Without --dsn: REGISTRY_TEST_DSN, else an embedded PostgreSQL in a
+temporary directory. Results also go to bench/results/ingest.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,283 +50,201 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus  # noqa: E402
+import fair  # noqa: E402
+import racers  # noqa: E402
+from racers import batches, config  # noqa: E402
 
 from registry.config import LockedConfig  # noqa: E402
-from registry.ingest.chunker import (  # noqa: E402
-    Chunker,
-    CorpusDeduplicator,
-    Document,
-    MemoryShingleStore,
-    dedup_exact,
-    shingle_sets,
-)
-from registry.tokenizer import file_hash, load_tokenizer  # noqa: E402
+from registry.ingest.chunker import Chunker, Document, dedup_exact, shingle_sets  # noqa: E402
+from registry.tokenizer import load_tokenizer  # noqa: E402
 
+SCRIPT = Path(__file__).resolve()
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
-SIZE, RATIO = 450, 0.10
-BATCH_BYTES = 512 * 1024
+LONG_CHARS = 1 << 18  # documents the chunker encodes in segments
+OURS = "ours"
+OURS_DEDUP = next(iter(racers.DEDUPERS))
 
 
-def config(tokenizer_path: Path) -> LockedConfig:
-    return LockedConfig(
-        chunk_version="2025-09-07-143022-v1", chunk_size=SIZE, overlap_ratio=RATIO,
-        jaccard_threshold=0.8, prefix_policy="A", embedder_name="BAAI/bge-large-en-v1.5",
-        embedder_max_tokens=512, tokenizer_name="BAAI/bge-large-en-v1.5",
-        tokenizer_hash=file_hash(tokenizer_path), created_at="2025-09-07T14:30:22Z",
-        created_by="bench <bench@example.com>")
-
-
-def load_documents(limit: int | None) -> list[Document]:
+def load_documents(limit: int | None = None) -> list[Document]:
     from registry.ingest.pipeline import _parse_line
 
     found = (_parse_line(json.dumps(d).encode(), "corpus", 0) for d in corpus.documents(limit))
     return [d for d in found if isinstance(d, Document)]  # what `registry ingest` would keep
 
 
-def batches(documents: list[Document]) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    size = 0
-    for document in documents:
-        batch.append(document)
-        size += len(document.text)
-        if size >= BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
 def megabytes(documents: list[Document]) -> float:
     return sum(len(d.text.encode()) for d in documents) / 1e6
 
 
-def timed(function: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - started)
-    return best, result
-
-
 def line(label: str, value: str, note: str = "") -> None:
-    print(f"  {label:<48} {value:>14}  {note}", flush=True)
+    print(f"  {label:<44} {value:>22}  {note}", flush=True)
+
+
+def mixed_sample(documents: list[Document], megabytes_wanted: float) -> list[Document]:
+    """Every n-th document (the corpus' mix of sources), n chosen for the size wanted, plus
+    long documents until they are at least a quarter of the bytes: the cliff the chunker must
+    not hide."""
+    total = sum(len(d.text.encode()) for d in documents)
+    stride = max(1, round(total / (megabytes_wanted * 1e6)))
+    sample = documents[::stride]
+    chosen = {d.doc_id for d in sample}
+    size = sum(len(d.text.encode()) for d in sample)
+    long_bytes = sum(len(d.text.encode()) for d in sample if len(d.text) > LONG_CHARS)
+    for document in documents:
+        if long_bytes >= size / 4:
+            break
+        if len(document.text) > LONG_CHARS and document.doc_id not in chosen:
+            chosen.add(document.doc_id)
+            sample.append(document)
+            size += len(document.text.encode())
+            long_bytes += len(document.text.encode())
+    return sample
+
+
+def write_documents(documents: list[Document], path: Path) -> Path:
+    with path.open("w") as out:
+        for document in documents:
+            out.write(json.dumps(dataclasses.asdict(document)) + "\n")
+    return path
+
+
+def labels(state: str, cache: str) -> str:
+    return ", ".join(x for x in (cache, state) if x)
 
 
 # ---------------------------------------------------------------------------------------------
 # 1. chunking throughput
 
 
-def competitors(tokenizer: Any) -> dict[str, Callable[[Document], int]]:
-    """Each competitor, configured to 450 tokens / 45 overlap with the same tokenizer."""
-    overlap = round(SIZE * RATIO)
-    found: dict[str, Callable[[Document], int]] = {}
-    from langchain_text_splitters.base import Tokenizer as LangchainTokenizer
-    from langchain_text_splitters.base import split_text_on_tokens
-
-    # TokenTextSplitter's constructor only takes tiktoken encodings; its split_text is exactly
-    # split_text_on_tokens with the encoding's encode/decode, so we pass ours to it.
-    splitter = LangchainTokenizer(
-        chunk_overlap=overlap, tokens_per_chunk=SIZE, decode=tokenizer.decode,
-        encode=lambda text: tokenizer.encode(text, add_special_tokens=False).ids)
-    found["langchain TokenTextSplitter"] = lambda d: len(
-        split_text_on_tokens(text=d.text, tokenizer=splitter))
-    import semchunk
-
-    chunker = semchunk.chunkerify(tokenizer, SIZE)
-    found["semchunk"] = lambda d: len(chunker(d.text, overlap=overlap))
-    from chonkie import TokenChunker
-
-    token_chunker = TokenChunker(tokenizer=tokenizer, chunk_size=SIZE, chunk_overlap=overlap)
-    found["chonkie TokenChunker"] = lambda d: len(token_chunker.chunk(d.text))
-    from semantic_text_splitter import MarkdownSplitter, TextSplitter
-
-    text_splitter = TextSplitter.from_huggingface_tokenizer(tokenizer, SIZE, overlap=overlap)
-    markdown_splitter = MarkdownSplitter.from_huggingface_tokenizer(tokenizer, SIZE,
-                                                                    overlap=overlap)
-    found["semantic-text-splitter"] = lambda d: len(
-        (markdown_splitter if d.kind == "markdown" else text_splitter).chunks(d.text))
-    return found
-
-
-def load() -> str:
-    return " ".join(open("/proc/loadavg").read().split()[:3])
-
-
-def bench_chunking(tokenizer_path: Path, quick: bool) -> dict[str, Any]:
-    print(f"1. chunking throughput (450 tokens / 45 overlap, the same WordPiece tokenizer); "
-          f"load {load()}")
-    tokenizer = load_tokenizer(tokenizer_path)
-    locked = config(tokenizer_path)
-    # every third document: the corpus' mix of sources in a third of the time; the floor and
-    # the chunker are measured in interleaved rounds (best of each), so a neighbour's load
-    # spike on this shared machine hits both alike
-    documents = load_documents(None)[::3]
-    if quick:
-        documents = documents[::4]
+def bench_chunking(args: argparse.Namespace, tokenizer_path: Path, state: str,
+                   work: Path) -> dict[str, Any]:
+    documents = mixed_sample(load_documents(), args.sample_mb)
     size = megabytes(documents)
-    results: dict[str, Any] = {"sample_of_corpus_mb": round(size, 2),
-                               "documents": len(documents)}
+    long_docs = [d for d in documents if len(d.text) > LONG_CHARS]
+    sources = sorted({d.doc_id.split(":", 1)[0] for d in documents})
+    cache = "warm" if args.warm else "cold"
+    print(f"1. chunking, 450 tokens / 45 overlap, the same WordPiece tokenizer: {size:.1f} MB, "
+          f"{len(documents)} documents ({', '.join(sources)}), {len(long_docs)} over "
+          f"{LONG_CHARS // 1024}K characters ({megabytes(long_docs) / size:.0%} of the bytes); "
+          f"{args.repetitions} alternated rounds, median (min..max); {labels(state, cache)}")
+    sample = write_documents(documents, work / "chunking-sample.jsonl")
+    measure_args = ["--input", str(sample), "--tokenizer", str(tokenizer_path)]
+    if args.warm:
+        measure_args.append("--warm")
 
-    def encode_all() -> int:
-        return sum(len(e) for batch in batches(documents)
-                   for e in tokenizer.encode_batch([d.text for d in batch],
-                                                   add_special_tokens=False))
+    def measure(name: str, pinned: list[int]) -> dict[str, Any]:
+        return fair.measure_in_subprocess(
+            [str(SCRIPT), "--measure", f"chunking:{name}", *measure_args], pinned)
 
-    def ours_in_process() -> int:
-        chunker = Chunker(locked, tokenizer)
-        return sum(len(r.chunks) for r in chunker.chunk_stream(batches(documents)))
-
-    def ours_two_processes() -> int:
-        from registry.ingest.pipeline import ChunkerSpec, chunk_corpus
-
-        spec = ChunkerSpec(locked, tokenizer_path.read_text(), corpus=False)
-        return sum(len(r.chunks) for _, chunked in chunk_corpus(spec, batches(documents), 2)
-                   for r in chunked)
-
-    systems = {"encode": encode_all, "ours_1p": ours_in_process, "ours_2p": ours_two_processes}
-    best = {name: float("inf") for name in systems}
-    counts: dict[str, int] = {}
-    for _ in range(2 if quick else 3):
-        for name, run in systems.items():
-            seconds, counts[name] = timed(run)
-            best[name] = min(best[name], seconds)
-    floor = best["encode"]
-    results["encode_batch_mb_s"] = round(size / floor, 2)
-    results["tokens"] = counts["encode"]
-    line("tokenizer.encode_batch alone (2 threads)", f"{size / floor:.2f} MB/s",
-         f"{counts['encode'] / floor / 1e6:.2f} M tokens/s, {size:.1f} MB, "
-         f"{len(documents)} documents")
-    for key, name in (("ours_1p", "chunker, one process (encode thread)"),
-                      ("ours_2p", "chunker, 2 worker processes")):
-        results[f"{key}_mb_s"] = round(size / best[key], 2)
-        results[f"{key}_vs_encode"] = round(floor / best[key], 3)
-        results[f"{key}_chunks"] = counts[key]
-        line(name, f"{size / best[key]:.2f} MB/s", f"{floor / best[key]:.2f}x encode_batch, "
-             f"{counts[key]} chunks")
-    results["load_after"] = load()
-    sample = load_documents(3_000_000 if quick else 8_000_000)
-    sample_size = megabytes(sample)
-    ours_seconds, _ = timed(lambda: sum(len(r.chunks) for r in Chunker(locked, tokenizer)
-                                        .chunk_stream(batches(sample))), repeat=3)
-    ours = sample_size / ours_seconds
-    results["sample_mb"] = round(sample_size, 2)
-    results["ours_sample_mb_s"] = round(ours, 2)
-    line(f"chunker on the competitors' {sample_size:.1f} MB sample", f"{ours:.2f} MB/s")
-    results["competitors"] = {}
-    for name, split in competitors(tokenizer).items():
-        seconds, chunks = timed(lambda split=split: sum(split(d) for d in sample))
-        speed = sample_size / seconds
-        results["competitors"][name] = {"mb_s": round(speed, 3), "chunks": chunks,
-                                        "ours_faster_x": round(ours / speed, 2)}
-        line(name, f"{speed:.2f} MB/s", f"ours is {ours / speed:.1f}x faster, {chunks} chunks")
+    raced = fair.race(list(racers.CHUNKERS), measure, args.repetitions,
+                      fair.chosen_sets(args.cores))
+    results: dict[str, Any] = {"sample_mb": round(size, 2), "documents": len(documents),
+                               "long_documents": len(long_docs), "cache": cache,
+                               "state": state or "quiet", "cores": {}}
+    for cores, figures in raced.items():
+        floor, ours, one = (figures["encode_batch (floor)"], figures[OURS],
+                            figures["ours, one process"])
+        print(f" {cores}:")
+        entry: dict[str, Any] = {"figures": {n: f.to_dict() for n, f in figures.items()}}
+        for name, found in figures.items():
+            speed = size / found.median
+            note = f"{found.units} chunks" if name != "encode_batch (floor)" else \
+                f"{found.units / found.median / 1e6:.2f} M tokens/s"
+            if name not in (OURS, "encode_batch (floor)", "ours, one process"):
+                faster = fair.ratio(found, ours)
+                entry[f"ours_vs_{name}"] = round(faster, 3)
+                note = f"ours {faster:.2f}x as fast; " + note
+            line(name, f"{speed:6.2f} MB/s {found.spread():>13}", note)
+        entry["ours_vs_floor"] = round(floor.median / ours.median, 3)
+        entry["one_process_vs_floor"] = round(floor.median / one.median, 3)
+        line("ours / encode_batch (same cores)", f"{floor.median / ours.median:.2f}x",
+             f"one process: {floor.median / one.median:.2f}x (goal 0.8x)")
+        results["cores"][cores] = entry
     return results
+
+
+def measure_chunking(name: str, args: argparse.Namespace) -> None:
+    documents = racers.read_documents(args.input)
+    work = racers.CHUNKERS[name](documents, args.tokenizer, args.cpus)
+    if args.warm:
+        work()
+    seconds, chunks = fair.timed(work)
+    fair.report_measurement(seconds, int(chunks))
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. corpus-wide dedup
 
 
-def bench_dedup(tokenizer_path: Path, quick: bool) -> dict[str, Any]:
-    print(f"2. corpus-wide dedup (MinHash LSH + exact verification) vs the exact greedy pass; "
-          f"load {load()}")
+def bench_dedup(args: argparse.Namespace, tokenizer_path: Path, state: str,
+                work: Path) -> dict[str, Any]:
     import random
 
+    cache = "warm" if args.warm else "cold"
+    print(f"2. corpus-wide dedup per chunk, every stage (shingling, MinHash, LSH, exact check); "
+          f"{args.repetitions} alternated rounds, median (min..max); {labels(state, cache)}")
     tokenizer = load_tokenizer(tokenizer_path)
     # 256-token chunks: the corpus gives 93k chunks at 450 tokens, past 100k at 256. Shuffled
     # (seeded) so every prefix has the same mix of sources: growth then measures the method,
     # not where in the corpus the near-duplicates are.
-    locked = config(tokenizer_path)
-    small = LockedConfig(**{**locked.to_dict(), "chunk_size": 256})
-    chunker = Chunker(small, tokenizer, dedup=False)
-    target = 20_000 if quick else 100_000
+    chunker = Chunker(config(tokenizer_path, chunk_size=256), tokenizer, dedup=False)
+    target = 20_000 if args.quick else 100_000
     bodies: list[str] = []
-    for result in chunker.chunk_stream(batches(load_documents(None))):
+    documents = load_documents()
+    for result in chunker.chunk_stream(batches(documents[::3] if args.quick else documents)):
         bodies.extend(c.bm25_text for c in result.chunks)
     random.Random(4).shuffle(bodies)
     bodies = bodies[:target]
+    texts_path = work / "dedup-texts.json"
+    texts_path.write_text(json.dumps(bodies))
     sizes = [s for s in (10_000, 20_000, 50_000, 100_000) if s <= len(bodies)]
-    results: dict[str, Any] = {"runs": []}
-    threshold = 0.8
+    results: dict[str, Any] = {"runs": [], "cache": cache, "state": state or "quiet"}
+    warm = ["--warm"] if args.warm else []
     for count in sizes:
-        texts = bodies[:count]
-        shingle_seconds, sets = timed(lambda texts=texts: shingle_sets(texts))
-        deduplicator = CorpusDeduplicator(threshold, MemoryShingleStore())
-        keys_seconds, keys = timed(lambda sets=sets, d=deduplicator: d.hasher.band_keys(sets))
-        lsh_seconds, removed = timed(lambda sets=sets, keys=keys, d=deduplicator: {
-            i for i in range(len(sets)) if d.is_duplicate(sets[i], keys[i])})
-        exact_seconds, kept = timed(lambda sets=sets: dedup_exact(sets, threshold))
-        exact_removed = {i for i, keep in enumerate(kept) if not keep}
-        recall = len(removed & exact_removed) / len(exact_removed) if exact_removed else 1.0
-        precision = len(removed & exact_removed) / len(removed) if removed else 1.0
-        total = keys_seconds + lsh_seconds
-        run = {"chunks": count, "shingle_s": round(shingle_seconds, 3),
-               "minhash_s": round(keys_seconds, 3), "lsh_verify_s": round(lsh_seconds, 3),
-               "dedup_s": round(total, 3), "us_per_chunk": round(total / count * 1e6, 1),
-               "exact_removed": len(exact_removed), "lsh_removed": len(removed),
-               "recall": round(recall, 4), "precision_vs_exact": round(precision, 4),
-               "candidates_verified": deduplicator.candidates,
-               "exact_pass_s": round(exact_seconds, 3)}
-        results["runs"].append(run)
-        line(f"{count:>7} chunks: MinHash {keys_seconds:.2f}s + LSH/verify {lsh_seconds:.2f}s",
-             f"{total / count * 1e6:.1f} us/chunk",
-             f"recall {recall:.4f}, removed {len(removed)}/{len(exact_removed)} exact, "
-             f"{deduplicator.candidates} candidates")
-    first, last = results["runs"][0], results["runs"][-1]
-    growth = (last["dedup_s"] / first["dedup_s"]) / (last["chunks"] / first["chunks"])
-    results["growth_per_chunk_first_to_last"] = round(growth, 2)
-    line(f"time per chunk, {last['chunks']} vs {first['chunks']} chunks", f"{growth:.2f}x",
-         "(1.0 = linear)")
-    results["datasketch"] = bench_datasketch(bodies[:10_000], sets_for=shingle_sets,
-                                             threshold=threshold)
+        sets = shingle_sets(bodies[:count])
+        exact = {i for i, keep in enumerate(dedup_exact(sets, racers.THRESHOLD)) if not keep}
+
+        def measure(name: str, pinned: list[int], count: int = count) -> dict[str, Any]:
+            return fair.measure_in_subprocess(
+                [str(SCRIPT), "--measure", f"dedup:{name}", "--input", str(texts_path),
+                 "--count", str(count), *warm], pinned)
+
+        raced = fair.race(list(racers.DEDUPERS), measure, args.repetitions,
+                          fair.chosen_sets(args.cores))
+        for cores, figures in raced.items():
+            ours = figures[OURS_DEDUP]
+            run: dict[str, Any] = {"chunks": count, "cores": cores, "exact_removed": len(exact)}
+            for name, found in figures.items():
+                removed = set(found.extra.pop("removed"))
+                recall = len(removed & exact) / len(exact) if exact else 1.0
+                precision = len(removed & exact) / len(removed) if removed else 1.0
+                run[name] = {**found.to_dict(), "us_per_chunk": round(found.median / count * 1e6,
+                                                                      1),
+                             "recall": round(recall, 4), "precision_vs_exact": round(precision, 4)}
+                note = f"recall {recall:.4f}, precision {precision:.4f}"
+                if found is not ours:
+                    run["ours_faster_x"] = round(fair.ratio(found, ours), 2)
+                    note = f"ours {fair.ratio(found, ours):.2f}x as fast; " + note
+                line(f"{count:>7} chunks, {cores}: {name}",
+                     f"{found.median / count * 1e6:6.1f} us/chunk {found.spread():>13}", note)
+            results["runs"].append(run)
+    for cores in fair.chosen_sets(args.cores):
+        runs = [r for r in results["runs"] if r["cores"] == cores]
+        first, last = runs[0], runs[-1]
+        growth = last[OURS_DEDUP]["us_per_chunk"] / first[OURS_DEDUP]["us_per_chunk"]
+        results[f"growth_per_chunk_{cores}"] = round(growth, 2)
+        line(f"ours per chunk, {last['chunks']} vs {first['chunks']} chunks, {cores}",
+             f"{growth:.2f}x", "(1.0 = linear)")
     return results
 
 
-def bench_datasketch(texts: list[str], sets_for: Callable[[list[str]], Any],
-                     threshold: float) -> dict[str, Any]:
-    """datasketch's MinHashLSH on the same shingles, built at the threshold (no verification)
-    and at 0.6 with exact verification: the reference the issue quotes."""
-    import numpy as np
-    from datasketch import MinHash, MinHashLSH
-
-    sets = sets_for(texts)
-    exact = {i for i, keep in enumerate(dedup_exact(sets, threshold)) if not keep}
-    out: dict[str, Any] = {"chunks": len(texts), "exact_removed": len(exact)}
-    for built_at, verify in ((threshold, False), (0.6, True)):
-        started = time.perf_counter()
-        lsh = MinHashLSH(threshold=built_at, num_perm=128)
-        kept: dict[int, Any] = {}
-        removed = set()
-        for index in range(len(sets)):
-            values = sets[index]
-            minhash = MinHash(num_perm=128)
-            minhash.update_batch([v.tobytes() for v in values.view(np.uint64).reshape(-1, 1)])
-            found = lsh.query(minhash)
-            duplicate = False
-            for other in found:
-                if not verify:
-                    duplicate = True
-                    break
-                a, b = values, kept[other]
-                shared = np.intersect1d(a, b, assume_unique=True).size
-                if shared / (len(a) + len(b) - shared) >= threshold:
-                    duplicate = True
-                    break
-            if duplicate:
-                removed.add(index)
-            else:
-                lsh.insert(index, minhash)
-                kept[index] = values
-        seconds = time.perf_counter() - started
-        recall = len(removed & exact) / len(exact) if exact else 1.0
-        precision = len(removed & exact) / len(removed) if removed else 1.0
-        key = f"built_at_{built_at}" + ("_verified" if verify else "")
-        out[key] = {"recall": round(recall, 4), "precision_vs_exact": round(precision, 4),
-                    "chunks_per_s": round(len(sets) / seconds)}
-        line(f"datasketch LSH built at {built_at}{' + exact check' if verify else ''}",
-             f"{len(sets) / seconds:.0f} chunks/s",
-             f"recall {recall:.4f}, precision {precision:.4f} ({len(texts)} chunks)")
-    return out
+def measure_dedup(name: str, args: argparse.Namespace) -> None:
+    texts = json.loads(args.input.read_text())[:args.count]
+    work = racers.DEDUPERS[name](texts)
+    if args.warm:
+        work()
+    seconds, removed = fair.timed(work)
+    fair.report_measurement(seconds, len(texts), removed=removed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,22 +271,26 @@ def database(dsn: str | None) -> Iterator[str]:
             server.cleanup()
 
 
-def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, Any]:
+def bench_copy(args: argparse.Namespace, tokenizer_path: Path, state: str) -> dict[str, Any]:
+    import statistics
+
     import psycopg
     from psycopg import sql
 
-    from registry.database.chunk_table import COPY_TYPES, ROW_COLUMNS, table_ddl
+    from registry.database.chunk_table import COPY_TYPES, ROW_COLUMNS
     from registry.ingest.pipeline import IngestReport, _keep
 
     print(f"3. COPY: the ingest's COPY path vs a plain psycopg binary COPY of the same rows; "
-          f"load {load()}")
+          f"{args.repetitions} alternated rounds, median; {labels(state, '')}")
+    work = Path(tempfile.mkdtemp(prefix="bench-copy-"))
+    repo, version = registry_repo(work, tokenizer_path)
     tokenizer = load_tokenizer(tokenizer_path)
-    locked = config(tokenizer_path)
-    # 450-token rows, as the issue asks: the full windows of the long-form documents (vim
-    # help, licences, changelogs), so each row's texts cross the ~2 kB TOAST threshold.
-    long_form = [d for d in load_documents(None) if d.kind == "text"]
+    locked = LockedConfig(**{**config(tokenizer_path).to_dict(), "chunk_version": version})
+    # 450-token rows: the full windows of the long-form documents (vim help, licences,
+    # changelogs), so each row's texts cross the ~2 kB TOAST threshold.
+    long_form = [d for d in load_documents() if d.kind == "text"]
     chunked = []
-    budget = 8_000_000 if quick else 30_000_000
+    budget = 8_000_000 if args.quick else 30_000_000
     for result in Chunker(locked, tokenizer).chunk_stream(batches(long_form)):
         result.chunks = [c for c in result.chunks if c.bm25_token_count >= 400]
         chunked.append(result)
@@ -372,67 +302,74 @@ def bench_copy(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, 
         result.chunks = [c for c in result.chunks if not (c.id in ids or ids.add(c.id))]
     rows = [c.row() for r in chunked for c in r.chunks]
     text_mb = sum(len(r[3]) + len(r[4]) for r in rows) / 1e6
-    results: dict[str, Any] = {"rows": len(rows), "text_mb": round(text_mb, 1), "variants": {}}
+    results: dict[str, Any] = {"rows": len(rows), "text_mb": round(text_mb, 1), "variants": {},
+                               "state": state or "quiet"}
     columns = sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS))
-    with database(dsn) as url, psycopg.connect(url) as conn:
-        version = conn.execute("SHOW server_version").fetchone()
-        results["server"] = version[0] if version else "?"
-        lz4 = conn.execute("SELECT count(*) FROM pg_settings WHERE name = "
-                           "'default_toast_compression' AND 'lz4' = ANY(enumvals)").fetchone()
-        storages = {"default (pglz)": [], "STORAGE EXTERNAL": ["SET STORAGE EXTERNAL"]}
-        if lz4 and lz4[0]:
-            storages["COMPRESSION lz4"] = ["SET COMPRESSION lz4"]
-        conn.commit()
-        for storage, alters in storages.items():
-            # best of two, in alternating order, so neither way pays the warm-up alone
-            for way in ("plain", "ingest", "ingest", "plain"):
-                table = f"t_{uuid.uuid4().hex[:8]}"
-                for statement in table_ddl(
-                        "public", table, chunk_version=locked.chunk_version,
-                        config_hash=locked.config_hash, prefix_policy=locked.prefix_policy,
-                        chunk_size=locked.chunk_size, token_budget=locked.token_budget):
-                    conn.execute(statement)
-                for alter in alters:
-                    for column in ("embedding_text", "bm25_text"):
-                        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} " + alter).format(
-                            sql.Identifier(table), sql.Identifier(column)))
-                conn.commit()
-                copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                    sql.Identifier(table), columns)
-                started = time.perf_counter()
-                with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
-                    copy.set_types(COPY_TYPES)
-                    if way == "plain":
-                        for row in rows:
-                            copy.write_row(row)
-                    else:
-                        report = IngestReport("", "", "", "", "document", 1)
-                        seen: set[bytes] = set()
-                        for result in chunked:
-                            for row in _keep(result, None, seen, report):
+    try:
+        with database(args.dsn) as url, psycopg.connect(url) as conn:
+            # the production DDL, as `registry reconcile` creates it (PK, generated tsvector +
+            # GIN, doc index), copied with LIKE ... INCLUDING ALL for every measurement
+            registry_cli("reconcile", "--repo", str(repo), "--dsn", url, "--no-fetch")
+            shadow = sql.Identifier("public", "document_chunks_" + version.replace("-", "_"))
+            version_row = conn.execute("SHOW server_version").fetchone()
+            results["server"] = version_row[0] if version_row else "?"
+            lz4 = conn.execute("SELECT count(*) FROM pg_settings WHERE name = "
+                               "'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+                               ).fetchone()
+            storages = {"default (pglz)": [], "STORAGE EXTERNAL": ["SET STORAGE EXTERNAL"]}
+            if lz4 and lz4[0]:
+                storages["COMPRESSION lz4"] = ["SET COMPRESSION lz4"]
+            conn.commit()
+            for storage, alters in storages.items():
+                seconds: dict[str, list[float]] = {"plain": [], "ingest": []}
+                table_mb: dict[str, float] = {}
+                for way in fair.schedule(list(seconds), args.repetitions):
+                    table = sql.Identifier(f"copy_{way}")
+                    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+                        table, shadow))
+                    for alter in alters:
+                        for column in ("embedding_text", "bm25_text"):
+                            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} " + alter
+                                                 ).format(table, sql.Identifier(column)))
+                    conn.commit()
+                    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                        table, columns)
+                    started = time.perf_counter()
+                    with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                        copy.set_types(COPY_TYPES)
+                        if way == "plain":
+                            for row in rows:
                                 copy.write_row(row)
-                conn.commit()
-                seconds = time.perf_counter() - started
-                size = conn.execute(sql.SQL("SELECT pg_total_relation_size({})").format(
-                    sql.Literal(table))).fetchone()
-                best = results["variants"].setdefault(storage, {}).get(way)
-                if best is None or best["rows_s"] < len(rows) / seconds:
-                    results["variants"][storage][way] = {
-                        "rows_s": round(len(rows) / seconds), "seconds": round(seconds, 2),
-                        "table_mb": round((size[0] if size else 0) / 1e6, 1)}
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
-                conn.commit()
-            plain = results["variants"][storage]["plain"]["rows_s"]
-            ours = results["variants"][storage]["ingest"]["rows_s"]
-            results["variants"][storage]["ingest_vs_plain"] = round(ours / plain, 3)
-            line(f"{storage}: plain COPY", f"{plain} rows/s",
-                 f"table {results['variants'][storage]['plain']['table_mb']} MB")
-            line(f"{storage}: ingest COPY path", f"{ours} rows/s", f"{ours / plain:.2f}x plain")
+                        else:
+                            report = IngestReport("", "", "", "", "document", 1)
+                            seen: set[bytes] = set()
+                            for result in chunked:
+                                for row in _keep(result, None, seen, report):
+                                    copy.write_row(row)
+                    conn.commit()
+                    seconds[way].append(time.perf_counter() - started)
+                    size = conn.execute(sql.SQL("SELECT pg_total_relation_size({})").format(
+                        sql.Literal(f"copy_{way}"))).fetchone()
+                    table_mb[way] = round((size[0] if size else 0) / 1e6, 1)
+                    conn.execute(sql.SQL("DROP TABLE {}").format(table))
+                    conn.commit()
+                variant = {way: {"rows_s": round(len(rows) / statistics.median(times)),
+                                 "seconds": [round(t, 2) for t in times],
+                                 "table_mb": table_mb[way]} for way, times in seconds.items()}
+                plain, ours = variant["plain"]["rows_s"], variant["ingest"]["rows_s"]
+                variant["ingest_vs_plain"] = round(ours / plain, 3)
+                results["variants"][storage] = variant
+                line(f"{storage}: plain COPY", f"{plain} rows/s",
+                     f"table {variant['plain']['table_mb']} MB")
+                line(f"{storage}: ingest COPY path", f"{ours} rows/s",
+                     f"{ours / plain:.2f}x plain")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     base = results["variants"]["default (pglz)"]["plain"]["rows_s"]
     for variant in results["variants"].values():
         variant["plain_vs_default"] = round(variant["plain"]["rows_s"] / base, 3)
     print(f"  ({len(rows)} rows of 450-token chunks, {text_mb:.0f} MB of text, PostgreSQL "
-          f"{results['server']}, production DDL: PK, generated tsvector + GIN, doc index)")
+          f"{results['server']}, client unpinned)")
     return results
 
 
@@ -510,11 +447,9 @@ def registry_repo(where: Path, tokenizer_path: Path) -> tuple[Path, str]:
     return repo, version
 
 
-def registry_cli(*args: str, memory: bool = False) -> str:
+def registry_cli(*args: str) -> str:
     command = [str(Path(sys.executable).parent / "registry"), *args]
-    if not memory:
-        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    raise AssertionError("use run_measured")
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
 def run_measured(*args: str) -> tuple[dict[str, Any], int, float]:
@@ -530,56 +465,109 @@ def run_measured(*args: str) -> tuple[dict[str, Any], int, float]:
     return json.loads(out), peak, time.perf_counter() - started
 
 
-def bench_end_to_end(tokenizer_path: Path, quick: bool, dsn: str | None) -> dict[str, Any]:
-    print(f"4. end to end: `registry ingest --workers 2` (read, chunk, dedup, COPY, commit); "
-          f"load {load()}")
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    results: dict[str, Any] = {"runs": []}
-    try:
-        repo, version = registry_repo(work, tokenizer_path)
-        # every 4th / every 2nd / every document: the same mix of document sizes at 1/4, 1/2
-        # and all of the corpus, so peak memory is compared at equal largest documents
-        strides = [8, 4] if quick else [4, 2, 1]
-        subsets: dict[str, Path] = {}
-        for stride in strides:
-            path = work / f"corpus-every-{stride}.jsonl"
-            with path.open("w") as out:
-                for number, document in enumerate(corpus.documents()):
-                    if number % stride == 0:
-                        out.write(json.dumps(document) + "\n")
-            subsets["all" if stride == 1 else f"every {stride}th"] = path
-        with database(dsn) as url:
-            registry_cli("reconcile", "--repo", str(repo), "--dsn", url, "--no-fetch")
-            runs = [(name, path, "document") for name, path in subsets.items()]
-            runs.append((list(subsets)[-1], list(subsets.values())[-1], "corpus"))
-            for name, path, dedup in runs:
-                report, peak, wall = run_measured(
-                    "ingest", version, "--repo", str(repo), "--dsn", url, "--source", str(path),
-                    "--tokenizer-file", str(tokenizer_path), "--workers", "2", "--dedup", dedup,
-                    "--format", "json")
-                mb = report["bytes"] / 1e6
-                run = {"corpus": name, "dedup": dedup, "mb": round(mb, 1),
-                       "chunks": report["chunks"], "documents": report["documents"],
-                       "duplicates_removed": report["duplicates_removed"],
-                       "ingest_mb_s": round(report["mb_per_s"], 2),
-                       "wall_mb_s": round(mb / wall, 2), "wall_s": round(wall, 1),
-                       "peak_rss_mb": round(peak / 1e6)}
+E2E = ("registry ingest", "encode_batch (floor)")
+
+
+def bench_end_to_end(args: argparse.Namespace, tokenizer_path: Path, state: str,
+                     work: Path) -> dict[str, Any]:
+    print(f"4. end to end: `registry ingest` (read, chunk, dedup, COPY, commit; one worker per "
+          f"core) vs encode_batch on the same file and cores, {args.repetitions} alternated "
+          f"rounds, median (min..max); PostgreSQL unpinned; {labels(state, 'cold')}")
+    results: dict[str, Any] = {"runs": [], "state": state or "quiet"}
+    repo, version = registry_repo(work, tokenizer_path)
+    # every 8th / 4th / 2nd document: the same mix of document sizes at growing sizes, so peak
+    # memory is compared at equal largest documents
+    strides = [16, 8] if args.quick else [4, 2, 1]
+    subsets: dict[str, Path] = {}
+    for stride in strides:
+        path = work / f"corpus-every-{stride}.jsonl"
+        with path.open("w") as out:
+            for number, document in enumerate(corpus.documents()):
+                if number % stride == 0:
+                    out.write(json.dumps(document) + "\n")
+        subsets["all" if stride == 1 else f"every {stride}th"] = path
+    with database(args.dsn) as url:
+        registry_cli("reconcile", "--repo", str(repo), "--dsn", url, "--no-fetch")
+        runs = [(name, path, "document") for name, path in subsets.items()]
+        runs.append((list(subsets)[-1], list(subsets.values())[-1], "corpus"))
+        for name, path, dedup in runs:
+            files = ["--input", str(path), "--tokenizer", str(tokenizer_path)]
+            target = json.dumps({"repo": str(repo), "version": version, "dsn": url,
+                                 "dedup": dedup})
+            argv = {E2E[0]: ["--measure", "e2e:ingest", *files, "--ingest", target],
+                    E2E[1]: ["--measure", "e2e:floor", *files]}
+
+            def measure(competitor: str, pinned: list[int],
+                        argv: dict[str, list[str]] = argv) -> dict[str, Any]:
+                return fair.measure_in_subprocess([str(SCRIPT), *argv[competitor]], pinned)
+
+            raced = fair.race(list(E2E), measure, args.repetitions,
+                              fair.chosen_sets(args.cores))
+            for cores, figures in raced.items():
+                ours, floor = figures[E2E[0]], figures[E2E[1]]
+                mb = ours.extra["bytes"] / 1e6
+                run = {"corpus": name, "dedup": dedup, "cores": cores, "mb": round(mb, 1),
+                       "chunks": ours.units, "documents": ours.extra["documents"],
+                       "duplicates_removed": ours.extra["duplicates_removed"],
+                       "wall_mb_s": round(mb / ours.median, 2),
+                       "floor_mb_s": round(mb / floor.median, 2),
+                       "vs_floor": round(floor.median / ours.median, 3),
+                       "peak_rss_mb": round(ours.extra["peak_rss"] / 1e6),
+                       "figures": {n: f.to_dict() for n, f in figures.items()}}
                 results["runs"].append(run)
-                line(f"{name}, dedup {dedup}", f"{mb / wall:.2f} MB/s",
-                     f"{report['mb_per_s']:.2f} MB/s after start-up, {report['chunks']} "
-                     f"chunks, {report['duplicates_removed']} duplicates, peak RSS "
-                     f"{peak / 1e6:.0f} MB (process tree), {wall:.1f}s wall")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                line(f"{name}, dedup {dedup}, {cores}",
+                     f"{mb / ours.median:5.2f} MB/s {ours.spread():>13}",
+                     f"{floor.median / ours.median:.2f}x the floor ({mb / floor.median:.2f} "
+                     f"MB/s), {ours.units} chunks, {run['duplicates_removed']} duplicates, "
+                     f"peak RSS {run['peak_rss_mb']} MB (process tree)")
     return results
+
+
+def measure_end_to_end(name: str, args: argparse.Namespace) -> None:
+    if name == "floor":
+        work = racers.encode_floor(racers.read_documents(args.input), args.tokenizer, args.cpus)
+        seconds, tokens = fair.timed(work)
+        fair.report_measurement(seconds, int(tokens))
+        return
+    target = json.loads(args.ingest)
+    report, peak, wall = run_measured(
+        "ingest", target["version"], "--repo", target["repo"], "--dsn", target["dsn"],
+        "--source", str(args.input), "--tokenizer-file", str(args.tokenizer),
+        "--workers", str(len(args.cpus)), "--dedup", target["dedup"], "--format", "json")
+    fair.report_measurement(wall, report["chunks"], bytes=report["bytes"], peak_rss=peak,
+                            documents=report["documents"],
+                            duplicates_removed=report["duplicates_removed"])
+
+
+MEASURES: dict[str, Callable[[str, argparse.Namespace], None]] = {
+    "chunking": measure_chunking, "dedup": measure_dedup, "e2e": measure_end_to_end}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Small samples (a smoke run).")
+    parser.add_argument("--sample-mb", type=float, default=24.0,
+                        help="Size of the mixed chunking sample (--quick: 4).")
     parser.add_argument("--only", default="chunking,dedup,copy,e2e")
     parser.add_argument("--dsn", default=os.environ.get("REGISTRY_TEST_DSN"))
+    parser.add_argument("--warm", action="store_true",
+                        help="Time a second run in the same process (default: the first).")
+    fair.add_arguments(parser, repetitions=3)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ingest", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        fair.pin(args.cpus)
+        section, name = args.measure.split(":", 1)
+        MEASURES[section](name, args)
+        return
+    if args.quick and args.sample_mb == parser.get_default("sample_mb"):
+        args.sample_mb = 4.0
+    print(fair.load_line("start"))
+    state = fair.check_quiet(args.allow_busy, args.max_load)
     manifest = corpus.build()
     tokenizer_path = corpus.tokenizer()
     sources: dict[str, dict[str, int]] = manifest["sources"]  # type: ignore[assignment]
@@ -587,17 +575,24 @@ def main() -> None:
                       if entry["bytes"] > 250_000)
     print(f"corpus: {manifest['bytes'] / 1e6:.1f} MB, {manifest['documents']} documents "
           f"({parts})")
-    results: dict[str, Any] = {"corpus": manifest, "quick": args.quick}
+    results: dict[str, Any] = {"corpus": manifest, "quick": args.quick,
+                               "load_start": fair.load_average(), "state": state or "quiet"}
     sections = set(args.only.split(","))
     started = time.perf_counter()
-    if "chunking" in sections:
-        results["chunking"] = bench_chunking(tokenizer_path, args.quick)
-    if "dedup" in sections:
-        results["dedup"] = bench_dedup(tokenizer_path, args.quick)
-    if "copy" in sections:
-        results["copy"] = bench_copy(tokenizer_path, args.quick, args.dsn)
-    if "e2e" in sections:
-        results["end_to_end"] = bench_end_to_end(tokenizer_path, args.quick, args.dsn)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        if "chunking" in sections:
+            results["chunking"] = bench_chunking(args, tokenizer_path, state, work)
+        if "dedup" in sections:
+            results["dedup"] = bench_dedup(args, tokenizer_path, state, work)
+        if "copy" in sections:
+            results["copy"] = bench_copy(args, tokenizer_path, state)
+        if "e2e" in sections:
+            results["end_to_end"] = bench_end_to_end(args, tokenizer_path, state, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["load_end"] = fair.load_average()
+    print(fair.load_line("end"))
     results["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, default=str))
