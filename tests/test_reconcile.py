@@ -513,13 +513,14 @@ def test_status_lists_every_config_with_rows_and_the_last_run(
     run(registry_repo, db)
     v4 = registry_repo.locked(chunk_size=100)
 
-    report = status(registry_repo.path, dsn=db.dsn)
+    report = status(registry_repo.path, dsn=db.dsn, exact=True)
 
     rows = {r.chunk_version: r for r in report.rows}
     assert [r.chunk_version for r in report.rows] == [v4, v3, v2, v1]
     assert {v: r.status for v, r in rows.items()} == {
         v1: "Synced", v2: "Synced", v3: "Retired", v4: "OutOfSync"}
     assert rows[v1].production and rows[v1].rows == 3 and rows[v2].rows == 0
+    assert not any(r.rows_estimated for r in report.rows)
     assert rows[v4].rows is None and "create" in rows[v4].note
     assert rows[v1].params == "400/0.10/J=0.8/prefix-A"
     assert report.last_run is not None and report.last_run["outcome"] == "applied"
