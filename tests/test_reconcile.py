@@ -329,7 +329,7 @@ def test_first_run_adopts_nothing_and_drops_nothing(
                                 "document_chunks_2020_01_01_000000_v1"}
 
 
-def test_a_failed_action_stops_later_destructive_actions(
+def test_a_swap_left_pending_stops_later_destructive_actions(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
     v1, v2, v3 = (registry_repo.locked(chunk_size=s) for s in (400, 300, 200))
@@ -341,11 +341,14 @@ def test_a_failed_action_stops_later_destructive_actions(
     promote(registry_repo, v2)
     with psycopg.connect(db.dsn) as reader:
         reader.execute("SELECT count(*) FROM document_chunks")  # holds the view's lock
-        result = run(registry_repo, db, now=later(db, 49), lock_timeout_ms=50, attempts=2)
+        result = run(registry_repo, db, now=later(db, 49), swap_deadline=0.3)
 
     assert [(type(r.action).__name__, r.outcome) for r in result.results] == [
-        ("SwapProduction", "failed"), ("Drop", "skipped")]
-    assert "lock timeout" in (result.results[0].error or "")
+        ("SwapProduction", "pending"), ("Drop", "skipped")]
+    assert result.outcome == "refused"
+    assert "pending: 1 locks on the view are held" in (result.results[0].error or "")
+    with pytest.raises(Refused, match="pending"):
+        result.raise_for_outcome()
     assert db.relkind(table_of(v3)) == "r"
     assert db.view_target() == [table_of(v1)]
 
