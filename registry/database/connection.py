@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from registry.errors import DatabaseUnavailable, RegistryError, UsageError
+from registry.secrets import redact_dsn, register_dsn
+from registry.secrets import scrub as scrub_secrets
 
 if TYPE_CHECKING:
     import psycopg
@@ -78,50 +79,25 @@ def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
     """The DSN in force: `dsn`, `REGISTRY_DSN`, `DATABASE_URL`, else the embedded server
     (started when `start`, which later commands then reuse)."""
     if dsn:
+        register_dsn(dsn)
         return Dsn(dsn, "--dsn")
     for name in ("REGISTRY_DSN", "DATABASE_URL"):
         if os.environ.get(name):
+            register_dsn(os.environ[name])
             return Dsn(os.environ[name], name)
     return Dsn(embedded_dsn(start=start), "embedded")
 
 
 def redact(dsn: str) -> str:
-    """`dsn` with any password replaced by `***`, in the form it was written."""
-    if "://" in dsn:
-        parts = urllib.parse.urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-        query = urllib.parse.urlencode(
-            [(k, "***" if k == "password" else v)
-             for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
-            safe="/*",
-        )
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
-    # A quoted value up to its closing quote; anything else (unquoted, or a quote never
-    # closed) up to the next `key=` or the end, so no part of a malformed password shows.
-    return re.sub(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'(?=\s|$)|.*?(?=\s+\w+\s*=|$))",
-                  r"\1***", dsn)
-
-
-def _password(dsn: str) -> str | None:
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        return conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
-    except Exception:
-        return None
+    """`dsn` with any password replaced by `***`, in the form it was written (never raises,
+    whatever the DSN: see registry.secrets)."""
+    return redact_dsn(dsn)
 
 
 def scrub(text: str, dsn: str) -> str:
     """`text` (say, a driver error) with the DSN's password and the DSN itself masked."""
-    password = _password(dsn)
-    text = text.replace(dsn, redact(dsn))
-    if password:
-        text = text.replace(password, "***")
-    return text
+    register_dsn(dsn)
+    return scrub_secrets(text.replace(dsn, redact(dsn)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +191,7 @@ def connect(
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
+    register_dsn(dsn)
     try:
         conninfo_to_dict(dsn)
     except psycopg.Error:
