@@ -11,6 +11,7 @@ transaction-level advisory lock so two first runs cannot race, and its version i
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -227,6 +228,19 @@ def unavailable(err: Exception) -> bool:
         return False
     state = err.sqlstate
     return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
+
+
+POSTGRES_MAX_TIMEOUT_MS = 2_147_483_647
+
+
+def timeout_setting(milliseconds: float) -> sql.Literal:
+    """A value for lock_timeout / statement_timeout. PostgreSQL reads 0 as "no timeout", so a
+    positive duration that rounds to 0 ms would wait forever: it becomes 1 ms; one beyond
+    PostgreSQL's range (or infinite) becomes its largest; NaN is refused."""
+    if math.isnan(milliseconds):
+        raise UsageError("a timeout of NaN is not a duration", fix="give a number of seconds")
+    bounded = min(max(1, math.ceil(min(milliseconds, 1e12))), POSTGRES_MAX_TIMEOUT_MS)
+    return sql.Literal(f"{bounded}ms")
 
 
 def first_line(err: BaseException) -> str:

@@ -27,7 +27,12 @@ from psycopg import sql
 
 from registry import faults
 from registry.config import LockedConfig, ProductionConfig
-from registry.database.connection import BOOKKEEPING_SCHEMA, RECONCILE_LOCK_KEY, first_line
+from registry.database.connection import (
+    BOOKKEEPING_SCHEMA,
+    RECONCILE_LOCK_KEY,
+    first_line,
+    timeout_setting,
+)
 from registry.errors import ReconcileBusy, Refused, RegistryError
 
 if TYPE_CHECKING:
@@ -779,7 +784,7 @@ class Applier:
             try:
                 with self.conn.transaction():
                     self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                        sql.Literal(f"{self.lock_timeout_ms}ms")))
+                        timeout_setting(self.lock_timeout_ms)))
                     self._do(action)
                     faults.point("apply", name, "before_commit")
             except psycopg.errors.LockNotAvailable as err:
@@ -1008,7 +1013,7 @@ def _take_lock(conn: psycopg.Connection[Any], wait: float) -> bool:
     if wait <= 0:
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (RECONCILE_LOCK_KEY,)).fetchone()
         return bool(got and got[0])
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(wait * 1000)}ms")))
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(timeout_setting(wait * 1000)))
     try:
         conn.execute("SELECT pg_advisory_lock(%s)", (RECONCILE_LOCK_KEY,))
         return True
