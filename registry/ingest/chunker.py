@@ -349,7 +349,11 @@ def dedup_exact(sets: ShingleSets, threshold: float,
     starts_run[1:] = ~_continues(values, group)
     run_starts = np.flatnonzero(starts_run)
     lengths = np.diff(np.append(run_starts, len(owners)))
-    pairs = np.bincount(group[run_starts], weights=lengths * (lengths - 1) / 2)
+    # Runs of two (the overlap of neighbouring chunks) cost one pair each, linear like the sets
+    # themselves; only longer runs can multiply pairs, and only they may send a group to the
+    # incremental path, whose index of every kept shingle would outweigh the pairs.
+    pairs = np.bincount(group[run_starts],
+                        weights=np.where(lengths > 2, lengths * (lengths - 1) / 2, 0))
     heavy = np.flatnonzero(pairs > _HEAVY_PAIRS)
     if len(heavy):
         member_groups = (np.asarray(groups, dtype=np.int64) if groups is not None
