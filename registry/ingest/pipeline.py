@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
 DedupMode = Literal["document", "corpus"]
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-"""Larger documents are skipped: one encoding of 16 MiB of text already takes ~0.5 GB."""
+"""Larger documents are skipped: a worker chunking one of 16 MiB needs up to ~0.6 GB."""
 BATCH_BYTES = 512 * 1024
 BATCH_DOCUMENTS = 256
 PROBLEMS_KEPT = 50
