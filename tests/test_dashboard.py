@@ -10,15 +10,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import yaml
 from plotly.offline import get_plotlyjs
 
+from registry.database.bookkeeping import record_eval_run
+from registry.database.chunk_table import chunk_table
 from registry.ingest.pipeline import ingest
+from registry.quality.dashboard import OUT_OF_BAND, _t, collect, figure, render
+from registry.quality.health import HealthReport, check_table, record
 from registry.reconciler.run import reconcile
-from tests.database import promote
+from registry.repository.git import Git
+from registry.repository.state import read_state
+from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
 from tests.history import build_history
 from tests.test_health_eval import write_corpus
@@ -174,3 +181,92 @@ def _expand(text: str, context: dict[str, str]) -> str:
         return context[key]
 
     return re.sub(r"\$\{\{(.*?)\}\}", one, text)
+
+
+def _report(dsn: str, repo: RegistryRepo, version: str, oracle: float) -> None:
+    """A health report of `version` through `health.record`, with the given oracle hit rate."""
+    state = read_state(Git(repo.path), "main")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        table = check_table(conn, chunk_table(state, version))
+        retrieval = {"cases": 10.0, "oracle_hit_rate": oracle, "filter_hit_rate": 0.5,
+                     "avg_snapshot_size": 45.0, "p50_latency_ms": 2.0, "p95_latency_ms": 4.0}
+        record(conn, HealthReport(state.configs[version], state.settings,
+                                  {"valid": True, "issues": [], "warnings": []}, table, retrieval))
+
+
+def _item(page: str, key: str) -> tuple[str, str]:
+    """(class, text) of an item of the production panel."""
+    found = re.search(rf'<li class="([a-z]+)" id="{key}">(.*?)</li>', page)
+    assert found, key
+    return found.group(1), re.sub(r"<[^>]+>", "", found.group(2))
+
+
+def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
+    registry_repo: RegistryRepo, dsn: str
+) -> None:
+    db = Database(dsn)
+    first, second = registry_repo.locked(), registry_repo.locked(chunk_size=300)
+    reconcile(registry_repo.path, dsn=dsn)
+    db.fill(table_of(first))
+    promote(registry_repo, first)
+    reconcile(registry_repo.path, dsn=dsn)
+    _report(dsn, registry_repo, first, oracle=0.8)
+    _report(dsn, registry_repo, first, oracle=0.2)  # below the 0.45 target
+
+    # Minutes of data: the charts span them (and a margin), not 90 empty days.
+    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    start, end = data.window()
+    points = [p.at for p in data.configs[0].series["oracle_hit_rate"]]
+    assert data.since < start < min(points) and max(points) < end
+    assert end - start < timedelta(hours=1)
+    chart = figure(data, data.configs[0], "#000")
+    assert chart["layout"]["xaxis"]["range"] == [_t(start), _t(end)]
+    assert "rangeselector" not in chart["layout"]["xaxis"]  # 7d/30d mean nothing here
+
+    # The point outside its band is marked on its own trace, and counted and explained.
+    outside = [t for t in chart["data"] if t["name"] == "outside target"]
+    assert [(t["yaxis"], t["y"]) for t in outside] == [("y2", [0.2])]
+    assert outside[0]["marker"]["color"] == OUT_OF_BAND
+    page = render(data)
+    assert "1 points outside their target band" in page and "outside its target band" in page
+    assert _item(page, "disagreement") == (
+        "ok", f"PRODUCTION the view serves {first}, the repo's production")
+    assert _item(page, "comparison")[0] == "info"
+    assert 'id="refusal"' not in page
+
+    # A comparison that failed its gates, then the promotion merged anyway.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        record_eval_run(conn, second, cases=10, against=first, passed=False,
+                        metrics={"oracle_hit_rate": 0.61, "filter_hit_rate": 0.5},
+                        details={"regressions": ["oracle_hit_rate dropped 0.190"],
+                                 "deltas": {"oracle_hit_rate": -0.19}})
+    promote(registry_repo, second)
+    pending = render(collect(registry_repo.path, dsn=dsn, fetch=False))
+    level, text = _item(pending, "disagreement")
+    assert level == "warning" and "no reconcile has run on this commit" in text
+
+    result = reconcile(registry_repo.path, dsn=dsn)
+    assert result.outcome == "refused"
+    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    assert data.disagreement is not None and data.disagreement.served_version == first
+    page = render(data)
+    level, text = _item(page, "disagreement")
+    assert level == "critical" and text.startswith(
+        f"PRODUCTION DISAGREEMENT production.yaml names {second} (public.{table_of(second)}), "
+        f"but the view public.document_chunks serves {first} (public.{table_of(first)})")
+    level, text = _item(page, "refusal")
+    assert level == "critical" and text.startswith(
+        f"PROMOTION BLOCKED production.yaml promotes {second}, production is still {first}: "
+        f"reconcile run #{result.run_id} on {registry_repo.head()[:7]}")
+    assert "its last comparison against production failed the gates" in text
+    level, text = _item(page, "comparison")
+    assert level == "critical" and f"{second} against {first}" in text
+    assert "failed (oracle_hit_rate dropped 0.190): oracle hit 0.610 (-0.190)" in text
+    assert "the gate holds it back: its last comparison against production failed" in text
+    assert page.index('id="production"') < page.index('id="alerts"')
+
+    # Once the first point is nearly --days old, the window is --days again.
+    db.execute("UPDATE chunk_registry.health_reports SET at = at - interval '85 days'")
+    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    assert data.window() == (data.since, data.generated_at)
+    assert figure(data, data.configs[0], "#000")["layout"]["xaxis"]["rangeselector"]
