@@ -17,17 +17,12 @@ import psycopg
 import yaml
 from plotly.offline import get_plotlyjs
 
-from registry.database.bookkeeping import record_eval_run
-from registry.database.chunk_table import chunk_table
 from registry.ingest.pipeline import ingest
 from registry.quality.dashboard import OUT_OF_BAND, _t, collect, figure, render
-from registry.quality.health import HealthReport, check_table, record
 from registry.reconciler.run import reconcile
-from registry.repository.git import Git
-from registry.repository.state import read_state
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
-from tests.history import build_history
+from tests.history import build_history, failed_comparison_then_promotion, young_registry
 from tests.test_health_eval import write_corpus
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / ".github" / "workflows"
@@ -183,17 +178,6 @@ def _expand(text: str, context: dict[str, str]) -> str:
     return re.sub(r"\$\{\{(.*?)\}\}", one, text)
 
 
-def _report(dsn: str, repo: RegistryRepo, version: str, oracle: float) -> None:
-    """A health report of `version` through `health.record`, with the given oracle hit rate."""
-    state = read_state(Git(repo.path), "main")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        table = check_table(conn, chunk_table(state, version))
-        retrieval = {"cases": 10.0, "oracle_hit_rate": oracle, "filter_hit_rate": 0.5,
-                     "avg_snapshot_size": 45.0, "p50_latency_ms": 2.0, "p95_latency_ms": 4.0}
-        record(conn, HealthReport(state.configs[version], state.settings,
-                                  {"valid": True, "issues": [], "warnings": []}, table, retrieval))
-
-
 def _item(page: str, key: str) -> tuple[str, str]:
     """(class, text) of an item of the production panel."""
     found = re.search(rf'<li class="([a-z]+)" id="{key}">(.*?)</li>', page)
@@ -204,14 +188,7 @@ def _item(page: str, key: str) -> tuple[str, str]:
 def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:
-    db = Database(dsn)
-    first, second = registry_repo.locked(), registry_repo.locked(chunk_size=300)
-    reconcile(registry_repo.path, dsn=dsn)
-    db.fill(table_of(first))
-    promote(registry_repo, first)
-    reconcile(registry_repo.path, dsn=dsn)
-    _report(dsn, registry_repo, first, oracle=0.8)
-    _report(dsn, registry_repo, first, oracle=0.2)  # below the 0.45 target
+    first, second = young_registry(registry_repo, dsn)
 
     # Minutes of data: the charts span them (and a margin), not 90 empty days.
     data = collect(registry_repo.path, dsn=dsn, fetch=False)
@@ -228,19 +205,13 @@ def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
     assert [(t["yaxis"], t["y"]) for t in outside] == [("y2", [0.2])]
     assert outside[0]["marker"]["color"] == OUT_OF_BAND
     page = render(data)
-    assert "1 points outside their target band" in page and "outside its target band" in page
+    assert "1 point outside the target band" in page and "outside its target band" in page
     assert _item(page, "disagreement") == (
         "ok", f"PRODUCTION the view serves {first}, the repo's production")
     assert _item(page, "comparison")[0] == "info"
     assert 'id="refusal"' not in page
 
-    # A comparison that failed its gates, then the promotion merged anyway.
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        record_eval_run(conn, second, cases=10, against=first, passed=False,
-                        metrics={"oracle_hit_rate": 0.61, "filter_hit_rate": 0.5},
-                        details={"regressions": ["oracle_hit_rate dropped 0.190"],
-                                 "deltas": {"oracle_hit_rate": -0.19}})
-    promote(registry_repo, second)
+    failed_comparison_then_promotion(registry_repo, dsn, first, second)
     pending = render(collect(registry_repo.path, dsn=dsn, fetch=False))
     level, text = _item(pending, "disagreement")
     assert level == "warning" and "no reconcile has run on this commit" in text
@@ -266,7 +237,7 @@ def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
     assert page.index('id="production"') < page.index('id="alerts"')
 
     # Once the first point is nearly --days old, the window is --days again.
-    db.execute("UPDATE chunk_registry.health_reports SET at = at - interval '85 days'")
+    Database(dsn).execute("UPDATE chunk_registry.health_reports SET at = at - interval '85 days'")
     data = collect(registry_repo.path, dsn=dsn, fetch=False)
     assert data.window() == (data.since, data.generated_at)
     assert figure(data, data.configs[0], "#000")["layout"]["xaxis"]["rangeselector"]

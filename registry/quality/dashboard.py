@@ -788,7 +788,8 @@ def render(data: DashboardData) -> str:
                                                     plot_config))
         badge = ' <span class="badge prod">production</span>' if config.production else ""
         outside = outside_count(data, config)
-        outside_text = (f' · <span class="outside">{outside} points outside their target '
+        outside_text = (f' · <span class="outside">{outside} '
+                        f"{'point' if outside == 1 else 'points'} outside the target "
                         "band</span>" if outside else "")
         sections.append(
             f'<section class="config" id="config-{_esc(config.chunk_version)}" '
