@@ -115,8 +115,8 @@ def _deliver_due(conn: psycopg.Connection[Any], settings: NotificationSettings, 
         if outcome.sent:
             log.info("notified %s: %s %s of %s", due.target, due.kind, due.phase, due.subject)
         else:
-            then = (f"retrying after {retry_at:%Y-%m-%dT%H:%M:%SZ}" if retry_at
-                    else "giving up")
+            then = (f"retrying after {retry_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+                    if retry_at else "giving up")
             log.warning("notification to %s failed (%s %s of %s, attempt %d): %s; %s",
                         due.target, due.kind, due.phase, due.subject, due.attempts + 1,
                         outcome.detail, then)
