@@ -31,7 +31,7 @@ class WebhookServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 owner.received.append(Received(self.path, dict(self.headers), json.loads(raw)))
                 if owner.mode == "hang":
@@ -78,7 +78,7 @@ class SmtpServer:
         owner = self
 
         class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
                 owner.messages.append(envelope.content)
                 return "250 OK"
 

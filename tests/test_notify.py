@@ -169,7 +169,7 @@ def test_a_dead_endpoint_is_retried_at_a_later_run_and_never_fails_the_command(
     # A rate limit is honoured (Retry-After beyond the backoff); a hung endpoint times out.
     s.chat.mode = "429"
     assert s.cli("health")[0] == 2
-    limited = [r for r in s.rows() if r[0] == "health-critical" and r[1] == "chat"][0]
+    limited = next(r for r in s.rows() if r[0] == "health-critical" and r[1] == "chat")
     assert (limited[4], str(limited[5]), limited[6]) == (1, "0:10:00", "HTTP 429 rate_limited")
     s.chat.mode = "hang"
     s.sql("UPDATE chunk_registry.notifications SET next_attempt_at = now() - interval '1s'")
@@ -224,6 +224,6 @@ def test_a_route_to_an_unknown_target_is_refused_and_a_good_section_loads() -> N
     assert settings.notifications is not None
     assert [t.name for t in settings.notifications.targets_for("health-critical")] == [
         "chat", "oncall"]
-    with pytest.raises(ConfigInvalid, match="names target pager, which notifications.targets"):
+    with pytest.raises(ConfigInvalid, match=r"names target pager, which notifications\.targets"):
         load_production(good.replace("drift: [chat]", "drift: [pager]").encode(),
                         "configs/production.yaml")
