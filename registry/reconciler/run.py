@@ -47,7 +47,7 @@ from registry.reconciler.planner import Plan, action_dict, make_plan, swap_targe
 from registry.repository import trust
 from registry.repository.git import Git
 from registry.repository.state import RegistryState, committed_state, read_state
-from registry.repository.validation import tampering_problems
+from registry.repository.validation import immutability_problems
 
 if TYPE_CHECKING:
     import threading
@@ -183,12 +183,13 @@ def desired_state(
     signers: Path | None = None,
 ) -> RegistryState:
     """The validated desired state: a committed ref, never the working tree, with no locked
-    config edited after its tag. With `signers` (an allowed-signers file) the ref's signature
+    config edited after its tag, no moved tag and no tag off main (`validate`'s immutability
+    errors). With `signers` (an allowed-signers file) the ref's signature
     must verify too."""
     git = Git(repo)
     state = committed_state(git, ref, fetch=fetch)
     state.require_valid()
-    tampered = tampering_problems(git, state)
+    tampered = immutability_problems(git, state)
     if tampered:
         raise invalid(tampered)
     if signers is not None:

@@ -247,9 +247,18 @@ def _tampering(state: RegistryState, path: str, tag: str, tagged_blob: str) -> l
                     "version for the change")]
 
 
+def immutability_problems(git: Git, state: RegistryState) -> list[Problem]:
+    """The errors of `validate`'s immutability checks (configs equal to their tagged blobs,
+    tags neither moved nor off main), so the reconciler refuses what `validate` refuses
+    before it touches the database. Without a main branch: the blob check alone."""
+    main = _main_ref(git)
+    if main is None:
+        return tampering_problems(git, state)
+    return [p for p in tag_problems(git, state, main) if p.severity == "error"]
+
+
 def tampering_problems(git: Git, state: RegistryState) -> list[Problem]:
-    """Only the immutability check (configs equal to their tagged blobs): two git calls, so the
-    reconciler can refuse a tampered state before it touches the database."""
+    """Only the immutability check (configs equal to their tagged blobs): two git calls."""
     prefix = state.settings.tag_prefix
     tags = git.tags(prefix)
     named = {name: name[len(prefix):] for name in tags if is_version(name[len(prefix):])}
