@@ -15,6 +15,7 @@ from psycopg import sql
 from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA, ManagedTable
+from registry.database.chunk_table import Marker, read_marker
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -27,6 +28,8 @@ class Relation:
     name: str
     kind: str
     reads: tuple[tuple[str, str], ...] = ()
+    marker: Marker | None = None
+    """The registry's marker in its comment (None: unmarked, so not the registry's)."""
 
     @property
     def is_view(self) -> bool:
@@ -69,7 +72,8 @@ SELECT statement_timestamp(),
                                 AND d.refclassid = 'pg_class'::regclass
                 JOIN pg_class t ON t.oid = d.refobjid
                 JOIN pg_namespace tn ON tn.oid = t.relnamespace
-                WHERE r.ev_class = c.oid AND d.refobjid <> c.oid))), '[]')
+                WHERE r.ev_class = c.oid AND d.refobjid <> c.oid),
+                obj_description(c.oid, 'pg_class'))), '[]')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
           AND (c.relname = %(base)s OR c.relname LIKE %(pattern)s ESCAPE '\\'))
@@ -93,8 +97,9 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
     now, schema_exists, has_bookkeeping, evals, relations = row
     actual = ActualState(schema=settings.schema, base_name=base, now=now,
                          schema_exists=schema_exists, bookkeeping=has_bookkeeping)
-    for name, kind, reads in relations:
-        actual.relations[name] = Relation(name, kind, tuple((s, t) for s, t in reads))
+    for name, kind, reads, comment in relations:
+        actual.relations[name] = Relation(name, kind, tuple((s, t) for s, t in reads),
+                                          read_marker(comment))
     if has_bookkeeping:
         actual.managed = bookkeeping.managed_tables(conn, with_last_compare=evals)
     return actual
@@ -136,12 +141,15 @@ def synthetic_actual(state: RegistryState) -> ActualState:
         status = "production" if version == production else "shadow"
         actual.managed.append(ManagedTable(
             settings.schema, table, version, config.config_hash, status, now, state.commit,
-            now if status == "production" else None, None, None, None, present=True))
-        actual.relations[table] = Relation(table, "r")
+            now if status == "production" else None, None, None, None, present=True,
+            registry=settings.identity))
+        actual.relations[table] = Relation(
+            table, "r", marker=Marker(settings.identity, version, config.config_hash))
         actual.rows[table] = None
     if production:
         actual.relations[settings.base_name] = Relation(
-            settings.base_name, "v", ((settings.schema, settings.table_name(production)),))
+            settings.base_name, "v", ((settings.schema, settings.table_name(production)),),
+            Marker(settings.identity, production))
     return actual
 
 

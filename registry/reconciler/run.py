@@ -46,6 +46,7 @@ from registry.reconciler.applier import (
 from registry.reconciler.planner import Plan, action_dict, make_plan, swap_target, utc_text
 from registry.repository import trust
 from registry.repository.git import Git
+from registry.repository.history import forced_promotion
 from registry.repository.state import RegistryState, committed_state, read_state
 from registry.repository.validation import immutability_problems
 
@@ -151,13 +152,17 @@ def _take_lock(conn: psycopg.Connection[Any], wait: float) -> bool:
         conn.execute("RESET lock_timeout")
 
 
-def _record_start(conn: psycopg.Connection[Any], plan: Plan, actor: str) -> int:
+def _record_start(
+    conn: psycopg.Connection[Any], plan: Plan, actor: str, registry: str
+) -> int:
     return bookkeeping.start_reconcile_run(
-        conn, plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor)
+        conn, plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor,
+        registry)
 
 
 def _record_finish(
-    conn: psycopg.Connection[Any], run_id: int | None, result: RunResult, actor: str
+    conn: psycopg.Connection[Any], run_id: int | None, result: RunResult, actor: str,
+    registry: str,
 ) -> int:
     """Finish the run row (one statement; a no-op run is inserted already finished)."""
     done = [action_dict(r.action) | {"result": r.outcome, "error": r.error, "attempts": r.attempts}
@@ -167,7 +172,7 @@ def _record_finish(
     plan = result.plan
     return bookkeeping.finish_reconcile_run(
         conn, run_id, ref=plan.ref, commit=plan.commit, plan=json.dumps(done),
-        outcome=result.outcome, error="; ".join(errors) or None, actor=actor)
+        outcome=result.outcome, error="; ".join(errors) or None, actor=actor, registry=registry)
 
 
 def _actor() -> str:
@@ -225,7 +230,24 @@ def plan(
             actual = _read_for_plan(conn, state)
         except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the database") from None
-    return make_plan(state, actual, target=resolved.redacted, force=force)
+    return plan_honouring_force(repo, state, actual, target=resolved.redacted, force=force)
+
+
+def plan_honouring_force(
+    repo: Path | str, state: RegistryState, actual: ActualState, *, target: str,
+    force: bool = False, allow_empty: bool = False,
+) -> Plan:
+    """The plan; when the promotion gate holds production's swap, and the merged promotion
+    was forced (`registry promote --force`, recorded as a commit trailer), the plan for that
+    promotion without the gate. History is read only when the gate holds."""
+    the_plan = make_plan(state, actual, target=target, force=force, allow_empty=allow_empty)
+    production = state.settings.production
+    if production is None or not any(f.kind == "gate" for f in the_plan.blocking):
+        return the_plan
+    if forced_promotion(Git(repo), state.commit or state.ref, production) is None:
+        return the_plan
+    return make_plan(state, actual, target=target, force=force, allow_empty=allow_empty,
+                     forced_promotion=production)
 
 
 def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> ActualState:
@@ -274,7 +296,11 @@ def reconcile(
         actual = _read_for_plan(conn, state)
         if now is not None:
             actual.now = now
-        the_plan = make_plan(state, actual, target=resolved.redacted, force=force)
+        the_plan = plan_honouring_force(repo, state, actual, target=resolved.redacted,
+                                         force=force)
+        foreign = next((f for f in the_plan.blocking if f.kind == "foreign"), None)
+        if foreign is not None:
+            raise Refused(foreign.message, fix=foreign.fix)
         applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
                           schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
                           attempts=attempts)
@@ -290,7 +316,8 @@ def _apply_and_record(
 ) -> RunResult:
     """Record the run as `running`, apply, record the outcome (a no-op run: one row, finished)."""
     actor = _actor()
-    run_id = _record_start(conn, the_plan, actor) if the_plan.actions else None
+    registry = applier.settings.identity
+    run_id = _record_start(conn, the_plan, actor, registry) if the_plan.actions else None
     faults.point("reconcile", "recorded")
     results = applier.apply(the_plan)
     outcome: Outcome
@@ -302,7 +329,7 @@ def _apply_and_record(
         outcome = "applied" if results else "noop"
     result = RunResult(the_plan, results, outcome, run_id)
     faults.point("reconcile", "finishing")
-    result.run_id = _record_finish(conn, run_id, result, actor)
+    result.run_id = _record_finish(conn, run_id, result, actor, registry)
     faults.point("reconcile", "finished")
     return result
 
