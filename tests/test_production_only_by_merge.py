@@ -59,12 +59,12 @@ def test_two_registries_share_a_database_and_never_touch_each_others_tables(
     db = Database(dsn)
     db.execute("CREATE SCHEMA team_b")
     a1, b1 = team_a.locked(), team_b.locked(chunk_size=300)
-    promote(team_a, a1)
-    promote(team_b, b1)
     assert reconcile(team_a, dsn)[0] == 0
     assert reconcile(team_b, dsn)[0] == 0
     db.fill(table_of(a1))
     Database(dsn, "team_b").fill(table_of(b1))
+    promote(team_a, a1)
+    promote(team_b, b1)
 
     for _ in range(2):
         assert reconcile(team_a, dsn)[0] == 0

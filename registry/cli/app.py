@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from registry.cli.completion import complete_version
-from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
+from registry.errors import UNEXPECTED_EXIT_CODE, Refused, RegistryError
 
 if TYPE_CHECKING:
     from registry.errors import Problem
@@ -623,6 +623,9 @@ def plan(
         _emit_json(result.to_dict())
     else:
         sys.stdout.write(render_plan(result, fmt))
+    if base is not None and result.blocking:
+        first = result.blocking[0]
+        raise Refused(f"merging {head} into {base}: {first.message}", fix=first.fix)
     if detailed_exitcode and not result.in_sync:
         raise typer.Exit(2)
 

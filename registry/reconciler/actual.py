@@ -4,7 +4,7 @@ offline plan."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -130,11 +130,23 @@ def row_counts(
     return counts
 
 
-def synthetic_actual(state: RegistryState) -> ActualState:
-    """A database exactly reconciled to `state`, rows unknown: the base of an offline plan."""
+def synthetic_actual(
+    state: RegistryState, retired: Mapping[str, datetime] | None = None
+) -> ActualState:
+    """A database exactly reconciled to `state`, rows unknown: the base of an offline plan.
+    `retired` (version -> when): retired tables it still holds, those whose grace period
+    under `state` is not over."""
     settings = state.settings
     now = datetime.now(UTC)
     actual = ActualState(schema=settings.schema, base_name=settings.base_name, now=now)
+    for version, at in sorted((retired or {}).items()):
+        if at + settings.grace_period <= now:
+            continue
+        table = settings.table_name(version)
+        actual.managed.append(ManagedTable(
+            settings.schema, table, version, "", "retired", at, None, None, None, at, None,
+            present=True, registry=settings.identity))
+        actual.relations[table] = Relation(table, "r", marker=Marker(settings.identity, version))
     production = settings.production
     for version, config in sorted(state.configs.items()):
         table = settings.table_name(version)

@@ -255,6 +255,8 @@ def make_plan(
             "check --repo and REGISTRY_DSN (the wrong repository or database?), or give this "
             "registry its own tables.schema/base_name", "error"))
         return plan
+    elsewhere = {m.chunk_version: m for m in actual.live.values() if settings.owns(m.registry)
+                 and m.key != (schema, settings.table_name(m.chunk_version))}
     actual = replace(actual, managed=[m for m in actual.managed if owned(settings, actual, m)])
     live = actual.live
     managed_names = {m.table_name for m in live.values() if m.schema_name == schema}
@@ -263,6 +265,15 @@ def make_plan(
     for version, config in sorted(state.configs.items()):
         table = settings.table_name(version)
         row = live.get(version)
+        if row is None and version in elsewhere:
+            row = elsewhere[version]
+            blocked.add(version)
+            plan.findings.append(Finding(
+                "moved", row.table_name, f"{version} is managed as {row.schema_name}."
+                f"{row.table_name}, but production.yaml now places it at {schema}.{table}",
+                "restore tables.schema/base_name in production.yaml; moving tables is not "
+                "supported", "error"))
+            continue
         if row is None:
             if table in actual.relations:
                 blocked.add(version)
@@ -280,14 +291,6 @@ def make_plan(
                 f"for config hash {row.config_hash[:12]}, but {version} in the repo hashes to "
                 f"{config.config_hash[:12]}", "a locked config is immutable: restore it and lock "
                 "a new version for the change", "error"))
-            continue
-        if row.key != (schema, table):
-            blocked.add(version)
-            plan.findings.append(Finding(
-                "moved", row.table_name, f"{version} is managed as {row.schema_name}."
-                f"{row.table_name}, but production.yaml now places it at {schema}.{table}",
-                "restore tables.schema/base_name in production.yaml; moving tables is not "
-                "supported", "error"))
             continue
         if row.status == "retired":
             plan.actions.append(Unretire(schema, table, version))

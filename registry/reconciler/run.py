@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from registry import faults
+from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.connection import (
     RECONCILE_LOCK_KEY,
@@ -43,10 +44,18 @@ from registry.reconciler.applier import (
     ActionResult,
     Applier,
 )
-from registry.reconciler.planner import Plan, action_dict, make_plan, swap_target, utc_text
+from registry.reconciler.planner import (
+    Finding,
+    Plan,
+    action_dict,
+    duration_text,
+    make_plan,
+    swap_target,
+    utc_text,
+)
 from registry.repository import trust
 from registry.repository.git import Git
-from registry.repository.history import forced_promotion
+from registry.repository.history import forced_promotion, read_history
 from registry.repository.state import RegistryState, committed_state, read_state
 from registry.repository.validation import immutability_problems
 
@@ -336,13 +345,59 @@ def _apply_and_record(
 
 def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
     """What merging `head` into `base` would make the reconciler do, without a database:
-    the plan against a database exactly reconciled to `base` (for PR review in CI)."""
+    the plan against a database exactly reconciled to `base` (for PR review in CI), with the
+    tables `base` retired still in their grace period, and what the policy changes mean.
+    Blocking findings (a refusal after the merge) make the PR check fail."""
     git = Git(repo)
     base_state = read_state(git, base)
     head_state = read_state(git, head)
     head_state.require_valid()
-    return make_plan(head_state, synthetic_actual(base_state),
-                     target=f"a database reconciled to {base}")
+    actual = synthetic_actual(base_state, retired=retired_on(git, base, base_state))
+    the_plan = make_plan(head_state, actual, target=f"a database reconciled to {base}")
+    the_plan.findings[:0] = policy_findings(base_state.settings, head_state.settings, base)
+    return the_plan
+
+
+def retired_on(git: Git, ref: str, state: RegistryState) -> dict[str, datetime]:
+    """version -> when it was retired on `ref` (its retire commit), for configs that left the
+    repo and are not back: what a reconciled database still holds as retired tables."""
+    out: dict[str, datetime] = {}
+    for event in read_history(git, ref):
+        version = event.chunk_version
+        if event.kind == "retire" and version and version not in state.configs:
+            out.setdefault(version, datetime.fromisoformat(event.at))
+    return out
+
+
+def policy_findings(before: ProductionConfig, after: ProductionConfig, base: str
+                    ) -> list[Finding]:
+    """What a change of production.yaml's table placement, identity or retention does once
+    merged: a move or an identity change the reconciler refuses (blocking), a retention change
+    that drops retired tables sooner or keeps them longer."""
+    findings = []
+    if (before.schema, before.base_name) != (after.schema, after.base_name):
+        findings.append(Finding(
+            "moved", after.base_name, f"tables move from {before.legacy_identity} to "
+            f"{after.legacy_identity}: the reconciler refuses to move the tables of {base}",
+            "restore tables.schema/base_name", "error"))
+    if before.registry is not None and before.registry != after.registry:
+        findings.append(Finding(
+            "identity", after.base_name, f"registry changes from {before.registry} to "
+            f"{after.registry or 'none'}: the reconciler would disown every table it created",
+            f"restore `registry: {before.registry}`", "error"))
+    if before.grace_period != after.grace_period:
+        sooner = after.grace_period < before.grace_period
+        findings.append(Finding(
+            "retention", None, f"retention.grace_period {duration_text(before.grace_period)} -> "
+            f"{duration_text(after.grace_period)}: retired tables are dropped "
+            f"{'sooner' if sooner else 'later'}", None, "warning" if sooner else "info"))
+    if before.keep_previous != after.keep_previous:
+        fewer = after.keep_previous < before.keep_previous
+        findings.append(Finding(
+            "retention", None, f"retention.keep_previous {before.keep_previous} -> "
+            f"{after.keep_previous}: {'fewer' if fewer else 'more'} former productions are kept "
+            "as rollback targets", None, "warning" if fewer else "info"))
+    return findings
 
 
 # ---------------------------------------------------------------------------------------------

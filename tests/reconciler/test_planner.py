@@ -11,6 +11,7 @@ import pytest
 
 from registry.config import LockedConfig, load_production
 from registry.database.bookkeeping import ManagedTable
+from registry.database.chunk_table import Marker
 from registry.errors import Refused
 from registry.reconciler.actual import ActualState, Relation
 from registry.reconciler.planner import (
@@ -68,7 +69,9 @@ def actual(*rows: ManagedTable, view: str | None = None, rows_in: dict[str, int]
                         managed=list(rows))
     for row in rows:
         if row.present and row.status != "dropped":
-            found.relations[row.table_name] = Relation(row.table_name, "r")
+            found.relations[row.table_name] = Relation(
+                row.table_name, "r", marker=Marker(row.registry, row.chunk_version,
+                                                   row.config_hash))
     if view is not None:
         found.relations["document_chunks"] = Relation(
             "document_chunks", "v", (("public", table(view)),))
