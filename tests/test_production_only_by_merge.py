@@ -82,9 +82,10 @@ def test_a_reconcile_from_the_wrong_repository_changes_nothing_and_says_why(
     ours = with_settings(tmp_path, tokenizer_file, "ours", registry="registry: ours")
     theirs = with_settings(tmp_path, tokenizer_file, "theirs", registry="registry: theirs")
     v1 = ours.locked()
-    promote(ours, v1)
     assert reconcile(ours, dsn)[0] == 0
     Database(dsn).fill(table_of(v1))
+    promote(ours, v1)
+    assert reconcile(ours, dsn)[0] == 0
     other = theirs.locked(chunk_size=300)
     promote(theirs, other)
 
@@ -206,6 +207,8 @@ def test_a_retention_change_pr_plan_shows_the_drops_it_causes(
 ) -> None:
     v1 = registry_repo.locked()
     v2 = registry_repo.locked(chunk_size=300)
+    assert reconcile(registry_repo, dsn)[0] == 0
+    Database(dsn).fill(table_of(v2))
     promote(registry_repo, v2)
     registry_repo.git("rm", "--quiet", f"configs/{v1}.yaml")
     registry_repo.git("commit", "--quiet", "-m", f"Retire {v1}")
@@ -251,11 +254,13 @@ def test_a_forced_promotion_is_honoured_and_seen_the_same_way_everywhere(
     assert reconcile(registry_repo, dsn)[0] == 0
     weak = write_corpus(tmp_path / "weak", drop_answers=7)
     v2 = registry_repo.locked(chunk_size=300)
+    assert reconcile(registry_repo, dsn)[0] == 0
     assert run_cli("ingest", v2, "--repo", registry_repo.path, "--dsn", dsn, "--source",
                    weak.path, *tokenizer).code == 0
     gate = run_cli("eval", "--compare", v2, "--against", "production", "--repo",
                    registry_repo.path, "--dsn", dsn, "--cases", corpus.cases)
     assert gate.code != 0, gate.stdout
+    assert run_cli("tag", "--repo", registry_repo.path).code == 0
     forced = run_cli("promote", v2, "--force", "--repo", registry_repo.path, "--dsn", dsn)
     assert forced.code == 0, forced.stderr
     registry_repo.merge(f"promote/{v2}")
