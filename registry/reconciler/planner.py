@@ -292,6 +292,14 @@ def make_plan(
                 f"{config.config_hash[:12]}", "a locked config is immutable: restore it and lock "
                 "a new version for the change", "error"))
             continue
+        drift = actual.shape_drift.get(table) if row.present else None
+        if drift:
+            blocked.add(version)
+            plan.findings.append(Finding(
+                "shape", table, f"drift: {schema}.{table} is not shaped as the reconciler "
+                f"creates it: {'; '.join(drift)}", "restore it by hand (or retire the config "
+                "and lock a new version): the reconciler never alters a table's columns, "
+                "constraints or indexes", "error"))
         if row.status == "retired":
             plan.actions.append(Unretire(schema, table, version))
         if not row.present:

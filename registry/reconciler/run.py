@@ -37,7 +37,13 @@ from registry.errors import (
     RegistryError,
     invalid,
 )
-from registry.reconciler.actual import ActualState, read_actual, row_counts, synthetic_actual
+from registry.reconciler.actual import (
+    ActualState,
+    read_actual,
+    row_counts,
+    shape_drift,
+    synthetic_actual,
+)
 from registry.reconciler.applier import (
     DEFAULT_LOCK_TIMEOUT_MS,
     SWAP_ATTEMPTS,
@@ -269,6 +275,10 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
                and view.reads == ((state.settings.schema, target),))
     if target and not settled and target in actual.relations:
         actual.rows.update(row_counts(conn, state.settings.schema, [target], exact=False))
+    settings = state.settings
+    desired = {settings.table_name(v): c for v, c in state.configs.items()
+               if settings.table_name(v) in actual.relations}
+    actual.shape_drift = shape_drift(conn, settings.schema, desired, settings.identity)
     return actual
 
 
