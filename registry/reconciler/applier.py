@@ -216,15 +216,6 @@ class Applier:
             raise Refused(f"{name} is not in {BOOKKEEPING_SCHEMA}.managed_tables as a table of "
                           f"registry {settings.identity}: the registry never drops a table it "
                           "does not manage")
-        marker = relation_marker(self.conn, action.schema, action.table)
-        if action.schema != settings.schema or (
-                action.table != settings.table_name(action.chunk_version)) or (
-                marker is not None and not (settings.owns(marker.registry)
-                                            and marker.chunk_version == action.chunk_version)):
-            raise Refused(f"{name} does not carry registry {settings.identity}'s marker for "
-                          f"{action.chunk_version}: the registry never drops it")
-        if marker is None and not action.already_gone and self._exists(action):
-            raise Refused(f"{name} carries no registry marker: the registry never drops it")
         status, retired_at = row
         if status != "retired" or retired_at is None:
             raise Refused(f"{name} is {status}, not retired: only retired tables are dropped")
@@ -234,6 +225,13 @@ class Applier:
         former = bookkeeping.former_productions(self.conn, settings.keep_previous, registries)
         if (action.schema, action.table) in former:
             raise Refused(f"{name} is the previous production (the rollback target): kept")
+        marker = relation_marker(self.conn, action.schema, action.table)
+        if self._exists(action) and (
+                marker is None or marker.chunk_version is None
+                or not settings.owns(marker.registry) or action.schema != settings.schema
+                or action.table != settings.table_name(marker.chunk_version)):
+            raise Refused(f"{name} does not carry registry {settings.identity}'s marker for "
+                          "a table of its own: the registry never drops it")
         self._ddl(action, sql.SQL("DROP TABLE IF EXISTS {}.{} RESTRICT").format(
             sql.Identifier(action.schema), sql.Identifier(action.table)))
         self._bookkeeping(action)
