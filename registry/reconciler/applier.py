@@ -27,7 +27,7 @@ from registry.database.chunk_table import (
     table_ddl,
     view_ddl,
 )
-from registry.database.connection import first_line
+from registry.database.connection import first_line, timeout_setting
 from registry.errors import Refused, RegistryError
 from registry.reconciler.planner import (
     DESTRUCTIVE,
@@ -98,7 +98,7 @@ class Applier:
             try:
                 with self.conn.transaction():
                     self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                        sql.Literal(f"{self.lock_timeout_ms}ms")))
+                        timeout_setting(self.lock_timeout_ms)))
                     self._do(action)
                     faults.point("apply", name, "before_commit")
             except psycopg.errors.LockNotAvailable as err:
