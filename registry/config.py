@@ -399,6 +399,31 @@ class ProductionConfig:
     tag_prefix: str = DEFAULT_TAG_PREFIX
     monitoring_window: timedelta = timedelta(hours=48)
     notifications: NotificationSettings | None = None
+    registry: str | None = None
+    """The registry's name (`registry:` in production.yaml), recorded on everything it creates;
+    None: the legacy identity, `schema.base_name`."""
+
+    @property
+    def legacy_identity(self) -> str:
+        """The identity of a registry without `registry:` (and of what one created before the
+        key existed): where its tables live. Never a valid `registry:` name (it has a dot)."""
+        return f"{self.schema}.{self.base_name}"
+
+    @property
+    def identity(self) -> str:
+        """The name recorded on bookkeeping rows and table/view markers this registry writes."""
+        return self.registry or self.legacy_identity
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """What this registry owns: its own name, and what was recorded under its legacy
+        identity (a registry that adds `registry:` keeps the tables it created before)."""
+        return tuple(dict.fromkeys((self.identity, self.legacy_identity)))
+
+    def owns(self, identity: str | None) -> bool:
+        """Whether a recorded identity is this registry's (None: a marker written before
+        identities, by whoever uses this schema and base name)."""
+        return identity is None or identity in self.identities
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ProductionConfig:
@@ -438,6 +463,7 @@ class ProductionConfig:
             else defaults.monitoring_window,
             notifications=NotificationSettings.from_mapping(data["notifications"])
             if data.get("notifications") else None,
+            registry=data.get("registry"),
         )
 
     def table_name(self, chunk_version: str) -> str:

@@ -60,7 +60,7 @@ class Database:
         """Real rows in a shadow table, as an ingest would leave them."""
         chunk_version, config_hash = self.query(
             "SELECT chunk_version, config_hash FROM chunk_registry.managed_tables "
-            "WHERE table_name = %s", (table,))[0]
+            "WHERE table_name = %s AND schema_name = %s", (table, self.schema))[0]
         chunk_version = version or chunk_version
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for i in range(rows):

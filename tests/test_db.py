@@ -79,8 +79,16 @@ def test_the_database_enforces_the_bookkeeping_invariants(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         ensure_schema(conn)
         insert = ("INSERT INTO chunk_registry.managed_tables (schema_name, table_name, "
-                  "chunk_version, config_hash, status) VALUES ('public', %s, %s, 'h', %s)")
+                  "chunk_version, config_hash, status, registry) "
+                  "VALUES ('public', %s, %s, 'h', %s, 'r')")
         conn.execute(insert, ("document_chunks_a", "a", "production"))
+        conn.execute("INSERT INTO chunk_registry.managed_tables (schema_name, table_name, "
+                     "chunk_version, config_hash, status, registry) VALUES ('other', "
+                     "'document_chunks_a', 'a', 'h', 'production', 'other-registry')")
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            conn.execute("INSERT INTO chunk_registry.managed_tables (schema_name, table_name, "
+                         "chunk_version, config_hash, status) VALUES ('public', 'x', 'x', 'h', "
+                         "'shadow')")
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute(insert, ("document_chunks_b", "b", "production"))
         with pytest.raises(psycopg.errors.UniqueViolation):

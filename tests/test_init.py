@@ -34,7 +34,8 @@ def test_init_makes_a_registry_repo_that_validates_and_a_rerun_is_a_no_op(tmp_pa
         assert f"wrote {path}" in first.stdout
     production = yaml.safe_load((target / "configs" / "production.yaml").read_text())
     assert production["production"] is None
-    assert ProductionConfig.from_mapping(production) == ProductionConfig(production=None)
+    assert ProductionConfig.from_mapping(production) == ProductionConfig(
+        production=None, registry="team-registry")
     assert not (target / "schemas").exists()  # the schemas ship inside the wheel
     assert run_cli("validate", "--repo", target).code == 0
     before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file() and ".git/" not in str(p)}

@@ -19,7 +19,7 @@ import typer
 
 from registry.cli.completion import complete_version
 from registry.cli.notify import notify_app
-from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
+from registry.errors import UNEXPECTED_EXIT_CODE, Refused, RegistryError
 from registry.secrets import scrub, scrub_log_handlers
 
 if TYPE_CHECKING:
@@ -625,6 +625,9 @@ def plan(
         _emit_json(result.to_dict())
     else:
         sys.stdout.write(render_plan(result, fmt))
+    if base is not None and result.blocking:
+        first = result.blocking[0]
+        raise Refused(f"merging {head} into {base}: {first.message}", fix=first.fix)
     if detailed_exitcode and not result.in_sync:
         raise typer.Exit(2)
 

@@ -25,7 +25,7 @@ from registry.errors import RegistryError
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 4
+BOOKKEEPING_VERSION = 5
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -192,7 +192,30 @@ def _migration_4() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
-MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4}
+def _migration_5() -> list[sql.Composed | sql.SQL]:
+    """Registry identities: every managed row and reconcile run names the registry that wrote
+    it (rows from before: the legacy identity `schema.base_name`, the base name read off the
+    table name), and "one production" and "one live table per version" hold per registry, so
+    two registries share a database without touching each other's tables."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        "ALTER TABLE {s}.managed_tables ADD COLUMN registry text",
+        """UPDATE {s}.managed_tables SET registry = schema_name || '.' || regexp_replace(
+            table_name, '_[0-9]{{4}}_[0-9]{{2}}_[0-9]{{2}}_[0-9]{{6}}_v[0-9]+$', '')""",
+        "ALTER TABLE {s}.managed_tables ALTER COLUMN registry SET NOT NULL",
+        "DROP INDEX {s}.managed_tables_one_production",
+        """CREATE UNIQUE INDEX managed_tables_one_production ON {s}.managed_tables (registry)
+            WHERE status = 'production'""",
+        "DROP INDEX {s}.managed_tables_live_version",
+        """CREATE UNIQUE INDEX managed_tables_live_version ON {s}.managed_tables
+            (registry, chunk_version) WHERE status <> 'dropped'""",
+        "ALTER TABLE {s}.reconcile_runs ADD COLUMN registry text",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
+              5: _migration_5}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -290,6 +313,8 @@ class ManagedTable:
     present: bool
     last_compare_passed: bool | None = None
     """Outcome of the newest `registry eval --compare` of this table (None: never compared)."""
+    registry: str | None = None
+    """The identity of the registry that created it (None: a row built without one)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -297,7 +322,8 @@ class ManagedTable:
 
 
 _MANAGED_COLUMNS = tuple(
-    f.name for f in fields(ManagedTable) if f.name not in ("present", "last_compare_passed")
+    f.name for f in fields(ManagedTable)
+    if f.name not in ("present", "last_compare_passed", "registry")
 )
 _LAST_COMPARE = sql.SQL(
     "(SELECT e.passed FROM {e} e WHERE e.chunk_version = m.chunk_version "
@@ -312,7 +338,7 @@ def managed_tables(
     exists, `with_last_compare`) its newest comparison's outcome: one query."""
     query = sql.SQL(
         "SELECT {cols}, to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL, "
-        "{compare} FROM {m} m ORDER BY created_at, table_name"
+        "{compare}, registry FROM {m} m ORDER BY created_at, table_name"
     ).format(cols=sql.SQL(", ").join(map(sql.Identifier, _MANAGED_COLUMNS)),
              compare=_LAST_COMPARE if with_last_compare else sql.SQL("NULL"), m=MANAGED)
     return [ManagedTable(*r) for r in conn.execute(query).fetchall()]
@@ -328,71 +354,84 @@ def managed_status(conn: psycopg.Connection[Any], schema: str, table_name: str) 
 
 def record_created(
     conn: psycopg.Connection[Any], schema: str, table_name: str, chunk_version: str,
-    config_hash: str, commit: str | None,
+    config_hash: str, commit: str | None, registry: str,
 ) -> None:
-    """A table the reconciler (re)created: a new shadow row, or a dropped row come back."""
+    """A table the reconciler (re)created: a new shadow row, or a dropped row come back.
+    created_at moves to now: an ingest finished before it filled another instance."""
     conn.execute(
         sql.SQL(
             "INSERT INTO {m} (schema_name, table_name, chunk_version, config_hash, status, "
-            "created_commit) VALUES (%(schema)s, %(table)s, %(version)s, %(hash)s, 'shadow', "
-            "%(commit)s) ON CONFLICT (schema_name, table_name) DO UPDATE SET "
-            "created_at = now(), created_commit = EXCLUDED.created_commit, "
+            "created_commit, registry) VALUES (%(schema)s, %(table)s, %(version)s, %(hash)s, "
+            "'shadow', %(commit)s, %(registry)s) ON CONFLICT (schema_name, table_name) DO UPDATE "
+            "SET created_at = now(), created_commit = EXCLUDED.created_commit, "
+            "registry = EXCLUDED.registry, "
             "status = CASE WHEN {m}.status = 'dropped' THEN 'shadow' ELSE {m}.status END, "
             "dropped_at = NULL, "
             "retired_at = CASE WHEN {m}.status = 'dropped' THEN NULL ELSE {m}.retired_at END"
         ).format(m=MANAGED),
         {"schema": schema, "table": table_name, "version": chunk_version,
-         "hash": config_hash, "commit": commit},
+         "hash": config_hash, "commit": commit, "registry": registry},
     )
 
 
-def set_retired(conn: psycopg.Connection[Any], schema: str, table_name: str, retired: bool) -> bool:
-    """shadow -> retired (its grace period starts now), or back; False when the table was not
-    in the state it leaves."""
+def set_retired(conn: psycopg.Connection[Any], schema: str, table_name: str, retired: bool,
+                registries: Sequence[str]) -> bool:
+    """shadow -> retired (its grace period starts now), or back, for a table of `registries`;
+    False when the table was not in the state it leaves."""
     change = ("status = 'retired', retired_at = now() WHERE status = 'shadow'" if retired
               else "status = 'shadow', retired_at = NULL WHERE status = 'retired'")
     return conn.execute(
-        sql.SQL("UPDATE {} SET {} AND schema_name = %s AND table_name = %s").format(
-            MANAGED, sql.SQL(change)), (schema, table_name)).rowcount == 1
+        sql.SQL("UPDATE {} SET {} AND schema_name = %s AND table_name = %s "
+                "AND registry = ANY(%s)").format(MANAGED, sql.SQL(change)),
+        (schema, table_name, list(registries))).rowcount == 1
 
 
-def lock_live(conn: psycopg.Connection[Any], schema: str, table_name: str) -> str | None:
-    """The status of a live (shadow or production) managed table, its row locked FOR UPDATE
-    until the transaction ends; None when it is not live."""
+def lock_live(
+    conn: psycopg.Connection[Any], schema: str, table_name: str, registries: Sequence[str]
+) -> str | None:
+    """The status of a live (shadow or production) table managed by one of `registries`, its
+    row locked FOR UPDATE until the transaction ends; None when it is not live."""
     row = conn.execute(
         sql.SQL("SELECT status FROM {} WHERE schema_name = %s AND table_name = %s "
-                "AND status IN ('shadow', 'production') FOR UPDATE").format(MANAGED),
-        (schema, table_name)).fetchone()
+                "AND status IN ('shadow', 'production') AND registry = ANY(%s) FOR UPDATE"
+                ).format(MANAGED), (schema, table_name, list(registries))).fetchone()
     return str(row[0]) if row else None
 
 
 def lock_row(
-    conn: psycopg.Connection[Any], schema: str, table_name: str
+    conn: psycopg.Connection[Any], schema: str, table_name: str, registries: Sequence[str]
 ) -> tuple[str, datetime | None] | None:
-    """(status, retired_at) of a managed table, its row locked FOR UPDATE; None: unmanaged."""
+    """(status, retired_at) of a table managed by one of `registries`, its row locked FOR
+    UPDATE; None: not managed by them."""
     row = conn.execute(
         sql.SQL("SELECT status, retired_at FROM {} WHERE schema_name = %s AND table_name = %s "
-                "FOR UPDATE").format(MANAGED), (schema, table_name)).fetchone()
+                "AND registry = ANY(%s) FOR UPDATE").format(MANAGED),
+        (schema, table_name, list(registries))).fetchone()
     return (str(row[0]), row[1]) if row else None
 
 
-def former_productions(conn: psycopg.Connection[Any], limit: int) -> list[tuple[str, str]]:
-    """(schema, table) of the `limit` most recently demoted live tables: the rollback targets."""
+def former_productions(
+    conn: psycopg.Connection[Any], limit: int, registries: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(schema, table) of the `limit` most recently demoted live tables of `registries`: the
+    rollback targets."""
     rows = conn.execute(
         sql.SQL("SELECT schema_name, table_name FROM {} WHERE status <> 'dropped' "
-                "AND demoted_at IS NOT NULL AND status <> 'production' "
-                "ORDER BY demoted_at DESC LIMIT %s").format(MANAGED), (limit,)).fetchall()
+                "AND demoted_at IS NOT NULL AND status <> 'production' AND registry = ANY(%s) "
+                "ORDER BY demoted_at DESC LIMIT %s").format(MANAGED),
+        (list(registries), limit)).fetchall()
     return [(str(s), str(t)) for s, t in rows]
 
 
 def set_demoted(conn: psycopg.Connection[Any], schema: str, table_name: str, *,
-                rollback: bool) -> int:
-    """The production other than the table becomes a shadow; rows changed."""
+                rollback: bool, registries: Sequence[str]) -> int:
+    """The production of `registries` other than the table becomes a shadow; rows changed."""
     demoted_at = sql.SQL("NULL" if rollback else "now()")
     return conn.execute(
         sql.SQL("UPDATE {} SET status = 'shadow', demoted_at = {} "
-                "WHERE status = 'production' AND NOT (schema_name = %s AND table_name = %s)"
-                ).format(MANAGED, demoted_at), (schema, table_name)).rowcount
+                "WHERE status = 'production' AND NOT (schema_name = %s AND table_name = %s) "
+                "AND registry = ANY(%s)").format(MANAGED, demoted_at),
+        (schema, table_name, list(registries))).rowcount
 
 
 def set_production(conn: psycopg.Connection[Any], schema: str, table_name: str) -> int:
@@ -451,16 +490,18 @@ records the new run (no extra round trip); the new row is not visible to the UPD
 
 
 def start_reconcile_run(
-    conn: psycopg.Connection[Any], ref: str, commit: str | None, plan: str, actor: str
+    conn: psycopg.Connection[Any], ref: str, commit: str | None, plan: str, actor: str,
+    registry: str | None = None,
 ) -> int:
     """A `running` run with its planned actions (JSON text); earlier running ones are marked
     interrupted in the same statement. Returns its id."""
     row = conn.execute(
         _MARK_INTERRUPTED + sql.SQL(
-            "INSERT INTO {} (git_ref, git_commit, plan, outcome, actor) VALUES (%(ref)s, "
-            "%(commit)s, %(plan)s, 'running', %(actor)s) RETURNING id").format(RECONCILE_RUNS),
+            "INSERT INTO {} (git_ref, git_commit, plan, outcome, actor, registry) VALUES "
+            "(%(ref)s, %(commit)s, %(plan)s, 'running', %(actor)s, %(registry)s) RETURNING id"
+        ).format(RECONCILE_RUNS),
         {"ref": ref, "commit": commit, "actor": actor, "interrupted": RECONCILE_INTERRUPTED,
-         "plan": plan},
+         "plan": plan, "registry": registry},
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -468,17 +509,18 @@ def start_reconcile_run(
 
 def finish_reconcile_run(
     conn: psycopg.Connection[Any], run_id: int | None, *, ref: str, commit: str | None,
-    plan: str, outcome: str, error: str | None, actor: str,
+    plan: str, outcome: str, error: str | None, actor: str, registry: str | None = None,
 ) -> int:
     """Finish the run row (one statement; a run never started, a no-op, is inserted already
     finished, marking earlier running ones interrupted). Returns its id."""
     params = {"ref": ref, "commit": commit, "plan": plan, "outcome": outcome, "error": error,
-              "actor": actor, "id": run_id, "interrupted": RECONCILE_INTERRUPTED}
+              "actor": actor, "id": run_id, "interrupted": RECONCILE_INTERRUPTED,
+              "registry": registry}
     if run_id is None:
         query = _MARK_INTERRUPTED + sql.SQL(
-            "INSERT INTO {} (git_ref, git_commit, plan, outcome, error, actor, finished_at) "
-            "VALUES (%(ref)s, %(commit)s, %(plan)s, %(outcome)s, %(error)s, %(actor)s, "
-            "clock_timestamp()) RETURNING id").format(RECONCILE_RUNS)
+            "INSERT INTO {} (git_ref, git_commit, plan, outcome, error, actor, finished_at, "
+            "registry) VALUES (%(ref)s, %(commit)s, %(plan)s, %(outcome)s, %(error)s, "
+            "%(actor)s, clock_timestamp(), %(registry)s) RETURNING id").format(RECONCILE_RUNS)
     else:
         query = sql.SQL(
             "UPDATE {} SET plan = %(plan)s, outcome = %(outcome)s, error = %(error)s, "
@@ -607,11 +649,13 @@ def versions_never_ingested(
     conn: psycopg.Connection[Any], schema: str, ingest_run_ids: Sequence[str]
 ) -> list[str]:
     """chunk_versions of shadow tables in `schema` with no successful run of any of
-    `ingest_run_ids`."""
+    `ingest_run_ids` into the table as it is now: a run that finished before the table was
+    (re)created by the reconciler filled another instance of it (dropped since)."""
     rows = conn.execute(
         sql.SQL("SELECT m.chunk_version FROM {m} m WHERE m.status = 'shadow' "
                 "AND m.schema_name = %s AND NOT EXISTS (SELECT 1 FROM {r} r WHERE "
                 "r.chunk_version = m.chunk_version AND r.status = 'succeeded' "
+                "AND r.finished_at >= m.created_at "
                 "AND r.ingest_run_id = ANY(%s))").format(m=MANAGED, r=INGEST_RUNS),
         (schema, list(ingest_run_ids))).fetchall()
     return [str(r[0]) for r in rows]

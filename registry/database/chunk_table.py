@@ -10,6 +10,7 @@ whether it exists.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -112,9 +113,61 @@ def unhealthy_rows(prefix_policy: str, chunk_size: int, token_budget: int) -> sq
     return sql.SQL("(bm25_has_prefix OR {})").format(over)
 
 
+@dataclass(frozen=True)
+class Marker:
+    """What the registry writes on each table and view it creates (its COMMENT), as Argo CD
+    labels the resources of one application: a bookkeeping row alone never makes a table the
+    registry's. `registry` None: a marker written before identities existed."""
+
+    registry: str | None
+    chunk_version: str | None
+    config_hash: str | None = None
+
+    def text(self) -> str:
+        return json.dumps({"registry": self.registry, "chunk_version": self.chunk_version,
+                           "config_hash": self.config_hash}, sort_keys=True)
+
+
+_LEGACY_TABLE = "chunk-registry: chunks of locked config "
+_LEGACY_VIEW = "chunk-registry: production reads "
+
+
+def read_marker(comment: str | None) -> Marker | None:
+    """The marker in a table's or view's comment (the JSON one, or the text one written before
+    identities); None when it carries none."""
+    if not comment:
+        return None
+    if comment.startswith(_LEGACY_TABLE):
+        version, _, rest = comment[len(_LEGACY_TABLE):].partition(" (config_hash ")
+        return Marker(None, version, rest.rstrip(")") or None)
+    if comment.startswith(_LEGACY_VIEW):
+        return Marker(None, comment[len(_LEGACY_VIEW):])
+    try:
+        data = json.loads(comment)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("registry"), str):
+        return None
+    values = [data.get(k) for k in ("chunk_version", "config_hash")]
+    return Marker(data["registry"], *(v if isinstance(v, str) else None for v in values))
+
+
+def marker_ddl(kind: str, schema: str, name: str, marker: Marker) -> sql.Composed:
+    """COMMENT ON TABLE|VIEW with the marker."""
+    return sql.SQL("COMMENT ON {} {} IS {}").format(
+        sql.SQL(kind), sql.Identifier(schema, name), sql.Literal(marker.text()))
+
+
+def relation_marker(conn: psycopg.Connection[Any], schema: str, name: str) -> Marker | None:
+    """The marker of `schema.name` as it is now (None: no such relation, or unmarked)."""
+    row = conn.execute("SELECT obj_description(to_regclass(format('%%I.%%I', %s::text, "
+                       "%s::text)), 'pg_class')", (schema, name)).fetchone()
+    return read_marker(row[0] if row else None)
+
+
 def table_ddl(
     schema: str, table: str, *, chunk_version: str, config_hash: str, prefix_policy: str,
-    chunk_size: int, token_budget: int,
+    chunk_size: int, token_budget: int, registry: str | None = None,
 ) -> list[sql.Composed]:
     """The versioned table. `bm25_has_prefix` is computed by PostgreSQL as rows are written,
     and a partial index holds exactly the rows the health check counts as unhealthy (prefix
@@ -148,9 +201,7 @@ def table_ddl(
         sql.SQL("CREATE INDEX {} ON {} (chunk_index) WHERE {}").format(
             sql.Identifier(f"{table}_bad"), t,
             unhealthy_rows(prefix_policy, chunk_size, token_budget)),
-        sql.SQL("COMMENT ON TABLE {} IS {}").format(
-            t, sql.Literal(f"chunk-registry: chunks of locked config {chunk_version} "
-                           f"(config_hash {config_hash})")),
+        marker_ddl("TABLE", schema, table, Marker(registry, chunk_version, config_hash)),
     ]
 
 

@@ -3,7 +3,7 @@ catalog, the bookkeeping rows, and row estimates or counts), or made up for an o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from registry.config import ProductionConfig
+from registry.config import LockedConfig, ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA, ManagedTable
+from registry.database.chunk_table import Marker, read_marker, table_ddl
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -26,6 +27,8 @@ class Relation:
     name: str
     kind: str
     reads: tuple[tuple[str, str], ...] = ()
+    marker: Marker | None = None
+    """The registry's marker in its comment (None: unmarked, so not the registry's)."""
 
     @property
     def is_view(self) -> bool:
@@ -45,6 +48,9 @@ class ActualState:
     relations: dict[str, Relation] = field(default_factory=dict)
     rows: dict[str, int | None] = field(default_factory=dict)
     """table -> row count (or 1/0 for a has-rows probe); None when unknown (offline plan)."""
+    shape_drift: dict[str, list[str]] = field(default_factory=dict)
+    """table -> how its shape differs from what the reconciler creates (read for the tables
+    of the desired configs only; absent: not compared, or no difference)."""
 
     @property
     def live(self) -> dict[str, ManagedTable]:
@@ -68,7 +74,8 @@ SELECT statement_timestamp(),
                                 AND d.refclassid = 'pg_class'::regclass
                 JOIN pg_class t ON t.oid = d.refobjid
                 JOIN pg_namespace tn ON tn.oid = t.relnamespace
-                WHERE r.ev_class = c.oid AND d.refobjid <> c.oid))), '[]')
+                WHERE r.ev_class = c.oid AND d.refobjid <> c.oid),
+                obj_description(c.oid, 'pg_class'))), '[]')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
           AND (c.relname = %(base)s OR c.relname LIKE %(pattern)s ESCAPE '\\'))
@@ -92,11 +99,82 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
     now, schema_exists, has_bookkeeping, evals, relations = row
     actual = ActualState(schema=settings.schema, base_name=base, now=now,
                          schema_exists=schema_exists, bookkeeping=has_bookkeeping)
-    for name, kind, reads in relations:
-        actual.relations[name] = Relation(name, kind, tuple((s, t) for s, t in reads))
+    for name, kind, reads, comment in relations:
+        actual.relations[name] = Relation(name, kind, tuple((s, t) for s, t in reads),
+                                          read_marker(comment))
     if has_bookkeeping:
         actual.managed = bookkeeping.managed_tables(conn, with_last_compare=evals)
     return actual
+
+
+_SHAPE = """
+SELECT coalesce((SELECT jsonb_agg(jsonb_build_array('column', a.attname,
+            format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated::text,
+            pg_get_expr(d.adbin, d.adrelid)) ORDER BY a.attname)
+        FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped), '[]')
+    || coalesce((SELECT jsonb_agg(jsonb_build_array('constraint', c.contype::text,
+            pg_get_constraintdef(c.oid)) ORDER BY 2, 3)
+        FROM pg_constraint c WHERE c.conrelid = %(oid)s), '[]')
+    || coalesce((SELECT jsonb_agg(jsonb_build_array('index', i.indisunique,
+            regexp_replace(pg_get_indexdef(i.indexrelid), '^.* USING ', 'USING ')) ORDER BY 3)
+        FROM pg_index i WHERE i.indrelid = %(oid)s), '[]')
+"""
+"""A table's shape, without names: columns (type, NOT NULL, generated, default),
+constraints (kind, definition) and indexes (unique, method, keys, predicate)."""
+
+
+def _shape(conn: psycopg.Connection[Any], schema: str, table: str) -> list[tuple[Any, ...]]:
+    row = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid",
+                       (schema, table)).fetchone()
+    if row is None or row[0] is None:
+        return []
+    found = conn.execute(_SHAPE, {"oid": row[0]}).fetchone()
+    return [tuple(item) for item in (found[0] if found else [])]
+
+
+def _describe(item: tuple[Any, ...]) -> str:
+    kind, *rest = item
+    if kind == "column":
+        name, type_name, not_null, generated, default = rest
+        extra = " NOT NULL" if not_null else ""
+        extra += f" GENERATED ({default})" if generated else (
+            f" DEFAULT {default}" if default else "")
+        return f"column {name} {type_name}{extra}"
+    if kind == "constraint":
+        return f"constraint {rest[1]}"
+    return f"{'unique ' if rest[0] else ''}index {rest[1]}"
+
+
+def shape_drift(
+    conn: psycopg.Connection[Any], schema: str, tables: Mapping[str, LockedConfig],
+    registry: str,
+) -> dict[str, list[str]]:
+    """table -> how it differs from the table the reconciler would create for its config
+    (columns, types, constraints, indexes): each expected one is created as a temporary table
+    by the same DDL (`chunk_table.table_ddl`), read from the catalog, and rolled back, so the
+    comparison follows the DDL on every PostgreSQL version. Tables absent are left out."""
+    drift: dict[str, list[str]] = {}
+    if not tables:
+        return drift
+    with conn.transaction(force_rollback=True):
+        for table, config in tables.items():
+            actual = _shape(conn, schema, table)
+            if not actual:
+                continue
+            for statement in table_ddl(
+                "pg_temp", table, chunk_version=config.chunk_version,
+                config_hash=config.config_hash, prefix_policy=config.prefix_policy,
+                chunk_size=config.chunk_size, token_budget=config.token_budget,
+                registry=registry,
+            ):
+                conn.execute(statement)
+            expected = _shape(conn, "pg_temp", table)
+            missing = [f"missing {_describe(i)}" for i in expected if i not in actual]
+            extra = [f"unexpected {_describe(i)}" for i in actual if i not in expected]
+            if missing or extra:
+                drift[table] = missing + extra
+    return drift
 
 
 _COUNT = sql.SQL("SELECT count(*) FROM {}.{}")
@@ -155,23 +233,38 @@ def row_estimates(
     return {table: found.get(table) for table in tables}
 
 
-def synthetic_actual(state: RegistryState) -> ActualState:
-    """A database exactly reconciled to `state`, rows unknown: the base of an offline plan."""
+def synthetic_actual(
+    state: RegistryState, retired: Mapping[str, datetime] | None = None
+) -> ActualState:
+    """A database exactly reconciled to `state`, rows unknown: the base of an offline plan.
+    `retired` (version -> when): retired tables it still holds, those whose grace period
+    under `state` is not over."""
     settings = state.settings
     now = datetime.now(UTC)
     actual = ActualState(schema=settings.schema, base_name=settings.base_name, now=now)
+    for version, at in sorted((retired or {}).items()):
+        if at + settings.grace_period <= now:
+            continue
+        table = settings.table_name(version)
+        actual.managed.append(ManagedTable(
+            settings.schema, table, version, "", "retired", at, None, None, None, at, None,
+            present=True, registry=settings.identity))
+        actual.relations[table] = Relation(table, "r", marker=Marker(settings.identity, version))
     production = settings.production
     for version, config in sorted(state.configs.items()):
         table = settings.table_name(version)
         status = "production" if version == production else "shadow"
         actual.managed.append(ManagedTable(
             settings.schema, table, version, config.config_hash, status, now, state.commit,
-            now if status == "production" else None, None, None, None, present=True))
-        actual.relations[table] = Relation(table, "r")
+            now if status == "production" else None, None, None, None, present=True,
+            registry=settings.identity))
+        actual.relations[table] = Relation(
+            table, "r", marker=Marker(settings.identity, version, config.config_hash))
         actual.rows[table] = None
     if production:
         actual.relations[settings.base_name] = Relation(
-            settings.base_name, "v", ((settings.schema, settings.table_name(production)),))
+            settings.base_name, "v", ((settings.schema, settings.table_name(production)),),
+            Marker(settings.identity, production))
     return actual
 
 

@@ -18,13 +18,22 @@ from registry import faults
 from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
-from registry.database.chunk_table import VIEW_COLUMNS, has_rows, table_ddl, view_ddl
+from registry.database.chunk_table import (
+    VIEW_COLUMNS,
+    Marker,
+    has_rows,
+    marker_ddl,
+    relation_marker,
+    table_ddl,
+    view_ddl,
+)
 from registry.database.connection import first_line, timeout_setting
 from registry.errors import Refused, RegistryError
 from registry.reconciler.planner import (
     DESTRUCTIVE,
     Action,
     CreateTable,
+    Drop,
     Plan,
     Retire,
     SwapProduction,
@@ -221,7 +230,8 @@ class Applier:
         elif isinstance(action, Retire | Unretire):
             retire = isinstance(action, Retire)
             self._bookkeeping(action)
-            if not bookkeeping.set_retired(self.conn, action.schema, action.table, retire):
+            if not bookkeeping.set_retired(self.conn, action.schema, action.table, retire,
+                                           self.settings.identities):
                 expected = "shadow" if retire else "retired"
                 raise Refused(f"{action.schema}.{action.table} is not a managed {expected} table")
         else:
@@ -235,15 +245,17 @@ class Applier:
             action.schema, action.table, chunk_version=action.chunk_version,
             config_hash=action.config_hash, prefix_policy=action.prefix_policy,
             chunk_size=action.chunk_size, token_budget=action.token_budget,
+            registry=self.settings.identity,
         ):
             self._ddl(action, statement)
         self._bookkeeping(action)
         bookkeeping.record_created(self.conn, action.schema, action.table, action.chunk_version,
-                                   action.config_hash, self.commit)
+                                   action.config_hash, self.commit, self.settings.identity)
 
     def _swap(self, action: SwapProduction) -> None:
         """CREATE OR REPLACE VIEW + the bookkeeping update, in the caller's transaction."""
-        if bookkeeping.lock_live(self.conn, action.schema, action.table) is None:
+        registries = self.settings.identities
+        if bookkeeping.lock_live(self.conn, action.schema, action.table, registries) is None:
             raise Refused(f"{action.schema}.{action.table} is not a live managed table: production "
                           "never reads an unmanaged or retired table")
         if not self.force and not has_rows(self.conn, action.schema, action.table):
@@ -265,37 +277,52 @@ class Applier:
             self._ddl(action, sql.SQL("DROP VIEW {}").format(
                 sql.Identifier(action.schema, action.view)))
         self._ddl(action, view_ddl(action.schema, action.view, action.table))
-        self._ddl(action, sql.SQL("COMMENT ON VIEW {}.{} IS {}").format(
-            sql.Identifier(action.schema), sql.Identifier(action.view),
-            sql.Literal(f"chunk-registry: production reads {action.chunk_version}")))
+        self._ddl(action, marker_ddl("VIEW", action.schema, action.view,
+                                     Marker(self.settings.identity, action.chunk_version)))
         # Swapping back to the most recent former production is a rollback: the table it
         # leaves is no rollback target (nothing returns to it), so it gets no demoted_at and a
         # retirement of it is dropped after the grace period, as `registry retire` expects.
-        rollback = bookkeeping.former_productions(self.conn, 1) == [(action.schema, action.table)]
+        rollback = (bookkeeping.former_productions(self.conn, 1, registries)
+                    == [(action.schema, action.table)])
         self._bookkeeping(action)
-        bookkeeping.set_demoted(self.conn, action.schema, action.table, rollback=rollback)
+        bookkeeping.set_demoted(self.conn, action.schema, action.table, rollback=rollback,
+                                registries=registries)
         # A drift correction re-points the view at the table that is production already: it
         # keeps its promoted_at (when it became production; the regression watch's window).
         self._bookkeeping(action)
         bookkeeping.set_production(self.conn, action.schema, action.table)
 
-    def _drop(self, action: Action) -> None:
+    def _exists(self, action: Drop) -> bool:
+        row = self.conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) "
+                                "IS NOT NULL", (action.schema, action.table)).fetchone()
+        return bool(row and row[0])
+
+    def _drop(self, action: Drop) -> None:
         """Re-check every drop rule against the bookkeeping row, locked, then DROP (RESTRICT)."""
         settings = self.settings
-        row = bookkeeping.lock_row(self.conn, action.schema, action.table)
+        registries = settings.identities
+        row = bookkeeping.lock_row(self.conn, action.schema, action.table, registries)
         name = f"{action.schema}.{action.table}"
         if row is None:
-            raise Refused(f"{name} is not in {BOOKKEEPING_SCHEMA}.managed_tables: the registry "
-                          "never drops a table it does not manage")
+            raise Refused(f"{name} is not in {BOOKKEEPING_SCHEMA}.managed_tables as a table of "
+                          f"registry {settings.identity}: the registry never drops a table it "
+                          "does not manage")
         status, retired_at = row
         if status != "retired" or retired_at is None:
             raise Refused(f"{name} is {status}, not retired: only retired tables are dropped")
         if retired_at + settings.grace_period > self.now:
             raise Refused(f"{name} was retired at {utc_text(retired_at)}: the grace period "
                           f"{duration_text(settings.grace_period)} is not over")
-        former = bookkeeping.former_productions(self.conn, settings.keep_previous)
+        former = bookkeeping.former_productions(self.conn, settings.keep_previous, registries)
         if (action.schema, action.table) in former:
             raise Refused(f"{name} is the previous production (the rollback target): kept")
+        marker = relation_marker(self.conn, action.schema, action.table)
+        if self._exists(action) and (
+                marker is None or marker.chunk_version is None
+                or not settings.owns(marker.registry) or action.schema != settings.schema
+                or action.table != settings.table_name(marker.chunk_version)):
+            raise Refused(f"{name} does not carry registry {settings.identity}'s marker for "
+                          "a table of its own: the registry never drops it")
         self._ddl(action, sql.SQL("DROP TABLE IF EXISTS {}.{} RESTRICT").format(
             sql.Identifier(action.schema), sql.Identifier(action.table)))
         self._bookkeeping(action)

@@ -11,11 +11,11 @@ Drop re-reads its bookkeeping row FOR UPDATE), so an action built by hand cannot
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from registry.config import LockedConfig
+from registry.config import LockedConfig, ProductionConfig
 from registry.database.bookkeeping import ManagedTable
 from registry.errors import Refused
 from registry.quality import gate
@@ -190,6 +190,39 @@ def swap_target(state: RegistryState) -> str | None:
     return state.settings.table_name(production) if production else None
 
 
+def foreign_owner(settings: ProductionConfig, actual: ActualState) -> str | None:
+    """Another registry's identity on what this one would manage (the view, or a live table
+    named like ours in our schema): the database belongs to someone else there."""
+    view = actual.relations.get(settings.base_name)
+    if view is not None and view.marker is not None and not settings.owns(view.marker.registry):
+        return view.marker.registry
+    prefix = f"{settings.base_name}_"
+    for row in actual.live.values():
+        if (row.schema_name == settings.schema and row.table_name.startswith(prefix)
+                and not settings.owns(row.registry)):
+            return row.registry
+    return None
+
+
+def owned(settings: ProductionConfig, actual: ActualState, row: ManagedTable) -> bool:
+    """A bookkeeping row this registry acts on: its identity, in its schema, named as it names
+    a table of that version, and (while the table exists) the table carries the registry's
+    marker for that version and config hash. A row alone is never enough."""
+    if not settings.owns(row.registry) or row.schema_name != settings.schema:
+        return False
+    if row.table_name != settings.table_name(row.chunk_version):
+        return False
+    if not row.present or row.status == "dropped":
+        return True
+    relation = actual.relations.get(row.table_name)
+    if relation is None or relation.is_view:
+        return False
+    marker = relation.marker
+    return (marker is not None and settings.owns(marker.registry)
+            and marker.chunk_version == row.chunk_version
+            and marker.config_hash in (None, row.config_hash))
+
+
 def make_plan(
     state: RegistryState,
     actual: ActualState,
@@ -197,18 +230,34 @@ def make_plan(
     target: str = "",
     force: bool = False,
     allow_empty: bool = False,
+    forced_promotion: str | None = None,
 ) -> Plan:
     """The ordered actions that make `actual` match `state`, and what blocks or stays.
 
-    Touches nothing. `force` allows swapping production to an empty table or over a view the
-    registry did not create. An empty desired state is refused unless `allow_empty` (status
-    shows what it would mean; reconcile never applies it).
+    Touches nothing, and acts only on what this registry owns (`owned`); another registry's
+    view or tables where this one would act make a plan of one blocking finding and no
+    action. `force` allows swapping production to an empty table or over a view the registry
+    did not create; `forced_promotion` is the version whose merged promotion was forced
+    (`registry promote --force`): the promotion gate is skipped for it alone. An empty
+    desired state is refused unless `allow_empty` (status shows what it would mean;
+    reconcile never applies it).
     """
     if not allow_empty:
         refuse_empty(state)
     settings = state.settings
     schema, base = settings.schema, settings.base_name
     plan = Plan(ref=state.ref, commit=state.commit, target=target)
+    other = foreign_owner(settings, actual)
+    if other is not None:
+        plan.findings.append(Finding(
+            "foreign", base, f"{schema}.{base} and its tables belong to registry {other}, but "
+            f"this repository is registry {settings.identity}: changing nothing",
+            "check --repo and REGISTRY_DSN (the wrong repository or database?), or give this "
+            "registry its own tables.schema/base_name", "error"))
+        return plan
+    elsewhere = {m.chunk_version: m for m in actual.live.values() if settings.owns(m.registry)
+                 and m.key != (schema, settings.table_name(m.chunk_version))}
+    actual = replace(actual, managed=[m for m in actual.managed if owned(settings, actual, m)])
     live = actual.live
     managed_names = {m.table_name for m in live.values() if m.schema_name == schema}
     blocked: set[str] = set()
@@ -216,6 +265,15 @@ def make_plan(
     for version, config in sorted(state.configs.items()):
         table = settings.table_name(version)
         row = live.get(version)
+        if row is None and version in elsewhere:
+            row = elsewhere[version]
+            blocked.add(version)
+            plan.findings.append(Finding(
+                "moved", row.table_name, f"{version} is managed as {row.schema_name}."
+                f"{row.table_name}, but production.yaml now places it at {schema}.{table}",
+                "restore tables.schema/base_name in production.yaml; moving tables is not "
+                "supported", "error"))
+            continue
         if row is None:
             if table in actual.relations:
                 blocked.add(version)
@@ -234,14 +292,14 @@ def make_plan(
                 f"{config.config_hash[:12]}", "a locked config is immutable: restore it and lock "
                 "a new version for the change", "error"))
             continue
-        if row.key != (schema, table):
+        drift = actual.shape_drift.get(table) if row.present else None
+        if drift:
             blocked.add(version)
             plan.findings.append(Finding(
-                "moved", row.table_name, f"{version} is managed as {row.schema_name}."
-                f"{row.table_name}, but production.yaml now places it at {schema}.{table}",
-                "restore tables.schema/base_name in production.yaml; moving tables is not "
-                "supported", "error"))
-            continue
+                "shape", table, f"drift: {schema}.{table} is not shaped as the reconciler "
+                f"creates it: {'; '.join(drift)}", "restore it by hand (or retire the config "
+                "and lock a new version): the reconciler never alters a table's columns, "
+                "constraints or indexes", "error"))
         if row.status == "retired":
             plan.actions.append(Unretire(schema, table, version))
         if not row.present:
@@ -250,7 +308,7 @@ def make_plan(
                 "missing", table, f"managed table {schema}.{table} was dropped outside the "
                 "registry", "reconcile recreates it empty; ingest it again", "warning"))
 
-    swapping_from = _plan_production(plan, state, actual, blocked, force)
+    swapping_from = _plan_production(plan, state, actual, blocked, force, forced_promotion)
     _plan_retirements(plan, state, actual, swapping_from)
 
     reported = {f.table for f in plan.findings}
@@ -266,7 +324,8 @@ def make_plan(
 
 
 def _plan_production(
-    plan: Plan, state: RegistryState, actual: ActualState, blocked: set[str], force: bool
+    plan: Plan, state: RegistryState, actual: ActualState, blocked: set[str], force: bool,
+    forced_promotion: str | None = None,
 ) -> ManagedTable | None:
     """Add the swap (or why there is none); return the row production moves away from."""
     settings = state.settings
@@ -314,6 +373,12 @@ def _plan_production(
             f"production is {current.table_name}", "reconcile re-points it", "warning"))
     row = actual.live.get(wanted)
     gate = None if force else _gate_finding(row, state, schema, table, first=current is None)
+    if gate is not None and forced_promotion == wanted:
+        plan.findings.append(Finding(
+            "forced", table, f"{wanted} was promoted with --force (recorded in the merged "
+            f"promotion commit): the promotion gate is skipped for it ({gate.message})",
+            None, "info"))
+        gate = None
     if gate is not None:
         plan.findings.append(gate)
         return None

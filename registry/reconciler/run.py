@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from registry import faults
+from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.connection import (
     RECONCILE_LOCK_KEY,
@@ -37,7 +38,13 @@ from registry.errors import (
     RegistryError,
     invalid,
 )
-from registry.reconciler.actual import ActualState, read_actual, row_counts, synthetic_actual
+from registry.reconciler.actual import (
+    ActualState,
+    read_actual,
+    row_counts,
+    shape_drift,
+    synthetic_actual,
+)
 from registry.reconciler.applier import (
     DEFAULT_LOCK_TIMEOUT_MS,
     SWAP_ATTEMPTS,
@@ -45,11 +52,20 @@ from registry.reconciler.applier import (
     ActionResult,
     Applier,
 )
-from registry.reconciler.planner import Plan, action_dict, make_plan, swap_target, utc_text
+from registry.reconciler.planner import (
+    Finding,
+    Plan,
+    action_dict,
+    duration_text,
+    make_plan,
+    swap_target,
+    utc_text,
+)
 from registry.repository import trust
 from registry.repository.git import Git
+from registry.repository.history import forced_promotion, read_history
 from registry.repository.state import RegistryState, committed_state, read_state
-from registry.repository.validation import tampering_problems
+from registry.repository.validation import immutability_problems
 
 if TYPE_CHECKING:
     import threading
@@ -157,13 +173,17 @@ def _take_lock(conn: psycopg.Connection[Any], wait: float) -> bool:
         conn.execute("RESET lock_timeout")
 
 
-def _record_start(conn: psycopg.Connection[Any], plan: Plan, actor: str) -> int:
+def _record_start(
+    conn: psycopg.Connection[Any], plan: Plan, actor: str, registry: str
+) -> int:
     return bookkeeping.start_reconcile_run(
-        conn, plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor)
+        conn, plan.ref, plan.commit, json.dumps([action_dict(a) for a in plan.actions]), actor,
+        registry)
 
 
 def _record_finish(
-    conn: psycopg.Connection[Any], run_id: int | None, result: RunResult, actor: str
+    conn: psycopg.Connection[Any], run_id: int | None, result: RunResult, actor: str,
+    registry: str,
 ) -> int:
     """Finish the run row (one statement; a no-op run is inserted already finished)."""
     done = [action_dict(r.action) | {"result": r.outcome, "error": r.error, "attempts": r.attempts}
@@ -173,7 +193,7 @@ def _record_finish(
     plan = result.plan
     return bookkeeping.finish_reconcile_run(
         conn, run_id, ref=plan.ref, commit=plan.commit, plan=json.dumps(done),
-        outcome=result.outcome, error="; ".join(errors) or None, actor=actor)
+        outcome=result.outcome, error="; ".join(errors) or None, actor=actor, registry=registry)
 
 
 def _actor() -> str:
@@ -189,12 +209,13 @@ def desired_state(
     signers: Path | None = None,
 ) -> RegistryState:
     """The validated desired state: a committed ref, never the working tree, with no locked
-    config edited after its tag. With `signers` (an allowed-signers file) the ref's signature
+    config edited after its tag, no moved tag and no tag off main (`validate`'s immutability
+    errors). With `signers` (an allowed-signers file) the ref's signature
     must verify too."""
     git = Git(repo)
     state = committed_state(git, ref, fetch=fetch)
     state.require_valid()
-    tampered = tampering_problems(git, state)
+    tampered = immutability_problems(git, state)
     if tampered:
         raise invalid(tampered)
     if signers is not None:
@@ -230,7 +251,24 @@ def plan(
             actual = _read_for_plan(conn, state)
         except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the database") from None
-    return make_plan(state, actual, target=resolved.redacted, force=force)
+    return plan_honouring_force(repo, state, actual, target=resolved.redacted, force=force)
+
+
+def plan_honouring_force(
+    repo: Path | str, state: RegistryState, actual: ActualState, *, target: str,
+    force: bool = False, allow_empty: bool = False,
+) -> Plan:
+    """The plan; when the promotion gate holds production's swap, and the merged promotion
+    was forced (`registry promote --force`, recorded as a commit trailer), the plan for that
+    promotion without the gate. History is read only when the gate holds."""
+    the_plan = make_plan(state, actual, target=target, force=force, allow_empty=allow_empty)
+    production = state.settings.production
+    if production is None or not any(f.kind == "gate" for f in the_plan.blocking):
+        return the_plan
+    if forced_promotion(Git(repo), state.commit or state.ref, production) is None:
+        return the_plan
+    return make_plan(state, actual, target=target, force=force, allow_empty=allow_empty,
+                     forced_promotion=production)
 
 
 def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> ActualState:
@@ -243,6 +281,10 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
                and view.reads == ((state.settings.schema, target),))
     if target and not settled and target in actual.relations:
         actual.rows.update(row_counts(conn, state.settings.schema, [target], exact=False))
+    settings = state.settings
+    desired = {settings.table_name(v): c for v, c in state.configs.items()
+               if settings.table_name(v) in actual.relations}
+    actual.shape_drift = shape_drift(conn, settings.schema, desired, settings.identity)
     return actual
 
 
@@ -280,7 +322,11 @@ def reconcile(
         actual = _read_for_plan(conn, state)
         if now is not None:
             actual.now = now
-        the_plan = make_plan(state, actual, target=resolved.redacted, force=force)
+        the_plan = plan_honouring_force(repo, state, actual, target=resolved.redacted,
+                                         force=force)
+        foreign = next((f for f in the_plan.blocking if f.kind == "foreign"), None)
+        if foreign is not None:
+            raise Refused(foreign.message, fix=foreign.fix)
         applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
                           schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
                           attempts=attempts, swap_deadline=swap_deadline)
@@ -298,7 +344,8 @@ def _apply_and_record(
 ) -> RunResult:
     """Record the run as `running`, apply, record the outcome (a no-op run: one row, finished)."""
     actor = _actor()
-    run_id = _record_start(conn, the_plan, actor) if the_plan.actions else None
+    registry = applier.settings.identity
+    run_id = _record_start(conn, the_plan, actor, registry) if the_plan.actions else None
     faults.point("reconcile", "recorded")
     results = applier.apply(the_plan)
     outcome: Outcome
@@ -310,7 +357,7 @@ def _apply_and_record(
         outcome = "applied" if results else "noop"
     result = RunResult(the_plan, results, outcome, run_id)
     faults.point("reconcile", "finishing")
-    result.run_id = _record_finish(conn, run_id, result, actor)
+    result.run_id = _record_finish(conn, run_id, result, actor, registry)
     faults.point("reconcile", "finished")
     return result
 
@@ -328,13 +375,59 @@ def _notify(conn: psycopg.Connection[Any], state: RegistryState, result: RunResu
 
 def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
     """What merging `head` into `base` would make the reconciler do, without a database:
-    the plan against a database exactly reconciled to `base` (for PR review in CI)."""
+    the plan against a database exactly reconciled to `base` (for PR review in CI), with the
+    tables `base` retired still in their grace period, and what the policy changes mean.
+    Blocking findings (a refusal after the merge) make the PR check fail."""
     git = Git(repo)
     base_state = read_state(git, base)
     head_state = read_state(git, head)
     head_state.require_valid()
-    return make_plan(head_state, synthetic_actual(base_state),
-                     target=f"a database reconciled to {base}")
+    actual = synthetic_actual(base_state, retired=retired_on(git, base, base_state))
+    the_plan = make_plan(head_state, actual, target=f"a database reconciled to {base}")
+    the_plan.findings[:0] = policy_findings(base_state.settings, head_state.settings, base)
+    return the_plan
+
+
+def retired_on(git: Git, ref: str, state: RegistryState) -> dict[str, datetime]:
+    """version -> when it was retired on `ref` (its retire commit), for configs that left the
+    repo and are not back: what a reconciled database still holds as retired tables."""
+    out: dict[str, datetime] = {}
+    for event in read_history(git, ref):
+        version = event.chunk_version
+        if event.kind == "retire" and version and version not in state.configs:
+            out.setdefault(version, datetime.fromisoformat(event.at))
+    return out
+
+
+def policy_findings(before: ProductionConfig, after: ProductionConfig, base: str
+                    ) -> list[Finding]:
+    """What a change of production.yaml's table placement, identity or retention does once
+    merged: a move or an identity change the reconciler refuses (blocking), a retention change
+    that drops retired tables sooner or keeps them longer."""
+    findings = []
+    if (before.schema, before.base_name) != (after.schema, after.base_name):
+        findings.append(Finding(
+            "moved", after.base_name, f"tables move from {before.legacy_identity} to "
+            f"{after.legacy_identity}: the reconciler refuses to move the tables of {base}",
+            "restore tables.schema/base_name", "error"))
+    if before.registry is not None and before.registry != after.registry:
+        findings.append(Finding(
+            "identity", after.base_name, f"registry changes from {before.registry} to "
+            f"{after.registry or 'none'}: the reconciler would disown every table it created",
+            f"restore `registry: {before.registry}`", "error"))
+    if before.grace_period != after.grace_period:
+        sooner = after.grace_period < before.grace_period
+        findings.append(Finding(
+            "retention", None, f"retention.grace_period {duration_text(before.grace_period)} -> "
+            f"{duration_text(after.grace_period)}: retired tables are dropped "
+            f"{'sooner' if sooner else 'later'}", None, "warning" if sooner else "info"))
+    if before.keep_previous != after.keep_previous:
+        fewer = after.keep_previous < before.keep_previous
+        findings.append(Finding(
+            "retention", None, f"retention.keep_previous {before.keep_previous} -> "
+            f"{after.keep_previous}: {'fewer' if fewer else 'more'} former productions are kept "
+            "as rollback targets", None, "warning" if fewer else "info"))
+    return findings
 
 
 # ---------------------------------------------------------------------------------------------

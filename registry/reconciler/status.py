@@ -17,8 +17,8 @@ import psycopg
 from registry.database import bookkeeping
 from registry.database.connection import database_error, resolve_dsn, session
 from registry.reconciler.actual import ActualState, row_counts, row_estimates
-from registry.reconciler.planner import VIEW_KINDS, Action, Finding, Plan, make_plan, utc_text
-from registry.reconciler.run import _read_for_plan, desired_state
+from registry.reconciler.planner import VIEW_KINDS, Action, Finding, Plan, owned, utc_text
+from registry.reconciler.run import _read_for_plan, desired_state, plan_honouring_force
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -89,7 +89,8 @@ def status(
         except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the database") from None
     # The plan keeps the swap target's has-rows probe: emptiness is never judged on an estimate.
-    the_plan = make_plan(state, actual, target=resolved.redacted, allow_empty=True)
+    the_plan = plan_honouring_force(repo, state, actual, target=resolved.redacted,
+                                    allow_empty=True)
     actual.rows = shown
     return StatusReport(the_plan, status_rows(state, actual, the_plan, runs, estimated=not exact),
                         last, exact)
@@ -119,8 +120,9 @@ def status_rows(
 ) -> list[StatusRow]:
     settings = state.settings
     configs = state.configs
-    live = actual.live
-    current = actual.production
+    mine = [m for m in actual.managed if owned(settings, actual, m)]
+    live = {m.chunk_version: m for m in mine if m.status != "dropped"}
+    current = next((m for m in mine if m.status == "production"), None)
     versions = sorted(set(configs) | set(live), reverse=True)
     by_table: dict[str | None, list[Finding]] = {}
     for finding in the_plan.findings:

@@ -231,3 +231,26 @@ def last_promotion(git: Git, ref: str) -> Event:
         )
     return event
 
+
+
+FORCE_TRAILER = "Promotion-Forced"
+"""The trailer `registry promote --force` writes (`Promotion-Forced: <version>`): the merged
+promotion then skips the promotion gate in the reconciler, for that promotion only."""
+
+
+def forced_promotion(git: Git, ref: str, version: str) -> str | None:
+    """The commit recording that production's move to `version` on `ref` was forced: the
+    newest production move on `ref` must be that one, and a commit it brought (the merged
+    branch's commits, the squashed message, or the commit itself) must carry the trailer
+    `Promotion-Forced: <version>`. None: not forced (or moved again since)."""
+    move = next((e for e in read_history(git, ref) if e.kind in ("promote", "rollback")), None)
+    if move is None or move.chunk_version != version:
+        return None
+    span = [f"{move.commit}^1..{move.commit}"] if move.merge == "merge" else ["-1", move.commit]
+    out = git.run("log", f"--format=%H%x00%(trailers:key={FORCE_TRAILER},valueonly,"
+                  "separator=%x00)", *span)
+    for line in out.splitlines():
+        sha, *values = line.split("\0")
+        if version in (v.strip() for v in values):
+            return sha
+    return None

@@ -32,7 +32,12 @@ from registry.reconciler.run import offline_plan
 from registry.repository.config_schema import schema_problems
 from registry.repository.git import Git
 from registry.repository.github import Proposal, propose
-from registry.repository.history import last_promotion, read_history, standing_promotions
+from registry.repository.history import (
+    FORCE_TRAILER,
+    last_promotion,
+    read_history,
+    standing_promotions,
+)
 from registry.repository.runbook import render
 from registry.repository.state import RegistryState, read_state
 from registry.tokenizer import resolve, special_token_count
@@ -319,6 +324,7 @@ def promote(
         "`registry rollback` reverts this change.\n\n"
         + (f"{gate}\n\n" if gate else "")
         + f"{TRAILER}: {version}\n"
+        + (f"{FORCE_TRAILER}: {version}\n" if force else "")
     )
     changes: dict[str, bytes | None] = {PRODUCTION_PATH: set_production_pointer(raw, version)}
     commit = git.commit_files(base, changes, message)

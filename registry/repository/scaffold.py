@@ -50,9 +50,17 @@ def tool_version() -> str:
     return version("chunk-registry")
 
 
+def registry_name(directory: Path) -> str:
+    """The `registry:` name `init` writes: the directory's name made a valid one
+    (`[a-z][a-z0-9-]{0,62}`), `registry` when nothing of it is left."""
+    slug = re.sub(r"[^a-z0-9]+", "-", directory.name.lower()).strip("-").lstrip("0123456789-")
+    return slug[:63].rstrip("-") or "registry"
+
+
 def render(version: str, tool_repo: str = DEFAULT_TOOL_REPO,
-           pin_sha: str | None = None) -> dict[str, str]:
-    """Every file `init` writes (README.md: the section it appends), by target path."""
+           pin_sha: str | None = None, name: str = "registry") -> dict[str, str]:
+    """Every file `init` writes (README.md: the section it appends), by target path; `name`
+    is the registry's identity written into production.yaml."""
     if not _REPO.match(tool_repo):
         raise UsageError(f"--tool-repo {tool_repo!r} is not OWNER/NAME")
     if pin_sha is not None and not _SHA.match(pin_sha):
@@ -65,6 +73,7 @@ def render(version: str, tool_repo: str = DEFAULT_TOOL_REPO,
         "@VERSION@": version,
         "@REF@": f"{pin_sha} # {tag}" if pin_sha else tag,
         "@REV@": f"{pin_sha}  # frozen: {tag}" if pin_sha else tag,
+        "@REGISTRY_NAME@": name,
     }
     out = {}
     for target, template in {**FILES, "README.md": "README-section.md"}.items():
@@ -84,7 +93,7 @@ def init(directory: Path, *, tool_repo: str = DEFAULT_TOOL_REPO, pin_sha: str | 
     if root.exists() and not root.is_dir():
         raise UsageError(f"{directory} exists and is not a directory")
     version = version or tool_version()
-    files = render(version, tool_repo, pin_sha)
+    files = render(version, tool_repo, pin_sha, registry_name(root))
     readme = files.pop("README.md")
     result = InitResult(root, version)
     for target, text in files.items():

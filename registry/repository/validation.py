@@ -164,6 +164,7 @@ def validate(
     report.problems.extend(state.problems)
     main = main_ref or _main_ref(git)
     if main is not None:
+        report.problems.extend(identity_problems(git, state, main))
         report.problems.extend(tag_problems(git, state, main))
         report.problems.extend(provenance_problems(git, state, main))
     report.problems.extend(tokenizer_problems(state, strict, tokenizer_files or {},
@@ -177,6 +178,43 @@ def _main_ref(git: Git) -> str | None:
         return git.desired_ref(fetch=False)
     except RegistryError:
         return None
+
+
+def identity_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
+    """Where the tables live and whose they are cannot change once configs are locked on
+    main: the reconciler refuses to move tables (tables.schema, tables.base_name) and a
+    changed `registry:` name disowns every table the registry created. Adding a name where
+    main has none is allowed (the tables made under the legacy identity stay owned)."""
+    from registry.config import load_production
+
+    raw = git.show(main, PRODUCTION_PATH)
+    if raw is None or state.production is None or not _has_configs(git, main):
+        return []
+    try:
+        before, _ = load_production(raw, f"{main}:{PRODUCTION_PATH}")
+    except RegistryError:
+        return []
+    now = state.settings
+    problems = []
+    if (before.schema, before.base_name) != (now.schema, now.base_name):
+        problems.append(Problem(
+            PRODUCTION_PATH, 1, f"tables changed from {before.legacy_identity} to "
+            f"{now.legacy_identity}: the reconciler refuses to move the tables of configs "
+            f"locked on {main}", "restore tables.schema/base_name; start a new registry for "
+            "other tables"))
+    if before.registry is not None and before.registry != now.registry:
+        problems.append(Problem(
+            PRODUCTION_PATH, 1, f"registry changed from {before.registry} to "
+            f"{now.registry or 'none'}: every table it created carries {before.registry}, "
+            "so the reconciler would no longer own them", f"restore `registry: "
+            f"{before.registry}`"))
+    return problems
+
+
+def _has_configs(git: Git, ref: str) -> bool:
+    """Whether `ref` has a locked config (tables may exist for it)."""
+    return any(name.endswith(".yaml") and name != PRODUCTION_PATH
+               for name in git.run("ls-tree", "--name-only", ref, f"{CONFIG_DIR}/").split())
 
 
 def tag_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
@@ -247,9 +285,18 @@ def _tampering(state: RegistryState, path: str, tag: str, tagged_blob: str) -> l
                     "version for the change")]
 
 
+def immutability_problems(git: Git, state: RegistryState) -> list[Problem]:
+    """The errors of `validate`'s immutability checks (configs equal to their tagged blobs,
+    tags neither moved nor off main), so the reconciler refuses what `validate` refuses
+    before it touches the database. Without a main branch: the blob check alone."""
+    main = _main_ref(git)
+    if main is None:
+        return tampering_problems(git, state)
+    return [p for p in tag_problems(git, state, main) if p.severity == "error"]
+
+
 def tampering_problems(git: Git, state: RegistryState) -> list[Problem]:
-    """Only the immutability check (configs equal to their tagged blobs): two git calls, so the
-    reconciler can refuse a tampered state before it touches the database."""
+    """Only the immutability check (configs equal to their tagged blobs): two git calls."""
     prefix = state.settings.tag_prefix
     tags = git.tags(prefix)
     named = {name: name[len(prefix):] for name in tags if is_version(name[len(prefix):])}

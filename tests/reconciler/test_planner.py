@@ -4,6 +4,7 @@ production.yaml goes through the real parser, and every action and every refusal
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from registry.config import LockedConfig, load_production
 from registry.database.bookkeeping import ManagedTable
+from registry.database.chunk_table import Marker
 from registry.errors import Refused
 from registry.reconciler.actual import ActualState, Relation
 from registry.reconciler.planner import (
@@ -68,7 +70,9 @@ def actual(*rows: ManagedTable, view: str | None = None, rows_in: dict[str, int]
                         managed=list(rows))
     for row in rows:
         if row.present and row.status != "dropped":
-            found.relations[row.table_name] = Relation(row.table_name, "r")
+            found.relations[row.table_name] = Relation(
+                row.table_name, "r", marker=Marker(row.registry, row.chunk_version,
+                                                   row.config_hash))
     if view is not None:
         found.relations["document_chunks"] = Relation(
             "document_chunks", "v", (("public", table(view)),))
@@ -314,3 +318,66 @@ def test_renderings_read_the_same_plan() -> None:
     text = render_plan(plan)
     assert "blocked: refusing to swap production" in text and "Plan: no changes; 1 blocked." in text
     assert "🚨" in render_plan(plan, "markdown")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ownership: a registry acts only on what carries its own identity and matches what it creates
+
+
+def test_another_registrys_tables_in_another_schema_are_never_retired_or_dropped() -> None:
+    retired = NOW - timedelta(hours=49)
+    theirs = [replace(managed(V2, "retired", retired=retired, schema="team_b"),
+                      registry="team-b"),
+              replace(managed(V3, "shadow", schema="team_b"), registry="team-b")]
+    plan = make_plan(state(V1, production=V1),
+                     actual(managed(V1, "production", promoted=NOW), *theirs, view=V1))
+    assert plan.actions == [] and plan.blocking == []
+
+
+def test_a_bookkeeping_row_alone_never_gets_a_table_dropped() -> None:
+    """A retired row of this registry past its grace period, whose table carries no marker
+    (or another version's), plans no Drop: the row alone is not ownership."""
+    retired = NOW - timedelta(hours=49)
+    found = actual(managed(V1, "production", promoted=NOW),
+                   managed(V2, "retired", retired=retired), view=V1)
+    found.relations[table(V2)] = Relation(table(V2), "r")
+    assert not any(isinstance(a, Drop) for a in make_plan(state(V1, production=V1),
+                                                          found).actions)
+    found.relations[table(V2)] = Relation(table(V2), "r", marker=Marker(None, V3))
+    assert not any(isinstance(a, Drop) for a in make_plan(state(V1, production=V1),
+                                                          found).actions)
+
+
+def test_a_row_outside_the_schema_or_name_pattern_is_never_acted_on() -> None:
+    forged = replace(managed(V2, "retired", retired=NOW - timedelta(days=30)),
+                     schema_name="billing", table_name="invoices")
+    plan = make_plan(state(V1, production=V1),
+                     actual(managed(V1, "production", promoted=NOW), forged, view=V1))
+    assert plan.actions == []
+
+
+def test_another_registrys_view_makes_a_plan_of_one_refusal_and_no_action() -> None:
+    found = actual(view=None)
+    found.relations["document_chunks"] = Relation(
+        "document_chunks", "v", (("public", table(V1)),), Marker("ours", V1))
+    plan = make_plan(state(V2, production=V2), found)
+    assert plan.actions == [] and kinds(plan) == [("foreign", "error")]
+    assert "ours" in plan.findings[0].message
+
+
+def test_a_forced_promotion_skips_the_gate_for_that_version_only() -> None:
+    held = actual(managed(V1, "production", promoted=NOW), managed(V2, compared=False),
+                  managed(V3, compared=False), view=V1, rows_in={table(V2): 5, table(V3): 5})
+    forced = make_plan(state(V1, V2, V3, production=V2), held, forced_promotion=V2)
+    assert [type(a) for a in forced.actions] == [SwapProduction]
+    assert ("forced", "info") in kinds(forced)
+    other = make_plan(state(V1, V2, V3, production=V3), held, forced_promotion=V2)
+    assert kinds(other) == [("gate", "error")] and other.actions == []
+
+
+def test_a_changed_table_shape_blocks_the_swap_to_it() -> None:
+    found = actual(managed(V1, "production", promoted=NOW), managed(V2), view=V1,
+                   rows_in={table(V2): 5})
+    found.shape_drift[table(V2)] = ["missing index USING btree (doc_id, chunk_index)"]
+    plan = make_plan(state(V1, V2, production=V2), found)
+    assert plan.actions == [] and kinds(plan) == [("shape", "error")]
