@@ -322,7 +322,7 @@ def _config_row(state: RegistryState, version: str, tags: dict[str, Any]) -> dic
         "label": config.label(),
         "config_hash": config.config_hash,
         "ingest_run_id": config.ingest_run_id,
-        "table": state.table_name(version),
+        "table": state.settings.table_name(version),
         "overlap_tokens": config.overlap_tokens,
         "tag": tag_name if tag_name in tags else None,
         "is_production": state.is_production(version),

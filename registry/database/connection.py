@@ -69,15 +69,20 @@ def registry_home() -> Path:
     return Path(data_home) / "chunk-registry"
 
 
-def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
-    """The DSN in force: `dsn`, `REGISTRY_DSN`, `DATABASE_URL`, else the embedded server
-    (started when `start`, which later commands then reuse)."""
+def configured_dsn(dsn: str | None = None) -> Dsn | None:
+    """The DSN the user named: `dsn`, `REGISTRY_DSN`, `DATABASE_URL`; None without any."""
     if dsn:
         return Dsn(dsn, "--dsn")
     for name in ("REGISTRY_DSN", "DATABASE_URL"):
         if os.environ.get(name):
             return Dsn(os.environ[name], name)
-    return Dsn(embedded_dsn(start=start), "embedded")
+    return None
+
+
+def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
+    """The DSN in force: `configured_dsn`, else the embedded server (started when `start`,
+    which later commands then reuse)."""
+    return configured_dsn(dsn) or Dsn(embedded_dsn(start=start), "embedded")
 
 
 def redact(dsn: str) -> str:

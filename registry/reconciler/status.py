@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 
 from registry.database import bookkeeping
-from registry.database.connection import database_error, resolve_dsn, session
 from registry.reconciler.actual import ActualState, read_actual, row_counts
 from registry.reconciler.planner import VIEW_KINDS, Action, Finding, Plan, make_plan, utc_text
-from registry.reconciler.run import desired_state
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -63,24 +61,19 @@ class StatusReport:
 
 
 def status(
-    repo: Path | str, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True
+    state: RegistryState, conn: psycopg.Connection[Any], *, target: str
 ) -> StatusReport:
-    """Every config and managed table: rows, sync status, production, last run that touched it."""
-    state = desired_state(repo, ref, fetch=fetch)
-    resolved = resolve_dsn(dsn)
+    """Every config and managed table: rows, sync status, production, last run that touched it.
+    `target` names the database (its redacted DSN)."""
     settings = state.settings
     schema = settings.schema
-    with session(resolved.value, purpose="status") as conn:
-        try:
-            actual = read_actual(conn, settings)
-            names = [settings.table_name(v) for v in state.configs]
-            names += [m.table_name for m in actual.live.values() if m.schema_name == schema]
-            actual.rows = row_counts(conn, schema,
-                                     [n for n in dict.fromkeys(names) if n in actual.relations])
-            runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
-        except psycopg.Error as err:
-            raise database_error(err, resolved.value, "reading the database") from None
-    the_plan = make_plan(state, actual, target=resolved.redacted, allow_empty=True)
+    actual = read_actual(conn, settings)
+    names = [settings.table_name(v) for v in state.configs]
+    names += [m.table_name for m in actual.live.values() if m.schema_name == schema]
+    actual.rows = row_counts(conn, schema,
+                             [n for n in dict.fromkeys(names) if n in actual.relations])
+    runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
+    the_plan = make_plan(state, actual, target=target, allow_empty=True)
     return StatusReport(the_plan, status_rows(state, actual, the_plan, runs), last)
 
 
