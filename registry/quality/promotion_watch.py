@@ -379,15 +379,12 @@ def follow(
     stop: threading.Event,
     interval: float,
     on_result: Callable[[WatchResult], None],
-    before_check: Callable[[], None] | None = None,
 ) -> int:
     """Call `check_once` (one whole `check`) every `interval` seconds until `stop` is set;
     errors are logged and retried."""
     checks = 0
     while not stop.is_set():
         try:
-            if before_check is not None:
-                before_check()
             on_result(check_once())
         except WatchBusy as err:
             log.info("%s", err)
