@@ -14,7 +14,8 @@ from registry.commands.reconcile import translated
 from registry.database.connection import resolve_dsn, session
 from registry.extras import require
 from registry.quality import dashboard as dashboards
-from registry.quality import evaluation, health as healths, promotion_watch
+from registry.quality import evaluation, promotion_watch
+from registry.quality import health as healths
 from registry.reconciler import run
 from registry.reconciler.status import status
 from registry.repository.git import Git

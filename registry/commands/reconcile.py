@@ -31,7 +31,6 @@ from registry.ingest import pipeline
 from registry.reconciler import run
 from registry.reconciler.applier import DEFAULT_LOCK_TIMEOUT_MS, SWAP_ATTEMPTS
 from registry.reconciler.planner import Plan
-import registry.reconciler.status
 from registry.repository import trust
 from registry.repository.git import Git
 from registry.repository.state import committed_state

@@ -55,8 +55,6 @@ from registry.database.connection import (
     connect,
     database_error,
     ingest_lock_key,
-    resolve_dsn,
-    session,
 )
 from registry.errors import Busy, Refused, RegistryError, TokenizerUnavailable, UsageError
 from registry.ingest.chunker import (
@@ -68,8 +66,7 @@ from registry.ingest.chunker import (
     Document,
     Shingles,
 )
-from registry.repository.git import Git
-from registry.repository.state import RegistryState, committed_state
+from registry.repository.state import RegistryState
 from registry.tokenizer import file_hash, resolve
 
 if TYPE_CHECKING:

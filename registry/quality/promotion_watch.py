@@ -24,7 +24,6 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
@@ -32,13 +31,13 @@ import psycopg
 from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import RollbackProposal
-from registry.database.connection import WATCH_LOCK_KEY, resolve_dsn, session
+from registry.database.connection import WATCH_LOCK_KEY
 from registry.errors import Refused, RegistryError, WatchBusy
-from registry.reconciler.run import desired_state
 from registry.repository.git import Git
 from registry.repository.github import GitHubClient, origin_repo, propose, token_from
 from registry.repository.history import read_history
 from registry.repository.lifecycle import describe_change, rollback
+from registry.repository.state import RegistryState
 
 if TYPE_CHECKING:
     import threading

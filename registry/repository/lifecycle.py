@@ -317,7 +317,7 @@ def promote(
         f"Promote chunk config {version} to production\n\n"
         f"Production moves from {previous or 'none'} to {version} ({config.label()}, "
         f"embedder {config.embedder_name}, config_hash {config.config_hash[:12]}). Once merged, "
-        f"the reconciler points the {settings.base_name} view at {state.settings.table_name(version)}; "
+        f"the reconciler points the {settings.base_name} view at {settings.table_name(version)}; "
         "`registry rollback` reverts this change.\n\n"
         + (f"{gate}\n\n" if gate else "")
         + f"{TRAILER}: {version}\n"
