@@ -16,8 +16,8 @@ import psycopg
 import yaml
 from plotly.offline import get_plotlyjs
 
-from registry.ingest.pipeline import ingest
-from registry.reconciler.run import reconcile
+from registry.commands.data import ingest
+from registry.commands.reconcile import reconcile
 from tests.database import promote
 from tests.helpers import RegistryRepo, run_cli
 from tests.history import build_history

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.quality.dashboard import METRICS, build
+from registry.commands.quality import dashboard
+from registry.quality.dashboard import METRICS
 from tests.browser import ARTIFACTS, Chromium
 from tests.helpers import RegistryRepo
 from tests.history import build_history
@@ -32,7 +33,7 @@ def test_the_dashboard_renders_offline_in_chromium(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     history = build_history(registry_repo, dsn, tmp_path)
-    result = build(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False)
+    result = dashboard(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False)
     url = result.path.as_uri()
 
     with Chromium() as browser:
