@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import traceback
-from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +36,8 @@ _debug = {"on": os.environ.get("REGISTRY_DEBUG", "") not in ("", "0")}
 
 def _show_version(value: bool) -> None:
     if value:
+        from importlib.metadata import version  # 130 ms: only for --version
+
         say(f"registry (chunk-registry) {version('chunk-registry')}")
         raise typer.Exit()
 

