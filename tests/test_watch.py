@@ -25,7 +25,7 @@ from registry.config import ProductionConfig
 from registry.database.chunk_table import VIEW_COLUMNS
 from registry.quality.evaluation import baseline_metrics
 from registry.quality.promotion_watch import Report, judge
-from tests.github_server import FakeGitHub
+from tests.github_server import FakeGitHub, acme_origin
 from tests.helpers import RegistryRepo, run_cli
 from tests.repository.test_promote_rollback import promoted
 from tests.test_health_eval import Corpus, write_corpus
@@ -36,13 +36,8 @@ PULLS = "/repos/acme/chunk-configs/pulls"
 
 @pytest.fixture
 def github(registry_repo: RegistryRepo, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGitHub]:
-    """origin named https://github.com/acme/chunk-configs (pushes go to the bare repo), and a
-    local API for it that knows TOKEN."""
-    registry_repo.git("remote", "set-url", "origin", "https://github.com/acme/chunk-configs.git")
-    registry_repo.git("remote", "set-url", "--push", "origin", str(registry_repo.origin))
-    with FakeGitHub(TOKEN, {"acme/chunk-configs": registry_repo.origin}) as server:
-        monkeypatch.setenv("GITHUB_API_URL", server.url)
-        monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    """See `acme_origin` (the API knows TOKEN)."""
+    with acme_origin(registry_repo, monkeypatch, TOKEN) as server:
         yield server
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,11 +135,11 @@ def print_next_step(branch: str, pushed: bool, proposal: Any) -> None:
 
 def print_ingest(report: Any) -> None:
     say(f"Ingested {report.chunk_version} into {report.table}: {report.chunks} chunks from "
-           f"{report.documents} documents ({report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s, "
-           f"{report.mb_per_s:.2f} MB/s, run #{report.run})")
+        f"{report.documents} documents ({report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s, "
+        f"{report.mb_per_s:.2f} MB/s, run #{report.run})")
     say(f"  {report.duplicates_removed} near-duplicates removed ({report.dedup}), "
-           f"{report.too_small} tiny chunks dropped, {report.over_budget} over budget, "
-           f"{report.skipped} documents skipped, {report.replaced_rows} previous rows replaced")
+        f"{report.too_small} tiny chunks dropped, {report.over_budget} over budget, "
+        f"{report.skipped} documents skipped, {report.replaced_rows} previous rows replaced")
 
 
 @contextlib.contextmanager
@@ -179,3 +182,20 @@ def ingest_feedback(quiet: bool) -> Iterator[tuple[Any, Any]]:
                              f"documents, {state.chunks} chunks, {state.mb_per_s:.2f} MB/s\n")
 
     yield on_progress_plain, on_problem
+
+
+def until_signalled(logger: str) -> tuple[logging.Logger, threading.Event]:
+    """For a loop that runs until SIGINT/SIGTERM: timestamped log lines on stderr, and the
+    event the signals set (logged)."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+    log = logging.getLogger(logger)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return log, stop

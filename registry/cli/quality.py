@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +20,7 @@ from registry.cli.output import (
     emit_json,
     print_table,
     say,
+    until_signalled,
     usage,
 )
 
@@ -99,12 +97,12 @@ def eval_command(
         shadow, base = comparison.shadow.metrics, comparison.baseline.metrics
         print_table(["METRIC", comparison.shadow.chunk_version, comparison.baseline.chunk_version,
                 "DELTA"],
-               [[name, f"{shadow[name]:.3f}", f"{base[name]:.3f}",
+                    [[name, f"{shadow[name]:.3f}", f"{base[name]:.3f}",
                  f"{comparison.deltas[name]:+.3f}"] for name in comparison.deltas])
         for line in comparison.regressions:
             say(f"regression: {line}")
         say("gate: PASSED" if comparison.passed else "gate: FAILED (reconcile will refuse to "
-               "promote it unless --force)")
+            "promote it unless --force)")
     if not comparison.passed:
         raise typer.Exit(1)
 
@@ -174,8 +172,8 @@ def dashboard(
         emit_json(result.to_dict())
     else:
         say(f"Wrote {result.path} ({result.bytes / 1e6:.1f} MB): {result.configs} configs, "
-               f"{result.reports} health reports, {result.markers} events, {result.alerts} "
-               "current alerts")
+            f"{result.reports} health reports, {result.markers} events, {result.alerts} "
+            "current alerts")
     if not serve:
         return
     http = server(out, port)
@@ -230,9 +228,9 @@ def _print_watch(result: Any) -> None:
     promotion = result.promotion
     if promotion is not None:
         say(f"Promotion of {promotion.chunk_version} from {promotion.previous or 'nothing'} "
-               f"(commit {promotion.commit[:10]}), served since "
-               f"{promotion.to_dict()['promoted_at']}, watched until "
-               f"{promotion.to_dict()['window_ends']}: {len(result.reports)} health report(s)")
+            f"(commit {promotion.commit[:10]}), served since "
+            f"{promotion.to_dict()['promoted_at']}, watched until "
+            f"{promotion.to_dict()['window_ends']}: {len(result.reports)} health report(s)")
     for regression in result.regressions:
         say(f"  regression in report #{regression.report}: {regression.message}")
     say(f"{result.outcome}: {result.message}")
@@ -242,15 +240,8 @@ def _follow_promotions(repo: Path, interval: float, options: dict[str, Any]) -> 
     """Check until SIGINT/SIGTERM; a log line whenever the verdict changes."""
     from registry.commands import quality
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
-    log = logging.getLogger("registry.quality.promotion_watch")
-    stop = threading.Event()
+    log, stop = until_signalled("registry.quality.promotion_watch")
     last: dict[str, Any] = {}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
 
     def on_result(result: Any) -> None:
         verdict = (result.outcome, len(result.regressions), result.message)
@@ -261,8 +252,6 @@ def _follow_promotions(repo: Path, interval: float, options: dict[str, Any]) -> 
                             regression.message)
             log.info("%s: %s", result.outcome, result.message)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     log.info("watching promotions every %gs", interval)
     checks = quality.follow_promotions(repo, stop=stop, interval=interval, on_result=on_result,
                                        **options)

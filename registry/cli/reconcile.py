@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +22,7 @@ from registry.cli.output import (
     print_ingest,
     print_table,
     say,
+    until_signalled,
     usage,
 )
 from registry.errors import RegistryError
@@ -160,7 +159,7 @@ def _render_run(result: Any) -> None:
     run = f"run #{result.run_id}" if result.run_id else "run"
     if result.outcome == "noop":
         say(f"In sync: {result.plan.ref} ({(result.plan.commit or '')[:10]}) matches "
-               f"{result.plan.target} ({run}).")
+            f"{result.plan.target} ({run}).")
         for finding in result.plan.findings:
             say(f"  ! {finding.render()}")
         return
@@ -177,14 +176,7 @@ def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
     from registry.commands import reconcile as commands
     from registry.reconciler.render import summary
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
-    log = logging.getLogger("registry.watch")
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
+    log, stop = until_signalled("registry.watch")
 
     def on_result(result: Any) -> None:
         commit = (result.plan.commit or "")[:10]
@@ -195,8 +187,6 @@ def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
         for finding in result.plan.blocking:
             log.warning("blocked: %s", finding.render())
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     log.info("watching %s every %gs", options.get("ref") or "the main branch", interval)
     runs = commands.watch(repo, stop=stop, interval=interval, on_result=on_result, **options)
     log.info("stopped after %d runs", runs)
@@ -219,7 +209,7 @@ def status(
     last = report.last_run
     if last:
         say(f"Last reconcile: #{last['id']} {last['outcome']} at {last['finished_at'] or '-'} "
-               f"({last['git_ref']} {(last['git_commit'] or '')[:10]}, {last['actor']})")
+            f"({last['git_ref']} {(last['git_commit'] or '')[:10]}, {last['actor']})")
     else:
         say("Last reconcile: never")
     print_table(

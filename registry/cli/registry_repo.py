@@ -54,7 +54,7 @@ def init(
         return
     if not result.changed:
         say(f"{result.root} is already a registry repository for chunk-registry "
-               f"{result.version}: nothing to do")
+            f"{result.version}: nothing to do")
         return
     if result.git_initialised:
         say(f"Initialised an empty git repository in {result.root}")
@@ -63,7 +63,7 @@ def init(
     for path in result.unchanged:
         say(f"  kept {path} (already up to date)")
     say("Next: git add -A && git commit -m 'Start the registry', push it to main, then "
-           "`registry lock`.")
+        "`registry lock`.")
 
 
 def lock(
@@ -177,7 +177,7 @@ def validate(
         where = "working tree" if report.ref == WORKTREE else report.ref
         verdict = "ok" if report.ok else "FAILED"
         say(f"{verdict}: {report.configs} configs in the {where}, {len(report.errors)} errors, "
-               f"{len(report.warnings)} warnings")
+            f"{len(report.warnings)} warnings")
     if not report.ok:
         raise typer.Exit(1)
 
