@@ -134,16 +134,18 @@ def reconcile(
     if source is None:
         result = commands.reconcile(repo, **options)
     else:
+        from registry.commands import data  # numpy: only with --source
+
         with ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):
-            both = commands.reconcile_and_ingest(
+            both = data.reconcile_and_ingest(
                 repo, source, tokenizer_files=tokenizer_file or [], dedup=dedup,
                 workers=workers, on_progress=on_progress, on_problem=on_problem, **options)
         result, reports = both.result, both.ingests
     if fmt == "json":
-        data = result.to_dict()
+        shown = result.to_dict()
         if source is not None:
-            data["ingests"] = [r.to_dict() for r in reports]
-        emit_json(data)
+            shown["ingests"] = [r.to_dict() for r in reports]
+        emit_json(shown)
     else:
         _render_run(result)
         for report in reports:

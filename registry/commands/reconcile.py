@@ -1,4 +1,4 @@
-"""The reconciler's commands: plan, reconcile (once, with `--source` then ingest, or watching),
+"""The reconciler's commands: plan, reconcile (once, or watching; `--source` is in `data`),
 status, and the database in use (db url, db stop).
 
 The desired state is read and validated BEFORE any connection (an invalid or untrusted commit
@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,11 @@ from registry.database.connection import (
     session,
     stop_embedded,
 )
-from registry.ingest import pipeline
 from registry.reconciler import run
 from registry.reconciler.applier import DEFAULT_LOCK_TIMEOUT_MS, SWAP_ATTEMPTS
 from registry.reconciler.planner import Plan
 from registry.repository import trust
 from registry.repository.git import Git
-from registry.repository.state import committed_state
 
 
 @contextmanager
@@ -76,12 +73,12 @@ def reconcile(
 ) -> run.RunResult:
     """One reconcile: the validated (and, with `require_signed`, verified) desired state, then
     the reconcile lock on its own connection, then plan, apply and record on it."""
-    return _reconcile(Git(repo), ref=ref, dsn=dsn, force=force, fetch=fetch, now=now,
+    return reconcile_with(Git(repo), ref=ref, dsn=dsn, force=force, fetch=fetch, now=now,
                       lock_timeout_ms=lock_timeout_ms, attempts=attempts, wait_lock=wait_lock,
                       require_signed=require_signed, allowed_signers=allowed_signers)
 
 
-def _reconcile(
+def reconcile_with(
     git: Git, *, ref: str | None = None, dsn: str | None = None, force: bool = False,
     fetch: bool = True, now: datetime | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS, attempts: int = SWAP_ATTEMPTS,
@@ -98,39 +95,6 @@ def _reconcile(
                                  lock_timeout_ms=lock_timeout_ms, attempts=attempts)
     finally:
         conn.close()
-
-
-@dataclass
-class ReconcileAndIngest:
-    """`reconcile --source`: the run that counts (the second one when the ingests let a
-    refused swap go ahead) and the ingests in between."""
-
-    result: run.RunResult
-    ingests: list[pipeline.IngestReport] = field(default_factory=list)
-
-
-def reconcile_and_ingest(
-    repo: Path, source: Path, *, tokenizer_files: list[Path],
-    dedup: pipeline.DedupMode = "document", workers: int | None = None,
-    on_progress: Callable[[pipeline.Progress], None] | None = None,
-    on_problem: Callable[[pipeline.SourceProblem], None] | None = None,
-    **options: Any,
-) -> ReconcileAndIngest:
-    """Reconcile, ingest `source` into every shadow table with no successful ingest, and
-    reconcile again when the first run was refused (e.g. a swap that waited for rows)."""
-    git = Git(repo)
-    outcome = ReconcileAndIngest(_reconcile(git, **options))
-    if outcome.result.outcome == "failed":
-        return outcome
-    state = committed_state(git, options.get("ref"))
-    resolved = resolve_dsn(options.get("dsn"))
-    with session(resolved.value, purpose="ingest pending") as conn:
-        outcome.ingests = pipeline.ingest_pending(
-            state, conn, source, resolved.value, tokenizer_files=tokenizer_files, dedup=dedup,
-            workers=workers, on_progress=on_progress, on_problem=on_problem)
-    if outcome.ingests and outcome.result.outcome == "refused":
-        outcome.result = _reconcile(git, **options)
-    return outcome
 
 
 def watch(repo: Path, *, stop: threading.Event, interval: float,
