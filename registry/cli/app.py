@@ -20,6 +20,7 @@ import typer
 from registry.cli import changes, data, quality, reconcile, registry_repo
 from registry.cli.output import say
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
+from registry.secrets import scrub
 
 app = typer.Typer(
     name="registry",
@@ -115,12 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except Exception as err:
         if _debug["on"]:
-            traceback.print_exc()
+            sys.stderr.write(scrub(traceback.format_exc()))
         reason = str(err).splitlines()[0][:200] if str(err) else ""
         _fail(f"unexpected error: {type(err).__name__}: {reason} (rerun with --debug for the "
               "traceback, and report it)", UNEXPECTED_EXIT_CODE)
 
 
 def _fail(line: str, code: int) -> None:
-    sys.stderr.write(line.replace("\n", " ") + "\n")
+    sys.stderr.write(scrub(line).replace("\n", " ") + "\n")
     sys.exit(code)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from registry.errors import RegistryError, UsageError
+from registry.secrets import scrub, scrub_log_handlers
 
 if TYPE_CHECKING:
     from registry.repository.github import Proposal
@@ -87,7 +88,7 @@ CasesOpt = Annotated[
 
 
 def say(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(scrub(text) + "\n")
 
 
 def emit_json(data: Any) -> None:
@@ -189,6 +190,7 @@ def until_signalled(logger: str) -> tuple[logging.Logger, threading.Event]:
     event the signals set (logged)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+    scrub_log_handlers()
     log = logging.getLogger(logger)
     stop = threading.Event()
 
