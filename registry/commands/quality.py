@@ -105,19 +105,27 @@ def follow_promotions(
                                   on_result=on_result)
 
 
-def dashboard(
-    repo: Path | str, out: Path, *, dsn: str | None = None, ref: str | None = None,
-    fetch: bool = True, days: int = dashboards.DEFAULT_DAYS, now: datetime | None = None,
-) -> dashboards.DashboardResult:
-    """The state read and one session for the status rows and the health history."""
-    require("plotly", "the dashboard")
-    git = Git(repo)
-    state = run.desired_state(git, ref, fetch=fetch)
+def dashboard_data(
+    repo: Path | str, *, dsn: str | None = None, ref: str | None = None, fetch: bool = True,
+    days: int = dashboards.DEFAULT_DAYS, now: datetime | None = None,
+) -> dashboards.DashboardData:
+    """What the dashboard shows: the state read once, and one session for the status rows and
+    the health history."""
+    state = run.desired_state(Git(repo), ref, fetch=fetch)
     resolved = resolve_dsn(dsn)
     with session(resolved.value, purpose="dashboard") as conn:
         with translated(resolved, "reading the database"):
             report = status(state, conn, target=resolved.redacted)
         with translated(resolved, "reading the health history"):
-            data = dashboards.collect(state, conn, report, registry=Path(repo).resolve().name,
+            return dashboards.collect(state, conn, report, registry=Path(repo).resolve().name,
                                       days=days, now=now)
+
+
+def dashboard(
+    repo: Path | str, out: Path, *, dsn: str | None = None, ref: str | None = None,
+    fetch: bool = True, days: int = dashboards.DEFAULT_DAYS, now: datetime | None = None,
+) -> dashboards.DashboardResult:
+    """`registry dashboard --out DIR`: DIR/index.html (plotly checked before any reading)."""
+    require("plotly", "the dashboard")
+    data = dashboard_data(repo, dsn=dsn, ref=ref, fetch=fetch, days=days, now=now)
     return dashboards.build(data, out)

@@ -27,7 +27,7 @@ from registry.database.connection import (
     stop_embedded,
 )
 from registry.reconciler import run
-from registry.reconciler.applier import DEFAULT_LOCK_TIMEOUT_MS, SWAP_ATTEMPTS
+from registry.reconciler.applier import DEFAULT_LOCK_TIMEOUT_MS, SWAP_ATTEMPTS, SWAP_DEADLINE_S
 from registry.reconciler.planner import Plan
 from registry.repository import trust
 from registry.repository.git import Git
@@ -67,6 +67,7 @@ def reconcile(
     now: datetime | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
+    swap_deadline: float = SWAP_DEADLINE_S,
     wait_lock: float = 0.0,
     require_signed: bool = False,
     allowed_signers: Path | None = None,
@@ -74,16 +75,19 @@ def reconcile(
     """One reconcile: the validated (and, with `require_signed`, verified) desired state, then
     the reconcile lock on its own connection, then plan, apply and record on it."""
     return reconcile_with(Git(repo), ref=ref, dsn=dsn, force=force, fetch=fetch, now=now,
-                      lock_timeout_ms=lock_timeout_ms, attempts=attempts, wait_lock=wait_lock,
-                      require_signed=require_signed, allowed_signers=allowed_signers)
+                          lock_timeout_ms=lock_timeout_ms, attempts=attempts,
+                          swap_deadline=swap_deadline, wait_lock=wait_lock,
+                          require_signed=require_signed, allowed_signers=allowed_signers)
 
 
 def reconcile_with(
     git: Git, *, ref: str | None = None, dsn: str | None = None, force: bool = False,
     fetch: bool = True, now: datetime | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS, attempts: int = SWAP_ATTEMPTS,
-    wait_lock: float = 0.0, require_signed: bool = False, allowed_signers: Path | None = None,
+    swap_deadline: float = SWAP_DEADLINE_S, wait_lock: float = 0.0,
+    require_signed: bool = False, allowed_signers: Path | None = None,
 ) -> run.RunResult:
+    """`reconcile` on a repository already opened (`reconcile --source` runs it twice)."""
     signers = trust.allowed_signers(git, allowed_signers) if require_signed else None
     state = run.desired_state(git, ref, fetch=fetch, signers=signers)
     resolved = resolve_dsn(dsn)
@@ -92,7 +96,8 @@ def reconcile_with(
         with translated(resolved, "reconciling"):
             return run.reconcile(git, state, conn, target=resolved.redacted, ref=ref,
                                  fetch=fetch, signers=signers, force=force, now=now,
-                                 lock_timeout_ms=lock_timeout_ms, attempts=attempts)
+                                 lock_timeout_ms=lock_timeout_ms, attempts=attempts,
+                                 swap_deadline=swap_deadline)
     finally:
         conn.close()
 
@@ -105,12 +110,14 @@ def watch(repo: Path, *, stop: threading.Event, interval: float,
 
 
 def status(repo: Path | str, *, ref: str | None = None, dsn: str | None = None,
-           fetch: bool = True) -> registry.reconciler.status.StatusReport:
+           fetch: bool = True, exact: bool = False) -> registry.reconciler.status.StatusReport:
+    """Rows are the catalog's estimates unless `exact`."""
     state = run.desired_state(Git(repo), ref, fetch=fetch)
     resolved = resolve_dsn(dsn)
     with session(resolved.value, purpose="status") as conn, \
             translated(resolved, "reading the database"):
-        return registry.reconciler.status.status(state, conn, target=resolved.redacted)
+        return registry.reconciler.status.status(state, conn, target=resolved.redacted,
+                                                 exact=exact)
 
 
 def db_url(dsn: str | None) -> Dsn:
