@@ -56,11 +56,11 @@ def main() -> None:
     import psycopg
     from psycopg import sql
 
+    from registry.commands.reconcile import reconcile
     from registry.config import ProductionConfig
     from registry.database.chunk_table import ChunkTable
     from registry.quality.evaluation import Case, evaluate_table
     from registry.quality.health import check_table
-    from registry.reconciler.run import reconcile
     from registry.repository.git import Git
     from registry.repository.lifecycle import lock
     from registry.repository.state import read_state

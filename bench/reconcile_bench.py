@@ -33,10 +33,10 @@ from typing import Any
 import psycopg
 from pgtemp import throwaway_database
 
+from registry.commands.reconcile import reconcile
 from registry.config import LockedConfig, ingest_run_id_for
 from registry.reconciler.applier import Applier
 from registry.reconciler.planner import SwapProduction
-from registry.reconciler.run import reconcile
 
 PRODUCTION_YAML = """\
 production: {production}

@@ -21,6 +21,7 @@ import yaml
 
 from registry.errors import ConfigInvalid, Problem, invalid
 from registry.notify.settings import NotificationSettings
+from registry.repository.config_schema import schema_problems
 
 SCHEMA_VERSION = 1
 MAX_CHUNK_SIZE = 1000
@@ -248,7 +249,8 @@ class LockedConfig:
     """One immutable chunking configuration (the seed's LockedConfig, field names kept).
 
     Whether it is production, and which table holds it, depend on the repo state and the
-    production settings, so they are derived (`RegistryState.is_production`, `table_name`).
+    production settings, so they are derived (`RegistryState.is_production`,
+    `ProductionConfig.table_name`).
     """
 
     chunk_version: str
@@ -302,9 +304,6 @@ class LockedConfig:
     def created_datetime(self) -> datetime:
         # The schema fixes the shape (…T14:30:22Z); fromisoformat checks the values, in C.
         return datetime.fromisoformat(self.created_at).astimezone(UTC)
-
-    def table_name(self, base_name: str = DEFAULT_BASE_NAME) -> str:
-        return table_name_for(self.chunk_version, base_name)
 
     def label(self) -> str:
         """The short form teams use: `450/0.10/J=0.8/prefix-A`."""
@@ -361,8 +360,6 @@ def guardrail_violations(
 
 def load_locked(raw: bytes, where: str) -> tuple[LockedConfig, YamlDoc]:
     """Parse and schema-check one locked config file; raise ConfigInvalid on the first problem."""
-    from registry.repository.config_schema import schema_problems
-
     doc = parse_yaml(raw, where)
     problems = schema_problems(doc, "locked")
     if problems:
@@ -478,8 +475,6 @@ def _range(value: Any, default: tuple[float, float]) -> tuple[float, float]:
 
 
 def load_production(raw: bytes, where: str) -> tuple[ProductionConfig, YamlDoc]:
-    from registry.repository.config_schema import schema_problems
-
     doc = parse_yaml(raw, where)
     problems = schema_problems(doc, "production")
     if problems:

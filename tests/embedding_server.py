@@ -12,13 +12,13 @@ import json
 import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
 
 from registry.embedding.onnx import OnnxEmbedder
+from tests import local_http
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Received:
 
 
 @dataclass
-class FakeEmbeddings:
+class FakeEmbeddings(local_http.LocalServer):
     """Serves `model` with `embedder`'s vectors; `token=None` accepts unauthenticated calls."""
 
     embedder: OnnxEmbedder
@@ -60,21 +60,12 @@ class FakeEmbeddings:
                 pass
 
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True)
-        self._thread.start()
+        self._server = local_http.start(Handler)
         return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
+        return self.origin + "/v1"
 
     # -- the contract ---------------------------------------------------------------------------
 

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests import local_http
+
+if TYPE_CHECKING:
+    import pytest
+
+    from tests.helpers import RegistryRepo
 
 DOCS = "https://docs.github.com/rest/pulls/pulls"
 
@@ -30,7 +37,7 @@ class Received:
 
 
 @dataclass
-class FakeGitHub:
+class FakeGitHub(local_http.LocalServer):
     """`repos` maps `owner/name` to the bare repository the branches are pushed to."""
 
     token: str
@@ -57,21 +64,12 @@ class FakeGitHub:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True)
-        self._thread.start()
+        self._server = local_http.start(Handler)
         return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}{self.prefix}"
+        return self.origin + self.prefix
 
     # -- the contract ---------------------------------------------------------------------------
 
@@ -166,3 +164,16 @@ class FakeGitHub:
              f"refs/heads/{branch}"], capture_output=True, check=False,
         )
         return proc.returncode == 0
+
+
+@contextmanager
+def acme_origin(registry_repo: RegistryRepo, monkeypatch: pytest.MonkeyPatch,
+                token: str) -> Iterator[FakeGitHub]:
+    """The registry's origin named https://github.com/acme/chunk-configs (pushes go to the bare
+    repo), and a local API for it that knows `token` (GITHUB_API_URL and GITHUB_TOKEN set)."""
+    registry_repo.git("remote", "set-url", "origin", "https://github.com/acme/chunk-configs.git")
+    registry_repo.git("remote", "set-url", "--push", "origin", str(registry_repo.origin))
+    with FakeGitHub(token, {"acme/chunk-configs": registry_repo.origin}) as server:
+        monkeypatch.setenv("GITHUB_API_URL", server.url)
+        monkeypatch.setenv("GITHUB_TOKEN", token)
+        yield server

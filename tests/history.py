@@ -13,11 +13,11 @@ from pathlib import Path
 
 import psycopg
 
+from registry.commands.data import ingest
+from registry.commands.reconcile import reconcile
 from registry.database.bookkeeping import record_eval_run
 from registry.database.chunk_table import chunk_table
-from registry.ingest.pipeline import ingest
 from registry.quality.health import HealthReport, check_table, record
-from registry.reconciler.run import reconcile
 from registry.repository.git import Git
 from registry.repository.state import RegistryState, read_state
 from tests.database import Database, promote, table_of

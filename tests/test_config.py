@@ -11,6 +11,7 @@ from registry.config import (
     load_production,
     overlap_tokens,
     set_production_pointer,
+    table_name_for,
 )
 from registry.errors import ConfigInvalid
 from tests.test_bad_input import GOOD, good_text
@@ -22,8 +23,8 @@ def seed() -> LockedConfig:
 
 def test_derived_names_follow_the_design() -> None:
     config = seed()
-    assert config.table_name() == "document_chunks_2025_09_07_143022_v1"
-    assert config.table_name("chunks") == "chunks_2025_09_07_143022_v1"
+    assert table_name_for(config.chunk_version) == "document_chunks_2025_09_07_143022_v1"
+    assert table_name_for(config.chunk_version, "chunks") == "chunks_2025_09_07_143022_v1"
     assert config.ingest_run_id == f"2025-09-07-143022-v1-{config.config_hash[:8]}"
     assert config.overlap_tokens == 45
     assert config.label() == "450/0.10/J=0.8/prefix-A"

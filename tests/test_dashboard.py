@@ -17,9 +17,10 @@ import psycopg
 import yaml
 from plotly.offline import get_plotlyjs
 
-from registry.ingest.pipeline import ingest
-from registry.quality.dashboard import OUT_OF_BAND, _t, collect, figure, render
-from registry.reconciler.run import reconcile
+from registry.commands.data import ingest
+from registry.commands.quality import dashboard_data
+from registry.commands.reconcile import reconcile
+from registry.quality.dashboard import OUT_OF_BAND, _t, figure, render
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
 from tests.history import build_history, failed_comparison_then_promotion, young_registry
@@ -191,7 +192,7 @@ def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
     first, second = young_registry(registry_repo, dsn)
 
     # Minutes of data: the charts span them (and a margin), not 90 empty days.
-    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    data = dashboard_data(registry_repo.path, dsn=dsn, fetch=False)
     start, end = data.window()
     points = [p.at for p in data.configs[0].series["oracle_hit_rate"]]
     assert data.since < start < min(points) and max(points) < end
@@ -212,13 +213,13 @@ def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
     assert 'id="refusal"' not in page
 
     failed_comparison_then_promotion(registry_repo, dsn, first, second)
-    pending = render(collect(registry_repo.path, dsn=dsn, fetch=False))
+    pending = render(dashboard_data(registry_repo.path, dsn=dsn, fetch=False))
     level, text = _item(pending, "disagreement")
     assert level == "warning" and "no reconcile has run on this commit" in text
 
     result = reconcile(registry_repo.path, dsn=dsn)
     assert result.outcome == "refused"
-    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    data = dashboard_data(registry_repo.path, dsn=dsn, fetch=False)
     assert data.disagreement is not None and data.disagreement.served_version == first
     page = render(data)
     level, text = _item(page, "disagreement")
@@ -238,6 +239,6 @@ def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
 
     # Once the first point is nearly --days old, the window is --days again.
     Database(dsn).execute("UPDATE chunk_registry.health_reports SET at = at - interval '85 days'")
-    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    data = dashboard_data(registry_repo.path, dsn=dsn, fetch=False)
     assert data.window() == (data.since, data.generated_at)
     assert figure(data, data.configs[0], "#000")["layout"]["xaxis"]["rangeselector"]

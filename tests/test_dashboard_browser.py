@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.quality.dashboard import METRICS, OUT_OF_BAND, build
-from registry.reconciler.run import reconcile
+from registry.commands.quality import dashboard
+from registry.commands.reconcile import reconcile
+from registry.quality.dashboard import METRICS, OUT_OF_BAND
 from tests.browser import ARTIFACTS, Chromium
 from tests.helpers import RegistryRepo
 from tests.history import build_history, failed_comparison_then_promotion, young_registry
@@ -44,7 +45,7 @@ def test_the_dashboard_renders_offline_in_chromium(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     history = build_history(registry_repo, dsn, tmp_path)
-    result = build(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False)
+    result = dashboard(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False)
     url = result.path.as_uri()
 
     with Chromium() as browser:
@@ -91,7 +92,7 @@ def test_a_young_registry_with_a_blocked_promotion_reads_at_a_glance(
     first, second = young_registry(registry_repo, dsn)
     failed_comparison_then_promotion(registry_repo, dsn, first, second)
     assert reconcile(registry_repo.path, dsn=dsn).outcome == "refused"
-    result = build(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False)
+    result = dashboard(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False)
 
     with Chromium() as browser:
         page = browser.new_page()

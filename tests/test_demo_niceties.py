@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from registry.cli import demo as demo_module
+from registry.cli.app import app
 from tests.helpers import RegistryRepo, run_cli
 
 BIN = Path(sys.executable).parent
@@ -55,7 +56,7 @@ def test_a_demo_that_fails_midway_drops_its_database(
     kept = tmp_path / "kept"
 
     with pytest.raises(RuntimeError, match="the demo broke here"):
-        demo_module.run_demo(dsn=embedded_server, keep=kept if keep else None,
+        demo_module.run_demo(app, dsn=embedded_server, keep=kept if keep else None,
                              out=open(os.devnull, "w"))  # noqa: SIM115
 
     assert demo_databases(embedded_server) == before

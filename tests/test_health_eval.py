@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from registry.ingest.pipeline import ingest
-from registry.quality.evaluation import load_cases, relax_to_any, run_compare, run_eval
-from registry.quality.health import run_health
-from registry.reconciler.run import reconcile
+from registry.commands.data import ingest
+from registry.commands.quality import compare, evaluate, health
+from registry.commands.reconcile import reconcile
+from registry.quality.evaluation import load_cases, relax_to_any
 from registry.repository.git import Git
 from tests.helpers import RegistryRepo, run_cli
 
@@ -101,7 +101,7 @@ def test_eval_metrics_are_the_ones_built_into_the_corpus(
 ) -> None:
     version = filled(registry_repo, dsn, corpus.path)
 
-    result = run_eval(registry_repo.path, version, corpus.cases, dsn=dsn)
+    result = evaluate(registry_repo.path, version, corpus.cases, dsn=dsn)
 
     metrics = result.metrics
     assert metrics["cases"] == ANSWERED + UNANSWERED
@@ -109,7 +109,7 @@ def test_eval_metrics_are_the_ones_built_into_the_corpus(
     assert metrics["filter_hit_rate"] == pytest.approx(ANSWERED / (ANSWERED + UNANSWERED))
     assert metrics["avg_snapshot_size"] == corpus.chunks
     assert all(c.first_hit_rank == 1 for c in result.cases if c.oracle_hit)
-    strict = run_eval(registry_repo.path, version, corpus.cases, dsn=dsn, match="all")
+    strict = evaluate(registry_repo.path, version, corpus.cases, dsn=dsn, match="all")
     assert strict.metrics["avg_snapshot_size"] == 1
     assert metrics["p95_latency_ms"] >= metrics["p50_latency_ms"] > 0
 
@@ -122,7 +122,7 @@ def test_a_healthy_table_has_no_alerts_and_each_planted_fault_fires_exactly_its_
     table = "document_chunks_" + version.replace("-", "_")
 
     def alerts(**options: object) -> tuple[list[str], int]:
-        report = run_health(registry_repo.path, dsn=dsn, cases_file=corpus.cases,
+        report = health(registry_repo.path, dsn=dsn, cases_file=corpus.cases,
                             tokenizer_file=registry_repo.tokenizer_file, **options)  # type: ignore[arg-type]
         return [a.metric for a in report.alerts], report.exit_code
 
@@ -201,15 +201,15 @@ def test_config_and_retrieval_alerts(registry_repo: RegistryRepo, dsn: str, corp
     promote(registry_repo, version)
     other = build_tokenizer(tmp_path_factory.mktemp("other") / "tokenizer.json", vocab_size=3000)
 
-    mismatch = run_health(registry_repo.path, dsn=dsn, tokenizer_file=other)
+    mismatch = health(registry_repo.path, dsn=dsn, tokenizer_file=other)
     assert "config" in [a.metric for a in mismatch.alerts] and mismatch.exit_code == 2
 
-    run_eval(registry_repo.path, version, corpus.cases, dsn=dsn, k=20)
-    small = run_health(registry_repo.path, dsn=dsn, tokenizer_file=registry_repo.tokenizer_file)
+    evaluate(registry_repo.path, version, corpus.cases, dsn=dsn, k=20)
+    small = health(registry_repo.path, dsn=dsn, tokenizer_file=registry_repo.tokenizer_file)
     assert [a.metric for a in small.alerts] == ["avg_snapshot_size"]
 
     set_targets(registry_repo, "targets: {oracle_hit_rate: 0.9, filter_hit_rate: 0.8}")
-    high = run_health(registry_repo.path, dsn=dsn, cases_file=corpus.cases,
+    high = health(registry_repo.path, dsn=dsn, cases_file=corpus.cases,
                       tokenizer_file=registry_repo.tokenizer_file)
     assert [a.metric for a in high.alerts] == ["oracle_hit_rate", "filter_hit_rate"]
     assert high.exit_code == 1
@@ -246,13 +246,13 @@ def test_compare_lets_an_improving_shadow_through_and_rollback_is_never_gated(
     reconcile(registry_repo.path, dsn=dsn)
     shadow = filled(registry_repo, dsn, corpus.path, chunk_size=300)
 
-    comparison = run_compare(registry_repo.path, shadow, "production", corpus.cases, dsn=dsn)
+    comparison = compare(registry_repo.path, shadow, "production", corpus.cases, dsn=dsn)
     assert comparison.passed and comparison.deltas["oracle_hit_rate"] == pytest.approx(0.3)
 
     promote(registry_repo, shadow)
     reconcile(registry_repo.path, dsn=dsn)
     assert _view_target(dsn) == "document_chunks_" + shadow.replace("-", "_")
-    old = run_compare(registry_repo.path, production, "production", corpus.cases, dsn=dsn)
+    old = compare(registry_repo.path, production, "production", corpus.cases, dsn=dsn)
     assert not old.passed
     promote(registry_repo, production)
     reconcile(registry_repo.path, dsn=dsn)

@@ -15,10 +15,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from registry.commands.data import ingest
+from registry.commands.reconcile import reconcile
 from registry.errors import Refused, TokenizerUnavailable
 from registry.ingest.chunker import Document
-from registry.ingest.pipeline import IngestFailed, Progress, SourceProblem, ingest, read_source
-from registry.reconciler.run import reconcile
+from registry.ingest.pipeline import IngestFailed, Progress, SourceProblem, read_source
 from registry.tokenizer import load_tokenizer
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, build_tokenizer, run_cli, training_text

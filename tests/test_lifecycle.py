@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from registry.commands.reconcile import reconcile
 from registry.errors import Refused
-from registry.reconciler.run import reconcile
 from tests.database import Database, table_of
 from tests.helpers import RegistryRepo, run_cli
 

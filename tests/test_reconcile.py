@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from registry.commands.reconcile import plan, reconcile, status
 from registry.errors import ReconcileBusy, Refused
 from registry.reconciler.applier import Applier
 from registry.reconciler.planner import CreateTable, Drop, Retire, SwapProduction, Unretire
-from registry.reconciler.run import RunResult, acquire_lock, plan, reconcile
-from registry.reconciler.status import status
+from registry.reconciler.run import RunResult, acquire_lock
 from tests.database import Database, promote, retire, table_of
 from tests.helpers import PRODUCTION_YAML, RegistryRepo
 

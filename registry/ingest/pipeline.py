@@ -55,8 +55,6 @@ from registry.database.connection import (
     connect,
     database_error,
     ingest_lock_key,
-    resolve_dsn,
-    session,
 )
 from registry.errors import Busy, Refused, RegistryError, TokenizerUnavailable, UsageError
 from registry.ingest.chunker import (
@@ -68,8 +66,7 @@ from registry.ingest.chunker import (
     Document,
     Shingles,
 )
-from registry.repository.git import Git
-from registry.repository.state import RegistryState, committed_state
+from registry.repository.state import RegistryState
 from registry.tokenizer import file_hash, resolve
 
 if TYPE_CHECKING:
@@ -730,12 +727,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def ingest(
-    repo: Path | str,
+    state: RegistryState,
     version: str,
     source: Path,
+    dsn: str,
     *,
-    dsn: str | None = None,
-    ref: str | None = None,
     tokenizer_file: Path | None = None,
     dedup: DedupMode = "document",
     workers: int | None = None,
@@ -744,12 +740,12 @@ def ingest(
     on_progress: Callable[[Progress], None] | None = None,
     on_problem: Callable[[SourceProblem], None] | None = None,
 ) -> IngestReport:
-    """`registry ingest VERSION --source PATH`: the locked config as committed on the main
-    branch (or `ref`), its tokenizer checked by hash, its shadow table filled."""
-    state = committed_state(Git(repo), ref)
+    """`registry ingest VERSION --source PATH`: the locked config of `state`, its tokenizer
+    checked by hash, its shadow table filled. Ingest takes the resolved `dsn`, not a
+    connection: it opens two (the run lock on one, the rows in one transaction on the other)."""
     target = chunk_table(state, version)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
-    return run_ingest(target, source, resolve_dsn(dsn).value, tokenizer_json, dedup=dedup,
+    return run_ingest(target, source, dsn, tokenizer_json, dedup=dedup,
                       workers=default_workers(workers), strict=strict,
                       max_document_bytes=max_document_bytes, on_progress=on_progress,
                       on_problem=on_problem)
@@ -767,11 +763,11 @@ def pending_versions(conn: psycopg.Connection[Any], state: RegistryState) -> lis
 
 
 def ingest_pending(
-    repo: Path | str,
+    state: RegistryState,
+    conn: psycopg.Connection[Any],
     source: Path,
+    dsn: str,
     *,
-    dsn: str | None = None,
-    ref: str | None = None,
     tokenizer_files: Sequence[Path] = (),
     dedup: DedupMode = "document",
     workers: int | None = None,
@@ -782,19 +778,17 @@ def ingest_pending(
     """`registry reconcile --source PATH`: ingest every shadow table with no successful run.
 
     Each config's tokenizer is the first of `tokenizer_files` whose hash matches it, else the
-    one its name resolves to (local cache)."""
-    state = committed_state(Git(repo), ref)
-    resolved = resolve_dsn(dsn).value
-    with session(resolved, purpose="ingest pending") as conn:
-        bookkeeping.ensure_schema(conn)
-        versions = pending_versions(conn, state)
+    one its name resolves to (local cache). `conn` finds them; each ingest opens its own
+    connections to `dsn`."""
+    bookkeeping.ensure_schema(conn)
+    versions = pending_versions(conn, state)
     by_hash = {file_hash(Path(p)): Path(p) for p in tokenizer_files}
     reports = []
     for version in versions:
         target = chunk_table(state, version)
         tokenizer_json, _ = load_tokenizer_json(target.config,
                                                 by_hash.get(target.config.tokenizer_hash))
-        reports.append(run_ingest(target, source, resolved, tokenizer_json, dedup=dedup,
+        reports.append(run_ingest(target, source, dsn, tokenizer_json, dedup=dedup,
                                   workers=default_workers(workers), strict=strict,
                                   on_progress=on_progress, on_problem=on_problem))
     return reports

@@ -31,13 +31,12 @@ import psycopg
 from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import ComparisonRecord, ProposedRollback
-from registry.database.connection import database_error, resolve_dsn, session
 from registry.errors import UsageError
 from registry.quality import gate
 from registry.quality.gate import GateVerdict
 from registry.reconciler.actual import read_actual
-from registry.reconciler.run import desired_state
-from registry.reconciler.status import StatusRow, status
+from registry.reconciler.status import StatusReport, StatusRow
+from registry.repository.state import RegistryState
 
 if TYPE_CHECKING:
     from http.server import ThreadingHTTPServer
@@ -314,48 +313,42 @@ def _read_markers(conn: psycopg.Connection[Any]) -> dict[str, list[Marker]]:
 
 
 def collect(
-    repo: Path | str,
+    state: RegistryState,
+    conn: psycopg.Connection[Any],
+    report: StatusReport,
     *,
-    dsn: str | None = None,
-    ref: str | None = None,
-    fetch: bool = True,
+    registry: str,
     days: int = DEFAULT_DAYS,
     now: datetime | None = None,
 ) -> DashboardData:
-    """Everything the page shows, read in a fixed number of queries."""
+    """Everything the page shows, read in a fixed number of queries: `report` is `status` of
+    the same state and connection; `registry` names the repository on the page."""
     if days < 1:
         raise UsageError(f"--days {days} must be at least 1")
-    report = status(repo, ref=ref, dsn=dsn, fetch=fetch)
-    state = desired_state(repo, ref, fetch=False)
-    resolved = resolve_dsn(dsn)
-    with session(resolved.value, purpose="dashboard") as conn:
-        try:
-            bookkeeping.ensure_schema(conn)
-            clock = conn.execute("SELECT statement_timestamp()").fetchone()
-            assert clock is not None
-            generated = now or clock[0]
-            since = generated - timedelta(days=days)
-            series: dict[str, dict[str, list[Point]]] = {}
-            counts: dict[str, int] = {}
-            for version, at, values, alerts, critical in bookkeeping.health_series(
-                    conn, since, REPORT_METRICS):
-                counts[version] = counts.get(version, 0) + 1
-                note = (f"{critical} critical, {alerts - critical} warnings" if alerts
-                        else "no alerts")
-                per = series.setdefault(version, {})
-                for key, value in values.items():
-                    if value is not None:
-                        per.setdefault(key, []).append(Point(at, value, note))
-            for version, at, rate, docs, chunks in bookkeeping.ingest_throughput(conn, since):
-                series.setdefault(version, {}).setdefault("ingest_mb_per_s", []).append(
-                    Point(at, rate, f"{docs or 0:,} documents, {chunks or 0:,} chunks"))
-            latest = bookkeeping.latest_health_reports(conn)
-            markers = _read_markers(conn)
-            proposals = bookkeeping.rollback_proposals_since(conn, since)
-            comparison = _gated_comparison(conn, state.settings)
-            disagreement = production_disagreement(conn, state.settings)
-        except psycopg.Error as err:
-            raise database_error(err, resolved.value, "reading the health history") from None
+    bookkeeping.ensure_schema(conn)
+    clock = conn.execute("SELECT statement_timestamp()").fetchone()
+    assert clock is not None
+    generated = now or clock[0]
+    since = generated - timedelta(days=days)
+    series: dict[str, dict[str, list[Point]]] = {}
+    counts: dict[str, int] = {}
+    for version, at, values, alerts, critical in bookkeeping.health_series(
+            conn, since, REPORT_METRICS):
+        counts[version] = counts.get(version, 0) + 1
+        note = (f"{critical} critical, {alerts - critical} warnings" if alerts
+                else "no alerts")
+        per = series.setdefault(version, {})
+        for key, value in values.items():
+            if value is not None:
+                per.setdefault(key, []).append(Point(at, value, note))
+    for version, at, rate, docs, chunks in bookkeeping.ingest_throughput(conn, since):
+        series.setdefault(version, {}).setdefault("ingest_mb_per_s", []).append(
+            Point(at, rate, f"{docs or 0:,} documents, {chunks or 0:,} chunks"))
+    latest = bookkeeping.latest_health_reports(conn)
+    markers = _read_markers(conn)
+    proposals = bookkeeping.rollback_proposals_since(conn, since)
+    comparison = _gated_comparison(conn, state.settings)
+    disagreement = production_disagreement(conn, state.settings)
     rows: dict[str, StatusRow | None] = {r.chunk_version: r for r in report.rows}
     for version in series:
         rows.setdefault(version, None)
@@ -380,7 +373,7 @@ def collect(
                     key=lambda c: (c.status in ("Retired", "Dropped"), _desc(c.chunk_version)))
     last_run = report.last_run or {}
     return DashboardData(
-        registry=Path(repo).resolve().name,
+        registry=registry,
         generated_at=generated,
         since=since,
         settings=state.settings,
@@ -841,20 +834,9 @@ class DashboardResult:
                 "reports": self.reports, "markers": self.markers, "alerts": self.alerts}
 
 
-def build(
-    repo: Path | str,
-    out: Path,
-    *,
-    dsn: str | None = None,
-    ref: str | None = None,
-    fetch: bool = True,
-    days: int = DEFAULT_DAYS,
-) -> DashboardResult:
-    """`registry dashboard --out DIR`: write DIR/index.html (written whole, then renamed)."""
-    from registry.extras import require
-
-    require("plotly", "the dashboard")
-    data = collect(repo, dsn=dsn, ref=ref, fetch=fetch, days=days)
+def build(data: DashboardData, out: Path) -> DashboardResult:
+    """`registry dashboard --out DIR`: write DIR/index.html (written whole, then renamed).
+    Needs plotly (`registry.extras.require` it before reading the data)."""
     page = render(data).encode()
     out.mkdir(parents=True, exist_ok=True)
     target = out / PAGE_NAME

@@ -24,10 +24,8 @@ from psycopg import sql
 
 from registry.database import bookkeeping
 from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, require_table
-from registry.database.connection import resolve_dsn, session
 from registry.errors import ConfigInvalid, Refused, UsageError
-from registry.repository.git import Git
-from registry.repository.state import committed_state
+from registry.repository.state import RegistryState
 
 MatchMode = Literal["any", "all"]
 TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -331,12 +329,11 @@ def record_eval(
 
 
 def run_eval(
-    repo: Path | str,
+    state: RegistryState,
+    conn: psycopg.Connection[Any],
     version: str,
     cases_file: Path,
     *,
-    dsn: str | None = None,
-    ref: str | None = None,
     k: int = DEFAULT_K,
     top: int = DEFAULT_TOP,
     match: MatchMode = "any",
@@ -344,24 +341,22 @@ def run_eval(
 ) -> EvalResult:
     """`registry eval VERSION`: evaluate one table on the cases (and record it)."""
     cases = load_cases(cases_file)
-    target = chunk_table(committed_state(Git(repo), ref), version)
-    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
-        _require_rows(conn, target)
-        result = evaluate_table(conn, target, cases, k=k, top=top, match=match)
-        if record:
-            bookkeeping.ensure_schema(conn)
-            record_eval(conn, result)
+    target = chunk_table(state, version)
+    _require_rows(conn, target)
+    result = evaluate_table(conn, target, cases, k=k, top=top, match=match)
+    if record:
+        bookkeeping.ensure_schema(conn)
+        record_eval(conn, result)
     return result
 
 
 def run_compare(
-    repo: Path | str,
+    state: RegistryState,
+    conn: psycopg.Connection[Any],
     shadow: str,
     against: str,
     cases_file: Path,
     *,
-    dsn: str | None = None,
-    ref: str | None = None,
     k: int = DEFAULT_K,
     top: int = DEFAULT_TOP,
     match: MatchMode = "any",
@@ -370,25 +365,23 @@ def run_compare(
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
     cases = load_cases(cases_file)
-    state = committed_state(Git(repo), ref)
     settings = state.settings
     shadow_target = chunk_table(state, shadow)
     against_target = chunk_table(state, against)
     if shadow_target == against_target:
         raise UsageError(f"--compare and --against both name {shadow_target.chunk_version}",
                          fix="compare a shadow version against production")
-    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
-        _require_rows(conn, shadow_target)
-        _require_rows(conn, against_target)
-        results = [evaluate_table(conn, t, cases, k=k, top=top, match=match)
-                   for t in (shadow_target, against_target)]
-        comparison = Comparison(results[0], results[1], {
-            "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
-            "filter_hit_rate": settings.filter_hit_rate_max_drop,
-        })
-        if record:
-            bookkeeping.ensure_schema(conn)
-            record_eval(conn, results[0], comparison)
+    _require_rows(conn, shadow_target)
+    _require_rows(conn, against_target)
+    results = [evaluate_table(conn, t, cases, k=k, top=top, match=match)
+               for t in (shadow_target, against_target)]
+    comparison = Comparison(results[0], results[1], {
+        "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
+        "filter_hit_rate": settings.filter_hit_rate_max_drop,
+    })
+    if record:
+        bookkeeping.ensure_schema(conn)
+        record_eval(conn, results[0], comparison)
     return comparison
 
 

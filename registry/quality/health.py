@@ -33,7 +33,6 @@ from registry.database.chunk_table import (
     table_exists,
     unhealthy_rows,
 )
-from registry.database.connection import resolve_dsn, session
 from registry.errors import RegistryError, TokenizerUnavailable
 from registry.quality.evaluation import (
     DEFAULT_K,
@@ -42,8 +41,7 @@ from registry.quality.evaluation import (
     load_cases,
     record_eval,
 )
-from registry.repository.git import Git
-from registry.repository.state import committed_state
+from registry.repository.state import RegistryState
 from registry.tokenizer import resolve, special_token_count
 
 CRITICAL = "critical"
@@ -273,11 +271,10 @@ def require_table(health: TableHealth) -> None:
 
 
 def run_health(
-    repo: Path | str,
+    state: RegistryState,
+    conn: psycopg.Connection[Any],
     version: str = "production",
     *,
-    dsn: str | None = None,
-    ref: str | None = None,
     cases_file: Path | None = None,
     tokenizer_file: Path | None = None,
     strict: bool = False,
@@ -288,7 +285,6 @@ def run_health(
     """`registry health`: guardrails on the config and on the data, retrieval metrics (a fresh
     evaluation with `cases_file`, else the last one recorded), alerts; appended to
     health_reports so the dashboard can draw trends."""
-    state = committed_state(Git(repo), ref)
     target = chunk_table(state, version)
     config = target.config
     settings = state.settings
@@ -298,23 +294,22 @@ def run_health(
     ]
     guard["valid"] = not guard["issues"]
     cases = load_cases(cases_file) if cases_file else None
-    with session(resolve_dsn(dsn).value, purpose="health") as conn:
-        bookkeeping.ensure_schema(conn)
-        table = check_table(conn, target)
-        retrieval: dict[str, Any] | None = None
-        if cases is not None and table.exists and table.rows:
-            result = evaluate_table(conn, target, cases, k=k or DEFAULT_K,
-                                    top=top or DEFAULT_TOP)
-            record_eval(conn, result)
-            retrieval = dict(result.metrics)
-        else:
-            last = bookkeeping.last_eval(conn, config.chunk_version)
-            if last is not None:
-                retrieval = dict(last.metrics)
-        report = HealthReport(config, settings, guard, table, retrieval)
-        if record_report:
-            record(conn, report)
-            _notify(conn, report)
+    bookkeeping.ensure_schema(conn)
+    table = check_table(conn, target)
+    retrieval: dict[str, Any] | None = None
+    if cases is not None and table.exists and table.rows:
+        result = evaluate_table(conn, target, cases, k=k or DEFAULT_K,
+                                top=top or DEFAULT_TOP)
+        record_eval(conn, result)
+        retrieval = dict(result.metrics)
+    else:
+        last = bookkeeping.last_eval(conn, config.chunk_version)
+        if last is not None:
+            retrieval = dict(last.metrics)
+    report = HealthReport(config, settings, guard, table, retrieval)
+    if record_report:
+        record(conn, report)
+        _notify(conn, report)
     return report
 
 

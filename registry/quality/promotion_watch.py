@@ -24,7 +24,6 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
@@ -32,9 +31,8 @@ import psycopg
 from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import RollbackProposal
-from registry.database.connection import WATCH_LOCK_KEY, resolve_dsn, session
+from registry.database.connection import WATCH_LOCK_KEY
 from registry.errors import Refused, RegistryError, WatchBusy
-from registry.reconciler.run import desired_state
 from registry.repository.git import Git
 from registry.repository.github import GitHubClient, origin_repo, propose, token_from
 from registry.repository.history import read_history
@@ -205,27 +203,24 @@ def _report(stored: bookkeeping.StoredHealthReport) -> Report:
 
 
 def check(
-    repo: Path | str,
+    git: Git,
+    state: RegistryState,
+    conn: psycopg.Connection[Any],
     *,
-    dsn: str | None = None,
-    ref: str | None = None,
-    fetch: bool = True,
     env: Mapping[str, str] | None = None,
 ) -> WatchResult:
     """One pass of the watch: find the promotion in force, judge its reports, and propose the
-    rollback once when it regressed inside the monitoring window."""
+    rollback once when it regressed inside the monitoring window. The watch lock is taken on
+    `conn` and lasts as long as it."""
     env = os.environ if env is None else env
-    state = desired_state(repo, ref, fetch=fetch)
     settings = state.settings
-    git = Git(repo)
-    with session(resolve_dsn(dsn).value, purpose="watch-promotion") as conn:
-        result = _check_locked(conn, git, repo, state, env)
-        _notify(conn, settings, result, env)
-        return result
+    result = _check_locked(conn, git, state, env)
+    _notify(conn, settings, result, env)
+    return result
 
 
-def _check_locked(conn: psycopg.Connection[Any], git: Git, repo: Path | str,
-                  state: RegistryState, env: Mapping[str, str]) -> WatchResult:
+def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
+                  env: Mapping[str, str]) -> WatchResult:
     """The watch under its advisory lock (taken here, released with the session)."""
     settings = state.settings
     bookkeeping.ensure_schema(conn)
@@ -284,14 +279,13 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, repo: Path | str,
         result.message = (f"{version} regressed, but it is the first production: there is "
                           "nothing to roll back to")
     else:
-        result.proposal = _propose(conn, git, repo, promotion, result, env)
+        result.proposal = _propose(conn, git, promotion, result, env)
         result.outcome = "proposed" if not result.proposal.adopted else "already-proposed"
         how = ("adopted the rollback pull request already open" if result.proposal.adopted
                else f"proposed rolling back to {promotion.previous}")
         result.message = (f"{version} regressed: {how}: "
                           f"{result.proposal.url or result.proposal.branch}")
     return result
-
 
 
 def _notify(conn: psycopg.Connection[Any], settings: ProductionConfig, result: WatchResult,
@@ -302,14 +296,15 @@ def _notify(conn: psycopg.Connection[Any], settings: ProductionConfig, result: W
 
     notify(conn, settings.notifications, watch_check(result), env=env)
 
+
 def watch_branch(promotion: Promotion) -> str:
     """The watch's own branch per promotion (a stale `rollback/<v>` of an earlier cycle can
     never block it, and it is never someone else's branch to overwrite)."""
     return f"rollback/{promotion.previous}-undo-{promotion.commit[:10]}"
 
 
-def _propose(conn: psycopg.Connection[Any], git: Git, repo: Path | str, promotion: Promotion,
-             result: WatchResult, env: Mapping[str, str]) -> RollbackProposal:
+def _propose(conn: psycopg.Connection[Any], git: Git, promotion: Promotion, result: WatchResult,
+             env: Mapping[str, str]) -> RollbackProposal:
     assert promotion.previous is not None
     evidence = result.to_dict()
     base = git.main_branch()
@@ -396,21 +391,18 @@ def evidence_markdown(result: WatchResult) -> str:
 
 
 def follow(
-    repo: Path | str,
+    check_once: Callable[[], WatchResult],
     *,
     stop: threading.Event,
     interval: float,
     on_result: Callable[[WatchResult], None],
-    before_check: Callable[[], None] | None = None,
-    **options: Any,
 ) -> int:
-    """Check every `interval` seconds until `stop` is set; errors are logged and retried."""
+    """Call `check_once` (one whole `check`) every `interval` seconds until `stop` is set;
+    errors are logged and retried."""
     checks = 0
     while not stop.is_set():
         try:
-            if before_check is not None:
-                before_check()
-            on_result(check(repo, **options))
+            on_result(check_once())
         except WatchBusy as err:
             log.info("%s", err)
         except RegistryError as err:

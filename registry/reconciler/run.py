@@ -25,8 +25,6 @@ from registry.database.connection import (
     RECONCILE_LOCK_KEY,
     connect,
     database_error,
-    resolve_dsn,
-    session,
     timeout_setting,
 )
 from registry.errors import (
@@ -205,14 +203,12 @@ def _actor() -> str:
 
 
 def desired_state(
-    repo: Path | str, ref: str | None = None, *, fetch: bool = True,
-    signers: Path | None = None,
+    git: Git, ref: str | None = None, *, fetch: bool = True, signers: Path | None = None,
 ) -> RegistryState:
     """The validated desired state: a committed ref, never the working tree, with no locked
     config edited after its tag, no moved tag and no tag off main (`validate`'s immutability
     errors). With `signers` (an allowed-signers file) the ref's signature
     must verify too."""
-    git = Git(repo)
     state = committed_state(git, ref, fetch=fetch)
     state.require_valid()
     tampered = immutability_problems(git, state)
@@ -225,37 +221,27 @@ def desired_state(
 
 
 def _still_desired(
-    repo: Path | str, state: RegistryState, ref: str | None, fetch: bool, signers: Path | None
+    git: Git, state: RegistryState, ref: str | None, fetch: bool, signers: Path | None
 ) -> RegistryState:
     """Under the lock: the ref may have moved while we connected or waited (another reconciler
     may have applied a newer commit meanwhile); never apply a stale commit."""
-    git = Git(repo)
     if git.resolve(git.desired_ref(ref, fetch=fetch)) == state.commit:
         return state
-    return desired_state(repo, ref, fetch=False, signers=signers)
+    return desired_state(git, ref, fetch=False, signers=signers)
 
 
 def plan(
-    repo: Path | str,
-    *,
-    ref: str | None = None,
-    dsn: str | None = None,
-    fetch: bool = True,
+    git: Git, state: RegistryState, conn: psycopg.Connection[Any], *, target: str,
     force: bool = False,
 ) -> Plan:
-    """What `reconcile` would do now (reads only; creates nothing, not even bookkeeping)."""
-    state = desired_state(repo, ref, fetch=fetch)
-    resolved = resolve_dsn(dsn)
-    with session(resolved.value, purpose="plan") as conn:
-        try:
-            actual = _read_for_plan(conn, state)
-        except psycopg.Error as err:
-            raise database_error(err, resolved.value, "reading the database") from None
-    return plan_honouring_force(repo, state, actual, target=resolved.redacted, force=force)
+    """What `reconcile` would do now (reads only; creates nothing, not even bookkeeping).
+    `target` names the database in the plan (its redacted DSN)."""
+    return plan_honouring_force(git, state, _read_for_plan(conn, state), target=target,
+                                force=force)
 
 
 def plan_honouring_force(
-    repo: Path | str, state: RegistryState, actual: ActualState, *, target: str,
+    git: Git, state: RegistryState, actual: ActualState, *, target: str,
     force: bool = False, allow_empty: bool = False,
 ) -> Plan:
     """The plan; when the promotion gate holds production's swap, and the merged promotion
@@ -265,7 +251,7 @@ def plan_honouring_force(
     production = state.settings.production
     if production is None or not any(f.kind == "gate" for f in the_plan.blocking):
         return the_plan
-    if forced_promotion(Git(repo), state.commit or state.ref, production) is None:
+    if forced_promotion(git, state.commit or state.ref, production) is None:
         return the_plan
     return make_plan(state, actual, target=target, force=force, allow_empty=allow_empty,
                      forced_promotion=production)
@@ -289,54 +275,43 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
 
 
 def reconcile(
-    repo: Path | str,
+    git: Git,
+    state: RegistryState,
+    conn: psycopg.Connection[Any],
     *,
+    target: str,
     ref: str | None = None,
-    dsn: str | None = None,
-    force: bool = False,
     fetch: bool = True,
+    signers: Path | None = None,
+    force: bool = False,
     now: datetime | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
     swap_deadline: float = SWAP_DEADLINE_S,
-    wait_lock: float = 0.0,
-    require_signed: bool = False,
-    allowed_signers: Path | None = None,
 ) -> RunResult:
-    """Read and validate the desired state, lock, read the actual state, plan, apply, record.
+    """Under the reconcile lock `conn` holds (`acquire_lock`): recheck the desired state,
+    read the actual state, plan, apply, record.
 
-    The committed state is read and validated (and its signature verified with
-    `require_signed`) BEFORE any connection: an invalid or untrusted commit runs no SQL at all.
-    `now` overrides the database clock for the grace period (tests, what-if runs).
+    `state` was read and validated (and its signature verified with `signers`) BEFORE any
+    connection: an invalid or untrusted commit runs no SQL at all. `now` overrides the
+    database clock for the grace period (tests, what-if runs).
     """
-    signers = None
-    if require_signed:
-        signers = trust.allowed_signers(Git(repo), allowed_signers)
-    state = desired_state(repo, ref, fetch=fetch, signers=signers)
-    resolved = resolve_dsn(dsn)
-    conn = acquire_lock(resolved.value, wait=wait_lock)
-    try:
-        faults.point("reconcile", "locked")
-        state = _still_desired(repo, state, ref, fetch, signers)
-        bookkeeping.ensure_schema(conn)
-        actual = _read_for_plan(conn, state)
-        if now is not None:
-            actual.now = now
-        the_plan = plan_honouring_force(repo, state, actual, target=resolved.redacted,
-                                         force=force)
-        foreign = next((f for f in the_plan.blocking if f.kind == "foreign"), None)
-        if foreign is not None:
-            raise Refused(foreign.message, fix=foreign.fix)
-        applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
-                          schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
-                          attempts=attempts, swap_deadline=swap_deadline)
-        result = _apply_and_record(conn, applier, the_plan)
-        _notify(conn, state, result, now)
-        return result
-    except psycopg.Error as err:
-        raise database_error(err, resolved.value, "reconciling") from None
-    finally:
-        conn.close()
+    faults.point("reconcile", "locked")
+    state = _still_desired(git, state, ref, fetch, signers)
+    bookkeeping.ensure_schema(conn)
+    actual = _read_for_plan(conn, state)
+    if now is not None:
+        actual.now = now
+    the_plan = plan_honouring_force(git, state, actual, target=target, force=force)
+    foreign = next((f for f in the_plan.blocking if f.kind == "foreign"), None)
+    if foreign is not None:
+        raise Refused(foreign.message, fix=foreign.fix)
+    applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
+                      schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
+                      attempts=attempts, swap_deadline=swap_deadline)
+    result = _apply_and_record(conn, applier, the_plan)
+    _notify(conn, state, result, now)
+    return result
 
 
 def _apply_and_record(
@@ -373,12 +348,11 @@ def _notify(conn: psycopg.Connection[Any], state: RegistryState, result: RunResu
            reconcile_check(result, f"{settings.schema}.{settings.base_name}"), now=now)
 
 
-def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
+def offline_plan(git: Git, base: str, head: str) -> Plan:
     """What merging `head` into `base` would make the reconciler do, without a database:
     the plan against a database exactly reconciled to `base` (for PR review in CI), with the
     tables `base` retired still in their grace period, and what the policy changes mean.
     Blocking findings (a refusal after the merge) make the PR check fail."""
-    git = Git(repo)
     base_state = read_state(git, base)
     head_state = read_state(git, head)
     head_state.require_valid()
@@ -435,15 +409,15 @@ def policy_findings(before: ProductionConfig, after: ProductionConfig, base: str
 
 
 def watch(
-    repo: Path | str,
+    run_once: Callable[[], RunResult],
     *,
     stop: threading.Event,
     interval: float = 60.0,
     max_backoff: float = 300.0,
     on_result: Callable[[RunResult], None] | None = None,
-    **options: Any,
 ) -> int:
-    """Reconcile every `interval` seconds until `stop` (a threading.Event) is set.
+    """Call `run_once` (one whole reconcile) every `interval` seconds until `stop` (a
+    threading.Event) is set.
 
     Database and git outages back off exponentially (capped at `max_backoff`) with one log
     line each; a busy lock, an invalid commit or a refusal wait for the next interval. Returns
@@ -454,7 +428,7 @@ def watch(
     while not stop.is_set():
         delay = interval
         try:
-            result = reconcile(repo, **options)
+            result = run_once()
             runs += 1
             failures = 0
             if on_result is not None:

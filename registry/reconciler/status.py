@@ -9,18 +9,17 @@ no table and read no heap, so status costs the same at 10 or 10,000 configs, wha
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
 from registry.database import bookkeeping
-from registry.database.connection import database_error, resolve_dsn, session
 from registry.reconciler.actual import ActualState, row_counts, row_estimates
 from registry.reconciler.planner import VIEW_KINDS, Action, Finding, Plan, owned, utc_text
-from registry.reconciler.run import _read_for_plan, desired_state, plan_honouring_force
+from registry.reconciler.run import _read_for_plan, plan_honouring_force
 
 if TYPE_CHECKING:
+    from registry.repository.git import Git
     from registry.repository.state import RegistryState
 
 
@@ -68,29 +67,22 @@ class StatusReport:
 
 
 def status(
-    repo: Path | str, *, ref: str | None = None, dsn: str | None = None, fetch: bool = True,
+    git: Git, state: RegistryState, conn: psycopg.Connection[Any], *, target: str,
     exact: bool = False,
 ) -> StatusReport:
     """Every config and managed table: rows (estimated, or counted with `exact`), sync status,
-    production, last run that touched it."""
-    state = desired_state(repo, ref, fetch=fetch)
-    resolved = resolve_dsn(dsn)
+    production, last run that touched it. `target` names the database (its redacted DSN)."""
     settings = state.settings
     schema = settings.schema
-    with session(resolved.value, purpose="status") as conn:
-        try:
-            actual = _read_for_plan(conn, state)
-            names = [settings.table_name(v) for v in state.configs]
-            names += [m.table_name for m in actual.live.values() if m.schema_name == schema]
-            tables = [n for n in dict.fromkeys(names) if n in actual.relations]
-            shown = (row_counts(conn, schema, tables) if exact
-                     else row_estimates(conn, schema, tables))
-            runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
-        except psycopg.Error as err:
-            raise database_error(err, resolved.value, "reading the database") from None
+    actual = _read_for_plan(conn, state)
+    names = [settings.table_name(v) for v in state.configs]
+    names += [m.table_name for m in actual.live.values() if m.schema_name == schema]
+    tables = [n for n in dict.fromkeys(names) if n in actual.relations]
+    shown = (row_counts(conn, schema, tables) if exact
+             else row_estimates(conn, schema, tables))
+    runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
     # The plan keeps the swap target's has-rows probe: emptiness is never judged on an estimate.
-    the_plan = plan_honouring_force(repo, state, actual, target=resolved.redacted,
-                                    allow_empty=True)
+    the_plan = plan_honouring_force(git, state, actual, target=target, allow_empty=True)
     actual.rows = shown
     return StatusReport(the_plan, status_rows(state, actual, the_plan, runs, estimated=not exact),
                         last, exact)

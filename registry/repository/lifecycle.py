@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.config import (
     MAX_CHUNK_SIZE,
@@ -24,7 +24,6 @@ from registry.config import (
     set_production_pointer,
     utc_now,
 )
-from registry.database.connection import session
 from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
 from registry.quality.gate import promotion_note
 from registry.reconciler.render import render_plan
@@ -41,6 +40,9 @@ from registry.repository.history import (
 from registry.repository.runbook import render
 from registry.repository.state import RegistryState, read_state
 from registry.tokenizer import resolve, special_token_count
+
+if TYPE_CHECKING:
+    import psycopg
 
 TRAILER = "Chunk-Version"
 
@@ -290,14 +292,14 @@ def _require_locked(state: RegistryState, version: str, base: str, action: str) 
 
 
 def promote(
-    git: Git, version: str, *, dsn: str | None = None, force: bool = False,
+    git: Git, version: str, *, conn: psycopg.Connection[Any] | None = None, force: bool = False,
     push: bool = False,
 ) -> ChangeResult:
     """Branch `promote/<version>` from main with one commit pointing production at `version`.
 
     Refused when the version is not locked on main, has no lock tag, or is production already;
-    and, when a database is given (`dsn`, else REGISTRY_DSN or DATABASE_URL), when its last eval
-    comparison failed (or none exists and production.yaml requires one) unless `force`.
+    and, when a database is given (`conn`), when its last eval comparison failed (or none
+    exists and production.yaml requires one) unless `force`.
     """
     base = git.main_branch()
     state = read_state(git, base)
@@ -311,7 +313,7 @@ def promote(
     if tag_name not in git.tags(settings.tag_prefix):
         raise Refused(f"{version} has no lock tag {tag_name}: it is not locked yet",
                       fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
-    gate = _eval_gate(version, settings.require_eval and previous is not None, dsn, force)
+    gate = _eval_gate(conn, version, settings.require_eval and previous is not None, force)
     raw = git.show(base, PRODUCTION_PATH)
     if raw is None:
         raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
@@ -320,7 +322,7 @@ def promote(
         f"Promote chunk config {version} to production\n\n"
         f"Production moves from {previous or 'none'} to {version} ({config.label()}, "
         f"embedder {config.embedder_name}, config_hash {config.config_hash[:12]}). Once merged, "
-        f"the reconciler points the {settings.base_name} view at {state.table_name(version)}; "
+        f"the reconciler points the {settings.base_name} view at {settings.table_name(version)}; "
         "`registry rollback` reverts this change.\n\n"
         + (f"{gate}\n\n" if gate else "")
         + f"{TRAILER}: {version}\n"
@@ -331,18 +333,15 @@ def promote(
     return _finish(git, "promote", version, base, commit, push, previous=previous)
 
 
-def _eval_gate(version: str, require_eval: bool, dsn: str | None, force: bool) -> str | None:
+def _eval_gate(conn: psycopg.Connection[Any] | None, version: str, require_eval: bool,
+               force: bool) -> str | None:
     """The promotion gate (`registry.quality.gate`) on what the database recorded: a line for
     the commit message, or Refused. Without a database there is nothing to read, and the
     reconciler gates again. (`require_eval` is off for the first promotion: there is nothing
     to compare against.)"""
-    import os
-
-    dsn = dsn or os.environ.get("REGISTRY_DSN") or os.environ.get("DATABASE_URL")
-    if not dsn:
+    if conn is None:
         return None
-    with session(dsn, purpose="promote") as conn:
-        return promotion_note(conn, version, require_eval=require_eval, force=force)
+    return promotion_note(conn, version, require_eval=require_eval, force=force)
 
 
 def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
@@ -368,7 +367,7 @@ def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
     message = (
         f"Retire chunk config {version}\n\n"
         f"Deletes {config_path(version)}. Once merged, the reconciler marks "
-        f"{state.table_name(version)} retired and drops it after the grace period "
+        f"{state.settings.table_name(version)} retired and drops it after the grace period "
         f"({_duration(settings.grace_period)}); the tag {settings.tag_name(version)} keeps the "
         "locked content.\n\n"
         f"{TRAILER}: {version}\n"
@@ -401,7 +400,7 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
         f"Roll back production to {target}\n\n"
         f"Reverts the promotion of {current} ({how} {event.commit[:10]}{pr}: "
         f"{event.subject}). Once merged, the reconciler points the view back at "
-        f"{state.table_name(target)}: no re-ingest.\n\n"
+        f"{state.settings.table_name(target)}: no re-ingest.\n\n"
         f"This reverts commit {event.commit}.\n\n"
         f"{TRAILER}: {target}\n"
     )
@@ -453,7 +452,7 @@ def describe_change(git: Git, branch: str, base: str) -> tuple[str, str]:
         config = read_state(git, base).configs.get(version)  # retire: the config leaves
     if config is not None:
         sections.append(f"## Config `{config.chunk_version}`\n\n```yaml\n{config.dump()}```")
-    sections.append(_offline_plan_section(git.root, base, branch))
+    sections.append(_offline_plan_section(git, base, branch))
     if config is not None and not branch.startswith("retire/"):
         runbook = render(config, state.settings, "markdown")
         sections.append(runbook.replace("\n## ", "\n### ").replace("# Runbook:", "## Runbook:", 1))
@@ -462,12 +461,12 @@ def describe_change(git: Git, branch: str, base: str) -> tuple[str, str]:
     return title, "\n\n".join(s.strip() for s in sections) + "\n"
 
 
-def _offline_plan_section(repo: Path, base: str, branch: str) -> str:
+def _offline_plan_section(git: Git, base: str, branch: str) -> str:
     """`registry plan --base BASE --head BRANCH` as Markdown; a plan that cannot be made is
     shown as such (the validate check on the PR fails on the same problem)."""
     command = f"`registry plan --base {base} --head {branch}`"
     try:
-        plan = render_plan(offline_plan(repo, base, branch), "markdown")
+        plan = render_plan(offline_plan(git, base, branch), "markdown")
     except RegistryError as err:
         return f"## Plan\n\n{command} cannot plan this merge: {err}"
     return f"## Plan\n\nWhat merging does to PostgreSQL ({command}):\n\n{plan}"

@@ -65,7 +65,7 @@ def _display_sql(template: str, table: tuple[str, str], *values: object) -> str:
 
 
 def sanity_checks(config: LockedConfig, settings: ProductionConfig) -> list[dict[str, str]]:
-    table = (settings.schema, config.table_name(settings.base_name))
+    table = (settings.schema, settings.table_name(config.chunk_version))
     checks = [
         {"check": "rows were ingested",
          "sql": _display_sql("SELECT count(*) FROM {};", table), "expect": "> 0"},
@@ -92,7 +92,7 @@ def runbook(config: LockedConfig, settings: ProductionConfig) -> dict[str, Any]:
     return {
         "chunk_version": config.chunk_version,
         "label": config.label(),
-        "table": config.table_name(settings.base_name),
+        "table": settings.table_name(config.chunk_version),
         "config_hash": config.config_hash,
         "environment": environment(config),
         "steps": steps(config, settings),

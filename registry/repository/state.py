@@ -84,9 +84,6 @@ class RegistryState:
         version = self.settings.production
         return self.configs.get(version) if version else None
 
-    def table_name(self, chunk_version: str) -> str:
-        return self.settings.table_name(chunk_version)
-
     def require_valid(self) -> None:
         if self.errors:
             raise invalid(self.errors)

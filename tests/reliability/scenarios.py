@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from registry.reconciler.run import reconcile
+from registry.commands.reconcile import reconcile
 from tests.database import Database, promote, table_of
 from tests.helpers import PRODUCTION_YAML, RegistryRepo, training_text
 

@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from registry.commands.reconcile import reconcile
 from registry.faults import FAULT_ENV
-from registry.reconciler.run import reconcile
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo
 from tests.reliability.conftest import (

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from registry.commands.reconcile import reconcile
 from registry.faults import FAULT_ENV, TRACE_ENV
-from registry.reconciler.run import reconcile
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
 from tests.reliability.conftest import Readers, run_registry

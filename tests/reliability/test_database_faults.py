@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from registry.commands.reconcile import reconcile
 from registry.faults import FAULT_ENV
-from registry.reconciler.run import reconcile
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, StderrLines
 from tests.reliability.conftest import (

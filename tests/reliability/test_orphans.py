@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from registry.reconciler.run import reconcile
+from registry.commands.reconcile import reconcile
 from tests.helpers import RegistryRepo
 from tests.reliability.conftest import run_registry, start_registry
 from tests.reliability.scenarios import write_corpus

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from registry.reconciler.run import reconcile
+from registry.commands.reconcile import reconcile
 from tests.helpers import RegistryRepo
 from tests.reliability.conftest import registry_command
 

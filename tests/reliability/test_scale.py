@@ -7,12 +7,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from registry.commands.reconcile import reconcile, status
 from registry.database import bookkeeping
 from registry.database.chunk_table import table_ddl
 from registry.errors import RegistryError
 from registry.reconciler import actual
-from registry.reconciler.run import reconcile
-from registry.reconciler.status import status
 from tests.database import Database, table_of
 from tests.helpers import RegistryRepo
 

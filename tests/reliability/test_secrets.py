@@ -186,7 +186,7 @@ def test_no_password_or_token_appears_anywhere_the_lifecycle_writes(
     run("fetch with a token in the remote", "reconcile", "--repo", repo, "--dsn", login.url)
     for name, dsn in (("library, wrong password", login.wrong),
                       ("library, malformed", login.malformed)):
-        from registry.reconciler.run import reconcile
+        from registry.commands.reconcile import reconcile
 
         try:
             reconcile(repo, dsn=dsn, fetch=False)

@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from registry.reconciler.run import reconcile
+from registry.commands.reconcile import reconcile
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo
 

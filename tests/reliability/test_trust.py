@@ -175,7 +175,7 @@ def test_watch_with_require_signed_skips_an_unsigned_commit_and_applies_the_next
 ) -> None:
     import threading
 
-    from registry.reconciler.run import watch
+    from registry.commands.reconcile import watch
 
     sign_with(registry_repo, keys.alice)
     v1 = registry_repo.locked()

@@ -20,7 +20,7 @@ from registry.repository.github import (
     propose,
 )
 from registry.repository.lifecycle import tag
-from tests.github_server import FakeGitHub
+from tests.github_server import FakeGitHub, acme_origin
 from tests.helpers import RegistryRepo, run_cli
 from tests.repository.test_promote_rollback import promoted
 
@@ -29,13 +29,8 @@ TOKEN = "ghp_Secret0123456789abcdefABCDEF0123456789"
 
 @pytest.fixture
 def github(registry_repo: RegistryRepo, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGitHub]:
-    """The registry's origin named https://github.com/acme/chunk-configs (pushes go to the bare
-    repo), and a local API for it that knows TOKEN."""
-    registry_repo.git("remote", "set-url", "origin", "https://github.com/acme/chunk-configs.git")
-    registry_repo.git("remote", "set-url", "--push", "origin", str(registry_repo.origin))
-    with FakeGitHub(TOKEN, {"acme/chunk-configs": registry_repo.origin}) as server:
-        monkeypatch.setenv("GITHUB_API_URL", server.url)
-        monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    """See `acme_origin` (the API knows TOKEN)."""
+    with acme_origin(registry_repo, monkeypatch, TOKEN) as server:
         yield server
 
 

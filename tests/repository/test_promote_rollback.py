@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from registry.commands import changes
 from registry.errors import Refused, UsageError
 from registry.repository.git import Git
 from registry.repository.history import read_history
@@ -239,21 +240,21 @@ def test_promote_is_gated_by_the_last_eval_comparison_when_a_database_is_given(
                         "Require an eval comparison before a promotion")
     v1, v2, v3 = registry_repo.locked(), registry_repo.locked(), registry_repo.locked()
     tag(Git(registry_repo.path))
-    first = promote(Git(registry_repo.path), v1, dsn=dsn)  # nothing to compare a first one against
+    first = changes.promote(registry_repo.path, v1, dsn=dsn).result  # nothing to compare a first one against
     assert "Eval: no comparison" in registry_repo.git("log", "-1", "--format=%B", first.branch)
     registry_repo.merge(first.branch)
 
     with pytest.raises(Refused, match=f"{v2} has no eval comparison, and production.yaml "
                                       r"requires one \(gates.require_eval\)"):
-        promote(Git(registry_repo.path), v2, dsn=dsn)
+        changes.promote(registry_repo.path, v2, dsn=dsn)
     record_comparison(dsn, v2, v1, passed=True)
     record_comparison(dsn, v2, v1, passed=False)
     with pytest.raises(Refused, match=f"the last eval comparison of {v2} against {v1} .* failed: "
                                       "oracle_hit_rate drops by 0.050") as refused:
-        promote(Git(registry_repo.path), v2, dsn=dsn)
+        changes.promote(registry_repo.path, v2, dsn=dsn)
     assert refused.value.exit_code == 7
 
-    forced = promote(Git(registry_repo.path), v2, dsn=dsn, force=True)
+    forced = changes.promote(registry_repo.path, v2, dsn=dsn, force=True).result
     message = registry_repo.git("log", "-1", "--format=%B", forced.branch)
     assert "Eval: promoted with --force although the last comparison against" in message
 

@@ -1,0 +1,58 @@
+"""`registry ingest`: fill a shadow table from a corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from registry.cli.completion import complete_version
+from registry.cli.output import (
+    DedupOpt,
+    DsnOpt,
+    FormatOpt,
+    RefOpt,
+    RepoOpt,
+    StrictOpt,
+    WorkersOpt,
+    emit_json,
+    ingest_feedback,
+    print_ingest,
+)
+
+
+def ingest(
+    version: Annotated[str, typer.Argument(help="The chunk_version whose table to fill.",
+                                           autocompletion=complete_version)],
+    source: Annotated[
+        Path, typer.Option("--source", help="A directory of .md/.txt files, or a JSONL file of "
+                           '{"doc_id", "title"?, "text"} objects.')
+    ],
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    dsn: DsnOpt = None,
+    dedup: DedupOpt = "document",
+    workers: WorkersOpt = None,
+    tokenizer_file: Annotated[
+        Path | None, typer.Option(help="tokenizer.json to use instead of the HF cache (its "
+                                  "hash must equal the config's tokenizer_hash).")
+    ] = None,
+    strict: StrictOpt = False,
+    max_document_mb: Annotated[
+        float, typer.Option(help="Skip documents larger than this.", min=0.001)
+    ] = 16.0,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Chunk a corpus exactly as a locked config says and load it into that config's table."""
+    from registry.commands import data
+
+    with ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):
+        report = data.ingest(repo, version, source, dsn=dsn, ref=ref, tokenizer_file=tokenizer_file,
+                     dedup=dedup, workers=workers, strict=strict,
+                     max_document_bytes=int(max_document_mb * 1024 * 1024),
+                     on_progress=on_progress, on_problem=on_problem)
+    if fmt == "json":
+        emit_json(report.to_dict())
+        return
+    print_ingest(report)

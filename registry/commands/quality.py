@@ -1,0 +1,132 @@
+"""Quality commands: eval (one table, or a shadow against production, and the baseline file
+`lock --baseline-metrics` reads), health, watch-promotion (record a fresh health report, then
+check), and the dashboard."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from registry.commands.reconcile import translated
+from registry.database.connection import resolve_dsn, session
+from registry.extras import require
+from registry.quality import dashboard as dashboards
+from registry.quality import evaluation, promotion_watch
+from registry.quality import health as healths
+from registry.reconciler import run
+from registry.reconciler.status import status
+from registry.repository.git import Git
+from registry.repository.state import committed_state
+
+
+def write_baseline(path: Path, result: evaluation.EvalResult) -> None:
+    """The metrics file `registry lock --baseline-metrics FILE` reads."""
+    path.write_text(json.dumps(
+        {"chunk_version": result.chunk_version,
+         "metrics": evaluation.baseline_metrics(result)}, indent=2) + "\n")
+
+
+def evaluate(
+    repo: Path | str, version: str, cases_file: Path, *, dsn: str | None = None,
+    ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
+    match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
+) -> evaluation.EvalResult:
+    """`registry eval VERSION` (and its metrics written to `baseline`)."""
+    state = committed_state(Git(repo), ref)
+    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
+        result = evaluation.run_eval(state, conn, version, cases_file, k=k, top=top,
+                                     match=match, record=record)
+    if baseline is not None:
+        write_baseline(baseline, result)
+    return result
+
+
+def compare(
+    repo: Path | str, shadow: str, against: str, cases_file: Path, *, dsn: str | None = None,
+    ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
+    match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
+) -> evaluation.Comparison:
+    """`registry eval --compare SHADOW --against VERSION` (the shadow's metrics written to
+    `baseline`)."""
+    state = committed_state(Git(repo), ref)
+    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
+        comparison = evaluation.run_compare(state, conn, shadow, against, cases_file, k=k,
+                                            top=top, match=match, record=record)
+    if baseline is not None:
+        write_baseline(baseline, comparison.shadow)
+    return comparison
+
+
+def health(
+    repo: Path | str, version: str = "production", *, dsn: str | None = None,
+    ref: str | None = None, cases_file: Path | None = None, tokenizer_file: Path | None = None,
+    strict: bool = False, record_report: bool = True, k: int | None = None,
+    top: int | None = None,
+) -> healths.HealthReport:
+    state = committed_state(Git(repo), ref)
+    with session(resolve_dsn(dsn).value, purpose="health") as conn:
+        return healths.run_health(state, conn, version, cases_file=cases_file,
+                                  tokenizer_file=tokenizer_file, strict=strict,
+                                  record_report=record_report, k=k, top=top)
+
+
+def check_promotion(
+    repo: Path | str, *, dsn: str | None = None, ref: str | None = None, fetch: bool = True,
+    cases_file: Path | None = None, tokenizer_file: Path | None = None,
+) -> promotion_watch.WatchResult:
+    """One watch-promotion pass: with `cases_file` a fresh health report of production is
+    recorded first, then the promotion in force is judged."""
+    git = Git(repo)
+    resolved = resolve_dsn(dsn)
+    if cases_file is not None:
+        with session(resolved.value, purpose="health") as conn:
+            healths.run_health(committed_state(git, ref), conn, cases_file=cases_file,
+                               tokenizer_file=tokenizer_file)
+    state = run.desired_state(git, ref, fetch=fetch)
+    with session(resolved.value, purpose="watch-promotion") as conn:
+        return promotion_watch.check(git, state, conn)
+
+
+def follow_promotions(
+    repo: Path, *, stop: threading.Event, interval: float,
+    on_result: Callable[[promotion_watch.WatchResult], None], dsn: str | None = None,
+    ref: str | None = None, fetch: bool = True, cases_file: Path | None = None,
+    tokenizer_file: Path | None = None,
+) -> int:
+    """`watch-promotion --follow`: check every `interval` seconds until `stop` is set."""
+    def check_once() -> promotion_watch.WatchResult:
+        return check_promotion(repo, dsn=dsn, ref=ref, fetch=fetch, cases_file=cases_file,
+                               tokenizer_file=tokenizer_file)
+
+    return promotion_watch.follow(check_once, stop=stop, interval=interval,
+                                  on_result=on_result)
+
+
+def dashboard_data(
+    repo: Path | str, *, dsn: str | None = None, ref: str | None = None, fetch: bool = True,
+    days: int = dashboards.DEFAULT_DAYS, now: datetime | None = None,
+) -> dashboards.DashboardData:
+    """What the dashboard shows: the state read once, and one session for the status rows and
+    the health history."""
+    git = Git(repo)
+    state = run.desired_state(git, ref, fetch=fetch)
+    resolved = resolve_dsn(dsn)
+    with session(resolved.value, purpose="dashboard") as conn:
+        with translated(resolved, "reading the database"):
+            report = status(git, state, conn, target=resolved.redacted)
+        with translated(resolved, "reading the health history"):
+            return dashboards.collect(state, conn, report, registry=Path(repo).resolve().name,
+                                      days=days, now=now)
+
+
+def dashboard(
+    repo: Path | str, out: Path, *, dsn: str | None = None, ref: str | None = None,
+    fetch: bool = True, days: int = dashboards.DEFAULT_DAYS, now: datetime | None = None,
+) -> dashboards.DashboardResult:
+    """`registry dashboard --out DIR`: DIR/index.html (plotly checked before any reading)."""
+    require("plotly", "the dashboard")
+    data = dashboard_data(repo, dsn=dsn, ref=ref, fetch=fetch, days=days, now=now)
+    return dashboards.build(data, out)
