@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from registry.cli.completion import complete_version
+from registry.cli.notify import notify_app
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
 from registry.secrets import scrub, scrub_log_handlers
 
@@ -815,6 +816,7 @@ db_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(db_app, name="db")
+app.add_typer(notify_app, name="notify")
 
 
 @db_app.command("url")

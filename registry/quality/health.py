@@ -314,4 +314,13 @@ def run_health(
         report = HealthReport(config, settings, guard, table, retrieval)
         if record_report:
             record(conn, report)
+            _notify(conn, report)
     return report
+
+
+def _notify(conn: psycopg.Connection[Any], report: HealthReport) -> None:
+    """Tell the configured targets of a critical report, and of its resolution."""
+    from registry.notify.dispatch import notify
+    from registry.notify.events import health_check
+
+    notify(conn, report.settings.notifications, health_check(report))

@@ -284,7 +284,9 @@ def reconcile(
         applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
                           schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
                           attempts=attempts, swap_deadline=swap_deadline)
-        return _apply_and_record(conn, applier, the_plan)
+        result = _apply_and_record(conn, applier, the_plan)
+        _notify(conn, state, result, now)
+        return result
     except psycopg.Error as err:
         raise database_error(err, resolved.value, "reconciling") from None
     finally:
@@ -311,6 +313,17 @@ def _apply_and_record(
     result.run_id = _record_finish(conn, run_id, result, actor)
     faults.point("reconcile", "finished")
     return result
+
+
+def _notify(conn: psycopg.Connection[Any], state: RegistryState, result: RunResult,
+            now: datetime | None) -> None:
+    """Tell the configured targets of a failed or blocked run, drift, a promotion applied."""
+    from registry.notify.dispatch import notify
+    from registry.notify.events import reconcile_check
+
+    settings = state.settings
+    notify(conn, settings.notifications,
+           reconcile_check(result, f"{settings.schema}.{settings.base_name}"), now=now)
 
 
 def offline_plan(repo: Path | str, base: str, head: str) -> Plan:
