@@ -1,0 +1,94 @@
+"""Production changes only by a merge (issue 13): an ingest never replaces the rows production
+serves unless asked for, a set-but-empty DSN never falls back to a throwaway database, and
+health says so when git and the view disagree on production. Real git and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.database import Database, promote, table_of
+from tests.helpers import RegistryRepo, run_cli
+from tests.test_health_eval import Corpus, write_corpus
+
+
+def reconcile(repo: RegistryRepo, dsn: str, *args: str) -> tuple[int, str]:
+    result = run_cli("reconcile", "--repo", repo.path, "--dsn", dsn, *args)
+    return result.code, result.stdout + result.stderr
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Corpus:
+    return write_corpus(tmp_path / "corpus")
+
+
+def test_ingest_into_the_served_table_is_refused_unless_asked_for(
+    registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
+) -> None:
+    version = registry_repo.locked()
+    tokenizer = ("--tokenizer-file", str(registry_repo.tokenizer_file))
+    assert reconcile(registry_repo, dsn, "--source", str(corpus.path), *tokenizer)[0] == 0
+    promote(registry_repo, version)
+    assert reconcile(registry_repo, dsn)[0] == 0
+    before = Database(dsn).count(table_of(version))
+    other = write_corpus(tmp_path / "other", seed=99)
+
+    refused = run_cli("ingest", version, "--repo", registry_repo.path, "--dsn", dsn,
+                      "--source", other.path, *tokenizer)
+
+    assert refused.code not in (0, 3), refused.stdout + refused.stderr
+    assert "production" in refused.stderr
+    assert Database(dsn).count(table_of(version)) == before
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_a_set_but_empty_dsn_is_an_error_never_the_embedded_fallback(
+    registry_repo: RegistryRepo, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    registry_repo.locked()
+    monkeypatch.setenv("REGISTRY_DSN", value)
+
+    result = run_cli("reconcile", "--repo", registry_repo.path)
+
+    assert result.code not in (0, 3)
+    assert "REGISTRY_DSN" in result.stderr and "empty" in result.stderr
+    assert "embedded" not in result.stdout
+
+
+def test_in_ci_the_embedded_fallback_is_refused_unless_asked_for(
+    registry_repo: RegistryRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry_repo.locked()
+    monkeypatch.setenv("CI", "true")
+
+    result = run_cli("reconcile", "--repo", registry_repo.path)
+
+    assert result.code not in (0, 3)
+    assert "REGISTRY_DSN" in result.stderr
+
+
+def test_production_that_git_and_the_view_disagree_on_is_a_critical_alert(
+    registry_repo: RegistryRepo, dsn: str, corpus: Corpus
+) -> None:
+    """A promotion the reconciler refuses (an empty table) leaves the view on the old table:
+    health says so as a critical alert naming both, instead of reporting on the repo's idea."""
+    tokenizer = ("--tokenizer-file", str(registry_repo.tokenizer_file))
+    v1 = registry_repo.locked()
+    assert reconcile(registry_repo, dsn, "--source", str(corpus.path), *tokenizer)[0] == 0
+    promote(registry_repo, v1)
+    assert reconcile(registry_repo, dsn)[0] == 0
+    v2 = registry_repo.locked(chunk_size=300)
+    promote(registry_repo, v2)
+    refused, _ = reconcile(registry_repo, dsn)
+    assert refused != 0
+    assert Database(dsn).view_target() == [table_of(v1)]
+
+    health = run_cli("health", "--repo", registry_repo.path, "--dsn", dsn, "--format", "json",
+                     "--no-record", *tokenizer)
+
+    alerts = json.loads(health.stdout)["alerts"]
+    assert health.code != 0
+    assert any(a["level"] == "critical" and v1 in a["message"] and v2 in a["message"]
+               for a in alerts), alerts
