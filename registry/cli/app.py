@@ -562,7 +562,8 @@ def demo(
 DsnOpt = Annotated[
     str | None,
     typer.Option("--dsn", help="PostgreSQL DSN (default: REGISTRY_DSN, then DATABASE_URL, else "
-                 "the embedded server in REGISTRY_HOME)."),
+                 "the embedded server in REGISTRY_HOME; `embedded` asks for it by name, which "
+                 "CI requires). A set but empty DSN is an error."),
 ]
 FetchOpt = Annotated[
     bool, typer.Option("--fetch/--no-fetch", help="git fetch origin before reading origin/main.")
