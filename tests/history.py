@@ -104,7 +104,7 @@ def _daily_reports(conn: psycopg.Connection[tuple[object, ...]], state: Registry
     guard = {"valid": True, "issues": [], "warnings": []}
     for index, version in enumerate(versions):
         config = state.configs[version]
-        table = check_table(conn, chunk_table(state, version))
+        table = check_table(conn, chunk_table(state, version), sample=0)
         level = 0.62 - 0.05 * index
         for day in range(days, -1, -1):
             at = now - timedelta(days=day, hours=index)

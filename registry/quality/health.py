@@ -63,11 +63,13 @@ class ProductionGuardrails:
     """The seed's guardrails for one locked config: hard caps, tokenizer, embedder fit."""
 
     def __init__(
-        self, config: LockedConfig, tokenizer_file: Path | None = None, *, strict: bool = False
+        self, config: LockedConfig, tokenizer_file: Path | None = None, *, strict: bool = False,
+        repo_root: Path | None = None,
     ) -> None:
         self.config = config
         self.tokenizer_file = tokenizer_file
         self.strict = strict
+        self.repo_root = repo_root
         self.tokenizer: Tokenizer | None = None
         """The locked tokenizer once `validate_config` found it with the locked hash."""
         self.tokenizer_missing = "the tokenizer was not checked"
@@ -79,7 +81,7 @@ class ProductionGuardrails:
         special = 2
         try:
             resolved = resolve(config.tokenizer_name, self.tokenizer_file,
-                               allow_download=self.strict)
+                               allow_download=self.strict, repo_root=self.repo_root)
         except TokenizerUnavailable as err:
             self.tokenizer_missing = f"tokenizer {config.tokenizer_name} is not available"
             (issues if self.strict else warnings).append(
@@ -268,9 +270,13 @@ class HealthReport:
         if over:
             rule = (f"a body over {self.config.chunk_size} tokens or embedding text over the "
                     f"{self.config.token_budget}-token budget")
-            found.append(Alert(CRITICAL, "over_budget_chunks", f"{table.over_budget} rows by "
-                               f"their stored counts and {sample.over_budget if sample else 0} "
-                               f"sampled rows by their re-tokenized texts have {rule}"))
+            where = [f"{table.over_budget} rows by their stored counts"] if table.over_budget \
+                else []
+            if sample and sample.over_budget:
+                where.append(f"{sample.over_budget} of {sample.checked} sampled rows by their "
+                             "re-tokenized texts")
+            found.append(Alert(CRITICAL, "over_budget_chunks",
+                               f"{' and '.join(where)} have {rule}"))
         if sample and sample.count_mismatches:
             found.append(Alert(CRITICAL, "token_counts", f"{sample.count_mismatches} of "
                                f"{sample.checked} sampled rows store token counts that are not "
@@ -393,9 +399,9 @@ def require_table(health: TableHealth) -> None:
 
 def production_alerts(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
                       ref: str) -> list[Alert]:
-    """The view serving another table than the repo's production. Critical once a reconcile
-    has run on a commit that holds the promotion (it had its chance and the view still points
-    elsewhere: a refused swap); a warning while no reconcile has seen the promotion yet."""
+    """The view serving another table than the repo's production, once a reconcile has run on
+    a commit that holds the promotion (it had its chance and the view still points elsewhere:
+    a refused swap). Before that the promotion is merely on its way, as after every merge."""
     settings = state.settings
     production = settings.production
     if production is None:
@@ -415,9 +421,7 @@ def production_alerts(conn: psycopg.Connection[Any], git: Git, state: RegistrySt
         promotion is None or git.execute("merge-base", "--is-ancestor", promotion.commit,
                                          run.git_commit)[0] == 0))
     if not seen or run is None:
-        return [Alert(WARNING, "production", f"production is {production} in git but the view "
-                      f"{view_name} serves {served_version}: no reconcile has run since the "
-                      "promotion (run `registry reconcile`)")]
+        return []
     return [Alert(CRITICAL, "production", f"production is {production} in git "
                   f"({promotion.commit[:10] if promotion else ref}) but the view {view_name} "
                   f"serves {served_version} after reconcile run #{run.id} ({run.outcome}"
@@ -464,7 +468,7 @@ def run_health(
     target = chunk_table(state, version)
     config = target.config
     settings = state.settings
-    guardrails = ProductionGuardrails(config, tokenizer_file, strict=strict)
+    guardrails = ProductionGuardrails(config, tokenizer_file, strict=strict, repo_root=git.root)
     guard = guardrails.validate_config()
     guard["issues"] = guard["issues"] + [
         p.render() for p in state.errors if p.path.endswith(f"{config.chunk_version}.yaml")
