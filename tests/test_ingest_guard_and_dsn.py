@@ -5,6 +5,7 @@ health says so when git and the view disagree on production. Real git and Postgr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,58 @@ def test_production_that_git_and_the_view_disagree_on_is_a_critical_alert(
     assert health.code != 0
     assert any(a["level"] == "critical" and v1 in a["message"] and v2 in a["message"]
                for a in alerts), alerts
+
+
+def test_an_ingest_into_production_when_asked_for_is_a_document_level_change(
+    registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
+) -> None:
+    """--into-production writes only what changed (one edited, one new document), records
+    it, makes the evaluation measured before it stale, and refuses a change above
+    --max-change, writing nothing."""
+    version = registry_repo.locked()
+    tokenizer = ("--tokenizer-file", str(registry_repo.tokenizer_file))
+    assert reconcile(registry_repo, dsn, "--source", str(corpus.path), *tokenizer)[0] == 0
+    promote(registry_repo, version)
+    assert reconcile(registry_repo, dsn)[0] == 0
+    table = table_of(version)
+    db = Database(dsn)
+    untouched = db.query(f"SELECT id, created_at FROM {table} WHERE doc_id = 'doc0.md' "
+                         "ORDER BY chunk_index")
+    assert run_cli("eval", version, "--repo", registry_repo.path, "--dsn", dsn, "--cases",
+                   corpus.cases).code == 0
+    edited = tmp_path / "edited"
+    shutil.copytree(corpus.path, edited)
+    (edited / "doc1.md").write_text((edited / "doc1.md").read_text()
+                                    + "\n## Errata\n\n" + "The registry keeps rivers. " * 30)
+    (edited / "new.md").write_text("# New\n\n" + "A new registry document about stones. " * 30)
+
+    applied = run_cli("ingest", version, "--repo", registry_repo.path, "--dsn", dsn,
+                      "--source", edited, "--into-production", "--format", "json", *tokenizer)
+
+    assert applied.code == 0, applied.stdout + applied.stderr
+    report = json.loads(applied.stdout)
+    assert (report["documents_added"], report["documents_changed"],
+            report["documents_removed"], report["documents_unchanged"]) == (1, 1, 0, 7)
+    assert db.query(f"SELECT id, created_at FROM {table} WHERE doc_id = 'doc0.md' "
+                    "ORDER BY chunk_index") == untouched
+    assert db.query(f"SELECT count(DISTINCT doc_id) FROM {table}") == [(9,)]
+    recorded = db.query("SELECT details->>'documents_changed' FROM chunk_registry.ingest_runs "
+                        "WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1")
+    assert recorded == [("1",)]
+    health = json.loads(run_cli("health", "--repo", registry_repo.path, "--dsn", dsn,
+                                "--format", "json", "--no-record", *tokenizer).stdout)
+    assert health["oracle_hit_rate"] is None
+    assert any(a["metric"] == "retrieval" and "before the ingest" in a["message"]
+               for a in health["alerts"]), health["alerts"]
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(edited, truncated)
+    for name in ("doc2.md", "doc3.md", "doc4.md"):
+        (truncated / name).unlink()
+    rows = db.count(table)
+    refused = run_cli("ingest", version, "--repo", registry_repo.path, "--dsn", dsn,
+                      "--source", truncated, "--into-production", *tokenizer)
+
+    assert refused.code not in (0, 3), refused.stdout
+    assert "--max-change" in refused.stderr and "3 of the 9 documents" in refused.stderr
+    assert db.count(table) == rows
