@@ -5,6 +5,7 @@ health says so when git and the view disagree on production. Real git and Postgr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_in_ci_the_embedded_fallback_is_refused_unless_asked_for(
 
 
 def test_production_that_git_and_the_view_disagree_on_is_a_critical_alert(
-    registry_repo: RegistryRepo, dsn: str, corpus: Corpus
+    registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
 ) -> None:
     """A promotion the reconciler refuses (an empty table) leaves the view on the old table:
     health says so as a critical alert naming both, instead of reporting on the repo's idea."""
@@ -93,6 +94,15 @@ def test_production_that_git_and_the_view_disagree_on_is_a_critical_alert(
     assert health.code != 0
     assert any(a["level"] == "critical" and v1 in a["message"] and v2 in a["message"]
                for a in alerts), alerts
+
+    out = tmp_path / "site"
+    built = run_cli("dashboard", "--out", out, "--repo", registry_repo.path, "--dsn", dsn,
+                    "--no-fetch")
+    assert built.code == 0, built.stderr
+    first = re.search(r'<ul class="alerts" id="alert-list"><li class="(\w+)"[^>]*>(.*?)</li>',
+                      (out / "index.html").read_text())
+    assert first is not None
+    assert first.group(1) == "critical" and v1 in first.group(2) and v2 in first.group(2)
 
 
 def test_an_ingest_into_production_when_asked_for_is_a_document_level_change(

@@ -29,8 +29,10 @@ from registry.database import bookkeeping
 from registry.database.bookkeeping import ProposedRollback
 from registry.database.connection import database_error, resolve_dsn, session
 from registry.errors import UsageError
+from registry.quality.health import production_alerts
 from registry.reconciler.run import desired_state
 from registry.reconciler.status import StatusRow, status
+from registry.repository.git import Git
 
 if TYPE_CHECKING:
     from http.server import ThreadingHTTPServer
@@ -120,6 +122,13 @@ class ConfigData:
     latest: dict[str, Any] | None = None
     latest_at: datetime | None = None
     reports: int = 0
+    ingested_at: datetime | None = None
+
+    @property
+    def stale(self) -> bool:
+        """The latest report predates the last ingest: its figures describe replaced rows."""
+        return (self.latest_at is not None and self.ingested_at is not None
+                and self.latest_at < self.ingested_at)
 
 
 @dataclass
@@ -131,6 +140,8 @@ class DashboardData:
     production: str | None
     configs: list[ConfigData]
     proposals: list[ProposedRollback] = field(default_factory=list)
+    production_alerts: list[tuple[str, str, str, datetime | None]] = field(default_factory=list)
+    """Git and the view disagreeing on production, checked now: always at the top."""
 
     @property
     def reports(self) -> int:
@@ -153,13 +164,22 @@ class DashboardData:
                     found.append(("warning", config.chunk_version, f"the last health report is "
                                   f"{hours:.0f} hours old: is the daily health run failing?",
                                   config.latest_at))
+            if config.stale:
+                found.append(("warning", config.chunk_version, f"the latest health report "
+                              f"({_when(config.latest_at)}) predates the ingest of "
+                              f"{_when(config.ingested_at)}: its figures describe replaced "
+                              "rows (run `registry health` and `registry eval`)",
+                              config.latest_at))
             for alert in (config.latest or {}).get("alerts") or []:
+                if alert.get("metric") == "production":
+                    continue  # checked now, not as of the report: production_alerts
                 level = "critical" if alert.get("level") == "critical" else "warning"
                 found.append((level, config.chunk_version, str(alert.get("message", "")),
                               config.latest_at))
         order = {"critical": 0, "warning": 1}
         production_first = {c.chunk_version: not c.production for c in self.configs}
-        return sorted(found, key=lambda a: (production_first.get(a[1], True), order[a[0]]))
+        return self.production_alerts + sorted(
+            found, key=lambda a: (production_first.get(a[1], True), order[a[0]]))
 
 
 def _read_markers(conn: psycopg.Connection[Any]) -> dict[str, list[Marker]]:
@@ -253,6 +273,11 @@ def collect(
                 series.setdefault(version, {}).setdefault("ingest_mb_per_s", []).append(
                     Point(at, rate, f"{docs or 0:,} documents, {chunks or 0:,} chunks"))
             latest = bookkeeping.latest_health_reports(conn)
+            ingested = bookkeeping.last_ingest_times(conn)
+            git = Git(repo)
+            disagreement = [(a.level, state.settings.production or "", a.message, generated)
+                            for a in production_alerts(conn, git, state,
+                                                       git.desired_ref(ref, fetch=False))]
             markers = _read_markers(conn)
             proposals = bookkeeping.rollback_proposals_since(conn, since)
         except psycopg.Error as err:
@@ -272,6 +297,7 @@ def collect(
             series=series.get(version, {}),
             markers=[m for m in markers.get(version, []) if m.at >= since],
             reports=counts.get(version, 0),
+            ingested_at=ingested.get(version),
         )
         if version in latest:
             config.latest_at, config.latest = latest[version].at, latest[version].report
@@ -287,6 +313,7 @@ def collect(
         production=state.settings.production,
         configs=production_first + others,
         proposals=proposals,
+        production_alerts=disagreement,
     )
 
 
@@ -530,15 +557,16 @@ def _configs_table(data: DashboardData) -> str:
         badge = ('<span class="badge prod">production</span> ' if config.production else "")
         alert_text = (f"{critical} critical, {len(alerts) - critical} warnings" if alerts
                       else ("none" if config.latest else "–"))
+        rates = ("<td class=num>stale</td><td class=num>stale</td>" if config.stale else
+                 f"<td class=num>{_fmt(latest.get('oracle_hit_rate'), '.3f')}</td>"
+                 f"<td class=num>{_fmt(latest.get('filter_hit_rate'), '.3f')}</td>")
         body.append(
             f'<tr data-config="{_esc(config.chunk_version)}"><td><a href="#config-'
             f'{_esc(config.chunk_version)}"><code>{_esc(config.chunk_version)}</code></a></td>'
             f"<td>{_esc(config.params or '(not in the repo)')}</td>"
             f'<td>{badge}<span class="badge">{_esc(config.status)}</span></td>'
             f"<td class=num>{_fmt(config.rows, ',d')}</td><td>{_esc(_when(config.latest_at))}"
-            f"</td><td class=num>{_fmt(latest.get('oracle_hit_rate'), '.3f')}</td>"
-            f"<td class=num>{_fmt(latest.get('filter_hit_rate'), '.3f')}</td>"
-            f"<td class=num>{alert_text}</td><td class=num>{config.reports}</td></tr>")
+            f"</td>{rates}<td class=num>{alert_text}</td><td class=num>{config.reports}</td></tr>")
     return f'<table id="configs-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
