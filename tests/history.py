@@ -56,8 +56,10 @@ def build_history(repo: RegistryRepo, dsn: str, tmp: Path, *, configs: int = 5,
                           ("promote", second)]:
         moves.append((kind, version, promote(repo, version)))
         reconcile(repo.path, dsn=dsn)
-    # A second ingest of production, so throughput has a trend.
-    ingest(repo.path, second, corpus.path, dsn=dsn, tokenizer_file=repo.tokenizer_file, workers=1)
+    # A second ingest of production (asked for: a document-level change), so throughput has a
+    # trend.
+    ingest(repo.path, second, corpus.path, dsn=dsn, tokenizer_file=repo.tokenizer_file, workers=1,
+           into_production=True)
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT statement_timestamp()").fetchone()
