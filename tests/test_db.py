@@ -43,8 +43,8 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
     tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
                       "ORDER BY 1")
     assert [t for (t,) in tables] == ["eval_runs", "health_reports", "ingest_runs",
-                                      "managed_tables", "reconcile_runs", "rollback_proposals",
-                                      "schema_version"]
+                                      "managed_tables", "notifications", "reconcile_runs",
+                                      "rollback_proposals", "schema_version"]
 
 
 def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:

@@ -99,10 +99,11 @@ def test_production_that_git_and_the_view_disagree_on_is_a_critical_alert(
     built = run_cli("dashboard", "--out", out, "--repo", registry_repo.path, "--dsn", dsn,
                     "--no-fetch")
     assert built.code == 0, built.stderr
-    first = re.search(r'<ul class="alerts" id="alert-list"><li class="(\w+)"[^>]*>(.*?)</li>',
-                      (out / "index.html").read_text())
-    assert first is not None
-    assert first.group(1) == "critical" and v1 in first.group(2) and v2 in first.group(2)
+    page = (out / "index.html").read_text()
+    shown = re.search(r'<li class="(\w+)" id="disagreement">(.*?)</li>', page)
+    assert shown is not None
+    assert shown.group(1) == "critical" and v1 in shown.group(2) and v2 in shown.group(2)
+    assert page.index('id="production"') < page.index('id="alerts"')
 
 
 def test_an_ingest_into_production_when_asked_for_is_a_document_level_change(

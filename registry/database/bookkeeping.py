@@ -25,7 +25,7 @@ from registry.errors import RegistryError
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 3
+BOOKKEEPING_VERSION = 4
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -41,6 +41,7 @@ INGEST_RUNS = table("ingest_runs")
 EVAL_RUNS = table("eval_runs")
 HEALTH_REPORTS = table("health_reports")
 ROLLBACK_PROPOSALS = table("rollback_proposals")
+NOTIFICATIONS = table("notifications")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +157,42 @@ def _migration_3() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
-MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3}
+def _migration_4() -> list[sql.Composed | sql.SQL]:
+    """Notifications: one row per incident and target, carrying both of its messages (opened,
+    then resolved) and their delivery state, so a restart or the next scheduled run neither
+    repeats a sent message nor forgets an unsent one (it is retried at next_attempt_at)."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.notifications (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind text NOT NULL,
+            subject text NOT NULL,
+            fingerprint text NOT NULL,
+            target text NOT NULL,
+            title text NOT NULL,
+            body text NOT NULL,
+            opened_at timestamptz NOT NULL,
+            open_status text NOT NULL CHECK (open_status IN ('pending', 'sent', 'abandoned')),
+            open_sent_at timestamptz,
+            resolved_at timestamptz,
+            resolve_body text,
+            resolve_status text CHECK (resolve_status IN ('pending', 'sent', 'abandoned')),
+            resolve_sent_at timestamptz,
+            attempts integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            next_attempt_at timestamptz NOT NULL,
+            last_attempt_at timestamptz,
+            last_error text,
+            CHECK ((resolve_status IS NULL) OR (resolved_at IS NOT NULL)))""",
+        # One open occurrence of an incident per target.
+        """CREATE UNIQUE INDEX notifications_open ON {s}.notifications
+            (kind, subject, fingerprint, target) WHERE resolved_at IS NULL""",
+        """CREATE INDEX notifications_due ON {s}.notifications (next_attempt_at)
+            WHERE open_status = 'pending' OR resolve_status = 'pending'""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -623,6 +659,9 @@ class ComparisonRecord:
     passed: bool
     metrics: dict[str, float]
     regressions: list[str]
+    deltas: dict[str, float] = field(default_factory=dict)
+    """metric -> this version's value minus the other's."""
+    chunk_version: str = ""
 
 
 def record_eval_run(
@@ -647,17 +686,30 @@ def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> EvalRecord |
 
 def last_comparison(conn: psycopg.Connection[Any], chunk_version: str) -> ComparisonRecord | None:
     """None when there is none, or when the database predates eval_runs."""
+    return _newest_comparison(conn, chunk_version)
+
+
+def newest_comparison(conn: psycopg.Connection[Any]) -> ComparisonRecord | None:
+    """The newest comparison of any version (what the dashboard shows on top)."""
+    return _newest_comparison(conn, None)
+
+
+def _newest_comparison(
+    conn: psycopg.Connection[Any], chunk_version: str | None
+) -> ComparisonRecord | None:
     if not exists(conn, "eval_runs"):
         return None
+    of_version = sql.SQL("" if chunk_version is None else "AND chunk_version = %(version)s")
     row = conn.execute(
-        sql.SQL("SELECT at, against_version, passed, metrics, details FROM {} "
-                "WHERE chunk_version = %s AND kind = 'compare' ORDER BY at DESC, id DESC LIMIT 1"
-                ).format(EVAL_RUNS), (chunk_version,)).fetchone()
+        sql.SQL("SELECT at, against_version, passed, metrics, details, chunk_version FROM {} "
+                "WHERE kind = 'compare' {} ORDER BY at DESC, id DESC LIMIT 1").format(
+                    EVAL_RUNS, of_version), {"version": chunk_version}).fetchone()
     if row is None:
         return None
-    at, against, passed, metrics, details = row
-    return ComparisonRecord(at, against, passed, metrics,
-                            list((details or {}).get("regressions") or []))
+    at, against, passed, metrics, details, version = row
+    details = details or {}
+    return ComparisonRecord(at, against, passed, metrics, list(details.get("regressions") or []),
+                            dict(details.get("deltas") or {}), version)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -819,3 +871,112 @@ def rollback_proposals_since(
         "FROM {} WHERE proposed_at >= %s ORDER BY proposed_at DESC").format(ROLLBACK_PROPOSALS),
         (since,)).fetchall()
     return [ProposedRollback(*row) for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# notifications: incidents, the messages about them, and their delivery
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One incident at one target, and the message of it that is due next."""
+
+    id: int
+    kind: str
+    subject: str
+    fingerprint: str
+    target: str
+    phase: str
+    """`opened` or `resolved`: which message is due."""
+    title: str
+    body: str
+    attempts: int
+    at: datetime
+    """When the incident opened (or resolved, for a resolution message)."""
+
+
+def open_incidents(
+    conn: psycopg.Connection[Any], kinds: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """(kind, subject, fingerprint) of every incident of `kinds` not resolved yet."""
+    rows = conn.execute(sql.SQL(
+        "SELECT DISTINCT kind, subject, fingerprint FROM {} WHERE resolved_at IS NULL "
+        "AND kind = ANY(%s)").format(NOTIFICATIONS), (list(kinds),)).fetchall()
+    return [(str(k), str(s), str(f)) for k, s, f in rows]
+
+
+def incident_known(conn: psycopg.Connection[Any], kind: str, subject: str,
+                   fingerprint: str) -> bool:
+    """Whether this incident was ever recorded (a one-shot event is told once, ever)."""
+    row = conn.execute(sql.SQL(
+        "SELECT EXISTS (SELECT FROM {} WHERE kind = %s AND subject = %s AND fingerprint = %s)"
+    ).format(NOTIFICATIONS), (kind, subject, fingerprint)).fetchone()
+    return bool(row and row[0])
+
+
+def open_incident(
+    conn: psycopg.Connection[Any], kind: str, subject: str, fingerprint: str,
+    targets: Sequence[str], title: str, body: str, now: datetime, *, one_shot: bool,
+) -> None:
+    """One pending message per target; a one-shot event is resolved as it opens (nothing to
+    resolve later)."""
+    for target in targets:
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (kind, subject, fingerprint, target, title, body, opened_at, "
+            "open_status, resolved_at, next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+            "'pending', %s, %s) ON CONFLICT DO NOTHING").format(NOTIFICATIONS),
+            (kind, subject, fingerprint, target, title, body, now, now if one_shot else None,
+             now))
+
+
+def resolve_incident(
+    conn: psycopg.Connection[Any], kind: str, subject: str, fingerprint: str, body: str,
+    now: datetime,
+) -> None:
+    """Mark an incident resolved and its resolution message pending (abandoned with the
+    opening message it would follow, when that one could never be sent)."""
+    conn.execute(sql.SQL(
+        "UPDATE {} SET resolved_at = %(now)s, resolve_body = %(body)s, "
+        "resolve_status = CASE WHEN open_status = 'abandoned' THEN 'abandoned' ELSE 'pending' "
+        "END, attempts = CASE WHEN open_status = 'sent' THEN 0 ELSE attempts END, "
+        "next_attempt_at = CASE WHEN open_status = 'sent' THEN %(now)s ELSE next_attempt_at END "
+        "WHERE kind = %(kind)s AND subject = %(subject)s AND fingerprint = %(fp)s "
+        "AND resolved_at IS NULL").format(NOTIFICATIONS),
+        {"now": now, "body": body, "kind": kind, "subject": subject, "fp": fingerprint})
+
+
+def claim_due_notifications(
+    conn: psycopg.Connection[Any], now: datetime, lease_until: datetime
+) -> list[Notification]:
+    """Every message due at `now`, claimed until `lease_until` (another process skips them
+    meanwhile), oldest first."""
+    rows = conn.execute(sql.SQL(
+        "UPDATE {n} SET next_attempt_at = %(lease)s WHERE id IN (SELECT id FROM {n} "
+        "WHERE (open_status = 'pending' OR (open_status = 'sent' AND resolve_status = 'pending'))"
+        " AND next_attempt_at <= %(now)s ORDER BY id FOR UPDATE SKIP LOCKED) "
+        "RETURNING id, kind, subject, fingerprint, target, "
+        "CASE WHEN open_status = 'pending' THEN 'opened' ELSE 'resolved' END, title, "
+        "CASE WHEN open_status = 'pending' THEN body ELSE resolve_body END, attempts, "
+        "CASE WHEN open_status = 'pending' THEN opened_at ELSE resolved_at END"
+    ).format(n=NOTIFICATIONS), {"now": now, "lease": lease_until}).fetchall()
+    return sorted((Notification(*row) for row in rows), key=lambda n: n.id)
+
+
+def record_delivery(
+    conn: psycopg.Connection[Any], notification: Notification, now: datetime, *,
+    error: str | None, retry_at: datetime | None,
+) -> None:
+    """The outcome of one attempt: sent; or failed, retried at `retry_at` (None: abandoned)."""
+    column = "open" if notification.phase == "opened" else "resolve"
+    if error is None:
+        status = sql.SQL("{s} = 'sent', {at} = %(now)s, attempts = 0, last_error = NULL").format(
+            s=sql.Identifier(f"{column}_status"), at=sql.Identifier(f"{column}_sent_at"))
+    else:
+        status = sql.SQL("{s} = CASE WHEN %(retry)s::timestamptz IS NULL THEN 'abandoned' "
+                         "ELSE {s} END, attempts = attempts + 1, last_error = %(error)s, "
+                         "next_attempt_at = coalesce(%(retry)s, next_attempt_at)").format(
+            s=sql.Identifier(f"{column}_status"))
+    conn.execute(sql.SQL("UPDATE {} SET {}, last_attempt_at = %(now)s WHERE id = %(id)s").format(
+        NOTIFICATIONS, status),
+        {"now": now, "error": error, "retry": retry_at, "id": notification.id})
+

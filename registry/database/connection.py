@@ -42,6 +42,7 @@ def _advisory_key(name: str) -> int:
 RECONCILE_LOCK_KEY = _advisory_key("chunk-registry reconcile")
 MIGRATION_LOCK_KEY = _advisory_key("chunk-registry migrate")
 WATCH_LOCK_KEY = _advisory_key("chunk-registry watch-promotion")
+NOTIFY_LOCK_KEY = _advisory_key("chunk-registry notify")
 
 
 def ingest_lock_key(ingest_run_id: str) -> int:

@@ -493,4 +493,13 @@ def run_health(
                               stale_eval=stale)
         if record_report:
             record(conn, report)
+            _notify(conn, report)
     return report
+
+
+def _notify(conn: psycopg.Connection[Any], report: HealthReport) -> None:
+    """Tell the configured targets of a critical report, and of its resolution."""
+    from registry.notify.dispatch import notify
+    from registry.notify.events import health_check
+
+    notify(conn, report.settings.notifications, health_check(report))

@@ -39,6 +39,7 @@ from registry.repository.git import Git
 from registry.repository.github import GitHubClient, origin_repo, propose, token_from
 from registry.repository.history import read_history
 from registry.repository.lifecycle import describe_change, rollback
+from registry.repository.state import RegistryState
 
 if TYPE_CHECKING:
     import threading
@@ -218,70 +219,88 @@ def check(
     settings = state.settings
     git = Git(repo)
     with session(resolve_dsn(dsn).value, purpose="watch-promotion") as conn:
-        bookkeeping.ensure_schema(conn)
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (WATCH_LOCK_KEY,)).fetchone()
-        if not (got and got[0]):
-            raise WatchBusy("another `registry watch-promotion` is running against this database",
-                            fix="let it finish; it proposes the rollback at most once anyway")
-        clock = conn.execute("SELECT statement_timestamp()").fetchone()
-        assert clock is not None
-        now: datetime = clock[0]
-        served = bookkeeping.production_row(conn)
-        if served is None or served[2] is None:
-            return WatchResult("no-production", "no production table yet: nothing to watch")
-        version, table, promoted_at = served[0], served[1], served[2]
-        move = next((e for e in read_history(git, state.ref)
-                     if e.kind in ("promote", "rollback")), None)
-        if move is None or move.chunk_version != version:
-            said = move.chunk_version if move else settings.production
-            return WatchResult("pending", f"the database serves {version} but {state.ref} "
-                               f"says {said}: run `registry reconcile` first")
-        if move.kind == "rollback":
-            return WatchResult("rolled-back", f"the last production change was a rollback to "
-                               f"{version} ({move.commit[:10]}): nothing to watch")
-        promotion = Promotion(version, table, promoted_at, move.previous, move.commit,
-                              promoted_at + settings.monitoring_window)
-        config = state.configs.get(version)
-        result = WatchResult("waiting", "", promotion,
-                             baseline=dict(config.baseline_metrics) if config else {})
-        result.reports = [_report(r) for r in bookkeeping.health_reports_between(
-            conn, version, promoted_at, min(now, promotion.window_ends))]
-        if promotion.previous:
-            before = bookkeeping.last_health_report(conn, promotion.previous, promoted_at)
-            result.before = _report(before) if before else None
-        result.regressions = judge(result.reports, result.baseline, result.before, settings,
-                                   promotion.previous)
-        result.proposal = bookkeeping.rollback_proposal(conn, version, promotion.commit)
-        window = f"window until {_iso(promotion.window_ends)}"
-        if result.proposal is not None:
-            result.outcome = "already-proposed"
-            result.message = (f"the rollback of {version} was proposed at "
-                              f"{_iso(result.proposal.proposed_at)}: "
-                              f"{result.proposal.url or result.proposal.branch}")
-        elif now > promotion.window_ends:
-            result.outcome = "window-closed"
-            result.message = (f"the monitoring window of {version} closed at "
-                              f"{_iso(promotion.window_ends)}")
-        elif not result.reports:
-            result.message = (f"no health report of {version} since its promotion at "
-                              f"{_iso(promoted_at)} ({window})")
-        elif not result.regressions:
-            result.outcome = "healthy"
-            result.message = (f"{_reports_text(len(result.reports))} of {version} since its "
-                              f"promotion: no regression ({window})")
-        elif promotion.previous is None:
-            result.outcome = "regressed"
-            result.message = (f"{version} regressed, but it is the first production: there is "
-                              "nothing to roll back to")
-        else:
-            result.proposal = _propose(conn, git, repo, promotion, result, env)
-            result.outcome = "proposed" if not result.proposal.adopted else "already-proposed"
-            how = ("adopted the rollback pull request already open" if result.proposal.adopted
-                   else f"proposed rolling back to {promotion.previous}")
-            result.message = (f"{version} regressed: {how}: "
-                              f"{result.proposal.url or result.proposal.branch}")
+        result = _check_locked(conn, git, repo, state, env)
+        _notify(conn, settings, result, env)
         return result
 
+
+def _check_locked(conn: psycopg.Connection[Any], git: Git, repo: Path | str,
+                  state: RegistryState, env: Mapping[str, str]) -> WatchResult:
+    """The watch under its advisory lock (taken here, released with the session)."""
+    settings = state.settings
+    bookkeeping.ensure_schema(conn)
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)", (WATCH_LOCK_KEY,)).fetchone()
+    if not (got and got[0]):
+        raise WatchBusy("another `registry watch-promotion` is running against this database",
+                        fix="let it finish; it proposes the rollback at most once anyway")
+    clock = conn.execute("SELECT statement_timestamp()").fetchone()
+    assert clock is not None
+    now: datetime = clock[0]
+    served = bookkeeping.production_row(conn)
+    if served is None or served[2] is None:
+        return WatchResult("no-production", "no production table yet: nothing to watch")
+    version, table, promoted_at = served[0], served[1], served[2]
+    move = next((e for e in read_history(git, state.ref)
+                 if e.kind in ("promote", "rollback")), None)
+    if move is None or move.chunk_version != version:
+        said = move.chunk_version if move else settings.production
+        return WatchResult("pending", f"the database serves {version} but {state.ref} "
+                           f"says {said}: run `registry reconcile` first")
+    if move.kind == "rollback":
+        return WatchResult("rolled-back", f"the last production change was a rollback to "
+                           f"{version} ({move.commit[:10]}): nothing to watch")
+    promotion = Promotion(version, table, promoted_at, move.previous, move.commit,
+                          promoted_at + settings.monitoring_window)
+    config = state.configs.get(version)
+    result = WatchResult("waiting", "", promotion,
+                         baseline=dict(config.baseline_metrics) if config else {})
+    result.reports = [_report(r) for r in bookkeeping.health_reports_between(
+        conn, version, promoted_at, min(now, promotion.window_ends))]
+    if promotion.previous:
+        before = bookkeeping.last_health_report(conn, promotion.previous, promoted_at)
+        result.before = _report(before) if before else None
+    result.regressions = judge(result.reports, result.baseline, result.before, settings,
+                               promotion.previous)
+    result.proposal = bookkeeping.rollback_proposal(conn, version, promotion.commit)
+    window = f"window until {_iso(promotion.window_ends)}"
+    if result.proposal is not None:
+        result.outcome = "already-proposed"
+        result.message = (f"the rollback of {version} was proposed at "
+                          f"{_iso(result.proposal.proposed_at)}: "
+                          f"{result.proposal.url or result.proposal.branch}")
+    elif now > promotion.window_ends:
+        result.outcome = "window-closed"
+        result.message = (f"the monitoring window of {version} closed at "
+                          f"{_iso(promotion.window_ends)}")
+    elif not result.reports:
+        result.message = (f"no health report of {version} since its promotion at "
+                          f"{_iso(promoted_at)} ({window})")
+    elif not result.regressions:
+        result.outcome = "healthy"
+        result.message = (f"{_reports_text(len(result.reports))} of {version} since its "
+                          f"promotion: no regression ({window})")
+    elif promotion.previous is None:
+        result.outcome = "regressed"
+        result.message = (f"{version} regressed, but it is the first production: there is "
+                          "nothing to roll back to")
+    else:
+        result.proposal = _propose(conn, git, repo, promotion, result, env)
+        result.outcome = "proposed" if not result.proposal.adopted else "already-proposed"
+        how = ("adopted the rollback pull request already open" if result.proposal.adopted
+               else f"proposed rolling back to {promotion.previous}")
+        result.message = (f"{version} regressed: {how}: "
+                          f"{result.proposal.url or result.proposal.branch}")
+    return result
+
+
+
+def _notify(conn: psycopg.Connection[Any], settings: ProductionConfig, result: WatchResult,
+            env: Mapping[str, str]) -> None:
+    """Tell the configured targets of a regression and its rollback PR, and when it is over."""
+    from registry.notify.dispatch import notify
+    from registry.notify.events import watch_check
+
+    notify(conn, settings.notifications, watch_check(result), env=env)
 
 def watch_branch(promotion: Promotion) -> str:
     """The watch's own branch per promotion (a stale `rollback/<v>` of an earlier cycle can

@@ -127,4 +127,10 @@ def schema_problems(doc: YamlDoc, kind: Kind) -> list[Problem]:
         fix = FIXES.get(field, f"see {SCHEMA_FILES[kind]}, shipped inside the chunk-registry "
                                 "package (registry/schemas/; `registry init` needs no copy)")
         problems.append(doc.problem(path, message, fix))
+    if kind == "production":
+        from registry.notify.settings import notification_problems
+
+        specific = notification_problems(doc)
+        lines = {p.line for p in specific}
+        problems = [p for p in problems if p.line not in lines] + specific
     return sorted(problems, key=lambda p: p.line)
