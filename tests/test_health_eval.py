@@ -130,17 +130,24 @@ def test_a_healthy_table_has_no_alerts_and_each_planted_fault_fires_exactly_its_
     assert (healthy, code) == ([], 0)
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"UPDATE {table} SET bm25_text = 'Document: doc0' || chr(10) || bm25_text "
-                     "WHERE chunk_index = 0 AND doc_id IN ('doc0.md', 'doc1.md', 'doc2.md')")
+        # The incident: bm25_text written as embedding_text (the row's own prefix leaked), its
+        # count with it (embedding less [CLS] and [SEP]), so only the leak is wrong.
+        conn.execute(f"CREATE TEMP TABLE saved AS SELECT id, bm25_text, bm25_token_count "
+                     f"FROM {table}")
+        conn.execute(f"UPDATE {table} SET bm25_text = embedding_text, bm25_token_count = "
+                     "embedding_token_count - 2 WHERE chunk_index = 0 "
+                     "AND doc_id IN ('doc0.md', 'doc1.md', 'doc2.md')")
         assert alerts() == (["bm25_prefix_leakage"], 2)
-        conn.execute(f"UPDATE {table} SET bm25_text = substr(bm25_text, 16) "
-                     "WHERE bm25_text LIKE 'Document: %'")
+        restore = (f"UPDATE {table} t SET bm25_text = s.bm25_text, bm25_token_count = "
+                   "s.bm25_token_count FROM saved s WHERE s.id = t.id")
+        conn.execute(restore)
         assert alerts() == ([], 0)
 
+        # A stored count over chunk_size: over budget, and not the text's count either.
         conn.execute(f"UPDATE {table} SET bm25_token_count = 451 WHERE chunk_index = 1 "
                      "AND doc_id = 'doc3.md'")
-        assert alerts() == (["over_budget_chunks"], 2)
-        conn.execute(f"UPDATE {table} SET bm25_token_count = 40 WHERE bm25_token_count = 451")
+        assert alerts() == (["over_budget_chunks", "token_counts"], 2)
+        conn.execute(restore)
 
         conn.execute("UPDATE chunk_registry.ingest_runs SET duplicates_removed = 0")
         assert alerts() == (["dedup_rate"], 1)

@@ -182,8 +182,8 @@ def test_a_healthy_promotion_gets_no_pr_and_the_window_bounds_the_watch(
     s.sql("UPDATE chunk_registry.managed_tables SET promoted_at = promoted_at - interval "
           "'49 hours' WHERE status = 'production'")
     table = "document_chunks_" + s.promoted.replace("-", "_")
-    s.sql(f"UPDATE {table} SET bm25_text = 'Document: x' || chr(10) || bm25_text "
-          "WHERE chunk_index = 0")
+    s.sql(f"UPDATE {table} SET bm25_text = embedding_text, "
+          "bm25_token_count = embedding_token_count - 2 WHERE chunk_index = 0")
     s.health()
     code, closed = s.watch()
     assert (code, closed["outcome"]) == (0, "window-closed")
@@ -196,7 +196,8 @@ def test_a_critical_alert_adopts_an_open_rollback_pr_instead_of_opening_a_second
 ) -> None:
     s = promote_with_health(registry_repo, dsn, tmp_path, worse=False)
     table = "document_chunks_" + s.promoted.replace("-", "_")
-    s.sql(f"UPDATE {table} SET bm25_text = 'Document: x' || chr(10) || bm25_text "
+    s.sql(f"UPDATE {table} SET bm25_text = embedding_text, "
+          "bm25_token_count = embedding_token_count - 2 "
           "WHERE chunk_index = 0 AND doc_id IN ('doc0.md', 'doc1.md')")
     s.health()
     manual = run_cli("rollback", "--pr", "--repo", registry_repo.path)
@@ -207,7 +208,7 @@ def test_a_critical_alert_adopts_an_open_rollback_pr_instead_of_opening_a_second
     assert code == 1 and result["outcome"] == "already-proposed", result
     assert [(r["kind"], r["metric"]) for r in result["regressions"]] == [  # type: ignore[attr-defined]
         ("alert", "bm25_prefix_leakage")]
-    assert "2 rows carry the contextual prefix" in result["regressions"][0]["message"]  # type: ignore[index]
+    assert "2 rows carry their own contextual prefix" in result["regressions"][0]["message"]  # type: ignore[index]
     assert result["proposal"]["branch"] == f"rollback/{s.previous}"  # type: ignore[index]
     assert [r.method for r in github.received].count("POST") == 1
 

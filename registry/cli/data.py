@@ -42,16 +42,28 @@ def ingest(
     max_document_mb: Annotated[
         float, typer.Option(help="Skip documents larger than this.", min=0.001)
     ] = 16.0,
+    into_production: Annotated[
+        bool, typer.Option("--into-production", help="Allow an ingest into the table production "
+                           "serves (or rolls back to): a document-level change in one "
+                           "transaction, recorded in the run.")
+    ] = False,
+    max_change: Annotated[
+        float | None, typer.Option("--max-change", min=0.0, max=1.0, help="With "
+                                   "--into-production: refuse when more than this share of the "
+                                   "documents would be removed or replaced (default 0.25).")
+    ] = None,
     fmt: FormatOpt = "text",
 ) -> None:
-    """Chunk a corpus exactly as a locked config says and load it into that config's table."""
+    """Chunk a corpus exactly as a locked config says and load it into that config's table
+    (production's table only with --into-production)."""
     from registry.commands import data
 
     with ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):
         report = data.ingest(repo, version, source, dsn=dsn, ref=ref, tokenizer_file=tokenizer_file,
                      dedup=dedup, workers=workers, strict=strict,
                      max_document_bytes=int(max_document_mb * 1024 * 1024),
-                     on_progress=on_progress, on_problem=on_problem)
+                     on_progress=on_progress, on_problem=on_problem,
+                     into_production=into_production, max_change=max_change)
     if fmt == "json":
         emit_json(report.to_dict())
         return

@@ -267,7 +267,7 @@ def _lifecycle(demo: Demo) -> None:
     demo.registry("promote", first)
     demo.merge(f"promote/{first}", squash=True)
     demo.registry("reconcile")
-    demo.registry("health")
+    demo.registry("health", "--tokenizer-file", "../tokenizer.json")
     demo.registry("status")
 
     demo.say("A candidate, 300/0.10/J=0.8/prefix-A: lock, merge, fill, compare, promote")

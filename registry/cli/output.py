@@ -48,7 +48,8 @@ PR_HELP = ("Push the branch and open a pull request (GITHUB_TOKEN or GH_TOKEN; w
 DsnOpt = Annotated[
     str | None,
     typer.Option("--dsn", help="PostgreSQL DSN (default: REGISTRY_DSN, then DATABASE_URL, else "
-                 "the embedded server in REGISTRY_HOME)."),
+                 "the embedded server in REGISTRY_HOME; `embedded` asks for it by name, which "
+                 "CI requires). A set but empty DSN is an error."),
 ]
 
 
@@ -141,6 +142,11 @@ def print_ingest(report: Any) -> None:
     say(f"  {report.duplicates_removed} near-duplicates removed ({report.dedup}), "
         f"{report.too_small} tiny chunks dropped, {report.over_budget} over budget, "
         f"{report.skipped} documents skipped, {report.replaced_rows} previous rows replaced")
+    if report.into_production:
+        say(f"  into production: {report.documents_added} documents added, "
+            f"{report.documents_changed} changed, {report.documents_removed} removed, "
+            f"{report.documents_unchanged} unchanged; evaluations before this ingest are "
+            "stale (run `registry eval`)")
 
 
 @contextlib.contextmanager

@@ -30,6 +30,8 @@ def ingest(
     max_document_bytes: int = pipeline.MAX_DOCUMENT_BYTES,
     on_progress: Callable[[pipeline.Progress], None] | None = None,
     on_problem: Callable[[pipeline.SourceProblem], None] | None = None,
+    into_production: bool = False,
+    max_change: float | None = None,
 ) -> pipeline.IngestReport:
     """The locked config as committed on the main branch (or `ref`), ingested into its table
     on the database in force."""
@@ -37,7 +39,8 @@ def ingest(
     return pipeline.ingest(state, version, source, resolve_dsn(dsn).value,
                            tokenizer_file=tokenizer_file, dedup=dedup, workers=workers,
                            strict=strict, max_document_bytes=max_document_bytes,
-                           on_progress=on_progress, on_problem=on_problem)
+                           on_progress=on_progress, on_problem=on_problem,
+                           into_production=into_production, max_change=max_change)
 
 
 @dataclass

@@ -64,13 +64,14 @@ def health(
     repo: Path | str, version: str = "production", *, dsn: str | None = None,
     ref: str | None = None, cases_file: Path | None = None, tokenizer_file: Path | None = None,
     strict: bool = False, record_report: bool = True, k: int | None = None,
-    top: int | None = None,
+    top: int | None = None, sample: int | None = None,
 ) -> healths.HealthReport:
-    state = committed_state(Git(repo), ref)
+    git = Git(repo)
+    state = committed_state(git, ref)
     with session(resolve_dsn(dsn).value, purpose="health") as conn:
-        return healths.run_health(state, conn, version, cases_file=cases_file,
+        return healths.run_health(git, state, conn, version, cases_file=cases_file,
                                   tokenizer_file=tokenizer_file, strict=strict,
-                                  record_report=record_report, k=k, top=top)
+                                  record_report=record_report, k=k, top=top, sample=sample)
 
 
 def check_promotion(
@@ -83,7 +84,7 @@ def check_promotion(
     resolved = resolve_dsn(dsn)
     if cases_file is not None:
         with session(resolved.value, purpose="health") as conn:
-            healths.run_health(committed_state(git, ref), conn, cases_file=cases_file,
+            healths.run_health(git, committed_state(git, ref), conn, cases_file=cases_file,
                                tokenizer_file=tokenizer_file)
     state = run.desired_state(git, ref, fetch=fetch)
     with session(resolved.value, purpose="watch-promotion") as conn:

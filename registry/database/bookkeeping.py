@@ -645,6 +645,14 @@ def last_successful_ingest(conn: psycopg.Connection[Any], chunk_version: str) ->
         (chunk_version,), IngestRun)
 
 
+def last_ingest_times(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
+    """chunk_version -> when its last successful ingest finished (what an older evaluation or
+    health report no longer describes)."""
+    return {str(v): at for v, at in conn.execute(sql.SQL(
+        "SELECT chunk_version, max(finished_at) FROM {} WHERE status = 'succeeded' "
+        "AND finished_at IS NOT NULL GROUP BY chunk_version").format(INGEST_RUNS)).fetchall()}
+
+
 def versions_never_ingested(
     conn: psycopg.Connection[Any], schema: str, ingest_run_ids: Sequence[str]
 ) -> list[str]:

@@ -4,13 +4,14 @@ A locked config's chunks live in one table, named by `ProductionConfig.table_nam
 itself is `config.table_name_for`) in the schema of production.yaml. Here: the DDL the
 reconciler creates it with, the columns the production view exposes, the columns and COPY
 types an ingest writes, the predicate of the rows a health check flags (the table's partial
-index and the check's query must use the same one), and which table a version uses and
-whether it exists.
+index and the check's query must use the same one), the contextual prefix of a row, and which
+table a version uses and whether it exists.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ class ChunkTable:
     config: LockedConfig
     schema: str
     table: str
+    registries: tuple[str, ...] = ()
+    """The identities of the registry that owns it (its bookkeeping rows carry one)."""
 
     @property
     def chunk_version(self) -> str:
@@ -71,7 +74,7 @@ def chunk_table(state: RegistryState, version: str) -> ChunkTable:
     """The table of `version` (or `production`) in the committed state."""
     config = state.config(version)
     return ChunkTable(config, state.settings.schema,
-                      state.settings.table_name(config.chunk_version))
+                      state.settings.table_name(config.chunk_version), state.settings.identities)
 
 
 def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
@@ -98,19 +101,46 @@ def has_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
     return bool(row and row[0])
 
 
-def over_budget(chunk_size: int, token_budget: int) -> sql.Composed:
-    """Rows over the config's BM25 chunk size or its embedding token budget."""
-    return sql.SQL("bm25_token_count > {} OR embedding_token_count > {}").format(
-        sql.Literal(chunk_size), sql.Literal(token_budget))
+PREFIX_PATTERN = f"^{PREFIX_MARKER}[^\n]*\nSection: [^\n]*\nType: [^\n]*\n\n"
+"""The contextual prefix `chunker.prefix_text` writes at the head of embedding_text (title and
+path are single lines), with literal newlines: the same pattern for Python's `re` and for
+PostgreSQL's regular expressions."""
+_PREFIX_RE = re.compile(PREFIX_PATTERN)
+
+
+def split_prefix(embedding_text: str) -> tuple[str, str]:
+    """(the row's own prefix, its body): what the chunker joined into embedding_text."""
+    found = _PREFIX_RE.match(embedding_text)
+    return (found.group(0), embedding_text[found.end():]) if found else ("", embedding_text)
+
+
+def prefix_leaks() -> sql.Composed:
+    """Rows whose own prefix (the head of embedding_text) is anywhere in their bm25_text: the
+    leak policy A forbids. Not `starts_with(bm25_text, 'Document: ')`: a document may begin
+    with that text, and a leaked prefix may sit after a first line."""
+    return sql.SQL("coalesce(strpos(bm25_text, substring(embedding_text FROM {})) > 0, false)"
+                   ).format(sql.Literal(PREFIX_PATTERN))
+
+
+def over_budget(prefix_policy: str, chunk_size: int, token_budget: int) -> sql.Composed:
+    """Rows over the config's budgets by their stored counts. Policy A: the body (bm25_text)
+    within chunk_size and embedding_text within the token budget. Policy B: bm25_text is the
+    prefix and the body, so its count is not the body's and stays out of the chunk_size rule;
+    the whole text within the token budget (the body's own size is checked by re-tokenizing a
+    sample, `quality.health`)."""
+    budget = sql.SQL("embedding_token_count > {}").format(sql.Literal(token_budget))
+    if prefix_policy != "A":
+        return sql.SQL("({})").format(budget)
+    return sql.SQL("(bm25_token_count > {} OR {})").format(sql.Literal(chunk_size), budget)
 
 
 def unhealthy_rows(prefix_policy: str, chunk_size: int, token_budget: int) -> sql.Composable:
     """The rows a health check counts against a table: the predicate of the table's partial
     index and of the check's query, built in one place so that PostgreSQL sees them equal."""
-    over = over_budget(chunk_size, token_budget)
+    over = over_budget(prefix_policy, chunk_size, token_budget)
     if prefix_policy != "A":
-        return sql.SQL("({})").format(over)
-    return sql.SQL("(bm25_has_prefix OR {})").format(over)
+        return over
+    return sql.SQL("({} OR {})").format(prefix_leaks(), over)
 
 
 @dataclass(frozen=True)
@@ -169,10 +199,10 @@ def table_ddl(
     schema: str, table: str, *, chunk_version: str, config_hash: str, prefix_policy: str,
     chunk_size: int, token_budget: int, registry: str | None = None,
 ) -> list[sql.Composed]:
-    """The versioned table. `bm25_has_prefix` is computed by PostgreSQL as rows are written,
-    and a partial index holds exactly the rows the health check counts as unhealthy (prefix
-    leakage, over budget): it is empty while the table is healthy, costs nothing to write,
-    and lets the check read only those rows plus a count(*), never the whole heap. The
+    """The versioned table. A partial index holds exactly the rows the health check counts as
+    unhealthy (prefix leakage, over budget; `unhealthy_rows`, evaluated by PostgreSQL as rows
+    are written): it is empty while the table is healthy, costs next to nothing to write, and
+    lets the check read only those rows plus a count(*), never the whole heap. The
     CHECKs make rows of another version or ingest run impossible rather than something to
     look for."""
     t = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
@@ -183,8 +213,6 @@ def table_ddl(
             "embedding_token_count integer NOT NULL, "
             "bm25_token_count integer NOT NULL, "
             "created_at timestamptz NOT NULL DEFAULT now(), "
-            "bm25_has_prefix boolean GENERATED ALWAYS AS (starts_with(bm25_text, {marker})) "
-            "STORED, "
             "id text PRIMARY KEY, "
             "doc_id text NOT NULL, "
             "embedding_text text NOT NULL, "
@@ -192,7 +220,7 @@ def table_ddl(
             "chunk_version text NOT NULL CHECK (chunk_version = {version}), "
             "ingest_run_id text NOT NULL CHECK (ingest_run_id = {run}), "
             "bm25_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', bm25_text)) STORED)"
-        ).format(t=t, version=sql.Literal(chunk_version), marker=sql.Literal(PREFIX_MARKER),
+        ).format(t=t, version=sql.Literal(chunk_version),
                  run=sql.Literal(ingest_run_id_for(chunk_version, config_hash))),
         sql.SQL("CREATE INDEX {} ON {} (doc_id, chunk_index)").format(
             sql.Identifier(f"{table}_doc"), t),

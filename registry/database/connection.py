@@ -2,6 +2,7 @@
 
 The DSN comes from `--dsn`, then `REGISTRY_DSN`, then `DATABASE_URL`; without any, an embedded
 PostgreSQL in `REGISTRY_HOME` is started on demand and left running for the next command. A
+DSN set but blank is an error, and in CI the embedded fallback must be asked for. A
 DSN's password is never printed: everything user-facing goes through `redact`.
 
 The bookkeeping schema the tool keeps in the database is `registry.database.bookkeeping`.
@@ -80,22 +81,56 @@ def registry_home() -> Path:
     return Path(data_home) / "chunk-registry"
 
 
-def configured_dsn(dsn: str | None = None) -> Dsn | None:
-    """The DSN the user named: `dsn`, `REGISTRY_DSN`, `DATABASE_URL`; None without any."""
-    if dsn:
+EMBEDDED = "embedded"
+"""`--dsn embedded` (or REGISTRY_EMBEDDED=1): the embedded server, asked for by name."""
+CI_VARIABLES = ("CI", "GITHUB_ACTIONS")
+
+
+def configured_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn | None:
+    """The DSN the user named: `dsn`, `REGISTRY_DSN`, `DATABASE_URL` (`embedded`: the embedded
+    server by name); None without any.
+
+    A DSN that is set but blank is an error, never "none": it is what
+    `${{ secrets.REGISTRY_DSN }}` expands to when the secret is missing, and the fallback
+    would "apply" to a throwaway database and finish green."""
+    if dsn is not None:
+        if not dsn.strip():
+            raise UsageError("--dsn is set but empty", where="--dsn",
+                             fix="pass a PostgreSQL DSN, or `--dsn embedded` for the embedded "
+                             "server")
+        if dsn.strip() == EMBEDDED:
+            return Dsn(embedded_dsn(start=start), EMBEDDED)
         register_dsn(dsn)
         return Dsn(dsn, "--dsn")
     for name in ("REGISTRY_DSN", "DATABASE_URL"):
-        if os.environ.get(name):
-            register_dsn(os.environ[name])
-            return Dsn(os.environ[name], name)
+        value = os.environ.get(name)
+        if value is None:
+            continue
+        if not value.strip():
+            raise UsageError(f"{name} is set but empty (a missing CI secret expands to \"\")",
+                             fix=f"set {name} to a PostgreSQL DSN (check the "
+                             "secret), or unset it to use the embedded server")
+        if value.strip() == EMBEDDED:
+            return Dsn(embedded_dsn(start=start), EMBEDDED)
+        register_dsn(value)
+        return Dsn(value, name)
     return None
 
 
 def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
     """The DSN in force: `configured_dsn`, else the embedded server (started when `start`,
-    which later commands then reuse)."""
-    return configured_dsn(dsn) or Dsn(embedded_dsn(start=start), "embedded")
+    which later commands then reuse). In CI the fallback is refused unless asked for
+    (`--dsn embedded`, REGISTRY_EMBEDDED=1)."""
+    configured = configured_dsn(dsn, start=start)
+    if configured is not None:
+        return configured
+    ci = [name for name in CI_VARIABLES if os.environ.get(name)]
+    if ci and os.environ.get("REGISTRY_EMBEDDED") != "1":
+        raise UsageError(f"no REGISTRY_DSN in CI ({ci[0]} is set): the embedded PostgreSQL "
+                         "would be a throwaway database",
+                         fix="set REGISTRY_DSN (a repository secret), or opt in to the "
+                         "embedded server with `--dsn embedded` or REGISTRY_EMBEDDED=1")
+    return Dsn(embedded_dsn(start=start), EMBEDDED)
 
 
 def redact(dsn: str) -> str:

@@ -17,6 +17,16 @@ Bad input, the rule:
 - All writes of a run happen in one transaction committed at the very end: a failure at any
   point (bad input under `strict`, a database error, Ctrl-C) leaves the table exactly as it was,
   and re-running an ingest_run_id replaces its rows atomically (readers never see it empty).
+
+The table production serves, and the previous production (the rollback target), are not
+refilled that way: an ingest into them is refused unless asked for (`into_production`), and
+then it is a document-level change. The new rows are staged, each document's content hash (its
+chunk ids in order: an id is the hash of the chunk's text under the config) compared with the
+rows already there, and only the documents added, changed or removed are written, in the same
+one transaction, the counts recorded in the run. A change that would remove or replace more than
+`max_change` of the documents (default 25%) is refused: the empty-state guard of GitOps
+controllers (Argo CD refuses an automated sync that would prune every resource), applied to
+data. A routine refresh touches a few percent; a wrong or truncated source touches most.
 """
 
 from __future__ import annotations
@@ -81,6 +91,8 @@ PROBLEMS_KEPT = 50
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 TEXT_SUFFIXES = {".txt"}
 JSONL_READ = 1 << 16
+DEFAULT_MAX_CHANGE = 0.25
+"""The share of a served table's documents one ingest may remove or replace."""
 
 
 class IngestFailed(RegistryError):
@@ -143,6 +155,12 @@ class IngestReport:
     tokens: int = 0
     bytes: int = 0
     replaced_rows: int = 0
+    into_production: bool = False
+    """A document-level change of the table production serves (or rolls back to)."""
+    documents_added: int = 0
+    documents_changed: int = 0
+    documents_removed: int = 0
+    documents_unchanged: int = 0
     seconds: float = 0.0
     problems: list[SourceProblem] = field(default_factory=list)
 
@@ -542,10 +560,16 @@ def run_ingest(
     max_document_bytes: int = MAX_DOCUMENT_BYTES,
     on_progress: Callable[[Progress], None] | None = None,
     on_problem: Callable[[SourceProblem], None] | None = None,
+    into_production: bool = False,
+    max_change: float = DEFAULT_MAX_CHANGE,
 ) -> IngestReport:
-    """Fill `target` from `source` in one transaction and record the run in ingest_runs."""
+    """Fill `target` from `source` in one transaction and record the run in ingest_runs; the
+    table production serves or rolls back to only with `into_production`, document by
+    document, refused above `max_change`."""
     if dedup not in ("document", "corpus"):
         raise UsageError(f"--dedup {dedup} is not document or corpus")
+    if not 0 <= max_change <= 1:
+        raise UsageError(f"--max-change {max_change} is not a share between 0 and 1")
     config = target.config
     report = IngestReport(config.chunk_version, config.ingest_run_id, target.qualified,
                           str(source), dedup, max(workers, 1))
@@ -554,6 +578,7 @@ def run_ingest(
     try:
         bookkeeping.ensure_schema(control)
         _require_table(control, target)
+        report.into_production = _guard_served(control, target, into_production)
         _take_run_lock(control, report)
         report.run = _record_start(control, report)
         faults.point("ingest", "started")
@@ -563,6 +588,8 @@ def run_ingest(
                 _load(data, target, source, tokenizer_json, report, progress,
                       strict=strict, max_document_bytes=max_document_bytes,
                       on_progress=on_progress, on_problem=on_problem)
+                if report.into_production:
+                    _apply_document_changes(data, target, report, max_change)
                 report.seconds = time.monotonic() - started
                 _record_success(data, report)
                 faults.point("ingest", "before_commit")
@@ -586,13 +613,19 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
           on_progress: Callable[[Progress], None] | None,
           on_problem: Callable[[SourceProblem], None] | None) -> None:
     config = target.config
-    table = target.identifier
-    # A value as a Literal, not a parameter: psycopg would read a `%` in the table's name as a
-    # placeholder if the statement also carried parameters.
-    report.replaced_rows = data.execute(
-        sql.SQL("DELETE FROM {} WHERE ingest_run_id = {}").format(
-            table, sql.Literal(config.ingest_run_id))).rowcount
-    faults.point("ingest", "deleted")
+    table: sql.Composable = target.identifier
+    if report.into_production:
+        data.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} "
+                             "WITH NO DATA").format(
+            STAGED, sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS)), table))
+        table = STAGED
+    else:
+        # A value as a Literal, not a parameter: psycopg would read a `%` in the table's name
+        # as a placeholder if the statement also carried parameters.
+        report.replaced_rows = data.execute(
+            sql.SQL("DELETE FROM {} WHERE ingest_run_id = {}").format(
+                table, sql.Literal(config.ingest_run_id))).rowcount
+        faults.point("ingest", "deleted")
 
     def problem(found: SourceProblem) -> None:
         if strict:
@@ -650,6 +683,66 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
                            f"{MIN_CHUNK_TOKENS} tokens: nothing was written (an empty run never "
                            "replaces a full one)", fix="check the source: are the documents "
                            "empty of text?")
+
+
+STAGED = sql.Identifier("registry_ingest_staged")
+"""The temporary table the rows of a document-level change are copied into first."""
+
+
+def _guard_served(conn: psycopg.Connection[Any], target: ChunkTable, allowed: bool) -> bool:
+    """Whether `target` is the table production serves or rolls back to (then refused unless
+    `allowed`): replacing its rows is a production change no merge reviewed."""
+    if bookkeeping.managed_status(conn, target.schema, target.table) == "production":
+        role = "production serves"
+    elif (target.schema, target.table) in bookkeeping.former_productions(conn, 1,
+                                                                        target.registries):
+        role = "production rolls back to"
+    else:
+        return False
+    if not allowed:
+        raise Refused(f"{target.qualified} is the table {role} ({target.chunk_version}): an "
+                      "ingest would replace the rows behind the live view",
+                      fix="lock a new version and promote it by PR, or pass --into-production "
+                      "for a document-level change (refused above --max-change)")
+    return True
+
+
+def _apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
+                            report: IngestReport, max_change: float) -> None:
+    """Write only the documents whose chunks differ from the rows already there (by doc_id
+    and content hash), in the ingest's transaction; refused, writing nothing, when it would
+    remove or replace more than `max_change` of the documents."""
+    table = target.identifier
+    digest = "md5(string_agg(id, ',' ORDER BY chunk_index))"
+    data.execute(sql.SQL(
+        "CREATE TEMP TABLE registry_ingest_changes ON COMMIT DROP AS "
+        "SELECT doc_id, CASE WHEN o.h IS NULL THEN 'added' WHEN n.h IS NULL THEN 'removed' "
+        "WHEN n.h <> o.h THEN 'changed' ELSE 'unchanged' END AS change "
+        "FROM (SELECT doc_id, {d} AS h FROM {staged} GROUP BY doc_id) n "
+        "FULL JOIN (SELECT doc_id, {d} AS h FROM {table} GROUP BY doc_id) o USING (doc_id)"
+    ).format(d=sql.SQL(digest), staged=STAGED, table=table))
+    counts = dict(data.execute(
+        "SELECT change, count(*) FROM registry_ingest_changes GROUP BY change").fetchall())
+    report.documents_added = int(counts.get("added", 0))
+    report.documents_changed = int(counts.get("changed", 0))
+    report.documents_removed = int(counts.get("removed", 0))
+    report.documents_unchanged = int(counts.get("unchanged", 0))
+    before = report.documents_changed + report.documents_removed + report.documents_unchanged
+    touched = report.documents_changed + report.documents_removed
+    if before and touched / before > max_change:
+        raise Refused(f"the ingest would remove or replace {touched} of the {before} documents "
+                      f"({touched / before:.0%}) of {target.qualified}, which production serves: "
+                      f"more than --max-change {max_change:g}; nothing was written",
+                      fix="check --source (a wrong or truncated corpus?); if intended, raise "
+                      "--max-change or lock a new version and promote it by PR")
+    report.replaced_rows = data.execute(sql.SQL(
+        "DELETE FROM {} t USING registry_ingest_changes c WHERE c.doc_id = t.doc_id "
+        "AND c.change IN ('changed', 'removed')").format(table)).rowcount
+    columns = sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS))
+    data.execute(sql.SQL(
+        "INSERT INTO {table} ({cols}) SELECT {cols} FROM {staged} s WHERE s.doc_id IN "
+        "(SELECT doc_id FROM registry_ingest_changes WHERE change IN ('changed', 'added'))"
+    ).format(table=table, cols=columns, staged=STAGED))
 
 
 def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
@@ -739,16 +832,20 @@ def ingest(
     max_document_bytes: int = MAX_DOCUMENT_BYTES,
     on_progress: Callable[[Progress], None] | None = None,
     on_problem: Callable[[SourceProblem], None] | None = None,
+    into_production: bool = False,
+    max_change: float | None = None,
 ) -> IngestReport:
     """`registry ingest VERSION --source PATH`: the locked config of `state`, its tokenizer
-    checked by hash, its shadow table filled. Ingest takes the resolved `dsn`, not a
-    connection: it opens two (the run lock on one, the rows in one transaction on the other)."""
+    checked by hash, its shadow table filled (production's only with `into_production`).
+    Ingest takes the resolved `dsn`, not a connection: it opens two (the run lock on one, the
+    rows in one transaction on the other)."""
     target = chunk_table(state, version)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
     return run_ingest(target, source, dsn, tokenizer_json, dedup=dedup,
                       workers=default_workers(workers), strict=strict,
                       max_document_bytes=max_document_bytes, on_progress=on_progress,
-                      on_problem=on_problem)
+                      on_problem=on_problem, into_production=into_production,
+                      max_change=DEFAULT_MAX_CHANGE if max_change is None else max_change)
 
 
 def default_workers(workers: int | None) -> int:

@@ -131,6 +131,13 @@ class ConfigData:
     latest: dict[str, Any] | None = None
     latest_at: datetime | None = None
     reports: int = 0
+    ingested_at: datetime | None = None
+
+    @property
+    def stale(self) -> bool:
+        """The latest report predates the last ingest: its figures describe replaced rows."""
+        return (self.latest_at is not None and self.ingested_at is not None
+                and self.latest_at < self.ingested_at)
 
 
 @dataclass(frozen=True)
@@ -249,7 +256,15 @@ class DashboardData:
                     found.append(("warning", config.chunk_version, f"the last health report is "
                                   f"{hours:.0f} hours old: is the daily health run failing?",
                                   config.latest_at))
+            if config.stale:
+                found.append(("warning", config.chunk_version, f"the latest health report "
+                              f"({_when(config.latest_at)}) predates the ingest of "
+                              f"{_when(config.ingested_at)}: its figures describe replaced "
+                              "rows (run `registry health` and `registry eval`)",
+                              config.latest_at))
             for alert in (config.latest or {}).get("alerts") or []:
+                if alert.get("metric") == "production":
+                    continue  # checked now, not as of the report: the production panel
                 level = "critical" if alert.get("level") == "critical" else "warning"
                 found.append((level, config.chunk_version, str(alert.get("message", "")),
                               config.latest_at))
@@ -345,6 +360,7 @@ def collect(
         series.setdefault(version, {}).setdefault("ingest_mb_per_s", []).append(
             Point(at, rate, f"{docs or 0:,} documents, {chunks or 0:,} chunks"))
     latest = bookkeeping.latest_health_reports(conn)
+    ingested = bookkeeping.last_ingest_times(conn)
     markers = _read_markers(conn)
     proposals = bookkeeping.rollback_proposals_since(conn, since)
     comparison = _gated_comparison(conn, state.settings)
@@ -364,6 +380,7 @@ def collect(
             series=series.get(version, {}),
             markers=[m for m in markers.get(version, []) if m.at >= since],
             reports=counts.get(version, 0),
+            ingested_at=ingested.get(version),
         )
         if version in latest:
             config.latest_at, config.latest = latest[version].at, latest[version].report
@@ -745,15 +762,16 @@ def _configs_table(data: DashboardData) -> str:
         badge = ('<span class="badge prod">production</span> ' if config.production else "")
         alert_text = (f"{critical} critical, {len(alerts) - critical} warnings" if alerts
                       else ("none" if config.latest else "–"))
+        rates = ("<td class=num>stale</td><td class=num>stale</td>" if config.stale else
+                 f"<td class=num>{_fmt(latest.get('oracle_hit_rate'), '.3f')}</td>"
+                 f"<td class=num>{_fmt(latest.get('filter_hit_rate'), '.3f')}</td>")
         body.append(
             f'<tr data-config="{_esc(config.chunk_version)}"><td><a href="#config-'
             f'{_esc(config.chunk_version)}"><code>{_esc(config.chunk_version)}</code></a></td>'
             f"<td>{_esc(config.params or '(not in the repo)')}</td>"
             f'<td>{badge}<span class="badge">{_esc(config.status)}</span></td>'
             f"<td class=num>{_fmt(config.rows, ',d')}</td><td>{_esc(_when(config.latest_at))}"
-            f"</td><td class=num>{_fmt(latest.get('oracle_hit_rate'), '.3f')}</td>"
-            f"<td class=num>{_fmt(latest.get('filter_hit_rate'), '.3f')}</td>"
-            f"<td class=num>{alert_text}</td><td class=num>{config.reports}</td></tr>")
+            f"</td>{rates}<td class=num>{alert_text}</td><td class=num>{config.reports}</td></tr>")
     return f'<table id="configs-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 

@@ -12,10 +12,11 @@ shape.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -30,6 +31,8 @@ from registry.database.chunk_table import (
     ChunkTable,
     chunk_table,
     over_budget,
+    prefix_leaks,
+    split_prefix,
     table_exists,
     unhealthy_rows,
 )
@@ -41,8 +44,14 @@ from registry.quality.evaluation import (
     load_cases,
     record_eval,
 )
+from registry.reconciler.actual import read_actual
+from registry.repository.git import Git
+from registry.repository.history import read_history
 from registry.repository.state import RegistryState
 from registry.tokenizer import resolve, special_token_count
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 CRITICAL = "critical"
 WARNING = "warning"
@@ -53,11 +62,16 @@ class ProductionGuardrails:
     """The seed's guardrails for one locked config: hard caps, tokenizer, embedder fit."""
 
     def __init__(
-        self, config: LockedConfig, tokenizer_file: Path | None = None, *, strict: bool = False
+        self, config: LockedConfig, tokenizer_file: Path | None = None, *, strict: bool = False,
+        repo_root: Path | None = None,
     ) -> None:
         self.config = config
         self.tokenizer_file = tokenizer_file
         self.strict = strict
+        self.repo_root = repo_root
+        self.tokenizer: Tokenizer | None = None
+        """The locked tokenizer once `validate_config` found it with the locked hash."""
+        self.tokenizer_missing = "the tokenizer was not checked"
 
     def validate_config(self) -> dict[str, Any]:
         config = self.config
@@ -66,18 +80,29 @@ class ProductionGuardrails:
         special = 2
         try:
             resolved = resolve(config.tokenizer_name, self.tokenizer_file,
-                               allow_download=self.strict)
+                               allow_download=self.strict, repo_root=self.repo_root)
         except TokenizerUnavailable as err:
+            self.tokenizer_missing = f"tokenizer {config.tokenizer_name} is not available"
             (issues if self.strict else warnings).append(
-                f"tokenizer {config.tokenizer_name} is not available: {err.message}")
+                f"{self.tokenizer_missing}: {err.message}")
         else:
             if resolved.hash != config.tokenizer_hash:
-                issues.append(f"tokenizer {config.tokenizer_name} hashes to {resolved.hash}, not "
-                              f"the locked {config.tokenizer_hash}")
+                self.tokenizer_missing = (f"tokenizer {config.tokenizer_name} hashes to "
+                                          f"{resolved.hash}, not the locked "
+                                          f"{config.tokenizer_hash}")
+                issues.append(self.tokenizer_missing)
             else:
-                special = special_token_count(resolved.load())
+                self.tokenizer = resolved.load()
+                special = special_token_count(self.tokenizer)
         issues.extend(message for _, message, _ in guardrail_violations(config, special))
         return {"valid": not issues, "issues": issues, "warnings": warnings}
+
+
+DEFAULT_SAMPLE = 459
+"""Rows re-tokenized per check: 1 - 0.99**459 >= 0.99, so when 1% of the rows store counts
+that are not their texts', the sample holds one of them with 99% probability."""
+SAMPLE_ROUNDS = 4
+EXAMPLES_KEPT = 5
 
 
 def counts_query(target: ChunkTable) -> sql.Composed:
@@ -85,16 +110,81 @@ def counts_query(target: ChunkTable) -> sql.Composed:
     count(*) can be an index-only scan and the flagged rows come from the partial index
     (empty while healthy), so the heap need not be read in full."""
     config = target.config
-    leak = sql.SQL("bm25_has_prefix" if config.prefix_policy == "A" else "false")
+    leak = prefix_leaks() if config.prefix_policy == "A" else sql.SQL("false")
     # Values as Literals (in the predicates), not parameters, next to a composed name (see
     # ingest._load).
     return sql.SQL(
         "SELECT (SELECT count(*) FROM {table}), count(*) FILTER (WHERE {leak}), "
         "count(*) FILTER (WHERE {over}) FROM {table} WHERE {unhealthy}"
     ).format(leak=leak, table=target.identifier,
-             over=over_budget(config.chunk_size, config.token_budget),
+             over=over_budget(config.prefix_policy, config.chunk_size, config.token_budget),
              unhealthy=unhealthy_rows(config.prefix_policy, config.chunk_size,
                                       config.token_budget))
+
+
+@dataclass
+class SampleCheck:
+    """The re-tokenization of a random sample of rows: stored counts against the texts'."""
+
+    size: int
+    checked: int = 0
+    count_mismatches: int = 0
+    over_budget: int = 0
+    """Sampled rows over the config's budgets by their re-measured counts (per policy)."""
+    examples: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+
+def sample_rows(conn: psycopg.Connection[Any], target: ChunkTable, rows: int, size: int
+                ) -> list[tuple[str, str, str, int, int]]:
+    """About `size` rows drawn uniformly, each by one primary-key probe (ids are sha256 hex,
+    spread evenly and independent of what a row holds): bounded work at any table size, never
+    a scan. A table of at most `size` rows is read whole."""
+    columns = sql.SQL("id, embedding_text, bm25_text, embedding_token_count, bm25_token_count")
+    if rows <= size:
+        return [tuple(r) for r in conn.execute(
+            sql.SQL("SELECT {} FROM {}").format(columns, target.identifier)).fetchall()]
+    found: dict[str, tuple[str, str, str, int, int]] = {}
+    draw = random.Random()
+    for _ in range(SAMPLE_ROUNDS):
+        points = [f"{draw.getrandbits(256):064x}" for _ in range(size - len(found))]
+        for row in conn.execute(sql.SQL(
+                "SELECT s.* FROM unnest({points}::text[]) AS p(point) CROSS JOIN LATERAL "
+                "(SELECT {columns} FROM {table} WHERE id >= p.point ORDER BY id LIMIT 1) s"
+        ).format(points=sql.Literal(points), columns=columns, table=target.identifier)):
+            found.setdefault(row[0], tuple(row))
+        if len(found) >= size:
+            break
+    return list(found.values())
+
+
+def check_sample(conn: psycopg.Connection[Any], target: ChunkTable, rows: int, size: int,
+                 tokenizer: Tokenizer) -> SampleCheck:
+    """Re-tokenize sampled rows: their stored counts must be their texts' (the writer's word
+    is not taken), and their re-measured counts within the budgets per prefix policy (under
+    B the body, embedding_text after its own prefix, is what chunk_size bounds)."""
+    config = target.config
+    check = SampleCheck(size)
+    sampled = sample_rows(conn, target, rows, size)
+    if not sampled:
+        return check
+    policy_b = config.prefix_policy == "B"
+    embedded = tokenizer.encode_batch([r[1] for r in sampled], add_special_tokens=True)
+    bm25 = tokenizer.encode_batch([r[2] for r in sampled], add_special_tokens=False)
+    bodies = (tokenizer.encode_batch([split_prefix(r[1])[1] for r in sampled],
+                                     add_special_tokens=False) if policy_b else bm25)
+    for (row_id, _, _, stored_embedding, stored_bm25), embedding, text, body in zip(
+            sampled, embedded, bm25, bodies, strict=True):
+        check.checked += 1
+        if (len(embedding), len(text)) != (stored_embedding, stored_bm25):
+            check.count_mismatches += 1
+            if len(check.examples) < EXAMPLES_KEPT:
+                check.examples.append(
+                    f"{row_id[:12]}: stored {stored_embedding}/{stored_bm25}, "
+                    f"re-tokenized {len(embedding)}/{len(text)}")
+        if len(body) > config.chunk_size or len(embedding) > config.token_budget:
+            check.over_budget += 1
+    return check
 
 
 @dataclass
@@ -106,10 +196,14 @@ class TableHealth:
     over_budget: int = 0
     dedup_rate: float | None = None
     last_ingest: dict[str, Any] | None = None
+    sample: SampleCheck | None = None
 
 
-def check_table(conn: psycopg.Connection[Any], target: ChunkTable) -> TableHealth:
-    """The data guardrails of one table: one statement over the table (`counts_query`), plus
+def check_table(conn: psycopg.Connection[Any], target: ChunkTable,
+                tokenizer: Tokenizer | None = None, *, sample: int = DEFAULT_SAMPLE,
+                tokenizer_missing: str = "no tokenizer was given") -> TableHealth:
+    """The data guardrails of one table: one statement over the table (`counts_query`), the
+    re-tokenization of a bounded sample (skipped, and said so, without the tokenizer), plus
     one bookkeeping query."""
     health = TableHealth(table=target.qualified, exists=False)
     if not table_exists(conn, target.schema, target.table):
@@ -118,6 +212,10 @@ def check_table(conn: psycopg.Connection[Any], target: ChunkTable) -> TableHealt
     row = conn.execute(counts_query(target)).fetchone()
     assert row is not None
     health.rows, health.prefix_leakage, health.over_budget = int(row[0]), int(row[1]), int(row[2])
+    if sample > 0 and tokenizer is None:
+        health.sample = SampleCheck(sample, skipped=tokenizer_missing)
+    elif sample > 0 and tokenizer is not None:
+        health.sample = check_sample(conn, target, health.rows, sample, tokenizer)
     ingest = bookkeeping.last_successful_ingest(conn, target.chunk_version)
     if ingest is not None:
         health.last_ingest = asdict(ingest)
@@ -145,10 +243,16 @@ class HealthReport:
     table: TableHealth
     retrieval: dict[str, float] | None
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    production_alerts: list[Alert] = field(default_factory=list)
+    """Git and the database disagreeing on production: first, since every other figure is of
+    the repo's production, which may not be what is served."""
+    stale_eval: dict[str, Any] | None = None
+    """The last evaluation when it predates the last ingest: measured on rows that are gone,
+    so never shown as the current retrieval figures."""
 
     @property
     def alerts(self) -> list[Alert]:
-        found: list[Alert] = []
+        found: list[Alert] = list(self.production_alerts)
         settings, table, retrieval = self.settings, self.table, self.retrieval
         if not self.config_health["valid"]:
             found.append(Alert(CRITICAL, "config", "config invalid: "
@@ -159,12 +263,34 @@ class HealthReport:
             found.append(Alert(CRITICAL, "rows", f"table {table.table} is empty"))
         if table.prefix_leakage:
             found.append(Alert(CRITICAL, "bm25_prefix_leakage", f"{table.prefix_leakage} rows "
-                               "carry the contextual prefix in bm25_text under policy A"))
-        if table.over_budget:
-            found.append(Alert(CRITICAL, "over_budget_chunks", f"{table.over_budget} chunks "
-                               f"exceed {self.config.chunk_size} BM25 tokens or the "
-                               f"{self.config.token_budget}-token embedding budget"))
-        if retrieval is None:
+                               "carry their own contextual prefix in bm25_text under policy A"))
+        sample = table.sample
+        over = table.over_budget + (sample.over_budget if sample else 0)
+        if over:
+            rule = (f"a body over {self.config.chunk_size} tokens or embedding text over the "
+                    f"{self.config.token_budget}-token budget")
+            where = [f"{table.over_budget} rows by their stored counts"] if table.over_budget \
+                else []
+            if sample and sample.over_budget:
+                where.append(f"{sample.over_budget} of {sample.checked} sampled rows by their "
+                             "re-tokenized texts")
+            found.append(Alert(CRITICAL, "over_budget_chunks",
+                               f"{' and '.join(where)} have {rule}"))
+        if sample and sample.count_mismatches:
+            found.append(Alert(CRITICAL, "token_counts", f"{sample.count_mismatches} of "
+                               f"{sample.checked} sampled rows store token counts that are not "
+                               f"their texts' ({'; '.join(sample.examples)}): re-ingest the "
+                               "version"))
+        if sample and sample.skipped:
+            found.append(Alert(WARNING, "token_count_sample", f"the re-tokenization of "
+                               f"{sample.size} sampled rows was skipped: {sample.skipped} "
+                               "(pass --tokenizer-file)"))
+        if retrieval is None and self.stale_eval is not None:
+            found.append(Alert(WARNING, "retrieval", f"the last evaluation ("
+                               f"{self.stale_eval['at']}) was measured before the ingest of "
+                               f"{self.stale_eval['ingested_at']}, on rows since replaced: "
+                               f"rerun `registry eval {self.config.chunk_version} --cases FILE`"))
+        elif retrieval is None:
             found.append(Alert(WARNING, "retrieval", "no evaluation yet: run "
                                f"`registry eval {self.config.chunk_version} --cases FILE`"))
         else:
@@ -270,7 +396,55 @@ def require_table(health: TableHealth) -> None:
                             fix="run `registry reconcile` first")
 
 
+def production_alerts(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
+                      ref: str) -> list[Alert]:
+    """The view serving another table than the repo's production, once a reconcile has run on
+    a commit that holds the promotion (it had its chance and the view still points elsewhere:
+    a refused swap). Before that the promotion is merely on its way, as after every merge."""
+    settings = state.settings
+    production = settings.production
+    if production is None:
+        return []
+    view = read_actual(conn, settings).relations.get(settings.base_name)
+    reads = [t for s, t in view.reads if s == settings.schema] if view and view.is_view else []
+    served = reads[0] if len(reads) == 1 else None
+    wanted = settings.table_name(production)
+    if served == wanted:
+        return []
+    served_version = bookkeeping.table_versions(conn).get(served or "", served or "nothing")
+    view_name = f"{settings.schema}.{settings.base_name}"
+    promotion = next((e for e in read_history(git, ref) if e.kind in ("promote", "rollback")
+                      and e.chunk_version == production), None)
+    run = bookkeeping.last_reconcile_run(conn)
+    seen = (run is not None and run.git_commit is not None and (
+        promotion is None or git.execute("merge-base", "--is-ancestor", promotion.commit,
+                                         run.git_commit)[0] == 0))
+    if not seen or run is None:
+        return []
+    return [Alert(CRITICAL, "production", f"production is {production} in git "
+                  f"({promotion.commit[:10] if promotion else ref}) but the view {view_name} "
+                  f"serves {served_version} after reconcile run #{run.id} ({run.outcome}"
+                  f"{': ' + run.error if run.error else ''}): fix what the reconciler refused, "
+                  "or revert the promotion")]
+
+
+def stale_eval(conn: psycopg.Connection[Any], chunk_version: str,
+               table: TableHealth) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(current retrieval figures, the stale evaluation): the last evaluation counts only when
+    it was measured after the last ingest; before, it describes rows since replaced."""
+    last = bookkeeping.last_eval(conn, chunk_version)
+    if last is None:
+        return None, None
+    ingested = (table.last_ingest or {}).get("finished_at")
+    if ingested is not None and last.at < ingested:
+        return None, {"at": last.at.isoformat(timespec="seconds"),
+                      "ingested_at": ingested.isoformat(timespec="seconds"),
+                      "metrics": dict(last.metrics)}
+    return dict(last.metrics), None
+
+
 def run_health(
+    git: Git,
     state: RegistryState,
     conn: psycopg.Connection[Any],
     version: str = "production",
@@ -281,32 +455,37 @@ def run_health(
     record_report: bool = True,
     k: int | None = None,
     top: int | None = None,
+    sample: int | None = None,
 ) -> HealthReport:
-    """`registry health`: guardrails on the config and on the data, retrieval metrics (a fresh
-    evaluation with `cases_file`, else the last one recorded), alerts; appended to
-    health_reports so the dashboard can draw trends."""
+    """`registry health`: guardrails on the config and on the data (`sample` rows
+    re-tokenized), retrieval metrics (a fresh evaluation with `cases_file`, else the last one
+    recorded after the last ingest), whether the view serves the repo's production, alerts;
+    appended to health_reports so the dashboard can draw trends."""
     target = chunk_table(state, version)
     config = target.config
     settings = state.settings
-    guard = ProductionGuardrails(config, tokenizer_file, strict=strict).validate_config()
+    guardrails = ProductionGuardrails(config, tokenizer_file, strict=strict, repo_root=git.root)
+    guard = guardrails.validate_config()
     guard["issues"] = guard["issues"] + [
         p.render() for p in state.errors if p.path.endswith(f"{config.chunk_version}.yaml")
     ]
     guard["valid"] = not guard["issues"]
     cases = load_cases(cases_file) if cases_file else None
     bookkeeping.ensure_schema(conn)
-    table = check_table(conn, target)
-    retrieval: dict[str, Any] | None = None
+    table = check_table(conn, target, guardrails.tokenizer,
+                        sample=DEFAULT_SAMPLE if sample is None else sample,
+                        tokenizer_missing=guardrails.tokenizer_missing)
+    stale: dict[str, Any] | None = None
     if cases is not None and table.exists and table.rows:
         result = evaluate_table(conn, target, cases, k=k or DEFAULT_K,
                                 top=top or DEFAULT_TOP)
         record_eval(conn, result)
-        retrieval = dict(result.metrics)
+        retrieval: dict[str, Any] | None = dict(result.metrics)
     else:
-        last = bookkeeping.last_eval(conn, config.chunk_version)
-        if last is not None:
-            retrieval = dict(last.metrics)
-    report = HealthReport(config, settings, guard, table, retrieval)
+        retrieval, stale = stale_eval(conn, config.chunk_version, table)
+    report = HealthReport(config, settings, guard, table, retrieval,
+                          production_alerts=production_alerts(conn, git, state, state.ref),
+                          stale_eval=stale)
     if record_report:
         record(conn, report)
         _notify(conn, report)
