@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.chunk_table import table_ddl
 
@@ -25,11 +26,12 @@ def make_tables(dsn: str, count: int) -> list[str]:
     """`count` managed shadow tables as the reconciler creates them (every index included),
     each a LIKE copy of the first (one statement: the same columns, checks and indexes)."""
     names = [f"document_chunks_2020_01_01_000000_s{i}" for i in range(count)]
+    registry = ProductionConfig(production=None).identity  # a production.yaml's defaults
     with psycopg.connect(dsn, autocommit=True) as conn:
         bookkeeping.ensure_schema(conn)
         for statement in table_ddl("public", names[0], chunk_version="2020-01-01-000000-s0",
                                    config_hash="0" * 64, prefix_policy="A", chunk_size=400,
-                                   token_budget=512):
+                                   token_budget=512, registry=registry):
             conn.execute(statement)
         like = sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)")
         for start in range(0, count, 200):
@@ -38,7 +40,7 @@ def make_tables(dsn: str, count: int) -> list[str]:
                     if i:
                         conn.execute(like.format(sql.Identifier(name), sql.Identifier(names[0])))
                     bookkeeping.record_created(conn, "public", name, f"2020-01-01-000000-s{i}",
-                                               f"{i:064x}", None)
+                                               f"{i:064x}", None, registry)
     return names
 
 
