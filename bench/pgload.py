@@ -17,14 +17,15 @@ from psycopg import sql
 
 from registry.config import ProductionConfig
 from registry.database import bookkeeping
-from registry.database.chunk_table import table_ddl
+from registry.database.chunk_table import Marker, marker_ddl, table_ddl
 
 PRODUCTION_READ = "SELECT id FROM document_chunks LIMIT 1"
 
 
 def make_tables(dsn: str, count: int) -> list[str]:
-    """`count` managed shadow tables as the reconciler creates them (every index included),
-    each a LIKE copy of the first (one statement: the same columns, checks and indexes)."""
+    """`count` managed shadow tables as the reconciler creates them (every index and the
+    registry's marker included), each a LIKE copy of the first (one statement: the same
+    columns, checks and indexes)."""
     names = [f"document_chunks_2020_01_01_000000_s{i}" for i in range(count)]
     registry = ProductionConfig(production=None).identity  # a production.yaml's defaults
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -37,8 +38,10 @@ def make_tables(dsn: str, count: int) -> list[str]:
         for start in range(0, count, 200):
             with conn.transaction(), conn.pipeline():
                 for i, name in enumerate(names[start:start + 200], start):
-                    if i:
+                    if i:  # LIKE copies no table comment: each gets its own marker
                         conn.execute(like.format(sql.Identifier(name), sql.Identifier(names[0])))
+                        conn.execute(marker_ddl("TABLE", "public", name, Marker(
+                            registry, f"2020-01-01-000000-s{i}", f"{i:064x}")))
                     bookkeeping.record_created(conn, "public", name, f"2020-01-01-000000-s{i}",
                                                f"{i:064x}", None, registry)
     return names
