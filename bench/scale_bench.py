@@ -6,9 +6,13 @@ against the code at the branch point (`--baseline`, default 5a40e1c) loaded from
    the exact counts in transactions of 100 (`--exact`); on a server at default settings.
 2. Reader stall of one swap while a 3 s query holds the view, at the default lock_timeout:
    the sum over new reads of their latency above the no-swap p99.
+3. `registry validate` and offline `registry plan --base main --head pr` without the parse
+   cache (what a fresh CI clone has) on a repository of N configs, one squash-merged commit
+   and one annotated tag each, against the baseline commit's tree run the same way.
 
 Usage: python bench/scale_bench.py [--tables 1000,3000,10000] [--dsn ADMIN_DSN]
-       [--repetitions 3] [--allow-busy] [--only rows|swap]
+       [--repetitions 3] [--allow-busy] [--only rows|swap|cli]
+       [--configs 100,1000,3000,10000]
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,17 +158,111 @@ def bench_swap(admin: str, repetitions: int, label: str, commit: str, hold: floa
                   f"{figures.extra['attempts']} attempts")
 
 
+def config_yaml(i: int) -> tuple[str, str]:
+    version = f"2026-01-{1 + i // 3600:02d}-{(i // 60) % 60:02d}{i % 60:02d}00-v1"
+    return version, (
+        f"schema_version: 1\nchunk_version: {version}\nchunk_size: {100 + i % 370}\n"
+        "overlap_ratio: 0.1\njaccard_threshold: 0.8\nprefix_policy: A\n"
+        "embedder_name: BAAI/bge-large-en-v1.5\nembedder_max_tokens: 512\n"
+        "tokenizer_name: BAAI/bge-large-en-v1.5\n"
+        f"tokenizer_hash: sha256:{i:064x}\ncreated_at: '2026-01-01T00:00:00Z'\n"
+        "created_by: Bench <bench@example.com>\nbaseline_metrics: {oracle_hit_rate: 0.47}\n")
+
+
+def make_history(repo: Path, count: int) -> None:
+    """`count` configs on main, one squash-merged `(#N)` commit and one annotated tag each, and
+    a branch `pr` locking one more (built by one `git fast-import`)."""
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    stream: list[bytes] = []
+    when = 1_700_000_000
+
+    def data(text: str) -> None:
+        raw = text.encode()
+        stream.append(b"data %d\n" % len(raw) + raw + b"\n")
+
+    def commit(branch: str, mark: int, subject: str, path: str, body: str) -> None:
+        nonlocal when
+        when += 1
+        stream.append(f"commit refs/heads/{branch}\nmark :{mark}\n"
+                      f"committer Bench <bench@example.com> {when} +0000\n".encode())
+        data(subject)
+        if mark > 1:
+            stream.append(f"from :{mark - 1}\n".encode())
+        stream.append(f"M 100644 inline {path}\n".encode())
+        data(body)
+
+    commit("main", 1, "Start the registry (#1)", "configs/production.yaml", "production: null\n")
+    for i in range(count):
+        version, body = config_yaml(i)
+        commit("main", i + 2, f"Lock {version} (#{i + 2})", f"configs/{version}.yaml", body)
+        stream.append(f"tag chunk-config/{version}\nfrom :{i + 2}\n"
+                      f"tagger Bench <bench@example.com> {when} +0000\n".encode())
+        data(f"lock {version}")
+    version, body = config_yaml(count)
+    commit("pr", count + 2, f"Lock {version}", f"configs/{version}.yaml", body)
+    subprocess.run(["git", "-C", str(repo), "fast-import", "--quiet"], input=b"".join(stream),
+                   check=True)
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "main"], check=True)
+
+
+def bench_cli(sizes: list[int], repetitions: int, label: str, commit: str) -> None:
+    print(f"\n## 3. validate and offline plan without the parse cache, median of {repetitions} "
+          f"alternated rounds{' [' + label + ']' if label else ''}")
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+        baseline = Path(tmp) / "baseline"
+        baseline.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "registry",
+                                  "schemas"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        for size in sizes:
+            repo = Path(tmp) / f"r{size}"
+            make_history(repo, size)
+            commands = {"validate": ["validate", "--repo", str(repo)],
+                        "plan": ["plan", "--repo", str(repo), "--base", "main", "--head", "pr"]}
+
+            def measure(name: str, cpus: list[int], repo: Path = repo,
+                        commands: dict[str, list[str]] = commands,
+                        size: int = size) -> dict[str, Any]:
+                which, command = name.split(" ", 1)
+                env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+                if which == "baseline":
+                    env["PYTHONPATH"] = str(baseline)
+                shutil.rmtree(repo / ".git" / "chunk-registry", ignore_errors=True)
+                started = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "registry", *commands[command]],
+                                      env=env, capture_output=True, text=True,
+                                      preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+                seconds = time.perf_counter() - started
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{name} exited {proc.returncode}: {proc.stderr[-300:]}")
+                return {"seconds": seconds, "units": size}
+
+            names = ["baseline validate", "now validate", "baseline plan", "now plan"]
+            results = fair.race(names, measure, repetitions, {"cores": fair.cpus()})
+            for figures in results["cores"].values():
+                print(f"{size:>6} configs {figures.name}: median {figures.median:.2f} s "
+                      f"({figures.spread()}), {figures.median / size * 1000:.2f} ms per config",
+                      flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dsn", help="admin DSN (default: an embedded server, default settings)")
     parser.add_argument("--tables", default="1000,3000,10000")
     parser.add_argument("--baseline", default="5a40e1c", help="commit of the baseline code")
     parser.add_argument("--hold", type=float, default=3.0)
-    parser.add_argument("--only", choices=["rows", "swap"])
+    parser.add_argument("--only", choices=["rows", "swap", "cli"])
+    parser.add_argument("--configs", default="100,1000,3000,10000")
     fair.add_arguments(parser, repetitions=3)
     args = parser.parse_args(argv)
     print(fair.load_line("start"))
     label = fair.check_quiet(args.allow_busy, args.max_load)
+    if args.only in (None, "cli"):
+        bench_cli([int(n) for n in args.configs.split(",")], args.repetitions, label,
+                  args.baseline)
+    if args.only == "cli":
+        print(fair.load_line("end"))
+        return
     with contextlib.ExitStack() as stack:
         admin = args.dsn or stack.enter_context(embedded_server())
         if args.only in (None, "rows"):
