@@ -12,9 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from registry.commands.data import ingest
 from registry.config import load_production
 from registry.errors import ConfigInvalid
-from registry.ingest.pipeline import ingest
 from tests.helpers import PRODUCTION_YAML, RegistryRepo, run_cli
 from tests.notify_servers import SmtpServer, WebhookServer
 from tests.repository.test_promote_rollback import promoted
