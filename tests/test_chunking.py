@@ -288,16 +288,23 @@ def test_large_documents_encoded_in_segments_chunk_exactly_alike(
 ) -> None:
     """Documents above LARGE_DOCUMENT_CHARS are encoded segment by segment into compact
     arrays (bounded memory); the chunks must be exactly those of one whole encoding."""
+    text = "\n\n".join(data.draw(st.lists(markdown(single_token_words[:200]), min_size=1,
+                                         max_size=4)))
+    document = Document("doc", "Title", text, data.draw(st.sampled_from(["markdown", "text"])))
+    assert_segmented_like_whole(config, tokenizer, document, data.draw(st.integers(20, 400)))
+
+
+def assert_segmented_like_whole(config: Any, tokenizer: Tokenizer, document: Document,
+                                segment_chars: int) -> None:
+    """Encoding `document` in segments of `segment_chars` (as a large one is) yields exactly
+    the chunks and counts of one whole encoding."""
     from unittest import mock
 
     from registry.ingest import chunker
 
-    text = "\n\n".join(data.draw(st.lists(markdown(single_token_words[:200]), min_size=1,
-                                         max_size=4)))
-    document = Document("doc", "Title", text, data.draw(st.sampled_from(["markdown", "text"])))
     whole = Chunker(config, tokenizer).chunk(document)
     with mock.patch.object(chunker, "LARGE_DOCUMENT_CHARS", 0), \
-            mock.patch.object(chunker, "SEGMENT_CHARS", data.draw(st.integers(20, 400))):
+            mock.patch.object(chunker, "SEGMENT_CHARS", segment_chars):
         segmented = Chunker(config, tokenizer).chunk(document)
     assert segmented.chunks == whole.chunks
     assert (segmented.tokens, segmented.duplicates, segmented.too_small) == (

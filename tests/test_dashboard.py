@@ -25,6 +25,7 @@ from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
 from tests.history import build_history, failed_comparison_then_promotion, young_registry
 from tests.test_health_eval import write_corpus
+from tests.test_workflows import expand
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / ".github" / "workflows"
 
@@ -148,9 +149,9 @@ def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
                 assert step["if"] == "${{ steps.health.outputs.exit == '2' }}"
                 if "exit=2" not in outputs.read_text():
                     continue
-            env = {key: _expand(str(value), context) for key, value in (step.get("env") or {}).items()}
+            env = {key: expand(str(value), context) for key, value in (step.get("env") or {}).items()}
             proc = subprocess.run(
-                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", _expand(step["run"], context)],
+                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", expand(step["run"], context)],
                 cwd=workspace, capture_output=True, text=True,
                 env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                      "RUNNER_TEMP": str(runner), "GITHUB_STEP_SUMMARY": str(summary),
@@ -169,17 +170,8 @@ def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
     assert evals == (1,) and reports == (1,)
     upload = next(s for s in workflow["jobs"]["dashboard"]["steps"]
                   if s["name"] == "Publish the dashboard")
-    page = Path(_expand(upload["with"]["path"], context))
+    page = Path(expand(upload["with"]["path"], context))
     assert f'data-config="{version}"' in page.read_text()
-
-
-def _expand(text: str, context: dict[str, str]) -> str:
-    def one(found: re.Match[str]) -> str:
-        key = found.group(1).strip()
-        assert key in context, f"the local runner does not know ${{{{ {key} }}}}"
-        return context[key]
-
-    return re.sub(r"\$\{\{(.*?)\}\}", one, text)
 
 
 def _item(page: str, key: str) -> tuple[str, str]:

@@ -96,6 +96,16 @@ def filled(registry_repo: RegistryRepo, dsn: str, source: Path, **lock: object) 
     return version
 
 
+def serving_and_shadow(registry_repo: RegistryRepo, dsn: str, production_source: Path,
+                       shadow_source: Path) -> tuple[str, str]:
+    """A config filled from `production_source` serving production, and a shadow (chunk_size
+    300) filled from `shadow_source`."""
+    production = filled(registry_repo, dsn, production_source)
+    promote(registry_repo, production)
+    reconcile(registry_repo.path, dsn=dsn)
+    return production, filled(registry_repo, dsn, shadow_source, chunk_size=300)
+
+
 def test_eval_metrics_are_the_ones_built_into_the_corpus(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus
 ) -> None:
@@ -226,10 +236,7 @@ def test_compare_gates_promotion_of_a_regressing_shadow(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
 ) -> None:
     worse = write_corpus(tmp_path / "worse", drop_answers=3)
-    production = filled(registry_repo, dsn, corpus.path)
-    promote(registry_repo, production)
-    reconcile(registry_repo.path, dsn=dsn)
-    shadow = filled(registry_repo, dsn, worse.path, chunk_size=300)
+    production, shadow = serving_and_shadow(registry_repo, dsn, corpus.path, worse.path)
 
     result = run_cli("eval", "--compare", shadow, "--against", "production", "--cases",
                      corpus.cases, "--repo", registry_repo.path, "--dsn", dsn)
@@ -248,10 +255,7 @@ def test_compare_lets_an_improving_shadow_through_and_rollback_is_never_gated(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
 ) -> None:
     worse = write_corpus(tmp_path / "worse", drop_answers=3)
-    production = filled(registry_repo, dsn, worse.path)
-    promote(registry_repo, production)
-    reconcile(registry_repo.path, dsn=dsn)
-    shadow = filled(registry_repo, dsn, corpus.path, chunk_size=300)
+    production, shadow = serving_and_shadow(registry_repo, dsn, worse.path, corpus.path)
 
     comparison = compare(registry_repo.path, shadow, "production", corpus.cases, dsn=dsn)
     assert comparison.passed and comparison.deltas["oracle_hit_rate"] == pytest.approx(0.3)

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from registry.ingest import chunker
-from registry.ingest.chunker import Chunker, Document, _segment_end, shingle_sets
+from registry.ingest.chunker import Document, _segment_end, shingle_sets
 from registry.tokenizer import load_tokenizer
-from tests.test_chunking import PROPERTY, configs
+from tests.test_chunking import PROPERTY, assert_segmented_like_whole, configs
 
 PUNCTUATION = "!?.,;:()[]{}<>-_/'\"#*"
 
@@ -55,13 +55,7 @@ def test_documents_without_whitespace_chunk_alike_in_bounded_segments(
     """Without whitespace the segments are cut where a word meets punctuation (or inside a
     run of punctuation, each mark a word of its own): the chunks of one whole encoding."""
     document = Document("doc", "Title", text * data.draw(st.integers(1, 6)), "text")
-    whole = Chunker(config, tokenizer).chunk(document)
-    with mock.patch.object(chunker, "LARGE_DOCUMENT_CHARS", 0), \
-            mock.patch.object(chunker, "SEGMENT_CHARS", data.draw(st.integers(20, 200))):
-        segmented = Chunker(config, tokenizer).chunk(document)
-    assert segmented.chunks == whole.chunks
-    assert (segmented.tokens, segmented.duplicates, segmented.too_small) == (
-        whole.tokens, whole.duplicates, whole.too_small)
+    assert_segmented_like_whole(config, tokenizer, document, data.draw(st.integers(20, 200)))
 
 
 @PROPERTY

@@ -56,6 +56,16 @@ def promotion_pending(repo: RegistryRepo, db: Database, rows: int = 3) -> tuple[
     return v1, v2
 
 
+def serving_shadow_retired(repo: RegistryRepo, db: Database) -> tuple[str, str, str]:
+    """Three configs, reconciled: v1 serves production, v2 is an empty shadow, v3 retired."""
+    v1, v2, v3 = (repo.locked(chunk_size=s) for s in (400, 300, 200))
+    run(repo, db)
+    serving(repo, db, v1)
+    retire(repo, v3)
+    run(repo, db)
+    return v1, v2, v3
+
+
 # ---------------------------------------------------------------------------------------------
 # The lifecycle
 
@@ -332,11 +342,7 @@ def test_first_run_adopts_nothing_and_drops_nothing(
 def test_a_swap_left_pending_stops_later_destructive_actions(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
-    v1, v2, v3 = (registry_repo.locked(chunk_size=s) for s in (400, 300, 200))
-    run(registry_repo, db)
-    serving(registry_repo, db, v1)
-    retire(registry_repo, v3)
-    run(registry_repo, db)
+    v1, v2, v3 = serving_shadow_retired(registry_repo, db)
     db.fill(table_of(v2))
     promote(registry_repo, v2)
     with psycopg.connect(db.dsn) as reader:
@@ -509,11 +515,7 @@ def test_a_reader_holding_the_view_makes_the_swap_retry_not_hang(
 def test_status_lists_every_config_with_rows_and_the_last_run(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
-    v1, v2, v3 = (registry_repo.locked(chunk_size=s) for s in (400, 300, 200))
-    run(registry_repo, db)
-    serving(registry_repo, db, v1)
-    retire(registry_repo, v3)
-    run(registry_repo, db)
+    v1, v2, v3 = serving_shadow_retired(registry_repo, db)
     v4 = registry_repo.locked(chunk_size=100)
 
     report = status(registry_repo.path, dsn=db.dsn, exact=True)

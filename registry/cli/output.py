@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from registry.cli.completion import complete_version
 from registry.errors import RegistryError, UsageError
 from registry.secrets import scrub, scrub_log_handlers
 
@@ -79,6 +80,11 @@ WorkersOpt = Annotated[
 StrictOpt = Annotated[
     bool, typer.Option("--strict", help="Fail the run (writing nothing) at the first bad "
                        "document instead of skipping it.")
+]
+
+
+VersionArg = Annotated[
+    str, typer.Argument(help="A chunk_version, or `production`.", autocompletion=complete_version)
 ]
 
 

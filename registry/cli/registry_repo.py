@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from registry.cli.completion import complete_version
 from registry.cli.output import (
     PR_HELP,
     FormatOpt,
     RefOpt,
     RepoOpt,
+    VersionArg,
     emit_json,
     print_next_step,
     print_table,
@@ -225,8 +225,7 @@ def list_configs(repo: RepoOpt = Path("."), ref: RefOpt = None, fmt: FormatOpt =
 
 
 def show(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
-                                           autocompletion=complete_version)],
+    version: VersionArg,
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
     fmt: FormatOpt = "text",
@@ -246,8 +245,7 @@ def show(
 
 
 def runbook(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
-                                           autocompletion=complete_version)],
+    version: VersionArg,
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
     fmt: Annotated[
@@ -261,8 +259,7 @@ def runbook(
 
 
 def env_command(
-    version: Annotated[str, typer.Argument(help="A chunk_version, or `production`.",
-                                           autocompletion=complete_version)],
+    version: VersionArg,
     repo: RepoOpt = Path("."),
     ref: RefOpt = None,
 ) -> None:

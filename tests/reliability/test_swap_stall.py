@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 import time
 
-import psycopg
 import pytest
 
+from bench.pgload import ReadLoop, hold_the_view
 from registry.commands.reconcile import reconcile
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo
@@ -17,46 +17,6 @@ from tests.helpers import RegistryRepo
 pytestmark = pytest.mark.reliability
 
 HOLD = 3.0
-
-
-class Readers:
-    """New short reads of production, back to back, each timed."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.latencies: list[float] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stop.is_set():
-                started = time.perf_counter()
-                conn.execute("SELECT id FROM document_chunks LIMIT 1").fetchall()
-                self.latencies.append(time.perf_counter() - started)
-                time.sleep(0.002)
-
-    def run_for(self, seconds: float) -> list[float]:
-        self.thread.start()
-        time.sleep(seconds)
-        self.stop.set()
-        self.thread.join()
-        return self.latencies
-
-    def __enter__(self) -> Readers:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
-def _hold_the_view(dsn: str, reading: threading.Event) -> None:
-    with psycopg.connect(dsn) as conn:
-        conn.execute("SELECT count(*) FROM document_chunks").fetchall()
-        reading.set()
-        time.sleep(HOLD)
 
 
 def test_a_long_reader_stalls_new_readers_at_most_100ms_per_swap(
@@ -70,12 +30,13 @@ def test_a_long_reader_stalls_new_readers_at_most_100ms_per_swap(
     reconcile(registry_repo.path, dsn=dsn)
     db.fill(table_of(v2))
     promote(registry_repo, v2)
-    quiet = Readers(dsn).run_for(1.0)
+    quiet_loop = ReadLoop(dsn, pause=0.002)
+    quiet = quiet_loop.run_for(1.0)
     normal = sorted(quiet)[int(0.99 * len(quiet))]
 
     reading = threading.Event()
-    holder = threading.Thread(target=_hold_the_view, args=(dsn, reading))
-    with Readers(dsn) as readers:
+    holder = threading.Thread(target=hold_the_view, args=(dsn, HOLD, reading))
+    with ReadLoop(dsn, pause=0.002) as readers:
         holder.start()
         assert reading.wait(10)
         started = time.monotonic()
@@ -84,6 +45,7 @@ def test_a_long_reader_stalls_new_readers_at_most_100ms_per_swap(
         holder.join()
         time.sleep(0.2)
 
+    assert quiet_loop.errors == [] and readers.errors == []
     swap = result.results[0]
     assert swap.outcome == "applied" and swap.attempts > 1
     assert took > HOLD / 2  # it waited for the holder rather than failing or cutting in

@@ -68,6 +68,15 @@ def untouched(dsn: str) -> bool:
     return Database(dsn).query("SELECT to_regnamespace('chunk_registry')") == [(None,)]
 
 
+def refused_by_signers(repo: RegistryRepo, dsn: str, keys: Keys, *extra: str) -> str:
+    """A reconcile against `keys`' allowed signers: it must be refused with nothing applied;
+    what it said."""
+    refused = reconcile(repo, dsn, "--allowed-signers", keys.allowed, *extra)
+    assert refused.code == REFUSED, refused.stderr
+    assert untouched(dsn)
+    return str(refused.stderr)
+
+
 def test_a_head_signed_by_an_allowed_key_is_applied(
     registry_repo: RegistryRepo, dsn: str, keys: Keys, figures: dict[str, Any]
 ) -> None:
@@ -90,13 +99,11 @@ def test_an_unsigned_head_is_refused_and_nothing_is_applied(
     sign_with(registry_repo, None)
     registry_repo.locked(chunk_size=300)
 
-    refused = reconcile(registry_repo, dsn, "--allowed-signers", keys.allowed)
+    stderr = refused_by_signers(registry_repo, dsn, keys)
 
-    assert refused.code == REFUSED
     assert re.fullmatch(r"error: commit [0-9a-f]{10} \(origin/main\) is not signed by an allowed "
                         r"signer: it carries no signature; nothing was applied \(sign the merge "
-                        r"with a key listed in .*\)\n", refused.stderr), refused.stderr
-    assert untouched(dsn)
+                        r"with a key listed in .*\)\n", stderr), stderr
 
 
 def test_a_head_signed_by_a_key_nobody_allowed_is_refused(
@@ -105,11 +112,9 @@ def test_a_head_signed_by_a_key_nobody_allowed_is_refused(
     sign_with(registry_repo, keys.mallory)
     registry_repo.locked()
 
-    refused = reconcile(registry_repo, dsn, "--allowed-signers", keys.allowed)
+    stderr = refused_by_signers(registry_repo, dsn, keys)
 
-    assert refused.code == REFUSED
-    assert "signed by a key that is not in the allowed signers file" in refused.stderr
-    assert untouched(dsn)
+    assert "signed by a key that is not in the allowed signers file" in stderr
 
 
 def test_a_signature_copied_onto_other_content_is_refused(
@@ -126,11 +131,9 @@ def test_a_signature_copied_onto_other_content_is_refused(
                           "-w", "--stdin"], input=forged + "\n", capture_output=True, text=True,
                          check=True).stdout.strip()
 
-    refused = reconcile(registry_repo, dsn, "--allowed-signers", keys.allowed, "--ref", sha)
+    stderr = refused_by_signers(registry_repo, dsn, keys, "--ref", sha)
 
-    assert refused.code == REFUSED, refused.stderr
-    assert f"commit {sha[:10]}" in refused.stderr and other
-    assert untouched(dsn)
+    assert f"commit {sha[:10]}" in stderr and other
 
 
 def test_the_allowed_signers_file_comes_from_git_config_and_must_exist(
