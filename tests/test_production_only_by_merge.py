@@ -86,7 +86,9 @@ def test_a_reconcile_from_the_wrong_repository_changes_nothing_and_says_why(
     Database(dsn).fill(table_of(v1))
     promote(ours, v1)
     assert reconcile(ours, dsn)[0] == 0
-    other = theirs.locked(chunk_size=300)
+    theirs.locked(chunk_size=200)
+    other = theirs.locked(chunk_size=300)  # a second lock: never ours' version, even in its second
+    assert table_of(other) != table_of(v1)
     promote(theirs, other)
 
     code, out = reconcile(theirs, dsn)
