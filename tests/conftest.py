@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import RegistryRepo, build_tokenizer, git
+from tests.test_health_eval import Corpus, write_corpus
 
 REAL_HOME = Path(os.environ.get("HOME", "/root"))
 ENV_TO_CLEAR = (
@@ -66,6 +67,12 @@ def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
 def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real WordPiece tokenizer.json trained offline on the test corpus (BERT-style)."""
     return build_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.json")
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Corpus:
+    """The health/eval fixture corpus: metrics known by construction (tests/test_health_eval)."""
+    return write_corpus(tmp_path / "corpus")
 
 
 @pytest.fixture

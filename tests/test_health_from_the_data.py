@@ -11,12 +11,7 @@ import pytest
 
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
-from tests.test_health_eval import Corpus, write_corpus
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Corpus:
-    return write_corpus(tmp_path / "corpus")
+from tests.test_health_eval import Corpus
 
 
 def served(registry_repo: RegistryRepo, dsn: str, source: Path, **lock: object) -> str:

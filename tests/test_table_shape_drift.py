@@ -3,29 +3,12 @@ reconciler creates: any difference is drift that `plan` reports (issue 13, item 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.database import Database, promote, table_of
+from tests.database import Database, table_of
 from tests.helpers import RegistryRepo, run_cli
-from tests.test_health_eval import Corpus, write_corpus
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Corpus:
-    return write_corpus(tmp_path / "corpus")
-
-
-def served(registry_repo: RegistryRepo, dsn: str, source: Path, **lock: object) -> str:
-    """A config locked, reconciled, ingested from `source` and promoted."""
-    version = registry_repo.locked(**lock)
-    result = run_cli("reconcile", "--repo", registry_repo.path, "--dsn", dsn, "--source", source,
-                     "--tokenizer-file", registry_repo.tokenizer_file)
-    assert result.code == 0, result.stdout + result.stderr
-    promote(registry_repo, version)
-    assert run_cli("reconcile", "--repo", registry_repo.path, "--dsn", dsn).code == 0
-    return version
+from tests.test_health_eval import Corpus
+from tests.test_health_from_the_data import served
 
 
 @pytest.mark.parametrize("damage", [

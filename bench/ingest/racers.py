@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.config import LockedConfig
+from registry.ingest import pipeline
 from registry.ingest.chunker import (
     Chunker,
     CorpusDeduplicator,
@@ -30,8 +31,6 @@ from registry.tokenizer import file_hash, load_tokenizer
 
 SIZE, RATIO = 450, 0.10
 OVERLAP = round(SIZE * RATIO)
-BATCH_BYTES = 512 * 1024  # registry.ingest.pipeline's batches
-BATCH_DOCUMENTS = 256
 THRESHOLD = 0.8
 Work = Callable[[], Any]
 
@@ -51,17 +50,12 @@ def read_documents(path: Path) -> list[Document]:
 
 
 def batches(documents: Sequence[Document]) -> Iterator[list[Document]]:
-    """The batches `registry ingest` makes (512 KB or 256 documents)."""
-    batch: list[Document] = []
-    size = 0
-    for document in documents:
-        batch.append(document)
-        size += len(document.text)
-        if size >= BATCH_BYTES or len(batch) >= BATCH_DOCUMENTS:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+    """The batches `registry ingest` makes (BATCH_BYTES or BATCH_DOCUMENTS)."""
+    return pipeline.batches(documents, _no_problem)
+
+
+def _no_problem(problem: pipeline.SourceProblem) -> None:
+    raise AssertionError(f"the bench sample has a bad document: {problem.render()}")
 
 
 # -- chunking ---------------------------------------------------------------------------------
@@ -99,7 +93,7 @@ def chonkie_batch(documents: list[Document], tokenizer_path: Path, pinned: list[
                            chunk_overlap=OVERLAP)
     texts = [d.text for d in documents]
     return lambda: sum(len(c) for c in chunker.chunk_batch(
-        texts, batch_size=BATCH_DOCUMENTS, show_progress_bar=False))
+        texts, batch_size=pipeline.BATCH_DOCUMENTS, show_progress_bar=False))
 
 
 _langchain: dict[str, Any] = {}

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -58,21 +59,6 @@ def _root(
         _debug["on"] = True
 
 
-app.command()(registry_repo.init)
-app.command()(registry_repo.lock)
-app.command()(registry_repo.validate)
-app.command()(registry_repo.tag)
-app.command("list")(registry_repo.list_configs)
-app.command()(registry_repo.show)
-app.command()(registry_repo.runbook)
-app.command("env")(registry_repo.env_command)
-app.command()(changes.promote)
-app.command()(changes.retire)
-app.command()(changes.rollback)
-app.command()(registry_repo.history)
-
-
-@app.command()
 def demo(
     keep: Annotated[
         Path | None,
@@ -91,14 +77,18 @@ def demo(
     say(f"\nDemo finished in {seconds:.1f} s.")
 
 
-app.command()(reconcile.plan)
-app.command()(reconcile.reconcile)
-app.command()(reconcile.status)
-app.command("eval")(quality.eval_command)
-app.command()(quality.health)
-app.command()(data.ingest)
-app.command()(quality.dashboard)
-app.command("watch-promotion")(quality.watch_promotion)
+COMMANDS: list[tuple[str | None, Callable[..., None]]] = [
+    (None, registry_repo.init), (None, registry_repo.lock), (None, registry_repo.validate),
+    (None, registry_repo.tag), ("list", registry_repo.list_configs), (None, registry_repo.show),
+    (None, registry_repo.runbook), ("env", registry_repo.env_command), (None, changes.promote),
+    (None, changes.retire), (None, changes.rollback), (None, registry_repo.history),
+    (None, demo), (None, reconcile.plan), (None, reconcile.reconcile), (None, reconcile.status),
+    ("eval", quality.eval_command), (None, quality.health), (None, data.ingest),
+    (None, quality.dashboard), ("watch-promotion", quality.watch_promotion),
+]
+"""Every command, in the order `--help` lists them (name: the function's, unless given)."""
+for command_name, command in COMMANDS:
+    app.command(command_name)(command)
 app.add_typer(reconcile.db_app, name="db")
 app.add_typer(notify_app, name="notify")
 

@@ -445,8 +445,10 @@ def _chunk_in_worker(documents: list[Document]) -> list[ChunkedDocument]:
     return _worker["chunker"].chunk_many(documents)
 
 
-def _batches(items: Iterable[Item], on_problem: Callable[[SourceProblem], None]
-             ) -> Iterator[list[Document]]:
+def batches(items: Iterable[Item], on_problem: Callable[[SourceProblem], None]
+            ) -> Iterator[list[Document]]:
+    """Documents in batches of BATCH_BYTES or BATCH_DOCUMENTS, what a worker chunks at once
+    (the benches race the same batches); a problem goes to `on_problem`."""
     batch: list[Document] = []
     size = 0
     for item in items:
@@ -653,7 +655,7 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
     try:
         with data.cursor() as cursor, cursor.copy(copy_sql) as copy:
             copy.set_types(COPY_TYPES)
-            for batch, chunked in chunk_corpus(spec, _batches(items, problem), report.workers):
+            for batch, chunked in chunk_corpus(spec, batches(items, problem), report.workers):
                 for document, result in zip(batch, chunked, strict=True):
                     rows = _keep(result, deduplicator, seen_ids, report)
                     for row in rows:
