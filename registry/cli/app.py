@@ -1020,6 +1020,12 @@ def _print_ingest(report: Any) -> None:
     _print(f"  {report.duplicates_removed} near-duplicates removed ({report.dedup}), "
            f"{report.too_small} tiny chunks dropped, {report.over_budget} over budget, "
            f"{report.skipped} documents skipped, {report.replaced_rows} previous rows replaced")
+    for entry in report.accounted[:10]:
+        into = f" (into {', '.join(entry['into'][:3])})" if entry.get("into") else ""
+        _print(f"  not ingested: {entry['doc']}: {entry['outcome']}{into}: {entry['reason']}")
+    if report.not_ingested > 10:
+        _print(f"  ... {report.not_ingested - 10} more not ingested, named in the run record's "
+               "details.accounted")
 
 
 @contextlib.contextmanager
