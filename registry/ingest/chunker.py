@@ -233,12 +233,36 @@ class ShingleSets:
         return np.repeat(np.arange(len(self), dtype=np.int64), self.sizes)
 
 
+SHINGLE_GROUP_CHARS = 1 << 20
+"""Texts are shingled in groups of about this many characters: the words of a group are
+Python strings (~60 bytes each with their hashes and arrays), so a batch of one huge
+document made of one-letter words would otherwise hold ~100 bytes for each of its characters."""
+
+
 def shingle_sets(texts: Sequence[str]) -> ShingleSets:
     """Word 5-gram shingles of every text, as 64-bit hashes.
 
     A text with fewer than five words is one shingle of all its words; a text with no word
     characters is one shingle of its whitespace-normalized self (so identical ones match).
+    Shingles never span two texts, so shingling groups of texts apart gives the same sets.
     """
+    groups: list[ShingleSets] = []
+    first, size = 0, 0
+    for index, text in enumerate(texts):
+        size += len(text)
+        if size >= SHINGLE_GROUP_CHARS:
+            groups.append(_shingle_group(texts[first: index + 1]))
+            first, size = index + 1, 0
+    if first < len(texts) or not groups:
+        groups.append(_shingle_group(texts[first:]))
+    if len(groups) == 1:
+        return groups[0]
+    sizes = np.concatenate([group.sizes for group in groups])
+    return ShingleSets(np.concatenate([group.values for group in groups]),
+                       np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
+
+
+def _shingle_group(texts: Sequence[str]) -> ShingleSets:
     found: list[str] = []
     counts = np.zeros(len(texts), dtype=np.int64)
     for index, text in enumerate(texts):
@@ -322,7 +346,11 @@ def dedup_exact(sets: ShingleSets, threshold: float,
     starts_run[1:] = ~_continues(values, group)
     run_starts = np.flatnonzero(starts_run)
     lengths = np.diff(np.append(run_starts, len(owners)))
-    pairs = np.bincount(group[run_starts], weights=lengths * (lengths - 1) / 2)
+    # Runs of two (the overlap of neighbouring chunks) cost one pair each, linear like the sets
+    # themselves; only longer runs can multiply pairs, and only they may send a group to the
+    # incremental path, whose index of every kept shingle would outweigh the pairs.
+    pairs = np.bincount(group[run_starts],
+                        weights=np.where(lengths > 2, lengths * (lengths - 1) / 2, 0))
     heavy = np.flatnonzero(pairs > _HEAVY_PAIRS)
     if len(heavy):
         member_groups = (np.asarray(groups, dtype=np.int64) if groups is not None
@@ -605,28 +633,34 @@ class CompactEncoding:
     splitting tokenizer tokenizes each side alone exactly as in the whole; other tokenizers
     are re-measured chunk by chunk anyway."""
 
-    def __init__(self, starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
-                 words: npt.NDArray[np.int64]) -> None:
+    def __init__(self, starts: npt.NDArray[np.integer[Any]], ends: npt.NDArray[np.integer[Any]],
+                 words: npt.NDArray[np.integer[Any]]) -> None:
         self._starts, self._ends, self._words = starts, ends, words
 
     @classmethod
     def of(cls, tokenizer: Tokenizer, text: str) -> CompactEncoding:
-        starts, ends, words = [], [], []
-        position, word_base = 0, 0
+        """Filled in place, segment by segment: arrays sized for one token a character (pages
+        never written cost no memory), grown only for a tokenizer that makes more."""
+        dtype: type[np.integer[Any]] = np.int32 if len(text) < 1 << 29 else np.int64
+        columns: list[npt.NDArray[np.integer[Any]]] = [
+            np.empty(len(text) + 16, dtype=dtype) for _ in range(3)]
+        count, position, word_base = 0, 0, 0
         while position < len(text):
             stop = _segment_end(text, position)
             encoding = tokenizer.encode(text[position:stop], add_special_tokens=False)
             offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) + position
             ids = np.array([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
-            starts.append(offsets[:, 0])
-            ends.append(offsets[:, 1])
-            words.append(ids + word_base)
+            del encoding  # ~540 bytes a token: freed before the next segment is encoded
+            end = count + len(ids)
+            if end > len(columns[0]):
+                columns = [np.concatenate([c[:count], np.empty(max(end, 2 * len(c)) - count,
+                                                              dtype=dtype)]) for c in columns]
+            for column, values in zip(columns, (offsets[:, 0], offsets[:, 1], ids + word_base),
+                                      strict=True):
+                column[count:end] = values
             word_base += int(ids.max()) + 1 if len(ids) else 0
-            position = stop
-        empty = np.zeros(0, dtype=np.int64)
-        return cls(np.concatenate(starts) if starts else empty,
-                   np.concatenate(ends) if ends else empty,
-                   np.concatenate(words) if words else empty)
+            count, position = end, stop
+        return cls(columns[0][:count], columns[1][:count], columns[2][:count])
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -646,8 +680,11 @@ class CompactEncoding:
 
 def _segment_end(text: str, start: int) -> int:
     """Where a segment starting at `start` ends: the last blank line (else line end, else
-    space) before start + SEGMENT_CHARS; never inside a word, so with no whitespace there the
-    segment runs on to the next whitespace (or the end of the text)."""
+    space) before start + SEGMENT_CHARS, else the first whitespace within SEGMENT_CHARS after
+    it. Text without whitespace that far (a pathological document: an encoding holds ~540
+    bytes a token, so one 16 MB segment of punctuation took 7 GB) is cut where a word meets
+    punctuation, where pre-tokenizers split anyway, else at the limit: a segment is never
+    longer than 2 x SEGMENT_CHARS, whatever the shape of the text."""
     limit = start + SEGMENT_CHARS
     if limit >= len(text):
         return len(text)
@@ -655,11 +692,17 @@ def _segment_end(text: str, start: int) -> int:
         found = text.rfind(separator, start + 1, limit)
         if found > start:
             return found
-    after = _WHITESPACE.search(text, limit)
-    return after.start() if after else len(text)
+    after = _WHITESPACE.search(text, limit, limit + SEGMENT_CHARS)
+    if after:
+        return after.start()
+    edges = [m.start() for m in _WORD_EDGE.finditer(text, max(start + 1, limit - _EDGE_WINDOW),
+                                                    limit)]
+    return edges[-1] if edges else limit
 
 
 _WHITESPACE = re.compile(r"\s")
+_WORD_EDGE = re.compile(r"(?<=\w)(?=[^\w\s])|(?<=[^\w\s])(?=\w)")
+_EDGE_WINDOW = 4096
 
 
 class Chunker:

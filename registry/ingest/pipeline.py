@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 
 DedupMode = Literal["document", "corpus"]
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-"""Larger documents are skipped: one encoding of 16 MiB of text already takes ~0.5 GB."""
+"""Larger documents are skipped: a worker chunking one of 16 MiB needs up to ~0.6 GB."""
 BATCH_BYTES = 512 * 1024
 BATCH_DOCUMENTS = 256
 PROBLEMS_KEPT = 50
@@ -422,9 +422,37 @@ def _tokenizer_from(spec: ChunkerSpec) -> Tokenizer:
     return tokenizer
 
 
-def _init_worker(spec: ChunkerSpec) -> None:
+def _init_worker(spec: ChunkerSpec, parent: int, main_thread: bool) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+    _die_with(parent, main_thread)
     _worker["chunker"] = Chunker(spec.config, _tokenizer_from(spec), corpus=spec.corpus)
+
+
+PARENT_POLL_S = 0.5
+
+
+def _die_with(parent: int, main_thread: bool) -> None:
+    """A worker must not outlive the ingest that started it: after a SIGKILL (or a SIGTERM) of
+    the parent, orphans would chunk for nobody and hold the resource tracker alive. On Linux
+    the kernel kills the worker as the parent dies (PR_SET_PDEATHSIG; only when the pool was
+    started from the main thread, since the signal fires when the starting *thread* ends); a
+    thread that watches the parent covers other systems and a parent that died before it."""
+    import signal
+    import sys
+    import threading
+
+    if main_thread and sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _chunk_in_worker(documents: list[Document]) -> list[ChunkedDocument]:
@@ -468,8 +496,11 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
                 results = []
         return
     context = multiprocessing.get_context("spawn")
+    import threading
+
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(spec,))
+                               initargs=(spec, os.getpid(),
+                                         threading.current_thread() is threading.main_thread()))
     try:
         pending: deque[tuple[list[Document], Future[list[ChunkedDocument]]]] = deque()
         for batch in batches:

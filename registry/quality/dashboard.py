@@ -635,18 +635,57 @@ def build(
 
 
 def server(directory: Path, port: int = 8000) -> ThreadingHTTPServer:
-    """An HTTP server for `directory` bound to 127.0.0.1 only (never all interfaces): the
-    caller runs `serve_forever`. Port 0 picks a free port."""
-    from functools import partial
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    """An HTTP server of the page in `directory`, bound to 127.0.0.1 only (never all
+    interfaces): the caller runs `serve_forever`. Port 0 picks a free port.
 
-    class Quiet(SimpleHTTPRequestHandler):
+    It answers GET/HEAD of `/` and `/index.html` and nothing else: no other file under the
+    directory, no listing, no symlink followed; and only to a Host of 127.0.0.1:PORT or
+    localhost:PORT, so a page on another site cannot reach it through DNS rebinding."""
+    import os
+    from http import HTTPStatus
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    page = directory / PAGE_NAME
+
+    class PageOnly(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def _answer(self, *, body: bool) -> None:
+            bound = getattr(self.server, "server_port", None)
+            if self.headers.get("Host", "") not in (f"127.0.0.1:{bound}", f"localhost:{bound}"):
+                return self._refuse(HTTPStatus.MISDIRECTED_REQUEST, body=body)
+            if self.path.split("?", 1)[0] not in ("/", f"/{PAGE_NAME}"):
+                return self._refuse(HTTPStatus.NOT_FOUND, body=body)
+            try:
+                fd = os.open(page, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                with os.fdopen(fd, "rb") as file:
+                    content = file.read()
+            except OSError:
+                return self._refuse(HTTPStatus.NOT_FOUND, body=body)
+            self._send(HTTPStatus.OK, content, "text/html; charset=utf-8", body=body)
+
+        def _refuse(self, status: HTTPStatus, *, body: bool) -> None:
+            self._send(status, status.phrase.encode(), "text/plain; charset=utf-8", body=body)
+
+        def _send(self, status: HTTPStatus, content: bytes, kind: str, *, body: bool) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(content)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if body:
+                self.wfile.write(content)
+
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    handler = partial(Quiet, directory=str(directory))
     try:
-        return ThreadingHTTPServer(("127.0.0.1", port), handler)
+        return ThreadingHTTPServer(("127.0.0.1", port), PageOnly)
     except OSError as err:
         raise UsageError(f"cannot listen on 127.0.0.1:{port}: {err.strerror}",
                          fix="pick another --port (0 picks a free one)") from None

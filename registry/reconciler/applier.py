@@ -19,7 +19,7 @@ from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
 from registry.database.chunk_table import VIEW_COLUMNS, has_rows, table_ddl, view_ddl
-from registry.database.connection import first_line
+from registry.database.connection import first_line, timeout_setting
 from registry.errors import Refused, RegistryError
 from registry.reconciler.planner import (
     DESTRUCTIVE,
@@ -89,7 +89,7 @@ class Applier:
             try:
                 with self.conn.transaction():
                     self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                        sql.Literal(f"{self.lock_timeout_ms}ms")))
+                        timeout_setting(self.lock_timeout_ms)))
                     self._do(action)
                     faults.point("apply", name, "before_commit")
             except psycopg.errors.LockNotAvailable as err:

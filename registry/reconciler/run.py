@@ -26,6 +26,7 @@ from registry.database.connection import (
     database_error,
     resolve_dsn,
     session,
+    timeout_setting,
 )
 from registry.errors import (
     DatabaseUnavailable,
@@ -141,7 +142,7 @@ def _take_lock(conn: psycopg.Connection[Any], wait: float) -> bool:
     if wait <= 0:
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (RECONCILE_LOCK_KEY,)).fetchone()
         return bool(got and got[0])
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(wait * 1000)}ms")))
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(timeout_setting(wait * 1000)))
     try:
         conn.execute("SELECT pg_advisory_lock(%s)", (RECONCILE_LOCK_KEY,))
         return True

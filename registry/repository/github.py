@@ -9,6 +9,7 @@ an origin URL are dropped before the URL is shown anywhere.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from registry.errors import GitError, GitHubError
 from registry.repository.git import Git
 from registry.repository.state import WORKTREE
+from registry.secrets import register, scrub
 
 if TYPE_CHECKING:
     from email.message import Message
@@ -72,8 +74,8 @@ class GitHubRepo:
 
 
 def redact(url: str) -> str:
-    """`url` without any `user:password@` part, safe to print."""
-    return re.sub(r"^([a-z+]+://)[^@/]+@", r"\1", url)
+    """`url` without any `user:password@` part, and scrubbed, safe to print."""
+    return scrub(re.sub(r"^([a-z+]+://)[^@/]+@", r"\1", url))
 
 
 def parse_remote_url(url: str) -> GitHubRepo:
@@ -109,6 +111,7 @@ def token_from(env: Mapping[str, str]) -> str | None:
     for name in ("GITHUB_TOKEN", "GH_TOKEN"):
         value = env.get(name, "").strip()
         if value:
+            register(value)
             return value
     return None
 
@@ -148,6 +151,7 @@ class GitHubClient:
     def __init__(self, api_url: str, token: str, repo: GitHubRepo) -> None:
         self.api_url = api_url.rstrip("/")
         self._token = token
+        register(token)
         self.repo = repo
         self._opener = urllib.request.build_opener(_NoRedirect)
 
@@ -176,8 +180,8 @@ class GitHubClient:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as err:
             raise self._error(err.code, err.headers, _payload(err), method, path) from None
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            reason = scrub(getattr(err, "reason", err))
             raise GitHubError(f"cannot reach the GitHub API at {redact(self.api_url)}: {reason}",
                               fix="check the network, or GITHUB_API_URL for GitHub Enterprise"
                               ) from None
@@ -189,7 +193,7 @@ class GitHubClient:
     def _error(
         self, status: int, headers: Message, payload: dict[str, Any], method: str, path: str
     ) -> GitHubError:
-        message = self._scrub(str(payload.get("message") or "").strip())
+        message = scrub(str(payload.get("message") or "").strip())
         repo = self.repo.full_name
         if status == 401:
             return GitHubError(f"GitHub rejected the token (401 {message or 'Bad credentials'})",
@@ -208,7 +212,7 @@ class GitHubClient:
                                "(404 Not Found)",
                                fix="check the origin URL, and the token's repository access")
         if status == 422:
-            details = [self._scrub(_detail(e)) for e in payload.get("errors") or []]
+            details = [scrub(_detail(e)) for e in payload.get("errors") or []]
             if any("already exists" in d for d in details):
                 return GitHubError(f"a pull request already exists on {repo}: {details[0]}",
                                    fix="open the existing pull request instead")
@@ -221,11 +225,6 @@ class GitHubClient:
         return GitHubError(f"GitHub answered {method} {path} with {status} {message}".rstrip(),
                            fix="retry later; https://www.githubstatus.com shows outages")
 
-    def _scrub(self, text: str) -> str:
-        """Server text with the token masked: a proxy or a misbehaving server may echo the
-        request's Authorization header back in its error message."""
-        return text.replace(self._token, "***")
-
     def find_open(self, branch: str, base: str) -> PullRequest | None:
         """The open pull request from `branch` into `base`, if there is one."""
         found = self._request(
@@ -234,15 +233,17 @@ class GitHubClient:
         )
         if not isinstance(found, list) or not found:
             return None
-        return PullRequest(int(found[0]["number"]), str(found[0]["html_url"]), created=False)
+        return self._pull(found[0], created=False, doing="GET pulls")
 
     def open_pulls(self, base: str) -> list[tuple[str, PullRequest]]:
         """(head branch, pull request) of every open pull request into `base`."""
         found = self._request("GET", f"/repos/{self.repo.full_name}/pulls",
                               query={"base": base, "state": "open", "per_page": "100"})
-        return [(str(p["head"]["ref"]), PullRequest(int(p["number"]), str(p["html_url"]),
-                                                    created=False))
-                for p in found or [] if isinstance(p, dict)]
+        if not isinstance(found, list):
+            found = []
+        return [(self._field(p, "head", "ref", doing="GET pulls"),
+                 self._pull(p, created=False, doing="GET pulls"))
+                for p in found if isinstance(p, dict)]
 
     def create(self, branch: str, base: str, title: str, body: str) -> PullRequest:
         pull = self._request(
@@ -250,7 +251,35 @@ class GitHubClient:
             body={"title": title, "head": branch, "base": base, "body": body[:MAX_BODY_CHARS],
                   "maintainer_can_modify": True},
         )
-        return PullRequest(int(pull["number"]), str(pull["html_url"]), created=True)
+        return self._pull(pull, created=True, doing="POST pulls")
+
+    def _pull(self, data: Any, *, created: bool, doing: str) -> PullRequest:
+        """A pull request from the server's JSON, every field checked and its text scrubbed:
+        the server decides what is in it, and it is printed and recorded."""
+        number = self._field(data, "number", doing=doing)
+        if not number.isdigit():
+            raise self._malformed(doing, "number", number)
+        url = self._field(data, "html_url", doing=doing)
+        if not url.startswith(("https://", "http://")):
+            raise self._malformed(doing, "html_url", url)
+        return PullRequest(int(number), url, created=created)
+
+    def _field(self, data: Any, *path: str, doing: str) -> str:
+        """`data[path...]` as scrubbed text (a number is its digits)."""
+        value = data
+        for key in path:
+            if not isinstance(value, dict) or key not in value:
+                raise self._malformed(doing, ".".join(path), "missing")
+            value = value[key]
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise self._malformed(doing, ".".join(path), type(value).__name__)
+        return scrub(str(value))
+
+    def _malformed(self, doing: str, name: str, value: str) -> GitHubError:
+        return GitHubError(
+            f"the GitHub API at {redact(self.api_url)} answered {doing} with a malformed pull "
+            f"request ({name}: {scrub(value)[:80]})",
+            fix="check GITHUB_API_URL: it must be the GitHub REST API root")
 
 
 def _payload(err: urllib.error.HTTPError) -> dict[str, Any]:

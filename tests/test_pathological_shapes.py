@@ -1,0 +1,75 @@
+"""Memory bounded by the shape of a document, not only its size: a large document is encoded
+in segments that never exceed 2 x SEGMENT_CHARS, even without whitespace, and shingled in
+bounded groups; neither changes a chunk. (The peak RSS on the worst shapes is measured by
+tests/reliability/test_pathological_memory.py.)"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from registry.ingest import chunker
+from registry.ingest.chunker import Chunker, Document, _segment_end, shingle_sets
+from registry.tokenizer import load_tokenizer
+from tests.test_chunking import PROPERTY, configs
+
+PUNCTUATION = "!?.,;:()[]{}<>-_/'\"#*"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_file: Path) -> Tokenizer:
+    return load_tokenizer(tokenizer_file)
+
+
+@PROPERTY
+@given(text=st.text(min_size=1, max_size=3000), segment=st.integers(1, 300))
+def test_every_segment_is_bounded_whatever_the_text(text: str, segment: int) -> None:
+    with mock.patch.object(chunker, "SEGMENT_CHARS", segment):
+        position = 0
+        while position < len(text):
+            end = _segment_end(text, position)
+            assert position < end <= min(len(text), position + 2 * segment)
+            position = end
+
+
+no_whitespace = st.lists(
+    st.tuples(st.text(string.ascii_letters + string.digits, max_size=12),
+              st.text(PUNCTUATION, min_size=1, max_size=60)).map("".join),
+    min_size=1, max_size=120).map("".join)
+"""Words of at most 12 characters between runs of punctuation, no whitespace at all."""
+
+
+@PROPERTY
+@given(data=st.data(), config=configs, text=no_whitespace)
+def test_documents_without_whitespace_chunk_alike_in_bounded_segments(
+    data: st.DataObject, config: Any, tokenizer: Tokenizer, text: str
+) -> None:
+    """Without whitespace the segments are cut where a word meets punctuation (or inside a
+    run of punctuation, each mark a word of its own): the chunks of one whole encoding."""
+    document = Document("doc", "Title", text * data.draw(st.integers(1, 6)), "text")
+    whole = Chunker(config, tokenizer).chunk(document)
+    with mock.patch.object(chunker, "LARGE_DOCUMENT_CHARS", 0), \
+            mock.patch.object(chunker, "SEGMENT_CHARS", data.draw(st.integers(20, 200))):
+        segmented = Chunker(config, tokenizer).chunk(document)
+    assert segmented.chunks == whole.chunks
+    assert (segmented.tokens, segmented.duplicates, segmented.too_small) == (
+        whole.tokens, whole.duplicates, whole.too_small)
+
+
+@PROPERTY
+@given(texts=st.lists(st.one_of(st.text(max_size=200), no_whitespace), max_size=20),
+       group=st.integers(1, 400))
+def test_shingling_in_groups_gives_the_same_sets(texts: list[str], group: int) -> None:
+    whole = shingle_sets(texts)
+    with mock.patch.object(chunker, "SHINGLE_GROUP_CHARS", group):
+        grouped = shingle_sets(texts)
+    assert np.array_equal(grouped.bounds, whole.bounds)
+    assert np.array_equal(grouped.values, whole.values)
