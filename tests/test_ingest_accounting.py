@@ -20,11 +20,11 @@ def write_jsonl(path: Path, docs: list[dict[str, Any]]) -> Path:
     return path
 
 
-def account(shadow: Shadow, report: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+def account(target: Shadow, report: Any, names: list[str]) -> dict[str, dict[str, Any]]:
     """Check that every name is ingested xor accounted for, and return the accounted ones."""
-    [run] = shadow.runs()[-1:]
+    [run] = target.runs()[-1:]
     accounted = {entry["doc"]: entry for entry in run["details"]["accounted"]}
-    in_table = {row[0] for row in shadow.rows("doc_id")}
+    in_table = {row[0] for row in target.rows("doc_id")}
     assert not in_table & set(accounted), "a document is both ingested and not"
     assert set(names) <= in_table | set(accounted), set(names) - in_table - set(accounted)
     assert report.ingested == len(in_table)
