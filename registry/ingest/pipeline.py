@@ -58,7 +58,14 @@ from registry.database.connection import (
     resolve_dsn,
     session,
 )
-from registry.errors import Busy, Refused, RegistryError, TokenizerUnavailable, UsageError
+from registry.errors import (
+    Busy,
+    Refused,
+    RegistryError,
+    TokenizerUnavailable,
+    UsageError,
+    storable,
+)
 from registry.ingest.chunker import (
     MIN_CHUNK_TOKENS,
     Chunk,
@@ -227,7 +234,7 @@ def _read_directory(root: Path, limit: int,
                     ignored(path)
                 continue
             relative = path.relative_to(root).as_posix()
-            if not _storable(relative):
+            if not storable(relative):
                 yield SourceProblem(repr(relative)[1:-1], "file name is not valid UTF-8",
                                     "rename the file")
                 continue
@@ -279,17 +286,6 @@ def _decode(raw: bytes, where: str, line: int = 0) -> str | SourceProblem:
         return SourceProblem(f"{where}:{line}" if line else where, "empty document",
                              "remove it, or give it text")
     return text
-
-
-def _storable(text: str) -> bool:
-    """Whether PostgreSQL can store `text`: no NUL, and encodable as UTF-8."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _title(text: str, kind: str) -> str | None:
@@ -375,7 +371,7 @@ def _parse_line(raw: bytes, where: str, number: int) -> Item:
         return SourceProblem(f"{where}:{number}", f"document {doc_id} is empty",
                              "remove the line, or give it text")
     for name, value in (("doc_id", doc_id), ("text", text), ("title", data.get("title") or "")):
-        if isinstance(value, str) and not _storable(value):
+        if isinstance(value, str) and not storable(value):
             return SourceProblem(f"{where}:{number}", f"{name} holds a NUL character or an "
                                  "unpaired surrogate, which PostgreSQL text cannot store",
                                  "remove it from the source")

@@ -25,7 +25,7 @@ from psycopg import sql
 from registry.database import bookkeeping
 from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, require_table
 from registry.database.connection import resolve_dsn, session
-from registry.errors import ConfigInvalid, Refused, UsageError
+from registry.errors import ConfigInvalid, Refused, UsageError, storable
 from registry.repository.git import Git
 from registry.repository.state import committed_state
 
@@ -101,6 +101,10 @@ def _case(item: Any, where: str) -> Case:
         if not isinstance(value, str) or not value.strip():
             raise ConfigInvalid(f"case field {key} is missing or not a non-empty string",
                                 where=where, fix=f"add {key}")
+        if not storable(value):
+            raise ConfigInvalid(f"case field {key} holds a NUL character or an unpaired "
+                                "surrogate, which PostgreSQL text cannot store", where=where,
+                                fix=f"remove it from {key}")
         values[key] = value
     return Case(**values)
 
