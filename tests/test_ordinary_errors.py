@@ -106,3 +106,16 @@ def test_a_hand_edited_bookkeeping_schema_is_exit_14_for_every_command(
         if "error:" in result.stderr:
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert 14 in codes.values(), codes
+
+
+@pytest.mark.parametrize("bad_dsn", ["postgresql://host-\udfff/db", "host=a password=b\ud800",
+                                 "postgresql://u:p@" + "x" * 70 + ".example/db",
+                                 "postgresql://u:p@a..b/db"])
+def test_a_dsn_that_cannot_be_encoded_is_a_usage_error(
+    shadow: Shadow, bad_dsn: str  # noqa: F811
+) -> None:
+    """Found by the fuzz: a lone surrogate (argv from non-UTF-8 bytes) or a host label IDNA
+    refuses used to be "unexpected error"."""
+    result = run_cli("status", "--repo", shadow.repo.path, "--no-fetch", "--dsn", bad_dsn)
+    assert result.code == 2, result
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -27,6 +27,7 @@ from registry.errors import (
     DatabaseUnavailable,
     RegistryError,
     UsageError,
+    storable,
 )
 from registry.secrets import redact_dsn, register_dsn
 from registry.secrets import scrub as scrub_secrets
@@ -266,6 +267,8 @@ def connect(
 
     register_dsn(dsn)
     try:
+        if not storable(dsn):
+            raise psycopg.ProgrammingError("NUL or lone surrogate")
         conninfo_to_dict(dsn)
     except psycopg.Error:
         # libpq's parse errors quote fragments of the string, which may be the password.
@@ -278,6 +281,9 @@ def connect(
             dsn, autocommit=autocommit, application_name=f"{name} (pid {os.getpid()})"[:63],
             connect_timeout=CONNECT_TIMEOUT_S,
         )
+    except UnicodeError:  # the host name fails IDNA encoding (an empty or 64+ byte label)
+        raise UsageError(f"the DSN {redact(dsn)} names a host that is not a valid host name",
+                         fix="check the host part of the DSN") from None
     except psycopg.Error as err:
         # The first line says why (refused, no such socket, FATAL ...); libpq's later lines
         # are hints that would hide it.
