@@ -82,7 +82,7 @@ def origin(registry_repo: RegistryRepo, monkeypatch: pytest.MonkeyPatch) -> Iter
     registry_repo.git("remote", "set-url", "--push", "origin", str(registry_repo.origin))
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     yield registry_repo.locked()
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_REPLIES))
@@ -90,7 +90,7 @@ def test_no_answer_of_a_github_api_puts_the_token_in_front_of_the_user(
     registry_repo: RegistryRepo, origin: str, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     reply, status, code = HOSTILE_REPLIES[case]
-    tag(registry_repo.path)
+    tag(Git(registry_repo.path))
     with HostileGitHub(TOKEN, {}, reply=reply, status=status) as api:
         monkeypatch.setenv("GITHUB_API_URL", api.url)
         result = run_cli("--debug", "promote", origin, "--pr", "--repo", registry_repo.path)
