@@ -48,6 +48,8 @@ def ci_checkout(origin: Path, dest: Path, *, depth: int | None = 1, tags: bool =
     return dest
 
 
+DEFAULT_SHAPES = ("shallow", "full-no-tags")
+"""The shapes the default suite runs; the others run with `-m reliability` (each costs ~3 s)."""
 CHECKOUTS = {
     "shallow": {"depth": 1},
     "shallow-with-tags": {"depth": 1, "tags": True},
@@ -55,9 +57,11 @@ CHECKOUTS = {
     "full-no-tags": {"depth": None},
     "depth-2": {"depth": 2},
 }
+SHAPES = [kind if kind in DEFAULT_SHAPES else pytest.param(kind, marks=pytest.mark.reliability)
+          for kind in sorted(CHECKOUTS)]
 
 
-@pytest.mark.parametrize("kind", sorted(CHECKOUTS))
+@pytest.mark.parametrize("kind", SHAPES)
 def test_history_in_a_ci_checkout_equals_history_in_a_full_clone(
     two_promotions: tuple[RegistryRepo, str, str, str], tmp_path: Path, kind: str
 ) -> None:
@@ -72,7 +76,7 @@ def test_history_in_a_ci_checkout_equals_history_in_a_full_clone(
         (e.kind, e.chunk_version, e.tag) for e in full]
 
 
-@pytest.mark.parametrize("kind", sorted(CHECKOUTS))
+@pytest.mark.parametrize("kind", SHAPES)
 def test_rollback_and_retire_in_a_ci_checkout_see_the_previous_production(
     two_promotions: tuple[RegistryRepo, str, str, str], tmp_path: Path, kind: str
 ) -> None:
@@ -86,7 +90,7 @@ def test_rollback_and_retire_in_a_ci_checkout_see_the_previous_production(
     assert '"base": "origin/main"' in rolled.stdout
 
 
-@pytest.mark.parametrize("kind", sorted(CHECKOUTS))
+@pytest.mark.parametrize("kind", SHAPES)
 def test_validate_in_a_ci_checkout_checks_every_tag(
     two_promotions: tuple[RegistryRepo, str, str, str], tmp_path: Path, kind: str
 ) -> None:
