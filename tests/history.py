@@ -13,13 +13,14 @@ from pathlib import Path
 
 import psycopg
 
+from registry.database.bookkeeping import record_eval_run
 from registry.database.chunk_table import chunk_table
 from registry.ingest.pipeline import ingest
 from registry.quality.health import HealthReport, check_table, record
 from registry.reconciler.run import reconcile
 from registry.repository.git import Git
 from registry.repository.state import RegistryState, read_state
-from tests.database import promote
+from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo
 from tests.test_health_eval import write_corpus
 
@@ -121,3 +122,35 @@ def _daily_reports(conn: psycopg.Connection[tuple[object, ...]], state: Registry
                                       timestamp=at))
             reports += 1
     return reports
+
+
+def young_registry(repo: RegistryRepo, dsn: str) -> tuple[str, str]:
+    """Minutes old: (production, a candidate); production has two health reports, the second
+    with an oracle hit rate of 0.2 (below the 0.45 target)."""
+    first, second = repo.locked(), repo.locked(chunk_size=300)
+    reconcile(repo.path, dsn=dsn)
+    Database(dsn).fill(table_of(first))
+    promote(repo, first)
+    reconcile(repo.path, dsn=dsn)
+    state = read_state(Git(repo.path), "main")
+    guard = {"valid": True, "issues": [], "warnings": []}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        table = check_table(conn, chunk_table(state, first))
+        for oracle in (0.8, 0.2):
+            retrieval = {"cases": 10.0, "oracle_hit_rate": oracle, "filter_hit_rate": 0.5,
+                         "avg_snapshot_size": 45.0, "p50_latency_ms": 2.0, "p95_latency_ms": 4.0}
+            record(conn, HealthReport(state.configs[first], state.settings, guard, table,
+                                      retrieval))
+    return first, second
+
+
+def failed_comparison_then_promotion(repo: RegistryRepo, dsn: str, first: str,
+                                     second: str) -> None:
+    """`second` compared against `first` and failed its gates (recorded as `registry eval
+    --compare` records it), then its promotion merged on main anyway."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        record_eval_run(conn, second, cases=10, against=first, passed=False,
+                        metrics={"oracle_hit_rate": 0.61, "filter_hit_rate": 0.5},
+                        details={"regressions": ["oracle_hit_rate dropped 0.190"],
+                                 "deltas": {"oracle_hit_rate": -0.19}})
+    promote(repo, second)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -17,10 +18,11 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from registry.ingest.pipeline import ingest
+from registry.quality.dashboard import OUT_OF_BAND, _t, collect, figure, render
 from registry.reconciler.run import reconcile
-from tests.database import promote
+from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
-from tests.history import build_history
+from tests.history import build_history, failed_comparison_then_promotion, young_registry
 from tests.test_health_eval import write_corpus
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / ".github" / "workflows"
@@ -174,3 +176,68 @@ def _expand(text: str, context: dict[str, str]) -> str:
         return context[key]
 
     return re.sub(r"\$\{\{(.*?)\}\}", one, text)
+
+
+def _item(page: str, key: str) -> tuple[str, str]:
+    """(class, text) of an item of the production panel."""
+    found = re.search(rf'<li class="([a-z]+)" id="{key}">(.*?)</li>', page)
+    assert found, key
+    return found.group(1), re.sub(r"<[^>]+>", "", found.group(2))
+
+
+def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
+    registry_repo: RegistryRepo, dsn: str
+) -> None:
+    first, second = young_registry(registry_repo, dsn)
+
+    # Minutes of data: the charts span them (and a margin), not 90 empty days.
+    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    start, end = data.window()
+    points = [p.at for p in data.configs[0].series["oracle_hit_rate"]]
+    assert data.since < start < min(points) and max(points) < end
+    assert end - start < timedelta(hours=1)
+    chart = figure(data, data.configs[0], "#000")
+    assert chart["layout"]["xaxis"]["range"] == [_t(start), _t(end)]
+    assert "rangeselector" not in chart["layout"]["xaxis"]  # 7d/30d mean nothing here
+
+    # The point outside its band is marked on its own trace, and counted and explained.
+    outside = [t for t in chart["data"] if t["name"] == "outside target"]
+    assert [(t["yaxis"], t["y"]) for t in outside] == [("y2", [0.2])]
+    assert outside[0]["marker"]["color"] == OUT_OF_BAND
+    page = render(data)
+    assert "1 point outside the target band" in page and "outside its target band" in page
+    assert _item(page, "disagreement") == (
+        "ok", f"PRODUCTION the view serves {first}, the repo's production")
+    assert _item(page, "comparison")[0] == "info"
+    assert 'id="refusal"' not in page
+
+    failed_comparison_then_promotion(registry_repo, dsn, first, second)
+    pending = render(collect(registry_repo.path, dsn=dsn, fetch=False))
+    level, text = _item(pending, "disagreement")
+    assert level == "warning" and "no reconcile has run on this commit" in text
+
+    result = reconcile(registry_repo.path, dsn=dsn)
+    assert result.outcome == "refused"
+    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    assert data.disagreement is not None and data.disagreement.served_version == first
+    page = render(data)
+    level, text = _item(page, "disagreement")
+    assert level == "critical" and text.startswith(
+        f"PRODUCTION DISAGREEMENT production.yaml names {second} (public.{table_of(second)}), "
+        f"but the view public.document_chunks serves {first} (public.{table_of(first)})")
+    level, text = _item(page, "refusal")
+    assert level == "critical" and text.startswith(
+        f"PROMOTION BLOCKED production.yaml promotes {second}, production is still {first}: "
+        f"reconcile run #{result.run_id} on {registry_repo.head()[:7]}")
+    assert "its last comparison against production failed the gates" in text
+    level, text = _item(page, "comparison")
+    assert level == "critical" and f"{second} against {first}" in text
+    assert "failed (oracle_hit_rate dropped 0.190): oracle hit 0.610 (-0.190)" in text
+    assert "the gate holds it back: its last comparison against production failed" in text
+    assert page.index('id="production"') < page.index('id="alerts"')
+
+    # Once the first point is nearly --days old, the window is --days again.
+    Database(dsn).execute("UPDATE chunk_registry.health_reports SET at = at - interval '85 days'")
+    data = collect(registry_repo.path, dsn=dsn, fetch=False)
+    assert data.window() == (data.since, data.generated_at)
+    assert figure(data, data.configs[0], "#000")["layout"]["xaxis"]["rangeselector"]

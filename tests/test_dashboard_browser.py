@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium: it loads from the file alone (no other request),
-without console errors, every chart renders with its series, bands and event markers, and a
-full-page screenshot is kept under artifacts/."""
+without console errors, every chart renders with its series, bands, event markers and the
+points outside their band; a young registry's points spread over the chart and its blocked
+promotion shows above the fold; full-page screenshots are kept under artifacts/."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from registry.quality.dashboard import METRICS, build
+from registry.quality.dashboard import METRICS, OUT_OF_BAND, build
+from registry.reconciler.run import reconcile
 from tests.browser import ARTIFACTS, Chromium
 from tests.helpers import RegistryRepo
-from tests.history import build_history
+from tests.history import build_history, failed_comparison_then_promotion, young_registry
 
 pytestmark = pytest.mark.browser
 
@@ -25,7 +27,17 @@ CHARTS = """Array.from(document.querySelectorAll('.js-plotly-plot')).map(plot =>
   labels: Array.from(plot.querySelectorAll('.textpoint text')).map(t => t.textContent),
   titles: Array.from(plot.querySelectorAll('.annotation-text')).map(t => t.textContent),
   width: plot.getBoundingClientRect().width,
+  outside: plot._fullData.filter(t => t.name === 'outside target').map(t =>
+    Array.from(plot.querySelectorAll(`.trace${t.uid} .point`)).map(p => p.style.fill)),
 }))"""
+SPREAD = """(() => {
+  const plot = document.querySelector('.js-plotly-plot');
+  const width = plot._fullLayout.xaxis2._length;
+  return Array.from(plot.querySelectorAll('.subplot.x2y2 .scatterlayer .point')).map(p =>
+    Number(/translate\\(([-0-9.e]+)/.exec(p.getAttribute('transform'))[1]) / Number(width));
+})()"""
+PANEL = """Array.from(document.querySelectorAll('#production-list li')).map(li => [li.id,
+  li.className, li.textContent, li.getBoundingClientRect().bottom <= window.innerHeight])"""
 
 
 def test_the_dashboard_renders_offline_in_chromium(
@@ -66,3 +78,39 @@ def test_the_dashboard_renders_offline_in_chromium(
     assert ["critical", history.critical] in alerts
     assert rows == len(history.versions)
     assert shot.stat().st_size > 100_000
+    # The rolled-back config's bad week: its leakage and lost hits are drawn as red crosses.
+    rolled_back = next(c for c in charts if c["id"] == f"chart-{history.rolled_back}")
+    assert sum(len(points) for points in rolled_back["outside"]) >= 6
+    assert {fill for points in rolled_back["outside"] for fill in points} == {
+        "rgb(207, 34, 46)"}
+
+
+def test_a_young_registry_with_a_blocked_promotion_reads_at_a_glance(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    first, second = young_registry(registry_repo, dsn)
+    failed_comparison_then_promotion(registry_repo, dsn, first, second)
+    assert reconcile(registry_repo.path, dsn=dsn).outcome == "refused"
+    result = build(registry_repo.path, tmp_path / "site", dsn=dsn, fetch=False)
+
+    with Chromium() as browser:
+        page = browser.new_page()
+        page.goto(result.path.as_uri())
+        page.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2", 60)
+        panel = page.evaluate(PANEL)
+        charts = page.evaluate(CHARTS)
+        spread = page.evaluate(SPREAD)
+        shot = page.screenshot(ARTIFACTS / "dashboard-young-blocked.png")
+
+    assert page.console_errors == []
+    # What needs a decision is the first thing on the page, in red, without scrolling.
+    assert [(key, level, visible) for key, level, _text, visible in panel] == [
+        ("disagreement", "critical", True), ("refusal", "critical", True),
+        ("comparison", "critical", True)]
+    assert panel[1][2].startswith(f"PROMOTION BLOCKED production.yaml promotes {second}")
+    # Two reports made just now (the low one drawn twice: a dot and a red cross) sit inside
+    # the chart, not pinned to the right edge of 90 days.
+    assert len(spread) == 3 and all(0.05 < x < 0.95 for x in spread), spread
+    assert charts[0]["outside"] == [["rgb(207, 34, 46)"]]
+    assert OUT_OF_BAND == "#cf222e"
+    assert shot.stat().st_size > 50_000

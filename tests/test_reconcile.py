@@ -329,7 +329,7 @@ def test_first_run_adopts_nothing_and_drops_nothing(
                                 "document_chunks_2020_01_01_000000_v1"}
 
 
-def test_a_failed_action_stops_later_destructive_actions(
+def test_a_swap_left_pending_stops_later_destructive_actions(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
     v1, v2, v3 = (registry_repo.locked(chunk_size=s) for s in (400, 300, 200))
@@ -341,11 +341,14 @@ def test_a_failed_action_stops_later_destructive_actions(
     promote(registry_repo, v2)
     with psycopg.connect(db.dsn) as reader:
         reader.execute("SELECT count(*) FROM document_chunks")  # holds the view's lock
-        result = run(registry_repo, db, now=later(db, 49), lock_timeout_ms=50, attempts=2)
+        result = run(registry_repo, db, now=later(db, 49), swap_deadline=0.3)
 
     assert [(type(r.action).__name__, r.outcome) for r in result.results] == [
-        ("SwapProduction", "failed"), ("Drop", "skipped")]
-    assert "lock timeout" in (result.results[0].error or "")
+        ("SwapProduction", "pending"), ("Drop", "skipped")]
+    assert result.outcome == "refused"
+    assert "pending: 1 locks on the view are held" in (result.results[0].error or "")
+    with pytest.raises(Refused, match="pending"):
+        result.raise_for_outcome()
     assert db.relkind(table_of(v3)) == "r"
     assert db.view_target() == [table_of(v1)]
 
@@ -513,13 +516,14 @@ def test_status_lists_every_config_with_rows_and_the_last_run(
     run(registry_repo, db)
     v4 = registry_repo.locked(chunk_size=100)
 
-    report = status(registry_repo.path, dsn=db.dsn)
+    report = status(registry_repo.path, dsn=db.dsn, exact=True)
 
     rows = {r.chunk_version: r for r in report.rows}
     assert [r.chunk_version for r in report.rows] == [v4, v3, v2, v1]
     assert {v: r.status for v, r in rows.items()} == {
         v1: "Synced", v2: "Synced", v3: "Retired", v4: "OutOfSync"}
     assert rows[v1].production and rows[v1].rows == 3 and rows[v2].rows == 0
+    assert not any(r.rows_estimated for r in report.rows)
     assert rows[v4].rows is None and "create" in rows[v4].note
     assert rows[v1].params == "400/0.10/J=0.8/prefix-A"
     assert report.last_run is not None and report.last_run["outcome"] == "applied"

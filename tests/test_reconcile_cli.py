@@ -115,17 +115,23 @@ def test_status_reads_like_a_table(
 
     code, out, _ = cli(capsys, "status", "--repo", repo, "--dsn", dsn)
     _, raw, _ = cli(capsys, "status", "--repo", repo, "--dsn", dsn, "--format", "json")
+    _, counted, _ = cli(capsys, "status", "--repo", repo, "--dsn", dsn, "--exact")
 
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("Last reconcile: #2 applied at ")
     assert lines[1].split() == ["VERSION", "PARAMS", "TABLE", "ROWS", "STATUS", "LAST", "RUN"]
     assert lines[2].split()[:5] == [v2, "300/0.10/J=0.8/prefix-A", f"public.{table_of(v2)}",
-                                    "0", "Synced"]
+                                    "~0", "Synced"]
     assert lines[3].split()[:6] == ["*", v1, "450/0.10/J=0.8/prefix-A",
-                                    f"public.{table_of(v1)}", "3", "Synced"]
+                                    f"public.{table_of(v1)}", "~3", "Synced"]
+    assert "~ rows estimated" in lines[-1]
+    exact_lines = counted.splitlines()
+    assert exact_lines[3].split()[4] == "3" and "estimated" not in exact_lines[-1]
     data = json.loads(raw)
     assert [c["status"] for c in data["configs"]] == ["Synced", "Synced"]
+    assert data["row_counts"] == "estimated"
+    assert [(c["rows"], c["rows_estimated"]) for c in data["configs"]] == [(0, True), (3, True)]
     assert data["in_sync"] is True
 
 

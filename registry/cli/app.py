@@ -776,11 +776,15 @@ def status(
     dsn: DsnOpt = None,
     fetch: FetchOpt = True,
     fmt: FormatOpt = "text",
+    exact: Annotated[
+        bool, typer.Option("--exact", help="Count every table's rows (reads every row) instead "
+                           "of the catalog's estimates.")
+    ] = False,
 ) -> None:
     """Every config and its table: rows, sync status, production, last reconcile that touched it."""
     from registry.reconciler.status import status as read_status
 
-    report = read_status(repo, ref=ref, dsn=dsn, fetch=fetch)
+    report = read_status(repo, ref=ref, dsn=dsn, fetch=fetch, exact=exact)
     if fmt == "json":
         _emit_json(report.to_dict())
         return
@@ -793,7 +797,8 @@ def status(
     _table(
         ["", "VERSION", "PARAMS", "TABLE", "ROWS", "STATUS", "LAST RUN"],
         [["*" if r.production else ("+" if r.desired_production else ""), r.chunk_version,
-          r.params or "(retired)", r.table, "-" if r.rows is None else str(r.rows), r.status,
+          r.params or "(retired)", r.table,
+          "-" if r.rows is None else ("~" if r.rows_estimated else "") + str(r.rows), r.status,
           f"#{r.last_run} {(r.last_run_commit or '')[:10]}" if r.last_run else "-"]
          for r in report.rows],
     )
@@ -803,7 +808,8 @@ def status(
     others = [f for f in report.plan.findings if f.kind == "unmanaged"]
     for finding in others:
         _print(f"! {finding.render()}")
-    _print("* production now, + production in the repo but not yet served")
+    _print("* production now, + production in the repo but not yet served"
+           + ("" if report.exact else "; ~ rows estimated from the catalog (--exact counts them)"))
 
 
 db_app = typer.Typer(

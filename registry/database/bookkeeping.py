@@ -636,6 +636,9 @@ class ComparisonRecord:
     passed: bool
     metrics: dict[str, float]
     regressions: list[str]
+    deltas: dict[str, float] = field(default_factory=dict)
+    """metric -> this version's value minus the other's."""
+    chunk_version: str = ""
 
 
 def record_eval_run(
@@ -660,17 +663,30 @@ def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> EvalRecord |
 
 def last_comparison(conn: psycopg.Connection[Any], chunk_version: str) -> ComparisonRecord | None:
     """None when there is none, or when the database predates eval_runs."""
+    return _newest_comparison(conn, chunk_version)
+
+
+def newest_comparison(conn: psycopg.Connection[Any]) -> ComparisonRecord | None:
+    """The newest comparison of any version (what the dashboard shows on top)."""
+    return _newest_comparison(conn, None)
+
+
+def _newest_comparison(
+    conn: psycopg.Connection[Any], chunk_version: str | None
+) -> ComparisonRecord | None:
     if not exists(conn, "eval_runs"):
         return None
+    of_version = sql.SQL("" if chunk_version is None else "AND chunk_version = %(version)s")
     row = conn.execute(
-        sql.SQL("SELECT at, against_version, passed, metrics, details FROM {} "
-                "WHERE chunk_version = %s AND kind = 'compare' ORDER BY at DESC, id DESC LIMIT 1"
-                ).format(EVAL_RUNS), (chunk_version,)).fetchone()
+        sql.SQL("SELECT at, against_version, passed, metrics, details, chunk_version FROM {} "
+                "WHERE kind = 'compare' {} ORDER BY at DESC, id DESC LIMIT 1").format(
+                    EVAL_RUNS, of_version), {"version": chunk_version}).fetchone()
     if row is None:
         return None
-    at, against, passed, metrics, details = row
-    return ComparisonRecord(at, against, passed, metrics,
-                            list((details or {}).get("regressions") or []))
+    at, against, passed, metrics, details, version = row
+    details = details or {}
+    return ComparisonRecord(at, against, passed, metrics, list(details.get("regressions") or []),
+                            dict(details.get("deltas") or {}), version)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
 """The health dashboard: one static HTML page per registry, drawn from the bookkeeping tables.
 
-`collect` reads chunk_registry.health_reports, ingest_runs, reconcile_runs and managed_tables
-(a fixed number of queries, whatever the number of reports) plus `registry status`; `render`
-turns that into a page with the current alerts on top, a table of configs, and per config one
-plotly figure of seven stacked time series sharing their time axis: the target band of
-production.yaml on each, and a vertical marker at every promotion, rollback and reconcile that
-touched the config, labelled with its commit.
+`collect` reads chunk_registry.health_reports, ingest_runs, reconcile_runs, eval_runs and
+managed_tables and the view's target (a fixed number of queries, whatever the number of reports)
+plus `registry status`; `render` turns that into a page with what needs a decision on top (the
+view serving another table than the repo's production, a promotion the reconciler refused, the
+latest eval comparison and its gate verdict), then the current alerts, a table of configs, and
+per config one plotly figure of seven stacked time series sharing their time axis: the target
+band of production.yaml on each with the points outside it marked, and a vertical marker at
+every promotion, rollback and reconcile that touched the config, labelled with its commit. The
+time axis spans --days, or less when the data is younger, so a new registry's points are not
+squeezed against the right edge.
 
 Plotly, because it draws bands and event markers as layout shapes, lets a reader zoom into and
 hover over 90 days of points (and toggle 7d/30d/all), and ships plotly.js inside the Python
@@ -26,9 +30,12 @@ import psycopg
 
 from registry.config import ProductionConfig
 from registry.database import bookkeeping
-from registry.database.bookkeeping import ProposedRollback
+from registry.database.bookkeeping import ComparisonRecord, ProposedRollback
 from registry.database.connection import database_error, resolve_dsn, session
 from registry.errors import UsageError
+from registry.quality import gate
+from registry.quality.gate import GateVerdict
+from registry.reconciler.actual import read_actual
 from registry.reconciler.run import desired_state
 from registry.reconciler.status import StatusRow, status
 
@@ -39,6 +46,10 @@ DEFAULT_DAYS = 90
 PAGE_NAME = "index.html"
 STALE_AFTER = timedelta(hours=36)
 """A production report older than this is itself an alert: the daily health run stopped."""
+WINDOW_MARGIN = 0.1
+MIN_WINDOW_MARGIN = timedelta(seconds=30)
+"""Young data is framed from its first point less a tenth of its age (at least this) to now
+plus as much."""
 
 MarkerKind = Literal["promotion", "rollback", "drift", "reconcile", "failed"]
 
@@ -78,6 +89,7 @@ MARKER_STYLE: dict[str, tuple[str, str]] = {
     "failed": ("#cf222e", "dot"),
 }
 PALETTE = ("#0969da", "#8250df", "#bf3989", "#1b7c83", "#953800", "#57606a")
+OUT_OF_BAND = "#cf222e"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +134,73 @@ class ConfigData:
     reports: int = 0
 
 
+@dataclass(frozen=True)
+class ProductionDisagreement:
+    """The view serving another table than the one of the repo's production."""
+
+    committed: str
+    committed_table: str
+    view: str
+    served_table: str | None
+    """schema.table the view reads; None: no view, or not exactly one table."""
+    served_version: str | None
+
+    @property
+    def message(self) -> str:
+        served = ("nothing (the view is missing or reads several tables)"
+                  if self.served_table is None
+                  else f"{self.served_version or 'an unmanaged table'} ({self.served_table})")
+        return (f"production.yaml names {self.committed} ({self.committed_table}), but the view "
+                f"{self.view} serves {served}")
+
+
+def production_disagreement(
+    conn: psycopg.Connection[Any], settings: ProductionConfig
+) -> ProductionDisagreement | None:
+    """Whether the view serves the repo's production, read as the reconciler reads it (None:
+    it does, or the repo names no production)."""
+    if settings.production is None:
+        return None
+    wanted = settings.table_name(settings.production)
+    view = read_actual(conn, settings).relations.get(settings.base_name)
+    reads = view.reads if view is not None and view.is_view else ()
+    if reads == ((settings.schema, wanted),):
+        return None
+    served = reads[0] if len(reads) == 1 else None
+    served_version = bookkeeping.table_versions(conn).get(served[1]) if served else None
+    return ProductionDisagreement(
+        settings.production, f"{settings.schema}.{wanted}",
+        f"{settings.schema}.{settings.base_name}", ".".join(served) if served else None,
+        served_version)
+
+
+@dataclass(frozen=True)
+class ReconcileRefusal:
+    """The last reconcile run refused to apply: a promotion on main whose swap it would not
+    make (the gate, an empty table) or another blocking finding."""
+
+    run_id: int
+    commit: str | None
+    at: str
+    reasons: str
+    wanted: str | None
+    """production.yaml's production."""
+    served: str | None
+    """The registry's production in the database."""
+
+    @property
+    def blocks_promotion(self) -> bool:
+        return self.wanted is not None and self.wanted != self.served
+
+
+@dataclass(frozen=True)
+class GatedComparison:
+    """The newest eval comparison and what the promotion gate makes of it now."""
+
+    record: ComparisonRecord
+    verdict: GateVerdict
+
+
 @dataclass
 class DashboardData:
     registry: str
@@ -131,10 +210,28 @@ class DashboardData:
     production: str | None
     configs: list[ConfigData]
     proposals: list[ProposedRollback] = field(default_factory=list)
+    comparison: GatedComparison | None = None
+    refusal: ReconcileRefusal | None = None
+    disagreement: ProductionDisagreement | None = None
+    reconciled_commit: bool = False
+    """The last reconcile run was on the commit the page was built from."""
 
     @property
     def reports(self) -> int:
         return sum(c.reports for c in self.configs)
+
+    def window(self) -> tuple[datetime, datetime]:
+        """The charts' time range: --days back from now, or, when every point is younger,
+        from the first point to now with a margin either side."""
+        moments = [p.at for c in self.configs for points in c.series.values() for p in points]
+        moments += [m.at for c in self.configs for m in c.markers]
+        if not moments:
+            return self.since, self.generated_at
+        first = min(moments)
+        margin = max((self.generated_at - first) * WINDOW_MARGIN, MIN_WINDOW_MARGIN)
+        if first - margin <= self.since:
+            return self.since, self.generated_at
+        return first - margin, max(self.generated_at, max(moments)) + margin
 
     def alerts(self) -> list[tuple[str, str, str, datetime | None]]:
         """(level, config, message, report time) of the latest report of every live config,
@@ -255,6 +352,8 @@ def collect(
             latest = bookkeeping.latest_health_reports(conn)
             markers = _read_markers(conn)
             proposals = bookkeeping.rollback_proposals_since(conn, since)
+            comparison = _gated_comparison(conn, state.settings)
+            disagreement = production_disagreement(conn, state.settings)
         except psycopg.Error as err:
             raise database_error(err, resolved.value, "reading the health history") from None
     rows: dict[str, StatusRow | None] = {r.chunk_version: r for r in report.rows}
@@ -279,6 +378,7 @@ def collect(
     production_first = [c for c in configs if c.production]
     others = sorted((c for c in configs if not c.production),
                     key=lambda c: (c.status in ("Retired", "Dropped"), _desc(c.chunk_version)))
+    last_run = report.last_run or {}
     return DashboardData(
         registry=Path(repo).resolve().name,
         generated_at=generated,
@@ -287,7 +387,35 @@ def collect(
         production=state.settings.production,
         configs=production_first + others,
         proposals=proposals,
+        comparison=comparison,
+        refusal=_refusal(last_run, state.settings.production, report.rows),
+        disagreement=disagreement,
+        reconciled_commit=bool(last_run) and last_run.get("git_commit") == state.commit,
     )
+
+
+def _gated_comparison(
+    conn: psycopg.Connection[Any], settings: ProductionConfig
+) -> GatedComparison | None:
+    record = bookkeeping.newest_comparison(conn)
+    if record is None:
+        return None
+    verdict = gate.judge(record.chunk_version, record.passed,
+                         served_before=bookkeeping.served_production(conn, record.chunk_version),
+                         require_eval=settings.require_eval)
+    return GatedComparison(record, verdict)
+
+
+def _refusal(
+    last_run: dict[str, Any], wanted: str | None, rows: list[StatusRow]
+) -> ReconcileRefusal | None:
+    """The last run (as `registry status` reports it), when it was refused."""
+    if last_run.get("outcome") != "refused":
+        return None
+    served = next((r.chunk_version for r in rows if r.production), None)
+    return ReconcileRefusal(int(last_run["id"]), last_run.get("git_commit"),
+                            str(last_run.get("finished_at") or last_run.get("started_at")),
+                            str(last_run.get("error") or "no reason recorded"), wanted, served)
 
 
 def _desc(version: str) -> tuple[int, ...]:
@@ -320,6 +448,13 @@ ROW_HEIGHTS = (0.45,) + (1.0,) * len(METRICS)
 ROW_GAP = 0.03
 BAND_FONT = {"size": 10, "color": "#1a7f37"}
 MUTED = {"size": 10, "color": "#6e7781"}
+TICK_FORMATS = [
+    {"dtickrange": [None, 60_000], "value": "%H:%M:%S"},
+    {"dtickrange": [60_000, 86_400_000], "value": "%b %d %H:%M"},
+    {"dtickrange": [86_400_000, None], "value": "%b %d"},
+]
+"""One-line tick labels at every zoom (plotly's default adds a second line of date, which
+runs into the title of the row below)."""
 
 
 def _t(moment: datetime) -> str:
@@ -344,7 +479,8 @@ def figure(data: DashboardData, config: ConfigData, color: str) -> dict[str, Any
     time axis. Built as plain JSON: plotly's Python figure objects validate every property
     and took seconds for a page of five configs."""
     targets = bands(data.settings)
-    start, end = _t(data.since), _t(data.generated_at)
+    first, last = data.window()
+    start, end = _t(first), _t(last)
     traces: list[dict[str, Any]] = []
     shapes: list[dict[str, Any]] = []
     notes: list[dict[str, Any]] = []
@@ -359,7 +495,7 @@ def figure(data: DashboardData, config: ConfigData, color: str) -> dict[str, Any
         suffix = "" if row == 1 else str(row)
         layout[f"xaxis{suffix}"] = {
             "domain": [0, 1], "anchor": f"y{suffix}", "type": "date", "range": [start, end],
-            "tickformat": "%b %d", "gridcolor": "#eaeef2", "showline": False,
+            "tickformatstops": TICK_FORMATS, "gridcolor": "#eaeef2", "showline": False,
             **({} if row == 1 else {"matches": "x"}),
         }
         layout[f"yaxis{suffix}"] = {"domain": [bottom, top], "anchor": f"x{suffix}",
@@ -399,6 +535,17 @@ def figure(data: DashboardData, config: ConfigData, color: str) -> dict[str, Any
                           "xanchor": "right", "yanchor": "bottom", "font": MUTED})
             continue
         low, high, label = band
+        outside = [p for p in points if is_outside(p.value, band)]
+        if outside:
+            traces.append({
+                "type": "scatter", "xaxis": x, "yaxis": y, "name": "outside target",
+                "x": [_t(p.at) for p in outside], "y": [p.value for p in outside],
+                "customdata": [p.note for p in outside], "mode": "markers",
+                "marker": {"symbol": "x", "size": 9, "color": OUT_OF_BAND},
+                "hovertemplate": f"%{{x|%Y-%m-%d %H:%M}} UTC<br><b>{metric.title}: "
+                                 f"%{{y:{metric.hover}}}, outside its {label}</b><br>"
+                                 "%{customdata}<extra></extra>",
+            })
         if high > low:
             shapes.append({"type": "rect", "xref": f"{x} domain", "yref": y, "x0": 0, "x1": 1,
                            "y0": low, "y1": high, "fillcolor": "#2da44e", "opacity": 0.12,
@@ -415,13 +562,26 @@ def figure(data: DashboardData, config: ConfigData, color: str) -> dict[str, Any
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": _t(marker.at),
                        "x1": _t(marker.at), "y0": 0, "y1": 1, "layer": "below",
                        "line": {"color": line_color, "width": 1.2, "dash": dash}})
-    layout["xaxis"]["rangeselector"] = {
-        "buttons": [{"count": 7, "label": "7d", "step": "day", "stepmode": "backward"},
-                    {"count": 30, "label": "30d", "step": "day", "stepmode": "backward"},
-                    {"step": "all", "label": "all"}],
-        "x": 0.5, "xanchor": "center", "y": 1.02}
+    days = [d for d in (7, 30) if timedelta(days=d) < last - first]
+    if days:
+        layout["xaxis"]["rangeselector"] = {
+            "buttons": [{"count": d, "label": f"{d}d", "step": "day", "stepmode": "backward"}
+                        for d in days] + [{"step": "all", "label": "all"}],
+            "x": 0.5, "xanchor": "center", "y": 1.02}
     layout["shapes"], layout["annotations"] = shapes, notes
     return {"data": traces, "layout": layout}
+
+
+def is_outside(value: float, band: tuple[float, float, str]) -> bool:
+    low, high, _label = band
+    return value < low or value > high
+
+
+def outside_count(data: DashboardData, config: ConfigData) -> int:
+    """How many charted points of a config lie outside their target band."""
+    targets = bands(data.settings)
+    return sum(1 for key, points in config.series.items() if key in targets
+               for p in points if is_outside(p.value, targets[key]))
 
 
 def _mode(metric: Metric, points: int) -> str:
@@ -470,6 +630,8 @@ margin:4px 0;font-size:14px}li.critical{background:#ffebe9;border-left:4px solid
 li.warning{background:#fff8c5;border-left:4px solid #9a6700}
 li.ok{background:#dafbe1;border-left:4px solid #1a7f37}
 li.proposal{background:#ddf4ff;border-left:4px solid #0969da}
+li.info{background:#f6f8fa;border-left:4px solid #6e7781}
+.outside{color:#cf222e;font-weight:600}
 table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;
 padding:6px 8px;border-bottom:1px solid #d1d9e0}th{background:#f6f8fa}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -518,6 +680,66 @@ def _alerts_html(data: DashboardData) -> str:
     return f'<ul class="alerts" id="alert-list">{"".join(items)}</ul>'
 
 
+def _li(level: str, key: str, title: str, text: str) -> str:
+    return (f'<li class="{level}" id="{key}"><span class="level">{_esc(title)}</span> '
+            f"{text}</li>")
+
+
+COMPARED = (("oracle_hit_rate", "oracle hit", ".3f"), ("filter_hit_rate", "filter hit", ".3f"),
+            ("avg_snapshot_size", "snapshot", ".1f"))
+
+
+def _production_html(data: DashboardData) -> str:
+    """What needs a decision: the view against the repo, a refused reconcile, the gate."""
+    items = []
+    disagreement = data.disagreement
+    if disagreement is not None and data.reconciled_commit:
+        items.append(_li("critical", "disagreement", "PRODUCTION DISAGREEMENT",
+                         f"{_esc(disagreement.message)}, after a reconcile of this commit: fix "
+                         "what the reconciler refused, or revert the promotion"))
+    elif disagreement is not None:
+        items.append(_li("warning", "disagreement", "PRODUCTION PENDING",
+                         f"{_esc(disagreement.message)}: no reconcile has run on this commit "
+                         "yet (run `registry reconcile`)"))
+    elif data.production is not None:
+        items.append(_li("ok", "disagreement", "PRODUCTION",
+                         f"the view serves <b>{_esc(data.production)}</b>, the repo's "
+                         "production"))
+    else:
+        items.append(_li("info", "disagreement", "PRODUCTION",
+                         "production.yaml names no production yet"))
+    refusal = data.refusal
+    if refusal is not None:
+        commit = (refusal.commit or "no commit")[:7]
+        what = (f"production.yaml promotes <b>{_esc(refusal.wanted)}</b>, production is still "
+                f"{_esc(refusal.served or 'none')}: " if refusal.blocks_promotion else "")
+        items.append(_li("critical", "refusal", "PROMOTION BLOCKED" if refusal.blocks_promotion
+                         else "RECONCILE REFUSED",
+                         f"{what}reconcile run #{refusal.run_id} on <code>{_esc(commit)}</code> "
+                         f"({_esc(refusal.at)}) refused: {_esc(refusal.reasons)}"))
+    compared = data.comparison
+    if compared is None:
+        items.append(_li("info", "comparison", "EVAL COMPARISON",
+                         "none recorded (`registry eval --compare VERSION --against production "
+                         "--cases FILE` before a promotion)"))
+        return f'<ul class="alerts" id="production-list">{"".join(items)}</ul>'
+    record, verdict = compared.record, compared.verdict
+    figures = ", ".join(
+        f"{name} {format(record.metrics[key], pattern)}"
+        + (f" ({record.deltas[key]:+{pattern}})" if key in record.deltas else "")
+        for key, name, pattern in COMPARED if isinstance(record.metrics.get(key), int | float))
+    result = ("passed" if record.passed
+              else f"failed ({_esc('; '.join(record.regressions) or 'it regressed')})")
+    verdict_text = (f"the gate holds it back: {_esc(verdict.reason)}"
+                    + (f" ({_esc(verdict.fix)})" if verdict.fix else "") if verdict.held
+                    else f"the gate lets it through: {_esc(verdict.reason)}")
+    level = "critical" if verdict.held else ("ok" if record.passed else "warning")
+    items.append(_li(level, "comparison", "EVAL COMPARISON",
+                     f"<b>{_esc(record.chunk_version)}</b> against {_esc(record.against)} "
+                     f"({_esc(_when(record.at))}) {result}: {_esc(figures)}; {verdict_text}"))
+    return f'<ul class="alerts" id="production-list">{"".join(items)}</ul>'
+
+
 def _configs_table(data: DashboardData) -> str:
     head = ("<tr><th>Version</th><th>Params</th><th>Status</th><th class=num>Rows</th>"
             "<th>Last report</th><th class=num>Oracle hit</th><th class=num>Filter hit</th>"
@@ -548,6 +770,8 @@ def _legend() -> str:
              for kind, (color, dash) in MARKER_STYLE.items()]
     parts.append('<span><i style="border-top:8px solid #2da44e33"></i>target band '
                  "(production.yaml)</span>")
+    parts.append(f'<span><b style="color:{OUT_OF_BAND}">&#x2715;</b> outside its target '
+                 "band</span>")
     return f'<div class="legend meta">{"".join(parts)}</div>'
 
 
@@ -563,18 +787,23 @@ def render(data: DashboardData) -> str:
         args = ", ".join(_script_json(v) for v in (div_id, fig["data"], fig["layout"],
                                                     plot_config))
         badge = ' <span class="badge prod">production</span>' if config.production else ""
+        outside = outside_count(data, config)
+        outside_text = (f' · <span class="outside">{outside} '
+                        f"{'point' if outside == 1 else 'points'} outside the target "
+                        "band</span>" if outside else "")
         sections.append(
             f'<section class="config" id="config-{_esc(config.chunk_version)}" '
             f'data-config="{_esc(config.chunk_version)}"><div class="card">'
             f"<h2><code>{_esc(config.chunk_version)}</code>{badge}</h2>"
             f'<div class="meta">{_esc(config.params or "(not in the repo)")} · '
             f"{_esc(config.table or '')} · {config.reports} reports, {len(config.markers)} "
-            f'events in the period</div><div id="{_esc(div_id)}" class="chart"></div>'
+            f"events in the period{outside_text}</div>"
+            f'<div id="{_esc(div_id)}" class="chart"></div>'
             f"<script>Plotly.newPlot({args});</script></div></section>")
     title = f"chunk-registry health: {data.registry}"
     production = data.production or "none"
     summary = (f"Production: <code>{_esc(production)}</code> · {len(data.configs)} configs · "
-               f"{data.reports} health reports from {_esc(_when(data.since))} to "
+               f"{data.reports} health reports from {_esc(_when(data.window()[0]))} to "
                f"{_esc(_when(data.generated_at))} · generated {_esc(_when(data.generated_at))}")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -583,6 +812,8 @@ def render(data: DashboardData) -> str:
         f"<title>{_esc(title)}</title><style>{_STYLE}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
         f'<header><h1>{_esc(title)}</h1><div class="meta">{summary}</div></header>'
+        f'<section id="production"><div class="card"><h2>Production and promotions</h2>'
+        f"{_production_html(data)}</div></section>"
         f'<section id="alerts"><div class="card"><h2>Current alerts</h2>{_alerts_html(data)}'
         "</div></section>"
         f'<section id="configs"><div class="card"><h2>Configs</h2>{_configs_table(data)}'

@@ -1,6 +1,5 @@
 """The actual state: what the database holds, read in a constant number of queries (the
-catalog, the bookkeeping rows, and at most one row-count statement), or made up for an
-offline plan."""
+catalog, the bookkeeping rows, and row estimates or counts), or made up for an offline plan."""
 
 from __future__ import annotations
 
@@ -102,19 +101,27 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
 
 _COUNT = sql.SQL("SELECT count(*) FROM {}.{}")
 _HAS_ROWS = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {}.{} LIMIT 1) AS capped")
+COUNT_BATCH = 100
+"""Tables counted per transaction: each count locks its table and the indexes the planner
+opens, and one transaction over thousands of tables overflows the shared lock table at default
+settings (max_locks_per_transaction 64 x max_connections)."""
 
 
 def row_counts(
     conn: psycopg.Connection[Any], schema: str, tables: Sequence[str], *, exact: bool = True
 ) -> dict[str, int | None]:
-    """Rows of many tables (not `exact`: 1 or 0, "has rows") in one round trip: the counts
-    go out as one pipeline with a single sync (a UNION ALL of N arms plans twice as slowly)."""
+    """Rows of many tables (not `exact`: 1 or 0, "has rows") in one round trip: the counts go
+    out as one pipeline (a UNION ALL of N arms plans twice as slowly), with a sync every
+    COUNT_BATCH statements so that, in autocommit, each batch is a transaction of its own and
+    releases its locks."""
     if not tables:
         return {}
     template = _COUNT if exact else _HAS_ROWS
     cursors = []
-    with conn.pipeline():
-        for table in tables:
+    with conn.pipeline() as pipeline:
+        for index, table in enumerate(tables):
+            if index and index % COUNT_BATCH == 0:
+                pipeline.sync()
             cursor = conn.cursor()
             cursor.execute(template.format(sql.Identifier(schema), sql.Identifier(table)))
             cursors.append(cursor)
@@ -123,6 +130,29 @@ def row_counts(
         row = cursor.fetchone()
         counts[table] = int(row[0]) if row else None
     return counts
+
+
+_ESTIMATES = """
+SELECT c.relname,
+       CASE WHEN c.reltuples >= 0 AND pg_stat_get_mod_since_analyze(c.oid) = 0
+            THEN c.reltuples::bigint
+            ELSE pg_stat_get_live_tuples(c.oid) END
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')
+"""
+
+
+def row_estimates(
+    conn: psycopg.Connection[Any], schema: str, tables: Sequence[str]
+) -> dict[str, int | None]:
+    """Estimated rows of many tables from the catalog alone, in one query that locks none of
+    them and reads no heap: pg_class.reltuples while no row changed since the last ANALYZE,
+    else the statistics collector's live tuples (which lag a backend's writes by up to a
+    second until it flushes them)."""
+    if not tables:
+        return {}
+    found = {name: int(rows) for name, rows in conn.execute(_ESTIMATES, (schema, list(tables)))}
+    return {table: found.get(table) for table in tables}
 
 
 def synthetic_actual(state: RegistryState) -> ActualState:

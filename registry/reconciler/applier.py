@@ -36,8 +36,30 @@ from registry.reconciler.planner import (
 log = logging.getLogger("registry.reconciler.applier")
 
 DEFAULT_LOCK_TIMEOUT_MS = 500
-"""How long the view swap may wait for readers; new readers queue behind it at most this long."""
+"""How long an action's DDL may queue for a lock before it retries (the swap: at most
+SWAP_STALL_MS / 4 per attempt)."""
 SWAP_ATTEMPTS = 6
+SWAP_STALL_MS = 100
+"""The most a swap may stall new readers in total: every attempt that queues its exclusive lock
+behind a holder blocks the readers that arrive meanwhile for up to its lock_timeout."""
+SWAP_DEADLINE_S = 60.0
+"""How long a swap waits for the view's lock holders to finish before it is left pending."""
+
+
+class _ViewBusy(Exception):
+    """Another session holds or awaits a lock on the view: the swap waits without queuing."""
+
+    def __init__(self, holders: int) -> None:
+        super().__init__(f"{holders} locks on the view are held or awaited by other sessions")
+        self.holders = holders
+
+
+_VIEW_HOLDERS = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'relation' AND relation = to_regclass(%s)
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND pid IS DISTINCT FROM pg_backend_pid()
+"""
 
 
 @dataclass
@@ -45,7 +67,7 @@ class ActionResult:
     """What applying one action did."""
 
     action: Action
-    outcome: Literal["applied", "failed", "skipped"]
+    outcome: Literal["applied", "failed", "skipped", "pending"]
     error: str | None = None
     attempts: int = 1
     seconds: float = 0.0
@@ -63,6 +85,8 @@ class Applier:
     schema_exists: bool = True
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     attempts: int = SWAP_ATTEMPTS
+    swap_deadline: float = SWAP_DEADLINE_S
+    swap_stall_ms: int = SWAP_STALL_MS
 
     def apply(self, plan: Plan) -> list[ActionResult]:
         """Every action in order; after a failure no destructive action runs."""
@@ -76,10 +100,12 @@ class Applier:
                 continue
             result = self.run(action)
             results.append(result)
-            failed = failed or result.outcome == "failed"
+            failed = failed or result.outcome in ("failed", "pending")
         return results
 
     def run(self, action: Action) -> ActionResult:
+        if isinstance(action, SwapProduction):
+            return self._run_swap(action)
         started = time.monotonic()
         name = type(action).__name__
         attempt = 0
@@ -111,6 +137,66 @@ class Applier:
             log.info("applied: %s", action.describe())
             return ActionResult(action, "applied", attempts=attempt,
                                 seconds=time.monotonic() - started)
+
+    def _run_swap(self, action: SwapProduction) -> ActionResult:
+        """The swap, stalling readers at most `swap_stall_ms` in total: while anyone holds or
+        awaits a lock on the view it waits (jittered backoff) without queuing behind them;
+        then it attempts with a lock_timeout of a quarter of the budget (a reader may arrive
+        between the check and the DDL), and after `swap_deadline` or a spent budget it leaves
+        the swap pending for the next run."""
+        started = time.monotonic()
+        attempt_ms = max(1, min(self.lock_timeout_ms, self.swap_stall_ms // 4))
+        stalled_ms = 0
+        attempt = 0
+        delay = 0.02
+        while True:
+            attempt += 1
+            outcome = self._attempt(action, attempt_ms)
+            if outcome is None:
+                log.info("applied: %s", action.describe())
+                return ActionResult(action, "applied", attempts=attempt,
+                                    seconds=time.monotonic() - started)
+            if isinstance(outcome, ActionResult):
+                return outcome if outcome.outcome != "failed" else self._failed(
+                    action, outcome.error or "", attempt, started)
+            if isinstance(outcome, psycopg.errors.LockNotAvailable):
+                stalled_ms += attempt_ms
+            waited = time.monotonic() - started
+            if waited + delay > self.swap_deadline or stalled_ms + attempt_ms > self.swap_stall_ms:
+                why = (str(outcome) if isinstance(outcome, _ViewBusy)
+                       else f"{attempt} attempts timed out ({stalled_ms} ms of reader stall)")
+                error = (f"pending: {why} after {waited:.1f}s; production still reads "
+                         f"{action.schema}.{action.old_table or action.view}")
+                log.warning("PENDING: %s: %s", action.describe(), error)
+                return ActionResult(action, "pending", error, attempt, waited)
+            log.info("%s: %s, retry %d in %.2fs", action.describe(), outcome, attempt, delay)
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(0.5, delay * 1.5)
+
+    def _attempt(
+        self, action: SwapProduction, lock_timeout_ms: int
+    ) -> ActionResult | _ViewBusy | psycopg.errors.LockNotAvailable | None:
+        """One swap transaction: None when it committed, else why not (a result when final)."""
+        name = type(action).__name__
+        faults.point("apply", name, "begin")
+        try:
+            with self.conn.transaction():
+                self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{lock_timeout_ms}ms")))
+                self._swap(action)
+                faults.point("apply", name, "before_commit")
+        except _ViewBusy as busy:
+            return busy
+        except psycopg.errors.LockNotAvailable as err:
+            return err
+        except psycopg.Error as err:
+            if isinstance(err, psycopg.OperationalError) and self.conn.closed:
+                raise
+            return ActionResult(action, "failed", first_line(err))
+        except RegistryError as err:
+            return ActionResult(action, "failed", str(err))
+        faults.point("apply", name, "committed")
+        return None
 
     def _failed(self, action: Action, error: str, attempts: int, started: float) -> ActionResult:
         log.warning("FAILED: %s: %s", action.describe(), error)
@@ -168,6 +254,11 @@ class Applier:
             "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'v' AND a.attnum > 0 "
             "AND NOT a.attisdropped", (action.schema, action.view)).fetchone()
+        holders = self.conn.execute(
+            _VIEW_HOLDERS, (sql.Identifier(action.schema, action.view).as_string(self.conn),)
+        ).fetchone()
+        if holders and holders[0]:
+            raise _ViewBusy(int(holders[0]))
         if columns and columns[0] and tuple(columns[0]) != VIEW_COLUMNS:
             # A view re-pointed by hand with other columns cannot be CREATE OR REPLACEd; it
             # is dropped and recreated in this same transaction (RESTRICT: never a dependent).

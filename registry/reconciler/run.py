@@ -41,6 +41,7 @@ from registry.reconciler.actual import ActualState, read_actual, row_counts, syn
 from registry.reconciler.applier import (
     DEFAULT_LOCK_TIMEOUT_MS,
     SWAP_ATTEMPTS,
+    SWAP_DEADLINE_S,
     ActionResult,
     Applier,
 )
@@ -79,6 +80,10 @@ class RunResult:
             more = f"; {len(self.failed) - 1} more failed" if len(self.failed) > 1 else ""
             raise ReconcileFailed(f"{first.action.describe()} failed: {first.error}{more}",
                                   fix="fix the cause and rerun `registry reconcile`")
+        pending = [r for r in self.results if r.outcome == "pending"]
+        if pending:
+            raise Refused(f"{pending[0].action.describe()}: {pending[0].error}",
+                          fix="rerun `registry reconcile` when the long readers are done")
         if self.outcome == "refused":
             first_finding = self.plan.blocking[0]
             raise Refused(first_finding.message, fix=first_finding.fix)
@@ -251,6 +256,7 @@ def reconcile(
     now: datetime | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
+    swap_deadline: float = SWAP_DEADLINE_S,
     wait_lock: float = 0.0,
     require_signed: bool = False,
     allowed_signers: Path | None = None,
@@ -277,7 +283,7 @@ def reconcile(
         the_plan = make_plan(state, actual, target=resolved.redacted, force=force)
         applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
                           schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
-                          attempts=attempts)
+                          attempts=attempts, swap_deadline=swap_deadline)
         return _apply_and_record(conn, applier, the_plan)
     except psycopg.Error as err:
         raise database_error(err, resolved.value, "reconciling") from None
@@ -296,7 +302,7 @@ def _apply_and_record(
     outcome: Outcome
     if any(r.outcome == "failed" for r in results):
         outcome = "failed"
-    elif the_plan.blocking:
+    elif the_plan.blocking or any(r.outcome == "pending" for r in results):
         outcome = "refused"
     else:
         outcome = "applied" if results else "noop"
