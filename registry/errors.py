@@ -18,6 +18,18 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def storable(text: str) -> bool:
+    """Whether PostgreSQL text can hold `text`: no NUL, and encodable as UTF-8 (no lone
+    surrogate, which JSON's \\ud800 escapes can produce)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class RegistryError(Exception):
     """A failure the user can act on: what went wrong, where, and how to fix it."""
 
@@ -104,6 +116,19 @@ class InitConflict(RegistryError):
     exit_code = 11
 
 
+class DatabasePermission(RegistryError):
+    """The role may connect but lacks a right the command needs (SQLSTATE 42501)."""
+
+    exit_code = 13
+
+
+class BookkeepingDamaged(RegistryError):
+    """The `chunk_registry` schema is not what the tool made: a table dropped, the version
+    row deleted, a column missing. Never repaired silently: its history is the audit trail."""
+
+    exit_code = 14
+
+
 UNEXPECTED_EXIT_CODE = 3
 
 
@@ -147,4 +172,4 @@ class EmbedderChanged(EmbedderError):
 class NotificationFailed(RegistryError):
     """`registry notify test`: a notification target did not accept the test message."""
 
-    exit_code = 13
+    exit_code = 15

@@ -188,7 +188,7 @@ def test_notify_test_reports_each_target(setup: Setup, monkeypatch: pytest.Monke
     monkeypatch.setenv("SMTP_PASSWORD", "wrong-password-123")
     monkeypatch.delenv("AUDIT_WEBHOOK_URL")
     result = run_cli("notify", "test", "--repo", str(s.repo.path))
-    assert result.code == 13
+    assert result.code == 15
     assert "audit (webhook): FAILED: webhook URL: environment variable AUDIT_WEBHOOK_URL is " \
            "not set" in result.stdout
     assert "oncall (email): FAILED" in result.stdout

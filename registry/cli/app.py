@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(0)
     except Exception as err:
+        from registry.database.connection import explain
+
+        known = explain(err)
+        if known is not None:
+            _fail(f"error: {known}", known.exit_code)
         if _debug["on"]:
             sys.stderr.write(scrub(traceback.format_exc()))
         reason = str(err).splitlines()[0][:200] if str(err) else ""

@@ -153,6 +153,12 @@ def print_ingest(report: Any) -> None:
             f"{report.documents_changed} changed, {report.documents_removed} removed, "
             f"{report.documents_unchanged} unchanged; evaluations before this ingest are "
             "stale (run `registry eval`)")
+    for entry in report.accounted[:10]:
+        into = f" (into {', '.join(entry['into'][:3])})" if entry.get("into") else ""
+        say(f"  not ingested: {entry['doc']}: {entry['outcome']}{into}: {entry['reason']}")
+    if report.not_ingested > 10:
+        say(f"  ... {report.not_ingested - 10} more not ingested, named in the run record's "
+            "details.accounted")
 
 
 @contextlib.contextmanager

@@ -162,6 +162,7 @@ def validate(
         emit_json({
             "ref": report.ref, "commit": report.commit, "configs": report.configs,
             "ok": report.ok, "errors": len(report.errors), "warnings": len(report.warnings),
+            "unchecked": report.unchecked,
             "problems": [_problem_dict(p) for p in report.problems],
         })
     elif fmt == "github":
@@ -175,9 +176,10 @@ def validate(
             prefix = "warning: " if problem.severity == "warning" else ""
             say(prefix + problem.render())
         where = "working tree" if report.ref == WORKTREE else report.ref
-        verdict = "ok" if report.ok else "FAILED"
+        verdict = "FAILED" if not report.ok else "unverified" if report.unchecked else "ok"
+        unchecked = f", {report.unchecked} untagged" if report.unchecked else ""
         say(f"{verdict}: {report.configs} configs in the {where}, {len(report.errors)} errors, "
-            f"{len(report.warnings)} warnings")
+            f"{len(report.warnings)} warnings{unchecked}")
     if not report.ok:
         raise typer.Exit(1)
 

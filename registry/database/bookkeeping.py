@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from registry.database.connection import MIGRATION_LOCK_KEY
-from registry.errors import RegistryError
+from registry.errors import BookkeepingDamaged, RegistryError
 
 T = TypeVar("T")
 
@@ -240,7 +240,13 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> int:
     try:
         row = conn.execute(sql.SQL("SELECT version FROM {}").format(table("schema_version"))
                            ).fetchone()
-        current = int(row[0]) if row else 0
+        if row is None:
+            raise BookkeepingDamaged(
+                f"{BOOKKEEPING_SCHEMA}.schema_version has no row, so the version of the "
+                "bookkeeping tables is unknown (deleted by hand?)",
+                fix=f"put the row back with version {BOOKKEEPING_VERSION} if the tables are "
+                "current, or restore the schema from a backup")
+        current = int(row[0])
     except psycopg.errors.UndefinedTable:
         if not conn.autocommit:
             conn.rollback()
@@ -252,6 +258,8 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> int:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         current = bookkeeping_version(conn)
         _check_not_newer(current)
+        if current == 0:
+            _check_no_leftovers(conn)
         for version in range(current + 1, BOOKKEEPING_VERSION + 1):
             for statement in MIGRATIONS[version]():
                 conn.execute(statement)
@@ -263,6 +271,19 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> int:
             (BOOKKEEPING_VERSION,),
         )
     return BOOKKEEPING_VERSION
+
+
+def _check_no_leftovers(conn: psycopg.Connection[Any]) -> None:
+    """A schema without its version table but with other tables was edited by hand: creating
+    it again would fail half-way, and guessing its version could migrate it wrongly."""
+    row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
+                       (BOOKKEEPING_SCHEMA,)).fetchone()
+    if row and row[0]:
+        raise BookkeepingDamaged(
+            f"{BOOKKEEPING_SCHEMA}.schema_version is missing but {row[0]} other bookkeeping "
+            "tables are there, so their version is unknown (dropped by hand?)",
+            fix=f"restore {BOOKKEEPING_SCHEMA} from a backup; if its history may go, DROP "
+            f"SCHEMA {BOOKKEEPING_SCHEMA} CASCADE and rerun (the tool recreates it)")
 
 
 def _check_not_newer(version: int) -> None:

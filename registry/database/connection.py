@@ -32,7 +32,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from registry import secrets
-from registry.errors import DatabaseUnavailable, RegistryError, UsageError
+from registry.errors import (
+    BookkeepingDamaged,
+    DatabasePermission,
+    DatabaseUnavailable,
+    RegistryError,
+    UsageError,
+    storable,
+)
 from registry.secrets import redact_dsn, register_dsn
 
 APPLICATION_NAME = "chunk-registry"
@@ -293,6 +300,8 @@ def connect(
     """
     register_dsn(dsn)
     try:
+        if not storable(dsn):
+            raise psycopg.ProgrammingError("NUL or lone surrogate")
         conninfo_to_dict(dsn)
     except psycopg.Error:
         # libpq's parse errors quote fragments of the string, which may be the password.
@@ -305,12 +314,54 @@ def connect(
             dsn, autocommit=autocommit, application_name=f"{name} (pid {os.getpid()})"[:63],
             connect_timeout=CONNECT_TIMEOUT_S,
         )
+    except UnicodeError:  # the host name fails IDNA encoding (an empty or 64+ byte label)
+        raise UsageError(f"the DSN {redact(dsn)} names a host that is not a valid host name",
+                         fix="check the host part of the DSN") from None
     except psycopg.Error as err:
         # The first line says why (refused, no such socket, FATAL ...); libpq's later lines
         # are hints that would hide it.
         reason = scrub(_CONNECT_PREFIX.sub("", first_line(err)), dsn)
         raise DatabaseUnavailable(f"cannot connect to {redact(dsn)}: {reason}",
                                   fix="check that the server is up and the DSN is right") from None
+
+
+_DAMAGE_STATES = {"42P01": "a table is missing", "42703": "a column is missing",
+                  "42P06": "it is partly there", "42P07": "it is partly there",
+                  "42704": "an object is missing"}
+"""undefined_table, undefined_column, duplicate_schema/table (a half-present schema re-created),
+undefined_object: in the bookkeeping schema, a damaged schema, not a bug."""
+
+
+def explain(err: BaseException) -> RegistryError | None:
+    """The RegistryError a driver error that escaped a command stands for, or None (a bug).
+
+    Any command touching the bookkeeping schema can meet a role without rights on it or a
+    schema edited by hand; one mapping here instead of a try in each (ingest, eval, health,
+    watch-promotion, promote, reconcile, dashboard)."""
+    try:
+        import psycopg
+    except ImportError:  # a light install without the database extra: no driver error either
+        return None
+    from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
+
+    if not isinstance(err, psycopg.Error):
+        return None
+    state = err.sqlstate or ""
+    reason = first_line(err)
+    if unavailable(err):
+        return DatabaseUnavailable(f"the database went away: {reason}",
+                                   fix="check that the server is up, then rerun")
+    if state == "42501":
+        return DatabasePermission(
+            f"the database role lacks a right this command needs: {reason}",
+            fix=f"run it as a role that owns (or was granted rights on) schema "
+            f"{BOOKKEEPING_SCHEMA} and the chunk tables; see the README, Least privilege")
+    if state in _DAMAGE_STATES and BOOKKEEPING_SCHEMA in str(err) + str(err.diag.schema_name):
+        return BookkeepingDamaged(
+            f"the {BOOKKEEPING_SCHEMA} schema is damaged, {_DAMAGE_STATES[state]}: {reason}",
+            fix=f"restore {BOOKKEEPING_SCHEMA} from a backup; if its history may go, DROP "
+            f"SCHEMA {BOOKKEEPING_SCHEMA} CASCADE and rerun (the tool recreates it)")
+    return None
 
 
 _CONNECT_PREFIX = re.compile(r"^connection (failed|is bad): ")

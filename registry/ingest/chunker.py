@@ -532,6 +532,8 @@ class CorpusDeduplicator:
         self.kept = 0
         self.removed = 0
         self.candidates = 0
+        self.last_index = -1
+        """The store index of the kept chunk the last call matched, or that it stored."""
 
     def is_duplicate(self, values: Shingles, keys: Sequence[int]) -> bool:
         """True (and nothing stored) if a kept chunk is a near-duplicate; else keep this one.
@@ -553,8 +555,10 @@ class CorpusDeduplicator:
                 self.candidates += 1
                 if jaccard(values, self.store.get(index)) >= self.threshold:
                     self.removed += 1
+                    self.last_index = index
                     return True
         index = self.store.append(values)
+        self.last_index = index
         for bucket, key in zip(self._buckets, keys, strict=True):
             found = bucket.get(key)
             if found is None:

@@ -66,7 +66,14 @@ from registry.database.connection import (
     database_error,
     ingest_lock_key,
 )
-from registry.errors import Busy, Refused, RegistryError, TokenizerUnavailable, UsageError
+from registry.errors import (
+    Busy,
+    Refused,
+    RegistryError,
+    TokenizerUnavailable,
+    UsageError,
+    storable,
+)
 from registry.ingest.chunker import (
     MIN_CHUNK_TOKENS,
     Chunk,
@@ -88,6 +95,9 @@ MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 BATCH_BYTES = 512 * 1024
 BATCH_DOCUMENTS = 256
 PROBLEMS_KEPT = 50
+ACCOUNTED_KEPT = 100_000
+"""Documents named in a run record's `details.accounted` (each not ingested: skipped, merged
+into another, or without a chunk); past this many only the count grows (~100 bytes each)."""
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 TEXT_SUFFIXES = {".txt"}
 JSONL_READ = 1 << 16
@@ -163,6 +173,22 @@ class IngestReport:
     documents_unchanged: int = 0
     seconds: float = 0.0
     problems: list[SourceProblem] = field(default_factory=list)
+    ingested: int = 0
+    """Documents with at least one row in the table (under their doc_id)."""
+    not_ingested: int = 0
+    accounted: list[dict[str, Any]] = field(default_factory=list)
+    """Every document of the source that has no row, by name: `{"doc", "outcome": skipped |
+    merged | no_chunk, "reason"}`, plus `"into"` (the documents holding its chunks) when
+    merged. With the table's doc_ids this names every document of the source."""
+
+    def account(self, doc: str, outcome: str, reason: str, into: list[str] | None = None
+                ) -> None:
+        self.not_ingested += 1
+        if len(self.accounted) < ACCOUNTED_KEPT:
+            entry: dict[str, Any] = {"doc": doc, "outcome": outcome, "reason": reason}
+            if into is not None:
+                entry["into"] = into
+            self.accounted.append(entry)
 
     @property
     def mb_per_s(self) -> float:
@@ -223,7 +249,7 @@ def _read_directory(root: Path, limit: int,
                     ignored(path)
                 continue
             relative = path.relative_to(root).as_posix()
-            if not _storable(relative):
+            if not storable(relative):
                 yield SourceProblem(repr(relative)[1:-1], "file name is not valid UTF-8",
                                     "rename the file")
                 continue
@@ -277,17 +303,6 @@ def _decode(raw: bytes, where: str, line: int = 0) -> str | SourceProblem:
     return text
 
 
-def _storable(text: str) -> bool:
-    """Whether PostgreSQL can store `text`: no NUL, and encodable as UTF-8."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _title(text: str, kind: str) -> str | None:
     """The first level-1 markdown heading near the top, else None (the file name is used)."""
     if kind != "markdown":
@@ -305,6 +320,7 @@ def _read_jsonl(path: Path, limit: int) -> Iterator[Item]:
     except OSError as err:
         raise IngestFailed(f"cannot read {path}: {err.strerror}",
                            fix="check that the JSONL file exists and is readable") from None
+    first_line: dict[str, int] = {}
     with handle:
         for number, raw, too_long in _lines(handle, limit):
             if too_long:
@@ -314,7 +330,16 @@ def _read_jsonl(path: Path, limit: int) -> Iterator[Item]:
                 continue
             if not raw.strip():
                 continue
-            yield _parse_line(raw, where, number)
+            item = _parse_line(raw, where, number)
+            if isinstance(item, Document):
+                first = first_line.setdefault(item.doc_id, number)
+                if first != number:
+                    item = SourceProblem(
+                        f"{where}:{number}", f"doc_id {item.doc_id} is already used at line "
+                        f"{first}: skipped, the first one is kept",
+                        "give every document its own doc_id (rows are keyed by doc_id and "
+                        "chunk_index)")
+            yield item
 
 
 def _lines(handle: IO[bytes], limit: int) -> Iterator[tuple[int, bytes, bool]]:
@@ -361,7 +386,7 @@ def _parse_line(raw: bytes, where: str, number: int) -> Item:
         return SourceProblem(f"{where}:{number}", f"document {doc_id} is empty",
                              "remove the line, or give it text")
     for name, value in (("doc_id", doc_id), ("text", text), ("title", data.get("title") or "")):
-        if isinstance(value, str) and not _storable(value):
+        if isinstance(value, str) and not storable(value):
             return SourceProblem(f"{where}:{number}", f"{name} holds a NUL character or an "
                                  "unpaired surrogate, which PostgreSQL text cannot store",
                                  "remove it from the source")
@@ -635,6 +660,7 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
                                fix=found.fix)
         report.skipped += 1
         progress.skipped += 1
+        report.account(found.where, "skipped", found.message)
         if len(report.problems) < PROBLEMS_KEPT:
             report.problems.append(found)
         if on_problem is not None:
@@ -648,7 +674,8 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
     items = read_source(source, max_document_bytes=max_document_bytes, ignored=ignore)
     store = FileShingleStore() if corpus else None
     deduplicator = CorpusDeduplicator(config.jaccard_threshold, store) if store else None
-    seen_ids: set[bytes] = set()
+    seen_ids: dict[bytes, str] = {}
+    owners: dict[int, str] = {}
     last_report = 0.0
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         table, sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS)))
@@ -657,7 +684,7 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
             copy.set_types(COPY_TYPES)
             for batch, chunked in chunk_corpus(spec, batches(items, problem), report.workers):
                 for document, result in zip(batch, chunked, strict=True):
-                    rows = _keep(result, deduplicator, seen_ids, report)
+                    rows = _keep(result, deduplicator, seen_ids, owners, report)
                     for row in rows:
                         copy.write_row(row)
                     report.documents += 1
@@ -748,29 +775,57 @@ def _apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
 
 
 def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
-          seen_ids: set[bytes], report: IngestReport) -> list[tuple[Any, ...]]:
-    """The rows of one document that survive corpus dedup and identical ids, renumbered."""
+          seen_ids: dict[bytes, str], owners: dict[int, str], report: IngestReport
+          ) -> list[tuple[Any, ...]]:
+    """The rows of one document that survive corpus dedup and identical ids, renumbered; a
+    document left without a row is accounted for by name (merged into the documents whose
+    chunks it repeats, or without a chunk at all). `seen_ids` and `owners` (the corpus
+    deduplicator's kept chunks) remember which document each kept chunk came from."""
     report.duplicates_removed += result.duplicates
     report.too_small += result.too_small
     report.header_only += result.header_only
     report.over_budget += result.over_budget
     kept: list[Chunk] = []
+    into: list[str] = []
     for index, chunk in enumerate(result.chunks):
-        if deduplicator is not None and deduplicator.is_duplicate(result.shingles[index],
-                                                                  result.band_keys[index]):
-            report.corpus_duplicates += 1
-            report.duplicates_removed += 1
-            continue
+        if deduplicator is not None:
+            duplicate = deduplicator.is_duplicate(result.shingles[index], result.band_keys[index])
+            if duplicate:
+                report.corpus_duplicates += 1
+                report.duplicates_removed += 1
+                into.append(owners.get(deduplicator.last_index, "?"))
+                continue
+            if result.band_keys[index]:
+                owners[deduplicator.last_index] = result.doc_id
         key = bytes.fromhex(chunk.id[:32])
         if key in seen_ids:  # same embedding text under the same config: the same chunk
             report.identical_ids += 1
             report.duplicates_removed += 1
+            into.append(seen_ids[key])
             continue
-        seen_ids.add(key)
+        seen_ids[key] = result.doc_id
         kept.append(chunk)
+    if not result.chunks:
+        report.account(result.doc_id, "no_chunk", _no_chunk_reason(result))
+    elif not kept:
+        holders = list(dict.fromkeys(into))
+        report.account(result.doc_id, "merged", f"every chunk repeats a chunk of "
+                       f"{', '.join(holders[:3])}{' and others' if len(holders) > 3 else ''}",
+                       holders[:20])
+    else:
+        report.ingested += 1
     if len(kept) != len(result.chunks):
         kept = [chunk._replace(chunk_index=i) for i, chunk in enumerate(kept)]
     return [chunk.row() for chunk in kept]
+
+
+def _no_chunk_reason(result: ChunkedDocument) -> str:
+    reasons = [f"{count} {what}" for count, what in (
+        (result.too_small, f"pieces under {MIN_CHUNK_TOKENS} tokens"),
+        (result.header_only, "header-only sections"),
+        (result.over_budget, "chunks over the token budget"),
+        (result.duplicates, "near-duplicates within the document")) if count]
+    return "no chunk: " + (", ".join(reasons) if reasons else "no text to chunk")
 
 
 def _require_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from registry.database import bookkeeping
 from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, require_table
-from registry.errors import ConfigInvalid, Refused, UsageError
+from registry.errors import ConfigInvalid, Refused, UsageError, storable
 from registry.repository.state import RegistryState
 
 MatchMode = Literal["any", "all"]
@@ -99,6 +99,10 @@ def _case(item: Any, where: str) -> Case:
         if not isinstance(value, str) or not value.strip():
             raise ConfigInvalid(f"case field {key} is missing or not a non-empty string",
                                 where=where, fix=f"add {key}")
+        if not storable(value):
+            raise ConfigInvalid(f"case field {key} holds a NUL character or an unpaired "
+                                "surrogate, which PostgreSQL text cannot store", where=where,
+                                fix=f"remove it from {key}")
         values[key] = value
     return Case(**values)
 

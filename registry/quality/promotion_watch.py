@@ -307,7 +307,7 @@ def _propose(conn: psycopg.Connection[Any], git: Git, promotion: Promotion, resu
              env: Mapping[str, str]) -> RollbackProposal:
     assert promotion.previous is not None
     evidence = result.to_dict()
-    base = git.main_branch()
+    base = git.branch_of(git.desired_ref(fetch=False))
     client: GitHubClient | None = None
     token = token_from(env)
     if token is not None:
@@ -332,7 +332,7 @@ def _propose(conn: psycopg.Connection[Any], git: Git, promotion: Promotion, resu
             f"{promotion.commit[:10]} of {promotion.chunk_version}",
             fix=f"bring {base} up to date with the reconciled ref (`git pull`), then rerun")
     git.push(f"+refs/heads/{branch}:refs/heads/{branch}")
-    title, body = describe_change(git, branch, base)
+    title, body = describe_change(git, branch, change.base)
     made = propose(git, branch, base, title, evidence_markdown(result) + "\n" + body, env)
     proposal = RollbackProposal(promotion.previous, promotion.promoted_at, branch, change.commit,
                                 made.number, made.url, adopted=False, created=made.created)

@@ -36,6 +36,8 @@ BATCH_READ_FROM = 64
 """More blobs than this are read by one fed `cat-file --batch` (see `read_blobs`)."""
 UNRESOLVED = (BadName, BadObject, ValueError, IndexError, KeyError, git.GitCommandError)
 """What GitPython raises for a name that names no object (rev_parse, odb, tree lookups)."""
+TAG_FETCH_BATCH = 500
+"""Tags named on one `git fetch` or `ls-remote` command line (about 25 kB of arguments)."""
 
 
 def git_blob_sha(data: bytes) -> str:
@@ -46,6 +48,22 @@ def git_blob_sha(data: bytes) -> str:
 def _text(value: str | bytes) -> str:
     """GitPython's cat-file answers are bytes; everything else here is text."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class MovedTag:
+    """A tag that names another commit at the remote than here (left as it is here)."""
+
+    name: str
+    local: str
+    remote: str
+
+
+@dataclass(frozen=True)
+class _FetchPlan:
+    branches: bool
+    tags: list[str]
+    moved: dict[str, MovedTag]
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,8 @@ class Git:
                            fix="pass --repo with a clone that has a working tree")
         self.root = Path(self.repo.working_tree_dir)
         self.git_dir = Path(self.repo.git_dir)
+        self.moved_tags: dict[str, MovedTag] = {}
+        """Tags `fetch` found moved to another commit at the remote (name -> MovedTag)."""
 
     # -- running git --------------------------------------------------------------------------
 
@@ -120,12 +140,23 @@ class Git:
                 return name
         if not self.repo.head.is_detached and self.repo.head.reference.name in heads:
             return self.repo.head.reference.name
+        if self.resolve("HEAD") is not None:
+            raise GitError(
+                "HEAD is detached and there is no main branch here nor an origin/main",
+                where=str(self.root),
+                fix="run `git fetch origin main` (the registry works from origin/main), or "
+                "`git branch main <commit>`",
+            )
         raise GitError("the repository has no main branch (no commits yet)",
                        fix="commit configs/ to a branch named main")
 
     def desired_ref(self, ref: str | None = None, fetch: bool = True) -> str:
-        """The ref the reconciler reads: `ref` if given, `origin/main` when there is a remote
-        (fetched first), else local `main`."""
+        """The one main every command uses: `ref` if given, `origin/main` when there is a
+        remote with that branch (fetched first with `fetch`), else local `main`.
+
+        Reads and changes alike: a change branched from a local main that is behind (or
+        ahead of) origin/main would propose a pull request against a production the reader
+        never sees. Commands print the base they used."""
         if ref:
             if not self.resolve(ref):
                 raise GitError(
@@ -141,40 +172,134 @@ class Git:
                     return f"origin/{name}"
         return self.main_branch()
 
+    @staticmethod
+    def branch_of(ref: str, remote: str = "origin") -> str:
+        """The branch name at the remote for a base ref (`origin/main` -> `main`): what a
+        pull request targets."""
+        return ref.removeprefix(f"{remote}/")
+
+    # -- shallow clones and missing tags (what a CI checkout lacks) -----------------------------
+
+    def is_shallow(self) -> bool:
+        return self.run("rev-parse", "--is-shallow-repository").strip() == "true"
+
+    def require_history(self, purpose: str, remote: str = "origin") -> None:
+        """Deepen a shallow clone (a CI checkout is one commit deep) before reading history:
+        history, rollback, retire, tag and validate would otherwise answer from one commit.
+        Refuses in one line, naming the fetch, when the remote cannot deepen it."""
+        if not self.is_shallow():
+            return
+        reason = "there is no origin to fetch it from"
+        if self.has_remote(remote):
+            status, _out, err = self.execute("fetch", "--quiet", "--unshallow", "--no-tags",
+                                             remote)
+            if status == 0 and not self.is_shallow():
+                self.fetch(remote)
+                return
+            lines = err.strip().splitlines()
+            reason = f"fetching it failed: {lines[-1] if lines else f'exit {status}'}"
+        raise GitError(
+            f"this is a shallow clone and {purpose} needs the whole history of main; {reason}",
+            where=str(self.root),
+            fix=f"run `git fetch --unshallow --tags {remote}` (in GitHub Actions: "
+            "actions/checkout with fetch-depth: 0)",
+        )
+
+    def fetch_tags(self, prefix: str, names: list[str], remote: str = "origin", *,
+                   required: bool = False) -> None:
+        """Fetch those of `names` (tags under `prefix`) that this clone lacks and `remote` has:
+        a clone made with --no-tags (a CI checkout) would otherwise skip every immutability
+        check. When the remote cannot be asked, refuses in one line if `required` (validate),
+        else leaves the tags missing for the caller to report."""
+        local = self.tags(prefix)
+        missing = [name for name in names if name not in local]
+        if not missing or not self.has_remote(remote):
+            return
+        patterns = [f"refs/tags/{name}" for name in missing] if len(missing) <= TAG_FETCH_BATCH \
+            else []
+        status, out, err = self.execute("ls-remote", "--tags", remote, *patterns)
+        if status != 0 and not required:
+            return
+        if status != 0:
+            lines = err.strip().splitlines()
+            raise GitError(
+                f"{len(missing)} locked configs have no lock tag in this clone and {remote} "
+                f"cannot be asked for them: {lines[-1] if lines else f'exit {status}'}",
+                where=str(self.root),
+                fix=f"run `git fetch --tags {remote}`, then rerun",
+            )
+        advertised = {line.partition("\t")[2].removeprefix("refs/tags/")
+                      for line in _text(out).splitlines()}
+        wanted = [name for name in missing if name in advertised]
+        for start in range(0, len(wanted), TAG_FETCH_BATCH):
+            batch = wanted[start : start + TAG_FETCH_BATCH]
+            self.run("fetch", "--quiet", "--no-tags", remote,
+                     *(f"refs/tags/{name}:refs/tags/{name}" for name in batch))
+
+    # -- fetching -------------------------------------------------------------------------------
+
     def fetch(self, remote: str = "origin") -> None:
         """Fetch branches and tags, unless `ls-remote` shows nothing new: a no-op `git fetch`
         walks every local ref (70 ms with 1,500 tags), `ls-remote` plus one `for-each-ref`
-        17-36 ms, and most runs of plan, status and --watch find nothing new."""
-        if not self._remote_moved(remote):
-            return
-        self.run("fetch", "--quiet", "--tags", "--prune", remote)
+        17-36 ms, and most runs of plan, status and --watch find nothing new.
 
-    def _remote_moved(self, remote: str) -> bool:
-        """Whether a fetch would change a remote-tracking branch or bring a tag.
+        Tags are fetched by name, never by a wildcard: a tag moved at origin would make a
+        wildcard fetch fail on every later run ("would clobber existing tag"), hiding the
+        cause. A moved tag is left as this clone has it and recorded in `moved_tags` (for a
+        lock tag that is tampering; `validation.tampering_problems` reports it). A tag
+        replaced by another object on the same commit (a lightweight lock tag made annotated
+        by `registry tag`) is taken."""
+        plan = self._fetch_plan(remote)
+        self.moved_tags.update(plan.moved)
+        if not plan.branches and not plan.tags:
+            return
+        self.run("fetch", "--quiet", "--prune", "--no-tags", remote,
+                 f"+refs/heads/*:refs/remotes/{remote}/*",
+                 *(f"+refs/tags/{name}:refs/tags/{name}" for name in plan.tags))
+
+    def _fetch_plan(self, remote: str) -> _FetchPlan:
+        """What a fetch would change: whether a remote-tracking branch moved, which tags are
+        new or replaced on the same commit, which moved to another commit.
 
         The local side is one `for-each-ref`: GitPython's `repo.tags` gives each annotated
         tag's object only by asking cat-file for it (1,500 round trips with 1,500 tags)."""
         advertised = self.run("ls-remote", "--heads", "--tags", remote)
-        namespaces = [f"refs/remotes/{remote}/"]
-        if "\trefs/tags/" in advertised:
-            namespaces.append("refs/tags/")
-        local: dict[str, str] = {}
-        for line in self.run("for-each-ref", "--format=%(refname) %(objectname)",
-                             *namespaces).splitlines():
-            name, sha = line.rsplit(" ", 1)
-            local[name] = sha
+        local: dict[str, tuple[str, str]] = {}
+        for line in self.run("for-each-ref", "--format=%(refname) %(objectname) %(*objectname)",
+                             f"refs/remotes/{remote}/", "refs/tags/").splitlines():
+            name, sha, peeled = [*line.split(" "), "", ""][:3]
+            local[name] = (sha, peeled or sha)
         local.pop(f"refs/remotes/{remote}/HEAD", None)
         wanted: dict[str, str] = {}
+        peeled_remote: dict[str, str] = {}
         for line in advertised.splitlines():
             sha, _, name = line.partition("\t")
             if name.endswith("^{}"):
+                peeled_remote[name.removesuffix("^{}")] = sha
                 continue
             if name.startswith("refs/heads/"):
                 name = f"refs/remotes/{remote}/" + name.removeprefix("refs/heads/")
             wanted[name] = sha
         tracking = {name for name in local if name.startswith(f"refs/remotes/{remote}/")}
         branches = {name for name in wanted if name.startswith(f"refs/remotes/{remote}/")}
-        return tracking != branches or any(local.get(n) != sha for n, sha in wanted.items())
+        branches_moved = tracking != branches or any(
+            local.get(name, ("",))[0] != wanted[name] for name in branches)
+        tags: list[str] = []
+        moved: dict[str, MovedTag] = {}
+        for ref, sha in wanted.items():
+            if not ref.startswith("refs/tags/"):
+                continue
+            name = ref.removeprefix("refs/tags/")
+            have = local.get(ref)
+            if have is None:
+                tags.append(name)
+            elif have[0] != sha:
+                commit = peeled_remote.get(ref, sha)
+                if commit == have[1]:
+                    tags.append(name)
+                else:
+                    moved[name] = MovedTag(name, have[1], commit)
+        return _FetchPlan(branches_moved, tags, moved)
 
     def remote_url(self, remote: str = "origin") -> str | None:
         """`remote.<name>.url` from the repository's config, None without such a remote."""
@@ -200,9 +325,9 @@ class Git:
             tags[name] = TagInfo(name=name, commit=commit, annotated=kind == "tag")
         return tags
 
-    def create_tag(self, name: str, commit: str, message: str) -> None:
-        """An annotated tag `name` on `commit`."""
-        self.repo.create_tag(name, ref=commit, message=message)
+    def create_tag(self, name: str, commit: str, message: str, *, replace: bool = False) -> None:
+        """An annotated tag `name` on `commit` (`replace`: over an existing tag of that name)."""
+        self.repo.create_tag(name, ref=commit, message=message, force=replace)
 
     def object_type(self, ref: str) -> str | None:
         """`commit`, `tag`, `tree` or `blob` for what `ref` names directly (tags not peeled)."""

@@ -128,8 +128,10 @@ def _changes(diff: list[str]) -> tuple[list[str], list[str], tuple[str | None, s
 
 
 def read_history(git: Git, ref: str | None = None) -> list[Event]:
-    """Every registry event on `ref` (default: the main branch), newest first."""
-    ref = ref or git.main_branch()
+    """Every registry event on `ref` (default: the main `Git.desired_ref` picks), newest
+    first. A shallow clone is deepened first: one commit of history reads as no history."""
+    ref = ref or git.desired_ref(fetch=False)
+    git.require_history("reading the registry's history")
     out = git.run(
         "log", "--first-parent", "--diff-merges=first-parent", "-p", "-U0", "--no-renames",
         "--no-color", "--no-ext-diff", f"--format={_FORMAT}", ref, "--",
@@ -172,6 +174,8 @@ def _pointer_events(moves: list[tuple[_Commit, str | None, str | None]]) -> list
 
 def _with_tags(git: Git, ref: str, events: list[Event]) -> list[Event]:
     settings = read_state(git, ref).settings
+    git.fetch_tags(settings.tag_prefix, [settings.tag_name(e.chunk_version) for e in events
+                                         if e.kind == "lock" and e.chunk_version])
     tags = git.tags(settings.tag_prefix)
     out = []
     for event in events:

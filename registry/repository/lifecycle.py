@@ -139,7 +139,7 @@ def lock(
 ) -> LockResult:
     """Lock a new config: branch `lock/<version>` from main with one commit adding it."""
     check_parameters(chunk_size, overlap_ratio, jaccard_threshold, prefix_policy)
-    base = git.main_branch()
+    base = git.desired_ref(fetch=False)
     if not git.run("ls-tree", "--name-only", base, "--", PRODUCTION_PATH).strip():
         raise ConfigInvalid(f"{PRODUCTION_PATH} is missing on {base}, so this is not a registry "
                             "repository yet", where=str(git.root),
@@ -219,20 +219,27 @@ class TagResult:
 
 
 def tag(git: Git, *, ref: str | None = None, push: bool = False) -> TagResult:
-    """Annotate every config on main that has no tag yet, on the commit that introduced it."""
+    """Annotate every config on main that has no tag yet, on the commit that introduced it; a
+    lightweight lock tag on that commit is replaced by an annotated one (pushed with force:
+    the same commit, so other clones take it without calling it moved)."""
     main = git.desired_ref(ref, fetch=False)
+    git.require_history("`registry tag` (it tags the commit that introduced each config)")
     state = read_state(git, main)
     settings = state.settings
     tags = git.tags(settings.tag_prefix)
     introduced = git.config_introductions(main)
     created: list[str] = []
     existing: list[str] = []
+    replaced: list[str] = []
     for version, config in sorted(state.configs.items()):
         name = settings.tag_name(version)
-        if name in tags:
-            existing.append(name)
-            continue
         commit = introduced.get(config_path(version))
+        found = tags.get(name)
+        if found is not None and (found.annotated or found.commit != commit):
+            existing.append(name)  # a lightweight tag elsewhere is validate's to report
+            continue
+        if found is not None:
+            replaced.append(name)  # lightweight, on the right commit: made annotated
         if commit is None:
             raise RegistryError(f"cannot find the commit that introduced {config_path(version)}",
                                 where=main)
@@ -241,10 +248,11 @@ def tag(git: Git, *, ref: str | None = None, push: bool = False) -> TagResult:
             f"config_hash: {config.config_hash}\ningest_run_id: {config.ingest_run_id}\n"
             f"tokenizer_hash: {config.tokenizer_hash}\n"
         )
-        git.create_tag(name, commit, message)
+        git.create_tag(name, commit, message, replace=name in replaced)
         created.append(name)
     if push and created:
-        git.push(*(f"refs/tags/{name}:refs/tags/{name}" for name in created))
+        git.push(*(f"{'+' if name in replaced else ''}refs/tags/{name}:refs/tags/{name}"
+                   for name in created))
     return TagResult(created, existing, push and bool(created))
 
 
@@ -301,7 +309,7 @@ def promote(
     and, when a database is given (`conn`), when its last eval comparison failed (or none
     exists and production.yaml requires one) unless `force`.
     """
-    base = git.main_branch()
+    base = git.desired_ref(fetch=False)
     state = read_state(git, base)
     config = _require_locked(state, version, base, "promote")
     settings = state.settings
@@ -310,6 +318,7 @@ def promote(
         raise Refused(f"{version} is already production on {base}",
                       fix="nothing to do; `registry rollback` returns to the previous version")
     tag_name = settings.tag_name(version)
+    git.fetch_tags(settings.tag_prefix, [tag_name])
     if tag_name not in git.tags(settings.tag_prefix):
         raise Refused(f"{version} has no lock tag {tag_name}: it is not locked yet",
                       fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
@@ -349,7 +358,7 @@ def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
 
     Refused for the production version and the previous production (the rollback target).
     """
-    base = git.main_branch()
+    base = git.desired_ref(fetch=False)
     state = read_state(git, base)
     _require_locked(state, version, base, "retire")
     settings = state.settings
@@ -385,7 +394,7 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
     production.yaml. `branch` overrides `rollback/<version>` (the regression watch names its
     own per promotion).
     """
-    base = git.main_branch()
+    base = git.desired_ref(fetch=False)
     state = read_state(git, base)
     event = last_promotion(git, base)
     target = event.previous
@@ -433,7 +442,7 @@ def _duration(value: timedelta) -> str:
 def propose_change(git: Git, branch: str, base: str) -> Proposal:
     """The pull request of a pushed change branch (or, without a token, the page to open it)."""
     title, body = describe_change(git, branch, base)
-    return propose(git, branch, base, title, body)
+    return propose(git, branch, git.branch_of(base), title, body)
 
 
 def describe_change(git: Git, branch: str, base: str) -> tuple[str, str]:

@@ -133,6 +133,8 @@ class Report:
     commit: str | None
     configs: int
     problems: list[Problem] = field(default_factory=list)
+    unchecked: int = 0
+    """Configs on main with no lock tag anywhere: their immutability could not be checked."""
 
     @property
     def errors(self) -> list[Problem]:
@@ -164,6 +166,11 @@ def validate(
     report.problems.extend(state.problems)
     main = main_ref or _main_ref(git)
     if main is not None:
+        if state.files:
+            git.require_history("validate (tags and provenance are checked against main)")
+        untagged = untagged_problems(git, state, main)
+        report.unchecked = len(untagged)
+        report.problems.extend(untagged)
         history = main_history(git, state, main)
         report.problems.extend(identity_problems(git, state, main))
         report.problems.extend(tag_problems(git, state, main, history))
@@ -179,6 +186,26 @@ def _main_ref(git: Git) -> str | None:
         return git.desired_ref(fetch=False)
     except RegistryError:
         return None
+
+
+def untagged_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
+    """Configs on main without a lock tag, after fetching the ones origin has (a clone made
+    with --no-tags has none): each is a warning, and `validate` does not call the result a
+    plain "ok", since their immutability went unchecked."""
+    settings = state.settings
+    on_tree = {path for _mode, _blob, path in git.ls_configs(main)}
+    on_main = {path: file.config.chunk_version for path, file in state.files.items()
+               if file.config is not None and path in on_tree}
+    if not on_main:
+        return []
+    git.fetch_tags(settings.tag_prefix, [settings.tag_name(v) for v in on_main.values()],
+                   required=True)
+    tags = git.tags(settings.tag_prefix)
+    return [Problem(path, 1, f"{version} has no lock tag {settings.tag_name(version)}, so "
+                    "its immutability is not checked",
+                    "run `registry tag --push` on main (CI tags every merge)", "warning")
+            for path, version in sorted(on_main.items())
+            if settings.tag_name(version) not in tags]
 
 
 def identity_problems(git: Git, state: RegistryState, main: str) -> list[Problem]:
@@ -301,7 +328,8 @@ def tag_problems(git: Git, state: RegistryState, main: str,
                                     "restore the tag to the commit that introduced the config"))
         if not tag.annotated:
             problems.append(Problem(path, 1, f"tag {name} is a lightweight tag",
-                                    "locks are annotated tags: recreate it with `registry tag`",
+                                    "locks are annotated tags: `registry tag --push` replaces "
+                                    "it with one on the same commit",
                                     "warning"))
         problems.extend(_tampering(state, path, name, tagged_blob))
     return problems
@@ -341,20 +369,37 @@ def immutability_problems(git: Git, state: RegistryState) -> list[Problem]:
     main = _main_ref(git)
     if main is None:
         return tampering_problems(git, state)
-    return [p for p in tag_problems(git, state, main) if p.severity == "error"]
+    return moved_tag_problems(git, state.settings.tag_prefix) + [
+        p for p in tag_problems(git, state, main) if p.severity == "error"]
 
 
 def tampering_problems(git: Git, state: RegistryState) -> list[Problem]:
     """Only the immutability check (configs equal to their tagged blobs): two git calls."""
     prefix = state.settings.tag_prefix
+    problems = moved_tag_problems(git, prefix)
     tags = git.tags(prefix)
     named = {name: name[len(prefix):] for name in tags if is_version(name[len(prefix):])}
     if not named:
-        return []
-    problems: list[Problem] = []
+        return problems
     for name, blob in _tagged_blobs(git, tags, named).items():
         if blob is not None:
             problems.extend(_tampering(state, config_path(named[name]), name, blob))
+    return problems
+
+
+def moved_tag_problems(git: Git, prefix: str) -> list[Problem]:
+    """Lock tags the last fetch found moved to another commit at origin: tampering, since a
+    lock tag is immutable. This clone keeps its own (the fetch never clobbers a tag)."""
+    problems = []
+    for name, moved in sorted(git.moved_tags.items()):
+        version = name[len(prefix):]
+        if not name.startswith(prefix) or not is_version(version):
+            continue
+        problems.append(Problem(
+            config_path(version), 1, f"tag {name} was moved at origin: it names "
+            f"{moved.remote[:10]} there, {moved.local[:10]} here (tampering: a lock tag is "
+            "immutable)", f"restore it from this clone with `git push --force origin "
+            f"refs/tags/{name}`; lock a new version for any change"))
     return problems
 
 

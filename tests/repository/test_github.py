@@ -103,7 +103,7 @@ def test_promote_pr_pushes_the_branch_and_opens_a_pull_request(
     assert "Production moves from none to" in body["body"]
     assert f"## Config `{v1}`" in body["body"] and "chunk_size: 450" in body["body"]
     assert f"## Runbook: chunk config {v1}" in body["body"]
-    assert f"`registry plan --base main --head promote/{v1}`" in body["body"]
+    assert f"`registry plan --base origin/main --head promote/{v1}`" in body["body"]
     table = f"document_chunks_{v1.replace('-', '_')}"
     assert f"| ~ | SwapProduction | `{table}` |" in body["body"]
     assert "Chunk-Version" not in body["body"]

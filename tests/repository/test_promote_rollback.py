@@ -68,7 +68,7 @@ def test_promote_refuses_what_is_not_locked_on_main_untagged_or_already_producti
     assert refused.value.exit_code == 7
 
     promoted(registry_repo, v1)
-    with pytest.raises(Refused, match=f"{v1} is already production on main"):
+    with pytest.raises(Refused, match=f"{v1} is already production on origin/main"):
         promote(Git(registry_repo.path), v1)
     assert registry_repo.git("branch", "--list", "promote/*").split() == [f"promote/{v1}"]
 
@@ -129,7 +129,7 @@ def test_rollback_reverts_the_last_promotion_however_it_was_merged(
 def test_rollback_refuses_when_there_is_nothing_to_roll_back_to(
     registry_repo: RegistryRepo,
 ) -> None:
-    with pytest.raises(Refused, match="main has no promotion to roll back"):
+    with pytest.raises(Refused, match="origin/main has no promotion to roll back"):
         rollback(Git(registry_repo.path))
     v1 = registry_repo.locked()
     promoted(registry_repo, v1)
@@ -198,7 +198,7 @@ def test_change_commands_report_refusals_as_one_line_with_exit_7(
 ) -> None:
     refused = run_cli("rollback", "--repo", registry_repo.path)
     assert refused.code == 7
-    assert refused.stderr.startswith("error: main has no promotion to roll back (")
+    assert refused.stderr.startswith("error: origin/main has no promotion to roll back (")
     assert refused.stderr.count("\n") == 1
 
     v1 = registry_repo.locked()
