@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,5 +20,8 @@ def test_reconcile_bench_runs_at_tiny_sizes(pg_server: str) -> None:
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout
     assert "registry plan:" in out
-    assert "2 managed tables: 5 round trips" in out and "6 managed tables: 5 round trips" in out
+    trips = {int(size): int(count) for size, count in
+             re.findall(r"(\d+) managed tables: (\d+) round trips", out)}
+    # 5 for the reconcile, at most 4 for its one pipelined batch of table-shape comparisons
+    assert set(trips) == {2, 6} and all(count <= 9 for count in trips.values()), trips
     assert "errors 0" in out

@@ -37,6 +37,8 @@ from registry.database.chunk_table import (
     unhealthy_rows,
 )
 from registry.errors import RegistryError, TokenizerUnavailable
+from registry.notify.dispatch import notify
+from registry.notify.events import health_check
 from registry.quality.evaluation import (
     DEFAULT_K,
     DEFAULT_TOP,
@@ -494,7 +496,4 @@ def run_health(
 
 def _notify(conn: psycopg.Connection[Any], report: HealthReport) -> None:
     """Tell the configured targets of a critical report, and of its resolution."""
-    from registry.notify.dispatch import notify
-    from registry.notify.events import health_check
-
     notify(conn, report.settings.notifications, health_check(report))

@@ -33,6 +33,8 @@ from registry.database import bookkeeping
 from registry.database.bookkeeping import RollbackProposal
 from registry.database.connection import WATCH_LOCK_KEY
 from registry.errors import Refused, RegistryError, WatchBusy
+from registry.notify.dispatch import notify
+from registry.notify.events import watch_check
 from registry.repository.git import Git
 from registry.repository.github import GitHubClient, origin_repo, propose, token_from
 from registry.repository.history import read_history
@@ -291,9 +293,6 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
 def _notify(conn: psycopg.Connection[Any], settings: ProductionConfig, result: WatchResult,
             env: Mapping[str, str]) -> None:
     """Tell the configured targets of a regression and its rollback PR, and when it is over."""
-    from registry.notify.dispatch import notify
-    from registry.notify.events import watch_check
-
     notify(conn, settings.notifications, watch_check(result), env=env)
 
 

@@ -124,12 +124,17 @@ SELECT coalesce((SELECT jsonb_agg(jsonb_build_array('column', a.attname,
 constraints (kind, definition) and indexes (unique, method, keys, predicate)."""
 
 
-def _shape(conn: psycopg.Connection[Any], schema: str, table: str) -> list[tuple[Any, ...]]:
-    row = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid",
-                       (schema, table)).fetchone()
-    if row is None or row[0] is None:
-        return []
-    found = conn.execute(_SHAPE, {"oid": row[0]}).fetchone()
+_SHAPE_OF = _SHAPE.replace(
+    "%(oid)s", "to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))")
+"""The shape of `schema.table` by name: '[]' when there is no such table."""
+SHAPE_BATCH = 50
+"""Tables compared per transaction: each expected table is created (temporary, rolled back)
+and holds its locks until then, so thousands in one transaction would overflow the shared
+lock table at default settings."""
+
+
+def _items(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
+    found = cursor.fetchone()
     return [tuple(item) for item in (found[0] if found else [])]
 
 
@@ -153,25 +158,32 @@ def shape_drift(
     """table -> how it differs from the table the reconciler would create for its config
     (columns, types, constraints, indexes): each expected one is created as a temporary table
     by the same DDL (`chunk_table.table_ddl`), read from the catalog, and rolled back, so the
-    comparison follows the DDL on every PostgreSQL version. Tables absent are left out."""
+    comparison follows the DDL on every PostgreSQL version. Tables absent are left out. One
+    pipeline per SHAPE_BATCH tables: a fixed number of round trips per batch."""
     drift: dict[str, list[str]] = {}
-    if not tables:
-        return drift
-    with conn.transaction(force_rollback=True):
-        for table, config in tables.items():
-            actual = _shape(conn, schema, table)
-            if not actual:
+    names = list(tables)
+    for start in range(0, len(names), SHAPE_BATCH):
+        read = []
+        with conn.transaction(force_rollback=True), conn.pipeline():
+            for table in names[start:start + SHAPE_BATCH]:
+                config = tables[table]
+                actual = conn.execute(_SHAPE_OF, {"schema": schema, "table": table})
+                for statement in table_ddl(
+                    "pg_temp", table, chunk_version=config.chunk_version,
+                    config_hash=config.config_hash, prefix_policy=config.prefix_policy,
+                    chunk_size=config.chunk_size, token_budget=config.token_budget,
+                    registry=registry,
+                ):
+                    conn.execute(statement)
+                read.append((table, actual,
+                             conn.execute(_SHAPE_OF, {"schema": "pg_temp", "table": table})))
+        for table, actual_cursor, expected_cursor in read:
+            found = _items(actual_cursor)
+            if not found:
                 continue
-            for statement in table_ddl(
-                "pg_temp", table, chunk_version=config.chunk_version,
-                config_hash=config.config_hash, prefix_policy=config.prefix_policy,
-                chunk_size=config.chunk_size, token_budget=config.token_budget,
-                registry=registry,
-            ):
-                conn.execute(statement)
-            expected = _shape(conn, "pg_temp", table)
-            missing = [f"missing {_describe(i)}" for i in expected if i not in actual]
-            extra = [f"unexpected {_describe(i)}" for i in actual if i not in expected]
+            expected = _items(expected_cursor)
+            missing = [f"missing {_describe(i)}" for i in expected if i not in found]
+            extra = [f"unexpected {_describe(i)}" for i in found if i not in expected]
             if missing or extra:
                 drift[table] = missing + extra
     return drift

@@ -36,6 +36,8 @@ from registry.errors import (
     RegistryError,
     invalid,
 )
+from registry.notify.dispatch import notify
+from registry.notify.events import reconcile_check
 from registry.reconciler.actual import (
     ActualState,
     read_actual,
@@ -186,7 +188,8 @@ def _record_finish(
     """Finish the run row (one statement; a no-op run is inserted already finished)."""
     done = [action_dict(r.action) | {"result": r.outcome, "error": r.error, "attempts": r.attempts}
             for r in result.results]
-    errors = [f"{r.action.describe()}: {r.error}" for r in result.failed]
+    errors = [f"{r.action.describe()}: {r.error}" for r in result.results
+              if r.outcome in ("failed", "pending")]
     errors += [f.render() for f in result.plan.blocking]
     plan = result.plan
     return bookkeeping.finish_reconcile_run(
@@ -340,9 +343,6 @@ def _apply_and_record(
 def _notify(conn: psycopg.Connection[Any], state: RegistryState, result: RunResult,
             now: datetime | None) -> None:
     """Tell the configured targets of a failed or blocked run, drift, a promotion applied."""
-    from registry.notify.dispatch import notify
-    from registry.notify.events import reconcile_check
-
     settings = state.settings
     notify(conn, settings.notifications,
            reconcile_check(result, f"{settings.schema}.{settings.base_name}"), now=now)

@@ -24,6 +24,7 @@ from registry.config import (
     config_path,
     guardrail_violations,
     is_version,
+    load_production,
     parse_yaml,
 )
 from registry.errors import Problem, RegistryError, TokenizerUnavailable
@@ -213,8 +214,6 @@ def identity_problems(git: Git, state: RegistryState, main: str) -> list[Problem
     main: the reconciler refuses to move tables (tables.schema, tables.base_name) and a
     changed `registry:` name disowns every table the registry created. Adding a name where
     main has none is allowed (the tables made under the legacy identity stay owned)."""
-    from registry.config import load_production
-
     raw = git.show(main, PRODUCTION_PATH)
     if raw is None or state.production is None or not _has_configs(git, main):
         return []
