@@ -36,8 +36,10 @@ WITHHELD = "[text withheld: it contained a secret]"
 def _forms(secret: str) -> set[str]:
     """The ways `secret` may come back: as given, %-encoded, JSON-escaped, backslash-quoted
     (libpq keyword values) and as Python's repr shows it."""
-    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret),
-             urllib.parse.quote_plus(secret), json.dumps(secret)[1:-1],
+    # surrogatepass: a lone surrogate (a DSN typed with one) must not make registering fail
+    forms = {secret, urllib.parse.quote(secret, safe="", errors="surrogatepass"),
+             urllib.parse.quote(secret, errors="surrogatepass"),
+             urllib.parse.quote_plus(secret, errors="surrogatepass"), json.dumps(secret)[1:-1],
              secret.replace("\\", "\\\\").replace("'", "\\'"), repr(secret)[1:-1]}
     return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
 
