@@ -175,7 +175,7 @@ def test_no_password_or_token_appears_anywhere_the_lifecycle_writes(
     run("wrong password", "plan", "--repo", repo, "--dsn", login.wrong)
     run("malformed dsn", "reconcile", "--repo", repo, "--dsn", login.malformed)
     run("missing source", "ingest", version, "--repo", repo, "--dsn", login.url, "--source",
-        str(tmp_path / "nowhere"), "--tokenizer-file", token)
+        str(tmp_path / "nowhere"), "--tokenizer-file", token, "--into-production")
     run("unknown version", "eval", "2030-01-01-000000-v9", "--cases", str(cases), "--repo", repo,
         "--dsn", login.url)
     run("debug, server unreachable", "--debug", "status", "--repo", repo, "--dsn",
