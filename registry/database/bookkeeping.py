@@ -1032,16 +1032,28 @@ def record_delivery(
     error: str | None, retry_at: datetime | None,
 ) -> None:
     """The outcome of one attempt: sent; or failed, retried at `retry_at` (None: abandoned)."""
-    column = "open" if notification.phase == "opened" else "resolve"
-    if error is None:
-        status = sql.SQL("{s} = 'sent', {at} = %(now)s, attempts = 0, last_error = NULL").format(
-            s=sql.Identifier(f"{column}_status"), at=sql.Identifier(f"{column}_sent_at"))
+    params = {"now": now, "error": error, "retry": retry_at, "id": notification.id}
+    opened = notification.phase == "opened"
+    if error is None and opened:
+        conn.execute(sql.SQL(
+            "UPDATE {n} SET open_status = 'sent', open_sent_at = %(now)s, attempts = 0, "
+            "last_error = NULL, last_attempt_at = %(now)s WHERE id = %(id)s").format(
+            n=NOTIFICATIONS), params)
+    elif error is None:
+        conn.execute(sql.SQL(
+            "UPDATE {n} SET resolve_status = 'sent', resolve_sent_at = %(now)s, attempts = 0, "
+            "last_error = NULL, last_attempt_at = %(now)s WHERE id = %(id)s").format(
+            n=NOTIFICATIONS), params)
+    elif opened:
+        conn.execute(sql.SQL(
+            "UPDATE {n} SET open_status = CASE WHEN %(retry)s::timestamptz IS NULL THEN "
+            "'abandoned' ELSE open_status END, attempts = attempts + 1, last_error = %(error)s, "
+            "next_attempt_at = coalesce(%(retry)s, next_attempt_at), last_attempt_at = %(now)s "
+            "WHERE id = %(id)s").format(n=NOTIFICATIONS), params)
     else:
-        status = sql.SQL("{s} = CASE WHEN %(retry)s::timestamptz IS NULL THEN 'abandoned' "
-                         "ELSE {s} END, attempts = attempts + 1, last_error = %(error)s, "
-                         "next_attempt_at = coalesce(%(retry)s, next_attempt_at)").format(
-            s=sql.Identifier(f"{column}_status"))
-    conn.execute(sql.SQL("UPDATE {} SET {}, last_attempt_at = %(now)s WHERE id = %(id)s").format(
-        NOTIFICATIONS, status),
-        {"now": now, "error": error, "retry": retry_at, "id": notification.id})
+        conn.execute(sql.SQL(
+            "UPDATE {n} SET resolve_status = CASE WHEN %(retry)s::timestamptz IS NULL THEN "
+            "'abandoned' ELSE resolve_status END, attempts = attempts + 1, "
+            "last_error = %(error)s, next_attempt_at = coalesce(%(retry)s, next_attempt_at), "
+            "last_attempt_at = %(now)s WHERE id = %(id)s").format(n=NOTIFICATIONS), params)
 

@@ -90,7 +90,7 @@ def test_a_killed_first_start_does_not_break_the_next_command(
     for parent in (home, *home.parents):  # the server user (under root) must traverse them
         if parent != Path("/"):
             os.chmod(parent, os.stat(parent).st_mode | 0o005)
-    env = {"REGISTRY_HOME": str(home), "REGISTRY_DSN": "", "DATABASE_URL": ""}
+    env = {"REGISTRY_HOME": str(home), "REGISTRY_DSN": "embedded"}
     first = start_registry("db", "url", env=env)
     time.sleep(delay)
     first.kill()
