@@ -1,6 +1,7 @@
 """chunk-registry: a git repository as the registry of locked RAG chunking configurations.
 
-`registry.retrieval_table()` and `registry.active_config()` are the application API; they are
+`registry.retrieval_table()`, `registry.record_outcome()` and `registry.active_config()` are the
+application API; they are
 imported on first use so `import registry` (and the CLI) stays light.
 """
 
@@ -9,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.serving import active_config, retrieval_table
+    from registry.serving import Router, active_config, record_outcome, retrieval_table
 
-__all__ = ["active_config", "retrieval_table"]
+__all__ = ["Router", "active_config", "record_outcome", "retrieval_table"]
 
 
 def __getattr__(name: str) -> Any:

@@ -384,6 +384,76 @@ def parse_duration(text: str) -> timedelta:
 
 
 @dataclass(frozen=True)
+class Guardrails:
+    """When the promotion watch ends an experiment: the candidate's success rate below the
+    control's by more than `success_rate_max_drop` (once both arms have `min_outcomes`), or
+    its latest health report below an oracle/filter hit rate floor."""
+
+    success_rate_max_drop: float | None = None
+    min_outcomes: int = 200
+    oracle_hit_rate_min: float | None = None
+    filter_hit_rate_min: float | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Guardrails:
+        def rate(name: str) -> float | None:
+            return float(data[name]) if data.get(name) is not None else None
+
+        return cls(rate("success_rate_max_drop"), int(data.get("min_outcomes", 200)),
+                   rate("oracle_hit_rate_min"), rate("filter_hit_rate_min"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("success_rate_max_drop", "min_outcomes", "oracle_hit_rate_min",
+                     "filter_hit_rate_min"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """`experiment:` in an environment's config: the candidate locked version gets `share` of
+    the request keys (registry.routing) until `ends`."""
+
+    name: str
+    candidate: str
+    share: float
+    salt: str
+    ends: datetime
+    guardrails: Guardrails = field(default_factory=Guardrails)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ExperimentConfig:
+        return cls(str(data["name"]), str(data["candidate"]), float(data["share"]),
+                   str(data["salt"]), parse_rfc3339(str(data["ends"])),
+                   Guardrails.from_mapping(data.get("guardrails") or {}))
+
+    def running(self, now: datetime) -> bool:
+        return now < self.ends
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping as production.yaml writes it (and the served state stores it)."""
+        out: dict[str, Any] = {"name": self.name, "candidate": self.candidate,
+                               "share": self.share, "salt": self.salt,
+                               "ends": rfc3339(self.ends)}
+        guardrails = self.guardrails.to_dict()
+        if guardrails:
+            out["guardrails"] = guardrails
+        return out
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 moment (the schema fixed its shape), as an aware UTC datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
 class ProductionConfig:
     """configs/production.yaml: the production pointer and the rollout policy, with defaults."""
 
@@ -405,6 +475,10 @@ class ProductionConfig:
     registry: str | None = None
     """The registry's name (`registry:` in production.yaml), recorded on everything it creates;
     None: the legacy identity, `schema.base_name`."""
+    experiment: ExperimentConfig | None = None
+    """The A/B experiment this environment runs (docs/experiments.md), if any."""
+    environment: str = "production"
+    """The environment these settings serve (its served state and outcomes are keyed by it)."""
 
     @property
     def legacy_identity(self) -> str:
@@ -467,6 +541,8 @@ class ProductionConfig:
             notifications=NotificationSettings.from_mapping(data["notifications"])
             if data.get("notifications") else None,
             registry=data.get("registry"),
+            experiment=ExperimentConfig.from_mapping(data["experiment"])
+            if data.get("experiment") else None,
         )
 
     def table_name(self, chunk_version: str) -> str:
@@ -474,6 +550,12 @@ class ProductionConfig:
 
     def tag_name(self, chunk_version: str) -> str:
         return f"{self.tag_prefix}{chunk_version}"
+
+    @property
+    def candidate_view(self) -> str:
+        """`document_chunks_candidate`: the view SQL clients read for an experiment's candidate
+        arm (never a table name: those end in a chunk_version, which starts with a digit)."""
+        return f"{self.base_name}_candidate"
 
 
 def _range(value: Any, default: tuple[float, float]) -> tuple[float, float]:
@@ -495,6 +577,33 @@ def set_production_pointer(raw: bytes, chunk_version: str) -> bytes:
     if pattern.search(text):
         return pattern.sub(f"production: {chunk_version}", text, count=1).encode()
     return f"production: {chunk_version}\n{text}".encode()
+
+
+def set_experiment_block(raw: bytes, experiment: ExperimentConfig | None) -> bytes:
+    """production.yaml with its top-level `experiment:` block replaced (None: removed), every
+    other line kept, so an experiment's pull request shows only the experiment changing."""
+    lines = raw.decode("utf-8").splitlines(keepends=True)
+    kept: list[str] = []
+    inside = False
+    for line in lines:
+        if line.startswith("experiment:"):
+            inside = True
+            continue
+        if inside and (line.startswith((" ", "\t")) or not line.strip()):
+            continue
+        inside = False
+        kept.append(line)
+    text = "".join(kept)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    if experiment is not None:
+        block = yaml.safe_dump({"experiment": experiment.to_dict()}, sort_keys=False,
+                               default_flow_style=False, width=100)
+        # The schema wants `ends` as a string: a bare timestamp would read as one anyway under
+        # the strict loader, but quoting says so to a person reading the file.
+        text += block.replace(f"ends: {rfc3339(experiment.ends)}",
+                              f"ends: '{rfc3339(experiment.ends)}'")
+    return text.encode()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -173,3 +173,10 @@ class NotificationFailed(RegistryError):
     """`registry notify test`: a notification target did not accept the test message."""
 
     exit_code = 15
+
+
+class ServedStateUnavailable(RegistryError):
+    """No served state for the registry and environment an application asked about: no
+    reconcile has materialized it in this database (or it names several registries)."""
+
+    exit_code = 16

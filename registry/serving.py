@@ -1,22 +1,246 @@
 """The Python API for applications: which table to read, and which config production uses.
 
-Retrieval code calls `retrieval_table()` instead of hard-coding `document_chunks_<version>`
-(the seed's get_retrieval_table): production reads the view, a shadow evaluation reads one
-locked config's table. Both read the committed main branch of the registry repo (no fetch, no
-database), so they are cheap enough to call at start-up.
+`retrieval_table(key=...)` is what an application calls per request: it reads the served
+state the reconciler materialized in the database (`chunk_registry.served_state`), never git,
+through a `Router` that caches it in-process and re-reads it only when its version moved
+(checked at most every `CHECK_INTERVAL_S`, one query per check), so a warm call is a clock
+read, a hash and a comparison. With an experiment running, the key's arm decides the table
+(`registry.routing`); `record_outcome(key, success)` reports how the request went.
+
+Without `key` or a database, `retrieval_table()` keeps its first meaning: it reads the
+committed main branch of the registry repo (the view, or with `use_shadow`/`version` one
+locked config's table), which evaluation scripts and start-up code can afford.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from registry.config import LockedConfig
-from registry.errors import ConfigInvalid
+import psycopg
+
+from registry.config import LockedConfig, parse_rfc3339
+from registry.database import bookkeeping
+from registry.database.connection import first_line, scrub
+from registry.secrets import register_dsn
+from registry.errors import ConfigInvalid, DatabaseUnavailable, ServedStateUnavailable, UsageError
+from registry.reconciler.served import CHECK_INTERVAL_S, SERVED_GRACE
 from registry.repository.git import Git
 from registry.repository.state import RegistryState, committed_state
+from registry.routing import Arm, point
 
 REPO_ENV = "REGISTRY_REPO"
+NAME_ENV = "REGISTRY_NAME"
+ENVIRONMENT_ENV = "REGISTRY_ENVIRONMENT"
+DSN_ENVS = ("REGISTRY_DSN", "DATABASE_URL")
+MAX_STALE_S = SERVED_GRACE.total_seconds() / 2
+"""How long a cache that cannot be refreshed (database down) is still served: half the time
+the reconciler keeps a table that left the served state, so it never names a dropped one."""
+
+log = logging.getLogger("registry.serving")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One served state, flattened for the hot path."""
+
+    version: int
+    registry: str
+    view: str
+    production_version: str | None
+    production_table: str | None
+    experiment: str | None = None
+    salt: str = ""
+    share: float = 0.0
+    ends: float = 0.0
+    """The experiment's end as a Unix time: routing stops then without waiting for a refresh."""
+    candidate_version: str | None = None
+    candidate_table: str | None = None
+    state: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of(cls, registry: str, version: int, state: Mapping[str, Any]) -> Snapshot:
+        production = state.get("production") or {}
+        experiment = state.get("experiment")
+        base = cls(version, registry, str(state["view"]), production.get("version"),
+                   production.get("table"), state=state)
+        if not experiment:
+            return base
+        return cls(version, registry, base.view, base.production_version, base.production_table,
+                   str(experiment["name"]), str(experiment["salt"]), float(experiment["share"]),
+                   parse_rfc3339(str(experiment["ends"])).timestamp(),
+                   str(experiment["candidate"]["version"]), str(experiment["candidate"]["table"]),
+                   state)
+
+
+class Router:
+    """The served state of one registry and environment, cached in-process.
+
+    Thread-safe: readers share one immutable snapshot; one thread at a time refreshes it on
+    the router's own connection (autocommit, opened lazily, reopened after a failure).
+    """
+
+    def __init__(
+        self, dsn: str | None = None, *, registry: str | None = None,
+        environment: str | None = None, check_interval: float = CHECK_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dsn = dsn or next((os.environ[n] for n in DSN_ENVS if os.environ.get(n)), None)
+        if not self.dsn:
+            raise UsageError("no database to read the served state from",
+                             where="registry.serving",
+                             fix="pass dsn=... or set REGISTRY_DSN (or DATABASE_URL)")
+        register_dsn(self.dsn)
+        self.registry = registry or os.environ.get(NAME_ENV) or None
+        self.environment = environment or os.environ.get(ENVIRONMENT_ENV) or "production"
+        self.check_interval = check_interval
+        self.clock = clock
+        self.refreshes = 0
+        self._snapshot: Snapshot | None = None
+        self._next_check = 0.0
+        self._checked_at = 0.0
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    # -- the hot path
+
+    def snapshot(self) -> Snapshot:
+        """The current served state: the cached one until the next check is due."""
+        snapshot = self._snapshot
+        if snapshot is not None and self.clock() < self._next_check:
+            return snapshot
+        return self._refresh()
+
+    def arm(self, key: str) -> Arm | None:
+        """The arm of `key` in the running experiment, None when none is running."""
+        snapshot = self.snapshot()
+        if snapshot.experiment is None or time.time() >= snapshot.ends:
+            return None
+        return "candidate" if point(snapshot.salt, key) < snapshot.share else "control"
+
+    def table(self, key: str | None = None) -> str:
+        """The qualified table to read for this request: the candidate's for a key in the
+        candidate arm, else production's."""
+        snapshot = self.snapshot()
+        if (key is not None and snapshot.experiment is not None and time.time() < snapshot.ends
+                and point(snapshot.salt, key) < snapshot.share):
+            return snapshot.candidate_table  # type: ignore[return-value]
+        if snapshot.production_table is None:
+            raise ServedStateUnavailable(
+                f"registry {snapshot.registry} serves no production in {self.environment} yet",
+                where="registry.serving", fix="promote a config and reconcile")
+        return snapshot.production_table
+
+    # -- outcomes
+
+    def record_outcome(self, key: str, success: bool, *, metric: str = "success",
+                       details: Mapping[str, Any] | None = None) -> Arm | None:
+        """Record how the request of `key` went, in its arm of the running experiment; the arm
+        (None, and nothing recorded, when no experiment is running)."""
+        snapshot = self.snapshot()
+        arm = self.arm(key)
+        if arm is None or snapshot.experiment is None:
+            return None
+        version = snapshot.candidate_version if arm == "candidate" else (
+            snapshot.production_version)
+        assert version is not None
+        with self._lock:
+            try:
+                bookkeeping.record_outcome(self._connection(), snapshot.registry,
+                                           self.environment, snapshot.experiment, arm, version,
+                                           key, success, metric, details)
+            except psycopg.Error as err:
+                self._close()
+                raise self._unavailable(err, "recording an outcome") from None
+        return arm
+
+    # -- refreshing
+
+    def _refresh(self) -> Snapshot:
+        with self._lock:
+            now = self.clock()
+            snapshot = self._snapshot
+            if snapshot is not None and now < self._next_check:
+                return snapshot  # another thread refreshed it meanwhile
+            try:
+                fresh = self._read(snapshot)
+            except psycopg.Error as err:
+                self._close()
+                if snapshot is not None and now - self._checked_at < MAX_STALE_S:
+                    log.warning("served state not refreshed (%s): serving version %d for now",
+                                scrub(first_line(err), self.dsn or ""),
+                                snapshot.version)
+                    self._next_check = now + min(self.check_interval, 0.5)
+                    return snapshot
+                raise self._unavailable(err, "reading the served state") from None
+            self.refreshes += 1
+            self._snapshot = fresh
+            self._checked_at = now
+            self._next_check = now + self.check_interval
+            return fresh
+
+    def _read(self, known: Snapshot | None) -> Snapshot:
+        """One query: the version, and the state only when it moved."""
+        version = known.version if known is not None else -1
+        rows = self._connection().execute(
+            bookkeeping.READ_SERVED,
+            (version, self.environment, self.registry, self.registry)).fetchall()
+        if not rows:
+            raise ServedStateUnavailable(
+                f"no served state for registry {self.registry or '(any)'} in environment "
+                f"{self.environment} in this database", where="registry.serving",
+                fix="run `registry reconcile` against it (it materializes the served state), "
+                "and check REGISTRY_NAME / registry=")
+        if len(rows) > 1:
+            raise ServedStateUnavailable(
+                f"several registries serve environment {self.environment} in this database",
+                where="registry.serving", fix="pass registry=... or set REGISTRY_NAME")
+        registry, found, state = rows[0]
+        if state is None and known is not None:
+            return known
+        return Snapshot.of(str(registry), int(found), state)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            assert self.dsn is not None
+            self._conn = psycopg.connect(self.dsn, autocommit=True,
+                                         application_name="chunk-registry serving")
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    def _unavailable(self, err: psycopg.Error, doing: str) -> DatabaseUnavailable:
+        reason = scrub(first_line(err), self.dsn or "")
+        return DatabaseUnavailable(f"lost the database while {doing}: {reason}",
+                                   where="registry.serving", fix="check the server")
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+_routers: dict[tuple[str | None, str | None, str | None], Router] = {}
+_routers_lock = threading.Lock()
+
+
+def router(dsn: str | None = None, *, registry: str | None = None,
+           environment: str | None = None) -> Router:
+    """The process-wide router for (dsn, registry, environment), made on first use."""
+    key = (dsn, registry, environment)
+    found = _routers.get(key)
+    if found is not None:
+        return found
+    with _routers_lock:
+        return _routers.setdefault(key, Router(dsn, registry=registry, environment=environment))
 
 
 def _state(repo: Path | str | None) -> RegistryState:
@@ -25,12 +249,22 @@ def _state(repo: Path | str | None) -> RegistryState:
 
 
 def retrieval_table(
-    use_shadow: bool = False, version: str | None = None, *, repo: Path | str | None = None
+    use_shadow: bool = False, version: str | None = None, *, repo: Path | str | None = None,
+    key: str | None = None, dsn: str | None = None, registry: str | None = None,
+    environment: str | None = None,
 ) -> str:
-    """The qualified name to read: `public.document_chunks` (the production view), or with
-    `use_shadow` the table of `version` (default: CHUNK_VERSION from the environment, as
-    `registry env VERSION` exports it). The schema bounds both parts to `[a-z_][a-z0-9_]*`,
-    so the name is usable as is; pass it to `psycopg.sql.Identifier` when building SQL."""
+    """The qualified name to read.
+
+    With `key` (a request key: a user or session id) or `dsn`: the table the database serves
+    this request (the candidate's table for a key in an experiment's candidate arm, else
+    production's), from the cached served state (`Router`). Otherwise, from git:
+    `public.document_chunks` (the production view), or with `use_shadow` the table of
+    `version` (default: CHUNK_VERSION, as `registry env VERSION` exports it).
+
+    The schema bounds both parts to `[a-z_][a-z0-9_]*`, so the name is usable as is; pass it
+    to `psycopg.sql.Identifier` when building SQL."""
+    if key is not None or dsn is not None:
+        return router(dsn, registry=registry, environment=environment).table(key)
     state = _state(repo)
     settings = state.settings
     if not use_shadow and version is None:
@@ -43,6 +277,18 @@ def retrieval_table(
         )
     config = state.config(chosen)
     return _qualified(settings.schema, settings.table_name(config.chunk_version))
+
+
+def record_outcome(
+    key: str, success: bool, *, metric: str = "success",
+    details: Mapping[str, Any] | None = None, dsn: str | None = None,
+    registry: str | None = None, environment: str | None = None,
+) -> Arm | None:
+    """Report how the request of `key` went (a hit, a click, a thumbs-up: `success`) into
+    `chunk_registry.experiment_outcomes`, in the key's arm; returns the arm, None (nothing
+    recorded) when no experiment is running."""
+    return router(dsn, registry=registry, environment=environment).record_outcome(
+        key, success, metric=metric, details=details)
 
 
 def active_config(*, repo: Path | str | None = None) -> LockedConfig:

@@ -25,7 +25,7 @@ from registry.errors import BookkeepingDamaged, RegistryError
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 5
+BOOKKEEPING_VERSION = 6
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -42,6 +42,12 @@ EVAL_RUNS = table("eval_runs")
 HEALTH_REPORTS = table("health_reports")
 ROLLBACK_PROPOSALS = table("rollback_proposals")
 NOTIFICATIONS = table("notifications")
+SERVED_STATE = table("served_state")
+SERVED_TABLES = table("served_tables")
+OUTCOMES = table("experiment_outcomes")
+EXPERIMENT_STOPS = table("experiment_stops")
+SERVED_CHANNEL = "chunk_registry_served"
+"""NOTIFY channel of a served-state change (payload `registry/environment`)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +220,63 @@ def _migration_5() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
+def _migration_6() -> list[sql.Composed | sql.SQL]:
+    """What applications read: the served state per registry and environment (materialized by
+    the reconciler, a version bumped on every change), when each table was last served (the
+    reconciler keeps a table a reader's cache may still name), experiment outcomes, and the
+    guardrail stops the promotion watch proposed."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.served_state (
+            registry text NOT NULL,
+            environment text NOT NULL,
+            version bigint NOT NULL DEFAULT 1,
+            state jsonb NOT NULL,
+            git_commit text,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (registry, environment))""",
+        # One row per table ever served; served_until NULL while it is served now.
+        """CREATE TABLE {s}.served_tables (
+            registry text NOT NULL,
+            environment text NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            first_served_at timestamptz NOT NULL DEFAULT now(),
+            served_until timestamptz,
+            PRIMARY KEY (registry, environment, schema_name, table_name))""",
+        """CREATE TABLE {s}.experiment_outcomes (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            registry text NOT NULL,
+            environment text NOT NULL,
+            experiment text NOT NULL,
+            arm text NOT NULL CHECK (arm IN ('control', 'candidate')),
+            chunk_version text NOT NULL,
+            request_key text NOT NULL,
+            metric text NOT NULL DEFAULT 'success',
+            success boolean NOT NULL,
+            at timestamptz NOT NULL DEFAULT now(),
+            details jsonb)""",
+        """CREATE INDEX experiment_outcomes_arm ON {s}.experiment_outcomes
+            (registry, environment, experiment, metric, arm)""",
+        """CREATE TABLE {s}.experiment_stops (
+            registry text NOT NULL,
+            environment text NOT NULL,
+            experiment text NOT NULL,
+            candidate text NOT NULL,
+            proposed_at timestamptz NOT NULL DEFAULT now(),
+            branch text,
+            git_commit text,
+            pr_number integer,
+            pr_url text,
+            adopted boolean NOT NULL DEFAULT false,
+            evidence jsonb NOT NULL DEFAULT '{{}}',
+            PRIMARY KEY (registry, environment, experiment))""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
-              5: _migration_5}
+              5: _migration_5, 6: _migration_6}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -1057,3 +1118,155 @@ def record_delivery(
             "last_error = %(error)s, next_attempt_at = coalesce(%(retry)s, next_attempt_at), "
             "last_attempt_at = %(now)s WHERE id = %(id)s").format(n=NOTIFICATIONS), params)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# served_state and served_tables: what applications read
+
+
+def publish_served_state(
+    conn: psycopg.Connection[Any], registry: str, environment: str, state: Mapping[str, Any],
+    commit: str | None, tables: Sequence[tuple[str, str]],
+) -> tuple[int, bool]:
+    """Store what `environment` serves; the version is bumped (and listeners notified) only
+    when it changed. `tables` are the tables it serves now: each one stops being served (its
+    served_until is set) when it leaves. (version, changed); run it in one transaction."""
+    row = conn.execute(sql.SQL(
+        "INSERT INTO {t} AS s (registry, environment, state, git_commit) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (registry, environment) DO UPDATE SET version = s.version + 1, "
+        "state = EXCLUDED.state, git_commit = EXCLUDED.git_commit, updated_at = now() "
+        "WHERE s.state IS DISTINCT FROM EXCLUDED.state RETURNING version").format(
+        t=SERVED_STATE), (registry, environment, Jsonb(dict(state)), commit)).fetchone()
+    changed = row is not None
+    if row is None:
+        row = conn.execute(sql.SQL("SELECT version FROM {} WHERE registry = %s AND "
+                                   "environment = %s").format(SERVED_STATE),
+                           (registry, environment)).fetchone()
+        assert row is not None
+    schemas = [s for s, _ in tables]
+    names = [t for _, t in tables]
+    conn.execute(sql.SQL(
+        "INSERT INTO {t} (registry, environment, schema_name, table_name) "
+        "SELECT %s, %s, s, t FROM unnest(%s::text[], %s::text[]) AS u(s, t) "
+        "ON CONFLICT (registry, environment, schema_name, table_name) "
+        "DO UPDATE SET served_until = NULL").format(t=SERVED_TABLES),
+        (registry, environment, schemas, names))
+    conn.execute(sql.SQL(
+        "UPDATE {t} SET served_until = now() WHERE registry = %s AND environment = %s "
+        "AND served_until IS NULL AND (schema_name, table_name) NOT IN "
+        "(SELECT s, t FROM unnest(%s::text[], %s::text[]) AS u(s, t))").format(t=SERVED_TABLES),
+        (registry, environment, schemas, names))
+    if changed:
+        conn.execute("SELECT pg_notify(%s, %s)", (SERVED_CHANNEL, f"{registry}/{environment}"))
+    return int(row[0]), changed
+
+
+READ_SERVED = sql.SQL(
+    "SELECT registry, version, CASE WHEN version = %s THEN NULL ELSE state END FROM {} "
+    "WHERE environment = %s AND (%s::text IS NULL OR registry = %s) LIMIT 2").format(SERVED_STATE)
+"""The one query of a served-state refresh: the state only when its version moved."""
+
+
+def served_tables_until(
+    conn: psycopg.Connection[Any], registries: Sequence[str]
+) -> dict[tuple[str, str], datetime | None]:
+    """(schema, table) -> when it stopped being served (None: served now), for `registries`;
+    empty when the database predates served_tables."""
+    if not exists(conn, "served_tables"):
+        return {}
+    rows = conn.execute(sql.SQL(
+        "SELECT schema_name, table_name, bool_or(served_until IS NULL), max(served_until) "
+        "FROM {} WHERE registry = ANY(%s) GROUP BY 1, 2").format(SERVED_TABLES),
+        (list(registries),)).fetchall()
+    return {(str(s), str(t)): (None if now else until) for s, t, now, until in rows}
+
+
+def served_within(
+    conn: psycopg.Connection[Any], schema: str, table_name: str, registries: Sequence[str],
+    seconds: float,
+) -> bool:
+    """Whether the table is served, or stopped being served less than `seconds` ago."""
+    if not exists(conn, "served_tables"):
+        return False
+    row = conn.execute(sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE schema_name = %s AND table_name = %s "
+        "AND registry = ANY(%s) AND (served_until IS NULL OR served_until > "
+        "now() - make_interval(secs => %s)))").format(SERVED_TABLES),
+        (schema, table_name, list(registries), seconds)).fetchone()
+    return bool(row and row[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# experiment_outcomes and experiment_stops
+
+
+INSERT_OUTCOME = sql.SQL(
+    "INSERT INTO {} (registry, environment, experiment, arm, chunk_version, request_key, "
+    "metric, success, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)").format(OUTCOMES)
+
+
+def record_outcome(
+    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str, arm: str,
+    chunk_version: str, key: str, success: bool, metric: str = "success",
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    conn.execute(INSERT_OUTCOME, (registry, environment, experiment, arm, chunk_version, key,
+                                  metric, success, Jsonb(dict(details)) if details else None))
+
+
+def outcome_counts(
+    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str,
+    metric: str = "success",
+) -> dict[str, tuple[int, int]]:
+    """arm -> (outcomes, successes) of one experiment's metric."""
+    rows = conn.execute(sql.SQL(
+        "SELECT arm, count(*), count(*) FILTER (WHERE success) FROM {} WHERE registry = %s "
+        "AND environment = %s AND experiment = %s AND metric = %s GROUP BY arm").format(OUTCOMES),
+        (registry, environment, experiment, metric)).fetchall()
+    return {str(a): (int(n), int(k)) for a, n, k in rows}
+
+
+@dataclass(frozen=True)
+class ExperimentStop:
+    """The pull request the promotion watch opened (or adopted) to end an experiment."""
+
+    experiment: str
+    candidate: str
+    proposed_at: datetime
+    branch: str | None
+    commit: str | None
+    number: int | None
+    url: str | None
+    adopted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self),
+                "proposed_at": self.proposed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def experiment_stop(
+    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str
+) -> ExperimentStop | None:
+    return _one(conn, sql.SQL(
+        "SELECT experiment, candidate, proposed_at, branch, git_commit, pr_number, pr_url, "
+        "adopted FROM {} WHERE registry = %s AND environment = %s AND experiment = %s").format(
+        EXPERIMENT_STOPS), (registry, environment, experiment), ExperimentStop)
+
+
+def record_experiment_stop(
+    conn: psycopg.Connection[Any], registry: str, environment: str, stop: ExperimentStop,
+    evidence: Mapping[str, Any],
+) -> ExperimentStop:
+    """Once per experiment: when one is recorded already, that one is returned."""
+    row = conn.execute(sql.SQL(
+        "INSERT INTO {} (registry, environment, experiment, candidate, branch, git_commit, "
+        "pr_number, pr_url, adopted, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (registry, environment, experiment) DO NOTHING RETURNING proposed_at"
+    ).format(EXPERIMENT_STOPS), (
+        registry, environment, stop.experiment, stop.candidate, stop.branch, stop.commit,
+        stop.number, stop.url, stop.adopted, Jsonb(dict(evidence)))).fetchone()
+    if row is None:
+        existing = experiment_stop(conn, registry, environment, stop.experiment)
+        assert existing is not None
+        return existing
+    return ExperimentStop(**{**asdict(stop), "proposed_at": row[0]})

@@ -48,6 +48,8 @@ class ActualState:
     relations: dict[str, Relation] = field(default_factory=dict)
     rows: dict[str, int | None] = field(default_factory=dict)
     """table -> row count (or 1/0 for a has-rows probe); None when unknown (offline plan)."""
+    served_until: dict[tuple[str, str], datetime | None] = field(default_factory=dict)
+    """(schema, table) -> when applications stopped being served it (None: served now)."""
     shape_drift: dict[str, list[str]] = field(default_factory=dict)
     """table -> how its shape differs from what the reconciler creates (read for the tables
     of the desired configs only; absent: not compared, or no difference)."""
@@ -104,6 +106,7 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
                                           read_marker(comment))
     if has_bookkeeping:
         actual.managed = bookkeeping.managed_tables(conn, with_last_compare=evals)
+        actual.served_until = bookkeeping.served_tables_until(conn, settings.identities)
     return actual
 
 

@@ -41,6 +41,7 @@ from registry.reconciler.planner import (
     duration_text,
     utc_text,
 )
+from registry.reconciler.served import SERVED_GRACE
 
 log = logging.getLogger("registry.reconciler.applier")
 
@@ -313,6 +314,10 @@ class Applier:
         if retired_at + settings.grace_period > self.now:
             raise Refused(f"{name} was retired at {utc_text(retired_at)}: the grace period "
                           f"{duration_text(settings.grace_period)} is not over")
+        if bookkeeping.served_within(self.conn, action.schema, action.table, registries,
+                                     SERVED_GRACE.total_seconds()):
+            raise Refused(f"{name} was served to applications less than "
+                          f"{duration_text(SERVED_GRACE)} ago: a reader's cache may name it")
         former = bookkeeping.former_productions(self.conn, settings.keep_previous, registries)
         if (action.schema, action.table) in former:
             raise Refused(f"{name} is the previous production (the rollback target): kept")

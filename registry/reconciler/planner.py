@@ -20,6 +20,7 @@ from registry.database.bookkeeping import ManagedTable
 from registry.errors import Refused
 from registry.quality import gate
 from registry.reconciler.actual import ActualState
+from registry.reconciler.served import SERVED_GRACE
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -313,7 +314,7 @@ def make_plan(
 
     reported = {f.table for f in plan.findings}
     for name, relation in sorted(actual.relations.items()):
-        if name == base or name in managed_names or name in reported:
+        if name in (base, settings.candidate_view) or name in managed_names or name in reported:
             continue
         kind = "view" if relation.is_view else "table"
         plan.findings.append(Finding(
@@ -437,8 +438,15 @@ def _plan_retirements(
     configs = state.configs
     swap = next((a for a in plan.actions if isinstance(a, SwapProduction)), None)
     protected = protected_tables(actual, settings.keep_previous, swapping_from)
+    candidate = settings.experiment.candidate if settings.experiment else None
     for version, row in sorted(actual.live.items()):
         if version in configs:
+            continue
+        if version == candidate:
+            plan.findings.append(Finding(
+                "kept", row.table_name, f"{row.schema_name}.{row.table_name} is kept: it is "
+                "the candidate of the running experiment", "end the experiment first "
+                "(`registry experiment end`)", "warning"))
             continue
         name = f"{row.schema_name}.{row.table_name}"
         if row.status in ("shadow", "production"):
@@ -452,10 +460,17 @@ def _plan_retirements(
                                        utc_text(drop_after)))
             continue
         retired_at = row.retired_at or actual.now
+        served_until = actual.served_until.get(row.key, actual.now - SERVED_GRACE)
         if row.key in protected:
             plan.findings.append(Finding(
                 "kept", row.table_name, f"{name} is kept: it is the previous production "
                 "(the rollback target)", None, "info"))
+        elif served_until is None or served_until + SERVED_GRACE > actual.now:
+            plan.findings.append(Finding(
+                "served", row.table_name, f"{name} is kept: applications were served it "
+                f"{'now' if served_until is None else 'at ' + utc_text(served_until)}, and a "
+                f"reader's cache may name it for {duration_text(SERVED_GRACE)} after that",
+                None, "info"))
         elif retired_at + settings.grace_period > actual.now:
             plan.findings.append(Finding(
                 "grace", row.table_name, f"{name} is retired; it is dropped after "

@@ -61,6 +61,7 @@ from registry.reconciler.planner import (
     swap_target,
     utc_text,
 )
+from registry.reconciler.served import Served, materialize
 from registry.repository import trust
 from registry.repository.git import Git
 from registry.repository.history import forced_promotion, read_history
@@ -84,6 +85,8 @@ class RunResult:
     results: list[ActionResult]
     outcome: Outcome
     run_id: int | None = None
+    served: Served | None = None
+    """The served state materialized after the run (what applications read)."""
 
     @property
     def failed(self) -> list[ActionResult]:
@@ -115,6 +118,9 @@ class RunResult:
                  "seconds": round(r.seconds, 4)}
                 for r in self.results
             ],
+            "served": {"version": self.served.version, "changed": self.served.changed,
+                       "state": self.served.state, "notes": self.served.notes}
+            if self.served else None,
         }
 
 
@@ -313,6 +319,7 @@ def reconcile(
                       schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
                       attempts=attempts, swap_deadline=swap_deadline)
     result = _apply_and_record(conn, applier, the_plan)
+    result.served = materialize(conn, state, now or actual.now)
     _notify(conn, state, result, now)
     return result
 

@@ -58,6 +58,7 @@ class RegistryState:
     production: ProductionConfig | None = None
     production_blob: str | None = None
     production_line: int = 1
+    experiment_line: int = 1
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -202,6 +203,7 @@ def _read_production(state: RegistryState, raw: bytes | None, cache: ParseCache)
         if hit is not None:
             state.production = ProductionConfig.from_mapping(hit["data"])
             state.production_line = hit["line"]
+            state.experiment_line = hit.get("experiment_line", 1)
             state.production_blob = blob
             return
     if raw is None:
@@ -217,13 +219,15 @@ def _read_production(state: RegistryState, raw: bytes | None, cache: ParseCache)
         return
     problems = schema_problems(doc, "production")
     state.production_line = doc.line_of("production")
+    state.experiment_line = doc.line_of("experiment", "candidate")
     if problems:
         state.problems.extend(problems)
         return
     state.production = ProductionConfig.from_mapping(doc.data)
     state.production_blob = git_blob_sha(raw)
     cache.put(f"production:{state.production_blob}",
-              {"data": doc.data, "line": state.production_line})
+              {"data": doc.data, "line": state.production_line,
+               "experiment_line": state.experiment_line})
 
 
 def _worktree_entries(

@@ -103,7 +103,33 @@ def repo_level_problems(
                     f"{production.production}, which is not a locked config in {CONFIG_DIR}/",
                     "lock that version first, or point production at an existing one")
         )
+    problems.extend(experiment_problems(state))
     return problems
+
+
+def experiment_problems(state: RegistryState) -> list[Problem]:
+    """An experiment's candidate is a locked config other than production, and there is a
+    production to compare it with (its end date is checked when it starts: a committed
+    experiment past its end simply stops routing)."""
+    production = state.production
+    experiment = production.experiment if production is not None else None
+    if production is None or experiment is None:
+        return []
+    line = state.experiment_line
+    found = []
+    if experiment.candidate not in state.configs:
+        found.append(Problem(PRODUCTION_PATH, line, f"experiment {experiment.name}'s candidate "
+                             f"{experiment.candidate} is not a locked config in {CONFIG_DIR}/",
+                             "lock it first, or end the experiment (`registry experiment end`)"))
+    if production.production is None:
+        found.append(Problem(PRODUCTION_PATH, line, f"experiment {experiment.name} has no "
+                             "control: production names no config",
+                             "promote a config first, then start the experiment"))
+    elif experiment.candidate == production.production:
+        found.append(Problem(PRODUCTION_PATH, line, f"experiment {experiment.name}'s candidate "
+                             f"{experiment.candidate} is production itself",
+                             "name another locked version, or end the experiment"))
+    return found
 
 
 def _doc(git: Git, file: ConfigFile, contents: Mapping[str, bytes]) -> YamlDoc:
