@@ -28,12 +28,12 @@ import psycopg
 from registry.config import LockedConfig, parse_rfc3339
 from registry.database import bookkeeping
 from registry.database.connection import first_line, scrub
-from registry.secrets import register_dsn
 from registry.errors import ConfigInvalid, DatabaseUnavailable, ServedStateUnavailable, UsageError
 from registry.reconciler.served import CHECK_INTERVAL_S, SERVED_GRACE
 from registry.repository.git import Git
 from registry.repository.state import RegistryState, committed_state
 from registry.routing import Arm, point
+from registry.secrets import register_dsn
 
 REPO_ENV = "REGISTRY_REPO"
 NAME_ENV = "REGISTRY_NAME"

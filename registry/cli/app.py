@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from registry.cli import changes, data, quality, reconcile, registry_repo
+from registry.cli.experiment import experiment_app
 from registry.cli.notify import notify_app
 from registry.cli.output import say
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
@@ -91,6 +92,7 @@ for command_name, command in COMMANDS:
     app.command(command_name)(command)
 app.add_typer(reconcile.db_app, name="db")
 app.add_typer(notify_app, name="notify")
+app.add_typer(experiment_app, name="experiment")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -242,6 +242,11 @@ def _print_watch(result: Any) -> None:
     for regression in result.regressions:
         say(f"  regression in report #{regression.report}: {regression.message}")
     say(f"{result.outcome}: {result.message}")
+    experiment = result.experiment
+    if experiment is not None and experiment.outcome not in ("no-experiment",):
+        for breach in experiment.breaches:
+            say(f"  guardrail broken: {breach}")
+        say(f"experiment {experiment.outcome}: {experiment.message}")
 
 
 def _follow_promotions(repo: Path, interval: float, options: dict[str, Any]) -> None:

@@ -1226,6 +1226,17 @@ def outcome_counts(
     return {str(a): (int(n), int(k)) for a, n, k in rows}
 
 
+def outcome_versions(
+    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str
+) -> dict[str, str]:
+    """arm -> the chunk_version its newest outcome was served by."""
+    rows = conn.execute(sql.SQL(
+        "SELECT DISTINCT ON (arm) arm, chunk_version FROM {} WHERE registry = %s "
+        "AND environment = %s AND experiment = %s ORDER BY arm, id DESC").format(OUTCOMES),
+        (registry, environment, experiment)).fetchall()
+    return {str(a): str(v) for a, v in rows}
+
+
 @dataclass(frozen=True)
 class ExperimentStop:
     """The pull request the promotion watch opened (or adopted) to end an experiment."""

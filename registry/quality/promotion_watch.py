@@ -13,7 +13,8 @@ its window starts when the view was swapped to it): the proposal is recorded in
 chunk_registry.rollback_proposals, and before opening one the watch asks GitHub for an open
 rollback pull request and adopts it instead (so a crash between opening and recording, or a
 rollback someone opened by hand, never leads to a second one). An advisory lock keeps two
-watchers from racing.
+watchers from racing. The same pass judges a running experiment's guardrails
+(`registry.quality.experiment`) and proposes ending it, once, when its candidate breaks one.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from registry.database.connection import WATCH_LOCK_KEY
 from registry.errors import Refused, RegistryError, WatchBusy
 from registry.notify.dispatch import notify
 from registry.notify.events import watch_check
+from registry.quality.experiment import GuardrailResult, check_guardrails
 from registry.repository.git import Git
 from registry.repository.github import GitHubClient, origin_repo, propose, token_from
 from registry.repository.history import read_history
@@ -125,11 +127,15 @@ class WatchResult:
     baseline: dict[str, float] = field(default_factory=dict)
     before: Report | None = None
     proposal: RollbackProposal | None = None
+    experiment: GuardrailResult | None = None
+    """The running experiment's guardrails, judged in the same pass (under the same lock)."""
 
     @property
     def exit_code(self) -> int:
-        """1 while the watched promotion has regressed (proposed or not), else 0."""
-        return 1 if self.regressions and self.outcome != "window-closed" else 0
+        """1 while the watched promotion has regressed (proposed or not) or the running
+        experiment breaks a guardrail, else 0."""
+        broken = self.experiment is not None and bool(self.experiment.breaches)
+        return 1 if (self.regressions and self.outcome != "window-closed") or broken else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +148,7 @@ class WatchResult:
             "previous_production_report": self.before.summary() if self.before else None,
             "latest_report": self.reports[-1].summary() if self.reports else None,
             "proposal": self.proposal.to_dict() if self.proposal else None,
+            "experiment": self.experiment.to_dict() if self.experiment else None,
         }
 
 
@@ -217,6 +224,7 @@ def check(
     env = os.environ if env is None else env
     settings = state.settings
     result = _check_locked(conn, git, state, env)
+    result.experiment = check_guardrails(git, state, conn, env)
     _notify(conn, settings, result, env)
     return result
 

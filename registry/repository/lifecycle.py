@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +16,15 @@ from registry.config import (
     MIN_JACCARD,
     PRODUCTION_PATH,
     SCHEMA_VERSION,
+    ExperimentConfig,
+    Guardrails,
     LockedConfig,
     config_path,
     guardrail_violations,
     is_version,
     parse_yaml,
+    rfc3339,
+    set_experiment_block,
     set_production_pointer,
     utc_now,
 )
@@ -428,6 +432,133 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
                       f"not {target}", fix=f"use `registry promote {target}`")
     return _finish(git, "rollback", target, base, commit, push, branch, previous=current,
                    reverted=event.commit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiments: start, set-share, end (each a branch with one commit changing production.yaml)
+
+
+def _production_raw(git: Git, base: str) -> bytes:
+    raw = git.show(base, PRODUCTION_PATH)
+    if raw is None:
+        raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
+                       fix="create it with `production: null` and merge it")
+    return raw
+
+
+def _check_share(share: float) -> None:
+    if not 0 < share < 1:
+        raise UsageError(f"--share {share:g} is outside (0, 1)",
+                         fix="give the candidate's share of requests, e.g. 0.1 for 10%")
+
+
+def _experiment_commit(git: Git, base: str, experiment: ExperimentConfig | None,
+                       message: str) -> str:
+    raw = set_experiment_block(_production_raw(git, base), experiment)
+    commit = git.commit_files(base, {PRODUCTION_PATH: raw}, message)
+    read_state(git, commit).require_valid()
+    return commit
+
+
+def experiment_start(
+    git: Git, name: str, candidate: str, *, share: float, ends: datetime,
+    salt: str | None = None, guardrails: Guardrails | None = None, push: bool = False,
+    now: datetime | None = None,
+) -> ChangeResult:
+    """Branch `experiment/<name>-start` adding `experiment:` to production.yaml: `candidate`
+    (locked and tagged on main, not production) gets `share` of the request keys until `ends`
+    (in the future). `salt` defaults to the name: a new experiment reshuffles the keys."""
+    base = git.desired_ref(fetch=False)
+    state = read_state(git, base)
+    settings = state.settings
+    if settings.experiment is not None:
+        raise Refused(f"experiment {settings.experiment.name} is already declared on {base}",
+                      fix="end it first with `registry experiment end`")
+    config = _require_locked(state, candidate, base, "experiment with")
+    if settings.production is None:
+        raise Refused("production names no config: an experiment needs a control",
+                      fix="promote a config first")
+    if settings.production == candidate:
+        raise Refused(f"{candidate} is production already: it cannot be the candidate",
+                      fix="name another locked version")
+    tag_name = settings.tag_name(candidate)
+    git.fetch_tags(settings.tag_prefix, [tag_name])
+    if tag_name not in git.tags(settings.tag_prefix):
+        raise Refused(f"{candidate} has no lock tag {tag_name}: it is not locked yet",
+                      fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
+    _check_share(share)
+    moment = now or utc_now()
+    if ends <= moment:
+        raise UsageError(f"--ends {rfc3339(ends)} is not in the future",
+                         fix="give an RFC 3339 time after now, or a duration like 14d")
+    experiment = ExperimentConfig(name, candidate, share, salt or name, ends.astimezone(UTC),
+                                  guardrails or Guardrails())
+    message = (
+        f"Start experiment {name}: {candidate} gets {share:.0%} of requests\n\n"
+        f"Candidate {candidate} ({config.label()}) against production {settings.production}, "
+        f"until {rfc3339(experiment.ends)}, keys assigned by sha256(salt:key) with salt "
+        f"{experiment.salt!r}. Once merged, the reconciler serves the candidate's table to "
+        f"its share of keys (`registry.retrieval_table(key=...)`) and through the view "
+        f"{settings.schema}.{settings.candidate_view}.\n\n"
+        f"{TRAILER}: {candidate}\n"
+    )
+    commit = _experiment_commit(git, base, experiment, message)
+    return _finish(git, "experiment", candidate, base, commit, push,
+                   f"experiment/{name}-start", previous=settings.production)
+
+
+def _running(state: RegistryState, base: str) -> ExperimentConfig:
+    experiment = state.settings.experiment
+    if experiment is None:
+        raise Refused(f"no experiment is declared on {base}",
+                      fix="start one with `registry experiment start`")
+    return experiment
+
+
+def experiment_set_share(git: Git, share: float, *, push: bool = False) -> ChangeResult:
+    """Branch `experiment/<name>-share-<percent>` changing the candidate's share. Growing it
+    only adds keys to the candidate; shrinking it moves some back (said in the commit)."""
+    base = git.desired_ref(fetch=False)
+    state = read_state(git, base)
+    experiment = _running(state, base)
+    _check_share(share)
+    if share == experiment.share:
+        raise Refused(f"experiment {experiment.name} already gives {share:g} to the candidate",
+                      fix="give another share")
+    grows = share > experiment.share
+    effect = ("every key in the candidate stays there; keys are only added" if grows else
+              "keys whose point lies between the two shares move back to the control")
+    message = (
+        f"Experiment {experiment.name}: candidate share {experiment.share:.0%} -> {share:.0%}"
+        f"\n\nThe salt is unchanged, so {effect}.\n\n{TRAILER}: {experiment.candidate}\n"
+    )
+    changed = ExperimentConfig(experiment.name, experiment.candidate, share, experiment.salt,
+                               experiment.ends, experiment.guardrails)
+    commit = _experiment_commit(git, base, changed, message)
+    percent = f"{share * 100:g}".replace(".", "_")
+    return _finish(git, "experiment", experiment.candidate, base, commit, push,
+                   f"experiment/{experiment.name}-share-{percent}")
+
+
+def experiment_end(git: Git, *, reason: str | None = None, push: bool = False,
+                   branch: str | None = None) -> ChangeResult:
+    """Branch `experiment/<name>-end` removing `experiment:` from production.yaml: once merged,
+    every key reads production again and the candidate's view goes (its table stays a
+    shadow: promote or retire it by its own pull request)."""
+    base = git.desired_ref(fetch=False)
+    state = read_state(git, base)
+    experiment = _running(state, base)
+    message = (
+        f"End experiment {experiment.name} (candidate {experiment.candidate})\n\n"
+        + (f"{reason}\n\n" if reason else "")
+        + f"Once merged, every request reads production {state.settings.production} again "
+        f"and the view {state.settings.schema}.{state.settings.candidate_view} is dropped; "
+        f"{experiment.candidate}'s table stays a shadow.\n\n"
+        f"{TRAILER}: {experiment.candidate}\n"
+    )
+    commit = _experiment_commit(git, base, None, message)
+    return _finish(git, "experiment", experiment.candidate, base, commit, push,
+                   branch or f"experiment/{experiment.name}-end")
 
 
 def _duration(value: timedelta) -> str:
