@@ -1183,16 +1183,17 @@ def served_tables_until(
 
 def served_within(
     conn: psycopg.Connection[Any], schema: str, table_name: str, registries: Sequence[str],
-    seconds: float,
+    seconds: float, now: datetime,
 ) -> bool:
-    """Whether the table is served, or stopped being served less than `seconds` ago."""
+    """Whether the table is served, or stopped being served less than `seconds` before
+    `now`."""
     if not exists(conn, "served_tables"):
         return False
     row = conn.execute(sql.SQL(
         "SELECT EXISTS (SELECT 1 FROM {} WHERE schema_name = %s AND table_name = %s "
         "AND registry = ANY(%s) AND (served_until IS NULL OR served_until > "
-        "now() - make_interval(secs => %s)))").format(SERVED_TABLES),
-        (schema, table_name, list(registries), seconds)).fetchone()
+        "%s - make_interval(secs => %s)))").format(SERVED_TABLES),
+        (schema, table_name, list(registries), now, seconds)).fetchone()
     return bool(row and row[0])
 
 

@@ -315,7 +315,7 @@ class Applier:
             raise Refused(f"{name} was retired at {utc_text(retired_at)}: the grace period "
                           f"{duration_text(settings.grace_period)} is not over")
         if bookkeeping.served_within(self.conn, action.schema, action.table, registries,
-                                     SERVED_GRACE.total_seconds()):
+                                     SERVED_GRACE.total_seconds(), self.now):
             raise Refused(f"{name} was served to applications less than "
                           f"{duration_text(SERVED_GRACE)} ago: a reader's cache may name it")
         former = bookkeeping.former_productions(self.conn, settings.keep_previous, registries)
