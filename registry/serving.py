@@ -162,11 +162,15 @@ class Router:
 
     # -- refreshing
 
-    def _refresh(self) -> Snapshot:
+    def refresh(self) -> Snapshot:
+        """Check the served-state version now (e.g. on a NOTIFY chunk_registry_served)."""
+        return self._refresh(force=True)
+
+    def _refresh(self, *, force: bool = False) -> Snapshot:
         with self._lock:
             now = self.clock()
             snapshot = self._snapshot
-            if snapshot is not None and now < self._next_check:
+            if snapshot is not None and now < self._next_check and not force:
                 return snapshot  # another thread refreshed it meanwhile
             try:
                 fresh = self._read(snapshot)
@@ -211,6 +215,9 @@ class Router:
             assert self.dsn is not None
             self._conn = psycopg.connect(self.dsn, autocommit=True,
                                          application_name="chunk-registry serving")
+            # An outcome is a statistic, not a record of truth: a crash may lose the last few
+            # hundred milliseconds of them, and a request never waits for a WAL flush.
+            self._conn.execute("SET synchronous_commit = off")
         return self._conn
 
     def _close(self) -> None:

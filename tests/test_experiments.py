@@ -50,7 +50,8 @@ class Running:
         return reconcile(self.repo.path, dsn=self.db.dsn, fetch=False, now=now)
 
     def router(self) -> Router:
-        return Router(self.db.dsn, check_interval=0.0)
+        """A router that refreshes only when told (`refresh`), as if every check were due."""
+        return Router(self.db.dsn, check_interval=3600.0)
 
     def served(self) -> tuple[int, dict[str, object]]:
         rows = self.db.query("SELECT version, state FROM chunk_registry.served_state")
@@ -82,14 +83,11 @@ def start_experiment(repo: RegistryRepo, dsn: str, github: FakeGitHub, *, share:
 
 
 def share_of(router: Router, keys: list[str]) -> tuple[float, set[str]]:
-    candidate = {k for k in keys if router.table(key=k).endswith(table_of_suffix(router))}
+    """The share of `keys` routed to the candidate's table, and those keys."""
+    table = router.refresh().candidate_table
+    assert table is not None
+    candidate = {k for k in keys if router.table(key=k) == table}
     return len(candidate) / len(keys), candidate
-
-
-def table_of_suffix(router: Router) -> str:
-    snapshot = router.snapshot()
-    assert snapshot.candidate_table is not None
-    return snapshot.candidate_table
 
 
 def test_an_experiment_started_by_pr_splits_traffic_and_keys_stay_as_the_share_grows(
@@ -135,6 +133,7 @@ def test_an_experiment_started_by_pr_splits_traffic_and_keys_stay_as_the_share_g
     registry_repo.merge(ended.branch)
     s.reconcile()
     assert s.served()[1]["experiment"] is None
+    router.refresh()
     assert {router.table(key=k) for k in KEYS[:1000]} == {f"public.{table_of(s.control)}"}
     assert s.db.relkind("document_chunks_candidate") is None
 
@@ -153,11 +152,11 @@ def test_outcomes_are_recorded_per_arm_and_the_report_finds_a_planted_effect_onl
 ) -> None:
     s = start_experiment(registry_repo, dsn, github, share=0.5)
     router = s.router()
-    planted(router, "better", 0.50, 0.55, 5000, seed=1)
-    planted(router, "equal", 0.50, 0.50, 5000, seed=2)
+    planted(router, "better", 0.50, 0.55, 4000, seed=1)
+    planted(router, "equal", 0.50, 0.50, 4000, seed=2)
     arms = dict(s.db.query("SELECT arm, count(*) FROM chunk_registry.experiment_outcomes "
                            "WHERE metric = 'better' GROUP BY arm"))
-    assert sum(arms.values()) == 5000 and abs(arms["candidate"] - 2500) < 250
+    assert sum(arms.values()) == 4000 and abs(arms["candidate"] - 2000) < 200
     versions = dict(s.db.query("SELECT DISTINCT arm, chunk_version FROM "
                                "chunk_registry.experiment_outcomes"))
     assert versions == {"control": s.control, "candidate": s.candidate}
