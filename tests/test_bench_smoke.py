@@ -25,3 +25,20 @@ def test_reconcile_bench_runs_at_tiny_sizes(pg_server: str) -> None:
     # 5 for the reconcile, at most 4 for its one pipelined batch of table-shape comparisons
     assert set(trips) == {2, 6} and all(count <= 9 for count in trips.values()), trips
     assert "errors 0" in out
+
+
+SERVING = Path(__file__).resolve().parent.parent / "bench" / "serving_bench.py"
+
+
+@pytest.mark.bench
+def test_serving_bench_runs_and_no_reader_sees_a_dropped_table(pg_server: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(SERVING), "--dsn", pg_server, "--calls", "2000", "--repetitions",
+         "2", "--seconds", "3", "--allow-busy"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    warm = float(re.search(r"router \(warm\)\s+([\d,.]+) us", out).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert warm < 1000, out
+    assert "refreshes during the warm calls: 0" in out
+    assert re.search(r"(\d+) swaps", out) and "swaps, 0 tables" not in out, out
+    assert "reader errors 0, dropped tables returned 0" in out, out
