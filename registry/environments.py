@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import psycopg
 
 from registry.config import (
     PRODUCTION_ENVIRONMENT,
@@ -21,8 +25,12 @@ from registry.config import (
     Promotion,
     environment_path,
 )
-from registry.errors import UsageError
+from registry.database import bookkeeping
+from registry.database.connection import configured_dsn, database_error, session
+from registry.errors import Refused, RegistryError, UsageError
+from registry.quality.gate import GateVerdict, judge_path, soak_evidence
 from registry.repository.state import RegistryState
+from registry.secrets import register_dsn
 
 
 @dataclass(frozen=True)
@@ -114,4 +122,76 @@ def environment_dsn(state: RegistryState, dsn: str | None) -> str | None:
             where=environment_path(state.environment),
             fix=f"set {name} to the environment's DSN (a secret of the GitHub environment "
                 f"{state.environment}), or pass --dsn")
+    register_dsn(value)
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The promotion path: one rule (`gate.judge_path`), its evidence read here
+
+
+def path_verdict(
+    state: RegistryState, version: str, *, conn: psycopg.Connection[Any] | None = None,
+    offline: bool = False, served_before: bool = False,
+) -> GateVerdict | None:
+    """The promotion path gate of the environment `state` acts for, for `version`: None when
+    the environment has no `promotion:`. Online (not `offline`), the evidence is read from the
+    source environment's database: its `dsn_env`, or without one the database the target
+    environment uses (`conn`, else the configured DSN). Evidence that cannot be read holds the
+    version back (the line says why): the gate fails closed."""
+    promotion = state.settings.promotion
+    if promotion is None:
+        return None
+    source = select(state, promotion.source)
+    serves = source.settings.production
+    now = datetime.now().astimezone()
+    if offline or served_before or serves != version:
+        return judge_path(version, state.environment, promotion, serves, None, now,
+                          served_before=served_before)
+    try:
+        if source.settings.dsn_env is None and conn is not None:
+            return _judged(state, source, version, conn)
+        dsn = environment_dsn(source, None)
+        if dsn is None:
+            configured = configured_dsn(None)
+            if configured is None:
+                raise UsageError(
+                    f"no database is configured to read {source.environment}'s evidence from",
+                    fix=f"set dsn_env in {environment_path(source.environment)} (and that "
+                        "variable), or REGISTRY_DSN")
+            dsn = configured.value
+        with session(dsn, purpose=f"promotion path from {source.environment}") as evidence:
+            try:
+                return _judged(state, source, version, evidence)
+            except psycopg.Error as err:
+                raise database_error(err, dsn, f"reading {source.environment}'s evidence") \
+                    from None
+    except RegistryError as err:
+        return GateVerdict(True, f"cannot read {source.environment}'s evidence for {version}: "
+                           f"{err.message}", err.fix)
+
+
+def _judged(state: RegistryState, source: RegistryState, version: str,
+            conn: psycopg.Connection[Any]) -> GateVerdict:
+    promotion = state.settings.promotion
+    assert promotion is not None
+    evidence = soak_evidence(conn, version, source.settings)
+    return judge_path(version, state.environment, promotion, source.settings.production,
+                      evidence, bookkeeping.database_now(conn))
+
+
+def promotion_path_note(
+    state: RegistryState, version: str, *, force: bool, served_before: bool = False,
+    conn: psycopg.Connection[Any] | None = None,
+) -> str | None:
+    """The promotion path gate for `registry promote`: a line for the commit message, or
+    Refused (one line, saying how long the soak has left) unless `force`."""
+    verdict = path_verdict(state, version, conn=conn, served_before=served_before)
+    if verdict is None:
+        return None
+    if not verdict.held:
+        return f"Promotion path: {verdict.reason}."
+    if not force:
+        raise Refused(f"cannot promote {version} to {state.environment}: {verdict.reason}",
+                      fix=verdict.fix)
+    return f"Promotion path: promoted with --force although {verdict.reason}."

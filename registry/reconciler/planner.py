@@ -372,7 +372,8 @@ def _plan_production(
             "view_elsewhere", base, f"{schema}.{base} reads {_names(reads)}, but the registry's "
             f"production is {current.table_name}", "reconcile re-points it", "warning"))
     row = actual.live.get(wanted)
-    gate = None if force else _gate_finding(row, state, schema, table, first=current is None)
+    gate = None if force else (_gate_finding(row, state, schema, table, first=current is None)
+                               or _path_finding(actual, row, schema, table))
     if gate is not None and forced_promotion == wanted:
         plan.findings.append(Finding(
             "forced", table, f"{wanted} was promoted with --force (recorded in the merged "
@@ -407,6 +408,18 @@ def _gate_finding(
         return None
     return Finding("gate", table, f"refusing to swap production to {schema}.{table}: "
                    f"{verdict.reason}", verdict.fix, "error")
+
+
+def _path_finding(
+    actual: ActualState, row: ManagedTable | None, schema: str, table: str
+) -> Finding | None:
+    """The promotion path gate (`gate.judge_path`, read by the run into `actual.path_gate`):
+    a table this environment served before (a rollback target) is never held back."""
+    verdict = actual.path_gate
+    if verdict is None or not verdict.held or (row is not None and row.promoted_at is not None):
+        return None
+    return Finding("gate", table, f"refusing to swap to {schema}.{table}: {verdict.reason}",
+                   verdict.fix, "error")
 
 
 def _names(reads: tuple[tuple[str, str], ...]) -> str:

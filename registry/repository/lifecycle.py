@@ -14,16 +14,19 @@ from registry.config import (
     MAX_CHUNK_SIZE,
     MAX_OVERLAP_RATIO,
     MIN_JACCARD,
+    PRODUCTION_ENVIRONMENT,
     PRODUCTION_PATH,
     SCHEMA_VERSION,
     LockedConfig,
     config_path,
+    environment_path,
     guardrail_violations,
     is_version,
     parse_yaml,
     set_production_pointer,
     utc_now,
 )
+from registry.environments import select
 from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
 from registry.quality.gate import promotion_note
 from registry.reconciler.render import render_plan
@@ -301,45 +304,64 @@ def _require_locked(state: RegistryState, version: str, base: str, action: str) 
 
 def promote(
     git: Git, version: str, *, conn: psycopg.Connection[Any] | None = None, force: bool = False,
-    push: bool = False,
+    push: bool = False, environment: str = PRODUCTION_ENVIRONMENT, path_note: str | None = None,
 ) -> ChangeResult:
-    """Branch `promote/<version>` from main with one commit pointing production at `version`.
+    """Branch `promote/<version>` (`promote/<environment>/<version>` for another environment
+    than production) from main with one commit pointing the environment at `version`.
 
-    Refused when the version is not locked on main, has no lock tag, or is production already;
+    Refused when the version is not locked on main, has no lock tag, or is served already;
     and, when a database is given (`conn`), when its last eval comparison failed (or none
-    exists and production.yaml requires one) unless `force`.
+    exists and production.yaml requires one) unless `force`. `path_note` is the verdict of the
+    promotion path (`environments.promotion_path_note`), for the commit message.
     """
     base = git.desired_ref(fetch=False)
-    state = read_state(git, base)
+    state = select(read_state(git, base), environment)
     config = _require_locked(state, version, base, "promote")
     settings = state.settings
     previous = settings.production
+    path = environment_path(environment)
+    rollback = "`registry rollback`" + (
+        "" if environment == PRODUCTION_ENVIRONMENT else f" --environment {environment}")
     if previous == version:
-        raise Refused(f"{version} is already production on {base}",
-                      fix="nothing to do; `registry rollback` returns to the previous version")
+        raise Refused(f"{version} is already {_served(environment)} on {base}",
+                      fix=f"nothing to do; {rollback} returns to the previous version")
     tag_name = settings.tag_name(version)
     git.fetch_tags(settings.tag_prefix, [tag_name])
     if tag_name not in git.tags(settings.tag_prefix):
         raise Refused(f"{version} has no lock tag {tag_name}: it is not locked yet",
                       fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
     gate = _eval_gate(conn, version, settings.require_eval and previous is not None, force)
-    raw = git.show(base, PRODUCTION_PATH)
+    raw = git.show(base, path)
     if raw is None:
-        raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
+        raise GitError(f"{path} is missing on {base}",
                        fix="create it with `production: null` and merge it")
+    notes = "".join(f"{note}\n\n" for note in (gate, path_note) if note)
     message = (
-        f"Promote chunk config {version} to production\n\n"
-        f"Production moves from {previous or 'none'} to {version} ({config.label()}, "
-        f"embedder {config.embedder_name}, config_hash {config.config_hash[:12]}). Once merged, "
-        f"the reconciler points the {settings.base_name} view at {settings.table_name(version)}; "
-        "`registry rollback` reverts this change.\n\n"
-        + (f"{gate}\n\n" if gate else "")
+        f"Promote chunk config {version} to {environment}\n\n"
+        f"{environment.capitalize()} moves from {previous or 'none'} to {version} "
+        f"({config.label()}, embedder {config.embedder_name}, config_hash "
+        f"{config.config_hash[:12]}). Once merged, the reconciler points the "
+        f"{settings.schema}.{settings.base_name} view at {settings.table_name(version)}; "
+        f"{rollback} reverts this change.\n\n"
+        + notes
         + f"{TRAILER}: {version}\n"
         + (f"{FORCE_TRAILER}: {version}\n" if force else "")
     )
-    changes: dict[str, bytes | None] = {PRODUCTION_PATH: set_production_pointer(raw, version)}
+    key = "production" if environment == PRODUCTION_ENVIRONMENT else "serves"
+    changes: dict[str, bytes | None] = {path: set_production_pointer(raw, version, key)}
     commit = git.commit_files(base, changes, message)
-    return _finish(git, "promote", version, base, commit, push, previous=previous)
+    return _finish(git, "promote", version, base, commit, push,
+                   _branch("promote", environment, version), previous=previous)
+
+
+def _branch(action: str, environment: str, version: str) -> str | None:
+    """`promote/<version>` for production (None: the default), `promote/<env>/<version>`."""
+    return None if environment == PRODUCTION_ENVIRONMENT else f"{action}/{environment}/{version}"
+
+
+def _served(environment: str) -> str:
+    return ("production" if environment == PRODUCTION_ENVIRONMENT
+            else f"what {environment} serves")
 
 
 def _eval_gate(conn: psycopg.Connection[Any] | None, version: str, require_eval: bool,
@@ -385,7 +407,8 @@ def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
     return _finish(git, "retire", version, base, commit, push)
 
 
-def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> ChangeResult:
+def rollback(git: Git, *, push: bool = False, branch: str | None = None,
+             environment: str = PRODUCTION_ENVIRONMENT) -> ChangeResult:
     """Branch `rollback/<version>` with a `git revert` of the last promotion still in force.
 
     The promotion may have reached main as a merge commit (reverted with `-m 1`), a squash
@@ -395,8 +418,9 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
     own per promotion).
     """
     base = git.desired_ref(fetch=False)
-    state = read_state(git, base)
-    event = last_promotion(git, base)
+    state = select(read_state(git, base), environment)
+    event = last_promotion(git, base, environment)
+    path = environment_path(environment)
     target = event.previous
     assert target is not None
     current = state.settings.production
@@ -406,7 +430,7 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
     how = {"merge": "merge commit", "squash": "squash merge", "commit": "commit"}[event.merge]
     pr = f" (#{event.pr})" if event.pr else ""
     message = (
-        f"Roll back production to {target}\n\n"
+        f"Roll back {environment} to {target}\n\n"
         f"Reverts the promotion of {current} ({how} {event.commit[:10]}{pr}: "
         f"{event.subject}). Once merged, the reconciler points the view back at "
         f"{state.settings.table_name(target)}: no re-ingest.\n\n"
@@ -416,16 +440,19 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
     mainline = 1 if event.merge == "merge" else None
     commit = git.revert(event.commit, base, message, mainline=mainline)
     changed = git.run("diff", "--name-only", base, commit).split()
-    if changed != [PRODUCTION_PATH]:
-        others = ", ".join(p for p in changed if p != PRODUCTION_PATH) or "nothing"
+    if changed != [path]:
+        others = ", ".join(p for p in changed if p != path) or "nothing"
         raise Refused(
-            f"reverting {event.commit[:10]} would change {others}, not just {PRODUCTION_PATH}",
-            fix=f"point production back by hand: `registry promote {target}`",
+            f"reverting {event.commit[:10]} would change {others}, not just {path}",
+            fix=f"point {environment} back by hand: `registry promote {target}"
+                + ("`" if environment == PRODUCTION_ENVIRONMENT
+                   else f" --environment {environment}`"),
         )
-    reverted_to = read_state(git, commit).settings.production
+    reverted_to = select(read_state(git, commit), environment).settings.production
     if reverted_to != target:
         raise Refused(f"reverting {event.commit[:10]} sets production to {reverted_to}, "
                       f"not {target}", fix=f"use `registry promote {target}`")
+    branch = branch or _branch("rollback", environment, target)
     return _finish(git, "rollback", target, base, commit, push, branch, previous=current,
                    reverted=event.commit)
 
