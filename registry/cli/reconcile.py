@@ -250,12 +250,19 @@ def environments_command(
     ref: RefOpt = None,
     fetch: FetchOpt = True,
     fmt: FormatOpt = "text",
+    names: Annotated[
+        bool, typer.Option("--names", help="Only the names, one a line (for a shell loop).")
+    ] = False,
 ) -> None:
     """The declared environments in promotion order: what each serves, its tables, identity,
     DSN variable and promotion path (`--format json` feeds a CI matrix: one reconcile each)."""
     from registry.commands import reconcile as commands
 
     rows = commands.environment_rows(repo, ref=ref, fetch=fetch)
+    if names:
+        for row in rows:
+            say(str(row["name"]))
+        return
     if fmt == "json":
         emit_json(rows)
         return

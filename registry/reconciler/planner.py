@@ -149,6 +149,7 @@ class Plan:
     target: str
     actions: list[Action] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    environment: str = "production"
 
     @property
     def blocking(self) -> list[Finding]:
@@ -169,6 +170,7 @@ class Plan:
             "ref": self.ref,
             "commit": self.commit,
             "target": self.target,
+            "environment": self.environment,
             "in_sync": self.in_sync,
             "actions": [action_dict(a) for a in self.actions],
             "findings": [asdict(f) for f in self.findings],
@@ -246,7 +248,8 @@ def make_plan(
         refuse_empty(state)
     settings = state.settings
     schema, base = settings.schema, settings.base_name
-    plan = Plan(ref=state.ref, commit=state.commit, target=target)
+    plan = Plan(ref=state.ref, commit=state.commit, target=target,
+                environment=state.environment)
     other = foreign_owner(settings, actual)
     if other is not None:
         plan.findings.append(Finding(
