@@ -105,3 +105,43 @@ def test_validate_accepts_staging_and_production(registry_repo: RegistryRepo) ->
     with_staging(registry_repo, version)
     result = run_cli("validate", "--repo", registry_repo.path, "--ref", "main")
     assert result.code == 0, result.stdout + result.stderr
+
+
+def test_rollbacks_per_environment_and_the_path_never_holds_a_rollback_back(
+    registry_repo: RegistryRepo,
+) -> None:
+    from registry.config import set_production_pointer
+
+    v1 = registry_repo.locked()
+    v2 = registry_repo.locked(chunk_size=400)
+    assert run_cli("tag", "--repo", registry_repo.path).code == 0
+    with_staging(registry_repo, v1)
+    staging_path = "configs/environments/staging.yaml"
+    production_path = "configs/production.yaml"
+
+    def point(path: str, version: str, key: str) -> None:
+        raw = (registry_repo.path / path).read_bytes()
+        registry_repo.write(path, set_production_pointer(raw, version, key).decode(),
+                            f"Point {path} at {version}")
+
+    point(production_path, v1, "production")
+    point(staging_path, v2, "serves")
+    point(production_path, v2, "production")
+
+    result = run_cli("rollback", "--repo", registry_repo.path)
+    assert result.code == 0, result.stderr
+    plan = run_cli("plan", "--repo", registry_repo.path, "--base", "main", "--head",
+                   f"rollback/{v1}")
+    assert plan.code == 0, plan.stdout + plan.stderr
+    assert "not what staging serves" not in plan.stdout
+
+    result = run_cli("rollback", "--repo", registry_repo.path, "--environment", "staging")
+    assert result.code == 0, result.stderr
+    branch = f"rollback/staging/{v1}"
+    assert registry_repo.git("diff", "--name-only", "main", branch) == staging_path
+    staged = select(read_state(Git(registry_repo.path), branch), "staging")
+    assert staged.settings.production == v1
+    plan = run_cli("plan", "--repo", registry_repo.path, "--base", "main", "--head", branch,
+                   "--environment", "staging")
+    assert plan.code == 0, plan.stdout + plan.stderr
+    assert ", staging)" in plan.stdout
