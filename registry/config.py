@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +42,18 @@ CONFIG_DIR = "configs"
 PRODUCTION_FILE = "production.yaml"
 VERSION_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}-v[1-9][0-9]{0,5}")
 PRODUCTION_PATH = f"{CONFIG_DIR}/{PRODUCTION_FILE}"
+ENVIRONMENTS_DIR = f"{CONFIG_DIR}/environments"
+"""Where environments other than production are declared, one file each: `<name>.yaml`."""
+PRODUCTION_ENVIRONMENT = "production"
+"""The environment configs/production.yaml declares (the only one a registry may have)."""
+ENVIRONMENT_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,20}")
+
+
+def environment_path(name: str) -> str:
+    """Where environment `name` is declared."""
+    if name == PRODUCTION_ENVIRONMENT:
+        return PRODUCTION_PATH
+    return f"{ENVIRONMENTS_DIR}/{name}.yaml"
 
 
 def config_path(chunk_version: str) -> str:
@@ -454,8 +466,27 @@ def rfc3339(moment: datetime) -> str:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """`promotion:` of an environment: a version reaches it only after the environment
+    `source` served it for `soak`, with passing health reports there when `require_healthy`."""
+
+    source: str
+    soak: timedelta
+    require_healthy: bool = True
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Promotion:
+        return cls(source=str(data["from"]), soak=parse_duration(data["soak"]),
+                   require_healthy=bool(data.get("require_healthy", True)))
+
+
+@dataclass(frozen=True)
 class ProductionConfig:
-    """configs/production.yaml: the production pointer and the rollout policy, with defaults."""
+    """configs/production.yaml: the production pointer and the rollout policy, with defaults.
+
+    An environment file (configs/environments/<name>.yaml) reads into the same type:
+    `production` is then the version that environment serves (its `serves:`), and
+    `environment` its name; the whole tool acts on an environment through its settings."""
 
     production: str | None
     schema: str = DEFAULT_SCHEMA
@@ -477,8 +508,10 @@ class ProductionConfig:
     None: the legacy identity, `schema.base_name`."""
     experiment: ExperimentConfig | None = None
     """The A/B experiment this environment runs (docs/experiments.md), if any."""
-    environment: str = "production"
-    """The environment these settings serve (its served state and outcomes are keyed by it)."""
+    environment: str = PRODUCTION_ENVIRONMENT
+    dsn_env: str | None = None
+    """The environment variable holding this environment's DSN (never the DSN itself)."""
+    promotion: Promotion | None = None
 
     @property
     def legacy_identity(self) -> str:
@@ -543,7 +576,23 @@ class ProductionConfig:
             registry=data.get("registry"),
             experiment=ExperimentConfig.from_mapping(data["experiment"])
             if data.get("experiment") else None,
+            dsn_env=data.get("dsn_env"),
+            promotion=Promotion.from_mapping(data["promotion"]) if data.get("promotion") else None,
         )
+
+    @classmethod
+    def for_environment(
+        cls, name: str, data: Mapping[str, Any], production: ProductionConfig
+    ) -> ProductionConfig:
+        """An environment file's settings: its `serves:` is the version it serves; its
+        identity, unless it names one, is production's name with `-<name>` (a registry without
+        `registry:` keeps the legacy identity of the environment's own tables); tags are
+        production's (a lock tag names a config, whatever serves it)."""
+        settings = cls.from_mapping({**data, "production": data.get("serves")})
+        registry = settings.registry or (
+            f"{production.registry}-{name}" if production.registry else None)
+        return replace(settings, environment=name, registry=registry,
+                       tag_prefix=production.tag_prefix)
 
     def table_name(self, chunk_version: str) -> str:
         return table_name_for(chunk_version, self.base_name)
@@ -567,16 +616,17 @@ def load_production(raw: bytes, where: str) -> tuple[ProductionConfig, YamlDoc]:
     return ProductionConfig.from_mapping(doc.data), doc
 
 
-def set_production_pointer(raw: bytes, chunk_version: str) -> bytes:
-    """production.yaml with only its `production:` line changed, comments and layout kept.
+def set_production_pointer(raw: bytes, chunk_version: str, key: str = "production") -> bytes:
+    """production.yaml with only its `production:` line changed (an environment file: its
+    `serves:` line, `key`), comments and layout kept.
 
     Promotion PRs then show a one-line diff, and `git revert` of one restores the other.
     """
     text = raw.decode("utf-8")
-    pattern = re.compile(r"^production:[^\n]*$", re.MULTILINE)
+    pattern = re.compile(rf"^{key}:[^\n]*$", re.MULTILINE)
     if pattern.search(text):
-        return pattern.sub(f"production: {chunk_version}", text, count=1).encode()
-    return f"production: {chunk_version}\n{text}".encode()
+        return pattern.sub(f"{key}: {chunk_version}", text, count=1).encode()
+    return f"{key}: {chunk_version}\n{text}".encode()
 
 
 def set_experiment_block(raw: bytes, experiment: ExperimentConfig | None) -> bytes:

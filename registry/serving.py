@@ -174,6 +174,13 @@ class Router:
                 return snapshot  # another thread refreshed it meanwhile
             try:
                 fresh = self._read(snapshot)
+            except psycopg.errors.UndefinedTable:
+                self._close()
+                raise ServedStateUnavailable(
+                    "this database has no served state (chunk_registry.served_state is "
+                    "missing)", where="registry.serving",
+                    fix="run `registry reconcile` against it with this chunk-registry "
+                    "release") from None
             except psycopg.Error as err:
                 self._close()
                 if snapshot is not None and now - self._checked_at < MAX_STALE_S:

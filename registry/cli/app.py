@@ -84,6 +84,7 @@ COMMANDS: list[tuple[str | None, Callable[..., None]]] = [
     (None, registry_repo.runbook), ("env", registry_repo.env_command), (None, changes.promote),
     (None, changes.retire), (None, changes.rollback), (None, registry_repo.history),
     (None, demo), (None, reconcile.plan), (None, reconcile.reconcile), (None, reconcile.status),
+    ("environments", reconcile.environments_command),
     ("eval", quality.eval_command), (None, quality.health), (None, data.ingest),
     (None, quality.dashboard), ("watch-promotion", quality.watch_promotion),
 ]

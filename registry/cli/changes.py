@@ -9,6 +9,7 @@ import typer
 
 from registry.cli.completion import complete_version
 from registry.cli.output import (
+    EnvironmentOpt,
     FormatOpt,
     PrOpt,
     PushOpt,
@@ -57,11 +58,14 @@ def promote(
     pr: PrOpt = False,
     repo: RepoOpt = Path("."),
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
-    """Point production at a locked version: a branch promote/<version> with one commit."""
+    """Point production (or --environment) at a locked version: a branch promote/<version>
+    (promote/<environment>/<version>) with one commit."""
     from registry.commands import changes
 
-    _report_change(changes.promote(repo, version, dsn=dsn, force=force, push=push, pr=pr), fmt)
+    _report_change(changes.promote(repo, version, dsn=dsn, force=force, push=push, pr=pr,
+                                   environment=environment), fmt)
 
 
 def retire(
@@ -79,9 +83,10 @@ def retire(
 
 
 def rollback(
-    push: PushOpt = False, pr: PrOpt = False, repo: RepoOpt = Path("."), fmt: FormatOpt = "text"
+    push: PushOpt = False, pr: PrOpt = False, repo: RepoOpt = Path("."), fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Revert the last promotion on main: a branch rollback/<version> with a `git revert`."""
     from registry.commands import changes
 
-    _report_change(changes.rollback(repo, push=push, pr=pr), fmt)
+    _report_change(changes.rollback(repo, push=push, pr=pr, environment=environment), fmt)

@@ -11,6 +11,7 @@ from registry.cli.completion import complete_version
 from registry.cli.output import (
     DedupOpt,
     DsnOpt,
+    EnvironmentOpt,
     FormatOpt,
     RefOpt,
     RepoOpt,
@@ -53,6 +54,7 @@ def ingest(
                                    "documents would be removed or replaced (default 0.25).")
     ] = None,
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Chunk a corpus exactly as a locked config says and load it into that config's table
     (production's table only with --into-production)."""
@@ -63,7 +65,8 @@ def ingest(
                      dedup=dedup, workers=workers, strict=strict,
                      max_document_bytes=int(max_document_mb * 1024 * 1024),
                      on_progress=on_progress, on_problem=on_problem,
-                     into_production=into_production, max_change=max_change)
+                     into_production=into_production, max_change=max_change,
+                     environment=environment)
     if fmt == "json":
         emit_json(report.to_dict())
         return

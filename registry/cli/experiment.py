@@ -12,6 +12,7 @@ from registry.cli.changes import _report_change
 from registry.cli.completion import complete_version
 from registry.cli.output import (
     DsnOpt,
+    EnvironmentOpt,
     FetchOpt,
     FormatOpt,
     PrOpt,
@@ -52,6 +53,7 @@ def start(
     pr: PrOpt = False,
     repo: RepoOpt = Path("."),
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Start an experiment: branch experiment/<name>-start adding `experiment:` to
     production.yaml."""
@@ -61,7 +63,8 @@ def start(
     rails = Guardrails(success_rate_max_drop, min_outcomes, oracle_hit_rate_min,
                        filter_hit_rate_min)
     _report_change(experiment.start(repo, name, candidate, share=share, ends=ends, salt=salt,
-                                    guardrails=rails, push=push, pr=pr), fmt)
+                                    guardrails=rails, push=push, pr=pr,
+                                    environment=environment), fmt)
 
 
 @experiment_app.command("set-share")
@@ -71,11 +74,13 @@ def set_share(
     pr: PrOpt = False,
     repo: RepoOpt = Path("."),
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Change the candidate's share: branch experiment/<name>-share-<percent>."""
     from registry.commands import experiment
 
-    _report_change(experiment.set_share(repo, share, push=push, pr=pr), fmt)
+    _report_change(experiment.set_share(repo, share, push=push, pr=pr,
+                                        environment=environment), fmt)
 
 
 @experiment_app.command("end")
@@ -85,11 +90,13 @@ def end(
     pr: PrOpt = False,
     repo: RepoOpt = Path("."),
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """End the experiment: branch experiment/<name>-end removing `experiment:`."""
     from registry.commands import experiment
 
-    _report_change(experiment.end(repo, reason=reason, push=push, pr=pr), fmt)
+    _report_change(experiment.end(repo, reason=reason, push=push, pr=pr,
+                                  environment=environment), fmt)
 
 
 @experiment_app.command("report")
@@ -102,13 +109,15 @@ def report(
     dsn: DsnOpt = None,
     fetch: FetchOpt = True,
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Per-arm success rates with Wilson 95% intervals and the verdict of a two-proportion
     z-test (candidate vs control)."""
     from registry.commands import experiment
     from registry.quality.experiment import render_report
 
-    result = experiment.report(repo, name=name, metric=metric, dsn=dsn, ref=ref, fetch=fetch)
+    result = experiment.report(repo, name=name, metric=metric, dsn=dsn, ref=ref, fetch=fetch,
+                               environment=environment)
     if fmt == "json":
         emit_json(result.to_dict())
         return

@@ -54,6 +54,14 @@ DsnOpt = Annotated[
 ]
 
 
+EnvironmentOpt = Annotated[
+    str | None,
+    typer.Option("--environment", help="The environment to act on (configs/environments/<name>"
+                 ".yaml, or production: configs/production.yaml, the default); its database is "
+                 "the one its dsn_env names unless --dsn is given."),
+]
+
+
 FetchOpt = Annotated[
     bool, typer.Option("--fetch/--no-fetch", help="git fetch origin before reading origin/main.")
 ]

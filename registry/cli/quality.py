@@ -13,6 +13,7 @@ from registry.cli.completion import complete_version
 from registry.cli.output import (
     CasesOpt,
     DsnOpt,
+    EnvironmentOpt,
     FetchOpt,
     FormatOpt,
     RefOpt,
@@ -66,6 +67,7 @@ def eval_command(
     ref: RefOpt = None,
     dsn: DsnOpt = None,
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Retrieval evaluation by PostgreSQL full-text search, or a shadow-vs-production comparison
     (exit 1 when the shadow regresses beyond the gates of production.yaml)."""
@@ -78,7 +80,8 @@ def eval_command(
     if compare is not None and version is not None:
         raise usage("give either VERSION or --compare, not both")
     options: dict[str, Any] = {"dsn": dsn, "ref": ref, "k": k, "top": top, "match": match,
-                               "record": record, "baseline": write_baseline}
+                               "record": record, "baseline": write_baseline,
+                               "environment": environment}
     if compare is None:
         assert version is not None
         result = quality.evaluate(repo, version, cases, **options)
@@ -140,6 +143,7 @@ def health(
     fmt: Annotated[
         Literal["text", "json", "markdown"], typer.Option("--format", help="Output format.")
     ] = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Health of a config and its table, computed from the rows: guardrails, prefix leakage,
     over-budget chunks, a re-tokenized sample, dedup rate, retrieval metrics, whether the view
@@ -149,7 +153,7 @@ def health(
 
     report = quality.health(repo, version, dsn=dsn, ref=ref, cases_file=cases,
                             tokenizer_file=tokenizer_file, strict=strict, record_report=record,
-                            sample=sample)
+                            sample=sample, environment=environment)
     sys.stdout.write(render(report, fmt))
     if report.exit_code:
         raise typer.Exit(report.exit_code)
@@ -169,13 +173,15 @@ def dashboard(
     dsn: DsnOpt = None,
     fetch: FetchOpt = True,
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """A static health dashboard: alerts, configs, and per config the metrics over time with
     their target bands and the promotions, rollbacks and reconciles that touched it."""
     from registry.commands import quality
     from registry.quality.dashboard import server, url_of
 
-    result = quality.dashboard(repo, out, dsn=dsn, ref=ref, fetch=fetch, days=days)
+    result = quality.dashboard(repo, out, dsn=dsn, ref=ref, fetch=fetch, days=days,
+                               environment=environment)
     if fmt == "json":
         emit_json(result.to_dict())
     else:
@@ -212,6 +218,7 @@ def watch_promotion(
     dsn: DsnOpt = None,
     fetch: FetchOpt = True,
     fmt: FormatOpt = "text",
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Within the monitoring window after a promotion, compare each health report with the
     config's baseline and the previous production; on a critical alert or a regression beyond
@@ -219,7 +226,7 @@ def watch_promotion(
     from registry.commands import quality
 
     options: dict[str, Any] = {"dsn": dsn, "ref": ref, "fetch": fetch, "cases_file": cases,
-                               "tokenizer_file": tokenizer_file}
+                               "tokenizer_file": tokenizer_file, "environment": environment}
     if follow:
         _follow_promotions(repo, interval, options)
         return

@@ -12,6 +12,7 @@ import typer
 from registry.cli.output import (
     DedupOpt,
     DsnOpt,
+    EnvironmentOpt,
     FetchOpt,
     FormatOpt,
     RefOpt,
@@ -49,6 +50,7 @@ def plan(
         bool, typer.Option("--force", help="Plan as `reconcile --force` would.")
     ] = False,
     fetch: FetchOpt = True,
+    environment: EnvironmentOpt = None,
 ) -> None:
     """What reconcile would change in PostgreSQL (or, with --base/--head, what merging would)."""
     from registry.commands import reconcile as commands
@@ -58,9 +60,10 @@ def plan(
         raise usage("--base and --head go together")
     try:
         if base is not None and head is not None:
-            result = commands.offline_plan(repo, base, head)
+            result = commands.offline_plan(repo, base, head, environment)
         else:
-            result = commands.plan(repo, ref=ref, dsn=dsn, fetch=fetch, force=force)
+            result = commands.plan(repo, ref=ref, dsn=dsn, fetch=fetch, force=force,
+                                   environment=environment)
     except RegistryError as err:
         if detailed_exitcode:
             raise RegistryError(err.message, where=err.where, fix=err.fix) from None
@@ -119,6 +122,7 @@ def reconcile(
     ] = None,
     dedup: DedupOpt = "document",
     workers: WorkersOpt = None,
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Make PostgreSQL match the repo: create shadow tables, swap production, retire, drop."""
     from registry.commands import reconcile as commands
@@ -126,7 +130,7 @@ def reconcile(
     options: dict[str, Any] = {"ref": ref, "dsn": dsn, "force": force, "fetch": fetch,
                                "lock_timeout_ms": lock_timeout, "wait_lock": wait_lock,
                                "require_signed": require_signed,
-                               "allowed_signers": allowed_signers}
+                               "allowed_signers": allowed_signers, "environment": environment}
     if watch:
         if source is not None:
             raise usage("--source does not go with --watch (ingests are long; run them apart)")
@@ -207,11 +211,13 @@ def status(
         bool, typer.Option("--exact", help="Count every table's rows (reads every row) instead "
                            "of the catalog's estimates.")
     ] = False,
+    environment: EnvironmentOpt = None,
 ) -> None:
     """Every config and its table: rows, sync status, production, last reconcile that touched it."""
     from registry.commands import reconcile as commands
 
-    report = commands.status(repo, ref=ref, dsn=dsn, fetch=fetch, exact=exact)
+    report = commands.status(repo, ref=ref, dsn=dsn, fetch=fetch, exact=exact,
+                             environment=environment)
     if fmt == "json":
         emit_json(report.to_dict())
         return
@@ -237,6 +243,42 @@ def status(
         say(f"! {finding.render()}")
     say("* production now, + production in the repo but not yet served"
         + ("" if report.exact else "; ~ rows estimated from the catalog (--exact counts them)"))
+
+
+def environments_command(
+    repo: RepoOpt = Path("."),
+    ref: RefOpt = None,
+    fetch: FetchOpt = True,
+    fmt: FormatOpt = "text",
+    names: Annotated[
+        bool, typer.Option("--names", help="Only the names, one a line (for a shell loop).")
+    ] = False,
+) -> None:
+    """The declared environments in promotion order: what each serves, its tables, identity,
+    DSN variable and promotion path (`--format json` feeds a CI matrix: one reconcile each)."""
+    from registry.commands import reconcile as commands
+
+    rows = commands.environment_rows(repo, ref=ref, fetch=fetch)
+    if names:
+        for row in rows:
+            say(str(row["name"]))
+        return
+    if fmt == "json":
+        emit_json(rows)
+        return
+    print_table(
+        ["ENVIRONMENT", "SERVES", "TABLES", "REGISTRY", "DSN FROM", "PROMOTED FROM"],
+        [[str(r["name"]), str(r["serves"] or "-"), str(r["tables"]), str(r["registry"]),
+          str(r["dsn_env"] or "REGISTRY_DSN"), _path_text(r["promotion"])] for r in rows])
+
+
+def _path_text(promotion: Any) -> str:
+    if not promotion:
+        return "-"
+    soak = int(promotion["soak"])
+    hours = f"{soak // 3600}h" if soak % 3600 == 0 else f"{soak}s"
+    healthy = ", healthy" if promotion["require_healthy"] else ""
+    return f"{promotion['from']} after {hours}{healthy}"
 
 
 db_app = typer.Typer(

@@ -40,13 +40,18 @@ def init(
         str | None, typer.Option("--pin-sha", help="Pin by this commit SHA of the release tag "
                                  "instead of the tag.")
     ] = None,
+    staging: Annotated[
+        bool, typer.Option("--staging", help="Also declare a staging environment "
+                           "(configs/environments/staging.yaml) that production is promoted "
+                           "from after a 24h soak, with one reconcile job per environment.")
+    ] = False,
     fmt: FormatOpt = "text",
 ) -> None:
     """Start a registry repository: configs/production.yaml, the workflows and pre-commit hook
     pinned to this release, a README section. Never overwrites (exit 11 on a differing file)."""
     from registry.commands import configs
 
-    result = configs.init(directory, tool_repo=tool_repo, pin_sha=pin_sha)
+    result = configs.init(directory, tool_repo=tool_repo, pin_sha=pin_sha, staging=staging)
     if fmt == "json":
         emit_json({"root": str(result.root), "version": result.version,
                     "git_initialised": result.git_initialised, "written": result.written,

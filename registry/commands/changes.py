@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry.config import PRODUCTION_ENVIRONMENT
 from registry.database.connection import configured_dsn, session
+from registry.environments import environment_dsn, promotion_path_note, select
 from registry.repository import lifecycle
 from registry.repository.git import Git
 from registry.repository.github import Proposal
+from registry.repository.history import read_history
+from registry.repository.state import read_state
 
 
 @dataclass(frozen=True)
@@ -27,15 +32,29 @@ def _proposed(git: Git, result: lifecycle.ChangeResult, pr: bool) -> Change:
 
 
 def promote(repo: Path, version: str, *, dsn: str | None = None, force: bool = False,
-            push: bool = False, pr: bool = False) -> Change:
-    """With a database named (`--dsn`, REGISTRY_DSN, DATABASE_URL) its eval_runs gate the
-    promotion; without one the reconciler's gate applies."""
+            push: bool = False, pr: bool = False, environment: str | None = None) -> Change:
+    """With a database named (`--dsn`, the environment's `dsn_env`, REGISTRY_DSN,
+    DATABASE_URL) its eval_runs gate the promotion; without one the reconciler's gate applies.
+    An environment with `promotion: {from: ...}` also passes the promotion path gate, on the
+    source environment's database (`environments.promotion_path_note`)."""
     git = Git(repo)
-    named = configured_dsn(dsn)
+    name = environment or PRODUCTION_ENVIRONMENT
+    base = git.desired_ref(fetch=False)
+    state = select(read_state(git, base), name)
+    own = dsn if dsn is not None or state.settings.dsn_env is None \
+        or os.environ.get(state.settings.dsn_env) is None else environment_dsn(state, None)
+    named = configured_dsn(own)
     with ExitStack() as stack:
         conn = (stack.enter_context(session(named.value, purpose="promote"))
                 if named is not None else None)
-        result = lifecycle.promote(git, version, conn=conn, force=force, push=push or pr)
+        note = None
+        if state.settings.promotion is not None and state.settings.production != version:
+            served = {v for e in read_history(git, base, name)
+                      if e.kind in ("promote", "rollback") for v in (e.chunk_version, e.previous)}
+            note = promotion_path_note(state, version, force=force, conn=conn,
+                                       served_before=version in served)
+        result = lifecycle.promote(git, version, conn=conn, force=force, push=push or pr,
+                                   environment=name, path_note=note)
     return _proposed(git, result, pr)
 
 
@@ -44,6 +63,8 @@ def retire(repo: Path, version: str, *, push: bool = False, pr: bool = False) ->
     return _proposed(git, lifecycle.retire(git, version, push=push or pr), pr)
 
 
-def rollback(repo: Path, *, push: bool = False, pr: bool = False) -> Change:
+def rollback(repo: Path, *, push: bool = False, pr: bool = False,
+             environment: str | None = None) -> Change:
     git = Git(repo)
-    return _proposed(git, lifecycle.rollback(git, push=push or pr), pr)
+    return _proposed(git, lifecycle.rollback(
+        git, push=push or pr, environment=environment or PRODUCTION_ENVIRONMENT), pr)

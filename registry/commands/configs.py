@@ -26,8 +26,9 @@ class Locked:
     proposal: Proposal | None
 
 
-def init(directory: Path, *, tool_repo: str, pin_sha: str | None) -> scaffold.InitResult:
-    return scaffold.init(directory, tool_repo=tool_repo, pin_sha=pin_sha)
+def init(directory: Path, *, tool_repo: str, pin_sha: str | None,
+         staging: bool = False) -> scaffold.InitResult:
+    return scaffold.init(directory, tool_repo=tool_repo, pin_sha=pin_sha, staging=staging)
 
 
 def lock(repo: Path, *, pr: bool = False, push: bool = False, **parameters: Any) -> Locked:

@@ -10,6 +10,7 @@ from typing import Any
 
 from registry.commands.reconcile import reconcile_with
 from registry.database.connection import resolve_dsn, session
+from registry.environments import environment_dsn, select
 from registry.ingest import pipeline
 from registry.reconciler.run import RunResult
 from registry.repository.git import Git
@@ -32,11 +33,12 @@ def ingest(
     on_problem: Callable[[pipeline.SourceProblem], None] | None = None,
     into_production: bool = False,
     max_change: float | None = None,
+    environment: str | None = None,
 ) -> pipeline.IngestReport:
     """The locked config as committed on the main branch (or `ref`), ingested into its table
-    on the database in force."""
-    state = committed_state(Git(repo), ref)
-    return pipeline.ingest(state, version, source, resolve_dsn(dsn).value,
+    (of `environment`, default production) on the database in force."""
+    state = select(committed_state(Git(repo), ref), environment)
+    return pipeline.ingest(state, version, source, resolve_dsn(environment_dsn(state, dsn)).value,
                            tokenizer_file=tokenizer_file, dedup=dedup, workers=workers,
                            strict=strict, max_document_bytes=max_document_bytes,
                            on_progress=on_progress, on_problem=on_problem,
@@ -65,8 +67,8 @@ def reconcile_and_ingest(
     outcome = ReconcileAndIngest(reconcile_with(git, **options))
     if outcome.result.outcome == "failed":
         return outcome
-    state = committed_state(git, options.get("ref"))
-    resolved = resolve_dsn(options.get("dsn"))
+    state = select(committed_state(git, options.get("ref")), options.get("environment"))
+    resolved = resolve_dsn(environment_dsn(state, options.get("dsn")))
     with session(resolved.value, purpose="ingest pending") as conn:
         outcome.ingests = pipeline.ingest_pending(
             state, conn, source, resolved.value, tokenizer_files=tokenizer_files, dedup=dedup,

@@ -8,9 +8,16 @@ from datetime import datetime
 from pathlib import Path
 
 from registry.commands.changes import Change, _proposed
-from registry.config import Guardrails, parse_duration, parse_rfc3339, utc_now
+from registry.config import (
+    PRODUCTION_ENVIRONMENT,
+    Guardrails,
+    parse_duration,
+    parse_rfc3339,
+    utc_now,
+)
 from registry.database import bookkeeping
 from registry.database.connection import resolve_dsn, session
+from registry.environments import environment_dsn, select
 from registry.errors import Refused, UsageError
 from registry.quality import experiment as experiments
 from registry.repository import lifecycle
@@ -38,32 +45,38 @@ def parse_ends(text: str, now: datetime | None = None) -> datetime:
 
 def start(repo: Path, name: str, candidate: str, *, share: float, ends: str,
           salt: str | None = None, guardrails: Guardrails | None = None, push: bool = False,
-          pr: bool = False) -> Change:
+          pr: bool = False, environment: str | None = None) -> Change:
     git = Git(repo)
     result = lifecycle.experiment_start(git, name, candidate, share=share, ends=parse_ends(ends),
-                                        salt=salt, guardrails=guardrails, push=push or pr)
+                                        salt=salt, guardrails=guardrails, push=push or pr,
+                                        environment=environment or PRODUCTION_ENVIRONMENT)
     return _proposed(git, result, pr)
 
 
-def set_share(repo: Path, share: float, *, push: bool = False, pr: bool = False) -> Change:
+def set_share(repo: Path, share: float, *, push: bool = False, pr: bool = False,
+              environment: str | None = None) -> Change:
     git = Git(repo)
-    return _proposed(git, lifecycle.experiment_set_share(git, share, push=push or pr), pr)
+    return _proposed(git, lifecycle.experiment_set_share(
+        git, share, push=push or pr, environment=environment or PRODUCTION_ENVIRONMENT), pr)
 
 
-def end(repo: Path, *, reason: str | None = None, push: bool = False, pr: bool = False
-        ) -> Change:
+def end(repo: Path, *, reason: str | None = None, push: bool = False, pr: bool = False,
+        environment: str | None = None) -> Change:
     git = Git(repo)
-    return _proposed(git, lifecycle.experiment_end(git, reason=reason, push=push or pr), pr)
+    return _proposed(git, lifecycle.experiment_end(
+        git, reason=reason, push=push or pr,
+        environment=environment or PRODUCTION_ENVIRONMENT), pr)
 
 
 def report(repo: Path, *, name: str | None = None, metric: str = "success",
-           dsn: str | None = None, ref: str | None = None, fetch: bool = True
-           ) -> experiments.ExperimentReport:
+           dsn: str | None = None, ref: str | None = None, fetch: bool = True,
+           environment: str | None = None) -> experiments.ExperimentReport:
     """The declared experiment's report (or `name`'s, e.g. an experiment that ended)."""
-    state = committed_state(Git(repo), ref, fetch=fetch)
+    state = select(committed_state(Git(repo), ref, fetch=fetch), environment)
+    dsn = environment_dsn(state, dsn)
     chosen = name or (state.settings.experiment.name if state.settings.experiment else None)
     if chosen is None:
-        raise Refused("no experiment is declared in production.yaml",
+        raise Refused(f"no experiment is declared in {state.environment}",
                       fix="pass --name to report on an experiment that ended")
     with session(resolve_dsn(dsn).value, purpose="experiment report") as conn:
         bookkeeping.ensure_schema(conn)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from registry.commands.reconcile import translated
 from registry.database.connection import resolve_dsn, session
+from registry.environments import environment_dsn, select
 from registry.extras import require
 from registry.quality import dashboard as dashboards
 from registry.quality import evaluation, promotion_watch
@@ -19,7 +20,11 @@ from registry.quality import health as healths
 from registry.reconciler import run
 from registry.reconciler.status import status
 from registry.repository.git import Git
-from registry.repository.state import committed_state
+from registry.repository.state import RegistryState, committed_state
+
+
+def _environment_state(git: Git, ref: str | None, environment: str | None) -> RegistryState:
+    return select(committed_state(git, ref), environment)
 
 
 def write_baseline(path: Path, result: evaluation.EvalResult) -> None:
@@ -33,10 +38,11 @@ def evaluate(
     repo: Path | str, version: str, cases_file: Path, *, dsn: str | None = None,
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
+    environment: str | None = None,
 ) -> evaluation.EvalResult:
     """`registry eval VERSION` (and its metrics written to `baseline`)."""
-    state = committed_state(Git(repo), ref)
-    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
+    state = _environment_state(Git(repo), ref, environment)
+    with session(resolve_dsn(environment_dsn(state, dsn)).value, purpose="eval") as conn:
         result = evaluation.run_eval(state, conn, version, cases_file, k=k, top=top,
                                      match=match, record=record)
     if baseline is not None:
@@ -48,11 +54,12 @@ def compare(
     repo: Path | str, shadow: str, against: str, cases_file: Path, *, dsn: str | None = None,
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
+    environment: str | None = None,
 ) -> evaluation.Comparison:
     """`registry eval --compare SHADOW --against VERSION` (the shadow's metrics written to
     `baseline`)."""
-    state = committed_state(Git(repo), ref)
-    with session(resolve_dsn(dsn).value, purpose="eval") as conn:
+    state = _environment_state(Git(repo), ref, environment)
+    with session(resolve_dsn(environment_dsn(state, dsn)).value, purpose="eval") as conn:
         comparison = evaluation.run_compare(state, conn, shadow, against, cases_file, k=k,
                                             top=top, match=match, record=record)
     if baseline is not None:
@@ -64,11 +71,11 @@ def health(
     repo: Path | str, version: str = "production", *, dsn: str | None = None,
     ref: str | None = None, cases_file: Path | None = None, tokenizer_file: Path | None = None,
     strict: bool = False, record_report: bool = True, k: int | None = None,
-    top: int | None = None, sample: int | None = None,
+    top: int | None = None, sample: int | None = None, environment: str | None = None,
 ) -> healths.HealthReport:
     git = Git(repo)
-    state = committed_state(git, ref)
-    with session(resolve_dsn(dsn).value, purpose="health") as conn:
+    state = _environment_state(git, ref, environment)
+    with session(resolve_dsn(environment_dsn(state, dsn)).value, purpose="health") as conn:
         return healths.run_health(git, state, conn, version, cases_file=cases_file,
                                   tokenizer_file=tokenizer_file, strict=strict,
                                   record_report=record_report, k=k, top=top, sample=sample)
@@ -77,16 +84,17 @@ def health(
 def check_promotion(
     repo: Path | str, *, dsn: str | None = None, ref: str | None = None, fetch: bool = True,
     cases_file: Path | None = None, tokenizer_file: Path | None = None,
+    environment: str | None = None,
 ) -> promotion_watch.WatchResult:
-    """One watch-promotion pass: with `cases_file` a fresh health report of production is
-    recorded first, then the promotion in force is judged."""
+    """One watch-promotion pass: with `cases_file` a fresh health report of what the
+    environment serves is recorded first, then the promotion in force is judged."""
     git = Git(repo)
-    resolved = resolve_dsn(dsn)
+    state = run.desired_state(git, ref, fetch=fetch, environment=environment)
+    resolved = resolve_dsn(environment_dsn(state, dsn))
     if cases_file is not None:
         with session(resolved.value, purpose="health") as conn:
-            healths.run_health(git, committed_state(git, ref), conn, cases_file=cases_file,
+            healths.run_health(git, state, conn, cases_file=cases_file,
                                tokenizer_file=tokenizer_file)
-    state = run.desired_state(git, ref, fetch=fetch)
     with session(resolved.value, purpose="watch-promotion") as conn:
         return promotion_watch.check(git, state, conn)
 
@@ -95,12 +103,12 @@ def follow_promotions(
     repo: Path, *, stop: threading.Event, interval: float,
     on_result: Callable[[promotion_watch.WatchResult], None], dsn: str | None = None,
     ref: str | None = None, fetch: bool = True, cases_file: Path | None = None,
-    tokenizer_file: Path | None = None,
+    tokenizer_file: Path | None = None, environment: str | None = None,
 ) -> int:
     """`watch-promotion --follow`: check every `interval` seconds until `stop` is set."""
     def check_once() -> promotion_watch.WatchResult:
         return check_promotion(repo, dsn=dsn, ref=ref, fetch=fetch, cases_file=cases_file,
-                               tokenizer_file=tokenizer_file)
+                               tokenizer_file=tokenizer_file, environment=environment)
 
     return promotion_watch.follow(check_once, stop=stop, interval=interval,
                                   on_result=on_result)
@@ -109,25 +117,30 @@ def follow_promotions(
 def dashboard_data(
     repo: Path | str, *, dsn: str | None = None, ref: str | None = None, fetch: bool = True,
     days: int = dashboards.DEFAULT_DAYS, now: datetime | None = None,
+    environment: str | None = None,
 ) -> dashboards.DashboardData:
     """What the dashboard shows: the state read once, and one session for the status rows and
     the health history."""
     git = Git(repo)
-    state = run.desired_state(git, ref, fetch=fetch)
-    resolved = resolve_dsn(dsn)
+    state = run.desired_state(git, ref, fetch=fetch, environment=environment)
+    resolved = resolve_dsn(environment_dsn(state, dsn))
     with session(resolved.value, purpose="dashboard") as conn:
         with translated(resolved, "reading the database"):
             report = status(git, state, conn, target=resolved.redacted)
         with translated(resolved, "reading the health history"):
-            return dashboards.collect(state, conn, report, registry=Path(repo).resolve().name,
-                                      days=days, now=now)
+            name = Path(repo).resolve().name
+            if state.environment != "production" or environment is not None:
+                name = f"{name} ({state.environment})"
+            return dashboards.collect(state, conn, report, registry=name, days=days, now=now)
 
 
 def dashboard(
     repo: Path | str, out: Path, *, dsn: str | None = None, ref: str | None = None,
     fetch: bool = True, days: int = dashboards.DEFAULT_DAYS, now: datetime | None = None,
+    environment: str | None = None,
 ) -> dashboards.DashboardResult:
     """`registry dashboard --out DIR`: DIR/index.html (plotly checked before any reading)."""
     require("plotly", "the dashboard")
-    data = dashboard_data(repo, dsn=dsn, ref=ref, fetch=fetch, days=days, now=now)
+    data = dashboard_data(repo, dsn=dsn, ref=ref, fetch=fetch, days=days, now=now,
+                          environment=environment)
     return dashboards.build(data, out)

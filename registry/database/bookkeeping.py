@@ -533,11 +533,15 @@ def mark_dropped(conn: psycopg.Connection[Any], schema: str, table_name: str) ->
         (schema, table_name)).rowcount
 
 
-def production_row(conn: psycopg.Connection[Any]) -> tuple[str, str, datetime | None] | None:
-    """(chunk_version, table, promoted_at) of the table production reads, per the bookkeeping."""
+def production_row(
+    conn: psycopg.Connection[Any], registries: Sequence[str] | None = None
+) -> tuple[str, str, datetime | None] | None:
+    """(chunk_version, table, promoted_at) of the table production reads, per the bookkeeping
+    (of one registry, or one environment, with `registries`)."""
+    mine = sql.SQL(" AND registry = ANY(%s)" if registries is not None else "")
     row = conn.execute(sql.SQL(
-        "SELECT chunk_version, table_name, promoted_at FROM {} WHERE status = 'production'"
-    ).format(MANAGED)).fetchone()
+        "SELECT chunk_version, table_name, promoted_at FROM {} WHERE status = 'production'{}"
+    ).format(MANAGED, mine), (list(registries),) if registries is not None else ()).fetchone()
     return (row[0], row[1], row[2]) if row else None
 
 
@@ -548,6 +552,27 @@ def served_production(conn: psycopg.Connection[Any], chunk_version: str) -> bool
                 "'dropped' AND promoted_at IS NOT NULL)").format(MANAGED),
         (chunk_version,)).fetchone()
     return bool(row and row[0])
+
+
+def serving_since(
+    conn: psycopg.Connection[Any], chunk_version: str, schema: str, table_name: str,
+    registries: Sequence[str],
+) -> datetime | None:
+    """When the registry (one of `registries`) made the table of `chunk_version` what it
+    serves, if it serves it now: the start of an environment's soak. None: not serving it."""
+    row = conn.execute(
+        sql.SQL("SELECT promoted_at FROM {} WHERE status = 'production' AND chunk_version = %s "
+                "AND schema_name = %s AND table_name = %s AND registry = ANY(%s)").format(MANAGED),
+        (chunk_version, schema, table_name, list(registries))).fetchone()
+    return row[0] if row else None
+
+
+def database_now(conn: psycopg.Connection[Any]) -> datetime:
+    """The database's clock: what recorded timestamps are compared with."""
+    row = conn.execute("SELECT statement_timestamp()").fetchone()
+    assert row is not None
+    value: datetime = row[0]
+    return value
 
 
 def table_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:

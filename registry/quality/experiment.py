@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from registry.config import ExperimentConfig, ProductionConfig, rfc3339
+from registry.config import PRODUCTION_ENVIRONMENT, ExperimentConfig, ProductionConfig, rfc3339
 from registry.database import bookkeeping
 from registry.database.bookkeeping import ExperimentStop
 from registry.errors import Refused
@@ -234,8 +234,9 @@ def check_guardrails(
     return out
 
 
-def stop_branch(experiment: ExperimentConfig) -> str:
-    return f"experiment/{experiment.name}-stop"
+def stop_branch(experiment: ExperimentConfig, environment: str) -> str:
+    where = "" if environment == PRODUCTION_ENVIRONMENT else f"{environment}/"
+    return f"experiment/{where}{experiment.name}-stop"
 
 
 def _propose_stop(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
@@ -249,21 +250,22 @@ def _propose_stop(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
     if token is not None:
         github = origin_repo(git)
         client = GitHubClient(github.api_url(env), token, github)
+        prefix = stop_branch(experiment, settings.environment).removesuffix("stop")
         open_stops = [(head, pull) for head, pull in client.open_pulls(base)
-                      if head.startswith(f"experiment/{experiment.name}-")
-                      and head.endswith(("-end", "-stop"))]
+                      if head in (f"{prefix}end", f"{prefix}stop")]
         if open_stops:
             head, pull = open_stops[0]
             return bookkeeping.record_experiment_stop(
                 conn, settings.identity, settings.environment, ExperimentStop(
                     experiment.name, experiment.candidate, now, head, None, pull.number,
                     pull.url, adopted=True), evidence)
-    branch = stop_branch(experiment)
+    branch = stop_branch(experiment, settings.environment)
     if git.resolve(f"refs/heads/{branch}"):
         git.run("branch", "-D", branch)  # left by a run interrupted before it was proposed
     reason = "The promotion watch ends it: the candidate broke a guardrail.\n\n" + "\n".join(
         f"- {text}" for text in result.breaches)
-    change = experiment_end(git, reason=reason, branch=branch)
+    change = experiment_end(git, reason=reason, branch=branch,
+                            environment=settings.environment)
     if change.chunk_version != experiment.candidate:
         raise Refused(f"{base} declares another experiment than the one watched",
                       fix="bring it up to date with the reconciled ref, then rerun")

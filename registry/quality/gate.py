@@ -6,17 +6,26 @@ gates.require_eval a comparison must also exist, except for the first production
 nothing to compare against). A config that served production before (a former production, the
 rollback target) is never held back: a rollback is always possible. `--force` overrides the
 gate, in both commands.
+
+The promotion path (`judge_path`): an environment with `promotion: {from: staging, soak: 24h}`
+takes a version only after staging served it for the soak with passing health reports; the
+same rule in `registry promote --environment`, the offline PR plan (the committed part) and the
+reconciler (the evidence in staging's database).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from registry.database import bookkeeping
 from registry.errors import Refused
+
+if TYPE_CHECKING:
+    from registry.config import ProductionConfig, Promotion
 
 
 @dataclass(frozen=True)
@@ -81,3 +90,127 @@ def promotion_note(
                           "anyway with --force")
     return (f"Eval: promoted with --force although the last comparison against "
             f"{last.against} ({when}) failed: {why}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The promotion path: staging, then production (issue 17)
+
+
+@dataclass(frozen=True)
+class SoakEvidence:
+    """What the source environment's database recorded about a version: since when its
+    reconciler serves it (None: it does not), and its health reports since then as
+    (when, critical alerts) in time order."""
+
+    serving_since: datetime | None
+    reports: tuple[tuple[datetime, tuple[str, ...]], ...] = ()
+
+
+def judge_path(
+    chunk_version: str, environment: str, promotion: Promotion, source_serves: str | None,
+    evidence: SoakEvidence | None, now: datetime, *, served_before: bool = False,
+) -> GateVerdict:
+    """The path rule, on plain values: a version reaches `environment` only if the environment
+    it is promoted from (`promotion.source`) serves it in the same committed state, served it
+    for `promotion.soak` (its database's evidence), and, with `require_healthy`, had at least
+    one health report there and no critical one in the soak (a critical report restarts it).
+    `evidence` None: offline (a PR plan), only the committed part is checked. A version the
+    environment served before (a rollback target) is never held back."""
+    source = promotion.source
+    if served_before:
+        return GateVerdict(False, f"{chunk_version} served {environment} before (a rollback "
+                           "target): the promotion path never holds it back")
+    if source_serves != chunk_version:
+        return GateVerdict(
+            True, f"{chunk_version} is not what {source} serves ({source_serves or 'nothing'}): "
+            f"a version reaches {environment} only through {source}",
+            f"promote it to {source} first (`registry promote {chunk_version} --environment "
+            f"{source}`) and let it soak {duration_text(promotion.soak)}")
+    if evidence is None:
+        return GateVerdict(False, f"{source} serves {chunk_version} in this commit; its "
+                           f"{duration_text(promotion.soak)} soak is checked online")
+    if evidence.serving_since is None:
+        return GateVerdict(
+            True, f"{source}'s database does not serve {chunk_version} yet (no reconcile of "
+            f"{source} swapped to it)",
+            f"run `registry reconcile --environment {source}`, then let it soak "
+            f"{duration_text(promotion.soak)}")
+    start = evidence.serving_since
+    restarted = None
+    if promotion.require_healthy:
+        critical = [(at, alerts) for at, alerts in evidence.reports if alerts and at >= start]
+        if critical:
+            restarted = critical[-1]
+            start = restarted[0]
+    soaked = now - start
+    if soaked < promotion.soak:
+        remain = promotion.soak - soaked
+        why = (f"a critical health report at {utc_text(start)} ({restarted[1][0]}) restarted "
+               "its soak" if restarted else f"served since {utc_text(start)}")
+        return GateVerdict(
+            True, f"{chunk_version} has soaked in {source} for {span_text(soaked)} of "
+            f"{duration_text(promotion.soak)} ({why}): {span_text(remain)} remain",
+            f"promote it after {utc_text(start + promotion.soak)}")
+    passing = [at for at, alerts in evidence.reports
+               if not alerts and (at > start if restarted else at >= start)]
+    if promotion.require_healthy and not passing:
+        return GateVerdict(
+            True, f"{chunk_version} has no passing health report in {source} since "
+            f"{utc_text(start)} (promotion.require_healthy)",
+            f"run `registry health --environment {source}`, then promote")
+    return GateVerdict(False, f"{chunk_version} soaked in {source} for {span_text(soaked)} "
+                       f"(>= {duration_text(promotion.soak)}) with passing health reports"
+                       if promotion.require_healthy else
+                       f"{chunk_version} soaked in {source} for {span_text(soaked)}")
+
+
+def span_text(delta: timedelta) -> str:
+    """`20h 50m`, `3m 10s`: how long, for a person."""
+    seconds = max(int(delta.total_seconds()), 0)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if hours:
+        parts.append(f"{hours}h")
+    if minutes and not days:
+        parts.append(f"{minutes}m")
+    if not (days or hours):
+        parts.append(f"{secs}s")
+    return " ".join(parts[:2])
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration_text(delta: timedelta) -> str:
+    """`24h`, `90m`, `45s`: a duration as the YAML writes it."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def soak_evidence(
+    conn: psycopg.Connection[Any], chunk_version: str, source: ProductionConfig
+) -> SoakEvidence:
+    """What the source environment's database (`conn`) recorded about `chunk_version`: its
+    registry's production row (by identity, schema and table) and the health reports of that
+    very table since it became production."""
+    if not bookkeeping.exists(conn, "managed_tables"):
+        return SoakEvidence(None)
+    table = source.table_name(chunk_version)
+    since = bookkeeping.serving_since(conn, chunk_version, source.schema, table,
+                                      source.identities)
+    if since is None:
+        return SoakEvidence(None)
+    qualified = f"{source.schema}.{table}"
+    reports = tuple(
+        (stored.at, tuple(str(a.get("message", "critical")) for a in stored.report.get("alerts", [])
+                          if isinstance(a, dict) and a.get("level") == "critical"))
+        for stored in bookkeeping.health_reports_between(
+            conn, chunk_version, since, bookkeeping.database_now(conn))
+        if stored.report.get("table") == qualified)
+    return SoakEvidence(since, reports)

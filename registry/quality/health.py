@@ -415,8 +415,9 @@ def production_alerts(conn: psycopg.Connection[Any], git: Git, state: RegistrySt
         return []
     served_version = bookkeeping.table_versions(conn).get(served or "", served or "nothing")
     view_name = f"{settings.schema}.{settings.base_name}"
-    promotion = next((e for e in read_history(git, ref) if e.kind in ("promote", "rollback")
-                      and e.chunk_version == production), None)
+    promotion = next((e for e in read_history(git, ref, settings.environment)
+                      if e.kind in ("promote", "rollback") and e.chunk_version == production),
+                     None)
     run = bookkeeping.last_reconcile_run(conn)
     seen = (run is not None and run.git_commit is not None and (
         promotion is None or git.execute("merge-base", "--is-ancestor", promotion.commit,

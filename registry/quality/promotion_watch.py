@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
-from registry.config import ProductionConfig
+from registry.config import PRODUCTION_ENVIRONMENT, ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import RollbackProposal
 from registry.database.connection import WATCH_LOCK_KEY
@@ -241,11 +241,11 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
     clock = conn.execute("SELECT statement_timestamp()").fetchone()
     assert clock is not None
     now: datetime = clock[0]
-    served = bookkeeping.production_row(conn)
+    served = bookkeeping.production_row(conn, settings.identities)
     if served is None or served[2] is None:
         return WatchResult("no-production", "no production table yet: nothing to watch")
     version, table, promoted_at = served[0], served[1], served[2]
-    move = next((e for e in read_history(git, state.ref)
+    move = next((e for e in read_history(git, state.ref, state.environment)
                  if e.kind in ("promote", "rollback")), None)
     if move is None or move.chunk_version != version:
         said = move.chunk_version if move else settings.production
@@ -289,7 +289,7 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
         result.message = (f"{version} regressed, but it is the first production: there is "
                           "nothing to roll back to")
     else:
-        result.proposal = _propose(conn, git, promotion, result, env)
+        result.proposal = _propose(conn, git, promotion, result, env, state.environment)
         result.outcome = "proposed" if not result.proposal.adopted else "already-proposed"
         how = ("adopted the rollback pull request already open" if result.proposal.adopted
                else f"proposed rolling back to {promotion.previous}")
@@ -304,14 +304,24 @@ def _notify(conn: psycopg.Connection[Any], settings: ProductionConfig, result: W
     notify(conn, settings.notifications, watch_check(result), env=env)
 
 
-def watch_branch(promotion: Promotion) -> str:
+def watch_branch(promotion: Promotion, environment: str = PRODUCTION_ENVIRONMENT) -> str:
     """The watch's own branch per promotion (a stale `rollback/<v>` of an earlier cycle can
     never block it, and it is never someone else's branch to overwrite)."""
-    return f"rollback/{promotion.previous}-undo-{promotion.commit[:10]}"
+    where = "" if environment == PRODUCTION_ENVIRONMENT else f"{environment}/"
+    return f"rollback/{where}{promotion.previous}-undo-{promotion.commit[:10]}"
+
+
+def _rollback_of(branch: str, environment: str) -> bool:
+    """Whether `branch` rolls back `environment`: `rollback/<v>...` is production's,
+    `rollback/<environment>/<v>...` another environment's."""
+    if environment == PRODUCTION_ENVIRONMENT:
+        return branch.startswith("rollback/") and branch.count("/") == 1
+    return branch.startswith(f"rollback/{environment}/")
 
 
 def _propose(conn: psycopg.Connection[Any], git: Git, promotion: Promotion, result: WatchResult,
-             env: Mapping[str, str]) -> RollbackProposal:
+             env: Mapping[str, str], environment: str = PRODUCTION_ENVIRONMENT,
+             ) -> RollbackProposal:
     assert promotion.previous is not None
     evidence = result.to_dict()
     base = git.branch_of(git.desired_ref(fetch=False))
@@ -321,17 +331,17 @@ def _propose(conn: psycopg.Connection[Any], git: Git, promotion: Promotion, resu
         github = origin_repo(git)
         client = GitHubClient(github.api_url(env), token, github)
         open_rollbacks = [(head, pull) for head, pull in client.open_pulls(base)
-                          if head.startswith("rollback/")]
+                          if _rollback_of(head, environment)]
         if open_rollbacks:
             head, pull = open_rollbacks[0]
             log.info("rollback pull request #%s (%s) is already open: adopted", pull.number, head)
             return _record(conn, promotion, RollbackProposal(
                 promotion.previous, promotion.promoted_at, head, None, pull.number, pull.url,
                 adopted=True), evidence)
-    branch = watch_branch(promotion)
+    branch = watch_branch(promotion, environment)
     if git.resolve(f"refs/heads/{branch}"):
         git.run("branch", "-D", branch)  # left by a run interrupted before it was proposed
-    change = rollback(git, branch=branch)
+    change = rollback(git, branch=branch, environment=environment)
     if change.reverted != promotion.commit:
         git.run("branch", "-D", branch)
         raise Refused(

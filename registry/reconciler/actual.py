@@ -15,6 +15,7 @@ from registry.config import LockedConfig, ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA, ManagedTable
 from registry.database.chunk_table import Marker, read_marker, table_ddl
+from registry.quality.gate import GateVerdict
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -53,6 +54,9 @@ class ActualState:
     shape_drift: dict[str, list[str]] = field(default_factory=dict)
     """table -> how its shape differs from what the reconciler creates (read for the tables
     of the desired configs only; absent: not compared, or no difference)."""
+    path_gate: GateVerdict | None = None
+    """The promotion path gate's verdict on the version the environment should serve (read
+    when it has `promotion:` and a swap to a version it never served is due)."""
 
     @property
     def live(self) -> dict[str, ManagedTable]:

@@ -150,6 +150,7 @@ class Plan:
     target: str
     actions: list[Action] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    environment: str = "production"
 
     @property
     def blocking(self) -> list[Finding]:
@@ -170,6 +171,7 @@ class Plan:
             "ref": self.ref,
             "commit": self.commit,
             "target": self.target,
+            "environment": self.environment,
             "in_sync": self.in_sync,
             "actions": [action_dict(a) for a in self.actions],
             "findings": [asdict(f) for f in self.findings],
@@ -247,7 +249,8 @@ def make_plan(
         refuse_empty(state)
     settings = state.settings
     schema, base = settings.schema, settings.base_name
-    plan = Plan(ref=state.ref, commit=state.commit, target=target)
+    plan = Plan(ref=state.ref, commit=state.commit, target=target,
+                environment=state.environment)
     other = foreign_owner(settings, actual)
     if other is not None:
         plan.findings.append(Finding(
@@ -373,7 +376,8 @@ def _plan_production(
             "view_elsewhere", base, f"{schema}.{base} reads {_names(reads)}, but the registry's "
             f"production is {current.table_name}", "reconcile re-points it", "warning"))
     row = actual.live.get(wanted)
-    gate = None if force else _gate_finding(row, state, schema, table, first=current is None)
+    gate = None if force else (_gate_finding(row, state, schema, table, first=current is None)
+                               or _path_finding(actual, row, schema, table))
     if gate is not None and forced_promotion == wanted:
         plan.findings.append(Finding(
             "forced", table, f"{wanted} was promoted with --force (recorded in the merged "
@@ -408,6 +412,18 @@ def _gate_finding(
         return None
     return Finding("gate", table, f"refusing to swap production to {schema}.{table}: "
                    f"{verdict.reason}", verdict.fix, "error")
+
+
+def _path_finding(
+    actual: ActualState, row: ManagedTable | None, schema: str, table: str
+) -> Finding | None:
+    """The promotion path gate (`gate.judge_path`, read by the run into `actual.path_gate`):
+    a table this environment served before (a rollback target) is never held back."""
+    verdict = actual.path_gate
+    if verdict is None or not verdict.held or (row is not None and row.promoted_at is not None):
+        return None
+    return Finding("gate", table, f"refusing to swap to {schema}.{table}: {verdict.reason}",
+                   verdict.fix, "error")
 
 
 def _names(reads: tuple[tuple[str, str], ...]) -> str:

@@ -22,8 +22,9 @@ def summary(the_plan: Plan) -> str:
 
 def render_plan(the_plan: Plan, fmt: Literal["text", "markdown"] = "text") -> str:
     commit = (the_plan.commit or "")[:10]
+    where = "" if the_plan.environment == "production" else f", {the_plan.environment}"
     if fmt == "markdown":
-        lines = [f"### chunk-registry plan for `{the_plan.ref}` ({commit})", ""]
+        lines = [f"### chunk-registry plan for `{the_plan.ref}` ({commit}{where})", ""]
         if the_plan.actions:
             lines += ["| | action | table | details |", "|---|---|---|---|"]
             for action in the_plan.actions:
@@ -37,7 +38,7 @@ def render_plan(the_plan: Plan, fmt: Literal["text", "markdown"] = "text") -> st
             lines += [f"- {icon[f.severity]} {f.render()}" for f in the_plan.findings]
         lines += ["", f"Plan: {summary(the_plan)} (against {the_plan.target})."]
         return "\n".join(lines) + "\n"
-    lines = [f"Plan for {the_plan.ref} ({commit}) against {the_plan.target}:"]
+    lines = [f"Plan for {the_plan.ref} ({commit}{where}) against {the_plan.target}:"]
     lines += [f"  {_SYMBOLS[type(a)]} {a.describe()}" for a in the_plan.actions]
     if not the_plan.actions:
         lines.append("  no changes: the database matches the repository")

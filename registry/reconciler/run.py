@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from registry import faults
-from registry.config import ProductionConfig
+from registry.config import PRODUCTION_ENVIRONMENT, ProductionConfig
 from registry.database import bookkeeping
 from registry.database.connection import (
     RECONCILE_LOCK_KEY,
@@ -27,6 +27,7 @@ from registry.database.connection import (
     database_error,
     timeout_setting,
 )
+from registry.environments import path_verdict, select
 from registry.errors import (
     DatabaseUnavailable,
     GitError,
@@ -213,12 +214,13 @@ def _actor() -> str:
 
 def desired_state(
     git: Git, ref: str | None = None, *, fetch: bool = True, signers: Path | None = None,
+    environment: str | None = None,
 ) -> RegistryState:
     """The validated desired state: a committed ref, never the working tree, with no locked
     config edited after its tag, no moved tag and no tag off main (`validate`'s immutability
     errors). With `signers` (an allowed-signers file) the ref's signature
-    must verify too."""
-    state = committed_state(git, ref, fetch=fetch)
+    must verify too. It acts for `environment` (default: production)."""
+    state = select(committed_state(git, ref, fetch=fetch), environment)
     state.require_valid()
     tampered = immutability_problems(git, state)
     if tampered:
@@ -236,7 +238,8 @@ def _still_desired(
     may have applied a newer commit meanwhile); never apply a stale commit."""
     if git.resolve(git.desired_ref(ref, fetch=fetch)) == state.commit:
         return state
-    return desired_state(git, ref, fetch=False, signers=signers)
+    return desired_state(git, ref, fetch=False, signers=signers,
+                         environment=state.environment)
 
 
 def plan(
@@ -260,7 +263,7 @@ def plan_honouring_force(
     production = state.settings.production
     if production is None or not any(f.kind == "gate" for f in the_plan.blocking):
         return the_plan
-    if forced_promotion(git, state.commit or state.ref, production) is None:
+    if forced_promotion(git, state.commit or state.ref, production, state.environment) is None:
         return the_plan
     return make_plan(state, actual, target=target, force=force, allow_empty=allow_empty,
                      forced_promotion=production)
@@ -280,6 +283,12 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
     desired = {settings.table_name(v): c for v, c in state.configs.items()
                if settings.table_name(v) in actual.relations}
     actual.shape_drift = shape_drift(conn, settings.schema, desired, settings.identity)
+    if target and not settled and settings.promotion is not None and settings.production:
+        row = next((m for m in actual.managed if m.chunk_version == settings.production
+                    and m.status != "dropped" and settings.owns(m.registry)), None)
+        actual.path_gate = path_verdict(
+            state, settings.production, conn=conn,
+            served_before=row is not None and row.promoted_at is not None)
     return actual
 
 
@@ -355,18 +364,62 @@ def _notify(conn: psycopg.Connection[Any], state: RegistryState, result: RunResu
            reconcile_check(result, f"{settings.schema}.{settings.base_name}"), now=now)
 
 
-def offline_plan(git: Git, base: str, head: str) -> Plan:
-    """What merging `head` into `base` would make the reconciler do, without a database:
-    the plan against a database exactly reconciled to `base` (for PR review in CI), with the
-    tables `base` retired still in their grace period, and what the policy changes mean.
-    Blocking findings (a refusal after the merge) make the PR check fail."""
-    base_state = read_state(git, base)
+def offline_plan(git: Git, base: str, head: str, environment: str | None = None) -> Plan:
+    """What merging `head` into `base` would make the reconciler of `environment` (default:
+    production) do, without a database: the plan against a database exactly reconciled to
+    `base` (for PR review in CI), with the tables `base` retired still in their grace period,
+    and what the policy changes mean. Blocking findings (a refusal after the merge) make the
+    PR check fail. Of the promotion path it checks what the merged tree holds (the version is
+    the one the source environment serves); the soak is the reconciler's, online."""
     head_state = read_state(git, head)
     head_state.require_valid()
+    head_state = select(head_state, environment)
+    base_state = select(read_state(git, base), environment) \
+        if environment in (None, PRODUCTION_ENVIRONMENT) else _base_for(git, base, head_state)
     actual = synthetic_actual(base_state, retired=retired_on(git, base, base_state))
+    _offline_path(git, base, base_state, head_state, actual)
     the_plan = make_plan(head_state, actual, target=f"a database reconciled to {base}")
     the_plan.findings[:0] = policy_findings(base_state.settings, head_state.settings, base)
+    promotion = head_state.settings.promotion
+    wanted = head_state.settings.production
+    if promotion is not None and wanted and wanted != base_state.settings.production \
+            and not any(f.kind == "gate" for f in the_plan.findings):
+        the_plan.findings.append(Finding(
+            "path", None, f"{head_state.environment} takes {wanted} from {promotion.source} "
+            f"(it serves it in {head}); the reconciler checks the {duration_text(promotion.soak)}"
+            f" soak{' and health' if promotion.require_healthy else ''} in "
+            f"{promotion.source}'s database before it swaps", None, "info"))
     return the_plan
+
+
+def _base_for(git: Git, base: str, head_state: RegistryState) -> RegistryState:
+    """`base` acting for the environment of `head_state`; an environment that `head` adds
+    starts from nothing (its settings as on head, serving nothing)."""
+    state = read_state(git, base)
+    if head_state.environment in state.environment_files:
+        return select(state, head_state.environment)
+    file = head_state.environment_files[head_state.environment]
+    assert file.settings is not None
+    empty = replace(file, settings=replace(file.settings, production=None))
+    state.environment_files = {**state.environment_files, file.name: empty}
+    return select(state, head_state.environment)
+
+
+def _offline_path(git: Git, base: str, base_state: RegistryState, head_state: RegistryState,
+                  actual: ActualState) -> None:
+    """The committed part of the promotion path gate for the version `head` moves to: the
+    source environment must serve it in the merged tree, unless the environment served it
+    before on `base` (a rollback target)."""
+    wanted = head_state.settings.production
+    if head_state.settings.promotion is None or not wanted \
+            or wanted == base_state.settings.production:
+        return
+    served = {e.chunk_version for e in read_history(git, base, head_state.environment)
+              if e.kind in ("promote", "rollback")}
+    served |= {e.previous for e in read_history(git, base, head_state.environment)
+               if e.kind in ("promote", "rollback") and e.previous}
+    actual.path_gate = path_verdict(head_state, wanted, offline=True,
+                                    served_before=wanted in served)
 
 
 def retired_on(git: Git, ref: str, state: RegistryState) -> dict[str, datetime]:

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
     from registry.config import YamlDoc
 
-Kind = Literal["locked", "production"]
+Kind = Literal["locked", "production", "environment"]
 SCHEMA_FILES: dict[Kind, str] = {
     "locked": "locked-config.schema.json",
     "production": "production.schema.json",
+    "environment": "production.schema.json",
 }
 
 FIXES: dict[str, str] = {
@@ -37,6 +38,10 @@ FIXES: dict[str, str] = {
     "created_by": "use `name <email>`",
     "schema_version": "set schema_version: 1",
     "production": "name a chunk_version that exists in configs/, or null",
+    "serves": "name a chunk_version that exists in configs/, or null",
+    "dsn_env": "name the environment variable (a CI secret) holding the DSN, like STAGING_DSN; "
+               "never the DSN itself",
+    "promotion": "use promotion: {from: staging, soak: 24h, require_healthy: true}",
     "baseline_metrics": "use metric names like oracle_hit_rate with numbers, rates in [0, 1]",
 }
 
@@ -53,7 +58,23 @@ def schema_dir() -> Path:
 @cache
 def schema(kind: Kind) -> dict[str, Any]:
     result: dict[str, Any] = json.loads((schema_dir() / SCHEMA_FILES[kind]).read_text("utf-8"))
+    if kind == "environment":
+        return environment_schema(result)
     return result
+
+
+def environment_schema(production: dict[str, Any]) -> dict[str, Any]:
+    """An environment file's schema: production.yaml's, with `serves:` (the version the
+    environment serves) in place of `production:`, and no `tags:` (a lock tag names a config,
+    whatever serves it: production.yaml's prefix holds for every environment)."""
+    properties = dict(production["properties"])
+    serves = dict(properties.pop("production"))
+    serves["description"] = "The chunk_version this environment serves, or null."
+    properties.pop("tags", None)
+    return {**production, "$id": production["$id"].replace("production", "environment"),
+            "title": "An environment: the version it serves and its rollout policy",
+            "description": "configs/environments/<name>.yaml",
+            "required": ["serves"], "properties": {"serves": serves, **properties}}
 
 
 @cache
@@ -111,8 +132,8 @@ def _describe(error: Any) -> tuple[tuple[str | int, ...], str]:
         return path, f"{name} {shown} is not one of {', '.join(map(str, allowed))}"
     if keyword in ("maxLength", "minLength", "maxProperties", "minItems", "items"):
         return path, f"{name} {shown} has the wrong size ({error.message})"
-    if keyword == "oneOf" and path == ("production",):
-        return path, f"production {shown} is not a chunk_version or null"
+    if keyword == "oneOf" and path in (("production",), ("serves",)):
+        return path, f"{path[0]} {shown} is not a chunk_version or null"
     if keyword == "not":
         return path, f"{name} {shown} is reserved"
     return path, f"{name}: {error.message}"
@@ -127,7 +148,7 @@ def schema_problems(doc: YamlDoc, kind: Kind) -> list[Problem]:
         fix = FIXES.get(field, f"see {SCHEMA_FILES[kind]}, shipped inside the chunk-registry "
                                 "package (registry/schemas/; `registry init` needs no copy)")
         problems.append(doc.problem(path, message, fix))
-    if kind == "production":
+    if kind in ("production", "environment"):
         from registry.notify.settings import notification_problems
 
         specific = notification_problems(doc)

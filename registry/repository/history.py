@@ -14,7 +14,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from registry.config import CONFIG_DIR, PRODUCTION_PATH, VERSION_RE
+from registry.config import (
+    CONFIG_DIR,
+    PRODUCTION_ENVIRONMENT,
+    PRODUCTION_PATH,
+    VERSION_RE,
+    environment_path,
+)
 from registry.errors import Refused
 from registry.repository.git import Git
 from registry.repository.state import read_state
@@ -26,7 +32,7 @@ _HEADER = "\x01"
 _END = "\x02"
 _FORMAT = f"{_HEADER}%H%x00%P%x00%an%x00%ae%x00%cI%x00%s%x00%b{_END}"
 _CONFIG_RE = re.compile(rf"^{CONFIG_DIR}/({VERSION_RE.pattern})\.yaml$")
-_POINTER_RE = re.compile(r"^([-+])production:[ \t]*(.*?)[ \t]*(?:#.*)?$")
+_POINTER_RE = re.compile(r"^([-+])(?:production|serves):[ \t]*(.*?)[ \t]*(?:#.*)?$")
 _MERGE_PR_RE = re.compile(r"^Merge pull request #([0-9]+)\b")
 _SQUASH_PR_RE = re.compile(r"\(#([0-9]+)\)\s*$")
 _NULLS = {"", "~", "null", "Null", "NULL"}
@@ -100,8 +106,12 @@ def _parse(out: str) -> list[tuple[_Commit, list[str]]]:
     return commits
 
 
-def _changes(diff: list[str]) -> tuple[list[str], list[str], tuple[str | None, str | None] | None]:
-    """Config versions added and deleted, and the production pointer (old, new) if it moved."""
+def _changes(
+    diff: list[str], pointer_path: str = PRODUCTION_PATH
+) -> tuple[list[str], list[str], tuple[str | None, str | None] | None]:
+    """Config versions added and deleted, and the pointer of the environment declared at
+    `pointer_path` (production.yaml's `production:`, an environment's `serves:`) as (old, new)
+    if it moved."""
     added: list[str] = []
     deleted: list[str] = []
     old: str | None = None
@@ -117,7 +127,7 @@ def _changes(diff: list[str]) -> tuple[list[str], list[str], tuple[str | None, s
             added.append(found.group(1))
         elif found and line.startswith("deleted file mode"):
             deleted.append(found.group(1))
-        elif path == PRODUCTION_PATH and not line.startswith(("---", "+++")):
+        elif path == pointer_path and not line.startswith(("---", "+++")):
             pointer = _POINTER_RE.match(line)
             if pointer and pointer.group(1) == "-" and not seen_old:
                 old, seen_old = _pointer(pointer.group(2)), True
@@ -127,9 +137,12 @@ def _changes(diff: list[str]) -> tuple[list[str], list[str], tuple[str | None, s
     return added, deleted, moved
 
 
-def read_history(git: Git, ref: str | None = None) -> list[Event]:
+def read_history(
+    git: Git, ref: str | None = None, environment: str = PRODUCTION_ENVIRONMENT
+) -> list[Event]:
     """Every registry event on `ref` (default: the main `Git.desired_ref` picks), newest
-    first. A shallow clone is deepened first: one commit of history reads as no history."""
+    first; promotions and rollbacks are those of `environment`. A shallow clone is deepened
+    first: one commit of history reads as no history."""
     ref = ref or git.desired_ref(fetch=False)
     git.require_history("reading the registry's history")
     out = git.run(
@@ -141,7 +154,7 @@ def read_history(git: Git, ref: str | None = None) -> list[Event]:
     events: list[Event] = []
     moves: list[tuple[_Commit, str | None, str | None]] = []
     for commit, diff in reversed(commits):
-        added, deleted, moved = _changes(diff)
+        added, deleted, moved = _changes(diff, environment_path(environment))
         events += [_event(commit, "lock", v, None) for v in added]
         if moved is not None:
             moves.append((commit, *moved))
@@ -220,9 +233,9 @@ def standing_promotions(events: list[Event]) -> Standing:
     return Standing(stack)
 
 
-def last_promotion(git: Git, ref: str) -> Event:
+def last_promotion(git: Git, ref: str, environment: str = PRODUCTION_ENVIRONMENT) -> Event:
     """The promotion `registry rollback` reverts, or Refused when there is nothing to return to."""
-    standing = standing_promotions(read_history(git, ref))
+    standing = standing_promotions(read_history(git, ref, environment))
     event = standing.last
     if event is None:
         raise Refused(f"{ref} has no promotion to roll back",
@@ -242,12 +255,15 @@ FORCE_TRAILER = "Promotion-Forced"
 promotion then skips the promotion gate in the reconciler, for that promotion only."""
 
 
-def forced_promotion(git: Git, ref: str, version: str) -> str | None:
+def forced_promotion(
+    git: Git, ref: str, version: str, environment: str = PRODUCTION_ENVIRONMENT
+) -> str | None:
     """The commit recording that production's move to `version` on `ref` was forced: the
     newest production move on `ref` must be that one, and a commit it brought (the merged
     branch's commits, the squashed message, or the commit itself) must carry the trailer
     `Promotion-Forced: <version>`. None: not forced (or moved again since)."""
-    move = next((e for e in read_history(git, ref) if e.kind in ("promote", "rollback")), None)
+    move = next((e for e in read_history(git, ref, environment)
+                 if e.kind in ("promote", "rollback")), None)
     if move is None or move.chunk_version != version:
         return None
     span = [f"{move.commit}^1..{move.commit}"] if move.merge == "merge" else ["-1", move.commit]

@@ -14,12 +14,14 @@ from registry.config import (
     MAX_CHUNK_SIZE,
     MAX_OVERLAP_RATIO,
     MIN_JACCARD,
+    PRODUCTION_ENVIRONMENT,
     PRODUCTION_PATH,
     SCHEMA_VERSION,
     ExperimentConfig,
     Guardrails,
     LockedConfig,
     config_path,
+    environment_path,
     guardrail_violations,
     is_version,
     parse_yaml,
@@ -28,6 +30,7 @@ from registry.config import (
     set_production_pointer,
     utc_now,
 )
+from registry.environments import select
 from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
 from registry.quality.gate import promotion_note
 from registry.reconciler.render import render_plan
@@ -305,45 +308,64 @@ def _require_locked(state: RegistryState, version: str, base: str, action: str) 
 
 def promote(
     git: Git, version: str, *, conn: psycopg.Connection[Any] | None = None, force: bool = False,
-    push: bool = False,
+    push: bool = False, environment: str = PRODUCTION_ENVIRONMENT, path_note: str | None = None,
 ) -> ChangeResult:
-    """Branch `promote/<version>` from main with one commit pointing production at `version`.
+    """Branch `promote/<version>` (`promote/<environment>/<version>` for another environment
+    than production) from main with one commit pointing the environment at `version`.
 
-    Refused when the version is not locked on main, has no lock tag, or is production already;
+    Refused when the version is not locked on main, has no lock tag, or is served already;
     and, when a database is given (`conn`), when its last eval comparison failed (or none
-    exists and production.yaml requires one) unless `force`.
+    exists and production.yaml requires one) unless `force`. `path_note` is the verdict of the
+    promotion path (`environments.promotion_path_note`), for the commit message.
     """
     base = git.desired_ref(fetch=False)
-    state = read_state(git, base)
+    state = select(read_state(git, base), environment)
     config = _require_locked(state, version, base, "promote")
     settings = state.settings
     previous = settings.production
+    path = environment_path(environment)
+    rollback = "`registry rollback`" + (
+        "" if environment == PRODUCTION_ENVIRONMENT else f" --environment {environment}")
     if previous == version:
-        raise Refused(f"{version} is already production on {base}",
-                      fix="nothing to do; `registry rollback` returns to the previous version")
+        raise Refused(f"{version} is already {_served(environment)} on {base}",
+                      fix=f"nothing to do; {rollback} returns to the previous version")
     tag_name = settings.tag_name(version)
     git.fetch_tags(settings.tag_prefix, [tag_name])
     if tag_name not in git.tags(settings.tag_prefix):
         raise Refused(f"{version} has no lock tag {tag_name}: it is not locked yet",
                       fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
     gate = _eval_gate(conn, version, settings.require_eval and previous is not None, force)
-    raw = git.show(base, PRODUCTION_PATH)
+    raw = git.show(base, path)
     if raw is None:
-        raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
+        raise GitError(f"{path} is missing on {base}",
                        fix="create it with `production: null` and merge it")
+    notes = "".join(f"{note}\n\n" for note in (gate, path_note) if note)
     message = (
-        f"Promote chunk config {version} to production\n\n"
-        f"Production moves from {previous or 'none'} to {version} ({config.label()}, "
-        f"embedder {config.embedder_name}, config_hash {config.config_hash[:12]}). Once merged, "
-        f"the reconciler points the {settings.base_name} view at {settings.table_name(version)}; "
-        "`registry rollback` reverts this change.\n\n"
-        + (f"{gate}\n\n" if gate else "")
+        f"Promote chunk config {version} to {environment}\n\n"
+        f"{environment.capitalize()} moves from {previous or 'none'} to {version} "
+        f"({config.label()}, embedder {config.embedder_name}, config_hash "
+        f"{config.config_hash[:12]}). Once merged, the reconciler points the "
+        f"{settings.schema}.{settings.base_name} view at {settings.table_name(version)}; "
+        f"{rollback} reverts this change.\n\n"
+        + notes
         + f"{TRAILER}: {version}\n"
         + (f"{FORCE_TRAILER}: {version}\n" if force else "")
     )
-    changes: dict[str, bytes | None] = {PRODUCTION_PATH: set_production_pointer(raw, version)}
+    key = "production" if environment == PRODUCTION_ENVIRONMENT else "serves"
+    changes: dict[str, bytes | None] = {path: set_production_pointer(raw, version, key)}
     commit = git.commit_files(base, changes, message)
-    return _finish(git, "promote", version, base, commit, push, previous=previous)
+    return _finish(git, "promote", version, base, commit, push,
+                   _branch("promote", environment, version), previous=previous)
+
+
+def _branch(action: str, environment: str, version: str) -> str | None:
+    """`promote/<version>` for production (None: the default), `promote/<env>/<version>`."""
+    return None if environment == PRODUCTION_ENVIRONMENT else f"{action}/{environment}/{version}"
+
+
+def _served(environment: str) -> str:
+    return ("production" if environment == PRODUCTION_ENVIRONMENT
+            else f"what {environment} serves")
 
 
 def _eval_gate(conn: psycopg.Connection[Any] | None, version: str, require_eval: bool,
@@ -389,7 +411,8 @@ def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
     return _finish(git, "retire", version, base, commit, push)
 
 
-def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> ChangeResult:
+def rollback(git: Git, *, push: bool = False, branch: str | None = None,
+             environment: str = PRODUCTION_ENVIRONMENT) -> ChangeResult:
     """Branch `rollback/<version>` with a `git revert` of the last promotion still in force.
 
     The promotion may have reached main as a merge commit (reverted with `-m 1`), a squash
@@ -399,8 +422,9 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
     own per promotion).
     """
     base = git.desired_ref(fetch=False)
-    state = read_state(git, base)
-    event = last_promotion(git, base)
+    state = select(read_state(git, base), environment)
+    event = last_promotion(git, base, environment)
+    path = environment_path(environment)
     target = event.previous
     assert target is not None
     current = state.settings.production
@@ -410,7 +434,7 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
     how = {"merge": "merge commit", "squash": "squash merge", "commit": "commit"}[event.merge]
     pr = f" (#{event.pr})" if event.pr else ""
     message = (
-        f"Roll back production to {target}\n\n"
+        f"Roll back {environment} to {target}\n\n"
         f"Reverts the promotion of {current} ({how} {event.commit[:10]}{pr}: "
         f"{event.subject}). Once merged, the reconciler points the view back at "
         f"{state.settings.table_name(target)}: no re-ingest.\n\n"
@@ -420,16 +444,19 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
     mainline = 1 if event.merge == "merge" else None
     commit = git.revert(event.commit, base, message, mainline=mainline)
     changed = git.run("diff", "--name-only", base, commit).split()
-    if changed != [PRODUCTION_PATH]:
-        others = ", ".join(p for p in changed if p != PRODUCTION_PATH) or "nothing"
+    if changed != [path]:
+        others = ", ".join(p for p in changed if p != path) or "nothing"
         raise Refused(
-            f"reverting {event.commit[:10]} would change {others}, not just {PRODUCTION_PATH}",
-            fix=f"point production back by hand: `registry promote {target}`",
+            f"reverting {event.commit[:10]} would change {others}, not just {path}",
+            fix=f"point {environment} back by hand: `registry promote {target}"
+                + ("`" if environment == PRODUCTION_ENVIRONMENT
+                   else f" --environment {environment}`"),
         )
-    reverted_to = read_state(git, commit).settings.production
+    reverted_to = select(read_state(git, commit), environment).settings.production
     if reverted_to != target:
         raise Refused(f"reverting {event.commit[:10]} sets production to {reverted_to}, "
                       f"not {target}", fix=f"use `registry promote {target}`")
+    branch = branch or _branch("rollback", environment, target)
     return _finish(git, "rollback", target, base, commit, push, branch, previous=current,
                    reverted=event.commit)
 
@@ -438,12 +465,11 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None) -> Chan
 # Experiments: start, set-share, end (each a branch with one commit changing production.yaml)
 
 
-def _production_raw(git: Git, base: str) -> bytes:
-    raw = git.show(base, PRODUCTION_PATH)
-    if raw is None:
-        raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
-                       fix="create it with `production: null` and merge it")
-    return raw
+def _experiment_branch(environment: str, name: str, what: str) -> str:
+    """`experiment/<name>-<what>`, or `experiment/<environment>/<name>-<what>` for an
+    environment other than production."""
+    where = "" if environment == PRODUCTION_ENVIRONMENT else f"{environment}/"
+    return f"experiment/{where}{name}-{what}"
 
 
 def _check_share(share: float) -> None:
@@ -452,10 +478,15 @@ def _check_share(share: float) -> None:
                          fix="give the candidate's share of requests, e.g. 0.1 for 10%")
 
 
-def _experiment_commit(git: Git, base: str, experiment: ExperimentConfig | None,
-                       message: str) -> str:
-    raw = set_experiment_block(_production_raw(git, base), experiment)
-    commit = git.commit_files(base, {PRODUCTION_PATH: raw}, message)
+def _experiment_commit(git: Git, base: str, environment: str,
+                       experiment: ExperimentConfig | None, message: str) -> str:
+    """One commit changing only the `experiment:` block of the environment's file; the
+    result must validate (the candidate locked, not what the environment serves)."""
+    path = environment_path(environment)
+    raw = git.show(base, path)
+    if raw is None:
+        raise GitError(f"{path} is missing on {base}", fix="declare the environment first")
+    commit = git.commit_files(base, {path: set_experiment_block(raw, experiment)}, message)
     read_state(git, commit).require_valid()
     return commit
 
@@ -463,24 +494,24 @@ def _experiment_commit(git: Git, base: str, experiment: ExperimentConfig | None,
 def experiment_start(
     git: Git, name: str, candidate: str, *, share: float, ends: datetime,
     salt: str | None = None, guardrails: Guardrails | None = None, push: bool = False,
-    now: datetime | None = None,
+    now: datetime | None = None, environment: str = PRODUCTION_ENVIRONMENT,
 ) -> ChangeResult:
     """Branch `experiment/<name>-start` adding `experiment:` to production.yaml: `candidate`
     (locked and tagged on main, not production) gets `share` of the request keys until `ends`
     (in the future). `salt` defaults to the name: a new experiment reshuffles the keys."""
     base = git.desired_ref(fetch=False)
-    state = read_state(git, base)
+    state = select(read_state(git, base), environment)
     settings = state.settings
     if settings.experiment is not None:
         raise Refused(f"experiment {settings.experiment.name} is already declared on {base}",
                       fix="end it first with `registry experiment end`")
     config = _require_locked(state, candidate, base, "experiment with")
     if settings.production is None:
-        raise Refused("production names no config: an experiment needs a control",
+        raise Refused(f"{environment} serves no config: an experiment needs a control",
                       fix="promote a config first")
     if settings.production == candidate:
-        raise Refused(f"{candidate} is production already: it cannot be the candidate",
-                      fix="name another locked version")
+        raise Refused(f"{candidate} is what {environment} serves already: it cannot be the "
+                      "candidate", fix="name another locked version")
     tag_name = settings.tag_name(candidate)
     git.fetch_tags(settings.tag_prefix, [tag_name])
     if tag_name not in git.tags(settings.tag_prefix):
@@ -494,17 +525,19 @@ def experiment_start(
     experiment = ExperimentConfig(name, candidate, share, salt or name, ends.astimezone(UTC),
                                   guardrails or Guardrails())
     message = (
-        f"Start experiment {name}: {candidate} gets {share:.0%} of requests\n\n"
-        f"Candidate {candidate} ({config.label()}) against production {settings.production}, "
+        f"Start experiment {name}: {candidate} gets {share:.0%} of requests"
+        + ("" if environment == PRODUCTION_ENVIRONMENT else f" in {environment}") + "\n\n"
+        f"Candidate {candidate} ({config.label()}) against {environment}'s "
+        f"{settings.production}, "
         f"until {rfc3339(experiment.ends)}, keys assigned by sha256(salt:key) with salt "
         f"{experiment.salt!r}. Once merged, the reconciler serves the candidate's table to "
         f"its share of keys (`registry.retrieval_table(key=...)`) and through the view "
         f"{settings.schema}.{settings.candidate_view}.\n\n"
         f"{TRAILER}: {candidate}\n"
     )
-    commit = _experiment_commit(git, base, experiment, message)
+    commit = _experiment_commit(git, base, environment, experiment, message)
     return _finish(git, "experiment", candidate, base, commit, push,
-                   f"experiment/{name}-start", previous=settings.production)
+                   _experiment_branch(environment, name, "start"), previous=settings.production)
 
 
 def _running(state: RegistryState, base: str) -> ExperimentConfig:
@@ -515,11 +548,12 @@ def _running(state: RegistryState, base: str) -> ExperimentConfig:
     return experiment
 
 
-def experiment_set_share(git: Git, share: float, *, push: bool = False) -> ChangeResult:
+def experiment_set_share(git: Git, share: float, *, push: bool = False,
+                         environment: str = PRODUCTION_ENVIRONMENT) -> ChangeResult:
     """Branch `experiment/<name>-share-<percent>` changing the candidate's share. Growing it
     only adds keys to the candidate; shrinking it moves some back (said in the commit)."""
     base = git.desired_ref(fetch=False)
-    state = read_state(git, base)
+    state = select(read_state(git, base), environment)
     experiment = _running(state, base)
     _check_share(share)
     if share == experiment.share:
@@ -534,31 +568,32 @@ def experiment_set_share(git: Git, share: float, *, push: bool = False) -> Chang
     )
     changed = ExperimentConfig(experiment.name, experiment.candidate, share, experiment.salt,
                                experiment.ends, experiment.guardrails)
-    commit = _experiment_commit(git, base, changed, message)
+    commit = _experiment_commit(git, base, environment, changed, message)
     percent = f"{share * 100:g}".replace(".", "_")
     return _finish(git, "experiment", experiment.candidate, base, commit, push,
-                   f"experiment/{experiment.name}-share-{percent}")
+                   _experiment_branch(environment, experiment.name, f"share-{percent}"))
 
 
 def experiment_end(git: Git, *, reason: str | None = None, push: bool = False,
-                   branch: str | None = None) -> ChangeResult:
+                   branch: str | None = None, environment: str = PRODUCTION_ENVIRONMENT
+                   ) -> ChangeResult:
     """Branch `experiment/<name>-end` removing `experiment:` from production.yaml: once merged,
     every key reads production again and the candidate's view goes (its table stays a
     shadow: promote or retire it by its own pull request)."""
     base = git.desired_ref(fetch=False)
-    state = read_state(git, base)
+    state = select(read_state(git, base), environment)
     experiment = _running(state, base)
     message = (
         f"End experiment {experiment.name} (candidate {experiment.candidate})\n\n"
         + (f"{reason}\n\n" if reason else "")
-        + f"Once merged, every request reads production {state.settings.production} again "
+        + f"Once merged, every request reads {environment}'s {state.settings.production} again "
         f"and the view {state.settings.schema}.{state.settings.candidate_view} is dropped; "
         f"{experiment.candidate}'s table stays a shadow.\n\n"
         f"{TRAILER}: {experiment.candidate}\n"
     )
-    commit = _experiment_commit(git, base, None, message)
+    commit = _experiment_commit(git, base, environment, None, message)
     return _finish(git, "experiment", experiment.candidate, base, commit, push,
-                   branch or f"experiment/{experiment.name}-end")
+                   branch or _experiment_branch(environment, experiment.name, "end"))
 
 
 def _duration(value: timedelta) -> str:

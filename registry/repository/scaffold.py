@@ -26,6 +26,19 @@ FILES: dict[str, str] = {
     ".pre-commit-config.yaml": "pre-commit-config.yaml",
 }
 """Target path in the registry repository -> template (no dot names inside the package)."""
+STAGED_FILES: dict[str, str] = {
+    **FILES,
+    "configs/environments/staging.yaml": "configs/environments/staging.yaml",
+    ".github/workflows/reconcile.yml": "github/workflows/reconcile-staged.yml",
+}
+"""`init --staging`: staging and production, one reconcile job each."""
+STAGED_PRODUCTION = """production: null
+# The database: the variable dsn_env names (in CI: the REGISTRY_DSN secret of the GitHub
+# environment `production`). The path: a version reaches production only after staging served
+# it for the soak with passing health reports (checked by promote, the PR plan, the reconciler).
+dsn_env: PRODUCTION_DSN
+promotion: {from: staging, soak: 24h, require_healthy: true}
+"""
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")
 
@@ -58,9 +71,11 @@ def registry_name(directory: Path) -> str:
 
 
 def render(version: str, tool_repo: str = DEFAULT_TOOL_REPO,
-           pin_sha: str | None = None, name: str = "registry") -> dict[str, str]:
+           pin_sha: str | None = None, name: str = "registry", *,
+           staging: bool = False) -> dict[str, str]:
     """Every file `init` writes (README.md: the section it appends), by target path; `name`
-    is the registry's identity written into production.yaml."""
+    is the registry's identity written into production.yaml; `staging` adds the staging
+    environment and production's promotion path from it."""
     if not _REPO.match(tool_repo):
         raise UsageError(f"--tool-repo {tool_repo!r} is not OWNER/NAME")
     if pin_sha is not None and not _SHA.match(pin_sha):
@@ -76,16 +91,19 @@ def render(version: str, tool_repo: str = DEFAULT_TOOL_REPO,
         "@REGISTRY_NAME@": name,
     }
     out = {}
-    for target, template in {**FILES, "README.md": "README-section.md"}.items():
+    files = STAGED_FILES if staging else FILES
+    for target, template in {**files, "README.md": "README-section.md"}.items():
         text = (TEMPLATES / template).read_text("utf-8")
         for key, value in values.items():
             text = text.replace(key, value)
+        if staging and target == "configs/production.yaml":
+            text = text.replace("production: null\n", STAGED_PRODUCTION, 1)
         out[target] = text
     return out
 
 
 def init(directory: Path, *, tool_repo: str = DEFAULT_TOOL_REPO, pin_sha: str | None = None,
-         version: str | None = None) -> InitResult:
+         version: str | None = None, staging: bool = False) -> InitResult:
     """Make `directory` a registry repository (git init when it is not one)."""
     import git
 
@@ -93,7 +111,7 @@ def init(directory: Path, *, tool_repo: str = DEFAULT_TOOL_REPO, pin_sha: str | 
     if root.exists() and not root.is_dir():
         raise UsageError(f"{directory} exists and is not a directory")
     version = version or tool_version()
-    files = render(version, tool_repo, pin_sha, registry_name(root))
+    files = render(version, tool_repo, pin_sha, registry_name(root), staging=staging)
     readme = files.pop("README.md")
     result = InitResult(root, version)
     for target, text in files.items():

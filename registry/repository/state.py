@@ -15,6 +15,9 @@ from typing import Any
 
 from registry.config import (
     CONFIG_DIR,
+    ENVIRONMENT_NAME_RE,
+    ENVIRONMENTS_DIR,
+    PRODUCTION_ENVIRONMENT,
     PRODUCTION_FILE,
     PRODUCTION_PATH,
     LockedConfig,
@@ -28,6 +31,7 @@ from registry.repository.config_schema import schema_problems
 from registry.repository.git import Git, git_blob_sha
 from registry.repository.parse_cache import ParseCache
 from registry.repository.validation import (
+    environment_problems,
     file_name_problems,
     guardrail_problems,
     repo_level_problems,
@@ -47,6 +51,21 @@ class ConfigFile:
     problems: tuple[Problem, ...] = ()
 
 
+@dataclass(frozen=True)
+class EnvironmentFile:
+    """One environment other than production, as declared in configs/environments/: its
+    settings (None when the file is invalid) and the line of each top-level key."""
+
+    name: str
+    path: str
+    blob: str
+    settings: ProductionConfig | None
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def line_of(self, key: str) -> int:
+        return self.lines.get(key, 1)
+
+
 @dataclass
 class RegistryState:
     """The desired state at one ref: every locked config and production.yaml, plus the problems
@@ -59,7 +78,13 @@ class RegistryState:
     production_blob: str | None = None
     production_line: int = 1
     experiment_line: int = 1
+    production_key_lines: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    environment_files: dict[str, EnvironmentFile] = field(default_factory=dict)
+    """Environments other than production, by name (configs/environments/<name>.yaml)."""
+    environment: str = PRODUCTION_ENVIRONMENT
+    """The environment this state acts for: `settings` are its settings (`environments.select`
+    gives the state of another one)."""
 
     @property
     def configs(self) -> dict[str, LockedConfig]:
@@ -72,6 +97,16 @@ class RegistryState:
 
     @property
     def settings(self) -> ProductionConfig:
+        """The settings of the environment this state acts for (production.yaml's by default)."""
+        if self.environment != PRODUCTION_ENVIRONMENT:
+            file = self.environment_files.get(self.environment)
+            if file is not None and file.settings is not None:
+                return file.settings
+        return self.production_settings
+
+    @property
+    def production_settings(self) -> ProductionConfig:
+        """production.yaml's settings, whichever environment this state acts for."""
         return self.production or ProductionConfig(production=None)
 
     @property
@@ -167,6 +202,8 @@ def read_state(git: Git, ref: str = WORKTREE, *, use_cache: bool = True) -> Regi
                     "commit the file itself"))
             else:
                 production_raw = git.read_blobs([production_entry[1]])[production_entry[1]]
+    environment_entries = [e for e in entries if e[2].startswith(f"{ENVIRONMENTS_DIR}/")]
+    entries = [e for e in entries if not e[2].startswith(f"{ENVIRONMENTS_DIR}/")]
     files, problems = file_name_problems(entries)
     state.problems.extend(problems)
     # A cached parse is reused only at the same path (the path is in its problems), so a blob
@@ -183,7 +220,9 @@ def read_state(git: Git, ref: str = WORKTREE, *, use_cache: bool = True) -> Regi
             state.problems.extend(guardrail_problems(git, file, contents))
     _read_production(state, production_raw, cache)
     cache.save()
+    _read_environments(git, state, environment_entries, contents)
     state.problems.extend(repo_level_problems(git, state, contents))
+    state.problems.extend(environment_problems(state))
     state.problems.sort(key=lambda p: (p.path, p.line))
     return state
 
@@ -204,6 +243,7 @@ def _read_production(state: RegistryState, raw: bytes | None, cache: ParseCache)
             state.production = ProductionConfig.from_mapping(hit["data"])
             state.production_line = hit["line"]
             state.experiment_line = hit.get("experiment_line", 1)
+            state.production_key_lines = dict(hit.get("lines") or {})
             state.production_blob = blob
             return
     if raw is None:
@@ -220,6 +260,7 @@ def _read_production(state: RegistryState, raw: bytes | None, cache: ParseCache)
     problems = schema_problems(doc, "production")
     state.production_line = doc.line_of("production")
     state.experiment_line = doc.line_of("experiment", "candidate")
+    state.production_key_lines = {str(k[0]): n for k, n in doc.lines.items() if len(k) == 1}
     if problems:
         state.problems.extend(problems)
         return
@@ -227,7 +268,50 @@ def _read_production(state: RegistryState, raw: bytes | None, cache: ParseCache)
     state.production_blob = git_blob_sha(raw)
     cache.put(f"production:{state.production_blob}",
               {"data": doc.data, "line": state.production_line,
-               "experiment_line": state.experiment_line})
+               "experiment_line": state.experiment_line,
+               "lines": state.production_key_lines})
+
+
+def _read_environments(
+    git: Git, state: RegistryState, entries: list[tuple[str, str, str]],
+    contents: dict[str, bytes],
+) -> None:
+    """configs/environments/<name>.yaml: each a regular file named after its environment,
+    checked against the environment schema (production.yaml's with `serves:`)."""
+    wanted = [sha for mode, sha, _ in entries if mode in ("100644", "100755") and sha
+              and sha not in contents]
+    if wanted:
+        contents.update(git.read_blobs(wanted))
+    production = state.production_settings
+    for mode, blob, path in entries:
+        folder, _, file_name = path.rpartition("/")
+        name = file_name.removesuffix(".yaml")
+        if not file_name.endswith((".yaml", ".yml")):
+            continue
+        if mode == "120000" or mode not in ("100644", "100755"):
+            state.problems.append(Problem(path, 1, "environment files must be regular files",
+                                          "commit the file itself"))
+            continue
+        if (folder != ENVIRONMENTS_DIR or not file_name.endswith(".yaml")
+                or not ENVIRONMENT_NAME_RE.fullmatch(name) or name == PRODUCTION_ENVIRONMENT):
+            state.problems.append(Problem(
+                path, 1, "an environment file is configs/environments/<name>.yaml, the name "
+                "lowercase letters, digits and dashes (at most 21), not production",
+                "rename it, e.g. configs/environments/staging.yaml (production is "
+                "configs/production.yaml)"))
+            continue
+        try:
+            doc = parse_yaml(contents[blob], path)
+        except ConfigInvalid as err:
+            line = int(str(err.where).rsplit(":", 1)[1]) if err.where and ":" in err.where else 1
+            state.problems.append(Problem(path, line, err.message, err.fix))
+            continue
+        problems = schema_problems(doc, "environment")
+        state.problems.extend(problems)
+        lines = {str(key[0]): line for key, line in doc.lines.items() if len(key) == 1}
+        settings = None if problems else ProductionConfig.for_environment(
+            name, doc.data, production)
+        state.environment_files[name] = EnvironmentFile(name, path, blob, settings, lines)
 
 
 def _worktree_entries(

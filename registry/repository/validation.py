@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING
 
 from registry.config import (
     CONFIG_DIR,
+    ENVIRONMENTS_DIR,
     PREFIX_BUDGET_TOKENS,
+    PRODUCTION_ENVIRONMENT,
     PRODUCTION_PATH,
+    ProductionConfig,
     YamlDoc,
     config_path,
     guardrail_violations,
@@ -108,28 +111,101 @@ def repo_level_problems(
 
 
 def experiment_problems(state: RegistryState) -> list[Problem]:
-    """An experiment's candidate is a locked config other than production, and there is a
-    production to compare it with (its end date is checked when it starts: a committed
-    experiment past its end simply stops routing)."""
-    production = state.production
-    experiment = production.experiment if production is not None else None
-    if production is None or experiment is None:
-        return []
-    line = state.experiment_line
+    """In every environment, an experiment's candidate is a locked config other than the
+    version the environment serves, and it serves one to compare with (the end date is
+    checked when the experiment starts: a committed experiment past its end simply stops
+    routing)."""
+    declared: list[tuple[str, int, ProductionConfig]] = []
+    if state.production is not None:
+        declared.append((PRODUCTION_PATH, state.experiment_line, state.production))
+    for file in state.environment_files.values():
+        if file.settings is not None:
+            declared.append((file.path, file.line_of("experiment"), file.settings))
     found = []
-    if experiment.candidate not in state.configs:
-        found.append(Problem(PRODUCTION_PATH, line, f"experiment {experiment.name}'s candidate "
-                             f"{experiment.candidate} is not a locked config in {CONFIG_DIR}/",
-                             "lock it first, or end the experiment (`registry experiment end`)"))
-    if production.production is None:
-        found.append(Problem(PRODUCTION_PATH, line, f"experiment {experiment.name} has no "
-                             "control: production names no config",
-                             "promote a config first, then start the experiment"))
-    elif experiment.candidate == production.production:
-        found.append(Problem(PRODUCTION_PATH, line, f"experiment {experiment.name}'s candidate "
-                             f"{experiment.candidate} is production itself",
-                             "name another locked version, or end the experiment"))
+    for path, line, settings in declared:
+        experiment = settings.experiment
+        if experiment is None:
+            continue
+        if experiment.candidate not in state.configs:
+            found.append(Problem(path, line, f"experiment {experiment.name}'s candidate "
+                                 f"{experiment.candidate} is not a locked config in "
+                                 f"{CONFIG_DIR}/", "lock it first, or end the experiment "
+                                 "(`registry experiment end`)"))
+        if settings.production is None:
+            found.append(Problem(path, line, f"experiment {experiment.name} has no control: "
+                                 f"{settings.environment} serves no config",
+                                 "promote a config first, then start the experiment"))
+        elif experiment.candidate == settings.production:
+            found.append(Problem(path, line, f"experiment {experiment.name}'s candidate "
+                                 f"{experiment.candidate} is what {settings.environment} "
+                                 "serves already", "name another locked version, or end the "
+                                 "experiment"))
     return found
+
+
+def environment_problems(state: RegistryState) -> list[Problem]:
+    """The environments as a whole: each serves a locked config, each promotion path starts at
+    another declared environment and never loops, and no two share an identity (they would
+    claim each other's tables and bookkeeping rows)."""
+    problems: list[Problem] = []
+    declared: dict[str, tuple[str, int, ProductionConfig]] = {}
+    if state.production is not None:
+        declared[PRODUCTION_ENVIRONMENT] = (PRODUCTION_PATH, 1, state.production)
+    for file in state.environment_files.values():
+        if file.settings is None:
+            continue
+        declared[file.name] = (file.path, file.line_of("promotion"), file.settings)
+        served = file.settings.production
+        if served is not None and served not in state.configs:
+            problems.append(Problem(
+                file.path, file.line_of("serves"), f"serves names {served}, which is not a "
+                f"locked config in {CONFIG_DIR}/", "lock that version first, or point the "
+                "environment at an existing one"))
+    if not state.environment_files:
+        return problems
+    owners: dict[str, str] = {}
+    for name, (path, line, settings) in declared.items():
+        if name == PRODUCTION_ENVIRONMENT and state.production is not None:
+            line = _production_line(state, "promotion")
+        promotion = settings.promotion
+        if promotion is not None:
+            if promotion.source == name:
+                problems.append(Problem(path, line, f"promotion.from names {name} itself",
+                                        "name the environment versions come from"))
+            elif promotion.source not in declared:
+                problems.append(Problem(
+                    path, line, f"promotion.from names {promotion.source}, which is not a "
+                    "declared environment", f"declare it in {ENVIRONMENTS_DIR}/"
+                    f"{promotion.source}.yaml, or name one of {', '.join(sorted(declared))}"))
+            elif _loops(name, declared):
+                problems.append(Problem(path, line, f"the promotion path through {name} loops",
+                                        "make one environment the start of the path"))
+        identity = settings.identity
+        if identity in owners:
+            where = (_production_line(state, "registry") if name == PRODUCTION_ENVIRONMENT
+                     else state.environment_files[name].line_of("registry"))
+            problems.append(Problem(
+                path, where, f"environments {owners[identity]} and {name} have the same "
+                f"registry identity {identity}: they would claim each other's tables",
+                f"give {name} its own `registry:` name or its own tables.schema"))
+        owners.setdefault(identity, name)
+    return problems
+
+
+def _production_line(state: RegistryState, key: str) -> int:
+    """The line of a top-level key of production.yaml (1 when it is absent)."""
+    return state.production_key_lines.get(key, 1)
+
+
+def _loops(start: str, declared: Mapping[str, tuple[str, int, ProductionConfig]]) -> bool:
+    seen = {start}
+    current = declared[start][2].promotion
+    while current is not None and current.source in declared:
+        if current.source in seen:
+            return True
+        seen.add(current.source)
+        current = declared[current.source][2].promotion
+    return False
 
 
 def _doc(git: Git, file: ConfigFile, contents: Mapping[str, bytes]) -> YamlDoc:

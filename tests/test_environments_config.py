@@ -1,0 +1,147 @@
+"""Environments declared in the repo (issue 17 item 1): configs/environments/<name>.yaml next
+to production.yaml, read from a committed state into one list; a registry with only
+production.yaml has one environment, production, exactly as before."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from registry.environments import environment_names, environments, select
+from registry.errors import UsageError
+from registry.repository.git import Git
+from registry.repository.state import committed_state, read_state
+from tests.helpers import PRODUCTION_YAML, RegistryRepo, run_cli
+
+STAGING_YAML = """\
+serves: {version}
+tables: {{schema: staging, base_name: document_chunks}}
+retention: {{grace_period: 1h, keep_previous: 1}}
+dsn_env: STAGING_DSN
+"""
+
+
+def with_staging(repo: RegistryRepo, version: str = "null", *, soak: str = "24h") -> None:
+    production = PRODUCTION_YAML.replace(
+        "production: null", "registry: acme\nproduction: null\ndsn_env: PRODUCTION_DSN\n"
+        f"promotion: {{from: staging, soak: {soak}, require_healthy: true}}")
+    repo.write("configs/production.yaml", production)
+    repo.write("configs/environments/staging.yaml", STAGING_YAML.format(version=version),
+               "Declare staging and production")
+
+
+def test_a_registry_with_only_production_yaml_has_one_environment(
+    registry_repo: RegistryRepo,
+) -> None:
+    state = committed_state(Git(registry_repo.path))
+    assert environment_names(state) == ["production"]
+    [production] = environments(state)
+    assert production.name == "production" and production.path == "configs/production.yaml"
+    assert production.settings is state.settings
+    assert production.dsn_env is None and production.promotion is None
+
+
+def test_environment_files_are_read_into_one_list(registry_repo: RegistryRepo) -> None:
+    version = registry_repo.locked()
+    with_staging(registry_repo, version)
+    state = committed_state(Git(registry_repo.path))
+    assert state.errors == []
+    assert environment_names(state) == ["staging", "production"]
+    staging = select(state, "staging")
+    assert staging.settings.production == version
+    assert staging.settings.environment == "staging"
+    assert (staging.settings.schema, staging.settings.grace_period) == ("staging", timedelta(hours=1))
+    assert staging.settings.identity == "acme-staging"
+    assert state.settings.identity == "acme"
+    assert staging.is_production(version) and not state.is_production(version)
+    envs = {e.name: e for e in environments(state)}
+    assert envs["staging"].dsn_env == "STAGING_DSN"
+    assert envs["staging"].path == "configs/environments/staging.yaml"
+    promotion = envs["production"].promotion
+    assert promotion is not None
+    assert (promotion.source, promotion.soak, promotion.require_healthy) == (
+        "staging", timedelta(hours=24), True)
+    # The working tree reads the same.
+    assert environment_names(read_state(Git(registry_repo.path))) == ["staging", "production"]
+
+
+def test_an_unknown_environment_is_a_usage_error(registry_repo: RegistryRepo) -> None:
+    state = committed_state(Git(registry_repo.path))
+    with pytest.raises(UsageError, match="no environment qa"):
+        select(state, "qa")
+
+
+@pytest.mark.parametrize(("staging", "production_extra", "expected"), [
+    ("serves: 2025-01-01-000000-v9\n", "", "serves names 2025-01-01-000000-v9"),
+    ("serves: null\nbogus: 1\n", "", "unknown field bogus"),
+    ("serves: null\n", "promotion: {from: qa, soak: 24h}\n", "promotion.from names qa"),
+    ("serves: null\npromotion: {from: staging, soak: 1h}\n", "",
+     "promotion.from names staging itself"),
+    ("serves: null\ntables: {schema: public, base_name: document_chunks}\nregistry: acme\n",
+     "registry: acme\n", "the same registry identity acme"),
+    ("serves: null\ndsn_env: postgres://u:p@h/db\n", "", "dsn_env"),
+])
+def test_bad_environment_files_are_problems_with_path_and_line(
+    registry_repo: RegistryRepo, staging: str, production_extra: str, expected: str
+) -> None:
+    registry_repo.write("configs/production.yaml", PRODUCTION_YAML + production_extra)
+    registry_repo.write("configs/environments/staging.yaml", staging, "Add staging")
+    result = run_cli("validate", "--repo", registry_repo.path, "--ref", "main")
+    assert result.code == 1, result.stdout + result.stderr
+    assert expected in result.stdout + result.stderr
+    assert "configs/" in result.stdout + result.stderr
+
+
+def test_a_bad_environment_file_name_is_a_problem(registry_repo: RegistryRepo) -> None:
+    registry_repo.write("configs/environments/Prod_2.yaml", "serves: null\n", "Add an env")
+    result = run_cli("validate", "--repo", registry_repo.path, "--ref", "main")
+    assert result.code == 1
+    assert "configs/environments/Prod_2.yaml" in result.stdout + result.stderr
+
+
+def test_validate_accepts_staging_and_production(registry_repo: RegistryRepo) -> None:
+    version = registry_repo.locked()
+    with_staging(registry_repo, version)
+    result = run_cli("validate", "--repo", registry_repo.path, "--ref", "main")
+    assert result.code == 0, result.stdout + result.stderr
+
+
+def test_rollbacks_per_environment_and_the_path_never_holds_a_rollback_back(
+    registry_repo: RegistryRepo,
+) -> None:
+    from registry.config import set_production_pointer
+
+    v1 = registry_repo.locked()
+    v2 = registry_repo.locked(chunk_size=400)
+    assert run_cli("tag", "--repo", registry_repo.path).code == 0
+    with_staging(registry_repo, v1)
+    staging_path = "configs/environments/staging.yaml"
+    production_path = "configs/production.yaml"
+
+    def point(path: str, version: str, key: str) -> None:
+        raw = (registry_repo.path / path).read_bytes()
+        registry_repo.write(path, set_production_pointer(raw, version, key).decode(),
+                            f"Point {path} at {version}")
+
+    point(production_path, v1, "production")
+    point(staging_path, v2, "serves")
+    point(production_path, v2, "production")
+
+    result = run_cli("rollback", "--repo", registry_repo.path)
+    assert result.code == 0, result.stderr
+    plan = run_cli("plan", "--repo", registry_repo.path, "--base", "main", "--head",
+                   f"rollback/{v1}")
+    assert plan.code == 0, plan.stdout + plan.stderr
+    assert "not what staging serves" not in plan.stdout
+
+    result = run_cli("rollback", "--repo", registry_repo.path, "--environment", "staging")
+    assert result.code == 0, result.stderr
+    branch = f"rollback/staging/{v1}"
+    assert registry_repo.git("diff", "--name-only", "main", branch) == staging_path
+    staged = select(read_state(Git(registry_repo.path), branch), "staging")
+    assert staged.settings.production == v1
+    plan = run_cli("plan", "--repo", registry_repo.path, "--base", "main", "--head", branch,
+                   "--environment", "staging")
+    assert plan.code == 0, plan.stdout + plan.stderr
+    assert ", staging)" in plan.stdout
