@@ -170,8 +170,8 @@ class GuardrailResult:
                 "stop": self.stop.to_dict() if self.stop else None}
 
 
-def breaches(conn: psycopg.Connection[Any], experiment: ExperimentConfig,
-             result: ExperimentReport) -> list[str]:
+def breaches(conn: psycopg.Connection[Any], settings: ProductionConfig,
+             experiment: ExperimentConfig, result: ExperimentReport) -> list[str]:
     """Every guardrail of `experiment` the candidate breaks now."""
     rails = experiment.guardrails
     found = []
@@ -188,7 +188,8 @@ def breaches(conn: psycopg.Connection[Any], experiment: ExperimentConfig,
     floors = (("oracle_hit_rate", rails.oracle_hit_rate_min),
               ("filter_hit_rate", rails.filter_hit_rate_min))
     if any(floor is not None for _, floor in floors):
-        stored = bookkeeping.last_health_report(conn, experiment.candidate, datetime.now(UTC))
+        stored = bookkeeping.last_health_report(conn, experiment.candidate, datetime.now(UTC),
+                                                settings.identities)
         data = stored.report if stored is not None else {}
         for metric, floor in floors:
             value = data.get(metric) if isinstance(data, dict) else None
@@ -215,7 +216,7 @@ def check_guardrails(
         return GuardrailResult("ended", f"experiment {experiment.name} ended at "
                                f"{rfc3339(experiment.ends)}", experiment.name)
     result = report(conn, settings, experiment.name)
-    found = breaches(conn, experiment, result)
+    found = breaches(conn, settings, experiment, result)
     stop = bookkeeping.experiment_stop(conn, settings.identity, settings.environment,
                                        experiment.name)
     out = GuardrailResult("within", "", experiment.name, found, result, stop)

@@ -82,7 +82,8 @@ def served_state(
 ) -> tuple[dict[str, Any], list[tuple[str, str]], list[str]]:
     """(the served state, the tables it serves, notes) as the database serves it now."""
     settings = state.settings
-    rows = [m for m in bookkeeping.managed_tables(conn, with_last_compare=False)
+    rows = [m for m in bookkeeping.managed_tables(conn, with_last_compare=False,
+                                                  registries=settings.identities)
             if settings.owns(m.registry) and m.schema_name == settings.schema]
     production = next((m for m in rows if m.status == "production"), None)
     notes: list[str] = []
