@@ -28,6 +28,7 @@ from tests.database import Database, retire, table_of
 from tests.github_server import FakeGitHub, acme_origin
 from tests.helpers import RegistryRepo, run_cli
 from tests.repository.test_promote_rollback import promoted
+from tests.test_environments_e2e import staging_dsn, two_environments  # noqa: F401 - fixtures
 
 TOKEN = "ghp_Exper0123456789abcdefABCDEF0123456789ab"
 KEYS = [f"user-{i}" for i in range(100_000)]
@@ -242,10 +243,10 @@ def test_an_experiment_is_checked_before_it_is_proposed(registry_repo: RegistryR
     v1, v2 = registry_repo.locked(), registry_repo.locked(chunk_size=300)
     git = Git(registry_repo.path)
     ends = datetime.now(UTC) + timedelta(days=7)
-    with pytest.raises(Refused, match="production names no config"):
+    with pytest.raises(Refused, match="production serves no config"):
         experiment_start(git, "e", v2, share=0.1, ends=ends)
     promoted(registry_repo, v1)
-    with pytest.raises(Refused, match="is production already"):
+    with pytest.raises(Refused, match="is what production serves already"):
         experiment_start(git, "e", v1, share=0.1, ends=ends)
     with pytest.raises(UsageError, match="outside"):
         experiment_start(git, "e", v2, share=1.0, ends=ends)
@@ -310,3 +311,43 @@ def test_the_router_reads_once_per_version_and_fails_in_one_line_without_a_serve
     for _ in range(1000):
         cached.table(key="k")
     assert cached.refreshes == 1
+
+
+def test_an_experiment_runs_in_the_environment_that_declares_it(
+    two_environments: RegistryRepo,  # noqa: F811 - the fixture imported above
+    dsn: str,
+    staging_dsn: str,  # noqa: F811
+) -> None:
+    repo = two_environments
+    production_yaml = repo.read("configs/production.yaml")
+    v1, v2 = repo.locked(), repo.locked(chunk_size=300)
+
+    def cli(*args: str) -> str:
+        result = run_cli(*args, "--repo", str(repo.path))
+        assert result.code == 0, result.stdout + result.stderr
+        return result.stdout
+
+    cli("tag")
+    cli("promote", v1, "--environment", "staging")
+    repo.merge(f"promote/staging/{v1}")
+    cli("reconcile", "--environment", "staging", "--force")
+    staging = Database(staging_dsn, schema="staging")
+    staging.fill(table_of(v1), 3)
+    staging.fill(table_of(v2), 4)
+    cli("reconcile", "--environment", "staging")
+    cli("experiment", "start", "bigger-overlap", "--candidate", v2, "--share", "0.2", "--ends",
+        "7d", "--environment", "staging")
+    repo.merge("experiment/staging/bigger-overlap-start")
+    assert repo.read("configs/production.yaml") == production_yaml
+    assert f"candidate: {v2}" in repo.read("configs/environments/staging.yaml")
+    cli("reconcile", "--environment", "staging")
+
+    rows = staging.query("SELECT registry, environment, state FROM chunk_registry.served_state")
+    assert [(r[0], r[1]) for r in rows] == [("acme-staging", "staging")]
+    assert rows[0][2]["experiment"]["candidate"]["table"] == f"staging.{table_of(v2)}"
+    assert staging.view_target("document_chunks_candidate") == [table_of(v2)]
+    router = Router(staging_dsn, environment="staging")
+    tables = {router.table(key=f"k{i}") for i in range(2000)}
+    assert tables == {f"staging.{table_of(v1)}", f"staging.{table_of(v2)}"}
+    # Production's database knows nothing of it.
+    assert Database(dsn).query("SELECT to_regnamespace('chunk_registry')") == [(None,)]
