@@ -340,7 +340,9 @@ def test_an_experiment_runs_in_the_environment_that_declares_it(
     repo.merge("experiment/staging/bigger-overlap-start")
     assert repo.read("configs/production.yaml") == production_yaml
     assert f"candidate: {v2}" in repo.read("configs/environments/staging.yaml")
-    cli("reconcile", "--environment", "staging")
+    out = cli("reconcile", "--environment", "staging")
+    assert (f"experiment bigger-overlap: 0.2 of keys read staging.{table_of(v2)}" in out), out
+    assert "Served state version" not in cli("reconcile", "--environment", "staging")
 
     rows = staging.query("SELECT registry, environment, state FROM chunk_registry.served_state")
     assert [(r[0], r[1]) for r in rows] == [("acme-staging", "staging")]

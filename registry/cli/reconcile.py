@@ -171,6 +171,7 @@ def _render_run(result: Any) -> None:
             f"{result.plan.target} ({run}).")
         for finding in result.plan.findings:
             say(f"  ! {finding.render()}")
+        _render_served(result.served)
         return
     sys.stdout.write(render_plan(result.plan))
     for item in result.results:
@@ -178,7 +179,21 @@ def _render_run(result: Any) -> None:
         detail = f": {item.error}" if item.error else ""
         say(f"{item.outcome}{tries}: {item.action.describe()}{detail}")
     say(f"Reconcile {run}: {result.outcome} ({summary(result.plan)}).")
+    _render_served(result.served)
 
+
+def _render_served(served: Any) -> None:
+    """What applications read now, when it changed (an experiment started or ended counts)."""
+    if served is None:
+        return
+    if served.changed:
+        experiment = served.state.get("experiment")
+        routed = (f"; experiment {experiment['name']}: {experiment['share']:g} of keys read "
+                  f"{experiment['candidate']['table']}" if experiment else "")
+        production = (served.state.get("production") or {}).get("table") or "nothing"
+        say(f"Served state version {served.version}: {production}{routed}.")
+    for note in served.notes:
+        say(f"  ! {note}")
 
 def _watch(repo: Path, interval: float, options: dict[str, Any]) -> None:
     """Reconcile until SIGINT/SIGTERM; one log line per run, outages logged with backoff."""
