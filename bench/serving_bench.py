@@ -119,7 +119,8 @@ def warm(dsn: str, calls: int, repetitions: int, label: str) -> None:
         ratio = "" if name == "router (warm)" else f"  router is {median / ours:,.0f}x faster"
         print(f"   {name:<15} {median * 1e6:>12,.2f} us  ({min(values) * 1e6:,.2f}.."
               f"{max(values) * 1e6:,.2f}){ratio}")
-    print(f"   refreshes during the warm calls: {router.refreshes - 1}")
+    print(f"   version checks during the rounds: {router.refreshes - 1} (at most one per "
+          f"{router.check_interval:g}s check interval, each one query)")
     router.close()
 
 
