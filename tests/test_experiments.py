@@ -18,7 +18,13 @@ import pytest
 from registry.commands import experiment as experiment_commands
 from registry.commands.reconcile import reconcile
 from registry.config import Guardrails
-from registry.errors import ConfigInvalid, Refused, ServedStateUnavailable, UsageError
+from registry.errors import (
+    ConfigInvalid,
+    DatabaseUnavailable,
+    Refused,
+    ServedStateUnavailable,
+    UsageError,
+)
 from registry.quality.experiment import ArmStats, judge, two_proportion_z, wilson
 from registry.repository.git import Git
 from registry.repository.lifecycle import experiment_end, experiment_set_share, experiment_start
@@ -353,3 +359,28 @@ def test_an_experiment_runs_in_the_environment_that_declares_it(
     assert tables == {f"staging.{table_of(v1)}", f"staging.{table_of(v2)}"}
     # Production's database knows nothing of it.
     assert Database(dsn).query("SELECT to_regnamespace('chunk_registry')") == [(None,)]
+
+
+def test_a_router_serves_its_cache_through_a_short_outage_and_then_says_so(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        from registry.database import bookkeeping
+
+        bookkeeping.ensure_schema(conn)
+        conn.execute("LISTEN chunk_registry_served")
+        with conn.transaction():
+            bookkeeping.publish_served_state(
+                conn, "r", "production", {"view": "public.v", "experiment": None,
+                                          "production": {"version": "x", "table": "public.t1"}},
+                None, [("public", "t1")])
+        heard = list(conn.notifies(timeout=10, stop_after=1))
+        assert [n.payload for n in heard] == ["r/production"]
+    now = [0.0]
+    router = Router(dsn, check_interval=2.0, clock=lambda: now[0])
+    assert router.table(key="k") == "public.t1"
+    router.dsn = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2"  # nothing listens
+    router.close()
+    now[0] = 10.0
+    assert router.table(key="k") == "public.t1"  # 10 s stale: still served
+    now[0] = 45.0
+    with pytest.raises(DatabaseUnavailable, match="reading the served state"):
+        router.table(key="k")  # beyond half the served grace: never a table that may be gone
