@@ -84,6 +84,7 @@ def start_experiment(repo: RegistryRepo, dsn: str, github: FakeGitHub, *, share:
     assert [(p.body["head"], p.body["base"]) for p in posts] == [
         ("experiment/smaller-chunks-start", "main")]
     assert "## Plan" in posts[0].body["body"] and v2 in posts[0].body["body"]
+    assert f"experiment smaller-chunks starts: {share:.0%} of request keys" in posts[0].body["body"]
     repo.merge("experiment/smaller-chunks-start")
     running.reconcile()
     return running

@@ -462,7 +462,29 @@ def policy_findings(before: ProductionConfig, after: ProductionConfig, base: str
             "retention", None, f"retention.keep_previous {before.keep_previous} -> "
             f"{after.keep_previous}: {'fewer' if fewer else 'more'} former productions are kept "
             "as rollback targets", None, "warning" if fewer else "info"))
+    findings.extend(experiment_findings(before, after))
     return findings
+
+
+def experiment_findings(before: ProductionConfig, after: ProductionConfig) -> list[Finding]:
+    """What a change of the `experiment:` block does to what applications read, once merged
+    and reconciled (nothing a plan action shows: the served state and the candidate view)."""
+    old, new = before.experiment, after.experiment
+    if old == new:
+        return []
+    view = f"{after.schema}.{after.candidate_view}"
+    if new is None:
+        assert old is not None
+        return [Finding("experiment", after.candidate_view, f"experiment {old.name} ends: every "
+                        f"request key reads {after.environment}'s {after.production} again and "
+                        f"{view} is dropped", None, "info")]
+    table = f"{after.schema}.{after.table_name(new.candidate)}"
+    what = (f"experiment {new.name} starts" if old is None or old.name != new.name
+            else f"experiment {new.name} changes")
+    return [Finding("experiment", after.candidate_view, f"{what}: {new.share:.0%} of request "
+                    f"keys (salt {new.salt!r}) read {table} until "
+                    f"{new.to_dict()['ends']}, and {view} reads it; the rest read "
+                    f"{after.production}", None, "info")]
 
 
 # ---------------------------------------------------------------------------------------------
