@@ -15,6 +15,7 @@ reconciler (the evidence in staging's database).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -59,13 +60,14 @@ def judge(
 
 
 def promotion_note(
-    conn: psycopg.Connection[Any], chunk_version: str, *, require_eval: bool, force: bool
+    conn: psycopg.Connection[Any], chunk_version: str, *, require_eval: bool, force: bool,
+    registries: Sequence[str],
 ) -> str:
     """The gate of `registry promote` on what the database recorded: a line for the commit
     message, or Refused (unless `force`)."""
-    last = bookkeeping.last_comparison(conn, chunk_version)
+    last = bookkeeping.last_comparison(conn, chunk_version, registries)
     served = (bookkeeping.exists(conn, "managed_tables")
-              and bookkeeping.served_production(conn, chunk_version))
+              and bookkeeping.served_production(conn, chunk_version, registries))
     verdict = judge(chunk_version, last.passed if last else None, served_before=served,
                     require_eval=require_eval)
     if served:
@@ -197,8 +199,8 @@ def soak_evidence(
     conn: psycopg.Connection[Any], chunk_version: str, source: ProductionConfig
 ) -> SoakEvidence:
     """What the source environment's database (`conn`) recorded about `chunk_version`: its
-    registry's production row (by identity, schema and table) and the health reports of that
-    very table since it became production."""
+    production row and its health reports of that very table since it became production, both
+    keyed by the source environment's identity."""
     if not bookkeeping.exists(conn, "managed_tables"):
         return SoakEvidence(None)
     table = source.table_name(chunk_version)
@@ -211,6 +213,6 @@ def soak_evidence(
         (stored.at, tuple(str(a.get("message", "critical")) for a in stored.report.get("alerts", [])
                           if isinstance(a, dict) and a.get("level") == "critical"))
         for stored in bookkeeping.health_reports_between(
-            conn, chunk_version, since, bookkeeping.database_now(conn))
+            conn, chunk_version, since, bookkeeping.database_now(conn), source.identities)
         if stored.report.get("table") == qualified)
     return SoakEvidence(since, reports)
