@@ -136,6 +136,14 @@ def test_staging_then_production_after_the_soak(
 
     code, out = cli(repo, "health", "--environment", "staging", *tokenizer)
     assert code in (0, 1), out  # warnings (no eval cases) pass; critical would not
+    code, out = cli(repo, "watch-promotion", "--environment", "staging", "--format", "json")
+    assert code == 0, out
+    assert json.loads(out)["outcome"] != "pending", out  # staging's database serves main's
+    code, out = cli(repo, "dashboard", "--environment", "staging", "--out",
+                    str(corpus.path.parent / "dashboard"), "--format", "json")
+    assert code == 0, out
+    page = (corpus.path.parent / "dashboard" / "index.html").read_text()
+    assert "(staging)" in page and table_of(version) in page
     code, out = cli(repo, "promote", version)
     assert code == 0, out
     message = repo.git("log", "-1", "--format=%B", f"promote/{version}")

@@ -41,9 +41,12 @@ def promote(repo: Path, version: str, *, dsn: str | None = None, force: bool = F
     name = environment or PRODUCTION_ENVIRONMENT
     base = git.desired_ref(fetch=False)
     state = select(read_state(git, base), name)
-    own = dsn if dsn is not None or state.settings.dsn_env is None \
-        or os.environ.get(state.settings.dsn_env) is None else environment_dsn(state, None)
-    named = configured_dsn(own)
+    variable = state.settings.dsn_env
+    if dsn is not None or variable is None:
+        named = configured_dsn(dsn)
+    else:  # the environment's own database, or none (never another environment's)
+        named = configured_dsn(environment_dsn(state, None)) \
+            if os.environ.get(variable, "").strip() else None
     with ExitStack() as stack:
         conn = (stack.enter_context(session(named.value, purpose="promote"))
                 if named is not None else None)

@@ -199,8 +199,8 @@ def soak_evidence(
     conn: psycopg.Connection[Any], chunk_version: str, source: ProductionConfig
 ) -> SoakEvidence:
     """What the source environment's database (`conn`) recorded about `chunk_version`: its
-    registry's production row (by identity, schema and table) and the health reports of that
-    very table since it became production."""
+    production row and its health reports of that very table since it became production, both
+    keyed by the source environment's identity."""
     if not bookkeeping.exists(conn, "managed_tables"):
         return SoakEvidence(None)
     table = source.table_name(chunk_version)
