@@ -12,7 +12,7 @@ shape.
 from __future__ import annotations
 
 import json
-import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from registry.database.chunk_table import (
     unhealthy_rows,
 )
 from registry.errors import RegistryError, TokenizerUnavailable
+from registry.ingest.chunker import splits_on_whitespace
 from registry.notify.dispatch import notify
 from registry.notify.events import health_check
 from registry.quality.evaluation import (
@@ -137,56 +138,112 @@ class SampleCheck:
     skipped: str | None = None
 
 
-def sample_rows(conn: psycopg.Connection[Any], target: ChunkTable, rows: int, size: int
-                ) -> list[tuple[str, str, str, int, int]]:
-    """About `size` rows drawn uniformly, each by one primary-key probe (ids are sha256 hex,
-    spread evenly and independent of what a row holds): bounded work at any table size, never
-    a scan. A table of at most `size` rows is read whole."""
-    columns = sql.SQL("id, embedding_text, bm25_text, embedding_token_count, bm25_token_count")
-    if rows <= size:
-        return [tuple(r) for r in conn.execute(
-            sql.SQL("SELECT {} FROM {}").format(columns, target.identifier)).fetchall()]
-    found: dict[str, tuple[str, str, str, int, int]] = {}
-    draw = random.Random()
+SampledRow = tuple[str, str, str, int, int]
+"""(id, embedding_text, bm25_text, stored embedding count, stored bm25 count)."""
+_SAMPLE_COLUMNS = sql.SQL(
+    "id, embedding_text, bm25_text, embedding_token_count, bm25_token_count")
+
+
+def sample_rows(conn: psycopg.Connection[Any], target: ChunkTable, size: int
+                ) -> list[SampledRow]:
+    """About `size` rows drawn uniformly, each by one primary-key probe at a random point
+    drawn by the server (ids are sha256 hex, spread evenly and independent of what a row
+    holds): bounded work at any table size, never a scan. A table of at most `size` rows (one
+    read of at most size + 1 rows says so) is read whole."""
+    head = conn.execute(sql.SQL("SELECT {} FROM {} LIMIT {}").format(
+        _SAMPLE_COLUMNS, target.identifier, sql.Literal(size + 1))).fetchall()
+    if len(head) <= size:
+        return [tuple(r) for r in head]
+    found: dict[str, SampledRow] = {}
     for _ in range(SAMPLE_ROUNDS):
-        points = [f"{draw.getrandbits(256):064x}" for _ in range(size - len(found))]
         for row in conn.execute(sql.SQL(
-                "SELECT s.* FROM unnest({points}::text[]) AS p(point) CROSS JOIN LATERAL "
+                "SELECT s.* FROM (SELECT md5(random()::text) || md5(random()::text) AS point "
+                "FROM generate_series(1, {draws})) AS p CROSS JOIN LATERAL "
                 "(SELECT {columns} FROM {table} WHERE id >= p.point ORDER BY id LIMIT 1) s"
-        ).format(points=sql.Literal(points), columns=columns, table=target.identifier)):
+        ).format(draws=sql.Literal(size - len(found)), columns=_SAMPLE_COLUMNS,
+                 table=target.identifier)):
             found.setdefault(row[0], tuple(row))
         if len(found) >= size:
             break
     return list(found.values())
 
 
-def check_sample(conn: psycopg.Connection[Any], target: ChunkTable, rows: int, size: int,
-                 tokenizer: Tokenizer) -> SampleCheck:
+_ADDITIVE: dict[int, tuple[Tokenizer, bool]] = {}
+"""id(tokenizer) -> (it, whether it splits on whitespace): its JSON is read once a process."""
+
+
+def _splits_on_whitespace(tokenizer: Tokenizer) -> bool:
+    known = _ADDITIVE.get(id(tokenizer))
+    if known is None or known[0] is not tokenizer:
+        if len(_ADDITIVE) > 16:
+            _ADDITIVE.clear()
+        known = _ADDITIVE[id(tokenizer)] = (tokenizer, splits_on_whitespace(tokenizer))
+    return known[1]
+
+
+def _counts(tokenizer: Tokenizer, texts: list[str], *, special: bool) -> list[int]:
+    """Token counts of `texts` in one batch (without offsets when the library can)."""
+    if not texts:
+        return []
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    return [len(e) for e in encode(texts, add_special_tokens=special)]
+
+
+def measure_sample(config: LockedConfig, sampled: list[SampledRow], size: int,
+                   tokenizer: Tokenizer) -> SampleCheck:
     """Re-tokenize sampled rows: their stored counts must be their texts' (the writer's word
     is not taken), and their re-measured counts within the budgets per prefix policy (under
-    B the body, embedding_text after its own prefix, is what chunk_size bounds)."""
-    config = target.config
+    B the body, embedding_text after its own prefix, is what chunk_size bounds).
+
+    Each row's embedding_text is encoded once. With a tokenizer that splits on whitespace
+    (WordPiece/BERT-style: the chunker's `splits_on_whitespace`), text split after the
+    prefix's closing blank line counts as its parts, so the body's count is the whole one
+    minus the specials and the prefix's (each distinct prefix encoded once), and bm25_text,
+    when it is exactly the body (policy A) or the whole text (policy B), needs no encoding of
+    its own; any other bm25_text is encoded on its own. Other tokenizers encode each text."""
     check = SampleCheck(size)
-    sampled = sample_rows(conn, target, rows, size)
     if not sampled:
         return check
     policy_b = config.prefix_policy == "B"
-    embedded = tokenizer.encode_batch([r[1] for r in sampled], add_special_tokens=True)
-    bm25 = tokenizer.encode_batch([r[2] for r in sampled], add_special_tokens=False)
-    bodies = (tokenizer.encode_batch([split_prefix(r[1])[1] for r in sampled],
-                                     add_special_tokens=False) if policy_b else bm25)
-    for (row_id, _, _, stored_embedding, stored_bm25), embedding, text, body in zip(
-            sampled, embedded, bm25, bodies, strict=True):
+    special = special_token_count(tokenizer)
+    embedding = _counts(tokenizer, [r[1] for r in sampled], special=True)
+    parts = [split_prefix(r[1]) for r in sampled]
+    if _splits_on_whitespace(tokenizer):
+        distinct = sorted({prefix for prefix, _ in parts})
+        prefix_counts = dict(zip(distinct, _counts(tokenizer, distinct, special=False),
+                                 strict=True))
+        bodies = [count - special - prefix_counts[prefix]
+                  for count, (prefix, _) in zip(embedding, parts, strict=True)]
+        whole = [count - special for count in embedding]
+        same = [(r[2] == r[1]) if policy_b else (r[2] == body)
+                for r, (_, body) in zip(sampled, parts, strict=True)]
+        others = iter(_counts(tokenizer, [r[2] for r, equal in zip(sampled, same, strict=True)
+                                          if not equal], special=False))
+        bm25 = [(w if policy_b else b) if equal else next(others)
+                for w, b, equal in zip(whole, bodies, same, strict=True)]
+        bodies = bodies if policy_b else bm25
+    else:
+        bm25 = _counts(tokenizer, [r[2] for r in sampled], special=False)
+        bodies = (_counts(tokenizer, [body for _, body in parts], special=False) if policy_b
+                  else bm25)
+    for (row_id, _, _, stored_embedding, stored_bm25), counted, text, body in zip(
+            sampled, embedding, bm25, bodies, strict=True):
         check.checked += 1
-        if (len(embedding), len(text)) != (stored_embedding, stored_bm25):
+        if (counted, text) != (stored_embedding, stored_bm25):
             check.count_mismatches += 1
             if len(check.examples) < EXAMPLES_KEPT:
                 check.examples.append(
                     f"{row_id[:12]}: stored {stored_embedding}/{stored_bm25}, "
-                    f"re-tokenized {len(embedding)}/{len(text)}")
-        if len(body) > config.chunk_size or len(embedding) > config.token_budget:
+                    f"re-tokenized {counted}/{text}")
+        if body > config.chunk_size or counted > config.token_budget:
             check.over_budget += 1
     return check
+
+
+def check_sample(conn: psycopg.Connection[Any], target: ChunkTable, size: int,
+                 tokenizer: Tokenizer) -> SampleCheck:
+    """Draw the sample and re-tokenize it (`measure_sample`)."""
+    return measure_sample(target.config, sample_rows(conn, target, size), size, tokenizer)
 
 
 @dataclass
@@ -206,18 +263,24 @@ def check_table(conn: psycopg.Connection[Any], target: ChunkTable,
                 tokenizer_missing: str = "no tokenizer was given") -> TableHealth:
     """The data guardrails of one table: one statement over the table (`counts_query`), the
     re-tokenization of a bounded sample (skipped, and said so, without the tokenizer), plus
-    one bookkeeping query."""
+    one bookkeeping query. The sample is drawn first; its tokenization (which releases the
+    GIL) runs in a thread while the server counts the table."""
     health = TableHealth(table=target.qualified, exists=False)
     if not table_exists(conn, target.schema, target.table):
         return health
     health.exists = True
-    row = conn.execute(counts_query(target)).fetchone()
-    assert row is not None
-    health.rows, health.prefix_leakage, health.over_budget = int(row[0]), int(row[1]), int(row[2])
     if sample > 0 and tokenizer is None:
         health.sample = SampleCheck(sample, skipped=tokenizer_missing)
-    elif sample > 0 and tokenizer is not None:
-        health.sample = check_sample(conn, target, health.rows, sample, tokenizer)
+    measuring: Future[SampleCheck] | None = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        if sample > 0 and tokenizer is not None:
+            measuring = pool.submit(measure_sample, target.config,
+                                    sample_rows(conn, target, sample), sample, tokenizer)
+        row = conn.execute(counts_query(target)).fetchone()
+        if measuring is not None:
+            health.sample = measuring.result()
+    assert row is not None
+    health.rows, health.prefix_leakage, health.over_budget = int(row[0]), int(row[1]), int(row[2])
     ingest = bookkeeping.last_successful_ingest(conn, target.chunk_version, target.registries)
     if ingest is not None:
         health.last_ingest = asdict(ingest)
