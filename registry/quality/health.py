@@ -14,8 +14,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-import re
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -174,7 +172,8 @@ def sample_rows(conn: psycopg.Connection[Any], target: ChunkTable, size: int
 
 _WORD_ADDITIVE: dict[int, tuple[Tokenizer, bool]] = {}
 """id(tokenizer) -> (it, whether texts count as their words): its JSON read once a process."""
-_WHITESPACE = re.compile(r"[ \t\n\r]+")
+_TO_SPACE = str.maketrans("\t\n\r", "   ")
+"""ASCII whitespace as spaces: words are split there (where every such tokenizer splits)."""
 _WORD_CHUNKS = 8
 """Strings the distinct words are joined into: encoded in parallel, with no per-word cost."""
 
@@ -194,14 +193,16 @@ def _counts_words(tokenizer: Tokenizer) -> bool:
     return known[1]
 
 
-def _word_counter(tokenizer: Tokenizer, texts: list[str]) -> Callable[[str], int] | None:
-    """Token counts (no special tokens) of `texts` as sums of their distinct words' counts,
-    the words encoded once, joined into a few strings (offsets tell each token's word); None
-    when the tokenizer does not count that way, or when one text checked whole disagrees."""
+def _word_counts(tokenizer: Tokenizer, texts: list[str]) -> list[int] | None:
+    """Token counts (no special tokens) of `texts` as sums of their words' counts, each
+    distinct word encoded once, joined into a few strings (offsets tell each token's word);
+    None when the tokenizer does not count that way, or when the longest text, encoded whole,
+    disagrees."""
     if not texts or not _counts_words(tokenizer):
         return None
-    words = sorted({w for text in texts for w in _WHITESPACE.split(text) if w})
-    counts: dict[str, int] = {}
+    split = [text.translate(_TO_SPACE).split(" ") for text in texts]
+    words = sorted(set().union(*split) - {""})
+    counts: dict[str, int] = {"": 0}
     size = max(1, -(-len(words) // _WORD_CHUNKS))
     parts = [words[i:i + size] for i in range(0, len(words), size)]
     encodings = tokenizer.encode_batch([" ".join(part) for part in parts],
@@ -212,14 +213,11 @@ def _word_counter(tokenizer: Tokenizer, texts: list[str]) -> Callable[[str], int
         for begin, _ in encoding.offsets:
             per_word[bisect.bisect_right(starts, begin) - 1] += 1
         counts.update(zip(part, per_word, strict=True))
-
-    def count(text: str) -> int:
-        return sum(counts[w] for w in _WHITESPACE.split(text) if w)
-
-    probe = max(texts, key=len)
-    if count(probe) != len(tokenizer.encode(probe, add_special_tokens=False)):
+    totals = [sum(map(counts.__getitem__, words_of)) for words_of in split]
+    longest = max(range(len(texts)), key=lambda i: len(texts[i]))
+    if totals[longest] != len(tokenizer.encode(texts[longest], add_special_tokens=False)):
         return None
-    return count
+    return totals
 
 
 def _counts(tokenizer: Tokenizer, texts: list[str], *, special: bool) -> list[int]:
@@ -247,15 +245,18 @@ def measure_sample(config: LockedConfig, sampled: list[SampledRow], size: int,
     policy_b = config.prefix_policy == "B"
     special = special_token_count(tokenizer)
     body_texts = [split_prefix(r[1])[1] for r in sampled] if policy_b else []
-    count = _word_counter(tokenizer, [r[1] for r in sampled] + [r[2] for r in sampled])
-    if count is not None:
-        embedding = [special + count(r[1]) for r in sampled]
-        bm25 = [count(r[2]) for r in sampled]
-        bodies = [count(body) for body in body_texts] if policy_b else bm25
+    rows = len(sampled)
+    totals = _word_counts(tokenizer, [r[1] for r in sampled] + [r[2] for r in sampled]
+                          + body_texts)
+    if totals is not None:
+        embedding = [special + count for count in totals[:rows]]
+        bm25 = totals[rows:2 * rows]
+        bodies = totals[2 * rows:] if policy_b else bm25
     else:
         embedding = _counts(tokenizer, [r[1] for r in sampled], special=True)
         bm25 = _counts(tokenizer, [r[2] for r in sampled], special=False)
         bodies = _counts(tokenizer, body_texts, special=False) if policy_b else bm25
+    budget = config.token_budget
     for (row_id, _, _, stored_embedding, stored_bm25), counted, text, body in zip(
             sampled, embedding, bm25, bodies, strict=True):
         check.checked += 1
@@ -265,7 +266,7 @@ def measure_sample(config: LockedConfig, sampled: list[SampledRow], size: int,
                 check.examples.append(
                     f"{row_id[:12]}: stored {stored_embedding}/{stored_bm25}, "
                     f"re-tokenized {counted}/{text}")
-        if body > config.chunk_size or counted > config.token_budget:
+        if body > config.chunk_size or counted > budget:
             check.over_budget += 1
     return check
 
