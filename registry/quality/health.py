@@ -36,7 +36,12 @@ from registry.database.chunk_table import (
     table_exists,
     unhealthy_rows,
 )
-from registry.errors import RegistryError, TokenizerUnavailable
+from registry.errors import (
+    HEALTH_CRITICAL,
+    HEALTH_WARNINGS,
+    RegistryError,
+    TokenizerUnavailable,
+)
 from registry.notify.dispatch import notify
 from registry.notify.events import health_check
 from registry.quality.evaluation import (
@@ -57,7 +62,7 @@ if TYPE_CHECKING:
 
 CRITICAL = "critical"
 WARNING = "warning"
-EXIT_HEALTHY, EXIT_WARNINGS, EXIT_CRITICAL = 0, 1, 2
+EXIT_HEALTHY, EXIT_WARNINGS, EXIT_CRITICAL = 0, HEALTH_WARNINGS, HEALTH_CRITICAL
 
 
 class ProductionGuardrails:

@@ -24,7 +24,15 @@ from registry.config import (
     set_production_pointer,
     utc_now,
 )
-from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
+from registry.errors import (
+    ConfigInvalid,
+    GitError,
+    Refused,
+    RegistryError,
+    UnknownVersion,
+    UsageError,
+    invalid,
+)
 from registry.quality.gate import promotion_note
 from registry.reconciler.render import render_plan
 from registry.reconciler.run import offline_plan
@@ -289,11 +297,11 @@ def _finish(
 
 def _require_locked(state: RegistryState, version: str, base: str, action: str) -> LockedConfig:
     if not is_version(version):
-        raise UsageError(f"{version!r} is not a chunk_version",
+        raise UnknownVersion(f"{version!r} is not a chunk_version",
                          fix="use the form 2025-09-07-143022-v1; `registry list` shows them")
     config = state.configs.get(version)
     if config is None:
-        raise Refused(f"cannot {action} {version}: it is not a locked config on {base}",
+        raise UnknownVersion(f"cannot {action} {version}: it is not a locked config on {base}",
                       fix="merge its lock pull request first and `git pull`; "
                           "`registry list` shows the locked versions")
     return config
