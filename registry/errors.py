@@ -132,7 +132,7 @@ class BookkeepingDamaged(RegistryError):
 UNEXPECTED_EXIT_CODE = 3
 
 
-class UnknownVersion(RegistryError):
+class UnknownVersion(ConfigInvalid):
     """A VERSION (argument, `--version`, `--compare`, `--against`) that names no locked config
     on the ref read, or is not a chunk_version at all: one code for every command, so CI can
     tell a typo in a version from an outage or a refusal."""

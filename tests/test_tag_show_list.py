@@ -71,7 +71,7 @@ def test_list_and_show_report_params_tag_and_production(registry_repo: RegistryR
 
 def test_show_an_unknown_version_is_one_clear_line(registry_repo: RegistryRepo) -> None:
     result = run_cli("show", "2020-01-01-000000-v1", "--repo", registry_repo.path)
-    assert result.code == 1
+    assert result.code == 16
     assert result.stderr == ("error: no locked config 2020-01-01-000000-v1 on origin/main "
                              "(run `registry list` to see the versions)\n")
 
