@@ -197,7 +197,7 @@ def test_health_reports_the_seed_metrics_and_records_each_report(
 
     data = json.loads(result.stdout)
     assert result.code == 0, result.stdout
-    assert data["config_version"] == version and data["overall_healthy"] is True
+    assert data["chunk_version"] == version and data["overall_healthy"] is True
     assert data["config_health"] == {"valid": True, "issues": [], "warnings": []}
     assert data["retrieval_health"]["bm25_prefix_leakage"] == 0
     assert data["retrieval_health"]["over_budget_chunks"] == 0

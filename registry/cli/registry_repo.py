@@ -48,7 +48,7 @@ def init(
 
     result = configs.init(directory, tool_repo=tool_repo, pin_sha=pin_sha)
     if fmt == "json":
-        emit_json({"root": str(result.root), "version": result.version,
+        emit_json({"root": str(result.root), "tool_version": result.version,
                     "git_initialised": result.git_initialised, "written": result.written,
                     "unchanged": result.unchanged})
         return

@@ -68,7 +68,7 @@ def config_row(state: RegistryState, version: str, tags: Mapping[str, Any]) -> d
         "label": config.label(),
         "config_hash": config.config_hash,
         "ingest_run_id": config.ingest_run_id,
-        "table": state.settings.table_name(version),
+        "table": f"{state.settings.schema}.{state.settings.table_name(version)}",
         "overlap_tokens": config.overlap_tokens,
         "tag": tag_name if tag_name in tags else None,
         "is_production": state.is_production(version),
