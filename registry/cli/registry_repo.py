@@ -124,7 +124,7 @@ def lock(
             "commit": result.commit, "path": result.path, "base": result.base,
             "pushed": result.pushed, "config_hash": config.config_hash,
             "ingest_run_id": config.ingest_run_id, "runbook": result.runbook_path,
-            "pull_request": proposal_dict(proposal),
+            "pull_request": proposal_dict(proposal), "reused": result.reused,
         })
         return
     say(f"Locked {config.chunk_version} ({config.label()}) on branch {result.branch}")

@@ -32,9 +32,14 @@ def init(directory: Path, *, tool_repo: str, pin_sha: str | None) -> scaffold.In
 
 def lock(repo: Path, *, pr: bool = False, push: bool = False, **parameters: Any) -> Locked:
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
     result = lifecycle.lock(git, push=push or pr, **parameters)
-    return Locked(result, lifecycle.propose_change(git, result.branch, result.base) if pr
-                  else None)
+    if not pr:
+        return Locked(result, None)
+    return Locked(result, lifecycle.propose_pushed(git, result.branch, result.base,
+                                                   result.commit,
+                                                   "the same `registry lock ... --pr`"))
 
 
 def tokenizer_files(items: list[str]) -> dict[str, Path]:
