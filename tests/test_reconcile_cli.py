@@ -48,7 +48,7 @@ def test_plan_detailed_exitcode_and_formats(
     assert code_json == 0
     data = json.loads(raw)
     assert [a["action"] for a in data["actions"]] == ["CreateTable"]
-    assert data["actions"][0]["table"] == table_of(v1) and data["in_sync"] is False
+    assert data["actions"][0]["table"] == f"public.{table_of(v1)}" and data["in_sync"] is False
     assert "| + | CreateTable |" in markdown
     assert applied == 0
     assert in_sync == 0 and "Plan: no changes." in after

@@ -64,7 +64,7 @@ def test_list_and_show_report_params_tag_and_production(registry_repo: RegistryR
     assert listed[0]["label"] == "300/0.10/J=0.8/prefix-B"
     assert shown["chunk_version"] == first
     assert shown["tag"] == f"chunk-config/{first}"
-    assert shown["table"] == "document_chunks_" + first.replace("-", "_")
+    assert shown["table"] == "public.document_chunks_" + first.replace("-", "_")
     assert shown["overlap_tokens"] == 45
     assert f"*  {first}" in text
 
