@@ -138,12 +138,19 @@ class Finding:
 
 
 def action_dict(action: Action) -> dict[str, Any]:
-    """An action as JSON: `table`, `old_table` and `view` schema-qualified (`schema` kept)."""
-    data = asdict(action)
+    """An action as the bookkeeping records it (names unqualified, `schema` beside them: the
+    readers of reconcile_runs, status and the dashboard, key on that)."""
+    return {"action": type(action).__name__, **asdict(action), "description": action.describe()}
+
+
+def action_json(action: Action) -> dict[str, Any]:
+    """An action as `--format json` prints it: `table`, `old_table` and `view`
+    schema-qualified (`schema` kept)."""
+    data = action_dict(action)
     for key in ("table", "old_table", "view"):
         if data.get(key):
             data[key] = f"{action.schema}.{data[key]}"
-    return {"action": type(action).__name__, **data, "description": action.describe()}
+    return data
 
 
 @dataclass
@@ -185,7 +192,7 @@ class Plan:
             "commit": self.commit,
             "target": self.target,
             "in_sync": self.in_sync,
-            "actions": [action_dict(a) for a in self.actions],
+            "actions": [action_json(a) for a in self.actions],
             "findings": [self.finding_dict(f) for f in self.findings],
         }
 
