@@ -358,12 +358,12 @@ def _finish(
 def _require_locked(state: RegistryState, version: str, base: str, action: str) -> LockedConfig:
     if not is_version(version):
         raise UnknownVersion(f"{version!r} is not a chunk_version",
-                         fix="use the form 2025-09-07-143022-v1; `registry list` shows them")
+                             fix="use the form 2025-09-07-143022-v1; `registry list` shows them")
     config = state.configs.get(version)
     if config is None:
         raise UnknownVersion(f"cannot {action} {version}: it is not a locked config on {base}",
-                      fix="merge its lock pull request first and `git pull`; "
-                          "`registry list` shows the locked versions")
+                             fix="merge its lock pull request first and `git pull`; "
+                                 "`registry list` shows the locked versions")
     return config
 
 
