@@ -252,13 +252,18 @@ class EvalResult:
         latencies = sorted(c.latency_ms for c in self.cases)
         count = len(self.cases) or 1
         return {
-            "cases": float(len(self.cases)),
+            "cases": len(self.cases),
             "oracle_hit_rate": sum(c.oracle_hit for c in self.cases) / count,
             "filter_hit_rate": sum(c.filter_hit for c in self.cases) / count,
             "avg_snapshot_size": sum(c.snapshot_size for c in self.cases) / count,
             "p50_latency_ms": _percentile(latencies, 0.50),
             "p95_latency_ms": _percentile(latencies, 0.95),
         }
+
+    def summary(self) -> dict[str, Any]:
+        """Which table was measured and its metrics (one side of a comparison)."""
+        return {"chunk_version": self.chunk_version, "table": self.table,
+                "metrics": self.metrics}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -351,10 +356,9 @@ class Comparison:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "shadow": self.shadow.chunk_version, "against": self.baseline.chunk_version,
+            "shadow": self.shadow.summary(), "against": self.baseline.summary(),
             "passed": self.passed, "regressions": self.regressions,
             "max_drops": self.max_drops, "deltas": self.deltas,
-            "shadow_metrics": self.shadow.metrics, "against_metrics": self.baseline.metrics,
         }
 
 

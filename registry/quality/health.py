@@ -38,7 +38,12 @@ from registry.database.chunk_table import (
     table_exists,
     unhealthy_rows,
 )
-from registry.errors import RegistryError, TokenizerUnavailable
+from registry.errors import (
+    HEALTH_CRITICAL,
+    HEALTH_WARNINGS,
+    RegistryError,
+    TokenizerUnavailable,
+)
 from registry.ingest.chunker import splits_on_whitespace
 from registry.notify.dispatch import notify
 from registry.notify.events import health_check
@@ -53,6 +58,7 @@ from registry.reconciler.actual import read_actual
 from registry.repository.git import Git
 from registry.repository.history import read_history
 from registry.repository.state import RegistryState
+from registry.timestamps import json_default, rfc3339
 from registry.tokenizer import resolve, special_token_count
 
 if TYPE_CHECKING:
@@ -60,7 +66,7 @@ if TYPE_CHECKING:
 
 CRITICAL = "critical"
 WARNING = "warning"
-EXIT_HEALTHY, EXIT_WARNINGS, EXIT_CRITICAL = 0, 1, 2
+EXIT_HEALTHY, EXIT_WARNINGS, EXIT_CRITICAL = 0, HEALTH_WARNINGS, HEALTH_CRITICAL
 
 
 class ProductionGuardrails:
@@ -426,8 +432,8 @@ class HealthReport:
         critical = [a for a in alerts if a.level == CRITICAL]
         data_ok = self.table.exists and not (self.table.prefix_leakage or self.table.over_budget)
         return {
-            "timestamp": self.timestamp.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "config_version": self.config.chunk_version,
+            "timestamp": rfc3339(self.timestamp),
+            "chunk_version": self.config.chunk_version,
             "overall_healthy": not critical and not alerts,
             "config_health": self.config_health,
             "retrieval_health": {
@@ -458,7 +464,7 @@ def record(conn: psycopg.Connection[Any], report: HealthReport) -> None:
 def render(report: HealthReport, fmt: str) -> str:
     data = report.as_dict()
     if fmt == "json":
-        return json.dumps(data, indent=2, default=str) + "\n"
+        return json.dumps(data, indent=2, default=json_default) + "\n"
     status = "healthy" if data["overall_healthy"] else (
         "CRITICAL" if report.exit_code == EXIT_CRITICAL else "warnings")
 
@@ -535,8 +541,7 @@ def stale_eval(conn: psycopg.Connection[Any], target: ChunkTable,
         return None, None
     ingested = (table.last_ingest or {}).get("finished_at")
     if ingested is not None and last.at < ingested:
-        return None, {"at": last.at.isoformat(timespec="seconds"),
-                      "ingested_at": ingested.isoformat(timespec="seconds"),
+        return None, {"at": rfc3339(last.at), "ingested_at": rfc3339(ingested),
                       "metrics": dict(last.metrics)}
     return dict(last.metrics), None
 
