@@ -47,25 +47,32 @@ def start(repo: Path, name: str, candidate: str, *, share: float, ends: str,
           salt: str | None = None, guardrails: Guardrails | None = None, push: bool = False,
           pr: bool = False, environment: str | None = None) -> Change:
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
     result = lifecycle.experiment_start(git, name, candidate, share=share, ends=parse_ends(ends),
                                         salt=salt, guardrails=guardrails, push=push or pr,
                                         environment=environment or PRODUCTION_ENVIRONMENT)
-    return _proposed(git, result, pr)
+    return _proposed(git, result, pr, f"registry experiment start {name}")
 
 
 def set_share(repo: Path, share: float, *, push: bool = False, pr: bool = False,
               environment: str | None = None) -> Change:
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
     return _proposed(git, lifecycle.experiment_set_share(
-        git, share, push=push or pr, environment=environment or PRODUCTION_ENVIRONMENT), pr)
+        git, share, push=push or pr, environment=environment or PRODUCTION_ENVIRONMENT), pr,
+        f"registry experiment set-share {share:g}")
 
 
 def end(repo: Path, *, reason: str | None = None, push: bool = False, pr: bool = False,
         environment: str | None = None) -> Change:
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
     return _proposed(git, lifecycle.experiment_end(
         git, reason=reason, push=push or pr,
-        environment=environment or PRODUCTION_ENVIRONMENT), pr)
+        environment=environment or PRODUCTION_ENVIRONMENT), pr, "registry experiment end")
 
 
 def report(repo: Path, *, name: str | None = None, metric: str = "success",
