@@ -124,6 +124,14 @@ def test_every_command_answers_as_the_exit_code_table_says(
         "db url": [(["--dsn", dsn], 0), (["--dsn", " "], 2)],
         "db stop": [([], 0)],
         "notify test": [(["--repo", repo], 1)],
+        "environments": [(["--repo", repo], 0)],
+        "experiment start": [
+            (["e", "--candidate", v1, "--share", "0.1", "--ends", "7d", "--repo", repo], 7),
+            (["e", "--candidate", UNKNOWN, "--share", "0.1", "--ends", "7d", "--repo", repo],
+             16)],
+        "experiment set-share": [(["0.5", "--repo", repo], 7)],
+        "experiment end": [(["--repo", repo], 7)],
+        "experiment report": [(["--repo", repo, "--dsn", dsn], 7)],
     }
     commands = leaf_commands()
     mismatches: list[str] = []
