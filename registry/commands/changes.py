@@ -26,9 +26,11 @@ class Change:
     proposal: Proposal | None
 
 
-def _proposed(git: Git, result: lifecycle.ChangeResult, pr: bool) -> Change:
-    return Change(result, lifecycle.propose_change(git, result.branch, result.base) if pr
-                  else None)
+def _proposed(git: Git, result: lifecycle.ChangeResult, pr: bool, rerun: str) -> Change:
+    if not pr:
+        return Change(result, None)
+    return Change(result, lifecycle.propose_pushed(git, result.branch, result.base,
+                                                   result.commit, f"`{rerun} --pr`"))
 
 
 def promote(repo: Path, version: str, *, dsn: str | None = None, force: bool = False,
@@ -38,6 +40,8 @@ def promote(repo: Path, version: str, *, dsn: str | None = None, force: bool = F
     An environment with `promotion: {from: ...}` also passes the promotion path gate, on the
     source environment's database (`environments.promotion_path_note`)."""
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
     name = environment or PRODUCTION_ENVIRONMENT
     base = git.desired_ref(fetch=False)
     state = select(read_state(git, base), name)
@@ -58,16 +62,24 @@ def promote(repo: Path, version: str, *, dsn: str | None = None, force: bool = F
                                        served_before=version in served)
         result = lifecycle.promote(git, version, conn=conn, force=force, push=push or pr,
                                    environment=name, path_note=note)
-    return _proposed(git, result, pr)
+    where = "" if environment is None else f" --environment {environment}"
+    return _proposed(git, result, pr, f"registry promote {version}{where}")
 
 
 def retire(repo: Path, version: str, *, push: bool = False, pr: bool = False) -> Change:
     git = Git(repo)
-    return _proposed(git, lifecycle.retire(git, version, push=push or pr), pr)
+    if pr:
+        lifecycle.check_pr_origin(git)
+    return _proposed(git, lifecycle.retire(git, version, push=push or pr), pr,
+                     f"registry retire {version}")
 
 
 def rollback(repo: Path, *, push: bool = False, pr: bool = False,
              environment: str | None = None) -> Change:
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
+    where = "" if environment is None else f" --environment {environment}"
     return _proposed(git, lifecycle.rollback(
-        git, push=push or pr, environment=environment or PRODUCTION_ENVIRONMENT), pr)
+        git, push=push or pr, environment=environment or PRODUCTION_ENVIRONMENT), pr,
+        f"registry rollback{where}")
