@@ -137,8 +137,11 @@ def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
     runner = tmp_path / "runner"
     runner.mkdir()
     summary, outputs = runner / "summary.md", runner / "output"
-    context = {"secrets.REGISTRY_DSN": dsn, "github.token": "", "runner.temp": str(runner)}
     workflow = yaml.safe_load((WORKFLOWS / "registry-reconcile.yml").read_text())
+    defaults = {f"inputs.{name}": str(spec.get("default", ""))
+                for name, spec in workflow[True]["workflow_call"]["inputs"].items()}  # `on:`
+    context = {**defaults, "secrets.REGISTRY_DSN": dsn, "secrets.SOURCE_DSN": "",
+               "github.token": "", "runner.temp": str(runner)}
 
     ran = []
     for job in ("watch", "dashboard"):

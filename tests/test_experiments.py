@@ -23,6 +23,7 @@ from registry.errors import (
     DatabaseUnavailable,
     Refused,
     ServedStateUnavailable,
+    UnknownVersion,
     UsageError,
 )
 from registry.quality.experiment import ArmStats, judge, two_proportion_z, wilson
@@ -259,7 +260,7 @@ def test_an_experiment_is_checked_before_it_is_proposed(registry_repo: RegistryR
         experiment_start(git, "e", v2, share=1.0, ends=ends)
     with pytest.raises(UsageError, match="not in the future"):
         experiment_start(git, "e", v2, share=0.1, ends=datetime.now(UTC) - timedelta(days=1))
-    with pytest.raises(Refused, match="not a locked config"):
+    with pytest.raises(UnknownVersion, match="not a locked config"):
         experiment_start(git, "e", "2020-01-01-000000-v1", share=0.1, ends=ends)
     registry_repo.merge(experiment_start(git, "e", v2, share=0.1, ends=ends).branch)
     with pytest.raises(Refused, match="already declared"):

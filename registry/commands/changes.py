@@ -62,7 +62,8 @@ def promote(repo: Path, version: str, *, dsn: str | None = None, force: bool = F
                                        served_before=version in served)
         result = lifecycle.promote(git, version, conn=conn, force=force, push=push or pr,
                                    environment=name, path_note=note)
-    return _proposed(git, result, pr, f"registry promote {version}")
+    where = "" if environment is None else f" --environment {environment}"
+    return _proposed(git, result, pr, f"registry promote {version}{where}")
 
 
 def retire(repo: Path, version: str, *, push: bool = False, pr: bool = False) -> Change:
@@ -78,6 +79,7 @@ def rollback(repo: Path, *, push: bool = False, pr: bool = False,
     git = Git(repo)
     if pr:
         lifecycle.check_pr_origin(git)
+    where = "" if environment is None else f" --environment {environment}"
     return _proposed(git, lifecycle.rollback(
         git, push=push or pr, environment=environment or PRODUCTION_ENVIRONMENT), pr,
-        "registry rollback")
+        f"registry rollback{where}")

@@ -271,8 +271,8 @@ def make_plan(
         refuse_empty(state)
     settings = state.settings
     schema, base = settings.schema, settings.base_name
-    plan = Plan(ref=state.ref, commit=state.commit, target=target,
-                environment=state.environment, schema=schema)
+    plan = Plan(ref=state.ref, commit=state.commit, target=target, schema=schema,
+                environment=state.environment)
     other = foreign_owner(settings, actual)
     if other is not None:
         plan.findings.append(Finding(
