@@ -10,10 +10,11 @@ must validate without the network (CI, a private or locally trained tokenizer) p
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import TokenizerUnavailable
 
@@ -203,3 +204,31 @@ def require_hash(resolved: ResolvedTokenizer, expected: str, where: str) -> None
             where=where,
             fix="pass --tokenizer-file with the tokenizer.json the config was locked with",
         )
+
+
+ADDITIVE_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation",
+                           "Digits", "UnicodeScripts"}
+LOCAL_NORMALIZERS = {"BertNormalizer", "Lowercase", "StripAccents", "NFD", "NFKD", "NFC", "NFKC",
+                     "Strip", "Replace", "Prepend"}
+
+
+def splits_on_whitespace(tokenizer: Tokenizer) -> bool:
+    """Whether text split at whitespace (and at pre-token edges) tokenizes piece by piece:
+    the pre-tokenizer splits on whitespace and drops it, and the normalizer works character
+    by character. True for BERT-style WordPiece (BGE, E5, MiniLM); false for byte-level BPE,
+    which keeps whitespace in its tokens."""
+    spec = json.loads(tokenizer.to_str())
+
+    def kinds(node: Any) -> list[str]:
+        if not node:
+            return []
+        if node.get("type") == "Sequence":
+            inner = node.get("pretokenizers") or node.get("normalizers") or []
+            return [k for child in inner for k in kinds(child)]
+        return [str(node.get("type"))]
+
+    pre = kinds(spec.get("pre_tokenizer"))
+    norm = kinds(spec.get("normalizer"))
+    has_split = any(k in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit") for k in pre)
+    return (has_split and all(k in ADDITIVE_PRE_TOKENIZERS for k in pre)
+            and all(k in LOCAL_NORMALIZERS for k in norm))

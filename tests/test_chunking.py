@@ -30,9 +30,8 @@ from registry.ingest.chunker import (
     prefix_text,
     shingle_sets,
     split_sections,
-    splits_on_whitespace,
 )
-from registry.tokenizer import load_tokenizer
+from registry.tokenizer import load_tokenizer, splits_on_whitespace
 from tests.helpers import locked_config
 
 PROPERTY = settings(max_examples=60, deadline=None,

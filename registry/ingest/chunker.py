@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from registry.config import PREFIX_MARKER, LockedConfig
+from registry.tokenizer import splits_on_whitespace
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -1019,34 +1019,6 @@ class Chunker:
             else:
                 high = middle - 1
         return best
-
-
-ADDITIVE_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation",
-                           "Digits", "UnicodeScripts"}
-LOCAL_NORMALIZERS = {"BertNormalizer", "Lowercase", "StripAccents", "NFD", "NFKD", "NFC", "NFKC",
-                     "Strip", "Replace", "Prepend"}
-
-
-def splits_on_whitespace(tokenizer: Tokenizer) -> bool:
-    """Whether text split at whitespace (and at pre-token edges) tokenizes piece by piece:
-    the pre-tokenizer splits on whitespace and drops it, and the normalizer works character
-    by character. True for BERT-style WordPiece (BGE, E5, MiniLM); false for byte-level BPE,
-    which keeps whitespace in its tokens."""
-    spec = json.loads(tokenizer.to_str())
-
-    def kinds(node: Any) -> list[str]:
-        if not node:
-            return []
-        if node.get("type") == "Sequence":
-            inner = node.get("pretokenizers") or node.get("normalizers") or []
-            return [k for child in inner for k in kinds(child)]
-        return [str(node.get("type"))]
-
-    pre = kinds(spec.get("pre_tokenizer"))
-    norm = kinds(spec.get("normalizer"))
-    has_split = any(k in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit") for k in pre)
-    return (has_split and all(k in ADDITIVE_PRE_TOKENIZERS for k in pre)
-            and all(k in LOCAL_NORMALIZERS for k in norm))
 
 
 def prefix_text(title: str, path: str, kind: str) -> str:

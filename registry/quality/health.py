@@ -44,7 +44,6 @@ from registry.errors import (
     RegistryError,
     TokenizerUnavailable,
 )
-from registry.ingest.chunker import splits_on_whitespace
 from registry.notify.dispatch import notify
 from registry.notify.events import health_check
 from registry.quality.evaluation import (
@@ -59,7 +58,7 @@ from registry.repository.git import Git
 from registry.repository.history import read_history
 from registry.repository.state import RegistryState
 from registry.timestamps import json_default, rfc3339
-from registry.tokenizer import resolve, special_token_count
+from registry.tokenizer import resolve, special_token_count, splits_on_whitespace
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
