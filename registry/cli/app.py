@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from registry.cli import changes, data, quality, reconcile, registry_repo
+from registry.cli import changes, data, quality, reconcile, registry_repo, tune
 from registry.cli.notify import notify_app
 from registry.cli.output import say
 from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
@@ -84,7 +84,7 @@ COMMANDS: list[tuple[str | None, Callable[..., None]]] = [
     (None, changes.retire), (None, changes.rollback), (None, registry_repo.history),
     (None, demo), (None, reconcile.plan), (None, reconcile.reconcile), (None, reconcile.status),
     ("eval", quality.eval_command), (None, quality.health), (None, data.ingest),
-    (None, quality.dashboard), ("watch-promotion", quality.watch_promotion),
+    (None, quality.dashboard), ("watch-promotion", quality.watch_promotion), (None, tune.tune),
 ]
 """Every command, in the order `--help` lists them (name: the function's, unless given)."""
 for command_name, command in COMMANDS:

@@ -197,18 +197,20 @@ def relation_marker(conn: psycopg.Connection[Any], schema: str, name: str) -> Ma
 
 def table_ddl(
     schema: str, table: str, *, chunk_version: str, config_hash: str, prefix_policy: str,
-    chunk_size: int, token_budget: int, registry: str | None = None,
+    chunk_size: int, token_budget: int, registry: str | None = None, unlogged: bool = False,
+    marker: bool = True,
 ) -> list[sql.Composed]:
     """The versioned table. A partial index holds exactly the rows the health check counts as
     unhealthy (prefix leakage, over budget; `unhealthy_rows`, evaluated by PostgreSQL as rows
     are written): it is empty while the table is healthy, costs next to nothing to write, and
     lets the check read only those rows plus a count(*), never the whole heap. The
     CHECKs make rows of another version or ingest run impossible rather than something to
-    look for."""
+    look for. `unlogged` without `marker`: a `registry tune` trial's scratch table, the same
+    shape and indexes, never the registry's."""
     t = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-    return [
+    statements = [
         sql.SQL(
-            "CREATE TABLE {t} ("
+            "CREATE {kind} {t} ("
             "chunk_index integer NOT NULL CHECK (chunk_index >= 0), "
             "embedding_token_count integer NOT NULL, "
             "bm25_token_count integer NOT NULL, "
@@ -220,7 +222,8 @@ def table_ddl(
             "chunk_version text NOT NULL CHECK (chunk_version = {version}), "
             "ingest_run_id text NOT NULL CHECK (ingest_run_id = {run}), "
             "bm25_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', bm25_text)) STORED)"
-        ).format(t=t, version=sql.Literal(chunk_version),
+        ).format(kind=sql.SQL("UNLOGGED TABLE" if unlogged else "TABLE"), t=t,
+                 version=sql.Literal(chunk_version),
                  run=sql.Literal(ingest_run_id_for(chunk_version, config_hash))),
         sql.SQL("CREATE INDEX {} ON {} (doc_id, chunk_index)").format(
             sql.Identifier(f"{table}_doc"), t),
@@ -229,8 +232,11 @@ def table_ddl(
         sql.SQL("CREATE INDEX {} ON {} (chunk_index) WHERE {}").format(
             sql.Identifier(f"{table}_bad"), t,
             unhealthy_rows(prefix_policy, chunk_size, token_budget)),
-        marker_ddl("TABLE", schema, table, Marker(registry, chunk_version, config_hash)),
     ]
+    if marker:
+        statements.append(marker_ddl("TABLE", schema, table,
+                                     Marker(registry, chunk_version, config_hash)))
+    return statements
 
 
 def view_ddl(schema: str, view: str, table: str) -> sql.Composed:

@@ -743,6 +743,18 @@ class Chunker:
         """Chunk a batch of documents with one `encode_batch` call."""
         return self._finish(documents, self._encode(documents))
 
+    def encode(self, documents: Sequence[Document]) -> list[Encoded]:
+        """The encodings `chunk_encoded` takes: what depends on the tokenizer alone, so one
+        encoding serves every config of that tokenizer (`registry tune` encodes a corpus once
+        and re-windows it per trial)."""
+        return self._encode(documents)
+
+    def chunk_encoded(self, documents: Sequence[Document],
+                      encodings: Sequence[Encoded]) -> list[ChunkedDocument]:
+        """Chunk documents already encoded by `encode` (with this tokenizer): the same chunks
+        as `chunk_many`, without encoding them again."""
+        return self._finish(documents, encodings)
+
     def chunk_stream(self, batches: Iterable[Sequence[Document]]) -> Iterator[ChunkedDocument]:
         """Chunk batch after batch, encoding the next batch (GIL released) while this one is cut."""
         with ThreadPoolExecutor(max_workers=1) as pool:
