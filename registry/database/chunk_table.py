@@ -195,6 +195,12 @@ def relation_marker(conn: psycopg.Connection[Any], schema: str, name: str) -> Ma
     return read_marker(row[0] if row else None)
 
 
+def search_index_ddl(schema: str, table: str) -> sql.Composed:
+    """The full-text index retrieval reads (`bm25_tsv @@ query`)."""
+    return sql.SQL("CREATE INDEX {} ON {} USING gin (bm25_tsv)").format(
+        sql.Identifier(f"{table}_tsv"), sql.Identifier(schema, table))
+
+
 def table_ddl(
     schema: str, table: str, *, chunk_version: str, config_hash: str, prefix_policy: str,
     chunk_size: int, token_budget: int, registry: str | None = None, unlogged: bool = False,
@@ -227,8 +233,7 @@ def table_ddl(
                  run=sql.Literal(ingest_run_id_for(chunk_version, config_hash))),
         sql.SQL("CREATE INDEX {} ON {} (doc_id, chunk_index)").format(
             sql.Identifier(f"{table}_doc"), t),
-        sql.SQL("CREATE INDEX {} ON {} USING gin (bm25_tsv)").format(
-            sql.Identifier(f"{table}_tsv"), t),
+        search_index_ddl(schema, table),
         sql.SQL("CREATE INDEX {} ON {} (chunk_index) WHERE {}").format(
             sql.Identifier(f"{table}_bad"), t,
             unhealthy_rows(prefix_policy, chunk_size, token_budget)),

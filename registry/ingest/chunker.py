@@ -705,6 +705,20 @@ _WORD_EDGE = re.compile(r"(?<=\w)(?=[^\w\s])|(?<=[^\w\s])(?=\w)")
 _EDGE_WINDOW = 4096
 
 
+@dataclass
+class SharedLayout:
+    """What every config of one tokenizer reads alike, kept across the Chunkers of many configs
+    (`registry tune`): the tokenizer's facts (whether it splits on whitespace, the prefix
+    skeleton's and the path separator's token counts), title token counts, and each encoded
+    document's sections in tokens (keyed by the encoding object, which the owner keeps alive
+    as long as this). Only the windows, dedup and prefixes are then computed per config."""
+
+    facts: tuple[bool, dict[str, int], int] | None = None
+    title_counts: dict[str, int] = field(default_factory=dict)
+    sections: dict[int, tuple[list[tuple[str, int, list[int], int]], int]] = field(
+        default_factory=dict)
+
+
 class Chunker:
     """Chunks documents exactly as one locked config says, with that config's tokenizer.
 
@@ -714,7 +728,8 @@ class Chunker:
     """
 
     def __init__(self, config: LockedConfig, tokenizer: Tokenizer,
-                 *, dedup: bool = True, corpus: bool = False) -> None:
+                 *, dedup: bool = True, corpus: bool = False,
+                 shared: SharedLayout | None = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.size = config.chunk_size
@@ -728,10 +743,16 @@ class Chunker:
         self._config_hash = config.config_hash
         self._version = config.chunk_version
         self._run_id = config.ingest_run_id
-        self.additive = splits_on_whitespace(tokenizer)
-        self._skeleton = {kind: self._count(prefix_text("", "", kind)) for kind in KINDS}
-        self._separator = self._count(" > ")
-        self._title_counts: dict[str, int] = {}
+        self._shared = shared
+        if shared is not None and shared.facts is not None:
+            self.additive, self._skeleton, self._separator = shared.facts
+        else:
+            self.additive = splits_on_whitespace(tokenizer)
+            self._skeleton = {kind: self._count(prefix_text("", "", kind)) for kind in KINDS}
+            self._separator = self._count(" > ")
+            if shared is not None:
+                shared.facts = (self.additive, self._skeleton, self._separator)
+        self._title_counts: dict[str, int] = shared.title_counts if shared is not None else {}
         self._fitted: dict[tuple[str, str, str, int], tuple[str, int]] = {}
 
     # -- public ---------------------------------------------------------------------------------
@@ -832,7 +853,17 @@ class Chunker:
         """The planned pieces of one document, measured; those under MIN_CHUNK_TOKENS unkept."""
         kind = document.kind if document.kind in KINDS else "text"
         pieces: list[_Piece] = []
-        sections = self._token_sections(document.text, kind, encoding, result)
+        sections: Iterable[tuple[str, int, list[int], int]]
+        if self._shared is None:
+            sections = self._token_sections(document.text, kind, encoding, result)
+        else:
+            key = id(encoding)
+            if key not in self._shared.sections:
+                counted = ChunkedDocument(document.doc_id, [], [], [])
+                found = list(self._token_sections(document.text, kind, encoding, counted))
+                self._shared.sections[key] = (found, counted.header_only)
+            sections, header_only = self._shared.sections[key]
+            result.header_only += header_only
         for number, (path, path_count, starts, end) in enumerate(sections):
             pieces.extend(_Piece(number, path, path_count, s, e)
                           for s, e in self._plan(encoding, starts, end))

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.config import LockedConfig
-from registry.ingest.chunker import Chunker, CorpusDeduplicator, Document, Encoded
+from registry.ingest.chunker import (
+    Chunker,
+    CorpusDeduplicator,
+    Document,
+    Encoded,
+    SharedLayout,
+)
 from registry.ingest.pipeline import (
     BATCH_DOCUMENTS,
     MAX_DOCUMENT_BYTES,
@@ -69,6 +75,8 @@ class TokenizedCorpus:
     tokenizer: Tokenizer
     encode_seconds: float
     problems: list[SourceProblem] = field(default_factory=list)
+    layout: SharedLayout = field(default_factory=SharedLayout)
+    """What the trials' chunkers share beyond the encodings (sections, title counts)."""
 
     @property
     def tokens(self) -> int:
@@ -116,7 +124,7 @@ class TokenizedCorpus:
         """The rows `registry ingest` would write for `config`, from the shared encoding."""
         started = time.perf_counter()
         corpus = dedup == "corpus"
-        chunker = Chunker(config, self.tokenizer, corpus=corpus)
+        chunker = Chunker(config, self.tokenizer, corpus=corpus, shared=self.layout)
         deduplicator = CorpusDeduplicator(config.jaccard_threshold) if corpus else None
         report = IngestReport(config.chunk_version, config.ingest_run_id, "", "", dedup, 1)
         seen_ids: dict[bytes, str] = {}

@@ -26,7 +26,7 @@ from psycopg import sql
 
 from registry.config import LockedConfig
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
-from registry.database.chunk_table import ChunkTable, table_ddl
+from registry.database.chunk_table import ChunkTable, search_index_ddl, table_ddl
 from registry.database.connection import tune_lock_key
 from registry.errors import Busy
 
@@ -66,9 +66,13 @@ class ScratchSchema:
                                                                  sql.Literal(marker)))
         return cls(conn, token, name)
 
+    @staticmethod
+    def table_name(number: int) -> str:
+        return f"trial_{number}"
+
     def create_table(self, config: LockedConfig, number: int) -> ChunkTable:
         """An empty UNLOGGED chunk table for trial `number` (indexes come after the load)."""
-        table = f"trial_{number}"
+        table = self.table_name(number)
         statements = table_ddl(self.name, table, chunk_version=config.chunk_version,
                                config_hash=config.config_hash,
                                prefix_policy=config.prefix_policy,
@@ -79,17 +83,11 @@ class ScratchSchema:
         return ChunkTable(config, self.name, table)
 
     def index(self, target: ChunkTable) -> None:
-        """The chunk table's indexes, built over the loaded rows (one sort instead of a GIN
-        insert per row), and statistics for the planner, as a served table has them."""
-        config = target.config
-        for statement in table_ddl(self.name, target.table, chunk_version=config.chunk_version,
-                                   config_hash=config.config_hash,
-                                   prefix_policy=config.prefix_policy,
-                                   chunk_size=config.chunk_size,
-                                   token_budget=config.token_budget, unlogged=True,
-                                   marker=False)[1:]:
-            self.conn.execute(statement)
-        self.conn.execute(sql.SQL("ANALYZE {}").format(target.identifier))
+        """The indexes retrieval reads (the full-text GIN index; the primary key came with the
+        table), built over the loaded rows: one sort instead of an insert per row. The
+        (doc_id, chunk_index) and flagged-rows indexes of a served table are left out: no
+        query of the evaluation reads them."""
+        self.conn.execute(search_index_ddl(self.name, target.table))
 
     def drop_table(self, table: str) -> None:
         self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(

@@ -497,10 +497,11 @@ def _build_and_measure(conn: psycopg.Connection[Any], scratch: ScratchSchema,
     """Load the trial's rows into its scratch table, evaluate in two stages (pruning after the
     first), and drop the table."""
     clock = time.perf_counter()
-    target = scratch.create_table(config, number)
     try:
-        _load(conn, target, rows)
-        scratch.index(target)
+        with conn.transaction():  # one commit for the table, its rows and its indexes
+            target = scratch.create_table(config, number)
+            _load(conn, target, rows)
+            scratch.index(target)
         index_bytes = _size(conn, target)
         outcome.details["load_s"] = round(time.perf_counter() - clock, 4)
         outcome.details["build_s"] = round(rows.seconds + time.perf_counter() - clock, 4)
@@ -535,4 +536,4 @@ def _build_and_measure(conn: psycopg.Connection[Any], scratch: ScratchSchema,
             outcome.metrics = _stage_metrics(full, rows, index_bytes)
         outcome.details["eval_s"] = round(time.perf_counter() - clock, 4)
     finally:
-        scratch.drop_table(target.table)
+        scratch.drop_table(scratch.table_name(number))
