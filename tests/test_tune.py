@@ -122,9 +122,7 @@ def test_rewindowing_one_shared_encoding_gives_exactly_the_rows_of_a_full_chunki
 
 PLANTED_KEYS = ["zephyr", "quokka", "marlin", "juniper", "osprey", "cobalt", "saffron", "tundra"]
 PLANTED_CODES = ["alder", "bramble", "cinder", "dapple", "ember", "fennel", "garnet", "hazel"]
-FILLER = ("river stone bridge window garden lantern meadow harbor candle pebble thunder valley "
-          "orchard canyon willow meadowlark ribbon compass forest mirror ladder beacon cottage "
-          "blanket quiet gentle yellow narrow silver patient hollow").split()
+FILLER = ["river", "stone", "bridge", "window", "garden", "lantern", "meadow", "harbor", "candle", "pebble", "thunder", "valley", "orchard", "canyon", "willow", "meadowlark", "ribbon", "compass", "forest", "mirror", "ladder", "beacon", "cottage", "blanket", "quiet", "gentle", "yellow", "narrow", "silver", "patient", "hollow"]
 
 
 def write_planted(root: Path) -> Path:

@@ -50,7 +50,8 @@ class SearchSpace:
 
 
 def max_chunk_size(base: LockedConfig, special_tokens: int) -> int:
-    """The largest chunk_size a lock with `base`'s embedder accepts (config.guardrail_violations)."""
+    """The largest chunk_size a lock with `base`'s embedder accepts (the guardrail of
+    `config.guardrail_violations`)."""
     return min(MAX_CHUNK_SIZE, base.token_budget - PREFIX_BUDGET_TOKENS - special_tokens)
 
 

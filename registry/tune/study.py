@@ -34,7 +34,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import psycopg
 from psycopg import sql
@@ -62,7 +62,8 @@ from registry.tune.space import RATIO_DECIMALS, SearchSpace
 if TYPE_CHECKING:
     import optuna
 
-OBJECTIVES: dict[str, str] = {
+Direction = Literal["maximize", "minimize"]
+OBJECTIVES: dict[str, Direction] = {
     "oracle_hit_rate": "maximize",
     "filter_hit_rate": "maximize",
     "index_bytes": "minimize",
