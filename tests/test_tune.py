@@ -127,7 +127,7 @@ FILLER = ["river", "stone", "bridge", "window", "garden", "lantern", "meadow", "
 
 def write_planted(root: Path) -> Path:
     """Eight answer documents, each a short paragraph that names its key and code three times
-    next to its answer, in filler; and per key three long distractor documents that name the
+    next to its answer, in filler; and per key two long distractor documents that name the
     key or its code alone about every 9 words. A chunk of ~100 tokens of a distractor holds
     fewer mentions than the answer paragraph, so the answer ranks first; a chunk of ~450
     tokens holds more, and the distractors' chunks push the answer out of the top: small
@@ -146,9 +146,9 @@ def write_planted(root: Path) -> Path:
                 f"where {answer}; so {key} {code} it is.\n\n{filler(120)}.\n")
         (corpus / f"answer-{number}.md").write_text(text)
         cases.append({"query_id": f"p{number}", "query": f"{key} {code}", "gt_answer": answer})
-        for copy in range(3):
+        for copy in range(2):
             paragraphs = [" ".join(f"{filler(8)} {rng.choice((key, code))}" for _ in range(15))
-                          + "." for _ in range(10)]
+                          + "." for _ in range(8)]
             (corpus / f"distractor-{number}-{copy}.md").write_text(
                 f"# Distractor {number}.{copy}\n\n" + "\n\n".join(paragraphs) + "\n")
     cases_file = root / "cases.jsonl"
@@ -204,8 +204,17 @@ def test_a_planted_corpus_where_small_chunks_win_is_found_and_recorded(
 # Scratch schemas: dropped after success, failure, Ctrl-C and SIGKILL; nothing else touched
 
 
+def small_demo(root: Path) -> Path:
+    """Ten documents of the demo corpus: enough for every stage of a trial, and quick."""
+    corpus = root / "small-demo"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for path in sorted((DEMO / "corpus").glob("*.md"))[:10]:
+        (corpus / path.name).write_bytes(path.read_bytes())
+    return corpus
+
+
 def _tune_args(registry_repo: RegistryRepo, dsn: str, trials: int = 3) -> list[str | Path]:
-    return ["tune", "--repo", registry_repo.path, "--source", DEMO / "corpus",
+    return ["tune", "--repo", registry_repo.path, "--source", small_demo(registry_repo.path.parent),
             "--cases", DEMO / "cases.jsonl", "--tokenizer-file", registry_repo.tokenizer_file,
             "--dsn", dsn, "--trials", str(trials), "--chunk-size", "100:470"]
 
@@ -226,7 +235,8 @@ def test_a_failed_or_interrupted_run_drops_its_scratch_schema_and_says_so(
 
     expected = RuntimeError if stop == "error" else KeyboardInterrupt
     with pytest.raises(expected):
-        tune(registry_repo.path, source=DEMO / "corpus", cases=DEMO / "cases.jsonl", dsn=dsn,
+        tune(registry_repo.path, source=small_demo(registry_repo.path.parent),
+             cases=DEMO / "cases.jsonl", dsn=dsn,
              tokenizer_file=registry_repo.tokenizer_file, trials=4, chunk_size="100:470",
              on_trial_loaded=stop_in_the_second_trial)
     assert len(seen) == 2 and seen[1], "the trial's unlogged table existed while it ran"
@@ -274,6 +284,37 @@ def test_sigkill_mid_trial_leaves_a_schema_the_next_run_removes_and_nothing_else
                                 ).fetchall()
     assert [s[0] for s in statuses] == ["failed", "succeeded"]
     assert scratch_schemas(dsn) == [f"{SCRATCH_PREFIX}lookalike"]
+
+
+def test_sigterm_mid_trial_drops_the_scratch_schema_on_the_way_out(
+    registry_repo: RegistryRepo, dsn: str
+) -> None:
+    """SIGTERM (what a CI runner or `kill` sends) ends a run like Ctrl-C: exit 130, nothing
+    left. The run stops itself at the crash point; the test sends SIGTERM, then SIGCONT."""
+    import time
+
+    registry_repo.locked()
+    env = {**os.environ, "REGISTRY_FAULT": "tune.trial.loaded#2:stop"}
+    proc = subprocess.Popen([sys.executable, "-m", "registry", *map(str, _tune_args(
+        registry_repo, dsn, trials=4))], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while Path(f"/proc/{proc.pid}/stat").read_text().split()[2] != "T":
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.1)
+        assert any(s.startswith(SCRATCH_PREFIX) for s, _ in unlogged_tables(dsn))
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (_out, err)
+    assert scratch_schemas(dsn) == [] and unlogged_tables(dsn) == []
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT status FROM chunk_registry.tune_runs").fetchall() == [
+            ("interrupted",)]
 
 
 # ---------------------------------------------------------------------------------------------
