@@ -77,7 +77,7 @@ class ScratchSchema:
                                config_hash=config.config_hash,
                                prefix_policy=config.prefix_policy,
                                chunk_size=config.chunk_size, token_budget=config.token_budget,
-                               unlogged=True, marker=False)
+                               unlogged=True, marker=False, generated_tsv=False)
         self.conn.execute(statements[0])
         self.tables.append(table)
         return ChunkTable(config, self.name, table)
