@@ -520,8 +520,8 @@ def _trials(conn: psycopg.Connection[Any], study: optuna.Study, states: Any,
 def _build_and_measure(conn: psycopg.Connection[Any], scratch: ScratchSchema,
                        retrieval: TrialRetrieval, config: LockedConfig, rows: TrialRows,
                        tsv: TsvCache, number: int, first: list[Case], rest: list[Case],
-                       margin: float, settings: TuneSettings, result: TuneResult, trial: optuna.Trial,
-                       single: bool, outcome: TrialOutcome,
+                       margin: float, settings: TuneSettings, result: TuneResult,
+                       trial: optuna.Trial, single: bool, outcome: TrialOutcome,
                        on_trial_loaded: Callable[[int], None] | None) -> None:
     """Load the trial's rows into its scratch table, evaluate in two stages (pruning after the
     first), and drop the table."""
