@@ -711,12 +711,21 @@ class SharedLayout:
     (`registry tune`): the tokenizer's facts (whether it splits on whitespace, the prefix
     skeleton's and the path separator's token counts), title token counts, and each encoded
     document's sections in tokens (keyed by the encoding object, which the owner keeps alive
-    as long as this). Only the windows, dedup and prefixes are then computed per config."""
+    as long as this), and the shingle sets of the pieces already cut. Only the windows, the
+    dedup decisions and the prefixes are then computed per config."""
 
     facts: tuple[bool, dict[str, int], int] | None = None
     title_counts: dict[str, int] = field(default_factory=dict)
     sections: dict[int, tuple[list[tuple[str, int, list[int], int]], int]] = field(
         default_factory=dict)
+    shingles: dict[tuple[int, int, int], Shingles] = field(default_factory=dict)
+    """Shingle sets by (encoding, character span): a piece many configs cut alike (a section
+    shorter than their chunk sizes) is shingled once."""
+    shingle_values: int = 0
+
+
+SHARED_SHINGLES_MAX = 20_000_000
+"""Shingles kept across configs (8 bytes each); past this the cache starts over."""
 
 
 class Chunker:
@@ -816,7 +825,7 @@ class Chunker:
                     groups.append(number)
             results.append(result)
             planned.append(pieces)
-        sets = shingle_sets([piece.body for piece in alive])
+        sets = self._shingle_sets(alive, [encodings[number] for number in groups])
         if self.dedup:
             for piece, keep, number in zip(alive, dedup_exact(sets, self.threshold, groups),
                                            groups, strict=True):
@@ -847,6 +856,29 @@ class Chunker:
             for result in results:
                 self._remeasure(result)
         return results
+
+    def _shingle_sets(self, alive: list[_Piece], encodings: list[Encoded]) -> ShingleSets:
+        """The pieces' shingle sets; with a SharedLayout, a piece already shingled by another
+        config (same document, same character span) is not shingled again."""
+        if self._shared is None:
+            return shingle_sets([piece.body for piece in alive])
+        cache = self._shared.shingles
+        keys = [(id(encoding), piece.char_start, piece.char_end)
+                for piece, encoding in zip(alive, encodings, strict=True)]
+        missing = [index for index, key in enumerate(keys) if key not in cache]
+        if missing:
+            if self._shared.shingle_values > SHARED_SHINGLES_MAX:
+                cache.clear()
+                self._shared.shingle_values = 0
+                missing = list(range(len(keys)))
+            fresh = shingle_sets([alive[index].body for index in missing])
+            for position, index in enumerate(missing):
+                cache[keys[index]] = fresh[position]
+            self._shared.shingle_values += len(fresh.values)
+        arrays = [cache[key] for key in keys]
+        values = np.concatenate(arrays) if arrays else EMPTY_SHINGLES
+        bounds = np.concatenate(([0], np.cumsum([len(a) for a in arrays], dtype=np.int64)))
+        return ShingleSets(values.astype(np.uint64, copy=False), bounds.astype(np.int64))
 
     def _pieces(self, document: Document, encoding: Encoded,
                 result: ChunkedDocument) -> list[_Piece]:
