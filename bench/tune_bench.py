@@ -94,6 +94,7 @@ def trial_build(corpus: Any, config: Any, conn: Any, scratch: Any, tsv: Any, num
     trial = trial_config(config, params, 0, number)
     rows = corpus.rows(trial)
     with conn.transaction():
+        scratch.no_flush()
         target = scratch.create_table(trial, number)
         _load(conn, target, rows, tsv)
         scratch.index(target)

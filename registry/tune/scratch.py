@@ -89,9 +89,17 @@ class ScratchSchema:
         query of the evaluation reads them."""
         self.conn.execute(search_index_ddl(self.name, target.table))
 
+    def no_flush(self) -> None:
+        """Within a transaction: commit without waiting for the WAL flush. A scratch table is
+        thrown away anyway, so a server crash losing its creation or drop loses nothing; only
+        the catalog rows of DDL are WAL-logged here (the tables are UNLOGGED)."""
+        self.conn.execute("SET LOCAL synchronous_commit = off")
+
     def drop_table(self, table: str) -> None:
-        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-            sql.Identifier(self.name, table)))
+        with self.conn.transaction():
+            self.no_flush()
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                sql.Identifier(self.name, table)))
         if table in self.tables:
             self.tables.remove(table)
 

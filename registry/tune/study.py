@@ -528,6 +528,7 @@ def _build_and_measure(conn: psycopg.Connection[Any], scratch: ScratchSchema,
     clock = time.perf_counter()
     try:
         with conn.transaction():  # one commit for the table, its rows and its indexes
+            scratch.no_flush()
             target = scratch.create_table(config, number)
             _load(conn, target, rows, tsv)
             scratch.index(target)
