@@ -119,6 +119,9 @@ def tune(
 ) -> None:
     """Search chunk_size, overlap, Jaccard threshold and prefix policy against eval cases:
     Optuna TPE, each trial in a scratch schema (always dropped), the corpus tokenized once."""
+    from registry.extras import require
+
+    require("optuna", "registry tune")  # first: the tune extra brings numpy as well
     from registry.commands.tune import tune as run
 
     if cases is None:
