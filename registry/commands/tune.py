@@ -110,7 +110,8 @@ def tune(
     corpus = TokenizedCorpus.read(source, tokenizer_json, max_document_bytes=max_document_bytes)
     resolved_dsn = resolve_dsn(dsn)
     result = run_tune(resolved_dsn.value, config, corpus, eval_cases, space, settings,
-                      source=str(source), cases_file=str(cases), notes=notes, on_start=on_start,
+                      source=str(source), cases_file=str(cases),
+                      registry=state.settings.identity, notes=notes, on_start=on_start,
                       on_trial=on_trial, on_trial_loaded=on_trial_loaded)
     if lock_best:
         result.locked = lock_chosen(git, result, config, found, pr=pr)

@@ -404,6 +404,7 @@ def run_tune(
     *,
     source: str,
     cases_file: str,
+    registry: str,
     notes: Sequence[str] = (),
     on_start: Callable[[TuneResult], None] | None = None,
     on_trial: Callable[[TrialOutcome], None] | None = None,
@@ -430,7 +431,8 @@ def run_tune(
         scratch = ScratchSchema.create(conn, token)
         try:
             run_id = bookkeeping.start_tune_run(
-                conn, token, source=source, cases_file=cases_file, cases=len(cases),
+                conn, token, registry=registry, source=source, cases_file=cases_file,
+                cases=len(cases),
                 base_version=base.chunk_version, space=space.to_dict(),
                 objectives=settings.objectives, prefer=settings.prefer,
                 scratch_schema=scratch.name,
