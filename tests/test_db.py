@@ -44,7 +44,8 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
                       "ORDER BY 1")
     assert [t for (t,) in tables] == ["eval_runs", "health_reports", "ingest_runs",
                                       "managed_tables", "notifications", "reconcile_runs",
-                                      "rollback_proposals", "schema_version"]
+                                      "rollback_proposals", "schema_version", "tune_runs",
+                                      "tune_trials"]
 
 
 def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:
