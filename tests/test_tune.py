@@ -168,6 +168,7 @@ def test_a_planted_corpus_where_small_chunks_win_is_found_and_recorded(
                      "--tokenizer-file", registry_repo.tokenizer_file, "--dsn", dsn,
                      "--trials", "12", "--chunk-size", "60:470", "--overlap", "0:0",
                      "--jaccard", "0.8:0.8", "--prefix-policy", "A", "--seed", "3",
+                     "--objectives", "oracle_hit_rate,filter_hit_rate,index_bytes",
                      "--prefer", "filter_hit_rate", "--format", "json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
