@@ -372,3 +372,47 @@ def test_the_dashboard_charts_the_pareto_front_of_the_latest_tuning_run(
     page = render(data)
     assert 'id="tuning"' in page and "Pareto front" in page
     assert f"tuning run {latest['run_id']}" in page
+
+
+# ---------------------------------------------------------------------------------------------
+# The front, the choice, and the cut of hopeless trials (plain values)
+
+
+def _trial(number: int, subset: dict[str, float] | None = None, **metrics: float) -> Any:
+    from registry.tune.study import TrialOutcome
+
+    params = {"chunk_size": 100 + number, "overlap_ratio": 0.1, "jaccard_threshold": 0.8,
+              "prefix_policy": "A"}
+    details = {"subset_metrics": subset} if subset else {}
+    return TrialOutcome(number, params, metrics=dict(metrics), details=details)
+
+
+def test_the_front_holds_the_undominated_trials_and_prefer_picks_among_them() -> None:
+    from registry.tune.study import TuneSettings, choose, pareto_front
+
+    objectives = ("oracle_hit_rate", "index_bytes")
+    trials = [_trial(0, oracle_hit_rate=0.5, index_bytes=100.0),
+              _trial(1, oracle_hit_rate=0.7, index_bytes=300.0),
+              _trial(2, oracle_hit_rate=0.6, index_bytes=400.0),   # dominated by 1
+              _trial(3, oracle_hit_rate=0.7, index_bytes=300.0)]   # a twin of 1
+    trials[3].details["identical_to"] = 1
+    assert pareto_front(trials, objectives) == [0, 1]
+    front = [trials[0], trials[1]]
+    assert choose(front, TuneSettings(objectives=objectives, prefer="oracle_hit_rate")
+                  ).number == 1
+    assert choose(front, TuneSettings(objectives=objectives, prefer="index_bytes")).number == 0
+
+
+def test_a_trial_is_hopeless_only_when_beaten_clearly_on_every_hit_rate_and_no_worse_else() -> None:
+    from registry.tune.study import hopeless
+
+    objectives = ("oracle_hit_rate", "filter_hit_rate", "index_bytes")
+    done = [_trial(0, {"oracle_hit_rate": 0.9, "filter_hit_rate": 0.6, "index_bytes": 200.0})]
+    done[0].metrics = {"oracle_hit_rate": 0.9}
+    weak = {"oracle_hit_rate": 0.5, "filter_hit_rate": 0.3, "index_bytes": 250.0}
+    assert hopeless(weak, done, objectives, margin=0.1) is done[0]
+    smaller = {**weak, "index_bytes": 150.0}  # it may still win on size: kept
+    assert hopeless(smaller, done, objectives, margin=0.1) is None
+    close = {**weak, "filter_hit_rate": 0.55}  # within the margin on one hit rate: kept
+    assert hopeless(close, done, objectives, margin=0.1) is None
+    assert hopeless(weak, done, ("index_bytes",), margin=0.1) is None
