@@ -124,6 +124,10 @@ def test_every_command_answers_as_the_exit_code_table_says(
         "db url": [(["--dsn", dsn], 0), (["--dsn", " "], 2)],
         "db stop": [([], 0)],
         "notify test": [(["--repo", repo], 1)],
+        "tune": [(["--repo", repo, "--dsn", dsn, "--source", str(corpus), "--cases", str(cases),
+                   "--tokenizer-file", tok, "--chunk-size", "5000"], 1),
+                 (["--repo", repo, "--dsn", dsn, "--source", str(corpus), "--cases", str(cases),
+                   "--tokenizer-file", tok, "--lock-best", "--pr", "--objectives", "size"], 2)],
     }
     commands = leaf_commands()
     mismatches: list[str] = []

@@ -328,10 +328,10 @@ def _stage_metrics(result: EvalResult, rows: TrialRows, index_bytes: int) -> dic
         "avg_snapshot_size": metrics["avg_snapshot_size"],
         "p50_latency_ms": metrics["p50_latency_ms"],
         "p95_latency_ms": metrics["p95_latency_ms"],
-        "rows": float(rows.chunks),
-        "index_bytes": float(index_bytes),
-        "text_bytes": float(rows.text_bytes),
-        "duplicates_removed": float(rows.duplicates_removed),
+        "rows": rows.chunks,
+        "index_bytes": index_bytes,
+        "text_bytes": rows.text_bytes,
+        "duplicates_removed": rows.duplicates_removed,
     }
 
 
