@@ -42,10 +42,22 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
     assert db.query("SELECT version FROM chunk_registry.schema_version") == [(BOOKKEEPING_VERSION,)]
     tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
                       "ORDER BY 1")
-    assert [t for (t,) in tables] == ["eval_runs", "experiment_outcomes", "experiment_stops",
-                                      "health_reports", "ingest_runs", "managed_tables",
-                                      "notifications", "reconcile_runs", "rollback_proposals",
-                                      "schema_version", "served_state", "served_tables"]
+    assert [t for (t,) in tables] == [
+        "eval_runs",
+        "experiment_outcomes",
+        "experiment_stops",
+        "health_reports",
+        "ingest_runs",
+        "managed_tables",
+        "notifications",
+        "reconcile_runs",
+        "rollback_proposals",
+        "schema_version",
+        "served_state",
+        "served_tables",
+        "tune_runs",
+        "tune_trials",
+    ]
 
 
 def test_a_version_1_schema_is_migrated_in_place(dsn: str) -> None:

@@ -132,6 +132,10 @@ def test_every_command_answers_as_the_exit_code_table_says(
         "experiment set-share": [(["0.5", "--repo", repo], 7)],
         "experiment end": [(["--repo", repo], 7)],
         "experiment report": [(["--repo", repo, "--dsn", dsn], 7)],
+        "tune": [(["--repo", repo, "--dsn", dsn, "--source", str(corpus), "--cases", str(cases),
+                   "--tokenizer-file", tok, "--chunk-size", "5000"], 1),
+                 (["--repo", repo, "--dsn", dsn, "--source", str(corpus), "--cases", str(cases),
+                   "--tokenizer-file", tok, "--lock-best", "--pr", "--objectives", "size"], 2)],
     }
     commands = leaf_commands()
     mismatches: list[str] = []

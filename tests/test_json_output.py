@@ -99,6 +99,8 @@ def lifecycle(registry_repo: RegistryRepo, dsn: str, tmp_path: Path) -> Outputs:
     out.run("show", "show", v1, *repo)
     out.run("runbook", "runbook", v1, *repo)
     out.run("watch-promotion", "watch-promotion", *repo, *db, codes=(0, 1))
+    out.run("tune", "tune", "--source", corpus.path, "--cases", corpus.cases, "--trials", "2",
+            "--chunk-size", "100:300", *repo, *db, *tok)
     out.run("dashboard", "dashboard", "--out", tmp_path / "dash", *repo, *db)
     registry_repo.merge(out.run("change", "promote", v2, *repo)["branch"])
     out.run("change", "rollback", *repo)
@@ -119,6 +121,7 @@ COMMAND_SCHEMAS = {
     "reconcile": ["reconcile"], "status": ["status"], "ingest": ["ingest"],
     "eval": ["eval", "eval-compare"], "health": ["health"], "dashboard": ["dashboard"],
     "watch-promotion": ["watch-promotion"], "db url": ["db-url"], "db stop": ["db-stop"],
+    "tune": ["tune"],
 }
 """Which schema each command's JSON follows."""
 

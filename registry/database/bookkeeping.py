@@ -26,7 +26,7 @@ from registry.timestamps import rfc3339
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 7
+BOOKKEEPING_VERSION = 8
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -49,6 +49,8 @@ OUTCOMES = table("experiment_outcomes")
 EXPERIMENT_STOPS = table("experiment_stops")
 SERVED_CHANNEL = "chunk_registry_served"
 """NOTIFY channel of a served-state change (payload `registry/environment`)."""
+TUNE_RUNS = table("tune_runs")
+TUNE_TRIALS = table("tune_trials")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,8 +346,53 @@ def _migration_7() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
+def _migration_8() -> list[sql.Composed | sql.SQL]:
+    """Tuning runs (`registry tune`): one row per run (its space, objectives, outcome, the
+    chosen trial and the lock it opened) and one per trial (parameters, metrics, whether it is
+    on the Pareto front), each run named by the registry that ran it. `token` names the run's
+    scratch schema and advisory lock, so a later run can tell a dead run (lock free) from a
+    live one, whichever registry started it."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.tune_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            token text NOT NULL UNIQUE,
+            registry text NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            finished_at timestamptz,
+            status text NOT NULL
+                CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+            source text NOT NULL,
+            cases_file text NOT NULL,
+            cases integer NOT NULL CHECK (cases >= 0),
+            base_version text,
+            space jsonb NOT NULL,
+            objectives jsonb NOT NULL,
+            prefer text NOT NULL,
+            scratch_schema text NOT NULL,
+            best_trial integer,
+            locked jsonb,
+            error text,
+            details jsonb NOT NULL DEFAULT '{{}}')""",
+        """CREATE TABLE {s}.tune_trials (
+            run_id bigint NOT NULL REFERENCES {s}.tune_runs (id) ON DELETE CASCADE,
+            number integer NOT NULL CHECK (number >= 0),
+            at timestamptz NOT NULL DEFAULT now(),
+            state text NOT NULL CHECK (state IN ('complete', 'pruned', 'failed')),
+            params jsonb NOT NULL,
+            metrics jsonb NOT NULL DEFAULT '{{}}',
+            pareto boolean NOT NULL DEFAULT false,
+            seconds double precision NOT NULL,
+            details jsonb NOT NULL DEFAULT '{{}}',
+            PRIMARY KEY (run_id, number))""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
-              5: _migration_5, 6: _migration_6, 7: _migration_7}
+              5: _migration_5, 6: _migration_6, 7: _migration_7,
+              8: _migration_8}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -1424,3 +1471,118 @@ def record_experiment_stop(
         assert existing is not None
         return existing
     return ExperimentStop(**{**asdict(stop), "proposed_at": row[0]})
+# tune_runs and tune_trials: what `registry tune` tried, measured and chose
+
+TUNE_INTERRUPTED = ("interrupted: the tune run stopped before it recorded an outcome (process "
+                    "killed or database connection lost); its scratch schema was swept")
+
+
+def start_tune_run(
+    conn: psycopg.Connection[Any], token: str, *, registry: str, source: str, cases_file: str,
+    cases: int,
+    base_version: str | None, space: Mapping[str, Any], objectives: Sequence[str], prefer: str,
+    scratch_schema: str, details: Mapping[str, Any],
+) -> int:
+    row = conn.execute(
+        sql.SQL("INSERT INTO {} (token, registry, status, source, cases_file, cases, "
+                "base_version, space, objectives, prefer, scratch_schema, details) VALUES (%s, "
+                "%s, 'running', %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id").format(
+            TUNE_RUNS),
+        (token, registry, source, cases_file, cases, base_version, Jsonb(dict(space)),
+         Jsonb(list(objectives)), prefer, scratch_schema, Jsonb(dict(details))),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def record_tune_trial(
+    conn: psycopg.Connection[Any], run_id: int, number: int, *, state: str,
+    params: Mapping[str, Any], metrics: Mapping[str, float], seconds: float,
+    details: Mapping[str, Any],
+) -> None:
+    """One finished trial, recorded as soon as it ends (a killed run keeps what it measured)."""
+    conn.execute(
+        sql.SQL("INSERT INTO {} (run_id, number, state, params, metrics, seconds, details) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(TUNE_TRIALS),
+        (run_id, number, state, Jsonb(dict(params)), Jsonb(dict(metrics)), seconds,
+         Jsonb(dict(details))),
+    )
+
+
+def finish_tune_run(
+    conn: psycopg.Connection[Any], run_id: int, status: str, *, best_trial: int | None = None,
+    pareto: Sequence[int] = (), error: str | None = None, details: Mapping[str, Any] | None = None,
+) -> None:
+    """The run's outcome, and which of its trials are on the Pareto front."""
+    conn.execute(
+        sql.SQL("UPDATE {} SET pareto = (number = ANY(%s)) WHERE run_id = %s").format(
+            TUNE_TRIALS), (list(pareto), run_id))
+    conn.execute(
+        sql.SQL("UPDATE {} SET status = %s, finished_at = now(), best_trial = %s, error = %s, "
+                "details = details || %s WHERE id = %s").format(TUNE_RUNS),
+        (status, best_trial, error, Jsonb(dict(details or {})), run_id))
+
+
+def set_tune_locked(conn: psycopg.Connection[Any], run_id: int, locked: Mapping[str, Any]) -> None:
+    """The lock `--lock-best` opened for the run's chosen trial."""
+    conn.execute(sql.SQL("UPDATE {} SET locked = %s WHERE id = %s").format(TUNE_RUNS),
+                 (Jsonb(dict(locked)), run_id))
+
+
+def running_tune_runs(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
+    """(id, token) of every run recorded as running: alive, or killed before its outcome."""
+    rows = conn.execute(sql.SQL("SELECT id, token FROM {} WHERE status = 'running' "
+                                "ORDER BY id").format(TUNE_RUNS)).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def mark_tune_run_interrupted(conn: psycopg.Connection[Any], run_id: int) -> None:
+    conn.execute(sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(), error = %s "
+                         "WHERE id = %s AND status = 'running'").format(TUNE_RUNS),
+                 (TUNE_INTERRUPTED, run_id))
+
+
+@dataclass(frozen=True)
+class TuneTrialRecord:
+    number: int
+    state: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    pareto: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TuneRunRecord:
+    """The latest finished tuning run, with its trials (what the dashboard charts)."""
+
+    run_id: int
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    objectives: list[str]
+    prefer: str
+    best_trial: int | None
+    locked: dict[str, Any] | None
+    trials: list[TuneTrialRecord]
+
+
+def latest_tune_run(conn: psycopg.Connection[Any],
+                    registries: Sequence[str]) -> TuneRunRecord | None:
+    """The newest run of `registries` that finished with trials (succeeded), None when there
+    is none or the database predates tuning."""
+    if not exists(conn, "tune_runs"):
+        return None
+    row = conn.execute(sql.SQL(
+        "SELECT id, started_at, finished_at, status, objectives, prefer, best_trial, locked "
+        "FROM {} WHERE status = 'succeeded' AND registry = ANY(%s) ORDER BY id DESC LIMIT 1"
+    ).format(TUNE_RUNS), (list(registries),)).fetchone()
+    if row is None:
+        return None
+    trials = [TuneTrialRecord(int(t[0]), str(t[1]), dict(t[2]), dict(t[3]), bool(t[4]),
+                              float(t[5]))
+              for t in conn.execute(sql.SQL(
+                  "SELECT number, state, params, metrics, pareto, seconds FROM {} "
+                  "WHERE run_id = %s ORDER BY number").format(TUNE_TRIALS), (row[0],))]
+    return TuneRunRecord(int(row[0]), row[1], row[2], str(row[3]), list(row[4]), str(row[5]),
+                         row[6], dict(row[7]) if row[7] else None, trials)

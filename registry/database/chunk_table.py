@@ -195,20 +195,34 @@ def relation_marker(conn: psycopg.Connection[Any], schema: str, name: str) -> Ma
     return read_marker(row[0] if row else None)
 
 
+BM25_TSV = "GENERATED ALWAYS AS (to_tsvector('english', bm25_text)) STORED"
+"""How a chunk table computes bm25_tsv, what retrieval searches."""
+
+
+def search_index_ddl(schema: str, table: str) -> sql.Composed:
+    """The full-text index retrieval reads (`bm25_tsv @@ query`)."""
+    return sql.SQL("CREATE INDEX {} ON {} USING gin (bm25_tsv)").format(
+        sql.Identifier(f"{table}_tsv"), sql.Identifier(schema, table))
+
+
 def table_ddl(
     schema: str, table: str, *, chunk_version: str, config_hash: str, prefix_policy: str,
-    chunk_size: int, token_budget: int, registry: str | None = None,
+    chunk_size: int, token_budget: int, registry: str | None = None, unlogged: bool = False,
+    marker: bool = True, generated_tsv: bool = True,
 ) -> list[sql.Composed]:
     """The versioned table. A partial index holds exactly the rows the health check counts as
     unhealthy (prefix leakage, over budget; `unhealthy_rows`, evaluated by PostgreSQL as rows
     are written): it is empty while the table is healthy, costs next to nothing to write, and
     lets the check read only those rows plus a count(*), never the whole heap. The
     CHECKs make rows of another version or ingest run impossible rather than something to
-    look for."""
+    look for. `unlogged`, without `marker` and `generated_tsv`: a `registry tune` trial's
+    scratch table, never the registry's, whose bm25_tsv is written with the very values the
+    generated column would hold (`to_tsvector('english', bm25_text)`, computed once per distinct
+    text of a tuning run)."""
     t = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-    return [
+    statements = [
         sql.SQL(
-            "CREATE TABLE {t} ("
+            "CREATE {kind} {t} ("
             "chunk_index integer NOT NULL CHECK (chunk_index >= 0), "
             "embedding_token_count integer NOT NULL, "
             "bm25_token_count integer NOT NULL, "
@@ -219,18 +233,22 @@ def table_ddl(
             "bm25_text text NOT NULL, "
             "chunk_version text NOT NULL CHECK (chunk_version = {version}), "
             "ingest_run_id text NOT NULL CHECK (ingest_run_id = {run}), "
-            "bm25_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', bm25_text)) STORED)"
-        ).format(t=t, version=sql.Literal(chunk_version),
+            "bm25_tsv tsvector {tsv})"
+        ).format(kind=sql.SQL("UNLOGGED TABLE" if unlogged else "TABLE"), t=t,
+                 tsv=sql.SQL(BM25_TSV if generated_tsv else "NOT NULL"),
+                 version=sql.Literal(chunk_version),
                  run=sql.Literal(ingest_run_id_for(chunk_version, config_hash))),
         sql.SQL("CREATE INDEX {} ON {} (doc_id, chunk_index)").format(
             sql.Identifier(f"{table}_doc"), t),
-        sql.SQL("CREATE INDEX {} ON {} USING gin (bm25_tsv)").format(
-            sql.Identifier(f"{table}_tsv"), t),
+        search_index_ddl(schema, table),
         sql.SQL("CREATE INDEX {} ON {} (chunk_index) WHERE {}").format(
             sql.Identifier(f"{table}_bad"), t,
             unhealthy_rows(prefix_policy, chunk_size, token_budget)),
-        marker_ddl("TABLE", schema, table, Marker(registry, chunk_version, config_hash)),
     ]
+    if marker:
+        statements.append(marker_ddl("TABLE", schema, table,
+                                     Marker(registry, chunk_version, config_hash)))
+    return statements
 
 
 def view_ddl(schema: str, view: str, table: str) -> sql.Composed:

@@ -63,6 +63,12 @@ def ingest_lock_key(ingest_run_id: str) -> int:
     return _advisory_key(f"chunk-registry ingest {ingest_run_id}")
 
 
+def tune_lock_key(token: str) -> int:
+    """The advisory lock a `registry tune` run holds while it lives: its scratch schema is
+    swept by a later run only once this lock is free (the run ended, however it ended)."""
+    return _advisory_key(f"chunk-registry tune {token}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Where the database is
 

@@ -705,6 +705,29 @@ _WORD_EDGE = re.compile(r"(?<=\w)(?=[^\w\s])|(?<=[^\w\s])(?=\w)")
 _EDGE_WINDOW = 4096
 
 
+@dataclass
+class SharedLayout:
+    """What every config of one tokenizer reads alike, kept across the Chunkers of many configs
+    (`registry tune`): the tokenizer's facts (whether it splits on whitespace, the prefix
+    skeleton's and the path separator's token counts), title token counts, and each encoded
+    document's sections in tokens (keyed by the encoding object, which the owner keeps alive
+    as long as this), and the shingle sets of the pieces already cut. Only the windows, the
+    dedup decisions and the prefixes are then computed per config."""
+
+    facts: tuple[bool, dict[str, int], int] | None = None
+    title_counts: dict[str, int] = field(default_factory=dict)
+    sections: dict[int, tuple[list[tuple[str, int, list[int], int]], int]] = field(
+        default_factory=dict)
+    shingles: dict[tuple[int, int, int], Shingles] = field(default_factory=dict)
+    """Shingle sets by (encoding, character span): a piece many configs cut alike (a section
+    shorter than their chunk sizes) is shingled once."""
+    shingle_values: int = 0
+
+
+SHARED_SHINGLES_MAX = 20_000_000
+"""Shingles kept across configs (8 bytes each); past this the cache starts over."""
+
+
 class Chunker:
     """Chunks documents exactly as one locked config says, with that config's tokenizer.
 
@@ -714,7 +737,8 @@ class Chunker:
     """
 
     def __init__(self, config: LockedConfig, tokenizer: Tokenizer,
-                 *, dedup: bool = True, corpus: bool = False) -> None:
+                 *, dedup: bool = True, corpus: bool = False,
+                 shared: SharedLayout | None = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.size = config.chunk_size
@@ -728,10 +752,16 @@ class Chunker:
         self._config_hash = config.config_hash
         self._version = config.chunk_version
         self._run_id = config.ingest_run_id
-        self.additive = splits_on_whitespace(tokenizer)
-        self._skeleton = {kind: self._count(prefix_text("", "", kind)) for kind in KINDS}
-        self._separator = self._count(" > ")
-        self._title_counts: dict[str, int] = {}
+        self._shared = shared
+        if shared is not None and shared.facts is not None:
+            self.additive, self._skeleton, self._separator = shared.facts
+        else:
+            self.additive = splits_on_whitespace(tokenizer)
+            self._skeleton = {kind: self._count(prefix_text("", "", kind)) for kind in KINDS}
+            self._separator = self._count(" > ")
+            if shared is not None:
+                shared.facts = (self.additive, self._skeleton, self._separator)
+        self._title_counts: dict[str, int] = shared.title_counts if shared is not None else {}
         self._fitted: dict[tuple[str, str, str, int], tuple[str, int]] = {}
 
     # -- public ---------------------------------------------------------------------------------
@@ -742,6 +772,18 @@ class Chunker:
     def chunk_many(self, documents: Sequence[Document]) -> list[ChunkedDocument]:
         """Chunk a batch of documents with one `encode_batch` call."""
         return self._finish(documents, self._encode(documents))
+
+    def encode(self, documents: Sequence[Document]) -> list[Encoded]:
+        """The encodings `chunk_encoded` takes: what depends on the tokenizer alone, so one
+        encoding serves every config of that tokenizer (`registry tune` encodes a corpus once
+        and re-windows it per trial)."""
+        return self._encode(documents)
+
+    def chunk_encoded(self, documents: Sequence[Document],
+                      encodings: Sequence[Encoded]) -> list[ChunkedDocument]:
+        """Chunk documents already encoded by `encode` (with this tokenizer): the same chunks
+        as `chunk_many`, without encoding them again."""
+        return self._finish(documents, encodings)
 
     def chunk_stream(self, batches: Iterable[Sequence[Document]]) -> Iterator[ChunkedDocument]:
         """Chunk batch after batch, encoding the next batch (GIL released) while this one is cut."""
@@ -783,7 +825,7 @@ class Chunker:
                     groups.append(number)
             results.append(result)
             planned.append(pieces)
-        sets = shingle_sets([piece.body for piece in alive])
+        sets = self._shingle_sets(alive, [encodings[number] for number in groups])
         if self.dedup:
             for piece, keep, number in zip(alive, dedup_exact(sets, self.threshold, groups),
                                            groups, strict=True):
@@ -815,12 +857,45 @@ class Chunker:
                 self._remeasure(result)
         return results
 
+    def _shingle_sets(self, alive: list[_Piece], encodings: list[Encoded]) -> ShingleSets:
+        """The pieces' shingle sets; with a SharedLayout, a piece already shingled by another
+        config (same document, same character span) is not shingled again."""
+        if self._shared is None:
+            return shingle_sets([piece.body for piece in alive])
+        cache = self._shared.shingles
+        keys = [(id(encoding), piece.char_start, piece.char_end)
+                for piece, encoding in zip(alive, encodings, strict=True)]
+        missing = [index for index, key in enumerate(keys) if key not in cache]
+        if missing:
+            if self._shared.shingle_values > SHARED_SHINGLES_MAX:
+                cache.clear()
+                self._shared.shingle_values = 0
+                missing = list(range(len(keys)))
+            fresh = shingle_sets([alive[index].body for index in missing])
+            for position, index in enumerate(missing):
+                cache[keys[index]] = fresh[position]
+            self._shared.shingle_values += len(fresh.values)
+        arrays = [cache[key] for key in keys]
+        values = np.concatenate(arrays) if arrays else EMPTY_SHINGLES
+        bounds = np.concatenate(([0], np.cumsum([len(a) for a in arrays], dtype=np.int64)))
+        return ShingleSets(values.astype(np.uint64, copy=False), bounds.astype(np.int64))
+
     def _pieces(self, document: Document, encoding: Encoded,
                 result: ChunkedDocument) -> list[_Piece]:
         """The planned pieces of one document, measured; those under MIN_CHUNK_TOKENS unkept."""
         kind = document.kind if document.kind in KINDS else "text"
         pieces: list[_Piece] = []
-        sections = self._token_sections(document.text, kind, encoding, result)
+        sections: Iterable[tuple[str, int, list[int], int]]
+        if self._shared is None:
+            sections = self._token_sections(document.text, kind, encoding, result)
+        else:
+            key = id(encoding)
+            if key not in self._shared.sections:
+                counted = ChunkedDocument(document.doc_id, [], [], [])
+                found = list(self._token_sections(document.text, kind, encoding, counted))
+                self._shared.sections[key] = (found, counted.header_only)
+            sections, header_only = self._shared.sections[key]
+            result.header_only += header_only
         for number, (path, path_count, starts, end) in enumerate(sections):
             pieces.extend(_Piece(number, path, path_count, s, e)
                           for s, e in self._plan(encoding, starts, end))

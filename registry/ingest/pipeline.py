@@ -684,7 +684,7 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
             copy.set_types(COPY_TYPES)
             for batch, chunked in chunk_corpus(spec, batches(items, problem), report.workers):
                 for document, result in zip(batch, chunked, strict=True):
-                    rows = _keep(result, deduplicator, seen_ids, owners, report)
+                    rows = keep_rows(result, deduplicator, seen_ids, owners, report)
                     for row in rows:
                         copy.write_row(row)
                     report.documents += 1
@@ -775,7 +775,7 @@ def _apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
     ).format(table=table, cols=columns, staged=STAGED))
 
 
-def _keep(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
+def keep_rows(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
           seen_ids: dict[bytes, str], owners: dict[int, str], report: IngestReport
           ) -> list[tuple[Any, ...]]:
     """The rows of one document that survive corpus dedup and identical ids, renumbered; a

@@ -30,7 +30,7 @@ import psycopg
 
 from registry.config import ProductionConfig
 from registry.database import bookkeeping
-from registry.database.bookkeeping import ComparisonRecord, ProposedRollback
+from registry.database.bookkeeping import ComparisonRecord, ProposedRollback, TuneRunRecord
 from registry.errors import UsageError
 from registry.quality import gate
 from registry.quality.gate import GateVerdict
@@ -222,6 +222,8 @@ class DashboardData:
     disagreement: ProductionDisagreement | None = None
     reconciled_commit: bool = False
     """The last reconcile run was on the commit the page was built from."""
+    tuning: TuneRunRecord | None = None
+    """The latest successful `registry tune` run, charted as its Pareto front."""
 
     @property
     def reports(self) -> int:
@@ -405,6 +407,7 @@ def collect(
         refusal=_refusal(last_run, state.settings.production, report.rows),
         disagreement=disagreement,
         reconciled_commit=bool(last_run) and last_run.get("git_commit") == state.commit,
+        tuning=bookkeeping.latest_tune_run(conn, state.settings.identities),
     )
 
 
@@ -791,6 +794,88 @@ def _legend() -> str:
     return f'<div class="legend meta">{"".join(parts)}</div>'
 
 
+TUNING_PANELS = (("oracle_hit_rate", "Oracle hit rate"), ("filter_hit_rate", "Filter hit rate"))
+FRONT_COLOR = "#0969da"
+OTHER_COLOR = "#8c959f"
+
+
+def tuning_figure(run: TuneRunRecord) -> dict[str, Any]:
+    """The latest tuning run: each hit rate against the index size (MB), one point per trial;
+    the Pareto front (over all the run's objectives) in blue and joined by a line, the other
+    complete trials grey, pruned trials as hollow circles (their first-stage figures)."""
+    traces: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {
+        "height": 380, "margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "showlegend": True,
+        "legend": {"orientation": "h", "y": -0.2},
+        "template": {"layout": {"paper_bgcolor": "#fff", "plot_bgcolor": "#fff"}},
+        "hovermode": "closest",
+        "font": {"family": "system-ui, sans-serif", "size": 12, "color": "#1f2328"},
+        "annotations": [],
+    }
+    groups = (("Pareto front", [t for t in run.trials if t.pareto], FRONT_COLOR, "circle"),
+              ("other trials", [t for t in run.trials if t.state == "complete" and not t.pareto],
+               OTHER_COLOR, "circle"),
+              ("pruned (first stage)", [t for t in run.trials if t.state == "pruned"],
+               OTHER_COLOR, "circle-open"))
+    for column, (key, title) in enumerate(TUNING_PANELS, start=1):
+        suffix = "" if column == 1 else str(column)
+        left = (column - 1) / len(TUNING_PANELS)
+        layout[f"xaxis{suffix}"] = {"domain": [left + 0.04, left + 0.46], "anchor": f"y{suffix}",
+                                    "title": {"text": "index size (MB)"}, "gridcolor": "#eaeef2",
+                                    "rangemode": "tozero"}
+        layout[f"yaxis{suffix}"] = {"domain": [0, 0.9], "anchor": f"x{suffix}", "range": [0, 1.02],
+                                    "title": {"text": title}, "gridcolor": "#eaeef2"}
+        layout["annotations"].append({
+            "text": title, "x": left + 0.04, "y": 1.0, "xref": "paper", "yref": "paper",
+            "xanchor": "left", "yanchor": "bottom", "showarrow": False, "font": {"size": 13}})
+        for name, trials, color, symbol in groups:
+            points = sorted((t for t in trials if key in t.metrics and "index_bytes" in t.metrics),
+                            key=lambda t: t.metrics["index_bytes"])
+            front = name == "Pareto front"
+            traces.append({
+                "type": "scatter", "xaxis": f"x{suffix}", "yaxis": f"y{suffix}", "name": name,
+                "legendgroup": name, "showlegend": column == 1,
+                "mode": "lines+markers" if front else "markers",
+                "x": [round(t.metrics["index_bytes"] / 1e6, 4) for t in points],
+                "y": [t.metrics[key] for t in points],
+                "customdata": [_trial_note(t) for t in points],
+                "marker": {"size": 9 if front else 7, "color": color, "symbol": symbol},
+                "line": {"color": color, "width": 1.2, "shape": "hv"},
+                "hovertemplate": "%{customdata}<extra></extra>",
+            })
+    return {"data": traces, "layout": layout}
+
+
+def _trial_note(trial: Any) -> str:
+    p, m = trial.params, trial.metrics
+    return (f"trial #{trial.number}: {p.get('chunk_size')}/{p.get('overlap_ratio', 0):.2f}/"
+            f"J={p.get('jaccard_threshold')}/prefix-{p.get('prefix_policy')}<br>"
+            f"oracle {m.get('oracle_hit_rate', 0):.3f}, filter {m.get('filter_hit_rate', 0):.3f}"
+            f"<br>{m.get('rows', 0):,.0f} rows, {m.get('index_bytes', 0) / 1e6:.2f} MB, "
+            f"p50 {m.get('p50_latency_ms', 0):.2f} ms ({trial.state})")
+
+
+def _tuning_html(run: TuneRunRecord | None, plot_config: dict[str, Any]) -> str:
+    if run is None:
+        return ""
+    fig = tuning_figure(run)
+    args = ", ".join(_script_json(v) for v in ("chart-tuning", fig["data"], fig["layout"],
+                                                plot_config))
+    front = [t for t in run.trials if t.pareto]
+    best = next((t for t in run.trials if t.number == run.best_trial), None)
+    chosen = (f" · chosen (prefer {_esc(run.prefer)}): trial #{best.number} "
+              f"<code>{_esc(_trial_note(best).split('<br>')[0].split(': ', 1)[1])}</code>"
+              if best else "")
+    locked = (f" · locked as <code>{_esc(run.locked.get('chunk_version'))}</code>"
+              if run.locked else "")
+    return (f'<section id="tuning"><div class="card"><h2>Tuning: Pareto front of tuning run '
+            f"{run.run_id}</h2><div class=\"meta\">{len(run.trials)} trials, {len(front)} on "
+            f"the front (objectives {_esc(', '.join(run.objectives))}), "
+            f"{_esc(_when(run.finished_at or run.started_at))}{chosen}{locked}</div>"
+            f'<div id="chart-tuning" class="chart"></div>'
+            f"<script>Plotly.newPlot({args});</script></div></section>")
+
+
 def render(data: DashboardData) -> str:
     """The whole page: plotly.js inlined once, then one figure per config."""
     from plotly.offline import get_plotlyjs
@@ -834,6 +919,7 @@ def render(data: DashboardData) -> str:
         "</div></section>"
         f'<section id="configs"><div class="card"><h2>Configs</h2>{_configs_table(data)}'
         f"{_legend()}</div></section>"
+        + _tuning_html(data.tuning, plot_config)
         + "".join(sections)
         + "</body></html>\n"
     )
