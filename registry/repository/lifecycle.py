@@ -243,7 +243,7 @@ def place_branch(git: Git, branch: str, commit: str, base: str, push: bool) -> t
     local = git.resolve(f"refs/heads/{branch}")
     reused = False
     for where, existing in (("at origin ", remote), ("", local)):
-        if existing is None or existing == commit or git.is_ancestor(existing, base):
+        if existing is None or git.is_ancestor(existing, base):
             continue
         if git.tree_of(existing) == tree:
             commit, reused = (commit, True) if reused else (existing, True)
