@@ -185,6 +185,8 @@ class IngestReport:
     """Vectors embedded by the model in this run, and found in the embedding cache."""
     embed_seconds: float = 0.0
     """Seconds in the model itself: the floor of the run's time."""
+    embedding_stage_seconds: float = 0.0
+    """Seconds in the embedding stage: the model, and the cache's look-ups and writes."""
     problems: list[SourceProblem] = field(default_factory=list)
     ingested: int = 0
     """Documents with at least one row in the table (under their doc_id)."""
@@ -782,6 +784,7 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
                     counts = passages.counts
                     report.vectors_computed, report.vectors_reused = counts.computed, counts.reused
                     report.embed_seconds = round(counts.model_seconds, 3)
+                    report.embedding_stage_seconds = round(counts.stage_seconds, 3)
                     faults.point("ingest", "copy_batch")
                     show()
     finally:

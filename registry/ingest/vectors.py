@@ -45,6 +45,8 @@ class EmbeddingCounts:
     computed: int = 0
     reused: int = 0
     model_seconds: float = 0.0
+    stage_seconds: float = 0.0
+    """The whole stage: cache look-ups and writes, and the model."""
 
 
 def text_key(text: str) -> bytes:
@@ -73,6 +75,7 @@ class PassageEmbedder:
 
     def vectors(self, embedding_texts: list[str]) -> Vectors:
         """One row per text, in order."""
+        began = time.monotonic()
         texts = [self._prefix + text for text in embedding_texts]
         keys = [text_key(text) for text in texts]
         distinct = list(dict.fromkeys(keys))
@@ -98,6 +101,7 @@ class PassageEmbedder:
             else:
                 self.counts.reused += 1
         out: Vectors = np.stack([found[key] for key in keys]).astype(np.float32)
+        self.counts.stage_seconds += time.monotonic() - began
         return out
 
 
