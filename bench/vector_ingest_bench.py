@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
+from psycopg import sql
 
 from bench.fair import cpus, is_busy, load_average, load_line
 from bench.pgtemp import throwaway_database
@@ -49,7 +50,7 @@ from tests.helpers import RegistryRepo
 MODEL = "all-MiniLM-L6-v2-int8"
 WORDS = ("registry chunk token budget overlap jaccard duplicate prefix lock promotion rollback "
          "reconciler shadow table embedding retrieval drift health eval cache vector index "
-         "postgres query passage model fingerprint config version schema").split()
+         "postgres query passage model fingerprint config version schema").split()  # noqa: SIM905
 
 
 def write_corpus(root: Path, documents: int, seed: int = 11) -> Path:
@@ -86,8 +87,8 @@ def clear_cache(dsn: str) -> None:
 def passages(dsn: str, version: str) -> list[str]:
     table = "document_chunks_" + version.replace("-", "_")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(f'SELECT embedding_text FROM public."{table}" ORDER BY doc_id, '
-                            "chunk_index").fetchall()
+        rows = conn.execute(sql.SQL("SELECT embedding_text FROM {} ORDER BY doc_id, chunk_index"
+                                    ).format(sql.Identifier("public", table))).fetchall()
     return [row[0] for row in rows]
 
 
@@ -111,11 +112,10 @@ def timed_ingest(repo: RegistryRepo, version: str, source: Path, dsn: str) -> tu
 
 def memory_run(dsn: str, documents: int, chunk_size: int) -> None:
     """In a fresh process: a cold ingest of `documents`; prints its peak RSS as JSON."""
-    with tempfile.TemporaryDirectory() as tmp:
-        with throwaway_database(dsn) as database:
-            repo, cold, _ = setup(Path(tmp), database, chunk_size)
-            source = write_corpus(Path(tmp) / "corpus", documents)
-            _, report = timed_ingest(repo, cold, source, database)
+    with tempfile.TemporaryDirectory() as tmp, throwaway_database(dsn) as database:
+        repo, cold, _ = setup(Path(tmp), database, chunk_size)
+        source = write_corpus(Path(tmp) / "corpus", documents)
+        _, report = timed_ingest(repo, cold, source, database)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"documents": documents, "chunks": report.chunks,
                       "peak_rss_mb": round(peak_kb / 1024)}))
@@ -185,8 +185,9 @@ def run(args: argparse.Namespace, admin: str, stack: ExitStack) -> None:
     warm_seconds, warm_report = timed_ingest(repo, warm, source, dsn)
     hits = warm_report.vectors_reused / max(warm_report.chunks, 1)
     stage_ratio = cold_stage / max(warm_report.embedding_stage_seconds, 1e-6)
-    print(f"  re-ingest, only Jaccard changed: embedding stage {warm_report.embedding_stage_seconds:.3f}s "
-          f"vs cold {cold_stage:.2f}s = {stage_ratio:.0f}x faster (goal >= 20x); cache hit "
+    warm_stage = warm_report.embedding_stage_seconds
+    print(f"  re-ingest, only Jaccard changed: embedding stage {warm_stage:.3f}s vs cold "
+          f"{cold_stage:.2f}s = {stage_ratio:.0f}x faster (goal >= 20x); cache hit "
           f"rate {hits:.1%} ({warm_report.vectors_reused} reused, "
           f"{warm_report.vectors_computed} computed); end to end {warm_seconds:.2f}s vs "
           f"{e2e:.2f}s = {e2e / warm_seconds:.1f}x{label}")
