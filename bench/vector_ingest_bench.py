@@ -48,9 +48,12 @@ from registry.ingest.vectors import EMBED_BATCH
 from tests.helpers import RegistryRepo
 
 MODEL = "all-MiniLM-L6-v2-int8"
-WORDS = ("registry chunk token budget overlap jaccard duplicate prefix lock promotion rollback "
-         "reconciler shadow table embedding retrieval drift health eval cache vector index "
-         "postgres query passage model fingerprint config version schema").split()  # noqa: SIM905
+WORDS = [
+    "registry", "chunk", "token", "budget", "overlap", "jaccard", "duplicate", "prefix",
+    "lock", "promotion", "rollback", "reconciler", "shadow", "table", "embedding",
+    "retrieval", "drift", "health", "eval", "cache", "vector", "index", "postgres", "query",
+    "passage", "model", "fingerprint", "config", "version", "schema"
+]
 
 
 def write_corpus(root: Path, documents: int, seed: int = 11) -> Path:
