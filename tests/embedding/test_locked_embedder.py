@@ -59,6 +59,7 @@ def test_a_format_1_config_is_still_valid_and_means_bm25_only() -> None:
     ({"embedder": {**ONNX.to_dict(), "fingerprint": None}}, "embedder.fingerprint"),
     ({"embedder": {**ONNX.to_dict(), "dimension": "384"}}, "embedder.dimension"),
     ({"embedder": {**ONNX.to_dict(), "colour": "red"}}, "unknown field colour"),
+    ({"embedder": {**ONNX.to_dict(), "model_hash": None}}, "an onnx embedder needs model_hash"),
 ])
 def test_the_schema_ties_the_embedder_to_format_2(change: dict[str, Any], expected: str) -> None:
     data = {**V2, **change}
@@ -197,3 +198,14 @@ def test_an_onnx_embedder_whose_files_are_missing_is_one_line(tmp_path: Path) ->
     with pytest.raises(EmbedderError) as caught:
         embedder_for(config, model_file=tmp_path / "none.onnx")
     assert "\n" not in str(caught.value)
+
+
+def test_validate_reports_an_embedder_rule_at_its_line(registry_repo: RegistryRepo) -> None:
+    version = "2025-09-07-143022-v1"
+    data = {**V2, "chunk_version": version,
+            "embedder": {**ONNX.to_dict(), "model_hash": None}}
+    registry_repo.write(f"configs/{version}.yaml", _text(data).decode())
+    result = run_cli("validate", "--repo", registry_repo.path)
+    assert result.code == 1
+    line = next(line for line in result.stdout.splitlines() if "model_hash" in line)
+    assert f"configs/{version}.yaml:" in line and "an onnx embedder needs model_hash" in line
