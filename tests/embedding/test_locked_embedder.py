@@ -119,6 +119,10 @@ def test_lock_pins_an_installed_onnx_embedder(registry_repo: RegistryRepo,
     assert config.tokenizer_hash == spec.tokenizer_hash == file_hash(tokenizer_file)
     assert spec.passage_prefix == "passage: " and spec.query_prefix == "query: "
     assert config.embedder_name == spec.name and config.embedder_max_tokens == 256
+    show = run_cli("show", version, "--repo", registry_repo.path)
+    assert "onnx all-MiniLM-L6-v2-int8, dimension 384, normalized" in show.stdout
+    listed = run_cli("list", "--repo", registry_repo.path)
+    assert "all-MiniLM-L6-v2-int8 (onnx, 384d)" in listed.stdout
     validate = run_cli("validate", "--repo", registry_repo.path, "--tokenizer-file",
                        f"{config.tokenizer_name}={tokenizer_file}")
     assert validate.code == 0, validate.stdout + validate.stderr
