@@ -107,6 +107,8 @@ def pin_embedder(choice: EmbedderChoice) -> tuple[EmbedderSpec, Path | None]:
 def lock(repo: Path, *, pr: bool = False, push: bool = False,
          embedder_choice: EmbedderChoice | None = None, **parameters: Any) -> Locked:
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
     if embedder_choice is not None and embedder_choice.chosen:
         spec, own_tokenizer = pin_embedder(embedder_choice)
         parameters["embedder_spec"] = spec
@@ -115,8 +117,11 @@ def lock(repo: Path, *, pr: bool = False, push: bool = False,
         if parameters.get("tokenizer") is None:
             parameters["tokenizer"] = spec.name
     result = lifecycle.lock(git, push=push or pr, **parameters)
-    return Locked(result, lifecycle.propose_change(git, result.branch, result.base) if pr
-                  else None)
+    if not pr:
+        return Locked(result, None)
+    return Locked(result, lifecycle.propose_pushed(git, result.branch, result.base,
+                                                   result.commit,
+                                                   "the same `registry lock ... --pr`"))
 
 
 def tokenizer_files(items: list[str]) -> dict[str, Path]:
@@ -150,7 +155,7 @@ def config_row(state: RegistryState, version: str, tags: Mapping[str, Any]) -> d
         "label": config.label(),
         "config_hash": config.config_hash,
         "ingest_run_id": config.ingest_run_id,
-        "table": state.settings.table_name(version),
+        "table": f"{state.settings.schema}.{state.settings.table_name(version)}",
         "overlap_tokens": config.overlap_tokens,
         "tag": tag_name if tag_name in tags else None,
         "is_production": state.is_production(version),
