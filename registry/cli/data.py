@@ -53,6 +53,13 @@ def ingest(
                                    "--into-production: refuse when more than this share of the "
                                    "documents would be removed or replaced (default 0.25).")
     ] = None,
+    embedder_model: Annotated[
+        Path | None, typer.Option(help="The .onnx file of the config's onnx embedder, when no "
+                                  "installed model package has it (its hash must be the lock's).")
+    ] = None,
+    embedder_tokenizer: Annotated[
+        Path | None, typer.Option(help="The onnx embedder's tokenizer.json, with --embedder-model.")
+    ] = None,
     fmt: FormatOpt = "text",
     environment: EnvironmentOpt = None,
 ) -> None:
@@ -66,7 +73,8 @@ def ingest(
                      max_document_bytes=int(max_document_mb * 1024 * 1024),
                      on_progress=on_progress, on_problem=on_problem,
                      into_production=into_production, max_change=max_change,
-                     environment=environment)
+                     environment=environment,
+                     embedder_model=embedder_model, embedder_tokenizer=embedder_tokenizer)
     if fmt == "json":
         emit_json(report.to_dict())
         return

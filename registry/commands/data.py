@@ -34,6 +34,8 @@ def ingest(
     into_production: bool = False,
     max_change: float | None = None,
     environment: str | None = None,
+    embedder_model: Path | None = None,
+    embedder_tokenizer: Path | None = None,
 ) -> pipeline.IngestReport:
     """The locked config as committed on the main branch (or `ref`), ingested into its table
     (of `environment`, default production) on the database in force."""
@@ -42,7 +44,8 @@ def ingest(
                            tokenizer_file=tokenizer_file, dedup=dedup, workers=workers,
                            strict=strict, max_document_bytes=max_document_bytes,
                            on_progress=on_progress, on_problem=on_problem,
-                           into_production=into_production, max_change=max_change)
+                           into_production=into_production, max_change=max_change,
+                           embedder_model=embedder_model, embedder_tokenizer=embedder_tokenizer)
 
 
 @dataclass

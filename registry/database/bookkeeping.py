@@ -26,7 +26,7 @@ from registry.timestamps import rfc3339
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 8
+BOOKKEEPING_VERSION = 9
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -51,6 +51,7 @@ SERVED_CHANNEL = "chunk_registry_served"
 """NOTIFY channel of a served-state change (payload `registry/environment`)."""
 TUNE_RUNS = table("tune_runs")
 TUNE_TRIALS = table("tune_trials")
+EMBEDDING_CACHE = table("embedding_cache")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,10 +390,29 @@ def _migration_8() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
+def _migration_9() -> list[sql.Composed | sql.SQL]:
+    """The embedding cache: vectors keyed by what decides them, the embedder's fingerprint and
+    normalization and the sha256 of the exact text embedded (passage prefix included), so a
+    config whose chunks repeat an earlier one's (another Jaccard threshold, prefix policy B
+    after A) embeds only what is new. Plain bytea (float32, little-endian): no pgvector
+    needed in the bookkeeping schema. Shared by every registry of the database: an entry is
+    what one model gives one text, whoever asked."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.embedding_cache (
+            fingerprint text NOT NULL,
+            normalized boolean NOT NULL,
+            text_sha256 bytea NOT NULL CHECK (octet_length(text_sha256) = 32),
+            vector bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (fingerprint, normalized, text_sha256))""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
 
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
               5: _migration_5, 6: _migration_6, 7: _migration_7,
-              8: _migration_8}
+              8: _migration_8, 9: _migration_9}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -1586,3 +1606,45 @@ def latest_tune_run(conn: psycopg.Connection[Any],
                   "WHERE run_id = %s ORDER BY number").format(TUNE_TRIALS), (row[0],))]
     return TuneRunRecord(int(row[0]), row[1], row[2], str(row[3]), list(row[4]), str(row[5]),
                          row[6], dict(row[7]) if row[7] else None, trials)
+
+
+# embedding_cache: vectors by (fingerprint, normalized, sha256 of the text embedded)
+
+
+def cached_embeddings(
+    conn: psycopg.Connection[Any], fingerprint: str, normalized: bool, keys: Sequence[bytes],
+    dimension: int,
+) -> dict[bytes, Any]:
+    """key -> float32 vector (numpy) for the `keys` the cache holds; vectors of another
+    dimension (a damaged row) are left out, so they are embedded again."""
+    import numpy as np
+
+    if not keys:
+        return {}
+    rows = conn.execute(
+        sql.SQL("SELECT text_sha256, vector FROM {} WHERE fingerprint = %s AND normalized = %s "
+                "AND text_sha256 = ANY(%s)").format(EMBEDDING_CACHE),
+        (fingerprint, normalized, list(keys))).fetchall()
+    found: dict[bytes, Any] = {}
+    for key, raw in rows:
+        if len(raw) == 4 * dimension:
+            found[bytes(key)] = np.frombuffer(bytes(raw), dtype="<f4").astype(np.float32)
+    return found
+
+
+def store_embeddings(
+    conn: psycopg.Connection[Any], fingerprint: str, normalized: bool, keys: Sequence[bytes],
+    vectors: Any,
+) -> None:
+    """Add vectors to the cache in one statement; a key already there (another ingest got it
+    first) is kept: content-addressed, both are the same vector."""
+    import numpy as np
+
+    if not keys:
+        return
+    blobs = [np.asarray(row, dtype="<f4").tobytes() for row in vectors]
+    conn.execute(
+        sql.SQL("INSERT INTO {} (fingerprint, normalized, text_sha256, vector) "
+                "SELECT %s, %s, k, v FROM unnest(%s::bytea[], %s::bytea[]) AS t(k, v) "
+                "ON CONFLICT DO NOTHING").format(EMBEDDING_CACHE),
+        (fingerprint, normalized, list(keys), blobs))

@@ -15,7 +15,15 @@ from psycopg import sql
 from registry.config import LockedConfig, ProductionConfig, ingest_run_id_for
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA, ManagedTable
-from registry.database.chunk_table import Marker, read_marker, table_ddl
+from registry.database.chunk_table import (
+    EMBEDDING_COLUMN,
+    VECTOR_EXTENSION,
+    Marker,
+    VectorColumn,
+    hnsw_index_name,
+    read_marker,
+    table_ddl,
+)
 from registry.quality.gate import GateVerdict
 
 if TYPE_CHECKING:
@@ -37,6 +45,39 @@ class Relation:
         return self.kind == "v"
 
 
+@dataclass(frozen=True)
+class VectorSupport:
+    """pgvector in the target database: where its type lives (None: not created), whether the
+    server has it to create, and whether this role may (superuser, or a trusted extension and
+    CREATE on the database)."""
+
+    database: str
+    type_schema: str | None
+    available: bool
+    can_create: bool
+
+    @property
+    def usable(self) -> bool:
+        """Whether a table with a vector column can be created now (the extension first)."""
+        return self.type_schema is not None or (self.available and self.can_create)
+
+    def refusal(self) -> tuple[str, str]:
+        """(what, how to fix) when it cannot: the admin's one statement, in this database."""
+        statement = f"CREATE EXTENSION {VECTOR_EXTENSION};"
+        if not self.available:
+            return (f"pgvector is not installed on the server of database {self.database}, so "
+                    "the tables of configs that pin an embedder cannot be created",
+                    f"an admin installs pgvector on the server, then runs `{statement}` in "
+                    f"database {self.database}")
+        return (f"the pgvector extension is not created in database {self.database} and this "
+                "role may not create it", f"an admin runs `{statement}` in database "
+                f"{self.database}, then reconcile again")
+
+
+ASSUMED_VECTOR = VectorSupport("(offline)", "public", True, True)
+"""An offline plan's assumption: pgvector is there (a real plan reads the database)."""
+
+
 @dataclass
 class ActualState:
     """What the database holds: bookkeeping rows, look-alike relations, known row counts."""
@@ -52,6 +93,7 @@ class ActualState:
     """table -> row count (or 1/0 for a has-rows probe); None when unknown (offline plan)."""
     served_until: dict[tuple[str, str], datetime | None] = field(default_factory=dict)
     """(schema, table) -> when applications stopped being served it (None: served now)."""
+    vector: VectorSupport = ASSUMED_VECTOR
     shape_drift: dict[str, list[str]] = field(default_factory=dict)
     """table -> how its shape differs from what the reconciler creates (read for the tables
     of the desired configs only; absent: not compared, or no difference)."""
@@ -93,6 +135,33 @@ def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+_VECTOR = """
+SELECT current_database(),
+       (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = %(name)s),
+       EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = %(name)s),
+       coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+       OR (coalesce((SELECT bool_or(trusted) FROM pg_available_extension_versions
+                     WHERE name = %(name)s), false)
+           AND has_database_privilege(current_database(), 'CREATE'))
+"""
+
+
+def read_vector_support(conn: psycopg.Connection[Any]) -> VectorSupport:
+    """pgvector in this database (one catalog query, nothing created)."""
+    row = conn.execute(_VECTOR, {"name": VECTOR_EXTENSION}).fetchone()
+    assert row is not None
+    return VectorSupport(str(row[0]), row[1], bool(row[2]), bool(row[3]))
+
+
+def vector_column(config: LockedConfig, type_schema: str | None) -> VectorColumn | None:
+    """The vector column `config`'s table gets (None: a BM25-only config, or no pgvector)."""
+    spec = config.embedder
+    if spec is None or type_schema is None:
+        return None
+    return VectorColumn(spec.dimension, spec.normalize, type_schema)
+
+
 def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> ActualState:
     """The database as the planner needs it, in two queries whatever the number of tables."""
     base = settings.base_name
@@ -113,6 +182,7 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
         actual.managed = bookkeeping.managed_tables(conn, with_last_compare=evals,
                                                     registries=settings.identities)
         actual.served_until = bookkeeping.served_tables_until(conn, settings.identities)
+    actual.vector = read_vector_support(conn)
     return actual
 
 
@@ -152,7 +222,8 @@ _PLACEHOLDER_BUDGET = 987654322
 own values: literals no real config has, so the replacement touches nothing else."""
 
 
-def _expected_template(conn: psycopg.Connection[Any], prefix_policy: str, registry: str) -> str:
+def _expected_template(conn: psycopg.Connection[Any], prefix_policy: str, registry: str,
+                       vector: VectorColumn | None = None) -> str:
     """The shape of a table made by the reconciler's DDL for `prefix_policy`, with
     placeholder values: the DDL run (as a temporary table, rolled back) so that the comparison
     follows it on every PostgreSQL version."""
@@ -161,7 +232,7 @@ def _expected_template(conn: psycopg.Connection[Any], prefix_policy: str, regist
         for statement in table_ddl(
             "pg_temp", name, chunk_version=_PLACEHOLDER_VERSION, config_hash="0" * 64,
             prefix_policy=prefix_policy, chunk_size=_PLACEHOLDER_CHUNK_SIZE,
-            token_budget=_PLACEHOLDER_BUDGET, registry=registry,
+            token_budget=_PLACEHOLDER_BUDGET, registry=registry, vector=vector,
         ):
             conn.execute(statement)
         row = conn.execute(_SHAPE_TEXT_OF, {"schema": "pg_temp", "table": name}).fetchone()
@@ -207,7 +278,7 @@ def _describe(item: tuple[Any, ...]) -> str:
 
 def shape_drift(
     conn: psycopg.Connection[Any], schema: str, tables: Mapping[str, LockedConfig],
-    registry: str,
+    registry: str, vector_schema: str | None = None,
 ) -> dict[str, list[str]]:
     """table -> how it differs from the table the reconciler would create for its config
     (columns, types, constraints, indexes). The expected shape is built once per prefix
@@ -215,26 +286,36 @@ def shape_drift(
     placeholder values, then each config's values put in; the tables' shapes are read from
     the catalog in one query. A fixed amount of work however many configs (a temporary table
     per config cost ~4 statements and its locks each, every plan and status). Tables absent
-    are left out."""
+    are left out. A config that pins an embedder expects its vector column and HNSW index (a
+    template per prefix policy and vector shape; `vector_schema`: where pgvector's type lives,
+    None when it is not created: then they are missing by definition)."""
     if not tables:
         return {}
     found = {str(name): str(shape) for name, shape in conn.execute(
         _SHAPES_IN_SCHEMA, {"schema": schema, "tables": list(tables)}).fetchall()}
-    templates = {policy: _expected_template(conn, policy, registry)
-                 for policy in sorted({tables[name].prefix_policy for name in found})}
+    def key(config: LockedConfig) -> tuple[str, VectorColumn | None]:
+        return config.prefix_policy, vector_column(config, vector_schema)
+
+    templates = {shape_key: _expected_template(conn, shape_key[0], registry, shape_key[1])
+                 for shape_key in {key(tables[name]) for name in found}}
     drift: dict[str, list[str]] = {}
     for table, shape in found.items():
         config = tables[table]
-        expected_shape = _expected(templates[config.prefix_policy], config)
-        if shape == expected_shape:  # the same text: the same shape (the common case)
+        no_vectors: list[str] = []
+        if config.embedder is not None and vector_schema is None:
+            no_vectors = [f"missing column {EMBEDDING_COLUMN} vector({config.embedder.dimension}) "
+                          "NOT NULL (pgvector is not created in this database)",
+                          f"missing index {hnsw_index_name(table)} USING hnsw"]
+        expected_shape = _expected(templates[key(config)], config)
+        if shape == expected_shape and not no_vectors:  # the same text: the same shape
             continue
         actual, expected = _items(shape), _items(expected_shape)
         if not actual:
             continue
         missing = [f"missing {_describe(i)}" for i in expected if i not in actual]
         extra = [f"unexpected {_describe(i)}" for i in actual if i not in expected]
-        if missing or extra:
-            drift[table] = missing + extra
+        if missing or extra or no_vectors:
+            drift[table] = missing + no_vectors + extra
     return drift
 
 

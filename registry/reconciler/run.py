@@ -282,7 +282,8 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
     settings = state.settings
     desired = {settings.table_name(v): c for v, c in state.configs.items()
                if settings.table_name(v) in actual.relations}
-    actual.shape_drift = shape_drift(conn, settings.schema, desired, settings.identity)
+    actual.shape_drift = shape_drift(conn, settings.schema, desired, settings.identity,
+                                     actual.vector.type_schema)
     if target and not settled and settings.promotion is not None and settings.production:
         row = next((m for m in actual.managed if m.chunk_version == settings.production
                     and m.status != "dropped" and settings.owns(m.registry)), None)

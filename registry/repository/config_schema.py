@@ -36,7 +36,8 @@ FIXES: dict[str, str] = {
     "tokenizer_hash": "use sha256:<64 hex digits> of tokenizer.json; `registry lock` computes it",
     "created_at": "use UTC like 2025-09-07T14:30:22Z, quoted",
     "created_by": "use `name <email>`",
-    "schema_version": "set schema_version: 1",
+    "schema_version": "set schema_version: 1 (BM25 only), or 2 with an embedder: mapping",
+    "embedder": "pin the embedder with `registry lock --embedder-onnx` or `--embedder-openai`",
     "production": "name a chunk_version that exists in configs/, or null",
     "serves": "name a chunk_version that exists in configs/, or null",
     "dsn_env": "name the environment variable (a CI secret) holding the DSN, like STAGING_DSN; "
@@ -134,6 +135,8 @@ def _describe(error: Any) -> tuple[tuple[str | int, ...], str]:
         return path, f"{name} {shown} has the wrong size ({error.message})"
     if keyword == "oneOf" and path in (("production",), ("serves",)):
         return path, f"{path[0]} {shown} is not a chunk_version or null"
+    if keyword == "not" and error.validator_value == {"required": ["embedder"]}:
+        return ("embedder",), "embedder is a format 2 field, but schema_version is not 2"
     if keyword == "not":
         return path, f"{name} {shown} is reserved"
     return path, f"{name}: {error.message}"
