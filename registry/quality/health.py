@@ -185,12 +185,8 @@ _WORD_CHUNKS = 8
 
 def _counts_words(tokenizer: Tokenizer) -> bool:
     """Whether a text's token count is the sum of its words' (split at ASCII whitespace): the
-    chunker's `splits_on_whitespace` (a whitespace-splitting pre-tokenizer, character-local
+    tokenizer's `splits_on_whitespace` (a whitespace-splitting pre-tokenizer, character-local
     normalizers), and no normalizer that puts text at the start or rewrites whitespace."""
-    # Here, not at the top: the chunker needs numpy (extra `ingest`), and `dashboard`, which
-    # imports this module, must work without it.
-    from registry.ingest.chunker import splits_on_whitespace
-
     known = _WORD_ADDITIVE.get(id(tokenizer))
     if known is None or known[0] is not tokenizer:
         if len(_WORD_ADDITIVE) > 16:
