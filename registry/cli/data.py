@@ -11,7 +11,9 @@ from registry.cli.completion import complete_version
 from registry.cli.output import (
     DedupOpt,
     DsnOpt,
+    EngineOpt,
     FormatOpt,
+    RayAddressOpt,
     RefOpt,
     RepoOpt,
     StrictOpt,
@@ -34,6 +36,8 @@ def ingest(
     dsn: DsnOpt = None,
     dedup: DedupOpt = "document",
     workers: WorkersOpt = None,
+    engine: EngineOpt = "builtin",
+    ray_address: RayAddressOpt = None,
     tokenizer_file: Annotated[
         Path | None, typer.Option(help="tokenizer.json to use instead of the HF cache (its "
                                   "hash must equal the config's tokenizer_hash).")
@@ -63,7 +67,8 @@ def ingest(
                      dedup=dedup, workers=workers, strict=strict,
                      max_document_bytes=int(max_document_mb * 1024 * 1024),
                      on_progress=on_progress, on_problem=on_problem,
-                     into_production=into_production, max_change=max_change)
+                     into_production=into_production, max_change=max_change,
+                     engine=engine, ray_address=ray_address)
     if fmt == "json":
         emit_json(report.to_dict())
         return
