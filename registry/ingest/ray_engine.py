@@ -81,6 +81,9 @@ OBJECT_STORE_BYTES = 128 * 1024 * 1024
 """A local Ray's object store: small, the machine is shared; shards beyond it spill to disk."""
 LOAD_RETRIES = 3
 """Times Ray retries a load task whose worker died, before the run fails."""
+ACTORS_READY_S = 900
+"""How long the chunking stage waits for all `--workers` actors to start before it streams
+shards to them (a cluster that cannot host them, or is scaling up, fails the run after it)."""
 SUMMED = ("duplicates_removed", "corpus_duplicates", "identical_ids", "too_small",
           "header_only", "over_budget", "tokens", "chunks", "ingested")
 
@@ -150,9 +153,10 @@ def worker_options() -> dict[str, Any]:
 class ChunkShard:
     """A chunking actor: the Chunker is built once, from the spec shipped once."""
 
-    def __init__(self, spec: ChunkerSpec) -> None:
+    def __init__(self, shipped: Any) -> None:
         import ray
 
+        spec: ChunkerSpec = ray.get(shipped) if isinstance(shipped, ray.ObjectRef) else shipped
         self.chunker = Chunker(spec.config, _tokenizer_from(spec), corpus=spec.corpus)
         self.node = ray.get_runtime_context().get_node_id()
 
@@ -396,12 +400,16 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     # chunk: one actor per worker, the spec shipped once
     remote = worker_options()
     spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
+    context = ray.data.DataContext.get_current()
+    context.wait_for_min_actors_s = ACTORS_READY_S  # all actors up first: every node chunks
     chunked = ray.data.from_arrow_refs(refs).map_batches(
         ChunkShard, fn_constructor_args=(spec,), batch_size=None, batch_format="pyarrow",
-        concurrency=report.workers, num_cpus=1, **remote).materialize()
+        compute=ray.data.ActorPoolStrategy(size=report.workers,
+                                           max_tasks_in_flight_per_actor=1),
+        num_cpus=1, **remote).materialize()
     # dedup: band keys and ids shuffled by key, verified per partition, resolved in order
     partitions = max(2, 2 * report.workers)
-    ray.data.DataContext.get_current().max_hash_shuffle_aggregators = partitions
+    context.max_hash_shuffle_aggregators = partitions
     verified = chunked.map_batches(
         _bucket_batch, fn_kwargs={"partitions": partitions, "corpus": corpus},
         batch_size=None, batch_format="pyarrow", **remote).groupby(
@@ -416,8 +424,9 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     loaded = embed_stage(chunked).map_batches(
         _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
                                 "decisions": decisions},
-        batch_size=None, batch_format="pyarrow", concurrency=report.workers,
-        max_retries=LOAD_RETRIES, **remote)
+        batch_size=None, batch_format="pyarrow",
+        compute=ray.data.TaskPoolStrategy(size=report.workers), max_retries=LOAD_RETRIES,
+        **remote)
     summaries: list[ShardSummary] = sorted(
         (pickle.loads(row["summary"]) for row in loaded.iter_rows()),
         key=lambda s: s.shard)
