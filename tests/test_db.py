@@ -68,7 +68,7 @@ def test_one_rollback_proposal_per_promotion_is_enforced_by_the_database(dsn: st
     with psycopg.connect(dsn, autocommit=True) as conn:
         ensure_schema(conn)
         insert = ("INSERT INTO chunk_registry.rollback_proposals (chunk_version, promoted_at, "
-                  "promote_commit, target_version) VALUES ('v2', now(), %s, 'v1')")
+                  "promote_commit, target_version, registry) VALUES ('v2', now(), %s, 'v1', 'r')")
         conn.execute(insert, ("a" * 40,))
         conn.execute(insert, ("b" * 40,))
         with pytest.raises(psycopg.errors.UniqueViolation):

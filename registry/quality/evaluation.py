@@ -315,17 +315,20 @@ def _require_rows(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
 
 
 def record_eval(
-    conn: psycopg.Connection[Any], result: EvalResult, comparison: Comparison | None = None
+    conn: psycopg.Connection[Any], result: EvalResult, comparison: Comparison | None = None,
+    *, registry: str,
 ) -> None:
     """Append to chunk_registry.eval_runs: health reads the last eval, the gate the last
     comparison."""
     details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match}
     if comparison is None:
-        bookkeeping.record_eval_run(conn, result.chunk_version, cases=len(result.cases),
+        bookkeeping.record_eval_run(conn, result.chunk_version, registry=registry,
+                                    cases=len(result.cases),
                                     metrics=result.metrics, details=details)
         return
     bookkeeping.record_eval_run(
-        conn, result.chunk_version, cases=len(result.cases), metrics=result.metrics,
+        conn, result.chunk_version, registry=registry, cases=len(result.cases),
+        metrics=result.metrics,
         against=comparison.baseline.chunk_version, passed=comparison.passed,
         details=details | {"against_metrics": comparison.baseline.metrics,
                            "deltas": comparison.deltas, "regressions": comparison.regressions,
@@ -350,7 +353,7 @@ def run_eval(
     result = evaluate_table(conn, target, cases, k=k, top=top, match=match)
     if record:
         bookkeeping.ensure_schema(conn)
-        record_eval(conn, result)
+        record_eval(conn, result, registry=state.settings.identity)
     return result
 
 
@@ -385,7 +388,7 @@ def run_compare(
     })
     if record:
         bookkeeping.ensure_schema(conn)
-        record_eval(conn, results[0], comparison)
+        record_eval(conn, results[0], comparison, registry=settings.identity)
     return comparison
 
 
