@@ -317,7 +317,7 @@ def run_ray_ingest(
         _require_table(control, target)
         report.into_production = _guard_served(control, target, into_production)
         _take_run_lock(control, report)
-        report.run = _record_start(control, report)
+        report.run = _record_start(control, report, target.registries[0])
         bookkeeping.drop_ingest_staging(control, report.ingest_run_id)  # a killed driver's
         staging = bookkeeping.create_ingest_staging(control, report.run, target.identifier,
                                                     ROW_COLUMNS)
