@@ -7,6 +7,7 @@ process killed mid-run."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -31,13 +32,31 @@ NODE_STORE = 80 * 1024 * 1024
 """Object store per node: the machine is shared, Ray's footprint stays small."""
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """Two Ray nodes of one CPU each on this machine; the test process is the driver."""
+def start_cluster() -> Cluster:
     two = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "object_store_memory": NODE_STORE, "include_dashboard": False})
-    two.add_node(num_cpus=1, object_store_memory=NODE_STORE)
-    two.wait_for_nodes()
+    try:
+        two.add_node(num_cpus=1, object_store_memory=NODE_STORE)
+        two.wait_for_nodes()
+    except BaseException:
+        two.shutdown()
+        raise
+    return two
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Two Ray nodes of one CPU each on this machine; the test process is the driver. On a
+    busy shared machine a raylet may miss Ray's fixed 30 s start-up wait: the agents get longer
+    (as `registry ingest` gives them) and a start that timed out is tried again, twice."""
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
+    for attempt in range(3):
+        try:
+            two = start_cluster()
+            break
+        except Exception as err:
+            if "timed out during startup" not in str(err) or attempt == 2:
+                raise
     ray.init(address=two.address, log_to_driver=False)  # one driver (one job) for the module
     try:
         yield two

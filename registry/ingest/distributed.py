@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -186,6 +186,15 @@ class Decisions:
 
     def __len__(self) -> int:
         return len(self.near_duplicates) + len(self.identical)
+
+    def by_shard(self, shard_of: Callable[[int], int]) -> dict[int, Decisions]:
+        """The decisions split by the shard each chunk's document is in."""
+        split: dict[int, Decisions] = defaultdict(Decisions)
+        for order, owner in self.near_duplicates.items():
+            split[shard_of(order)].near_duplicates[order] = owner
+        for order, owner in self.identical.items():
+            split[shard_of(order)].identical[order] = owner
+        return dict(split)
 
 
 def resolve(edges: Iterable[Edge], id_groups: Iterable[Sequence[tuple[int, str]]]) -> Decisions:

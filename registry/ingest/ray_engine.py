@@ -205,6 +205,19 @@ def embed_stage(kept: Any) -> Any:
     return kept
 
 
+PARTITION_SOURCE_BYTES = 4 * 1024 * 1024
+"""Source bytes per dedup partition: a partition holds its chunks' band records (about 15
+bytes of records per source byte at 10 bands, shingles included), so a verifying task needs
+about 60 MB whatever the corpus size, up to MAX_PARTITIONS."""
+MAX_PARTITIONS = 16384
+
+
+def dedup_partitions(workers: int, source_bytes: int) -> int:
+    """Partitions of the band-key shuffle: two per worker at least, more as the corpus grows
+    so each stays small (flat memory per task up to 64 GB of source)."""
+    return max(2, 2 * workers, min(MAX_PARTITIONS, -(-source_bytes // PARTITION_SOURCE_BYTES)))
+
+
 @dataclass
 class ShardSummary:
     """What a load task reports for one shard (the driver sums these into the run)."""
@@ -218,8 +231,10 @@ class ShardSummary:
 
 
 def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
-                decisions: distributed.Decisions) -> pa.Table:
-    """COPY the kept chunks of a batch into the staging table, one transaction per shard."""
+                decided: dict[int, Any]) -> pa.Table:
+    """COPY the kept chunks of a batch into the staging table, one transaction per shard;
+    `decided` holds a ref to each shard's own corpus decisions (fetched only for the shards
+    here, so a task's memory does not grow with the corpus)."""
     import pyarrow as pa
     import ray
 
@@ -238,6 +253,8 @@ def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
     with psycopg.connect(dsn, autocommit=False, application_name="registry ingest ray load"
                          ) as conn:
         for shard, documents in sorted(by_shard.items()):
+            decisions: distributed.Decisions = (ray.get(decided[shard]) if shard in decided
+                                                else distributed.Decisions())
             counts = IngestReport(run.chunk_version, run.ingest_run_id, run.table, run.source,
                                   run.dedup, run.workers)
             conn.execute(sql.SQL("DELETE FROM {} WHERE shard = %s AND doc_seq = ANY(%s)").format(
@@ -393,6 +410,9 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         report.bytes += len(item.text.encode())
         if len(shard) >= shard_documents:
             put()
+            progress.documents, progress.bytes = report.documents, report.bytes
+            if on_progress is not None:
+                on_progress(progress)
     if shard:
         put()
     if report.documents == 0:
@@ -408,7 +428,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
                                            max_tasks_in_flight_per_actor=1),
         num_cpus=1, **remote).materialize()
     # dedup: band keys and ids shuffled by key, verified per partition, resolved in order
-    partitions = max(2, 2 * report.workers)
+    partitions = dedup_partitions(report.workers, report.bytes)
     context.max_hash_shuffle_aggregators = partitions
     verified = chunked.map_batches(
         _bucket_batch, fn_kwargs={"partitions": partitions, "corpus": corpus},
@@ -420,10 +440,14 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         pickle.loads(row["result"]) for row in verified.iter_rows()]
     decisions = distributed.resolve(distributed.merge_partitions(results),
                                     [g for r in results for g in r.id_groups])
+    def shard_of(order: int) -> int:
+        return (order >> distributed.DOC_SHIFT) // shard_documents
+
+    decided = {shard: ray.put(part) for shard, part in decisions.by_shard(shard_of).items()}
     # embed, then load: COPY per shard into the staging table
     loaded = embed_stage(chunked).map_batches(
         _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
-                                "decisions": decisions},
+                                "decided": decided},
         batch_size=None, batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=report.workers), max_retries=LOAD_RETRIES,
         **remote)
