@@ -114,9 +114,7 @@ def ray_session(address: str | None, workers: int) -> Iterator[dict[str, Any]]:
             if address:
                 ray.init(address=address, **options)
             else:
-                os.environ.setdefault("RAY_agent_register_timeout_ms", STARTUP_TIMEOUT_MS)
-                ray.init(address="local", num_cpus=workers, include_dashboard=False,
-                         object_store_memory=OBJECT_STORE_BYTES, **options)
+                _start_local(workers, options)
         except Exception as err:  # Ray raises ConnectionError, RuntimeError or bare Exception
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise EngineUnavailable(
@@ -135,6 +133,26 @@ def ray_session(address: str | None, workers: int) -> Iterator[dict[str, Any]]:
     finally:
         if started:
             ray.shutdown()
+
+
+LOCAL_START_ATTEMPTS = 3
+
+
+def _start_local(workers: int, options: dict[str, Any]) -> None:
+    """A local Ray; a start that missed Ray's fixed 30 s wait for its raylet (a busy machine)
+    is tried again, up to LOCAL_START_ATTEMPTS times."""
+    import ray
+
+    os.environ.setdefault("RAY_agent_register_timeout_ms", STARTUP_TIMEOUT_MS)
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                     object_store_memory=OBJECT_STORE_BYTES, **options)
+            return
+        except Exception as err:
+            ray.shutdown()
+            if "timed out during startup" not in str(err) or attempt == LOCAL_START_ATTEMPTS:
+                raise
 
 
 def worker_options() -> dict[str, Any]:
