@@ -133,3 +133,28 @@ def test_a_chain_keeps_its_ends_when_they_are_apart() -> None:
     ids = [bytes([i]) * 16 for i in range(3)]
     assert sequential(sets, keys, ids) == {1: 0}
     assert distributed(sets, keys, ids, 2) == {1: 0}
+
+
+def test_the_file_shingle_store_reads_back_what_it_just_stored() -> None:
+    """The built-in ingest's corpus dedup keeps kept chunks' shingles in a file: a set read
+    right after it was stored must be whole (it was read short while still in the write
+    buffer, and near-duplicates of recently kept chunks slipped through)."""
+    from registry.ingest.pipeline import FileShingleStore
+
+    store = FileShingleStore()
+    try:
+        sets = corpus_of_sets(3, 50)
+        for values in sets:
+            index = store.append(values)
+            assert np.array_equal(store.get(index), values)
+        assert all(np.array_equal(store.get(i), v) for i, v in enumerate(sets))
+    finally:
+        store.close()
+    from registry.ingest.chunker import MemoryShingleStore
+
+    sets = corpus_of_sets(4, 200)
+    keys = band_keys(sets)
+    on_file = CorpusDeduplicator(THRESHOLD, FileShingleStore())
+    in_memory = CorpusDeduplicator(THRESHOLD, MemoryShingleStore())
+    assert [on_file.is_duplicate(v, k) for v, k in zip(sets, keys, strict=True)] == [
+        in_memory.is_duplicate(v, k) for v, k in zip(sets, keys, strict=True)]

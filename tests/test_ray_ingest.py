@@ -48,14 +48,14 @@ def start_cluster() -> Cluster:
 def cluster() -> Iterator[Cluster]:
     """Two Ray nodes of one CPU each on this machine; the test process is the driver. On a
     busy shared machine a raylet may miss Ray's fixed 30 s start-up wait: the agents get longer
-    (as `registry ingest` gives them) and a start that timed out is tried again, twice."""
+    (as `registry ingest` gives them) and a start that timed out is tried again (up to 5 starts)."""
     os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
-    for attempt in range(3):
+    for attempt in range(5):
         try:
             two = start_cluster()
             break
         except Exception as err:
-            if "timed out during startup" not in str(err) or attempt == 2:
+            if "timed out during startup" not in str(err) or attempt == 4:
                 raise
     ray.init(address=two.address, log_to_driver=False)  # one driver (one job) for the module
     try:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -547,8 +546,11 @@ class FileShingleStore:
         self._offsets: list[int] = [0]
 
     def append(self, values: Shingles) -> int:
-        self._file.seek(0, io.SEEK_END)
-        self._file.write(values.astype(np.uint64).tobytes())
+        # pwrite, not the buffered file's write: `get` reads with pread, which does not see
+        # bytes still in the file object's buffer (the last ~8 KB of shingles would read short
+        # and the near-duplicates of recently kept chunks would be missed).
+        os.pwrite(self._file.fileno(), values.astype(np.uint64).tobytes(),
+                  self._offsets[-1] * 8)
         self._offsets.append(self._offsets[-1] + len(values))
         return len(self._offsets) - 2
 
