@@ -5,11 +5,14 @@
    GTO comes with the `bench` extra (`pip install -e '.[bench]'`); `--gto PATH` picks another.
 2. SQL round trips of a no-op reconcile with a few vs many managed tables (counted by libpq's
    protocol trace: every Query or Sync message the client sends is one round trip).
+4. The table-shape drift check alone on N tables made by the reconciler's DDL for N configs
+   (the `registry plan`/`status`/`reconcile` share of it): today's against the code of
+   `--shape-baseline` (a temporary table per config, pipelined in batches of 50), alternated.
 3. View swap latency, and the longest stall of a concurrent read loop during swaps, against
    the same read loop with no swap; plus the stall when a long query holds the view.
 
 Usage: python bench/reconcile_bench.py [--dsn DSN] [--configs 1500] [--small 10] [--large 1000]
-       [--swaps 50] [--gto PATH] [--only plan|round-trips|swap]
+       [--swaps 50] [--gto PATH] [--only plan|round-trips|swap|shape]
        (default: an embedded server in a temporary directory; --dsn is an admin DSN, each part
        runs in a database of its own that is dropped afterwards)
 """
@@ -90,6 +93,65 @@ def make_repo(root: Path, configs: int, gto_tags: bool) -> tuple[Path, list[str]
     return repo, versions
 
 
+def bench_shape(dsn: str, configs: int, baseline_commit: str, rounds: int = 3) -> None:
+    import importlib.util
+    import statistics
+
+    from fair import load_line
+    from psycopg import sql
+
+    from registry.database.chunk_table import table_ddl
+    from registry.reconciler.actual import shape_drift
+
+    print(f"\n## 4. table-shape drift check on {configs} tables ({load_line('start')})")
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    tables: dict[str, LockedConfig] = {}
+    for i in range(configs):
+        when = start + timedelta(minutes=i)
+        config = LockedConfig(
+            chunk_version=when.strftime("%Y-%m-%d-%H%M%S") + "-v1", chunk_size=200 + i % 250,
+            overlap_ratio=0.1, jaccard_threshold=0.8, prefix_policy="A",
+            embedder_name="BAAI/bge-large-en-v1.5", embedder_max_tokens=512,
+            tokenizer_name="BAAI/bge-large-en-v1.5", tokenizer_hash="sha256:" + "ab" * 32,
+            created_at=when.strftime("%Y-%m-%dT%H:%M:%SZ"), created_by="Bench <b@example.com>")
+        tables["document_chunks_" + config.chunk_version.replace("-", "_")] = config
+    registry = "public.document_chunks"
+    text = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "show",
+                           f"{baseline_commit}:registry/reconciler/actual.py"], check=True,
+                          capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "baseline_actual.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("baseline_actual", path)
+    assert spec and spec.loader
+    baseline = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_actual"] = baseline
+    spec.loader.exec_module(baseline)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        names = list(tables)
+        for first in range(0, configs, 100):
+            with conn.transaction(), conn.pipeline():
+                for name in names[first:first + 100]:
+                    config = tables[name]
+                    for statement in table_ddl(
+                            "public", name, chunk_version=config.chunk_version,
+                            config_hash=config.config_hash, prefix_policy="A",
+                            chunk_size=config.chunk_size, token_budget=config.token_budget,
+                            registry=registry):
+                        conn.execute(statement)
+        conn.execute(sql.SQL("ANALYZE"))
+        times: dict[str, list[float]] = {"baseline": [], "today": []}
+        for _ in range(rounds):
+            for label, check in (("baseline", baseline.shape_drift), ("today", shape_drift)):
+                started = time.perf_counter()
+                found = check(conn, "public", tables, registry)
+                times[label].append(time.perf_counter() - started)
+                assert found == {}, (label, list(found.items())[:2])
+    old, new = (statistics.median(times[k]) for k in ("baseline", "today"))
+    print(f"baseline ({baseline_commit}, a temporary table per config): {old * 1000:.0f} ms")
+    print(f"today (one expected shape per prefix policy, one catalog query): {new * 1000:.0f} ms"
+          f" ({old / new:.1f}x faster; {load_line('end')})")
+
+
 def timed(command: list[str], runs: int = 3) -> float:
     """Best wall time of `command` over `runs` (a whole process, as a user runs it)."""
     best = float("inf")
@@ -118,6 +180,9 @@ def bench_plan_status(dsn: str, configs: int, gto: str | None) -> None:
         status = timed([*registry, "status", "--repo", str(repo), "--dsn", dsn])
         noop = timed([*registry, "reconcile", "--repo", str(repo), "--dsn", dsn])
         version = timed([*registry, "--help"])
+        from fair import load_line
+
+        print(f"({load_line('after the timings')})")
         print(f"registry --help (process start-up floor): {version:.3f}s")
         print(f"registry plan (cold parse cache):          {cold:.3f}s")
         print(f"registry plan:                             {plan:.3f}s")
@@ -263,7 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gto", default=str(beside) if beside.exists() else shutil.which("gto"),
                         help="path to a `gto` executable to compare with (default: the bench "
                         "extra's)")
-    parser.add_argument("--only", choices=["plan", "round-trips", "swap"])
+    parser.add_argument("--only", choices=["plan", "round-trips", "swap", "shape"])
+    parser.add_argument("--shape-baseline", default="45be195",
+                        help="commit of the shape check to compare with")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         admin = args.dsn or stack.enter_context(embedded_server())
@@ -272,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
                 dsn, args.configs, args.gto)),
             "round-trips": lambda: bench_round_trips(admin, [args.small, args.large]),
             "swap": lambda: bench_swap(admin, args.swaps),
+            "shape": lambda: _in_database(admin, lambda dsn: bench_shape(
+                dsn, args.configs, args.shape_baseline)),
         }
         for name, step in steps.items():
             if args.only in (None, name):

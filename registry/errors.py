@@ -132,6 +132,25 @@ class BookkeepingDamaged(RegistryError):
 UNEXPECTED_EXIT_CODE = 3
 
 
+class UnknownVersion(ConfigInvalid):
+    """A VERSION (argument, `--version`, `--compare`, `--against`) that names no locked config
+    on the ref read, or is not a chunk_version at all: one code for every command, so CI can
+    tell a typo in a version from an outage or a refusal."""
+
+    exit_code = 16
+
+
+UNKNOWN_VERSION = UnknownVersion.exit_code
+PLAN_PENDING = 17
+"""`registry plan --detailed-exitcode`: the plan has changes (not an error: no other code)."""
+HEALTH_WARNINGS = 18
+"""`registry health`: the report has warnings and no critical alert."""
+HEALTH_CRITICAL = 19
+"""`registry health`: the report has a critical alert."""
+VERDICT_CODES = (PLAN_PENDING, HEALTH_WARNINGS, HEALTH_CRITICAL)
+"""Exit codes that are verdicts, not errors: each means one thing and no error shares it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One broken invariant, located in a file: rendered as `path:line: message (fix)`."""
@@ -178,4 +197,4 @@ class NotificationFailed(RegistryError):
 class EngineUnavailable(RegistryError):
     """The Ray cluster `--ray-address` names cannot be reached (or Ray cannot start)."""
 
-    exit_code = 16
+    exit_code = 20

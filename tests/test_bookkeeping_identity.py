@@ -103,7 +103,7 @@ def test_the_promotion_watch_reads_only_its_own_registrys_reports(
     watched_a = check_promotion(team_a.path, dsn=dsn)
 
     assert watched_b.promotion is not None and watched_a.promotion is not None
-    assert watched_b.promotion.table == table_of(version)
+    assert watched_b.promotion.table == f"team_b.{table_of(version)}"
     assert len(watched_b.reports) == 1, watched_b.message
     assert len(watched_a.reports) == 3, watched_a.message
 

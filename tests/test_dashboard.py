@@ -146,8 +146,8 @@ def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
             if "run" not in step or step["name"] == "Install chunk-registry":
                 continue
             if "if" in step:
-                assert step["if"] == "${{ steps.health.outputs.exit == '2' }}"
-                if "exit=2" not in outputs.read_text():
+                assert step["if"] == "${{ steps.health.outputs.exit == '19' }}"
+                if "exit=19" not in outputs.read_text():
                     continue
             env = {key: expand(str(value), context) for key, value in (step.get("env") or {}).items()}
             proc = subprocess.run(

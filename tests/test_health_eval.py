@@ -147,7 +147,7 @@ def test_a_healthy_table_has_no_alerts_and_each_planted_fault_fires_exactly_its_
         conn.execute(f"UPDATE {table} SET bm25_text = embedding_text, bm25_token_count = "
                      "embedding_token_count - 2 WHERE chunk_index = 0 "
                      "AND doc_id IN ('doc0.md', 'doc1.md', 'doc2.md')")
-        assert alerts() == (["bm25_prefix_leakage"], 2)
+        assert alerts() == (["bm25_prefix_leakage"], 19)
         restore = (f"UPDATE {table} t SET bm25_text = s.bm25_text, bm25_token_count = "
                    "s.bm25_token_count FROM saved s WHERE s.id = t.id")
         conn.execute(restore)
@@ -156,11 +156,11 @@ def test_a_healthy_table_has_no_alerts_and_each_planted_fault_fires_exactly_its_
         # A stored count over chunk_size: over budget, and not the text's count either.
         conn.execute(f"UPDATE {table} SET bm25_token_count = 451 WHERE chunk_index = 1 "
                      "AND doc_id = 'doc3.md'")
-        assert alerts() == (["over_budget_chunks", "token_counts"], 2)
+        assert alerts() == (["over_budget_chunks", "token_counts"], 19)
         conn.execute(restore)
 
         conn.execute("UPDATE chunk_registry.ingest_runs SET duplicates_removed = 0")
-        assert alerts() == (["dedup_rate"], 1)
+        assert alerts() == (["dedup_rate"], 18)
 
 
 @pytest.mark.parametrize("policy", ["A", "B"])
@@ -197,7 +197,7 @@ def test_health_reports_the_seed_metrics_and_records_each_report(
 
     data = json.loads(result.stdout)
     assert result.code == 0, result.stdout
-    assert data["config_version"] == version and data["overall_healthy"] is True
+    assert data["chunk_version"] == version and data["overall_healthy"] is True
     assert data["config_health"] == {"valid": True, "issues": [], "warnings": []}
     assert data["retrieval_health"]["bm25_prefix_leakage"] == 0
     assert data["retrieval_health"]["over_budget_chunks"] == 0
@@ -219,7 +219,7 @@ def test_config_and_retrieval_alerts(registry_repo: RegistryRepo, dsn: str, corp
     other = build_tokenizer(tmp_path_factory.mktemp("other") / "tokenizer.json", vocab_size=3000)
 
     mismatch = health(registry_repo.path, dsn=dsn, tokenizer_file=other)
-    assert "config" in [a.metric for a in mismatch.alerts] and mismatch.exit_code == 2
+    assert "config" in [a.metric for a in mismatch.alerts] and mismatch.exit_code == 19
 
     evaluate(registry_repo.path, version, corpus.cases, dsn=dsn, k=20)
     small = health(registry_repo.path, dsn=dsn, tokenizer_file=registry_repo.tokenizer_file)
@@ -229,7 +229,7 @@ def test_config_and_retrieval_alerts(registry_repo: RegistryRepo, dsn: str, corp
     high = health(registry_repo.path, dsn=dsn, cases_file=corpus.cases,
                       tokenizer_file=registry_repo.tokenizer_file)
     assert [a.metric for a in high.alerts] == ["oracle_hit_rate", "filter_hit_rate"]
-    assert high.exit_code == 1
+    assert high.exit_code == 18
 
 
 def test_compare_gates_promotion_of_a_regressing_shadow(

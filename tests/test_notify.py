@@ -100,7 +100,7 @@ def test_each_incident_is_told_once_and_its_resolution_once(
         logs.append(out)
     for _ in range(2):
         code, out = s.cli("health")
-        assert code == 2, out
+        assert code == 19, out
         logs.append(out)
     assert [t.splitlines()[0] for t in s.chat.texts] == [
         "*🚨 Reconcile blocked: public.document_chunks*",
@@ -119,7 +119,7 @@ def test_each_incident_is_told_once_and_its_resolution_once(
         assert code == 0, out
         logs.append(out)
         code, out = s.cli("health")
-        assert code in (0, 1), out
+        assert code in (0, 18), out
         logs.append(out)
     assert [t.splitlines()[0] for t in s.chat.texts[2:]] == [
         "*✅ Resolved: Reconcile blocked: public.document_chunks*",
@@ -168,13 +168,13 @@ def test_a_dead_endpoint_is_retried_at_a_later_run_and_never_fails_the_command(
 
     # A rate limit is honoured (Retry-After beyond the backoff); a hung endpoint times out.
     s.chat.mode = "429"
-    assert s.cli("health")[0] == 2
+    assert s.cli("health")[0] == 19
     limited = next(r for r in s.rows() if r[0] == "health-critical" and r[1] == "chat")
     assert (limited[4], str(limited[5]), limited[6]) == (1, "0:10:00", "HTTP 429 rate_limited")
     s.chat.mode = "hang"
     s.sql("UPDATE chunk_registry.notifications SET next_attempt_at = now() - interval '1s'")
     code, out = s.cli("health")
-    assert code == 2 and "no answer within 1s" in caplog.text
+    assert code == 19 and "no answer within 1s" in caplog.text
     assert_no_secret(out, caplog.text, *(str(r) for r in s.rows()))
 
 

@@ -234,4 +234,4 @@ def test_a_forced_promotion_is_honoured_and_seen_the_same_way_everywhere(
     assert Database(dsn).view_target() == [table_of(v2)]
     assert registry.active_config(repo=registry_repo.path).chunk_version == v2
     assert [r["chunk_version"] for r in status["configs"] if r.get("production")] == [v2]
-    assert json.loads(health.stdout)["config_version"] == v2
+    assert json.loads(health.stdout)["chunk_version"] == v2

@@ -42,19 +42,19 @@ def test_plan_detailed_exitcode_and_formats(
     applied, _, _ = cli(capsys, "reconcile", "--repo", repo, "--dsn", dsn)
     in_sync, after, _ = cli(capsys, "plan", "--repo", repo, "--dsn", dsn, "--detailed-exitcode")
 
-    assert pending == 2
+    assert pending == 17
     assert untouched == [(None,)], "plan wrote to the database"
     assert f"+ create public.{table_of(v1)} for {v1}" in text
     assert code_json == 0
     data = json.loads(raw)
     assert [a["action"] for a in data["actions"]] == ["CreateTable"]
-    assert data["actions"][0]["table"] == table_of(v1) and data["in_sync"] is False
+    assert data["actions"][0]["table"] == f"public.{table_of(v1)}" and data["in_sync"] is False
     assert "| + | CreateTable |" in markdown
     assert applied == 0
     assert in_sync == 0 and "Plan: no changes." in after
 
 
-def test_plan_detailed_exitcode_turns_errors_into_1(
+def test_plan_detailed_exitcode_keeps_the_error_code(
     registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
     registry_repo.locked()
@@ -64,7 +64,7 @@ def test_plan_detailed_exitcode_turns_errors_into_1(
                        "--detailed-exitcode")
     plain, _, _ = cli(capsys, "plan", "--repo", str(registry_repo.path), "--dsn", dead)
 
-    assert code == 1 and err.startswith("error: cannot connect to")
+    assert code == 5 and err.startswith("error: cannot connect to")
     assert plain == 5
 
 
@@ -83,7 +83,7 @@ def test_offline_plan_says_what_merging_a_branch_would_change(
                                 "promote", "--detailed-exitcode")
 
     assert [a["action"] for a in json.loads(lock_plan)["actions"]] == ["CreateTable"]
-    assert code == 2
+    assert code == 17
     assert f"~ swap public.document_chunks: nothing -> {table_of(v1)}" in promote_plan
     assert not (isolated / "registry-home").exists(), "the offline plan started a database"
 

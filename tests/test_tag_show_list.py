@@ -64,14 +64,14 @@ def test_list_and_show_report_params_tag_and_production(registry_repo: RegistryR
     assert listed[0]["label"] == "300/0.10/J=0.8/prefix-B"
     assert shown["chunk_version"] == first
     assert shown["tag"] == f"chunk-config/{first}"
-    assert shown["table"] == "document_chunks_" + first.replace("-", "_")
+    assert shown["table"] == "public.document_chunks_" + first.replace("-", "_")
     assert shown["overlap_tokens"] == 45
     assert f"*  {first}" in text
 
 
 def test_show_an_unknown_version_is_one_clear_line(registry_repo: RegistryRepo) -> None:
     result = run_cli("show", "2020-01-01-000000-v1", "--repo", registry_repo.path)
-    assert result.code == 1
+    assert result.code == 16
     assert result.stderr == ("error: no locked config 2020-01-01-000000-v1 on origin/main "
                              "(run `registry list` to see the versions)\n")
 

@@ -32,6 +32,7 @@ def _report_change(change: Change, fmt: str) -> None:
             "branch": result.branch, "commit": result.commit, "base": result.base,
             "title": result.title, "previous": result.previous, "reverted": result.reverted,
             "pushed": result.pushed, "pull_request": proposal_dict(proposal),
+            "reused": result.reused,
         })
         return
     say(f"{result.title}: branch {result.branch}")

@@ -28,7 +28,7 @@ def test(
     ] = None,
 ) -> None:
     """Send a test message to every target (or --target NAME) and report each outcome.
-    Exit 13 when any target did not accept it."""
+    Exit 15 when any target did not accept it."""
     from registry.notify.dispatch import send_test
     from registry.repository.git import Git
     from registry.repository.state import committed_state

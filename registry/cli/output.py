@@ -20,6 +20,7 @@ import typer
 from registry.cli.completion import complete_version
 from registry.errors import RegistryError, UsageError
 from registry.secrets import scrub, scrub_log_handlers
+from registry.timestamps import json_default
 
 if TYPE_CHECKING:
     from registry.repository.github import Proposal
@@ -112,7 +113,8 @@ def say(text: str = "") -> None:
 
 
 def emit_json(data: Any) -> None:
-    say(json.dumps(data, indent=2, default=str))
+    """The `--format json` output: its shape is registry/output_schemas/<name>.json."""
+    say(json.dumps(data, indent=2, default=json_default))
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:

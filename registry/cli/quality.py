@@ -143,7 +143,7 @@ def health(
 ) -> None:
     """Health of a config and its table, computed from the rows: guardrails, prefix leakage,
     over-budget chunks, a re-tokenized sample, dedup rate, retrieval metrics, whether the view
-    serves the repo's production, and alerts. Exit 0 healthy, 1 warnings, 2 critical."""
+    serves the repo's production, and alerts. Exit 0 healthy, 18 warnings, 19 critical."""
     from registry.commands import quality
     from registry.quality.health import render
 

@@ -27,7 +27,7 @@ from registry.cli.output import (
     until_signalled,
     usage,
 )
-from registry.errors import Refused, RegistryError
+from registry.errors import PLAN_PENDING, Refused
 
 PlanFormat = Literal["text", "json", "markdown"]
 
@@ -39,7 +39,8 @@ def plan(
     fmt: Annotated[PlanFormat, typer.Option("--format", help="Output format.")] = "text",
     detailed_exitcode: Annotated[
         bool,
-        typer.Option("--detailed-exitcode", help="Exit 0 in sync, 2 changes pending, 1 error."),
+        typer.Option("--detailed-exitcode", help="Exit 0 in sync, 17 changes pending (an "
+                     "error keeps its own code)."),
     ] = False,
     base: Annotated[
         str | None, typer.Option("--base", help="Offline: the ref a PR merges into (no database).")
@@ -58,15 +59,10 @@ def plan(
 
     if (base is None) != (head is None):
         raise usage("--base and --head go together")
-    try:
-        if base is not None and head is not None:
-            result = commands.offline_plan(repo, base, head)
-        else:
-            result = commands.plan(repo, ref=ref, dsn=dsn, fetch=fetch, force=force)
-    except RegistryError as err:
-        if detailed_exitcode:
-            raise RegistryError(err.message, where=err.where, fix=err.fix) from None
-        raise
+    if base is not None and head is not None:
+        result = commands.offline_plan(repo, base, head)
+    else:
+        result = commands.plan(repo, ref=ref, dsn=dsn, fetch=fetch, force=force)
     if fmt == "json":
         emit_json(result.to_dict())
     else:
@@ -75,7 +71,7 @@ def plan(
         first = result.blocking[0]
         raise Refused(f"merging {head} into {base}: {first.message}", fix=first.fix)
     if detailed_exitcode and not result.in_sync:
-        raise typer.Exit(2)
+        raise typer.Exit(PLAN_PENDING)
 
 
 def reconcile(

@@ -48,7 +48,7 @@ def init(
 
     result = configs.init(directory, tool_repo=tool_repo, pin_sha=pin_sha)
     if fmt == "json":
-        emit_json({"root": str(result.root), "version": result.version,
+        emit_json({"root": str(result.root), "tool_version": result.version,
                     "git_initialised": result.git_initialised, "written": result.written,
                     "unchanged": result.unchanged})
         return
@@ -124,7 +124,7 @@ def lock(
             "commit": result.commit, "path": result.path, "base": result.base,
             "pushed": result.pushed, "config_hash": config.config_hash,
             "ingest_run_id": config.ingest_run_id, "runbook": result.runbook_path,
-            "pull_request": proposal_dict(proposal),
+            "pull_request": proposal_dict(proposal), "reused": result.reused,
         })
         return
     say(f"Locked {config.chunk_version} ({config.label()}) on branch {result.branch}")

@@ -21,9 +21,11 @@ class Change:
     proposal: Proposal | None
 
 
-def _proposed(git: Git, result: lifecycle.ChangeResult, pr: bool) -> Change:
-    return Change(result, lifecycle.propose_change(git, result.branch, result.base) if pr
-                  else None)
+def _proposed(git: Git, result: lifecycle.ChangeResult, pr: bool, rerun: str) -> Change:
+    if not pr:
+        return Change(result, None)
+    return Change(result, lifecycle.propose_pushed(git, result.branch, result.base,
+                                                   result.commit, f"`{rerun} --pr`"))
 
 
 def promote(repo: Path, version: str, *, dsn: str | None = None, force: bool = False,
@@ -31,19 +33,26 @@ def promote(repo: Path, version: str, *, dsn: str | None = None, force: bool = F
     """With a database named (`--dsn`, REGISTRY_DSN, DATABASE_URL) its eval_runs gate the
     promotion; without one the reconciler's gate applies."""
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
     named = configured_dsn(dsn)
     with ExitStack() as stack:
         conn = (stack.enter_context(session(named.value, purpose="promote"))
                 if named is not None else None)
         result = lifecycle.promote(git, version, conn=conn, force=force, push=push or pr)
-    return _proposed(git, result, pr)
+    return _proposed(git, result, pr, f"registry promote {version}")
 
 
 def retire(repo: Path, version: str, *, push: bool = False, pr: bool = False) -> Change:
     git = Git(repo)
-    return _proposed(git, lifecycle.retire(git, version, push=push or pr), pr)
+    if pr:
+        lifecycle.check_pr_origin(git)
+    return _proposed(git, lifecycle.retire(git, version, push=push or pr), pr,
+                     f"registry retire {version}")
 
 
 def rollback(repo: Path, *, push: bool = False, pr: bool = False) -> Change:
     git = Git(repo)
-    return _proposed(git, lifecycle.rollback(git, push=push or pr), pr)
+    if pr:
+        lifecycle.check_pr_origin(git)
+    return _proposed(git, lifecycle.rollback(git, push=push or pr), pr, "registry rollback")

@@ -32,9 +32,14 @@ def init(directory: Path, *, tool_repo: str, pin_sha: str | None) -> scaffold.In
 
 def lock(repo: Path, *, pr: bool = False, push: bool = False, **parameters: Any) -> Locked:
     git = Git(repo)
+    if pr:
+        lifecycle.check_pr_origin(git)
     result = lifecycle.lock(git, push=push or pr, **parameters)
-    return Locked(result, lifecycle.propose_change(git, result.branch, result.base) if pr
-                  else None)
+    if not pr:
+        return Locked(result, None)
+    return Locked(result, lifecycle.propose_pushed(git, result.branch, result.base,
+                                                   result.commit,
+                                                   "the same `registry lock ... --pr`"))
 
 
 def tokenizer_files(items: list[str]) -> dict[str, Path]:
@@ -68,7 +73,7 @@ def config_row(state: RegistryState, version: str, tags: Mapping[str, Any]) -> d
         "label": config.label(),
         "config_hash": config.config_hash,
         "ingest_run_id": config.ingest_run_id,
-        "table": state.settings.table_name(version),
+        "table": f"{state.settings.schema}.{state.settings.table_name(version)}",
         "overlap_tokens": config.overlap_tokens,
         "tag": tag_name if tag_name in tags else None,
         "is_production": state.is_production(version),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from registry.database.connection import MIGRATION_LOCK_KEY
 from registry.errors import BookkeepingDamaged, RegistryError
+from registry.timestamps import rfc3339
 
 T = TypeVar("T")
 
@@ -1027,8 +1028,7 @@ class RollbackProposal:
     """Whether this run opened the pull request (not stored: a property of the run)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self),
-                "proposed_at": self.proposed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        return {**asdict(self), "proposed_at": rfc3339(self.proposed_at)}
 
 
 def rollback_proposal(

@@ -11,8 +11,10 @@ shape.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
-import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +38,13 @@ from registry.database.chunk_table import (
     table_exists,
     unhealthy_rows,
 )
-from registry.errors import RegistryError, TokenizerUnavailable
+from registry.errors import (
+    HEALTH_CRITICAL,
+    HEALTH_WARNINGS,
+    RegistryError,
+    TokenizerUnavailable,
+)
+from registry.ingest.chunker import splits_on_whitespace
 from registry.notify.dispatch import notify
 from registry.notify.events import health_check
 from registry.quality.evaluation import (
@@ -50,6 +58,7 @@ from registry.reconciler.actual import read_actual
 from registry.repository.git import Git
 from registry.repository.history import read_history
 from registry.repository.state import RegistryState
+from registry.timestamps import json_default, rfc3339
 from registry.tokenizer import resolve, special_token_count
 
 if TYPE_CHECKING:
@@ -57,7 +66,7 @@ if TYPE_CHECKING:
 
 CRITICAL = "critical"
 WARNING = "warning"
-EXIT_HEALTHY, EXIT_WARNINGS, EXIT_CRITICAL = 0, 1, 2
+EXIT_HEALTHY, EXIT_WARNINGS, EXIT_CRITICAL = 0, HEALTH_WARNINGS, HEALTH_CRITICAL
 
 
 class ProductionGuardrails:
@@ -137,56 +146,141 @@ class SampleCheck:
     skipped: str | None = None
 
 
-def sample_rows(conn: psycopg.Connection[Any], target: ChunkTable, rows: int, size: int
-                ) -> list[tuple[str, str, str, int, int]]:
-    """About `size` rows drawn uniformly, each by one primary-key probe (ids are sha256 hex,
-    spread evenly and independent of what a row holds): bounded work at any table size, never
-    a scan. A table of at most `size` rows is read whole."""
-    columns = sql.SQL("id, embedding_text, bm25_text, embedding_token_count, bm25_token_count")
-    if rows <= size:
-        return [tuple(r) for r in conn.execute(
-            sql.SQL("SELECT {} FROM {}").format(columns, target.identifier)).fetchall()]
-    found: dict[str, tuple[str, str, str, int, int]] = {}
-    draw = random.Random()
+SampledRow = tuple[str, str, str, int, int]
+"""(id, embedding_text, bm25_text, stored embedding count, stored bm25 count)."""
+_SAMPLE_COLUMNS = sql.SQL(
+    "id, embedding_text, bm25_text, embedding_token_count, bm25_token_count")
+
+
+def sample_rows(conn: psycopg.Connection[Any], target: ChunkTable, size: int
+                ) -> list[SampledRow]:
+    """About `size` rows drawn uniformly, each by one primary-key probe at a random point
+    drawn by the server (ids are sha256 hex, spread evenly and independent of what a row
+    holds): bounded work at any table size, never a scan. A table of at most `size` rows (one
+    read of at most size + 1 rows says so) is read whole."""
+    head = conn.execute(sql.SQL("SELECT {} FROM {} LIMIT {}").format(
+        _SAMPLE_COLUMNS, target.identifier, sql.Literal(size + 1))).fetchall()
+    if len(head) <= size:
+        return [tuple(r) for r in head]
+    found: dict[str, SampledRow] = {}
     for _ in range(SAMPLE_ROUNDS):
-        points = [f"{draw.getrandbits(256):064x}" for _ in range(size - len(found))]
         for row in conn.execute(sql.SQL(
-                "SELECT s.* FROM unnest({points}::text[]) AS p(point) CROSS JOIN LATERAL "
+                "SELECT s.* FROM (SELECT md5(random()::text) || md5(random()::text) AS point "
+                "FROM generate_series(1, {draws})) AS p CROSS JOIN LATERAL "
                 "(SELECT {columns} FROM {table} WHERE id >= p.point ORDER BY id LIMIT 1) s"
-        ).format(points=sql.Literal(points), columns=columns, table=target.identifier)):
+        ).format(draws=sql.Literal(size - len(found)), columns=_SAMPLE_COLUMNS,
+                 table=target.identifier)):
             found.setdefault(row[0], tuple(row))
         if len(found) >= size:
             break
     return list(found.values())
 
 
-def check_sample(conn: psycopg.Connection[Any], target: ChunkTable, rows: int, size: int,
-                 tokenizer: Tokenizer) -> SampleCheck:
+_WORD_ADDITIVE: dict[int, tuple[Tokenizer, bool]] = {}
+"""id(tokenizer) -> (it, whether texts count as their words): its JSON read once a process."""
+_TO_SPACE = str.maketrans("\t\n\r", "   ")
+"""ASCII whitespace as spaces: words are split there (where every such tokenizer splits)."""
+_WORD_CHUNKS = 8
+"""Strings the distinct words are joined into: encoded in parallel, with no per-word cost."""
+
+
+def _counts_words(tokenizer: Tokenizer) -> bool:
+    """Whether a text's token count is the sum of its words' (split at ASCII whitespace): the
+    chunker's `splits_on_whitespace` (a whitespace-splitting pre-tokenizer, character-local
+    normalizers), and no normalizer that puts text at the start or rewrites whitespace."""
+    known = _WORD_ADDITIVE.get(id(tokenizer))
+    if known is None or known[0] is not tokenizer:
+        if len(_WORD_ADDITIVE) > 16:
+            _WORD_ADDITIVE.clear()
+        normalizer = json.dumps(json.loads(tokenizer.to_str()).get("normalizer"))
+        additive = splits_on_whitespace(tokenizer) and not any(
+            f'"type": "{kind}"' in normalizer for kind in ("Replace", "Prepend"))
+        known = _WORD_ADDITIVE[id(tokenizer)] = (tokenizer, additive)
+    return known[1]
+
+
+def _word_counts(tokenizer: Tokenizer, texts: list[str]) -> list[int] | None:
+    """Token counts (no special tokens) of `texts` as sums of their words' counts, each
+    distinct word encoded once, joined into a few strings (offsets tell each token's word);
+    None when the tokenizer does not count that way, or when the longest text, encoded whole,
+    disagrees."""
+    if not texts or not _counts_words(tokenizer):
+        return None
+    split = [text.translate(_TO_SPACE).split(" ") for text in texts]
+    words = sorted(set().union(*split) - {""})
+    counts: dict[str, int] = {"": 0}
+    size = max(1, -(-len(words) // _WORD_CHUNKS))
+    parts = [words[i:i + size] for i in range(0, len(words), size)]
+    encodings = tokenizer.encode_batch([" ".join(part) for part in parts],
+                                       add_special_tokens=False)
+    for part, encoding in zip(parts, encodings, strict=True):
+        starts = list(itertools.accumulate((len(w) + 1 for w in part[:-1]), initial=0))
+        per_word = [0] * len(part)
+        for begin, _ in encoding.offsets:
+            per_word[bisect.bisect_right(starts, begin) - 1] += 1
+        counts.update(zip(part, per_word, strict=True))
+    totals = [sum(map(counts.__getitem__, words_of)) for words_of in split]
+    longest = max(range(len(texts)), key=lambda i: len(texts[i]))
+    if totals[longest] != len(tokenizer.encode(texts[longest], add_special_tokens=False)):
+        return None
+    return totals
+
+
+def _counts(tokenizer: Tokenizer, texts: list[str], *, special: bool) -> list[int]:
+    """Token counts of `texts`, each encoded (without offsets when the library can)."""
+    if not texts:
+        return []
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    return [len(e) for e in encode(texts, add_special_tokens=special)]
+
+
+def measure_sample(config: LockedConfig, sampled: list[SampledRow], size: int,
+                   tokenizer: Tokenizer) -> SampleCheck:
     """Re-tokenize sampled rows: their stored counts must be their texts' (the writer's word
     is not taken), and their re-measured counts within the budgets per prefix policy (under
-    B the body, embedding_text after its own prefix, is what chunk_size bounds)."""
-    config = target.config
+    B the body, embedding_text after its own prefix, is what chunk_size bounds).
+
+    With a tokenizer whose counts add up over words (WordPiece/BERT-style; `_counts_words`,
+    and checked on the longest text), each distinct word of the sample is tokenized once and
+    every text counts as the sum of its words: the same numbers, a fraction of the work
+    (459 rows hold some 27,000 words, of which a few thousand distinct). Any other tokenizer
+    encodes every text whole, as before."""
     check = SampleCheck(size)
-    sampled = sample_rows(conn, target, rows, size)
     if not sampled:
         return check
     policy_b = config.prefix_policy == "B"
-    embedded = tokenizer.encode_batch([r[1] for r in sampled], add_special_tokens=True)
-    bm25 = tokenizer.encode_batch([r[2] for r in sampled], add_special_tokens=False)
-    bodies = (tokenizer.encode_batch([split_prefix(r[1])[1] for r in sampled],
-                                     add_special_tokens=False) if policy_b else bm25)
-    for (row_id, _, _, stored_embedding, stored_bm25), embedding, text, body in zip(
-            sampled, embedded, bm25, bodies, strict=True):
+    special = special_token_count(tokenizer)
+    body_texts = [split_prefix(r[1])[1] for r in sampled] if policy_b else []
+    rows = len(sampled)
+    totals = _word_counts(tokenizer, [r[1] for r in sampled] + [r[2] for r in sampled]
+                          + body_texts)
+    if totals is not None:
+        embedding = [special + count for count in totals[:rows]]
+        bm25 = totals[rows:2 * rows]
+        bodies = totals[2 * rows:] if policy_b else bm25
+    else:
+        embedding = _counts(tokenizer, [r[1] for r in sampled], special=True)
+        bm25 = _counts(tokenizer, [r[2] for r in sampled], special=False)
+        bodies = _counts(tokenizer, body_texts, special=False) if policy_b else bm25
+    budget = config.token_budget
+    for (row_id, _, _, stored_embedding, stored_bm25), counted, text, body in zip(
+            sampled, embedding, bm25, bodies, strict=True):
         check.checked += 1
-        if (len(embedding), len(text)) != (stored_embedding, stored_bm25):
+        if (counted, text) != (stored_embedding, stored_bm25):
             check.count_mismatches += 1
             if len(check.examples) < EXAMPLES_KEPT:
                 check.examples.append(
                     f"{row_id[:12]}: stored {stored_embedding}/{stored_bm25}, "
-                    f"re-tokenized {len(embedding)}/{len(text)}")
-        if len(body) > config.chunk_size or len(embedding) > config.token_budget:
+                    f"re-tokenized {counted}/{text}")
+        if body > config.chunk_size or counted > budget:
             check.over_budget += 1
     return check
+
+
+def check_sample(conn: psycopg.Connection[Any], target: ChunkTable, size: int,
+                 tokenizer: Tokenizer) -> SampleCheck:
+    """Draw the sample and re-tokenize it (`measure_sample`)."""
+    return measure_sample(target.config, sample_rows(conn, target, size), size, tokenizer)
 
 
 @dataclass
@@ -206,18 +300,24 @@ def check_table(conn: psycopg.Connection[Any], target: ChunkTable,
                 tokenizer_missing: str = "no tokenizer was given") -> TableHealth:
     """The data guardrails of one table: one statement over the table (`counts_query`), the
     re-tokenization of a bounded sample (skipped, and said so, without the tokenizer), plus
-    one bookkeeping query."""
+    one bookkeeping query. The sample is drawn first; its tokenization (which releases the
+    GIL) runs in a thread while the server counts the table."""
     health = TableHealth(table=target.qualified, exists=False)
     if not table_exists(conn, target.schema, target.table):
         return health
     health.exists = True
-    row = conn.execute(counts_query(target)).fetchone()
-    assert row is not None
-    health.rows, health.prefix_leakage, health.over_budget = int(row[0]), int(row[1]), int(row[2])
     if sample > 0 and tokenizer is None:
         health.sample = SampleCheck(sample, skipped=tokenizer_missing)
-    elif sample > 0 and tokenizer is not None:
-        health.sample = check_sample(conn, target, health.rows, sample, tokenizer)
+    measuring: Future[SampleCheck] | None = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        if sample > 0 and tokenizer is not None:
+            measuring = pool.submit(measure_sample, target.config,
+                                    sample_rows(conn, target, sample), sample, tokenizer)
+        row = conn.execute(counts_query(target)).fetchone()
+        if measuring is not None:
+            health.sample = measuring.result()
+    assert row is not None
+    health.rows, health.prefix_leakage, health.over_budget = int(row[0]), int(row[1]), int(row[2])
     ingest = bookkeeping.last_successful_ingest(conn, target.chunk_version, target.registries)
     if ingest is not None:
         health.last_ingest = asdict(ingest)
@@ -332,8 +432,8 @@ class HealthReport:
         critical = [a for a in alerts if a.level == CRITICAL]
         data_ok = self.table.exists and not (self.table.prefix_leakage or self.table.over_budget)
         return {
-            "timestamp": self.timestamp.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "config_version": self.config.chunk_version,
+            "timestamp": rfc3339(self.timestamp),
+            "chunk_version": self.config.chunk_version,
             "overall_healthy": not critical and not alerts,
             "config_health": self.config_health,
             "retrieval_health": {
@@ -364,7 +464,7 @@ def record(conn: psycopg.Connection[Any], report: HealthReport) -> None:
 def render(report: HealthReport, fmt: str) -> str:
     data = report.as_dict()
     if fmt == "json":
-        return json.dumps(data, indent=2, default=str) + "\n"
+        return json.dumps(data, indent=2, default=json_default) + "\n"
     status = "healthy" if data["overall_healthy"] else (
         "CRITICAL" if report.exit_code == EXIT_CRITICAL else "warnings")
 
@@ -441,8 +541,7 @@ def stale_eval(conn: psycopg.Connection[Any], target: ChunkTable,
         return None, None
     ingested = (table.last_ingest or {}).get("finished_at")
     if ingested is not None and last.at < ingested:
-        return None, {"at": last.at.isoformat(timespec="seconds"),
-                      "ingested_at": ingested.isoformat(timespec="seconds"),
+        return None, {"at": rfc3339(last.at), "ingested_at": rfc3339(ingested),
                       "metrics": dict(last.metrics)}
     return dict(last.metrics), None
 

@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
@@ -40,6 +40,7 @@ from registry.repository.github import GitHubClient, origin_repo, propose, token
 from registry.repository.history import read_history
 from registry.repository.lifecycle import describe_change, rollback
 from registry.repository.state import RegistryState
+from registry.timestamps import rfc3339
 
 if TYPE_CHECKING:
     import threading
@@ -65,14 +66,15 @@ class Promotion:
 
     chunk_version: str
     table: str
+    """Schema-qualified."""
     promoted_at: datetime
     previous: str | None
     commit: str
     window_ends: datetime
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "promoted_at": _iso(self.promoted_at),
-                "window_ends": _iso(self.window_ends)}
+        return {**asdict(self), "promoted_at": rfc3339(self.promoted_at),
+                "window_ends": rfc3339(self.window_ends)}
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Report:
             value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
+        if isinstance(value, int):
+            return value
         return float(value) if math.isfinite(value) else None
 
     def critical(self) -> dict[str, str]:
@@ -96,7 +100,7 @@ class Report:
                 if isinstance(a, dict) and a.get("level") == "critical"}
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "at": _iso(self.at),
+        return {"id": self.id, "at": rfc3339(self.at),
                 **{name: self.metric(path) for name, path, _ in EVIDENCE_METRICS},
                 "alerts": [a for a in self.data.get("alerts") or [] if isinstance(a, dict)]}
 
@@ -112,7 +116,7 @@ class Regression:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "at": _iso(self.at)}
+        return {**asdict(self), "at": rfc3339(self.at)}
 
 
 @dataclass
@@ -149,8 +153,6 @@ def _reports_text(count: int) -> str:
     return f"{count} health report{'' if count == 1 else 's'}"
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,8 +248,8 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
     if move.kind == "rollback":
         return WatchResult("rolled-back", f"the last production change was a rollback to "
                            f"{version} ({move.commit[:10]}): nothing to watch")
-    promotion = Promotion(version, table, promoted_at, move.previous, move.commit,
-                          promoted_at + settings.monitoring_window)
+    promotion = Promotion(version, f"{settings.schema}.{table}", promoted_at, move.previous,
+                          move.commit, promoted_at + settings.monitoring_window)
     config = state.configs.get(version)
     result = WatchResult("waiting", "", promotion,
                          baseline=dict(config.baseline_metrics) if config else {})
@@ -261,19 +263,19 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
                                promotion.previous)
     result.proposal = bookkeeping.rollback_proposal(conn, version, promotion.commit,
                                                     settings.identity)
-    window = f"window until {_iso(promotion.window_ends)}"
+    window = f"window until {rfc3339(promotion.window_ends)}"
     if result.proposal is not None:
         result.outcome = "already-proposed"
         result.message = (f"the rollback of {version} was proposed at "
-                          f"{_iso(result.proposal.proposed_at)}: "
+                          f"{rfc3339(result.proposal.proposed_at)}: "
                           f"{result.proposal.url or result.proposal.branch}")
     elif now > promotion.window_ends:
         result.outcome = "window-closed"
         result.message = (f"the monitoring window of {version} closed at "
-                          f"{_iso(promotion.window_ends)}")
+                          f"{rfc3339(promotion.window_ends)}")
     elif not result.reports:
         result.message = (f"no health report of {version} since its promotion at "
-                          f"{_iso(promoted_at)} ({window})")
+                          f"{rfc3339(promoted_at)} ({window})")
     elif not result.regressions:
         result.outcome = "healthy"
         result.message = (f"{_reports_text(len(result.reports))} of {version} since its "
@@ -357,12 +359,12 @@ def evidence_markdown(result: WatchResult) -> str:
     hours = (promotion.window_ends - promotion.promoted_at).total_seconds() / 3600
     lines = [
         f"## Regression watch: roll back `{version}`", "",
-        f"Production moved from `{previous}` to `{version}` at {_iso(promotion.promoted_at)} "
+        f"Production moved from `{previous}` to `{version}` at {rfc3339(promotion.promoted_at)} "
         f"(commit {promotion.commit[:10]}). Within its {hours:g}h monitoring window, "
         f"`registry watch-promotion` compared {_reports_text(len(result.reports))} with the "
         f"locked baseline of `{version}` and the last report of `{previous}`, and found:", "",
     ]
-    lines += [f"- report #{r.report} ({_iso(r.at)}): {r.message}" for r in result.regressions]
+    lines += [f"- report #{r.report} ({rfc3339(r.at)}): {r.message}" for r in result.regressions]
     first = next((r for r in result.reports if r.id == result.regressions[0].report), None)
     latest = result.reports[-1] if result.reports else None
     columns: list[tuple[str, Report | None, Mapping[str, float] | None]] = [
@@ -383,7 +385,7 @@ def evidence_markdown(result: WatchResult) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if latest is not None:
         alerts = [a for a in latest.data.get("alerts") or [] if isinstance(a, dict)]
-        lines += ["", f"Alerts in the latest report (#{latest.id}, {_iso(latest.at)}):", ""]
+        lines += ["", f"Alerts in the latest report (#{latest.id}, {rfc3339(latest.at)}):", ""]
         lines += [f"- {'🚨' if a.get('level') == 'critical' else '⚠️'} {a.get('message')}"
                   for a in alerts] or ["- none"]
     lines += ["", f"Merging this pull request reverts the promotion; the reconciler then points "

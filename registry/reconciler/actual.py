@@ -3,6 +3,7 @@ catalog, the bookkeeping rows, and row estimates or counts), or made up for an o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from registry.config import LockedConfig, ProductionConfig
+from registry.config import LockedConfig, ProductionConfig, ingest_run_id_for
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA, ManagedTable
 from registry.database.chunk_table import Marker, read_marker, table_ddl
@@ -128,15 +129,60 @@ constraints (kind, definition) and indexes (unique, method, keys, predicate)."""
 _SHAPE_OF = _SHAPE.replace(
     "%(oid)s", "to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))")
 """The shape of `schema.table` by name: '[]' when there is no such table."""
-SHAPE_BATCH = 50
-"""Tables compared per transaction: each expected table is created (temporary, rolled back)
-and holds its locks until then, so thousands in one transaction would overflow the shared
-lock table at default settings."""
+_SHAPE_TEXT_OF = "SELECT (SHAPE)::text".replace("SHAPE", _SHAPE_OF)
+_SHAPES_IN_SCHEMA = """
+SELECT rel.relname, (SHAPE)::text
+FROM pg_class rel JOIN pg_namespace ns ON ns.oid = rel.relnamespace
+WHERE ns.nspname = %(schema)s AND rel.relname = ANY(%(tables)s) AND rel.relkind IN ('r', 'p')
+""".replace("SHAPE", _SHAPE.replace("%(oid)s", "rel.oid"))
+"""The shape (as jsonb's text) of every table of `tables` in `schema` that exists, in one
+query (the catalog only: no table is locked or read)."""
+
+_PLACEHOLDER_VERSION = "chunk-registry-shape-version"
+_PLACEHOLDER_CHUNK_SIZE = 987654321
+_PLACEHOLDER_BUDGET = 987654322
+"""What the expected shape of a prefix policy is built with, then replaced by each config's
+own values: literals no real config has, so the replacement touches nothing else."""
 
 
-def _items(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
-    found = cursor.fetchone()
-    return [tuple(item) for item in (found[0] if found else [])]
+def _expected_template(conn: psycopg.Connection[Any], prefix_policy: str, registry: str) -> str:
+    """The shape of a table made by the reconciler's DDL for `prefix_policy`, with
+    placeholder values: the DDL run (as a temporary table, rolled back) so that the comparison
+    follows it on every PostgreSQL version."""
+    name = f"chunk_registry_expected_{prefix_policy.lower()}"
+    with conn.transaction(force_rollback=True):
+        for statement in table_ddl(
+            "pg_temp", name, chunk_version=_PLACEHOLDER_VERSION, config_hash="0" * 64,
+            prefix_policy=prefix_policy, chunk_size=_PLACEHOLDER_CHUNK_SIZE,
+            token_budget=_PLACEHOLDER_BUDGET, registry=registry,
+        ):
+            conn.execute(statement)
+        row = conn.execute(_SHAPE_TEXT_OF, {"schema": "pg_temp", "table": name}).fetchone()
+        assert row is not None
+        return str(row[0])
+
+
+def _expected(template: str, config: LockedConfig) -> str:
+    """The policy's shape (jsonb text) with `config`'s values in place of the placeholders
+    (text literals as the catalog prints them, inside JSON strings)."""
+    filled = template
+    for placeholder, value in (
+            (f"'{_PLACEHOLDER_VERSION}'", _quoted(config.chunk_version)),
+            (f"'{ingest_run_id_for(_PLACEHOLDER_VERSION, '0' * 64)}'",
+             _quoted(config.ingest_run_id)),
+            (str(_PLACEHOLDER_CHUNK_SIZE), str(config.chunk_size)),
+            (str(_PLACEHOLDER_BUDGET), str(config.token_budget))):
+        filled = filled.replace(placeholder, value)
+    return filled
+
+
+def _quoted(text: str) -> str:
+    """A text literal as the catalog prints it, as it reads inside a JSON string."""
+    return json.dumps("'" + text.replace("'", "''") + "'")[1:-1]
+
+
+def _items(shape: str) -> list[tuple[Any, ...]]:
+    return [tuple(item) for item in json.loads(shape)]
 
 
 def _describe(item: tuple[Any, ...]) -> str:
@@ -157,36 +203,31 @@ def shape_drift(
     registry: str,
 ) -> dict[str, list[str]]:
     """table -> how it differs from the table the reconciler would create for its config
-    (columns, types, constraints, indexes): each expected one is created as a temporary table
-    by the same DDL (`chunk_table.table_ddl`), read from the catalog, and rolled back, so the
-    comparison follows the DDL on every PostgreSQL version. Tables absent are left out. One
-    pipeline per SHAPE_BATCH tables: a fixed number of round trips per batch."""
+    (columns, types, constraints, indexes). The expected shape is built once per prefix
+    policy by the same DDL (`chunk_table.table_ddl`, a temporary table rolled back) with
+    placeholder values, then each config's values put in; the tables' shapes are read from
+    the catalog in one query. A fixed amount of work however many configs (a temporary table
+    per config cost ~4 statements and its locks each, every plan and status). Tables absent
+    are left out."""
+    if not tables:
+        return {}
+    found = {str(name): str(shape) for name, shape in conn.execute(
+        _SHAPES_IN_SCHEMA, {"schema": schema, "tables": list(tables)}).fetchall()}
+    templates = {policy: _expected_template(conn, policy, registry)
+                 for policy in sorted({tables[name].prefix_policy for name in found})}
     drift: dict[str, list[str]] = {}
-    names = list(tables)
-    for start in range(0, len(names), SHAPE_BATCH):
-        read = []
-        with conn.transaction(force_rollback=True), conn.pipeline():
-            for table in names[start:start + SHAPE_BATCH]:
-                config = tables[table]
-                actual = conn.execute(_SHAPE_OF, {"schema": schema, "table": table})
-                for statement in table_ddl(
-                    "pg_temp", table, chunk_version=config.chunk_version,
-                    config_hash=config.config_hash, prefix_policy=config.prefix_policy,
-                    chunk_size=config.chunk_size, token_budget=config.token_budget,
-                    registry=registry,
-                ):
-                    conn.execute(statement)
-                read.append((table, actual,
-                             conn.execute(_SHAPE_OF, {"schema": "pg_temp", "table": table})))
-        for table, actual_cursor, expected_cursor in read:
-            found = _items(actual_cursor)
-            if not found:
-                continue
-            expected = _items(expected_cursor)
-            missing = [f"missing {_describe(i)}" for i in expected if i not in found]
-            extra = [f"unexpected {_describe(i)}" for i in found if i not in expected]
-            if missing or extra:
-                drift[table] = missing + extra
+    for table, shape in found.items():
+        config = tables[table]
+        expected_shape = _expected(templates[config.prefix_policy], config)
+        if shape == expected_shape:  # the same text: the same shape (the common case)
+            continue
+        actual, expected = _items(shape), _items(expected_shape)
+        if not actual:
+            continue
+        missing = [f"missing {_describe(i)}" for i in expected if i not in actual]
+        extra = [f"unexpected {_describe(i)}" for i in actual if i not in expected]
+        if missing or extra:
+            drift[table] = missing + extra
     return drift
 
 

@@ -20,6 +20,7 @@ from registry.database.bookkeeping import ManagedTable
 from registry.errors import Refused
 from registry.quality import gate
 from registry.reconciler.actual import ActualState
+from registry.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -137,7 +138,19 @@ class Finding:
 
 
 def action_dict(action: Action) -> dict[str, Any]:
+    """An action as the bookkeeping records it (names unqualified, `schema` beside them: the
+    readers of reconcile_runs, status and the dashboard, key on that)."""
     return {"action": type(action).__name__, **asdict(action), "description": action.describe()}
+
+
+def action_json(action: Action) -> dict[str, Any]:
+    """An action as `--format json` prints it: `table`, `old_table` and `view`
+    schema-qualified (`schema` kept)."""
+    data = action_dict(action)
+    for key in ("table", "old_table", "view"):
+        if data.get(key):
+            data[key] = f"{action.schema}.{data[key]}"
+    return data
 
 
 @dataclass
@@ -149,6 +162,8 @@ class Plan:
     target: str
     actions: list[Action] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    schema: str = "public"
+    """The registry's tables.schema: findings name tables in it."""
 
     @property
     def blocking(self) -> list[Finding]:
@@ -157,6 +172,13 @@ class Plan:
     @property
     def in_sync(self) -> bool:
         return not self.actions and not self.blocking
+
+    def finding_dict(self, finding: Finding) -> dict[str, Any]:
+        """A finding as JSON, its table schema-qualified (null when it names none)."""
+        data = asdict(finding)
+        if finding.table and "." not in finding.table:
+            data["table"] = f"{self.schema}.{finding.table}"
+        return data
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -170,8 +192,8 @@ class Plan:
             "commit": self.commit,
             "target": self.target,
             "in_sync": self.in_sync,
-            "actions": [action_dict(a) for a in self.actions],
-            "findings": [asdict(f) for f in self.findings],
+            "actions": [action_json(a) for a in self.actions],
+            "findings": [self.finding_dict(f) for f in self.findings],
         }
 
 
@@ -246,7 +268,7 @@ def make_plan(
         refuse_empty(state)
     settings = state.settings
     schema, base = settings.schema, settings.base_name
-    plan = Plan(ref=state.ref, commit=state.commit, target=target)
+    plan = Plan(ref=state.ref, commit=state.commit, target=target, schema=schema)
     other = foreign_owner(settings, actual)
     if other is not None:
         plan.findings.append(Finding(
@@ -467,8 +489,8 @@ def _plan_retirements(
 
 
 def utc_text(moment: datetime) -> str:
-    """`2026-01-02T03:04:05Z`: how plans and errors write a moment."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """`2026-01-02T03:04:05Z`: how plans and errors write a moment (RFC 3339 UTC)."""
+    return rfc3339(moment)
 
 
 def duration_text(delta: timedelta) -> str:

@@ -110,7 +110,7 @@ class RunResult:
             "run_id": self.run_id,
             "outcome": self.outcome,
             "results": [
-                {"action": type(r.action).__name__, "table": r.action.table,
+                {"action": type(r.action).__name__, "table": f"{r.action.schema}.{r.action.table}",
                  "outcome": r.outcome, "error": r.error, "attempts": r.attempts,
                  "seconds": round(r.seconds, 4)}
                 for r in self.results

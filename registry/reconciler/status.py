@@ -62,7 +62,7 @@ class StatusReport:
             "row_counts": "exact" if self.exact else "estimated",
             "configs": [asdict(r) for r in self.rows],
             "last_run": self.last_run,
-            "findings": [asdict(f) for f in self.plan.findings],
+            "findings": [self.plan.finding_dict(f) for f in self.plan.findings],
         }
 
 

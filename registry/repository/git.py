@@ -538,6 +538,32 @@ class Git:
             )
         self.repo.create_head(branch, commit)
 
+    def set_branch(self, branch: str, commit: str) -> None:
+        """Create `branch` at `commit`, or move it there (the caller decided it may)."""
+        self.run("branch", "--force", branch, commit)
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """Whether `ancestor` is reachable from `descendant` (a branch merged into main)."""
+        status, _, _ = self.execute("merge-base", "--is-ancestor", ancestor, descendant)
+        return status == 0
+
+    def tree_of(self, commit: str) -> str:
+        return self.run("rev-parse", f"{commit}^{{tree}}").strip()
+
+    def pushed_branch(self, branch: str, remote: str = "origin") -> str | None:
+        """The commit `branch` names where `git push` sends it (the push URL, which may differ
+        from the fetch URL), fetched into refs/remotes/<remote>/<branch> so it can be
+        compared; None when it is not there."""
+        if not self.has_remote(remote):
+            return None
+        url = self.run("remote", "get-url", "--push", remote).strip()
+        listed = self.run("ls-remote", "--heads", url, f"refs/heads/{branch}").split()
+        if not listed:
+            return None
+        self.run("fetch", "--quiet", "--no-tags", url,
+                 f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}")
+        return listed[0]
+
     def push(self, *refspecs: str, remote: str = "origin") -> None:
         if not self.has_remote(remote):
             raise GitError(f"there is no remote named {remote}", fix="git remote add origin <url>")

@@ -18,6 +18,7 @@ from registry.config import CONFIG_DIR, PRODUCTION_PATH, VERSION_RE
 from registry.errors import Refused
 from registry.repository.git import Git
 from registry.repository.state import read_state
+from registry.timestamps import rfc3339
 
 Kind = Literal["lock", "promote", "rollback", "retire"]
 Merge = Literal["merge", "squash", "commit"]
@@ -53,7 +54,8 @@ class Event:
     tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON: `at` in RFC 3339 UTC (git gives the author's offset)."""
+        return {**asdict(self), "at": rfc3339(self.at)}
 
     def describe(self) -> str:
         if self.kind in ("promote", "rollback"):

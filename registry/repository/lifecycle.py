@@ -24,13 +24,21 @@ from registry.config import (
     set_production_pointer,
     utc_now,
 )
-from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
+from registry.errors import (
+    ConfigInvalid,
+    GitError,
+    Refused,
+    RegistryError,
+    UnknownVersion,
+    UsageError,
+    invalid,
+)
 from registry.quality.gate import promotion_note
 from registry.reconciler.render import render_plan
 from registry.reconciler.run import offline_plan
 from registry.repository.config_schema import schema_problems
 from registry.repository.git import Git
-from registry.repository.github import Proposal, propose
+from registry.repository.github import Proposal, origin_repo, propose
 from registry.repository.history import (
     FORCE_TRAILER,
     last_promotion,
@@ -38,7 +46,7 @@ from registry.repository.history import (
     standing_promotions,
 )
 from registry.repository.runbook import render
-from registry.repository.state import RegistryState, read_state
+from registry.repository.state import RegistryState, parse_config_file, read_state
 from registry.tokenizer import resolve, special_token_count
 
 if TYPE_CHECKING:
@@ -56,6 +64,8 @@ class LockResult:
     base: str
     pushed: bool
     runbook_path: str | None = None
+    reused: bool = False
+    """An unmerged lock branch with the same config_hash existed (a rerun): adopted."""
 
 
 def check_parameters(
@@ -172,6 +182,14 @@ def lock(
     if description:
         config_data["description"] = description
     config = _checked(config_data, special)
+    if push:
+        adopted = _unmerged_lock(git, state, base, config.config_hash)
+        if adopted is not None:
+            found, branch, commit = adopted
+            commit, _ = place_branch(git, branch, commit, base, push)
+            runbook = f"runbooks/{found.chunk_version}.md"
+            return LockResult(found, branch, commit, config_path(found.chunk_version), base,
+                              push, runbook if git.show(commit, runbook) else None, reused=True)
     path = config_path(config.chunk_version)
     changes: dict[str, bytes | None] = {path: config.dump().encode()}
     runbook_path = None
@@ -191,6 +209,55 @@ def lock(
     if push:
         git.push(f"refs/heads/{branch}:refs/heads/{branch}")
     return LockResult(config, branch, commit, path, base, push, runbook_path)
+
+
+def _unmerged_lock(
+    git: Git, state: RegistryState, base: str, config_hash: str
+) -> tuple[LockedConfig, str, str] | None:
+    """(config, branch, commit) of a lock branch not merged into `base` (local, or origin's
+    as last fetched) whose config has `config_hash`: what a rerun of `lock --push/--pr` after
+    a failure adopts instead of locking the same parameters again under a new version."""
+    listed = git.run("for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/lock/",
+                     "refs/remotes/origin/lock/")
+    for line in listed.splitlines():
+        ref, commit = line.split()
+        version = ref.rsplit("/", 1)[1]
+        if version in state.configs or not is_version(version) or git.is_ancestor(commit, base):
+            continue
+        raw = git.show(commit, config_path(version))
+        found = parse_config_file(config_path(version), raw)[0] if raw else None
+        if found is not None and found.config_hash == config_hash:
+            return found, f"lock/{version}", commit
+    return None
+
+
+def place_branch(git: Git, branch: str, commit: str, base: str, push: bool) -> tuple[str, bool]:
+    """Put the change `commit` on `branch` (and push it): (the commit the branch holds, whether
+    an existing branch already held this change and was kept).
+
+    A branch left by an earlier change that was merged into `base` is replaced; one holding
+    the same content (a rerun) is kept as it is, so its pushed commit and open pull request
+    stay; one with other, unmerged changes is refused, saying what to run."""
+    tree = git.tree_of(commit)
+    remote = git.pushed_branch(branch) if push else None
+    local = git.resolve(f"refs/heads/{branch}")
+    reused = False
+    for where, existing in (("at origin ", remote), ("", local)):
+        if existing is None or existing == commit or git.is_ancestor(existing, base):
+            continue
+        if git.tree_of(existing) == tree:
+            commit, reused = (commit, True) if reused else (existing, True)
+            continue
+        delete = f"`git branch -D {branch}`" + (
+            f" and `git push origin --delete {branch}`" if remote else "")
+        raise GitError(f"branch {branch} already exists {where}with other changes "
+                       f"({existing[:10]}, not merged into {base})",
+                       fix=f"merge or close its pull request, or delete it ({delete}), then rerun")
+    git.set_branch(branch, commit)
+    if push and remote != commit:
+        lease = [f"--force-with-lease=refs/heads/{branch}:{remote}"] if remote else []
+        git.push(*lease, f"refs/heads/{branch}:refs/heads/{branch}")
+    return commit, reused
 
 
 def _checked(data: dict[str, Any], special_tokens: int) -> LockedConfig:
@@ -273,6 +340,8 @@ class ChangeResult:
     previous: str | None = None
     reverted: str | None = None
     pushed: bool = False
+    reused: bool = False
+    """The branch already held this change (a rerun): kept, not remade."""
 
 
 def _finish(
@@ -280,22 +349,21 @@ def _finish(
     branch: str | None = None, **extra: Any
 ) -> ChangeResult:
     branch = branch or f"{action}/{version}"
-    git.create_branch(branch, commit)
-    if push:
-        git.push(f"refs/heads/{branch}:refs/heads/{branch}")
+    commit, reused = place_branch(git, branch, commit, base, push)
     title = git.run("log", "-1", "--format=%s", commit).strip()
-    return ChangeResult(action, version, branch, commit, base, title, pushed=push, **extra)
+    return ChangeResult(action, version, branch, commit, base, title, pushed=push,
+                        reused=reused, **extra)
 
 
 def _require_locked(state: RegistryState, version: str, base: str, action: str) -> LockedConfig:
     if not is_version(version):
-        raise UsageError(f"{version!r} is not a chunk_version",
-                         fix="use the form 2025-09-07-143022-v1; `registry list` shows them")
+        raise UnknownVersion(f"{version!r} is not a chunk_version",
+                             fix="use the form 2025-09-07-143022-v1; `registry list` shows them")
     config = state.configs.get(version)
     if config is None:
-        raise Refused(f"cannot {action} {version}: it is not a locked config on {base}",
-                      fix="merge its lock pull request first and `git pull`; "
-                          "`registry list` shows the locked versions")
+        raise UnknownVersion(f"cannot {action} {version}: it is not a locked config on {base}",
+                             fix="merge its lock pull request first and `git pull`; "
+                                 "`registry list` shows the locked versions")
     return config
 
 
@@ -439,6 +507,30 @@ def _duration(value: timedelta) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Pull request text
+
+
+def check_pr_origin(git: Git) -> None:
+    """`--pr` needs an origin on GitHub: checked before anything is made or pushed."""
+    try:
+        origin_repo(git)
+    except GitError as err:
+        raise GitError(f"{err.message}; nothing was pushed", where=err.where,
+                       fix=err.fix) from None
+
+
+def propose_pushed(git: Git, branch: str, base: str, commit: str, rerun: str) -> Proposal:
+    """The pull request of a change branch just pushed; when the API fails, the error says
+    what now exists (the pushed branch, no pull request) and what to run (`rerun`, which
+    adopts both), instead of leaving the user to guess."""
+    try:
+        return propose_change(git, branch, base)
+    except RegistryError as err:
+        compare = origin_repo(git).compare_url(git.branch_of(base), branch)
+        then = f"rerun {rerun} (it adopts the pushed branch and an open pull request), or " \
+               f"open the pull request at {compare}"
+        raise type(err)(f"{err.message}: branch {branch} is pushed to origin at {commit[:10]}, "
+                        "no pull request was opened", where=err.where,
+                        fix=f"{err.fix}; then {then}" if err.fix else then) from None
 
 
 def propose_change(git: Git, branch: str, base: str) -> Proposal:

@@ -92,7 +92,7 @@ def runbook(config: LockedConfig, settings: ProductionConfig) -> dict[str, Any]:
     return {
         "chunk_version": config.chunk_version,
         "label": config.label(),
-        "table": settings.table_name(config.chunk_version),
+        "table": f"{settings.schema}.{settings.table_name(config.chunk_version)}",
         "config_hash": config.config_hash,
         "environment": environment(config),
         "steps": steps(config, settings),

@@ -23,7 +23,7 @@ from registry.config import (
     config_path,
     parse_yaml,
 )
-from registry.errors import ConfigInvalid, GitError, Problem, invalid
+from registry.errors import ConfigInvalid, GitError, Problem, UnknownVersion, invalid
 from registry.repository.config_schema import schema_problems
 from registry.repository.git import Git, git_blob_sha
 from registry.repository.parse_cache import ParseCache
@@ -98,7 +98,7 @@ class RegistryState:
                 )
             return found
         if chunk_version not in self.configs:
-            raise ConfigInvalid(
+            raise UnknownVersion(
                 f"no locked config {chunk_version} on {self.ref}",
                 fix="run `registry list` to see the versions",
             )

@@ -119,6 +119,7 @@ def test_hostile_names_given_to_every_sql_helper_land_in_the_catalog_exactly_quo
     served, retired = (locked_config(chunk_version=v, tokenizer_hash=hashed, chunk_size=100)
                        for v in (version, version + "'2"))
     table, other = (table_name_for(c.chunk_version, base) for c in (served, retired))
+    target = ChunkTable(served, schema, table, settings.identities)
     assert all(len(name.encode()) + 5 <= 63 for name in (table, other, schema, base))
     conn = connect(dsn)
     try:
@@ -129,14 +130,14 @@ def test_hostile_names_given_to_every_sql_helper_land_in_the_catalog_exactly_quo
         applier = Applier(conn, settings, "deadbeef", now, schema_exists=False)
         created = applier.apply(Plan("test", None, "", [
             CreateTable.of(schema, table, served), CreateTable.of(schema, other, retired)]))
-        report = run_ingest(ChunkTable(served, schema, table), write_corpus(tmp_path / "c", 8), dsn,
+        report = run_ingest(target, write_corpus(tmp_path / "c", 8), dsn,
                             tokenizer_file.read_text(), workers=1)
         swapped = applier.apply(Plan("test", None, "", [
             SwapProduction(schema, base, None, table, version)]))
         actual = read_actual(conn, settings)
         counted = row_counts(conn, schema, [table, other])
-        health = check_table(conn, ChunkTable(served, schema, table))
-        evaluation = evaluate_table(conn, ChunkTable(served, schema, table), [
+        health = check_table(conn, target)
+        evaluation = evaluate_table(conn, target, [
             Case("q1", "module documentation", "module")], k=5, top=2)
         later = Applier(conn, settings, "deadbeef", now + timedelta(hours=1))
         retired_result = later.apply(Plan("test", None, "", [

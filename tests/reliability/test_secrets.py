@@ -207,7 +207,7 @@ def test_no_password_or_token_appears_anywhere_the_lifecycle_writes(
         "validate": 0, "plan": 0, "reconcile (REGISTRY_DSN)": 0, "ingest": 0, "eval": 0,
         "health": codes["health"], "reconcile json": 0, "status": 0, "status json": 0,
         "db url": 0, "db url json": 0, "watch": 0, "wrong password": 5, "malformed dsn": 2,
-        "missing source": 1, "unknown version": 1, "debug, server unreachable": 5,
+        "missing source": 1, "unknown version": 16, "debug, server unreachable": 5,
         "fetch with a token in the remote": 6, "lock --pr": 0,
         **{f"lock --pr, API answers {s} with the token": 9 for s in (401, 403, 422, 500)}}, codes
     assert sent == {f"Bearer {TOKEN}"}, "the token did go to the API, in the header only"

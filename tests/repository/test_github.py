@@ -207,7 +207,12 @@ def test_api_errors_become_one_clear_line_with_exit_9(
     out, err = result.stdout, result.stderr
     assert result.code == 9, err
     reset = datetime.fromtimestamp(github.reset_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    assert re.match(expected.replace("{reset}", reset), err), err
+    # After the push, the line also says what now exists and what to rerun (the rest is the
+    # API's own error, unchanged).
+    pushed = re.compile(rf": branch promote/{v1} is pushed to origin at [0-9a-f]{{10}}, no pull "
+                        "request was opened")
+    assert pushed.search(err) and f"rerun `registry promote {v1} --pr`" in err, err
+    assert re.match(expected.replace("{reset}", reset), pushed.sub("", err)), err
     assert err.count("\n") == 1
     assert TOKEN not in out + err and "ghp_wrong" not in out + err
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from registry.commands import changes
-from registry.errors import Refused, UsageError
+from registry.errors import Refused, UnknownVersion
 from registry.repository.git import Git
 from registry.repository.history import read_history
 from registry.repository.lifecycle import promote, retire, rollback, tag
@@ -57,9 +57,10 @@ def test_promote_refuses_what_is_not_locked_on_main_untagged_or_already_producti
     registry_repo: RegistryRepo,
 ) -> None:
     unmerged = registry_repo.lock()
-    with pytest.raises(Refused, match=f"cannot promote {unmerged}: it is not a locked config"):
+    with pytest.raises(UnknownVersion, match=f"cannot promote {unmerged}: it is not a locked "
+                       "config"):
         promote(Git(registry_repo.path), unmerged)
-    with pytest.raises(UsageError, match="is not a chunk_version"):
+    with pytest.raises(UnknownVersion, match="is not a chunk_version"):
         promote(Git(registry_repo.path), "../etc/passwd")
 
     v1 = registry_repo.locked()
