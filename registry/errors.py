@@ -199,3 +199,9 @@ class ServedStateUnavailable(RegistryError):
     reconcile has materialized it in this database (or it names several registries)."""
 
     exit_code = 20
+
+
+class EngineUnavailable(RegistryError):
+    """The Ray cluster `--ray-address` names cannot be reached (or Ray cannot start)."""
+
+    exit_code = 21

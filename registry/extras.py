@@ -18,6 +18,7 @@ EXTRA_OF: dict[str, str] = {
     "optuna": "tune",
     "pgvector": "embed",
     "onnxruntime": "embed",
+    "ray": "ray",
 }
 
 

@@ -11,8 +11,10 @@ from registry.cli.completion import complete_version
 from registry.cli.output import (
     DedupOpt,
     DsnOpt,
+    EngineOpt,
     EnvironmentOpt,
     FormatOpt,
+    RayAddressOpt,
     RefOpt,
     RepoOpt,
     StrictOpt,
@@ -35,6 +37,8 @@ def ingest(
     dsn: DsnOpt = None,
     dedup: DedupOpt = "document",
     workers: WorkersOpt = None,
+    engine: EngineOpt = "builtin",
+    ray_address: RayAddressOpt = None,
     tokenizer_file: Annotated[
         Path | None, typer.Option(help="tokenizer.json to use instead of the HF cache (its "
                                   "hash must equal the config's tokenizer_hash).")
@@ -74,7 +78,8 @@ def ingest(
                      on_progress=on_progress, on_problem=on_problem,
                      into_production=into_production, max_change=max_change,
                      environment=environment,
-                     embedder_model=embedder_model, embedder_tokenizer=embedder_tokenizer)
+                     embedder_model=embedder_model, embedder_tokenizer=embedder_tokenizer,
+                     engine=engine, ray_address=ray_address)
     if fmt == "json":
         emit_json(report.to_dict())
         return

@@ -86,6 +86,19 @@ WorkersOpt = Annotated[
 ]
 
 
+EngineOpt = Annotated[
+    Literal["builtin", "ray"],
+    typer.Option("--engine", help="builtin: processes on this machine; ray: a Ray Data "
+                 "pipeline (a local Ray, or the cluster at --ray-address; extra `ray`)."),
+]
+
+
+RayAddressOpt = Annotated[
+    str | None, typer.Option("--ray-address", help="With --engine ray: join this cluster "
+                             "(host:6379, or ray://host:10001) instead of starting a local Ray.")
+]
+
+
 StrictOpt = Annotated[
     bool, typer.Option("--strict", help="Fail the run (writing nothing) at the first bad "
                        "document instead of skipping it.")
@@ -161,6 +174,12 @@ def print_ingest(report: Any) -> None:
     if report.embedder_fingerprint:
         say(f"  vectors: {report.vectors_computed} computed, {report.vectors_reused} reused from "
             f"the embedding cache ({report.embed_seconds:.1f}s in the model)")
+    if report.ray:
+        ray = report.ray
+        say(f"  on Ray ({ray['nodes']} node{'s' if ray['nodes'] != 1 else ''} at "
+            f"{ray['address']}, {ray['cpus']} CPUs, {ray['gpus']} GPUs): "
+            f"{len(ray.get('shards', []))} shards staged in chunk_registry.{ray['staging']}, "
+            "moved in one transaction")
     if report.into_production:
         say(f"  into production: {report.documents_added} documents added, "
             f"{report.documents_changed} changed, {report.documents_removed} removed, "

@@ -12,9 +12,11 @@ import typer
 from registry.cli.output import (
     DedupOpt,
     DsnOpt,
+    EngineOpt,
     EnvironmentOpt,
     FetchOpt,
     FormatOpt,
+    RayAddressOpt,
     RefOpt,
     RepoOpt,
     WorkersOpt,
@@ -119,6 +121,8 @@ def reconcile(
     dedup: DedupOpt = "document",
     workers: WorkersOpt = None,
     environment: EnvironmentOpt = None,
+    engine: EngineOpt = "builtin",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Make PostgreSQL match the repo: create shadow tables, swap production, retire, drop."""
     from registry.commands import reconcile as commands
@@ -127,6 +131,10 @@ def reconcile(
                                "lock_timeout_ms": lock_timeout, "wait_lock": wait_lock,
                                "require_signed": require_signed,
                                "allowed_signers": allowed_signers, "environment": environment}
+    if source is None and (engine != "builtin" or ray_address):
+        raise usage("--engine and --ray-address go with --source (they choose how it ingests)")
+    if ray_address and engine != "ray":
+        raise usage("--ray-address goes with --engine ray")
     if watch:
         if source is not None:
             raise usage("--source does not go with --watch (ingests are long; run them apart)")
@@ -142,7 +150,8 @@ def reconcile(
         with ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):
             both = data.reconcile_and_ingest(
                 repo, source, tokenizer_files=tokenizer_file or [], dedup=dedup,
-                workers=workers, on_progress=on_progress, on_problem=on_problem, **options)
+                workers=workers, engine=engine, ray_address=ray_address,
+                on_progress=on_progress, on_problem=on_problem, **options)
         result, reports = both.result, both.ingests
     if fmt == "json":
         shown = result.to_dict()

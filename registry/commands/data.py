@@ -36,6 +36,9 @@ def ingest(
     environment: str | None = None,
     embedder_model: Path | None = None,
     embedder_tokenizer: Path | None = None,
+    engine: pipeline.Engine = "builtin",
+    ray_address: str | None = None,
+    shard_documents: int = pipeline.BATCH_DOCUMENTS,
 ) -> pipeline.IngestReport:
     """The locked config as committed on the main branch (or `ref`), ingested into its table
     (of `environment`, default production) on the database in force."""
@@ -45,7 +48,9 @@ def ingest(
                            strict=strict, max_document_bytes=max_document_bytes,
                            on_progress=on_progress, on_problem=on_problem,
                            into_production=into_production, max_change=max_change,
-                           embedder_model=embedder_model, embedder_tokenizer=embedder_tokenizer)
+                           embedder_model=embedder_model, embedder_tokenizer=embedder_tokenizer,
+                           engine=engine, ray_address=ray_address,
+                           shard_documents=shard_documents)
 
 
 @dataclass
@@ -60,6 +65,7 @@ class ReconcileAndIngest:
 def reconcile_and_ingest(
     repo: Path, source: Path, *, tokenizer_files: list[Path],
     dedup: pipeline.DedupMode = "document", workers: int | None = None,
+    engine: pipeline.Engine = "builtin", ray_address: str | None = None,
     on_progress: Callable[[pipeline.Progress], None] | None = None,
     on_problem: Callable[[pipeline.SourceProblem], None] | None = None,
     **options: Any,
@@ -75,7 +81,8 @@ def reconcile_and_ingest(
     with session(resolved.value, purpose="ingest pending") as conn:
         outcome.ingests = pipeline.ingest_pending(
             state, conn, source, resolved.value, tokenizer_files=tokenizer_files, dedup=dedup,
-            workers=workers, on_progress=on_progress, on_problem=on_problem)
+            workers=workers, on_progress=on_progress, on_problem=on_problem, engine=engine,
+            ray_address=ray_address)
     if outcome.ingests and outcome.result.outcome == "refused":
         outcome.result = reconcile_with(git, **options)
     return outcome

@@ -884,6 +884,42 @@ def fail_ingest_run(
     )
 
 
+STAGING_PREFIX = "ingest_staging_"
+"""`chunk_registry.ingest_staging_<run>`: where the workers of a distributed ingest (Ray) COPY
+their shards; one transaction then moves the whole run into the shadow table."""
+
+
+def staging_table(run: int) -> sql.Composed:
+    return table(f"{STAGING_PREFIX}{run}")
+
+
+def create_ingest_staging(conn: psycopg.Connection[Any], run: int, like: sql.Composable,
+                          columns: Sequence[str]) -> sql.Composed:
+    """An UNLOGGED table with the row columns of `like` plus the shard and document number of
+    each row (a retried shard deletes its own rows first). Unlogged: it lives for one run and
+    its rows are written again by a retry, so WAL would only cost."""
+    staging = staging_table(run)
+    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+        staging, sql.SQL(", ").join(map(sql.Identifier, columns)), like))
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN shard integer NOT NULL, "
+                         "ADD COLUMN doc_seq bigint NOT NULL").format(staging))
+    return staging
+
+
+def drop_ingest_staging(conn: psycopg.Connection[Any], ingest_run_id: str) -> list[str]:
+    """Drop every staging table of `ingest_run_id`'s runs (the caller holds its run lock, so
+    none is in use): the current run's, and those a killed driver left behind."""
+    found = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN chunk_registry.ingest_runs r ON c.relname = 'ingest_staging_' || r.id "
+        "WHERE n.nspname = 'chunk_registry' AND c.relkind = 'r' AND r.ingest_run_id = %s",
+        (ingest_run_id,)).fetchall()
+    names = [str(row[0]) for row in found]
+    for name in names:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table(name)))
+    return names
+
+
 @dataclass(frozen=True)
 class IngestRun:
     """The last successful ingest of a config (what the health check's dedup rate reads)."""

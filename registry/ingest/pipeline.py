@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -158,6 +157,10 @@ class IngestReport:
     dedup: str
     workers: int
     run: int | None = None
+    engine: str = "builtin"
+    """`builtin` (processes on this machine) or `ray` (a Ray Data pipeline, local or a cluster)."""
+    ray: dict[str, Any] | None = None
+    """With the Ray engine: the cluster's nodes, the shards and where they were chunked."""
     documents: int = 0
     skipped: int = 0
     ignored_files: int = 0
@@ -218,6 +221,8 @@ class IngestReport:
         data["problems"] = [p.render() for p in self.problems[:PROBLEMS_KEPT]]
         data["mb_per_s"] = round(self.mb_per_s, 3)
         data["seconds"] = round(self.seconds, 3)
+        if data["ray"] is None:
+            data.pop("ray")
         return data
 
     def to_dict(self) -> dict[str, Any]:
@@ -556,8 +561,11 @@ class FileShingleStore:
         self._offsets: list[int] = [0]
 
     def append(self, values: Shingles) -> int:
-        self._file.seek(0, io.SEEK_END)
-        self._file.write(values.astype(np.uint64).tobytes())
+        # pwrite, not the buffered file's write: `get` reads with pread, which does not see
+        # bytes still in the file object's buffer (the last ~8 KB of shingles would read short
+        # and the near-duplicates of recently kept chunks would be missed).
+        os.pwrite(self._file.fileno(), values.astype(np.uint64).tobytes(),
+                  self._offsets[-1] * 8)
         self._offsets.append(self._offsets[-1] + len(values))
         return len(self._offsets) - 2
 
@@ -709,16 +717,7 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
         faults.point("ingest", "deleted")
 
     def problem(found: SourceProblem) -> None:
-        if strict:
-            raise IngestFailed(f"{found.where}: {found.message} (--strict: nothing was written)",
-                               fix=found.fix)
-        report.skipped += 1
-        progress.skipped += 1
-        report.account(found.where, "skipped", found.message)
-        if len(report.problems) < PROBLEMS_KEPT:
-            report.problems.append(found)
-        if on_problem is not None:
-            on_problem(found)
+        note_problem(found, report, progress, strict=strict, on_problem=on_problem)
 
     def ignore(_path: Path) -> None:
         report.ignored_files += 1
@@ -791,6 +790,26 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
         if store is not None:
             store.close()
     show(force=True)
+    check_not_empty(report, source)
+
+
+def note_problem(found: SourceProblem, report: IngestReport, progress: Progress, *,
+                 strict: bool, on_problem: Callable[[SourceProblem], None] | None) -> None:
+    """A skipped document, counted and named (or, with `strict`, the end of the run)."""
+    if strict:
+        raise IngestFailed(f"{found.where}: {found.message} (--strict: nothing was written)",
+                           fix=found.fix)
+    report.skipped += 1
+    progress.skipped += 1
+    report.account(found.where, "skipped", found.message)
+    if len(report.problems) < PROBLEMS_KEPT:
+        report.problems.append(found)
+    if on_problem is not None:
+        on_problem(found)
+
+
+def check_not_empty(report: IngestReport, source: Path) -> None:
+    """An empty run never replaces a full one."""
     if report.documents == 0:
         raise IngestFailed(f"no usable document in {source} ({report.skipped} skipped, "
                            f"{report.ignored_files} files ignored): nothing was written",
@@ -872,10 +891,7 @@ def keep_rows(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
     document left without a row is accounted for by name (merged into the documents whose
     chunks it repeats, or without a chunk at all). `seen_ids` and `owners` (the corpus
     deduplicator's kept chunks) remember which document each kept chunk came from."""
-    report.duplicates_removed += result.duplicates
-    report.too_small += result.too_small
-    report.header_only += result.header_only
-    report.over_budget += result.over_budget
+    count_document(result, report)
     kept: list[Chunk] = []
     into: list[str] = []
     for index, chunk in enumerate(result.chunks):
@@ -896,6 +912,14 @@ def keep_rows(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
             continue
         seen_ids[key] = result.doc_id
         kept.append(chunk)
+    return account_document(result, kept, into, report)
+
+
+def account_document(result: ChunkedDocument, kept: list[Chunk], into: list[str],
+                     report: IngestReport) -> list[tuple[Any, ...]]:
+    """The rows of a document once the corpus pass decided (`kept`, and the documents its
+    dropped chunks repeat, `into`), renumbered; a document left without a row is accounted
+    for by name. Shared by the built-in and the Ray ingest, so both report alike."""
     if not result.chunks:
         report.account(result.doc_id, "no_chunk", _no_chunk_reason(result))
     elif not kept:
@@ -908,6 +932,14 @@ def keep_rows(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
     if len(kept) != len(result.chunks):
         kept = [chunk._replace(chunk_index=i) for i, chunk in enumerate(kept)]
     return [chunk.row() for chunk in kept]
+
+
+def count_document(result: ChunkedDocument, report: IngestReport) -> None:
+    """What the chunker dropped within one document, added to the run's counts."""
+    report.duplicates_removed += result.duplicates
+    report.too_small += result.too_small
+    report.header_only += result.header_only
+    report.over_budget += result.over_budget
 
 
 def _no_chunk_reason(result: ChunkedDocument) -> str:
@@ -984,22 +1016,47 @@ def ingest(
     max_change: float | None = None,
     embedder_model: Path | None = None,
     embedder_tokenizer: Path | None = None,
+    engine: Engine = "builtin",
+    ray_address: str | None = None,
+    shard_documents: int = BATCH_DOCUMENTS,
 ) -> IngestReport:
     """`registry ingest VERSION --source PATH`: the locked config of `state`, its tokenizer
     checked by hash, its embedder (if it pins one) checked by fingerprint, its shadow table
     filled (production's only with `into_production`). Ingest takes the resolved `dsn`, not a
     connection: it opens its own (the run lock on one, the rows in one transaction on another,
-    the embedding cache on a third)."""
+    the embedding cache on a third). `engine="ray"` runs it as a Ray Data pipeline."""
+    check_engine(engine, ray_address)
     target = chunk_table(state, version)
     embedder, tokenizer_file = locked_embedder(target.config, tokenizer_file, embedder_model,
                                                embedder_tokenizer)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
-    return run_ingest(target, source, dsn, tokenizer_json, dedup=dedup,
-                      workers=default_workers(workers), strict=strict,
-                      max_document_bytes=max_document_bytes, on_progress=on_progress,
-                      on_problem=on_problem, into_production=into_production,
-                      max_change=DEFAULT_MAX_CHANGE if max_change is None else max_change,
-                      embedder=embedder)
+    options: dict[str, Any] = {
+        "dedup": dedup, "workers": default_workers(workers), "strict": strict,
+        "max_document_bytes": max_document_bytes, "on_progress": on_progress,
+        "on_problem": on_problem, "into_production": into_production,
+        "max_change": DEFAULT_MAX_CHANGE if max_change is None else max_change}
+    if engine == "ray":
+        if embedder is not None:
+            raise UsageError(f"--engine ray does not embed yet, and {target.chunk_version} "
+                             "pins an embedder", fix="ingest it with the built-in engine "
+                             "(leave out --engine ray)")
+        from registry.ingest.ray_engine import run_ray_ingest
+
+        return run_ray_ingest(target, source, dsn, tokenizer_json, address=ray_address,
+                              shard_documents=shard_documents, **options)
+    return run_ingest(target, source, dsn, tokenizer_json, embedder=embedder, **options)
+
+
+Engine = Literal["builtin", "ray"]
+
+
+def check_engine(engine: str, ray_address: str | None) -> None:
+    """`--engine` and `--ray-address` as the CLI and the Python API take them."""
+    if engine not in ("builtin", "ray"):
+        raise UsageError(f"--engine {engine} is not builtin or ray")
+    if ray_address and engine != "ray":
+        raise UsageError("--ray-address goes with --engine ray",
+                         fix="add --engine ray, or leave --ray-address out")
 
 
 def locked_embedder(config: LockedConfig, tokenizer_file: Path | None,
@@ -1052,12 +1109,15 @@ def ingest_pending(
     strict: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     on_problem: Callable[[SourceProblem], None] | None = None,
+    engine: Engine = "builtin",
+    ray_address: str | None = None,
 ) -> list[IngestReport]:
     """`registry reconcile --source PATH`: ingest every shadow table with no successful run.
 
     Each config's tokenizer is the first of `tokenizer_files` whose hash matches it, else the
     one its name resolves to (local cache). `conn` finds them; each ingest opens its own
     connections to `dsn`."""
+    check_engine(engine, ray_address)
     bookkeeping.ensure_schema(conn)
     versions = pending_versions(conn, state)
     by_hash = {file_hash(Path(p)): Path(p) for p in tokenizer_files}
@@ -1067,8 +1127,15 @@ def ingest_pending(
         embedder, tokenizer_file = locked_embedder(target.config,
                                                    by_hash.get(target.config.tokenizer_hash))
         tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
-        reports.append(run_ingest(target, source, dsn, tokenizer_json, dedup=dedup,
-                                  workers=default_workers(workers), strict=strict,
-                                  on_progress=on_progress, on_problem=on_problem,
-                                  embedder=embedder))
+        options: dict[str, Any] = {"dedup": dedup, "workers": default_workers(workers),
+                                   "strict": strict, "on_progress": on_progress,
+                                   "on_problem": on_problem}
+        if engine == "ray" and embedder is None:
+            from registry.ingest.ray_engine import run_ray_ingest
+
+            reports.append(run_ray_ingest(target, source, dsn, tokenizer_json,
+                                          address=ray_address, **options))
+        else:
+            reports.append(run_ingest(target, source, dsn, tokenizer_json, embedder=embedder,
+                                      **options))
     return reports

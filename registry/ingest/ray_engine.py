@@ -1,0 +1,523 @@
+"""`registry ingest --engine ray`: the same ingest as a Ray Data pipeline, on a laptop or a cluster.
+
+read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at every step:
+
+- read: the driver reads the source with `read_source` (the same documents, problems and order
+  as the built-in ingest) and puts it into the object store shard by shard (`shard_documents`
+  documents each; beyond `object_store_memory` Ray spills them to disk), keeping only refs.
+- chunk: `ChunkShard` actors, one CPU each, `workers` of them; the config and the tokenizer
+  are put into the object store once and each actor builds its `Chunker` from them at start.
+- dedup: every chunk's MinHash band keys (and its id) are shuffled to partitions by key
+  (`groupby`), so candidates made on different nodes meet; each partition verifies its pairs
+  exactly (`distributed.verify_partition`) and the driver applies the greedy corpus order to
+  the few chunks that have a near-duplicate (`distributed.resolve`): the kept set is the
+  built-in ingest's, chunk for chunk.
+- embed: `embed_stage`, where the embedder actors go (GPUs when the cluster has them).
+- load: tasks COPY each shard into `chunk_registry.ingest_staging_<run>` in one transaction per
+  shard, deleting the shard's earlier rows first (a retried task replaces, never doubles). The
+  driver then checks every shard is there and moves the run into the shadow table in one
+  transaction, which also records the run (its shards listed) and drops the staging table:
+  readers see the whole run or none of it. A worker killed mid-run is retried by Ray
+  (`LOAD_RETRIES`); when retries run out the run fails, the staging table is dropped and the
+  shadow table is as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from registry import extras, faults
+from registry.database import bookkeeping
+from registry.database.chunk_table import COPY_TYPES, ROW_COLUMNS, ChunkTable
+from registry.database.connection import connect, database_error
+from registry.errors import EngineUnavailable, RegistryError, UsageError
+from registry.ingest import distributed
+from registry.ingest.chunker import Chunk, ChunkedDocument, Chunker, Document
+from registry.ingest.pipeline import (
+    ACCOUNTED_KEPT,
+    BATCH_DOCUMENTS,
+    DEFAULT_MAX_CHANGE,
+    MAX_DOCUMENT_BYTES,
+    STAGED,
+    ChunkerSpec,
+    DedupMode,
+    IngestFailed,
+    IngestReport,
+    Progress,
+    SourceProblem,
+    _apply_document_changes,
+    _first_line,
+    _guard_served,
+    _record_failure,
+    _record_start,
+    _record_success,
+    _require_table,
+    _take_run_lock,
+    _tokenizer_from,
+    account_document,
+    check_not_empty,
+    count_document,
+    note_problem,
+    read_source,
+    source_bytes,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+OBJECT_STORE_BYTES = 128 * 1024 * 1024
+"""A local Ray's object store: small, the machine is shared; shards beyond it spill to disk."""
+LOAD_RETRIES = 3
+"""Times Ray retries a load task whose worker died, before the run fails."""
+ACTORS_READY_S = 900
+"""How long the chunking stage waits for all `--workers` actors to start before it streams
+shards to them (a cluster that cannot host them, or is scaling up, fails the run after it)."""
+SUMMED = ("duplicates_removed", "corpus_duplicates", "identical_ids", "too_small",
+          "header_only", "over_budget", "tokens", "chunks", "ingested")
+
+
+# ---------------------------------------------------------------------------------------------
+# The session: a local Ray of our own, or a cluster joined
+
+
+STARTUP_TIMEOUT_MS = "180000"
+"""How long a raylet waits for its agents at start (Ray's default, 30 s, is short on a busy
+machine); only set when the environment does not."""
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, workers: int) -> Iterator[dict[str, Any]]:
+    """Ray, started small on this machine (no dashboard, `workers` CPUs, a small object store)
+    or joined at `address`; shut down at the end. A driver already connected (a notebook, a
+    test, a RayJob's entrypoint that called ray.init) is used as it is and left connected."""
+    extras.require("ray", "--engine ray")
+    import ray
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    started = False
+    if not ray.is_initialized():
+        options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        try:
+            if address:
+                ray.init(address=address, **options)
+            else:
+                _start_local(workers, options)
+        except Exception as err:  # Ray raises ConnectionError, RuntimeError or bare Exception
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise EngineUnavailable(
+                f"cannot start or join {where}: {_first_line(err)}",
+                fix="check --ray-address (host:6379, or ray://host:10001), or leave it out to "
+                "run a local Ray") from None
+        started = True
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+    try:
+        yield {"address": address or "local", "nodes": len(nodes),
+               "cpus": int(sum(n.get("Resources", {}).get("CPU", 0) for n in nodes)),
+               "gpus": int(sum(n.get("Resources", {}).get("GPU", 0) for n in nodes))}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+LOCAL_START_ATTEMPTS = 3
+
+
+def _start_local(workers: int, options: dict[str, Any]) -> None:
+    """A local Ray; a start that missed Ray's fixed 30 s wait for its raylet (a busy machine)
+    is tried again, up to LOCAL_START_ATTEMPTS times."""
+    import ray
+
+    os.environ.setdefault("RAY_agent_register_timeout_ms", STARTUP_TIMEOUT_MS)
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                     object_store_memory=OBJECT_STORE_BYTES, **options)
+            return
+        except Exception as err:
+            ray.shutdown()
+            if "timed out during startup" not in str(err) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+
+
+def worker_options() -> dict[str, Any]:
+    """Ray remote options of every stage: the workers get the fault-injection variables the
+    driver has (as the built-in's processes inherit them) and one tokenizer thread each."""
+    env = {name: os.environ[name] for name in
+           (faults.FAULT_ENV, faults.TRACE_ENV, faults.ONCE_ENV) if os.environ.get(name)}
+    env["TOKENIZERS_PARALLELISM"] = "false"  # the actors are the parallelism
+    return {"runtime_env": {"env_vars": env}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages (run in Ray workers)
+
+
+class ChunkShard:
+    """A chunking actor: the Chunker is built once, from the spec shipped once."""
+
+    def __init__(self, shipped: Any) -> None:
+        import ray
+
+        spec: ChunkerSpec = ray.get(shipped) if isinstance(shipped, ray.ObjectRef) else shipped
+        self.chunker = Chunker(spec.config, _tokenizer_from(spec), corpus=spec.corpus)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        columns = batch.to_pydict()
+        documents = [Document(d, t, x, k) for d, t, x, k in zip(
+            columns["doc_id"], columns["title"], columns["text"], columns["kind"], strict=True)]
+        chunked = self.chunker.chunk_many(documents)
+        return pa.table({
+            "shard": columns["shard"], "seq": columns["seq"],
+            "node": [self.node] * len(chunked),
+            "result": [pickle.dumps(r, protocol=5) for r in chunked],
+        })
+
+
+def _bucket_batch(batch: pa.Table, partitions: int, corpus: bool) -> pa.Table:
+    """The chunk records of a batch, by destination partition (one row per partition)."""
+    import pyarrow as pa
+
+    columns = batch.to_pydict()
+    out: dict[int, list[Any]] = defaultdict(list)
+    for seq, raw in zip(columns["seq"], columns["result"], strict=True):
+        result: ChunkedDocument = pickle.loads(raw)
+        for part, records in distributed.bucket_records(seq, [result], partitions,
+                                                        corpus).items():
+            out[part].extend(records)
+    return pa.table({"part": list(out), "records": [pickle.dumps(v, protocol=5)
+                                                    for v in out.values()]})
+
+
+def _verify_group(group: pa.Table, threshold: float) -> pa.Table:
+    import pyarrow as pa
+
+    records = [r for raw in group.column("records").to_pylist()
+               for r in pickle.loads(raw)]
+    found = distributed.verify_partition(records, threshold)
+    return pa.table({"result": [pickle.dumps(found, protocol=5)]})
+
+
+def embed_stage(kept: Any) -> Any:
+    """Where the embedder runs: actors (`map_batches(..., concurrency=n, num_gpus=1)` when the
+    cluster has GPUs) between dedup and load, once ingest embeds. Ingest writes no vectors yet,
+    so the stage passes the chunks through."""
+    return kept
+
+
+PARTITION_SOURCE_BYTES = 4 * 1024 * 1024
+"""Source bytes per dedup partition: a partition holds its chunks' band records (about 15
+bytes of records per source byte at 10 bands, shingles included), so a verifying task needs
+about 60 MB whatever the corpus size, up to MAX_PARTITIONS."""
+MAX_PARTITIONS = 16384
+
+
+def dedup_partitions(workers: int, source_bytes: int) -> int:
+    """Partitions of the band-key shuffle: two per worker at least, more as the corpus grows
+    so each stays small (flat memory per task up to 64 GB of source)."""
+    return max(2, 2 * workers, min(MAX_PARTITIONS, -(-source_bytes // PARTITION_SOURCE_BYTES)))
+
+
+@dataclass
+class ShardSummary:
+    """What a load task reports for one shard (the driver sums these into the run)."""
+
+    shard: int
+    rows: int
+    documents: int
+    chunked_on: str
+    loaded_on: str
+    counts: IngestReport
+
+
+def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
+                decided: dict[int, Any]) -> pa.Table:
+    """COPY the kept chunks of a batch into the staging table, one transaction per shard;
+    `decided` holds a ref to each shard's own corpus decisions (fetched only for the shards
+    here, so a task's memory does not grow with the corpus)."""
+    import pyarrow as pa
+    import ray
+
+    columns = batch.to_pydict()
+    by_shard: dict[int, list[tuple[int, ChunkedDocument]]] = defaultdict(list)
+    chunked_on: dict[int, str] = {}
+    for shard, seq, raw, node in zip(columns["shard"], columns["seq"], columns["result"],
+                                     columns["node"], strict=True):
+        by_shard[shard].append((seq, pickle.loads(raw)))
+        chunked_on[shard] = node
+    loaded_on = ray.get_runtime_context().get_node_id()
+    target = sql.Identifier(bookkeeping.BOOKKEEPING_SCHEMA, staging)
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, (*ROW_COLUMNS, "shard", "doc_seq"))))
+    summaries = []
+    with psycopg.connect(dsn, autocommit=False, application_name="registry ingest ray load"
+                         ) as conn:
+        for shard, documents in sorted(by_shard.items()):
+            decisions: distributed.Decisions = (ray.get(decided[shard]) if shard in decided
+                                                else distributed.Decisions())
+            counts = IngestReport(run.chunk_version, run.ingest_run_id, run.table, run.source,
+                                  run.dedup, run.workers)
+            conn.execute(sql.SQL("DELETE FROM {} WHERE shard = %s AND doc_seq = ANY(%s)").format(
+                target), (shard, [seq for seq, _ in documents]))
+            with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                copy.set_types([*COPY_TYPES, "int4", "int8"])
+                for seq, result in documents:
+                    for row in _decided_rows(seq, result, decisions, counts):
+                        copy.write_row((*row, shard, seq))
+            faults.point("ray", "load", "copied", f"shard{shard}")
+            conn.commit()
+            summaries.append(ShardSummary(shard, counts.chunks, len(documents),
+                                          chunked_on[shard], loaded_on, counts))
+    return pa.table({"summary": [pickle.dumps(s, protocol=5) for s in summaries]})
+
+
+def _decided_rows(seq: int, result: ChunkedDocument, decisions: distributed.Decisions,
+                  counts: IngestReport) -> list[tuple[Any, ...]]:
+    """A document's rows under the corpus decisions, counted as the built-in ingest counts."""
+    count_document(result, counts)
+    kept: list[Chunk] = []
+    into: list[str] = []
+    for number, chunk in enumerate(result.chunks):
+        order = distributed.order_of(seq, number)
+        owner = decisions.near_duplicates.get(order)
+        if owner is not None:
+            counts.corpus_duplicates += 1
+        else:
+            owner = decisions.identical.get(order)
+            if owner is not None:
+                counts.identical_ids += 1
+        if owner is not None:
+            counts.duplicates_removed += 1
+            into.append(owner)
+            continue
+        kept.append(chunk)
+    rows = account_document(result, kept, into, counts)
+    counts.chunks += len(rows)
+    counts.tokens += result.tokens
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def run_ray_ingest(
+    target: ChunkTable,
+    source: Path,
+    dsn: str,
+    tokenizer_json: str,
+    *,
+    address: str | None = None,
+    dedup: DedupMode = "document",
+    workers: int = 1,
+    strict: bool = False,
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
+    shard_documents: int = BATCH_DOCUMENTS,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_problem: Callable[[SourceProblem], None] | None = None,
+    into_production: bool = False,
+    max_change: float = DEFAULT_MAX_CHANGE,
+) -> IngestReport:
+    """`run_ingest` on Ray: the same checks, locks, rows and run record; see the module."""
+    if dedup not in ("document", "corpus"):
+        raise UsageError(f"--dedup {dedup} is not document or corpus")
+    if not 0 <= max_change <= 1:
+        raise UsageError(f"--max-change {max_change} is not a share between 0 and 1")
+    extras.require("ray", "--engine ray")
+    config = target.config
+    report = IngestReport(config.chunk_version, config.ingest_run_id, target.qualified,
+                          str(source), dedup, max(workers, 1), engine="ray")
+    progress = Progress(total_bytes=source_bytes(source) if source.exists() else None)
+    control = connect(dsn, purpose="ingest")
+    try:
+        bookkeeping.ensure_schema(control)
+        _require_table(control, target)
+        report.into_production = _guard_served(control, target, into_production)
+        _take_run_lock(control, report)
+        report.run = _record_start(control, report, target.registries[0])
+        bookkeeping.drop_ingest_staging(control, report.ingest_run_id)  # a killed driver's
+        staging = bookkeeping.create_ingest_staging(control, report.run, target.identifier,
+                                                    ROW_COLUMNS)
+        staging_name = f"{bookkeeping.STAGING_PREFIX}{report.run}"
+        started = time.monotonic()
+        try:
+            with ray_session(address, report.workers) as cluster:
+                report.ray = {**cluster, "staging": staging_name}
+                _pipeline(target, source, dsn, tokenizer_json, report, progress, staging_name,
+                          strict=strict, max_document_bytes=max_document_bytes,
+                          shard_documents=shard_documents, on_progress=on_progress,
+                          on_problem=on_problem)
+            with connect(dsn, autocommit=False, purpose="ingest move") as data:
+                _move(data, target, staging, report, max_change)
+                report.seconds = time.monotonic() - started
+                _record_success(data, report)
+                faults.point("ingest", "before_commit")
+                data.commit()
+                faults.point("ingest", "committed")
+        except BaseException as err:
+            report.seconds = time.monotonic() - started
+            reason = str(err) if isinstance(err, RegistryError) else _first_line(err)
+            with contextlib.suppress(psycopg.Error):
+                bookkeeping.drop_ingest_staging(control, report.ingest_run_id)
+                _record_failure(control, report, reason or type(err).__name__)
+            if isinstance(err, psycopg.Error):
+                raise database_error(err, dsn, f"loading {target.qualified}") from None
+            if isinstance(err, RegistryError | KeyboardInterrupt | SystemExit):
+                raise
+            raise IngestFailed(f"the Ray pipeline failed, nothing was written: {reason}",
+                               fix="see the Ray worker logs; rerun (a retried run starts "
+                               "over)") from None
+    finally:
+        control.close()
+    return report
+
+
+def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
+              report: IngestReport, progress: Progress, staging: str, *, strict: bool,
+              max_document_bytes: int, shard_documents: int,
+              on_progress: Callable[[Progress], None] | None,
+              on_problem: Callable[[SourceProblem], None] | None) -> None:
+    import pyarrow as pa
+    import ray
+
+    config = target.config
+    corpus = report.dedup == "corpus"
+
+    def ignore(_path: Path) -> None:
+        report.ignored_files += 1
+
+    # read: shards into the object store, refs kept
+    refs: list[Any] = []
+    shard: list[Document] = []
+    sizes: list[int] = []
+
+    def put() -> None:
+        first = report.documents - len(shard)
+        refs.append(ray.put(pa.table({
+            "shard": [len(refs)] * len(shard),
+            "seq": list(range(first, first + len(shard))),
+            "doc_id": [d.doc_id for d in shard], "title": [d.title for d in shard],
+            "text": [d.text for d in shard], "kind": [d.kind for d in shard]})))
+        sizes.append(len(shard))
+        shard.clear()
+
+    for item in read_source(source, max_document_bytes=max_document_bytes, ignored=ignore):
+        if isinstance(item, SourceProblem):
+            note_problem(item, report, progress, strict=strict, on_problem=on_problem)
+            continue
+        shard.append(item)
+        report.documents += 1
+        report.bytes += len(item.text.encode())
+        if len(shard) >= shard_documents:
+            put()
+            progress.documents, progress.bytes = report.documents, report.bytes
+            if on_progress is not None:
+                on_progress(progress)
+    if shard:
+        put()
+    if report.documents == 0:
+        check_not_empty(report, source)
+    # chunk: one actor per worker, the spec shipped once
+    remote = worker_options()
+    spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
+    context = ray.data.DataContext.get_current()
+    context.wait_for_min_actors_s = ACTORS_READY_S  # all actors up first: every node chunks
+    chunked = ray.data.from_arrow_refs(refs).map_batches(
+        ChunkShard, fn_constructor_args=(spec,), batch_size=None, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=report.workers,
+                                           max_tasks_in_flight_per_actor=1),
+        num_cpus=1, **remote).materialize()
+    # dedup: band keys and ids shuffled by key, verified per partition, resolved in order
+    partitions = dedup_partitions(report.workers, report.bytes)
+    context.max_hash_shuffle_aggregators = partitions
+    verified = chunked.map_batches(
+        _bucket_batch, fn_kwargs={"partitions": partitions, "corpus": corpus},
+        batch_size=None, batch_format="pyarrow", **remote).groupby(
+        "part", num_partitions=partitions).map_groups(
+        _verify_group, fn_kwargs={"threshold": config.jaccard_threshold},
+        batch_format="pyarrow", **remote)
+    results: list[distributed.PartitionResult] = [
+        pickle.loads(row["result"]) for row in verified.iter_rows()]
+    decisions = distributed.resolve(distributed.merge_partitions(results),
+                                    [g for r in results for g in r.id_groups])
+    def shard_of(order: int) -> int:
+        return (order >> distributed.DOC_SHIFT) // shard_documents
+
+    decided = {shard: ray.put(part) for shard, part in decisions.by_shard(shard_of).items()}
+    # embed, then load: COPY per shard into the staging table
+    loaded = embed_stage(chunked).map_batches(
+        _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
+                                "decided": decided},
+        batch_size=None, batch_format="pyarrow",
+        compute=ray.data.TaskPoolStrategy(size=report.workers), max_retries=LOAD_RETRIES,
+        **remote)
+    summaries: list[ShardSummary] = sorted(
+        (pickle.loads(row["summary"]) for row in loaded.iter_rows()),
+        key=lambda s: s.shard)
+    for summary in summaries:
+        for name in SUMMED:
+            setattr(report, name, getattr(report, name) + getattr(summary.counts, name))
+        report.not_ingested += summary.counts.not_ingested
+        report.accounted.extend(summary.counts.accounted[:max(
+            0, ACCOUNTED_KEPT - len(report.accounted))])
+    assert report.ray is not None
+    report.ray.update({
+        "partitions": partitions,
+        "pairs_checked": sum(r.pairs_checked for r in results),
+        "chunk_nodes": sorted({s.chunked_on for s in summaries}),
+        "load_nodes": sorted({s.loaded_on for s in summaries}),
+        "shards": [{"shard": s.shard, "documents": s.documents, "rows": s.rows,
+                    "chunked_on": s.chunked_on, "loaded_on": s.loaded_on} for s in summaries]})
+    if [s.shard for s in summaries] != list(range(len(refs))) or any(
+            s.documents != n for s, n in zip(summaries, sizes, strict=False)):
+        raise IngestFailed(f"the Ray pipeline returned {len(summaries)} shards of "
+                           f"{len(refs)}: nothing was written",
+                           fix="rerun; report it if it happens again")
+    progress.documents, progress.chunks, progress.bytes = (report.documents, report.chunks,
+                                                           report.bytes)
+    if on_progress is not None:
+        on_progress(progress)
+    check_not_empty(report, source)
+
+
+def _move(data: psycopg.Connection[Any], target: ChunkTable, staging: sql.Composed,
+          report: IngestReport, max_change: float) -> None:
+    """The whole run from the staging table into the shadow table, in `data`'s transaction;
+    the staging table is dropped in it too."""
+    expected = report.chunks
+    row = data.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()
+    found = int(row[0]) if row else 0
+    if found != expected:
+        raise IngestFailed(f"the staging table holds {found} rows, the shards reported "
+                           f"{expected}: nothing was written", fix="rerun the ingest")
+    columns = sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS))
+    if report.into_production:
+        data.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}").format(
+            STAGED, columns, staging))
+        _apply_document_changes(data, target, report, max_change)
+    else:
+        report.replaced_rows = data.execute(
+            sql.SQL("DELETE FROM {} WHERE ingest_run_id = {}").format(
+                target.identifier, sql.Literal(target.config.ingest_run_id))).rowcount
+        data.execute(sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} ORDER BY doc_seq, "
+                             "chunk_index").format(t=target.identifier, c=columns, s=staging))
+    data.execute(sql.SQL("DROP TABLE {}").format(staging))
+

@@ -1,0 +1,36 @@
+"""`--engine` and `--ray-address` misuse is a usage error (exit 2) before any work: no Ray
+started, no database touched (default suite; the Ray runs themselves are under the `ray`
+marker in tests/test_ray_ingest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.helpers import RegistryRepo, run_cli
+
+
+def test_ray_address_without_the_ray_engine_is_a_usage_error(
+    registry_repo: RegistryRepo, tmp_path: Path
+) -> None:
+    version = registry_repo.locked()
+    result = run_cli("ingest", version, "--repo", registry_repo.path, "--source", tmp_path,
+                     "--dsn", "postgresql://nobody@127.0.0.1:1/none", "--ray-address",
+                     "127.0.0.1:6379")
+    assert result.code == 2, result
+    assert "--ray-address goes with --engine ray" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_engine_options_without_source_are_a_usage_error(registry_repo: RegistryRepo) -> None:
+    for extra in (["--engine", "ray"], ["--ray-address", "head:6379"]):
+        result = run_cli("reconcile", "--repo", registry_repo.path, "--dsn",
+                         "postgresql://nobody@127.0.0.1:1/none", *extra)
+        assert result.code == 2, result
+        assert "go with --source" in result.stderr
+
+
+def test_an_unknown_engine_is_refused_by_the_cli(registry_repo: RegistryRepo, tmp_path: Path
+                                                 ) -> None:
+    result = run_cli("ingest", "v", "--repo", registry_repo.path, "--source", tmp_path,
+                     "--engine", "spark")
+    assert result.code == 2

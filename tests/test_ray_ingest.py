@@ -1,0 +1,237 @@
+"""Ingest on Ray (issue 19), against a real local Ray cluster of two nodes on this machine
+(`ray.cluster_utils.Cluster`: two raylets, so the dedup shuffle crosses nodes), real
+PostgreSQL and real git. The Ray ingest must keep exactly the chunks the built-in ingest keeps,
+load all-or-nothing through a per-run staging table, and survive (or fail cleanly on) a worker
+process killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from registry.commands.data import ingest
+from registry.commands.reconcile import reconcile
+from registry.ingest.pipeline import IngestFailed
+from tests.helpers import RegistryRepo, run_cli, training_text
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
+
+NODE_STORE = 80 * 1024 * 1024
+"""Object store per node: the machine is shared, Ray's footprint stays small."""
+
+
+def start_cluster() -> Cluster:
+    two = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": NODE_STORE, "include_dashboard": False})
+    try:
+        two.add_node(num_cpus=1, object_store_memory=NODE_STORE)
+        two.wait_for_nodes()
+    except BaseException:
+        two.shutdown()
+        raise
+    return two
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Two Ray nodes of one CPU each on this machine; the test process is the driver. On a
+    busy shared machine a raylet may miss Ray's fixed 30 s start-up wait: the agents get longer
+    (as `registry ingest` gives them) and a start that timed out is tried again (up to 5 starts)."""
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
+    for attempt in range(5):
+        try:
+            two = start_cluster()
+            break
+        except Exception as err:
+            if "timed out during startup" not in str(err) or attempt == 4:
+                raise
+    ray.init(address=two.address, log_to_driver=False)  # one driver (one job) for the module
+    try:
+        yield two
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        two.shutdown()
+
+
+def near_duplicate_corpus(root: Path, seed: int = 7) -> Path:
+    """Documents whose paragraphs recur across documents: exact copies, light edits (Jaccard
+    about 0.9) and chains of edits (each close to the previous, the ends further apart), so
+    the greedy order decides which copy is kept and the candidates sit in different shards."""
+    rng = random.Random(seed)
+    texts = [t for t in training_text() if len(t) > 400][:40]
+    root.mkdir(parents=True)
+
+    def edit(text: str, share: float) -> str:
+        words = text.split()
+        for _ in range(max(1, int(len(words) * share))):
+            words[rng.randrange(len(words))] = rng.choice(["alpha", "beta", "gamma", "delta"])
+        return " ".join(words)
+
+    paragraphs: list[str] = []
+    for text in texts:
+        paragraphs.append(text)
+        chain = text
+        for _ in range(3):
+            chain = edit(chain, 0.03)
+            paragraphs.append(chain)
+    for number in range(30):
+        picked = rng.sample(paragraphs, 5)
+        if number % 3 == 0:
+            picked.append(rng.choice(paragraphs))
+        body = "\n\n".join(f"## Part {i}\n\n{p}" for i, p in enumerate(picked))
+        (root / f"doc{number:03}.md").write_text(f"# Document {number}\n\n{body}\n")
+    (root / "copy-of-doc001.md").write_text((root / "doc001.md").read_text())
+    return root
+
+
+@pytest.fixture
+def shadow(registry_repo: RegistryRepo, dsn: str) -> tuple[RegistryRepo, str, str]:
+    version = registry_repo.locked(chunk_size=60, overlap_ratio=0.1, jaccard_threshold=0.8)
+    reconcile(registry_repo.path, dsn=dsn)
+    return registry_repo, version, dsn
+
+
+def rows_of(dsn: str, version: str) -> list[tuple[Any, ...]]:
+    table = "document_chunks_" + version.replace("-", "_")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql.SQL(
+            "SELECT id, doc_id, chunk_index, embedding_text, bm25_text, embedding_token_count, "
+            "bm25_token_count, ingest_run_id FROM {} ORDER BY doc_id, chunk_index").format(
+                sql.Identifier(table))).fetchall()
+
+
+def staging_tables(dsn: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'ingest_staging%%'").fetchall()]
+
+
+def last_run(dsn: str) -> dict[str, Any]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        status, details = conn.execute(
+            "SELECT status, details FROM chunk_registry.ingest_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone() or (None, None)
+    return {"status": status, "details": details}
+
+
+COUNTS = ("documents", "skipped", "chunks", "duplicates_removed", "corpus_duplicates",
+          "identical_ids", "too_small", "tokens", "bytes", "ingested", "not_ingested")
+
+
+def test_ray_ingest_keeps_exactly_the_chunks_of_the_builtin_ingest(
+    shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path
+) -> None:
+    dedup = "corpus"
+    repo, version, dsn = shadow
+    source = near_duplicate_corpus(tmp_path / "corpus")
+    builtin = ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
+                     dedup=dedup, workers=1)
+    expected = rows_of(dsn, version)
+    assert builtin.corpus_duplicates > 3
+
+    on_ray = ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
+                    dedup=dedup, workers=2, engine="ray", ray_address=cluster.address,
+                    shard_documents=4)
+
+    assert rows_of(dsn, version) == expected
+    assert {k: getattr(on_ray, k) for k in COUNTS} == {k: getattr(builtin, k) for k in COUNTS}
+    assert sorted(map(json.dumps, on_ray.accounted)) == sorted(map(json.dumps, builtin.accounted))
+    run = last_run(dsn)
+    assert run["status"] == "succeeded"
+    ray_record = run["details"]["ray"]
+    assert [s["shard"] for s in ray_record["shards"]] == list(range(8))  # 31 documents / 4
+    assert sum(s["rows"] for s in ray_record["shards"]) == len(expected)
+    assert len(ray_record["chunk_nodes"]) == 2, "both nodes chunked (the shuffle crossed them)"
+    assert staging_tables(dsn) == []
+
+
+def test_a_worker_killed_mid_load_is_retried_and_the_result_is_unchanged(
+    shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, version, dsn = shadow
+    source = near_duplicate_corpus(tmp_path / "corpus")
+    ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
+           dedup="corpus", workers=1)
+    expected = rows_of(dsn, version)
+    killed = tmp_path / "killed-once"
+    monkeypatch.setenv("REGISTRY_FAULT", "ray.load.copied.shard2")
+    monkeypatch.setenv("REGISTRY_FAULT_ONCE", str(killed))
+
+    ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
+           dedup="corpus", workers=2, engine="ray", ray_address=cluster.address,
+           shard_documents=4)
+
+    assert killed.exists(), "a load worker killed itself after its COPY, before its commit"
+    assert rows_of(dsn, version) == expected
+    assert last_run(dsn)["status"] == "succeeded"
+    assert staging_tables(dsn) == []
+
+
+def test_a_worker_killed_on_every_attempt_fails_the_run_and_leaves_the_table_as_it_was(
+    shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, version, dsn = shadow
+    source = near_duplicate_corpus(tmp_path / "corpus")
+    ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
+           dedup="corpus", workers=1)
+    before = rows_of(dsn, version)
+    other = near_duplicate_corpus(tmp_path / "other", seed=99)
+    # every attempt at shard 5 dies after its COPY; other shards are already in staging
+    monkeypatch.setenv("REGISTRY_FAULT", "ray.load.copied.shard5")
+
+    with pytest.raises(IngestFailed, match="Ray"):
+        ingest(repo.path, version, other, dsn=dsn, tokenizer_file=repo.tokenizer_file,
+               dedup="corpus", workers=2, engine="ray", ray_address=cluster.address,
+               shard_documents=4)
+
+    assert rows_of(dsn, version) == before
+    assert last_run(dsn)["status"] == "failed"
+    assert staging_tables(dsn) == []
+
+
+def test_cli_reconcile_source_and_ingest_join_a_cluster_by_address(
+    registry_repo: RegistryRepo, dsn: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    """The CLI as a driver of its own, joining the cluster at --ray-address; document dedup
+    (identical ids across the corpus) keeps what the built-in ingest keeps."""
+    ray.shutdown()
+    version = registry_repo.locked(chunk_size=60, overlap_ratio=0.1)
+    source = near_duplicate_corpus(tmp_path / "corpus")
+    result = run_cli("reconcile", "--repo", registry_repo.path, "--dsn", dsn, "--source", source,
+                     "--tokenizer-file", registry_repo.tokenizer_file, "--engine", "ray",
+                     "--ray-address", cluster.address, "--format", "json")
+    assert result.code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert [i["chunk_version"] for i in shown["ingests"]] == [version]
+    assert shown["ingests"][0]["engine"] == "ray"
+    on_ray = rows_of(dsn, version)
+    assert not ray.is_initialized(), "the CLI left the cluster it joined"
+
+    builtin = run_cli("ingest", version, "--repo", registry_repo.path, "--dsn", dsn, "--source",
+                      source, "--tokenizer-file", registry_repo.tokenizer_file, "--workers", "1")
+    assert builtin.code == 0, builtin.stderr
+    assert rows_of(dsn, version) == on_ray
+    assert shown["ingests"][0]["identical_ids"] > 3
+
+    again = run_cli("ingest", version, "--repo", registry_repo.path, "--dsn", dsn, "--source",
+                    source, "--tokenizer-file", registry_repo.tokenizer_file, "--engine", "ray",
+                    "--ray-address", cluster.address, "--workers", "2")
+    assert again.code == 0, again.stderr
+    assert re.search(r"on Ray \(2 nodes at ", again.stdout), again.stdout
+    assert rows_of(dsn, version) == on_ray
+    assert staging_tables(dsn) == []
