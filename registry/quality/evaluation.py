@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -25,7 +25,12 @@ from psycopg import sql
 from registry.database import bookkeeping
 from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, require_table
 from registry.errors import ConfigInvalid, Refused, UsageError, storable
+from registry.quality import retrieval
 from registry.repository.state import RegistryState
+
+if TYPE_CHECKING:
+    from registry.embedding.base import Embedder
+    from registry.embedding.spec import EmbedderSpec
 
 MatchMode = Literal["any", "all"]
 TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -185,6 +190,9 @@ class EvalResult:
     top: int
     match: str
     cases: list[CaseResult] = field(default_factory=list)
+    retrieval: str = "bm25"
+    note: str | None = None
+    """Why the retrieval is not the one asked for (a comparison's common fallback)."""
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -202,7 +210,8 @@ class EvalResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "chunk_version": self.chunk_version, "table": self.table, "k": self.k,
-            "top": self.top, "match": self.match, "metrics": self.metrics,
+            "top": self.top, "match": self.match, "retrieval": self.retrieval,
+            "note": self.note, "metrics": self.metrics,
             "cases": [asdict(c) for c in self.cases],
         }
 
@@ -233,26 +242,37 @@ def evaluate_table(
     k: int = DEFAULT_K,
     top: int = DEFAULT_TOP,
     match: MatchMode = "any",
+    plan: retrieval.Plan | None = None,
+    embedder: Embedder | None = None,
 ) -> EvalResult:
-    """Run every case against one table: snapshot = the k best chunks, filter = the top ones."""
+    """Run every case against one table: snapshot = the k best chunks by the plan's retrieval
+    (bm25 unless told), filter = the top ones. Latency is per query, the query's embedding
+    included (what an application waits for)."""
     if not 1 <= top <= k:
         raise UsageError(f"--top {top} must be between 1 and --k {k}", fix="use --top <= --k")
+    plan = plan or retrieval.Plan("bm25")
+    if plan.mode != "bm25" and embedder is None:
+        raise UsageError(f"{plan.mode} retrieval needs the embedder", fix="use bm25")
     parsed = _tsqueries(conn, (c.query for c in cases))
-    # Values as Literals, not parameters, next to a composed name (see ingest._load).
-    statement = sql.SQL(
-        "SELECT bm25_text FROM {table} WHERE bm25_tsv @@ {q}::tsquery "
-        "ORDER BY ts_rank_cd(bm25_tsv, {q}::tsquery) DESC, id LIMIT {k}"
-    )
+    if plan.mode != "bm25":
+        retrieval.set_ef_search(conn, k)
     name = target.identifier
-    result = EvalResult(target.chunk_version, target.qualified, k, top, match)
+    result = EvalResult(target.chunk_version, target.qualified, k, top, match,
+                        retrieval=plan.mode, note=plan.note)
     for case, tsquery in zip(cases, parsed, strict=True):
         query_text = relax_to_any(tsquery) if match == "any" else tsquery
         start = time.perf_counter()
-        rows = conn.execute(statement.format(table=name, q=sql.Literal(query_text),
-                                             k=sql.Literal(k))).fetchall() if query_text else []
+        vector = ""
+        if embedder is not None and plan.mode != "bm25":
+            vector = retrieval.vector_literal(embedder.embed_query(case.query).tolist())
+        # Values as Literals, not parameters, next to a composed name (see ingest._load).
+        statement = retrieval.statement(plan.mode, name, plan.spec, sql.Literal(query_text),
+                                        sql.Literal(vector), sql.Literal(k))
+        runs = bool(query_text) or plan.mode != "bm25"
+        rows = conn.execute(statement).fetchall() if runs else []
         latency = (time.perf_counter() - start) * 1000
-        first = next((rank for rank, (text,) in enumerate(rows, 1) if is_hit(text, case.gt_answer)),
-                     None)
+        first = next((rank for rank, (_, text, _) in enumerate(rows, 1)
+                      if is_hit(text, case.gt_answer)), None)
         result.cases.append(CaseResult(
             query_id=case.query_id,
             snapshot_size=len(rows),
@@ -319,7 +339,8 @@ def record_eval(
 ) -> None:
     """Append to chunk_registry.eval_runs: health reads the last eval, the gate the last
     comparison."""
-    details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match}
+    details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match,
+               "retrieval": result.retrieval, "note": result.note}
     if comparison is None:
         bookkeeping.record_eval_run(conn, result.chunk_version, cases=len(result.cases),
                                     metrics=result.metrics, details=details)
@@ -342,12 +363,16 @@ def run_eval(
     top: int = DEFAULT_TOP,
     match: MatchMode = "any",
     record: bool = True,
+    mode: retrieval.RetrievalMode | None = None,
 ) -> EvalResult:
-    """`registry eval VERSION`: evaluate one table on the cases (and record it)."""
+    """`registry eval VERSION`: evaluate one table on the cases (and record it), by `mode`
+    (default: hybrid when the table has vectors, bm25 else)."""
     cases = load_cases(cases_file)
     target = chunk_table(state, version)
     _require_rows(conn, target)
-    result = evaluate_table(conn, target, cases, k=k, top=top, match=match)
+    plan = retrieval.plan(conn, target, mode)
+    result = evaluate_table(conn, target, cases, k=k, top=top, match=match, plan=plan,
+                            embedder=embedders_for([plan]).get(plan.spec))
     if record:
         bookkeeping.ensure_schema(conn)
         record_eval(conn, result)
@@ -365,6 +390,7 @@ def run_compare(
     top: int = DEFAULT_TOP,
     match: MatchMode = "any",
     record: bool = True,
+    mode: retrieval.RetrievalMode | None = None,
 ) -> Comparison:
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
@@ -377,8 +403,11 @@ def run_compare(
                          fix="compare a shadow version against production")
     _require_rows(conn, shadow_target)
     _require_rows(conn, against_target)
-    results = [evaluate_table(conn, t, cases, k=k, top=top, match=match)
-               for t in (shadow_target, against_target)]
+    plans = retrieval.plan_pair(conn, shadow_target, against_target, mode)
+    embedders = embedders_for(plans)
+    results = [evaluate_table(conn, t, cases, k=k, top=top, match=match, plan=p,
+                              embedder=embedders.get(p.spec))
+               for t, p in zip((shadow_target, against_target), plans, strict=True)]
     comparison = Comparison(results[0], results[1], {
         "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
         "filter_hit_rate": settings.filter_hit_rate_max_drop,
@@ -387,6 +416,16 @@ def run_compare(
         bookkeeping.ensure_schema(conn)
         record_eval(conn, results[0], comparison)
     return comparison
+
+
+def embedders_for(plans: Iterable[retrieval.Plan]) -> dict[EmbedderSpec | None, Embedder]:
+    """One checked embedder per distinct spec the plans need (loaded once, fingerprint
+    checked once)."""
+    loaded: dict[EmbedderSpec | None, Embedder] = {}
+    for plan in plans:
+        if plan.spec is not None and plan.spec not in loaded:
+            loaded[plan.spec] = retrieval.load_embedder(plan.spec)
+    return loaded
 
 
 def baseline_metrics(result: EvalResult) -> dict[str, float]:

@@ -1,0 +1,168 @@
+"""Dense and hybrid retrieval over a real chunk table with real vectors: six one-sentence
+documents, ingested by the real ingest, their embedding_text embedded by the offline MiniLM and
+stored in `embedding vector(384)` with an HNSW index on the embedded PostgreSQL 18 (pgvector).
+The PostgreSQL 15 of REGISTRY_TEST_DSN has no pgvector: there only the bm25 fallbacks run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from registry.commands.data import ingest
+from registry.commands.reconcile import reconcile
+from registry.database.chunk_table import chunk_table
+from registry.embedding.onnx import OnnxEmbedder
+from registry.errors import Refused
+from registry.quality import retrieval
+from registry.quality.evaluation import evaluate_table, load_cases
+from registry.repository.git import Git
+from registry.repository.state import committed_state
+from tests.embedding.conftest import needs_minilm
+from tests.helpers import RegistryRepo
+
+DOCS = {
+    "car": "The automobile's engine needs fresh oil every ten thousand kilometres.",
+    "cats": "Cats sleep for most of the day and hunt at dusk.",
+    "bank": "The central bank raised interest rates to curb inflation.",
+    "plants": "Photosynthesis turns sunlight, water and carbon dioxide into sugar in leaves.",
+    "violin": "The violin has four strings tuned in fifths.",
+    "everest": "Mount Everest is the highest mountain above sea level.",
+}
+CASES = [
+    # No word in common with its answer: BM25 finds nothing, the vectors do.
+    {"query_id": "paraphrase", "query": "how often should a car motor get lubricated",
+     "gt_answer": "fresh oil every ten thousand kilometres"},
+    {"query_id": "lexical", "query": "central bank interest rates",
+     "gt_answer": "raised interest rates to curb inflation"},
+    {"query_id": "plants", "query": "how do leaves make sugar from sunlight",
+     "gt_answer": "carbon dioxide into sugar"},
+]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> OnnxEmbedder:
+    return OnnxEmbedder.installed("all-MiniLM-L6-v2-int8")
+
+
+def corpus(root: Path) -> tuple[Path, Path]:
+    docs = root / "docs"
+    docs.mkdir()
+    for number, text in enumerate(DOCS.values()):
+        (docs / f"doc{number}.md").write_text(f"# Note {number}\n\n{text}\n")
+    cases = root / "cases.jsonl"
+    cases.write_text("".join(json.dumps(c) + "\n" for c in CASES))
+    return docs, cases
+
+
+def ingested(registry_repo: RegistryRepo, dsn: str, tmp_path: Path) -> tuple[str, Path]:
+    docs, cases = corpus(tmp_path)
+    version = registry_repo.locked()
+    reconcile(registry_repo.path, dsn=dsn)
+    ingest(registry_repo.path, version, docs, dsn=dsn,
+           tokenizer_file=registry_repo.tokenizer_file, workers=1)
+    return version, cases
+
+
+def with_vectors(dsn: str, schema: str, table: str, embedder: OnnxEmbedder) -> None:
+    """What the reconciler and ingest of a config pinning an embedder leave: the column, the
+    HNSW index of the normalised vectors' operator class, every embedding_text embedded with
+    the passage prefix."""
+    name = sql.Identifier(schema, table)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} vector(384)").format(
+            name, sql.Identifier(retrieval.EMBEDDING_COLUMN)))
+        rows = conn.execute(sql.SQL("SELECT id, embedding_text FROM {}").format(name)).fetchall()
+        vectors = embedder.embed_passages([text for _, text in rows])
+        for (row_id, _), vector in zip(rows, vectors, strict=True):
+            conn.execute(sql.SQL("UPDATE {} SET {} = %s::vector WHERE id = %s").format(
+                name, sql.Identifier(retrieval.EMBEDDING_COLUMN)),
+                (retrieval.vector_literal(vector.tolist()), row_id))
+        conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw ({} vector_ip_ops)").format(
+            name, sql.Identifier(retrieval.EMBEDDING_COLUMN)))
+
+
+def has_pgvector(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone() is not None
+
+
+@needs_minilm
+def test_dense_finds_the_paraphrase_bm25_cannot_and_hybrid_is_the_rrf_of_both(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path, minilm: OnnxEmbedder
+) -> None:
+    if not has_pgvector(dsn):
+        pytest.skip("this PostgreSQL has no pgvector (the PG15 here): vectors need PG18's")
+    version, cases_file = ingested(registry_repo, dsn, tmp_path)
+    target = chunk_table(committed_state(Git(registry_repo.path)), version)
+    with_vectors(dsn, target.schema, target.table, minilm)
+    spec = minilm.spec
+    cases = load_cases(cases_file)
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert retrieval.has_vector_column(conn, target)
+        results: dict[str, Any] = {
+            mode: evaluate_table(conn, target, cases, k=2, top=1,
+                                 plan=retrieval.Plan(mode, None if mode == "bm25" else spec),
+                                 embedder=minilm)
+            for mode in retrieval.MODES}
+        hits = {mode: {c.query_id: c.filter_hit for c in r.cases} for mode, r in results.items()}
+        assert hits["bm25"] == {"paraphrase": False, "lexical": True, "plants": True}
+        assert hits["dense"]["paraphrase"] and hits["hybrid"]["paraphrase"]
+        assert results["hybrid"].metrics["filter_hit_rate"] == 1.0
+        assert results["bm25"].retrieval == "bm25" and results["hybrid"].retrieval == "hybrid"
+
+        # The fused SQL ranks exactly as RRF over the two lists, each list checked on its own:
+        # BM25 by its statement, dense against an exact numpy scan of the stored vectors.
+        stored = conn.execute(sql.SQL("SELECT id, {}::text FROM {}").format(
+            sql.Identifier(retrieval.EMBEDDING_COLUMN), target.identifier)).fetchall()
+        ids = [row_id for row_id, _ in stored]
+        matrix = np.array([json.loads(text) for _, text in stored], dtype=np.float64)
+        for case in cases:
+            query = minilm.embed_query(case.query)
+            exact = [ids[i] for i in np.argsort(-(matrix @ query.astype(np.float64)))[:6]]
+            vector = sql.Literal(retrieval.vector_literal(query.tolist()))
+            tsquery = sql.Literal(conn.execute(
+                "SELECT websearch_to_tsquery('english', %s)::text", (case.query,)).fetchone()[0])
+            dense = [r[0] for r in conn.execute(retrieval.dense_statement(
+                target.identifier, spec, vector, sql.Literal(6)))]
+            assert dense == exact
+            bm25 = [r[0] for r in conn.execute(retrieval.bm25_statement(
+                target.identifier, tsquery, sql.Literal(6)))]
+            fused = conn.execute(retrieval.hybrid_statement(
+                target.identifier, spec, tsquery, vector, sql.Literal(6))).fetchall()
+            assert [r[0] for r in fused] == [i for i, _ in retrieval.rrf([bm25, dense])][:6]
+            assert [r[2] for r in fused] == list(range(1, len(fused) + 1))
+
+
+def test_a_table_without_vectors_defaults_to_bm25_and_refuses_dense(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    version, _ = ingested(registry_repo, dsn, tmp_path)
+    target = chunk_table(committed_state(Git(registry_repo.path)), version)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert not retrieval.has_vector_column(conn, target)
+        assert retrieval.plan(conn, target, None) == retrieval.Plan("bm25")
+        for mode in ("dense", "hybrid"):
+            with pytest.raises(Refused, match="pins no embedder.*--retrieval bm25"):
+                retrieval.plan(conn, target, mode)  # type: ignore[arg-type]
+        both = retrieval.plan_pair(conn, target, target, None)
+        assert both == (retrieval.Plan("bm25"), retrieval.Plan("bm25"))
+        asked = retrieval.plan_pair(conn, target, target, "hybrid")
+        assert {p.mode for p in asked} == {"bm25"}
+        assert asked[0].note is not None and "bm25, the retrieval they share" in asked[0].note
+
+
+def test_rrf_is_reciprocal_rank_fusion_with_k_60() -> None:
+    fused = dict(retrieval.rrf([["a", "b", "c"], ["c", "a"]]))
+    assert fused["a"] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused["b"] == pytest.approx(1 / 62)
+    assert [i for i, _ in retrieval.rrf([["a", "b", "c"], ["c", "a"]])] == ["a", "c", "b"]
