@@ -24,7 +24,8 @@ from registry.quality.evaluation import evaluate_table, load_cases
 from registry.repository.git import Git
 from registry.repository.state import committed_state
 from tests.embedding.conftest import needs_minilm
-from tests.helpers import RegistryRepo
+from tests.helpers import RegistryRepo, run_cli
+from tests.test_health_eval import promote, set_targets
 
 DOCS = {
     "car": "The automobile's engine needs fresh oil every ten thousand kilometres.",
@@ -166,3 +167,43 @@ def test_rrf_is_reciprocal_rank_fusion_with_k_60() -> None:
     assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
     assert fused["b"] == pytest.approx(1 / 62)
     assert [i for i, _ in retrieval.rrf([["a", "b", "c"], ["c", "a"]])] == ["a", "c", "b"]
+
+
+def test_eval_cli_names_its_retrieval_and_refuses_dense_on_a_bm25_table_in_one_line(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    version, cases = ingested(registry_repo, dsn, tmp_path)
+    common = ("--repo", registry_repo.path, "--dsn", dsn, "--cases", cases)
+
+    default = run_cli("eval", version, *common, "--format", "json")
+    assert default.code == 0, default.stderr
+    assert json.loads(default.stdout)["retrieval"] == "bm25"
+
+    dense = run_cli("eval", version, *common, "--retrieval", "dense")
+    assert dense.code == Refused.exit_code
+    assert len(dense.stderr.strip().splitlines()) == 1
+    assert "pins no embedder" in dense.stderr and "--retrieval bm25" in dense.stderr
+
+
+def test_health_alerts_when_retrieval_p95_is_above_the_target(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    _, cases = ingested(registry_repo, dsn, tmp_path)
+    promote_first(registry_repo, dsn)
+    common = ("--repo", registry_repo.path, "--dsn", dsn, "--cases", cases, "--format", "json")
+
+    relaxed = json.loads(run_cli("health", *common).stdout)
+    assert "retrieval_latency" not in {a["metric"] for a in relaxed["alerts"]}
+    assert relaxed["retrieval"]["retrieval"] == "bm25"
+
+    set_targets(registry_repo, "targets: {retrieval_p95_ms: 0.001}")
+    strict = json.loads(run_cli("health", *common).stdout)
+    latency = [a for a in strict["alerts"] if a["metric"] == "retrieval_latency"]
+    assert len(latency) == 1 and "above the target 0.001 ms" in latency[0]["message"]
+    assert "(bm25)" in latency[0]["message"]
+
+
+def promote_first(registry_repo: RegistryRepo, dsn: str) -> None:
+    version = sorted(p.stem for p in (registry_repo.path / "configs").glob("2*.yaml"))[-1]
+    promote(registry_repo, version)
+    reconcile(registry_repo.path, dsn=dsn)

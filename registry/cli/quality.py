@@ -39,6 +39,14 @@ MatchOpt = Annotated[
 ]
 
 
+RetrievalOpt = Annotated[
+    Literal["bm25", "dense", "hybrid"] | None,
+    typer.Option("--retrieval", help="bm25 (full-text search), dense (pgvector) or hybrid "
+                 "(reciprocal rank fusion of both); default hybrid when the table has vectors, "
+                 "bm25 otherwise. A comparison runs the same one on both sides."),
+]
+
+
 def eval_command(
     version: Annotated[
         str | None, typer.Argument(help="A chunk_version, or `production`.",
@@ -54,6 +62,7 @@ def eval_command(
     k: KOpt = 50,
     top: TopOpt = 8,
     match: MatchOpt = "any",
+    retrieval: RetrievalOpt = None,
     record: Annotated[
         bool, typer.Option("--record/--no-record", help="Store the result in eval_runs.")
     ] = True,
@@ -67,7 +76,7 @@ def eval_command(
     dsn: DsnOpt = None,
     fmt: FormatOpt = "text",
 ) -> None:
-    """Retrieval evaluation by PostgreSQL full-text search, or a shadow-vs-production comparison
+    """Retrieval evaluation (BM25, dense or hybrid), or a shadow-vs-production comparison
     (exit 1 when the shadow regresses beyond the gates of production.yaml)."""
     from registry.commands import quality
 
@@ -78,15 +87,16 @@ def eval_command(
     if compare is not None and version is not None:
         raise usage("give either VERSION or --compare, not both")
     options: dict[str, Any] = {"dsn": dsn, "ref": ref, "k": k, "top": top, "match": match,
-                               "record": record, "baseline": write_baseline}
+                               "record": record, "baseline": write_baseline,
+                               "retrieval": retrieval}
     if compare is None:
         assert version is not None
         result = quality.evaluate(repo, version, cases, **options)
         if fmt == "json":
             emit_json(result.as_dict())
             return
-        _print_metrics(f"{result.chunk_version} ({result.table}, k={k}, top={top}, match={match})",
-                       result.metrics)
+        _print_metrics(f"{result.chunk_version} ({result.table}, {result.retrieval}, k={k}, "
+                       f"top={top}, match={match})", result.metrics)
         if write_baseline:
             say(f"baseline metrics written to {write_baseline}")
         return
@@ -95,6 +105,9 @@ def eval_command(
         emit_json(comparison.as_dict())
     else:
         shadow, base = comparison.shadow.metrics, comparison.baseline.metrics
+        say(f"retrieval: {comparison.shadow.retrieval} on both sides")
+        if comparison.shadow.note:
+            say(f"note: {comparison.shadow.note}")
         print_table(["METRIC", comparison.shadow.chunk_version, comparison.baseline.chunk_version,
                 "DELTA"],
                     [[name, f"{shadow[name]:.3f}", f"{base[name]:.3f}",

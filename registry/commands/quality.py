@@ -15,6 +15,7 @@ from registry.database.connection import resolve_dsn, session
 from registry.extras import require
 from registry.quality import dashboard as dashboards
 from registry.quality import evaluation, promotion_watch
+from registry.quality.retrieval import RetrievalMode
 from registry.quality import health as healths
 from registry.reconciler import run
 from registry.reconciler.status import status
@@ -33,12 +34,13 @@ def evaluate(
     repo: Path | str, version: str, cases_file: Path, *, dsn: str | None = None,
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
+    retrieval: RetrievalMode | None = None,
 ) -> evaluation.EvalResult:
     """`registry eval VERSION` (and its metrics written to `baseline`)."""
     state = committed_state(Git(repo), ref)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         result = evaluation.run_eval(state, conn, version, cases_file, k=k, top=top,
-                                     match=match, record=record)
+                                     match=match, record=record, mode=retrieval)
     if baseline is not None:
         write_baseline(baseline, result)
     return result
@@ -48,13 +50,15 @@ def compare(
     repo: Path | str, shadow: str, against: str, cases_file: Path, *, dsn: str | None = None,
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
+    retrieval: RetrievalMode | None = None,
 ) -> evaluation.Comparison:
     """`registry eval --compare SHADOW --against VERSION` (the shadow's metrics written to
     `baseline`)."""
     state = committed_state(Git(repo), ref)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         comparison = evaluation.run_compare(state, conn, shadow, against, cases_file, k=k,
-                                            top=top, match=match, record=record)
+                                            top=top, match=match, record=record,
+                                            mode=retrieval)
     if baseline is not None:
         write_baseline(baseline, comparison.shadow)
     return comparison

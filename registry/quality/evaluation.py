@@ -317,6 +317,7 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         return {
             "shadow": self.shadow.chunk_version, "against": self.baseline.chunk_version,
+            "retrieval": self.shadow.retrieval, "note": self.shadow.note,
             "passed": self.passed, "regressions": self.regressions,
             "max_drops": self.max_drops, "deltas": self.deltas,
             "shadow_metrics": self.shadow.metrics, "against_metrics": self.baseline.metrics,

@@ -39,9 +39,11 @@ from registry.database.chunk_table import (
 from registry.errors import RegistryError, TokenizerUnavailable
 from registry.notify.dispatch import notify
 from registry.notify.events import health_check
+from registry.quality import retrieval as retrievals
 from registry.quality.evaluation import (
     DEFAULT_K,
     DEFAULT_TOP,
+    embedders_for,
     evaluate_table,
     load_cases,
     record_eval,
@@ -305,6 +307,12 @@ class HealthReport:
                 found.append(Alert(WARNING, "oracle_hit_rate", f"oracle hit rate "
                                    f"{retrieval['oracle_hit_rate']:.3f} is below the target "
                                    f"{settings.target_oracle_hit_rate:.2f}"))
+            p95 = retrieval.get("p95_latency_ms")
+            if p95 is not None and p95 > settings.target_retrieval_p95_ms:
+                mode = f" ({retrieval['retrieval']})" if retrieval.get("retrieval") else ""
+                found.append(Alert(WARNING, "retrieval_latency", f"retrieval p95 latency "
+                                   f"{p95:.1f} ms{mode} is above the target "
+                                   f"{settings.target_retrieval_p95_ms:g} ms"))
             if retrieval["filter_hit_rate"] < settings.target_filter_hit_rate:
                 found.append(Alert(WARNING, "filter_hit_rate", f"filter hit rate "
                                    f"{retrieval['filter_hit_rate']:.3f} is below the target "
@@ -479,10 +487,14 @@ def run_health(
                         tokenizer_missing=guardrails.tokenizer_missing)
     stale: dict[str, Any] | None = None
     if cases is not None and table.exists and table.rows:
+        # The retrieval the gate judges a comparison by: hybrid when the table has vectors.
+        plan = retrievals.plan(conn, target, None)
         result = evaluate_table(conn, target, cases, k=k or DEFAULT_K,
-                                top=top or DEFAULT_TOP)
+                                top=top or DEFAULT_TOP, plan=plan,
+                                embedder=embedders_for([plan]).get(plan.spec))
         record_eval(conn, result)
-        retrieval: dict[str, Any] | None = dict(result.metrics)
+        retrieval: dict[str, Any] | None = dict(result.metrics) | {
+            "retrieval": result.retrieval}
     else:
         retrieval, stale = stale_eval(conn, config.chunk_version, table)
     report = HealthReport(config, settings, guard, table, retrieval,
