@@ -18,7 +18,8 @@ from registry.commands.data import ingest
 from registry.commands.reconcile import reconcile
 from registry.database.chunk_table import chunk_table
 from registry.embedding.onnx import OnnxEmbedder
-from registry.errors import Refused
+from registry import serving
+from registry.errors import ConfigInvalid, Refused
 from registry.quality import retrieval
 from registry.quality.evaluation import evaluate_table, load_cases
 from registry.repository.git import Git
@@ -152,7 +153,7 @@ def test_a_table_without_vectors_defaults_to_bm25_and_refuses_dense(
         assert not retrieval.has_vector_column(conn, target)
         assert retrieval.plan(conn, target, None) == retrieval.Plan("bm25")
         for mode in ("dense", "hybrid"):
-            with pytest.raises(Refused, match="pins no embedder.*--retrieval bm25"):
+            with pytest.raises(Refused, match=r"pins no embedder.*--retrieval bm25"):
                 retrieval.plan(conn, target, mode)  # type: ignore[arg-type]
         both = retrieval.plan_pair(conn, target, target, None)
         assert both == (retrieval.Plan("bm25"), retrieval.Plan("bm25"))
@@ -207,3 +208,24 @@ def promote_first(registry_repo: RegistryRepo, dsn: str) -> None:
     version = sorted(p.stem for p in (registry_repo.path / "configs").glob("2*.yaml"))[-1]
     promote(registry_repo, version)
     reconcile(registry_repo.path, dsn=dsn)
+
+
+def test_the_python_api_gives_the_statement_eval_measures(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    version, _ = ingested(registry_repo, dsn, tmp_path)
+    promote_first(registry_repo, dsn)
+    assert serving.embedder_spec(repo=registry_repo.path) is None
+    query = serving.retrieval_query(repo=registry_repo.path, k=3)
+    assert query.mode == "bm25" and query.settings == () and query.spec is None
+    assert '"public"."document_chunks"' in query.as_string()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        served = conn.execute(query.statement, query.parameters(
+            conn, "central bank interest rates")).fetchall()
+        target = chunk_table(committed_state(Git(registry_repo.path)), version)
+        measured = conn.execute(retrieval.bm25_statement(
+            target.identifier, sql.Literal("'central' | 'bank' | 'interest' | 'rate'"),
+            sql.Literal(3))).fetchall()
+    assert served == measured and "central bank" in served[0][1]
+    with pytest.raises(ConfigInvalid, match="pins no embedder"):
+        serving.retrieval_query(repo=registry_repo.path, mode="hybrid")

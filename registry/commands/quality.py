@@ -15,8 +15,8 @@ from registry.database.connection import resolve_dsn, session
 from registry.extras import require
 from registry.quality import dashboard as dashboards
 from registry.quality import evaluation, promotion_watch
-from registry.quality.retrieval import RetrievalMode
 from registry.quality import health as healths
+from registry.quality.retrieval import RetrievalMode
 from registry.reconciler import run
 from registry.reconciler.status import status
 from registry.repository.git import Git
