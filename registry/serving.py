@@ -3,8 +3,9 @@
 Retrieval code calls `retrieval_table()` instead of hard-coding `document_chunks_<version>`
 (the seed's get_retrieval_table): production reads the view, a shadow evaluation reads one
 locked config's table. Both read the committed main branch of the registry repo (no fetch, no
-database), so they are cheap enough to call at start-up. `embedder_spec()` and `retrieval_query()` give
-what a hybrid query needs: the embedder to embed the question with, and the statement.
+database), so they are cheap enough to call at start-up. `embedder_spec()` and
+`retrieval_query()` give what a hybrid query needs: the embedder to embed the question with,
+and the statement.
 """
 
 from __future__ import annotations

@@ -63,6 +63,16 @@ def eval_command(
     top: TopOpt = 8,
     match: MatchOpt = "any",
     retrieval: RetrievalOpt = None,
+    reader_url: Annotated[
+        str | None,
+        typer.Option("--reader-url", help="Reader gold usage: an OpenAI-compatible API base "
+                     "(ending in /v1) whose /chat/completions answers each case from its top "
+                     "chunks (default: $REGISTRY_READER_URL; token: $REGISTRY_READER_TOKEN)."),
+    ] = None,
+    reader_model: Annotated[
+        str | None, typer.Option("--reader-model", help="The reader's model name "
+                                 "(default: $REGISTRY_READER_MODEL).")
+    ] = None,
     record: Annotated[
         bool, typer.Option("--record/--no-record", help="Store the result in eval_runs.")
     ] = True,
@@ -88,7 +98,7 @@ def eval_command(
         raise usage("give either VERSION or --compare, not both")
     options: dict[str, Any] = {"dsn": dsn, "ref": ref, "k": k, "top": top, "match": match,
                                "record": record, "baseline": write_baseline,
-                               "retrieval": retrieval}
+                               "retrieval": retrieval, "reader": (reader_url, reader_model)}
     if compare is None:
         assert version is not None
         result = quality.evaluate(repo, version, cases, **options)

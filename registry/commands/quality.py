@@ -5,6 +5,7 @@ check), and the dashboard."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -16,11 +17,24 @@ from registry.extras import require
 from registry.quality import dashboard as dashboards
 from registry.quality import evaluation, promotion_watch
 from registry.quality import health as healths
+from registry.quality import reader as reader_module
+from registry.quality.reader import ChatReader
 from registry.quality.retrieval import RetrievalMode
 from registry.reconciler import run
 from registry.reconciler.status import status
 from registry.repository.git import Git
 from registry.repository.state import committed_state
+
+ReaderOptions = tuple[str | None, str | None]
+"""(--reader-url, --reader-model)."""
+
+
+def chat_reader(options: ReaderOptions | None) -> ChatReader | None:
+    """The reader when asked for (a URL or model given, or REGISTRY_READER_URL set)."""
+    url, model = options or (None, None)
+    if url is None and model is None and not os.environ.get(reader_module.URL_ENV):
+        return None
+    return ChatReader.from_env(url, model)
 
 
 def write_baseline(path: Path, result: evaluation.EvalResult) -> None:
@@ -34,13 +48,14 @@ def evaluate(
     repo: Path | str, version: str, cases_file: Path, *, dsn: str | None = None,
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
-    retrieval: RetrievalMode | None = None,
+    retrieval: RetrievalMode | None = None, reader: ReaderOptions | None = None,
 ) -> evaluation.EvalResult:
     """`registry eval VERSION` (and its metrics written to `baseline`)."""
     state = committed_state(Git(repo), ref)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         result = evaluation.run_eval(state, conn, version, cases_file, k=k, top=top,
-                                     match=match, record=record, mode=retrieval)
+                                     match=match, record=record, mode=retrieval,
+                                     reader=chat_reader(reader))
     if baseline is not None:
         write_baseline(baseline, result)
     return result
@@ -50,7 +65,7 @@ def compare(
     repo: Path | str, shadow: str, against: str, cases_file: Path, *, dsn: str | None = None,
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
-    retrieval: RetrievalMode | None = None,
+    retrieval: RetrievalMode | None = None, reader: ReaderOptions | None = None,
 ) -> evaluation.Comparison:
     """`registry eval --compare SHADOW --against VERSION` (the shadow's metrics written to
     `baseline`)."""
@@ -58,7 +73,7 @@ def compare(
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         comparison = evaluation.run_compare(state, conn, shadow, against, cases_file, k=k,
                                             top=top, match=match, record=record,
-                                            mode=retrieval)
+                                            mode=retrieval, reader=chat_reader(reader))
     if baseline is not None:
         write_baseline(baseline, comparison.shadow)
     return comparison

@@ -31,6 +31,7 @@ from registry.repository.state import RegistryState
 if TYPE_CHECKING:
     from registry.embedding.base import Embedder
     from registry.embedding.spec import EmbedderSpec
+    from registry.quality.reader import ChatReader
 
 MatchMode = Literal["any", "all"]
 TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -180,6 +181,8 @@ class CaseResult:
     filter_hit: bool
     latency_ms: float
     first_hit_rank: int | None = None
+    gold_used: bool | None = None
+    """The reader's answer from the top chunks matched the gold (None: no reader)."""
 
 
 @dataclass
@@ -198,6 +201,8 @@ class EvalResult:
     def metrics(self) -> dict[str, float]:
         latencies = sorted(c.latency_ms for c in self.cases)
         count = len(self.cases) or 1
+        read = [c.gold_used for c in self.cases if c.gold_used is not None]
+        reader = {"reader_gold_usage": sum(read) / len(read)} if read else {}
         return {
             "cases": float(len(self.cases)),
             "oracle_hit_rate": sum(c.oracle_hit for c in self.cases) / count,
@@ -205,7 +210,7 @@ class EvalResult:
             "avg_snapshot_size": sum(c.snapshot_size for c in self.cases) / count,
             "p50_latency_ms": _percentile(latencies, 0.50),
             "p95_latency_ms": _percentile(latencies, 0.95),
-        }
+        } | reader
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -244,10 +249,12 @@ def evaluate_table(
     match: MatchMode = "any",
     plan: retrieval.Plan | None = None,
     embedder: Embedder | None = None,
+    reader: ChatReader | None = None,
 ) -> EvalResult:
     """Run every case against one table: snapshot = the k best chunks by the plan's retrieval
     (bm25 unless told), filter = the top ones. Latency is per query, the query's embedding
-    included (what an application waits for)."""
+    included (what an application waits for). With a `reader`, the top chunks go to it and
+    its answer is judged against the gold (reader gold usage)."""
     if not 1 <= top <= k:
         raise UsageError(f"--top {top} must be between 1 and --k {k}", fix="use --top <= --k")
     plan = plan or retrieval.Plan("bm25")
@@ -273,6 +280,12 @@ def evaluate_table(
         latency = (time.perf_counter() - start) * 1000
         first = next((rank for rank, (_, text, _) in enumerate(rows, 1)
                       if is_hit(text, case.gt_answer)), None)
+        used = None
+        if reader is not None:
+            from registry.quality.reader import gold_used
+
+            answer = reader.answer(case.query, [text for _, text, _ in rows[:top]])
+            used = gold_used(answer, case.gt_answer)
         result.cases.append(CaseResult(
             query_id=case.query_id,
             snapshot_size=len(rows),
@@ -280,6 +293,7 @@ def evaluate_table(
             filter_hit=first is not None and first <= top,
             latency_ms=round(latency, 3),
             first_hit_rank=first,
+            gold_used=used,
         ))
     return result
 
@@ -365,6 +379,7 @@ def run_eval(
     match: MatchMode = "any",
     record: bool = True,
     mode: retrieval.RetrievalMode | None = None,
+    reader: ChatReader | None = None,
 ) -> EvalResult:
     """`registry eval VERSION`: evaluate one table on the cases (and record it), by `mode`
     (default: hybrid when the table has vectors, bm25 else)."""
@@ -373,7 +388,7 @@ def run_eval(
     _require_rows(conn, target)
     plan = retrieval.plan(conn, target, mode)
     result = evaluate_table(conn, target, cases, k=k, top=top, match=match, plan=plan,
-                            embedder=embedders_for([plan]).get(plan.spec))
+                            embedder=embedders_for([plan]).get(plan.spec), reader=reader)
     if record:
         bookkeeping.ensure_schema(conn)
         record_eval(conn, result)
@@ -392,6 +407,7 @@ def run_compare(
     match: MatchMode = "any",
     record: bool = True,
     mode: retrieval.RetrievalMode | None = None,
+    reader: ChatReader | None = None,
 ) -> Comparison:
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
@@ -407,7 +423,7 @@ def run_compare(
     plans = retrieval.plan_pair(conn, shadow_target, against_target, mode)
     embedders = embedders_for(plans)
     results = [evaluate_table(conn, t, cases, k=k, top=top, match=match, plan=p,
-                              embedder=embedders.get(p.spec))
+                              embedder=embedders.get(p.spec), reader=reader)
                for t, p in zip((shadow_target, against_target), plans, strict=True)]
     comparison = Comparison(results[0], results[1], {
         "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
