@@ -19,11 +19,18 @@ from typing import Any
 
 import yaml
 
+from registry.embedding.spec import FORMAT_VERSION, EmbedderSpec
 from registry.errors import ConfigInvalid, Problem, invalid
 from registry.notify.settings import NotificationSettings
 from registry.repository.config_schema import Kind, schema_problems
 
 SCHEMA_VERSION = 1
+"""The locked-config format of a BM25-only config (no `embedder`)."""
+EMBEDDER_SCHEMA_VERSION = FORMAT_VERSION
+"""The format whose configs pin an embedder (`embedder:`); both formats stay valid."""
+MAX_VECTOR_DIMENSION = 2000
+"""The largest `vector` pgvector indexes with HNSW: a config whose embedder gives more could
+never get the index its table is created with."""
 MAX_CHUNK_SIZE = 1000
 MAX_OVERLAP_RATIO = 0.5
 MIN_JACCARD = 0.5
@@ -70,6 +77,7 @@ FIELD_ORDER = (
     "prefix_policy",
     "embedder_name",
     "embedder_max_tokens",
+    "embedder",
     "tokenizer_name",
     "tokenizer_hash",
     "created_at",
@@ -267,6 +275,8 @@ class LockedConfig:
     baseline_metrics: Mapping[str, float] = field(default_factory=dict)
     description: str | None = None
     schema_version: int = SCHEMA_VERSION
+    embedder: EmbedderSpec | None = None
+    """The pinned embedder (format 2); None: a BM25-only config (format 1), no vectors."""
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> LockedConfig:
@@ -275,6 +285,8 @@ class LockedConfig:
         known["overlap_ratio"] = float(known["overlap_ratio"])
         known["jaccard_threshold"] = float(known["jaccard_threshold"])
         known["baseline_metrics"] = dict(known.get("baseline_metrics") or {})
+        if known.get("embedder") is not None:
+            known["embedder"] = EmbedderSpec.from_dict(known["embedder"])
         return cls(**known)
 
     @property
@@ -287,8 +299,12 @@ class LockedConfig:
 
     @property
     def config_hash(self) -> str:
-        """sha256 of the canonical JSON of the fields that change what the chunker produces."""
-        canonical = json.dumps(self.chunking_fields, sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of the fields that change what the chunker produces,
+        and for a format 2 config the whole embedder pin (what the vectors are)."""
+        fields_hashed = self.chunking_fields
+        if self.embedder is not None:
+            fields_hashed = {**fields_hashed, "embedder": self.embedder.to_dict()}
+        canonical = json.dumps(fields_hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
@@ -316,8 +332,10 @@ class LockedConfig:
         data: dict[str, Any] = {}
         for name in FIELD_ORDER:
             value = getattr(self, name)
-            if name == "description" and value is None:
+            if name in ("description", "embedder") and value is None:
                 continue
+            if name == "embedder":
+                value = value.to_dict()
             data[name] = dict(value) if name == "baseline_metrics" else value
         return data
 
@@ -326,23 +344,44 @@ class LockedConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
 
 
+_WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
+
+
+def least_prefix_tokens(prefix: str) -> int:
+    """A lower bound on the tokens of a passage prefix without its tokenizer: a BERT-style
+    pre-tokenizer splits at least at words and punctuation (a lock counts exactly)."""
+    return len(_WORD_OR_MARK.findall(prefix))
+
+
 def guardrail_violations(
-    config: LockedConfig, special_tokens: int = DEFAULT_SPECIAL_TOKENS
+    config: LockedConfig, special_tokens: int = DEFAULT_SPECIAL_TOKENS,
+    passage_prefix_tokens: int | None = None,
 ) -> list[tuple[str, str, str]]:
-    """(field, what is wrong, how to fix) for every guardrail beyond the schema's bounds."""
+    """(field, what is wrong, how to fix) for every guardrail beyond the schema's bounds; for
+    a config that pins an embedder, its compatibility too (`embedder_violations`).
+    `passage_prefix_tokens`: the embedder's passage prefix counted by its tokenizer (None:
+    the offline lower bound)."""
     found = []
-    needed = config.chunk_size + PREFIX_BUDGET_TOKENS + special_tokens
+    spec = config.embedder
+    prefix_tokens = 0
+    if spec is not None:
+        prefix_tokens = (least_prefix_tokens(spec.passage_prefix)
+                         if passage_prefix_tokens is None else passage_prefix_tokens)
+    needed = config.chunk_size + PREFIX_BUDGET_TOKENS + special_tokens + prefix_tokens
     if needed > config.token_budget:
-        room = config.token_budget - PREFIX_BUDGET_TOKENS - special_tokens
+        room = config.token_budget - PREFIX_BUDGET_TOKENS - special_tokens - prefix_tokens
+        passage = (f" + passage prefix {spec.passage_prefix!r} ({prefix_tokens} tokens)"
+                   if spec is not None and prefix_tokens else "")
         found.append((
             "chunk_size",
             f"chunk_size {config.chunk_size} + prefix budget {PREFIX_BUDGET_TOKENS} + "
-            f"{special_tokens} special tokens = {needed} exceeds the token budget "
+            f"{special_tokens} special tokens{passage} = {needed} exceeds the token budget "
             f"{config.token_budget} (embedder_max_tokens {config.embedder_max_tokens}, hard cap "
             f"{TOKEN_BUDGET})",
             f"lock a new version with --chunk-size <= {max(room, 0)} or an embedder with more "
             "tokens",
         ))
+    found.extend(embedder_violations(config))
     if config.chunk_size > 1 and config.overlap_tokens >= config.chunk_size:
         found.append((
             "overlap_ratio",
@@ -355,6 +394,34 @@ def guardrail_violations(
     except ValueError:
         found.append(("created_at", f"created_at {config.created_at!r} is not a real UTC time",
                       "use a real time like 2025-09-07T14:30:22Z"))
+    return found
+
+
+def embedder_violations(config: LockedConfig) -> list[tuple[str, str, str]]:
+    """What makes a pinned embedder incompatible with its config, checked offline: the flat
+    fields repeat the pin, its own tokenizer is the locked one (where it declares one: an
+    onnx embedder always does), and pgvector can index its vectors with HNSW."""
+    spec = config.embedder
+    if spec is None:
+        return []
+    found = []
+    relock = "lock a new version; `registry lock` fills these from the pin"
+    if config.embedder_name != spec.name:
+        found.append(("embedder_name", f"embedder_name {config.embedder_name} is not "
+                      f"embedder.name {spec.name}", relock))
+    if config.embedder_max_tokens != spec.max_tokens:
+        found.append(("embedder_max_tokens", f"embedder_max_tokens {config.embedder_max_tokens} "
+                      f"is not embedder.max_tokens {spec.max_tokens}", relock))
+    if spec.tokenizer_hash is not None and spec.tokenizer_hash != config.tokenizer_hash:
+        found.append(("tokenizer_hash", f"tokenizer_hash {config.tokenizer_hash} is not the "
+                      f"embedder's tokenizer ({spec.tokenizer_hash}): chunks would be counted "
+                      "with another tokenizer than the one that embeds them",
+                      "lock a new version with the embedder's tokenizer.json as --tokenizer-file"))
+    if spec.dimension > MAX_VECTOR_DIMENSION:
+        found.append(("embedder", f"embedder dimension {spec.dimension} is above "
+                      f"{MAX_VECTOR_DIMENSION}, the most pgvector indexes with HNSW",
+                      "pin an embedder (or an API `dimensions` setting) of at most "
+                      f"{MAX_VECTOR_DIMENSION} dimensions"))
     return found
 
 

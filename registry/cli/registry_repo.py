@@ -75,10 +75,39 @@ def lock(
     prefix_policy: Annotated[
         str, typer.Option(help="A: prefix in embedding_text only; B: in both texts.")
     ] = "A",
-    embedder: Annotated[str, typer.Option(help="Embedding model name.")] = "BAAI/bge-large-en-v1.5",
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedding model name (default BAAI/bge-large-en-v1.5; "
+                                 "with --embedder-onnx FILE: its label).")
+    ] = None,
     embedder_max_tokens: Annotated[
-        int, typer.Option(help="The embedder's maximum input tokens.")
-    ] = 512,
+        int | None, typer.Option(help="The embedder's maximum input tokens (default 512; an "
+                                 "installed onnx model's own).")
+    ] = None,
+    embedder_onnx: Annotated[
+        str | None, typer.Option(help="Pin a local ONNX embedder (format 2 config): an installed "
+                                 "model (all-MiniLM-L6-v2-int8, paraphrase-MiniLM-L3-v2) or a "
+                                 ".onnx file with --embedder-tokenizer.")
+    ] = None,
+    embedder_openai: Annotated[
+        str | None, typer.Option(help="Pin an OpenAI-compatible embedder by model name, at "
+                                 "REGISTRY_EMBEDDING_URL with REGISTRY_EMBEDDING_TOKEN.")
+    ] = None,
+    embedder_tokenizer: Annotated[
+        Path | None, typer.Option(help="The embedder's tokenizer.json (an onnx file's; for "
+                                  "openai, declares its tokenizer hash).")
+    ] = None,
+    embedder_pooling: Annotated[
+        str | None, typer.Option(help="mean or cls (onnx: default the model's own).")
+    ] = None,
+    embedder_normalize: Annotated[
+        bool, typer.Option(help="Store L2-normalised vectors (HNSW on inner product).")
+    ] = True,
+    embedder_query_prefix: Annotated[
+        str, typer.Option(help="Prefix of queries, e5/bge style (e.g. 'query: ').")
+    ] = "",
+    embedder_passage_prefix: Annotated[
+        str, typer.Option(help="Prefix of passages (e.g. 'passage: ').")
+    ] = "",
     tokenizer: Annotated[
         str | None, typer.Option(help="Tokenizer name (default: the embedder's).")
     ] = None,
@@ -100,14 +129,22 @@ def lock(
     """Lock a new chunking config: a branch lock/<version> with one commit adding it."""
     from registry.commands import configs
 
+    choice = configs.EmbedderChoice(
+        onnx=embedder_onnx, openai=embedder_openai, tokenizer=embedder_tokenizer,
+        label=embedder, max_tokens=embedder_max_tokens, pooling=embedder_pooling,
+        normalize=embedder_normalize, query_prefix=embedder_query_prefix,
+        passage_prefix=embedder_passage_prefix)
+    if not choice.chosen:
+        embedder = embedder or "BAAI/bge-large-en-v1.5"
     locked = configs.lock(
         repo,
+        embedder_choice=choice,
         chunk_size=chunk_size,
         overlap_ratio=overlap_ratio,
         jaccard_threshold=jaccard_threshold,
         prefix_policy=prefix_policy.upper(),
         embedder=embedder,
-        embedder_max_tokens=embedder_max_tokens,
+        embedder_max_tokens=embedder_max_tokens or 512,
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
         baseline_metrics=baseline_metrics,

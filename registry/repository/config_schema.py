@@ -35,7 +35,8 @@ FIXES: dict[str, str] = {
     "tokenizer_hash": "use sha256:<64 hex digits> of tokenizer.json; `registry lock` computes it",
     "created_at": "use UTC like 2025-09-07T14:30:22Z, quoted",
     "created_by": "use `name <email>`",
-    "schema_version": "set schema_version: 1",
+    "schema_version": "set schema_version: 1 (BM25 only), or 2 with an embedder: mapping",
+    "embedder": "pin the embedder with `registry lock --embedder-onnx` or `--embedder-openai`",
     "production": "name a chunk_version that exists in configs/, or null",
     "baseline_metrics": "use metric names like oracle_hit_rate with numbers, rates in [0, 1]",
 }
@@ -113,6 +114,8 @@ def _describe(error: Any) -> tuple[tuple[str | int, ...], str]:
         return path, f"{name} {shown} has the wrong size ({error.message})"
     if keyword == "oneOf" and path == ("production",):
         return path, f"production {shown} is not a chunk_version or null"
+    if keyword == "not" and error.validator_value == {"required": ["embedder"]}:
+        return ("embedder",), "embedder is a format 2 field, but schema_version is not 2"
     if keyword == "not":
         return path, f"{name} {shown} is reserved"
     return path, f"{name}: {error.message}"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.config import (
+    EMBEDDER_SCHEMA_VERSION,
     MAX_CHUNK_SIZE,
     MAX_OVERLAP_RATIO,
     MIN_JACCARD,
@@ -24,6 +25,7 @@ from registry.config import (
     set_production_pointer,
     utc_now,
 )
+from registry.embedding.spec import EmbedderSpec
 from registry.errors import ConfigInvalid, GitError, Refused, RegistryError, UsageError, invalid
 from registry.quality.gate import promotion_note
 from registry.reconciler.render import render_plan
@@ -127,8 +129,9 @@ def lock(
     overlap_ratio: float,
     jaccard_threshold: float,
     prefix_policy: str,
-    embedder: str,
+    embedder: str | None = None,
     embedder_max_tokens: int = 512,
+    embedder_spec: EmbedderSpec | None = None,
     tokenizer: str | None = None,
     tokenizer_file: Path | None = None,
     baseline_metrics: Mapping[str, float] | Path | None = None,
@@ -137,8 +140,18 @@ def lock(
     push: bool = False,
     now: datetime | None = None,
 ) -> LockResult:
-    """Lock a new config: branch `lock/<version>` from main with one commit adding it."""
+    """Lock a new config: branch `lock/<version>` from main with one commit adding it.
+    `embedder_spec` (pinned: with its fingerprint) makes a format 2 config; its name and max
+    tokens are then the flat `embedder_name` and `embedder_max_tokens`."""
     check_parameters(chunk_size, overlap_ratio, jaccard_threshold, prefix_policy)
+    if embedder_spec is not None:
+        if embedder_spec.fingerprint is None:
+            raise ConfigInvalid(f"embedder {embedder_spec.name} has no measured fingerprint",
+                                fix="pin it with registry.embedding.pin(embedder)")
+        embedder, embedder_max_tokens = embedder_spec.name, embedder_spec.max_tokens
+    if not embedder:
+        raise UsageError("no embedder named", fix="pass --embedder NAME, --embedder-onnx MODEL "
+                         "or --embedder-openai NAME")
     base = git.desired_ref(fetch=False)
     if not git.run("ls-tree", "--name-only", base, "--", PRODUCTION_PATH).strip():
         raise ConfigInvalid(f"{PRODUCTION_PATH} is missing on {base}, so this is not a registry "
@@ -152,10 +165,15 @@ def lock(
     )
     tokenizer_name = tokenizer or embedder
     resolved = resolve(tokenizer_name, tokenizer_file, repo_root=git.root)
-    special = special_token_count(resolved.load())
+    loaded = resolved.load()
+    special = special_token_count(loaded)
+    prefix_tokens = None
+    if embedder_spec is not None and embedder_spec.passage_prefix:
+        prefix_tokens = len(loaded.encode(embedder_spec.passage_prefix,
+                                          add_special_tokens=False).ids)
     when = now or utc_now()
     config_data: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION if embedder_spec is None else EMBEDDER_SCHEMA_VERSION,
         "chunk_version": next_version(git, state, when),
         "chunk_size": chunk_size,
         "overlap_ratio": overlap_ratio,
@@ -169,9 +187,11 @@ def lock(
         "created_by": git.identity(),
         "baseline_metrics": metrics,
     }
+    if embedder_spec is not None:
+        config_data["embedder"] = embedder_spec.to_dict()
     if description:
         config_data["description"] = description
-    config = _checked(config_data, special)
+    config = _checked(config_data, special, prefix_tokens)
     path = config_path(config.chunk_version)
     changes: dict[str, bytes | None] = {path: config.dump().encode()}
     runbook_path = None
@@ -182,7 +202,9 @@ def lock(
         f"Lock chunk config {config.chunk_version} ({config.label()})\n\n"
         f"Embedder {config.embedder_name} (max {config.embedder_max_tokens} tokens), tokenizer "
         f"{config.tokenizer_name} {config.tokenizer_hash}.\n"
-        f"config_hash {config.config_hash}\n\n"
+        + (f"Pinned {config.embedder.backend} embedder, dimension {config.embedder.dimension}, "
+           f"fingerprint {config.embedder.fingerprint}.\n" if config.embedder else "")
+        + f"config_hash {config.config_hash}\n\n"
         f"{TRAILER}: {config.chunk_version}\n"
     )
     commit = git.commit_files(base, changes, message)
@@ -193,7 +215,8 @@ def lock(
     return LockResult(config, branch, commit, path, base, push, runbook_path)
 
 
-def _checked(data: dict[str, Any], special_tokens: int) -> LockedConfig:
+def _checked(data: dict[str, Any], special_tokens: int,
+             passage_prefix_tokens: int | None = None) -> LockedConfig:
     """Schema and guardrails on the exact mapping that will be written."""
     text = LockedConfig.from_mapping(data).dump()
     doc = parse_yaml(text.encode(), config_path(str(data["chunk_version"])))
@@ -201,7 +224,7 @@ def _checked(data: dict[str, Any], special_tokens: int) -> LockedConfig:
     if problems:
         raise invalid(problems)
     config = LockedConfig.from_mapping(doc.data)
-    violations = guardrail_violations(config, special_tokens)
+    violations = guardrail_violations(config, special_tokens, passage_prefix_tokens)
     if violations:
         raise invalid([doc.problem((f,), m, fix) for f, m, fix in violations])
     return config
