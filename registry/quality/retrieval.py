@@ -22,6 +22,7 @@ from registry.config import LockedConfig
 from registry.database.chunk_table import ChunkTable
 from registry.embedding.spec import EmbedderSpec
 from registry.errors import EmbedderError, Refused, UsageError
+from registry.extras import require
 
 if TYPE_CHECKING:
     from registry.embedding.base import Embedder
@@ -38,8 +39,7 @@ TOKENIZER_FILE_ENV = "REGISTRY_EMBEDDER_TOKENIZER_FILE"
 
 def embedder_spec(config: LockedConfig) -> EmbedderSpec | None:
     """The embedder a config pins (format 2), None for a BM25-only config (format 1)."""
-    spec = getattr(config, "embedder", None)
-    return spec if isinstance(spec, EmbedderSpec) else None
+    return config.embedder
 
 
 def has_vector_column(conn: psycopg.Connection[Any], target: ChunkTable) -> bool:
@@ -194,13 +194,12 @@ def rrf(lists: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float
 
 def load_embedder(spec: EmbedderSpec, *, check: bool = True) -> Embedder:
     """The embedder `spec` pins, with its fingerprint checked (EmbedderChanged otherwise).
-    onnx: the installed model package of that name, or the files named by
-    REGISTRY_EMBEDDER_MODEL_FILE / REGISTRY_EMBEDDER_TOKENIZER_FILE (their hashes checked);
-    openai: the endpoint and token of the environment."""
+    onnx: the files named by REGISTRY_EMBEDDER_MODEL_FILE / REGISTRY_EMBEDDER_TOKENIZER_FILE,
+    else the installed model package whose files hash as pinned (their hashes checked either
+    way); openai: the endpoint and token of the environment."""
     from pathlib import Path
 
     from registry.embedding.base import check_fingerprint
-    from registry.extras import require
 
     embedder: Embedder
     if spec.backend == "openai":
@@ -209,19 +208,21 @@ def load_embedder(spec: EmbedderSpec, *, check: bool = True) -> Embedder:
         embedder = OpenAIEmbedder.from_spec(spec)
     else:
         require("onnxruntime", "the onnx embedder")
-        from registry.embedding.onnx import INSTALLED_MODELS, OnnxEmbedder, installed_model
+        from registry.embedding.locked import installed_files
+        from registry.embedding.onnx import OnnxEmbedder
 
-        model_file, tokenizer_file = os.environ.get(MODEL_FILE_ENV), os.environ.get(
-            TOKENIZER_FILE_ENV)
-        if model_file and tokenizer_file:
-            files = (Path(model_file), Path(tokenizer_file))
-        elif spec.name in INSTALLED_MODELS:
-            files = installed_model(spec.name)
-        else:
+        model_file, tokenizer_file = (os.environ.get(MODEL_FILE_ENV),
+                                      os.environ.get(TOKENIZER_FILE_ENV))
+        found = installed_files(spec)
+        model = Path(model_file) if model_file else found[0]
+        tokenizer = Path(tokenizer_file) if tokenizer_file else found[1]
+        if model is None or tokenizer is None:
             raise EmbedderError(
-                f"no model files for the onnx embedder {spec.name}",
-                fix=f"export {MODEL_FILE_ENV}=model.onnx and {TOKENIZER_FILE_ENV}=tokenizer.json")
-        embedder = OnnxEmbedder.from_spec(spec, *files)
+                f"no installed model package has the files of the onnx embedder {spec.name} "
+                f"({spec.model_hash})",
+                fix=f"export {MODEL_FILE_ENV}=model.onnx and {TOKENIZER_FILE_ENV}="
+                    "tokenizer.json (the files the config was locked with)")
+        embedder = OnnxEmbedder.from_spec(spec, model, tokenizer)
     if check:
         check_fingerprint(spec, embedder, where=f"embedder {spec.name}")
     return cast("Embedder", embedder)
