@@ -73,6 +73,16 @@ def eval_command(
         str | None, typer.Option("--reader-model", help="The reader's model name "
                                  "(default: $REGISTRY_READER_MODEL).")
     ] = None,
+    rerank_model: Annotated[
+        Path | None,
+        typer.Option("--rerank-model", help="An ONNX cross-encoder: the k chunks are reranked "
+                     "by its scores before the filter hit is judged, and the quantiles of the "
+                     "top chunks' scores are recorded (health warns when they drift)."),
+    ] = None,
+    rerank_tokenizer: Annotated[
+        Path | None, typer.Option("--rerank-tokenizer", help="The cross-encoder's "
+                                  "tokenizer.json.")
+    ] = None,
     record: Annotated[
         bool, typer.Option("--record/--no-record", help="Store the result in eval_runs.")
     ] = True,
@@ -98,7 +108,8 @@ def eval_command(
         raise usage("give either VERSION or --compare, not both")
     options: dict[str, Any] = {"dsn": dsn, "ref": ref, "k": k, "top": top, "match": match,
                                "record": record, "baseline": write_baseline,
-                               "retrieval": retrieval, "reader": (reader_url, reader_model)}
+                               "retrieval": retrieval, "reader": (reader_url, reader_model),
+                               "rerank": (rerank_model, rerank_tokenizer)}
     if compare is None:
         assert version is not None
         result = quality.evaluate(repo, version, cases, **options)

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from registry.commands.reconcile import translated
 from registry.database.connection import resolve_dsn, session
+from registry.errors import UsageError
 from registry.extras import require
 from registry.quality import dashboard as dashboards
 from registry.quality import evaluation, promotion_watch
 from registry.quality import health as healths
 from registry.quality import reader as reader_module
 from registry.quality.reader import ChatReader
+from registry.quality.rerank import CrossEncoder
 from registry.quality.retrieval import RetrievalMode
 from registry.reconciler import run
 from registry.reconciler.status import status
@@ -37,6 +39,21 @@ def chat_reader(options: ReaderOptions | None) -> ChatReader | None:
     return ChatReader.from_env(url, model)
 
 
+RerankOptions = tuple[Path | None, Path | None]
+"""(--rerank-model, --rerank-tokenizer)."""
+
+
+def cross_encoder(options: RerankOptions | None) -> CrossEncoder | None:
+    """The cross-encoder when a model file is given (its tokenizer.json is required too)."""
+    model, tokenizer = options or (None, None)
+    if model is None and tokenizer is None:
+        return None
+    if model is None or tokenizer is None:
+        raise UsageError("--rerank-model and --rerank-tokenizer go together",
+                         fix="pass both: the cross-encoder's .onnx file and its tokenizer.json")
+    return CrossEncoder(model, tokenizer)
+
+
 def write_baseline(path: Path, result: evaluation.EvalResult) -> None:
     """The metrics file `registry lock --baseline-metrics FILE` reads."""
     path.write_text(json.dumps(
@@ -49,13 +66,15 @@ def evaluate(
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
     retrieval: RetrievalMode | None = None, reader: ReaderOptions | None = None,
+    rerank: RerankOptions | None = None,
 ) -> evaluation.EvalResult:
     """`registry eval VERSION` (and its metrics written to `baseline`)."""
     state = committed_state(Git(repo), ref)
+    reads, reranks = chat_reader(reader), cross_encoder(rerank)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         result = evaluation.run_eval(state, conn, version, cases_file, k=k, top=top,
-                                     match=match, record=record, mode=retrieval,
-                                     reader=chat_reader(reader))
+                                     match=match, record=record, mode=retrieval, reader=reads,
+                                     reranker=reranks)
     if baseline is not None:
         write_baseline(baseline, result)
     return result
@@ -66,14 +85,17 @@ def compare(
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
     retrieval: RetrievalMode | None = None, reader: ReaderOptions | None = None,
+    rerank: RerankOptions | None = None,
 ) -> evaluation.Comparison:
     """`registry eval --compare SHADOW --against VERSION` (the shadow's metrics written to
     `baseline`)."""
     state = committed_state(Git(repo), ref)
+    reads, reranks = chat_reader(reader), cross_encoder(rerank)
     with session(resolve_dsn(dsn).value, purpose="eval") as conn:
         comparison = evaluation.run_compare(state, conn, shadow, against, cases_file, k=k,
                                             top=top, match=match, record=record,
-                                            mode=retrieval, reader=chat_reader(reader))
+                                            mode=retrieval, reader=reads,
+                                            reranker=reranks)
     if baseline is not None:
         write_baseline(baseline, comparison.shadow)
     return comparison

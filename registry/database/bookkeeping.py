@@ -25,7 +25,7 @@ from registry.errors import BookkeepingDamaged, RegistryError
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 5
+BOOKKEEPING_VERSION = 6
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -40,6 +40,7 @@ RECONCILE_RUNS = table("reconcile_runs")
 INGEST_RUNS = table("ingest_runs")
 EVAL_RUNS = table("eval_runs")
 HEALTH_REPORTS = table("health_reports")
+CE_DISTRIBUTIONS = table("ce_score_distributions")
 ROLLBACK_PROPOSALS = table("rollback_proposals")
 NOTIFICATIONS = table("notifications")
 
@@ -214,8 +215,28 @@ def _migration_5() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
+def _migration_6() -> list[sql.Composed | sql.SQL]:
+    """Cross-encoder score distributions: the quantiles of the CE scores of one evaluation
+    (with the model file's hash, since only one model's scores compare), which health holds
+    against the config's first one (the baseline) to warn of drift."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.ce_score_distributions (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            eval_run_id bigint NOT NULL REFERENCES {s}.eval_runs (id) ON DELETE CASCADE,
+            chunk_version text NOT NULL,
+            model_hash text NOT NULL,
+            model_name text NOT NULL,
+            quantiles jsonb NOT NULL)""",
+        """CREATE INDEX ce_score_distributions_version ON {s}.ce_score_distributions
+            (chunk_version, model_hash, at)""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
-              5: _migration_5}
+              5: _migration_5, 6: _migration_6}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -733,14 +754,68 @@ def record_eval_run(
     conn: psycopg.Connection[Any], chunk_version: str, *, cases: int,
     metrics: Mapping[str, float], details: Mapping[str, Any],
     against: str | None = None, passed: bool | None = None,
-) -> None:
-    """Append an eval (or, with `against` and `passed`, a comparison) to eval_runs."""
-    conn.execute(
+) -> int:
+    """Append an eval (or, with `against` and `passed`, a comparison) to eval_runs; its id."""
+    row = conn.execute(
         sql.SQL("INSERT INTO {} (chunk_version, against_version, kind, cases, metrics, passed, "
-                "details) VALUES (%s, %s, %s, %s, %s, %s, %s)").format(EVAL_RUNS),
+                "details) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id").format(EVAL_RUNS),
         (chunk_version, against, "eval" if against is None else "compare", cases,
          Jsonb(dict(metrics)), passed, Jsonb(dict(details))),
-    )
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@dataclass(frozen=True)
+class CeDistribution:
+    """One evaluation's cross-encoder score quantiles."""
+
+    at: datetime
+    model_hash: str
+    model_name: str
+    quantiles: dict[str, float]
+
+
+def record_ce_distribution(
+    conn: psycopg.Connection[Any], eval_run_id: int, chunk_version: str, *, model_hash: str,
+    model_name: str, quantiles: Mapping[str, float],
+) -> None:
+    conn.execute(
+        sql.SQL("INSERT INTO {} (eval_run_id, chunk_version, model_hash, model_name, quantiles) "
+                "VALUES (%s, %s, %s, %s, %s)").format(CE_DISTRIBUTIONS),
+        (eval_run_id, chunk_version, model_hash, model_name, Jsonb(dict(quantiles))))
+
+
+def ce_distributions(
+    conn: psycopg.Connection[Any], chunk_version: str
+) -> tuple[CeDistribution | None, CeDistribution | None]:
+    """(baseline, latest) of a config: the latest distribution recorded, and the first one
+    recorded with the same model (None, None when none; a database before migration 6 too)."""
+    if not exists(conn, "ce_score_distributions"):
+        return None, None
+    rows = conn.execute(
+        sql.SQL("(SELECT at, model_hash, model_name, quantiles FROM {t} "
+                "WHERE chunk_version = %(v)s ORDER BY at DESC, id DESC LIMIT 1) "
+                "UNION ALL (SELECT b.at, b.model_hash, b.model_name, b.quantiles FROM {t} b "
+                "WHERE b.chunk_version = %(v)s AND b.model_hash = (SELECT model_hash FROM {t} "
+                "WHERE chunk_version = %(v)s ORDER BY at DESC, id DESC LIMIT 1) "
+                "ORDER BY b.at, b.id LIMIT 1)").format(t=CE_DISTRIBUTIONS),
+        {"v": chunk_version}).fetchall()
+    if not rows:
+        return None, None
+    latest, baseline = (CeDistribution(r[0], r[1], r[2], dict(r[3])) for r in rows)
+    return baseline, latest
+
+
+def ce_series(conn: psycopg.Connection[Any], since: datetime
+              ) -> list[tuple[str, datetime, dict[str, float], str]]:
+    """(version, at, quantiles, model name) of every distribution since `since`, oldest first."""
+    if not exists(conn, "ce_score_distributions"):
+        return []
+    rows = conn.execute(
+        sql.SQL("SELECT chunk_version, at, quantiles, model_name FROM {} WHERE at >= %s "
+                "ORDER BY at, id").format(CE_DISTRIBUTIONS), (since,)).fetchall()
+    return [(r[0], r[1], dict(r[2]), r[3]) for r in rows]
 
 
 def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> EvalRecord | None:

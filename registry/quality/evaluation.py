@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from registry.embedding.base import Embedder
     from registry.embedding.spec import EmbedderSpec
     from registry.quality.reader import ChatReader
+    from registry.quality.rerank import CrossEncoder
 
 MatchMode = Literal["any", "all"]
 TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -196,6 +197,16 @@ class EvalResult:
     retrieval: str = "bm25"
     note: str | None = None
     """Why the retrieval is not the one asked for (a comparison's common fallback)."""
+    ce_scores: list[float] = field(default_factory=list)
+    """Cross-encoder scores of every case's top chunks after the rerank (empty: no rerank)."""
+    ce_model: tuple[str, str] | None = None
+    """(file name, sha256) of the cross-encoder that reranked."""
+
+    @property
+    def ce_distribution(self) -> dict[str, float]:
+        from registry.quality.rerank import quantiles
+
+        return quantiles(self.ce_scores)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -217,6 +228,9 @@ class EvalResult:
             "chunk_version": self.chunk_version, "table": self.table, "k": self.k,
             "top": self.top, "match": self.match, "retrieval": self.retrieval,
             "note": self.note, "metrics": self.metrics,
+            "rerank": None if self.ce_model is None else {
+                "model": self.ce_model[0], "model_hash": self.ce_model[1],
+                "ce_scores": self.ce_distribution},
             "cases": [asdict(c) for c in self.cases],
         }
 
@@ -250,11 +264,14 @@ def evaluate_table(
     plan: retrieval.Plan | None = None,
     embedder: Embedder | None = None,
     reader: ChatReader | None = None,
+    reranker: CrossEncoder | None = None,
 ) -> EvalResult:
     """Run every case against one table: snapshot = the k best chunks by the plan's retrieval
     (bm25 unless told), filter = the top ones. Latency is per query, the query's embedding
     included (what an application waits for). With a `reader`, the top chunks go to it and
-    its answer is judged against the gold (reader gold usage)."""
+    its answer is judged against the gold (reader gold usage). With a `reranker`, the k chunks
+    are reordered by cross-encoder score before the filter hit is judged (rerank time is not
+    retrieval latency); the scores of the top chunks are kept for the CE distribution."""
     if not 1 <= top <= k:
         raise UsageError(f"--top {top} must be between 1 and --k {k}", fix="use --top <= --k")
     plan = plan or retrieval.Plan("bm25")
@@ -265,7 +282,9 @@ def evaluate_table(
         retrieval.set_ef_search(conn, k)
     name = target.identifier
     result = EvalResult(target.chunk_version, target.qualified, k, top, match,
-                        retrieval=plan.mode, note=plan.note)
+                        retrieval=plan.mode, note=plan.note,
+                        ce_model=None if reranker is None else (reranker.name,
+                                                                 reranker.model_hash))
     for case, tsquery in zip(cases, parsed, strict=True):
         query_text = relax_to_any(tsquery) if match == "any" else tsquery
         start = time.perf_counter()
@@ -278,6 +297,11 @@ def evaluate_table(
         runs = bool(query_text) or plan.mode != "bm25"
         rows = conn.execute(statement).fetchall() if runs else []
         latency = (time.perf_counter() - start) * 1000
+        if reranker is not None and rows:
+            scores = reranker.score(case.query, [text for _, text, _ in rows])
+            order = sorted(range(len(rows)), key=lambda i: (-scores[i], i))
+            rows = [rows[i] for i in order]
+            result.ce_scores.extend(scores[i] for i in order[:top])
         first = next((rank for rank, (_, text, _) in enumerate(rows, 1)
                       if is_hit(text, case.gt_answer)), None)
         used = None
@@ -352,20 +376,25 @@ def _require_rows(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
 def record_eval(
     conn: psycopg.Connection[Any], result: EvalResult, comparison: Comparison | None = None
 ) -> None:
-    """Append to chunk_registry.eval_runs: health reads the last eval, the gate the last
-    comparison."""
+    """Append to chunk_registry.eval_runs (health reads the last eval, the gate the last
+    comparison), and a rerank's CE score quantiles to ce_score_distributions."""
     details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match,
                "retrieval": result.retrieval, "note": result.note}
     if comparison is None:
-        bookkeeping.record_eval_run(conn, result.chunk_version, cases=len(result.cases),
-                                    metrics=result.metrics, details=details)
-        return
-    bookkeeping.record_eval_run(
-        conn, result.chunk_version, cases=len(result.cases), metrics=result.metrics,
-        against=comparison.baseline.chunk_version, passed=comparison.passed,
-        details=details | {"against_metrics": comparison.baseline.metrics,
-                           "deltas": comparison.deltas, "regressions": comparison.regressions,
-                           "max_drops": comparison.max_drops})
+        run_id = bookkeeping.record_eval_run(conn, result.chunk_version, cases=len(result.cases),
+                                             metrics=result.metrics, details=details)
+    else:
+        run_id = bookkeeping.record_eval_run(
+            conn, result.chunk_version, cases=len(result.cases), metrics=result.metrics,
+            against=comparison.baseline.chunk_version, passed=comparison.passed,
+            details=details | {"against_metrics": comparison.baseline.metrics,
+                               "deltas": comparison.deltas,
+                               "regressions": comparison.regressions,
+                               "max_drops": comparison.max_drops})
+    if result.ce_model is not None and result.ce_scores:
+        bookkeeping.record_ce_distribution(
+            conn, run_id, result.chunk_version, model_name=result.ce_model[0],
+            model_hash=result.ce_model[1], quantiles=result.ce_distribution)
 
 
 def run_eval(
@@ -380,6 +409,7 @@ def run_eval(
     record: bool = True,
     mode: retrieval.RetrievalMode | None = None,
     reader: ChatReader | None = None,
+    reranker: CrossEncoder | None = None,
 ) -> EvalResult:
     """`registry eval VERSION`: evaluate one table on the cases (and record it), by `mode`
     (default: hybrid when the table has vectors, bm25 else)."""
@@ -388,7 +418,8 @@ def run_eval(
     _require_rows(conn, target)
     plan = retrieval.plan(conn, target, mode)
     result = evaluate_table(conn, target, cases, k=k, top=top, match=match, plan=plan,
-                            embedder=embedders_for([plan]).get(plan.spec), reader=reader)
+                            embedder=embedders_for([plan]).get(plan.spec), reader=reader,
+                            reranker=reranker)
     if record:
         bookkeeping.ensure_schema(conn)
         record_eval(conn, result)
@@ -408,6 +439,7 @@ def run_compare(
     record: bool = True,
     mode: retrieval.RetrievalMode | None = None,
     reader: ChatReader | None = None,
+    reranker: CrossEncoder | None = None,
 ) -> Comparison:
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
@@ -423,7 +455,8 @@ def run_compare(
     plans = retrieval.plan_pair(conn, shadow_target, against_target, mode)
     embedders = embedders_for(plans)
     results = [evaluate_table(conn, t, cases, k=k, top=top, match=match, plan=p,
-                              embedder=embedders.get(p.spec), reader=reader)
+                              embedder=embedders.get(p.spec), reader=reader,
+                              reranker=reranker)
                for t, p in zip((shadow_target, against_target), plans, strict=True)]
     comparison = Comparison(results[0], results[1], {
         "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
