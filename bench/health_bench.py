@@ -126,10 +126,10 @@ def main() -> None:
                      c=sql.Literal(len(pool))))
             conn.execute(
                 "INSERT INTO chunk_registry.ingest_runs (ingest_run_id, chunk_version, status, "
-                "documents, chunks, duplicates_removed, over_budget, source, finished_at) "
-                "VALUES (%s, %s, 'succeeded', %s, %s, %s, 0, 'bench', now())",
+                "documents, chunks, duplicates_removed, over_budget, source, finished_at, "
+                "registry) VALUES (%s, %s, 'succeeded', %s, %s, %s, 0, 'bench', now(), %s)",
                 (config.ingest_run_id, config.chunk_version, args.rows // 20, args.rows,
-                 args.rows // 5))
+                 args.rows // 5, settings.identity))
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
             print(f"filled {args.rows:,} rows in {time.perf_counter() - start:.1f} s")
             size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size(%s::regclass))",

@@ -151,7 +151,8 @@ def failed_comparison_then_promotion(repo: RegistryRepo, dsn: str, first: str,
     """`second` compared against `first` and failed its gates (recorded as `registry eval
     --compare` records it), then its promotion merged on main anyway."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        record_eval_run(conn, second, cases=10, against=first, passed=False,
+        record_eval_run(conn, second, registry="public.document_chunks", cases=10,
+                        against=first, passed=False,
                         metrics={"oracle_hit_rate": 0.61, "filter_hit_rate": 0.5},
                         details={"regressions": ["oracle_hit_rate dropped 0.190"],
                                  "deltas": {"oracle_hit_rate": -0.19}})

@@ -42,7 +42,8 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
     assert db.query("SELECT version FROM chunk_registry.schema_version") == [(BOOKKEEPING_VERSION,)]
     tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
                       "ORDER BY 1")
-    assert [t for (t,) in tables] == ["eval_runs", "health_reports", "ingest_runs",
+    assert [t for (t,) in tables] == ["ce_score_distributions", "eval_runs", "health_reports",
+                                      "ingest_runs",
                                       "managed_tables", "notifications", "reconcile_runs",
                                       "rollback_proposals", "schema_version"]
 
@@ -68,7 +69,7 @@ def test_one_rollback_proposal_per_promotion_is_enforced_by_the_database(dsn: st
     with psycopg.connect(dsn, autocommit=True) as conn:
         ensure_schema(conn)
         insert = ("INSERT INTO chunk_registry.rollback_proposals (chunk_version, promoted_at, "
-                  "promote_commit, target_version) VALUES ('v2', now(), %s, 'v1')")
+                  "promote_commit, target_version, registry) VALUES ('v2', now(), %s, 'v1', 'r')")
         conn.execute(insert, ("a" * 40,))
         conn.execute(insert, ("b" * 40,))
         with pytest.raises(psycopg.errors.UniqueViolation):

@@ -25,7 +25,7 @@ from registry.errors import BookkeepingDamaged, RegistryError
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 6
+BOOKKEEPING_VERSION = 7
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -215,7 +215,75 @@ def _migration_5() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
+_ONLY_REGISTRY = sql.SQL("(SELECT min(registry) FROM {s}.managed_tables "
+                         "HAVING count(DISTINCT registry) = 1)")
+"""The registry of a database only one registry ever used (NULL when there were several)."""
+_OF_VERSION = sql.SQL("(SELECT m.registry FROM {s}.managed_tables m WHERE m.chunk_version = "
+                      "x.chunk_version ORDER BY m.created_at DESC LIMIT 1)")
+"""The registry of the newest managed row of a record's version."""
+_BY_TABLE = sql.SQL(
+    "(SELECT m.registry FROM {s}.managed_tables m "
+    "WHERE m.schema_name || '.' || m.table_name = {q}), "
+    "CASE WHEN {q} LIKE '%.%' THEN split_part({q}, '.', 1) || '.' || regexp_replace("
+    "split_part({q}, '.', 2), '_[0-9]{{4}}_[0-9]{{2}}_[0-9]{{2}}_[0-9]{{6}}_v[0-9]+$', '') END")
+"""The registry of the managed row of the `schema.table` a record names (`q`), else that
+table's legacy identity `schema.base_name` (as migration 5 read managed rows)."""
+
+
 def _migration_6() -> list[sql.Composed | sql.SQL]:
+    """Ingest, evaluation, health, rollback and notification records name their registry, and
+    every read filters by it: two registries in one database may lock the same version
+    string. Rows from before are attributed by the table they name (its managed row's
+    registry, else the legacy identity read off the table name), else by their version's
+    newest managed row, else to the only registry the database knows; what stays ambiguous
+    keeps a NULL registry and is read by no registry."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    only, of_version = _ONLY_REGISTRY.format(s=s), _OF_VERSION.format(s=s)
+    in_details = _BY_TABLE.format(s=s, q=sql.SQL("(x.details->>'table')"))
+    in_report = _BY_TABLE.format(s=s, q=sql.SQL("(x.report->>'table')"))
+    plain = [
+        "ALTER TABLE {s}.ingest_runs ADD COLUMN registry text",
+        "ALTER TABLE {s}.eval_runs ADD COLUMN registry text",
+        "ALTER TABLE {s}.health_reports ADD COLUMN registry text",
+        "ALTER TABLE {s}.rollback_proposals ADD COLUMN registry text",
+        "ALTER TABLE {s}.notifications ADD COLUMN registry text",
+    ]
+    backfills: list[sql.Composed | sql.SQL] = [
+        sql.SQL("UPDATE {s}.ingest_runs x SET registry = coalesce({t}, {v}, {o})").format(
+            s=s, t=in_details, v=of_version, o=only),
+        sql.SQL("UPDATE {s}.eval_runs x SET registry = coalesce({t}, {v}, {o})").format(
+            s=s, t=in_details, v=of_version, o=only),
+        sql.SQL("UPDATE {s}.health_reports x SET registry = coalesce({t}, {v}, {o})").format(
+            s=s, t=in_report, v=of_version, o=only),
+        sql.SQL("UPDATE {s}.rollback_proposals x SET registry = coalesce({v}, {o})").format(
+            s=s, v=of_version, o=only),
+        sql.SQL("UPDATE {s}.notifications SET registry = {o}").format(s=s, o=only),
+        sql.SQL("UPDATE {s}.reconcile_runs SET registry = {o} WHERE registry IS NULL").format(
+            s=s, o=only),
+    ]
+    indexes = [
+        "DROP INDEX {s}.ingest_runs_version",
+        """CREATE INDEX ingest_runs_version ON {s}.ingest_runs
+            (registry, chunk_version, started_at DESC)""",
+        "DROP INDEX {s}.eval_runs_version",
+        """CREATE INDEX eval_runs_version ON {s}.eval_runs
+            (registry, chunk_version, kind, at DESC)""",
+        "DROP INDEX {s}.health_reports_version",
+        """CREATE INDEX health_reports_version ON {s}.health_reports
+            (registry, chunk_version, at DESC)""",
+        """ALTER TABLE {s}.rollback_proposals
+            DROP CONSTRAINT rollback_proposals_chunk_version_promote_commit_key""",
+        """CREATE UNIQUE INDEX rollback_proposals_promotion ON {s}.rollback_proposals
+            (registry, chunk_version, promote_commit)""",
+        "DROP INDEX {s}.notifications_open",
+        """CREATE UNIQUE INDEX notifications_open ON {s}.notifications
+            (registry, kind, subject, fingerprint, target) WHERE resolved_at IS NULL""",
+    ]
+    return [*(sql.SQL(text).format(s=s) for text in plain), *backfills,
+            *(sql.SQL(text).format(s=s) for text in indexes)]
+
+
+def _migration_7() -> list[sql.Composed | sql.SQL]:
     """Cross-encoder score distributions: the quantiles of the CE scores of one evaluation
     (with the model file's hash, since only one model's scores compare), which health holds
     against the config's first one (the baseline) to warn of drift."""
@@ -234,9 +302,8 @@ def _migration_6() -> list[sql.Composed | sql.SQL]:
     ]
     return [sql.SQL(text).format(s=s) for text in statements]
 
-
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
-              5: _migration_5, 6: _migration_6}
+              5: _migration_5, 6: _migration_6, 7: _migration_7}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -369,28 +436,33 @@ _MANAGED_COLUMNS = tuple(
 )
 _LAST_COMPARE = sql.SQL(
     "(SELECT e.passed FROM {e} e WHERE e.chunk_version = m.chunk_version "
-    "AND e.kind = 'compare' ORDER BY e.at DESC, e.id DESC LIMIT 1)"
+    "AND e.registry = ANY(%(registries)s) AND e.kind = 'compare' "
+    "ORDER BY e.at DESC, e.id DESC LIMIT 1)"
 ).format(e=EVAL_RUNS)
 
 
 def managed_tables(
-    conn: psycopg.Connection[Any], *, with_last_compare: bool
+    conn: psycopg.Connection[Any], *, with_last_compare: bool, registries: Sequence[str] = (),
 ) -> list[ManagedTable]:
-    """Every managed row, oldest first, with whether its table exists and (when eval_runs
-    exists, `with_last_compare`) its newest comparison's outcome: one query."""
+    """Every managed row (of any registry: the planner sorts out what is its own), oldest
+    first, with whether its table exists and (when eval_runs exists, `with_last_compare`) the
+    outcome of the newest comparison `registries` recorded of its version: one query."""
     query = sql.SQL(
-        "SELECT {cols}, to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL, "
+        "SELECT {cols}, to_regclass(format('%%I.%%I', schema_name, table_name)) IS NOT NULL, "
         "{compare}, registry FROM {m} m ORDER BY created_at, table_name"
     ).format(cols=sql.SQL(", ").join(map(sql.Identifier, _MANAGED_COLUMNS)),
              compare=_LAST_COMPARE if with_last_compare else sql.SQL("NULL"), m=MANAGED)
-    return [ManagedTable(*r) for r in conn.execute(query).fetchall()]
+    return [ManagedTable(*r) for r in conn.execute(
+        query, {"registries": list(registries)}).fetchall()]
 
 
-def managed_status(conn: psycopg.Connection[Any], schema: str, table_name: str) -> str | None:
-    """The status of a managed table, None when the registry does not manage it."""
+def managed_status(conn: psycopg.Connection[Any], schema: str, table_name: str,
+                   registries: Sequence[str]) -> str | None:
+    """The status of a managed table, None when none of `registries` manages it."""
     row = conn.execute(
-        sql.SQL("SELECT status FROM {} WHERE schema_name = %s AND table_name = %s").format(
-            MANAGED), (schema, table_name)).fetchone()
+        sql.SQL("SELECT status FROM {} WHERE schema_name = %s AND table_name = %s "
+                "AND registry = ANY(%s)").format(MANAGED),
+        (schema, table_name, list(registries))).fetchone()
     return str(row[0]) if row else None
 
 
@@ -493,27 +565,35 @@ def mark_dropped(conn: psycopg.Connection[Any], schema: str, table_name: str) ->
         (schema, table_name)).rowcount
 
 
-def production_row(conn: psycopg.Connection[Any]) -> tuple[str, str, datetime | None] | None:
-    """(chunk_version, table, promoted_at) of the table production reads, per the bookkeeping."""
+def production_row(
+    conn: psycopg.Connection[Any], registries: Sequence[str]
+) -> tuple[str, str, datetime | None] | None:
+    """(chunk_version, table, promoted_at) of the table production of `registries` reads, per
+    the bookkeeping."""
     row = conn.execute(sql.SQL(
-        "SELECT chunk_version, table_name, promoted_at FROM {} WHERE status = 'production'"
-    ).format(MANAGED)).fetchone()
+        "SELECT chunk_version, table_name, promoted_at FROM {} WHERE status = 'production' "
+        "AND registry = ANY(%s) ORDER BY promoted_at DESC NULLS LAST LIMIT 1"
+    ).format(MANAGED), (list(registries),)).fetchone()
     return (row[0], row[1], row[2]) if row else None
 
 
-def served_production(conn: psycopg.Connection[Any], chunk_version: str) -> bool:
-    """Whether the live table of `chunk_version` was production at some point."""
+def served_production(
+    conn: psycopg.Connection[Any], chunk_version: str, registries: Sequence[str]
+) -> bool:
+    """Whether the live table of `chunk_version` of `registries` was production at some
+    point."""
     row = conn.execute(
         sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE chunk_version = %s AND status <> "
-                "'dropped' AND promoted_at IS NOT NULL)").format(MANAGED),
-        (chunk_version,)).fetchone()
+                "'dropped' AND promoted_at IS NOT NULL AND registry = ANY(%s))").format(MANAGED),
+        (chunk_version, list(registries))).fetchone()
     return bool(row and row[0])
 
 
-def table_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    """table -> chunk_version of every table the registry ever created."""
+def table_versions(conn: psycopg.Connection[Any], registries: Sequence[str]) -> dict[str, str]:
+    """table -> chunk_version of every table `registries` ever created."""
     return {str(t): str(v) for t, v in conn.execute(sql.SQL(
-        "SELECT table_name, chunk_version FROM {} ORDER BY created_at").format(MANAGED))}
+        "SELECT table_name, chunk_version FROM {} WHERE registry = ANY(%s) "
+        "ORDER BY created_at").format(MANAGED), (list(registries),))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,32 +668,39 @@ class ReconcileRun:
     actions: int
 
 
-def last_reconcile_run(conn: psycopg.Connection[Any]) -> ReconcileRun | None:
+def last_reconcile_run(
+    conn: psycopg.Connection[Any], registries: Sequence[str]
+) -> ReconcileRun | None:
+    """The newest run of `registries`."""
     return _one(conn, sql.SQL(
         "SELECT id, outcome, git_ref, git_commit, started_at, finished_at, error, actor, "
-        "jsonb_array_length(plan) FROM {} ORDER BY id DESC LIMIT 1").format(RECONCILE_RUNS),
-        (), ReconcileRun)
+        "jsonb_array_length(plan) FROM {} WHERE registry = ANY(%s) ORDER BY id DESC LIMIT 1"
+    ).format(RECONCILE_RUNS), (list(registries),), ReconcileRun)
 
 
-def last_applied_by_table(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, str | None]]:
-    """table -> (run id, commit) of the last run that applied an action to it."""
+def last_applied_by_table(
+    conn: psycopg.Connection[Any], registries: Sequence[str]
+) -> dict[str, tuple[int, str | None]]:
+    """table -> (run id, commit) of the last run of `registries` that applied an action to it."""
     touched = conn.execute(sql.SQL(
         "SELECT DISTINCT ON (a->>'table') a->>'table', r.id, r.git_commit "
         "FROM {} r CROSS JOIN LATERAL jsonb_array_elements(r.plan) a "
-        "WHERE a->>'result' = 'applied' ORDER BY a->>'table', r.id DESC"
-    ).format(RECONCILE_RUNS)).fetchall()
+        "WHERE a->>'result' = 'applied' AND r.registry = ANY(%s) "
+        "ORDER BY a->>'table', r.id DESC"
+    ).format(RECONCILE_RUNS), (list(registries),)).fetchall()
     return {t: (i, c) for t, i, c in touched}
 
 
 def changing_runs(
-    conn: psycopg.Connection[Any],
+    conn: psycopg.Connection[Any], registries: Sequence[str]
 ) -> list[tuple[int, datetime, str | None, str, list[Any]]]:
-    """(id, when, commit, outcome, recorded actions) of every run that applied or failed
-    something, oldest first."""
+    """(id, when, commit, outcome, recorded actions) of every run of `registries` that applied
+    or failed something, oldest first."""
     return [(int(i), at, c, o, p) for i, at, c, o, p in conn.execute(sql.SQL(
         "SELECT id, coalesce(finished_at, started_at), git_commit, outcome, plan "
-        "FROM {} WHERE outcome IN ('applied', 'failed') "
-        "AND jsonb_typeof(plan) = 'array' ORDER BY id").format(RECONCILE_RUNS)).fetchall()]
+        "FROM {} WHERE outcome IN ('applied', 'failed') AND registry = ANY(%s) "
+        "AND jsonb_typeof(plan) = 'array' ORDER BY id").format(RECONCILE_RUNS),
+        (list(registries),)).fetchall()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,17 +713,18 @@ INGEST_INTERRUPTED = ("interrupted: the ingest stopped before it recorded an out
 
 def start_ingest_run(
     conn: psycopg.Connection[Any], ingest_run_id: str, chunk_version: str, source: str,
-    details: Mapping[str, Any],
+    details: Mapping[str, Any], registry: str,
 ) -> int:
     """The run's `running` record. Any earlier `running` record of the same ingest_run_id is
     a dead run (the caller holds the run's lock): it is marked in the same statement."""
     row = conn.execute(
         sql.SQL("WITH interrupted AS (UPDATE {r} SET status = 'failed', details = details || "
-                "%(note)s WHERE status = 'running' AND ingest_run_id = %(run)s) "
-                "INSERT INTO {r} (ingest_run_id, chunk_version, status, source, details) "
-                "VALUES (%(run)s, %(version)s, 'running', %(source)s, %(details)s) "
-                "RETURNING id").format(r=INGEST_RUNS),
-        {"run": ingest_run_id, "version": chunk_version, "source": source,
+                "%(note)s WHERE status = 'running' AND ingest_run_id = %(run)s "
+                "AND registry = %(registry)s) "
+                "INSERT INTO {r} (ingest_run_id, chunk_version, status, source, details, "
+                "registry) VALUES (%(run)s, %(version)s, 'running', %(source)s, %(details)s, "
+                "%(registry)s) RETURNING id").format(r=INGEST_RUNS),
+        {"run": ingest_run_id, "version": chunk_version, "source": source, "registry": registry,
          "note": Jsonb({"error": INGEST_INTERRUPTED}), "details": Jsonb(dict(details))},
     ).fetchone()
     assert row is not None
@@ -679,47 +767,56 @@ class IngestRun:
     source: str | None
 
 
-def last_successful_ingest(conn: psycopg.Connection[Any], chunk_version: str) -> IngestRun | None:
+def last_successful_ingest(
+    conn: psycopg.Connection[Any], chunk_version: str, registries: Sequence[str]
+) -> IngestRun | None:
     return _one(conn, sql.SQL(
         "SELECT ingest_run_id, finished_at, documents, chunks, duplicates_removed, over_budget, "
-        "source FROM {} WHERE chunk_version = %s AND status = 'succeeded' "
-        "ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT 1").format(INGEST_RUNS),
-        (chunk_version,), IngestRun)
+        "source FROM {} WHERE registry = ANY(%s) AND chunk_version = %s "
+        "AND status = 'succeeded' ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT 1"
+    ).format(INGEST_RUNS), (list(registries), chunk_version), IngestRun)
 
 
-def last_ingest_times(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
-    """chunk_version -> when its last successful ingest finished (what an older evaluation or
-    health report no longer describes)."""
+def last_ingest_times(
+    conn: psycopg.Connection[Any], registries: Sequence[str]
+) -> dict[str, datetime]:
+    """chunk_version -> when its last successful ingest by `registries` finished (what an
+    older evaluation or health report no longer describes)."""
     return {str(v): at for v, at in conn.execute(sql.SQL(
         "SELECT chunk_version, max(finished_at) FROM {} WHERE status = 'succeeded' "
-        "AND finished_at IS NOT NULL GROUP BY chunk_version").format(INGEST_RUNS)).fetchall()}
+        "AND registry = ANY(%s) AND finished_at IS NOT NULL GROUP BY chunk_version"
+    ).format(INGEST_RUNS), (list(registries),)).fetchall()}
 
 
 def versions_never_ingested(
-    conn: psycopg.Connection[Any], schema: str, ingest_run_ids: Sequence[str]
+    conn: psycopg.Connection[Any], schema: str, ingest_run_ids: Sequence[str],
+    registries: Sequence[str],
 ) -> list[str]:
     """chunk_versions of shadow tables in `schema` with no successful run of any of
     `ingest_run_ids` into the table as it is now: a run that finished before the table was
     (re)created by the reconciler filled another instance of it (dropped since)."""
     rows = conn.execute(
         sql.SQL("SELECT m.chunk_version FROM {m} m WHERE m.status = 'shadow' "
-                "AND m.schema_name = %s AND NOT EXISTS (SELECT 1 FROM {r} r WHERE "
+                "AND m.schema_name = %(schema)s AND m.registry = ANY(%(registries)s) "
+                "AND NOT EXISTS (SELECT 1 FROM {r} r WHERE "
                 "r.chunk_version = m.chunk_version AND r.status = 'succeeded' "
-                "AND r.finished_at >= m.created_at "
-                "AND r.ingest_run_id = ANY(%s))").format(m=MANAGED, r=INGEST_RUNS),
-        (schema, list(ingest_run_ids))).fetchall()
+                "AND r.registry = ANY(%(registries)s) AND r.finished_at >= m.created_at "
+                "AND r.ingest_run_id = ANY(%(runs)s))").format(m=MANAGED, r=INGEST_RUNS),
+        {"schema": schema, "runs": list(ingest_run_ids),
+         "registries": list(registries)}).fetchall()
     return [str(r[0]) for r in rows]
 
 
 def ingest_throughput(
-    conn: psycopg.Connection[Any], since: datetime
+    conn: psycopg.Connection[Any], since: datetime, registries: Sequence[str]
 ) -> list[tuple[str, datetime, float, int | None, int | None]]:
-    """(version, finished, MB/s, documents, chunks) of every successful ingest since `since`."""
+    """(version, finished, MB/s, documents, chunks) of every successful ingest by
+    `registries` since `since`."""
     rows = conn.execute(sql.SQL(
         "SELECT chunk_version, finished_at, (details->>'mb_per_s')::float8, documents, chunks "
-        "FROM {} WHERE status = 'succeeded' AND finished_at >= %s "
+        "FROM {} WHERE status = 'succeeded' AND finished_at >= %s AND registry = ANY(%s) "
         "AND jsonb_typeof(details->'mb_per_s') = 'number' ORDER BY finished_at, id"
-    ).format(INGEST_RUNS), (since,)).fetchall()
+    ).format(INGEST_RUNS), (since, list(registries))).fetchall()
     return [(v, at, float(rate), docs, chunks) for v, at, rate, docs, chunks in rows]
 
 
@@ -751,16 +848,17 @@ class ComparisonRecord:
 
 
 def record_eval_run(
-    conn: psycopg.Connection[Any], chunk_version: str, *, cases: int,
+    conn: psycopg.Connection[Any], chunk_version: str, *, registry: str, cases: int,
     metrics: Mapping[str, float], details: Mapping[str, Any],
     against: str | None = None, passed: bool | None = None,
 ) -> int:
     """Append an eval (or, with `against` and `passed`, a comparison) to eval_runs; its id."""
     row = conn.execute(
         sql.SQL("INSERT INTO {} (chunk_version, against_version, kind, cases, metrics, passed, "
-                "details) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id").format(EVAL_RUNS),
+                "details, registry) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id").format(
+                    EVAL_RUNS),
         (chunk_version, against, "eval" if against is None else "compare", cases,
-         Jsonb(dict(metrics)), passed, Jsonb(dict(details))),
+         Jsonb(dict(metrics)), passed, Jsonb(dict(details)), registry),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -787,63 +885,76 @@ def record_ce_distribution(
 
 
 def ce_distributions(
-    conn: psycopg.Connection[Any], chunk_version: str
+    conn: psycopg.Connection[Any], chunk_version: str, registries: Sequence[str]
 ) -> tuple[CeDistribution | None, CeDistribution | None]:
-    """(baseline, latest) of a config: the latest distribution recorded, and the first one
-    recorded with the same model (None, None when none; a database before migration 6 too)."""
+    """(baseline, latest) of a config of this registry (its evaluations'): the latest
+    distribution recorded, and the first one recorded with the same model (None, None when
+    none; a database before migration 7 too)."""
     if not exists(conn, "ce_score_distributions"):
         return None, None
+    mine = sql.SQL("SELECT d.* FROM {t} d JOIN {e} e ON e.id = d.eval_run_id "
+                   "WHERE d.chunk_version = %(v)s AND e.registry = ANY(%(r)s)").format(
+                       t=CE_DISTRIBUTIONS, e=EVAL_RUNS)
     rows = conn.execute(
-        sql.SQL("(SELECT at, model_hash, model_name, quantiles FROM {t} "
-                "WHERE chunk_version = %(v)s ORDER BY at DESC, id DESC LIMIT 1) "
-                "UNION ALL (SELECT b.at, b.model_hash, b.model_name, b.quantiles FROM {t} b "
-                "WHERE b.chunk_version = %(v)s AND b.model_hash = (SELECT model_hash FROM {t} "
-                "WHERE chunk_version = %(v)s ORDER BY at DESC, id DESC LIMIT 1) "
-                "ORDER BY b.at, b.id LIMIT 1)").format(t=CE_DISTRIBUTIONS),
-        {"v": chunk_version}).fetchall()
+        sql.SQL("WITH mine AS ({mine}), latest AS (SELECT * FROM mine ORDER BY at DESC, id DESC "
+                "LIMIT 1) (SELECT at, model_hash, model_name, quantiles FROM latest) "
+                "UNION ALL (SELECT at, model_hash, model_name, quantiles FROM mine "
+                "WHERE model_hash = (SELECT model_hash FROM latest) ORDER BY at, id LIMIT 1)"
+                ).format(mine=mine),
+        {"v": chunk_version, "r": list(registries)}).fetchall()
     if not rows:
         return None, None
     latest, baseline = (CeDistribution(r[0], r[1], r[2], dict(r[3])) for r in rows)
     return baseline, latest
 
 
-def ce_series(conn: psycopg.Connection[Any], since: datetime
+def ce_series(conn: psycopg.Connection[Any], since: datetime, registries: Sequence[str]
               ) -> list[tuple[str, datetime, dict[str, float], str]]:
-    """(version, at, quantiles, model name) of every distribution since `since`, oldest first."""
+    """(version, at, quantiles, model name) of this registry's distributions since `since`,
+    oldest first."""
     if not exists(conn, "ce_score_distributions"):
         return []
     rows = conn.execute(
-        sql.SQL("SELECT chunk_version, at, quantiles, model_name FROM {} WHERE at >= %s "
-                "ORDER BY at, id").format(CE_DISTRIBUTIONS), (since,)).fetchall()
+        sql.SQL("SELECT d.chunk_version, d.at, d.quantiles, d.model_name FROM {} d JOIN {} e "
+                "ON e.id = d.eval_run_id WHERE d.at >= %s AND e.registry = ANY(%s) "
+                "ORDER BY d.at, d.id").format(CE_DISTRIBUTIONS, EVAL_RUNS),
+        (since, list(registries))).fetchall()
     return [(r[0], r[1], dict(r[2]), r[3]) for r in rows]
 
 
-def last_eval(conn: psycopg.Connection[Any], chunk_version: str) -> EvalRecord | None:
-    return _one(conn, sql.SQL("SELECT at, kind, metrics FROM {} WHERE chunk_version = %s "
-                              "ORDER BY at DESC, id DESC LIMIT 1").format(EVAL_RUNS),
-                (chunk_version,), EvalRecord)
+def last_eval(
+    conn: psycopg.Connection[Any], chunk_version: str, registries: Sequence[str]
+) -> EvalRecord | None:
+    return _one(conn, sql.SQL("SELECT at, kind, metrics FROM {} WHERE registry = ANY(%s) "
+                              "AND chunk_version = %s ORDER BY at DESC, id DESC LIMIT 1"
+                              ).format(EVAL_RUNS), (list(registries), chunk_version), EvalRecord)
 
 
-def last_comparison(conn: psycopg.Connection[Any], chunk_version: str) -> ComparisonRecord | None:
+def last_comparison(
+    conn: psycopg.Connection[Any], chunk_version: str, registries: Sequence[str]
+) -> ComparisonRecord | None:
     """None when there is none, or when the database predates eval_runs."""
-    return _newest_comparison(conn, chunk_version)
+    return _newest_comparison(conn, chunk_version, registries)
 
 
-def newest_comparison(conn: psycopg.Connection[Any]) -> ComparisonRecord | None:
-    """The newest comparison of any version (what the dashboard shows on top)."""
-    return _newest_comparison(conn, None)
+def newest_comparison(
+    conn: psycopg.Connection[Any], registries: Sequence[str]
+) -> ComparisonRecord | None:
+    """The newest comparison `registries` recorded of any version (the dashboard's top)."""
+    return _newest_comparison(conn, None, registries)
 
 
 def _newest_comparison(
-    conn: psycopg.Connection[Any], chunk_version: str | None
+    conn: psycopg.Connection[Any], chunk_version: str | None, registries: Sequence[str]
 ) -> ComparisonRecord | None:
     if not exists(conn, "eval_runs"):
         return None
     of_version = sql.SQL("" if chunk_version is None else "AND chunk_version = %(version)s")
     row = conn.execute(
         sql.SQL("SELECT at, against_version, passed, metrics, details, chunk_version FROM {} "
-                "WHERE kind = 'compare' {} ORDER BY at DESC, id DESC LIMIT 1").format(
-                    EVAL_RUNS, of_version), {"version": chunk_version}).fetchone()
+                "WHERE kind = 'compare' AND registry = ANY(%(registries)s) {} "
+                "ORDER BY at DESC, id DESC LIMIT 1").format(EVAL_RUNS, of_version),
+        {"version": chunk_version, "registries": list(registries)}).fetchone()
     if row is None:
         return None
     at, against, passed, metrics, details, version = row
@@ -866,11 +977,12 @@ class StoredHealthReport:
 
 
 def record_health_report(
-    conn: psycopg.Connection[Any], at: datetime, chunk_version: str, report: Mapping[str, Any]
+    conn: psycopg.Connection[Any], at: datetime, chunk_version: str, report: Mapping[str, Any],
+    registry: str,
 ) -> None:
     conn.execute(
-        sql.SQL("INSERT INTO {} (at, chunk_version, report) VALUES (%s, %s, %s)").format(
-            HEALTH_REPORTS), (at, chunk_version, Jsonb(dict(report))))
+        sql.SQL("INSERT INTO {} (at, chunk_version, report, registry) VALUES (%s, %s, %s, %s)"
+                ).format(HEALTH_REPORTS), (at, chunk_version, Jsonb(dict(report)), registry))
 
 
 def _stored(report_id: int, at: datetime, report: Any) -> StoredHealthReport:
@@ -879,30 +991,36 @@ def _stored(report_id: int, at: datetime, report: Any) -> StoredHealthReport:
 
 
 def health_reports_between(
-    conn: psycopg.Connection[Any], chunk_version: str, since: datetime, until: datetime
+    conn: psycopg.Connection[Any], chunk_version: str, since: datetime, until: datetime,
+    registries: Sequence[str],
 ) -> list[StoredHealthReport]:
     rows = conn.execute(sql.SQL(
-        "SELECT id, at, report FROM {} WHERE chunk_version = %s AND at >= %s AND at <= %s "
-        "ORDER BY at, id").format(HEALTH_REPORTS), (chunk_version, since, until)).fetchall()
+        "SELECT id, at, report FROM {} WHERE registry = ANY(%s) AND chunk_version = %s "
+        "AND at >= %s AND at <= %s ORDER BY at, id").format(HEALTH_REPORTS),
+        (list(registries), chunk_version, since, until)).fetchall()
     return [_stored(*r) for r in rows]
 
 
 def last_health_report(
-    conn: psycopg.Connection[Any], chunk_version: str, until: datetime
+    conn: psycopg.Connection[Any], chunk_version: str, until: datetime,
+    registries: Sequence[str],
 ) -> StoredHealthReport | None:
     """The newest report of `chunk_version` up to `until` (what it looked like before)."""
     return _one(conn, sql.SQL(
-        "SELECT id, at, report FROM {} WHERE chunk_version = %s AND at <= %s "
-        "ORDER BY at DESC, id DESC LIMIT 1").format(HEALTH_REPORTS),
-        (chunk_version, until), _stored)
+        "SELECT id, at, report FROM {} WHERE registry = ANY(%s) AND chunk_version = %s "
+        "AND at <= %s ORDER BY at DESC, id DESC LIMIT 1").format(HEALTH_REPORTS),
+        (list(registries), chunk_version, until), _stored)
 
 
-def latest_health_reports(conn: psycopg.Connection[Any]) -> dict[str, StoredHealthReport]:
-    """chunk_version -> its newest report."""
+def latest_health_reports(
+    conn: psycopg.Connection[Any], registries: Sequence[str]
+) -> dict[str, StoredHealthReport]:
+    """chunk_version -> its newest report by `registries`."""
     rows = conn.execute(sql.SQL(
         "SELECT DISTINCT ON (chunk_version) chunk_version, id, at, report FROM {} "
-        "WHERE chunk_version IS NOT NULL ORDER BY chunk_version, at DESC, id DESC"
-    ).format(HEALTH_REPORTS)).fetchall()
+        "WHERE chunk_version IS NOT NULL AND registry = ANY(%s) "
+        "ORDER BY chunk_version, at DESC, id DESC"
+    ).format(HEALTH_REPORTS), (list(registries),)).fetchall()
     return {str(r[0]): _stored(*r[1:]) for r in rows}
 
 
@@ -915,7 +1033,8 @@ def _report_number(path: tuple[str, ...]) -> sql.Composed:
 
 
 def health_series(
-    conn: psycopg.Connection[Any], since: datetime, metrics: Mapping[str, tuple[str, ...]]
+    conn: psycopg.Connection[Any], since: datetime, metrics: Mapping[str, tuple[str, ...]],
+    registries: Sequence[str],
 ) -> Iterator[tuple[str, datetime, dict[str, float | None], int, int]]:
     """(version, at, metric -> number at its path in the report, alerts, critical alerts) of
     every report since `since`, in one query however many there are."""
@@ -926,11 +1045,11 @@ def health_series(
         "THEN jsonb_array_length(report->'alerts') ELSE 0 END, "
         "CASE WHEN jsonb_typeof(report->'alerts') = 'array' THEN (SELECT count(*) FROM "
         "jsonb_array_elements(report->'alerts') a WHERE a->>'level' = 'critical') ELSE 0 END "
-        "FROM {r} WHERE at >= %s AND chunk_version IS NOT NULL "
+        "FROM {r} WHERE at >= %s AND chunk_version IS NOT NULL AND registry = ANY(%s) "
         "ORDER BY chunk_version, at, id"
     ).format(columns=columns, r=HEALTH_REPORTS)
     keys = list(metrics)
-    for row in conn.execute(query, (since,)):
+    for row in conn.execute(query, (since, list(registries))):
         version, at, *values, alerts, critical = row
         yield version, at, dict(zip(keys, values, strict=True)), int(alerts), int(critical)
 
@@ -959,30 +1078,33 @@ class RollbackProposal:
 
 
 def rollback_proposal(
-    conn: psycopg.Connection[Any], chunk_version: str, promote_commit: str
+    conn: psycopg.Connection[Any], chunk_version: str, promote_commit: str, registry: str
 ) -> RollbackProposal | None:
-    """The proposal recorded for the promotion of `chunk_version` by `promote_commit`."""
+    """The proposal `registry` recorded for the promotion of `chunk_version` by
+    `promote_commit`."""
     return _one(conn, sql.SQL(
         "SELECT target_version, proposed_at, branch, commit, pr_number, pr_url, adopted FROM {} "
-        "WHERE chunk_version = %s AND promote_commit = %s").format(ROLLBACK_PROPOSALS),
-        (chunk_version, promote_commit), RollbackProposal)
+        "WHERE registry = %s AND chunk_version = %s AND promote_commit = %s"
+    ).format(ROLLBACK_PROPOSALS), (registry, chunk_version, promote_commit), RollbackProposal)
 
 
 def record_rollback_proposal(
     conn: psycopg.Connection[Any], chunk_version: str, promoted_at: datetime,
     promote_commit: str, proposal: RollbackProposal, evidence: Mapping[str, Any],
+    registry: str,
 ) -> RollbackProposal:
     """Record it once per promotion: when one is recorded already, that one is returned."""
     row = conn.execute(sql.SQL(
         "INSERT INTO {} (chunk_version, promoted_at, promote_commit, target_version, branch, "
-        "commit, pr_number, pr_url, adopted, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, %s) ON CONFLICT (chunk_version, promote_commit) DO NOTHING RETURNING proposed_at"
+        "commit, pr_number, pr_url, adopted, evidence, registry) VALUES (%s, %s, %s, %s, %s, "
+        "%s, %s, %s, %s, %s, %s) ON CONFLICT (registry, chunk_version, promote_commit) "
+        "DO NOTHING RETURNING proposed_at"
     ).format(ROLLBACK_PROPOSALS), (
         chunk_version, promoted_at, promote_commit, proposal.target_version, proposal.branch,
         proposal.commit, proposal.number, proposal.url, proposal.adopted,
-        Jsonb(dict(evidence)))).fetchone()
+        Jsonb(dict(evidence)), registry)).fetchone()
     if row is None:
-        existing = rollback_proposal(conn, chunk_version, promote_commit)
+        existing = rollback_proposal(conn, chunk_version, promote_commit, registry)
         assert existing is not None
         return existing
     return RollbackProposal(**{**asdict(proposal), "proposed_at": row[0]})
@@ -1001,15 +1123,15 @@ class ProposedRollback:
 
 
 def rollback_proposals_since(
-    conn: psycopg.Connection[Any], since: datetime
+    conn: psycopg.Connection[Any], since: datetime, registries: Sequence[str]
 ) -> list[ProposedRollback]:
     """Newest first; none when the database predates rollback_proposals."""
     if not exists(conn, "rollback_proposals"):
         return []
     rows = conn.execute(sql.SQL(
         "SELECT chunk_version, target_version, proposed_at, pr_url, pr_number, evidence "
-        "FROM {} WHERE proposed_at >= %s ORDER BY proposed_at DESC").format(ROLLBACK_PROPOSALS),
-        (since,)).fetchall()
+        "FROM {} WHERE proposed_at >= %s AND registry = ANY(%s) ORDER BY proposed_at DESC"
+    ).format(ROLLBACK_PROPOSALS), (since, list(registries))).fetchall()
     return [ProposedRollback(*row) for row in rows]
 
 
@@ -1036,26 +1158,29 @@ class Notification:
 
 
 def open_incidents(
-    conn: psycopg.Connection[Any], kinds: Sequence[str]
+    conn: psycopg.Connection[Any], registry: str, kinds: Sequence[str]
 ) -> list[tuple[str, str, str]]:
-    """(kind, subject, fingerprint) of every incident of `kinds` not resolved yet."""
+    """(kind, subject, fingerprint) of every incident of `registry` and `kinds` not resolved
+    yet."""
     rows = conn.execute(sql.SQL(
         "SELECT DISTINCT kind, subject, fingerprint FROM {} WHERE resolved_at IS NULL "
-        "AND kind = ANY(%s)").format(NOTIFICATIONS), (list(kinds),)).fetchall()
+        "AND registry = %s AND kind = ANY(%s)").format(NOTIFICATIONS),
+        (registry, list(kinds))).fetchall()
     return [(str(k), str(s), str(f)) for k, s, f in rows]
 
 
-def incident_known(conn: psycopg.Connection[Any], kind: str, subject: str,
+def incident_known(conn: psycopg.Connection[Any], registry: str, kind: str, subject: str,
                    fingerprint: str) -> bool:
-    """Whether this incident was ever recorded (a one-shot event is told once, ever)."""
+    """Whether `registry` ever recorded this incident (a one-shot event is told once, ever)."""
     row = conn.execute(sql.SQL(
-        "SELECT EXISTS (SELECT FROM {} WHERE kind = %s AND subject = %s AND fingerprint = %s)"
-    ).format(NOTIFICATIONS), (kind, subject, fingerprint)).fetchone()
+        "SELECT EXISTS (SELECT FROM {} WHERE registry = %s AND kind = %s AND subject = %s "
+        "AND fingerprint = %s)").format(NOTIFICATIONS),
+        (registry, kind, subject, fingerprint)).fetchone()
     return bool(row and row[0])
 
 
 def open_incident(
-    conn: psycopg.Connection[Any], kind: str, subject: str, fingerprint: str,
+    conn: psycopg.Connection[Any], registry: str, kind: str, subject: str, fingerprint: str,
     targets: Sequence[str], title: str, body: str, now: datetime, *, one_shot: bool,
 ) -> None:
     """One pending message per target; a one-shot event is resolved as it opens (nothing to
@@ -1063,15 +1188,15 @@ def open_incident(
     for target in targets:
         conn.execute(sql.SQL(
             "INSERT INTO {} (kind, subject, fingerprint, target, title, body, opened_at, "
-            "open_status, resolved_at, next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-            "'pending', %s, %s) ON CONFLICT DO NOTHING").format(NOTIFICATIONS),
+            "open_status, resolved_at, next_attempt_at, registry) VALUES (%s, %s, %s, %s, %s, "
+            "%s, %s, 'pending', %s, %s, %s) ON CONFLICT DO NOTHING").format(NOTIFICATIONS),
             (kind, subject, fingerprint, target, title, body, now, now if one_shot else None,
-             now))
+             now, registry))
 
 
 def resolve_incident(
-    conn: psycopg.Connection[Any], kind: str, subject: str, fingerprint: str, body: str,
-    now: datetime,
+    conn: psycopg.Connection[Any], registry: str, kind: str, subject: str, fingerprint: str,
+    body: str, now: datetime,
 ) -> None:
     """Mark an incident resolved and its resolution message pending (abandoned with the
     opening message it would follow, when that one could never be sent)."""
@@ -1080,25 +1205,28 @@ def resolve_incident(
         "resolve_status = CASE WHEN open_status = 'abandoned' THEN 'abandoned' ELSE 'pending' "
         "END, attempts = CASE WHEN open_status = 'sent' THEN 0 ELSE attempts END, "
         "next_attempt_at = CASE WHEN open_status = 'sent' THEN %(now)s ELSE next_attempt_at END "
-        "WHERE kind = %(kind)s AND subject = %(subject)s AND fingerprint = %(fp)s "
-        "AND resolved_at IS NULL").format(NOTIFICATIONS),
-        {"now": now, "body": body, "kind": kind, "subject": subject, "fp": fingerprint})
+        "WHERE registry = %(registry)s AND kind = %(kind)s AND subject = %(subject)s "
+        "AND fingerprint = %(fp)s AND resolved_at IS NULL").format(NOTIFICATIONS),
+        {"now": now, "body": body, "kind": kind, "subject": subject, "fp": fingerprint,
+         "registry": registry})
 
 
 def claim_due_notifications(
-    conn: psycopg.Connection[Any], now: datetime, lease_until: datetime
+    conn: psycopg.Connection[Any], registry: str, now: datetime, lease_until: datetime
 ) -> list[Notification]:
-    """Every message due at `now`, claimed until `lease_until` (another process skips them
-    meanwhile), oldest first."""
+    """Every message of `registry` due at `now` (its targets are named in its own settings),
+    claimed until `lease_until` (another process skips them meanwhile), oldest first."""
     rows = conn.execute(sql.SQL(
         "UPDATE {n} SET next_attempt_at = %(lease)s WHERE id IN (SELECT id FROM {n} "
         "WHERE (open_status = 'pending' OR (open_status = 'sent' AND resolve_status = 'pending'))"
-        " AND next_attempt_at <= %(now)s ORDER BY id FOR UPDATE SKIP LOCKED) "
+        " AND next_attempt_at <= %(now)s AND registry = %(registry)s ORDER BY id "
+        "FOR UPDATE SKIP LOCKED) "
         "RETURNING id, kind, subject, fingerprint, target, "
         "CASE WHEN open_status = 'pending' THEN 'opened' ELSE 'resolved' END, title, "
         "CASE WHEN open_status = 'pending' THEN body ELSE resolve_body END, attempts, "
         "CASE WHEN open_status = 'pending' THEN opened_at ELSE resolved_at END"
-    ).format(n=NOTIFICATIONS), {"now": now, "lease": lease_until}).fetchall()
+    ).format(n=NOTIFICATIONS), {"now": now, "lease": lease_until, "registry": registry}
+    ).fetchall()
     return sorted((Notification(*row) for row in rows), key=lambda n: n.id)
 
 

@@ -607,7 +607,7 @@ def run_ingest(
         _require_table(control, target)
         report.into_production = _guard_served(control, target, into_production)
         _take_run_lock(control, report)
-        report.run = _record_start(control, report)
+        report.run = _record_start(control, report, target.registries[0])
         faults.point("ingest", "started")
         started = time.monotonic()
         try:
@@ -721,7 +721,8 @@ STAGED = sql.Identifier("registry_ingest_staged")
 def _guard_served(conn: psycopg.Connection[Any], target: ChunkTable, allowed: bool) -> bool:
     """Whether `target` is the table production serves or rolls back to (then refused unless
     `allowed`): replacing its rows is a production change no merge reviewed."""
-    if bookkeeping.managed_status(conn, target.schema, target.table) == "production":
+    if bookkeeping.managed_status(conn, target.schema, target.table,
+                                  target.registries) == "production":
         role = "production serves"
     elif (target.schema, target.table) in bookkeeping.former_productions(conn, 1,
                                                                         target.registries):
@@ -830,7 +831,7 @@ def _no_chunk_reason(result: ChunkedDocument) -> str:
 
 def _require_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
     require_table(conn, target)
-    status = bookkeeping.managed_status(conn, target.schema, target.table)
+    status = bookkeeping.managed_status(conn, target.schema, target.table, target.registries)
     if status is None:
         raise Refused(f"table {target.qualified} is not managed by the registry",
                       fix="run `registry reconcile`; ingest only fills tables the registry made")
@@ -849,10 +850,10 @@ def _take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
                    fix="wait for it to finish, then rerun if needed")
 
 
-def _record_start(conn: psycopg.Connection[Any], report: IngestReport) -> int:
+def _record_start(conn: psycopg.Connection[Any], report: IngestReport, registry: str) -> int:
     return bookkeeping.start_ingest_run(
         conn, report.ingest_run_id, report.chunk_version, report.source,
-        {"dedup": report.dedup, "workers": report.workers, "table": report.table})
+        {"dedup": report.dedup, "workers": report.workers, "table": report.table}, registry)
 
 
 def _record_success(conn: psycopg.Connection[Any], report: IngestReport) -> None:
@@ -912,7 +913,8 @@ def default_workers(workers: int | None) -> int:
 def pending_versions(conn: psycopg.Connection[Any], state: RegistryState) -> list[str]:
     """Configs whose shadow table exists but has no successful run of their ingest_run_id."""
     versions = bookkeeping.versions_never_ingested(
-        conn, state.settings.schema, [c.ingest_run_id for c in state.configs.values()])
+        conn, state.settings.schema, [c.ingest_run_id for c in state.configs.values()],
+        state.settings.identities)
     return sorted(v for v in versions if v in state.configs)
 
 

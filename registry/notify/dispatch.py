@@ -46,17 +46,18 @@ class Delivery:
 
 def notify(
     conn: psycopg.Connection[Any], settings: NotificationSettings | None, check: Check, *,
-    env: Mapping[str, str] | None = None, now: datetime | None = None,
+    registry: str, env: Mapping[str, str] | None = None, now: datetime | None = None,
 ) -> list[Delivery]:
-    """Record `check`'s incidents and resolutions, then deliver what is due; never raises."""
+    """Record `check`'s incidents and resolutions as `registry`'s, then deliver what of
+    `registry`'s is due (its targets are named in its own settings); never raises."""
     if settings is None:
         return []
     env = os.environ if env is None else env
     scrub = Scrubber.from_env(settings.secret_envs, env)
     try:
         clock = now or _db_now(conn)
-        _record(conn, settings, check, clock, scrub)
-        return _deliver_due(conn, settings, clock, env, scrub)
+        _record(conn, registry, settings, check, clock, scrub)
+        return _deliver_due(conn, registry, settings, clock, env, scrub)
     except Exception as err:  # notifications never fail the command that observed them
         log.warning("notifications skipped this run: %s", scrub(f"{type(err).__name__}: {err}"))
         return []
@@ -69,33 +70,33 @@ def _db_now(conn: psycopg.Connection[Any]) -> datetime:
     return moment
 
 
-def _record(conn: psycopg.Connection[Any], settings: NotificationSettings, check: Check,
-            now: datetime, scrub: Scrubber) -> None:
+def _record(conn: psycopg.Connection[Any], registry: str, settings: NotificationSettings,
+            check: Check, now: datetime, scrub: Scrubber) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (NOTIFY_LOCK_KEY,))
         kinds = sorted({kind for kind, _ in check.scopes} | {e.kind for e in check.events})
-        already = set(bookkeeping.open_incidents(conn, kinds))
+        already = set(bookkeeping.open_incidents(conn, registry, kinds))
         active = set()
         for event in check.events:
             key = (event.kind, event.subject, event.fingerprint)
             active.add(key)
             targets = [t.name for t in settings.targets_for(event.kind)]
             if not targets or key in already or (
-                    event.one_shot and bookkeeping.incident_known(conn, *key)):
+                    event.one_shot and bookkeeping.incident_known(conn, registry, *key)):
                 continue
-            bookkeeping.open_incident(conn, *key, targets, scrub(event.title),
+            bookkeeping.open_incident(conn, registry, *key, targets, scrub(event.title),
                                       scrub(event.body), now, one_shot=event.one_shot)
         for kind, subject, fp in sorted(already - active):
             if check.covers(kind, subject):
-                bookkeeping.resolve_incident(conn, kind, subject, fp,
+                bookkeeping.resolve_incident(conn, registry, kind, subject, fp,
                                              scrub(check.resolution(kind, subject)), now)
 
 
-def _deliver_due(conn: psycopg.Connection[Any], settings: NotificationSettings, now: datetime,
-                 env: Mapping[str, str], scrub: Scrubber) -> list[Delivery]:
+def _deliver_due(conn: psycopg.Connection[Any], registry: str, settings: NotificationSettings,
+                 now: datetime, env: Mapping[str, str], scrub: Scrubber) -> list[Delivery]:
     lease = now + timedelta(seconds=max(60.0, 3 * settings.timeout))
     done: list[Delivery] = []
-    for due in bookkeeping.claim_due_notifications(conn, now, lease):
+    for due in bookkeeping.claim_due_notifications(conn, registry, now, lease):
         target = settings.target(due.target)
         message = Message(due.kind, due.phase, due.subject, due.fingerprint, due.title,
                           due.body, due.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))

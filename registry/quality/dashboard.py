@@ -176,7 +176,8 @@ def production_disagreement(
     if reads == ((settings.schema, wanted),):
         return None
     served = reads[0] if len(reads) == 1 else None
-    served_version = bookkeeping.table_versions(conn).get(served[1]) if served else None
+    served_version = (bookkeeping.table_versions(conn, settings.identities).get(served[1])
+                      if served else None)
     return ProductionDisagreement(
         settings.production, f"{settings.schema}.{wanted}",
         f"{settings.schema}.{settings.base_name}", ".".join(served) if served else None,
@@ -276,14 +277,16 @@ class DashboardData:
         return sorted(found, key=lambda a: (production_first.get(a[1], True), order[a[0]]))
 
 
-def _read_markers(conn: psycopg.Connection[Any]) -> dict[str, list[Marker]]:
+def _read_markers(
+    conn: psycopg.Connection[Any], registries: tuple[str, ...]
+) -> dict[str, list[Marker]]:
     """version -> the reconcile runs that changed (or failed to change) its table.
 
     Every production swap is replayed oldest first, as `registry history` replays git: a swap
     that undoes the swap still standing before it is a rollback, any other a promotion.
     """
-    tables = bookkeeping.table_versions(conn)
-    runs = bookkeeping.changing_runs(conn)
+    tables = bookkeeping.table_versions(conn, registries)
+    runs = bookkeeping.changing_runs(conn, registries)
     markers: dict[str, list[Marker]] = {}
     standing: list[tuple[str | None, str]] = []
     for run_id, at, commit, _outcome, actions in runs:
@@ -348,10 +351,11 @@ def collect(
     assert clock is not None
     generated = now or clock[0]
     since = generated - timedelta(days=days)
+    mine = state.settings.identities
     series: dict[str, dict[str, list[Point]]] = {}
     counts: dict[str, int] = {}
     for version, at, values, alerts, critical in bookkeeping.health_series(
-            conn, since, REPORT_METRICS):
+            conn, since, REPORT_METRICS, mine):
         counts[version] = counts.get(version, 0) + 1
         note = (f"{critical} critical, {alerts - critical} warnings" if alerts
                 else "no alerts")
@@ -359,18 +363,18 @@ def collect(
         for key, value in values.items():
             if value is not None:
                 per.setdefault(key, []).append(Point(at, value, note))
-    for version, at, found, model in bookkeeping.ce_series(conn, since):
+    for version, at, found, model in bookkeeping.ce_series(conn, since, mine):
         spread = f"q10 {found.get('q10', 0):.3f}, q90 {found.get('q90', 0):.3f}"
         series.setdefault(version, {}).setdefault("ce_score_q50", []).append(
             Point(at, found.get("q50", 0.0), f"{model}: {spread}, {found.get('count', 0):.0f} "
                   "scores"))
-    for version, at, rate, docs, chunks in bookkeeping.ingest_throughput(conn, since):
+    for version, at, rate, docs, chunks in bookkeeping.ingest_throughput(conn, since, mine):
         series.setdefault(version, {}).setdefault("ingest_mb_per_s", []).append(
             Point(at, rate, f"{docs or 0:,} documents, {chunks or 0:,} chunks"))
-    latest = bookkeeping.latest_health_reports(conn)
-    ingested = bookkeeping.last_ingest_times(conn)
-    markers = _read_markers(conn)
-    proposals = bookkeeping.rollback_proposals_since(conn, since)
+    latest = bookkeeping.latest_health_reports(conn, mine)
+    ingested = bookkeeping.last_ingest_times(conn, mine)
+    markers = _read_markers(conn, mine)
+    proposals = bookkeeping.rollback_proposals_since(conn, since, mine)
     comparison = _gated_comparison(conn, state.settings)
     disagreement = production_disagreement(conn, state.settings)
     rows: dict[str, StatusRow | None] = {r.chunk_version: r for r in report.rows}
@@ -415,11 +419,12 @@ def collect(
 def _gated_comparison(
     conn: psycopg.Connection[Any], settings: ProductionConfig
 ) -> GatedComparison | None:
-    record = bookkeeping.newest_comparison(conn)
+    record = bookkeeping.newest_comparison(conn, settings.identities)
     if record is None:
         return None
     verdict = gate.judge(record.chunk_version, record.passed,
-                         served_before=bookkeeping.served_production(conn, record.chunk_version),
+                         served_before=bookkeeping.served_production(conn, record.chunk_version,
+                                                                   settings.identities),
                          require_eval=settings.require_eval)
     return GatedComparison(record, verdict)
 

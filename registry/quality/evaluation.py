@@ -374,18 +374,21 @@ def _require_rows(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
 
 
 def record_eval(
-    conn: psycopg.Connection[Any], result: EvalResult, comparison: Comparison | None = None
+    conn: psycopg.Connection[Any], result: EvalResult, comparison: Comparison | None = None,
+    *, registry: str,
 ) -> None:
     """Append to chunk_registry.eval_runs (health reads the last eval, the gate the last
     comparison), and a rerank's CE score quantiles to ce_score_distributions."""
     details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match,
                "retrieval": result.retrieval, "note": result.note}
     if comparison is None:
-        run_id = bookkeeping.record_eval_run(conn, result.chunk_version, cases=len(result.cases),
-                                             metrics=result.metrics, details=details)
+        run_id = bookkeeping.record_eval_run(conn, result.chunk_version, registry=registry,
+                                             cases=len(result.cases), metrics=result.metrics,
+                                             details=details)
     else:
         run_id = bookkeeping.record_eval_run(
-            conn, result.chunk_version, cases=len(result.cases), metrics=result.metrics,
+            conn, result.chunk_version, registry=registry, cases=len(result.cases),
+            metrics=result.metrics,
             against=comparison.baseline.chunk_version, passed=comparison.passed,
             details=details | {"against_metrics": comparison.baseline.metrics,
                                "deltas": comparison.deltas,
@@ -422,7 +425,7 @@ def run_eval(
                             reranker=reranker)
     if record:
         bookkeeping.ensure_schema(conn)
-        record_eval(conn, result)
+        record_eval(conn, result, registry=state.settings.identity)
     return result
 
 
@@ -464,7 +467,7 @@ def run_compare(
     })
     if record:
         bookkeeping.ensure_schema(conn)
-        record_eval(conn, results[0], comparison)
+        record_eval(conn, results[0], comparison, registry=settings.identity)
     return comparison
 
 

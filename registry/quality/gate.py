@@ -10,6 +10,7 @@ gate, in both commands.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +51,14 @@ def judge(
 
 
 def promotion_note(
-    conn: psycopg.Connection[Any], chunk_version: str, *, require_eval: bool, force: bool
+    conn: psycopg.Connection[Any], chunk_version: str, *, require_eval: bool, force: bool,
+    registries: Sequence[str],
 ) -> str:
     """The gate of `registry promote` on what the database recorded: a line for the commit
     message, or Refused (unless `force`)."""
-    last = bookkeeping.last_comparison(conn, chunk_version)
+    last = bookkeeping.last_comparison(conn, chunk_version, registries)
     served = (bookkeeping.exists(conn, "managed_tables")
-              and bookkeeping.served_production(conn, chunk_version))
+              and bookkeeping.served_production(conn, chunk_version, registries))
     verdict = judge(chunk_version, last.passed if last else None, served_before=served,
                     require_eval=require_eval)
     if served:

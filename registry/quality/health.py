@@ -221,7 +221,7 @@ def check_table(conn: psycopg.Connection[Any], target: ChunkTable,
         health.sample = SampleCheck(sample, skipped=tokenizer_missing)
     elif sample > 0 and tokenizer is not None:
         health.sample = check_sample(conn, target, health.rows, sample, tokenizer)
-    ingest = bookkeeping.last_successful_ingest(conn, target.chunk_version)
+    ingest = bookkeeping.last_successful_ingest(conn, target.chunk_version, target.registries)
     if ingest is not None:
         health.last_ingest = asdict(ingest)
         produced = (ingest.chunks or 0) + (ingest.duplicates_removed or 0)
@@ -378,7 +378,8 @@ class HealthReport:
 def record(conn: psycopg.Connection[Any], report: HealthReport) -> None:
     """Append the report to chunk_registry.health_reports (the trend the dashboard draws)."""
     bookkeeping.record_health_report(conn, report.timestamp, report.config.chunk_version,
-                                     json.loads(json.dumps(report.as_dict(), default=str)))
+                                     json.loads(json.dumps(report.as_dict(), default=str)),
+                                     report.settings.identity)
 
 
 def render(report: HealthReport, fmt: str) -> str:
@@ -437,11 +438,12 @@ def production_alerts(conn: psycopg.Connection[Any], git: Git, state: RegistrySt
     wanted = settings.table_name(production)
     if served == wanted:
         return []
-    served_version = bookkeeping.table_versions(conn).get(served or "", served or "nothing")
+    served_version = bookkeeping.table_versions(conn, settings.identities).get(
+        served or "", served or "nothing")
     view_name = f"{settings.schema}.{settings.base_name}"
     promotion = next((e for e in read_history(git, ref) if e.kind in ("promote", "rollback")
                       and e.chunk_version == production), None)
-    run = bookkeeping.last_reconcile_run(conn)
+    run = bookkeeping.last_reconcile_run(conn, settings.identities)
     seen = (run is not None and run.git_commit is not None and (
         promotion is None or git.execute("merge-base", "--is-ancestor", promotion.commit,
                                          run.git_commit)[0] == 0))
@@ -454,11 +456,11 @@ def production_alerts(conn: psycopg.Connection[Any], git: Git, state: RegistrySt
                   "or revert the promotion")]
 
 
-def stale_eval(conn: psycopg.Connection[Any], chunk_version: str,
+def stale_eval(conn: psycopg.Connection[Any], target: ChunkTable,
                table: TableHealth) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(current retrieval figures, the stale evaluation): the last evaluation counts only when
     it was measured after the last ingest; before, it describes rows since replaced."""
-    last = bookkeeping.last_eval(conn, chunk_version)
+    last = bookkeeping.last_eval(conn, target.chunk_version, target.registries)
     if last is None:
         return None, None
     ingested = (table.last_ingest or {}).get("finished_at")
@@ -469,9 +471,10 @@ def stale_eval(conn: psycopg.Connection[Any], chunk_version: str,
     return dict(last.metrics), None
 
 
-def ce_drift(conn: psycopg.Connection[Any], chunk_version: str) -> dict[str, Any] | None:
+def ce_drift(conn: psycopg.Connection[Any], target: ChunkTable) -> dict[str, Any] | None:
     """The latest CE score distribution of a config against its baseline, with the drift."""
-    baseline, latest = bookkeeping.ce_distributions(conn, chunk_version)
+    baseline, latest = bookkeeping.ce_distributions(conn, target.chunk_version,
+                                                    target.registries)
     if baseline is None or latest is None:
         return None
     return {"model": latest.model_name, "model_hash": latest.model_hash,
@@ -520,14 +523,14 @@ def run_health(
         result = evaluate_table(conn, target, cases, k=k or DEFAULT_K,
                                 top=top or DEFAULT_TOP, plan=plan,
                                 embedder=embedders_for([plan]).get(plan.spec))
-        record_eval(conn, result)
+        record_eval(conn, result, registry=settings.identity)
         retrieval: dict[str, Any] | None = dict(result.metrics) | {
             "retrieval": result.retrieval}
     else:
-        retrieval, stale = stale_eval(conn, config.chunk_version, table)
+        retrieval, stale = stale_eval(conn, target, table)
     report = HealthReport(config, settings, guard, table, retrieval,
                           production_alerts=production_alerts(conn, git, state, state.ref),
-                          stale_eval=stale, ce_scores=ce_drift(conn, config.chunk_version))
+                          stale_eval=stale, ce_scores=ce_drift(conn, target))
     if record_report:
         record(conn, report)
         _notify(conn, report)
@@ -536,4 +539,5 @@ def run_health(
 
 def _notify(conn: psycopg.Connection[Any], report: HealthReport) -> None:
     """Tell the configured targets of a critical report, and of its resolution."""
-    notify(conn, report.settings.notifications, health_check(report))
+    notify(conn, report.settings.notifications, health_check(report),
+           registry=report.settings.identity)

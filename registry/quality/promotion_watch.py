@@ -233,7 +233,7 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
     clock = conn.execute("SELECT statement_timestamp()").fetchone()
     assert clock is not None
     now: datetime = clock[0]
-    served = bookkeeping.production_row(conn)
+    served = bookkeeping.production_row(conn, settings.identities)
     if served is None or served[2] is None:
         return WatchResult("no-production", "no production table yet: nothing to watch")
     version, table, promoted_at = served[0], served[1], served[2]
@@ -252,13 +252,15 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
     result = WatchResult("waiting", "", promotion,
                          baseline=dict(config.baseline_metrics) if config else {})
     result.reports = [_report(r) for r in bookkeeping.health_reports_between(
-        conn, version, promoted_at, min(now, promotion.window_ends))]
+        conn, version, promoted_at, min(now, promotion.window_ends), settings.identities)]
     if promotion.previous:
-        before = bookkeeping.last_health_report(conn, promotion.previous, promoted_at)
+        before = bookkeeping.last_health_report(conn, promotion.previous, promoted_at,
+                                                settings.identities)
         result.before = _report(before) if before else None
     result.regressions = judge(result.reports, result.baseline, result.before, settings,
                                promotion.previous)
-    result.proposal = bookkeeping.rollback_proposal(conn, version, promotion.commit)
+    result.proposal = bookkeeping.rollback_proposal(conn, version, promotion.commit,
+                                                    settings.identity)
     window = f"window until {_iso(promotion.window_ends)}"
     if result.proposal is not None:
         result.outcome = "already-proposed"
@@ -281,7 +283,7 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
         result.message = (f"{version} regressed, but it is the first production: there is "
                           "nothing to roll back to")
     else:
-        result.proposal = _propose(conn, git, promotion, result, env)
+        result.proposal = _propose(conn, git, promotion, result, env, settings.identity)
         result.outcome = "proposed" if not result.proposal.adopted else "already-proposed"
         how = ("adopted the rollback pull request already open" if result.proposal.adopted
                else f"proposed rolling back to {promotion.previous}")
@@ -293,7 +295,8 @@ def _check_locked(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
 def _notify(conn: psycopg.Connection[Any], settings: ProductionConfig, result: WatchResult,
             env: Mapping[str, str]) -> None:
     """Tell the configured targets of a regression and its rollback PR, and when it is over."""
-    notify(conn, settings.notifications, watch_check(result), env=env)
+    notify(conn, settings.notifications, watch_check(result), env=env,
+           registry=settings.identity)
 
 
 def watch_branch(promotion: Promotion) -> str:
@@ -303,7 +306,7 @@ def watch_branch(promotion: Promotion) -> str:
 
 
 def _propose(conn: psycopg.Connection[Any], git: Git, promotion: Promotion, result: WatchResult,
-             env: Mapping[str, str]) -> RollbackProposal:
+             env: Mapping[str, str], registry: str) -> RollbackProposal:
     assert promotion.previous is not None
     evidence = result.to_dict()
     base = git.branch_of(git.desired_ref(fetch=False))
@@ -319,7 +322,7 @@ def _propose(conn: psycopg.Connection[Any], git: Git, promotion: Promotion, resu
             log.info("rollback pull request #%s (%s) is already open: adopted", pull.number, head)
             return _record(conn, promotion, RollbackProposal(
                 promotion.previous, promotion.promoted_at, head, None, pull.number, pull.url,
-                adopted=True), evidence)
+                adopted=True), evidence, registry)
     branch = watch_branch(promotion)
     if git.resolve(f"refs/heads/{branch}"):
         git.run("branch", "-D", branch)  # left by a run interrupted before it was proposed
@@ -335,15 +338,15 @@ def _propose(conn: psycopg.Connection[Any], git: Git, promotion: Promotion, resu
     made = propose(git, branch, base, title, evidence_markdown(result) + "\n" + body, env)
     proposal = RollbackProposal(promotion.previous, promotion.promoted_at, branch, change.commit,
                                 made.number, made.url, adopted=False, created=made.created)
-    recorded = _record(conn, promotion, proposal, evidence)
+    recorded = _record(conn, promotion, proposal, evidence, registry)
     return RollbackProposal(**{**asdict(recorded), "created": made.created})
 
 
 def _record(conn: psycopg.Connection[Any], promotion: Promotion, proposal: RollbackProposal,
-            evidence: dict[str, Any]) -> RollbackProposal:
+            evidence: dict[str, Any], registry: str) -> RollbackProposal:
     return bookkeeping.record_rollback_proposal(conn, promotion.chunk_version,
                                                 promotion.promoted_at, promotion.commit,
-                                                proposal, evidence)
+                                                proposal, evidence, registry)
 
 
 def evidence_markdown(result: WatchResult) -> str:

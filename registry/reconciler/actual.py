@@ -103,7 +103,8 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
         actual.relations[name] = Relation(name, kind, tuple((s, t) for s, t in reads),
                                           read_marker(comment))
     if has_bookkeeping:
-        actual.managed = bookkeeping.managed_tables(conn, with_last_compare=evals)
+        actual.managed = bookkeeping.managed_tables(conn, with_last_compare=evals,
+                                                    registries=settings.identities)
     return actual
 
 

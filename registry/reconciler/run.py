@@ -345,7 +345,8 @@ def _notify(conn: psycopg.Connection[Any], state: RegistryState, result: RunResu
     """Tell the configured targets of a failed or blocked run, drift, a promotion applied."""
     settings = state.settings
     notify(conn, settings.notifications,
-           reconcile_check(result, f"{settings.schema}.{settings.base_name}"), now=now)
+           reconcile_check(result, f"{settings.schema}.{settings.base_name}"), now=now,
+           registry=settings.identity)
 
 
 def offline_plan(git: Git, base: str, head: str) -> Plan:

@@ -80,7 +80,8 @@ def status(
     tables = [n for n in dict.fromkeys(names) if n in actual.relations]
     shown = (row_counts(conn, schema, tables) if exact
              else row_estimates(conn, schema, tables))
-    runs, last = _last_runs(conn) if actual.bookkeeping else ({}, None)
+    runs, last = (_last_runs(conn, settings.identities) if actual.bookkeeping
+                  else ({}, None))
     # The plan keeps the swap target's has-rows probe: emptiness is never judged on an estimate.
     the_plan = plan_honouring_force(git, state, actual, target=target, allow_empty=True)
     actual.rows = shown
@@ -89,17 +90,17 @@ def status(
 
 
 def _last_runs(
-    conn: psycopg.Connection[Any],
+    conn: psycopg.Connection[Any], registries: tuple[str, ...],
 ) -> tuple[dict[str, tuple[int, str | None]], dict[str, Any] | None]:
     """table -> (run id, commit) of the last run that applied an action to it; the last run."""
-    last = bookkeeping.last_reconcile_run(conn)
+    last = bookkeeping.last_reconcile_run(conn, registries)
     last_run = None
     if last is not None:
         last_run = asdict(last)
         for key in ("started_at", "finished_at"):
             if last_run[key] is not None:
                 last_run[key] = utc_text(last_run[key])
-    return bookkeeping.last_applied_by_table(conn), last_run
+    return bookkeeping.last_applied_by_table(conn, registries), last_run
 
 
 def status_rows(

@@ -345,7 +345,8 @@ def promote(
     if tag_name not in git.tags(settings.tag_prefix):
         raise Refused(f"{version} has no lock tag {tag_name}: it is not locked yet",
                       fix="run `registry tag` on main (or `git fetch --tags` when CI tags)")
-    gate = _eval_gate(conn, version, settings.require_eval and previous is not None, force)
+    gate = _eval_gate(conn, version, settings.require_eval and previous is not None, force,
+                      settings.identities)
     raw = git.show(base, PRODUCTION_PATH)
     if raw is None:
         raise GitError(f"{PRODUCTION_PATH} is missing on {base}",
@@ -366,14 +367,15 @@ def promote(
 
 
 def _eval_gate(conn: psycopg.Connection[Any] | None, version: str, require_eval: bool,
-               force: bool) -> str | None:
+               force: bool, registries: tuple[str, ...]) -> str | None:
     """The promotion gate (`registry.quality.gate`) on what the database recorded: a line for
     the commit message, or Refused. Without a database there is nothing to read, and the
     reconciler gates again. (`require_eval` is off for the first promotion: there is nothing
     to compare against.)"""
     if conn is None:
         return None
-    return promotion_note(conn, version, require_eval=require_eval, force=force)
+    return promotion_note(conn, version, require_eval=require_eval, force=force,
+                          registries=registries)
 
 
 def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:

@@ -225,7 +225,8 @@ def record_comparison(dsn: str, version: str, against: str, passed: bool) -> Non
         ensure_schema(conn)
         conn.execute(
             "INSERT INTO chunk_registry.eval_runs (chunk_version, against_version, kind, cases, "
-            "metrics, passed, details) VALUES (%s, %s, 'compare', 40, %s, %s, %s)",
+            "metrics, passed, details, registry) VALUES (%s, %s, 'compare', 40, %s, %s, %s, "
+            "'public.document_chunks')",
             (version, against, Jsonb({"oracle_hit_rate": 0.42 if not passed else 0.5}), passed,
              Jsonb({"regressions": regressions})),
         )
