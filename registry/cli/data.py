@@ -52,6 +52,13 @@ def ingest(
                                    "--into-production: refuse when more than this share of the "
                                    "documents would be removed or replaced (default 0.25).")
     ] = None,
+    embedder_model: Annotated[
+        Path | None, typer.Option(help="The .onnx file of the config's onnx embedder, when no "
+                                  "installed model package has it (its hash must be the lock's).")
+    ] = None,
+    embedder_tokenizer: Annotated[
+        Path | None, typer.Option(help="The onnx embedder's tokenizer.json, with --embedder-model.")
+    ] = None,
     fmt: FormatOpt = "text",
 ) -> None:
     """Chunk a corpus exactly as a locked config says and load it into that config's table
@@ -63,7 +70,8 @@ def ingest(
                      dedup=dedup, workers=workers, strict=strict,
                      max_document_bytes=int(max_document_mb * 1024 * 1024),
                      on_progress=on_progress, on_problem=on_problem,
-                     into_production=into_production, max_change=max_change)
+                     into_production=into_production, max_change=max_change,
+                     embedder_model=embedder_model, embedder_tokenizer=embedder_tokenizer)
     if fmt == "json":
         emit_json(report.to_dict())
         return

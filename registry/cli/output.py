@@ -148,6 +148,9 @@ def print_ingest(report: Any) -> None:
     say(f"  {report.duplicates_removed} near-duplicates removed ({report.dedup}), "
         f"{report.too_small} tiny chunks dropped, {report.over_budget} over budget, "
         f"{report.skipped} documents skipped, {report.replaced_rows} previous rows replaced")
+    if report.embedder_fingerprint:
+        say(f"  vectors: {report.vectors_computed} computed, {report.vectors_reused} reused from "
+            f"the embedding cache ({report.embed_seconds:.1f}s in the model)")
     if report.into_production:
         say(f"  into production: {report.documents_added} documents added, "
             f"{report.documents_changed} changed, {report.documents_removed} removed, "
@@ -182,7 +185,8 @@ def ingest_feedback(quiet: bool) -> Iterator[tuple[Any, Any]]:
         def on_progress(state: Any) -> None:
             bar.update(task, total=state.total_bytes, completed=state.bytes,
                        info=f"{state.documents} docs, {state.chunks} chunks, "
-                       f"{state.mb_per_s:.2f} MB/s")
+                       + (f"{state.vectors} vectors, " if state.vectors else "")
+                       + f"{state.mb_per_s:.2f} MB/s")
 
         def on_problem_tty(problem: Any) -> None:
             bar.console.print(f"warning: skipped {problem.render()}", markup=False,
@@ -197,8 +201,10 @@ def ingest_feedback(quiet: bool) -> Iterator[tuple[Any, Any]]:
         if time.monotonic() - last["at"] >= 5.0:
             last["at"] = time.monotonic()
             total = f" of {state.total_bytes / 1e6:.1f}" if state.total_bytes else ""
+            vectors = f", {state.vectors} vectors" if state.vectors else ""
             sys.stderr.write(f"ingest: {state.bytes / 1e6:.1f}{total} MB, {state.documents} "
-                             f"documents, {state.chunks} chunks, {state.mb_per_s:.2f} MB/s\n")
+                             f"documents, {state.chunks} chunks{vectors}, "
+                             f"{state.mb_per_s:.2f} MB/s\n")
 
     yield on_progress_plain, on_problem
 

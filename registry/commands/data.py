@@ -32,6 +32,8 @@ def ingest(
     on_problem: Callable[[pipeline.SourceProblem], None] | None = None,
     into_production: bool = False,
     max_change: float | None = None,
+    embedder_model: Path | None = None,
+    embedder_tokenizer: Path | None = None,
 ) -> pipeline.IngestReport:
     """The locked config as committed on the main branch (or `ref`), ingested into its table
     on the database in force."""
@@ -40,7 +42,8 @@ def ingest(
                            tokenizer_file=tokenizer_file, dedup=dedup, workers=workers,
                            strict=strict, max_document_bytes=max_document_bytes,
                            on_progress=on_progress, on_problem=on_problem,
-                           into_production=into_production, max_change=max_change)
+                           into_production=into_production, max_change=max_change,
+                           embedder_model=embedder_model, embedder_tokenizer=embedder_tokenizer)
 
 
 @dataclass

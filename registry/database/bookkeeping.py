@@ -25,7 +25,7 @@ from registry.errors import BookkeepingDamaged, RegistryError
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 7
+BOOKKEEPING_VERSION = 8
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -43,6 +43,7 @@ HEALTH_REPORTS = table("health_reports")
 CE_DISTRIBUTIONS = table("ce_score_distributions")
 ROLLBACK_PROPOSALS = table("rollback_proposals")
 NOTIFICATIONS = table("notifications")
+EMBEDDING_CACHE = table("embedding_cache")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +285,26 @@ def _migration_6() -> list[sql.Composed | sql.SQL]:
 
 
 def _migration_7() -> list[sql.Composed | sql.SQL]:
+    """The embedding cache: vectors keyed by what decides them, the embedder's fingerprint and
+    normalization and the sha256 of the exact text embedded (passage prefix included), so a
+    config whose chunks repeat an earlier one's (another Jaccard threshold, prefix policy B
+    after A) embeds only what is new. Plain bytea (float32, little-endian): no pgvector
+    needed in the bookkeeping schema. Shared by every registry of the database: an entry is
+    what one model gives one text, whoever asked."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.embedding_cache (
+            fingerprint text NOT NULL,
+            normalized boolean NOT NULL,
+            text_sha256 bytea NOT NULL CHECK (octet_length(text_sha256) = 32),
+            vector bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (fingerprint, normalized, text_sha256))""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
+def _migration_8() -> list[sql.Composed | sql.SQL]:
     """Cross-encoder score distributions: the quantiles of the CE scores of one evaluation
     (with the model file's hash, since only one model's scores compare), which health holds
     against the config's first one (the baseline) to warn of drift."""
@@ -302,8 +323,10 @@ def _migration_7() -> list[sql.Composed | sql.SQL]:
     ]
     return [sql.SQL(text).format(s=s) for text in statements]
 
+
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
-              5: _migration_5, 6: _migration_6, 7: _migration_7}
+              5: _migration_5, 6: _migration_6, 7: _migration_7,
+              8: _migration_8}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -889,7 +912,7 @@ def ce_distributions(
 ) -> tuple[CeDistribution | None, CeDistribution | None]:
     """(baseline, latest) of a config of this registry (its evaluations'): the latest
     distribution recorded, and the first one recorded with the same model (None, None when
-    none; a database before migration 7 too)."""
+    none; a database before migration 8 too)."""
     if not exists(conn, "ce_score_distributions"):
         return None, None
     mine = sql.SQL("SELECT d.* FROM {t} d JOIN {e} e ON e.id = d.eval_run_id "
@@ -1260,3 +1283,46 @@ def record_delivery(
             "last_error = %(error)s, next_attempt_at = coalesce(%(retry)s, next_attempt_at), "
             "last_attempt_at = %(now)s WHERE id = %(id)s").format(n=NOTIFICATIONS), params)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding_cache: vectors by (fingerprint, normalized, sha256 of the text embedded)
+
+
+def cached_embeddings(
+    conn: psycopg.Connection[Any], fingerprint: str, normalized: bool, keys: Sequence[bytes],
+    dimension: int,
+) -> dict[bytes, Any]:
+    """key -> float32 vector (numpy) for the `keys` the cache holds; vectors of another
+    dimension (a damaged row) are left out, so they are embedded again."""
+    import numpy as np
+
+    if not keys:
+        return {}
+    rows = conn.execute(
+        sql.SQL("SELECT text_sha256, vector FROM {} WHERE fingerprint = %s AND normalized = %s "
+                "AND text_sha256 = ANY(%s)").format(EMBEDDING_CACHE),
+        (fingerprint, normalized, list(keys))).fetchall()
+    found: dict[bytes, Any] = {}
+    for key, raw in rows:
+        if len(raw) == 4 * dimension:
+            found[bytes(key)] = np.frombuffer(bytes(raw), dtype="<f4").astype(np.float32)
+    return found
+
+
+def store_embeddings(
+    conn: psycopg.Connection[Any], fingerprint: str, normalized: bool, keys: Sequence[bytes],
+    vectors: Any,
+) -> None:
+    """Add vectors to the cache in one statement; a key already there (another ingest got it
+    first) is kept: content-addressed, both are the same vector."""
+    import numpy as np
+
+    if not keys:
+        return
+    blobs = [np.asarray(row, dtype="<f4").tobytes() for row in vectors]
+    conn.execute(
+        sql.SQL("INSERT INTO {} (fingerprint, normalized, text_sha256, vector) "
+                "SELECT %s, %s, k, v FROM unnest(%s::bytea[], %s::bytea[]) AS t(k, v) "
+                "ON CONFLICT DO NOTHING").format(EMBEDDING_CACHE),
+        (fingerprint, normalized, list(keys), blobs))

@@ -22,6 +22,7 @@ from registry.config import PREFIX_MARKER, LockedConfig, ingest_run_id_for
 from registry.errors import Refused
 
 if TYPE_CHECKING:
+    from registry.embedding.spec import EmbedderSpec
     from registry.repository.state import RegistryState
 
 VIEW_COLUMNS = (
@@ -45,6 +46,50 @@ ROW_COLUMNS = ("id", "doc_id", "chunk_index", "embedding_text", "bm25_text",
 
 COPY_TYPES = ["text", "text", "int4", "text", "text", "int4", "int4", "text", "text"]
 """The binary COPY types of ROW_COLUMNS."""
+
+EMBEDDING_COLUMN = "embedding"
+"""The vector column of a table whose config pins an embedder: `vector(<dimension>)`, NOT NULL
+(every row has its passage's vector), the contract retrieval code reads. Tables of format 1
+(BM25-only) configs have none."""
+VECTOR_EXTENSION = "vector"
+"""pgvector's extension name (`CREATE EXTENSION vector;`)."""
+
+
+@dataclass(frozen=True)
+class VectorColumn:
+    """The embedding column and its HNSW index, as a table of one embedder gets them.
+
+    The operator class follows the normalization: vectors stored L2-normalised are indexed
+    with `vector_ip_ops` (inner product: for unit vectors the same order as cosine, and the
+    cheapest distance; queries order by `embedding <#> q`), raw vectors with
+    `vector_cosine_ops` (queries order by `embedding <=> q`). `type_schema`: where the
+    extension's type and operator classes live (qualified, whatever the search_path)."""
+
+    dimension: int
+    normalize: bool
+    type_schema: str
+
+    @property
+    def opclass(self) -> str:
+        return "vector_ip_ops" if self.normalize else "vector_cosine_ops"
+
+    @property
+    def distance_operator(self) -> str:
+        return "<#>" if self.normalize else "<=>"
+
+
+def vector_opclass(spec: EmbedderSpec) -> str:
+    """The HNSW operator class of `spec`'s vectors (see VectorColumn)."""
+    return VectorColumn(spec.dimension, spec.normalize, "").opclass
+
+
+def vector_distance_operator(spec: EmbedderSpec) -> str:
+    """The pgvector operator a nearest-neighbour query orders by, so the HNSW index is used."""
+    return VectorColumn(spec.dimension, spec.normalize, "").distance_operator
+
+
+def hnsw_index_name(table: str) -> str:
+    return f"{table}_hnsw"
 
 
 @dataclass(frozen=True)
@@ -198,14 +243,25 @@ def relation_marker(conn: psycopg.Connection[Any], schema: str, name: str) -> Ma
 def table_ddl(
     schema: str, table: str, *, chunk_version: str, config_hash: str, prefix_policy: str,
     chunk_size: int, token_budget: int, registry: str | None = None,
+    vector: VectorColumn | None = None,
 ) -> list[sql.Composed]:
     """The versioned table. A partial index holds exactly the rows the health check counts as
     unhealthy (prefix leakage, over budget; `unhealthy_rows`, evaluated by PostgreSQL as rows
     are written): it is empty while the table is healthy, costs next to nothing to write, and
     lets the check read only those rows plus a count(*), never the whole heap. The
     CHECKs make rows of another version or ingest run impossible rather than something to
-    look for."""
+    look for. With `vector` (a config that pins an embedder): the NOT NULL embedding column
+    and its HNSW index."""
     t = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    embedding: sql.Composable = sql.SQL("")
+    vector_index: list[sql.Composed] = []
+    if vector is not None:
+        embedding = sql.SQL(", {} {}.vector({}) NOT NULL").format(
+            sql.Identifier(EMBEDDING_COLUMN), sql.Identifier(vector.type_schema),
+            sql.Literal(vector.dimension))
+        vector_index = [sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {}.{})").format(
+            sql.Identifier(hnsw_index_name(table)), t, sql.Identifier(EMBEDDING_COLUMN),
+            sql.Identifier(vector.type_schema), sql.Identifier(vector.opclass))]
     return [
         sql.SQL(
             "CREATE TABLE {t} ("
@@ -219,9 +275,11 @@ def table_ddl(
             "bm25_text text NOT NULL, "
             "chunk_version text NOT NULL CHECK (chunk_version = {version}), "
             "ingest_run_id text NOT NULL CHECK (ingest_run_id = {run}), "
-            "bm25_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', bm25_text)) STORED)"
+            "bm25_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', bm25_text)) STORED"
+            "{embedding})"
         ).format(t=t, version=sql.Literal(chunk_version),
-                 run=sql.Literal(ingest_run_id_for(chunk_version, config_hash))),
+                 run=sql.Literal(ingest_run_id_for(chunk_version, config_hash)),
+                 embedding=embedding),
         sql.SQL("CREATE INDEX {} ON {} (doc_id, chunk_index)").format(
             sql.Identifier(f"{table}_doc"), t),
         sql.SQL("CREATE INDEX {} ON {} USING gin (bm25_tsv)").format(
@@ -229,6 +287,7 @@ def table_ddl(
         sql.SQL("CREATE INDEX {} ON {} (chunk_index) WHERE {}").format(
             sql.Identifier(f"{table}_bad"), t,
             unhealthy_rows(prefix_policy, chunk_size, token_budget)),
+        *vector_index,
         marker_ddl("TABLE", schema, table, Marker(registry, chunk_version, config_hash)),
     ]
 

@@ -37,6 +37,15 @@ def embedder_for(config: LockedConfig, *, model_file: Path | None = None,
         return OpenAIEmbedder.from_spec(spec, **runtime)
     from registry.embedding.onnx import OnnxEmbedder
 
+    model_file, tokenizer_file = onnx_files(config, model_file, tokenizer_file)
+    return OnnxEmbedder.from_spec(spec, model_file, tokenizer_file, **runtime)
+
+
+def onnx_files(config: LockedConfig, model_file: Path | None, tokenizer_file: Path | None
+               ) -> tuple[Path, Path]:
+    """The model and tokenizer files of `config`'s onnx pin: those given, else the installed
+    model package's whose hashes are the pin's; refused in one line when there are none."""
+    spec = locked_spec(config)
     if model_file is None or tokenizer_file is None:
         found_model, found_tokenizer = installed_files(spec)
         model_file = model_file or found_model
@@ -47,7 +56,7 @@ def embedder_for(config: LockedConfig, *, model_file: Path | None = None,
             f"({spec.model_hash})", where=config_path(config.chunk_version),
             fix="pass --embedder-model FILE (and --embedder-tokenizer FILE) with the files the "
             "config was locked with")
-    return OnnxEmbedder.from_spec(spec, Path(model_file), Path(tokenizer_file), **runtime)
+    return Path(model_file), Path(tokenizer_file)
 
 
 def installed_files(spec: EmbedderSpec) -> tuple[Path | None, Path | None]:
@@ -73,8 +82,29 @@ def check_embedder(config: LockedConfig, embedder: Embedder) -> None:
     check_fingerprint(locked_spec(config), embedder, where=config_path(config.chunk_version))
 
 
-def verified_embedder(config: LockedConfig, **options: Any) -> Embedder:
-    """`embedder_for` + `check_embedder`: the embedder a run may use."""
-    embedder = embedder_for(config, **options)
+_VERIFIED: dict[tuple[EmbedderSpec, Path, Path], Embedder] = {}
+"""Onnx embedders already fingerprinted in this process, by pin and files: loading a session
+and embedding the probes takes seconds, and the same files on the same runtime cannot answer
+differently later in the process (each use still re-hashes the files)."""
+
+
+def verified_embedder(config: LockedConfig, *, model_file: Path | None = None,
+                      tokenizer_file: Path | None = None, **runtime: Any) -> Embedder:
+    """`embedder_for` + `check_embedder`: the embedder a run may use. An openai pin is
+    fingerprinted on every call (the server may swap the model at any time)."""
+    spec = locked_spec(config)
+    key = None
+    if spec.backend == "onnx" and not runtime:
+        from registry.tokenizer import file_hash
+
+        model_file, tokenizer_file = onnx_files(config, model_file, tokenizer_file)
+        key = (spec, model_file.resolve(), tokenizer_file.resolve())
+        if key in _VERIFIED and file_hash(model_file) == spec.model_hash \
+                and file_hash(tokenizer_file) == spec.tokenizer_hash:
+            return _VERIFIED[key]
+    embedder = embedder_for(config, model_file=model_file, tokenizer_file=tokenizer_file,
+                            **runtime)
     check_embedder(config, embedder)
+    if key is not None:
+        _VERIFIED[key] = embedder
     return embedder

@@ -56,6 +56,7 @@ from registry.config import LockedConfig
 from registry.database import bookkeeping
 from registry.database.chunk_table import (
     COPY_TYPES,
+    EMBEDDING_COLUMN,
     ROW_COLUMNS,
     ChunkTable,
     chunk_table,
@@ -88,6 +89,9 @@ from registry.tokenizer import file_hash, resolve
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
+
+    from registry.embedding.base import Embedder
+    from registry.ingest.vectors import PassageEmbedder
 
 DedupMode = Literal["document", "corpus"]
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
@@ -130,6 +134,8 @@ class Progress:
     chunks: int = 0
     bytes: int = 0
     total_bytes: int | None = None
+    vectors: int = 0
+    """Chunks with their vector written (computed or reused); 0 for a BM25-only config."""
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -172,6 +178,15 @@ class IngestReport:
     documents_removed: int = 0
     documents_unchanged: int = 0
     seconds: float = 0.0
+    embedder_fingerprint: str | None = None
+    """The fingerprint the vectors were made with (None: a BM25-only config, no vectors)."""
+    vectors_computed: int = 0
+    vectors_reused: int = 0
+    """Vectors embedded by the model in this run, and found in the embedding cache."""
+    embed_seconds: float = 0.0
+    """Seconds in the model itself: the floor of the run's time."""
+    embedding_stage_seconds: float = 0.0
+    """Seconds in the embedding stage: the model, and the cache's look-ups and writes."""
     problems: list[SourceProblem] = field(default_factory=list)
     ingested: int = 0
     """Documents with at least one row in the table (under their doc_id)."""
@@ -589,10 +604,17 @@ def run_ingest(
     on_problem: Callable[[SourceProblem], None] | None = None,
     into_production: bool = False,
     max_change: float = DEFAULT_MAX_CHANGE,
+    embedder: Embedder | None = None,
 ) -> IngestReport:
     """Fill `target` from `source` in one transaction and record the run in ingest_runs; the
     table production serves or rolls back to only with `into_production`, document by
-    document, refused above `max_change`."""
+    document, refused above `max_change`. A config that pins an embedder needs `embedder`
+    (already checked against the lock: `registry.embedding.locked.verified_embedder`)."""
+    if target.config.embedder is not None and embedder is None:
+        raise UsageError(f"{target.chunk_version} pins an embedder: its ingest needs one",
+                         fix="build it with registry.embedding.locked.verified_embedder")
+    if target.config.embedder is None:
+        embedder = None
     if dedup not in ("document", "corpus"):
         raise UsageError(f"--dedup {dedup} is not document or corpus")
     if not 0 <= max_change <= 1:
@@ -602,6 +624,7 @@ def run_ingest(
                           str(source), dedup, max(workers, 1))
     progress = Progress(total_bytes=source_bytes(source) if source.exists() else None)
     control = connect(dsn, purpose="ingest")
+    cache: psycopg.Connection[Any] | None = None
     try:
         bookkeeping.ensure_schema(control)
         _require_table(control, target)
@@ -610,13 +633,23 @@ def run_ingest(
         report.run = _record_start(control, report, target.registries[0])
         faults.point("ingest", "started")
         started = time.monotonic()
+        passages = None
+        if embedder is not None:
+            from registry.ingest.vectors import PassageEmbedder
+
+            # Its own connection: the data connection is busy with the COPY meanwhile, and
+            # cached vectors stay useful to a retry even if this run fails.
+            cache = connect(dsn, purpose="ingest embedding cache")
+            passages = PassageEmbedder(embedder, cache, config.embedder)
+            report.embedder_fingerprint = config.embedder.fingerprint if config.embedder else None
         try:
             with connect(dsn, autocommit=False, purpose="ingest copy") as data:
                 _load(data, target, source, tokenizer_json, report, progress,
                       strict=strict, max_document_bytes=max_document_bytes,
-                      on_progress=on_progress, on_problem=on_problem)
+                      on_progress=on_progress, on_problem=on_problem, passages=passages)
                 if report.into_production:
-                    _apply_document_changes(data, target, report, max_change)
+                    _apply_document_changes(data, target, report, max_change,
+                                            _columns(passages))
                 report.seconds = time.monotonic() - started
                 _record_success(data, report)
                 faults.point("ingest", "before_commit")
@@ -632,19 +665,40 @@ def run_ingest(
             raise
     finally:
         control.close()
+        if cache is not None:
+            cache.close()
     return report
+
+
+def _columns(passages: PassageEmbedder | None) -> tuple[str, ...]:
+    """The columns an ingest writes: the rows', and the vector when the config has one."""
+    return ROW_COLUMNS + ((EMBEDDING_COLUMN,) if passages is not None else ())
+
+
+def _register_vector(data: psycopg.Connection[Any]) -> list[str]:
+    """The COPY types with pgvector's `vector` (its binary dumper registered on `data`)."""
+    from registry import extras
+
+    extras.require("pgvector", "an ingest with vectors")
+    from pgvector.psycopg import register_vector
+
+    register_vector(data)
+    return [*COPY_TYPES, "vector"]
 
 
 def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, tokenizer_json: str,
           report: IngestReport, progress: Progress, *, strict: bool, max_document_bytes: int,
           on_progress: Callable[[Progress], None] | None,
-          on_problem: Callable[[SourceProblem], None] | None) -> None:
+          on_problem: Callable[[SourceProblem], None] | None,
+          passages: PassageEmbedder | None = None) -> None:
     config = target.config
     table: sql.Composable = target.identifier
+    columns = _columns(passages)
+    copy_types = _register_vector(data) if passages is not None else COPY_TYPES
     if report.into_production:
         data.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} "
                              "WITH NO DATA").format(
-            STAGED, sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS)), table))
+            STAGED, sql.SQL(", ").join(map(sql.Identifier, columns)), table))
         table = STAGED
     else:
         # A value as a Literal, not a parameter: psycopg would read a `%` in the table's name
@@ -678,30 +732,65 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
     owners: dict[int, str] = {}
     last_report = 0.0
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        table, sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS)))
+        table, sql.SQL(", ").join(map(sql.Identifier, columns)))
+
+    def chunked_rows() -> Iterator[list[tuple[Any, ...]]]:
+        """The kept rows, a batch of documents at a time (or EMBED_BATCH rows with vectors)."""
+        for batch, chunked in chunk_corpus(spec, batches(items, problem), report.workers):
+            rows: list[tuple[Any, ...]] = []
+            for document, result in zip(batch, chunked, strict=True):
+                rows.extend(_keep(result, deduplicator, seen_ids, owners, report))
+                report.documents += 1
+                report.bytes += len(document.text.encode())
+                report.tokens += result.tokens
+            if passages is None:
+                yield rows
+                continue
+            from registry.ingest.vectors import EMBED_BATCH
+
+            for start in range(0, len(rows), EMBED_BATCH):
+                yield rows[start:start + EMBED_BATCH]
+
+    def show(force: bool = False) -> None:
+        nonlocal last_report
+        progress.documents, progress.chunks = report.documents, report.chunks
+        progress.bytes = report.bytes
+        if passages is not None:
+            progress.vectors = report.vectors_computed + report.vectors_reused
+        if on_progress is not None and (force or time.monotonic() - last_report > 0.2):
+            on_progress(progress)
+            last_report = time.monotonic()
+
     try:
         with data.cursor() as cursor, cursor.copy(copy_sql) as copy:
-            copy.set_types(COPY_TYPES)
-            for batch, chunked in chunk_corpus(spec, batches(items, problem), report.workers):
-                for document, result in zip(batch, chunked, strict=True):
-                    rows = _keep(result, deduplicator, seen_ids, owners, report)
+            copy.set_types(copy_types)
+            if passages is None:
+                for rows in chunked_rows():
                     for row in rows:
                         copy.write_row(row)
-                    report.documents += 1
                     report.chunks += len(rows)
-                    report.bytes += len(document.text.encode())
-                    report.tokens += result.tokens
-                faults.point("ingest", "copy_batch")
-                progress.documents, progress.chunks = report.documents, report.chunks
-                progress.bytes = report.bytes
-                if on_progress is not None and time.monotonic() - last_report > 0.2:
-                    on_progress(progress)
-                    last_report = time.monotonic()
+                    faults.point("ingest", "copy_batch")
+                    show()
+            else:
+                from registry.ingest.vectors import pipelined
+
+                def embed(rows: list[tuple[Any, ...]]) -> Any:
+                    return passages.vectors([row[3] for row in rows])
+
+                for rows, vectors in pipelined(chunked_rows, embed):
+                    for row, vector in zip(rows, vectors, strict=True):
+                        copy.write_row((*row, vector))
+                    report.chunks += len(rows)
+                    counts = passages.counts
+                    report.vectors_computed, report.vectors_reused = counts.computed, counts.reused
+                    report.embed_seconds = round(counts.model_seconds, 3)
+                    report.embedding_stage_seconds = round(counts.stage_seconds, 3)
+                    faults.point("ingest", "copy_batch")
+                    show()
     finally:
         if store is not None:
             store.close()
-    if on_progress is not None:
-        on_progress(progress)
+    show(force=True)
     if report.documents == 0:
         raise IngestFailed(f"no usable document in {source} ({report.skipped} skipped, "
                            f"{report.ignored_files} files ignored): nothing was written",
@@ -738,7 +827,8 @@ def _guard_served(conn: psycopg.Connection[Any], target: ChunkTable, allowed: bo
 
 
 def _apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
-                            report: IngestReport, max_change: float) -> None:
+                            report: IngestReport, max_change: float,
+                            written: Sequence[str] = ROW_COLUMNS) -> None:
     """Write only the documents whose chunks differ from the rows already there (by doc_id
     and content hash), in the ingest's transaction; refused, writing nothing, when it would
     remove or replace more than `max_change` of the documents."""
@@ -768,7 +858,7 @@ def _apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
     report.replaced_rows = data.execute(sql.SQL(
         "DELETE FROM {} t USING registry_ingest_changes c WHERE c.doc_id = t.doc_id "
         "AND c.change IN ('changed', 'removed')").format(table)).rowcount
-    columns = sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS))
+    columns = sql.SQL(", ").join(map(sql.Identifier, written))
     data.execute(sql.SQL(
         "INSERT INTO {table} ({cols}) SELECT {cols} FROM {staged} s WHERE s.doc_id IN "
         "(SELECT doc_id FROM registry_ingest_changes WHERE change IN ('changed', 'added'))"
@@ -892,18 +982,50 @@ def ingest(
     on_problem: Callable[[SourceProblem], None] | None = None,
     into_production: bool = False,
     max_change: float | None = None,
+    embedder_model: Path | None = None,
+    embedder_tokenizer: Path | None = None,
 ) -> IngestReport:
     """`registry ingest VERSION --source PATH`: the locked config of `state`, its tokenizer
-    checked by hash, its shadow table filled (production's only with `into_production`).
-    Ingest takes the resolved `dsn`, not a connection: it opens two (the run lock on one, the
-    rows in one transaction on the other)."""
+    checked by hash, its embedder (if it pins one) checked by fingerprint, its shadow table
+    filled (production's only with `into_production`). Ingest takes the resolved `dsn`, not a
+    connection: it opens its own (the run lock on one, the rows in one transaction on another,
+    the embedding cache on a third)."""
     target = chunk_table(state, version)
+    embedder, tokenizer_file = locked_embedder(target.config, tokenizer_file, embedder_model,
+                                               embedder_tokenizer)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
     return run_ingest(target, source, dsn, tokenizer_json, dedup=dedup,
                       workers=default_workers(workers), strict=strict,
                       max_document_bytes=max_document_bytes, on_progress=on_progress,
                       on_problem=on_problem, into_production=into_production,
-                      max_change=DEFAULT_MAX_CHANGE if max_change is None else max_change)
+                      max_change=DEFAULT_MAX_CHANGE if max_change is None else max_change,
+                      embedder=embedder)
+
+
+def locked_embedder(config: LockedConfig, tokenizer_file: Path | None,
+                    model_file: Path | None = None, embedder_tokenizer: Path | None = None,
+                    ) -> tuple[Embedder | None, Path | None]:
+    """The config's embedder, fingerprint checked (None for a BM25-only config), and the
+    chunking tokenizer to use: `tokenizer_file`, else the onnx embedder's own tokenizer.json
+    when it is the locked one (compatibility makes it so), so no second copy is needed."""
+    if config.embedder is None:
+        return None, tokenizer_file
+    from registry import extras
+
+    extras.require("pgvector", "an ingest with vectors")
+    from registry.embedding.locked import installed_files, verified_embedder
+
+    options: dict[str, Any] = {}
+    if config.embedder.backend == "onnx":
+        extras.require("onnxruntime", "the onnx embedder")
+        found_model, found_tokenizer = installed_files(config.embedder)
+        options = {"model_file": model_file or found_model,
+                   "tokenizer_file": embedder_tokenizer or found_tokenizer}
+        own = options["tokenizer_file"]
+        if tokenizer_file is None and own is not None \
+                and file_hash(Path(own)) == config.tokenizer_hash:
+            tokenizer_file = Path(own)
+    return verified_embedder(config, **options), tokenizer_file
 
 
 def default_workers(workers: int | None) -> int:
@@ -942,9 +1064,11 @@ def ingest_pending(
     reports = []
     for version in versions:
         target = chunk_table(state, version)
-        tokenizer_json, _ = load_tokenizer_json(target.config,
-                                                by_hash.get(target.config.tokenizer_hash))
+        embedder, tokenizer_file = locked_embedder(target.config,
+                                                   by_hash.get(target.config.tokenizer_hash))
+        tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
         reports.append(run_ingest(target, source, dsn, tokenizer_json, dedup=dedup,
                                   workers=default_workers(workers), strict=strict,
-                                  on_progress=on_progress, on_problem=on_problem))
+                                  on_progress=on_progress, on_problem=on_problem,
+                                  embedder=embedder))
     return reports

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from registry.config import LockedConfig
-from registry.database.chunk_table import ChunkTable
+from registry.database.chunk_table import EMBEDDING_COLUMN, ChunkTable
 from registry.embedding.spec import EmbedderSpec
 from registry.errors import EmbedderError, Refused, UsageError
 from registry.extras import require
@@ -31,8 +31,6 @@ RetrievalMode = Literal["bm25", "dense", "hybrid"]
 MODES: tuple[RetrievalMode, ...] = ("bm25", "dense", "hybrid")
 RRF_K = 60
 """Reciprocal rank fusion constant: score = sum over lists of 1 / (RRF_K + rank)."""
-EMBEDDING_COLUMN = "embedding"
-"""The vector column of a chunk table whose config pins an embedder."""
 MODEL_FILE_ENV = "REGISTRY_EMBEDDER_MODEL_FILE"
 TOKENIZER_FILE_ENV = "REGISTRY_EMBEDDER_TOKENIZER_FILE"
 

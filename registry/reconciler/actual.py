@@ -14,7 +14,15 @@ from psycopg import sql
 from registry.config import LockedConfig, ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA, ManagedTable
-from registry.database.chunk_table import Marker, read_marker, table_ddl
+from registry.database.chunk_table import (
+    EMBEDDING_COLUMN,
+    VECTOR_EXTENSION,
+    Marker,
+    VectorColumn,
+    hnsw_index_name,
+    read_marker,
+    table_ddl,
+)
 
 if TYPE_CHECKING:
     from registry.repository.state import RegistryState
@@ -35,6 +43,39 @@ class Relation:
         return self.kind == "v"
 
 
+@dataclass(frozen=True)
+class VectorSupport:
+    """pgvector in the target database: where its type lives (None: not created), whether the
+    server has it to create, and whether this role may (superuser, or a trusted extension and
+    CREATE on the database)."""
+
+    database: str
+    type_schema: str | None
+    available: bool
+    can_create: bool
+
+    @property
+    def usable(self) -> bool:
+        """Whether a table with a vector column can be created now (the extension first)."""
+        return self.type_schema is not None or (self.available and self.can_create)
+
+    def refusal(self) -> tuple[str, str]:
+        """(what, how to fix) when it cannot: the admin's one statement, in this database."""
+        statement = f"CREATE EXTENSION {VECTOR_EXTENSION};"
+        if not self.available:
+            return (f"pgvector is not installed on the server of database {self.database}, so "
+                    "the tables of configs that pin an embedder cannot be created",
+                    f"an admin installs pgvector on the server, then runs `{statement}` in "
+                    f"database {self.database}")
+        return (f"the pgvector extension is not created in database {self.database} and this "
+                "role may not create it", f"an admin runs `{statement}` in database "
+                f"{self.database}, then reconcile again")
+
+
+ASSUMED_VECTOR = VectorSupport("(offline)", "public", True, True)
+"""An offline plan's assumption: pgvector is there (a real plan reads the database)."""
+
+
 @dataclass
 class ActualState:
     """What the database holds: bookkeeping rows, look-alike relations, known row counts."""
@@ -48,6 +89,7 @@ class ActualState:
     relations: dict[str, Relation] = field(default_factory=dict)
     rows: dict[str, int | None] = field(default_factory=dict)
     """table -> row count (or 1/0 for a has-rows probe); None when unknown (offline plan)."""
+    vector: VectorSupport = ASSUMED_VECTOR
     shape_drift: dict[str, list[str]] = field(default_factory=dict)
     """table -> how its shape differs from what the reconciler creates (read for the tables
     of the desired configs only; absent: not compared, or no difference)."""
@@ -86,8 +128,33 @@ def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+_VECTOR = """
+SELECT current_database(),
+       (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = %(name)s),
+       EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = %(name)s),
+       coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+       OR (coalesce((SELECT bool_or(trusted) FROM pg_available_extension_versions
+                     WHERE name = %(name)s), false)
+           AND has_database_privilege(current_database(), 'CREATE'))
+"""
+
+
+def read_vector_support(conn: psycopg.Connection[Any]) -> VectorSupport:
+    """pgvector in this database (one catalog query, nothing created)."""
+    row = conn.execute(_VECTOR, {"name": VECTOR_EXTENSION}).fetchone()
+    assert row is not None
+    return VectorSupport(str(row[0]), row[1], bool(row[2]), bool(row[3]))
+
+
+def vector_column(config: LockedConfig, type_schema: str) -> VectorColumn | None:
+    """The vector column `config`'s table gets (None: a BM25-only config)."""
+    spec = config.embedder
+    return None if spec is None else VectorColumn(spec.dimension, spec.normalize, type_schema)
+
+
 def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> ActualState:
-    """The database as the planner needs it, in two queries whatever the number of tables."""
+    """The database as the planner needs it, in three queries whatever the number of tables."""
     base = settings.base_name
     row = conn.execute(
         _CATALOG,
@@ -105,6 +172,7 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
     if has_bookkeeping:
         actual.managed = bookkeeping.managed_tables(conn, with_last_compare=evals,
                                                     registries=settings.identities)
+    actual.vector = read_vector_support(conn)
     return actual
 
 
@@ -154,13 +222,15 @@ def _describe(item: tuple[Any, ...]) -> str:
 
 def shape_drift(
     conn: psycopg.Connection[Any], schema: str, tables: Mapping[str, LockedConfig],
-    registry: str,
+    registry: str, vector_schema: str | None = None,
 ) -> dict[str, list[str]]:
     """table -> how it differs from the table the reconciler would create for its config
     (columns, types, constraints, indexes): each expected one is created as a temporary table
     by the same DDL (`chunk_table.table_ddl`), read from the catalog, and rolled back, so the
     comparison follows the DDL on every PostgreSQL version. Tables absent are left out. One
-    pipeline per SHAPE_BATCH tables: a fixed number of round trips per batch."""
+    pipeline per SHAPE_BATCH tables: a fixed number of round trips per batch. A config that
+    pins an embedder expects its vector column and HNSW index (`vector_schema`: where
+    pgvector's type lives; None, not created: they are missing by definition)."""
     drift: dict[str, list[str]] = {}
     names = list(tables)
     for start in range(0, len(names), SHAPE_BATCH):
@@ -173,7 +243,8 @@ def shape_drift(
                     "pg_temp", table, chunk_version=config.chunk_version,
                     config_hash=config.config_hash, prefix_policy=config.prefix_policy,
                     chunk_size=config.chunk_size, token_budget=config.token_budget,
-                    registry=registry,
+                    registry=registry, vector=vector_column(config, vector_schema)
+                    if vector_schema else None,
                 ):
                     conn.execute(statement)
                 read.append((table, actual,
@@ -185,6 +256,11 @@ def shape_drift(
             expected = _items(expected_cursor)
             missing = [f"missing {_describe(i)}" for i in expected if i not in found]
             extra = [f"unexpected {_describe(i)}" for i in found if i not in expected]
+            spec = tables[table].embedder
+            if spec is not None and vector_schema is None:
+                missing += [f"missing column {EMBEDDING_COLUMN} vector({spec.dimension}) NOT NULL "
+                            "(pgvector is not created in this database)",
+                            f"missing index {hnsw_index_name(table)} USING hnsw"]
             if missing or extra:
                 drift[table] = missing + extra
     return drift

@@ -19,8 +19,10 @@ from registry.config import ProductionConfig
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
 from registry.database.chunk_table import (
+    VECTOR_EXTENSION,
     VIEW_COLUMNS,
     Marker,
+    VectorColumn,
     has_rows,
     marker_ddl,
     relation_marker,
@@ -241,16 +243,35 @@ class Applier:
         if not self.schema_exists:
             self._ddl(action, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(action.schema)))
+        vector = None
+        if action.embedding_dimension is not None:
+            vector = VectorColumn(action.embedding_dimension, action.embedding_normalized,
+                                  self._vector_schema(action))
         for statement in table_ddl(
             action.schema, action.table, chunk_version=action.chunk_version,
             config_hash=action.config_hash, prefix_policy=action.prefix_policy,
             chunk_size=action.chunk_size, token_budget=action.token_budget,
-            registry=self.settings.identity,
+            registry=self.settings.identity, vector=vector,
         ):
             self._ddl(action, statement)
         self._bookkeeping(action)
         bookkeeping.record_created(self.conn, action.schema, action.table, action.chunk_version,
                                    action.config_hash, self.commit, self.settings.identity)
+
+    def _vector_schema(self, action: CreateTable) -> str:
+        """Where pgvector's type lives, creating the extension (in the tables' schema) when
+        the plan found it missing; re-read, since another session may have created it."""
+        if action.create_extension:
+            self._ddl(action, sql.SQL("CREATE EXTENSION IF NOT EXISTS {} SCHEMA {}").format(
+                sql.Identifier(VECTOR_EXTENSION), sql.Identifier(action.schema)))
+        row = self.conn.execute(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+            "WHERE e.extname = %s", (VECTOR_EXTENSION,)).fetchone()
+        if row is None:
+            raise Refused(f"the pgvector extension is not created in this database, needed by "
+                          f"{action.chunk_version}'s embedding column",
+                          fix=f"an admin runs `CREATE EXTENSION {VECTOR_EXTENSION};` in it")
+        return str(row[0])
 
     def _swap(self, action: SwapProduction) -> None:
         """CREATE OR REPLACE VIEW + the bookkeeping update, in the caller's transaction."""

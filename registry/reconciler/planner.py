@@ -36,18 +36,33 @@ class CreateTable:
     token_budget: int
     prefix_policy: str
     recreate: bool = False
+    embedding_dimension: int | None = None
+    """The vector column's dimension when the config pins an embedder (None: BM25 only)."""
+    embedding_normalized: bool = True
+    create_extension: bool = False
+    """pgvector is not created in the database yet: the action creates it first."""
 
     @classmethod
     def of(cls, schema: str, table: str, config: LockedConfig, *,
-           recreate: bool = False) -> CreateTable:
+           recreate: bool = False, create_extension: bool = False) -> CreateTable:
+        spec = config.embedder
         return cls(schema, table, config.chunk_version, config.config_hash, config.chunk_size,
-                   config.token_budget, config.prefix_policy, recreate=recreate)
+                   config.token_budget, config.prefix_policy, recreate=recreate,
+                   embedding_dimension=spec.dimension if spec else None,
+                   embedding_normalized=spec.normalize if spec else True,
+                   create_extension=create_extension and spec is not None)
 
     def describe(self) -> str:
+        vectors = ""
+        if self.embedding_dimension is not None:
+            opclass = "vector_ip_ops" if self.embedding_normalized else "vector_cosine_ops"
+            vectors = (f" with embedding vector({self.embedding_dimension}) and an HNSW index "
+                       f"({opclass})" + (", creating the pgvector extension first"
+                                         if self.create_extension else ""))
         if self.recreate:
-            return (f"recreate {self.schema}.{self.table} for {self.chunk_version} (dropped "
-                    "outside the registry; it comes back empty and needs an ingest)")
-        return f"create {self.schema}.{self.table} for {self.chunk_version}"
+            return (f"recreate {self.schema}.{self.table} for {self.chunk_version}{vectors} "
+                    "(dropped outside the registry; it comes back empty and needs an ingest)")
+        return f"create {self.schema}.{self.table} for {self.chunk_version}{vectors}"
 
 
 @dataclass(frozen=True)
@@ -223,6 +238,18 @@ def owned(settings: ProductionConfig, actual: ActualState, row: ManagedTable) ->
             and marker.config_hash in (None, row.config_hash))
 
 
+def _vectors_possible(plan: Plan, actual: ActualState, config: LockedConfig, table: str
+                      ) -> bool:
+    """Whether `config`'s table can be created here: BM25-only, or pgvector usable; if not, a
+    blocking finding naming the admin's statement (other configs go ahead)."""
+    if config.embedder is None or actual.vector.usable:
+        return True
+    message, fix = actual.vector.refusal()
+    plan.findings.append(Finding("pgvector", table, f"{message} ({config.chunk_version} pins "
+                                 f"embedder {config.embedder.name})", fix, "error"))
+    return False
+
+
 def make_plan(
     state: RegistryState,
     actual: ActualState,
@@ -282,7 +309,11 @@ def make_plan(
                     "it: refusing to adopt it", "rename or drop it yourself, then reconcile",
                     "error"))
                 continue
-            plan.actions.append(CreateTable.of(schema, table, config))
+            if not _vectors_possible(plan, actual, config, table):
+                blocked.add(version)
+                continue
+            plan.actions.append(CreateTable.of(
+                schema, table, config, create_extension=actual.vector.type_schema is None))
             continue
         if row.config_hash != config.config_hash:
             blocked.add(version)
@@ -302,8 +333,12 @@ def make_plan(
                 "constraints or indexes", "error"))
         if row.status == "retired":
             plan.actions.append(Unretire(schema, table, version))
-        if not row.present:
-            plan.actions.append(CreateTable.of(schema, table, config, recreate=True))
+        if not row.present and not _vectors_possible(plan, actual, config, table):
+            blocked.add(version)
+        elif not row.present:
+            plan.actions.append(CreateTable.of(
+                schema, table, config, recreate=True,
+                create_extension=actual.vector.type_schema is None))
             plan.findings.append(Finding(
                 "missing", table, f"managed table {schema}.{table} was dropped outside the "
                 "registry", "reconcile recreates it empty; ingest it again", "warning"))

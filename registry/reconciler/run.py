@@ -273,7 +273,8 @@ def _read_for_plan(conn: psycopg.Connection[Any], state: RegistryState) -> Actua
     settings = state.settings
     desired = {settings.table_name(v): c for v, c in state.configs.items()
                if settings.table_name(v) in actual.relations}
-    actual.shape_drift = shape_drift(conn, settings.schema, desired, settings.identity)
+    actual.shape_drift = shape_drift(conn, settings.schema, desired, settings.identity,
+                                     actual.vector.type_schema)
     return actual
 
 
