@@ -1,7 +1,8 @@
 """chunk-registry: a git repository as the registry of locked RAG chunking configurations.
 
-`registry.retrieval_table()` and `registry.active_config()` are the application API; they are
-imported on first use so `import registry` (and the CLI) stays light.
+`registry.retrieval_table()`, `registry.active_config()`, `registry.embedder_spec()` and
+`registry.retrieval_query()` are the application API; they are imported on first use so
+`import registry` (and the CLI) stays light.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.serving import active_config, retrieval_table
+    from registry.serving import active_config, embedder_spec, retrieval_query, retrieval_table
 
-__all__ = ["active_config", "retrieval_table"]
+__all__ = ["active_config", "embedder_spec", "retrieval_query", "retrieval_table"]
 
 
 def __getattr__(name: str) -> Any:

@@ -109,8 +109,9 @@ def retrieval_query(
     version: str | None = None, *, mode: retrieval.RetrievalMode | None = None, k: int = 50,
     repo: Path | str | None = None,
 ) -> RetrievalQuery:
-    """The SQL (composed with psycopg.sql) of a hybrid query over production's view, or over
-    the table of `version`: reciprocal rank fusion (k=60) of BM25 (`websearch_to_tsquery`,
+    """The SQL (composed with psycopg.sql) of a hybrid query over production (its view for
+    bm25, its table when vectors are read), or over the table of `version`: reciprocal rank
+    fusion (k=60) of BM25 (`websearch_to_tsquery`,
     ranked by ts_rank_cd) and dense (the HNSW index's operator) lists of `k` each. `mode`
     defaults to hybrid when the config pins an embedder, bm25 otherwise."""
     state = _state(repo)
@@ -122,7 +123,11 @@ def retrieval_query(
         raise ConfigInvalid(f"{config.chunk_version} pins no embedder, so it has no vectors for "
                             f"{chosen} retrieval", where="retrieval_query",
                             fix='use mode="bm25", or lock a config that pins an embedder')
-    name = settings.base_name if version is None else settings.table_name(config.chunk_version)
+    # The production view exposes VIEW_COLUMNS, which hold no vector column: a dense or hybrid
+    # query reads production's table itself (re-read the registry after a promotion; the
+    # previous table stays through the grace period, so a reader that lags keeps working).
+    through_view = version is None and chosen == "bm25"
+    name = settings.base_name if through_view else settings.table_name(config.chunk_version)
     # The schema bounds both name parts to [a-z_][a-z0-9_]*: no `%` a parameter could clash with.
     statement = retrieval.statement(
         chosen, sql.Identifier(settings.schema, name), spec,

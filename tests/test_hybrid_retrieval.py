@@ -347,9 +347,16 @@ def test_compare_and_health_use_the_same_retrieval_as_production_serves(
     second, _ = ingested_with_vectors(registry_repo, dsn, tmp_path, chunk_size=150)
     both = eval_json(registry_repo, dsn, "--compare", second, "--cases", cases)
     assert both["retrieval"] == "hybrid" and both["note"] is None
+    served = serving.retrieval_query(repo=registry_repo.path)
+    assert served.mode == "hybrid"
+    assert target_name(registry_repo, first) in served.as_string()
 
     report = run_cli("health", "--repo", registry_repo.path, "--dsn", dsn, "--cases", cases,
                      "--format", "json", "--sample", "0")
     assert json.loads(report.stdout)["retrieval"]["retrieval"] == "hybrid"
 
 
+
+
+def target_name(registry_repo: RegistryRepo, version: str) -> str:
+    return chunk_table(committed_state(Git(registry_repo.path)), version).table
