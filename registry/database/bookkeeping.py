@@ -868,6 +868,8 @@ class ComparisonRecord:
     deltas: dict[str, float] = field(default_factory=dict)
     """metric -> this version's value minus the other's."""
     chunk_version: str = ""
+    retrieval: str = "bm25"
+    """The retrieval both sides ran (comparisons before retrieval modes: bm25)."""
 
 
 def record_eval_run(
@@ -983,7 +985,8 @@ def _newest_comparison(
     at, against, passed, metrics, details, version = row
     details = details or {}
     return ComparisonRecord(at, against, passed, metrics, list(details.get("regressions") or []),
-                            dict(details.get("deltas") or {}), version)
+                            dict(details.get("deltas") or {}), version,
+                            str(details.get("retrieval") or "bm25"))
 
 
 # ---------------------------------------------------------------------------------------------
