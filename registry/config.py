@@ -428,7 +428,22 @@ def embedder_violations(config: LockedConfig) -> list[tuple[str, str, str]]:
 def load_locked(raw: bytes, where: str) -> tuple[LockedConfig, YamlDoc]:
     """Parse and schema-check one locked config file; raise ConfigInvalid on the first problem."""
     doc = schema_checked(raw, where, "locked")
-    return LockedConfig.from_mapping(doc.data), doc
+    return locked_from_doc(doc), doc
+
+
+def locked_from_doc(doc: YamlDoc) -> LockedConfig:
+    """The config of a schema-valid document; what only the embedder spec's own rules refuse
+    (an onnx pin without its model hash, say) is reported at its line like a schema problem."""
+    try:
+        return LockedConfig.from_mapping(doc.data)
+    except ConfigInvalid as err:
+        raise invalid([embedder_problem(doc, err)]) from None
+
+
+def embedder_problem(doc: YamlDoc, err: ConfigInvalid) -> Problem:
+    """An EmbedderSpec refusal (`where` is the field path, e.g. `embedder.model_hash`) as a
+    problem at that field's line."""
+    return doc.problem(tuple((err.where or "embedder").split(".")), err.message, err.fix)
 
 
 def schema_checked(raw: bytes, where: str, kind: Kind) -> YamlDoc:

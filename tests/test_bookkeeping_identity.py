@@ -108,7 +108,7 @@ def test_the_promotion_watch_reads_only_its_own_registrys_reports(
 
 
 IDENTITY_MIGRATION = 6
-"""The bookkeeping migration that gave records their registry (later ones add other tables)."""
+"""The migration that gave the records their registry (later ones run after it here too)."""
 
 
 def test_the_migration_gives_existing_records_the_legacy_identity(dsn: str) -> None:

@@ -121,7 +121,7 @@ def test_without_pgvector_and_the_right_to_create_it_reconcile_refuses_in_one_li
 
         result = run_cli("reconcile", "--repo", registry_repo.path, "--dsn", user_dsn)
 
-        assert result.code != 0
+        assert result.code == 7  # refused by a safety rule
         refusal = result.stderr.splitlines()
         assert len(refusal) == 1, result.stdout + result.stderr
         assert "`CREATE EXTENSION vector;`" in refusal[0]

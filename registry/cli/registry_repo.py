@@ -256,7 +256,9 @@ def list_configs(repo: RepoOpt = Path("."), ref: RefOpt = None, fmt: FormatOpt =
         return
     print_table(
         ["", "VERSION", "PARAMS", "EMBEDDER", "TAG", "CREATED BY"],
-        [["*" if r["is_production"] else "", r["chunk_version"], r["label"], r["embedder_name"],
+        [["*" if r["is_production"] else "", r["chunk_version"], r["label"],
+          r["embedder_name"] + (f" ({r['embedder']['backend']}, {r['embedder']['dimension']}d)"
+                                if r.get("embedder") else ""),
           "yes" if r["tag"] else "no", r["created_by"]] for r in rows],
     )
     if not rows:
@@ -280,6 +282,12 @@ def show(
     for key, value in row.items():
         if key == "baseline_metrics":
             value = ", ".join(f"{k}={v:g}" for k, v in value.items()) or "(none)"
+        if key == "embedder":
+            value = (f"{value['backend']} {value['name']}, dimension {value['dimension']}, "
+                     f"{'normalized' if value['normalize'] else 'raw'}, max "
+                     f"{value['max_tokens']} tokens, passage prefix {value['passage_prefix']!r}, "
+                     f"query prefix {value['query_prefix']!r}, fingerprint "
+                     f"{value['fingerprint']}")
         say(f"{key.ljust(width)}  {value}")
 
 

@@ -21,6 +21,7 @@ from registry.config import (
     ProductionConfig,
     YamlDoc,
     config_path,
+    embedder_problem,
     parse_yaml,
 )
 from registry.errors import ConfigInvalid, GitError, Problem, invalid
@@ -115,7 +116,10 @@ def parse_config_file(path: str, raw: bytes) -> tuple[LockedConfig | None, list[
     problems = schema_problems(doc, "locked")
     if problems:
         return None, problems
-    return LockedConfig.from_mapping(doc.data), []
+    try:
+        return LockedConfig.from_mapping(doc.data), []
+    except ConfigInvalid as err:  # the embedder spec's own rules, beyond the schema
+        return None, [embedder_problem(doc, err)]
 
 
 def _problem_from_dict(data: dict[str, Any]) -> Problem:

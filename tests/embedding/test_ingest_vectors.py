@@ -22,7 +22,7 @@ from registry.embedding.base import pin
 from registry.embedding.onnx import OnnxEmbedder, installed_model
 from registry.embedding.spec import EmbedderSpec
 from registry.errors import EmbedderChanged
-from tests.database import Database, table_of
+from tests.database import Database, promote, table_of
 from tests.embedding.conftest import needs_minilm
 from tests.helpers import RegistryRepo, run_cli
 from tests.test_vector_tables import needs_pgvector
@@ -103,6 +103,20 @@ def test_every_row_gets_the_vector_of_its_passage_and_a_rerun_reuses_them(
     assert (again.vectors_computed, again.vectors_reused) == (0, report.chunks)
     assert np.allclose(np.stack([v for _, v in rows_with_vectors(dsn, table_of(version))]),
                        stored, atol=1e-6)
+
+    promote(repo, version)
+    assert run_cli("reconcile", "--repo", repo.path, "--dsn", dsn).code == 0
+    (source / "new.md").write_text("# New\n\nA fourth document, added while in production.\n")
+    change = ingest(repo.path, version, source, dsn=dsn, workers=1, into_production=True,
+                    max_change=1.0)
+
+    assert change.documents_added == 1 and change.vectors_reused == report.chunks
+    after = rows_with_vectors(dsn, table_of(version))
+    assert len(after) == change.chunks > report.chunks
+    added = [(text, vector) for text, vector in after if "fourth document" in text]
+    assert added and np.allclose(np.stack([v for _, v in added]),
+                                 minilm.embed_texts(["passage: " + t for t, _ in added]),
+                                 atol=1e-5)
 
 
 def test_a_config_changing_only_jaccard_and_prefix_policy_embeds_nothing_new(

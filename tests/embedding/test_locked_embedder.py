@@ -59,6 +59,7 @@ def test_a_format_1_config_is_still_valid_and_means_bm25_only() -> None:
     ({"embedder": {**ONNX.to_dict(), "fingerprint": None}}, "embedder.fingerprint"),
     ({"embedder": {**ONNX.to_dict(), "dimension": "384"}}, "embedder.dimension"),
     ({"embedder": {**ONNX.to_dict(), "colour": "red"}}, "unknown field colour"),
+    ({"embedder": {**ONNX.to_dict(), "model_hash": None}}, "an onnx embedder needs model_hash"),
 ])
 def test_the_schema_ties_the_embedder_to_format_2(change: dict[str, Any], expected: str) -> None:
     data = {**V2, **change}
@@ -118,6 +119,10 @@ def test_lock_pins_an_installed_onnx_embedder(registry_repo: RegistryRepo,
     assert config.tokenizer_hash == spec.tokenizer_hash == file_hash(tokenizer_file)
     assert spec.passage_prefix == "passage: " and spec.query_prefix == "query: "
     assert config.embedder_name == spec.name and config.embedder_max_tokens == 256
+    show = run_cli("show", version, "--repo", registry_repo.path)
+    assert "onnx all-MiniLM-L6-v2-int8, dimension 384, normalized" in show.stdout
+    listed = run_cli("list", "--repo", registry_repo.path)
+    assert "all-MiniLM-L6-v2-int8 (onnx, 384d)" in listed.stdout
     validate = run_cli("validate", "--repo", registry_repo.path, "--tokenizer-file",
                        f"{config.tokenizer_name}={tokenizer_file}")
     assert validate.code == 0, validate.stdout + validate.stderr
@@ -197,3 +202,14 @@ def test_an_onnx_embedder_whose_files_are_missing_is_one_line(tmp_path: Path) ->
     with pytest.raises(EmbedderError) as caught:
         embedder_for(config, model_file=tmp_path / "none.onnx")
     assert "\n" not in str(caught.value)
+
+
+def test_validate_reports_an_embedder_rule_at_its_line(registry_repo: RegistryRepo) -> None:
+    version = "2025-09-07-143022-v1"
+    data = {**V2, "chunk_version": version,
+            "embedder": {**ONNX.to_dict(), "model_hash": None}}
+    registry_repo.write(f"configs/{version}.yaml", _text(data).decode())
+    result = run_cli("validate", "--repo", registry_repo.path)
+    assert result.code == 1
+    line = next(line for line in result.stdout.splitlines() if "model_hash" in line)
+    assert f"configs/{version}.yaml:" in line and "an onnx embedder needs model_hash" in line
