@@ -43,11 +43,11 @@ def embedder_spec(config: LockedConfig) -> EmbedderSpec | None:
 def has_vector_column(conn: psycopg.Connection[Any], target: ChunkTable) -> bool:
     """The table has the `embedding vector(dim)` column (no table read, only the catalog)."""
     row = conn.execute(
-        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
         "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped",
         (target.schema, target.table, EMBEDDING_COLUMN)).fetchone()
-    return row is not None and str(row[0]).startswith("vector")
+    return row is not None and row[0] == "vector"
 
 
 def distance_operator(spec: EmbedderSpec) -> sql.SQL:
