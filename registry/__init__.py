@@ -1,8 +1,8 @@
 """chunk-registry: a git repository as the registry of locked RAG chunking configurations.
 
-`registry.retrieval_table()`, `registry.record_outcome()` and `registry.active_config()` are the
-application API; they are
-imported on first use so `import registry` (and the CLI) stays light.
+`registry.retrieval_table()`, `registry.record_outcome()`, `registry.active_config()`,
+`registry.embedder_spec()` and `registry.retrieval_query()` are the application API; they
+are imported on first use so `import registry` (and the CLI) stays light.
 """
 
 from __future__ import annotations
@@ -10,9 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.serving import Router, active_config, record_outcome, retrieval_table
+    from registry.serving import (
+        Router,
+        active_config,
+        embedder_spec,
+        record_outcome,
+        retrieval_query,
+        retrieval_table,
+    )
 
-__all__ = ["Router", "active_config", "record_outcome", "retrieval_table"]
+__all__ = ["Router", "active_config", "embedder_spec", "record_outcome", "retrieval_query",
+           "retrieval_table"]
 
 
 def __getattr__(name: str) -> Any:

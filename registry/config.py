@@ -582,6 +582,10 @@ class ProductionConfig:
     target_filter_hit_rate: float = 0.20
     target_snapshot_size: tuple[float, float] = (30.0, 60.0)
     target_dedup_rate: tuple[float, float] = (0.10, 0.35)
+    target_retrieval_p95_ms: float = 500.0
+    """Health alerts when one query's retrieval (its embedding included) is slower at p95."""
+    ce_score_drift: float = 0.25
+    """Largest move of a cross-encoder score quantile from the baseline, in baseline spreads."""
     tag_prefix: str = DEFAULT_TAG_PREFIX
     monitoring_window: timedelta = timedelta(hours=48)
     notifications: NotificationSettings | None = None
@@ -649,6 +653,9 @@ class ProductionConfig:
                 targets.get("snapshot_size"), defaults.target_snapshot_size
             ),
             target_dedup_rate=_range(targets.get("dedup_rate"), defaults.target_dedup_rate),
+            target_retrieval_p95_ms=float(
+                targets.get("retrieval_p95_ms", defaults.target_retrieval_p95_ms)),
+            ce_score_drift=float(targets.get("ce_score_drift", defaults.ce_score_drift)),
             tag_prefix=(data.get("tags") or {}).get("prefix", defaults.tag_prefix),
             monitoring_window=parse_duration(data["monitoring"]["window"])
             if "window" in (data.get("monitoring") or {})

@@ -10,6 +10,9 @@ read, a hash and a comparison. With an experiment running, the key's arm decides
 Without `key` or a database, `retrieval_table()` keeps its first meaning: it reads the
 committed main branch of the registry repo (the view, or with `use_shadow`/`version` one
 locked config's table), which evaluation scripts and start-up code can afford.
+
+`embedder_spec()` and `retrieval_query()` give what a hybrid query needs: the embedder to embed
+the question with, and the statement.
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from registry.config import LockedConfig, parse_rfc3339
 from registry.database import bookkeeping
 from registry.database.connection import first_line, scrub
+from registry.embedding.spec import EmbedderSpec
 from registry.errors import ConfigInvalid, DatabaseUnavailable, ServedStateUnavailable, UsageError
+from registry.quality import retrieval
+from registry.quality.evaluation import relax_to_any
 from registry.reconciler.served import CHECK_INTERVAL_S, SERVED_GRACE
 from registry.repository.git import Git
 from registry.repository.state import RegistryState, committed_state
@@ -312,3 +319,77 @@ def active_config(*, repo: Path | str | None = None) -> LockedConfig:
 
 def _qualified(schema: str, name: str) -> str:
     return f"{schema}.{name}"
+
+
+def embedder_spec(version: str | None = None, *, repo: Path | str | None = None
+                  ) -> EmbedderSpec | None:
+    """The embedder production's config (or `version`'s) pins: what the application must
+    embed its queries with (`query_prefix` prepended), or None for a BM25-only config."""
+    return retrieval.embedder_spec(_state(repo).config(version or "production"))
+
+
+@dataclass(frozen=True)
+class RetrievalQuery:
+    """One retrieval statement for an application: run `settings` (SET statements) on the
+    connection, then `statement` with `parameters(conn, question, vector)`. Rows: (id,
+    bm25_text, rank), best first. `registry eval` measures this same statement for dense and
+    hybrid retrieval; for bm25 alone it ranks a bounded candidate set (the rows matching the
+    most query terms, at most 20 x k: `evaluation.retrieval_statement`), which equals this
+    statement's ranking whenever the question matches no more rows than that."""
+
+    mode: retrieval.RetrievalMode
+    statement: sql.Composed
+    settings: tuple[sql.Composed, ...]
+    spec: EmbedderSpec | None
+
+    def as_string(self, context: Any = None) -> str:
+        return self.statement.as_string(context)
+
+    def parameters(self, conn: psycopg.Connection[Any], question: str,
+                   vector: Sequence[float] | None = None, *, match: str = "any"
+                   ) -> dict[str, str]:
+        """The statement's parameters for a question: its tsquery as eval builds it
+        (websearch_to_tsquery, top-level AND relaxed to OR with match="any") and, unless
+        bm25, the query's vector (embedded with `spec.query_prefix` first) as pgvector text."""
+        row = conn.execute("SELECT websearch_to_tsquery('english', %s)::text",
+                           (question,)).fetchone()
+        tsquery = str(row[0]) if row else ""
+        values = {"tsquery": relax_to_any(tsquery) if match == "any" else tsquery}
+        if self.mode != "bm25":
+            if vector is None:
+                raise ConfigInvalid(f"{self.mode} retrieval needs the query's vector",
+                                    where="RetrievalQuery.parameters",
+                                    fix="embed the question (with spec.query_prefix) first")
+            values["embedding"] = retrieval.vector_literal(vector)
+        return values
+
+
+def retrieval_query(
+    version: str | None = None, *, mode: retrieval.RetrievalMode | None = None, k: int = 50,
+    repo: Path | str | None = None,
+) -> RetrievalQuery:
+    """The SQL (composed with psycopg.sql) of a hybrid query over production (its view for
+    bm25, its table when vectors are read), or over the table of `version`: reciprocal rank
+    fusion (k=60) of BM25 (`websearch_to_tsquery`,
+    ranked by ts_rank_cd) and dense (the HNSW index's operator) lists of `k` each. `mode`
+    defaults to hybrid when the config pins an embedder, bm25 otherwise."""
+    state = _state(repo)
+    settings = state.settings
+    config = state.config(version or "production")
+    spec = retrieval.embedder_spec(config)
+    chosen: retrieval.RetrievalMode = mode or ("hybrid" if spec is not None else "bm25")
+    if chosen != "bm25" and spec is None:
+        raise ConfigInvalid(f"{config.chunk_version} pins no embedder, so it has no vectors for "
+                            f"{chosen} retrieval", where="retrieval_query",
+                            fix='use mode="bm25", or lock a config that pins an embedder')
+    # The production view exposes VIEW_COLUMNS, which hold no vector column: a dense or hybrid
+    # query reads production's table itself (re-read the registry after a promotion; the
+    # previous table stays through the grace period, so a reader that lags keeps working).
+    through_view = version is None and chosen == "bm25"
+    name = settings.base_name if through_view else settings.table_name(config.chunk_version)
+    # The schema bounds both name parts to [a-z_][a-z0-9_]*: no `%` a parameter could clash with.
+    statement = retrieval.statement(
+        chosen, sql.Identifier(settings.schema, name), spec,
+        sql.Placeholder("tsquery"), sql.Placeholder("embedding"), sql.Literal(k))
+    ef_search = (sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(max(40, k))),)
+    return RetrievalQuery(chosen, statement, ef_search if chosen != "bm25" else (), spec)

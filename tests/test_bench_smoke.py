@@ -42,3 +42,29 @@ def test_serving_bench_runs_and_no_reader_sees_a_dropped_table(pg_server: str) -
     assert "version checks during the rounds:" in out
     assert re.search(r"(\d+) swaps", out) and "swaps, 0 tables" not in out, out
     assert "reader errors 0, dropped tables returned 0" in out, out
+
+
+@pytest.mark.bench
+def test_hybrid_bench_runs_at_tiny_sizes(pg_server: str) -> None:
+    import json
+
+    import psycopg
+
+    with psycopg.connect(pg_server) as conn:
+        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
+                        ).fetchone() is None:
+            pytest.skip("this PostgreSQL has no pgvector (the PG15 here)")
+    script = BENCH.parent / "hybrid_bench.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--dsn", pg_server, "--rows", "1500", "--queries", "4",
+         "--rounds", "1", "--k", "10", "--allow-busy", "--format", "json"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    result = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    assert set(result["latency_ms"]) == {"bm25", "dense-hnsw", "dense-exact", "hybrid-hnsw",
+                                         "hybrid-exact"}
+    assert all(f["p50"] > 0 for f in result["latency_ms"].values())
+    recalls = list(result["hnsw_recall_at_k"].values())
+    assert all(0 < r <= 1 for r in recalls) and recalls[-1] >= recalls[0]
+    # At 1500 rows the planner rightly prefers a sequential scan; at 100k it takes the index.
+    assert set(result["uses_hnsw"]) == {"dense-hnsw", "hybrid-hnsw"}

@@ -43,6 +43,7 @@ def test_concurrent_first_runs_create_the_schema_once(dsn: str) -> None:
     tables = db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'chunk_registry' "
                       "ORDER BY 1")
     assert [t for (t,) in tables] == [
+        "ce_score_distributions",
         "embedding_cache",
         "eval_runs",
         "experiment_outcomes",

@@ -16,7 +16,7 @@ def test_demo_runs_the_lifecycle_and_cleans_up(embedded_server: str) -> None:
 
     assert result.code == 0, result.stdout[-3000:] + result.stderr
     out = result.stdout
-    first, second = sorted(set(re.findall(r"Locked (\S+) \(", out)))
+    first, second, third = sorted(set(re.findall(r"Locked (\S+) \(", out)))
     table_1 = f"document_chunks_{first.replace('-', '_')}"
     table_2 = f"document_chunks_{second.replace('-', '_')}"
     commands = [line[2:] for line in out.splitlines() if line.startswith("$ registry ")]
@@ -32,6 +32,18 @@ def test_demo_runs_the_lifecycle_and_cleans_up(embedded_server: str) -> None:
     assert re.search(rf"- retire public\.{table_2} .*drop after", out)
     assert re.search(rf"rollback +{first} +{second} +Demo User", out)
     assert re.search(r"^Demo finished in \d+\.\d s\.$", out, re.M)
+    # The config pinning the offline embedder: vectors ingested, BM25 and hybrid side by side.
+    assert "registry lock --chunk-size 200 --overlap-ratio 0.10 --jaccard-threshold 0.8 " \
+        "--prefix-policy A --embedder-onnx all-MiniLM-L6-v2-int8" in commands
+    assert f"registry eval {third} --cases ../cases-vectors.jsonl --k 10 --top 3 " \
+        "--retrieval bm25" in commands
+    side = re.search(r"^METRIC +bm25 +hybrid\n((?:\w+ +[\d.]+ +[\d.]+\n){5})", out, re.M)
+    assert side is not None, out[-2000:]
+    rates = {line.split()[0]: (float(line.split()[1]), float(line.split()[2]))
+             for line in side.group(1).splitlines()}
+    assert set(rates) >= {"oracle_hit_rate", "filter_hit_rate"}
+    assert all(0 <= bm25 <= 1 and 0 <= hybrid <= 1 for name, (bm25, hybrid) in rates.items()
+               if name.endswith("hit_rate"))
 
     workdir = Path(re.findall(r"^# A registry repo with a bare origin, in (\S+)$", out, re.M)[0])
     assert not workdir.exists()

@@ -72,6 +72,7 @@ def test_lock_merge_tag_reconcile_ingest_eval_promote_rollback_retire(
     promoted = registry(registry_repo, "promote", v2)
     message = registry_repo.git("log", "-1", "--format=%B", promoted["branch"])
     assert f"Eval: the last comparison against {v1}" in message and "passed" in message
+    assert "bm25 on both sides" in message
     rows_v1 = db.count(table_of(v1))
     promotion = registry_repo.merge(f"promote/{v2}", how="merge")
     registry(registry_repo, "reconcile")

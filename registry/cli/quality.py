@@ -40,6 +40,14 @@ MatchOpt = Annotated[
 ]
 
 
+RetrievalOpt = Annotated[
+    Literal["bm25", "dense", "hybrid"] | None,
+    typer.Option("--retrieval", help="bm25 (full-text search), dense (pgvector) or hybrid "
+                 "(reciprocal rank fusion of both); default hybrid when the table has vectors, "
+                 "bm25 otherwise. A comparison runs the same one on both sides."),
+]
+
+
 def eval_command(
     version: Annotated[
         str | None, typer.Argument(help="A chunk_version, or `production`.",
@@ -55,6 +63,27 @@ def eval_command(
     k: KOpt = 50,
     top: TopOpt = 8,
     match: MatchOpt = "any",
+    retrieval: RetrievalOpt = None,
+    reader_url: Annotated[
+        str | None,
+        typer.Option("--reader-url", help="Reader gold usage: an OpenAI-compatible API base "
+                     "(ending in /v1) whose /chat/completions answers each case from its top "
+                     "chunks (default: $REGISTRY_READER_URL; token: $REGISTRY_READER_TOKEN)."),
+    ] = None,
+    reader_model: Annotated[
+        str | None, typer.Option("--reader-model", help="The reader's model name "
+                                 "(default: $REGISTRY_READER_MODEL).")
+    ] = None,
+    rerank_model: Annotated[
+        Path | None,
+        typer.Option("--rerank-model", help="An ONNX cross-encoder: the k chunks are reranked "
+                     "by its scores before the filter hit is judged, and the quantiles of the "
+                     "top chunks' scores are recorded (health warns when they drift)."),
+    ] = None,
+    rerank_tokenizer: Annotated[
+        Path | None, typer.Option("--rerank-tokenizer", help="The cross-encoder's "
+                                  "tokenizer.json.")
+    ] = None,
     record: Annotated[
         bool, typer.Option("--record/--no-record", help="Store the result in eval_runs.")
     ] = True,
@@ -69,7 +98,7 @@ def eval_command(
     fmt: FormatOpt = "text",
     environment: EnvironmentOpt = None,
 ) -> None:
-    """Retrieval evaluation by PostgreSQL full-text search, or a shadow-vs-production comparison
+    """Retrieval evaluation (BM25, dense or hybrid), or a shadow-vs-production comparison
     (exit 1 when the shadow regresses beyond the gates of production.yaml)."""
     from registry.commands import quality
 
@@ -81,15 +110,17 @@ def eval_command(
         raise usage("give either VERSION or --compare, not both")
     options: dict[str, Any] = {"dsn": dsn, "ref": ref, "k": k, "top": top, "match": match,
                                "record": record, "baseline": write_baseline,
-                               "environment": environment}
+                               "environment": environment,
+                               "retrieval": retrieval, "reader": (reader_url, reader_model),
+                               "rerank": (rerank_model, rerank_tokenizer)}
     if compare is None:
         assert version is not None
         result = quality.evaluate(repo, version, cases, **options)
         if fmt == "json":
             emit_json(result.as_dict())
             return
-        _print_metrics(f"{result.chunk_version} ({result.table}, k={k}, top={top}, match={match})",
-                       result.metrics)
+        _print_metrics(f"{result.chunk_version} ({result.table}, {result.retrieval}, k={k}, "
+                       f"top={top}, match={match})", result.metrics)
         if write_baseline:
             say(f"baseline metrics written to {write_baseline}")
         return
@@ -98,6 +129,9 @@ def eval_command(
         emit_json(comparison.as_dict())
     else:
         shadow, base = comparison.shadow.metrics, comparison.baseline.metrics
+        say(f"retrieval: {comparison.shadow.retrieval} on both sides")
+        if comparison.shadow.note:
+            say(f"note: {comparison.shadow.note}")
         print_table(["METRIC", comparison.shadow.chunk_version, comparison.baseline.chunk_version,
                 "DELTA"],
                     [[name, f"{shadow[name]:.3f}", f"{base[name]:.3f}",

@@ -5,6 +5,7 @@ check), and the dashboard."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -13,10 +14,15 @@ from pathlib import Path
 from registry.commands.reconcile import translated
 from registry.database.connection import resolve_dsn, session
 from registry.environments import environment_dsn, select
+from registry.errors import UsageError
 from registry.extras import require
 from registry.quality import dashboard as dashboards
 from registry.quality import evaluation, promotion_watch
 from registry.quality import health as healths
+from registry.quality import reader as reader_module
+from registry.quality.reader import ChatReader
+from registry.quality.rerank import CrossEncoder
+from registry.quality.retrieval import RetrievalMode
 from registry.reconciler import run
 from registry.reconciler.status import status
 from registry.repository.git import Git
@@ -24,7 +30,35 @@ from registry.repository.state import RegistryState, committed_state
 
 
 def _environment_state(git: Git, ref: str | None, environment: str | None) -> RegistryState:
+    """The committed state as `environment` sees it (default production)."""
     return select(committed_state(git, ref), environment)
+
+
+ReaderOptions = tuple[str | None, str | None]
+"""(--reader-url, --reader-model)."""
+
+
+def chat_reader(options: ReaderOptions | None) -> ChatReader | None:
+    """The reader when asked for (a URL or model given, or REGISTRY_READER_URL set)."""
+    url, model = options or (None, None)
+    if url is None and model is None and not os.environ.get(reader_module.URL_ENV):
+        return None
+    return ChatReader.from_env(url, model)
+
+
+RerankOptions = tuple[Path | None, Path | None]
+"""(--rerank-model, --rerank-tokenizer)."""
+
+
+def cross_encoder(options: RerankOptions | None) -> CrossEncoder | None:
+    """The cross-encoder when a model file is given (its tokenizer.json is required too)."""
+    model, tokenizer = options or (None, None)
+    if model is None and tokenizer is None:
+        return None
+    if model is None or tokenizer is None:
+        raise UsageError("--rerank-model and --rerank-tokenizer go together",
+                         fix="pass both: the cross-encoder's .onnx file and its tokenizer.json")
+    return CrossEncoder(model, tokenizer)
 
 
 def write_baseline(path: Path, result: evaluation.EvalResult) -> None:
@@ -38,13 +72,16 @@ def evaluate(
     repo: Path | str, version: str, cases_file: Path, *, dsn: str | None = None,
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
-    environment: str | None = None,
+    environment: str | None = None, retrieval: RetrievalMode | None = None,
+    reader: ReaderOptions | None = None, rerank: RerankOptions | None = None,
 ) -> evaluation.EvalResult:
     """`registry eval VERSION` (and its metrics written to `baseline`)."""
     state = _environment_state(Git(repo), ref, environment)
+    reads, reranks = chat_reader(reader), cross_encoder(rerank)
     with session(resolve_dsn(environment_dsn(state, dsn)).value, purpose="eval") as conn:
         result = evaluation.run_eval(state, conn, version, cases_file, k=k, top=top,
-                                     match=match, record=record)
+                                     match=match, record=record, mode=retrieval, reader=reads,
+                                     reranker=reranks)
     if baseline is not None:
         write_baseline(baseline, result)
     return result
@@ -54,14 +91,18 @@ def compare(
     repo: Path | str, shadow: str, against: str, cases_file: Path, *, dsn: str | None = None,
     ref: str | None = None, k: int = evaluation.DEFAULT_K, top: int = evaluation.DEFAULT_TOP,
     match: evaluation.MatchMode = "any", record: bool = True, baseline: Path | None = None,
-    environment: str | None = None,
+    environment: str | None = None, retrieval: RetrievalMode | None = None,
+    reader: ReaderOptions | None = None, rerank: RerankOptions | None = None,
 ) -> evaluation.Comparison:
     """`registry eval --compare SHADOW --against VERSION` (the shadow's metrics written to
     `baseline`)."""
     state = _environment_state(Git(repo), ref, environment)
+    reads, reranks = chat_reader(reader), cross_encoder(rerank)
     with session(resolve_dsn(environment_dsn(state, dsn)).value, purpose="eval") as conn:
         comparison = evaluation.run_compare(state, conn, shadow, against, cases_file, k=k,
-                                            top=top, match=match, record=record)
+                                            top=top, match=match, record=record,
+                                            mode=retrieval, reader=reads,
+                                            reranker=reranks)
     if baseline is not None:
         write_baseline(baseline, comparison.shadow)
     return comparison

@@ -26,7 +26,7 @@ from registry.timestamps import rfc3339
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 9
+BOOKKEEPING_VERSION = 10
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -41,6 +41,7 @@ RECONCILE_RUNS = table("reconcile_runs")
 INGEST_RUNS = table("ingest_runs")
 EVAL_RUNS = table("eval_runs")
 HEALTH_REPORTS = table("health_reports")
+CE_DISTRIBUTIONS = table("ce_score_distributions")
 ROLLBACK_PROPOSALS = table("rollback_proposals")
 NOTIFICATIONS = table("notifications")
 SERVED_STATE = table("served_state")
@@ -410,9 +411,29 @@ def _migration_9() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
+def _migration_10() -> list[sql.Composed | sql.SQL]:
+    """Cross-encoder score distributions: the quantiles of the CE scores of one evaluation
+    (with the model file's hash, since only one model's scores compare), which health holds
+    against the config's first one (the baseline) to warn of drift."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    statements = [
+        """CREATE TABLE {s}.ce_score_distributions (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT now(),
+            eval_run_id bigint NOT NULL REFERENCES {s}.eval_runs (id) ON DELETE CASCADE,
+            chunk_version text NOT NULL,
+            model_hash text NOT NULL,
+            model_name text NOT NULL,
+            quantiles jsonb NOT NULL)""",
+        """CREATE INDEX ce_score_distributions_version ON {s}.ce_score_distributions
+            (chunk_version, model_hash, at)""",
+    ]
+    return [sql.SQL(text).format(s=s) for text in statements]
+
+
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
               5: _migration_5, 6: _migration_6, 7: _migration_7,
-              8: _migration_8, 9: _migration_9}
+              8: _migration_8, 9: _migration_9, 10: _migration_10}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -1011,20 +1032,83 @@ class ComparisonRecord:
     deltas: dict[str, float] = field(default_factory=dict)
     """metric -> this version's value minus the other's."""
     chunk_version: str = ""
+    retrieval: str = "bm25"
+    """The retrieval both sides ran (comparisons before retrieval modes: bm25)."""
 
 
 def record_eval_run(
     conn: psycopg.Connection[Any], chunk_version: str, *, registry: str, cases: int,
     metrics: Mapping[str, float], details: Mapping[str, Any],
     against: str | None = None, passed: bool | None = None,
-) -> None:
-    """Append an eval (or, with `against` and `passed`, a comparison) to eval_runs."""
-    conn.execute(
+) -> int:
+    """Append an eval (or, with `against` and `passed`, a comparison) to eval_runs; its id."""
+    row = conn.execute(
         sql.SQL("INSERT INTO {} (chunk_version, against_version, kind, cases, metrics, passed, "
-                "details, registry) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(EVAL_RUNS),
+                "details, registry) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id").format(
+                    EVAL_RUNS),
         (chunk_version, against, "eval" if against is None else "compare", cases,
          Jsonb(dict(metrics)), passed, Jsonb(dict(details)), registry),
-    )
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@dataclass(frozen=True)
+class CeDistribution:
+    """One evaluation's cross-encoder score quantiles."""
+
+    at: datetime
+    model_hash: str
+    model_name: str
+    quantiles: dict[str, float]
+
+
+def record_ce_distribution(
+    conn: psycopg.Connection[Any], eval_run_id: int, chunk_version: str, *, model_hash: str,
+    model_name: str, quantiles: Mapping[str, float],
+) -> None:
+    conn.execute(
+        sql.SQL("INSERT INTO {} (eval_run_id, chunk_version, model_hash, model_name, quantiles) "
+                "VALUES (%s, %s, %s, %s, %s)").format(CE_DISTRIBUTIONS),
+        (eval_run_id, chunk_version, model_hash, model_name, Jsonb(dict(quantiles))))
+
+
+def ce_distributions(
+    conn: psycopg.Connection[Any], chunk_version: str, registries: Sequence[str]
+) -> tuple[CeDistribution | None, CeDistribution | None]:
+    """(baseline, latest) of a config of this registry (its evaluations'): the latest
+    distribution recorded, and the first one recorded with the same model (None, None when
+    none; a database before migration 10 too)."""
+    if not exists(conn, "ce_score_distributions"):
+        return None, None
+    mine = sql.SQL("SELECT d.* FROM {t} d JOIN {e} e ON e.id = d.eval_run_id "
+                   "WHERE d.chunk_version = %(v)s AND e.registry = ANY(%(r)s)").format(
+                       t=CE_DISTRIBUTIONS, e=EVAL_RUNS)
+    rows = conn.execute(
+        sql.SQL("WITH mine AS ({mine}), latest AS (SELECT * FROM mine ORDER BY at DESC, id DESC "
+                "LIMIT 1) (SELECT at, model_hash, model_name, quantiles FROM latest) "
+                "UNION ALL (SELECT at, model_hash, model_name, quantiles FROM mine "
+                "WHERE model_hash = (SELECT model_hash FROM latest) ORDER BY at, id LIMIT 1)"
+                ).format(mine=mine),
+        {"v": chunk_version, "r": list(registries)}).fetchall()
+    if not rows:
+        return None, None
+    latest, baseline = (CeDistribution(r[0], r[1], r[2], dict(r[3])) for r in rows)
+    return baseline, latest
+
+
+def ce_series(conn: psycopg.Connection[Any], since: datetime, registries: Sequence[str]
+              ) -> list[tuple[str, datetime, dict[str, float], str]]:
+    """(version, at, quantiles, model name) of this registry's distributions since `since`,
+    oldest first."""
+    if not exists(conn, "ce_score_distributions"):
+        return []
+    rows = conn.execute(
+        sql.SQL("SELECT d.chunk_version, d.at, d.quantiles, d.model_name FROM {} d JOIN {} e "
+                "ON e.id = d.eval_run_id WHERE d.at >= %s AND e.registry = ANY(%s) "
+                "ORDER BY d.at, d.id").format(CE_DISTRIBUTIONS, EVAL_RUNS),
+        (since, list(registries))).fetchall()
+    return [(r[0], r[1], dict(r[2]), r[3]) for r in rows]
 
 
 def last_eval(
@@ -1065,7 +1149,8 @@ def _newest_comparison(
     at, against, passed, metrics, details, version = row
     details = details or {}
     return ComparisonRecord(at, against, passed, metrics, list(details.get("regressions") or []),
-                            dict(details.get("deltas") or {}), version)
+                            dict(details.get("deltas") or {}), version,
+                            str(details.get("retrieval") or "bm25"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ managed_tables and the view's target (a fixed number of queries, whatever the nu
 plus `registry status`; `render` turns that into a page with what needs a decision on top (the
 view serving another table than the repo's production, a promotion the reconciler refused, the
 latest eval comparison and its gate verdict), then the current alerts, a table of configs, and
-per config one plotly figure of seven stacked time series sharing their time axis: the target
+per config one plotly figure of nine stacked time series sharing their time axis: the target
 band of production.yaml on each with the points outside it marked, and a vertical marker at
 every promotion, rollback and reconcile that touched the config, labelled with its commit. The
 time axis spans --days, or less when the data is younger, so a new registry's points are not
@@ -69,6 +69,8 @@ METRICS = (
     Metric("bm25_prefix_leakage", "BM25 prefix leakage", ",d", "rows"),
     Metric("over_budget_chunks", "Over-budget chunks", ",d", "chunks"),
     Metric("ingest_mb_per_s", "Ingest throughput", ".2f", "MB/s"),
+    Metric("retrieval_p95_ms", "Retrieval p95 latency", ".1f", "ms"),
+    Metric("ce_score_q50", "Cross-encoder score median", ".3f"),
 )
 REPORT_METRICS = {
     "oracle_hit_rate": ("oracle_hit_rate",),
@@ -77,6 +79,7 @@ REPORT_METRICS = {
     "dedup_rate": ("dedup_rate",),
     "bm25_prefix_leakage": ("retrieval_health", "bm25_prefix_leakage"),
     "over_budget_chunks": ("retrieval_health", "over_budget_chunks"),
+    "retrieval_p95_ms": ("retrieval", "p95_latency_ms"),
 }
 """Where each charted number sits in a stored report (HealthReport.as_dict)."""
 
@@ -362,6 +365,11 @@ def collect(
         for key, value in values.items():
             if value is not None:
                 per.setdefault(key, []).append(Point(at, value, note))
+    for version, at, found, model in bookkeeping.ce_series(conn, since, mine):
+        spread = f"q10 {found.get('q10', 0):.3f}, q90 {found.get('q90', 0):.3f}"
+        series.setdefault(version, {}).setdefault("ce_score_q50", []).append(
+            Point(at, found.get("q50", 0.0), f"{model}: {spread}, {found.get('count', 0):.0f} "
+                  "scores"))
     for version, at, rate, docs, chunks in bookkeeping.ingest_throughput(conn, since, mine):
         series.setdefault(version, {}).setdefault("ingest_mb_per_s", []).append(
             Point(at, rate, f"{docs or 0:,} documents, {chunks or 0:,} chunks"))
@@ -458,6 +466,8 @@ def bands(settings: ProductionConfig) -> dict[str, tuple[float, float, str]]:
         "dedup_rate": (dedup_low, dedup_high, f"target {dedup_low:.0%}-{dedup_high:.0%}"),
         "bm25_prefix_leakage": (0.0, 0.0, "must be 0"),
         "over_budget_chunks": (0.0, 0.0, "must be 0"),
+        "retrieval_p95_ms": (0.0, settings.target_retrieval_p95_ms,
+                             f"target <= {settings.target_retrieval_p95_ms:g} ms"),
     }
 
 
@@ -493,7 +503,7 @@ def _domains() -> list[tuple[float, float]]:
 
 
 def figure(data: DashboardData, config: ConfigData, color: str) -> dict[str, Any]:
-    """One plotly.js figure per config: an events row, then the seven series, all sharing one
+    """One plotly.js figure per config: an events row, then the nine series, all sharing one
     time axis. Built as plain JSON: plotly's Python figure objects validate every property
     and took seconds for a page of five configs."""
     targets = bands(data.settings)

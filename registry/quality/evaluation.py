@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -27,7 +27,14 @@ from psycopg import sql
 from registry.database import bookkeeping
 from registry.database.chunk_table import ChunkTable, chunk_table, has_rows, require_table
 from registry.errors import ConfigInvalid, Refused, UsageError, storable
+from registry.quality import retrieval
 from registry.repository.state import RegistryState
+
+if TYPE_CHECKING:
+    from registry.embedding.base import Embedder
+    from registry.embedding.spec import EmbedderSpec
+    from registry.quality.reader import ChatReader
+    from registry.quality.rerank import CrossEncoder
 
 MatchMode = Literal["any", "all"]
 TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -202,9 +209,9 @@ def candidate_levels(tsquery: str, match: MatchMode) -> list[str]:
 
 def retrieval_statement(table: sql.Composable, tsquery: str, k: int,
                         match: MatchMode) -> sql.Composed:
-    """The k best rows by ts_rank_cd among at most k * CANDIDATES_PER_RESULT candidates, taken
-    level by level: the rows matching every term, then those matching all but one, and so on
-    down to one term (disjoint levels, each through the GIN index; PostgreSQL stops reading
+    """The k best rows, (id, bm25_text, rank), by ts_rank_cd among at most
+    k * CANDIDATES_PER_RESULT candidates, taken level by level: the rows matching every term,
+    then those matching all but one, and so on down to one term (disjoint levels, each through the GIN index; PostgreSQL stops reading
     levels once it holds enough). While the query matches no more rows than that, the
     candidates are every match and the ranking is exactly ts_rank_cd over all of them; beyond,
     the rows matching the most terms are ranked, never an arbitrary share of one-term
@@ -222,8 +229,10 @@ def retrieval_statement(table: sql.Composable, tsquery: str, k: int,
                                            cap=cap))
     # Values as Literals, not parameters, next to a composed name (see ingest._load).
     return sql.SQL(
-        "SELECT bm25_text FROM (SELECT * FROM ({branches}) AS levels LIMIT {cap}) AS candidates "
-        "ORDER BY ts_rank_cd(bm25_tsv, {q}::tsquery) DESC, id LIMIT {k}"
+        "SELECT id, bm25_text, row_number() OVER (ORDER BY score DESC, id) AS rank FROM ("
+        "SELECT id, bm25_text, ts_rank_cd(bm25_tsv, {q}::tsquery) AS score FROM "
+        "(SELECT * FROM ({branches}) AS levels LIMIT {cap}) AS candidates "
+        "ORDER BY score DESC, id LIMIT {k}) AS ranked"
     ).format(branches=sql.SQL(" UNION ALL ").join(branches), cap=cap, q=sql.Literal(query),
              k=sql.Literal(k))
 
@@ -236,6 +245,8 @@ class CaseResult:
     filter_hit: bool
     latency_ms: float
     first_hit_rank: int | None = None
+    gold_used: bool | None = None
+    """The reader's answer from the top chunks matched the gold (None: no reader)."""
 
 
 @dataclass
@@ -246,11 +257,26 @@ class EvalResult:
     top: int
     match: str
     cases: list[CaseResult] = field(default_factory=list)
+    retrieval: str = "bm25"
+    note: str | None = None
+    """Why the retrieval is not the one asked for (a comparison's common fallback)."""
+    ce_scores: list[float] = field(default_factory=list)
+    """Cross-encoder scores of every case's top chunks after the rerank (empty: no rerank)."""
+    ce_model: tuple[str, str] | None = None
+    """(file name, sha256) of the cross-encoder that reranked."""
+
+    @property
+    def ce_distribution(self) -> dict[str, float]:
+        from registry.quality.rerank import quantiles
+
+        return quantiles(self.ce_scores)
 
     @property
     def metrics(self) -> dict[str, float]:
         latencies = sorted(c.latency_ms for c in self.cases)
         count = len(self.cases) or 1
+        read = [c.gold_used for c in self.cases if c.gold_used is not None]
+        reader = {"reader_gold_usage": sum(read) / len(read)} if read else {}
         return {
             "cases": len(self.cases),
             "oracle_hit_rate": sum(c.oracle_hit for c in self.cases) / count,
@@ -258,7 +284,7 @@ class EvalResult:
             "avg_snapshot_size": sum(c.snapshot_size for c in self.cases) / count,
             "p50_latency_ms": _percentile(latencies, 0.50),
             "p95_latency_ms": _percentile(latencies, 0.95),
-        }
+        } | reader
 
     def summary(self) -> dict[str, Any]:
         """Which table was measured and its metrics (one side of a comparison)."""
@@ -268,7 +294,11 @@ class EvalResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "chunk_version": self.chunk_version, "table": self.table, "k": self.k,
-            "top": self.top, "match": self.match, "metrics": self.metrics,
+            "top": self.top, "match": self.match, "retrieval": self.retrieval,
+            "note": self.note, "metrics": self.metrics,
+            "rerank": None if self.ce_model is None else {
+                "model": self.ce_model[0], "model_hash": self.ce_model[1],
+                "ce_scores": self.ce_distribution},
             "cases": [asdict(c) for c in self.cases],
         }
 
@@ -299,20 +329,57 @@ def evaluate_table(
     k: int = DEFAULT_K,
     top: int = DEFAULT_TOP,
     match: MatchMode = "any",
+    plan: retrieval.Plan | None = None,
+    embedder: Embedder | None = None,
+    reader: ChatReader | None = None,
+    reranker: CrossEncoder | None = None,
 ) -> EvalResult:
-    """Run every case against one table: snapshot = the k best chunks, filter = the top ones."""
+    """Run every case against one table: snapshot = the k best chunks by the plan's retrieval
+    (bm25 unless told), filter = the top ones. Latency is per query, the query's embedding
+    included (what an application waits for). With a `reader`, the top chunks go to it and
+    its answer is judged against the gold (reader gold usage). With a `reranker`, the k chunks
+    are reordered by cross-encoder score before the filter hit is judged (rerank time is not
+    retrieval latency); the scores of the top chunks are kept for the CE distribution."""
     if not 1 <= top <= k:
         raise UsageError(f"--top {top} must be between 1 and --k {k}", fix="use --top <= --k")
+    plan = plan or retrieval.Plan("bm25")
+    if plan.mode != "bm25" and embedder is None:
+        raise UsageError(f"{plan.mode} retrieval needs the embedder", fix="use bm25")
     parsed = _tsqueries(conn, (c.query for c in cases))
+    if plan.mode != "bm25":
+        retrieval.set_ef_search(conn, k)
     name = target.identifier
-    result = EvalResult(target.chunk_version, target.qualified, k, top, match)
+    result = EvalResult(target.chunk_version, target.qualified, k, top, match,
+                        retrieval=plan.mode, note=plan.note,
+                        ce_model=None if reranker is None else (reranker.name,
+                                                                 reranker.model_hash))
     for case, tsquery in zip(cases, parsed, strict=True):
         start = time.perf_counter()
-        rows = conn.execute(retrieval_statement(name, tsquery, k, match)).fetchall() \
-            if tsquery else []
+        if plan.mode == "bm25":
+            rows = conn.execute(retrieval_statement(name, tsquery, k, match)).fetchall() \
+                if tsquery else []
+        else:
+            assert embedder is not None
+            vector = retrieval.vector_literal(embedder.embed_query(case.query).tolist())
+            query_text = relax_to_any(tsquery) if match == "any" else tsquery
+            # Values as Literals, not parameters, next to a composed name (see ingest._load).
+            rows = conn.execute(retrieval.statement(
+                plan.mode, name, plan.spec, sql.Literal(query_text), sql.Literal(vector),
+                sql.Literal(k))).fetchall()
         latency = (time.perf_counter() - start) * 1000
-        first = next((rank for rank, (text,) in enumerate(rows, 1) if is_hit(text, case.gt_answer)),
-                     None)
+        if reranker is not None and rows:
+            scores = reranker.score(case.query, [text for _, text, _ in rows])
+            order = sorted(range(len(rows)), key=lambda i: (-scores[i], i))
+            rows = [rows[i] for i in order]
+            result.ce_scores.extend(scores[i] for i in order[:top])
+        first = next((rank for rank, (_, text, _) in enumerate(rows, 1)
+                      if is_hit(text, case.gt_answer)), None)
+        used = None
+        if reader is not None:
+            from registry.quality.reader import gold_used
+
+            answer = reader.answer(case.query, [text for _, text, _ in rows[:top]])
+            used = gold_used(answer, case.gt_answer)
         result.cases.append(CaseResult(
             query_id=case.query_id,
             snapshot_size=len(rows),
@@ -320,6 +387,7 @@ def evaluate_table(
             filter_hit=first is not None and first <= top,
             latency_ms=round(latency, 3),
             first_hit_rank=first,
+            gold_used=used,
         ))
     return result
 
@@ -357,6 +425,7 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         return {
             "shadow": self.shadow.summary(), "against": self.baseline.summary(),
+            "retrieval": self.shadow.retrieval, "note": self.shadow.note,
             "passed": self.passed, "regressions": self.regressions,
             "max_drops": self.max_drops, "deltas": self.deltas,
         }
@@ -377,21 +446,27 @@ def record_eval(
     conn: psycopg.Connection[Any], result: EvalResult, comparison: Comparison | None = None,
     *, registry: str,
 ) -> None:
-    """Append to chunk_registry.eval_runs: health reads the last eval, the gate the last
-    comparison."""
-    details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match}
+    """Append to chunk_registry.eval_runs (health reads the last eval, the gate the last
+    comparison), and a rerank's CE score quantiles to ce_score_distributions."""
+    details = {"table": result.table, "k": result.k, "top": result.top, "match": result.match,
+               "retrieval": result.retrieval, "note": result.note}
     if comparison is None:
-        bookkeeping.record_eval_run(conn, result.chunk_version, registry=registry,
-                                    cases=len(result.cases),
-                                    metrics=result.metrics, details=details)
-        return
-    bookkeeping.record_eval_run(
-        conn, result.chunk_version, registry=registry, cases=len(result.cases),
-        metrics=result.metrics,
-        against=comparison.baseline.chunk_version, passed=comparison.passed,
-        details=details | {"against_metrics": comparison.baseline.metrics,
-                           "deltas": comparison.deltas, "regressions": comparison.regressions,
-                           "max_drops": comparison.max_drops})
+        run_id = bookkeeping.record_eval_run(conn, result.chunk_version, registry=registry,
+                                             cases=len(result.cases), metrics=result.metrics,
+                                             details=details)
+    else:
+        run_id = bookkeeping.record_eval_run(
+            conn, result.chunk_version, registry=registry, cases=len(result.cases),
+            metrics=result.metrics,
+            against=comparison.baseline.chunk_version, passed=comparison.passed,
+            details=details | {"against_metrics": comparison.baseline.metrics,
+                               "deltas": comparison.deltas,
+                               "regressions": comparison.regressions,
+                               "max_drops": comparison.max_drops})
+    if result.ce_model is not None and result.ce_scores:
+        bookkeeping.record_ce_distribution(
+            conn, run_id, result.chunk_version, model_name=result.ce_model[0],
+            model_hash=result.ce_model[1], quantiles=result.ce_distribution)
 
 
 def run_eval(
@@ -404,12 +479,19 @@ def run_eval(
     top: int = DEFAULT_TOP,
     match: MatchMode = "any",
     record: bool = True,
+    mode: retrieval.RetrievalMode | None = None,
+    reader: ChatReader | None = None,
+    reranker: CrossEncoder | None = None,
 ) -> EvalResult:
-    """`registry eval VERSION`: evaluate one table on the cases (and record it)."""
+    """`registry eval VERSION`: evaluate one table on the cases (and record it), by `mode`
+    (default: hybrid when the table has vectors, bm25 else)."""
     cases = load_cases(cases_file)
     target = chunk_table(state, version)
     _require_rows(conn, target)
-    result = evaluate_table(conn, target, cases, k=k, top=top, match=match)
+    plan = retrieval.plan(conn, target, mode)
+    result = evaluate_table(conn, target, cases, k=k, top=top, match=match, plan=plan,
+                            embedder=embedders_for([plan]).get(plan.spec), reader=reader,
+                            reranker=reranker)
     if record:
         bookkeeping.ensure_schema(conn)
         record_eval(conn, result, registry=state.settings.identity)
@@ -427,6 +509,9 @@ def run_compare(
     top: int = DEFAULT_TOP,
     match: MatchMode = "any",
     record: bool = True,
+    mode: retrieval.RetrievalMode | None = None,
+    reader: ChatReader | None = None,
+    reranker: CrossEncoder | None = None,
 ) -> Comparison:
     """`registry eval --compare SHADOW --against production`: both tables on the same cases,
     judged by the gates of production.yaml; the outcome is what reconcile's gate reads."""
@@ -439,8 +524,12 @@ def run_compare(
                          fix="compare a shadow version against production")
     _require_rows(conn, shadow_target)
     _require_rows(conn, against_target)
-    results = [evaluate_table(conn, t, cases, k=k, top=top, match=match)
-               for t in (shadow_target, against_target)]
+    plans = retrieval.plan_pair(conn, shadow_target, against_target, mode)
+    embedders = embedders_for(plans)
+    results = [evaluate_table(conn, t, cases, k=k, top=top, match=match, plan=p,
+                              embedder=embedders.get(p.spec), reader=reader,
+                              reranker=reranker)
+               for t, p in zip((shadow_target, against_target), plans, strict=True)]
     comparison = Comparison(results[0], results[1], {
         "oracle_hit_rate": settings.oracle_hit_rate_max_drop,
         "filter_hit_rate": settings.filter_hit_rate_max_drop,
@@ -449,6 +538,16 @@ def run_compare(
         bookkeeping.ensure_schema(conn)
         record_eval(conn, results[0], comparison, registry=settings.identity)
     return comparison
+
+
+def embedders_for(plans: Iterable[retrieval.Plan]) -> dict[EmbedderSpec | None, Embedder]:
+    """One checked embedder per distinct spec the plans need (loaded once, fingerprint
+    checked once)."""
+    loaded: dict[EmbedderSpec | None, Embedder] = {}
+    for plan in plans:
+        if plan.spec is not None and plan.spec not in loaded:
+            loaded[plan.spec] = retrieval.load_embedder(plan.spec)
+    return loaded
 
 
 def baseline_metrics(result: EvalResult) -> dict[str, float]:

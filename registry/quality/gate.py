@@ -83,7 +83,8 @@ def promotion_note(
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last.metrics.items())
                         if k.endswith("_hit_rate") and isinstance(v, int | float))
     if not verdict.held:
-        return f"Eval: the last comparison against {last.against} ({when}) passed: {metrics}."
+        return (f"Eval: the last comparison against {last.against} ({when}, {last.retrieval} on "
+                f"both sides) passed: {metrics}.")
     why = "; ".join(last.regressions) or "it regressed"
     if not force:
         raise Refused(f"the last eval comparison of {chunk_version} against {last.against} "
@@ -91,7 +92,7 @@ def promotion_note(
                       fix="lock a better config, re-run `registry eval --compare`, or promote "
                           "anyway with --force")
     return (f"Eval: promoted with --force although the last comparison against "
-            f"{last.against} ({when}) failed: {why}.")
+            f"{last.against} ({when}, {last.retrieval} on both sides) failed: {why}.")
 
 
 # ---------------------------------------------------------------------------------------------

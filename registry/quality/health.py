@@ -46,9 +46,12 @@ from registry.errors import (
 )
 from registry.notify.dispatch import notify
 from registry.notify.events import health_check
+from registry.quality import rerank
+from registry.quality import retrieval as retrievals
 from registry.quality.evaluation import (
     DEFAULT_K,
     DEFAULT_TOP,
+    embedders_for,
     evaluate_table,
     load_cases,
     record_eval,
@@ -347,6 +350,9 @@ class HealthReport:
     production_alerts: list[Alert] = field(default_factory=list)
     """Git and the database disagreeing on production: first, since every other figure is of
     the repo's production, which may not be what is served."""
+    ce_scores: dict[str, Any] | None = None
+    """The latest cross-encoder score quantiles against the baseline's (the first recorded for
+    the config with the same model), and how far they drifted; None: never reranked."""
     stale_eval: dict[str, Any] | None = None
     """The last evaluation when it predates the last ingest: measured on rows that are gone,
     so never shown as the current retrieval figures."""
@@ -404,10 +410,24 @@ class HealthReport:
                 found.append(Alert(WARNING, "oracle_hit_rate", f"oracle hit rate "
                                    f"{retrieval['oracle_hit_rate']:.3f} is below the target "
                                    f"{settings.target_oracle_hit_rate:.2f}"))
+            p95 = retrieval.get("p95_latency_ms")
+            if p95 is not None and p95 > settings.target_retrieval_p95_ms:
+                mode = f" ({retrieval['retrieval']})" if retrieval.get("retrieval") else ""
+                found.append(Alert(WARNING, "retrieval_latency", f"retrieval p95 latency "
+                                   f"{p95:.1f} ms{mode} is above the target "
+                                   f"{settings.target_retrieval_p95_ms:g} ms"))
             if retrieval["filter_hit_rate"] < settings.target_filter_hit_rate:
                 found.append(Alert(WARNING, "filter_hit_rate", f"filter hit rate "
                                    f"{retrieval['filter_hit_rate']:.3f} is below the target "
                                    f"{settings.target_filter_hit_rate:.2f}"))
+        ce = self.ce_scores
+        if ce is not None and ce["drift"] > settings.ce_score_drift:
+            base, now = ce["baseline"], ce["current"]
+            found.append(Alert(WARNING, "ce_score_drift", f"cross-encoder scores drifted: median "
+                               f"{now['q50']:.3f} vs {base['q50']:.3f} at the baseline "
+                               f"({ce['baseline_at']}), quantiles moved {ce['drift']:.2f} "
+                               f"baseline q10-q90 spreads, more than "
+                               f"{settings.ce_score_drift:g} ({ce['model']})"))
         if table.dedup_rate is not None:
             low, high = settings.target_dedup_rate
             if not low <= table.dedup_rate <= high:
@@ -449,6 +469,7 @@ class HealthReport:
             "table": self.table.table,
             "ingest": self.table.last_ingest,
             "retrieval": self.retrieval,
+            "ce_scores": self.ce_scores,
             "alerts": [asdict(a) | {"icon": a.icon} for a in alerts],
         }
 
@@ -479,6 +500,9 @@ def render(report: HealthReport, fmt: str) -> str:
         ("oracle hit rate", number(data["oracle_hit_rate"], ".3f")),
         ("filter hit rate", number(data["filter_hit_rate"], ".3f")),
         ("dedup rate", number(data["dedup_rate"], ".1%")),
+        ("retrieval p95 ms", number((data["retrieval"] or {}).get("p95_latency_ms"), ".1f")),
+        ("ce score median", number(((data["ce_scores"] or {}).get("current") or {}).get("q50"),
+                                   ".3f")),
     ]
     if fmt == "markdown":
         out = [f"### Chunk registry health: {report.config.chunk_version} ({status})", ""]
@@ -546,6 +570,19 @@ def stale_eval(conn: psycopg.Connection[Any], target: ChunkTable,
     return dict(last.metrics), None
 
 
+def ce_drift(conn: psycopg.Connection[Any], target: ChunkTable) -> dict[str, Any] | None:
+    """The latest CE score distribution of a config against its baseline, with the drift."""
+    baseline, latest = bookkeeping.ce_distributions(conn, target.chunk_version,
+                                                    target.registries)
+    if baseline is None or latest is None:
+        return None
+    return {"model": latest.model_name, "model_hash": latest.model_hash,
+            "baseline_at": baseline.at.isoformat(timespec="seconds"),
+            "at": latest.at.isoformat(timespec="seconds"),
+            "baseline": baseline.quantiles, "current": latest.quantiles,
+            "drift": round(rerank.drift(latest.quantiles, baseline.quantiles), 4)}
+
+
 def run_health(
     git: Git,
     state: RegistryState,
@@ -580,15 +617,19 @@ def run_health(
                         tokenizer_missing=guardrails.tokenizer_missing)
     stale: dict[str, Any] | None = None
     if cases is not None and table.exists and table.rows:
+        # The retrieval the gate judges a comparison by: hybrid when the table has vectors.
+        plan = retrievals.plan(conn, target, None)
         result = evaluate_table(conn, target, cases, k=k or DEFAULT_K,
-                                top=top or DEFAULT_TOP)
+                                top=top or DEFAULT_TOP, plan=plan,
+                                embedder=embedders_for([plan]).get(plan.spec))
         record_eval(conn, result, registry=settings.identity)
-        retrieval: dict[str, Any] | None = dict(result.metrics)
+        retrieval: dict[str, Any] | None = dict(result.metrics) | {
+            "retrieval": result.retrieval}
     else:
         retrieval, stale = stale_eval(conn, target, table)
     report = HealthReport(config, settings, guard, table, retrieval,
                           production_alerts=production_alerts(conn, git, state, state.ref),
-                          stale_eval=stale)
+                          stale_eval=stale, ce_scores=ce_drift(conn, target))
     if record_report:
         record(conn, report)
         _notify(conn, report)

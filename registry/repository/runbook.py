@@ -21,7 +21,33 @@ def environment(config: LockedConfig) -> dict[str, str]:
         "CHUNK_VERSION": str(env.chunk_version),
         "INGEST_RUN_ID": str(env.ingest_run_id),
         "EVAL_DISABLE_CACHE": "1",
+    } | embedder_environment(config)
+
+
+def embedder_environment(config: LockedConfig) -> dict[str, str]:
+    """The embedder pin and the retrieval it implies: an application embeds its queries with
+    exactly these (EMBEDDER_QUERY_PREFIX first) and checks EMBEDDER_FINGERPRINT; a BM25-only
+    config says so (RETRIEVAL=bm25)."""
+    from registry.quality.retrieval import embedder_spec
+
+    spec = embedder_spec(config)
+    if spec is None:
+        return {"RETRIEVAL": "bm25"}
+    pinned = {
+        "EMBEDDER_BACKEND": spec.backend,
+        "EMBEDDER_NAME": spec.name,
+        "EMBEDDER_DIMENSION": str(spec.dimension),
+        "EMBEDDER_NORMALIZE": "1" if spec.normalize else "0",
+        "EMBEDDER_POOLING": spec.pooling or "",
+        "EMBEDDER_MAX_TOKENS": str(spec.max_tokens),
+        "EMBEDDER_QUERY_PREFIX": spec.query_prefix,
+        "EMBEDDER_PASSAGE_PREFIX": spec.passage_prefix,
+        "EMBEDDER_MODEL_HASH": spec.model_hash or "",
+        "EMBEDDER_TOKENIZER_HASH": spec.tokenizer_hash or "",
+        "EMBEDDER_FINGERPRINT": spec.fingerprint or "",
+        "RETRIEVAL": "hybrid",
     }
+    return pinned
 
 
 def export_lines(config: LockedConfig) -> str:
@@ -35,7 +61,8 @@ def steps(config: LockedConfig, settings: ProductionConfig) -> list[dict[str, st
          "command": "registry reconcile"},
         {"step": "ingest", "why": "fill the shadow table exactly as the config says",
          "command": f"registry ingest {version} --source $CORPUS"},
-        {"step": "eval", "why": "retrieval metrics of the shadow table",
+        {"step": "eval", "why": "retrieval metrics of the shadow table "
+         f"({embedder_environment(config)['RETRIEVAL']}, as production would serve it)",
          "command": f"registry eval {version} --cases $EVAL_CASES"},
         {"step": "compare", "why": "the promotion gate: shadow against production",
          "command": f"registry eval --compare {version} --against production --cases $EVAL_CASES"},
@@ -82,6 +109,11 @@ def sanity_checks(config: LockedConfig, settings: ProductionConfig) -> list[dict
         checks.append({"check": "policy A: no prefix leaked into BM25 text",
                        "sql": _display_sql("SELECT count(*) FROM {} WHERE bm25_text LIKE {};",
                                            table, "Document: %"),
+                       "expect": "0"})
+    if embedder_environment(config)["RETRIEVAL"] != "bm25":
+        checks.append({"check": "every chunk has its vector",
+                       "sql": _display_sql("SELECT count(*) FROM {} WHERE embedding IS NULL;",
+                                           table),
                        "expect": "0"})
     checks.append({"check": "the registry agrees", "sql": "", "expect": "registry health exits 0",
                    "command": f"registry health --version {config.chunk_version}"})
