@@ -212,10 +212,11 @@ def retrieval_statement(table: sql.Composable, tsquery: str, k: int,
     """The k best rows, (id, bm25_text, rank), by ts_rank_cd among at most
     k * CANDIDATES_PER_RESULT candidates, taken level by level: the rows matching every term,
     then those matching all but one, and so on down to one term (disjoint levels, each
-    through the GIN index; PostgreSQL stops reading levels once it holds enough). While the query matches no more rows than that, the
-    candidates are every match and the ranking is exactly ts_rank_cd over all of them; beyond,
-    the rows matching the most terms are ranked, never an arbitrary share of one-term
-    matches before them (ranking every match of a common word cost ~2 s at 1M rows)."""
+    through the GIN index; PostgreSQL stops reading levels once it holds enough). While the
+    query matches no more rows than that, the candidates are every match and the ranking is
+    exactly ts_rank_cd over all of them; beyond, the rows matching the most terms are ranked,
+    never an arbitrary share of one-term matches before them (ranking every match of a common
+    word cost ~2 s at 1M rows)."""
     query = tsquery if match == "all" else relax_to_any(tsquery)
     levels = candidate_levels(tsquery, match)
     cap = sql.Literal(k * CANDIDATES_PER_RESULT)
