@@ -108,6 +108,16 @@ def lifecycle(registry_repo: RegistryRepo, dsn: str, tmp_path: Path) -> Outputs:
     registry_repo.merge(f"lock/{v3}")
     out.run("tag", "tag", "--push", *repo)
     out.run("change", "retire", v3, *repo)
+    out.run("environments", "environments", *repo)
+    started = out.run("change", "experiment", "start", "trial", "--candidate", v1, "--share",
+                      "0.1", "--ends", "14d", *repo)
+    registry_repo.merge(started["branch"])
+    routed = out.run("reconcile", "reconcile", *repo, *db)
+    assert routed["served"]["state"]["experiment"]["candidate"]["chunk_version"] == v1
+    registry_repo.merge(out.run("change", "experiment", "set-share", "0.2", *repo)["branch"])
+    out.run("experiment-report", "experiment", "report", *repo, *db)
+    registry_repo.merge(out.run("change", "experiment", "end", *repo)["branch"])
+    out.run("experiment-report", "experiment", "report", "--name", "trial", *repo, *db)
     out.run("history", "history", *repo)
     out.run("db-url", "db", "url", *db)
     out.run("db-stop", "db", "stop")
@@ -121,7 +131,9 @@ COMMAND_SCHEMAS = {
     "reconcile": ["reconcile"], "status": ["status"], "ingest": ["ingest"],
     "eval": ["eval", "eval-compare"], "health": ["health"], "dashboard": ["dashboard"],
     "watch-promotion": ["watch-promotion"], "db url": ["db-url"], "db stop": ["db-stop"],
-    "tune": ["tune"],
+    "tune": ["tune"], "environments": ["environments"], "experiment start": ["change"],
+    "experiment set-share": ["change"], "experiment end": ["change"],
+    "experiment report": ["experiment-report"],
 }
 """Which schema each command's JSON follows."""
 

@@ -62,7 +62,7 @@ from registry.reconciler.planner import (
     swap_target,
     utc_text,
 )
-from registry.reconciler.served import Served, materialize
+from registry.reconciler.served import Served, materialize, output_state
 from registry.repository import trust
 from registry.repository.git import Git
 from registry.repository.history import forced_promotion, read_history
@@ -119,8 +119,8 @@ class RunResult:
                  "seconds": round(r.seconds, 4)}
                 for r in self.results
             ],
-            "served": {"version": self.served.version, "changed": self.served.changed,
-                       "state": self.served.state, "notes": self.served.notes}
+            "served": {"revision": self.served.version, "changed": self.served.changed,
+                       "state": output_state(self.served.state), "notes": self.served.notes}
             if self.served else None,
         }
 

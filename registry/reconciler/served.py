@@ -77,6 +77,21 @@ def _arm(settings: ProductionConfig, config: LockedConfig | None, version: str,
             "embedder": embedder_spec(settings, config) if config else None}
 
 
+def output_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The served state as `--format json` prints it: each arm names its config
+    `chunk_version` (the stored state keeps `version`, which applications' snapshots read)."""
+    def arm(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {("chunk_version" if k == "version" else k): v for k, v in value.items()}
+
+    out = {**state, "production": arm(state.get("production"))}
+    experiment = state.get("experiment")
+    if isinstance(experiment, dict):
+        out["experiment"] = {**experiment, "candidate": arm(experiment.get("candidate"))}
+    return out
+
+
 def served_state(
     conn: psycopg.Connection[Any], state: RegistryState, now: datetime
 ) -> tuple[dict[str, Any], list[tuple[str, str]], list[str]]:
