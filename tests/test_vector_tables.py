@@ -149,3 +149,18 @@ def test_the_offline_plan_names_the_vector_column(registry_repo: RegistryRepo) -
                    f"lock/{version}")
     assert plan.code == 0, plan.stderr
     assert "vector(16)" in plan.stdout and "hnsw" in plan.stdout.lower()
+
+
+def test_the_served_state_carries_the_whole_embedder_pin(registry_repo: RegistryRepo) -> None:
+    from registry.reconciler.served import embedder_spec as served_embedder
+    from registry.repository.git import Git
+    from registry.repository.state import committed_state
+
+    spec = spec_for(registry_repo, normalize=False)
+    version = locked_with_embedder(registry_repo, spec)
+    state = committed_state(Git(registry_repo.path), None)
+
+    assert served_embedder(state.config(version)) == spec.to_dict()
+    bm25_only = registry_repo.locked(chunk_size=300)
+    assert served_embedder(committed_state(Git(registry_repo.path), None).config(bm25_only)) \
+        is None

@@ -56,25 +56,18 @@ class Served:
     notes: list[str] = field(default_factory=list)
 
 
-def embedder_spec(settings: ProductionConfig, config: LockedConfig) -> dict[str, Any] | None:
-    """The embedder spec a config pins, for applications that embed queries.
-
-    Extension point: configs do not pin an embedder spec yet (issue 16 adds `embedder:`); once
-    a config or the environment has one, return its mapping here (the config's wins) and it is
-    served with the arm. Until then None: the arm carries `embedder_name` only."""
-    for source in (config, settings):
-        spec = getattr(source, "embedder", None)
-        if spec is not None:
-            to_dict = getattr(spec, "to_dict", None)
-            return dict(to_dict() if callable(to_dict) else spec)
-    return None
+def embedder_spec(config: LockedConfig) -> dict[str, Any] | None:
+    """The embedder a config pins (format 2), for applications that embed queries: the whole
+    pin, so the application embeds with the same model, prefix and normalization the rows
+    were embedded with. None: a BM25-only config."""
+    return config.embedder.to_dict() if config.embedder is not None else None
 
 
 def _arm(settings: ProductionConfig, config: LockedConfig | None, version: str,
          table: str) -> dict[str, Any]:
     return {"version": version, "table": f"{settings.schema}.{table}",
             "embedder_name": config.embedder_name if config else None,
-            "embedder": embedder_spec(settings, config) if config else None}
+            "embedder": embedder_spec(config) if config else None}
 
 
 def output_state(state: dict[str, Any]) -> dict[str, Any]:
