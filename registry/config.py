@@ -477,6 +477,16 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
+def duration_text(delta: timedelta) -> str:
+    """`48h`, `90m`, `45s`: a duration as production.yaml writes it (parse_duration's inverse
+    for whole hours, minutes and seconds)."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 @dataclass(frozen=True)
 class Guardrails:
     """When the promotion watch ends an experiment: the candidate's success rate below the

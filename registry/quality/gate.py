@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from registry.config import duration_text
 from registry.database import bookkeeping
 from registry.errors import Refused
+from registry.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from registry.config import ProductionConfig, Promotion
@@ -148,18 +150,18 @@ def judge_path(
     soaked = now - start
     if soaked < promotion.soak:
         remain = promotion.soak - soaked
-        why = (f"a critical health report at {utc_text(start)} ({restarted[1][0]}) restarted "
-               "its soak" if restarted else f"served since {utc_text(start)}")
+        why = (f"a critical health report at {rfc3339(start)} ({restarted[1][0]}) restarted "
+               "its soak" if restarted else f"served since {rfc3339(start)}")
         return GateVerdict(
             True, f"{chunk_version} has soaked in {source} for {span_text(soaked)} of "
             f"{duration_text(promotion.soak)} ({why}): {span_text(remain)} remain",
-            f"promote it after {utc_text(start + promotion.soak)}")
+            f"promote it after {rfc3339(start + promotion.soak)}")
     passing = [at for at, alerts in evidence.reports
                if not alerts and (at > start if restarted else at >= start)]
     if promotion.require_healthy and not passing:
         return GateVerdict(
             True, f"{chunk_version} has no passing health report in {source} since "
-            f"{utc_text(start)} (promotion.require_healthy)",
+            f"{rfc3339(start)} (promotion.require_healthy)",
             f"run `registry health --environment {source}`, then promote")
     return GateVerdict(False, f"{chunk_version} soaked in {source} for {span_text(soaked)} "
                        f"(>= {duration_text(promotion.soak)}) with passing health reports"
@@ -181,19 +183,6 @@ def span_text(delta: timedelta) -> str:
     if not (days or hours):
         parts.append(f"{secs}s")
     return " ".join(parts[:2])
-
-
-def utc_text(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def duration_text(delta: timedelta) -> str:
-    """`24h`, `90m`, `45s`: a duration as the YAML writes it."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds % size == 0 and seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def soak_evidence(

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from registry import faults
-from registry.config import ProductionConfig
+from registry.config import ProductionConfig, duration_text
 from registry.database import bookkeeping
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
 from registry.database.chunk_table import (
@@ -40,7 +40,6 @@ from registry.reconciler.planner import (
     Retire,
     SwapProduction,
     Unretire,
-    duration_text,
     utc_text,
 )
 from registry.reconciler.served import SERVED_GRACE

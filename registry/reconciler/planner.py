@@ -12,10 +12,10 @@ Drop re-reads its bookkeeping row FOR UPDATE), so an action built by hand cannot
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from registry.config import LockedConfig, ProductionConfig
+from registry.config import LockedConfig, ProductionConfig, duration_text
 from registry.database.bookkeeping import ManagedTable
 from registry.errors import Refused
 from registry.quality import gate
@@ -557,14 +557,5 @@ def _plan_retirements(
 def utc_text(moment: datetime) -> str:
     """`2026-01-02T03:04:05Z`: how plans and errors write a moment (RFC 3339 UTC)."""
     return rfc3339(moment)
-
-
-def duration_text(delta: timedelta) -> str:
-    """`48h`, `90m`, `45s`: a grace period as production.yaml writes it."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds % size == 0 and seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from registry import faults
-from registry.config import PRODUCTION_ENVIRONMENT, ProductionConfig
+from registry.config import PRODUCTION_ENVIRONMENT, ProductionConfig, duration_text
 from registry.database import bookkeeping
 from registry.database.connection import (
     RECONCILE_LOCK_KEY,
@@ -57,7 +57,6 @@ from registry.reconciler.planner import (
     Finding,
     Plan,
     action_dict,
-    duration_text,
     make_plan,
     swap_target,
     utc_text,
