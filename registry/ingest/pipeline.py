@@ -444,7 +444,7 @@ class ChunkerSpec:
 _worker: dict[str, Chunker] = {}
 
 
-def _tokenizer_from(spec: ChunkerSpec) -> Tokenizer:
+def tokenizer_from(spec: ChunkerSpec) -> Tokenizer:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(spec.tokenizer_json)
@@ -456,7 +456,7 @@ def _tokenizer_from(spec: ChunkerSpec) -> Tokenizer:
 def _init_worker(spec: ChunkerSpec, parent: int, main_thread: bool) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     _die_with(parent, main_thread)
-    _worker["chunker"] = Chunker(spec.config, _tokenizer_from(spec), corpus=spec.corpus)
+    _worker["chunker"] = Chunker(spec.config, tokenizer_from(spec), corpus=spec.corpus)
 
 
 PARENT_POLL_S = 0.5
@@ -513,7 +513,7 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
                  ) -> Iterator[tuple[list[Document], list[ChunkedDocument]]]:
     """(batch, its chunked documents) in source order; at most 2 x workers batches in flight."""
     if workers <= 1:
-        chunker = Chunker(spec.config, _tokenizer_from(spec), corpus=spec.corpus)
+        chunker = Chunker(spec.config, tokenizer_from(spec), corpus=spec.corpus)
         held: deque[list[Document]] = deque()
 
         def remember() -> Iterator[list[Document]]:
@@ -635,10 +635,10 @@ def run_ingest(
     cache: psycopg.Connection[Any] | None = None
     try:
         bookkeeping.ensure_schema(control)
-        _require_table(control, target)
-        report.into_production = _guard_served(control, target, into_production)
-        _take_run_lock(control, report)
-        report.run = _record_start(control, report, target.registries[0])
+        require_managed_table(control, target)
+        report.into_production = guard_served(control, target, into_production)
+        take_run_lock(control, report)
+        report.run = record_start(control, report, target.registries[0])
         faults.point("ingest", "started")
         started = time.monotonic()
         passages = None
@@ -656,18 +656,11 @@ def run_ingest(
                       strict=strict, max_document_bytes=max_document_bytes,
                       on_progress=on_progress, on_problem=on_problem, passages=passages)
                 if report.into_production:
-                    _apply_document_changes(data, target, report, max_change,
+                    apply_document_changes(data, target, report, max_change,
                                             _columns(passages))
-                report.seconds = time.monotonic() - started
-                _record_success(data, report)
-                faults.point("ingest", "before_commit")
-                data.commit()
-                faults.point("ingest", "committed")
+                commit_run(data, report, started)
         except BaseException as err:
-            report.seconds = time.monotonic() - started
-            reason = str(err) if isinstance(err, RegistryError) else _first_line(err)
-            with contextlib.suppress(psycopg.Error):
-                _record_failure(control, report, reason or type(err).__name__)
+            record_failed_run(control, report, started, err)
             if isinstance(err, psycopg.Error):
                 raise database_error(err, dsn, f"loading {target.qualified}") from None
             raise
@@ -826,7 +819,7 @@ STAGED = sql.Identifier("registry_ingest_staged")
 """The temporary table the rows of a document-level change are copied into first."""
 
 
-def _guard_served(conn: psycopg.Connection[Any], target: ChunkTable, allowed: bool) -> bool:
+def guard_served(conn: psycopg.Connection[Any], target: ChunkTable, allowed: bool) -> bool:
     """Whether `target` is the table production serves or rolls back to (then refused unless
     `allowed`): replacing its rows is a production change no merge reviewed."""
     if bookkeeping.managed_status(conn, target.schema, target.table,
@@ -845,7 +838,7 @@ def _guard_served(conn: psycopg.Connection[Any], target: ChunkTable, allowed: bo
     return True
 
 
-def _apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
+def apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
                             report: IngestReport, max_change: float,
                             written: Sequence[str] = ROW_COLUMNS) -> None:
     """Write only the documents whose chunks differ from the rows already there (by doc_id
@@ -951,7 +944,7 @@ def _no_chunk_reason(result: ChunkedDocument) -> str:
     return "no chunk: " + (", ".join(reasons) if reasons else "no text to chunk")
 
 
-def _require_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
+def require_managed_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
     require_table(conn, target)
     status = bookkeeping.managed_status(conn, target.schema, target.table, target.registries)
     if status is None:
@@ -962,7 +955,7 @@ def _require_table(conn: psycopg.Connection[Any], target: ChunkTable) -> None:
                       fix="ingest a locked config that is still in the registry")
 
 
-def _take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
+def take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
     """One ingest of a config at a time (held by the control connection until the run ends):
     a second one would redo all the chunking only to fail on the first one's rows."""
     got = conn.execute("SELECT pg_try_advisory_lock(%s)",
@@ -972,25 +965,47 @@ def _take_run_lock(conn: psycopg.Connection[Any], report: IngestReport) -> None:
                    fix="wait for it to finish, then rerun if needed")
 
 
-def _record_start(conn: psycopg.Connection[Any], report: IngestReport, registry: str) -> int:
+def record_start(conn: psycopg.Connection[Any], report: IngestReport, registry: str) -> int:
     return bookkeeping.start_ingest_run(
         conn, report.ingest_run_id, report.chunk_version, report.source,
         {"dedup": report.dedup, "workers": report.workers, "table": report.table}, registry)
 
 
-def _record_success(conn: psycopg.Connection[Any], report: IngestReport) -> None:
+def record_success(conn: psycopg.Connection[Any], report: IngestReport) -> None:
     bookkeeping.finish_ingest_run(
         conn, report.run, documents=report.documents, chunks=report.chunks,
         duplicates_removed=report.duplicates_removed, over_budget=report.over_budget,
         details=report.details())
 
 
-def _record_failure(conn: psycopg.Connection[Any], report: IngestReport, reason: str) -> None:
+def record_failure(conn: psycopg.Connection[Any], report: IngestReport, reason: str) -> None:
     bookkeeping.fail_ingest_run(conn, report.run, documents=report.documents,
                                 details={**report.details(), "error": reason[:2000]})
 
 
-def _first_line(err: BaseException) -> str:
+def commit_run(data: psycopg.Connection[Any], report: IngestReport, started: float) -> None:
+    """Record the run as succeeded and commit it with its rows, in one transaction (between
+    the fault points the reliability suite kills the process at)."""
+    report.seconds = time.monotonic() - started
+    record_success(data, report)
+    faults.point("ingest", "before_commit")
+    data.commit()
+    faults.point("ingest", "committed")
+
+
+def record_failed_run(control: psycopg.Connection[Any], report: IngestReport, started: float,
+                      err: BaseException) -> str:
+    """Record the run as failed (on the control connection: the data transaction is gone) and
+    return the reason recorded; a database that is itself the failure is not asked twice."""
+    report.seconds = time.monotonic() - started
+    reason = str(err) if isinstance(err, RegistryError) else error_summary(err)
+    with contextlib.suppress(psycopg.Error):
+        record_failure(control, report, reason or type(err).__name__)
+    return reason
+
+
+def error_summary(err: BaseException) -> str:
+    """What a failed run records of an unexpected error: its type and first line."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
 

@@ -57,21 +57,21 @@ from registry.ingest.pipeline import (
     IngestReport,
     Progress,
     SourceProblem,
-    _apply_document_changes,
-    _first_line,
-    _guard_served,
-    _record_failure,
-    _record_start,
-    _record_success,
-    _require_table,
-    _take_run_lock,
-    _tokenizer_from,
     account_document,
+    apply_document_changes,
     check_not_empty,
+    commit_run,
     count_document,
+    error_summary,
+    guard_served,
     note_problem,
     read_source,
+    record_failed_run,
+    record_start,
+    require_managed_table,
     source_bytes,
+    take_run_lock,
+    tokenizer_from,
 )
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def ray_session(address: str | None, workers: int) -> Iterator[dict[str, Any]]:
         except Exception as err:  # Ray raises ConnectionError, RuntimeError or bare Exception
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise EngineUnavailable(
-                f"cannot start or join {where}: {_first_line(err)}",
+                f"cannot start or join {where}: {error_summary(err)}",
                 fix="check --ray-address (host:6379, or ray://host:10001), or leave it out to "
                 "run a local Ray") from None
         started = True
@@ -175,7 +175,7 @@ class ChunkShard:
         import ray
 
         spec: ChunkerSpec = ray.get(shipped) if isinstance(shipped, ray.ObjectRef) else shipped
-        self.chunker = Chunker(spec.config, _tokenizer_from(spec), corpus=spec.corpus)
+        self.chunker = Chunker(spec.config, tokenizer_from(spec), corpus=spec.corpus)
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -349,10 +349,10 @@ def run_ray_ingest(
     control = connect(dsn, purpose="ingest")
     try:
         bookkeeping.ensure_schema(control)
-        _require_table(control, target)
-        report.into_production = _guard_served(control, target, into_production)
-        _take_run_lock(control, report)
-        report.run = _record_start(control, report, target.registries[0])
+        require_managed_table(control, target)
+        report.into_production = guard_served(control, target, into_production)
+        take_run_lock(control, report)
+        report.run = record_start(control, report, target.registries[0])
         bookkeeping.drop_ingest_staging(control, report.ingest_run_id)  # a killed driver's
         staging = bookkeeping.create_ingest_staging(control, report.run, target.identifier,
                                                     ROW_COLUMNS)
@@ -367,17 +367,11 @@ def run_ray_ingest(
                           on_problem=on_problem)
             with connect(dsn, autocommit=False, purpose="ingest move") as data:
                 _move(data, target, staging, report, max_change)
-                report.seconds = time.monotonic() - started
-                _record_success(data, report)
-                faults.point("ingest", "before_commit")
-                data.commit()
-                faults.point("ingest", "committed")
+                commit_run(data, report, started)
         except BaseException as err:
-            report.seconds = time.monotonic() - started
-            reason = str(err) if isinstance(err, RegistryError) else _first_line(err)
             with contextlib.suppress(psycopg.Error):
                 bookkeeping.drop_ingest_staging(control, report.ingest_run_id)
-                _record_failure(control, report, reason or type(err).__name__)
+            reason = record_failed_run(control, report, started, err)
             if isinstance(err, psycopg.Error):
                 raise database_error(err, dsn, f"loading {target.qualified}") from None
             if isinstance(err, RegistryError | KeyboardInterrupt | SystemExit):
@@ -512,7 +506,7 @@ def _move(data: psycopg.Connection[Any], target: ChunkTable, staging: sql.Compos
     if report.into_production:
         data.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}").format(
             STAGED, columns, staging))
-        _apply_document_changes(data, target, report, max_change)
+        apply_document_changes(data, target, report, max_change)
     else:
         report.replaced_rows = data.execute(
             sql.SQL("DELETE FROM {} WHERE ingest_run_id = {}").format(
