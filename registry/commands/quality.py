@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry.commands.reconcile import translated
 from registry.database.connection import resolve_dsn, session
@@ -19,14 +20,15 @@ from registry.extras import require
 from registry.quality import dashboard as dashboards
 from registry.quality import evaluation, promotion_watch
 from registry.quality import health as healths
-from registry.quality import reader as reader_module
-from registry.quality.reader import ChatReader
-from registry.quality.rerank import CrossEncoder
 from registry.quality.retrieval import RetrievalMode
 from registry.reconciler import run
 from registry.reconciler.status import status
 from registry.repository.git import Git
 from registry.repository.state import RegistryState, committed_state
+
+if TYPE_CHECKING:
+    from registry.quality.reader import ChatReader
+    from registry.quality.rerank import CrossEncoder
 
 
 def _environment_state(git: Git, ref: str | None, environment: str | None) -> RegistryState:
@@ -40,10 +42,12 @@ ReaderOptions = tuple[str | None, str | None]
 
 def chat_reader(options: ReaderOptions | None) -> ChatReader | None:
     """The reader when asked for (a URL or model given, or REGISTRY_READER_URL set)."""
+    from registry.quality import reader  # the HTTP client needs numpy (extra `ingest`)
+
     url, model = options or (None, None)
-    if url is None and model is None and not os.environ.get(reader_module.URL_ENV):
+    if url is None and model is None and not os.environ.get(reader.URL_ENV):
         return None
-    return ChatReader.from_env(url, model)
+    return reader.ChatReader.from_env(url, model)
 
 
 RerankOptions = tuple[Path | None, Path | None]
@@ -58,6 +62,8 @@ def cross_encoder(options: RerankOptions | None) -> CrossEncoder | None:
     if model is None or tokenizer is None:
         raise UsageError("--rerank-model and --rerank-tokenizer go together",
                          fix="pass both: the cross-encoder's .onnx file and its tokenizer.json")
+    from registry.quality.rerank import CrossEncoder
+
     return CrossEncoder(model, tokenizer)
 
 

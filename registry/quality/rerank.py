@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from registry.errors import EmbedderError
 from registry.extras import require
 from registry.tokenizer import file_hash
@@ -35,6 +33,8 @@ def quantiles(scores: Sequence[float]) -> dict[str, float]:
     """q10..q90 (linear interpolation), the count and the mean of the scores."""
     if not scores:
         return {}
+    import numpy as np  # here: health imports this module for `drift`, and needs no numpy
+
     values = np.asarray(scores, dtype=np.float64)
     found = {f"q{round(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES}
     return found | {"count": float(len(values)), "mean": float(values.mean())}
@@ -77,6 +77,8 @@ class CrossEncoder:
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """One relevance score per passage (higher: more relevant)."""
+        import numpy as np  # onnxruntime's own dependency, present whenever a session is
+
         scores: list[float] = []
         for start in range(0, len(passages), self._batch_size):
             batch = passages[start:start + self._batch_size]
