@@ -577,8 +577,8 @@ def ce_drift(conn: psycopg.Connection[Any], target: ChunkTable) -> dict[str, Any
     if baseline is None or latest is None:
         return None
     return {"model": latest.model_name, "model_hash": latest.model_hash,
-            "baseline_at": baseline.at.isoformat(timespec="seconds"),
-            "at": latest.at.isoformat(timespec="seconds"),
+            "baseline_at": rfc3339(baseline.at),
+            "at": rfc3339(latest.at),
             "baseline": baseline.quantiles, "current": latest.quantiles,
             "drift": round(rerank.drift(latest.quantiles, baseline.quantiles), 4)}
 
