@@ -123,7 +123,8 @@ def tune(
 def lock_chosen(git: Git, result: TuneResult, base: LockedConfig, found: ResolvedTokenizer, *,
                 pr: bool) -> dict[str, Any]:
     """`registry lock` of the chosen trial's parameters (branch lock/<version>, and its pull
-    request with `pr`), its measured metrics as baseline_metrics."""
+    request with `pr`), its measured metrics as baseline_metrics; the base's embedder pin kept
+    (a format 2 base locks a format 2 config)."""
     from registry.commands.configs import lock
 
     best = result.best
@@ -135,7 +136,7 @@ def lock_chosen(git: Git, result: TuneResult, base: LockedConfig, found: Resolve
                   overlap_ratio=best.params["overlap_ratio"],
                   jaccard_threshold=best.params["jaccard_threshold"],
                   prefix_policy=best.params["prefix_policy"], embedder=base.embedder_name,
-                  embedder_max_tokens=base.embedder_max_tokens,
+                  embedder_max_tokens=base.embedder_max_tokens, embedder_spec=base.embedder,
                   tokenizer=base.tokenizer_name, tokenizer_file=found.path,
                   baseline_metrics=metrics,
                   description=f"registry tune run {result.run_id}, trial {best.number} "

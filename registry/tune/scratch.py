@@ -26,7 +26,14 @@ from psycopg import sql
 
 from registry.config import LockedConfig
 from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
-from registry.database.chunk_table import ChunkTable, search_index_ddl, table_ddl
+from registry.database.chunk_table import (
+    EMBEDDING_COLUMN,
+    ChunkTable,
+    VectorColumn,
+    hnsw_index_name,
+    search_index_ddl,
+    table_ddl,
+)
 from registry.database.connection import tune_lock_key
 from registry.errors import Busy
 
@@ -48,6 +55,8 @@ class ScratchSchema:
     token: str
     name: str
     tables: list[str] = field(default_factory=list)
+    vector: VectorColumn | None = None
+    """The embedding column every trial table gets (a base config that pins an embedder)."""
 
     @classmethod
     def create(cls, conn: psycopg.Connection[Any], token: str) -> ScratchSchema:
@@ -77,7 +86,8 @@ class ScratchSchema:
                                config_hash=config.config_hash,
                                prefix_policy=config.prefix_policy,
                                chunk_size=config.chunk_size, token_budget=config.token_budget,
-                               unlogged=True, marker=False, generated_tsv=False)
+                               unlogged=True, marker=False, generated_tsv=False,
+                               vector=self.vector)
         self.conn.execute(statements[0])
         self.tables.append(table)
         return ChunkTable(config, self.name, table)
@@ -88,6 +98,11 @@ class ScratchSchema:
         (doc_id, chunk_index) and flagged-rows indexes of a served table are left out: no
         query of the evaluation reads them."""
         self.conn.execute(search_index_ddl(self.name, target.table))
+        if self.vector is not None:  # the HNSW index the dense half of hybrid reads
+            self.conn.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {}.{})").format(
+                sql.Identifier(hnsw_index_name(target.table)), target.identifier,
+                sql.Identifier(EMBEDDING_COLUMN), sql.Identifier(self.vector.type_schema),
+                sql.Identifier(self.vector.opclass)))
 
     def no_flush(self) -> None:
         """Within a transaction: commit without waiting for the WAL flush. A scratch table is

@@ -42,11 +42,21 @@ from psycopg import sql
 from registry import faults
 from registry.config import LockedConfig
 from registry.database import bookkeeping
-from registry.database.chunk_table import ROW_COLUMNS, ChunkTable
+from registry.database.chunk_table import (
+    EMBEDDING_COLUMN,
+    ROW_COLUMNS,
+    VECTOR_EXTENSION,
+    ChunkTable,
+    VectorColumn,
+)
 from registry.database.connection import connect, database_error
-from registry.errors import UsageError
+from registry.embedding.base import Embedder
+from registry.embedding.spec import EmbedderSpec
+from registry.errors import Refused, UsageError
 from registry.extras import require
 from registry.ingest.pipeline import DedupMode
+from registry.ingest.vectors import PassageEmbedder
+from registry.quality import retrieval as retrieval_modes
 from registry.quality.evaluation import (
     DEFAULT_K,
     DEFAULT_TOP,
@@ -214,16 +224,57 @@ class Bm25Retrieval:
         return evaluate_table(conn, target, cases, k=self.k, top=self.top, match=self.match)
 
 
-def retrieval_for(base: LockedConfig, settings: TuneSettings) -> TrialRetrieval:
-    """The retrieval the gate uses for configs like `base`: BM25 today.
+@dataclass(frozen=True)
+class HybridRetrieval:
+    """The gate's retrieval for a table with vectors (`retrieval.plan` with no mode asked for:
+    hybrid, reciprocal rank fusion of BM25 and the HNSW nearest neighbours), each query
+    embedded with the pin's query prefix. `passages` embeds the trial rows' embedding_texts
+    through the content-addressed cache, so a text any earlier trial or ingest embedded with
+    the same pin is read, not computed."""
 
-    Extension point for configs that pin an embedder (issue 16): the gate's hybrid retrieval
-    goes here, its passage vectors read through the embedding cache keyed by the embedder's
-    fingerprint and the embedding_text, so a trial embeds only the texts no earlier trial (nor
-    any ingest) embedded: chunks that no parameter change moved keep their vectors.
-    """
-    del base  # BM25 reads only the table
-    return Bm25Retrieval(settings.k, settings.top, settings.match)
+    embedder: Embedder
+    spec: EmbedderSpec
+    k: int = DEFAULT_K
+    top: int = DEFAULT_TOP
+    match: MatchMode = "any"
+
+    def evaluate(self, conn: psycopg.Connection[Any], target: ChunkTable,
+                 cases: Sequence[Case]) -> EvalResult:
+        chosen = retrieval_modes.plan(conn, target, None)
+        return evaluate_table(conn, target, cases, k=self.k, top=self.top, match=self.match,
+                              plan=chosen, embedder=self.embedder)
+
+    def passages(self, conn: psycopg.Connection[Any]) -> PassageEmbedder:
+        return PassageEmbedder(self.embedder, conn, self.spec)
+
+
+def retrieval_for(base: LockedConfig, settings: TuneSettings) -> TrialRetrieval:
+    """The retrieval the gate uses for tables of configs like `base`: hybrid when it pins an
+    embedder (the embedder loaded and its fingerprint checked against the pin), BM25 else."""
+    if base.embedder is None:
+        return Bm25Retrieval(settings.k, settings.top, settings.match)
+    from registry.ingest.pipeline import locked_embedder
+
+    embedder, _ = locked_embedder(base, None)
+    assert embedder is not None
+    return HybridRetrieval(embedder, base.embedder, settings.k, settings.top, settings.match)
+
+
+def vector_column(conn: psycopg.Connection[Any], spec: EmbedderSpec) -> VectorColumn:
+    """The trial tables' embedding column: pgvector created in this database if it is not yet
+    and this role may (as `registry reconcile` does), refused in one line otherwise."""
+    from registry.reconciler.actual import read_vector_support
+
+    support = read_vector_support(conn)
+    if support.type_schema is None:
+        if not support.usable:
+            message, fix = support.refusal()
+            raise Refused(f"registry tune: {message}", fix=fix)
+        conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(
+            sql.Identifier(VECTOR_EXTENSION)))
+        support = read_vector_support(conn)
+    assert support.type_schema is not None
+    return VectorColumn(spec.dimension, spec.normalize, support.type_schema)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,16 +410,33 @@ class TsvCache:
 
 
 def _load(conn: psycopg.Connection[Any], target: ChunkTable, rows: TrialRows,
-          tsv: TsvCache) -> None:
+          tsv: TsvCache, vectors: Sequence[str] | None = None) -> None:
     """COPY the trial's rows, bm25_tsv from the run's cache (the texts it lacks computed by the
-    server first)."""
+    server first), and with `vectors` each row's embedding (pgvector's text form)."""
     tsv.fill(conn, [row[4] for row in rows.rows])
-    copy_sql = sql.SQL("COPY {} ({}, bm25_tsv) FROM STDIN").format(
-        target.identifier, sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS)))
+    columns = [*ROW_COLUMNS, "bm25_tsv", *([EMBEDDING_COLUMN] if vectors is not None else [])]
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        target.identifier, sql.SQL(", ").join(map(sql.Identifier, columns)))
     values = tsv.values
     with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
-        for row in rows.rows:
-            copy.write_row((*row, values[row[4]]))
+        for n, row in enumerate(rows.rows):
+            extra = (vectors[n],) if vectors is not None else ()
+            copy.write_row((*row, values[row[4]], *extra))
+
+
+def _embed(conn: psycopg.Connection[Any], evaluation: HybridRetrieval, rows: TrialRows,
+           outcome: TrialOutcome) -> list[str]:
+    """The rows' passage vectors, through the embedding cache (its writes committed before
+    the trial's table, so a later trial reuses them even if this one fails); computed vs
+    reused and the seconds recorded in the trial's details."""
+    passages = evaluation.passages(conn)
+    vectors = passages.vectors([row[3] for row in rows.rows])
+    counts = passages.counts
+    outcome.details.update({"vectors_computed": counts.computed,
+                            "vectors_reused": counts.reused,
+                            "embed_s": round(counts.stage_seconds, 4),
+                            "model_s": round(counts.model_seconds, 4)})
+    return [retrieval_modes.vector_literal(vector.tolist()) for vector in vectors]
 
 
 def _size(conn: psycopg.Connection[Any], target: ChunkTable) -> int:
@@ -416,7 +484,7 @@ def run_tune(
     study = _study(settings, settings.trials)
     from optuna.trial import TrialState
 
-    retrieval = retrieval_for(base, settings)
+    evaluation = retrieval_for(base, settings)
     first, rest = staged(cases, settings.seed)
     margin = max(PRUNE_MARGIN, 2 / len(first)) if rest else 0.0
     conn = connect(dsn, purpose="tune")
@@ -430,6 +498,11 @@ def run_tune(
         token = uuid.uuid4().hex[:12]
         scratch = ScratchSchema.create(conn, token)
         try:
+            if isinstance(evaluation, HybridRetrieval):
+                scratch.vector = vector_column(conn, evaluation.spec)
+                conn.execute("SELECT set_config('search_path', %s, false)",
+                             (sql.SQL(", ").join(map(sql.Identifier, dict.fromkeys(
+                                 (scratch.name, scratch.vector.type_schema)))).as_string(conn),))
             run_id = bookkeeping.start_tune_run(
                 conn, token, registry=registry, source=source, cases_file=cases_file,
                 cases=len(cases),
@@ -448,7 +521,7 @@ def run_tune(
                 on_start(result)
             started = time.monotonic()
             try:
-                _trials(conn, study, TrialState, scratch, retrieval, base, corpus, first, rest,
+                _trials(conn, study, TrialState, scratch, evaluation, base, corpus, first, rest,
                         margin, settings, result, on_trial, on_trial_loaded, started)
             except BaseException as err:
                 status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
@@ -527,21 +600,25 @@ def _build_and_measure(conn: psycopg.Connection[Any], scratch: ScratchSchema,
                        on_trial_loaded: Callable[[int], None] | None) -> None:
     """Load the trial's rows into its scratch table, evaluate in two stages (pruning after the
     first), and drop the table."""
+    vectors = _embed(conn, retrieval, rows, outcome) \
+        if isinstance(retrieval, HybridRetrieval) else None
     clock = time.perf_counter()
     try:
         with conn.transaction():  # one commit for the table, its rows and its indexes
             scratch.no_flush()
             target = scratch.create_table(config, number)
-            _load(conn, target, rows, tsv)
+            _load(conn, target, rows, tsv, vectors)
             scratch.index(target)
         index_bytes = _size(conn, target)
         outcome.details["load_s"] = round(time.perf_counter() - clock, 4)
-        outcome.details["build_s"] = round(rows.seconds + time.perf_counter() - clock, 4)
+        outcome.details["build_s"] = round(rows.seconds + outcome.details.get("embed_s", 0.0)
+                                           + time.perf_counter() - clock, 4)
         faults.point("tune", "trial", "loaded")
         if on_trial_loaded is not None:
             on_trial_loaded(number)
         clock = time.perf_counter()
         early = retrieval.evaluate(conn, target, first)
+        outcome.details["retrieval"] = early.retrieval
         subset = _stage_metrics(early, rows, index_bytes)
         if rest:
             outcome.details["subset_metrics"] = subset

@@ -1,0 +1,95 @@
+"""`registry tune` on a base config that pins an embedder (issue 18, item 1): every trial table
+gets the embedding column and its HNSW index, its passages embedded through the content-addressed
+cache (a later trial computes only the texts no earlier trial embedded), and the trial is judged
+by hybrid retrieval, as the gate judges tables with vectors. `--lock-best` keeps the pin.
+
+A tiny corpus and two trials: the int8 MiniLM embeds a few short chunks a second on the shared
+cores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from registry.commands.tune import tune
+from registry.config import load_locked
+from registry.embedding.onnx import installed_model
+from registry.embedding.spec import EmbedderSpec
+from registry.tune.scratch import SCRATCH_PREFIX
+from tests.embedding.conftest import needs_minilm
+from tests.embedding.test_ingest_vectors import DOCUMENTS, lock, minilm_spec
+from tests.helpers import RegistryRepo
+from tests.test_vector_tables import needs_pgvector
+
+pytestmark = needs_minilm
+__all__ = ["minilm_spec"]  # the fixture, imported for this module's tests
+
+CASES = [
+    {"query_id": "q1", "query": "What do cats eat?", "gt_answer": "fish and chicken"},
+    {"query_id": "q2", "query": "What does a rollback revert?",
+     "gt_answer": "reverts the promotion commit"},
+]
+LONG = ("# Guide\n\n" + " ".join(f"Step {n} moves the chunk registry forward by one careful "
+                                 "change." for n in range(12)) + "\n")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> RegistryRepo:
+    return RegistryRepo.create(tmp_path, installed_model("all-MiniLM-L6-v2-int8")[1])
+
+
+def test_trials_of_an_embedder_pin_carry_vectors_reuse_them_and_are_judged_hybrid(
+        repo: RegistryRepo, dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec) -> None:
+    needs_pgvector(dsn)
+    version = lock(repo, minilm_spec)
+    source = tmp_path / "docs"
+    source.mkdir()
+    for name, text in {**DOCUMENTS, "guide.md": LONG}.items():
+        (source / name).write_text(text)
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text("".join(json.dumps(case) + "\n" for case in CASES))
+    loaded: dict[int, tuple[int, int, str]] = {}
+
+    def look(number: int) -> None:
+        with psycopg.connect(dsn) as conn:
+            schema = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, "
+                                  "%s)", (SCRATCH_PREFIX,)).fetchone()
+            assert schema is not None
+            table = f'"{schema[0]}"."trial_{number}"'
+            row = conn.execute(f"SELECT count(*), count(embedding), "
+                               f"min(vector_dims(embedding)) FROM {table}").fetchone()
+            index = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND "
+                                 "indexname = %s", (schema[0], f"trial_{number}_hnsw")).fetchone()
+        assert row is not None and index is not None
+        loaded[number] = (row[0], row[1], index[0])
+        assert row[2] == minilm_spec.dimension
+
+    result = tune(repo.path, source=source, cases=cases, dsn=dsn, base=version, trials=2,
+                  tokenizer_file=repo.tokenizer_file,
+                  chunk_size="40:100", overlap="0:0", jaccard="0.8:0.8", prefix_policy="A",
+                  seed=1, objectives=("oracle_hit_rate", "index_bytes"), lock_best=True,
+                  on_trial_loaded=look)
+
+    built = [t for t in result.trials if "build_s" in t.details]
+    assert len(built) == 2, [t.to_dict() for t in result.trials]
+    for trial in built:
+        rows, with_vectors, index = loaded[trial.number]
+        assert rows == with_vectors == trial.metrics["rows"] > 0
+        assert "USING hnsw" in index and "vector_ip_ops" in index
+        assert trial.details["retrieval"] == "hybrid"
+        assert trial.details["vectors_computed"] + trial.details["vectors_reused"] == rows
+    first, second = built
+    assert first.details["vectors_computed"] > 0
+    # two chunk sizes: the sections shorter than both are the same passages, read back
+    assert first.params["chunk_size"] != second.params["chunk_size"]
+    assert second.details["vectors_reused"] > 0
+    assert second.details["vectors_computed"] < first.details["vectors_computed"]
+    assert result.locked is not None
+    locked = result.locked
+    chosen, _ = load_locked(repo.git("show", f"{locked['branch']}:configs/"
+                                     f"{locked['chunk_version']}.yaml").encode(), "lock")
+    assert chosen.embedder is not None
+    assert chosen.embedder.fingerprint == minilm_spec.fingerprint
