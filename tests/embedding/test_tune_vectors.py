@@ -9,19 +9,22 @@ cores."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from registry.commands.tune import tune
 from registry.config import load_locked
 from registry.embedding.onnx import installed_model
 from registry.embedding.spec import EmbedderSpec
 from registry.tune.scratch import SCRATCH_PREFIX
+from tests.database import Database
 from tests.embedding.conftest import needs_minilm
 from tests.embedding.test_ingest_vectors import DOCUMENTS, lock, minilm_spec
-from tests.helpers import RegistryRepo
+from tests.helpers import RegistryRepo, run_cli
 from tests.test_vector_tables import needs_pgvector
 
 pytestmark = needs_minilm
@@ -36,6 +39,17 @@ LONG = ("# Guide\n\n" + " ".join(f"Step {n} moves the chunk registry forward by 
                                  "change." for n in range(12)) + "\n")
 
 
+def corpus(root: Path) -> tuple[Path, Path]:
+    """(source directory, cases file): four short documents, two cases."""
+    source = root / "docs"
+    source.mkdir()
+    for name, text in {**DOCUMENTS, "guide.md": LONG}.items():
+        (source / name).write_text(text)
+    cases = root / "cases.jsonl"
+    cases.write_text("".join(json.dumps(case) + "\n" for case in CASES))
+    return source, cases
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> RegistryRepo:
     return RegistryRepo.create(tmp_path, installed_model("all-MiniLM-L6-v2-int8")[1])
@@ -45,12 +59,7 @@ def test_trials_of_an_embedder_pin_carry_vectors_reuse_them_and_are_judged_hybri
         repo: RegistryRepo, dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec) -> None:
     needs_pgvector(dsn)
     version = lock(repo, minilm_spec)
-    source = tmp_path / "docs"
-    source.mkdir()
-    for name, text in {**DOCUMENTS, "guide.md": LONG}.items():
-        (source / name).write_text(text)
-    cases = tmp_path / "cases.jsonl"
-    cases.write_text("".join(json.dumps(case) + "\n" for case in CASES))
+    source, cases = corpus(tmp_path)
     loaded: dict[int, tuple[int, int, str]] = {}
 
     def look(number: int) -> None:
@@ -93,3 +102,28 @@ def test_trials_of_an_embedder_pin_carry_vectors_reuse_them_and_are_judged_hybri
                                      f"{locked['chunk_version']}.yaml").encode(), "lock")
     assert chosen.embedder is not None
     assert chosen.embedder.fingerprint == minilm_spec.fingerprint
+
+
+def test_without_pgvector_a_tune_of_an_embedder_pin_is_refused_in_one_line(
+        repo: RegistryRepo, dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec) -> None:
+    """A role that may not CREATE EXTENSION vector (PG18), or a server without it (PG15)."""
+    version = lock(repo, minilm_spec)
+    source, cases = corpus(tmp_path)
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin = Database(dsn)
+    admin.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD \'pw\'')
+    admin.execute(f'GRANT CREATE ON DATABASE "{conninfo_to_dict(dsn)["dbname"]}" TO "{role}"')
+    try:
+        result = run_cli("tune", "--repo", repo.path, "--source", source, "--cases", cases,
+                         "--base", version, "--tokenizer-file", repo.tokenizer_file,
+                         "--dsn", make_conninfo(dsn, user=role, password="pw"),
+                         "--trials", "1", "--chunk-size", "40:40")
+
+        assert result.code == 7, result.stdout + result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "`CREATE EXTENSION vector;`" in result.stderr
+        assert admin.query("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+                           (SCRATCH_PREFIX,)) == []
+    finally:
+        admin.execute(f'DROP OWNED BY "{role}"')
+        Database(make_conninfo(dsn, dbname="postgres")).execute(f'DROP ROLE IF EXISTS "{role}"')
