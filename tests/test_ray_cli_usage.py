@@ -34,3 +34,20 @@ def test_an_unknown_engine_is_refused_by_the_cli(registry_repo: RegistryRepo, tm
     result = run_cli("ingest", "v", "--repo", registry_repo.path, "--source", tmp_path,
                      "--engine", "spark")
     assert result.code == 2
+
+
+def test_a_config_that_pins_an_embedder_is_refused_by_the_ray_engine_before_any_work(
+    registry_repo: RegistryRepo, tmp_path: Path
+) -> None:
+    from registry.embedding.spec import EmbedderSpec
+    from registry.tokenizer import file_hash
+
+    spec = EmbedderSpec(backend="openai", name="test-embedder", dimension=8, normalize=True,
+                        max_tokens=512, tokenizer_hash=file_hash(registry_repo.tokenizer_file),
+                        fingerprint="sha256:" + "12" * 32)
+    version = registry_repo.locked(chunk_size=200, embedder_spec=spec)
+    result = run_cli("ingest", version, "--repo", registry_repo.path, "--source", tmp_path,
+                     "--dsn", "postgresql://nobody@127.0.0.1:1/none", "--engine", "ray")
+    assert result.code == 2, result
+    assert f"--engine ray does not embed yet, and {version} pins an embedder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1042,6 +1042,8 @@ def ingest(
     the embedding cache on a third). `engine="ray"` runs it as a Ray Data pipeline."""
     check_engine(engine, ray_address)
     target = chunk_table(state, version)
+    if engine == "ray" and target.config.embedder is not None:
+        raise ray_cannot_embed(target.chunk_version)
     embedder, tokenizer_file = locked_embedder(target.config, tokenizer_file, embedder_model,
                                                embedder_tokenizer)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
@@ -1051,10 +1053,6 @@ def ingest(
         "on_problem": on_problem, "into_production": into_production,
         "max_change": DEFAULT_MAX_CHANGE if max_change is None else max_change}
     if engine == "ray":
-        if embedder is not None:
-            raise UsageError(f"--engine ray does not embed yet, and {target.chunk_version} "
-                             "pins an embedder", fix="ingest it with the built-in engine "
-                             "(leave out --engine ray)")
         from registry.ingest.ray_engine import run_ray_ingest
 
         return run_ray_ingest(target, source, dsn, tokenizer_json, address=ray_address,
@@ -1063,6 +1061,13 @@ def ingest(
 
 
 Engine = Literal["builtin", "ray"]
+
+
+def ray_cannot_embed(chunk_version: str) -> UsageError:
+    """The Ray pipeline's embed stage passes rows through: a config that pins an embedder is
+    refused rather than loaded without its vectors."""
+    return UsageError(f"--engine ray does not embed yet, and {chunk_version} pins an embedder",
+                      fix="ingest it with the built-in engine (leave out --engine ray)")
 
 
 def check_engine(engine: str, ray_address: str | None) -> None:
@@ -1139,13 +1144,15 @@ def ingest_pending(
     reports = []
     for version in versions:
         target = chunk_table(state, version)
+        if engine == "ray" and target.config.embedder is not None:
+            raise ray_cannot_embed(target.chunk_version)
         embedder, tokenizer_file = locked_embedder(target.config,
                                                    by_hash.get(target.config.tokenizer_hash))
         tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
         options: dict[str, Any] = {"dedup": dedup, "workers": default_workers(workers),
                                    "strict": strict, "on_progress": on_progress,
                                    "on_problem": on_problem}
-        if engine == "ray" and embedder is None:
+        if engine == "ray":
             from registry.ingest.ray_engine import run_ray_ingest
 
             reports.append(run_ray_ingest(target, source, dsn, tokenizer_json,
