@@ -57,6 +57,7 @@ def _peak_rss_mb(*args: str | Path) -> tuple[float, subprocess.CompletedProcess[
     return int(kilobytes) / 1024, proc
 
 
+@pytest.mark.timeout(900)  # a 16 MB ingest on one worker; the suite's 300 s is for ordinary tests
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_one_worker_stays_under_the_bound_on_the_worst_shapes(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, shape: str,
