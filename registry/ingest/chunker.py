@@ -646,7 +646,7 @@ class CompactEncoding:
             np.empty(len(text) + 16, dtype=dtype) for _ in range(3)]
         count, position, word_base = 0, 0, 0
         while position < len(text):
-            stop = _segment_end(tokenizer, text, position)
+            stop = _segment_end(text, position)
             encoding = tokenizer.encode(text[position:stop], add_special_tokens=False)
             offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) + position
             ids = np.array([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
@@ -678,12 +678,12 @@ class CompactEncoding:
         return int(self._words[index])
 
 
-def _segment_end(tokenizer: Tokenizer, text: str, start: int) -> int:
+def _segment_end(text: str, start: int) -> int:
     """Where a segment starting at `start` ends: the last blank line (else line end, else
     space) before start + SEGMENT_CHARS, else the first whitespace within SEGMENT_CHARS after
     it. Text without whitespace that far (a pathological document: an encoding holds ~540
-    bytes a token, so one 16 MB segment of punctuation took 7 GB) is cut where the tokenizer
-    itself starts a new pre-token (`_pre_token_edge`), else at the limit: a segment is never
+    bytes a token, so one 16 MB segment of punctuation took 7 GB) is cut where a word meets
+    punctuation, where pre-tokenizers split anyway, else at the limit: a segment is never
     longer than 2 x SEGMENT_CHARS, whatever the shape of the text."""
     limit = start + SEGMENT_CHARS
     if limit >= len(text):
@@ -695,40 +695,13 @@ def _segment_end(tokenizer: Tokenizer, text: str, start: int) -> int:
     after = _WHITESPACE.search(text, limit, limit + SEGMENT_CHARS)
     if after:
         return after.start()
-    return _pre_token_edge(tokenizer, text, start, limit) or limit
-
-
-def _pre_token_edge(tokenizer: Tokenizer, text: str, start: int, limit: int) -> int | None:
-    """The last place in (start, limit] where the tokenizer's own normalizer and pre-tokenizer
-    start a new word, read off one encoding of a bounded window around it.
-
-    A guess at the pre-tokenizer (a regex's `\\w` against punctuation) cuts where it does not
-    split: `_` is a word character to a regex but punctuation to BERT, `a©` one word to BERT
-    but two to a regex, so the halves re-tokenized differently from the whole. Words touching
-    a window end that is not the segment start or the text end may be partial and are not
-    trusted as edges."""
-    low = max(start, limit - _EDGE_WINDOW)
-    high = min(len(text), limit + _EDGE_WINDOW)
-    encoding = tokenizer.encode(text[low:high], add_special_tokens=False)
-    word_ids = encoding.word_ids
-    if not word_ids:
-        return None
-    first = word_ids[0] if low > start else None
-    last = word_ids[-1] if high < len(text) else None
-    best = None
-    for index in range(1, len(word_ids)):
-        word = word_ids[index]
-        if word == word_ids[index - 1] or word == last or word_ids[index - 1] == first:
-            continue
-        edge = low + encoding.offsets[index][0]
-        if edge > limit:
-            break
-        if edge > start:
-            best = edge
-    return best
+    edges = [m.start() for m in _WORD_EDGE.finditer(text, max(start + 1, limit - _EDGE_WINDOW),
+                                                    limit)]
+    return edges[-1] if edges else limit
 
 
 _WHITESPACE = re.compile(r"\s")
+_WORD_EDGE = re.compile(r"(?<=\w)(?=[^\w\s])|(?<=[^\w\s])(?=\w)")
 _EDGE_WINDOW = 4096
 
 
