@@ -6,11 +6,14 @@ holding the view, and an embedded server. Imported as `pgload` by the bench scri
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -50,27 +53,22 @@ def make_tables(dsn: str, count: int) -> list[str]:
 class ReadLoop:
     """New short reads of production, back to back (`pause` seconds apart), each timed; a
     failed read is recorded in `errors` and timed like the others. On exit the loop goes on
-    until it holds `at_least` latencies."""
+    until it holds `at_least` latencies. The loop runs in a process of its own: in a thread it
+    would share the interpreter lock with whatever it measures, and count that work's Python
+    time as reader stall."""
 
     def __init__(self, dsn: str, query: str = PRODUCTION_READ, pause: float = 0.0,
                  at_least: int = 0) -> None:
         self.dsn, self.query, self.pause, self.at_least = dsn, query, pause, at_least
         self.latencies: list[float] = []
         self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stop.is_set() or len(self.latencies) < self.at_least:
-                started = time.perf_counter()
-                try:
-                    conn.execute(self.query).fetchall()
-                except psycopg.Error as err:
-                    self.errors.append(str(err))
-                self.latencies.append(time.perf_counter() - started)
-                if self.pause:
-                    time.sleep(self.pause)
+        context = multiprocessing.get_context("spawn")
+        self.stop = context.Event()
+        self.receiver, sender = context.Pipe(duplex=False)
+        self.started = context.Event()
+        self.process = context.Process(
+            target=_read_loop, args=(dsn, query, pause, at_least, self.stop, self.started,
+                                     sender), daemon=True)
 
     def run_for(self, seconds: float) -> list[float]:
         with self:
@@ -78,12 +76,35 @@ class ReadLoop:
         return self.latencies
 
     def __enter__(self) -> ReadLoop:
-        self.thread.start()
+        self.process.start()
+        if not self.started.wait(60):
+            self.process.kill()
+            raise RuntimeError("the read loop did not start reading within 60 s")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.thread.join()
+        self.latencies, self.errors = self.receiver.recv()
+        self.process.join()
+
+
+def _read_loop(dsn: str, query: str, pause: float, at_least: int, stop: Any, started: Any,
+               results: Connection) -> None:
+    """The body of `ReadLoop`'s process: (latencies, errors) go back through `results`."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started.set()
+        while not stop.is_set() or len(latencies) < at_least:
+            began = time.perf_counter()
+            try:
+                conn.execute(query).fetchall()
+            except psycopg.Error as err:
+                errors.append(str(err))
+            latencies.append(time.perf_counter() - began)
+            if pause:
+                time.sleep(pause)
+    results.send((latencies, errors))
 
 
 def hold_the_view(dsn: str, seconds: float, reading: threading.Event | None = None) -> None:

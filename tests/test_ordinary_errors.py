@@ -85,9 +85,9 @@ def test_an_eval_case_postgres_cannot_store_is_refused_at_its_line(
 DAMAGE = {
     "version row deleted": "DELETE FROM {s}.schema_version",
     "version table dropped": "DROP TABLE {s}.schema_version",
-    "ingest_runs dropped": "DROP TABLE {s}.ingest_runs",
-    "eval_runs dropped": "DROP TABLE {s}.eval_runs",
-    "health_reports dropped": "DROP TABLE {s}.health_reports",
+    "ingest_runs dropped": "DROP TABLE {s}.ingest_runs CASCADE",
+    "eval_runs dropped": "DROP TABLE {s}.eval_runs CASCADE",
+    "health_reports dropped": "DROP TABLE {s}.health_reports CASCADE",
     "managed_tables column dropped": "ALTER TABLE {s}.managed_tables DROP COLUMN status",
 }
 

@@ -1462,34 +1462,38 @@ def publish_served_state(
     """Store what `environment` serves; the version is bumped (and listeners notified) only
     when it changed. `tables` are the tables it serves now: each one stops being served (its
     served_until is set) when it leaves. (version, changed); run it in one transaction."""
-    row = conn.execute(sql.SQL(
-        "INSERT INTO {t} AS s (registry, environment, state, git_commit) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (registry, environment) DO UPDATE SET version = s.version + 1, "
-        "state = EXCLUDED.state, git_commit = EXCLUDED.git_commit, updated_at = now() "
-        "WHERE s.state IS DISTINCT FROM EXCLUDED.state RETURNING version").format(
-        t=SERVED_STATE), (registry, environment, Jsonb(dict(state)), commit)).fetchone()
-    changed = row is not None
-    if row is None:
-        row = conn.execute(sql.SQL("SELECT version FROM {} WHERE registry = %s AND "
-                                   "environment = %s").format(SERVED_STATE),
-                           (registry, environment)).fetchone()
-        assert row is not None
     schemas = [s for s, _ in tables]
     names = [t for _, t in tables]
-    conn.execute(sql.SQL(
-        "INSERT INTO {t} (registry, environment, schema_name, table_name) "
-        "SELECT %s, %s, s, t FROM unnest(%s::text[], %s::text[]) AS u(s, t) "
+    # One statement (one round trip): the data-modifying parts touch disjoint rows, and the
+    # version falls back to the row as it was when nothing changed.
+    row = conn.execute(sql.SQL(
+        "WITH published AS (INSERT INTO {state} AS s (registry, environment, state, git_commit) "
+        "VALUES (%(registry)s, %(environment)s, %(state)s, %(commit)s) "
+        "ON CONFLICT (registry, environment) DO UPDATE SET version = s.version + 1, "
+        "state = EXCLUDED.state, git_commit = EXCLUDED.git_commit, updated_at = now() "
+        "WHERE s.state IS DISTINCT FROM EXCLUDED.state RETURNING version), "
+        "serving AS (INSERT INTO {tables} (registry, environment, schema_name, table_name) "
+        "SELECT %(registry)s, %(environment)s, s, t "
+        "FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS u(s, t) "
         "ON CONFLICT (registry, environment, schema_name, table_name) "
-        "DO UPDATE SET served_until = NULL").format(t=SERVED_TABLES),
-        (registry, environment, schemas, names))
-    conn.execute(sql.SQL(
-        "UPDATE {t} SET served_until = now() WHERE registry = %s AND environment = %s "
-        "AND served_until IS NULL AND (schema_name, table_name) NOT IN "
-        "(SELECT s, t FROM unnest(%s::text[], %s::text[]) AS u(s, t))").format(t=SERVED_TABLES),
-        (registry, environment, schemas, names))
-    if changed:
-        conn.execute("SELECT pg_notify(%s, %s)", (SERVED_CHANNEL, f"{registry}/{environment}"))
-    return int(row[0]), changed
+        "DO UPDATE SET served_until = NULL), "
+        "stopped AS (UPDATE {tables} SET served_until = now() WHERE registry = %(registry)s "
+        "AND environment = %(environment)s AND served_until IS NULL "
+        "AND (schema_name, table_name) NOT IN "
+        "(SELECT s, t FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS u(s, t))) "
+        "SELECT (SELECT version FROM published), "
+        "(SELECT version FROM {state} WHERE registry = %(registry)s "
+        "AND environment = %(environment)s), "
+        "(SELECT pg_notify(%(channel)s, %(registry)s || '/' || %(environment)s) "
+        "FROM published)").format(state=SERVED_STATE, tables=SERVED_TABLES),
+        {"registry": registry, "environment": environment, "state": Jsonb(dict(state)),
+         "commit": commit, "schemas": schemas, "names": names, "channel": SERVED_CHANNEL},
+    ).fetchone()
+    assert row is not None
+    changed = row[0] is not None
+    version = row[0] if changed else row[1]
+    assert version is not None
+    return int(version), changed
 
 
 READ_SERVED = sql.SQL(

@@ -275,8 +275,8 @@ def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
                                                 else distributed.Decisions())
             counts = IngestReport(run.chunk_version, run.ingest_run_id, run.table, run.source,
                                   run.dedup, run.workers)
-            conn.execute(sql.SQL("DELETE FROM {} WHERE shard = %s AND doc_seq = ANY(%s)").format(
-                target), (shard, [seq for seq, _ in documents]))
+            conn.execute(sql.SQL("DELETE FROM {} WHERE shard = {} AND doc_seq = ANY({})").format(
+                target, sql.Literal(shard), sql.Literal([seq for seq, _ in documents])))
             with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
                 copy.set_types([*COPY_TYPES, "int4", "int8"])
                 for seq, result in documents:

@@ -228,7 +228,7 @@ def _expected_template(conn: psycopg.Connection[Any], prefix_policy: str, regist
     placeholder values: the DDL run (as a temporary table, rolled back) so that the comparison
     follows it on every PostgreSQL version."""
     name = f"chunk_registry_expected_{prefix_policy.lower()}"
-    with conn.transaction(force_rollback=True):
+    with conn.pipeline(), conn.transaction(force_rollback=True):
         for statement in table_ddl(
             "pg_temp", name, chunk_version=_PLACEHOLDER_VERSION, config_hash="0" * 64,
             prefix_policy=prefix_policy, chunk_size=_PLACEHOLDER_CHUNK_SIZE,
