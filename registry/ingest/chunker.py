@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from tokenizers import PreTokenizedString
 
 from registry.config import PREFIX_MARKER, LockedConfig
 from registry.tokenizer import splits_on_whitespace
@@ -646,7 +647,7 @@ class CompactEncoding:
             np.empty(len(text) + 16, dtype=dtype) for _ in range(3)]
         count, position, word_base = 0, 0, 0
         while position < len(text):
-            stop = _segment_end(text, position)
+            stop = _segment_end(tokenizer, text, position)
             encoding = tokenizer.encode(text[position:stop], add_special_tokens=False)
             offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) + position
             ids = np.array([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
@@ -678,13 +679,13 @@ class CompactEncoding:
         return int(self._words[index])
 
 
-def _segment_end(text: str, start: int) -> int:
+def _segment_end(tokenizer: Tokenizer, text: str, start: int) -> int:
     """Where a segment starting at `start` ends: the last blank line (else line end, else
     space) before start + SEGMENT_CHARS, else the first whitespace within SEGMENT_CHARS after
     it. Text without whitespace that far (a pathological document: an encoding holds ~540
-    bytes a token, so one 16 MB segment of punctuation took 7 GB) is cut where a word meets
-    punctuation, where pre-tokenizers split anyway, else at the limit: a segment is never
-    longer than 2 x SEGMENT_CHARS, whatever the shape of the text."""
+    bytes a token, so one 16 MB segment of punctuation took 7 GB) is cut where the tokenizer's
+    own normalizer and pre-tokenizer start a new word (`_pre_token_edge`), else at the limit:
+    a segment is never longer than 2 x SEGMENT_CHARS, whatever the shape of the text."""
     limit = start + SEGMENT_CHARS
     if limit >= len(text):
         return len(text)
@@ -695,14 +696,41 @@ def _segment_end(text: str, start: int) -> int:
     after = _WHITESPACE.search(text, limit, limit + SEGMENT_CHARS)
     if after:
         return after.start()
-    edges = [m.start() for m in _WORD_EDGE.finditer(text, max(start + 1, limit - _EDGE_WINDOW),
-                                                    limit)]
-    return edges[-1] if edges else limit
+    return _pre_token_edge(tokenizer, text, start, limit) or limit
+
+
+def _pre_token_edge(tokenizer: Tokenizer, text: str, start: int, limit: int) -> int | None:
+    """The last place in (start, limit] where the tokenizer's normalizer and pre-tokenizer
+    start a new word, read off a bounded window around `limit` (no model: a few microseconds
+    a segment). The model encodes each word alone, so both sides of such a cut tokenize as
+    in the whole; a regex's guess of word edges does not (`_` is a word character to a regex
+    but punctuation to BERT). Words touching a window end that is not the segment start or the
+    text end may be partial and are not trusted as edges."""
+    if tokenizer.pre_tokenizer is None:
+        return None
+    low = max(start, limit - _EDGE_WINDOW)
+    high = min(len(text), limit + _EDGE_WINDOW)
+    words = PreTokenizedString(text[low:high])
+    normalizer = tokenizer.normalizer
+    if normalizer is not None:
+        words.normalize(normalizer.normalize)
+    tokenizer.pre_tokenizer.pre_tokenize(words)
+    spans = [span for _, span, _ in words.get_splits(offset_referential="original",
+                                                      offset_type="char")]
+    best = None
+    for index in range(1, len(spans) - (1 if high < len(text) else 0)):
+        if index == 1 and low > start:
+            continue  # the first word may be the tail of a longer one
+        edge = low + spans[index][0]
+        if edge > limit:
+            break
+        if edge > start:
+            best = edge
+    return best
 
 
 _WHITESPACE = re.compile(r"\s")
-_WORD_EDGE = re.compile(r"(?<=\w)(?=[^\w\s])|(?<=[^\w\s])(?=\w)")
-_EDGE_WINDOW = 4096
+_EDGE_WINDOW = 1024
 
 
 @dataclass
