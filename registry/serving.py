@@ -391,5 +391,5 @@ def retrieval_query(
     statement = retrieval.statement(
         chosen, sql.Identifier(settings.schema, name), spec,
         sql.Placeholder("tsquery"), sql.Placeholder("embedding"), sql.Literal(k))
-    ef_search = (sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(max(40, k))),)
-    return RetrievalQuery(chosen, statement, ef_search if chosen != "bm25" else (), spec)
+    settings_sql = retrieval.vector_settings(k) if chosen != "bm25" else ()
+    return RetrievalQuery(chosen, statement, settings_sql, spec)

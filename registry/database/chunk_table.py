@@ -53,6 +53,15 @@ EMBEDDING_COLUMN = "embedding"
 (BM25-only) configs have none."""
 VECTOR_EXTENSION = "vector"
 """pgvector's extension name (`CREATE EXTENSION vector;`)."""
+VECTOR_ON_SEARCH_PATH = sql.SQL(
+    "SELECT set_config('search_path', concat_ws(', ', nullif(current_setting('search_path'), ''), "
+    "(SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n "
+    "ON n.oid = e.extnamespace WHERE e.extname = {})), false)"
+).format(sql.Literal(VECTOR_EXTENSION))
+"""Puts pgvector's schema at the end of the session's search_path: the reconciler creates the
+extension in the tables' schema when it is missing, which need not be on the path, and the
+`vector` type, its operators (`<#>`, `<=>`) and psycopg's adapter lookup resolve through it.
+Harmless when it is already there or the extension is absent."""
 
 
 @dataclass(frozen=True)

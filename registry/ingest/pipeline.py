@@ -57,6 +57,7 @@ from registry.database.chunk_table import (
     COPY_TYPES,
     EMBEDDING_COLUMN,
     ROW_COLUMNS,
+    VECTOR_ON_SEARCH_PATH,
     ChunkTable,
     chunk_table,
     require_table,
@@ -683,6 +684,7 @@ def _register_vector(data: psycopg.Connection[Any]) -> list[str]:
     extras.require("pgvector", "an ingest with vectors")
     from pgvector.psycopg import register_vector
 
+    data.execute(VECTOR_ON_SEARCH_PATH)  # the adapter looks the type up through the path
     register_vector(data)
     return [*COPY_TYPES, "vector"]
 

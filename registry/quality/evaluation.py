@@ -348,7 +348,7 @@ def evaluate_table(
         raise UsageError(f"{plan.mode} retrieval needs the embedder", fix="use bm25")
     parsed = _tsqueries(conn, (c.query for c in cases))
     if plan.mode != "bm25":
-        retrieval.set_ef_search(conn, k)
+        retrieval.prepare_vector_reads(conn, k)
     name = target.identifier
     result = EvalResult(target.chunk_version, target.qualified, k, top, match,
                         retrieval=plan.mode, note=plan.note,

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from registry.config import LockedConfig
-from registry.database.chunk_table import EMBEDDING_COLUMN, ChunkTable
+from registry.database.chunk_table import EMBEDDING_COLUMN, VECTOR_ON_SEARCH_PATH, ChunkTable
 from registry.embedding.spec import EmbedderSpec
 from registry.errors import EmbedderError, Refused, UsageError
 from registry.extras import require
@@ -171,9 +171,18 @@ def statement(mode: RetrievalMode, table: sql.Composable, spec: EmbedderSpec | N
     return hybrid_statement(table, spec, tsquery, vector, k)
 
 
-def set_ef_search(conn: psycopg.Connection[Any], k: int) -> None:
-    """HNSW returns at most hnsw.ef_search rows (default 40): ask for at least k."""
-    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(max(40, k)),))
+def prepare_vector_reads(conn: psycopg.Connection[Any], k: int) -> None:
+    """The session settings a dense or hybrid statement needs: pgvector's schema on the
+    search_path, and hnsw.ef_search at least k (HNSW returns at most that many rows, 40 by
+    default)."""
+    for statement in vector_settings(k):
+        conn.execute(statement)
+
+
+def vector_settings(k: int) -> tuple[sql.Composed, ...]:
+    """The statements of `prepare_vector_reads`, for an application to run."""
+    return (VECTOR_ON_SEARCH_PATH,
+            sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(max(40, k))))
 
 
 def rrf(lists: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float]]:
