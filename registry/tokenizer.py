@@ -195,6 +195,15 @@ def special_token_count(tokenizer: Tokenizer) -> int:
     return int(tokenizer.num_special_tokens_to_add(False))
 
 
+def passage_prefix_tokens(tokenizer: Tokenizer, prefix: str) -> int | None:
+    """Tokens of an embedder's passage prefix as the chunking tokenizer counts them (None
+    without a prefix): the count `registry lock` and `registry tune` both hold against the
+    token budget."""
+    if not prefix:
+        return None
+    return len(tokenizer.encode(prefix, add_special_tokens=False).ids)
+
+
 def require_hash(resolved: ResolvedTokenizer, expected: str, where: str) -> None:
     """Refuse to count tokens with a tokenizer other than the one the config was locked with."""
     if resolved.hash != expected:

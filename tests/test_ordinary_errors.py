@@ -122,3 +122,45 @@ def test_a_dsn_that_cannot_be_encoded_is_a_usage_error(
     result = run_cli("status", "--repo", shadow.repo.path, "--no-fetch", "--dsn", bad_dsn)
     assert result.code == 2, result
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_wrapped_driver_error_keeps_exit_13_for_a_missing_right(
+    shadow: Shadow, stranger: str  # noqa: F811
+) -> None:
+    """`database_error` (ingest's load, tune, reconcile, environments) maps a missing right as
+    the central `explain` does, not to a generic "database error" (exit 1)."""
+    from registry.database.connection import database_error, explain
+
+    with psycopg.connect(stranger, autocommit=True) as conn, \
+            pytest.raises(psycopg.Error) as caught:
+        conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(shadow.table)))
+    wrapped = database_error(caught.value, stranger, "loading the table")
+    central = explain(caught.value)
+    assert central is not None and wrapped.exit_code == central.exit_code == 13
+    assert str(wrapped) == str(central)
+
+
+def test_a_role_that_may_not_write_the_chunk_table_gets_exit_13_from_ingest_loading(
+    shadow: Shadow, stranger: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """Rights on the bookkeeping schema and SELECT on the shadow table, not INSERT: the COPY
+    fails inside ingest's "database error while loading" path, which must say 13."""
+    role = psycopg.conninfo.conninfo_to_dict(stranger)["user"]
+    with psycopg.connect(shadow.dsn, autocommit=True) as admin:
+        schema = admin.execute("SELECT schemaname FROM pg_tables WHERE tablename = %s",
+                               (shadow.table,)).fetchone()
+        assert schema is not None
+        who = sql.Identifier(str(role))
+        book = sql.Identifier(BOOKKEEPING_SCHEMA)
+        admin.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(book, who))
+        admin.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA {} TO {}").format(book, who))
+        admin.execute(sql.SQL("GRANT ALL ON ALL SEQUENCES IN SCHEMA {} TO {}").format(book, who))
+        admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(schema[0]), who))
+        admin.execute(sql.SQL("GRANT SELECT ON {}.{} TO {}").format(
+            sql.Identifier(schema[0]), sql.Identifier(shadow.table), who))
+    result = run_cli(*commands(shadow, tmp_path, stranger)["ingest"])
+    assert result.code == 13, result
+    assert "permission denied" in result.stderr and len(result.stderr.splitlines()) == 1
+    failed = shadow.runs()
+    assert failed and failed[-1]["status"] == "failed", failed

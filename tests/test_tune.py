@@ -416,3 +416,159 @@ def test_a_trial_is_hopeless_only_when_beaten_clearly_on_every_hit_rate_and_no_w
     close = {**weak, "filter_hit_rate": 0.55}  # within the margin on one hit rate: kept
     assert hopeless(close, done, objectives, margin=0.1) is None
     assert hopeless(weak, done, ("index_bytes",), margin=0.1) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Every trial is a config `registry lock` accepts; bad numbers are usage errors (exit 2)
+
+
+def _pinned_base(passage_prefix: str) -> Any:
+    from registry.embedding.spec import EmbedderSpec
+
+    spec = EmbedderSpec.from_dict({
+        "backend": "onnx", "name": "m", "dimension": 384, "normalize": True,
+        "max_tokens": 256, "pooling": "mean", "model_hash": "sha256:" + "1" * 64,
+        "tokenizer_hash": "sha256:" + "0" * 64, "query_prefix": "query: ",
+        "passage_prefix": passage_prefix, "fingerprint": "sha256:" + "2" * 64}, "test")
+    return locked_config(schema_version=2, embedder=spec, embedder_name="m",
+                         embedder_max_tokens=256)
+
+
+@pytest.mark.parametrize(("base", "prefix_tokens"), [
+    (locked_config(embedder_max_tokens=512), None),
+    (locked_config(embedder_max_tokens=2048), None),
+    (_pinned_base(""), None),
+    (_pinned_base("passage: "), 3),
+    (_pinned_base("Represent this document for retrieval: "), 9),
+])
+def test_the_space_ends_at_the_largest_chunk_size_the_lock_guardrail_accepts(
+    base: Any, prefix_tokens: int | None
+) -> None:
+    """The ceiling is asked of `guardrail_violations` with the passage prefix as lock counts
+    it: the largest size passes the lock's check, one more fails it."""
+    from dataclasses import replace
+
+    from registry.config import guardrail_violations
+
+    def refused(size: int) -> bool:
+        return any(f == "chunk_size" for f, _, _ in guardrail_violations(
+            replace(base, chunk_size=size), 2, prefix_tokens))
+
+    space, _ = parse_space(base, special_tokens=2, passage_prefix_tokens=prefix_tokens,
+                           chunk_size="1:1000")
+    ceiling = space.chunk_size[1]
+    assert all(not refused(size) for size in range(1, ceiling + 1))
+    assert ceiling == 1000 or refused(ceiling + 1)
+    if base.embedder is not None and prefix_tokens:
+        assert ceiling == 256 - 32 - 2 - prefix_tokens
+        with pytest.raises(ConfigInvalid, match="passage prefix"):
+            parse_space(base, special_tokens=2, passage_prefix_tokens=prefix_tokens,
+                        chunk_size=f"{ceiling + 1}:600")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "nan:0.1", "0:inf", "-inf:0.1"])
+@pytest.mark.parametrize("option", ["overlap", "jaccard", "chunk_size"])
+def test_non_finite_ranges_are_usage_errors(option: str, value: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"finite|whole numbers"):
+        parse_space(locked_config(), special_tokens=2, **{option: value})
+    key = {"overlap": "overlap_ratio", "jaccard": "jaccard_threshold"}.get(option, option)
+    space_file = tmp_path / "space.yaml"
+    for written in (".nan", "nan", ".inf"):  # YAML's own refuses at its line; a string too
+        space_file.write_text(f"{key}: [{written}, 0.9]\n")
+        with pytest.raises((UsageError, ConfigInvalid), match=r"finite|whole numbers"):
+            parse_space(locked_config(), special_tokens=2, space_file=space_file)
+
+
+@pytest.mark.parametrize("options", [
+    ["--objectives", ""], ["--objectives", ","], ["--objectives", " , "],
+    ["--overlap", "nan"], ["--jaccard", "nan:0.9"], ["--overlap", "0:inf"],
+    ["--jaccard", "-inf:0.9"], ["--chunk-size", "nan"], ["--chunk-size", "inf"],
+    ["--timeout", "nan"], ["--timeout", "inf"], ["--embedder-max-tokens", "0"],
+    ["--trials", "0"],
+])
+def test_unusable_tune_options_are_usage_errors_before_any_work(
+    registry_repo: RegistryRepo, tmp_path: Path, options: list[str]
+) -> None:
+    """Exit 2 in one line, never "unexpected error" (exit 3) nor a database error (exit 1)."""
+    result = run_cli("tune", "--repo", registry_repo.path, "--source", DEMO / "corpus",
+                     "--cases", DEMO / "cases.jsonl", "--tokenizer-file",
+                     registry_repo.tokenizer_file, "--dsn", "postgresql://nobody@127.0.0.1:1/x",
+                     *options)
+    assert result.code == 2, result
+    assert "unexpected" not in result.stderr and "database" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The printed hint locks the config tuned; a role without rights gets exit 13
+
+
+def _comparable(config: Any) -> Any:
+    """A config with what differs between two locks of the same config blanked out."""
+    from dataclasses import replace
+
+    return replace(config, chunk_version="", created_at="", created_by="",
+                   baseline_metrics={}, description=None)
+
+
+def test_the_printed_lock_hint_locks_exactly_the_tuned_config(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    import shlex
+    from dataclasses import replace
+
+    from registry.config import load_locked
+
+    version = registry_repo.locked(chunk_size=200, embedder="intfloat/e5-small-v2",
+                                   embedder_max_tokens=300,
+                                   tokenizer="my-tokenizer")
+    base, _ = load_locked(registry_repo.read(f"configs/{version}.yaml").encode(), "base")
+    result = run_cli(*_tune_args(registry_repo, dsn, trials=2), "--seed", "1")
+    assert result.code == 0, result.stderr
+    hints = [line for line in result.stdout.splitlines() if line.startswith("lock it: ")]
+    assert len(hints) == 1, result.stdout
+    argv = shlex.split(hints[0].removeprefix("lock it: ").split(" (or rerun")[0])
+    assert argv[:2] == ["registry", "lock"]
+    locked = run_cli(*argv[1:], "--format", "json")
+    assert locked.code == 0, locked.stderr
+    made = json.loads(locked.stdout)
+    config, _ = load_locked(registry_repo.git("show", f"{made['branch']}:{made['path']}"
+                                              ).encode(), "hint")
+    best = re_best(result.stdout)
+    assert (config.chunk_size, config.overlap_ratio, config.jaccard_threshold,
+            config.prefix_policy) == best
+    tuned = replace(base, chunk_size=best[0], overlap_ratio=best[1], jaccard_threshold=best[2],
+                    prefix_policy=best[3])
+    assert _comparable(config) == _comparable(tuned)
+    assert config.config_hash == tuned.config_hash
+
+
+def re_best(stdout: str) -> tuple[int, float, float, str]:
+    """(chunk_size, overlap, jaccard, prefix) of the "best (prefer ...)" line's label."""
+    import re
+
+    found = re.search(r"best \(prefer \w+\): trial #\d+ (\d+)/([\d.]+)/J=([\d.]+)/prefix-(\w)",
+                      stdout)
+    assert found, stdout
+    return int(found[1]), float(found[2]), float(found[3]), found[4]
+
+
+def test_a_role_without_create_on_the_database_gets_exit_13_from_tune(
+    registry_repo: RegistryRepo, dsn: str
+) -> None:
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    registry_repo.locked()
+    role = f"stranger_{os.getpid()}_{random.randrange(10**6)}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        args = _tune_args(registry_repo, make_conninfo(dsn, user=role), trials=1)
+        result = run_cli(*args)
+        assert result.code == 13, result
+        assert result.stderr.startswith("error: the database role lacks a right"), result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import threading
 from collections.abc import Iterator
@@ -107,7 +108,7 @@ def tune(
     embedder: Annotated[str, typer.Option(
         help="Embedder name when the registry holds no config yet.")] = "BAAI/bge-large-en-v1.5",
     embedder_max_tokens: Annotated[int, typer.Option(
-        help="The embedder's maximum input tokens (no config yet).")] = 512,
+        min=1, help="The embedder's maximum input tokens (no config yet).")] = 512,
     lock_best: Annotated[bool, typer.Option(
         "--lock-best", help="Lock the chosen trial's config (branch lock/<version>) with its "
         "metrics as baseline_metrics.")] = False,
@@ -187,8 +188,8 @@ def tune(
         else:
             say(f"Next: git push origin {locked['branch']}, then open a pull request and "
                 "merge it.")
+    elif result.lock_command is not None:
+        say(f"lock it: {shlex.join(result.lock_command)} (or rerun with --lock-best)")
     else:
-        p = result.best.params
-        say(f"lock it: registry lock --chunk-size {p['chunk_size']} --overlap-ratio "
-            f"{p['overlap_ratio']} --jaccard-threshold {p['jaccard_threshold']} "
-            f"--prefix-policy {p['prefix_policy']} (or rerun with --lock-best)")
+        say("lock it: rerun with --lock-best (this base's embedder pin cannot be written as "
+            "`registry lock` options)")

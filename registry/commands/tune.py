@@ -10,13 +10,19 @@ from typing import Any
 from registry.config import LockedConfig, utc_now
 from registry.database import bookkeeping
 from registry.database.connection import resolve_dsn, session
-from registry.errors import ConfigInvalid
+from registry.errors import ConfigInvalid, UsageError
 from registry.extras import require
-from registry.ingest.pipeline import MAX_DOCUMENT_BYTES, DedupMode
+from registry.ingest.pipeline import MAX_DOCUMENT_BYTES, DedupMode, locked_embedder
 from registry.quality.evaluation import DEFAULT_K, DEFAULT_TOP, MatchMode, load_cases
 from registry.repository.git import Git
 from registry.repository.state import RegistryState, committed_state
-from registry.tokenizer import ResolvedTokenizer, require_hash, resolve, special_token_count
+from registry.tokenizer import (
+    ResolvedTokenizer,
+    passage_prefix_tokens,
+    require_hash,
+    resolve,
+    special_token_count,
+)
 from registry.tune.corpus import TokenizedCorpus
 from registry.tune.space import parse_space
 from registry.tune.study import DEFAULT_OBJECTIVES, TrialOutcome, TuneResult, TuneSettings, run_tune
@@ -85,39 +91,80 @@ def tune(
     require("optuna", "registry tune")
     require("numpy", "registry tune")
     settings = TuneSettings(trials=trials, timeout=timeout, seed=seed, objectives=objectives,
-                            prefer=prefer or objectives[0], dedup=dedup, k=k, top=top,
-                            match=match)
+                            prefer=prefer or next(iter(objectives), ""), dedup=dedup, k=k,
+                            top=top, match=match)
     settings.check()
+    if embedder_max_tokens < 1:
+        raise UsageError(f"--embedder-max-tokens {embedder_max_tokens} must be at least 1")
     git = Git(repo)
     state = committed_state(git, ref)
-
-    def resolved(name: str) -> ResolvedTokenizer:
-        return resolve(name, tokenizer_file, repo_root=git.root)
-
-    config, from_registry = base_config(state, base, embedder=embedder,
-                                        embedder_max_tokens=embedder_max_tokens,
-                                        tokenizer=tokenizer, resolved=resolved)
-    found = resolved(config.tokenizer_name)
+    config, from_registry = base_config(
+        state, base, embedder=embedder, embedder_max_tokens=embedder_max_tokens,
+        tokenizer=tokenizer,
+        resolved=lambda name: resolve(name, tokenizer_file, repo_root=git.root))
+    # The pinned embedder and the chunking tokenizer exactly as ingest finds them (an onnx
+    # model package's own tokenizer.json serves when it is the locked one).
+    pinned, chunking_file = locked_embedder(config, tokenizer_file)
+    found = resolve(config.tokenizer_name, chunking_file, repo_root=git.root)
     if from_registry:
         require_hash(found, config.tokenizer_hash, "--tokenizer-file" if tokenizer_file
                      else config.tokenizer_name)
     tokenizer_json = found.path.read_text("utf-8")
     loaded = found.load()
-    space, notes = parse_space(config, special_tokens=special_token_count(loaded),
-                               chunk_size=chunk_size, overlap=overlap, jaccard=jaccard,
-                               prefix_policy=prefix_policy, space_file=space_file)
+    space, notes = parse_space(
+        config, special_tokens=special_token_count(loaded),
+        passage_prefix_tokens=passage_prefix_tokens(
+            loaded, config.embedder.passage_prefix if config.embedder else ""),
+        chunk_size=chunk_size, overlap=overlap, jaccard=jaccard, prefix_policy=prefix_policy,
+        space_file=space_file)
     eval_cases = load_cases(cases)
     corpus = TokenizedCorpus.read(source, tokenizer_json, max_document_bytes=max_document_bytes)
     resolved_dsn = resolve_dsn(dsn)
     result = run_tune(resolved_dsn.value, config, corpus, eval_cases, space, settings,
                       source=str(source), cases_file=str(cases),
-                      registry=state.settings.identity, notes=notes, on_start=on_start,
-                      on_trial=on_trial, on_trial_loaded=on_trial_loaded)
+                      registry=state.settings.identity, notes=notes, embedder=pinned,
+                      on_start=on_start, on_trial=on_trial, on_trial_loaded=on_trial_loaded)
+    if result.best is not None:
+        result.lock_command = lock_command(git, config, result.best.params, found)
     if lock_best:
         result.locked = lock_chosen(git, result, config, found, pr=pr)
         with session(resolved_dsn.value, purpose="tune") as conn:
             bookkeeping.set_tune_locked(conn, result.run_id, result.locked)
     return result
+
+
+def lock_command(git: Git, base: LockedConfig, params: dict[str, Any],
+                 found: ResolvedTokenizer) -> list[str] | None:
+    """The `registry lock` argv that locks `params` with every pin of `base` (embedder name
+    and length, tokenizer and its file, and a format 2 base's onnx embedder with its files,
+    pooling, normalization and prefixes), so the printed hint locks the config tuned. None
+    when the pin cannot be spelled as options (an openai endpoint, a model file not
+    installed): `--lock-best` locks it then."""
+    argv = ["registry", "lock", "--repo", str(git.root),
+            "--chunk-size", str(params["chunk_size"]),
+            "--overlap-ratio", f"{params['overlap_ratio']:g}",
+            "--jaccard-threshold", f"{params['jaccard_threshold']:g}",
+            "--prefix-policy", str(params["prefix_policy"]),
+            "--embedder", base.embedder_name,
+            "--embedder-max-tokens", str(base.embedder_max_tokens),
+            "--tokenizer", base.tokenizer_name, "--tokenizer-file", str(found.path.resolve())]
+    spec = base.embedder
+    if spec is None:
+        return argv
+    if spec.backend != "onnx":
+        return None
+    from registry.embedding.locked import installed_files
+
+    model, own_tokenizer = installed_files(spec)
+    if model is None or own_tokenizer is None:
+        return None
+    argv += ["--embedder-onnx", str(model), "--embedder-tokenizer", str(own_tokenizer),
+             "--embedder-normalize" if spec.normalize else "--no-embedder-normalize",
+             "--embedder-query-prefix", spec.query_prefix,
+             "--embedder-passage-prefix", spec.passage_prefix]
+    if spec.pooling:
+        argv += ["--embedder-pooling", spec.pooling]
+    return argv
 
 
 def lock_chosen(git: Git, result: TuneResult, base: LockedConfig, found: ResolvedTokenizer, *,

@@ -348,15 +348,22 @@ def explain(err: BaseException) -> RegistryError | None:
         import psycopg
     except ImportError:  # a light install without the database extra: no driver error either
         return None
-    from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
-
     if not isinstance(err, psycopg.Error):
         return None
-    state = err.sqlstate or ""
     reason = first_line(err)
     if unavailable(err):
         return DatabaseUnavailable(f"the database went away: {reason}",
                                    fix="check that the server is up, then rerun")
+    return _rights_or_damage(err, reason)
+
+
+def _rights_or_damage(err: psycopg.Error, reason: str) -> RegistryError | None:
+    """A missing right (exit 13) or a hand-edited bookkeeping schema (exit 14), else None:
+    shared by `explain` and `database_error`, so a command that wraps its driver errors keeps
+    the exit code of one that lets them escape."""
+    from registry.database.bookkeeping import BOOKKEEPING_SCHEMA
+
+    state = err.sqlstate or ""
     if state == "42501":
         return DatabasePermission(
             f"the database role lacks a right this command needs: {reason}",
@@ -409,6 +416,10 @@ def database_error(err: Exception, dsn: str, doing: str) -> RegistryError:
     if unavailable(err):
         return DatabaseUnavailable(f"lost the database while {doing}: {reason}",
                                    fix="check the server, then rerun")
+    if isinstance(err, psycopg.Error):
+        known = _rights_or_damage(err, reason)
+        if known is not None:
+            return known
     return RegistryError(f"database error while {doing}: {reason}")
 
 

@@ -1100,11 +1100,19 @@ def locked_embedder(config: LockedConfig, tokenizer_file: Path | None,
         found_model, found_tokenizer = installed_files(config.embedder)
         options = {"model_file": model_file or found_model,
                    "tokenizer_file": embedder_tokenizer or found_tokenizer}
-        own = options["tokenizer_file"]
-        if tokenizer_file is None and own is not None \
-                and file_hash(Path(own)) == config.tokenizer_hash:
-            tokenizer_file = Path(own)
+        tokenizer_file = chunking_tokenizer_file(config, tokenizer_file,
+                                                 options["tokenizer_file"])
     return verified_embedder(config, **options), tokenizer_file
+
+
+def chunking_tokenizer_file(config: LockedConfig, tokenizer_file: Path | None,
+                            embedder_tokenizer: Path | None) -> Path | None:
+    """`tokenizer_file`, else the embedder's own tokenizer.json when its hash is the config's
+    tokenizer_hash: the one rule ingest and tune follow, so neither asks for a second copy."""
+    if tokenizer_file is not None or embedder_tokenizer is None:
+        return tokenizer_file
+    own = Path(embedder_tokenizer)
+    return own if file_hash(own) == config.tokenizer_hash else None
 
 
 def default_workers(workers: int | None) -> int:

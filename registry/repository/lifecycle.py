@@ -56,7 +56,7 @@ from registry.repository.history import (
 )
 from registry.repository.runbook import render
 from registry.repository.state import RegistryState, parse_config_file, read_state
-from registry.tokenizer import resolve, special_token_count
+from registry.tokenizer import passage_prefix_tokens, resolve, special_token_count
 
 if TYPE_CHECKING:
     import psycopg
@@ -184,10 +184,8 @@ def lock(
     resolved = resolve(tokenizer_name, tokenizer_file, repo_root=git.root)
     loaded = resolved.load()
     special = special_token_count(loaded)
-    prefix_tokens = None
-    if embedder_spec is not None and embedder_spec.passage_prefix:
-        prefix_tokens = len(loaded.encode(embedder_spec.passage_prefix,
-                                          add_special_tokens=False).ids)
+    prefix_tokens = (None if embedder_spec is None
+                     else passage_prefix_tokens(loaded, embedder_spec.passage_prefix))
     when = now or utc_now()
     config_data: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION if embedder_spec is None else EMBEDDER_SCHEMA_VERSION,

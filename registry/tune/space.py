@@ -4,13 +4,15 @@ enforces, so every trial is a config `registry lock` would accept.
 
 A range outside the hard bounds of the schema (chunk 1..1000, overlap 0..0.5, Jaccard 0.5..1)
 is refused. The token budget depends on the embedder (chunk_size + the 32-token prefix budget
-+ the special tokens within min(embedder_max_tokens, 1024)), so a chunk-size range reaching past
-it is cut at the largest size the lock would take, and the cut is said.
++ the special tokens + a pinned embedder's passage prefix, within min(embedder_max_tokens,
+1024)), so a chunk-size range reaching past it is cut at the largest size the lock would take
+(found with the lock's own guardrail check), and the cut is said.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from registry.config import (
     MIN_JACCARD,
     PREFIX_BUDGET_TOKENS,
     LockedConfig,
+    guardrail_violations,
     parse_yaml,
 )
 from registry.errors import ConfigInvalid, UsageError
@@ -49,33 +52,56 @@ class SearchSpace:
                 "prefix_policy": list(self.prefix_policies)}
 
 
-def max_chunk_size(base: LockedConfig, special_tokens: int) -> int:
-    """The largest chunk_size a lock with `base`'s embedder accepts (the guardrail of
-    `config.guardrail_violations`)."""
-    return min(MAX_CHUNK_SIZE, base.token_budget - PREFIX_BUDGET_TOKENS - special_tokens)
+def max_chunk_size(base: LockedConfig, special_tokens: int,
+                   passage_prefix_tokens: int | None = None) -> int:
+    """The largest chunk_size a lock of `base`'s embedder and tokenizer accepts (0: none):
+    asked of `config.guardrail_violations` itself, with the passage prefix counted as the lock
+    counts it, so the space can never drift from the lock's rule."""
+
+    def fits(size: int) -> bool:
+        config = replace(base, chunk_size=size)
+        return not any(field == "chunk_size" for field, _, _ in guardrail_violations(
+            config, special_tokens, passage_prefix_tokens))
+
+    low, high = 0, MAX_CHUNK_SIZE  # fits(low) or low == 0; the rule is monotone in the size
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def parse_space(
-    base: LockedConfig, *, special_tokens: int, chunk_size: str | None = None,
+    base: LockedConfig, *, special_tokens: int, passage_prefix_tokens: int | None = None,
+    chunk_size: str | None = None,
     overlap: str | None = None, jaccard: str | None = None, prefix_policy: str | None = None,
     space_file: Path | None = None,
 ) -> tuple[SearchSpace, list[str]]:
     """The space from the options (a given option wins over `space_file`, which wins over the
-    defaults), checked and cut to the guardrails; and notes on what was cut."""
+    defaults), checked and cut to the guardrails; and notes on what was cut.
+    `passage_prefix_tokens`: the pinned embedder's passage prefix counted by the tokenizer
+    (`tokenizer.passage_prefix_tokens`), as `registry lock` counts it."""
     from_file = _read_space_file(space_file) if space_file is not None else {}
     notes: list[str] = []
     sizes = _int_range(chunk_size or from_file.get("chunk_size") or DEFAULT_CHUNK_SIZE,
                        "--chunk-size")
-    ceiling = max_chunk_size(base, special_tokens)
+    ceiling = max_chunk_size(base, special_tokens, passage_prefix_tokens)
+    passage = (f"{passage_prefix_tokens} tokens of the passage prefix "
+               f"{base.embedder.passage_prefix!r}"
+               if base.embedder is not None and passage_prefix_tokens else "")
+    minus, plus = (f" - {passage}", f" and {passage}") if passage else ("", "")
     if not 1 <= sizes[0] <= sizes[1] <= MAX_CHUNK_SIZE or sizes[0] > ceiling:
         raise ConfigInvalid(
             f"--chunk-size {sizes[0]}:{sizes[1]} is outside the guardrail 1..{ceiling} (token "
             f"budget {base.token_budget} of {base.embedder_name} - {PREFIX_BUDGET_TOKENS} prefix "
-            f"tokens - {special_tokens} special tokens)", fix=f"search sizes up to {ceiling}")
+            f"tokens - {special_tokens} special tokens{minus})",
+            fix=f"search sizes up to {ceiling}")
     if sizes[1] > ceiling:
         notes.append(f"chunk_size range cut to {sizes[0]}:{ceiling}: larger chunks exceed the "
                      f"token budget {base.token_budget} with the {PREFIX_BUDGET_TOKENS}-token "
-                     f"prefix and {special_tokens} special tokens")
+                     f"prefix, {special_tokens} special tokens{plus}")
         sizes = (sizes[0], ceiling)
     overlaps = _float_range(overlap or from_file.get("overlap_ratio") or DEFAULT_OVERLAP,
                             "--overlap", 0.0, MAX_OVERLAP_RATIO)
@@ -131,11 +157,15 @@ def _int_range(text: str, option: str) -> tuple[int, int]:
 
 
 def _float_range(text: str, option: str, lowest: float, highest: float) -> tuple[float, float]:
+    """A range of finite numbers: NaN passes every comparison below, and inf is no ratio."""
     try:
         low, high = (round(float(p), RATIO_DECIMALS) for p in _bounds(text, option))
     except ValueError:
         raise UsageError(f"{option} {text!r} is not a range of numbers",
                          fix=f"write e.g. {option} {lowest:g}:{highest:g}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UsageError(f"{option} {text!r} is not a range of finite numbers",
+                         fix=f"write e.g. {option} {lowest:g}:{highest:g}")
     if low > high:
         raise UsageError(f"{option} {text!r} starts above its end", fix="write LOW:HIGH")
     if low < lowest or high > highest:

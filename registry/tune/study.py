@@ -107,11 +107,14 @@ class TuneSettings:
     match: MatchMode = "any"
 
     def check(self) -> None:
-        unknown = [o for o in self.objectives if o not in OBJECTIVES]
-        if unknown or not self.objectives:
-            raise UsageError(f"--objectives {','.join(self.objectives)}: unknown "
-                             f"{', '.join(unknown) or 'empty'}",
+        """Refuse settings no study can run as a usage error (exit 2), before any work."""
+        if not self.objectives:
+            raise UsageError("--objectives names no metric",
                              fix=f"choose among {', '.join(OBJECTIVES)}")
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if unknown:
+            raise UsageError(f"--objectives {','.join(self.objectives)}: unknown "
+                             f"{', '.join(unknown)}", fix=f"choose among {', '.join(OBJECTIVES)}")
         if len(set(self.objectives)) != len(self.objectives):
             raise UsageError("--objectives names a metric twice")
         if self.prefer not in self.objectives:
@@ -120,6 +123,9 @@ class TuneSettings:
                              fix="prefer one of the objectives, or add it to --objectives")
         if self.trials < 1:
             raise UsageError(f"--trials {self.trials} must be at least 1")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout >= 0):
+            raise UsageError(f"--timeout {self.timeout:g} is not a number of seconds",
+                             fix="give a finite number of seconds, or leave --timeout out")
         if not 1 <= self.top <= self.k:
             raise UsageError(f"--top {self.top} must be between 1 and --k {self.k}")
 
@@ -170,6 +176,9 @@ class TuneResult:
     best: TrialOutcome | None = None
     seconds: float = 0.0
     locked: dict[str, Any] | None = None
+    lock_command: list[str] | None = None
+    """`registry lock` argv that locks the chosen trial with every pin of the base (None:
+    it cannot be written as options; `--lock-best` can still lock it)."""
 
     def front(self) -> list[TrialOutcome]:
         by_number = {t.number: t for t in self.trials}
@@ -200,6 +209,7 @@ class TuneResult:
             "pareto": [t.to_dict() for t in self.front()],
             "best": self.best.to_dict() if self.best else None,
             "seconds": round(self.seconds, 3), "timing": self.timing(), "locked": self.locked,
+            "lock_command": self.lock_command,
         }
 
 
@@ -248,14 +258,17 @@ class HybridRetrieval:
         return PassageEmbedder(self.embedder, conn, self.spec)
 
 
-def retrieval_for(base: LockedConfig, settings: TuneSettings) -> TrialRetrieval:
+def retrieval_for(base: LockedConfig, settings: TuneSettings,
+                  embedder: Embedder | None = None) -> TrialRetrieval:
     """The retrieval the gate uses for tables of configs like `base`: hybrid when it pins an
-    embedder (the embedder loaded and its fingerprint checked against the pin), BM25 else."""
+    embedder (`embedder`, else the pin's loaded as ingest loads it, fingerprint checked),
+    BM25 else."""
     if base.embedder is None:
         return Bm25Retrieval(settings.k, settings.top, settings.match)
-    from registry.ingest.pipeline import locked_embedder
+    if embedder is None:
+        from registry.ingest.pipeline import locked_embedder
 
-    embedder, _ = locked_embedder(base, None)
+        embedder, _ = locked_embedder(base, None)
     assert embedder is not None
     return HybridRetrieval(embedder, base.embedder, settings.k, settings.top, settings.match)
 
@@ -474,17 +487,19 @@ def run_tune(
     cases_file: str,
     registry: str,
     notes: Sequence[str] = (),
+    embedder: Embedder | None = None,
     on_start: Callable[[TuneResult], None] | None = None,
     on_trial: Callable[[TrialOutcome], None] | None = None,
     on_trial_loaded: Callable[[int], None] | None = None,
 ) -> TuneResult:
     """Sweep what dead runs left, then run the study in a fresh scratch schema, dropped
-    whatever happens; every trial and the outcome recorded in the bookkeeping schema."""
+    whatever happens; every trial and the outcome recorded in the bookkeeping schema.
+    `embedder`: the base's pinned embedder, already loaded and verified (else loaded here)."""
     settings.check()
     study = _study(settings, settings.trials)
     from optuna.trial import TrialState
 
-    evaluation = retrieval_for(base, settings)
+    evaluation = retrieval_for(base, settings, embedder)
     first, rest = staged(cases, settings.seed)
     margin = max(PRUNE_MARGIN, 2 / len(first)) if rest else 0.0
     conn = connect(dsn, purpose="tune")

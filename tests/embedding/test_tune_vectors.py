@@ -127,3 +127,58 @@ def test_without_pgvector_a_tune_of_an_embedder_pin_is_refused_in_one_line(
     finally:
         admin.execute(f'DROP OWNED BY "{role}"')
         Database(make_conninfo(dsn, dbname="postgres")).execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_pinned_base_tunes_without_tokenizer_file_up_to_the_size_lock_takes_and_its_hint_locks_it(
+        repo: RegistryRepo, dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec) -> None:
+    """The model package's own tokenizer.json serves tune as it serves ingest (no
+    --tokenizer-file); the largest size searched is the one `registry lock` takes with the
+    passage prefix counted; the printed hint and --lock-best lock the config tuned, pin and
+    all."""
+    import shlex
+    from dataclasses import replace
+
+    from registry.config import PREFIX_BUDGET_TOKENS
+    from registry.tokenizer import load_tokenizer, special_token_count
+
+    needs_pgvector(dsn)
+    version = lock(repo, minilm_spec)
+    base, _ = load_locked(repo.read(f"configs/{version}.yaml").encode(), "base")
+    source, cases = corpus(tmp_path)
+    tokenizer = load_tokenizer(installed_model("all-MiniLM-L6-v2-int8")[1])
+    prefix = len(tokenizer.encode(minilm_spec.passage_prefix, add_special_tokens=False).ids)
+    assert prefix
+    ceiling = (minilm_spec.max_tokens - PREFIX_BUDGET_TOKENS - special_token_count(tokenizer)
+               - prefix)
+    common = ["tune", "--repo", repo.path, "--source", source, "--cases", cases, "--base",
+              version, "--dsn", dsn, "--trials", "1", "--overlap", "0:0", "--jaccard",
+              "0.8:0.8", "--prefix-policy", "A", "--objectives", "oracle_hit_rate"]
+
+    above = run_cli(*common, "--chunk-size", f"{ceiling + 1}:600")
+    assert above.code == 1 and "passage prefix" in above.stderr, above
+
+    text = run_cli(*common, "--chunk-size", f"{ceiling - 10}:600", "--seed", "2")
+    assert text.code == 0, text.stderr
+    assert f"chunk_size range cut to {ceiling - 10}:{ceiling}" in text.stdout
+    hint = [line for line in text.stdout.splitlines() if line.startswith("lock it: ")]
+    assert len(hint) == 1, text.stdout
+    argv = shlex.split(hint[0].removeprefix("lock it: ").split(" (or rerun")[0])
+    made = run_cli(*argv[1:], "--format", "json")
+    assert made.code == 0, made.stderr
+    locked = json.loads(made.stdout)
+    hinted, _ = load_locked(repo.git("show", f"{locked['branch']}:{locked['path']}").encode(),
+                            "hint")
+    assert hinted.embedder == base.embedder
+    assert hinted.config_hash == replace(
+        base, chunk_size=hinted.chunk_size, overlap_ratio=hinted.overlap_ratio,
+        jaccard_threshold=hinted.jaccard_threshold,
+        prefix_policy=hinted.prefix_policy).config_hash
+    assert ceiling - 10 <= hinted.chunk_size <= ceiling
+
+    best = run_cli(*common, "--chunk-size", f"{ceiling}:600", "--lock-best", "--format", "json")
+    assert best.code == 0, best.stderr
+    report = json.loads(best.stdout)
+    assert report["best"]["params"]["chunk_size"] == ceiling
+    chosen, _ = load_locked(repo.git("show", f"{report['locked']['branch']}:configs/"
+                                     f"{report['locked']['chunk_version']}.yaml").encode(), "lock")
+    assert chosen.chunk_size == ceiling and chosen.embedder == base.embedder
