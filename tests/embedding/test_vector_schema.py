@@ -25,7 +25,7 @@ __all__ = ["minilm_spec"]  # the fixture, imported for this module's tests
 
 @needs_minilm
 def test_pgvector_in_a_schema_off_the_search_path_serves_every_reader(
-    dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec  # noqa: F811
+    dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec
 ) -> None:
     needs_pgvector(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
