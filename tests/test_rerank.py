@@ -15,6 +15,7 @@ from psycopg import sql
 from registry.commands.quality import dashboard_data
 from registry.database.chunk_table import chunk_table
 from registry.embedding.onnx import installed_model
+from registry.errors import EmbedderError
 from registry.quality import retrieval
 from registry.quality.rerank import CrossEncoder, drift, quantiles
 from registry.repository.git import Git
@@ -112,3 +113,19 @@ def test_rerank_options_go_together(registry_repo: RegistryRepo, tmp_path: Path)
                      "--rerank-model", tmp_path / "ce.onnx")
     assert result.code == 2 and "--rerank-model and --rerank-tokenizer go together" in \
         result.stderr
+
+
+@needs_minilm
+def test_an_embedding_model_given_as_the_cross_encoder_is_refused_in_one_line(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    """An embedding model loads as an ONNX session with the same inputs; its token vectors
+    once read as scores (the last unit of the last token) and silently reordered the chunks."""
+    model, tokenizer = installed_model("all-MiniLM-L6-v2-int8")
+    with pytest.raises(EmbedderError, match="not one relevance logit"):
+        CrossEncoder(model, tokenizer)
+    version, cases = ingested(registry_repo, dsn, tmp_path)
+    result = run_cli("eval", version, "--cases", cases, "--rerank-model", model,
+                     "--rerank-tokenizer", tokenizer, "--repo", registry_repo.path, "--dsn", dsn)
+    assert result.code == 12 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "is not a cross-encoder" in result.stderr

@@ -68,6 +68,12 @@ class CrossEncoder:
             raise EmbedderError(f"cross-encoder {model_file} takes {sorted(self._inputs)}, not "
                                 "input_ids and attention_mask",
                                 fix="pass a BERT-style ONNX cross-encoder")
+        shape = self._session.get_outputs()[0].shape
+        if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] not in (1, 2)):
+            raise EmbedderError(f"cross-encoder {model_file} outputs shape {shape}, not one "
+                                "relevance logit (or two classes) per pair: it is not a "
+                                "cross-encoder (an embedding model outputs token vectors)",
+                                fix="pass a BERT-style ONNX cross-encoder (e.g. ms-marco-MiniLM)")
         self._tokenizer: Tokenizer = load_tokenizer(Path(tokenizer_file))
         self._tokenizer.enable_truncation(max_tokens)
         self._tokenizer.enable_padding()
@@ -91,6 +97,10 @@ class CrossEncoder:
                 feeds["token_type_ids"] = np.array([e.type_ids for e in encodings],
                                                    dtype=np.int64)
             output = np.asarray(self._session.run(None, feeds)[0], dtype=np.float64)
-            column = output.reshape(len(batch), -1)[:, -1]
+            if output.shape not in ((len(batch), 1), (len(batch), 2)):
+                raise EmbedderError(f"cross-encoder {self.name} returned shape {output.shape} "
+                                    f"for {len(batch)} pairs, not one score (or two classes) each",
+                                    fix="pass a BERT-style ONNX cross-encoder")
+            column = output[:, -1]
             scores.extend(float(x) for x in column)
         return scores

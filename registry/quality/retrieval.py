@@ -2,8 +2,11 @@
 BM25 (PostgreSQL full-text search), dense (pgvector nearest neighbours of the query vector) and
 hybrid (reciprocal rank fusion of the two lists, k=60 as in Cormack et al. 2009).
 
-One statement per query, composed here once: `registry eval` measures exactly the SQL that
-`registry.serving.hybrid_query` hands to an application. Dense ranking uses the operator of the
+One statement per query, composed here once: for dense and hybrid, `registry eval` measures
+exactly the SQL that `registry.serving.retrieval_query` hands to an application. For bm25 alone
+eval ranks a bounded candidate set (`evaluation.retrieval_statement`: the rows matching the
+most query terms, at most 20 x k), which is the application's exact ranking whenever a
+question matches no more rows than that. Dense ranking uses the operator of the
 HNSW index the reconciler builds (inner product `<#>` for L2-normalised vectors, cosine `<=>`
 otherwise), so PostgreSQL can answer it from the index.
 """
