@@ -217,3 +217,16 @@ def test_any_retry_after_is_recorded_as_a_retry_of_at_most_a_day(
         assert notify(conn, settings, check, registry="r", env={"HOOK_URL": hook.url("/h")},
                       now=NOW + wait - timedelta(seconds=1)) == []
         assert len(hook.received) == 1
+
+
+@pytest.mark.parametrize("glue", ["\n", "\r\n", "\t", " ", "\x00", "\u2028", "\u200b"])
+def test_the_pieces_of_a_secret_split_by_whitespace_are_masked_wherever_they_show(
+    glue: str,
+) -> None:
+    """A library quotes such a value escaped (`\\n`) or cut at the break: no piece shows."""
+    first, second = "first-half-AAAA0000", "second-half-SECRET99"
+    scrub = Scrubber([f"tok-{first}{glue}{second}"])
+    for text in (f"Invalid header value b'Bearer tok-{first}\\n{second}'",
+                 f"nonnumeric port: '{second}'", f"tok-{first} {second}"):
+        masked = scrub(text)
+        assert first not in masked and second not in masked, masked
