@@ -207,8 +207,12 @@ def _send_email(target: Target, message: Message, env: Mapping[str, str], timeou
     refused: list[str] = []
     for recipient, notifier in notifiers:
         with apprise.LogCapture(level=logging.DEBUG) as captured:  # type: ignore[no-untyped-call]
-            sent = bool(notifier.notify(title=f"[chunk-registry] {message.headline}",
-                                        body=message.body))
+            try:
+                sent = bool(notifier.notify(title=f"[chunk-registry] {message.headline}",
+                                            body=message.body))
+            except Exception as err:  # those reached before must still be recorded
+                refused.append(f"{recipient} ({type(err).__name__})")
+                continue
         if sent:
             delivered.append(recipient)
         else:
