@@ -26,7 +26,7 @@ from registry.timestamps import rfc3339
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 10
+BOOKKEEPING_VERSION = 11
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -431,9 +431,17 @@ def _migration_10() -> list[sql.Composed | sql.SQL]:
     return [sql.SQL(text).format(s=s) for text in statements]
 
 
+def _migration_11() -> list[sql.Composed | sql.SQL]:
+    """The email recipients who already got a notification's due message: when others refused
+    it, only they are tried again (a retry of the whole target sent each retry to everyone)."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    return [sql.SQL("ALTER TABLE {s}.notifications ADD COLUMN delivered_to text[] NOT NULL "
+                    "DEFAULT '{{}}'").format(s=s)]
+
+
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
               5: _migration_5, 6: _migration_6, 7: _migration_7,
-              8: _migration_8, 9: _migration_9, 10: _migration_10}
+              8: _migration_8, 9: _migration_9, 10: _migration_10, 11: _migration_11}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -1344,6 +1352,8 @@ class Notification:
     attempts: int
     at: datetime
     """When the incident opened (or resolved, for a resolution message)."""
+    delivered_to: tuple[str, ...] = ()
+    """Email recipients who already got this message (an earlier attempt reached only some)."""
 
 
 def open_incidents(
@@ -1413,42 +1423,40 @@ def claim_due_notifications(
         "RETURNING id, kind, subject, fingerprint, target, "
         "CASE WHEN open_status = 'pending' THEN 'opened' ELSE 'resolved' END, title, "
         "CASE WHEN open_status = 'pending' THEN body ELSE resolve_body END, attempts, "
-        "CASE WHEN open_status = 'pending' THEN opened_at ELSE resolved_at END"
+        "CASE WHEN open_status = 'pending' THEN opened_at ELSE resolved_at END, delivered_to"
     ).format(n=NOTIFICATIONS), {"now": now, "lease": lease_until, "registry": registry}
     ).fetchall()
-    return sorted((Notification(*row) for row in rows), key=lambda n: n.id)
+    found = [Notification(id_, kind, subject, fp, target, phase, title, body, attempts, at,
+                          tuple(delivered))
+             for id_, kind, subject, fp, target, phase, title, body, attempts, at, delivered
+             in rows]
+    return sorted(found, key=lambda n: n.id)
 
 
 def record_delivery(
     conn: psycopg.Connection[Any], notification: Notification, now: datetime, *,
-    error: str | None, retry_at: datetime | None,
+    error: str | None, retry_at: datetime | None, delivered: Sequence[str] = (),
 ) -> None:
-    """The outcome of one attempt: sent; or failed, retried at `retry_at` (None: abandoned)."""
-    params = {"now": now, "error": error, "retry": retry_at, "id": notification.id}
-    opened = notification.phase == "opened"
-    if error is None and opened:
-        conn.execute(sql.SQL(
-            "UPDATE {n} SET open_status = 'sent', open_sent_at = %(now)s, attempts = 0, "
-            "last_error = NULL, last_attempt_at = %(now)s WHERE id = %(id)s").format(
-            n=NOTIFICATIONS), params)
-    elif error is None:
-        conn.execute(sql.SQL(
-            "UPDATE {n} SET resolve_status = 'sent', resolve_sent_at = %(now)s, attempts = 0, "
-            "last_error = NULL, last_attempt_at = %(now)s WHERE id = %(id)s").format(
-            n=NOTIFICATIONS), params)
-    elif opened:
-        conn.execute(sql.SQL(
-            "UPDATE {n} SET open_status = CASE WHEN %(retry)s::timestamptz IS NULL THEN "
-            "'abandoned' ELSE open_status END, attempts = attempts + 1, last_error = %(error)s, "
-            "next_attempt_at = coalesce(%(retry)s, next_attempt_at), last_attempt_at = %(now)s "
-            "WHERE id = %(id)s").format(n=NOTIFICATIONS), params)
+    """The outcome of one attempt: sent (the recipients list starts over for the next
+    message); or failed, retried at `retry_at` (None: abandoned), `delivered` (the recipients
+    who got it all the same) added to those a retry skips."""
+    params = {"now": now, "error": error, "retry": retry_at, "id": notification.id,
+              "delivered": list(delivered)}
+    phase = "open" if notification.phase == "opened" else "resolve"
+    if error is None:
+        statement = (
+            "UPDATE {n} SET {status} = 'sent', {sent_at} = %(now)s, attempts = 0, "
+            "last_error = NULL, last_attempt_at = %(now)s, delivered_to = '{{}}' "
+            "WHERE id = %(id)s")
     else:
-        conn.execute(sql.SQL(
-            "UPDATE {n} SET resolve_status = CASE WHEN %(retry)s::timestamptz IS NULL THEN "
-            "'abandoned' ELSE resolve_status END, attempts = attempts + 1, "
-            "last_error = %(error)s, next_attempt_at = coalesce(%(retry)s, next_attempt_at), "
-            "last_attempt_at = %(now)s WHERE id = %(id)s").format(n=NOTIFICATIONS), params)
-
+        statement = (
+            "UPDATE {n} SET {status} = CASE WHEN %(retry)s::timestamptz IS NULL THEN "
+            "'abandoned' ELSE {status} END, attempts = attempts + 1, last_error = %(error)s, "
+            "next_attempt_at = coalesce(%(retry)s, next_attempt_at), last_attempt_at = %(now)s, "
+            "delivered_to = delivered_to || %(delivered)s::text[] WHERE id = %(id)s")
+    conn.execute(sql.SQL(statement).format(
+        n=NOTIFICATIONS, status=sql.Identifier(f"{phase}_status"),
+        sent_at=sql.Identifier(f"{phase}_sent_at")), params)
 
 
 # ---------------------------------------------------------------------------------------------

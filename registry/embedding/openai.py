@@ -32,6 +32,7 @@ import numpy as np
 from registry.embedding.base import PrefixedEmbedder, Vectors
 from registry.embedding.spec import EmbedderSpec
 from registry.errors import EmbedderError
+from registry.http import no_redirect_opener
 
 URL_ENV = "REGISTRY_EMBEDDING_URL"
 TOKEN_ENV = "REGISTRY_EMBEDDING_TOKEN"
@@ -53,11 +54,6 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 class _Transient(Exception):
@@ -98,7 +94,7 @@ class OpenAIEmbedder(PrefixedEmbedder):
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._opener = no_redirect_opener()
         self._name = name
         if dimension is None:
             dimension = int(self._post(["ok"]).shape[1])

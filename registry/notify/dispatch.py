@@ -3,15 +3,16 @@
 `notify` records what a check found in chunk_registry.notifications (under an advisory lock,
 so two processes never open the same incident twice) and then delivers every message that is
 due, this check's and the ones earlier runs could not send. A failed delivery is logged and
-retried at a later run with exponential backoff (`retry.backoff`, doubled per attempt, capped
-at a day, at least what a 429 asked for) until `retry.max_attempts`. Nothing raises: a broken
-target, database hiccup or missing extra is a log line, never a failed reconcile or health
-command.
+retried at a later run (an email only to the recipients who did not get it) with exponential
+backoff (`retry.backoff`, doubled per attempt, capped at a day, at least what a 429 asked for
+up to a day) until `retry.max_attempts`. Nothing raises: a broken target, database hiccup or
+missing extra is a log line, never a failed reconcile or health command.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -108,11 +109,13 @@ def _deliver_due(conn: psycopg.Connection[Any], registry: str, settings: Notific
                               f"target {due.target} is no longer in production.yaml")
             retry_at = None
         else:
-            outcome = send(target, message, env, settings.timeout, scrub)
+            outcome = send(target, message, env, settings.timeout, scrub,
+                           already=due.delivered_to)
             retry_at = None if outcome.sent else _retry_at(settings, due.attempts + 1, now,
                                                            outcome.retry_after)
         bookkeeping.record_delivery(conn, due, now, error=None if outcome.sent else
-                                    outcome.detail, retry_at=retry_at)
+                                    outcome.detail, retry_at=retry_at,
+                                    delivered=outcome.delivered)
         if outcome.sent:
             log.info("notified %s: %s %s of %s", due.target, due.kind, due.phase, due.subject)
         else:
@@ -127,12 +130,14 @@ def _deliver_due(conn: psycopg.Connection[Any], registry: str, settings: Notific
 
 def _retry_at(settings: NotificationSettings, attempts: int, now: datetime,
               retry_after: float | None) -> datetime | None:
-    """When to try again after `attempts` failures; None once max_attempts is reached."""
+    """When to try again after `attempts` failures; None once max_attempts is reached. A
+    Retry-After beyond MAX_BACKOFF counts as MAX_BACKOFF: `inf` or 1e20 seconds would overflow
+    the date, and the failure would never be recorded (so resent at every run)."""
     if attempts >= settings.max_attempts:
         return None
     delay = min(settings.backoff * 2 ** (attempts - 1), MAX_BACKOFF)
-    if retry_after is not None:
-        delay = max(delay, timedelta(seconds=retry_after))
+    if retry_after is not None and not math.isnan(retry_after):
+        delay = max(delay, timedelta(seconds=min(retry_after, MAX_BACKOFF.total_seconds())))
     moment: datetime = now + delay
     return moment
 

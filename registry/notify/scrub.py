@@ -5,12 +5,15 @@ Every value of an environment variable a target names (webhook URLs, tokens, pas
 registered with the shared, process-wide scrubber. The long path segments and the query of
 those URLs (a Slack webhook's secret is its path, which may come back without the host) are
 masked here too, but only in what notifications write: registered globally, a segment such as
-`/hooks/registry` would mask the word everywhere. The shared scrubber also masks
+`/hooks/registry` would mask the word everywhere. So are the long pieces of a value that holds
+whitespace or control characters (delivery refuses such a value, but a library quoting it would
+escape or split it, and the whole value would no longer match). The shared scrubber also masks
 `user:password@`, bearer tokens and GitHub tokens by their shape.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -18,6 +21,7 @@ from registry.secrets import MASK, SCRUBBER
 
 ALWAYS_SECRET_ENVS = ("GITHUB_TOKEN", "GH_TOKEN", "PGPASSWORD")
 _MIN_SEGMENT = 12
+_BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]+")
 
 
 class Scrubber:
@@ -28,6 +32,9 @@ class Scrubber:
         for value in secrets:
             value = value.strip()
             SCRUBBER.register(value)
+            pieces = _BREAKS.split(value)
+            if len(pieces) > 1:
+                segments.update(piece for piece in pieces if len(piece) >= _MIN_SEGMENT)
             if "://" in value:
                 parts = urlsplit(value)
                 segments.update(part for part in (*parts.path.split("/"), parts.query)

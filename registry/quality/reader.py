@@ -20,8 +20,9 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from registry.embedding.openai import RetryPolicy, _detail, _NoRedirect, _retry_after
+from registry.embedding.openai import RetryPolicy, _detail, _retry_after
 from registry.errors import EmbedderError
+from registry.http import no_redirect_opener
 from registry.quality.evaluation import jaccard, tokens
 
 GOLD_JACCARD = 0.32
@@ -104,7 +105,7 @@ class ChatReader:
         request = urllib.request.Request(self.endpoint, data=body.encode(), headers=headers,
                                          method="POST")
         try:
-            with urllib.request.build_opener(_NoRedirect).open(
+            with no_redirect_opener().open(
                     request, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as err:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import GitError, GitHubError
+from registry.http import no_redirect_opener
 from registry.repository.git import Git
 from registry.repository.state import WORKTREE
 from registry.secrets import register, scrub
@@ -138,13 +139,6 @@ class Proposal:
     created: bool = False
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would resend the Authorization header to wherever it points: refuse it."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class GitHubClient:
     """The two pull request endpoints, with every failure turned into one GitHubError line."""
 
@@ -153,7 +147,7 @@ class GitHubClient:
         self._token = token
         register(token)
         self.repo = repo
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._opener = no_redirect_opener()
 
     def __repr__(self) -> str:
         return f"GitHubClient({self.api_url!r}, {self.repo.full_name!r})"
