@@ -433,11 +433,13 @@ def _plan_production(
             "view_elsewhere", base, f"{schema}.{base} reads {_names(reads)}, but the registry's "
             f"production is {current.table_name}", "reconcile re-points it", "warning"))
     row = actual.live.get(wanted)
-    gate = None if force else (_gate_finding(row, state, schema, table, first=current is None)
-                               or _path_finding(actual, row, schema, table))
+    eval_row = row if actual.evals_known else None
+    gate = None if force else (
+        _gate_finding(eval_row, state, schema, table, first=current is None)
+        or _path_finding(actual, row, schema, table))
     if gate is not None and forced_promotion == wanted:
         plan.findings.append(Finding(
-            "forced", table, f"{wanted} was promoted with --force (recorded in the merged "
+            "forced", table, f"{wanted} was promoted with --force (recorded in its "
             f"promotion commit): the promotion gate is skipped for it ({gate.message})",
             None, "info"))
         gate = None
@@ -459,7 +461,8 @@ def _gate_finding(
     row: ManagedTable | None, state: RegistryState, schema: str, table: str, *, first: bool
 ) -> Finding | None:
     """The promotion gate (`registry.quality.gate`) on the swap target's bookkeeping row; no
-    row: the table is created by this run and the empty-table refusal speaks instead."""
+    row: the table is created by this run and the empty-table refusal speaks instead (or,
+    offline, no comparison outcome is known: the reconciler judges it)."""
     if row is None:
         return None
     verdict = gate.judge(row.chunk_version, row.last_compare_passed,

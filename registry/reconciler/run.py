@@ -385,16 +385,38 @@ def offline_plan(git: Git, base: str, head: str, environment: str | None = None)
     the_plan = plan_honouring_force(git, head_state, actual,
                                     target=f"a database reconciled to {base}")
     the_plan.findings[:0] = policy_findings(base_state.settings, head_state.settings, base)
-    promotion = head_state.settings.promotion
     wanted = head_state.settings.production
-    if promotion is not None and wanted and wanted != base_state.settings.production \
+    if wanted and wanted != base_state.settings.production \
             and not any(f.kind in ("gate", "forced") for f in the_plan.findings):
-        the_plan.findings.append(Finding(
+        the_plan.findings.extend(_online_checks(git, base_state, head_state, head, wanted))
+    return the_plan
+
+
+def _online_checks(git: Git, base_state: RegistryState, head_state: RegistryState, head: str,
+                   wanted: str) -> list[Finding]:
+    """What the reconciler still checks in the database before it swaps to `wanted` (the
+    offline plan cannot read that evidence, so it says so rather than guess), or that it
+    skips those checks for a forced promotion."""
+    if forced_promotion(git, head_state.commit or head, wanted, head_state.environment):
+        return [Finding("forced", None, f"{wanted} was promoted with --force (recorded in its "
+                        "promotion commit): the reconciler skips the promotion gate for it",
+                        None, "info")]
+    settings, found = head_state.settings, []
+    if base_state.settings.production is not None:
+        required = " (gates.require_eval: a comparison is required)" \
+            if settings.require_eval else ""
+        found.append(Finding(
+            "eval", None, f"the reconciler checks {wanted}'s last comparison against "
+            f"{head_state.environment}{required} in the database before it swaps",
+            None, "info"))
+    promotion = settings.promotion
+    if promotion is not None:
+        found.append(Finding(
             "path", None, f"{head_state.environment} takes {wanted} from {promotion.source} "
             f"(it serves it in {head}); the reconciler checks the {duration_text(promotion.soak)}"
             f" soak{' and health' if promotion.require_healthy else ''} in "
             f"{promotion.source}'s database before it swaps", None, "info"))
-    return the_plan
+    return found
 
 
 def _base_for(git: Git, base: str, head_state: RegistryState) -> RegistryState:
