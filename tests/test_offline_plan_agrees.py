@@ -95,7 +95,8 @@ def test_a_soaked_promotion_passes_offline_and_is_applied(
     assert code == 0, out
     repo.merge(f"promote/staging/{version}")
     code, out = cli(repo, "reconcile", "--environment", "staging", "--dsn", dsn)
-    assert code == 7 and "the table is empty" in out, out
+    assert code == 7 and "refusing to swap staging to staging." in out, out
+    assert "the table is empty" in out, out
     staging = Database(dsn)
     staging.schema = "staging"
     staging.fill(table_of(version))

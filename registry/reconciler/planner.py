@@ -450,8 +450,9 @@ def _plan_production(
     if rows == 0 and not force:
         new = " (it is created by this run)" if row is None or not row.present else ""
         plan.findings.append(Finding(
-            "empty", table, f"refusing to swap production to {schema}.{table}: the table is "
-            f"empty{new}", f"ingest {wanted} first, then reconcile; or pass --force", "error"))
+            "empty", table, f"refusing to swap {state.environment} to {schema}.{table}: the "
+            f"table is empty{new}", f"ingest {wanted} first, then reconcile; or pass --force",
+            "error"))
         return None
     plan.actions.append(SwapProduction(schema, base, old, table, wanted, reason))
     return current if current is not None and current.key != (schema, table) else None
@@ -470,7 +471,7 @@ def _gate_finding(
                          require_eval=state.settings.require_eval and not first)
     if not verdict.held:
         return None
-    return Finding("gate", table, f"refusing to swap production to {schema}.{table}: "
+    return Finding("gate", table, f"refusing to swap {state.environment} to {schema}.{table}: "
                    f"{verdict.reason}", verdict.fix, "error")
 
 
