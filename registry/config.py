@@ -63,6 +63,12 @@ def environment_path(name: str) -> str:
     return f"{ENVIRONMENTS_DIR}/{name}.yaml"
 
 
+def environment_flag(name: str) -> str:
+    """` --environment NAME` for a command a message suggests (nothing for production, the
+    default), so the suggested command acts on the environment the user is acting on."""
+    return "" if name == PRODUCTION_ENVIRONMENT else f" --environment {name}"
+
+
 def config_path(chunk_version: str) -> str:
     """Where the locked config of `chunk_version` lives in the registry repository."""
     return f"{CONFIG_DIR}/{chunk_version}.yaml"

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from registry.config import (
+    ENVIRONMENTS_DIR,
     PRODUCTION_ENVIRONMENT,
     PRODUCTION_PATH,
     ProductionConfig,
@@ -27,7 +28,7 @@ from registry.config import (
 )
 from registry.database import bookkeeping
 from registry.database.connection import configured_dsn, database_error, session
-from registry.errors import Refused, RegistryError, UsageError
+from registry.errors import Problem, Refused, RegistryError, UsageError, invalid
 from registry.quality.gate import GateVerdict, judge_path, soak_evidence
 from registry.repository.state import RegistryState
 from registry.secrets import register_dsn
@@ -87,14 +88,27 @@ def environment_names(state: RegistryState) -> list[str]:
 
 
 def environment(state: RegistryState, name: str) -> Environment:
-    """The environment `name`, or a usage error naming the declared ones."""
+    """The environment `name`; when its file exists but is invalid (malformed YAML, against the
+    schema, not a regular file, misnamed), that file's problem (exit 1, `path:line`): calling
+    it undeclared would send the user to declare what they did declare. Otherwise a usage
+    error naming the declared ones."""
     for env in environments(state):
         if env.name == name:
             return env
+    broken = file_problems(state, name)
+    if broken:
+        raise invalid(broken)
     raise UsageError(
         f"no environment {name} in {state.ref} (declared: "
         f"{', '.join(environment_names(state))})", where="--environment",
         fix=f"declare it in {environment_path(name)} or pick a declared one")
+
+
+def file_problems(state: RegistryState, name: str) -> list[Problem]:
+    """The errors found in the file declaring environment `name` (`<name>.yaml`, or a
+    `<name>.yml` that should be), in the order `validate` lists them."""
+    paths = {environment_path(name), f"{ENVIRONMENTS_DIR}/{name}.yml"}
+    return [p for p in state.errors if p.path in paths]
 
 
 def select(state: RegistryState, name: str | None) -> RegistryState:

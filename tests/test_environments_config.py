@@ -5,9 +5,11 @@ production.yaml has one environment, production, exactly as before."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from registry.config import set_production_pointer
 from registry.environments import environment_names, environments, select
 from registry.errors import UsageError
 from registry.repository.git import Git
@@ -145,3 +147,104 @@ def test_rollbacks_per_environment_and_the_path_never_holds_a_rollback_back(
                    "--environment", "staging")
     assert plan.code == 0, plan.stdout + plan.stderr
     assert ", staging)" in plan.stdout
+
+
+BROKEN_STAGING = {
+    "malformed YAML": ("serves: null\ntables: {schema: staging, base_name: document_chunks}\n"
+                       "retention: {grace_period: 6h\n", 4, "malformed YAML"),
+    "against the schema": ("serves: null\ntables: {schema: staging, base_name: "
+                           "document_chunks}\nbogus: 1\n", 3, "unknown field bogus"),
+}
+
+
+def environment_commands() -> list[str]:
+    """Every command taking --environment (walking the typer app: a new one is covered)."""
+    from tests.test_exit_codes import leaf_commands
+
+    return sorted(path for path, command in leaf_commands().items()
+                  if any(p.name == "environment" for p in command.params))
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_STAGING))
+def test_an_invalid_environment_file_is_its_problem_for_every_command(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path, broken: str
+) -> None:
+    """--environment staging with a staging.yaml that is there but invalid: that file's
+    problem (exit 1, path:line), never `no environment staging` (exit 2), in every command."""
+    text, line, message = BROKEN_STAGING[broken]
+    version = registry_repo.locked()
+    registry_repo.write("configs/environments/staging.yaml", text, "Declare staging, broken")
+    repo, db = ["--repo", str(registry_repo.path)], ["--dsn", dsn]
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"query_id": "q1", "query": "what", "gt_answer": "that"}\n')
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# A\n\nSome text.\n")
+    arguments = {
+        "promote": [version, *repo, *db], "rollback": repo, "plan": [*repo, *db],
+        "reconcile": [*repo, *db], "status": [*repo, *db],
+        "eval": [version, "--cases", str(cases), *repo, *db], "health": [*repo, *db, "--no-record"],
+        "ingest": [version, "--source", str(corpus), "--tokenizer-file",
+                   str(registry_repo.tokenizer_file), *repo, *db],
+        "dashboard": ["--out", str(tmp_path / "dash"), *repo, *db],
+        "watch-promotion": [*repo, *db],
+        "experiment start": ["e", "--candidate", version, "--share", "0.1", "--ends", "7d",
+                             *repo],
+        "experiment set-share": ["0.5", *repo], "experiment end": repo,
+        "experiment report": [*repo, *db],
+    }
+    assert environment_commands() == sorted(arguments), "a command taking --environment here"
+    runs = [[*path.split(), "--environment", "staging", *args]
+            for path, args in arguments.items()]
+    runs.append(["plan", "--base", "main", "--head", "main", "--environment", "staging", *repo])
+    wrong = []
+    for argv in runs:
+        result = run_cli(*argv)
+        err = result.stderr.strip()
+        if (result.code != 1 or len(err.splitlines()) != 1 or not err.startswith(
+                f"error: configs/environments/staging.yaml:{line}: {message}")):
+            wrong.append(f"registry {' '.join(argv[:2])}: exit {result.code}: {err[:300]}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_an_invalid_environment_file_on_base_does_not_hide_a_pr_that_fixes_it(
+    registry_repo: RegistryRepo,
+) -> None:
+    """The offline plan of a PR repairing staging.yaml plans staging from nothing, as for a
+    PR declaring it (base's broken file was never applied), instead of refusing base's file."""
+    registry_repo.locked()
+    text, _, _ = BROKEN_STAGING["against the schema"]
+    registry_repo.write("configs/environments/staging.yaml", text, "Declare staging, broken")
+    registry_repo.git("checkout", "--quiet", "-b", "fix-staging")
+    registry_repo.write("configs/environments/staging.yaml", STAGING_YAML.format(
+        version="null"), "Fix staging")
+    result = run_cli("plan", "--base", "main", "--head", "fix-staging", "--environment",
+                     "staging", "--repo", registry_repo.path)
+    assert result.code == 0, result.stdout + result.stderr
+
+
+def test_an_environment_file_misnamed_yml_is_its_problem(registry_repo: RegistryRepo) -> None:
+    registry_repo.write("configs/environments/staging.yml", "serves: null\n", "Add staging")
+    result = run_cli("status", "--environment", "staging", "--repo", registry_repo.path)
+    assert result.code == 1, result.stderr
+    assert result.stderr.startswith("error: configs/environments/staging.yml:1: "), result.stderr
+
+
+def test_rollback_names_the_environment_in_use(registry_repo: RegistryRepo) -> None:
+    """Every refusal of `rollback --environment staging` names staging, and its fix is a
+    command for staging."""
+    version = registry_repo.locked()
+    with_staging(registry_repo)
+    never = run_cli("rollback", "--environment", "staging", "--repo", registry_repo.path)
+    assert never.code == 7, never.stderr
+    assert "production" not in never.stderr, never.stderr
+    assert "staging has never moved" in never.stderr
+    assert "`registry promote VERSION --environment staging`" in never.stderr
+    raw = (registry_repo.path / "configs/environments/staging.yaml").read_bytes()
+    registry_repo.write("configs/environments/staging.yaml",
+                        set_production_pointer(raw, version, "serves").decode(),
+                        f"Promote {version} to staging")
+    first = run_cli("rollback", "--environment", "staging", "--repo", registry_repo.path)
+    assert first.code == 7, first.stderr
+    assert f"{version} is the first staging version" in first.stderr
+    assert "production" not in first.stderr, first.stderr

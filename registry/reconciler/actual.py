@@ -100,6 +100,10 @@ class ActualState:
     path_gate: GateVerdict | None = None
     """The promotion path gate's verdict on the version the environment should serve (read
     when it has `promotion:` and a swap to a version it never served is due)."""
+    evals_known: bool = True
+    """Whether each row's `last_compare_passed` is what the database recorded. False offline
+    (no database): the eval gate is not judged there, since "never compared" would be a guess
+    that fails the PR check of every promotion the reconciler would apply."""
 
     @property
     def live(self) -> dict[str, ManagedTable]:
@@ -383,7 +387,8 @@ def synthetic_actual(
     under `state` is not over."""
     settings = state.settings
     now = datetime.now(UTC)
-    actual = ActualState(schema=settings.schema, base_name=settings.base_name, now=now)
+    actual = ActualState(schema=settings.schema, base_name=settings.base_name, now=now,
+                         evals_known=False)
     for version, at in sorted((retired or {}).items()):
         if at + settings.grace_period <= now:
             continue

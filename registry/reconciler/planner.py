@@ -433,11 +433,13 @@ def _plan_production(
             "view_elsewhere", base, f"{schema}.{base} reads {_names(reads)}, but the registry's "
             f"production is {current.table_name}", "reconcile re-points it", "warning"))
     row = actual.live.get(wanted)
-    gate = None if force else (_gate_finding(row, state, schema, table, first=current is None)
-                               or _path_finding(actual, row, schema, table))
+    eval_row = row if actual.evals_known else None
+    gate = None if force else (
+        _gate_finding(eval_row, state, schema, table, first=current is None)
+        or _path_finding(actual, row, schema, table))
     if gate is not None and forced_promotion == wanted:
         plan.findings.append(Finding(
-            "forced", table, f"{wanted} was promoted with --force (recorded in the merged "
+            "forced", table, f"{wanted} was promoted with --force (recorded in its "
             f"promotion commit): the promotion gate is skipped for it ({gate.message})",
             None, "info"))
         gate = None
@@ -448,8 +450,9 @@ def _plan_production(
     if rows == 0 and not force:
         new = " (it is created by this run)" if row is None or not row.present else ""
         plan.findings.append(Finding(
-            "empty", table, f"refusing to swap production to {schema}.{table}: the table is "
-            f"empty{new}", f"ingest {wanted} first, then reconcile; or pass --force", "error"))
+            "empty", table, f"refusing to swap {state.environment} to {schema}.{table}: the "
+            f"table is empty{new}", f"ingest {wanted} first, then reconcile; or pass --force",
+            "error"))
         return None
     plan.actions.append(SwapProduction(schema, base, old, table, wanted, reason))
     return current if current is not None and current.key != (schema, table) else None
@@ -459,7 +462,8 @@ def _gate_finding(
     row: ManagedTable | None, state: RegistryState, schema: str, table: str, *, first: bool
 ) -> Finding | None:
     """The promotion gate (`registry.quality.gate`) on the swap target's bookkeeping row; no
-    row: the table is created by this run and the empty-table refusal speaks instead."""
+    row: the table is created by this run and the empty-table refusal speaks instead (or,
+    offline, no comparison outcome is known: the reconciler judges it)."""
     if row is None:
         return None
     verdict = gate.judge(row.chunk_version, row.last_compare_passed,
@@ -467,7 +471,7 @@ def _gate_finding(
                          require_eval=state.settings.require_eval and not first)
     if not verdict.held:
         return None
-    return Finding("gate", table, f"refusing to swap production to {schema}.{table}: "
+    return Finding("gate", table, f"refusing to swap {state.environment} to {schema}.{table}: "
                    f"{verdict.reason}", verdict.fix, "error")
 
 

@@ -27,7 +27,7 @@ from registry.database.connection import (
     database_error,
     timeout_setting,
 )
-from registry.environments import path_verdict, select
+from registry.environments import environment_names, path_verdict, select
 from registry.errors import (
     DatabaseUnavailable,
     GitError,
@@ -371,7 +371,10 @@ def offline_plan(git: Git, base: str, head: str, environment: str | None = None)
     `base` (for PR review in CI), with the tables `base` retired still in their grace period,
     and what the policy changes mean. Blocking findings (a refusal after the merge) make the
     PR check fail. Of the promotion path it checks what the merged tree holds (the version is
-    the one the source environment serves); the soak is the reconciler's, online."""
+    the one the source environment serves); the soak is the reconciler's, online. A promotion
+    forced on `head` (its `Promotion-Forced` trailer) is planned as the reconciler will apply
+    it after the merge (`plan_honouring_force`): the PR check must not fail what the merge
+    does."""
     head_state = read_state(git, head)
     head_state.require_valid()
     head_state = select(head_state, environment)
@@ -379,25 +382,49 @@ def offline_plan(git: Git, base: str, head: str, environment: str | None = None)
         if environment in (None, PRODUCTION_ENVIRONMENT) else _base_for(git, base, head_state)
     actual = synthetic_actual(base_state, retired=retired_on(git, base, base_state))
     _offline_path(git, base, base_state, head_state, actual)
-    the_plan = make_plan(head_state, actual, target=f"a database reconciled to {base}")
+    the_plan = plan_honouring_force(git, head_state, actual,
+                                    target=f"a database reconciled to {base}")
     the_plan.findings[:0] = policy_findings(base_state.settings, head_state.settings, base)
-    promotion = head_state.settings.promotion
     wanted = head_state.settings.production
-    if promotion is not None and wanted and wanted != base_state.settings.production \
-            and not any(f.kind == "gate" for f in the_plan.findings):
-        the_plan.findings.append(Finding(
+    if wanted and wanted != base_state.settings.production \
+            and not any(f.kind in ("gate", "forced") for f in the_plan.findings):
+        the_plan.findings.extend(_online_checks(git, base_state, head_state, head, wanted))
+    return the_plan
+
+
+def _online_checks(git: Git, base_state: RegistryState, head_state: RegistryState, head: str,
+                   wanted: str) -> list[Finding]:
+    """What the reconciler still checks in the database before it swaps to `wanted` (the
+    offline plan cannot read that evidence, so it says so rather than guess), or that it
+    skips those checks for a forced promotion."""
+    if forced_promotion(git, head_state.commit or head, wanted, head_state.environment):
+        return [Finding("forced", None, f"{wanted} was promoted with --force (recorded in its "
+                        "promotion commit): the reconciler skips the promotion gate for it",
+                        None, "info")]
+    settings, found = head_state.settings, []
+    if base_state.settings.production is not None:
+        required = " (gates.require_eval: a comparison is required)" \
+            if settings.require_eval else ""
+        found.append(Finding(
+            "eval", None, f"the reconciler checks {wanted}'s last comparison against "
+            f"{head_state.environment}{required} in the database before it swaps",
+            None, "info"))
+    promotion = settings.promotion
+    if promotion is not None:
+        found.append(Finding(
             "path", None, f"{head_state.environment} takes {wanted} from {promotion.source} "
             f"(it serves it in {head}); the reconciler checks the {duration_text(promotion.soak)}"
             f" soak{' and health' if promotion.require_healthy else ''} in "
             f"{promotion.source}'s database before it swaps", None, "info"))
-    return the_plan
+    return found
 
 
 def _base_for(git: Git, base: str, head_state: RegistryState) -> RegistryState:
-    """`base` acting for the environment of `head_state`; an environment that `head` adds
-    starts from nothing (its settings as on head, serving nothing)."""
+    """`base` acting for the environment of `head_state`; an environment that `head` adds,
+    or whose file is invalid on `base` (no reconcile of it applied that commit), starts from
+    nothing (its settings as on head, serving nothing)."""
     state = read_state(git, base)
-    if head_state.environment in state.environment_files:
+    if head_state.environment in environment_names(state):
         return select(state, head_state.environment)
     file = head_state.environment_files[head_state.environment]
     assert file.settings is not None

@@ -19,6 +19,7 @@ from registry.config import (
     PRODUCTION_ENVIRONMENT,
     PRODUCTION_PATH,
     VERSION_RE,
+    environment_flag,
     environment_path,
 )
 from registry.errors import Refused
@@ -239,14 +240,16 @@ def last_promotion(git: Git, ref: str, environment: str = PRODUCTION_ENVIRONMENT
     """The promotion `registry rollback` reverts, or Refused when there is nothing to return to."""
     standing = standing_promotions(read_history(git, ref, environment))
     event = standing.last
+    promote = f"`registry promote VERSION{environment_flag(environment)}`"
     if event is None:
-        raise Refused(f"{ref} has no promotion to roll back",
-                      fix="production has never moved; promote a version with `registry promote`")
+        which = "" if environment == PRODUCTION_ENVIRONMENT else f" for {environment}"
+        raise Refused(f"{ref} has no promotion to roll back{which}",
+                      fix=f"{environment} has never moved; promote a version with {promote}")
     if event.previous is None:
         raise Refused(
-            f"nothing to roll back to: {event.chunk_version} is the first production version "
+            f"nothing to roll back to: {event.chunk_version} is the first {environment} version "
             f"(set by {event.commit[:10]})",
-            fix="promote another locked version with `registry promote VERSION`",
+            fix=f"promote another locked version with {promote}",
         )
     return event
 

@@ -22,6 +22,7 @@ from registry.config import (
     Guardrails,
     LockedConfig,
     config_path,
+    environment_flag,
     environment_path,
     guardrail_violations,
     is_version,
@@ -413,8 +414,7 @@ def promote(
     settings = state.settings
     previous = settings.production
     path = environment_path(environment)
-    rollback = "`registry rollback`" + (
-        "" if environment == PRODUCTION_ENVIRONMENT else f" --environment {environment}")
+    rollback = f"`registry rollback{environment_flag(environment)}`"
     if previous == version:
         raise Refused(f"{version} is already {_served(environment)} on {base}",
                       fix=f"nothing to do; {rollback} returns to the previous version")
@@ -519,9 +519,11 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None,
     target = event.previous
     assert target is not None
     current = state.settings.production
+    flag = environment_flag(environment)
     if target not in state.configs:
-        raise Refused(f"cannot roll back to {target}: it is no longer a locked config on {base}",
-                      fix="promote a locked version with `registry promote VERSION`")
+        raise Refused(f"cannot roll back {environment} to {target}: it is no longer a locked "
+                      f"config on {base}",
+                      fix=f"promote a locked version with `registry promote VERSION{flag}`")
     how = {"merge": "merge commit", "squash": "squash merge", "commit": "commit"}[event.merge]
     pr = f" (#{event.pr})" if event.pr else ""
     message = (
@@ -539,14 +541,12 @@ def rollback(git: Git, *, push: bool = False, branch: str | None = None,
         others = ", ".join(p for p in changed if p != path) or "nothing"
         raise Refused(
             f"reverting {event.commit[:10]} would change {others}, not just {path}",
-            fix=f"point {environment} back by hand: `registry promote {target}"
-                + ("`" if environment == PRODUCTION_ENVIRONMENT
-                   else f" --environment {environment}`"),
+            fix=f"point {environment} back by hand: `registry promote {target}{flag}`",
         )
     reverted_to = select(read_state(git, commit), environment).settings.production
     if reverted_to != target:
-        raise Refused(f"reverting {event.commit[:10]} sets production to {reverted_to}, "
-                      f"not {target}", fix=f"use `registry promote {target}`")
+        raise Refused(f"reverting {event.commit[:10]} sets {environment} to {reverted_to}, "
+                      f"not {target}", fix=f"use `registry promote {target}{flag}`")
     branch = branch or _branch("rollback", environment, target)
     return _finish(git, "rollback", target, base, commit, push, branch, previous=current,
                    reverted=event.commit)
