@@ -549,12 +549,19 @@ class ExperimentConfig:
 
 
 def parse_rfc3339(text: str) -> datetime:
-    """An RFC 3339 moment (the schema fixed its shape), as an aware UTC datetime."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    """An RFC 3339 moment (the schema fixed its shape), as an aware UTC datetime; ValueError,
+    in one line, when it is not a real time (February 30th, or beyond year 1..9999 in UTC)."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{text!r} is not a real time (or is outside years 1..9999 in UTC)"
+                         ) from None
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """`moment` in UTC with a `Z`, the year in four digits (strftime's %Y drops the zeros of
+    year 500, which would not parse back)."""
+    return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"
 
 
 @dataclass(frozen=True)

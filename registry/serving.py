@@ -50,6 +50,11 @@ MAX_STALE_S = SERVED_GRACE.total_seconds() / 2
 """How long a cache that cannot be refreshed (database down) is still served: half the time
 the reconciler keeps a table that left the served state, so it never names a dropped one."""
 
+MAX_CHECK_INTERVAL_S = MAX_STALE_S
+"""The longest `check_interval` a Router accepts: a cache may name a table for one interval
+after it left the served state, and the reconciler keeps such a table only `SERVED_GRACE`;
+half of it leaves the same margin as the stale cache has."""
+
 log = logging.getLogger("registry.serving")
 
 
@@ -106,7 +111,7 @@ class Router:
         register_dsn(self.dsn)
         self.registry = registry or os.environ.get(NAME_ENV) or None
         self.environment = environment or os.environ.get(ENVIRONMENT_ENV) or "production"
-        self.check_interval = check_interval
+        self.check_interval = _check_interval(check_interval)
         self.clock = clock
         self.refreshes = 0
         self._snapshot: Snapshot | None = None
@@ -247,6 +252,18 @@ class Router:
     def close(self) -> None:
         with self._lock:
             self._close()
+
+
+def _check_interval(seconds: float) -> float:
+    """`seconds`, when a cache checked that rarely never names a table the reconciler may
+    have dropped (see `MAX_CHECK_INTERVAL_S`)."""
+    if not 0 <= seconds <= MAX_CHECK_INTERVAL_S:  # NaN fails both comparisons too
+        raise UsageError(
+            f"check_interval={seconds!r} is not between 0 and {MAX_CHECK_INTERVAL_S:g} s",
+            where="registry.serving",
+            fix=f"a served table is dropped {SERVED_GRACE.total_seconds():g} s after it left "
+            "the served state: use at most half of that, or refresh() on NOTIFY")
+    return float(seconds)
 
 
 _routers: dict[tuple[str | None, str | None, str | None], Router] = {}

@@ -59,7 +59,7 @@ class Running:
 
     def router(self) -> Router:
         """A router that refreshes only when told (`refresh`), as if every check were due."""
-        return Router(self.db.dsn, check_interval=3600.0)
+        return Router(self.db.dsn, clock=lambda: 0.0)
 
     def served(self) -> tuple[int, dict[str, object]]:
         rows = self.db.query("SELECT version, state FROM chunk_registry.served_state")
@@ -299,7 +299,7 @@ def test_assignment_is_uniform_deterministic_and_monotone_in_the_share() -> None
 def test_the_router_reads_once_per_version_and_fails_in_one_line_without_a_served_state(
     dsn: str,
 ) -> None:
-    router = Router(dsn, check_interval=3600)
+    router = Router(dsn, clock=lambda: 0.0)
     with pytest.raises(ServedStateUnavailable, match="has no served state"):
         router.table(key="k")
     with psycopg.connect(dsn) as conn:
@@ -314,7 +314,7 @@ def test_the_router_reads_once_per_version_and_fails_in_one_line_without_a_serve
     assert Router(dsn).table(key="k") == "public.t1"
     with pytest.raises(ServedStateUnavailable, match="no served state for registry other"):
         Router(dsn, registry="other").table()
-    cached = Router(dsn, check_interval=3600)
+    cached = Router(dsn, clock=lambda: 0.0)
     assert cached.table() == "public.t1" and cached.refreshes == 1
     for _ in range(1000):
         cached.table(key="k")
