@@ -15,6 +15,7 @@ from registry.reconciler.served import SERVED_GRACE
 from registry.serving import MAX_CHECK_INTERVAL_S, MAX_STALE_S, Router
 from tests.helpers import RegistryRepo, run_cli
 from tests.repository.test_promote_rollback import promoted
+from tests.test_environments_e2e import staging_dsn, two_environments  # noqa: F401 - fixtures
 
 IMPOSSIBLE_TIMES = ("2026-02-30T00:00:00Z", "9999-12-31T23:59:59-01:00",
                     "0001-01-01T00:30:00+01:00")
@@ -80,3 +81,51 @@ def test_an_ends_option_that_is_not_a_real_time_is_a_usage_error(
                      ends, "--repo", registry_repo.path)
     assert result.code == 2, result.stdout + result.stderr
     assert "is not a real time" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_promoting_or_retiring_a_running_candidate_is_refused_and_the_control_may_change(
+    registry_repo: RegistryRepo,
+) -> None:
+    v1, v2, v3 = (registry_repo.locked(), registry_repo.locked(chunk_size=300),
+                  registry_repo.locked(chunk_size=200))
+    promoted(registry_repo, v1)
+
+    def cli(*args: str) -> tuple[int, str]:
+        result = run_cli(*args, "--repo", registry_repo.path)
+        return result.code, result.stdout + result.stderr
+
+    assert cli("tag", "--push")[0] == 0
+    assert cli("experiment", "start", "exp", "--candidate", v2, "--share", "0.5", "--ends",
+               "14d")[0] == 0
+    registry_repo.merge("experiment/exp-start")
+    for action in ("retire", "promote"):
+        code, out = cli(action, v2)
+        assert code == 7, out
+        assert "it is the candidate of experiment exp in production" in out, out
+        assert "end experiment exp first" in out and len(out.splitlines()) == 1
+        assert f"{action}/{v2}" not in registry_repo.git("branch", "--list", f"{action}/*")
+    code, out = cli("promote", v3)  # a new control mid-experiment is allowed
+    assert code == 0, out
+    assert cli("validate", "--ref", f"promote/{v3}")[0] == 0
+
+
+def test_every_change_command_refuses_a_commit_that_would_not_validate(
+    two_environments: RegistryRepo,  # noqa: F811 - the fixture imported above
+) -> None:
+    repo = two_environments
+    v1 = repo.locked()
+
+    def cli(*args: str) -> tuple[int, str]:
+        result = run_cli(*args, "--repo", str(repo.path))
+        return result.code, result.stdout + result.stderr
+
+    assert cli("tag")[0] == 0
+    assert cli("promote", v1, "--environment", "staging")[0] == 0
+    repo.merge(f"promote/staging/{v1}")
+    # Retiring what staging serves (production serves nothing): no rule of retire's own
+    # forbids it, and the commit would leave staging serving a config that is gone.
+    code, out = cli("retire", v1)
+    assert code == 7, out
+    assert f"retire {v1} would not validate: configs/environments/staging.yaml" in out, out
+    assert len(out.splitlines()) == 1
+    assert repo.git("branch", "--list", "retire/*") == ""
