@@ -5,6 +5,7 @@ or a usage error, never a crash."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,9 +14,11 @@ from registry.database import bookkeeping
 from registry.errors import UsageError
 from registry.reconciler.served import SERVED_GRACE
 from registry.serving import MAX_CHECK_INTERVAL_S, MAX_STALE_S, Router
+from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
 from tests.repository.test_promote_rollback import promoted
 from tests.test_environments_e2e import staging_dsn, two_environments  # noqa: F401 - fixtures
+from tests.test_health_eval import write_corpus
 
 IMPOSSIBLE_TIMES = ("2026-02-30T00:00:00Z", "9999-12-31T23:59:59-01:00",
                     "0001-01-01T00:30:00+01:00")
@@ -129,3 +132,47 @@ def test_every_change_command_refuses_a_commit_that_would_not_validate(
     assert f"retire {v1} would not validate: configs/environments/staging.yaml" in out, out
     assert len(out.splitlines()) == 1
     assert repo.git("branch", "--list", "retire/*") == ""
+
+
+def test_an_ingest_into_the_running_candidates_table_is_guarded_like_productions(
+    registry_repo: RegistryRepo, dsn: str, tmp_path: Path
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    v1, v2 = registry_repo.locked(), registry_repo.locked(chunk_size=300)
+    tokenizer = ("--tokenizer-file", str(registry_repo.tokenizer_file))
+
+    def cli(*args: str | Path) -> tuple[int, str]:
+        result = run_cli(*args, "--repo", registry_repo.path)
+        return result.code, result.stdout + result.stderr
+
+    assert cli("reconcile", "--dsn", dsn, "--source", corpus.path, *tokenizer)[0] == 0
+    promote(registry_repo, v1)
+    assert cli("reconcile", "--dsn", dsn)[0] == 0
+    assert cli("tag", "--push")[0] == 0
+    assert cli("experiment", "start", "exp", "--candidate", v2, "--share", "0.5", "--ends",
+               "14d")[0] == 0
+    registry_repo.merge("experiment/exp-start")
+    code, out = cli("reconcile", "--dsn", dsn)
+    assert code == 0 and f"read public.{table_of(v2)}" in out, out
+    db = Database(dsn)
+    before = db.count(table_of(v2))
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "only.md").write_text("# Only\n\n" + "One registry document left. " * 30)
+
+    code, out = cli("ingest", v2, "--dsn", dsn, "--source", truncated, *tokenizer)
+    assert code == 7, out
+    assert "routes readers to (an experiment's candidate)" in out, out
+    assert db.count(table_of(v2)) == before
+    code, out = cli("ingest", v2, "--dsn", dsn, "--source", truncated, "--into-production",
+                    *tokenizer)
+    assert code == 7 and "--max-change" in out, out
+    assert db.count(table_of(v2)) == before
+
+    # Ended, the candidate's table is a shadow again: refilled like any other.
+    assert cli("experiment", "end")[0] == 0
+    registry_repo.merge("experiment/exp-end")
+    assert cli("reconcile", "--dsn", dsn)[0] == 0
+    code, out = cli("ingest", v2, "--dsn", dsn, "--source", truncated, *tokenizer)
+    assert code == 0, out
+    assert db.count(table_of(v2)) < before
