@@ -537,6 +537,11 @@ class ExperimentConfig:
     def running(self, now: datetime) -> bool:
         return now < self.ends
 
+    @property
+    def run(self) -> str:
+        """Which run of the name this is: outcomes and the guardrail stop are kept per run."""
+        return experiment_run(self.candidate, self.salt, self.ends)
+
     def to_dict(self) -> dict[str, Any]:
         """The mapping as production.yaml writes it (and the served state stores it)."""
         out: dict[str, Any] = {"name": self.name, "candidate": self.candidate,
@@ -546,6 +551,14 @@ class ExperimentConfig:
         if guardrails:
             out["guardrails"] = guardrails
         return out
+
+
+def experiment_run(candidate: str, salt: str, ends: datetime) -> str:
+    """`<candidate>:<salt>:<ends>`: an experiment started again under its name (a new
+    candidate, salt or end time: `experiment start` always writes a new end) is another run,
+    so its report and guardrail stop never see the earlier run's outcomes. Changing the share
+    keeps the run."""
+    return f"{candidate}:{salt}:{rfc3339(ends)}"
 
 
 def parse_rfc3339(text: str) -> datetime:

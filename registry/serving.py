@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from registry.config import LockedConfig, parse_rfc3339
+from registry.config import LockedConfig, experiment_run, parse_rfc3339
 from registry.database import bookkeeping
 from registry.database.connection import first_line, scrub
 from registry.embedding.spec import EmbedderSpec
@@ -75,6 +75,8 @@ class Snapshot:
     candidate_version: str | None = None
     candidate_table: str | None = None
     state: Mapping[str, Any] | None = None
+    run: str = ""
+    """The experiment's run (`config.experiment_run`), which its outcomes are recorded under."""
 
     @classmethod
     def of(cls, registry: str, version: int, state: Mapping[str, Any]) -> Snapshot:
@@ -84,11 +86,12 @@ class Snapshot:
                    production.get("table"), state=state)
         if not experiment:
             return base
+        ends = parse_rfc3339(str(experiment["ends"]))
+        candidate = str(experiment["candidate"]["version"])
         return cls(version, registry, base.view, base.production_version, base.production_table,
                    str(experiment["name"]), str(experiment["salt"]), float(experiment["share"]),
-                   parse_rfc3339(str(experiment["ends"])).timestamp(),
-                   str(experiment["candidate"]["version"]), str(experiment["candidate"]["table"]),
-                   state)
+                   ends.timestamp(), candidate, str(experiment["candidate"]["table"]), state,
+                   experiment_run(candidate, str(experiment["salt"]), ends))
 
 
 class Router:
@@ -155,17 +158,18 @@ class Router:
                        details: Mapping[str, Any] | None = None) -> Arm | None:
         """Record how the request of `key` went, in its arm of the running experiment; the arm
         (None, and nothing recorded, when no experiment is running)."""
-        snapshot = self.snapshot()
-        arm = self.arm(key)
-        if arm is None or snapshot.experiment is None:
+        snapshot = self.snapshot()  # one snapshot: the arm, version and run agree
+        if snapshot.experiment is None or time.time() >= snapshot.ends:
             return None
+        arm: Arm = "candidate" if point(snapshot.salt, key) < snapshot.share else "control"
         version = snapshot.candidate_version if arm == "candidate" else (
             snapshot.production_version)
         assert version is not None
         with self._lock:
             try:
                 bookkeeping.record_outcome(self._connection(), snapshot.registry,
-                                           self.environment, snapshot.experiment, arm, version,
+                                           self.environment, snapshot.experiment,
+                                           snapshot.run, arm, version,
                                            key, success, metric, details)
             except psycopg.Error as err:
                 self._close()

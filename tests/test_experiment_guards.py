@@ -9,7 +9,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
+from registry.config import experiment_run, parse_rfc3339
 from registry.database import bookkeeping
 from registry.errors import UsageError
 from registry.reconciler.served import SERVED_GRACE
@@ -176,3 +178,35 @@ def test_an_ingest_into_the_running_candidates_table_is_guarded_like_productions
     code, out = cli("ingest", v2, "--dsn", dsn, "--source", truncated, *tokenizer)
     assert code == 0, out
     assert db.count(table_of(v2)) < before
+
+
+def test_outcomes_and_stops_of_a_version_10_database_are_given_the_served_run(dsn: str) -> None:
+    """Migration 11: the running experiment's earlier outcomes and stop keep counting for it;
+    an older run's rows keep no run, so they never count for the running one."""
+    ends = "2030-01-01T00:00:00Z"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for version in range(1, 11):
+            for statement in bookkeeping.MIGRATIONS[version]():
+                conn.execute(statement)
+        conn.execute("INSERT INTO chunk_registry.schema_version (version) VALUES (10)")
+        conn.execute(
+            "INSERT INTO chunk_registry.served_state (registry, environment, state) VALUES "
+            "('r', 'production', %s)", (Jsonb({
+                "view": "public.v", "production": {"version": "v1", "table": "public.t1"},
+                "experiment": {"name": "exp", "share": 0.5, "salt": "s", "ends": ends,
+                               "candidate": {"version": "v2", "table": "public.t2"}}}),))
+        for experiment in ("exp", "older"):
+            conn.execute(
+                "INSERT INTO chunk_registry.experiment_outcomes (registry, environment, "
+                "experiment, arm, chunk_version, request_key, success) VALUES "
+                "('r', 'production', %s, 'candidate', 'v2', 'k', true)", (experiment,))
+        conn.execute("INSERT INTO chunk_registry.experiment_stops (registry, environment, "
+                     "experiment, candidate) VALUES ('r', 'production', 'exp', 'v2')")
+
+        assert bookkeeping.ensure_schema(conn) == bookkeeping.BOOKKEEPING_VERSION == 11
+
+        run = experiment_run("v2", "s", parse_rfc3339(ends))
+        assert conn.execute("SELECT experiment, run FROM chunk_registry.experiment_outcomes "
+                            "ORDER BY experiment").fetchall() == [("exp", run), ("older", None)]
+        assert bookkeeping.experiment_stop(conn, "r", "production", "exp", run) is not None
+        assert bookkeeping.experiment_stop(conn, "r", "production", "exp", "v3:s:" + ends) is None
