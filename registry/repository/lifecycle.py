@@ -393,8 +393,10 @@ def require_no_new_errors(git: Git, base: str, commit: str, what: str) -> None:
     added = [p for p in read_state(git, commit).errors if (p.path, p.message) not in known]
     if added:
         more = f" (and {len(added) - 1} more)" if len(added) > 1 else ""
-        raise Refused(f"{what} would not validate: {added[0].render()}{more}",
-                      fix=added[0].fix or "fix that first, then rerun the command")
+        first = added[0]
+        raise Refused(f"{what} would not validate: {first.path}:{first.line}: "
+                      f"{first.message}{more}",
+                      fix=first.fix or "fix that first, then rerun the command")
 
 
 def _experiment_of(state: RegistryState, version: str, environment: str | None
