@@ -543,6 +543,11 @@ class ExperimentConfig:
     def running(self, now: datetime) -> bool:
         return now < self.ends
 
+    @property
+    def run(self) -> str:
+        """Which run of the name this is: outcomes and the guardrail stop are kept per run."""
+        return experiment_run(self.candidate, self.salt, self.ends)
+
     def to_dict(self) -> dict[str, Any]:
         """The mapping as production.yaml writes it (and the served state stores it)."""
         out: dict[str, Any] = {"name": self.name, "candidate": self.candidate,
@@ -554,13 +559,28 @@ class ExperimentConfig:
         return out
 
 
+def experiment_run(candidate: str, salt: str, ends: datetime) -> str:
+    """`<candidate>:<salt>:<ends>`: an experiment started again under its name (a new
+    candidate, salt or end time: `experiment start` always writes a new end) is another run,
+    so its report and guardrail stop never see the earlier run's outcomes. Changing the share
+    keeps the run."""
+    return f"{candidate}:{salt}:{rfc3339(ends)}"
+
+
 def parse_rfc3339(text: str) -> datetime:
-    """An RFC 3339 moment (the schema fixed its shape), as an aware UTC datetime."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    """An RFC 3339 moment (the schema fixed its shape), as an aware UTC datetime; ValueError,
+    in one line, when it is not a real time (February 30th, or beyond year 1..9999 in UTC)."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{text!r} is not a real time (or is outside years 1..9999 in UTC)"
+                         ) from None
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """`moment` in UTC with a `Z`, the year in four digits (strftime's %Y drops the zeros of
+    year 500, which would not parse back)."""
+    return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"
 
 
 @dataclass(frozen=True)

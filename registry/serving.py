@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from registry.config import LockedConfig, parse_rfc3339
+from registry.config import LockedConfig, experiment_run, parse_rfc3339
 from registry.database import bookkeeping
 from registry.database.connection import first_line, scrub
 from registry.embedding.spec import EmbedderSpec
@@ -49,6 +49,11 @@ DSN_ENVS = ("REGISTRY_DSN", "DATABASE_URL")
 MAX_STALE_S = SERVED_GRACE.total_seconds() / 2
 """How long a cache that cannot be refreshed (database down) is still served: half the time
 the reconciler keeps a table that left the served state, so it never names a dropped one."""
+
+MAX_CHECK_INTERVAL_S = MAX_STALE_S
+"""The longest `check_interval` a Router accepts: a cache may name a table for one interval
+after it left the served state, and the reconciler keeps such a table only `SERVED_GRACE`;
+half of it leaves the same margin as the stale cache has."""
 
 log = logging.getLogger("registry.serving")
 
@@ -70,6 +75,8 @@ class Snapshot:
     candidate_version: str | None = None
     candidate_table: str | None = None
     state: Mapping[str, Any] | None = None
+    run: str = ""
+    """The experiment's run (`config.experiment_run`), which its outcomes are recorded under."""
 
     @classmethod
     def of(cls, registry: str, version: int, state: Mapping[str, Any]) -> Snapshot:
@@ -79,11 +86,12 @@ class Snapshot:
                    production.get("table"), state=state)
         if not experiment:
             return base
+        ends = parse_rfc3339(str(experiment["ends"]))
+        candidate = str(experiment["candidate"]["version"])
         return cls(version, registry, base.view, base.production_version, base.production_table,
                    str(experiment["name"]), str(experiment["salt"]), float(experiment["share"]),
-                   parse_rfc3339(str(experiment["ends"])).timestamp(),
-                   str(experiment["candidate"]["version"]), str(experiment["candidate"]["table"]),
-                   state)
+                   ends.timestamp(), candidate, str(experiment["candidate"]["table"]), state,
+                   experiment_run(candidate, str(experiment["salt"]), ends))
 
 
 class Router:
@@ -106,7 +114,7 @@ class Router:
         register_dsn(self.dsn)
         self.registry = registry or os.environ.get(NAME_ENV) or None
         self.environment = environment or os.environ.get(ENVIRONMENT_ENV) or "production"
-        self.check_interval = check_interval
+        self.check_interval = _check_interval(check_interval)
         self.clock = clock
         self.refreshes = 0
         self._snapshot: Snapshot | None = None
@@ -150,17 +158,18 @@ class Router:
                        details: Mapping[str, Any] | None = None) -> Arm | None:
         """Record how the request of `key` went, in its arm of the running experiment; the arm
         (None, and nothing recorded, when no experiment is running)."""
-        snapshot = self.snapshot()
-        arm = self.arm(key)
-        if arm is None or snapshot.experiment is None:
+        snapshot = self.snapshot()  # one snapshot: the arm, version and run agree
+        if snapshot.experiment is None or time.time() >= snapshot.ends:
             return None
+        arm: Arm = "candidate" if point(snapshot.salt, key) < snapshot.share else "control"
         version = snapshot.candidate_version if arm == "candidate" else (
             snapshot.production_version)
         assert version is not None
         with self._lock:
             try:
                 bookkeeping.record_outcome(self._connection(), snapshot.registry,
-                                           self.environment, snapshot.experiment, arm, version,
+                                           self.environment, snapshot.experiment,
+                                           snapshot.run, arm, version,
                                            key, success, metric, details)
             except psycopg.Error as err:
                 self._close()
@@ -247,6 +256,18 @@ class Router:
     def close(self) -> None:
         with self._lock:
             self._close()
+
+
+def _check_interval(seconds: float) -> float:
+    """`seconds`, when a cache checked that rarely never names a table the reconciler may
+    have dropped (see `MAX_CHECK_INTERVAL_S`)."""
+    if not 0 <= seconds <= MAX_CHECK_INTERVAL_S:  # NaN fails both comparisons too
+        raise UsageError(
+            f"check_interval={seconds!r} is not between 0 and {MAX_CHECK_INTERVAL_S:g} s",
+            where="registry.serving",
+            fix=f"a served table is dropped {SERVED_GRACE.total_seconds():g} s after it left "
+            "the served state: use at most half of that, or refresh() on NOTIFY")
+    return float(seconds)
 
 
 _routers: dict[tuple[str | None, str | None, str | None], Router] = {}

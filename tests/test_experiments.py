@@ -59,7 +59,7 @@ class Running:
 
     def router(self) -> Router:
         """A router that refreshes only when told (`refresh`), as if every check were due."""
-        return Router(self.db.dsn, check_interval=3600.0)
+        return Router(self.db.dsn, clock=lambda: 0.0)
 
     def served(self) -> tuple[int, dict[str, object]]:
         rows = self.db.query("SELECT version, state FROM chunk_registry.served_state")
@@ -299,7 +299,7 @@ def test_assignment_is_uniform_deterministic_and_monotone_in_the_share() -> None
 def test_the_router_reads_once_per_version_and_fails_in_one_line_without_a_served_state(
     dsn: str,
 ) -> None:
-    router = Router(dsn, check_interval=3600)
+    router = Router(dsn, clock=lambda: 0.0)
     with pytest.raises(ServedStateUnavailable, match="has no served state"):
         router.table(key="k")
     with psycopg.connect(dsn) as conn:
@@ -314,7 +314,7 @@ def test_the_router_reads_once_per_version_and_fails_in_one_line_without_a_serve
     assert Router(dsn).table(key="k") == "public.t1"
     with pytest.raises(ServedStateUnavailable, match="no served state for registry other"):
         Router(dsn, registry="other").table()
-    cached = Router(dsn, check_interval=3600)
+    cached = Router(dsn, clock=lambda: 0.0)
     assert cached.table() == "public.t1" and cached.refreshes == 1
     for _ in range(1000):
         cached.table(key="k")
@@ -386,3 +386,69 @@ def test_a_router_serves_its_cache_through_a_short_outage_and_then_says_so(dsn: 
     now[0] = 45.0
     with pytest.raises(DatabaseUnavailable, match="reading the served state"):
         router.table(key="k")  # beyond half the served grace: never a table that may be gone
+
+
+def test_a_name_started_again_is_a_new_run_and_a_new_control_starts_its_own_count(
+    registry_repo: RegistryRepo, dsn: str, github: FakeGitHub
+) -> None:
+    rails = Guardrails(success_rate_max_drop=0.05, min_outcomes=50)
+    s = start_experiment(registry_repo, dsn, github, share=0.5, guardrails=rails)
+    router = s.router()
+
+    def watch() -> dict[str, object]:
+        result = run_cli("watch-promotion", "--repo", registry_repo.path, "--dsn", dsn,
+                         "--no-fetch", "--format", "json")
+        assert result.code in (0, 1), result.stderr
+        return json.loads(result.stdout)["experiment"]  # type: ignore[no-any-return]
+
+    def report() -> dict[str, object]:
+        result = run_cli("experiment", "report", "--repo", registry_repo.path, "--dsn", dsn,
+                         "--no-fetch", "--format", "json")
+        assert result.code == 0, result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    def arms() -> dict[str, tuple[object, object]]:
+        found = report()["arms"]
+        assert isinstance(found, list)
+        return {a["arm"]: (a["chunk_version"], a["outcomes"]) for a in found}
+
+    planted(router, "success", 0.9, 0.1, 400, seed=5)  # the first run: a bad candidate
+    assert watch()["outcome"] == "proposed"
+    registry_repo.merge("experiment/smaller-chunks-stop")
+    for pull in (p for pulls in github.pulls.values() for p in pulls):
+        pull["state"] = "closed"  # merged, as GitHub would mark them
+    s.reconcile()
+
+    v3 = registry_repo.locked(chunk_size=200)
+    s.reconcile()
+    s.db.fill(table_of(v3), 4)
+    assert run_cli("tag", "--repo", registry_repo.path, "--push").code == 0
+    experiment_commands.start(registry_repo.path, "smaller-chunks", v3, share=0.5, ends="7d",
+                              salt="s2", guardrails=rails, pr=True)
+    registry_repo.merge("experiment/smaller-chunks-start")
+    for pull in (p for pulls in github.pulls.values() for p in pulls):
+        pull["state"] = "closed"
+    s.reconcile()
+    router.refresh()
+    # The first run's 400 outcomes are not this run's: no data yet, and no stop yet either.
+    assert report()["verdict"] == "no data"
+    assert watch()["outcome"] == "within"
+    planted(router, "success", 0.9, 0.1, 400, seed=6)
+    second = watch()
+    assert second["outcome"] == "proposed", second  # not silenced by the first run's stop
+    counts = arms()
+    assert counts["candidate"][0] == v3 and counts["control"][0] == s.control
+    assert sum(int(n) for _, n in counts.values()) == 400  # type: ignore[call-overload]
+
+    # A new control promoted mid-run starts its own count: the old control's outcomes
+    # measured another table.
+    v4 = registry_repo.locked(chunk_size=250)
+    s.reconcile()
+    s.db.fill(table_of(v4), 4)
+    promoted(registry_repo, v4)
+    s.reconcile()
+    router.refresh()
+    assert arms()["control"] == (v4, 0)
+    planted(router, "success", 0.9, 0.9, 100, seed=7)
+    control_version, control_outcomes = arms()["control"]
+    assert control_version == v4 and 0 < int(control_outcomes) < 100  # type: ignore[call-overload]

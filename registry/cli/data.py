@@ -48,8 +48,9 @@ def ingest(
         float, typer.Option(help="Skip documents larger than this.", min=0.001)
     ] = 16.0,
     into_production: Annotated[
-        bool, typer.Option("--into-production", help="Allow an ingest into the table production "
-                           "serves (or rolls back to): a document-level change in one "
+        bool, typer.Option("--into-production", help="Allow an ingest into a table readers are "
+                           "served (production's, an experiment candidate's) or production "
+                           "rolls back to: a document-level change in one "
                            "transaction, recorded in the run.")
     ] = False,
     max_change: Annotated[
@@ -68,7 +69,7 @@ def ingest(
     environment: EnvironmentOpt = None,
 ) -> None:
     """Chunk a corpus exactly as a locked config says and load it into that config's table
-    (production's table only with --into-production)."""
+    (a table readers are served only with --into-production)."""
     from registry.commands import data
 
     with ingest_feedback(quiet=fmt == "json") as (on_progress, on_problem):

@@ -37,8 +37,9 @@ def parse_ends(text: str, now: datetime | None = None) -> datetime:
     if _RFC3339.fullmatch(value):
         try:
             return parse_rfc3339(value)
-        except ValueError:
-            pass
+        except ValueError as err:
+            raise UsageError(f"--ends {err}", fix="use e.g. 2026-12-01T00:00:00Z or 14d"
+                             ) from None
     raise UsageError(f"--ends {text!r} is neither an RFC 3339 time nor a duration",
                      fix="use e.g. 2026-12-01T00:00:00Z or 14d")
 

@@ -26,7 +26,7 @@ from registry.timestamps import rfc3339
 T = TypeVar("T")
 
 BOOKKEEPING_SCHEMA = "chunk_registry"
-BOOKKEEPING_VERSION = 11
+BOOKKEEPING_VERSION = 12
 """The version of the `chunk_registry` schema this code writes (not the locked-config format,
 which is `config.SCHEMA_VERSION`)."""
 
@@ -439,9 +439,38 @@ def _migration_11() -> list[sql.Composed | sql.SQL]:
                     "DEFAULT '{{}}'").format(s=s)]
 
 
+def _migration_12() -> list[sql.Composed | sql.SQL]:
+    """Experiment outcomes and stops per run, not per name: a name started again (another
+    candidate, salt or end) is another run, whose report and guardrail stop must not see the
+    earlier run's outcomes or stop. Rows of the experiment the served state routes now are
+    given its run; older rows keep a NULL run (a report by name still reads them)."""
+    s = sql.Identifier(BOOKKEEPING_SCHEMA)
+    run = sql.SQL("(e.state->'experiment'->'candidate'->>'version') || ':' || "
+                  "(e.state->'experiment'->>'salt') || ':' || (e.state->'experiment'->>'ends')")
+    statements = [
+        "ALTER TABLE {s}.experiment_outcomes ADD COLUMN run text",
+        "UPDATE {s}.experiment_outcomes o SET run = {run} FROM {s}.served_state e "
+        "WHERE jsonb_typeof(e.state->'experiment') = 'object' AND o.registry = e.registry "
+        "AND o.environment = e.environment AND o.experiment = e.state->'experiment'->>'name'",
+        "DROP INDEX {s}.experiment_outcomes_arm",
+        """CREATE INDEX experiment_outcomes_run ON {s}.experiment_outcomes
+            (registry, environment, experiment, run, metric, arm, chunk_version)""",
+        "ALTER TABLE {s}.experiment_stops ADD COLUMN run text NOT NULL DEFAULT ''",
+        "UPDATE {s}.experiment_stops o SET run = {run} FROM {s}.served_state e "
+        "WHERE jsonb_typeof(e.state->'experiment') = 'object' AND o.registry = e.registry "
+        "AND o.environment = e.environment AND o.experiment = e.state->'experiment'->>'name' "
+        "AND o.candidate = e.state->'experiment'->'candidate'->>'version'",
+        "ALTER TABLE {s}.experiment_stops DROP CONSTRAINT experiment_stops_pkey",
+        "ALTER TABLE {s}.experiment_stops ADD PRIMARY KEY (registry, environment, experiment, "
+        "run)",
+    ]
+    return [sql.SQL(text).format(s=s, run=run) for text in statements]
+
+
 MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4,
               5: _migration_5, 6: _migration_6, 7: _migration_7,
-              8: _migration_8, 9: _migration_9, 10: _migration_10, 11: _migration_11}
+              8: _migration_8, 9: _migration_9, 10: _migration_10, 11: _migration_11,
+              12: _migration_12}
 """version -> the statements that bring the schema from version-1 to version."""
 
 
@@ -1545,39 +1574,59 @@ def served_within(
 
 
 INSERT_OUTCOME = sql.SQL(
-    "INSERT INTO {} (registry, environment, experiment, arm, chunk_version, request_key, "
-    "metric, success, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)").format(OUTCOMES)
+    "INSERT INTO {} (registry, environment, experiment, run, arm, chunk_version, request_key, "
+    "metric, success, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)").format(OUTCOMES)
 
 
 def record_outcome(
-    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str, arm: str,
-    chunk_version: str, key: str, success: bool, metric: str = "success",
+    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str, run: str,
+    arm: str, chunk_version: str, key: str, success: bool, metric: str = "success",
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    conn.execute(INSERT_OUTCOME, (registry, environment, experiment, arm, chunk_version, key,
-                                  metric, success, Jsonb(dict(details)) if details else None))
+    """One outcome of `run` (`ExperimentConfig.run`: a name restarted is another run)."""
+    conn.execute(INSERT_OUTCOME, (registry, environment, experiment, run, arm, chunk_version,
+                                  key, metric, success,
+                                  Jsonb(dict(details)) if details else None))
+
+
+def newest_run(
+    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str
+) -> tuple[bool, str | None]:
+    """(found, run) of the newest outcome of the experiment named `experiment` (run None:
+    recorded before outcomes had runs)."""
+    row = conn.execute(sql.SQL(
+        "SELECT run FROM {} WHERE registry = %s AND environment = %s AND experiment = %s "
+        "ORDER BY id DESC LIMIT 1").format(OUTCOMES),
+        (registry, environment, experiment)).fetchone()
+    return (row is not None, None if row is None else row[0])
 
 
 def outcome_counts(
     conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str,
-    metric: str = "success",
+    run: str | None, versions: Mapping[str, str], metric: str = "success",
 ) -> dict[str, tuple[int, int]]:
-    """arm -> (outcomes, successes) of one experiment's metric."""
+    """arm -> (outcomes, successes) of one run's metric, counting only the outcomes served by
+    the arm's version in `versions`: a control promoted mid-run starts its own count."""
     rows = conn.execute(sql.SQL(
         "SELECT arm, count(*), count(*) FILTER (WHERE success) FROM {} WHERE registry = %s "
-        "AND environment = %s AND experiment = %s AND metric = %s GROUP BY arm").format(OUTCOMES),
-        (registry, environment, experiment, metric)).fetchall()
+        "AND environment = %s AND experiment = %s AND run IS NOT DISTINCT FROM %s "
+        "AND metric = %s AND ((arm = 'control' AND chunk_version = %s) "
+        "OR (arm = 'candidate' AND chunk_version = %s)) GROUP BY arm").format(OUTCOMES),
+        (registry, environment, experiment, run, metric, versions.get("control"),
+         versions.get("candidate"))).fetchall()
     return {str(a): (int(n), int(k)) for a, n, k in rows}
 
 
 def outcome_versions(
-    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str
+    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str,
+    run: str | None,
 ) -> dict[str, str]:
-    """arm -> the chunk_version its newest outcome was served by."""
+    """arm -> the chunk_version the run's newest outcome in it was served by."""
     rows = conn.execute(sql.SQL(
         "SELECT DISTINCT ON (arm) arm, chunk_version FROM {} WHERE registry = %s "
-        "AND environment = %s AND experiment = %s ORDER BY arm, id DESC").format(OUTCOMES),
-        (registry, environment, experiment)).fetchall()
+        "AND environment = %s AND experiment = %s AND run IS NOT DISTINCT FROM %s "
+        "ORDER BY arm, id DESC").format(OUTCOMES),
+        (registry, environment, experiment, run)).fetchall()
     return {str(a): str(v) for a, v in rows}
 
 
@@ -1599,28 +1648,32 @@ class ExperimentStop:
 
 
 def experiment_stop(
-    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str
+    conn: psycopg.Connection[Any], registry: str, environment: str, experiment: str, run: str
 ) -> ExperimentStop | None:
+    """The stop proposed for this run of `experiment` (an earlier run's stop is not this
+    one's: a name started again is watched afresh)."""
     return _one(conn, sql.SQL(
         "SELECT experiment, candidate, proposed_at, branch, git_commit, pr_number, pr_url, "
-        "adopted FROM {} WHERE registry = %s AND environment = %s AND experiment = %s").format(
-        EXPERIMENT_STOPS), (registry, environment, experiment), ExperimentStop)
+        "adopted FROM {} WHERE registry = %s AND environment = %s AND experiment = %s "
+        "AND run = %s").format(EXPERIMENT_STOPS), (registry, environment, experiment, run),
+        ExperimentStop)
 
 
 def record_experiment_stop(
-    conn: psycopg.Connection[Any], registry: str, environment: str, stop: ExperimentStop,
-    evidence: Mapping[str, Any],
+    conn: psycopg.Connection[Any], registry: str, environment: str, run: str,
+    stop: ExperimentStop, evidence: Mapping[str, Any],
 ) -> ExperimentStop:
-    """Once per experiment: when one is recorded already, that one is returned."""
+    """Once per experiment run: when one is recorded already, that one is returned."""
     row = conn.execute(sql.SQL(
-        "INSERT INTO {} (registry, environment, experiment, candidate, branch, git_commit, "
-        "pr_number, pr_url, adopted, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (registry, environment, experiment) DO NOTHING RETURNING proposed_at"
+        "INSERT INTO {} (registry, environment, experiment, run, candidate, branch, git_commit, "
+        "pr_number, pr_url, adopted, evidence) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (registry, environment, experiment, run) DO NOTHING RETURNING proposed_at"
     ).format(EXPERIMENT_STOPS), (
-        registry, environment, stop.experiment, stop.candidate, stop.branch, stop.commit,
+        registry, environment, stop.experiment, run, stop.candidate, stop.branch, stop.commit,
         stop.number, stop.url, stop.adopted, Jsonb(dict(evidence)))).fetchone()
     if row is None:
-        existing = experiment_stop(conn, registry, environment, stop.experiment)
+        existing = experiment_stop(conn, registry, environment, stop.experiment, run)
         assert existing is not None
         return existing
     return ExperimentStop(**{**asdict(stop), "proposed_at": row[0]})

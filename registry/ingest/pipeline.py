@@ -18,7 +18,8 @@ Bad input, the rule:
   point (bad input under `strict`, a database error, Ctrl-C) leaves the table exactly as it was,
   and re-running an ingest_run_id replaces its rows atomically (readers never see it empty).
 
-The table production serves, and the previous production (the rollback target), are not
+The tables readers are served (production's, and a running experiment's candidate's: every
+`served_tables` row still open), and the previous production (the rollback target), are not
 refilled that way: an ingest into them is refused unless asked for (`into_production`), and
 then it is a document-level change. The new rows are staged, each document's content hash (its
 chunk ids in order: an id is the hash of the chunk's text under the config) compared with the
@@ -615,8 +616,8 @@ def run_ingest(
     max_change: float = DEFAULT_MAX_CHANGE,
     embedder: Embedder | None = None,
 ) -> IngestReport:
-    """Fill `target` from `source` in one transaction and record the run in ingest_runs; the
-    table production serves or rolls back to only with `into_production`, document by
+    """Fill `target` from `source` in one transaction and record the run in ingest_runs; a
+    table readers are served or production rolls back to only with `into_production`, document by
     document, refused above `max_change`. A config that pins an embedder needs `embedder`
     (already checked against the lock: `registry.embedding.locked.verified_embedder`)."""
     if target.config.embedder is not None and embedder is None:
@@ -822,14 +823,18 @@ STAGED = sql.Identifier("registry_ingest_staged")
 
 
 def guard_served(conn: psycopg.Connection[Any], target: ChunkTable, allowed: bool) -> bool:
-    """Whether `target` is the table production serves or rolls back to (then refused unless
-    `allowed`): replacing its rows is a production change no merge reviewed."""
+    """Whether `target` is a table readers are served now (production's, an experiment's
+    candidate's: any served_tables row still open) or production rolls back to (then refused
+    unless `allowed`): replacing its rows is a change to live traffic no merge reviewed."""
     if bookkeeping.managed_status(conn, target.schema, target.table,
                                   target.registries) == "production":
         role = "production serves"
     elif (target.schema, target.table) in bookkeeping.former_productions(conn, 1,
                                                                         target.registries):
         role = "production rolls back to"
+    elif bookkeeping.served_tables_until(conn, target.registries).get(
+            (target.schema, target.table), False) is None:
+        role = "the served state routes readers to (an experiment's candidate)"
     else:
         return False
     if not allowed:
@@ -865,7 +870,7 @@ def apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
     touched = report.documents_changed + report.documents_removed
     if before and touched / before > max_change:
         raise Refused(f"the ingest would remove or replace {touched} of the {before} documents "
-                      f"({touched / before:.0%}) of {target.qualified}, which production serves: "
+                      f"({touched / before:.0%}) of {target.qualified}, which readers are served: "
                       f"more than --max-change {max_change:g}; nothing was written",
                       fix="check --source (a wrong or truncated corpus?); if intended, raise "
                       "--max-change or lock a new version and promote it by PR")

@@ -139,11 +139,24 @@ def judge(experiment: str, metric: str, control: ArmStats, candidate: ArmStats
 
 def report(conn: psycopg.Connection[Any], settings: ProductionConfig, experiment: str,
            *, metric: str = "success") -> ExperimentReport:
-    """The report of `experiment`'s recorded outcomes in this registry and environment."""
-    counts = bookkeeping.outcome_counts(conn, settings.identity, settings.environment,
-                                        experiment, metric)
-    versions = bookkeeping.outcome_versions(conn, settings.identity, settings.environment,
-                                            experiment)
+    """The report of one run of `experiment` in this registry and environment: the declared
+    run (its control what the environment serves now) when `experiment` is the one declared,
+    else the run of its newest outcome (each arm's version that of its newest outcome).
+
+    Outcomes of an earlier run of the name, or of a control version promoted away from, are
+    not counted: they measured something else."""
+    declared = settings.experiment
+    ident, environment = settings.identity, settings.environment
+    if declared is not None and declared.name == experiment:
+        run: str | None = declared.run
+        versions = {"candidate": declared.candidate}
+        if settings.production is not None:
+            versions["control"] = settings.production
+    else:
+        run = bookkeeping.newest_run(conn, ident, environment, experiment)[1]
+        versions = bookkeeping.outcome_versions(conn, ident, environment, experiment, run)
+    counts = bookkeeping.outcome_counts(conn, ident, environment, experiment, run, versions,
+                                        metric)
     arms = [ArmStats(arm, versions.get(arm), *counts.get(arm, (0, 0)))
             for arm in ("control", "candidate")]
     return judge(experiment, metric, arms[0], arms[1])
@@ -218,7 +231,7 @@ def check_guardrails(
     result = report(conn, settings, experiment.name)
     found = breaches(conn, settings, experiment, result)
     stop = bookkeeping.experiment_stop(conn, settings.identity, settings.environment,
-                                       experiment.name)
+                                       experiment.name, experiment.run)
     out = GuardrailResult("within", "", experiment.name, found, result, stop)
     if stop is not None:
         out.outcome = "already-proposed"
@@ -257,7 +270,7 @@ def _propose_stop(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
         if open_stops:
             head, pull = open_stops[0]
             return bookkeeping.record_experiment_stop(
-                conn, settings.identity, settings.environment, ExperimentStop(
+                conn, settings.identity, settings.environment, experiment.run, ExperimentStop(
                     experiment.name, experiment.candidate, now, head, None, pull.number,
                     pull.url, adopted=True), evidence)
     branch = stop_branch(experiment, settings.environment)
@@ -274,7 +287,7 @@ def _propose_stop(conn: psycopg.Connection[Any], git: Git, state: RegistryState,
     title, body = describe_change(git, branch, change.base)
     made = propose(git, branch, base, title, evidence_markdown(result) + "\n" + body, env)
     return bookkeeping.record_experiment_stop(
-        conn, settings.identity, settings.environment, ExperimentStop(
+        conn, settings.identity, settings.environment, experiment.run, ExperimentStop(
             experiment.name, experiment.candidate, now, branch, change.commit, made.number,
             made.url, adopted=False), evidence)
 

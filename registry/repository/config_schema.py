@@ -157,4 +157,22 @@ def schema_problems(doc: YamlDoc, kind: Kind) -> list[Problem]:
         specific = notification_problems(doc)
         lines = {p.line for p in specific}
         problems = [p for p in problems if p.line not in lines] + specific
+        if not problems:
+            problems = _time_problems(doc)
     return sorted(problems, key=lambda p: p.line)
+
+
+def _time_problems(doc: YamlDoc) -> list[Problem]:
+    """The schema checks an RFC 3339 time's shape only: `2026-02-30T00:00:00Z` has it, and a
+    reader that parsed it would crash far from the file; every time field is parsed here."""
+    from registry.config import parse_rfc3339
+
+    experiment = doc.data.get("experiment")
+    if not isinstance(experiment, dict) or not isinstance(experiment.get("ends"), str):
+        return []
+    try:
+        parse_rfc3339(experiment["ends"])
+    except ValueError as err:
+        return [doc.problem(("experiment", "ends"), f"experiment.ends: {err}",
+                            "use a real time in UTC like 2026-12-01T00:00:00Z, quoted")]
+    return []

@@ -233,6 +233,7 @@ def lock(
     )
     commit = git.commit_files(base, changes, message)
     branch = f"lock/{config.chunk_version}"
+    require_no_new_errors(git, base, commit, f"lock {config.chunk_version}")
     git.create_branch(branch, commit)
     if push:
         git.push(f"refs/heads/{branch}:refs/heads/{branch}")
@@ -378,10 +379,50 @@ def _finish(
     branch: str | None = None, **extra: Any
 ) -> ChangeResult:
     branch = branch or f"{action}/{version}"
+    require_no_new_errors(git, base, commit, f"{action} {version}")
     commit, reused = place_branch(git, branch, commit, base, push)
     title = git.run("log", "-1", "--format=%s", commit).strip()
     return ChangeResult(action, version, branch, commit, base, title, pushed=push,
                         reused=reused, **extra)
+
+
+def require_no_new_errors(git: Git, base: str, commit: str, what: str) -> None:
+    """Every commit a command writes is validated before a branch names it: a change whose
+    pull request would fail `registry validate` is refused here, in one line. Only errors the
+    commit adds count, so a change that repairs an already broken main is not blocked."""
+    known = {(p.path, p.message) for p in read_state(git, base).errors}
+    added = [p for p in read_state(git, commit).errors if (p.path, p.message) not in known]
+    if added:
+        more = f" (and {len(added) - 1} more)" if len(added) > 1 else ""
+        first = added[0]
+        raise Refused(f"{what} would not validate: {first.path}:{first.line}: "
+                      f"{first.message}{more}",
+                      fix=first.fix or "fix that first, then rerun the command")
+
+
+def _experiment_of(state: RegistryState, version: str, environment: str | None
+                   ) -> tuple[str, str] | None:
+    """(environment, experiment name) of an experiment declared with `version` as its
+    candidate: in `environment`, or in any environment when None."""
+    found = [(PRODUCTION_ENVIRONMENT, state.production.experiment if state.production else None)]
+    found += [(name, env.settings.experiment if env.settings else None)
+              for name, env in state.environment_files.items()]
+    return next(((where, experiment.name) for where, experiment in found
+                 if experiment is not None and experiment.candidate == version
+                 and environment in (None, where)), None)
+
+
+def _require_no_experiment(state: RegistryState, version: str, action: str,
+                           environment: str | None) -> None:
+    """Promoting or retiring a running experiment's candidate would leave an experiment
+    that validation refuses: the experiment ends first, by its own pull request."""
+    running = _experiment_of(state, version, environment)
+    if running is not None:
+        where, name = running
+        option = "" if where == PRODUCTION_ENVIRONMENT else f" --environment {where}"
+        raise Refused(f"cannot {action} {version}: it is the candidate of experiment {name} "
+                      f"in {where}", fix=f"end experiment {name} first "
+                      f"(`registry experiment end{option}`), merge that, then {action} it")
 
 
 def _require_locked(state: RegistryState, version: str, base: str, action: str) -> LockedConfig:
@@ -411,6 +452,7 @@ def promote(
     base = git.desired_ref(fetch=False)
     state = select(read_state(git, base), environment)
     config = _require_locked(state, version, base, "promote")
+    _require_no_experiment(state, version, "promote", environment)
     settings = state.settings
     previous = settings.production
     path = environment_path(environment)
@@ -478,6 +520,7 @@ def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
     base = git.desired_ref(fetch=False)
     state = read_state(git, base)
     _require_locked(state, version, base, "retire")
+    _require_no_experiment(state, version, "retire", None)
     settings = state.settings
     if settings.production == version:
         raise Refused(f"cannot retire {version}: it is production",
