@@ -78,8 +78,10 @@ def test_an_unknown_environment_is_a_usage_error(registry_repo: RegistryRepo) ->
     ("serves: null\n", "promotion: {from: qa, soak: 24h}\n", "promotion.from names qa"),
     ("serves: null\npromotion: {from: staging, soak: 1h}\n", "",
      "promotion.from names staging itself"),
-    ("serves: null\ntables: {schema: public, base_name: document_chunks}\nregistry: acme\n",
+    ("serves: null\ntables: {schema: stg, base_name: document_chunks}\nregistry: acme\n",
      "registry: acme\n", "the same registry identity acme"),
+    ("serves: null\ntables: {schema: public, base_name: document_chunks}\nregistry: stg\n",
+     "registry: acme\n", "both use tables public.document_chunks"),
     ("serves: null\ndsn_env: postgres://u:p@h/db\n", "", "dsn_env"),
 ])
 def test_bad_environment_files_are_problems_with_path_and_line(

@@ -1525,9 +1525,12 @@ def publish_served_state(
 
 
 READ_SERVED = sql.SQL(
-    "SELECT registry, version, CASE WHEN version = %s THEN NULL ELSE state END FROM {} "
-    "WHERE environment = %s AND (%s::text IS NULL OR registry = %s) LIMIT 2").format(SERVED_STATE)
-"""The one query of a served-state refresh: the state only when its version moved."""
+    "SELECT registry, version, CASE WHEN version = %s AND registry = %s THEN NULL ELSE state END "
+    "FROM {} WHERE environment = %s AND (%s::text IS NULL OR registry = %s) LIMIT 2"
+).format(SERVED_STATE)
+"""The one query of a served-state refresh: the state only when its version moved, or when
+another registry serves now (a registry that took a name publishes under it from version 1:
+its version may equal the one known of its former identity)."""
 
 
 def served_tables_until(
