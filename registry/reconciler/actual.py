@@ -176,8 +176,6 @@ def read_actual(conn: psycopg.Connection[Any], settings: ProductionConfig) -> Ac
     actual = ActualState(schema=settings.schema, base_name=base, now=now,
                          schema_exists=schema_exists, bookkeeping=has_bookkeeping)
     for name, kind, reads, comment in relations:
-        if not settings.names_relation(name):
-            continue  # the LIKE prefix also matches other base names: not ours to look at
         actual.relations[name] = Relation(name, kind, tuple((s, t) for s, t in reads),
                                           read_marker(comment))
     if has_bookkeeping:

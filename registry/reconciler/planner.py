@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from registry.config import LockedConfig, ProductionConfig, duration_text
 from registry.database.bookkeeping import ManagedTable
+from registry.database.chunk_table import Marker
 from registry.errors import Refused
 from registry.quality import gate
 from registry.reconciler.actual import ActualState
@@ -265,6 +266,14 @@ def foreign_owner(settings: ProductionConfig, actual: ActualState,
     return None
 
 
+def _anothers(settings: ProductionConfig, name: str, marker: Marker | None) -> bool:
+    """Whether a relation the look-alike scan found is another registry's own: not named as
+    this one names its relations (`document_chunks_en_<version>` only starts like
+    `document_chunks_`) and marked by a registry that is not this one."""
+    return (not settings.names_relation(name) and marker is not None
+            and not settings.owns(marker.registry))
+
+
 def _registry_text(identity: str) -> str:
     """How a finding names a registry: a legacy identity is the registry without a name."""
     if "." in identity:
@@ -408,6 +417,8 @@ def make_plan(
     reported = {f.table for f in plan.findings}
     for name, relation in sorted(actual.relations.items()):
         if name in (base, settings.candidate_view) or name in managed_names or name in reported:
+            continue
+        if _anothers(settings, name, relation.marker):
             continue
         kind = "view" if relation.is_view else "table"
         plan.findings.append(Finding(
