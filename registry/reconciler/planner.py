@@ -255,7 +255,7 @@ def foreign_owner(settings: ProductionConfig, actual: ActualState,
     view = actual.relations.get(settings.base_name)
     if view is not None and view.marker is not None and not adoptable(
             settings, configs, view.marker.registry, view.marker.chunk_version,
-            view.marker.config_hash):
+            view.marker.config_hash) and not _adopted_view(settings, actual, view.marker):
         return view.marker.registry
     for row in actual.live.values():
         if (row.schema_name == settings.schema
@@ -264,6 +264,14 @@ def foreign_owner(settings: ProductionConfig, actual: ActualState,
                                   row.config_hash)):
             return row.registry
     return None
+
+
+def _adopted_view(settings: ProductionConfig, actual: ActualState, marker: Marker) -> bool:
+    """A view marked by the legacy identity reading a version whose row this registry already
+    adopted (recorded under its name): its own view, even once that config left the repo."""
+    return (settings.registry is not None and marker.registry == settings.legacy_identity
+            and any(m.registry == settings.registry and m.schema_name == settings.schema
+                    and m.chunk_version == marker.chunk_version for m in actual.managed))
 
 
 def _anothers(settings: ProductionConfig, name: str, marker: Marker | None) -> bool:
