@@ -104,7 +104,7 @@ def warm(dsn: str, calls: int, repetitions: int, label: str) -> None:
         competitors: dict[str, Callable[[], float]] = {
             "router (warm)": lambda: per_call(lambda i: router.table(key=keys[i]), calls),
             "query per call": lambda: per_call(lambda i: query.execute(
-                bookkeeping.READ_SERVED, (-1, ENVIRONMENT, REGISTRY, REGISTRY)).fetchall(),
+                bookkeeping.READ_SERVED, (-1, None, ENVIRONMENT, REGISTRY, REGISTRY)).fetchall(),
                 max(1, calls // 20)),
             "git per call": lambda: per_call(lambda i: retrieval_table(repo=repo), git_calls),
         }

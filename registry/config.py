@@ -725,6 +725,15 @@ class ProductionConfig:
     def tag_name(self, chunk_version: str) -> str:
         return f"{self.tag_prefix}{chunk_version}"
 
+    def names_relation(self, name: str) -> bool:
+        """Whether this registry would name a relation so: its view, its candidate view, or
+        `<base_name>_<version>`. A name that merely starts with `<base_name>_` may be another
+        base name's (`document_chunks_en_...` next to `document_chunks`)."""
+        if name in (self.base_name, self.candidate_view):
+            return True
+        prefix = f"{self.base_name}_"
+        return name.startswith(prefix) and is_version(name[len(prefix):].replace("_", "-"))
+
     @property
     def candidate_view(self) -> str:
         """`document_chunks_candidate`: the view SQL clients read for an experiment's candidate

@@ -215,9 +215,10 @@ class Router:
     def _read(self, known: Snapshot | None) -> Snapshot:
         """One query: the version, and the state only when it moved."""
         version = known.version if known is not None else -1
+        known_registry = known.registry if known is not None else None
         rows = self._connection().execute(
             bookkeeping.READ_SERVED,
-            (version, self.environment, self.registry, self.registry)).fetchall()
+            (version, known_registry, self.environment, self.registry, self.registry)).fetchall()
         if not rows:
             raise ServedStateUnavailable(
                 f"no served state for registry {self.registry or '(any)'} in environment "

@@ -80,8 +80,10 @@ def test_an_unknown_environment_is_a_usage_error(registry_repo: RegistryRepo) ->
     ("serves: null\n", "promotion: {from: qa, soak: 24h}\n", "promotion.from names qa"),
     ("serves: null\npromotion: {from: staging, soak: 1h}\n", "",
      "promotion.from names staging itself"),
-    ("serves: null\ntables: {schema: public, base_name: document_chunks}\nregistry: acme\n",
+    ("serves: null\ntables: {schema: stg, base_name: document_chunks}\nregistry: acme\n",
      "registry: acme\n", "the same registry identity acme"),
+    ("serves: null\ntables: {schema: public, base_name: document_chunks}\nregistry: stg\n",
+     "registry: acme\n", "both use tables public.document_chunks"),
     ("serves: null\ndsn_env: postgres://u:p@h/db\n", "", "dsn_env"),
 ])
 def test_bad_environment_files_are_problems_with_path_and_line(
@@ -93,6 +95,41 @@ def test_bad_environment_files_are_problems_with_path_and_line(
     assert result.code == 1, result.stdout + result.stderr
     assert expected in result.stdout + result.stderr
     assert "configs/" in result.stdout + result.stderr
+
+
+SAME_TABLES = "tables: {schema: public, base_name: document_chunks}\n"
+
+
+@pytest.mark.parametrize(("production_extra", "staging_extra", "shared"), [
+    ("", "", True),
+    ("", "registry: stg\n", True),
+    ("registry: acme\n", "registry: acme-stg\n", True),
+    ("dsn_env: PROD_DSN\n", "dsn_env: PROD_DSN\n", True),
+    ("", "dsn_env: STAGING_DSN\n", True),
+    ("dsn_env: PROD_DSN\n", "dsn_env: STAGING_DSN\nregistry: stg\n", False),
+], ids=["unnamed", "staging-named", "both-named", "same-dsn-env", "one-dsn-env",
+        "own-databases"])
+def test_environments_that_can_share_a_database_never_share_tables(
+    registry_repo: RegistryRepo, production_extra: str, staging_extra: str, shared: bool
+) -> None:
+    """A `registry:` name never keeps two environments' tables apart (reviewer's t3: a named
+    staging swapped production's view); only their own databases or tables do."""
+    registry_repo.write("configs/production.yaml", PRODUCTION_YAML + production_extra)
+    registry_repo.write("configs/environments/staging.yaml",
+                        "serves: null\n" + SAME_TABLES + staging_extra, "Add staging")
+
+    result = run_cli("validate", "--repo", registry_repo.path, "--ref", "main")
+
+    out = result.stdout + result.stderr
+    if shared:
+        assert result.code == 1, out
+        assert "configs/environments/staging.yaml:2: environments production and staging both "\
+            "use tables public.document_chunks" in out
+        assert "own tables.schema or tables.base_name" in out
+        assert "registry:` name" not in out
+    else:
+        assert result.code == 0, out
+        assert "both use tables" not in out
 
 
 def test_a_bad_environment_file_name_is_a_problem(registry_repo: RegistryRepo) -> None:

@@ -16,7 +16,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from registry.config import set_production_pointer
-from tests.database import Database, table_of
+from tests.database import Database, promote, table_of
 from tests.helpers import PRODUCTION_YAML, RegistryRepo, run_cli
 from tests.test_health_eval import Corpus, write_corpus
 
@@ -215,3 +215,33 @@ def test_a_missing_environment_dsn_is_one_line(
     assert "environment staging reads its database from STAGING_DSN, which is not set" in out
     code, out = cli(two_environments, "status", "--environment", "qa")
     assert code == 2 and "no environment qa" in out, out
+
+
+@pytest.mark.parametrize("staging_name", ["", "registry: stg\n"], ids=["unnamed", "named"])
+def test_a_staging_on_productions_tables_never_reaches_the_database(
+    registry_repo: RegistryRepo, dsn: str, staging_name: str
+) -> None:
+    """Reviewer's t3: staging with production's tables (named as the old advice said) had its
+    reconcile swap production's view. Now both environments' reconciles refuse before any SQL
+    (exit 1), and production's view and tables are as they were."""
+    repo = registry_repo
+    v1, v2 = repo.locked(), repo.locked(chunk_size=300)
+    assert run_cli("reconcile", "--repo", repo.path, "--dsn", dsn).code == 0
+    db = Database(dsn)
+    db.fill(table_of(v1))
+    db.fill(table_of(v2))
+    promote(repo, v1)
+    assert run_cli("reconcile", "--repo", repo.path, "--dsn", dsn).code == 0
+    repo.write("configs/environments/staging.yaml", f"{staging_name}serves: {v2}\n"
+               "tables: {schema: public, base_name: document_chunks}\n", "staging")
+    rows = "SELECT registry, table_name, status FROM chunk_registry.managed_tables ORDER BY 2"
+    before = db.query(rows)
+
+    for environment in ("staging", "production"):
+        result = run_cli("reconcile", "--repo", repo.path, "--dsn", dsn,
+                         "--environment", environment)
+        assert result.code == 1, result.stdout + result.stderr
+        assert "both use tables public.document_chunks" in result.stderr + result.stdout
+
+    assert db.view_target() == [table_of(v1)]
+    assert db.query(rows) == before

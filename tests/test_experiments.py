@@ -452,3 +452,39 @@ def test_a_name_started_again_is_a_new_run_and_a_new_control_starts_its_own_coun
     planted(router, "success", 0.9, 0.9, 100, seed=7)
     control_version, control_outcomes = arms()["control"]
     assert control_version == v4 and 0 < int(control_outcomes) < 100  # type: ignore[call-overload]
+
+
+def test_publishing_under_a_new_name_retires_the_former_identitys_served_state(dsn: str) -> None:
+    """One statement: the former identity's state for this environment is removed and its
+    tables stop being served; another environment's and another registry's stay untouched."""
+    from registry.database import bookkeeping
+
+    def state(table: str) -> dict[str, object]:
+        return {"view": "public.v", "experiment": None,
+                "production": {"version": "x", "table": f"public.{table}"}}
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        bookkeeping.ensure_schema(conn)
+        for registry, environment, table in (("public.v", "production", "t1"),
+                                             ("public.v", "staging", "s1"),
+                                             ("other", "production", "o1")):
+            with conn.transaction():
+                bookkeeping.publish_served_state(conn, registry, environment, state(table),
+                                                 None, [("public", table)])
+        with pytest.raises(ServedStateUnavailable, match="several registries"):
+            Router(dsn, registry=None).table()
+        with conn.transaction():
+            bookkeeping.publish_served_state(conn, "acme", "production", state("t1"), None,
+                                             [("public", "t1")], former=["public.v"])
+        served = conn.execute("SELECT registry, environment FROM chunk_registry.served_state "
+                              "ORDER BY 1, 2").fetchall()
+        open_rows = conn.execute(
+            "SELECT registry, environment, table_name FROM chunk_registry.served_tables "
+            "WHERE served_until IS NULL ORDER BY 1, 2").fetchall()
+        until = bookkeeping.served_tables_until(conn, ["acme", "public.v"])
+
+    assert served == [("acme", "production"), ("other", "production"), ("public.v", "staging")]
+    assert open_rows == [("acme", "production", "t1"), ("other", "production", "o1"),
+                         ("public.v", "staging", "s1")]
+    assert until[("public", "t1")] is None and until[("public", "s1")] is None
+    assert Router(dsn, registry="acme").table() == "public.t1"

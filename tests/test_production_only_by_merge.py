@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.database import Database, promote, table_of
+from registry.commands.reconcile import reconcile as reconcile_api
+from registry.serving import Router
+from tests.database import Database, promote, retire, table_of
 from tests.helpers import PRODUCTION_YAML, RegistryRepo, run_cli
 from tests.test_health_eval import Corpus, write_corpus
 
@@ -235,3 +237,158 @@ def test_a_forced_promotion_is_honoured_and_seen_the_same_way_everywhere(
     assert registry.active_config(repo=registry_repo.path).chunk_version == v2
     assert [r["chunk_version"] for r in status["configs"] if r.get("production")] == [v2]
     assert json.loads(health.stdout)["chunk_version"] == v2
+
+
+@pytest.mark.parametrize("promoted", [True, False], ids=["serving", "shadow-only"])
+def test_a_named_registry_never_takes_an_unnamed_registrys_tables(
+    tmp_path: Path, tokenizer_file: Path, dsn: str, promoted: bool
+) -> None:
+    """Both use public.document_chunks: the unnamed one's legacy identity is not the named
+    one's, whose configs differ (reviewer's t1: its view was swapped, its table retired)."""
+    unnamed = with_settings(tmp_path, tokenizer_file, "unnamed", retention=FAST_RETENTION)
+    named = with_settings(tmp_path, tokenizer_file, "named", registry="registry: beta",
+                          retention=FAST_RETENTION)
+    a1 = unnamed.locked()
+    assert reconcile(unnamed, dsn)[0] == 0
+    db = Database(dsn)
+    if promoted:
+        db.fill(table_of(a1))
+        promote(unnamed, a1)
+        assert reconcile(unnamed, dsn)[0] == 0
+    named.locked(chunk_size=300)
+    b2 = named.locked(chunk_size=200)
+    before = db.query("SELECT registry, table_name, status FROM chunk_registry.managed_tables")
+
+    code, out = reconcile(named, dsn)
+    plan = run_cli("plan", "--repo", named.path, "--dsn", dsn)
+
+    assert code == 7, out
+    assert "public.document_chunks" in out and "without a registry: name" in out
+    assert "blocked" in plan.stdout and "beta" in plan.stdout
+    assert db.query("SELECT registry, table_name, status FROM chunk_registry.managed_tables"
+                    ) == before
+    assert db.tables() == [table_of(a1)]
+    assert db.view_target() == ([table_of(a1)] if promoted else [])
+    promote(named, b2)
+    assert reconcile(named, dsn)[0] == 7
+    assert reconcile(unnamed, dsn)[0] == 0
+    assert db.tables() == [table_of(a1)]
+
+
+def test_a_registry_that_takes_a_name_keeps_its_tables_serves_once_and_drops_them_retired(
+    registry_repo: RegistryRepo, dsn: str
+) -> None:
+    """Adding `registry:` adopts what the registry made before (its own configs), records it
+    under the new name (so retiring those configs later still finds them its own), publishes
+    one served state for the environment and stops serving under the old identity."""
+    repo = registry_repo
+    repo.write("configs/production.yaml", PRODUCTION_YAML.replace(
+        "grace_period: 48h", "grace_period: 1s"), "fast retention")
+    v1, v2, v3 = repo.locked(), repo.locked(chunk_size=300), repo.locked(chunk_size=200)
+    assert reconcile(repo, dsn)[0] == 0
+    db = Database(dsn)
+    for version in (v1, v2, v3):
+        db.fill(table_of(version))
+    promote(repo, v1)
+    assert reconcile(repo, dsn)[0] == 0
+    router = Router(dsn, check_interval=0)
+    assert router.table(key="u1") == f"public.{table_of(v1)}"
+    served = "SELECT registry, environment FROM chunk_registry.served_state"
+
+    repo.write("configs/production.yaml", "registry: acme\n" + repo.read("configs/production.yaml"),
+               "name the registry")
+    assert reconcile(repo, dsn)[0] == 0
+
+    assert db.query(served) == [("acme", "production")]
+    assert router.table(key="u1") == f"public.{table_of(v1)}"
+    assert Router(dsn).table(key="u1") == f"public.{table_of(v1)}"
+    assert db.query("SELECT DISTINCT registry FROM chunk_registry.managed_tables") == [("acme",)]
+    assert db.query("SELECT count(*) FROM chunk_registry.served_tables "
+                    "WHERE registry <> 'acme' AND served_until IS NULL") == [(0,)]
+
+    promote(repo, v2)
+    assert reconcile(repo, dsn)[0] == 0
+    assert router.table(key="u1") == f"public.{table_of(v2)}"
+    promote(repo, v3)  # v1 is no longer the one previous production kept
+    assert reconcile(repo, dsn)[0] == 0
+    retire(repo, v1)
+    code, out = reconcile(repo, dsn)
+    assert code == 0 and "retire" in out, out
+    later = db.query("SELECT now() + interval '5 minutes'")[0][0]
+    reconcile_api(repo.path, dsn=dsn, now=later)
+
+    assert db.tables() == [table_of(v2), table_of(v3)]
+    assert db.query(served) == [("acme", "production")]
+
+
+def test_a_renamed_registrys_router_never_mistakes_the_new_state_for_the_old(
+    registry_repo: RegistryRepo, dsn: str
+) -> None:
+    """A router that knew version N of the old identity's state reads the new identity's
+    version N as the state it is (the new name publishes from version 1)."""
+    repo = registry_repo
+    v1, v2, v3 = repo.locked(), repo.locked(chunk_size=300), repo.locked(chunk_size=200)
+    assert reconcile(repo, dsn)[0] == 0
+    db = Database(dsn)
+    for version in (v1, v2, v3):
+        db.fill(table_of(version))
+    promote(repo, v1)
+    assert reconcile(repo, dsn)[0] == 0
+    router = Router(dsn, check_interval=0)
+    known = router.snapshot()
+    repo.write("configs/production.yaml", "registry: acme\n" + repo.read("configs/production.yaml"),
+               "name the registry")
+    promote(repo, v2)
+    assert reconcile(repo, dsn)[0] == 0
+    promote(repo, v3)
+    assert reconcile(repo, dsn)[0] == 0
+    version = db.query("SELECT version FROM chunk_registry.served_state")[0][0]
+    assert version == known.version, "the case needs equal versions across the rename"
+
+    assert router.table(key="u1") == f"public.{table_of(v3)}"
+    assert router.snapshot().registry == "acme"
+
+
+@pytest.mark.parametrize("first", ["longer", "shorter"])
+def test_a_base_name_that_extends_another_is_never_taken_for_it(
+    tmp_path: Path, tokenizer_file: Path, dsn: str, first: str
+) -> None:
+    """document_chunks_en_<version> is not a table of base name document_chunks: neither
+    registry is refused nor warned about the other's tables (reviewer's t8)."""
+    short = with_settings(tmp_path, tokenizer_file, "short", registry="registry: team-a")
+    long = with_settings(tmp_path, tokenizer_file, "long", registry="registry: team-en",
+                         tables="tables: {schema: public, base_name: document_chunks_en}")
+    a1, b1 = short.locked(), long.locked(chunk_size=300)
+    order = [long, short] if first == "longer" else [short, long]
+
+    outputs = [reconcile(repo, dsn) for repo in order * 2]
+
+    assert [code for code, _ in outputs] == [0, 0, 0, 0], outputs
+    assert not any("looks like a registry" in out for _, out in outputs), outputs
+    longer = "document_chunks_en_" + b1.replace("-", "_")
+    assert sorted(Database(dsn).tables()) == sorted([table_of(a1), longer])
+    status = run_cli("status", "--repo", short.path, "--dsn", dsn)
+    assert status.code == 0 and "document_chunks_en" not in status.stdout, status.stdout
+
+
+def test_an_environment_whose_base_name_extends_productions_is_its_own(
+    registry_repo: RegistryRepo, dsn: str
+) -> None:
+    """staging's document_chunks_staging_<version> next to production's document_chunks
+    (reviewer's t20): both environments reconcile, each keeps its tables."""
+    repo = registry_repo
+    repo.write("configs/production.yaml", "registry: acme\n" + PRODUCTION_YAML, "name it")
+    v1 = repo.locked()
+    repo.write("configs/environments/staging.yaml",
+               "serves: null\ntables: {schema: public, base_name: document_chunks_staging}\n",
+               "staging")
+
+    staging = reconcile(repo, dsn, "--environment", "staging")
+    production = reconcile(repo, dsn)
+    again = reconcile(repo, dsn, "--environment", "staging")
+
+    for code, out in (staging, production, again):
+        assert code == 0, out
+        assert "looks like a registry" not in out, out
+    assert sorted(Database(dsn).tables()) == sorted(
+        [table_of(v1), f"document_chunks_staging_{v1.replace('-', '_')}"])

@@ -608,6 +608,23 @@ _LAST_COMPARE = sql.SQL(
 ).format(e=EVAL_RUNS)
 
 
+def adopt_tables(
+    conn: psycopg.Connection[Any], registry: str, legacy: str, schema: str,
+    tables: Sequence[tuple[str, str, str]],
+) -> int:
+    """Record under `registry` the rows its legacy identity wrote for `tables` ((table_name,
+    chunk_version, config_hash): configs of its repository), so they stay its own once their
+    configs are retired, when their versions no longer prove whose they are. Rows of any
+    other config (an unnamed registry's with the same tables) are left alone. How many."""
+    cursor = conn.execute(sql.SQL(
+        "UPDATE {} SET registry = %s WHERE registry = %s AND schema_name = %s "
+        "AND (table_name, chunk_version, config_hash) IN "
+        "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))").format(MANAGED),
+        (registry, legacy, schema, [t for t, _, _ in tables], [v for _, v, _ in tables],
+         [h for _, _, h in tables]))
+    return cursor.rowcount
+
+
 def managed_tables(
     conn: psycopg.Connection[Any], *, with_last_compare: bool, registries: Sequence[str] = (),
 ) -> list[ManagedTable]:
@@ -1494,15 +1511,20 @@ def record_delivery(
 
 def publish_served_state(
     conn: psycopg.Connection[Any], registry: str, environment: str, state: Mapping[str, Any],
-    commit: str | None, tables: Sequence[tuple[str, str]],
+    commit: str | None, tables: Sequence[tuple[str, str]], former: Sequence[str] = (),
 ) -> tuple[int, bool]:
     """Store what `environment` serves; the version is bumped (and listeners notified) only
     when it changed. `tables` are the tables it serves now: each one stops being served (its
-    served_until is set) when it leaves. (version, changed); run it in one transaction."""
+    served_until is set) when it leaves. `former`: the registry's other identities (its
+    legacy one, once it has a name): their served state for `environment` is removed and
+    their tables stop being served, so one registry never serves an environment twice (a
+    router without registry= refuses that) nor keeps a table served forever under a name it
+    no longer publishes. (version, changed); run it in one transaction."""
     schemas = [s for s, _ in tables]
     names = [t for _, t in tables]
-    # One statement (one round trip): the data-modifying parts touch disjoint rows, and the
-    # version falls back to the row as it was when nothing changed.
+    # One statement (one round trip): the data-modifying parts touch disjoint rows (former
+    # identities are never `registry`), and the version falls back to the row as it was when
+    # nothing changed.
     row = conn.execute(sql.SQL(
         "WITH published AS (INSERT INTO {state} AS s (registry, environment, state, git_commit) "
         "VALUES (%(registry)s, %(environment)s, %(state)s, %(commit)s) "
@@ -1517,14 +1539,20 @@ def publish_served_state(
         "stopped AS (UPDATE {tables} SET served_until = now() WHERE registry = %(registry)s "
         "AND environment = %(environment)s AND served_until IS NULL "
         "AND (schema_name, table_name) NOT IN "
-        "(SELECT s, t FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS u(s, t))) "
+        "(SELECT s, t FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS u(s, t))), "
+        "forgotten AS (DELETE FROM {state} WHERE registry = ANY(%(former)s::text[]) "
+        "AND environment = %(environment)s AND registry <> %(registry)s), "
+        "closed AS (UPDATE {tables} SET served_until = now() "
+        "WHERE registry = ANY(%(former)s::text[]) AND registry <> %(registry)s "
+        "AND environment = %(environment)s AND served_until IS NULL) "
         "SELECT (SELECT version FROM published), "
         "(SELECT version FROM {state} WHERE registry = %(registry)s "
         "AND environment = %(environment)s), "
         "(SELECT pg_notify(%(channel)s, %(registry)s || '/' || %(environment)s) "
         "FROM published)").format(state=SERVED_STATE, tables=SERVED_TABLES),
         {"registry": registry, "environment": environment, "state": Jsonb(dict(state)),
-         "commit": commit, "schemas": schemas, "names": names, "channel": SERVED_CHANNEL},
+         "commit": commit, "schemas": schemas, "names": names, "channel": SERVED_CHANNEL,
+         "former": list(former)},
     ).fetchone()
     assert row is not None
     changed = row[0] is not None
@@ -1534,9 +1562,12 @@ def publish_served_state(
 
 
 READ_SERVED = sql.SQL(
-    "SELECT registry, version, CASE WHEN version = %s THEN NULL ELSE state END FROM {} "
-    "WHERE environment = %s AND (%s::text IS NULL OR registry = %s) LIMIT 2").format(SERVED_STATE)
-"""The one query of a served-state refresh: the state only when its version moved."""
+    "SELECT registry, version, CASE WHEN version = %s AND registry = %s THEN NULL ELSE state END "
+    "FROM {} WHERE environment = %s AND (%s::text IS NULL OR registry = %s) LIMIT 2"
+).format(SERVED_STATE)
+"""The one query of a served-state refresh: the state only when its version moved, or when
+another registry serves now (a registry that took a name publishes under it from version 1:
+its version may equal the one known of its former identity)."""
 
 
 def served_tables_until(

@@ -11,12 +11,14 @@ Drop re-reads its bookkeeping row FOR UPDATE), so an action built by hand cannot
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from registry.config import LockedConfig, ProductionConfig, duration_text
 from registry.database.bookkeeping import ManagedTable
+from registry.database.chunk_table import Marker
 from registry.errors import Refused
 from registry.quality import gate
 from registry.reconciler.actual import ActualState
@@ -230,25 +232,70 @@ def swap_target(state: RegistryState) -> str | None:
     return state.settings.table_name(production) if production else None
 
 
-def foreign_owner(settings: ProductionConfig, actual: ActualState) -> str | None:
+def adoptable(settings: ProductionConfig, configs: Mapping[str, LockedConfig],
+              registry: str | None, chunk_version: str | None, config_hash: str | None) -> bool:
+    """Whether what carries `registry` is this registry's. A named registry shares its legacy
+    identity (`schema.base_name`) with an unnamed registry using the same tables, so it adopts
+    a legacy-identity row or marker only when that version, with that config hash (None: a
+    marker that records none), is a config in its own repository: the tables it created
+    before it had a name, never another registry's."""
+    if not settings.owns(registry):
+        return False
+    if settings.registry is None or registry != settings.legacy_identity:
+        return True
+    config = configs.get(chunk_version) if chunk_version is not None else None
+    return config is not None and config_hash in (None, config.config_hash)
+
+
+def foreign_owner(settings: ProductionConfig, actual: ActualState,
+                  configs: Mapping[str, LockedConfig]) -> str | None:
     """Another registry's identity on what this one would manage (the view, or a live table
-    named like ours in our schema): the database belongs to someone else there."""
+    this registry would name so: `<base_name>_<version>` in its schema, never a mere prefix
+    match, which is another base name's): the database belongs to someone else there."""
     view = actual.relations.get(settings.base_name)
-    if view is not None and view.marker is not None and not settings.owns(view.marker.registry):
+    if view is not None and view.marker is not None and not adoptable(
+            settings, configs, view.marker.registry, view.marker.chunk_version,
+            view.marker.config_hash) and not _adopted_view(settings, actual, view.marker):
         return view.marker.registry
-    prefix = f"{settings.base_name}_"
     for row in actual.live.values():
-        if (row.schema_name == settings.schema and row.table_name.startswith(prefix)
-                and not settings.owns(row.registry)):
+        if (row.schema_name == settings.schema
+                and row.table_name == settings.table_name(row.chunk_version)
+                and not adoptable(settings, configs, row.registry, row.chunk_version,
+                                  row.config_hash)):
             return row.registry
     return None
 
 
-def owned(settings: ProductionConfig, actual: ActualState, row: ManagedTable) -> bool:
-    """A bookkeeping row this registry acts on: its identity, in its schema, named as it names
-    a table of that version, and (while the table exists) the table carries the registry's
-    marker for that version and config hash. A row alone is never enough."""
-    if not settings.owns(row.registry) or row.schema_name != settings.schema:
+def _adopted_view(settings: ProductionConfig, actual: ActualState, marker: Marker) -> bool:
+    """A view marked by the legacy identity reading a version whose row this registry already
+    adopted (recorded under its name): its own view, even once that config left the repo."""
+    return (settings.registry is not None and marker.registry == settings.legacy_identity
+            and any(m.registry == settings.registry and m.schema_name == settings.schema
+                    and m.chunk_version == marker.chunk_version for m in actual.managed))
+
+
+def _anothers(settings: ProductionConfig, name: str, marker: Marker | None) -> bool:
+    """Whether a relation the look-alike scan found is another registry's own: not named as
+    this one names its relations (`document_chunks_en_<version>` only starts like
+    `document_chunks_`) and marked by a registry that is not this one."""
+    return (not settings.names_relation(name) and marker is not None
+            and not settings.owns(marker.registry))
+
+
+def _registry_text(identity: str) -> str:
+    """How a finding names a registry: a legacy identity is the registry without a name."""
+    if "." in identity:
+        return f"registry {identity} (one without a registry: name)"
+    return f"registry {identity}"
+
+
+def owned(settings: ProductionConfig, actual: ActualState, row: ManagedTable,
+          configs: Mapping[str, LockedConfig]) -> bool:
+    """A bookkeeping row this registry acts on: its identity (`adoptable`), in its schema,
+    named as it names a table of that version, and (while the table exists) the table carries
+    the registry's marker for that version and config hash. A row alone is never enough."""
+    if (not adoptable(settings, configs, row.registry, row.chunk_version, row.config_hash)
+            or row.schema_name != settings.schema):
         return False
     if row.table_name != settings.table_name(row.chunk_version):
         return False
@@ -300,17 +347,20 @@ def make_plan(
     schema, base = settings.schema, settings.base_name
     plan = Plan(ref=state.ref, commit=state.commit, target=target, schema=schema,
                 environment=state.environment)
-    other = foreign_owner(settings, actual)
+    other = foreign_owner(settings, actual, state.configs)
     if other is not None:
         plan.findings.append(Finding(
-            "foreign", base, f"{schema}.{base} and its tables belong to registry {other}, but "
+            "foreign", base, f"{schema}.{base} and its tables belong to "
+            f"{_registry_text(other)}, but "
             f"this repository is registry {settings.identity}: changing nothing",
             "check --repo and REGISTRY_DSN (the wrong repository or database?), or give this "
             "registry its own tables.schema/base_name", "error"))
         return plan
-    elsewhere = {m.chunk_version: m for m in actual.live.values() if settings.owns(m.registry)
+    elsewhere = {m.chunk_version: m for m in actual.live.values()
+                 if adoptable(settings, state.configs, m.registry, m.chunk_version, m.config_hash)
                  and m.key != (schema, settings.table_name(m.chunk_version))}
-    actual = replace(actual, managed=[m for m in actual.managed if owned(settings, actual, m)])
+    actual = replace(actual, managed=[m for m in actual.managed
+                                      if owned(settings, actual, m, state.configs)])
     live = actual.live
     managed_names = {m.table_name for m in live.values() if m.schema_name == schema}
     blocked: set[str] = set()
@@ -375,6 +425,8 @@ def make_plan(
     reported = {f.table for f in plan.findings}
     for name, relation in sorted(actual.relations.items()):
         if name in (base, settings.candidate_view) or name in managed_names or name in reported:
+            continue
+        if _anothers(settings, name, relation.marker):
             continue
         kind = "view" if relation.is_view else "table"
         plan.findings.append(Finding(

@@ -324,6 +324,7 @@ def reconcile(
     foreign = next((f for f in the_plan.blocking if f.kind == "foreign"), None)
     if foreign is not None:
         raise Refused(foreign.message, fix=foreign.fix)
+    _adopt_legacy(conn, state)
     applier = Applier(conn, state.settings, state.commit, actual.now, force=force,
                       schema_exists=actual.schema_exists, lock_timeout_ms=lock_timeout_ms,
                       attempts=attempts, swap_deadline=swap_deadline)
@@ -331,6 +332,22 @@ def reconcile(
     result.served = materialize(conn, state, now or actual.now)
     _notify(conn, state, result, now)
     return result
+
+
+def _adopt_legacy(conn: psycopg.Connection[Any], state: RegistryState) -> None:
+    """A named registry takes over, under its name, the rows it wrote before it had one (their
+    configs are in its repository): after a retirement their versions alone could not tell
+    them from an unnamed registry's on the same tables."""
+    settings = state.settings
+    if settings.registry is None:
+        return
+    tables = [(settings.table_name(v), v, c.config_hash) for v, c in state.configs.items()]
+    with conn.transaction():
+        adopted = bookkeeping.adopt_tables(conn, settings.registry, settings.legacy_identity,
+                                           settings.schema, tables)
+    if adopted:
+        log.info("%d table(s) recorded under %s are now recorded under %s", adopted,
+                 settings.legacy_identity, settings.registry)
 
 
 def _apply_and_record(

@@ -144,7 +144,8 @@ def materialize(
         notes.append(note)
     with conn.transaction():
         version, changed = bookkeeping.publish_served_state(
-            conn, settings.identity, settings.environment, served, state.commit, tables)
+            conn, settings.identity, settings.environment, served, state.commit, tables,
+            former=[i for i in settings.identities if i != settings.identity])
     for text in notes:
         log.info("%s", text)
     return Served(version, changed, served, notes)

@@ -113,7 +113,7 @@ def status_rows(
 ) -> list[StatusRow]:
     settings = state.settings
     configs = state.configs
-    mine = [m for m in actual.managed if owned(settings, actual, m)]
+    mine = [m for m in actual.managed if owned(settings, actual, m, configs)]
     live = {m.chunk_version: m for m in mine if m.status != "dropped"}
     current = next((m for m in mine if m.status == "production"), None)
     versions = sorted(set(configs) | set(live), reverse=True)

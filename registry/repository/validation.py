@@ -164,6 +164,9 @@ def environment_problems(state: RegistryState) -> list[Problem]:
     if not state.environment_files:
         return problems
     owners: dict[str, str] = {}
+    # Environments by the tables they use, with their dsn_env: two that can share a database
+    # must not share tables, whatever their `registry:` names (a name never keeps them apart).
+    tables_of: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
     for name, (path, line, settings) in declared.items():
         if name == PRODUCTION_ENVIRONMENT and state.production is not None:
             line = _production_line(state, "promotion")
@@ -180,6 +183,20 @@ def environment_problems(state: RegistryState) -> list[Problem]:
             elif _loops(name, declared):
                 problems.append(Problem(path, line, f"the promotion path through {name} loops",
                                         "make one environment the start of the path"))
+        tables = (settings.schema, settings.base_name)
+        sharer = next((other for other, dsn_env in tables_of.get(tables, [])
+                       if dsn_env is None or settings.dsn_env is None
+                       or dsn_env == settings.dsn_env), None)
+        tables_of.setdefault(tables, []).append((name, settings.dsn_env))
+        if sharer is not None:
+            where = (_production_line(state, "tables") if name == PRODUCTION_ENVIRONMENT
+                     else state.environment_files[name].line_of("tables"))
+            problems.append(Problem(
+                path, where, f"environments {sharer} and {name} both use tables "
+                f"{settings.legacy_identity} and can share a database (no dsn_env, or the same "
+                "one): one's reconcile would swap the other's view and drop its tables",
+                f"give {name} its own tables.schema or tables.base_name"))
+            continue
         identity = settings.identity
         if identity in owners:
             where = (_production_line(state, "registry") if name == PRODUCTION_ENVIRONMENT

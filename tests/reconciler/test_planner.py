@@ -365,6 +365,71 @@ def test_another_registrys_view_makes_a_plan_of_one_refusal_and_no_action() -> N
     assert "ours" in plan.findings[0].message
 
 
+LEGACY = "public.document_chunks"
+
+
+def named(*versions: str, production: str | None = None) -> RegistryState:
+    """The committed state of a registry named acme on public.document_chunks."""
+    found = state(*versions, production=production)
+    assert found.production is not None
+    return replace(found, production=replace(found.production, registry="acme"))
+
+
+def legacy(row: ManagedTable) -> ManagedTable:
+    return replace(row, registry=LEGACY)
+
+
+@pytest.mark.parametrize(("rows", "view_marker", "foreign"), [
+    ([legacy(managed(V1, "production", promoted=NOW))], Marker(LEGACY, V1), False),
+    ([legacy(managed(V1, "production", promoted=NOW))], Marker(LEGACY, V1, "0" * 64), True),
+    ([legacy(managed(V1, "production", promoted=NOW)), legacy(managed(V3))],
+     Marker(LEGACY, V1), True),
+    ([legacy(managed(V1, "production", promoted=NOW, config_hash="0" * 64))],
+     Marker(LEGACY, V1), True),
+    ([legacy(managed(V3, "production", promoted=NOW))], Marker(LEGACY, V3), True),
+    ([legacy(managed(V3))], None, True),
+    ([replace(managed(V1, "production", promoted=NOW), registry="acme")],
+     Marker("acme", V1), False),
+    ([replace(managed(V3, "production", promoted=NOW), registry="acme")],
+     Marker(LEGACY, V3), False),
+], ids=["own-configs", "view-hash-not-ours", "one-row-not-ours", "hash-not-ours",
+        "version-not-ours", "shadow-not-ours", "own-name", "view-of-an-adopted-row"])
+def test_a_named_registry_adopts_its_legacy_identity_only_for_its_own_configs(
+    rows: list[ManagedTable], view_marker: Marker | None, foreign: bool
+) -> None:
+    """The legacy identity `schema.base_name` is also an unnamed registry's on the same
+    tables: a named one adopts a row or marker of it only for a version and config hash that
+    are a config in its repository, else the plan is one refusal naming the other."""
+    found = actual(*rows)
+    if view_marker is not None:
+        found.relations["document_chunks"] = Relation(
+            "document_chunks", "v", (("public", table(str(view_marker.chunk_version))),),
+            view_marker)
+    plan = make_plan(named(V1, V2, production=V1), found)
+    if foreign:
+        assert plan.actions == [] and kinds(plan) == [("foreign", "error")]
+        assert LEGACY in plan.findings[0].message and "acme" in plan.findings[0].message
+    else:
+        assert "foreign" not in [f.kind for f in plan.findings], plan.findings
+        assert CreateTable in [type(a) for a in plan.actions]
+
+
+@pytest.mark.parametrize("base_name", ["document_chunks_en", "document_chunks_staging",
+                                       "document_chunks_2026"])
+def test_a_table_of_a_base_name_extending_ours_is_never_ours_nor_foreign(base_name: str) -> None:
+    """`<base>_<version>` exactly is ours; `document_chunks_en_<version>` only starts like it."""
+    other = replace(managed(V2, "production", promoted=NOW), registry="team-en",
+                    table_name=f"{base_name}_{V2.replace('-', '_')}")
+    found = actual(managed(V1, "production", promoted=NOW), view=V1)
+    found.managed.append(other)
+    found.relations[other.table_name] = Relation(other.table_name, "r",
+                                                 marker=Marker("team-en", V2))
+    found.relations[base_name] = Relation(base_name, "v", (("public", other.table_name),),
+                                          Marker("team-en", V2))
+    plan = make_plan(state(V1, production=V1), found)
+    assert plan.actions == [] and plan.findings == []
+
+
 def test_a_forced_promotion_skips_the_gate_for_that_version_only() -> None:
     held = actual(managed(V1, "production", promoted=NOW), managed(V2, compared=False),
                   managed(V3, compared=False), view=V1, rows_in={table(V2): 5, table(V3): 5})
