@@ -216,10 +216,12 @@ def _initialize(data: Path) -> None:
     """initdb into a fresh directory beside `data`, renamed into place once complete: `data`
     either does not exist or holds a whole cluster, whenever the command that ran initdb is
     killed (its orphaned initdb only ever writes to its own directory, removed here)."""
-    if (data / "PG_VERSION").exists():
-        return
+    # Stale directories are removed at every start, not only before an initdb: a killed
+    # command's orphaned initdb may go on writing into its directory after that removal.
     for stale in data.parent.glob(f"{data.name}.init-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    if (data / "PG_VERSION").exists():
+        return
     shutil.rmtree(data, ignore_errors=True)  # no PG_VERSION: no cluster, nothing to keep
     fresh = Path(tempfile.mkdtemp(prefix=f"{data.name}.init-", dir=data.parent))
     server_class = _embedded_module("postgres_server").PostgresServer
