@@ -149,7 +149,7 @@ def race(dsn: str, cases: list[tuple[str, str]], k: int, rounds: int
     latencies: dict[str, list[float]] = {name: [] for name in COMPETITORS}
     with psycopg.connect(dsn, autocommit=True) as indexed, \
             psycopg.connect(dsn, autocommit=True) as exact:
-        retrieval.set_ef_search(indexed, k)
+        retrieval.prepare_vector_reads(indexed, k)
         exact.execute("SET enable_indexscan = off")
         for conn in (indexed, exact):  # warm: the first touch of the heap and the graph
             for name in COMPETITORS:
@@ -194,7 +194,7 @@ def run(admin: str, args: argparse.Namespace, label: str) -> dict[str, Any]:
         cases = queries(args.queries, words, args.dimension, 61, centres(conn))
         latencies = race(dsn, cases, args.k, args.rounds)
         recalls = recall(dsn, cases, args.k)
-        retrieval.set_ef_search(conn, args.k)
+        retrieval.prepare_vector_reads(conn, args.k)
         plans = {name: "\n".join(r[0] for r in conn.execute(
             sql.SQL("EXPLAIN {}").format(statement(name, *cases[0], args.k))))
             for name in ("dense-hnsw", "hybrid-hnsw")}
