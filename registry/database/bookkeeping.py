@@ -1488,7 +1488,7 @@ def record_delivery(
     who got it all the same) added to those a retry skips."""
     params = {"now": now, "error": error, "retry": retry_at, "id": notification.id,
               "delivered": list(delivered)}
-    phase = "open" if notification.phase == "opened" else "resolve"
+    status, sent_at = _PHASE_COLUMNS[notification.phase == "opened"]
     if error is None:
         statement = (
             "UPDATE {n} SET {status} = 'sent', {sent_at} = %(now)s, attempts = 0, "
@@ -1500,9 +1500,14 @@ def record_delivery(
             "'abandoned' ELSE {status} END, attempts = attempts + 1, last_error = %(error)s, "
             "next_attempt_at = coalesce(%(retry)s, next_attempt_at), last_attempt_at = %(now)s, "
             "delivered_to = delivered_to || %(delivered)s::text[] WHERE id = %(id)s")
-    conn.execute(sql.SQL(statement).format(
-        n=NOTIFICATIONS, status=sql.Identifier(f"{phase}_status"),
-        sent_at=sql.Identifier(f"{phase}_sent_at")), params)
+    conn.execute(sql.SQL(statement).format(n=NOTIFICATIONS, status=status, sent_at=sent_at),
+                 params)
+
+
+_PHASE_COLUMNS = {True: (sql.Identifier("open_status"), sql.Identifier("open_sent_at")),
+                  False: (sql.Identifier("resolve_status"), sql.Identifier("resolve_sent_at"))}
+"""(status, sent_at) columns of a notification's opening (True) or resolution message: constant
+names, so the statement may carry parameters (psycopg reads a `%` in a composed name as one)."""
 
 
 # ---------------------------------------------------------------------------------------------
