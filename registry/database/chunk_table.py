@@ -131,6 +131,13 @@ def chunk_table(state: RegistryState, version: str) -> ChunkTable:
                       state.settings.table_name(config.chunk_version), state.settings.identities)
 
 
+def relation_exists(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
+    """Whether anything (table, view, index, sequence) is named `schema.name`."""
+    found = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
+                         (schema, name)).fetchone()
+    return bool(found and found[0])
+
+
 def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
     """Whether `schema.table` exists as a table (a view or anything else of that name is not
     a chunk table)."""

@@ -25,6 +25,7 @@ from registry.database.chunk_table import (
     VectorColumn,
     has_rows,
     marker_ddl,
+    relation_exists,
     relation_marker,
     table_ddl,
     view_ddl,
@@ -314,9 +315,7 @@ class Applier:
         bookkeeping.set_production(self.conn, action.schema, action.table)
 
     def _exists(self, action: Drop) -> bool:
-        row = self.conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) "
-                                "IS NOT NULL", (action.schema, action.table)).fetchone()
-        return bool(row and row[0])
+        return relation_exists(self.conn, action.schema, action.table)
 
     def _drop(self, action: Drop) -> None:
         """Re-check every drop rule against the bookkeeping row, locked, then DROP (RESTRICT)."""

@@ -29,6 +29,7 @@ from registry.database.chunk_table import (
     Marker,
     has_rows,
     marker_ddl,
+    relation_exists,
     relation_marker,
     table_exists,
     view_ddl,
@@ -157,13 +158,13 @@ def _candidate_view(conn: psycopg.Connection[Any], settings: ProductionConfig,
     routed (only when it carries this registry's marker); a note when it could not."""
     schema, view = settings.schema, settings.candidate_view
     try:
-        if experiment is None and not _relation_exists(conn, schema, view):
+        if experiment is None and not relation_exists(conn, schema, view):
             return None  # the common case, no experiment and no view: one query
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                 sql.Literal(VIEW_LOCK_TIMEOUT)))
             marker = relation_marker(conn, schema, view)
-            exists = _relation_exists(conn, schema, view)
+            exists = relation_exists(conn, schema, view)
             if exists and (marker is None or not settings.owns(marker.registry)):
                 return (f"{schema}.{view} exists but is not this registry's view: left alone "
                         "(drop or rename it so the candidate view can be made)")
@@ -182,8 +183,3 @@ def _candidate_view(conn: psycopg.Connection[Any], settings: ProductionConfig,
         return f"the candidate view {schema}.{view} was not updated: {first_line(err)}"
     return None
 
-
-def _relation_exists(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
-    found = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
-                         (schema, name)).fetchone()
-    return bool(found and found[0])
