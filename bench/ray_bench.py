@@ -17,11 +17,18 @@ Then:
   the database absorbs at most the measured COPY rate (parallel shards) and moves at the
   measured move rate (one transaction), so the run rate is the slowest of the three.
 
+With `--embed-sizes-mb`: the same race for a config that pins an embedder (the int8
+all-MiniLM-L6-v2 of the installed model packages, 200-token chunks, its own tokenizer for
+chunking): the built-in ingest embeds in a thread beside chunking and COPY, the Ray ingest in
+`--workers` embedding actors; the embedding cache is emptied before every run, so both engines
+compute every vector; every run must store the same chunk ids.
+
 Figures carry the load average at start and end; on a busy machine (see fair.py) they are
 labelled "busy" (refused without --allow-busy).
 
-Run: `.venv/bin/python bench/ray_bench.py [--sizes-mb 2,4] [--workers 2] [--rounds 2]
-[--dsn DSN] [--allow-busy]` (needs the extras `ray` and `embedded` or a --dsn).
+Run: `.venv/bin/python bench/ray_bench.py [--sizes-mb 2,4] [--embed-sizes-mb 0.5]
+[--workers 2] [--rounds 2] [--dsn DSN] [--allow-busy]` (needs the extras `ray` and `embedded`
+or a --dsn; `--embed-sizes-mb` needs `embed` and the model packages of the dev extra).
 """
 
 from __future__ import annotations
@@ -150,6 +157,10 @@ class WorkerMemory(TreeMemory):
 
 def ingest_once(repo: Path, version: str, corpus: Path, dsn: str, tokenizer: Path,
                 workers: int, engine: str) -> dict[str, Any]:
+    with psycopg.connect(dsn, autocommit=True) as conn:  # every run computes its vectors
+        if conn.execute("SELECT to_regclass('chunk_registry.embedding_cache')").fetchone() \
+                != (None,):
+            conn.execute("TRUNCATE chunk_registry.embedding_cache")
     command = [str(Path(sys.executable).parent / "registry"), "ingest", version, "--repo",
                str(repo), "--dsn", dsn, "--source", str(corpus), "--tokenizer-file",
                str(tokenizer), "--dedup", "corpus", "--workers", str(workers), "--format",
@@ -165,6 +176,7 @@ def ingest_once(repo: Path, version: str, corpus: Path, dsn: str, tokenizer: Pat
         raise RuntimeError(f"{engine} ingest failed: {err.strip()[-800:]}")
     report = json.loads(out)
     return {"wall_s": wall, "pipeline_s": report["seconds"], "chunks": report["chunks"],
+            "vectors_computed": report.get("vectors_computed", 0),
             "tree_peak_mb": sampler.peak / 1e6, "largest_worker_mb": sampler.largest_worker / 1e6,
             "result": table_hash(dsn, report["table"])}
 
@@ -211,9 +223,62 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}..{max(values):.2f})"
 
 
+def race(repo: Path, version: str, corpus: Path, actual: float, dsn: str, tokenizer: Path,
+         args: argparse.Namespace, label: str, what: str) -> dict[str, Any]:
+    """Both engines on `corpus`, alternated for `--rounds`; the figures, printed."""
+    runs: dict[str, list[dict[str, Any]]] = {"builtin": [], "ray": []}
+    for _ in range(args.rounds):
+        for engine in ("builtin", "ray"):
+            runs[engine].append(ingest_once(repo, version, corpus, dsn, tokenizer,
+                                            args.workers, engine))
+    every = {run["result"] for r in runs.values() for run in r}
+    if len(every) != 1:
+        sys.exit(f"{what}, {actual:g} MB: the engines kept different chunks: {sorted(every)}")
+    builtin_wall = statistics.median(r["wall_s"] for r in runs["builtin"])
+    ray_wall = statistics.median(r["wall_s"] for r in runs["ray"])
+    figures = {
+        "mb": round(actual, 2), "chunks": runs["builtin"][0]["chunks"],
+        "vectors_computed": [r["vectors_computed"] for r in runs["builtin"] + runs["ray"]],
+        "result": every.pop(),
+        "overhead": round(ray_wall / builtin_wall, 2),
+        "pipeline_overhead": round(
+            statistics.median(r["pipeline_s"] for r in runs["ray"])
+            / statistics.median(r["pipeline_s"] for r in runs["builtin"]), 2),
+        **{f"{engine}_{key}": round(statistics.median(r[key] for r in run), 2)
+           for engine, run in runs.items()
+           for key in ("wall_s", "largest_worker_mb", "tree_peak_mb")},
+        "builtin_mb_s": round(actual / builtin_wall, 3),
+        "ray_mb_s": round(actual / ray_wall, 3),
+    }
+    print(f"[{label}] {what}, {actual:.1f} MB, {args.workers} workers: built-in "
+          f"{spread([r['wall_s'] for r in runs['builtin']])} s, Ray "
+          f"{spread([r['wall_s'] for r in runs['ray']])} s -> Ray/built-in "
+          f"{figures['overhead']:.2f}x wall ({figures['pipeline_overhead']:.2f}x "
+          f"without the command's start-up); largest worker "
+          f"{figures['builtin_largest_worker_mb']:.0f} MB built-in, "
+          f"{figures['ray_largest_worker_mb']:.0f} MB Ray; same chunks "
+          f"({figures['chunks']}, ids {figures['result']})", flush=True)
+    return figures
+
+
+def lock_minilm(repo: Path) -> tuple[str, Path]:
+    """A second config pinning the installed int8 MiniLM, merged on main; its tokenizer."""
+    from registry.embedding.onnx import installed_model
+
+    out = registry_cli("lock", "--repo", str(repo), "--embedder-onnx", "all-MiniLM-L6-v2-int8",
+                       "--chunk-size", "200", "--format", "json")
+    version = json.loads(out)["chunk_version"]
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=bench", "-c",
+                    "user.email=bench@example.com", "merge", "-q", "--no-ff", "-m", "lock",
+                    f"lock/{version}"], check=True)
+    return version, installed_model("all-MiniLM-L6-v2-int8")[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", default="2,4")
+    parser.add_argument("--embed-sizes-mb", default="",
+                        help="also race a config pinning the int8 MiniLM at these sizes")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dsn", default=None, help="an admin DSN (default: embedded)")
@@ -226,52 +291,33 @@ def main() -> None:
     if busy and not args.allow_busy:
         sys.exit("the machine is busy (see the load average): rerun later or pass --allow-busy")
     label = "busy" if busy else "quiet"
-    sizes = [float(s) for s in args.sizes_mb.split(",")]
+    sizes = [float(s) for s in args.sizes_mb.split(",") if s]
+    embed_sizes = [float(s) for s in args.embed_sizes_mb.split(",") if s]
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     texts = prose()
     tokenizer = train_tokenizer(work / "tokenizer.json", texts)
     results: dict[str, Any] = {"label": label, "workers": args.workers, "cores": cores,
-                               "sizes": {}}
+                               "sizes": {}, "embedded_sizes": {}}
     with database(args.dsn) as dsn:
         repo, version = registry_repo(work, tokenizer)
+        embedded = lock_minilm(repo) if embed_sizes else None
         registry_cli("reconcile", "--repo", str(repo), "--dsn", dsn)
-        table = ""
+        table = "public." + "document_chunks_" + version.replace("-", "_")
         for size in sizes:
             corpus = work / f"corpus-{size:g}.jsonl"
             actual = write_corpus(corpus, size, texts)
-            runs: dict[str, list[dict[str, Any]]] = {"builtin": [], "ray": []}
-            for _ in range(args.rounds):
-                for engine in ("builtin", "ray"):
-                    runs[engine].append(ingest_once(repo, version, corpus, dsn, tokenizer,
-                                                    args.workers, engine))
-            every = {run["result"] for r in runs.values() for run in r}
-            if len(every) != 1:
-                sys.exit(f"{size:g} MB: the engines kept different chunks: {sorted(every)}")
-            builtin_wall = statistics.median(r["wall_s"] for r in runs["builtin"])
-            ray_wall = statistics.median(r["wall_s"] for r in runs["ray"])
-            figures = {
-                "mb": round(actual, 2), "chunks": runs["builtin"][0]["chunks"],
-                "result": every.pop(),
-                "overhead": round(ray_wall / builtin_wall, 2),
-                "pipeline_overhead": round(
-                    statistics.median(r["pipeline_s"] for r in runs["ray"])
-                    / statistics.median(r["pipeline_s"] for r in runs["builtin"]), 2),
-                **{f"{engine}_{key}": round(statistics.median(r[key] for r in run), 2)
-                   for engine, run in runs.items()
-                   for key in ("wall_s", "largest_worker_mb", "tree_peak_mb")},
-                "builtin_mb_s": round(actual / builtin_wall, 3),
-                "ray_mb_s": round(actual / ray_wall, 3),
-            }
-            results["sizes"][f"{size:g}"] = figures
-            print(f"[{label}] {actual:.1f} MB, {args.workers} workers: built-in "
-                  f"{spread([r['wall_s'] for r in runs['builtin']])} s, Ray "
-                  f"{spread([r['wall_s'] for r in runs['ray']])} s -> Ray/built-in "
-                  f"{figures['overhead']:.2f}x wall ({figures['pipeline_overhead']:.2f}x "
-                  f"without the command's start-up); largest worker "
-                  f"{figures['builtin_largest_worker_mb']:.0f} MB built-in, "
-                  f"{figures['ray_largest_worker_mb']:.0f} MB Ray; same chunks "
-                  f"({figures['chunks']}, ids {figures['result']})")
-            table = "public." + "document_chunks_" + version.replace("-", "_")
+            results["sizes"][f"{size:g}"] = race(repo, version, corpus, actual, dsn, tokenizer,
+                                                 args, label, "BM25-only config")
+        for size in embed_sizes:
+            assert embedded is not None
+            corpus = work / f"corpus-{size:g}.jsonl"
+            actual = write_corpus(corpus, size, texts)
+            results["embedded_sizes"][f"{size:g}"] = race(
+                repo, embedded[0], corpus, actual, dsn, embedded[1], args, label,
+                "int8 MiniLM pinned (every vector computed)")
+        if not sizes:
+            print(load_line("end"))
+            return
         absorb = absorb_rates(dsn, table)
     largest = max(sizes)
     figures = results["sizes"][f"{largest:g}"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
@@ -44,6 +45,18 @@ class RegistryError(Exception):
     def render(self) -> str:
         text = f"{printable(self.where)}: {self.message}" if self.where else self.message
         return f"{text} ({self.fix})" if self.fix else text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole (class, message, where, fix, attributes): a Ray worker's refusal
+        reaches the driver as the error it is, with its exit code."""
+        return _rebuilt, (type(self), dict(self.__dict__))
+
+
+def _rebuilt(kind: type[RegistryError], state: dict[str, Any]) -> RegistryError:
+    error = kind.__new__(kind)
+    error.__dict__.update(state)
+    Exception.__init__(error, error.render())
+    return error
 
 
 class ConfigInvalid(RegistryError):

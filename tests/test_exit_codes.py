@@ -158,3 +158,27 @@ def test_every_command_answers_as_the_exit_code_table_says(
             partner = ["--compare", v1] if name == "against" else []
             check(path, [*given, *partner, *required[path.split()[0]]], errors.UNKNOWN_VERSION)
     assert not mismatches, "\n".join(mismatches)
+
+
+def test_every_registry_error_survives_pickling_with_its_type_text_and_exit_code() -> None:
+    """A Ray worker's refusal reaches the driver pickled: the user must get the same one line
+    and exit code as from the built-in engine (plain Exception pickling would call the class
+    with the rendered text alone, losing `fix` and `where` as fields)."""
+    import pickle
+
+    from registry.cli.demo import DemoFailed
+    from registry.ingest.pipeline import IngestFailed
+    from registry.quality.reader import ReaderError
+
+    kinds = [k for k in vars(errors).values()
+             if isinstance(k, type) and issubclass(k, errors.RegistryError)]
+    kinds += [DemoFailed, IngestFailed, ReaderError]
+    assert len(kinds) > 15
+    for kind in kinds:
+        error = kind("the model file differs", where="configs/v1.yaml", fix="pass the locked one")
+        error.extra = 42  # type: ignore[attr-defined]
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is kind
+        assert (str(back), back.exit_code, back.message, back.where, back.fix, back.extra) == (
+            str(error), error.exit_code, "the model file differs", "configs/v1.yaml",
+            "pass the locked one", 42)

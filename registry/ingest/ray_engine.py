@@ -12,7 +12,14 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
   exactly (`distributed.verify_partition`) and the driver applies the greedy corpus order to
   the few chunks that have a near-duplicate (`distributed.resolve`): the kept set is the
   built-in ingest's, chunk for chunk.
-- embed: `embed_stage`, where the embedder actors go (GPUs when the cluster has them).
+- embed (a config that pins an embedder): tasks apply the corpus decisions to each shard, then
+  `EmbedShards` actors embed the kept rows' embedding_text with the passage prefix through the
+  embedding cache, as the built-in ingest does. The embedder is shipped once (an onnx pin's
+  model and tokenizer bytes, so a node needs no model package; an openai pin's endpoint and
+  token) and every actor rebuilds it and checks its files' hashes and its fingerprint before it
+  embeds: a node whose runtime answers the probes differently (another GPU provider) fails the
+  run, writing nothing. One actor per GPU when the cluster has GPUs, else one per worker with
+  one onnxruntime thread each.
 - load: tasks COPY each shard into `chunk_registry.ingest_staging_<run>` in one transaction per
   shard, deleting the shard's earlier rows first (a retried task replaces, never doubles). The
   driver then checks every shard is there and moves the run into the shadow table in one
@@ -30,8 +37,8 @@ import os
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +46,9 @@ import psycopg
 from psycopg import sql
 
 from registry import extras, faults
+from registry.config import LockedConfig
 from registry.database import bookkeeping
-from registry.database.chunk_table import COPY_TYPES, ROW_COLUMNS, ChunkTable
+from registry.database.chunk_table import COPY_TYPES, ChunkTable
 from registry.database.connection import connect, database_error
 from registry.errors import EngineUnavailable, RegistryError, UsageError
 from registry.ingest import distributed
@@ -72,10 +80,15 @@ from registry.ingest.pipeline import (
     source_bytes,
     take_run_lock,
     tokenizer_from,
+    vector_copy_types,
+    written_columns,
 )
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from registry.embedding.base import Embedder
+    from registry.ingest.vectors import PassageEmbedder
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
 """A local Ray's object store: small, the machine is shared; shards beyond it spill to disk."""
@@ -85,7 +98,9 @@ ACTORS_READY_S = 900
 """How long the chunking stage waits for all `--workers` actors to start before it streams
 shards to them (a cluster that cannot host them, or is scaling up, fails the run after it)."""
 SUMMED = ("duplicates_removed", "corpus_duplicates", "identical_ids", "too_small",
-          "header_only", "over_budget", "tokens", "chunks", "ingested")
+          "header_only", "over_budget", "tokens", "chunks", "ingested", "vectors_computed",
+          "vectors_reused")
+EMBEDDING_SUMMED = ("embed_seconds", "embedding_stage_seconds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,13 +231,6 @@ def _verify_group(group: pa.Table, threshold: float) -> pa.Table:
     return pa.table({"result": [pickle.dumps(found, protocol=5)]})
 
 
-def embed_stage(kept: Any) -> Any:
-    """Where the embedder runs: actors (`map_batches(..., concurrency=n, num_gpus=1)` when the
-    cluster has GPUs) between dedup and load, once ingest embeds. Ingest writes no vectors yet,
-    so the stage passes the chunks through."""
-    return kept
-
-
 PARTITION_SOURCE_BYTES = 4 * 1024 * 1024
 """Source bytes per dedup partition: a partition holds its chunks' band records (about 15
 bytes of records per source byte at 10 bands, shingles included), so a verifying task needs
@@ -237,6 +245,22 @@ def dedup_partitions(workers: int, source_bytes: int) -> int:
 
 
 @dataclass
+class DecidedShard:
+    """One shard's kept rows under the corpus decisions, counted as the built-in ingest counts,
+    with their vectors once embedded: what passes from the decide stage to embed and load."""
+
+    shard: int
+    documents: int
+    chunked_on: str
+    rows: list[tuple[int, tuple[Any, ...]]]
+    """(the document's corpus sequence number, the row) for every kept chunk, in order."""
+    counts: IngestReport
+    vectors: Any = None
+    """float32 (rows, dimension) once embedded; None for a BM25-only config."""
+    embedded_on: str | None = None
+
+
+@dataclass
 class ShardSummary:
     """What a load task reports for one shard (the driver sums these into the run)."""
 
@@ -246,14 +270,14 @@ class ShardSummary:
     chunked_on: str
     loaded_on: str
     counts: IngestReport
+    embedded_on: str | None = None
 
 
-def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
-                decided: dict[int, Any]) -> pa.Table:
-    """COPY the kept chunks of a batch into the staging table, one transaction per shard;
-    `decided` holds a ref to each shard's own corpus decisions (fetched only for the shards
-    here, so a task's memory does not grow with the corpus)."""
-    import pyarrow as pa
+def _decide_shards(batch: pa.Table, run: IngestReport, decided: dict[int, Any]
+                   ) -> list[DecidedShard]:
+    """The kept rows of each shard in a batch of chunked documents; `decided` holds a ref to
+    each shard's own corpus decisions (fetched only for the shards here, so a task's memory
+    does not grow with the corpus)."""
     import ray
 
     columns = batch.to_pydict()
@@ -263,29 +287,169 @@ def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
                                      columns["node"], strict=True):
         by_shard[shard].append((seq, pickle.loads(raw)))
         chunked_on[shard] = node
+    shards = []
+    for shard, documents in sorted(by_shard.items()):
+        decisions: distributed.Decisions = (ray.get(decided[shard]) if shard in decided
+                                            else distributed.Decisions())
+        counts = IngestReport(run.chunk_version, run.ingest_run_id, run.table, run.source,
+                              run.dedup, run.workers)
+        rows = [(seq, row) for seq, result in documents
+                for row in _decided_rows(seq, result, decisions, counts)]
+        shards.append(DecidedShard(shard, len(documents), chunked_on[shard], rows, counts))
+    return shards
+
+
+def _pickled(shards: Sequence[DecidedShard | RegistryError]) -> pa.Table:
+    """A batch between stages; a RegistryError in place of the shards is a worker's refusal,
+    passed on as data to the driver, which raises it (Ray's own exception wrapping loses the
+    error's type, and with it the user's one line and exit code)."""
+    import pyarrow as pa
+
+    return pa.table({"decided": [pickle.dumps(s, protocol=5) for s in shards]})
+
+
+def _unpickled(batch: pa.Table) -> list[DecidedShard | RegistryError]:
+    return [pickle.loads(raw) for raw in batch.column("decided").to_pylist()]
+
+
+def _decide_batch(batch: pa.Table, run: IngestReport, decided: dict[int, Any]) -> pa.Table:
+    """The decide stage, when an embed stage follows it."""
+    return _pickled(_decide_shards(batch, run, decided))
+
+
+@dataclass(frozen=True)
+class ShippedEmbedder:
+    """What an embedding actor rebuilds the config's embedder from, put into the object store
+    once: an onnx pin's model and tokenizer bytes (a node needs no model package, and the
+    bytes are checked against the pin's hashes there), or an openai pin's endpoint settings."""
+
+    config: LockedConfig
+    model: bytes | None = None
+    tokenizer: bytes | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def ship_embedder(config: LockedConfig, embedder: Embedder) -> ShippedEmbedder:
+    """The shipment of `embedder`, already verified against `config` by the driver."""
+    from registry.embedding.onnx import OnnxEmbedder
+    from registry.embedding.openai import TOKEN_ENV, URL_ENV
+
+    if isinstance(embedder, OnnxEmbedder):
+        model_file, tokenizer_file = embedder.files
+        return ShippedEmbedder(config, model_file.read_bytes(), tokenizer_file.read_bytes())
+    return ShippedEmbedder(config, environment={
+        name: os.environ[name] for name in (URL_ENV, TOKEN_ENV) if os.environ.get(name)})
+
+
+class EmbedShards:
+    """An embedding actor: the embedder rebuilt from its shipment and fingerprinted once (at its
+    first batch: an error there is a task's, which reaches the driver as the RegistryError it
+    is, where one in the constructor would only be an actor's death, restarted by Ray), then
+    every shard's kept rows embedded through the embedding cache (its own connection)."""
+
+    def __init__(self, shipped: Any, dsn: str, gpu: bool) -> None:
+        import ray
+
+        self._shipped = shipped
+        self._dsn = dsn
+        self._gpu = gpu
+        self._passages: PassageEmbedder | None = None
+        self._node = ray.get_runtime_context().get_node_id()
+
+    def _build(self) -> PassageEmbedder:
+        import tempfile
+
+        import ray
+
+        from registry.embedding.locked import verified_embedder
+        from registry.ingest.vectors import PassageEmbedder
+
+        recipe: ShippedEmbedder = (ray.get(self._shipped)
+                                   if isinstance(self._shipped, ray.ObjectRef) else self._shipped)
+        runtime: dict[str, Any] = {"env": recipe.environment}
+        with tempfile.TemporaryDirectory(prefix="registry-embedder-") as files:
+            if recipe.model is not None and recipe.tokenizer is not None:
+                model_file = Path(files, "model.onnx")
+                tokenizer_file = Path(files, "tokenizer.json")
+                model_file.write_bytes(recipe.model)
+                tokenizer_file.write_bytes(recipe.tokenizer)
+                runtime = {"model_file": model_file, "tokenizer_file": tokenizer_file}
+                if not self._gpu:  # one thread per actor on CPUs: the actors are the parallelism
+                    runtime["threads"] = 1
+            embedder = verified_embedder(recipe.config, **runtime)
+        return PassageEmbedder(embedder, connect(self._dsn, purpose="ingest embedding cache"),
+                               recipe.config.embedder)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import numpy
+
+        from registry.ingest.vectors import EMBED_BATCH
+
+        if self._passages is None:
+            try:
+                self._passages = self._build()
+            except RegistryError as refused:
+                return _pickled([refused])
+        passages = self._passages
+        shards = _unpickled(batch)
+        for shard in shards:
+            if isinstance(shard, RegistryError):
+                continue
+            before = replace(passages.counts)
+            texts = [row[3] for _, row in shard.rows]
+            parts = [passages.vectors(texts[start:start + EMBED_BATCH])
+                     for start in range(0, len(texts), EMBED_BATCH)]
+            shard.vectors = numpy.concatenate(parts) if parts else None
+            after = passages.counts
+            shard.counts.vectors_computed = after.computed - before.computed
+            shard.counts.vectors_reused = after.reused - before.reused
+            shard.counts.embed_seconds = after.model_seconds - before.model_seconds
+            shard.counts.embedding_stage_seconds = after.stage_seconds - before.stage_seconds
+            shard.embedded_on = self._node
+        return _pickled(shards)
+
+
+def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
+                decided: dict[int, Any], vectors: bool) -> pa.Table:
+    """COPY the kept rows of a batch into the staging table, one transaction per shard: the
+    rows the embed stage passed on (`decided` column), or, with no embed stage, the chunked
+    documents' rows decided here."""
+    import pyarrow as pa
+    import ray
+
+    shards: list[DecidedShard | RegistryError] = (
+        _unpickled(batch) if "decided" in batch.column_names
+        else list(_decide_shards(batch, run, decided)))
     loaded_on = ray.get_runtime_context().get_node_id()
     target = sql.Identifier(bookkeeping.BOOKKEEPING_SCHEMA, staging)
+    columns = (*written_columns(vectors), "shard", "doc_seq")
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        target, sql.SQL(", ").join(map(sql.Identifier, (*ROW_COLUMNS, "shard", "doc_seq"))))
-    summaries = []
+        target, sql.SQL(", ").join(map(sql.Identifier, columns)))
+    summaries: list[ShardSummary | RegistryError] = [s for s in shards
+                                                     if isinstance(s, RegistryError)]
     with psycopg.connect(dsn, autocommit=False, application_name="registry ingest ray load"
                          ) as conn:
-        for shard, documents in sorted(by_shard.items()):
-            decisions: distributed.Decisions = (ray.get(decided[shard]) if shard in decided
-                                                else distributed.Decisions())
-            counts = IngestReport(run.chunk_version, run.ingest_run_id, run.table, run.source,
-                                  run.dedup, run.workers)
+        types = vector_copy_types(conn) if vectors else COPY_TYPES
+        conn.commit()
+        for shard in shards:
+            if isinstance(shard, RegistryError):
+                continue
             conn.execute(sql.SQL("DELETE FROM {} WHERE shard = {} AND doc_seq = ANY({})").format(
-                target, sql.Literal(shard), sql.Literal([seq for seq, _ in documents])))
+                target, sql.Literal(shard.shard),
+                sql.Literal(sorted({seq for seq, _ in shard.rows}))))
             with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
-                copy.set_types([*COPY_TYPES, "int4", "int8"])
-                for seq, result in documents:
-                    for row in _decided_rows(seq, result, decisions, counts):
-                        copy.write_row((*row, shard, seq))
-            faults.point("ray", "load", "copied", f"shard{shard}")
+                copy.set_types([*types, "int4", "int8"])
+                if vectors:
+                    for (seq, row), vector in zip(shard.rows, shard.vectors, strict=True):
+                        copy.write_row((*row, vector, shard.shard, seq))
+                else:
+                    for seq, row in shard.rows:
+                        copy.write_row((*row, shard.shard, seq))
+            faults.point("ray", "load", "copied", f"shard{shard.shard}")
             conn.commit()
-            summaries.append(ShardSummary(shard, counts.chunks, len(documents),
-                                          chunked_on[shard], loaded_on, counts))
+            summaries.append(ShardSummary(shard.shard, shard.counts.chunks, shard.documents,
+                                          shard.chunked_on, loaded_on, shard.counts,
+                                          shard.embedded_on))
     return pa.table({"summary": [pickle.dumps(s, protocol=5) for s in summaries]})
 
 
@@ -335,8 +499,15 @@ def run_ray_ingest(
     on_problem: Callable[[SourceProblem], None] | None = None,
     into_production: bool = False,
     max_change: float = DEFAULT_MAX_CHANGE,
+    embedder: Embedder | None = None,
 ) -> IngestReport:
-    """`run_ingest` on Ray: the same checks, locks, rows and run record; see the module."""
+    """`run_ingest` on Ray: the same checks, locks, rows, vectors and run record; see the
+    module. A config that pins an embedder needs `embedder`, verified against the lock."""
+    if target.config.embedder is not None and embedder is None:
+        raise UsageError(f"{target.chunk_version} pins an embedder: its ingest needs one",
+                         fix="build it with registry.embedding.locked.verified_embedder")
+    if target.config.embedder is None:
+        embedder = None
     if dedup not in ("document", "corpus"):
         raise UsageError(f"--dedup {dedup} is not document or corpus")
     if not 0 <= max_change <= 1:
@@ -354,8 +525,11 @@ def run_ray_ingest(
         take_run_lock(control, report)
         report.run = record_start(control, report, target.registries[0])
         bookkeeping.drop_ingest_staging(control, report.ingest_run_id)  # a killed driver's
+        vectors = embedder is not None
+        if vectors and target.config.embedder is not None:
+            report.embedder_fingerprint = target.config.embedder.fingerprint
         staging = bookkeeping.create_ingest_staging(control, report.run, target.identifier,
-                                                    ROW_COLUMNS)
+                                                    written_columns(vectors))
         staging_name = f"{bookkeeping.STAGING_PREFIX}{report.run}"
         started = time.monotonic()
         try:
@@ -364,9 +538,9 @@ def run_ray_ingest(
                 _pipeline(target, source, dsn, tokenizer_json, report, progress, staging_name,
                           strict=strict, max_document_bytes=max_document_bytes,
                           shard_documents=shard_documents, on_progress=on_progress,
-                          on_problem=on_problem)
+                          on_problem=on_problem, embedder=embedder)
             with connect(dsn, autocommit=False, purpose="ingest move") as data:
-                _move(data, target, staging, report, max_change)
+                _move(data, target, staging, report, max_change, vectors)
                 commit_run(data, report, started)
         except BaseException as err:
             with contextlib.suppress(psycopg.Error):
@@ -388,7 +562,8 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
               report: IngestReport, progress: Progress, staging: str, *, strict: bool,
               max_document_bytes: int, shard_documents: int,
               on_progress: Callable[[Progress], None] | None,
-              on_problem: Callable[[SourceProblem], None] | None) -> None:
+              on_problem: Callable[[SourceProblem], None] | None,
+              embedder: Embedder | None) -> None:
     import pyarrow as pa
     import ray
 
@@ -456,19 +631,39 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         return (order >> distributed.DOC_SHIFT) // shard_documents
 
     decided = {shard: ray.put(part) for shard, part in decisions.by_shard(shard_of).items()}
-    # embed, then load: COPY per shard into the staging table
-    loaded = embed_stage(chunked).map_batches(
+    # embed (the decisions applied first, so only kept rows are embedded), then load: COPY
+    # per shard into the staging table
+    to_load = chunked
+    if embedder is not None:
+        gpus = report.ray["gpus"] if report.ray else 0
+        to_load = chunked.map_batches(
+            _decide_batch, fn_kwargs={"run": report, "decided": decided}, batch_size=None,
+            batch_format="pyarrow", **remote).map_batches(
+            EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)), dsn,
+                                              gpus > 0),
+            batch_size=None, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=min(report.workers, gpus) if gpus
+                                               else report.workers),
+            **({"num_gpus": 1} if gpus else {"num_cpus": 1}), **remote)
+    loaded = to_load.map_batches(
         _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
-                                "decided": decided},
+                                "decided": decided, "vectors": embedder is not None},
         batch_size=None, batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=report.workers), max_retries=LOAD_RETRIES,
         **remote)
-    summaries: list[ShardSummary] = sorted(
-        (pickle.loads(row["summary"]) for row in loaded.iter_rows()),
-        key=lambda s: s.shard)
+    outcomes: list[ShardSummary | RegistryError] = [pickle.loads(row["summary"])
+                                                    for row in loaded.iter_rows()]
+    for outcome in outcomes:
+        if isinstance(outcome, RegistryError):
+            raise outcome
+    summaries = sorted((s for s in outcomes if isinstance(s, ShardSummary)),
+                       key=lambda s: s.shard)
     for summary in summaries:
         for name in SUMMED:
             setattr(report, name, getattr(report, name) + getattr(summary.counts, name))
+        for name in EMBEDDING_SUMMED:
+            setattr(report, name, round(getattr(report, name) + getattr(summary.counts, name),
+                                        3))
         report.not_ingested += summary.counts.not_ingested
         report.accounted.extend(summary.counts.accounted[:max(
             0, ACCOUNTED_KEPT - len(report.accounted))])
@@ -478,6 +673,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         "pairs_checked": sum(r.pairs_checked for r in results),
         "chunk_nodes": sorted({s.chunked_on for s in summaries}),
         "load_nodes": sorted({s.loaded_on for s in summaries}),
+        "embed_nodes": sorted({s.embedded_on for s in summaries if s.embedded_on}),
         "shards": [{"shard": s.shard, "documents": s.documents, "rows": s.rows,
                     "chunked_on": s.chunked_on, "loaded_on": s.loaded_on} for s in summaries]})
     if [s.shard for s in summaries] != list(range(len(refs))) or any(
@@ -493,7 +689,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
 
 
 def _move(data: psycopg.Connection[Any], target: ChunkTable, staging: sql.Composed,
-          report: IngestReport, max_change: float) -> None:
+          report: IngestReport, max_change: float, vectors: bool) -> None:
     """The whole run from the staging table into the shadow table, in `data`'s transaction;
     the staging table is dropped in it too."""
     expected = report.chunks
@@ -502,11 +698,12 @@ def _move(data: psycopg.Connection[Any], target: ChunkTable, staging: sql.Compos
     if found != expected:
         raise IngestFailed(f"the staging table holds {found} rows, the shards reported "
                            f"{expected}: nothing was written", fix="rerun the ingest")
-    columns = sql.SQL(", ").join(map(sql.Identifier, ROW_COLUMNS))
+    written = written_columns(vectors)
+    columns = sql.SQL(", ").join(map(sql.Identifier, written))
     if report.into_production:
         data.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}").format(
             STAGED, columns, staging))
-        apply_document_changes(data, target, report, max_change)
+        apply_document_changes(data, target, report, max_change, written)
     else:
         report.replaced_rows = data.execute(
             sql.SQL("DELETE FROM {} WHERE ingest_run_id = {}").format(
