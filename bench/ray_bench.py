@@ -177,6 +177,7 @@ def ingest_once(repo: Path, version: str, corpus: Path, dsn: str, tokenizer: Pat
     report = json.loads(out)
     return {"wall_s": wall, "pipeline_s": report["seconds"], "chunks": report["chunks"],
             "vectors_computed": report.get("vectors_computed", 0),
+            "stage_seconds": (report.get("ray") or {}).get("seconds"),
             "tree_peak_mb": sampler.peak / 1e6, "largest_worker_mb": sampler.largest_worker / 1e6,
             "result": table_hash(dsn, report["table"])}
 
@@ -258,6 +259,10 @@ def race(repo: Path, version: str, corpus: Path, actual: float, dsn: str, tokeni
           f"{figures['builtin_largest_worker_mb']:.0f} MB built-in, "
           f"{figures['ray_largest_worker_mb']:.0f} MB Ray; same chunks "
           f"({figures['chunks']}, ids {figures['result']})", flush=True)
+    figures["ray_stage_seconds"] = [r["stage_seconds"] for r in runs["ray"]]
+    print(f"[{label}]   Ray's time by stage (each run): "
+          + "; ".join(", ".join(f"{k} {v:.1f}" for k, v in (r["stage_seconds"] or {}).items())
+                      for r in runs["ray"]), flush=True)
     return figures
 
 

@@ -534,13 +534,16 @@ def run_ray_ingest(
         started = time.monotonic()
         try:
             with ray_session(address, report.workers) as cluster:
-                report.ray = {**cluster, "staging": staging_name}
+                report.ray = {**cluster, "staging": staging_name,
+                              "seconds": {"start": round(time.monotonic() - started, 3)}}
                 _pipeline(target, source, dsn, tokenizer_json, report, progress, staging_name,
                           strict=strict, max_document_bytes=max_document_bytes,
                           shard_documents=shard_documents, on_progress=on_progress,
                           on_problem=on_problem, embedder=embedder)
+            moving = time.monotonic()
             with connect(dsn, autocommit=False, purpose="ingest move") as data:
                 _move(data, target, staging, report, max_change, vectors)
+                report.ray["seconds"]["move"] = round(time.monotonic() - moving, 3)
                 commit_run(data, report, started)
         except BaseException as err:
             with contextlib.suppress(psycopg.Error):
@@ -573,6 +576,16 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     def ignore(_path: Path) -> None:
         report.ignored_files += 1
 
+    seconds = report.ray["seconds"] if report.ray else {}
+    mark = time.monotonic()
+
+    def lap(stage: str) -> None:
+        """Where the run's time went, per stage (the run record's `ray.seconds`)."""
+        nonlocal mark
+        now = time.monotonic()
+        seconds[stage] = round(now - mark, 3)
+        mark = now
+
     # read: shards into the object store, refs kept
     refs: list[Any] = []
     shard: list[Document] = []
@@ -604,6 +617,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         put()
     if report.documents == 0:
         check_not_empty(report, source)
+    lap("read")
     # chunk: one actor per worker, the spec shipped once
     remote = worker_options()
     spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
@@ -614,6 +628,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         compute=ray.data.ActorPoolStrategy(size=report.workers,
                                            max_tasks_in_flight_per_actor=1),
         num_cpus=1, **remote).materialize()
+    lap("chunk")
     # dedup: band keys and ids shuffled by key, verified per partition, resolved in order
     partitions = dedup_partitions(report.workers, report.bytes)
     context.max_hash_shuffle_aggregators = partitions
@@ -631,6 +646,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         return (order >> distributed.DOC_SHIFT) // shard_documents
 
     decided = {shard: ray.put(part) for shard, part in decisions.by_shard(shard_of).items()}
+    lap("dedup")
     # embed (the decisions applied first, so only kept rows are embedded), then load: COPY
     # per shard into the staging table
     to_load = chunked
@@ -653,6 +669,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         **remote)
     outcomes: list[ShardSummary | RegistryError] = [pickle.loads(row["summary"])
                                                     for row in loaded.iter_rows()]
+    lap("embed_and_load" if embedder is not None else "load")
     for outcome in outcomes:
         if isinstance(outcome, RegistryError):
             raise outcome
