@@ -320,10 +320,12 @@ def main() -> None:
             results["embedded_sizes"][f"{size:g}"] = race(
                 repo, embedded[0], corpus, actual, dsn, embedded[1], args, label,
                 "int8 MiniLM pinned (every vector computed)")
-        if not sizes:
-            print(load_line("end"))
-            return
-        absorb = absorb_rates(dsn, table)
+        absorb = absorb_rates(dsn, table) if sizes else None
+    if absorb is None:
+        print(load_line("end"))
+        if args.output:
+            args.output.write_text(json.dumps(results, indent=2) + "\n")
+        return
     largest = max(sizes)
     figures = results["sizes"][f"{largest:g}"]
     node_rate = figures["builtin_mb_s"]

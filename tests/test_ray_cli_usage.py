@@ -60,3 +60,32 @@ def test_the_ray_engine_checks_a_pinned_embedder_before_any_work_as_the_builtin_
     assert (on_ray.code, on_ray.stderr) == (builtin.code, builtin.stderr)
     assert "127.0.0.1:9" in on_ray.stderr and "Ray" not in on_ray.stderr
     assert len(on_ray.stderr.strip().splitlines()) == 1
+
+
+def test_an_openai_embedder_ships_its_own_endpoint_and_token_never_in_a_repr(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Ray actors rebuild an embedder from is the embedder the driver was given (not
+    whatever the driver's environment holds), and printing the shipment shows neither the
+    token nor model bytes; an embedder of another kind is refused in one line."""
+    from registry.embedding.openai import TOKEN_ENV, URL_ENV, OpenAIEmbedder
+    from registry.errors import UsageError
+    from registry.ingest.ray_engine import ship_embedder
+    from tests.helpers import locked_config
+
+    monkeypatch.setenv(URL_ENV, "http://elsewhere.invalid/v1")
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    embedder = OpenAIEmbedder("minilm", base_url="http://127.0.0.1:8123/v1/",
+                              token="sk-secret-token", dimension=384)
+    shipped = ship_embedder(locked_config(), embedder)
+    assert shipped.settings == {URL_ENV: "http://127.0.0.1:8123/v1",
+                                TOKEN_ENV: "sk-secret-token"}
+    rebuilt = OpenAIEmbedder.from_spec(embedder.spec, env=shipped.settings)
+    assert rebuilt.endpoint == embedder.endpoint
+    assert "sk-secret-token" not in repr(shipped)
+
+    class Other:
+        spec = embedder.spec
+
+    with pytest.raises(UsageError, match="ships onnx and openai embedders"):
+        ship_embedder(locked_config(), Other())  # type: ignore[arg-type]

@@ -308,8 +308,11 @@ def test_ray_ingest_embeds_the_kept_rows_in_actors_as_the_builtin_ingest_does(
     assert max(float(np.abs(a - b).max()) for (_, a), (_, b) in zip(again, vectors,
                                                                      strict=True)) < 1e-4
 
+    # a document a shard: doc001's shard keeps no row (copy-of-doc001 came first), and an
+    # actor embeds and loads an empty shard
     rerun = ingest(repo.path, version, source, dsn=dsn, dedup="corpus", workers=2,
-                   engine="ray", ray_address=cluster.address, shard_documents=4)
+                   engine="ray", ray_address=cluster.address, shard_documents=1)
+    assert 0 in [s["rows"] for s in last_run(dsn)["details"]["ray"]["shards"]]
     assert (rerun.vectors_computed, rerun.vectors_reused) == (0, rerun.chunks)
     assert rows_of(dsn, version) == rows
     assert staging_tables(dsn) == []

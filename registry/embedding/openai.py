@@ -87,7 +87,8 @@ class OpenAIEmbedder(PrefixedEmbedder):
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._endpoint = base_url.rstrip("/") + "/embeddings"
+        self._base_url = base_url.rstrip("/")
+        self._endpoint = self._base_url + "/embeddings"
         self._token = token or None
         self._batch_size = max(1, batch_size)
         self._concurrency = max(1, concurrency)
@@ -117,6 +118,11 @@ class OpenAIEmbedder(PrefixedEmbedder):
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder({self._name!r}, endpoint={self.endpoint!r})"
+
+    def settings(self) -> dict[str, str]:
+        """Its endpoint and token as the environment names them (URL_ENV, TOKEN_ENV): what
+        `from_spec` rebuilds the same embedder from elsewhere (a Ray actor)."""
+        return {URL_ENV: self._base_url, **({TOKEN_ENV: self._token} if self._token else {})}
 
     @property
     def endpoint(self) -> str:

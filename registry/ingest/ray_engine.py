@@ -12,16 +12,17 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
   exactly (`distributed.verify_partition`) and the driver applies the greedy corpus order to
   the few chunks that have a near-duplicate (`distributed.resolve`): the kept set is the
   built-in ingest's, chunk for chunk.
-- embed (a config that pins an embedder): tasks apply the corpus decisions to each shard, then
-  `EmbedShards` actors embed the kept rows' embedding_text with the passage prefix through the
-  embedding cache, as the built-in ingest does. The embedder is shipped once (an onnx pin's
-  model and tokenizer bytes, so a node needs no model package; an openai pin's endpoint and
-  token) and every actor rebuilds it and checks its files' hashes and its fingerprint before it
+- embed (a config that pins an embedder): `EmbedShards` actors apply the corpus decisions to
+  each shard, embed the kept rows' embedding_text with the passage prefix through the embedding
+  cache, as the built-in ingest does, and COPY rows and vectors themselves (a task downstream
+  would wait for the CPUs the actors hold). The embedder is shipped once (an onnx pin's model
+  and tokenizer bytes, so a node needs no model package; an openai pin's endpoint and token)
+  and every actor rebuilds it and checks its files' hashes and its fingerprint before it
   embeds: a node whose runtime answers the probes differently (another GPU provider) fails the
-  run, writing nothing. One actor per GPU when the cluster has GPUs, else one per worker with
-  one onnxruntime thread each.
-- load: tasks COPY each shard into `chunk_registry.ingest_staging_<run>` in one transaction per
-  shard, deleting the shard's earlier rows first (a retried task replaces, never doubles). The
+  run, writing nothing. An onnx pin takes one actor per GPU when the cluster has GPUs (at most
+  `workers`), else one per worker with one onnxruntime thread each.
+- load (no embedder): tasks COPY each shard into `chunk_registry.ingest_staging_<run>` in one
+  transaction per shard, deleting the shard's earlier rows first (a retried task replaces, never doubles). The
   driver then checks every shard is there and moves the run into the shadow table in one
   transaction, which also records the run (its shards listed) and drops the staging table:
   readers see the whole run or none of it. A worker killed mid-run is retried by Ray
@@ -246,8 +247,8 @@ def dedup_partitions(workers: int, source_bytes: int) -> int:
 
 @dataclass
 class DecidedShard:
-    """One shard's kept rows under the corpus decisions, counted as the built-in ingest counts,
-    with their vectors once embedded: what passes from the decide stage to embed and load."""
+    """One shard's kept rows under the corpus decisions, counted as the built-in ingest counts
+    (and, with an embedder, their vectors): what a load COPYs."""
 
     shard: int
     documents: int
@@ -262,7 +263,7 @@ class DecidedShard:
 
 @dataclass
 class ShardSummary:
-    """What a load task reports for one shard (the driver sums these into the run)."""
+    """What a load reports for one shard (the driver sums these into the run)."""
 
     shard: int
     rows: int
@@ -299,61 +300,115 @@ def _decide_shards(batch: pa.Table, run: IngestReport, decided: dict[int, Any]
     return shards
 
 
-def _pickled(shards: Sequence[DecidedShard | RegistryError]) -> pa.Table:
-    """A batch between stages; a RegistryError in place of the shards is a worker's refusal,
+def _copy_shards(conn: psycopg.Connection[Any], staging: str, shards: list[DecidedShard],
+                 vectors: bool, loaded_on: str) -> list[ShardSummary]:
+    """Each shard's rows (and vectors) COPYed into the staging table in a transaction of its
+    own on `conn` (autocommit), after deleting what an earlier attempt left of the shard: a
+    retried load replaces, never doubles."""
+    target = sql.Identifier(bookkeeping.BOOKKEEPING_SCHEMA, staging)
+    columns = (*written_columns(vectors), "shard", "doc_seq")
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, columns)))
+    types = [*(vector_copy_types(conn) if vectors else COPY_TYPES), "int4", "int8"]
+    summaries = []
+    for shard in shards:
+        with conn.transaction():
+            conn.execute(sql.SQL("DELETE FROM {} WHERE shard = {} AND doc_seq = ANY({})").format(
+                target, sql.Literal(shard.shard),
+                sql.Literal(sorted({seq for seq, _ in shard.rows}))))
+            with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                copy.set_types(types)
+                if vectors:
+                    for (seq, row), vector in zip(shard.rows, shard.vectors, strict=True):
+                        copy.write_row((*row, vector, shard.shard, seq))
+                else:
+                    for seq, row in shard.rows:
+                        copy.write_row((*row, shard.shard, seq))
+            faults.point("ray", "load", "copied", f"shard{shard.shard}")
+        summaries.append(ShardSummary(shard.shard, shard.counts.chunks, shard.documents,
+                                      shard.chunked_on, loaded_on, shard.counts,
+                                      shard.embedded_on))
+    return summaries
+
+
+def _outcomes(outcomes: Sequence[ShardSummary | RegistryError]) -> pa.Table:
+    """A load's result: its shards' summaries, or the RegistryError that refused the work,
     passed on as data to the driver, which raises it (Ray's own exception wrapping loses the
     error's type, and with it the user's one line and exit code)."""
     import pyarrow as pa
 
-    return pa.table({"decided": [pickle.dumps(s, protocol=5) for s in shards]})
+    return pa.table({"outcome": [pickle.dumps(o, protocol=5) for o in outcomes]})
 
 
-def _unpickled(batch: pa.Table) -> list[DecidedShard | RegistryError]:
-    return [pickle.loads(raw) for raw in batch.column("decided").to_pylist()]
+def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
+                decided: dict[int, Any]) -> pa.Table:
+    """The load task of a config without an embedder: the batch's rows decided and COPYed."""
+    import ray
 
-
-def _decide_batch(batch: pa.Table, run: IngestReport, decided: dict[int, Any]) -> pa.Table:
-    """The decide stage, when an embed stage follows it."""
-    return _pickled(_decide_shards(batch, run, decided))
+    try:
+        shards = _decide_shards(batch, run, decided)
+        with connect(dsn, purpose="ingest ray load") as conn:
+            return _outcomes(_copy_shards(conn, staging, shards, False,
+                                          ray.get_runtime_context().get_node_id()))
+    except RegistryError as refused:
+        return _outcomes([refused])
 
 
 @dataclass(frozen=True)
 class ShippedEmbedder:
     """What an embedding actor rebuilds the config's embedder from, put into the object store
     once: an onnx pin's model and tokenizer bytes (a node needs no model package, and the
-    bytes are checked against the pin's hashes there), or an openai pin's endpoint settings."""
+    bytes are checked against the pin's hashes there), or an openai pin's endpoint settings
+    (its token travels here, never in Ray's runtime env, which the dashboard shows)."""
 
     config: LockedConfig
-    model: bytes | None = None
-    tokenizer: bytes | None = None
-    environment: dict[str, str] = field(default_factory=dict)
+    model: bytes | None = field(default=None, repr=False)
+    tokenizer: bytes | None = field(default=None, repr=False)
+    settings: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def ship_embedder(config: LockedConfig, embedder: Embedder) -> ShippedEmbedder:
     """The shipment of `embedder`, already verified against `config` by the driver."""
     from registry.embedding.onnx import OnnxEmbedder
-    from registry.embedding.openai import TOKEN_ENV, URL_ENV
+    from registry.embedding.openai import OpenAIEmbedder
 
-    if isinstance(embedder, OnnxEmbedder):
+    if isinstance(embedder, OnnxEmbedder) and embedder.spec.backend == "onnx":
         model_file, tokenizer_file = embedder.files
         return ShippedEmbedder(config, model_file.read_bytes(), tokenizer_file.read_bytes())
-    return ShippedEmbedder(config, environment={
-        name: os.environ[name] for name in (URL_ENV, TOKEN_ENV) if os.environ.get(name)})
+    if isinstance(embedder, OpenAIEmbedder):
+        return ShippedEmbedder(config, settings=embedder.settings())
+    raise UsageError(f"--engine ray ships onnx and openai embedders, not "
+                     f"{type(embedder).__name__}",
+                     fix="ingest with the built-in engine, or pass the config's onnx or "
+                     "openai embedder")
+
+
+def uses_gpus(config: LockedConfig, cluster_gpus: int) -> bool:
+    """Whether embedding actors take a GPU each: an onnx pin on a cluster that has GPUs (an
+    openai pin's actors only wait on HTTP)."""
+    return cluster_gpus > 0 and config.embedder is not None and config.embedder.backend == "onnx"
 
 
 class EmbedShards:
-    """An embedding actor: the embedder rebuilt from its shipment and fingerprinted once (at its
-    first batch: an error there is a task's, which reaches the driver as the RegistryError it
-    is, where one in the constructor would only be an actor's death, restarted by Ray), then
-    every shard's kept rows embedded through the embedding cache (its own connection)."""
+    """An embedding actor: the embedder rebuilt from its shipment and checked (hashes, then
+    fingerprint) at its first batch, then each batch's shards decided, their kept rows
+    embedded through the embedding cache and COPYed into the staging table (on the actor's one
+    connection), so no task downstream waits for CPUs the actors hold. A refusal is returned as
+    data and remembered: the actor refuses every later batch at once."""
 
-    def __init__(self, shipped: Any, dsn: str, gpu: bool) -> None:
+    def __init__(self, shipped: Any, dsn: str, staging: str, run: IngestReport,
+                 decided: dict[int, Any], gpu: bool) -> None:
         import ray
 
         self._shipped = shipped
         self._dsn = dsn
+        self._staging = staging
+        self._run = run
+        self._decided = decided
         self._gpu = gpu
         self._passages: PassageEmbedder | None = None
+        self._refused: RegistryError | None = None
+        self._conn: psycopg.Connection[Any] | None = None
         self._node = ray.get_runtime_context().get_node_id()
 
     def _build(self) -> PassageEmbedder:
@@ -362,95 +417,67 @@ class EmbedShards:
         import ray
 
         from registry.embedding.locked import verified_embedder
+        from registry.errors import EmbedderError
         from registry.ingest.vectors import PassageEmbedder
 
         recipe: ShippedEmbedder = (ray.get(self._shipped)
                                    if isinstance(self._shipped, ray.ObjectRef) else self._shipped)
-        runtime: dict[str, Any] = {"env": recipe.environment}
+        runtime: dict[str, Any] = {"env": recipe.settings}
         with tempfile.TemporaryDirectory(prefix="registry-embedder-") as files:
             if recipe.model is not None and recipe.tokenizer is not None:
                 model_file = Path(files, "model.onnx")
                 tokenizer_file = Path(files, "tokenizer.json")
                 model_file.write_bytes(recipe.model)
                 tokenizer_file.write_bytes(recipe.tokenizer)
-                runtime = {"model_file": model_file, "tokenizer_file": tokenizer_file}
-                if not self._gpu:  # one thread per actor on CPUs: the actors are the parallelism
-                    runtime["threads"] = 1
-            embedder = verified_embedder(recipe.config, **runtime)
-        return PassageEmbedder(embedder, connect(self._dsn, purpose="ingest embedding cache"),
-                               recipe.config.embedder)
+                # One thread per actor on CPUs: the actors are the parallelism.
+                runtime = {"model_file": model_file, "tokenizer_file": tokenizer_file,
+                           "threads": None if self._gpu else 1}
+            try:
+                embedder = verified_embedder(recipe.config, **runtime)
+            except EmbedderError as err:
+                raise type(err)(f"the embedder shipped to Ray node {self._node}: {err.message}",
+                                where=err.where, fix=err.fix) from None
+        self._conn = connect(self._dsn, purpose="ingest ray embed and load")
+        return PassageEmbedder(embedder, self._conn, recipe.config.embedder)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def _embed(self, shards: list[DecidedShard]) -> None:
         import numpy
 
         from registry.ingest.vectors import EMBED_BATCH
 
         if self._passages is None:
-            try:
-                self._passages = self._build()
-            except RegistryError as refused:
-                return _pickled([refused])
+            self._passages = self._build()
         passages = self._passages
-        shards = _unpickled(batch)
         for shard in shards:
-            if isinstance(shard, RegistryError):
-                continue
             before = replace(passages.counts)
             texts = [row[3] for _, row in shard.rows]
             parts = [passages.vectors(texts[start:start + EMBED_BATCH])
                      for start in range(0, len(texts), EMBED_BATCH)]
-            shard.vectors = numpy.concatenate(parts) if parts else None
+            shard.vectors = (numpy.concatenate(parts) if parts
+                             else numpy.empty((0, passages.dimension), numpy.float32))
             after = passages.counts
             shard.counts.vectors_computed = after.computed - before.computed
             shard.counts.vectors_reused = after.reused - before.reused
             shard.counts.embed_seconds = after.model_seconds - before.model_seconds
             shard.counts.embedding_stage_seconds = after.stage_seconds - before.stage_seconds
             shard.embedded_on = self._node
-        return _pickled(shards)
 
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._refused is not None:
+            return _outcomes([self._refused])
+        try:
+            shards = _decide_shards(batch, self._run, self._decided)
+            self._embed(shards)
+            assert self._conn is not None
+            return _outcomes(_copy_shards(self._conn, self._staging, shards, True, self._node))
+        except RegistryError as refused:
+            self._refused = refused
+            return _outcomes([refused])
 
-def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
-                decided: dict[int, Any], vectors: bool) -> pa.Table:
-    """COPY the kept rows of a batch into the staging table, one transaction per shard: the
-    rows the embed stage passed on (`decided` column), or, with no embed stage, the chunked
-    documents' rows decided here."""
-    import pyarrow as pa
-    import ray
-
-    shards: list[DecidedShard | RegistryError] = (
-        _unpickled(batch) if "decided" in batch.column_names
-        else list(_decide_shards(batch, run, decided)))
-    loaded_on = ray.get_runtime_context().get_node_id()
-    target = sql.Identifier(bookkeeping.BOOKKEEPING_SCHEMA, staging)
-    columns = (*written_columns(vectors), "shard", "doc_seq")
-    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        target, sql.SQL(", ").join(map(sql.Identifier, columns)))
-    summaries: list[ShardSummary | RegistryError] = [s for s in shards
-                                                     if isinstance(s, RegistryError)]
-    with psycopg.connect(dsn, autocommit=False, application_name="registry ingest ray load"
-                         ) as conn:
-        types = vector_copy_types(conn) if vectors else COPY_TYPES
-        conn.commit()
-        for shard in shards:
-            if isinstance(shard, RegistryError):
-                continue
-            conn.execute(sql.SQL("DELETE FROM {} WHERE shard = {} AND doc_seq = ANY({})").format(
-                target, sql.Literal(shard.shard),
-                sql.Literal(sorted({seq for seq, _ in shard.rows}))))
-            with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
-                copy.set_types([*types, "int4", "int8"])
-                if vectors:
-                    for (seq, row), vector in zip(shard.rows, shard.vectors, strict=True):
-                        copy.write_row((*row, vector, shard.shard, seq))
-                else:
-                    for seq, row in shard.rows:
-                        copy.write_row((*row, shard.shard, seq))
-            faults.point("ray", "load", "copied", f"shard{shard.shard}")
-            conn.commit()
-            summaries.append(ShardSummary(shard.shard, shard.counts.chunks, shard.documents,
-                                          shard.chunked_on, loaded_on, shard.counts,
-                                          shard.embedded_on))
-    return pa.table({"summary": [pickle.dumps(s, protocol=5) for s in summaries]})
+    def __del__(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
 
 
 def _decided_rows(seq: int, result: ChunkedDocument, decisions: distributed.Decisions,
@@ -525,8 +552,8 @@ def run_ray_ingest(
         take_run_lock(control, report)
         report.run = record_start(control, report, target.registries[0])
         bookkeeping.drop_ingest_staging(control, report.ingest_run_id)  # a killed driver's
-        vectors = embedder is not None
-        if vectors and target.config.embedder is not None:
+        vectors = target.config.embedder is not None
+        if target.config.embedder is not None:
             report.embedder_fingerprint = target.config.embedder.fingerprint
         staging = bookkeeping.create_ingest_staging(control, report.run, target.identifier,
                                                     written_columns(vectors))
@@ -647,43 +674,41 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
 
     decided = {shard: ray.put(part) for shard, part in decisions.by_shard(shard_of).items()}
     lap("dedup")
-    # embed (the decisions applied first, so only kept rows are embedded), then load: COPY
-    # per shard into the staging table
-    to_load = chunked
-    if embedder is not None:
-        gpus = report.ray["gpus"] if report.ray else 0
-        to_load = chunked.map_batches(
-            _decide_batch, fn_kwargs={"run": report, "decided": decided}, batch_size=None,
-            batch_format="pyarrow", **remote).map_batches(
-            EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)), dsn,
-                                              gpus > 0),
+    # load: COPY per shard into the staging table; with an embedder, the embedding actors
+    # decide, embed (only the kept rows) and COPY
+    if embedder is None:
+        loaded = chunked.map_batches(
+            _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
+                                    "decided": decided},
             batch_size=None, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=min(report.workers, gpus) if gpus
-                                               else report.workers),
-            **({"num_gpus": 1} if gpus else {"num_cpus": 1}), **remote)
-    loaded = to_load.map_batches(
-        _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
-                                "decided": decided, "vectors": embedder is not None},
-        batch_size=None, batch_format="pyarrow",
-        compute=ray.data.TaskPoolStrategy(size=report.workers), max_retries=LOAD_RETRIES,
-        **remote)
-    outcomes: list[ShardSummary | RegistryError] = [pickle.loads(row["summary"])
-                                                    for row in loaded.iter_rows()]
-    lap("embed_and_load" if embedder is not None else "load")
-    for outcome in outcomes:
+            compute=ray.data.TaskPoolStrategy(size=report.workers), max_retries=LOAD_RETRIES,
+            **remote)
+    else:
+        gpu = uses_gpus(config, report.ray["gpus"] if report.ray else 0)
+        actors = min(report.workers, report.ray["gpus"]) if gpu and report.ray else report.workers
+        loaded = chunked.map_batches(
+            EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)), dsn,
+                                              staging, report, decided, gpu),
+            batch_size=None, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            max_restarts=LOAD_RETRIES, max_task_retries=LOAD_RETRIES,
+            **({"num_gpus": 1} if gpu else {"num_cpus": 1}), **remote)
+    summaries: list[ShardSummary] = []
+    for row in loaded.iter_rows():
+        outcome: ShardSummary | RegistryError = pickle.loads(row["outcome"])
         if isinstance(outcome, RegistryError):
-            raise outcome
-    summaries = sorted((s for s in outcomes if isinstance(s, ShardSummary)),
-                       key=lambda s: s.shard)
+            raise outcome  # the first refusal ends the run; nothing is moved
+        summaries.append(outcome)
+    lap("load" if embedder is None else "embed_and_load")
+    summaries.sort(key=lambda s: s.shard)
     for summary in summaries:
         for name in SUMMED:
             setattr(report, name, getattr(report, name) + getattr(summary.counts, name))
-        for name in EMBEDDING_SUMMED:
-            setattr(report, name, round(getattr(report, name) + getattr(summary.counts, name),
-                                        3))
         report.not_ingested += summary.counts.not_ingested
         report.accounted.extend(summary.counts.accounted[:max(
             0, ACCOUNTED_KEPT - len(report.accounted))])
+    for name in EMBEDDING_SUMMED:  # summed over actors working at once: model time, not wall
+        setattr(report, name, round(sum(getattr(s.counts, name) for s in summaries), 3))
     assert report.ray is not None
     report.ray.update({
         "partitions": partitions,
@@ -700,6 +725,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
                            fix="rerun; report it if it happens again")
     progress.documents, progress.chunks, progress.bytes = (report.documents, report.chunks,
                                                            report.bytes)
+    progress.vectors = report.vectors_computed + report.vectors_reused
     if on_progress is not None:
         on_progress(progress)
     check_not_empty(report, source)
