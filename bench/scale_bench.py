@@ -214,6 +214,7 @@ def bench_cli(sizes: list[int], repetitions: int, label: str, commit: str) -> No
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "registry",
                                   "schemas"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        per_config: dict[str, dict[int, float]] = {}
         for size in sizes:
             repo = Path(tmp) / f"r{size}"
             make_history(repo, size)
@@ -241,8 +242,23 @@ def bench_cli(sizes: list[int], repetitions: int, label: str, commit: str) -> No
             results = fair.race(names, measure, repetitions, {"cores": fair.cpus()})
             for figures in results["cores"].values():
                 print(f"{size:>6} configs {figures.name}: median {figures.median:.2f} s "
-                      f"({figures.spread()}), {figures.median / size * 1000:.2f} ms per config",
-                      flush=True)
+                      f"({figures.spread()}), {figures.median / size * 1000:.2f} ms per config "
+                      "[cold: no parse cache]", flush=True)
+                per_config.setdefault(figures.name, {})[size] = figures.median / size
+    print(growth_lines(per_config))
+
+
+def growth_lines(per_config: dict[str, dict[int, float]]) -> str:
+    """Per competitor: ms per config at each size, and its growth from the smallest size to
+    each larger one (1.00x is linear; the fixed start-up cost makes small sizes dearer)."""
+    lines = ["growth of the time per config (cold), against the smallest size:"]
+    for name, by_size in per_config.items():
+        sizes = sorted(by_size)
+        first = by_size[sizes[0]]
+        steps = ", ".join(f"{size}: {by_size[size] * 1000:.2f} ms ({by_size[size] / first:.2f}x)"
+                          for size in sizes)
+        lines.append(f"  {name}: {steps}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

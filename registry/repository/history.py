@@ -11,7 +11,8 @@ and whoever wrote the message. A production change that undoes the production ch
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+import weakref
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from registry.config import (
@@ -140,20 +141,40 @@ def _changes(
     return added, deleted, moved
 
 
-def read_history(
-    git: Git, ref: str | None = None, environment: str = PRODUCTION_ENVIRONMENT
-) -> list[Event]:
-    """Every registry event on `ref` (default: the main `Git.desired_ref` picks), newest
-    first; promotions and rollbacks are those of `environment`. A shallow clone is deepened
-    first: one commit of history reads as no history."""
-    ref = ref or git.desired_ref(fetch=False)
-    git.require_history("reading the registry's history")
+_LOGS: weakref.WeakKeyDictionary[Git, dict[str, list[tuple[_Commit, list[str]]]]] = \
+    weakref.WeakKeyDictionary()
+"""The parsed log of each commit already read, per repository object (one command): git diffs
+the whole configs/ tree at every commit, which grows with configs times commits (14 s at
+10,000 configs, busy), and a plan reads the history of its base up to four times."""
+
+
+def _log(git: Git, ref: str) -> list[tuple[_Commit, list[str]]]:
+    commit = git.resolve(ref)
+    known = _LOGS.setdefault(git, {})
+    if commit is not None and commit in known:
+        return known[commit]
     out = git.run(
         "log", "--first-parent", "--diff-merges=first-parent", "-p", "-U0", "--no-renames",
         "--no-color", "--no-ext-diff", f"--format={_FORMAT}", ref, "--",
         f"{CONFIG_DIR}/",
     )
     commits = _parse(out)
+    if commit is not None:
+        known[commit] = commits
+    return commits
+
+
+def read_history(
+    git: Git, ref: str | None = None, environment: str = PRODUCTION_ENVIRONMENT, *,
+    tags: bool = True,
+) -> list[Event]:
+    """Every registry event on `ref` (default: the main `Git.desired_ref` picks), newest
+    first; promotions and rollbacks are those of `environment`. A shallow clone is deepened
+    first: one commit of history reads as no history. Without `tags` the lock events name no
+    tag (and no tag is fetched): for callers that read only kinds, versions and times."""
+    ref = ref or git.desired_ref(fetch=False)
+    git.require_history("reading the registry's history")
+    commits = _log(git, ref)
     events: list[Event] = []
     moves: list[tuple[_Commit, str | None, str | None]] = []
     for commit, diff in reversed(commits):
@@ -166,7 +187,7 @@ def read_history(
     order = {commit.sha: index for index, (commit, _) in enumerate(commits)}
     rank = {"retire": 0, "promote": 1, "rollback": 1, "lock": 2}
     events.sort(key=lambda e: (order[e.commit], rank[e.kind]))
-    return _with_tags(git, ref, events)
+    return _with_tags(git, ref, events) if tags else events
 
 
 def _event(commit: _Commit, kind: Kind, version: str | None, previous: str | None) -> Event:
@@ -197,7 +218,7 @@ def _with_tags(git: Git, ref: str, events: list[Event]) -> list[Event]:
     for event in events:
         name = settings.tag_name(event.chunk_version) if event.chunk_version else None
         if event.kind == "lock" and name in tags:
-            event = Event(**{**event.to_dict(), "tag": name})
+            event = replace(event, at=rfc3339(event.at), tag=name)  # as to_dict gives `at`
         out.append(event)
     return out
 
