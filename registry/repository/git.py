@@ -206,20 +206,21 @@ class Git:
         )
 
     def fetch_tags(self, prefix: str, names: list[str], remote: str = "origin", *,
-                   required: bool = False) -> None:
+                   required: bool = False) -> dict[str, TagInfo]:
         """Fetch those of `names` (tags under `prefix`) that this clone lacks and `remote` has:
         a clone made with --no-tags (a CI checkout) would otherwise skip every immutability
         check. When the remote cannot be asked, refuses in one line if `required` (validate),
-        else leaves the tags missing for the caller to report."""
+        else leaves the tags missing for the caller to report. The tags under `prefix` after
+        the fetch, as `tags` gives them (read again only when something was fetched)."""
         local = self.tags(prefix)
         missing = [name for name in names if name not in local]
         if not missing or not self.has_remote(remote):
-            return
+            return local
         patterns = [f"refs/tags/{name}" for name in missing] if len(missing) <= TAG_FETCH_BATCH \
             else []
         status, out, err = self.execute("ls-remote", "--tags", remote, *patterns)
         if status != 0 and not required:
-            return
+            return local
         if status != 0:
             lines = err.strip().splitlines()
             raise GitError(
@@ -235,6 +236,7 @@ class Git:
             batch = wanted[start : start + TAG_FETCH_BATCH]
             self.run("fetch", "--quiet", "--no-tags", remote,
                      *(f"refs/tags/{name}:refs/tags/{name}" for name in batch))
+        return self.tags(prefix) if wanted else local
 
     # -- fetching -------------------------------------------------------------------------------
 

@@ -211,9 +211,9 @@ def _pointer_events(moves: list[tuple[_Commit, str | None, str | None]]) -> list
 
 def _with_tags(git: Git, ref: str, events: list[Event]) -> list[Event]:
     settings = read_state(git, ref).settings
-    git.fetch_tags(settings.tag_prefix, [settings.tag_name(e.chunk_version) for e in events
-                                         if e.kind == "lock" and e.chunk_version])
-    tags = git.tags(settings.tag_prefix)
+    tags = git.fetch_tags(settings.tag_prefix, [settings.tag_name(e.chunk_version)
+                                                for e in events
+                                                if e.kind == "lock" and e.chunk_version])
     out = []
     for event in events:
         name = settings.tag_name(event.chunk_version) if event.chunk_version else None

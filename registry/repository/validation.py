@@ -318,9 +318,8 @@ def untagged_problems(git: Git, state: RegistryState, main: str) -> list[Problem
                if file.config is not None and path in on_tree}
     if not on_main:
         return []
-    git.fetch_tags(settings.tag_prefix, [settings.tag_name(v) for v in on_main.values()],
-                   required=True)
-    tags = git.tags(settings.tag_prefix)
+    tags = git.fetch_tags(settings.tag_prefix, [settings.tag_name(v) for v in on_main.values()],
+                          required=True)
     return [Problem(path, 1, f"{version} has no lock tag {settings.tag_name(version)}, so "
                     "its immutability is not checked",
                     "run `registry tag --push` on main (CI tags every merge)", "warning")
