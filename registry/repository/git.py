@@ -422,6 +422,36 @@ class Git:
             headers[name] = (fields[1], fields[0]) if known else None
         return headers
 
+    def changed_on_first_parents(self, ref: str, directory: str) -> list[str]:
+        """The commits on `ref`'s first-parent chain whose `directory` differs from their first
+        parent's (or that have it and no parent), newest first: what `git log --first-parent
+        REF -- DIRECTORY/` lists, from the directory's tree SHA at each commit (one `log` of
+        root trees, one fed `cat-file --batch-check`) instead of a diff of every commit."""
+        chain = [line.split(" ") for line in self.run(
+            "log", "--first-parent", "--format=%H %T", ref).splitlines()]
+        trees = self.object_headers(sorted({f"{tree}:{directory}" for _commit, tree in chain}))
+        found = []
+        for index, (commit, tree) in enumerate(chain):
+            parent = trees[f"{chain[index + 1][1]}:{directory}"] if index + 1 < len(chain) \
+                else None
+            if trees[f"{tree}:{directory}"] != parent:
+                found.append(commit)
+        return found
+
+    def log_of(self, commits: list[str], *args: str) -> str:
+        """`git log --no-walk=unsorted ARGS` of `commits` in the order given, fed on stdin
+        (any number of them); empty for none."""
+        if not commits:
+            return ""
+        process = self.repo.git.log("--no-walk=unsorted", "--stdin", *args, as_process=True,
+                                    istream=subprocess.PIPE)
+        out, err = process.communicate("".join(f"{c}\n" for c in commits).encode())
+        if process.returncode:
+            lines = _text(err or b"").strip().splitlines()
+            raise GitError(f"git log failed: {lines[-1] if lines else process.returncode}",
+                           where=str(self.root))
+        return _text(out)
+
     def parents(self, ref: str) -> dict[str, tuple[str, ...]]:
         """commit -> its parents, for every commit in `ref`'s history (one `rev-list`)."""
         found: dict[str, tuple[str, ...]] = {}

@@ -1,8 +1,9 @@
 """What happened to the registry on main: locks, promotions, rollbacks and retirements.
 
-Read in one pass: a single `git log --first-parent` with each commit's diff against its first
-parent (so a merge commit shows exactly what its pull request changed), restricted to configs/,
-plus one `for-each-ref` for the tags. Events are derived from the diffs, not from commit
+Read in one pass: one `git log` of the first-parent commits that change configs/ (picked by the
+tree SHA of configs/ at each), with each one's diff against its first parent (so a merge commit
+shows exactly what its pull request changed), restricted to configs/, plus one `for-each-ref`
+for the tags. Events are derived from the diffs, not from commit
 messages, so a promotion is a promotion however it reached main (merge, squash or plain commit)
 and whoever wrote the message. A production change that undoes the production change before it
 (a `git revert`, or promoting the previous version again) is a rollback.
@@ -124,7 +125,7 @@ def _changes(
     path = ""
     for line in diff:
         if line.startswith("diff --git "):
-            path = line.rsplit(" b/", 1)[-1]
+            path = f"{CONFIG_DIR}/" + line.rsplit(" b/", 1)[-1]  # the log is --relative
             continue
         found = _CONFIG_RE.match(path)
         if found and line.startswith("new file mode"):
@@ -153,10 +154,14 @@ def _log(git: Git, ref: str) -> list[tuple[_Commit, list[str]]]:
     known = _LOGS.setdefault(git, {})
     if commit is not None and commit in known:
         return known[commit]
-    out = git.run(
-        "log", "--first-parent", "--diff-merges=first-parent", "-p", "-U0", "--no-renames",
-        "--no-color", "--no-ext-diff", f"--format={_FORMAT}", ref, "--",
-        f"{CONFIG_DIR}/",
+    # `git log --first-parent -p REF -- configs/` diffs configs/ twice at every commit (once
+    # to pick the commits that touch it, once for the patch): 6.4 s of CPU at 10,000 configs
+    # against 2.7 s for picking them by configs/'s tree SHA and diffing each once, the patch
+    # kept to configs/ by --relative (paths then relative to it).
+    out = git.log_of(
+        git.changed_on_first_parents(ref, CONFIG_DIR),
+        "--diff-merges=first-parent", "-p", "-U0", "--no-renames", "--no-color",
+        "--no-ext-diff", f"--relative={CONFIG_DIR}/", f"--format={_FORMAT}",
     )
     commits = _parse(out)
     if commit is not None:

@@ -186,3 +186,61 @@ def test_history_is_read_once_per_commit_and_sees_a_new_one(tmp_path: Path) -> N
     events = read_history(git, "main")
     assert (events[0].kind, events[0].chunk_version) == ("retire", versions[0])
     assert read_history(Git(repo), "main") == events
+
+
+def pathspec_log(git: Git, ref: str) -> list[tuple[object, list[str]]]:
+    """The history's log as it was read before: one `git log --first-parent -p -- configs/`
+    (paths made relative to configs/, as the --relative log gives them)."""
+    out = git.run("log", "--first-parent", "--diff-merges=first-parent", "-p", "-U0",
+                  "--no-renames", "--no-color", "--no-ext-diff",
+                  f"--format={history_module._FORMAT}", ref, "--", "configs/")
+    return [(commit, [line.replace(" a/configs/", " a/").replace(" b/configs/", " b/")
+                      if line.startswith("diff --git ") else line for line in diff])
+            for commit, diff in history_module._parse(out)]
+
+
+def test_history_picked_by_tree_sha_is_the_pathspec_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Merges, commits outside configs/, a retirement, promotions, a rollback, an environment:
+    the events are those of the log limited by the pathspec."""
+    repo = tmp_path / "repo"
+    versions = build(repo, 3)
+    one, two, three = versions
+    production = repo / "configs" / "production.yaml"
+    environments = repo / "configs" / "environments"
+
+    def commit(message: str) -> None:
+        run_git(repo, "add", "-A")
+        run_git(repo, "commit", "-q", "-m", message)
+
+    (repo / "README.md").write_text("outside configs/\n")
+    commit("Docs only")
+    run_git(repo, "checkout", "-q", "-b", "promote")
+    production.write_text(f"production: {two}\n")
+    environments.mkdir()
+    (environments / "staging.yaml").write_text(f"serves: {three}\n")
+    commit("Promote")
+    (repo / "README.md").write_text("outside configs/, on the branch\n")
+    commit("Docs on the branch")
+    run_git(repo, "checkout", "-q", "main")
+    run_git(repo, "merge", "-q", "--no-ff", "-m", "Merge pull request #7 from promote", "promote")
+    run_git(repo, "rm", "-q", config_path(one))
+    commit("Retire (#8)")
+    production.write_text(f"production: {three}\n")
+    commit("Promote again (#9)")
+    production.write_text(f"production: {two}\n")
+    commit("Roll back (#10)")
+    run_git(repo, "checkout", "-q", "-b", "side", "main~2")
+    (repo / "README.md").write_text("a merge that leaves configs/ alone\n")
+    commit("Docs, side")
+    run_git(repo, "checkout", "-q", "main")
+    run_git(repo, "merge", "-q", "--no-ff", "-m", "Merge docs", "side")
+
+    picked = {env: read_history(Git(repo), "main", env) for env in ("production", "staging")}
+    monkeypatch.setattr(history_module, "_log", pathspec_log)
+    assert picked == {env: read_history(Git(repo), "main", env)
+                      for env in ("production", "staging")}
+    kinds = [(e.kind, e.chunk_version) for e in picked["production"]]
+    assert ("retire", one) in kinds and ("rollback", two) in kinds
+    assert ("promote", three) in [(e.kind, e.chunk_version) for e in picked["staging"]]
