@@ -87,7 +87,7 @@ class RegistryState:
     """The environment this state acts for: `settings` are its settings (`environments.select`
     gives the state of another one)."""
 
-    _configs: tuple[int, int, dict[str, LockedConfig]] | None = field(
+    _configs: tuple[dict[str, ConfigFile], int, dict[str, LockedConfig]] | None = field(
         default=None, init=False, repr=False, compare=False)
 
     @property
@@ -97,14 +97,14 @@ class RegistryState:
         Worked out once per `files` (the planner asks for it once per config: 60 s of 80 at
         3,000 configs when every access rebuilt it) and again when `files` is replaced or
         gains or loses a file; callers must not mutate the dict returned."""
-        key = (id(self.files), len(self.files))
-        if self._configs is not None and self._configs[:2] == key:
-            return self._configs[2]
+        known = self._configs
+        if known is not None and known[0] is self.files and known[1] == len(self.files):
+            return known[2]
         out: dict[str, LockedConfig] = {}
         for file in self.files.values():
             if file.config is not None and file.path == config_path(file.config.chunk_version):
                 out[file.config.chunk_version] = file.config
-        self._configs = (*key, out)
+        self._configs = (self.files, len(self.files), out)
         return out
 
     @property
