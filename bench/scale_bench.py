@@ -214,6 +214,14 @@ def bench_cli(sizes: list[int], repetitions: int, label: str, commit: str) -> No
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "registry",
                                   "schemas"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        for code in (baseline, ROOT):
+            found = subprocess.run(
+                [sys.executable, "-c", "import registry; print(registry.__file__)"],
+                env={**os.environ, "PYTHONPATH": str(code)}, cwd=tmp, check=True,
+                capture_output=True, text=True).stdout.strip()
+            if not found.startswith(str(code)):
+                raise RuntimeError(f"the code under {code} is not the one run: {found}")
+        per_config: dict[str, dict[int, float]] = {}
         for size in sizes:
             repo = Path(tmp) / f"r{size}"
             make_history(repo, size)
@@ -224,13 +232,14 @@ def bench_cli(sizes: list[int], repetitions: int, label: str, commit: str) -> No
                         commands: dict[str, list[str]] = commands,
                         size: int = size) -> dict[str, Any]:
                 which, command = name.split(" ", 1)
-                env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-                if which == "baseline":
-                    env["PYTHONPATH"] = str(baseline)
+                # Started outside the checkout: `python -m` puts the working directory first
+                # on sys.path, so from the repository root the baseline ran today's code.
+                env = {**os.environ, "HF_HUB_OFFLINE": "1",
+                       "PYTHONPATH": str(baseline if which == "baseline" else ROOT)}
                 shutil.rmtree(repo / ".git" / "chunk-registry", ignore_errors=True)
                 started = time.perf_counter()
                 proc = subprocess.run([sys.executable, "-m", "registry", *commands[command]],
-                                      env=env, capture_output=True, text=True,
+                                      env=env, capture_output=True, text=True, cwd=tmp,
                                       preexec_fn=lambda: os.sched_setaffinity(0, cpus))
                 seconds = time.perf_counter() - started
                 if proc.returncode != 0:
@@ -241,8 +250,27 @@ def bench_cli(sizes: list[int], repetitions: int, label: str, commit: str) -> No
             results = fair.race(names, measure, repetitions, {"cores": fair.cpus()})
             for figures in results["cores"].values():
                 print(f"{size:>6} configs {figures.name}: median {figures.median:.2f} s "
-                      f"({figures.spread()}), {figures.median / size * 1000:.2f} ms per config",
-                      flush=True)
+                      f"({figures.spread()}), {figures.median / size * 1000:.2f} ms per config "
+                      "[cold: no parse cache]", flush=True)
+                per_config.setdefault(figures.name, {})[size] = figures.median / size
+    print(growth_lines(per_config))
+
+
+def growth_lines(per_config: dict[str, dict[int, float]]) -> str:
+    """Per competitor: ms per config at each size, and its growth against the smallest size
+    and against the size before (1.00x is linear; the fixed start-up cost makes small sizes
+    dearer, so the step from the size before shows a cliff first)."""
+    lines = ["growth of the time per config (cold), against the smallest size / the size "
+             "before:"]
+    for name, by_size in per_config.items():
+        sizes = sorted(by_size)
+        first = by_size[sizes[0]]
+        steps = ", ".join(
+            f"{size}: {by_size[size] * 1000:.2f} ms ({by_size[size] / first:.2f}x"
+            f" / {by_size[size] / by_size[sizes[max(i - 1, 0)]]:.2f}x)"
+            for i, size in enumerate(sizes))
+        lines.append(f"  {name}: {steps}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -70,3 +70,20 @@ def test_hybrid_bench_runs_at_tiny_sizes(pg_server: str) -> None:
     assert all(0 < r <= 1 for r in recalls) and recalls[-1] >= recalls[0]
     # At 1500 rows the planner rightly prefers a sequential scan; at 100k it takes the index.
     assert set(result["uses_hnsw"]) == {"dense-hnsw", "hybrid-hnsw"}
+
+
+SCALE = Path(__file__).resolve().parent.parent / "bench" / "scale_bench.py"
+
+
+@pytest.mark.bench
+def test_scale_bench_cli_races_each_side_with_its_own_code() -> None:
+    """The CLI race runs the baseline's code, not today's (it checks which `registry` each
+    side imports), and prints the time per config and its growth for both commands."""
+    out = subprocess.run(
+        [sys.executable, str(SCALE), "--only", "cli", "--configs", "3,6", "--repetitions", "1",
+         "--allow-busy"],
+        capture_output=True, text=True, timeout=600, check=True, cwd=SCALE.parent.parent,
+    ).stdout
+    for name in ("baseline validate", "now validate", "baseline plan", "now plan"):
+        assert re.search(rf"\b6 configs {name}: median [0-9.]+ s .* ms per config \[cold", out)
+        assert re.search(rf"  {name}: 3: [0-9.]+ ms \(1\.00x / 1\.00x\), 6: ", out), out

@@ -471,7 +471,7 @@ def retired_on(git: Git, ref: str, state: RegistryState) -> dict[str, datetime]:
     """version -> when it was retired on `ref` (its retire commit), for configs that left the
     repo and are not back: what a reconciled database still holds as retired tables."""
     out: dict[str, datetime] = {}
-    for event in read_history(git, ref):
+    for event in read_history(git, ref, tags=False):
         version = event.chunk_version
         if event.kind == "retire" and version and version not in state.configs:
             out.setdefault(version, datetime.fromisoformat(event.at))

@@ -206,20 +206,21 @@ class Git:
         )
 
     def fetch_tags(self, prefix: str, names: list[str], remote: str = "origin", *,
-                   required: bool = False) -> None:
+                   required: bool = False) -> dict[str, TagInfo]:
         """Fetch those of `names` (tags under `prefix`) that this clone lacks and `remote` has:
         a clone made with --no-tags (a CI checkout) would otherwise skip every immutability
         check. When the remote cannot be asked, refuses in one line if `required` (validate),
-        else leaves the tags missing for the caller to report."""
+        else leaves the tags missing for the caller to report. The tags under `prefix` after
+        the fetch, as `tags` gives them (read again only when something was fetched)."""
         local = self.tags(prefix)
         missing = [name for name in names if name not in local]
         if not missing or not self.has_remote(remote):
-            return
+            return local
         patterns = [f"refs/tags/{name}" for name in missing] if len(missing) <= TAG_FETCH_BATCH \
             else []
         status, out, err = self.execute("ls-remote", "--tags", remote, *patterns)
         if status != 0 and not required:
-            return
+            return local
         if status != 0:
             lines = err.strip().splitlines()
             raise GitError(
@@ -235,6 +236,7 @@ class Git:
             batch = wanted[start : start + TAG_FETCH_BATCH]
             self.run("fetch", "--quiet", "--no-tags", remote,
                      *(f"refs/tags/{name}:refs/tags/{name}" for name in batch))
+        return self.tags(prefix) if wanted else local
 
     # -- fetching -------------------------------------------------------------------------------
 
@@ -419,6 +421,36 @@ class Git:
             known = len(fields) == 3 and fields[2].isdigit()
             headers[name] = (fields[1], fields[0]) if known else None
         return headers
+
+    def changed_on_first_parents(self, ref: str, directory: str) -> list[str]:
+        """The commits on `ref`'s first-parent chain whose `directory` differs from their first
+        parent's (or that have it and no parent), newest first: what `git log --first-parent
+        REF -- DIRECTORY/` lists, from the directory's tree SHA at each commit (one `log` of
+        root trees, one fed `cat-file --batch-check`) instead of a diff of every commit."""
+        chain = [line.split(" ") for line in self.run(
+            "log", "--first-parent", "--format=%H %T", ref).splitlines()]
+        trees = self.object_headers(sorted({f"{tree}:{directory}" for _commit, tree in chain}))
+        found = []
+        for index, (commit, tree) in enumerate(chain):
+            parent = trees[f"{chain[index + 1][1]}:{directory}"] if index + 1 < len(chain) \
+                else None
+            if trees[f"{tree}:{directory}"] != parent:
+                found.append(commit)
+        return found
+
+    def log_of(self, commits: list[str], *args: str) -> str:
+        """`git log --no-walk=unsorted ARGS` of `commits` in the order given, fed on stdin
+        (any number of them); empty for none."""
+        if not commits:
+            return ""
+        process = self.repo.git.log("--no-walk=unsorted", "--stdin", *args, as_process=True,
+                                    istream=subprocess.PIPE)
+        out, err = process.communicate("".join(f"{c}\n" for c in commits).encode())
+        if process.returncode:
+            lines = _text(err or b"").strip().splitlines()
+            raise GitError(f"git log failed: {lines[-1] if lines else process.returncode}",
+                           where=str(self.root))
+        return _text(out)
 
     def parents(self, ref: str) -> dict[str, tuple[str, ...]]:
         """commit -> its parents, for every commit in `ref`'s history (one `rev-list`)."""

@@ -318,9 +318,8 @@ def untagged_problems(git: Git, state: RegistryState, main: str) -> list[Problem
                if file.config is not None and path in on_tree}
     if not on_main:
         return []
-    git.fetch_tags(settings.tag_prefix, [settings.tag_name(v) for v in on_main.values()],
-                   required=True)
-    tags = git.tags(settings.tag_prefix)
+    tags = git.fetch_tags(settings.tag_prefix, [settings.tag_name(v) for v in on_main.values()],
+                          required=True)
     return [Problem(path, 1, f"{version} has no lock tag {settings.tag_name(version)}, so "
                     "its immutability is not checked",
                     "run `registry tag --push` on main (CI tags every merge)", "warning")
@@ -460,10 +459,17 @@ def _tagged_blobs(git: Git, tags: Mapping[str, TagInfo], named: Mapping[str, str
     A commit's tree never changes, so answers are cached by `commit:path` in .git; only new or
     moved tags reach git, through the persistent `cat-file --batch-check` (each lookup walks
     the commit's configs/ tree, which costs 0.3 s for 1,500 tags every run without the
-    cache)."""
+    cache).
+
+    Without the cache they are asked in the order of the config's path, which is the order
+    the configs were locked in (a version starts with its lock time): consecutive commits'
+    configs/ trees are deltas of each other, so git's delta cache rebuilds each from the
+    last. In the order of the commit SHAs (random) every lookup rebuilt its tree from the
+    base of its delta chain: 22 s against 3 s at 10,000 tags (2 shared cores, busy)."""
     cache = ParseCache(git.git_dir, "tagged-blobs.json")
     keys = {name: f"{tags[name].commit}:{config_path(version)}" for name, version in named.items()}
-    missing = sorted({key for key in keys.values() if key not in cache})
+    missing = sorted({key for key in keys.values() if key not in cache},
+                     key=lambda key: (key.partition(":")[2], key))
     if missing:
         for key, header in git.object_headers(missing).items():
             cache.put(key, header[1] if header is not None and header[0] == "blob" else None)
