@@ -139,19 +139,37 @@ def train_tokenizer(path: Path, texts: list[str]) -> Path:
 
 class WorkerMemory(TreeMemory):
     """TreeMemory that also keeps the largest single process other than the command itself
-    (a chunking worker, a Ray actor or raylet)."""
+    (a chunking worker, a Ray actor or raylet): by resident memory, and by its own memory
+    (resident less shared pages: Ray's object store is shared memory mapped into the workers
+    that read it, bounded by the store's size, not the worker's), with the process's name."""
 
     def __init__(self, pid: int) -> None:
         self.largest_worker = 0
+        self.largest_own = 0
+        self.largest_own_name = ""
         super().__init__(pid)
+
+    @staticmethod
+    def _own_and_name(pid: int) -> tuple[int, str]:
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                fields = handle.read().split()
+            with open(f"/proc/{pid}/comm") as handle:
+                name = handle.read().strip()
+        except OSError:
+            return 0, ""
+        return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE"), name
 
     def _run(self) -> None:
         while not self._stop.is_set():
             sizes = {p: self._rss(p) for p in self._tree()}
             self.peak = max(self.peak, sum(sizes.values()))
-            others = [size for p, size in sizes.items() if p != self.pid]
+            others = [p for p in sizes if p != self.pid]
             if others:
-                self.largest_worker = max(self.largest_worker, max(others))
+                self.largest_worker = max(self.largest_worker, max(sizes[p] for p in others))
+                own, name = max(self._own_and_name(p) for p in others)
+                if own > self.largest_own:
+                    self.largest_own, self.largest_own_name = own, name
             time.sleep(0.05)
 
 
@@ -179,6 +197,8 @@ def ingest_once(repo: Path, version: str, corpus: Path, dsn: str, tokenizer: Pat
             "vectors_computed": report.get("vectors_computed", 0),
             "stage_seconds": (report.get("ray") or {}).get("seconds"),
             "tree_peak_mb": sampler.peak / 1e6, "largest_worker_mb": sampler.largest_worker / 1e6,
+            "largest_own_mb": sampler.largest_own / 1e6,
+            "largest_own_name": sampler.largest_own_name,
             "result": table_hash(dsn, report["table"])}
 
 
@@ -247,7 +267,9 @@ def race(repo: Path, version: str, corpus: Path, actual: float, dsn: str, tokeni
             / statistics.median(r["pipeline_s"] for r in runs["builtin"]), 2),
         **{f"{engine}_{key}": round(statistics.median(r[key] for r in run), 2)
            for engine, run in runs.items()
-           for key in ("wall_s", "largest_worker_mb", "tree_peak_mb")},
+           for key in ("wall_s", "largest_worker_mb", "largest_own_mb", "tree_peak_mb")},
+        "largest_own_names": sorted({r["largest_own_name"] for run in runs.values()
+                                     for r in run}),
         "builtin_mb_s": round(actual / builtin_wall, 3),
         "ray_mb_s": round(actual / ray_wall, 3),
     }
@@ -257,7 +279,9 @@ def race(repo: Path, version: str, corpus: Path, actual: float, dsn: str, tokeni
           f"{figures['overhead']:.2f}x wall ({figures['pipeline_overhead']:.2f}x "
           f"without the command's start-up); largest worker "
           f"{figures['builtin_largest_worker_mb']:.0f} MB built-in, "
-          f"{figures['ray_largest_worker_mb']:.0f} MB Ray; same chunks "
+          f"{figures['ray_largest_worker_mb']:.0f} MB Ray (resident; its own memory, shared "
+          f"pages left out: {figures['builtin_largest_own_mb']:.0f} MB built-in, "
+          f"{figures['ray_largest_own_mb']:.0f} MB Ray); same chunks "
           f"({figures['chunks']}, ids {figures['result']})", flush=True)
     figures["ray_stage_seconds"] = [r["stage_seconds"] for r in runs["ray"]]
     print(f"[{label}]   Ray's time by stage (each run): "
