@@ -22,7 +22,6 @@ from registry.ingest.chunker import (
     Chunker,
     CorpusDeduplicator,
     Document,
-    MemoryShingleStore,
     MinHasher,
     jaccard,
     shingle_sets,
@@ -173,13 +172,18 @@ CHUNKERS: dict[str, Callable[[list[Document], Path, list[int]], Work]] = {
 
 
 def dedup_ours(texts: list[str]) -> Work:
-    """Shingling, MinHash band keys, LSH and exact verification: every stage on the clock."""
+    """Shingling, MinHash band keys, LSH and exact verification: every stage on the clock,
+    the kept chunks' shingles in the temporary file `registry ingest` keeps them in."""
 
     def work() -> list[int]:
         sets = shingle_sets(texts)
-        deduplicator = CorpusDeduplicator(THRESHOLD, MemoryShingleStore())
-        keys = deduplicator.hasher.band_keys(sets)
-        return [i for i in range(len(sets)) if deduplicator.is_duplicate(sets[i], keys[i])]
+        store = pipeline.FileShingleStore()  # where `registry ingest --dedup corpus` keeps them
+        try:
+            deduplicator = CorpusDeduplicator(THRESHOLD, store)
+            keys = deduplicator.hasher.band_keys(sets)
+            return [i for i in range(len(sets)) if deduplicator.is_duplicate(sets[i], keys[i])]
+        finally:
+            store.close()
 
     return work
 

@@ -313,7 +313,9 @@ def jaccard(a: Shingles, b: Shingles) -> float:
     """Jaccard similarity of two shingle sets (sorted distinct arrays); 0 when either is empty."""
     if not len(a) or not len(b):
         return 0.0
-    shared = int(np.intersect1d(a, b, assume_unique=True).size)
+    both = np.concatenate((a, b))  # each distinct, so a value twice is a shared one
+    both.sort()
+    shared = int(np.count_nonzero(both[1:] == both[:-1]))
     return shared / (len(a) + len(b) - shared)
 
 
@@ -521,8 +523,15 @@ class MemoryShingleStore:
 class CorpusDeduplicator:
     """Greedy corpus-wide near-duplicate filter: LSH proposes, exact Jaccard decides.
 
-    Memory grows with the kept chunks: one dict entry per band per kept chunk here, and the
-    shingles wherever `store` keeps them.
+    Memory grows with the kept chunks: one dict entry per band per kept chunk and one size
+    here, and the shingles wherever `store` keeps them.
+
+    The cost per chunk stays flat as the corpus grows although the candidates LSH proposes do
+    not: kept chunks that resemble one another (boilerplate, near-misses below the threshold)
+    share band keys, so their buckets grow with the corpus. Candidates whose sizes alone rule
+    out the threshold (Jaccard <= smaller / larger) are never read, and many candidates are
+    verified in one vectorized pass (`_first_match`) instead of one numpy call each; the
+    decision, and the kept chunk it names, are the ones a check in candidate order gives.
     """
 
     def __init__(self, threshold: float, store: ShingleStore | None = None) -> None:
@@ -530,9 +539,13 @@ class CorpusDeduplicator:
         self.hasher = MinHasher(threshold)
         self.store: ShingleStore = store or MemoryShingleStore()
         self._buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.hasher.bands)]
+        self._sizes: list[int] = []
+        """The shingle count of each kept chunk, by store index."""
         self.kept = 0
         self.removed = 0
         self.candidates = 0
+        """Candidates LSH proposed, counted as a check in order would meet them (up to the
+        first near-duplicate)."""
         self.last_index = -1
         """The store index of the kept chunk the last call matched, or that it stored."""
 
@@ -544,32 +557,72 @@ class CorpusDeduplicator:
         if not keys:
             self.kept += 1
             return False
-        seen: set[int] = set()
-        for bucket, key in zip(self._buckets, keys, strict=True):
-            found = bucket.get(key)
-            if found is None:
+        found = [bucket.get(key) for bucket, key in zip(self._buckets, keys, strict=True)]
+        candidates: list[int] = []
+        for members in found:
+            if members is None:
                 continue
-            for index in found if isinstance(found, list) else (found,):
-                if index in seen:
-                    continue
-                seen.add(index)
-                self.candidates += 1
-                if jaccard(values, self.store.get(index)) >= self.threshold:
-                    self.removed += 1
-                    self.last_index = index
-                    return True
-        index = self.store.append(values)
-        self.last_index = index
-        for bucket, key in zip(self._buckets, keys, strict=True):
-            found = bucket.get(key)
-            if found is None:
-                bucket[key] = index
-            elif isinstance(found, list):
-                found.append(index)
+            if isinstance(members, list):
+                candidates.extend(members)
             else:
-                bucket[key] = [found, index]
+                candidates.append(members)
+        if candidates:
+            if len(candidates) > 1:  # distinct, in the order the bands meet them
+                candidates = list(dict.fromkeys(candidates))
+            position = self._first_match(values, candidates)
+            if position is not None:
+                self.candidates += position + 1
+                self.removed += 1
+                self.last_index = candidates[position]
+                return True
+            self.candidates += len(candidates)
+        index = self.store.append(values)
+        self._sizes.append(len(values))
+        self.last_index = index
+        for bucket, key, members in zip(self._buckets, keys, found, strict=True):
+            if members is None:
+                bucket[key] = index
+            elif isinstance(members, list):
+                members.append(index)
+            else:
+                bucket[key] = [members, index]
         self.kept += 1
         return False
+
+    def _first_match(self, values: Shingles, candidates: list[int]) -> int | None:
+        """The position of the first candidate whose Jaccard with `values` reaches the
+        threshold, or None."""
+        size = len(values)
+        threshold = self.threshold
+        sizes = self._sizes
+        # Jaccard <= min / max of the sizes, and float division is monotonic: a candidate
+        # whose size ratio is below the threshold cannot reach it however jaccard rounds.
+        plausible = [position for position, index in enumerate(candidates)
+                     if (sizes[index] / size if sizes[index] < size else size / sizes[index])
+                     >= threshold]
+        for position in plausible[:_FEW_CANDIDATES]:  # a near-duplicate usually comes first
+            if jaccard(values, self.store.get(candidates[position])) >= threshold:
+                return position
+        plausible = plausible[_FEW_CANDIDATES:]
+        if not plausible:
+            return None
+        # The rest in one pass: every stored shingle of theirs looked up in this sorted set.
+        stored = [self.store.get(candidates[position]) for position in plausible]
+        lengths = np.fromiter((len(s) for s in stored), dtype=np.int64, count=len(stored))
+        joined = np.concatenate(stored)
+        where = np.searchsorted(values, joined)
+        where[where == size] = 0
+        hits = (values[where] == joined).astype(np.int64)
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        shared = np.add.reduceat(hits, starts)
+        # the float jaccard() computes: shared / (|a| + |b| - shared)
+        close = np.flatnonzero(shared / (size + lengths - shared) >= threshold)
+        return plausible[int(close[0])] if len(close) else None
+
+
+_FEW_CANDIDATES = 2
+"""The first candidates checked one by one before the rest go in one vectorized pass."""
 
 
 # ---------------------------------------------------------------------------------------------

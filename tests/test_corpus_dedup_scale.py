@@ -1,0 +1,121 @@
+"""The corpus deduplicator's cost per chunk stays flat as buckets grow (issue 20): candidates
+ruled out by their sizes are not read, many candidates are verified in one vectorized pass.
+Neither may change a decision nor the kept chunk a duplicate is said to repeat: here every
+chunk is given the same band keys, so every kept chunk is a candidate of every later one (one
+bucket as large as the corpus), and the result must be the exact greedy pass in corpus order."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from registry.ingest.chunker import CorpusDeduplicator, MemoryShingleStore, ShingleStore, jaccard
+
+THRESHOLD = 0.8
+
+
+def as_set(values: list[int]) -> np.ndarray:
+    return np.unique(np.array(values, dtype=np.uint64))
+
+
+def reference(sets: list[np.ndarray], threshold: float) -> list[int | None]:
+    """Exact greedy in order: None when kept, else the position among KEPT chunks (the store
+    index) of the first kept chunk at Jaccard >= threshold."""
+    kept: list[set[int]] = []
+    result: list[int | None] = []
+    for values in sets:
+        these = set(values.tolist())
+        match = next((i for i, other in enumerate(kept)
+                      if len(these & other) / len(these | other) >= threshold), None)
+        result.append(match)
+        if match is None:
+            kept.append(these)
+    return result
+
+
+def corpus(seed: int, count: int) -> list[np.ndarray]:
+    """Near-misses of a few bases (kept, all alike: the growing bucket), near copies above the
+    threshold, exact copies, and sets of very different sizes (ruled out by size alone)."""
+    rng = random.Random(seed)
+    bases = [rng.sample(range(10**6), 40) for _ in range(3)]
+    sets: list[np.ndarray] = []
+    for _ in range(count):
+        roll = rng.random()
+        base = list(rng.choice(bases))
+        if roll < 0.1 and sets:
+            sets.append(rng.choice(sets).copy())
+        elif roll < 0.3:  # 1-4 of 40 replaced: mostly >= 0.8 with the base or a sibling
+            for _ in range(rng.randint(1, 4)):
+                base[rng.randrange(len(base))] = rng.randrange(10**6, 2 * 10**6)
+            sets.append(as_set(base))
+        elif roll < 0.45:  # a subset or superset: sizes far apart, or right at the threshold
+            cut = rng.choice([10, 20, 32, 36, 40])
+            sets.append(as_set(base[:cut] + [rng.randrange(10**6) for _ in range(rng.randint(0, 30))]))
+        else:  # a near-miss: 6-12 replaced, below the threshold, kept, shares the keys
+            for _ in range(rng.randint(6, 12)):
+                base[rng.randrange(len(base))] = rng.randrange(2 * 10**6, 3 * 10**6)
+            sets.append(as_set(base))
+    return sets
+
+
+def run(sets: list[np.ndarray], store: ShingleStore) -> tuple[list[int | None], int]:
+    dedup = CorpusDeduplicator(THRESHOLD, store)
+    keys = (1,) * dedup.hasher.bands  # one bucket per band, holding every kept chunk
+    found: list[int | None] = []
+    for values in sets:
+        found.append(dedup.last_index if dedup.is_duplicate(values, keys) else None)
+    return found, dedup.candidates
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_bucket_as_large_as_the_corpus_gives_the_exact_greedy_decisions(seed: int) -> None:
+    from registry.ingest.pipeline import FileShingleStore
+
+    sets = corpus(seed, 400)
+    expected = reference(sets, THRESHOLD)
+    assert sum(e is None for e in expected) > 100  # the bucket grows past the vectorized size
+    assert any(e is not None and e > 2 for e in expected)  # matches found past the first few
+    in_memory, candidates = run(sets, MemoryShingleStore())
+    assert in_memory == expected
+    file_store = FileShingleStore()
+    try:
+        assert run(sets, file_store) == (in_memory, candidates)
+    finally:
+        file_store.close()
+    # counted as a check in order would meet them: up to and including the match
+    kept = 0
+    counted = 0
+    for match in expected:
+        counted += kept if match is None else match + 1
+        kept += match is None
+    assert candidates == counted
+
+
+def test_a_set_exactly_at_the_threshold_by_its_size_is_still_checked() -> None:
+    """Jaccard <= smaller / larger: at 4 of 5 the bound is the threshold itself, and a subset
+    reaches it (the size filter must not drop what jaccard() would call a duplicate)."""
+    larger = as_set([1, 2, 3, 4, 5])
+    subset = as_set([1, 2, 3, 4])
+    assert jaccard(larger, subset) == THRESHOLD
+    for first, second in ((larger, subset), (subset, larger)):
+        dedup = CorpusDeduplicator(THRESHOLD)
+        keys = (7,) * dedup.hasher.bands
+        assert not dedup.is_duplicate(first, keys)
+        assert dedup.is_duplicate(second, keys) and dedup.last_index == 0
+    dedup = CorpusDeduplicator(THRESHOLD)
+    keys = (7,) * dedup.hasher.bands
+    assert not dedup.is_duplicate(as_set([1, 2, 3, 4, 5, 6]), keys)
+    assert not dedup.is_duplicate(subset, keys)  # 4 of 6 < 0.8: ruled out by size, kept
+    assert dedup.candidates == 1
+
+
+def test_jaccard_of_sorted_distinct_sets() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        a = np.unique(rng.integers(0, 60, rng.integers(0, 40), dtype=np.uint64))
+        b = np.unique(rng.integers(0, 60, rng.integers(0, 40), dtype=np.uint64))
+        sa, sb = set(a.tolist()), set(b.tolist())
+        expected = len(sa & sb) / len(sa | sb) if sa and sb else 0.0
+        assert jaccard(a, b) == expected
