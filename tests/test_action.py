@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import yaml
 
 from registry.commands.data import ingest
@@ -130,6 +131,7 @@ def test_the_action_is_linted_pinned_and_installs_only_the_release(tmp_path: Pat
     assert all("${{" not in s.get("run", "") for s in steps), "inputs reach run: only via env"
 
 
+@pytest.mark.slow
 def test_the_action_validates_a_pr_and_refuses_an_unknown_command(
     registry_repo: RegistryRepo, tmp_path: Path
 ) -> None:
@@ -155,6 +157,7 @@ def test_the_action_validates_a_pr_and_refuses_an_unknown_command(
     assert "::error title=chunk-registry::command must be" in wrong[0].stdout
 
 
+@pytest.mark.slow
 def test_the_action_reconciles_watches_and_publishes_the_dashboard(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:

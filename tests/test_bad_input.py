@@ -206,6 +206,7 @@ def expected_valid(data: dict[str, Any]) -> bool:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
+@pytest.mark.slow
 def test_generated_configs_are_accepted_exactly_within_bounds(data: dict[str, Any]) -> None:
     from registry.config import guardrail_violations
 

@@ -41,6 +41,7 @@ def fill(repo: RegistryRepo, version: str, dsn: str, source: Path) -> None:
     ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file, workers=1)
 
 
+@pytest.mark.slow
 def test_same_versions_in_two_registries_keep_their_own_ingest_eval_and_health_records(
     tmp_path: Path, tokenizer_file: Path, dsn: str, corpus: Corpus
 ) -> None:
@@ -83,6 +84,7 @@ def test_same_versions_in_two_registries_keep_their_own_ingest_eval_and_health_r
     assert next(c for c in data_a.configs if c.chunk_version == version).reports == 1
 
 
+@pytest.mark.slow
 def test_the_promotion_watch_reads_only_its_own_registrys_reports(
     tmp_path: Path, tokenizer_file: Path, dsn: str, corpus: Corpus
 ) -> None:

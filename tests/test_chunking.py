@@ -282,6 +282,7 @@ def test_shingle_sets_count_distinct_word_five_grams(texts: list[str]) -> None:
 
 @PROPERTY
 @given(data=st.data(), config=configs)
+@pytest.mark.slow
 def test_large_documents_encoded_in_segments_chunk_exactly_alike(
     data: st.DataObject, config: Any, tokenizer: Tokenizer, single_token_words: list[str]
 ) -> None:
@@ -396,6 +397,7 @@ def test_bert_wordpiece_is_counted_piecewise(tokenizer: Tokenizer) -> None:
     assert splits_on_whitespace(tokenizer)
 
 
+@pytest.mark.slow
 def test_corpus_dedup_finds_what_the_exact_pass_finds() -> None:
     """Planted near-duplicates (a few words changed) among distinct texts: LSH with exact
     verification removes only true near-duplicates and at least 99% of what exact greedy does."""

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 import yaml
 from plotly.offline import get_plotlyjs
 
@@ -34,6 +35,7 @@ def sections(page: str) -> list[str]:
     return re.findall(r'<section class="config" id="config-([^"]+)"', page)
 
 
+@pytest.mark.slow
 def test_ninety_days_of_five_configs_make_one_offline_page(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:
@@ -83,6 +85,7 @@ def test_ninety_days_of_five_configs_make_one_offline_page(
     assert page.index('id="alerts"') < page.index('id="configs"') < page.index('class="config"')
 
 
+@pytest.mark.slow
 def test_serve_binds_the_loopback_interface_and_shows_a_registry_without_reports(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:
@@ -114,6 +117,7 @@ def test_serve_binds_the_loopback_interface_and_shows_a_registry_without_reports
     assert sections(body) == [version]
 
 
+@pytest.mark.slow
 def test_the_daily_workflow_jobs_record_health_watch_and_publish_the_dashboard(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:
@@ -184,6 +188,7 @@ def _item(page: str, key: str) -> tuple[str, str]:
     return found.group(1), re.sub(r"<[^>]+>", "", found.group(2))
 
 
+@pytest.mark.slow
 def test_a_young_registry_fills_the_charts_and_a_refused_promotion_is_on_top(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:

@@ -7,10 +7,12 @@ import re
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.helpers import run_cli
 
 
+@pytest.mark.slow
 def test_demo_runs_the_lifecycle_and_cleans_up(embedded_server: str) -> None:
     result = run_cli("demo", "--dsn", embedded_server)
 

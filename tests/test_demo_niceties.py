@@ -39,6 +39,7 @@ def test_demo_keep_on_an_existing_directory_is_a_one_line_refusal(tmp_path: Path
 
 
 @pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.slow
 def test_a_demo_that_fails_midway_drops_its_database(
     embedded_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
 ) -> None:

@@ -146,6 +146,7 @@ def test_validate_accepts_staging_and_production(registry_repo: RegistryRepo) ->
     assert result.code == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_rollbacks_per_environment_and_the_path_never_holds_a_rollback_back(
     registry_repo: RegistryRepo,
 ) -> None:
@@ -203,6 +204,7 @@ def environment_commands() -> list[str]:
 
 
 @pytest.mark.parametrize("broken", sorted(BROKEN_STAGING))
+@pytest.mark.slow
 def test_an_invalid_environment_file_is_its_problem_for_every_command(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, broken: str
 ) -> None:

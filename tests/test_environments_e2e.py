@@ -84,6 +84,7 @@ def soak(staging_dsn: str, version: str, hours: float) -> None:
         "secs => %s) WHERE chunk_version = %s AND status = 'production'", (hours * 3600, version))
 
 
+@pytest.mark.slow
 def test_staging_then_production_after_the_soak(
     two_environments: RegistryRepo, dsn: str, staging_dsn: str, corpus: Corpus
 ) -> None:
@@ -157,6 +158,7 @@ def test_staging_then_production_after_the_soak(
         ("acme",)]
 
 
+@pytest.mark.slow
 def test_the_reconciler_and_the_pr_plan_hold_a_merged_promotion_back(
     two_environments: RegistryRepo, dsn: str, staging_dsn: str, corpus: Corpus
 ) -> None:
@@ -206,6 +208,7 @@ def test_the_reconciler_and_the_pr_plan_hold_a_merged_promotion_back(
     assert production.view_target() == [table_of(version)]
 
 
+@pytest.mark.slow
 def test_a_missing_environment_dsn_is_one_line(
     two_environments: RegistryRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:

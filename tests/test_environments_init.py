@@ -8,6 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from registry.repository.git import Git
@@ -59,6 +60,7 @@ def test_the_reusable_reconcile_runs_each_command_for_its_environment() -> None:
         assert job["environment"] == "${{ inputs.environment }}"
 
 
+@pytest.mark.slow
 def test_the_pr_check_plans_every_environment(registry_repo: RegistryRepo, tmp_path: Path,
                                               ) -> None:
     version = registry_repo.locked()

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer.main
 
 from registry import errors
@@ -62,6 +63,7 @@ def test_the_readme_table_lists_exactly_the_codes_the_code_defines() -> None:
     assert len({errors.PLAN_PENDING, errors.HEALTH_WARNINGS, errors.HEALTH_CRITICAL, 1, 2}) == 5
 
 
+@pytest.mark.slow
 def test_every_command_answers_as_the_exit_code_table_says(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:

@@ -88,6 +88,7 @@ def test_an_ends_option_that_is_not_a_real_time_is_a_usage_error(
     assert "is not a real time" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_promoting_or_retiring_a_running_candidate_is_refused_and_the_control_may_change(
     registry_repo: RegistryRepo,
 ) -> None:
@@ -114,6 +115,7 @@ def test_promoting_or_retiring_a_running_candidate_is_refused_and_the_control_ma
     assert cli("validate", "--ref", f"promote/{v3}")[0] == 0
 
 
+@pytest.mark.slow
 def test_every_change_command_refuses_a_commit_that_would_not_validate(
     two_environments: RegistryRepo,  # noqa: F811 - the fixture imported above
 ) -> None:
@@ -136,6 +138,7 @@ def test_every_change_command_refuses_a_commit_that_would_not_validate(
     assert repo.git("branch", "--list", "retire/*") == ""
 
 
+@pytest.mark.slow
 def test_an_ingest_into_the_running_candidates_table_is_guarded_like_productions(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:

@@ -99,6 +99,7 @@ def share_of(router: Router, keys: list[str]) -> tuple[float, set[str]]:
     return len(candidate) / len(keys), candidate
 
 
+@pytest.mark.slow
 def test_an_experiment_started_by_pr_splits_traffic_and_keys_stay_as_the_share_grows(
     registry_repo: RegistryRepo, dsn: str, github: FakeGitHub
 ) -> None:
@@ -156,6 +157,7 @@ def planted(router: Router, metric: str, control_rate: float, candidate_rate: fl
         assert router.record_outcome(key, rng.random() < rate, metric=metric) is not None
 
 
+@pytest.mark.slow
 def test_outcomes_are_recorded_per_arm_and_the_report_finds_a_planted_effect_only(
     registry_repo: RegistryRepo, dsn: str, github: FakeGitHub
 ) -> None:
@@ -187,6 +189,7 @@ def test_outcomes_are_recorded_per_arm_and_the_report_finds_a_planted_effect_onl
     assert "candidate better" in text.stdout and "two-proportion z-test" in text.stdout
 
 
+@pytest.mark.slow
 def test_a_candidate_that_breaks_a_guardrail_gets_one_pr_ending_the_experiment(
     registry_repo: RegistryRepo, dsn: str, github: FakeGitHub
 ) -> None:
@@ -247,6 +250,7 @@ def test_a_table_served_moments_ago_is_kept_past_the_grace_period(
     assert table not in s.db.tables()
 
 
+@pytest.mark.slow
 def test_an_experiment_is_checked_before_it_is_proposed(registry_repo: RegistryRepo) -> None:
     v1, v2 = registry_repo.locked(), registry_repo.locked(chunk_size=300)
     git = Git(registry_repo.path)
@@ -321,6 +325,7 @@ def test_the_router_reads_once_per_version_and_fails_in_one_line_without_a_serve
     assert cached.refreshes == 1
 
 
+@pytest.mark.slow
 def test_an_experiment_runs_in_the_environment_that_declares_it(
     two_environments: RegistryRepo,  # noqa: F811 - the fixture imported above
     dsn: str,
@@ -388,6 +393,7 @@ def test_a_router_serves_its_cache_through_a_short_outage_and_then_says_so(dsn: 
         router.table(key="k")  # beyond half the served grace: never a table that may be gone
 
 
+@pytest.mark.slow
 def test_a_name_started_again_is_a_new_run_and_a_new_control_starts_its_own_count(
     registry_repo: RegistryRepo, dsn: str, github: FakeGitHub
 ) -> None:

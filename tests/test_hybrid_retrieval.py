@@ -272,6 +272,7 @@ def needs_vectors(dsn: str) -> None:
 
 
 @needs_minilm
+@pytest.mark.slow
 def test_eval_defaults_to_hybrid_on_a_table_with_vectors_as_the_python_api_serves_it(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,6 +326,7 @@ def test_eval_defaults_to_hybrid_on_a_table_with_vectors_as_the_python_api_serve
 
 
 @needs_minilm
+@pytest.mark.slow
 def test_compare_and_health_use_the_same_retrieval_as_production_serves(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:

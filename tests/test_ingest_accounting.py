@@ -80,6 +80,7 @@ def test_documents_without_a_chunk_are_named_with_the_reason(
     assert accounted["tiny"]["reason"].startswith("no chunk: ")
 
 
+@pytest.mark.slow
 def test_a_random_corpus_of_copies_ids_and_scraps_accounts_for_every_document(
     shadow: Shadow, tmp_path: Path  # noqa: F811
 ) -> None:

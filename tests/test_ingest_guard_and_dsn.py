@@ -26,6 +26,7 @@ def corpus(tmp_path: Path) -> Corpus:
     return write_corpus(tmp_path / "corpus")
 
 
+@pytest.mark.slow
 def test_ingest_into_the_served_table_is_refused_unless_asked_for(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
 ) -> None:
@@ -71,6 +72,7 @@ def test_in_ci_the_embedded_fallback_is_refused_unless_asked_for(
     assert "REGISTRY_DSN" in result.stderr
 
 
+@pytest.mark.slow
 def test_production_that_git_and_the_view_disagree_on_is_a_critical_alert(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
 ) -> None:
@@ -106,6 +108,7 @@ def test_production_that_git_and_the_view_disagree_on_is_a_critical_alert(
     assert page.index('id="production"') < page.index('id="alerts"')
 
 
+@pytest.mark.slow
 def test_an_ingest_into_production_when_asked_for_is_a_document_level_change(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
 ) -> None:

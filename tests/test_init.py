@@ -110,6 +110,7 @@ def test_the_generated_workflows_pass_actionlint_and_zizmor(tmp_path: Path) -> N
     assert "No findings to report" in audit.stdout + audit.stderr
 
 
+@pytest.mark.slow
 def test_the_generated_validate_workflow_passes_a_pr_offline_with_a_pinned_tokenizer(
     tmp_path: Path, tokenizer_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

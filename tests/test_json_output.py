@@ -153,6 +153,7 @@ def test_every_json_command_has_a_shipped_schema_listed_in_the_docs() -> None:
     assert app is not None
 
 
+@pytest.mark.slow
 def test_every_json_output_validates_against_its_schema_and_follows_the_conventions(
     lifecycle: Outputs,
 ) -> None:

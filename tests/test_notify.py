@@ -85,6 +85,7 @@ def assert_no_secret(*texts: str) -> None:
             assert secret not in text
 
 
+@pytest.mark.slow
 def test_each_incident_is_told_once_and_its_resolution_once(
     setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -138,6 +139,7 @@ def test_each_incident_is_told_once_and_its_resolution_once(
                      *(str(r) for r in rows))
 
 
+@pytest.mark.slow
 def test_a_dead_endpoint_is_retried_at_a_later_run_and_never_fails_the_command(
     setup: Setup, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -178,6 +180,7 @@ def test_a_dead_endpoint_is_retried_at_a_later_run_and_never_fails_the_command(
     assert_no_secret(out, caplog.text, *(str(r) for r in s.rows()))
 
 
+@pytest.mark.slow
 def test_notify_test_reports_each_target(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     s = setup
     result = run_cli("notify", "test", "--repo", str(s.repo.path))

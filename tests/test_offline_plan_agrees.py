@@ -62,6 +62,7 @@ def path_gated(registry_repo: RegistryRepo, dsn: str) -> tuple[RegistryRepo, str
 
 
 @pytest.mark.parametrize("forced", [True, False])
+@pytest.mark.slow
 def test_the_path_gate_offline_is_what_the_reconciler_does(
     path_gated: tuple[RegistryRepo, str], dsn: str, forced: bool
 ) -> None:
@@ -87,6 +88,7 @@ def test_the_path_gate_offline_is_what_the_reconciler_does(
         assert Database(dsn).relkind("document_chunks") is None
 
 
+@pytest.mark.slow
 def test_a_soaked_promotion_passes_offline_and_is_applied(
     path_gated: tuple[RegistryRepo, str], dsn: str
 ) -> None:
@@ -132,6 +134,7 @@ def eval_gated(registry_repo: RegistryRepo, dsn: str, corpus: Corpus
 
 
 @pytest.mark.parametrize("how", ["forced", "compared", "never compared"])
+@pytest.mark.slow
 def test_the_eval_gate_offline_is_what_the_reconciler_does(
     eval_gated: tuple[RegistryRepo, str], dsn: str, corpus: Corpus, how: str
 ) -> None:

@@ -95,6 +95,7 @@ DAMAGE = {
 @pytest.mark.parametrize("damage", [
     d if d in ("version row deleted", "ingest_runs dropped")
     else pytest.param(d, marks=pytest.mark.reliability) for d in sorted(DAMAGE)])
+@pytest.mark.slow
 def test_a_hand_edited_bookkeeping_schema_is_exit_14_for_every_command(
     shadow: Shadow, tmp_path: Path, damage: str  # noqa: F811
 ) -> None:
@@ -124,6 +125,7 @@ def test_a_dsn_that_cannot_be_encoded_is_a_usage_error(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_wrapped_driver_error_keeps_exit_13_for_a_missing_right(
     shadow: Shadow, stranger: str  # noqa: F811
 ) -> None:
@@ -140,6 +142,7 @@ def test_a_wrapped_driver_error_keeps_exit_13_for_a_missing_right(
     assert str(wrapped) == str(central)
 
 
+@pytest.mark.slow
 def test_a_role_that_may_not_write_the_chunk_table_gets_exit_13_from_ingest_loading(
     shadow: Shadow, stranger: str, tmp_path: Path  # noqa: F811
 ) -> None:

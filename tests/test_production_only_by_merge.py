@@ -49,6 +49,7 @@ def test_a_moved_tag_over_an_edited_config_is_refused_before_any_sql(
     assert Database(dsn).tables() == []
 
 
+@pytest.mark.slow
 def test_two_registries_share_a_database_and_never_touch_each_others_tables(
     tmp_path: Path, tokenizer_file: Path, dsn: str
 ) -> None:
@@ -78,6 +79,7 @@ def test_two_registries_share_a_database_and_never_touch_each_others_tables(
     assert Database(dsn, "team_b").count(table_of(b1)) == 3
 
 
+@pytest.mark.slow
 def test_a_reconcile_from_the_wrong_repository_changes_nothing_and_says_why(
     tmp_path: Path, tokenizer_file: Path, dsn: str
 ) -> None:
@@ -101,6 +103,7 @@ def test_a_reconcile_from_the_wrong_repository_changes_nothing_and_says_why(
     assert table_of(other) not in Database(dsn).tables()
 
 
+@pytest.mark.slow
 def test_a_forged_bookkeeping_row_never_gets_a_table_dropped(
     tmp_path: Path, tokenizer_file: Path, dsn: str
 ) -> None:
@@ -141,6 +144,7 @@ def corpus(tmp_path: Path) -> Corpus:
     return write_corpus(tmp_path / "corpus")
 
 
+@pytest.mark.slow
 def test_a_table_dropped_by_hand_is_not_ingested_and_reconcile_source_refills_it(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus
 ) -> None:
@@ -161,6 +165,7 @@ def test_a_table_dropped_by_hand_is_not_ingested_and_reconcile_source_refills_it
     assert Database(dsn).count(table_of(version)) == filled
 
 
+@pytest.mark.slow
 def test_a_retention_change_pr_plan_shows_the_drops_it_causes(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:
@@ -199,6 +204,7 @@ def test_a_base_name_rename_pr_fails_the_pr_check(registry_repo: RegistryRepo) -
     assert validate.code != 0, validate.stdout
 
 
+@pytest.mark.slow
 def test_a_forced_promotion_is_honoured_and_seen_the_same_way_everywhere(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus, tmp_path: Path
 ) -> None:
@@ -240,6 +246,7 @@ def test_a_forced_promotion_is_honoured_and_seen_the_same_way_everywhere(
 
 
 @pytest.mark.parametrize("promoted", [True, False], ids=["serving", "shadow-only"])
+@pytest.mark.slow
 def test_a_named_registry_never_takes_an_unnamed_registrys_tables(
     tmp_path: Path, tokenizer_file: Path, dsn: str, promoted: bool
 ) -> None:
@@ -275,6 +282,7 @@ def test_a_named_registry_never_takes_an_unnamed_registrys_tables(
     assert db.tables() == [table_of(a1)]
 
 
+@pytest.mark.slow
 def test_a_registry_that_takes_a_name_keeps_its_tables_serves_once_and_drops_them_retired(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:
@@ -321,6 +329,7 @@ def test_a_registry_that_takes_a_name_keeps_its_tables_serves_once_and_drops_the
     assert db.query(served) == [("acme", "production")]
 
 
+@pytest.mark.slow
 def test_a_renamed_registrys_router_never_mistakes_the_new_state_for_the_old(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:
@@ -350,6 +359,7 @@ def test_a_renamed_registrys_router_never_mistakes_the_new_state_for_the_old(
 
 
 @pytest.mark.parametrize("first", ["longer", "shorter"])
+@pytest.mark.slow
 def test_a_base_name_that_extends_another_is_never_taken_for_it(
     tmp_path: Path, tokenizer_file: Path, dsn: str, first: str
 ) -> None:
@@ -371,6 +381,7 @@ def test_a_base_name_that_extends_another_is_never_taken_for_it(
     assert status.code == 0 and "document_chunks_en" not in status.stdout, status.stdout
 
 
+@pytest.mark.slow
 def test_an_environment_whose_base_name_extends_productions_is_its_own(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:

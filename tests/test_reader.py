@@ -49,6 +49,7 @@ def test_a_refusing_reader_is_one_line_without_the_token(tmp_path: Path) -> None
     assert TOKEN not in str(caught.value) and caught.value.exit_code == 12
 
 
+@pytest.mark.slow
 def test_eval_measures_reader_gold_usage_from_the_retrieved_chunks(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

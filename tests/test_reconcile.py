@@ -70,6 +70,7 @@ def serving_shadow_retired(repo: RegistryRepo, db: Database) -> tuple[str, str, 
 # The lifecycle
 
 
+@pytest.mark.slow
 def test_first_reconcile_creates_the_table_and_refuses_an_empty_production(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -118,6 +119,7 @@ def test_force_creates_the_table_and_the_view_in_one_run(
     assert db.count("document_chunks") == 0
 
 
+@pytest.mark.slow
 def test_second_reconcile_is_a_noop_that_runs_no_ddl(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -138,6 +140,7 @@ def test_second_reconcile_is_a_noop_that_runs_no_ddl(
     assert db.runs()[-1]["outcome"] == "noop"
 
 
+@pytest.mark.slow
 def test_promote_and_revert_swap_the_view_while_a_reader_keeps_reading(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -182,6 +185,7 @@ def test_promote_and_revert_swap_the_view_while_a_reader_keeps_reading(
     assert db.managed() == {table_of(v1): "production", table_of(v2): "shadow"}
 
 
+@pytest.mark.slow
 def test_retired_table_is_dropped_only_after_the_grace_period(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -201,6 +205,7 @@ def test_retired_table_is_dropped_only_after_the_grace_period(
     assert db.tables() == [table_of(v1)]
 
 
+@pytest.mark.slow
 def test_a_reverted_retirement_brings_the_table_back_as_a_shadow(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -221,6 +226,7 @@ def test_a_reverted_retirement_brings_the_table_back_as_a_shadow(
 # Safety rules
 
 
+@pytest.mark.slow
 def test_previous_production_is_kept_until_it_stops_being_the_rollback_target(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -245,6 +251,7 @@ def test_previous_production_is_kept_until_it_stops_being_the_rollback_target(
                             table_of(v3): "production"}
 
 
+@pytest.mark.slow
 def test_drop_rechecks_every_rule_inside_its_transaction(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -280,6 +287,7 @@ def test_drop_rechecks_every_rule_inside_its_transaction(
         assert db.relkind(table) == "r"
 
 
+@pytest.mark.slow
 def test_a_retired_table_with_dependents_is_never_dropped_with_cascade(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -339,6 +347,7 @@ def test_first_run_adopts_nothing_and_drops_nothing(
                                 "document_chunks_2020_01_01_000000_v1"}
 
 
+@pytest.mark.slow
 def test_a_swap_left_pending_stops_later_destructive_actions(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -488,6 +497,7 @@ def test_a_second_reconciler_is_told_who_holds_the_lock(
     assert run(registry_repo, db).outcome == "applied"
 
 
+@pytest.mark.slow
 def test_a_reader_holding_the_view_makes_the_swap_retry_not_hang(
     registry_repo: RegistryRepo, db: Database
 ) -> None:
@@ -512,6 +522,7 @@ def test_a_reader_holding_the_view_makes_the_swap_retry_not_hang(
     assert db.view_target() == [table_of(v2)]
 
 
+@pytest.mark.slow
 def test_status_lists_every_config_with_rows_and_the_last_run(
     registry_repo: RegistryRepo, db: Database
 ) -> None:

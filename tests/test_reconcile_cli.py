@@ -157,6 +157,7 @@ def test_a_dsn_password_never_reaches_the_output(
     assert outputs[3][1].strip() == "postgresql://postgres:***@127.0.0.1:1/nowhere"
 
 
+@pytest.mark.slow
 def test_the_embedded_server_is_the_default_and_is_reused_until_stopped(
     registry_repo: RegistryRepo, capsys: pytest.CaptureFixture[str], isolated: Path
 ) -> None:
@@ -202,6 +203,7 @@ def _registry(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_concurrent_reconcilers_one_applies_the_other_exits_4(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:
@@ -244,6 +246,7 @@ def later_database(pg_server: str) -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
+@pytest.mark.slow
 def test_watch_survives_an_outage_follows_new_commits_and_stops_on_sigterm(
     registry_repo: RegistryRepo, pg_server: str, later_database: str
 ) -> None:

@@ -143,6 +143,7 @@ secret_text = st.text(min_size=3, max_size=12)
 @given(secrets=st.lists(secret_text, min_size=1, max_size=4),
        pieces=st.lists(st.one_of(st.text(max_size=8), st.integers(0, 3)), max_size=12),
        forms=st.sampled_from(["raw", "quoted", "json", "repr"]))
+@pytest.mark.slow
 def test_the_scrubber_never_raises_and_never_returns_a_registered_secret(
     secrets: list[str], pieces: list[str | int], forms: str
 ) -> None:

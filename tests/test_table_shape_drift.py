@@ -18,6 +18,7 @@ from tests.test_health_from_the_data import served
     "ALTER TABLE {t} ADD COLUMN note text",
     "DROP INDEX {i}",
 ])
+@pytest.mark.slow
 def test_a_changed_table_shape_is_drift_that_plan_reports(
     registry_repo: RegistryRepo, dsn: str, corpus: Corpus, damage: str
 ) -> None:

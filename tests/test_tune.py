@@ -158,6 +158,7 @@ def write_planted(root: Path) -> Path:
     return corpus
 
 
+@pytest.mark.slow
 def test_a_planted_corpus_where_small_chunks_win_is_found_and_recorded(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:
@@ -252,6 +253,7 @@ def test_a_failed_or_interrupted_run_drops_its_scratch_schema_and_says_so(
     assert ("planted failure" in error) if stop == "error" else error
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_leaves_a_schema_the_next_run_removes_and_nothing_else(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:
@@ -289,6 +291,7 @@ def test_sigkill_mid_trial_leaves_a_schema_the_next_run_removes_and_nothing_else
     assert scratch_schemas(dsn) == [f"{SCRATCH_PREFIX}lookalike"]
 
 
+@pytest.mark.slow
 def test_sigterm_mid_trial_drops_the_scratch_schema_on_the_way_out(
     registry_repo: RegistryRepo, dsn: str
 ) -> None:
@@ -324,6 +327,7 @@ def test_sigterm_mid_trial_drops_the_scratch_schema_on_the_way_out(
 # --lock-best: the chosen config locked with its metrics as baseline_metrics
 
 
+@pytest.mark.slow
 def test_lock_best_opens_the_lock_pull_request_of_the_preferred_config(
     registry_repo: RegistryRepo, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -355,6 +359,7 @@ def test_lock_best_opens_the_lock_pull_request_of_the_preferred_config(
 # The dashboard: a chart of the latest run's Pareto front
 
 
+@pytest.mark.slow
 def test_the_dashboard_charts_the_pareto_front_of_the_latest_tuning_run(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path
 ) -> None:

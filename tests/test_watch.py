@@ -92,6 +92,7 @@ def promote_with_health(repo: RegistryRepo, dsn: str, tmp: Path, *, worse: bool)
     return scenario
 
 
+@pytest.mark.slow
 def test_a_regression_opens_one_rollback_pr_with_the_evidence_and_restarts_keep_it_one(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, github: FakeGitHub
 ) -> None:
@@ -168,6 +169,7 @@ def test_a_regression_opens_one_rollback_pr_with_the_evidence_and_restarts_keep_
     assert (code, after["outcome"]) == (0, "rolled-back")
 
 
+@pytest.mark.slow
 def test_a_healthy_promotion_gets_no_pr_and_the_window_bounds_the_watch(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, github: FakeGitHub
 ) -> None:
@@ -191,6 +193,7 @@ def test_a_healthy_promotion_gets_no_pr_and_the_window_bounds_the_watch(
     assert s.sql("SELECT count(*) FROM chunk_registry.rollback_proposals") == [(0,)]
 
 
+@pytest.mark.slow
 def test_a_critical_alert_adopts_an_open_rollback_pr_instead_of_opening_a_second(
     registry_repo: RegistryRepo, dsn: str, tmp_path: Path, github: FakeGitHub
 ) -> None:

@@ -197,6 +197,7 @@ def pr_context(branch: str) -> dict[str, str]:
             "github.head_ref": branch}
 
 
+@pytest.mark.slow
 def test_validate_workflow_passes_a_good_pr_and_summarises_the_plan(
     registry_repo: RegistryRepo, tmp_path: Path
 ) -> None:
@@ -222,6 +223,7 @@ def test_validate_workflow_passes_a_good_pr_and_summarises_the_plan(
     assert v1 not in plan
 
 
+@pytest.mark.slow
 def test_validate_workflow_fails_the_check_with_annotations_on_a_tampered_config(
     registry_repo: RegistryRepo, tmp_path: Path
 ) -> None:
@@ -265,6 +267,7 @@ def test_the_other_workflows_call_commands_that_exist(name: str) -> None:
         assert result.code == 0, f"{command}: {result.stderr}"
 
 
+@pytest.mark.slow
 def test_the_pre_commit_hook_runs_registry_validate_on_the_repo(
     registry_repo: RegistryRepo,
 ) -> None:

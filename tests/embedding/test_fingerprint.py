@@ -14,6 +14,7 @@ from tests.embedding_server import FakeEmbeddings
 pytestmark = needs_minilm
 
 
+@pytest.mark.slow
 def test_the_fingerprint_is_stable_across_runs_and_loads(minilm: OnnxEmbedder) -> None:
     again = OnnxEmbedder.installed("all-MiniLM-L6-v2-int8", batch_size=4, normalize=False)
     assert fingerprint(minilm) == fingerprint(minilm) == fingerprint(again)

@@ -78,6 +78,7 @@ def run_details(dsn: str) -> list[dict[str, Any]]:
         "SELECT details FROM chunk_registry.ingest_runs WHERE status = 'succeeded' ORDER BY id")]
 
 
+@pytest.mark.slow
 def test_every_row_gets_the_vector_of_its_passage_and_a_rerun_reuses_them(
         repo: RegistryRepo, dsn: str, source: Path, minilm_spec: EmbedderSpec,
         minilm: OnnxEmbedder) -> None:
@@ -119,6 +120,7 @@ def test_every_row_gets_the_vector_of_its_passage_and_a_rerun_reuses_them(
                                  atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_config_changing_only_jaccard_and_prefix_policy_embeds_nothing_new(
         repo: RegistryRepo, dsn: str, source: Path, minilm_spec: EmbedderSpec) -> None:
     needs_pgvector(dsn)
@@ -136,6 +138,7 @@ def test_a_config_changing_only_jaccard_and_prefix_policy_embeds_nothing_new(
     assert run_details(dsn)[-1]["vectors_reused"] == cold.chunks
 
 
+@pytest.mark.slow
 def test_a_model_that_changed_behind_the_lock_is_refused_before_anything_is_written(
         repo: RegistryRepo, dsn: str, source: Path, minilm_spec: EmbedderSpec) -> None:
     needs_pgvector(dsn)

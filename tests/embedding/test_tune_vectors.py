@@ -55,6 +55,7 @@ def repo(tmp_path: Path) -> RegistryRepo:
     return RegistryRepo.create(tmp_path, installed_model("all-MiniLM-L6-v2-int8")[1])
 
 
+@pytest.mark.slow
 def test_trials_of_an_embedder_pin_carry_vectors_reuse_them_and_are_judged_hybrid(
         repo: RegistryRepo, dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec) -> None:
     needs_pgvector(dsn)
@@ -104,6 +105,7 @@ def test_trials_of_an_embedder_pin_carry_vectors_reuse_them_and_are_judged_hybri
     assert chosen.embedder.fingerprint == minilm_spec.fingerprint
 
 
+@pytest.mark.slow
 def test_without_pgvector_a_tune_of_an_embedder_pin_is_refused_in_one_line(
         repo: RegistryRepo, dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec) -> None:
     """A role that may not CREATE EXTENSION vector (PG18), or a server without it (PG15)."""
@@ -129,6 +131,7 @@ def test_without_pgvector_a_tune_of_an_embedder_pin_is_refused_in_one_line(
         Database(make_conninfo(dsn, dbname="postgres")).execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
+@pytest.mark.slow
 def test_a_pinned_base_tunes_without_tokenizer_file_up_to_the_size_lock_takes_and_its_hint_locks_it(
         repo: RegistryRepo, dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec) -> None:
     """The model package's own tokenizer.json serves tune as it serves ingest (no

@@ -24,6 +24,7 @@ __all__ = ["minilm_spec"]  # the fixture, imported for this module's tests
 
 
 @needs_minilm
+@pytest.mark.slow
 def test_pgvector_in_a_schema_off_the_search_path_serves_every_reader(
     dsn: str, tmp_path: Path, minilm_spec: EmbedderSpec
 ) -> None:

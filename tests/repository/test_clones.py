@@ -102,6 +102,7 @@ def test_validate_in_a_ci_checkout_checks_every_tag(
     assert "no lock tag" not in result.stdout
 
 
+@pytest.mark.slow
 def test_validate_catches_tampering_in_a_shallow_clone_without_tags(
     two_promotions: tuple[RegistryRepo, str, str, str], tmp_path: Path
 ) -> None:
@@ -113,6 +114,7 @@ def test_validate_catches_tampering_in_a_shallow_clone_without_tags(
     assert result.code == 1 and "tampering" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_shallow_clone_without_a_reachable_origin_refuses_in_one_line(
     two_promotions: tuple[RegistryRepo, str, str, str], tmp_path: Path
 ) -> None:
@@ -150,6 +152,7 @@ def test_change_commands_in_a_detached_checkout_branch_from_origin_main(
     assert '"base": "origin/main"' in result.stdout
 
 
+@pytest.mark.slow
 def test_change_commands_and_reads_use_the_same_main(
     two_promotions: tuple[RegistryRepo, str, str, str],
 ) -> None:
@@ -182,6 +185,7 @@ def teammate(repo: RegistryRepo, tmp_path: Path) -> Path:
     return clone
 
 
+@pytest.mark.slow
 def test_a_lock_tag_moved_at_origin_is_reported_as_tampering_not_as_a_fetch_failure(
     two_promotions: tuple[RegistryRepo, str, str, str], tmp_path: Path, dsn: str
 ) -> None:
@@ -221,6 +225,7 @@ def test_a_moved_non_registry_tag_does_not_block_the_fetch(
     assert ours.resolve("origin/main") == git(other, "rev-parse", "HEAD")
 
 
+@pytest.mark.slow
 def test_registry_tag_replaces_a_lightweight_lock_tag_on_the_same_commit(
     registry_repo: RegistryRepo, tmp_path: Path
 ) -> None:

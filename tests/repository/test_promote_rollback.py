@@ -74,6 +74,7 @@ def test_promote_refuses_what_is_not_locked_on_main_untagged_or_already_producti
     assert registry_repo.git("branch", "--list", "promote/*").split() == [f"promote/{v1}"]
 
 
+@pytest.mark.slow
 def test_retire_deletes_the_config_but_never_production_or_the_rollback_target(
     registry_repo: RegistryRepo,
 ) -> None:
@@ -139,6 +140,7 @@ def test_rollback_refuses_when_there_is_nothing_to_roll_back_to(
     assert registry_repo.git("branch", "--list", "rollback/*") == ""
 
 
+@pytest.mark.slow
 def test_rollback_refuses_a_promotion_merge_that_also_changed_something_else(
     registry_repo: RegistryRepo,
 ) -> None:
@@ -156,6 +158,7 @@ def test_rollback_refuses_a_promotion_merge_that_also_changed_something_else(
     assert registry_repo.git("worktree", "list").count("\n") == 0
 
 
+@pytest.mark.slow
 def test_history_reads_locks_promotions_rollbacks_and_retirements_newest_first(
     registry_repo: RegistryRepo,
 ) -> None:
@@ -233,6 +236,7 @@ def record_comparison(dsn: str, version: str, against: str, passed: bool) -> Non
         )
 
 
+@pytest.mark.slow
 def test_promote_is_gated_by_the_last_eval_comparison_when_a_database_is_given(
     registry_repo: RegistryRepo, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,7 @@ def origin_branches(repo: RegistryRepo) -> list[str]:
     return git(repo.origin, "for-each-ref", "--format=%(refname:short)", "refs/heads").split()
 
 
+@pytest.mark.slow
 def test_branches_left_by_merged_changes_are_replaced(
     registry_repo: RegistryRepo, two_locked: tuple[str, str]
 ) -> None:
@@ -112,6 +113,7 @@ def github(registry_repo: RegistryRepo, monkeypatch: pytest.MonkeyPatch) -> Iter
         yield server
 
 
+@pytest.mark.slow
 def test_pr_is_idempotent_and_a_failure_after_the_push_says_what_exists(
     registry_repo: RegistryRepo, two_locked: tuple[str, str], github: FakeGitHub,
     monkeypatch: pytest.MonkeyPatch,
