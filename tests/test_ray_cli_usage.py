@@ -42,23 +42,32 @@ def test_the_ray_engine_checks_a_pinned_embedder_before_any_work_as_the_builtin_
     registry_repo: RegistryRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The embedder is built and fingerprinted by the driver before Ray starts or the database
-    is touched: an endpoint that does not answer is the same one-line refusal on both engines."""
-    from registry.embedding.openai import URL_ENV
+    is touched: an endpoint that refuses the token is the same one-line refusal (exit 12) on
+    both engines."""
+    from registry.embedding.openai import TOKEN_ENV, URL_ENV
     from registry.embedding.spec import EmbedderSpec
     from registry.tokenizer import file_hash
+    from tests.embedding.conftest import needs_minilm
 
-    monkeypatch.setenv(URL_ENV, "http://127.0.0.1:9/v1")
-    spec = EmbedderSpec(backend="openai", name="test-embedder", dimension=8, normalize=True,
+    if needs_minilm.args[0]:
+        pytest.skip(needs_minilm.kwargs["reason"])
+    from registry.embedding.onnx import OnnxEmbedder
+    from tests.embedding_server import FakeEmbeddings
+
+    spec = EmbedderSpec(backend="openai", name="minilm", dimension=384, normalize=True,
                         max_tokens=512, tokenizer_hash=file_hash(registry_repo.tokenizer_file),
                         fingerprint="sha256:" + "12" * 32)
     version = registry_repo.locked(chunk_size=200, embedder_spec=spec)
-    results = [run_cli("ingest", version, "--repo", registry_repo.path, "--source", tmp_path,
-                       "--dsn", "postgresql://nobody@127.0.0.1:1/none", *engine)
-               for engine in ((), ("--engine", "ray"))]
+    with FakeEmbeddings(OnnxEmbedder.installed("all-MiniLM-L6-v2-int8"), token="right") as server:
+        monkeypatch.setenv(URL_ENV, server.base_url)
+        monkeypatch.setenv(TOKEN_ENV, "wrong")
+        results = [run_cli("ingest", version, "--repo", registry_repo.path, "--source", tmp_path,
+                           "--dsn", "postgresql://nobody@127.0.0.1:1/none", *engine)
+                   for engine in ((), ("--engine", "ray"))]
     builtin, on_ray = results
-    assert builtin.code not in (0, 1), builtin
+    assert builtin.code == 12, builtin
     assert (on_ray.code, on_ray.stderr) == (builtin.code, builtin.stderr)
-    assert "127.0.0.1:9" in on_ray.stderr and "Ray" not in on_ray.stderr
+    assert "401" in on_ray.stderr and "Ray" not in on_ray.stderr and "wrong" not in on_ray.stderr
     assert len(on_ray.stderr.strip().splitlines()) == 1
 
 
