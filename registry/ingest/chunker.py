@@ -17,10 +17,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -640,34 +642,45 @@ class CompactEncoding:
 
     @classmethod
     def of(cls, tokenizer: Tokenizer, text: str) -> CompactEncoding:
-        """Filled in place, segment by segment: arrays sized for one token a character (pages
-        never written cost no memory), grown only for a tokenizer that makes more."""
+        """Filled in place, a group of segments at a time: arrays sized for one token a
+        character (pages never written cost no memory), grown only for a tokenizer that makes
+        more. The segments of a group are encoded in one `encode_batch` (the tokenizer's own
+        thread pool, in parallel), a group being as many segments as it has threads, so at
+        most that many ~540-bytes-a-token encodings are alive at once."""
         dtype: type[np.integer[Any]] = np.int32 if len(text) < 1 << 29 else np.int64
         columns: list[npt.NDArray[np.integer[Any]]] = [
             np.empty(len(text) + 16, dtype=dtype) for _ in range(3)]
-        count, position, word_base = 0, 0, 0
-        while position < len(text):
-            stop = _segment_end(tokenizer, text, position)
-            encoding = tokenizer.encode(text[position:stop], add_special_tokens=False)
-            offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) + position
-            ids = np.array([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
-            del encoding  # ~540 bytes a token: freed before the next segment is encoded
-            end = count + len(ids)
-            if end > len(columns[0]):
-                columns = [np.concatenate([c[:count], np.empty(max(end, 2 * len(c)) - count,
-                                                              dtype=dtype)]) for c in columns]
-            for column, values in zip(columns, (offsets[:, 0], offsets[:, 1], ids + word_base),
-                                      strict=True):
-                column[count:end] = values
-            word_base += int(ids.max()) + 1 if len(ids) else 0
-            count, position = end, stop
+        count, word_base = 0, 0
+        for group in _segment_groups(tokenizer, text, _encode_threads()):
+            encodings = tokenizer.encode_batch([text[a:b] for a, b in group],
+                                               add_special_tokens=False)
+            for (position, _), encoding in zip(group, encodings, strict=True):
+                size = len(encoding)
+                offsets = np.fromiter(chain.from_iterable(encoding.offsets), dtype=np.int64,
+                                      count=2 * size).reshape(-1, 2) + position
+                ids = np.fromiter((-1 if w is None else w for w in encoding.word_ids),
+                                  dtype=np.int64, count=size)
+                end = count + size
+                if end > len(columns[0]):
+                    columns = [np.concatenate([c[:count], np.empty(max(end, 2 * len(c)) - count,
+                                                                  dtype=dtype)])
+                               for c in columns]
+                for column, values in zip(columns, (offsets[:, 0], offsets[:, 1],
+                                                    ids + word_base), strict=True):
+                    column[count:end] = values
+                word_base += int(ids.max()) + 1 if size else 0
+                count = end
+            del encodings  # ~540 bytes a token: freed before the next group is encoded
         return cls(columns[0][:count], columns[1][:count], columns[2][:count])
 
     def __len__(self) -> int:
         return len(self._starts)
 
     def char_to_token(self, position: int, /) -> int | None:
-        index = int(np.searchsorted(self._starts, position, side="right")) - 1
+        # the position as the array's own dtype: a Python int made numpy cast the whole array
+        # (every token, at every call) before searching it
+        index = int(self._starts.searchsorted(self._starts.dtype.type(position),
+                                              side="right")) - 1
         if index >= 0 and position < self._ends[index]:
             return index
         return None
@@ -677,6 +690,41 @@ class CompactEncoding:
 
     def token_to_word(self, index: int, /) -> int | None:
         return int(self._words[index])
+
+
+def _segment_groups(tokenizer: Tokenizer, text: str, size: int
+                    ) -> Iterator[list[tuple[int, int]]]:
+    """The (start, end) spans of `text`'s segments (`_segment_end`), `size` at a time."""
+    group: list[tuple[int, int]] = []
+    position = 0
+    while position < len(text):
+        stop = _segment_end(tokenizer, text, position)
+        group.append((position, stop))
+        position = stop
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _encode_threads() -> int:
+    """How many threads `encode_batch` runs on here: 1 where the tokenizers' parallelism is
+    off (ingest worker processes, whose processes are the parallelism), else its pool's size
+    (RAYON_NUM_THREADS, else the CPUs this process may use)."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").strip().lower() in _OFF:
+        return 1
+    try:
+        threads = int(os.environ.get("RAYON_NUM_THREADS", "0"))
+    except ValueError:
+        threads = 0
+    if threads <= 0:
+        threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    return max(1, threads)
+
+
+_OFF = frozenset({"false", "0", "off", "no", "f", "n"})
 
 
 def _segment_end(tokenizer: Tokenizer, text: str, start: int) -> int:
