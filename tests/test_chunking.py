@@ -276,6 +276,18 @@ def test_shingle_sets_count_distinct_word_five_grams(texts: list[str]) -> None:
         assert np.all(np.diff(packed[index].astype(np.float64)) > 0) or len(packed[index]) < 2
 
 
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.characters(max_codepoint=127), max_size=120))
+def test_ascii_words_are_the_regex_words_hashed_alike(text: str) -> None:
+    """ASCII texts are split by bytes.translate, not the regex: the same words, the same
+    hashes (blake2b of the UTF-8) as the regex path gives."""
+    from registry.ingest.chunker import _ascii_words, _hash_words, words
+
+    fast = _ascii_words(text)
+    assert [w.decode() for w in fast] == words(text)
+    assert _hash_words(fast).tolist() == _hash_words(words(text)).tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # scenarios
 
