@@ -1205,7 +1205,7 @@ def _first_token(encoding: Encoded, start: int, end: int) -> int | None:
     return None
 
 
-MANY_BLOCKS = 128
+MANY_BLOCKS = 256
 """From this many blocks in one document, their first tokens are read off the document's
 offsets at once: `Encoding.char_to_token` scans the tokens (~1 ns each, at every call), while
 reading every offset out costs ~250 ns a token once."""
