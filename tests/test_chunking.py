@@ -276,6 +276,68 @@ def test_shingle_sets_count_distinct_word_five_grams(texts: list[str]) -> None:
         assert np.all(np.diff(packed[index].astype(np.float64)) > 0) or len(packed[index]) < 2
 
 
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.characters(max_codepoint=127), max_size=120))
+def test_ascii_words_are_the_regex_words_hashed_alike(text: str) -> None:
+    """ASCII texts are split by bytes.translate, not the regex: the same words, the same
+    hashes (blake2b of the UTF-8) as the regex path gives."""
+    from registry.ingest.chunker import _ascii_words, _hash_words, words
+
+    fast = _ascii_words(text)
+    assert [w.decode() for w in fast] == words(text)
+    assert _hash_words(fast).tolist() == _hash_words(words(text)).tolist()
+
+
+class _Offsets:
+    """An encoding made of offsets alone, answering char_to_token as tokenizers does (the
+    first token covering the character, found by scanning)."""
+
+    def __init__(self, offsets: list[tuple[int, int]]) -> None:
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def char_to_token(self, position: int) -> int | None:
+        return next((i for i, (a, b) in enumerate(self.offsets) if a <= position < b), None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), max_size=40),
+       cuts=st.lists(st.integers(0, 200), max_size=300))
+def test_first_tokens_by_offsets_are_char_to_tokens(
+        steps: list[tuple[int, int]], cuts: list[int]) -> None:
+    """Many blocks are looked up in the offsets at once: the first token of every block, as
+    the character-by-character `char_to_token` scan finds it, empty and shared spans included."""
+    from registry.ingest.chunker import MANY_BLOCKS, _first_token, _first_tokens
+
+    offsets, position = [], 0
+    for gap, width in steps:  # in order; gap 0 and width 0 make shared and empty spans
+        position += gap
+        offsets.append((position, position + width))
+        position += width if gap else 0
+    encoding = _Offsets(offsets)
+    edges = sorted(set(cuts))
+    spans = list(itertools.pairwise(edges)) * (MANY_BLOCKS // max(len(edges), 1) + 1)
+    spans.sort()
+    assert _first_tokens(encoding, spans) == [_first_token(encoding, a, b) for a, b in spans]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.lists(st.sampled_from(list("ab .\n#") + ODD_WORDS), min_size=1,
+                     max_size=200).map("".join),
+       cuts=st.lists(st.integers(0, 600), min_size=2, max_size=300))
+def test_first_tokens_of_a_real_encoding(tokenizer: Tokenizer, text: str,
+                                         cuts: list[int]) -> None:
+    from registry.ingest.chunker import MANY_BLOCKS, _first_token, _first_tokens
+
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    edges = sorted({min(c, len(text)) for c in cuts})
+    spans = sorted(list(itertools.pairwise(edges)) * (MANY_BLOCKS // len(edges) + 1))
+    assert _first_tokens(encoding, spans) == [_first_token(encoding, a, b) for a, b in spans]
+
+
 # ---------------------------------------------------------------------------------------------
 # scenarios
 

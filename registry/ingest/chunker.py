@@ -17,10 +17,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -186,7 +188,7 @@ _SHINGLE_MULTIPLIERS = np.array(
      0xFF51AFD7ED558CCD], dtype=np.uint64,
 )
 _WORD_CACHE_LIMIT = 200_000
-_word_hashes: dict[str, int] = {}
+_word_hashes: dict[str | bytes, int] = {}
 _LONG_RUN = 32
 """Runs of a shingle shared by more chunks than this get their pairs one run at a time."""
 
@@ -196,19 +198,32 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def _hash_words(found: list[str]) -> npt.NDArray[np.uint64]:
-    """Stable 64-bit hashes (blake2b, cached): the same word hashes alike in every process."""
+_ASCII_WORDS = bytes(c + 32 if 65 <= c <= 90 else c if chr(c).isalnum() or c == 95 else 32
+                     for c in range(128)) + b" " * 128
+"""ASCII lowercased, and every byte that is not a word character (`\\w`) made a space."""
+
+
+def _ascii_words(text: str) -> list[bytes]:
+    """`words(text)` of an ASCII text, as bytes (their UTF-8, which is what is hashed): one
+    bytes.translate and a split instead of a regex, the same runs of [A-Za-z0-9_] lowercased."""
+    return text.encode("ascii").translate(_ASCII_WORDS).split()
+
+
+def _hash_words(found: list[str] | list[bytes] | list[str | bytes]
+                ) -> npt.NDArray[np.uint64]:
+    """Stable 64-bit hashes (blake2b of the UTF-8, cached): the same word hashes alike in every
+    process, whether it comes as str or as its bytes."""
     cache = _word_hashes
     try:
-        values = [cache[w] for w in found]
+        return np.fromiter(map(cache.__getitem__, found), dtype=np.uint64, count=len(found))
     except KeyError:
         if len(cache) > _WORD_CACHE_LIMIT:
             cache.clear()
         for word in set(found).difference(cache):
-            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+            raw = word if isinstance(word, bytes) else word.encode()
+            digest = hashlib.blake2b(raw, digest_size=8).digest()
             cache[word] = int.from_bytes(digest, "little")
-        values = [cache[w] for w in found]
-    return np.array(values, dtype=np.uint64)
+        return np.fromiter(map(cache.__getitem__, found), dtype=np.uint64, count=len(found))
 
 
 @dataclass(frozen=True)
@@ -264,10 +279,10 @@ def shingle_sets(texts: Sequence[str]) -> ShingleSets:
 
 
 def _shingle_group(texts: Sequence[str]) -> ShingleSets:
-    found: list[str] = []
+    found: list[str | bytes] = []
     counts = np.zeros(len(texts), dtype=np.int64)
     for index, text in enumerate(texts):
-        these = words(text)
+        these: list[str] | list[bytes] = _ascii_words(text) if text.isascii() else words(text)
         if not these:
             normalized = _clean(text)
             these = [normalized] if normalized else []
@@ -693,34 +708,45 @@ class CompactEncoding:
 
     @classmethod
     def of(cls, tokenizer: Tokenizer, text: str) -> CompactEncoding:
-        """Filled in place, segment by segment: arrays sized for one token a character (pages
-        never written cost no memory), grown only for a tokenizer that makes more."""
+        """Filled in place, a group of segments at a time: arrays sized for one token a
+        character (pages never written cost no memory), grown only for a tokenizer that makes
+        more. The segments of a group are encoded in one `encode_batch` (the tokenizer's own
+        thread pool, in parallel), a group being as many segments as it has threads, so at
+        most that many ~540-bytes-a-token encodings are alive at once."""
         dtype: type[np.integer[Any]] = np.int32 if len(text) < 1 << 29 else np.int64
         columns: list[npt.NDArray[np.integer[Any]]] = [
             np.empty(len(text) + 16, dtype=dtype) for _ in range(3)]
-        count, position, word_base = 0, 0, 0
-        while position < len(text):
-            stop = _segment_end(tokenizer, text, position)
-            encoding = tokenizer.encode(text[position:stop], add_special_tokens=False)
-            offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) + position
-            ids = np.array([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
-            del encoding  # ~540 bytes a token: freed before the next segment is encoded
-            end = count + len(ids)
-            if end > len(columns[0]):
-                columns = [np.concatenate([c[:count], np.empty(max(end, 2 * len(c)) - count,
-                                                              dtype=dtype)]) for c in columns]
-            for column, values in zip(columns, (offsets[:, 0], offsets[:, 1], ids + word_base),
-                                      strict=True):
-                column[count:end] = values
-            word_base += int(ids.max()) + 1 if len(ids) else 0
-            count, position = end, stop
+        count, word_base = 0, 0
+        for group in _segment_groups(tokenizer, text, _encode_threads()):
+            encodings = tokenizer.encode_batch([text[a:b] for a, b in group],
+                                               add_special_tokens=False)
+            for (position, _), encoding in zip(group, encodings, strict=True):
+                size = len(encoding)
+                offsets = np.fromiter(chain.from_iterable(encoding.offsets), dtype=np.int64,
+                                      count=2 * size).reshape(-1, 2) + position
+                ids = np.fromiter((-1 if w is None else w for w in encoding.word_ids),
+                                  dtype=np.int64, count=size)
+                end = count + size
+                if end > len(columns[0]):
+                    columns = [np.concatenate([c[:count], np.empty(max(end, 2 * len(c)) - count,
+                                                                  dtype=dtype)])
+                               for c in columns]
+                for column, values in zip(columns, (offsets[:, 0], offsets[:, 1],
+                                                    ids + word_base), strict=True):
+                    column[count:end] = values
+                word_base += int(ids.max()) + 1 if size else 0
+                count = end
+            del encodings  # ~540 bytes a token: freed before the next group is encoded
         return cls(columns[0][:count], columns[1][:count], columns[2][:count])
 
     def __len__(self) -> int:
         return len(self._starts)
 
     def char_to_token(self, position: int, /) -> int | None:
-        index = int(np.searchsorted(self._starts, position, side="right")) - 1
+        # the position as the array's own dtype: a Python int made numpy cast the whole array
+        # (every token, at every call) before searching it
+        index = int(self._starts.searchsorted(self._starts.dtype.type(position),
+                                              side="right")) - 1
         if index >= 0 and position < self._ends[index]:
             return index
         return None
@@ -730,6 +756,41 @@ class CompactEncoding:
 
     def token_to_word(self, index: int, /) -> int | None:
         return int(self._words[index])
+
+
+def _segment_groups(tokenizer: Tokenizer, text: str, size: int
+                    ) -> Iterator[list[tuple[int, int]]]:
+    """The (start, end) spans of `text`'s segments (`_segment_end`), `size` at a time."""
+    group: list[tuple[int, int]] = []
+    position = 0
+    while position < len(text):
+        stop = _segment_end(tokenizer, text, position)
+        group.append((position, stop))
+        position = stop
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _encode_threads() -> int:
+    """How many threads `encode_batch` runs on here: 1 where the tokenizers' parallelism is
+    off (ingest worker processes, whose processes are the parallelism), else its pool's size
+    (RAYON_NUM_THREADS, else the CPUs this process may use)."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").strip().lower() in _OFF:
+        return 1
+    try:
+        threads = int(os.environ.get("RAYON_NUM_THREADS", "0"))
+    except ValueError:
+        threads = 0
+    if threads <= 0:
+        threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    return max(1, threads)
+
+
+_OFF = frozenset({"false", "0", "off", "no", "f", "n"})
 
 
 def _segment_end(tokenizer: Tokenizer, text: str, start: int) -> int:
@@ -997,12 +1058,13 @@ class Chunker:
         chunk); a header-only section at the end of the document has nothing to join and goes.
         """
         sections = split_sections(text, kind)
-        spans: list[tuple[int, int, int]] = []  # section index, block index, token start
-        for number, section in enumerate(sections):
-            for index, (start, end) in enumerate(section.blocks):
-                token = _first_token(encoding, start, end)
-                if token is not None:
-                    spans.append((number, index, token))
+        blocks = [(number, index, block) for number, section in enumerate(sections)
+                  for index, block in enumerate(section.blocks)]
+        firsts = _first_tokens(encoding, [block for _, _, block in blocks])
+        spans: list[tuple[int, int, int]] = [  # section index, block index, token start
+            (number, index, token)
+            for (number, index, _), token in zip(blocks, firsts, strict=True)
+            if token is not None]
         pending: list[int] = []
         names: dict[tuple[int, int], int] = {}
         for position, (number, index, token) in enumerate(spans):
@@ -1194,6 +1256,54 @@ def _first_token(encoding: Encoded, start: int, end: int) -> int | None:
         if token is not None:
             return int(token)
     return None
+
+
+MANY_BLOCKS = 256
+"""From this many blocks in one document, their first tokens are read off the document's
+offsets at once: `Encoding.char_to_token` scans the tokens (~1 ns each, at every call), while
+reading every offset out costs ~250 ns a token once."""
+
+
+def _first_tokens(encoding: Encoded, spans: Sequence[tuple[int, int]]) -> list[int | None]:
+    """`_first_token` of every span (sorted, as a document's blocks are): a tokenizers
+    Encoding with many blocks and offsets in order is answered from its offsets by binary
+    search, anything else one `char_to_token` at a time."""
+    if len(spans) >= MANY_BLOCKS and not isinstance(encoding, CompactEncoding):
+        offsets = getattr(encoding, "offsets", None)
+        if offsets is not None:
+            found = _first_tokens_by_offsets(offsets, spans)
+            if found is not None:
+                return found
+    return [_first_token(encoding, start, end) for start, end in spans]
+
+
+def _first_tokens_by_offsets(offsets: Sequence[tuple[int, int]],
+                             spans: Sequence[tuple[int, int]]) -> list[int | None] | None:
+    """What `char_to_token` (the first token covering a character) gives for the first covered
+    character of each span, or None when the offsets are not in order (token starts and ends
+    both non-decreasing), where this shortcut would not hold.
+
+    In order, the tokens covering a character p are a run: those with end > p, less those
+    starting after p. So the first covered character of [s, e) belongs to the first non-empty
+    token j ending after s (empty tokens cover nothing), at max(s, start_j), if that is < e."""
+    size = len(offsets)
+    if not size:
+        return [None] * len(spans)
+    flat = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * size)
+    starts, ends = flat[0::2], flat[1::2]
+    if (np.any(starts[1:] < starts[:-1]) or np.any(ends[1:] < ends[:-1])
+            or np.any(ends < starts)):
+        return None
+    filled = np.flatnonzero(ends > starts)
+    if not len(filled):
+        return [None] * len(spans)
+    bounds = np.array(spans, dtype=np.int64).reshape(-1, 2)
+    found = np.searchsorted(ends[filled], bounds[:, 0], side="right")
+    inside = found < len(filled)
+    token = filled[np.minimum(found, len(filled) - 1)]
+    inside &= np.maximum(bounds[:, 0], starts[token]) < bounds[:, 1]
+    return [int(t) if ok else None for t, ok in zip(token.tolist(), inside.tolist(),
+                                                     strict=True)]
 
 
 def _tokens_in(encoding: Encoded, start: int, end: int) -> int:

@@ -42,7 +42,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -511,9 +511,15 @@ def batches(items: Iterable[Item], on_problem: Callable[[SourceProblem], None]
         yield batch
 
 
+IN_FLIGHT_BATCHES = 8
+"""Batches (of at most BATCH_BYTES or BATCH_DOCUMENTS, but one long document makes its own)
+chunked or queued per worker, ahead of the first one not yet returned."""
+
+
 def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: int
                  ) -> Iterator[tuple[list[Document], list[ChunkedDocument]]]:
-    """(batch, its chunked documents) in source order; at most 2 x workers batches in flight."""
+    """(batch, its chunked documents) in source order: 2 x workers batches queued or being
+    chunked, and past a slow first one up to IN_FLIGHT_BATCHES x workers held."""
     if workers <= 1:
         chunker = Chunker(spec.config, tokenizer_from(spec), corpus=spec.corpus)
         held: deque[list[Document]] = deque()
@@ -540,9 +546,18 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
         pending: deque[tuple[list[Document], Future[list[ChunkedDocument]]]] = deque()
         for batch in batches:
             pending.append((batch, pool.submit(_chunk_in_worker, batch)))
-            if len(pending) >= 2 * workers:
-                done, future = pending.popleft()
-                yield done, future.result()
+            # Wait while the workers have enough queued, for whichever batch ends first, not
+            # for the first one: a batch holding a long document keeps one worker for a while,
+            # and the others go on with the batches after it (their results held, in order,
+            # up to IN_FLIGHT_BATCHES a worker) instead of idling behind it.
+            while True:
+                while pending and pending[0][1].done():
+                    done, future = pending.popleft()
+                    yield done, future.result()
+                running = [f for _, f in pending if not f.done()]
+                if len(running) < 2 * workers and len(pending) < IN_FLIGHT_BATCHES * workers:
+                    break
+                wait(running, return_when=FIRST_COMPLETED)
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
@@ -1112,7 +1127,13 @@ def chunking_tokenizer_file(config: LockedConfig, tokenizer_file: Path | None,
 
 
 def default_workers(workers: int | None) -> int:
-    return max(1, workers if workers is not None else (os.cpu_count() or 1))
+    """One worker per CPU this process may run on (its affinity, as `taskset` or a container's
+    cpuset leaves it), not per CPU of the machine: more workers than cores only share them."""
+    if workers is not None:
+        return max(1, workers)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def pending_versions(conn: psycopg.Connection[Any], state: RegistryState) -> list[str]:
