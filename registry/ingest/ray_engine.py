@@ -23,11 +23,11 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
   `workers`), else one per worker with one onnxruntime thread each.
 - load (no embedder): tasks COPY each shard into `chunk_registry.ingest_staging_<run>` in one
   transaction per shard, deleting the shard's earlier rows first (a retried task replaces,
-  never doubles). The driver then checks every shard is there and moves the run into the shadow table in one
-  transaction, which also records the run (its shards listed) and drops the staging table:
-  readers see the whole run or none of it. A worker killed mid-run is retried by Ray
-  (`LOAD_RETRIES`); when retries run out the run fails, the staging table is dropped and the
-  shadow table is as it was.
+  never doubles). The driver then checks every shard is there and moves the run into the
+  shadow table in one transaction, which also records the run (its shards listed) and drops
+  the staging table: readers see the whole run or none of it. A worker killed mid-run is
+  retried by Ray (`LOAD_RETRIES`); when retries run out the run fails, the staging table is
+  dropped and the shadow table is as it was.
 """
 
 from __future__ import annotations
