@@ -43,6 +43,8 @@ class FakeEmbeddings(local_http.LocalServer):
     swapped: OnnxEmbedder | None = None
     perturbation: float = 0.0
     received: list[Received] = field(default_factory=list)
+    port: int = 0
+    """0: any free port."""
 
     def __enter__(self) -> FakeEmbeddings:
         fake = self
@@ -60,7 +62,7 @@ class FakeEmbeddings(local_http.LocalServer):
                 pass
 
         self._lock = threading.Lock()
-        self._server = local_http.start(Handler)
+        self._server = local_http.start(Handler, self.port)
         return self
 
     @property

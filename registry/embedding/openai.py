@@ -12,11 +12,13 @@ wherever a redirect points).
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import json
 import os
 import random
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -47,6 +49,9 @@ class RetryPolicy:
     random factor in [0.5, 1) so parallel workers do not retry in lockstep."""
 
     attempts: int = 6
+    unreachable_attempts: int = 3
+    """Tries in all when no connection can be made (refused, no route, a name that does not
+    resolve): a server restarting answers within a second or two, a wrong URL never does."""
     base_delay: float = 0.5
     max_delay: float = 30.0
     max_retry_after: float = 120.0
@@ -59,10 +64,12 @@ class RetryPolicy:
 class _Transient(Exception):
     """A failure worth another try; `reason` is already scrubbed."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None,
+                 unreachable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 class OpenAIEmbedder(PrefixedEmbedder):
@@ -146,6 +153,13 @@ class OpenAIEmbedder(PrefixedEmbedder):
             try:
                 return self._once(batch)
             except _Transient as err:
+                if err.unreachable and attempt >= min(self._retry.unreachable_attempts,
+                                                       self._retry.attempts):
+                    raise EmbedderError(
+                        f"embedding endpoint {self.endpoint} cannot be reached ({attempt} "
+                        f"tries); last: {err.reason}",
+                        fix=f"check that {URL_ENV} names a running server (the API base, "
+                        "ending in /v1)") from None
                 if attempt == self._retry.attempts:
                     raise EmbedderError(
                         f"embedding endpoint {self.endpoint} failed {attempt} times; last: "
@@ -175,7 +189,8 @@ class OpenAIEmbedder(PrefixedEmbedder):
             raise self._http_error(err) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
             reason = getattr(err, "reason", None) or err
-            raise _Transient(f"connection failed: {self._scrub(str(reason))}") from None
+            raise _Transient(f"connection failed: {self._scrub(str(reason))}",
+                             unreachable=_unreachable(reason)) from None
         return self._vectors(raw, len(batch))
 
     def _http_error(self, err: urllib.error.HTTPError) -> Exception:
@@ -246,6 +261,16 @@ def _detail(raw: bytes) -> str:
         if payload.get("message"):
             return str(payload["message"])
     return text
+
+
+_NO_CONNECTION = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+def _unreachable(reason: object) -> bool:
+    """No connection could be made at all (as opposed to one dropped or timed out)."""
+    if isinstance(reason, socket.gaierror | ConnectionRefusedError):
+        return True
+    return isinstance(reason, OSError) and reason.errno in _NO_CONNECTION
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import numpy as np
@@ -97,9 +98,44 @@ def test_it_gives_up_in_one_line_after_the_attempts(server: FakeEmbeddings) -> N
 def test_an_unreachable_endpoint_is_one_line_after_retries() -> None:
     remote = OpenAIEmbedder("m", base_url="http://127.0.0.1:9/v1", dimension=3,
                             retry=RetryPolicy(attempts=2), sleep=lambda _: None)
-    with pytest.raises(EmbedderError, match=r"127.0.0.1:9/v1/embeddings failed 2 times; "
-                                            r"last: connection failed: .*refused"):
+    with pytest.raises(EmbedderError, match=r"127.0.0.1:9/v1/embeddings cannot be reached "
+                                            r"\(2 tries\); last: connection failed: .*refused"):
         remote.embed_texts(["ok"])
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:9/v1", "http://no-such-host.invalid/v1"])
+def test_an_endpoint_nobody_answers_is_given_up_after_a_few_seconds_not_the_full_retries(
+        base_url: str) -> None:
+    sleeps: list[float] = []
+    remote = OpenAIEmbedder("m", base_url=base_url, dimension=3, sleep=sleeps.append)
+    with pytest.raises(EmbedderError) as caught:
+        remote.embed_texts(["ok"])
+    assert len(sleeps) == RetryPolicy().unreachable_attempts - 1 < RetryPolicy().attempts - 1
+    assert sum(sleeps) < 2.0
+    assert "cannot be reached (3 tries)" in str(caught.value)
+    assert "check that REGISTRY_EMBEDDING_URL names a running server" in str(caught.value)
+
+
+def test_a_server_that_comes_back_within_the_tries_is_used(minilm: OnnxEmbedder) -> None:
+    """A refused connection is still retried: the server (restarting) starts listening on
+    the port during the first wait."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started: list[FakeEmbeddings] = []
+
+    def start_server(_: float) -> None:
+        if not started:
+            started.append(FakeEmbeddings(minilm, port=port).__enter__())
+
+    remote = OpenAIEmbedder("minilm", base_url=f"http://127.0.0.1:{port}/v1", dimension=384,
+                            sleep=start_server)
+    try:
+        np.testing.assert_allclose(remote.embed_texts(["ok"]), minilm.embed_texts(["ok"]),
+                                   atol=1e-6)
+    finally:
+        for server in started:
+            server.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize("failure", [401, 500])
