@@ -287,3 +287,35 @@ def test_rollback_names_the_environment_in_use(registry_repo: RegistryRepo) -> N
     assert first.code == 7, first.stderr
     assert f"{version} is the first staging version" in first.stderr
     assert "production" not in first.stderr, first.stderr
+
+
+def test_retire_refuses_what_any_environment_serves_or_rolls_back_to(
+    registry_repo: RegistryRepo,
+) -> None:
+    """A config is repo-wide: retiring what staging serves, or staging's rollback target,
+    would leave staging pointing at a deleted config (its PR then fails validation)."""
+    v1 = registry_repo.locked()
+    v2 = registry_repo.locked(chunk_size=400)
+    v3 = registry_repo.locked(chunk_size=350)
+    assert run_cli("tag", "--repo", registry_repo.path).code == 0
+    with_staging(registry_repo, v1)
+    staging_path = "configs/environments/staging.yaml"
+
+    def serve(version: str) -> None:
+        raw = (registry_repo.path / staging_path).read_bytes()
+        registry_repo.write(staging_path, set_production_pointer(raw, version, "serves").decode(),
+                            f"Promote {version} to staging")
+
+    serve(v2)
+    served = run_cli("retire", v2, "--repo", registry_repo.path)
+    assert served.code == 7, served.stderr
+    assert f"cannot retire {v2}: it is what staging serves" in served.stderr
+    assert "promote another version --environment staging first" in served.stderr
+    previous = run_cli("retire", v1, "--repo", registry_repo.path)
+    assert previous.code == 7, previous.stderr
+    assert (f"cannot retire {v1}: it is the previous version of staging, what `registry "
+            "rollback --environment staging` returns to") in previous.stderr
+
+    serve(v3)  # keep_previous 1: v2 is now the rollback target, v1 nobody's
+    assert run_cli("retire", v1, "--repo", registry_repo.path).code == 0
+    assert run_cli("retire", v2, "--repo", registry_repo.path).code == 7

@@ -33,7 +33,7 @@ from registry.config import (
     utc_now,
 )
 from registry.embedding.spec import EmbedderSpec
-from registry.environments import select
+from registry.environments import environments, select
 from registry.errors import (
     ConfigInvalid,
     GitError,
@@ -515,24 +515,30 @@ def _eval_gate(conn: psycopg.Connection[Any] | None, version: str, require_eval:
 def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
     """Branch `retire/<version>` from main with one commit deleting the config.
 
-    Refused for the production version and the previous production (the rollback target).
+    A config is repo-wide, so this is refused for the version any environment serves and for
+    any environment's previous version (the target of its `registry rollback`): production's
+    and staging's alike.
     """
     base = git.desired_ref(fetch=False)
     state = read_state(git, base)
     _require_locked(state, version, base, "retire")
     _require_no_experiment(state, version, "retire", None)
     settings = state.settings
-    if settings.production == version:
-        raise Refused(f"cannot retire {version}: it is production",
-                      fix="promote another version first, then retire this one")
-    protected = standing_promotions(read_history(git, base)).previous_productions(
-        settings.keep_previous
-    )
-    if version in protected:
-        raise Refused(f"cannot retire {version}: it is the previous production, what "
-                      "`registry rollback` returns to",
-                      fix="retire it after another promotion has replaced it as the rollback "
-                          "target")
+    for env in environments(state):
+        production = env.name == PRODUCTION_ENVIRONMENT
+        option = "" if production else f" --environment {env.name}"
+        if env.serves == version:
+            raise Refused(f"cannot retire {version}: it is "
+                          f"{'production' if production else f'what {env.name} serves'}",
+                          fix=f"promote another version{option} first, then retire this one")
+        protected = standing_promotions(read_history(git, base, env.name)).previous_productions(
+            env.settings.keep_previous)
+        if version in protected:
+            raise Refused(f"cannot retire {version}: it is the previous "
+                          f"{'production' if production else f'version of {env.name}'}, what "
+                          f"`registry rollback{option}` returns to",
+                          fix="retire it after another promotion has replaced it as the "
+                              "rollback target")
     message = (
         f"Retire chunk config {version}\n\n"
         f"Deletes {config_path(version)}. Once merged, the reconciler marks "
