@@ -24,13 +24,16 @@ This module needs only numpy; the Ray pipeline (`ray_engine`) moves its records 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from registry.ingest.chunker import ChunkedDocument, Shingles, jaccard
+from registry.ingest.chunker import Shingles, jaccard
 
 DOC_SHIFT = 32
 """A chunk's corpus order is `(document number << DOC_SHIFT) | chunk number`."""
@@ -89,29 +92,6 @@ def partition_of_id(id_key: bytes, partitions: int) -> int:
 def id_key(chunk_id: str) -> bytes:
     """The key the built-in pass compares identical ids by (the first 128 bits)."""
     return bytes.fromhex(chunk_id[:32])
-
-
-def bucket_records(first_document: int, chunked: Sequence[ChunkedDocument], partitions: int,
-                   corpus: bool) -> dict[int, list[BandRecord | IdRecord]]:
-    """The records each partition gets from these documents (numbered from
-    `first_document`): every chunk once per band (corpus dedup only) and once by id."""
-    out: dict[int, list[BandRecord | IdRecord]] = defaultdict(list)
-    for offset, result in enumerate(chunked):
-        for number, chunk in enumerate(result.chunks):
-            order = order_of(first_document + offset, number)
-            key = id_key(chunk.id)
-            out[partition_of_id(key, partitions)].append(IdRecord(key, order, result.doc_id))
-            keys = result.band_keys[number] if corpus else ()
-            if not keys:
-                continue
-            values = result.shingles[number]
-            digest = hashlib.blake2b(np.ascontiguousarray(values).tobytes(),
-                                     digest_size=16).digest()
-            for band, band_key in enumerate(keys):
-                out[partition_of_band(band, band_key, partitions)].append(
-                    BandRecord(band, band_key, order, result.doc_id, tuple(keys), digest,
-                               values))
-    return out
 
 
 def _first_shared_band(a: Sequence[int], b: Sequence[int]) -> int:
@@ -219,3 +199,202 @@ def resolve(edges: Iterable[Edge], id_groups: Iterable[Sequence[tuple[int, str]]
 def merge_partitions(results: Iterable[PartitionResult]) -> Iterator[Edge]:
     for result in results:
         yield from result.edges
+
+
+# ---------------------------------------------------------------------------------------------
+# The columnar shuffle: small int records travel, shingles only for the chunks that collide
+
+BAND_RECORD = np.dtype([("band", np.int64), ("key", np.uint64), ("order", np.int64)])
+"""One chunk in one band, as the shuffle moves it: 24 bytes, no shingles."""
+ID_RECORD = np.dtype([("hi", np.uint64), ("lo", np.uint64), ("order", np.int64)])
+"""One chunk's id (its first 128 bits, the key the built-in pass compares) and its order."""
+
+Orders = npt.NDArray[np.int64]
+_BAND_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix_array(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """`_mix`, on a uint64 array (wrapping multiplication, as `_mix` masks to 64 bits)."""
+    values = (values ^ (values >> np.uint64(31))) * np.uint64(0x7FB5D329728EA185)
+    return values ^ (values >> np.uint64(27))
+
+
+def partitions_of_bands(band: npt.NDArray[np.int64], key: npt.NDArray[np.uint64],
+                        partitions: int) -> npt.NDArray[np.int64]:
+    """`partition_of_band` of every (band, key), at once."""
+    mixed = _mix_array(key ^ (band.astype(np.uint64) * _BAND_MULT))
+    return (mixed % np.uint64(partitions)).astype(np.int64)
+
+
+def partitions_of_ids(hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64],
+                      partitions: int) -> npt.NDArray[np.int64]:
+    return (_mix_array(hi ^ lo) % np.uint64(partitions)).astype(np.int64)
+
+
+def id_halves(chunk_ids: Sequence[str]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """The two 64-bit halves of each chunk id's first 128 bits (`id_key`, as integers)."""
+    hi = np.fromiter((int(i[:16], 16) for i in chunk_ids), dtype=np.uint64, count=len(chunk_ids))
+    lo = np.fromiter((int(i[16:32], 16) for i in chunk_ids), dtype=np.uint64,
+                     count=len(chunk_ids))
+    return hi, lo
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """What one block sends one partition: fixed-width records only."""
+
+    bands: npt.NDArray[np.void]
+    ids: npt.NDArray[np.void]
+
+
+def route(orders: Orders, keys: npt.NDArray[np.uint64], has_keys: npt.NDArray[np.bool_],
+          id_hi: npt.NDArray[np.uint64], id_lo: npt.NDArray[np.uint64], partitions: int
+          ) -> list[Routed]:
+    """Every chunk's band records (one per band, chunks with band keys only: `keys` holds one
+    row of band keys per such chunk, in order) and its id record, by destination partition."""
+    with_keys = orders[has_keys]
+    bands = keys.shape[1] if keys.ndim == 2 else 0
+    band_records = np.empty(len(with_keys) * bands, dtype=BAND_RECORD)
+    band_records["band"] = np.tile(np.arange(bands, dtype=np.int64), len(with_keys))
+    band_records["key"] = keys.reshape(-1)
+    band_records["order"] = np.repeat(with_keys, bands)
+    id_records = np.empty(len(orders), dtype=ID_RECORD)
+    id_records["hi"], id_records["lo"], id_records["order"] = id_hi, id_lo, orders
+    band_part = partitions_of_bands(band_records["band"], band_records["key"], partitions)
+    id_part = partitions_of_ids(id_hi, id_lo, partitions)
+    band_sort = np.argsort(band_part, kind="stable")
+    id_sort = np.argsort(id_part, kind="stable")
+    band_cuts = np.searchsorted(band_part[band_sort], np.arange(partitions + 1))
+    id_cuts = np.searchsorted(id_part[id_sort], np.arange(partitions + 1))
+    band_records, id_records = band_records[band_sort], id_records[id_sort]
+    return [Routed(band_records[band_cuts[p]:band_cuts[p + 1]].copy(),
+                   id_records[id_cuts[p]:id_cuts[p + 1]].copy()) for p in range(partitions)]
+
+
+def _in_runs(*columns: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Of rows sorted by `columns`, those whose values repeat a neighbour's (groups of 2+)."""
+    size = len(columns[0])
+    member = np.zeros(size, dtype=bool)
+    if size < 2:
+        return member
+    same = np.ones(size - 1, dtype=bool)
+    for column in columns:
+        same &= column[1:] == column[:-1]
+    member[1:] |= same
+    member[:-1] |= same
+    return member
+
+
+@dataclass(frozen=True, slots=True)
+class Collisions:
+    """One partition's records that meet another: the band records of buckets of two or more
+    chunks, and the chunks sharing an id (`id_orders` split at `id_starts`, each group in
+    corpus order)."""
+
+    bands: npt.NDArray[np.void]
+    id_orders: Orders
+    id_starts: Orders
+
+    def wanted(self) -> Orders:
+        """The chunks whose shingle sets (and doc ids) the exact pass needs, sorted."""
+        return np.unique(np.concatenate((self.bands["order"], self.id_orders)))
+
+
+def collide(routed: Iterable[Routed]) -> Collisions:
+    """The records of one partition that meet another record (the rest need nothing more)."""
+    parts = list(routed)
+    bands = np.concatenate([r.bands for r in parts]) if parts else np.empty(0, BAND_RECORD)
+    ids = np.concatenate([r.ids for r in parts]) if parts else np.empty(0, ID_RECORD)
+    bands = bands[np.lexsort((bands["order"], bands["key"], bands["band"]))]
+    bands = bands[_in_runs(bands["band"], bands["key"])]
+    ids = ids[np.lexsort((ids["order"], ids["lo"], ids["hi"]))]
+    ids = ids[_in_runs(ids["hi"], ids["lo"])]
+    starts = np.flatnonzero(np.concatenate((
+        [True], (ids["hi"][1:] != ids["hi"][:-1]) | (ids["lo"][1:] != ids["lo"][:-1]))))
+    return Collisions(bands, ids["order"].astype(np.int64),
+                      starts.astype(np.int64) if len(ids) else np.empty(0, np.int64))
+
+
+def split_by_block(wanted: Orders, lows: Orders, partitions_of: int) -> list[Orders]:
+    """`wanted` (sorted orders) split among `partitions_of` blocks whose chunks are the
+    contiguous order ranges starting at `lows` (sorted)."""
+    cuts = np.searchsorted(wanted, lows)
+    bounds = [*cuts.tolist(), len(wanted)]
+    out = [wanted[bounds[i]:bounds[i + 1]] for i in range(len(lows))]
+    return out + [np.empty(0, np.int64)] * (partitions_of - len(out))
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """What the exact pass needs of some chunks: their band keys (a row each, zeros for a
+    chunk without), doc ids and shingle sets (`values` split at `offsets`)."""
+
+    orders: Orders
+    keys: npt.NDArray[np.uint64]
+    has_keys: npt.NDArray[np.bool_]
+    doc_ids: list[str]
+    values: Shingles
+    offsets: Orders
+
+
+def gather(orders: Orders, keys: npt.NDArray[np.uint64], has_keys: npt.NDArray[np.bool_],
+           doc_ids: Sequence[str], values: Shingles, offsets: Orders, bands: int,
+           wanted: Sequence[Orders]) -> list[Gathered]:
+    """Of one block's chunks (`keys` a row per chunk with band keys), those each partition
+    wants; every wanted chunk must be here."""
+    sort = np.argsort(orders, kind="stable")
+    key_row = np.cumsum(has_keys) - 1
+    out = []
+    for asked in wanted:
+        where = np.searchsorted(orders[sort], asked)
+        if len(asked) and (where.max() >= len(orders) or
+                           not np.array_equal(orders[sort[where]], asked)):
+            raise RuntimeError("a chunk the dedup pass asked for is not in its block")
+        index = sort[where]
+        rows = np.zeros((len(index), bands), dtype=np.uint64)
+        flagged = has_keys[index]
+        rows[flagged] = keys[key_row[index[flagged]]]
+        starts, ends = offsets[index], offsets[index + 1]
+        sizes = ends - starts
+        new_offsets = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=new_offsets[1:])
+        picked = (np.concatenate([values[s:e] for s, e in zip(starts.tolist(), ends.tolist(),
+                                                              strict=True)])
+                  if len(index) else np.empty(0, np.uint64))
+        out.append(Gathered(asked, rows, flagged, [doc_ids[i] for i in index.tolist()],
+                            picked.astype(np.uint64), new_offsets))
+    return out
+
+
+def verify_collisions(collisions: Collisions, gathered: Iterable[Gathered], threshold: float
+                      ) -> PartitionResult:
+    """`verify_partition` over one partition's colliding records, their shingle sets and doc
+    ids fetched (`gather`) from the blocks that hold them."""
+    found: dict[int, tuple[Gathered, int]] = {}
+    for part in gathered:
+        for position, order in enumerate(part.orders.tolist()):
+            found[order] = (part, position)
+    digests: dict[int, bytes] = {}
+
+    def band_record(band: int, key: int, order: int) -> BandRecord:
+        part, at = found[order]
+        values = part.values[part.offsets[at]:part.offsets[at + 1]]
+        digest = digests.get(order)
+        if digest is None:
+            digest = digests[order] = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
+        return BandRecord(band, key, order, part.doc_ids[at], tuple(part.keys[at].tolist()),
+                          digest, values)
+
+    missing = set(collisions.wanted().tolist()) - found.keys()
+    if missing:
+        raise RuntimeError(f"{len(missing)} colliding chunks were not gathered")
+    records = [band_record(band, key, order) for band, key, order in zip(
+        collisions.bands["band"].tolist(), collisions.bands["key"].tolist(),
+        collisions.bands["order"].tolist(), strict=True)]
+    result = verify_partition(records, threshold)
+    bounds = [*collisions.id_starts.tolist(), len(collisions.id_orders)]
+    orders = collisions.id_orders.tolist()
+    for start, end in itertools.pairwise(bounds):
+        result.id_groups.append([(o, found[o][0].doc_ids[found[o][1]])
+                                 for o in orders[start:end]])
+    return result
