@@ -6,13 +6,16 @@ shingle Jaccard reaches the threshold; of the chunks that pass, a later one with
 (the same embedding text) is dropped too. Whether a chunk is kept depends on earlier decisions,
 so the work is split in two:
 
-1. Candidates meet (any number of workers): every chunk is sent once per band to the
-   partition of its band key (`bucket_records`), so two chunks sharing a key always meet in
-   one partition, whatever node made them; there each pair is verified exactly, once (in the
-   lowest band the two share), giving the edges "later chunk i is a near-duplicate of earlier
+1. Candidates meet (any number of workers): every chunk's band keys travel as fixed-width
+   records, (band, key, order), 24 bytes each, to the partition of their key (`route`), so two
+   chunks sharing a key always meet in one partition, whatever node made them; there the
+   records that meet another are kept (`collide`) and only those chunks' shingle sets, band
+   keys and doc ids are fetched from the blocks that hold them (`gather`). Each pair is then
+   verified exactly, once (in the lowest band the two share: `verify_collisions`, through
+   `verify_partition`), giving the edges "later chunk i is a near-duplicate of earlier
    chunk j". A later copy (an identical shingle set) takes its original's verified pairs
    instead of computing its own, so a thousand copies cost no Jaccard beyond the first.
-   Chunks sharing an id meet the same way (`id` records).
+   Chunks sharing an id meet the same way (id records: the id's first 128 bits and the order).
 2. The greedy order (one place, small input: only chunks that have an edge): in corpus order,
    a chunk is dropped iff one of its edges points to a chunk that is kept (`resolve`). The
    chunk the built-in pass would name as the one it repeats (the first kept candidate in band

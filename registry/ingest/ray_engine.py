@@ -7,11 +7,15 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
   documents each; beyond `object_store_memory` Ray spills them to disk), keeping only refs.
 - chunk: `ChunkShard` actors, one CPU each, `workers` of them; the config and the tokenizer
   are put into the object store once and each actor builds its `Chunker` from them at start.
-- dedup: every chunk's MinHash band keys (and its id) are shuffled to partitions by key
-  (`groupby`), so candidates made on different nodes meet; each partition verifies its pairs
-  exactly (`distributed.verify_partition`) and the driver applies the greedy corpus order to
-  the few chunks that have a near-duplicate (`distributed.resolve`): the kept set is the
-  built-in ingest's, chunk for chunk.
+  What they output is columnar (`chunked_table`: the rows' fields, band keys and shingle sets
+  as arrow list columns), nothing pickled, and only what later stages read.
+- dedup: plain Ray tasks, no Ray Data shuffle (`_dedup`): every chunk's band keys (and its id)
+  travel as numpy records of 24 bytes to partitions by key, so candidates made on different
+  nodes meet; each partition keeps the records that meet another, the shingle sets of those
+  chunks alone are gathered from their blocks, each partition verifies its pairs exactly
+  (`distributed.verify_collisions`) and the driver applies the greedy corpus order to the few
+  chunks that have a near-duplicate (`distributed.resolve`): the kept set is the built-in
+  ingest's, chunk for chunk.
 - embed (a config that pins an embedder): `EmbedShards` actors apply the corpus decisions to
   each shard, embed the kept rows' embedding_text with the passage prefix through the embedding
   cache, as the built-in ingest does, and COPY rows and vectors themselves (a task downstream
