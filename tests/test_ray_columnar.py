@@ -24,7 +24,13 @@ from registry.ingest.ray_engine import (  # noqa: E402
     _verify_collisions,
     chunked_table,
 )
-from tests.test_distributed_dedup import BANDS, THRESHOLD, band_keys, corpus_of_sets, sequential
+from tests.test_distributed_dedup import (  # noqa: E402
+    BANDS,
+    THRESHOLD,
+    band_keys,
+    corpus_of_sets,
+    sequential,
+)
 
 RUN = IngestReport("v1", "run1", "t", "s", "corpus", 1)
 
