@@ -20,6 +20,7 @@ from registry.ingest.distributed import (
     Edge,
     IdRecord,
     collide,
+    digests,
     gather,
     order_of,
     partition_of_band,
@@ -128,8 +129,9 @@ def columnar(sets: list[np.ndarray], keys: list[tuple[int, ...]], ids: list[byte
         sizes = [len(sets[i]) for i in members]
         offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
         values = np.concatenate([sets[i] for i in members]).astype(np.uint64)
+        set_digests = digests(values, offsets)[has]
         blocks.append((orders, rows, has, [str(i) for i in members], values, offsets,
-                       route(orders, rows, has, hi, lo, partitions)))
+                       route(orders, rows, has, set_digests, hi, lo, partitions)))
     order = list(range(len(blocks)))
     random.Random(partitions).shuffle(order)  # blocks arrive in any order
     lows = np.array([blocks[b][0].min() for b in order], dtype=np.int64)
@@ -259,7 +261,7 @@ def test_a_chain_across_blocks_keeps_its_far_end() -> None:
 
 
 def test_the_shuffle_carries_no_shingles() -> None:
-    """What a block routes is 24 bytes a band and 24 an id, whatever the sets' sizes, and
+    """What a block routes is 40 bytes a band and 24 an id, whatever the sets' sizes, and
     the vectorized partition of a band key is the scalar one's."""
     sets = [np.arange(i, i + 5000, dtype=np.uint64) for i in range(0, 400, 40)]
     keys = band_keys(sets)
@@ -267,9 +269,33 @@ def test_the_shuffle_carries_no_shingles() -> None:
     rows = np.array(keys, dtype=np.uint64)
     has = np.ones(len(sets), dtype=bool)
     zeros = np.zeros(len(sets), dtype=np.uint64)
-    routed = route(orders, rows, has, zeros, orders.astype(np.uint64), 4)
-    assert sum(r.bands.nbytes + r.ids.nbytes for r in routed) == len(sets) * (BANDS + 1) * 24
+    routed = route(orders, rows, has, np.zeros((len(sets), 2), np.uint64), zeros,
+                   orders.astype(np.uint64), 4)
+    assert sum(r.bands.nbytes + r.ids.nbytes for r in routed) == len(sets) * (BANDS * 40 + 24)
     band = np.repeat(np.arange(BANDS, dtype=np.int64), len(sets))
     key = rows.T.reshape(-1)
     assert partitions_of_bands(band, key, 13).tolist() == [
         partition_of_band(int(x), int(y), 13) for x, y in zip(band, key, strict=True)]
+
+
+def test_exact_copies_are_not_gathered_and_still_dropped_as_repeats_of_the_first() -> None:
+    """Five copies of a set and a near-duplicate of it: only the first copy's and the
+    near-duplicate's shingles are asked of the blocks; every copy repeats the first."""
+    a = np.arange(0, 100, dtype=np.uint64)
+    near = np.unique(np.concatenate([a[:95], np.arange(500, 505, dtype=np.uint64)]))
+    other = np.arange(7000, 7100, dtype=np.uint64)
+    sets = [a, other, a.copy(), near, a.copy(), a.copy(), a.copy()]
+    keys = band_keys(sets)
+    ids = [bytes([i]) * 16 for i in range(len(sets))]
+    assert sequential(sets, keys, ids) == {2: 0, 3: 0, 4: 0, 5: 0, 6: 0}
+    orders = np.arange(len(sets), dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum([len(s) for s in sets]))).astype(np.int64)
+    values = np.concatenate(sets)
+    routed = route(orders, np.array(keys, dtype=np.uint64), np.ones(len(sets), bool),
+                   digests(values, offsets), np.arange(len(sets), dtype=np.uint64),
+                   np.zeros(len(sets), np.uint64), 3)
+    wanted = {o for p in range(3) for o in collide([routed[p]]).wanted().tolist()}
+    assert wanted == {0, 3}
+    for partitions in (1, 3):
+        assert columnar(sets, keys, ids, partitions, per_document=2, per_block=1) == {
+            2: 0, 3: 0, 4: 0, 5: 0, 6: 0}

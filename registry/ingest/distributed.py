@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from registry.ingest.chunker import Shingles, jaccard
+from registry.ingest.chunker import EMPTY_SHINGLES, Shingles, jaccard
 
 DOC_SHIFT = 32
 """A chunk's corpus order is `(document number << DOC_SHIFT) | chunk number`."""
@@ -207,8 +207,10 @@ def merge_partitions(results: Iterable[PartitionResult]) -> Iterator[Edge]:
 # ---------------------------------------------------------------------------------------------
 # The columnar shuffle: small int records travel, shingles only for the chunks that collide
 
-BAND_RECORD = np.dtype([("band", np.int64), ("key", np.uint64), ("order", np.int64)])
-"""One chunk in one band, as the shuffle moves it: 24 bytes, no shingles."""
+BAND_RECORD = np.dtype([("band", np.int64), ("key", np.uint64), ("order", np.int64),
+                        ("digest_hi", np.uint64), ("digest_lo", np.uint64)])
+"""One chunk in one band, as the shuffle moves it: 40 bytes (its shingle set's digest
+included, so an exact copy is known as one without its shingles), no shingles."""
 ID_RECORD = np.dtype([("hi", np.uint64), ("lo", np.uint64), ("order", np.int64)])
 """One chunk's id (its first 128 bits, the key the built-in pass compares) and its order."""
 
@@ -250,17 +252,30 @@ class Routed:
     ids: npt.NDArray[np.void]
 
 
+def digests(values: Shingles, offsets: Orders) -> npt.NDArray[np.uint64]:
+    """Each shingle set's digest (`values` split at `offsets`), as (hi, lo) rows: the
+    digest `verify_partition` knows copies by."""
+    out = np.empty((len(offsets) - 1, 2), dtype=np.uint64)
+    for row, (start, end) in enumerate(itertools.pairwise(offsets.tolist())):
+        digest = hashlib.blake2b(values[start:end].tobytes(), digest_size=16).digest()
+        out[row] = (int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big"))
+    return out
+
+
 def route(orders: Orders, keys: npt.NDArray[np.uint64], has_keys: npt.NDArray[np.bool_],
-          id_hi: npt.NDArray[np.uint64], id_lo: npt.NDArray[np.uint64], partitions: int
-          ) -> list[Routed]:
+          set_digests: npt.NDArray[np.uint64], id_hi: npt.NDArray[np.uint64],
+          id_lo: npt.NDArray[np.uint64], partitions: int) -> list[Routed]:
     """Every chunk's band records (one per band, chunks with band keys only: `keys` holds one
-    row of band keys per such chunk, in order) and its id record, by destination partition."""
+    row of band keys per such chunk, in order, and `set_digests` one row of their shingle
+    sets' digests) and its id record, by destination partition."""
     with_keys = orders[has_keys]
     bands = keys.shape[1] if keys.ndim == 2 else 0
     band_records = np.empty(len(with_keys) * bands, dtype=BAND_RECORD)
     band_records["band"] = np.tile(np.arange(bands, dtype=np.int64), len(with_keys))
     band_records["key"] = keys.reshape(-1)
     band_records["order"] = np.repeat(with_keys, bands)
+    band_records["digest_hi"] = np.repeat(set_digests[:, 0], bands)
+    band_records["digest_lo"] = np.repeat(set_digests[:, 1], bands)
     id_records = np.empty(len(orders), dtype=ID_RECORD)
     id_records["hi"], id_records["lo"], id_records["order"] = id_hi, id_lo, orders
     band_part = partitions_of_bands(band_records["band"], band_records["key"], partitions)
@@ -291,16 +306,19 @@ def _in_runs(*columns: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
 @dataclass(frozen=True, slots=True)
 class Collisions:
     """One partition's records that meet another: the band records of buckets of two or more
-    chunks, and the chunks sharing an id (`id_orders` split at `id_starts`, each group in
-    corpus order)."""
+    chunks (`copies` flags those whose shingle set an earlier chunk of the bucket has: the
+    exact pass needs nothing of them but the record), and the chunks sharing an id
+    (`id_orders` split at `id_starts`, each group in corpus order)."""
 
     bands: npt.NDArray[np.void]
+    copies: npt.NDArray[np.bool_]
     id_orders: Orders
     id_starts: Orders
 
     def wanted(self) -> Orders:
-        """The chunks whose shingle sets (and doc ids) the exact pass needs, sorted."""
-        return np.unique(np.concatenate((self.bands["order"], self.id_orders)))
+        """The chunks whose shingle sets (and doc ids) the exact pass needs, sorted: an exact
+        copy's are not (it takes its original's verified pairs)."""
+        return np.unique(np.concatenate((self.bands["order"][~self.copies], self.id_orders)))
 
 
 def collide(routed: Iterable[Routed]) -> Collisions:
@@ -310,11 +328,22 @@ def collide(routed: Iterable[Routed]) -> Collisions:
     ids = np.concatenate([r.ids for r in parts]) if parts else np.empty(0, ID_RECORD)
     bands = bands[np.lexsort((bands["order"], bands["key"], bands["band"]))]
     bands = bands[_in_runs(bands["band"], bands["key"])]
+    by_set = np.lexsort((bands["order"], bands["digest_lo"], bands["digest_hi"], bands["key"],
+                         bands["band"]))
+    same_set = np.zeros(len(bands), dtype=bool)
+    if len(bands) > 1:
+        grouped = bands[by_set]
+        same_set[1:] = ((grouped["band"][1:] == grouped["band"][:-1])
+                        & (grouped["key"][1:] == grouped["key"][:-1])
+                        & (grouped["digest_hi"][1:] == grouped["digest_hi"][:-1])
+                        & (grouped["digest_lo"][1:] == grouped["digest_lo"][:-1]))
+    copies = np.zeros(len(bands), dtype=bool)
+    copies[by_set] = same_set
     ids = ids[np.lexsort((ids["order"], ids["lo"], ids["hi"]))]
     ids = ids[_in_runs(ids["hi"], ids["lo"])]
     starts = np.flatnonzero(np.concatenate((
         [True], (ids["hi"][1:] != ids["hi"][:-1]) | (ids["lo"][1:] != ids["lo"][:-1]))))
-    return Collisions(bands, ids["order"].astype(np.int64),
+    return Collisions(bands, copies, ids["order"].astype(np.int64),
                       starts.astype(np.int64) if len(ids) else np.empty(0, np.int64))
 
 
@@ -377,23 +406,25 @@ def verify_collisions(collisions: Collisions, gathered: Iterable[Gathered], thre
     for part in gathered:
         for position, order in enumerate(part.orders.tolist()):
             found[order] = (part, position)
-    digests: dict[int, bytes] = {}
 
-    def band_record(band: int, key: int, order: int) -> BandRecord:
+    def band_record(band: int, key: int, order: int, digest: bytes, copy: bool) -> BandRecord:
+        if copy:  # verify_partition reads nothing of a copy but its order and digest
+            return BandRecord(band, key, order, "", (), digest, EMPTY_SHINGLES)
         part, at = found[order]
         values = part.values[part.offsets[at]:part.offsets[at + 1]]
-        digest = digests.get(order)
-        if digest is None:
-            digest = digests[order] = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
         return BandRecord(band, key, order, part.doc_ids[at], tuple(part.keys[at].tolist()),
                           digest, values)
 
     missing = set(collisions.wanted().tolist()) - found.keys()
     if missing:
         raise RuntimeError(f"{len(missing)} colliding chunks were not gathered")
-    records = [band_record(band, key, order) for band, key, order in zip(
-        collisions.bands["band"].tolist(), collisions.bands["key"].tolist(),
-        collisions.bands["order"].tolist(), strict=True)]
+    records = [band_record(band, key, order, hi.to_bytes(8, "big") + lo.to_bytes(8, "big"),
+                           copy)
+               for band, key, order, hi, lo, copy in zip(
+                   collisions.bands["band"].tolist(), collisions.bands["key"].tolist(),
+                   collisions.bands["order"].tolist(), collisions.bands["digest_hi"].tolist(),
+                   collisions.bands["digest_lo"].tolist(), collisions.copies.tolist(),
+                   strict=True)]
     result = verify_partition(records, threshold)
     bounds = [*collisions.id_starts.tolist(), len(collisions.id_orders)]
     orders = collisions.id_orders.tolist()

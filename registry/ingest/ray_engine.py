@@ -297,12 +297,29 @@ def _per_chunk(block: pa.Table, bands: int) -> BlockChunks:
                        block.column("doc_id").to_pylist())
 
 
+def _shingle_sets(block: pa.Table) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """A block's shingle sets, every chunk's: the values, and the offsets that split them."""
+    import pyarrow.compute as pc
+
+    per_chunk = block.column("shingles").combine_chunks().flatten()
+    offsets = np.zeros(len(per_chunk) + 1, dtype=np.int64)
+    np.cumsum(pc.list_value_length(per_chunk).to_numpy(zero_copy_only=False), out=offsets[1:])
+    return per_chunk.flatten().to_numpy(zero_copy_only=False).astype(np.uint64), offsets
+
+
 def _route_block(block: pa.Table, partitions: int, bands: int) -> tuple[Any, ...]:
     """A dedup task: a block's band and id records, by partition (numpy records, a few dozen
     bytes a chunk), and the block's lowest order (-1 for a block without a chunk)."""
     chunks = _per_chunk(block, bands)
     hi, lo = distributed.id_halves(chunks.chunk_ids)
-    routed = distributed.route(chunks.orders, chunks.keys, chunks.has_keys, hi, lo, partitions)
+    if bands:
+        values, offsets = _shingle_sets(block)
+        keyed = np.flatnonzero(chunks.has_keys)
+        set_digests = distributed.digests(values, offsets)[keyed]
+    else:
+        set_digests = np.empty((0, 2), dtype=np.uint64)
+    routed = distributed.route(chunks.orders, chunks.keys, chunks.has_keys, set_digests, hi, lo,
+                               partitions)
     return (*routed, int(chunks.orders.min()) if len(chunks.orders) else -1)
 
 
@@ -318,18 +335,12 @@ def _gather_block(block: pa.Table, bands: int, *wanted: npt.NDArray[np.int64]
                   ) -> tuple[Any, ...]:
     """A dedup task: of one block's chunks, the band keys, doc ids and shingle sets of those
     each partition asked for (the chunks that collide there), nothing else."""
-    import pyarrow.compute as pc
-
     chunks = _per_chunk(block, bands)
     if not any(len(w) for w in wanted) or not bands:
         values = np.empty(0, np.uint64)
         offsets = np.zeros(len(chunks.orders) + 1, dtype=np.int64)
     else:
-        per_chunk = block.column("shingles").combine_chunks().flatten()
-        offsets = np.zeros(len(per_chunk) + 1, dtype=np.int64)
-        np.cumsum(pc.list_value_length(per_chunk).to_numpy(zero_copy_only=False),
-                  out=offsets[1:])
-        values = per_chunk.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
+        values, offsets = _shingle_sets(block)
     doc_ids = [chunks.doc_ids[d] for d in chunks.doc_of_chunk.tolist()]
     return tuple(distributed.gather(chunks.orders, chunks.keys, chunks.has_keys, doc_ids,
                                     values, offsets, bands, wanted))
@@ -341,11 +352,13 @@ def _verify_collisions(collisions: distributed.Collisions, threshold: float,
     return distributed.verify_collisions(collisions, gathered, threshold)
 
 
-PARTITION_SOURCE_BYTES = 64 * 1024 * 1024
-"""Source bytes per dedup partition: a partition holds its chunks' band and id records (24
-bytes each, 12 a chunk at 11 bands: about 0.05 bytes of records per source byte, shingles never
-included) and the shingle sets of those of its chunks that collide, so a task holds a few MB of
-records whatever the corpus size, up to MAX_PARTITIONS."""
+PARTITION_SOURCE_BYTES = 16 * 1024 * 1024
+"""Source bytes per dedup partition. A partition holds its chunks' band records (40 bytes
+each) and id records (24), about 0.08 bytes per source byte at 11 bands, shingles never
+included, and the shingle sets of its chunks that meet another but are not exact copies (a
+colliding set goes to each partition one of its bands falls in, at most 11): a few tens of MB
+at most whatever the corpus size, up to MAX_PARTITIONS. The tasks exchange blocks x
+partitions small objects."""
 MAX_PARTITIONS = 16384
 
 
