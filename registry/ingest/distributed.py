@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from registry.ingest.chunker import EMPTY_SHINGLES, Shingles, jaccard
+from registry.ingest.chunker import Shingles, jaccard
 
 DOC_SHIFT = 32
 """A chunk's corpus order is `(document number << DOC_SHIFT) | chunk number`."""
@@ -312,6 +312,9 @@ class Collisions:
 
     bands: npt.NDArray[np.void]
     copies: npt.NDArray[np.bool_]
+    originals: Orders
+    """Of each band record, the order of the first chunk of its bucket with the same set (its
+    own for a chunk that is not a copy)."""
     id_orders: Orders
     id_starts: Orders
 
@@ -339,11 +342,15 @@ def collide(routed: Iterable[Routed]) -> Collisions:
                         & (grouped["digest_lo"][1:] == grouped["digest_lo"][:-1]))
     copies = np.zeros(len(bands), dtype=bool)
     copies[by_set] = same_set
+    originals = np.zeros(len(bands), dtype=np.int64)
+    if len(bands):
+        firsts = np.flatnonzero(~same_set)
+        originals[by_set] = bands["order"][by_set][firsts[np.cumsum(~same_set) - 1]]
     ids = ids[np.lexsort((ids["order"], ids["lo"], ids["hi"]))]
     ids = ids[_in_runs(ids["hi"], ids["lo"])]
     starts = np.flatnonzero(np.concatenate((
         [True], (ids["hi"][1:] != ids["hi"][:-1]) | (ids["lo"][1:] != ids["lo"][:-1]))))
-    return Collisions(bands, copies, ids["order"].astype(np.int64),
+    return Collisions(bands, copies, originals, ids["order"].astype(np.int64),
                       starts.astype(np.int64) if len(ids) else np.empty(0, np.int64))
 
 
@@ -407,9 +414,11 @@ def verify_collisions(collisions: Collisions, gathered: Iterable[Gathered], thre
         for position, order in enumerate(part.orders.tolist()):
             found[order] = (part, position)
 
-    def band_record(band: int, key: int, order: int, digest: bytes, copy: bool) -> BandRecord:
-        if copy:  # verify_partition reads nothing of a copy but its order and digest
-            return BandRecord(band, key, order, "", (), digest, EMPTY_SHINGLES)
+    def doc_of(order: int) -> str:
+        part, at = found[order]
+        return part.doc_ids[at]
+
+    def band_record(band: int, key: int, order: int, digest: bytes) -> BandRecord:
         part, at = found[order]
         values = part.values[part.offsets[at]:part.offsets[at + 1]]
         return BandRecord(band, key, order, part.doc_ids[at], tuple(part.keys[at].tolist()),
@@ -418,14 +427,35 @@ def verify_collisions(collisions: Collisions, gathered: Iterable[Gathered], thre
     missing = set(collisions.wanted().tolist()) - found.keys()
     if missing:
         raise RuntimeError(f"{len(missing)} colliding chunks were not gathered")
-    records = [band_record(band, key, order, hi.to_bytes(8, "big") + lo.to_bytes(8, "big"),
-                           copy)
-               for band, key, order, hi, lo, copy in zip(
-                   collisions.bands["band"].tolist(), collisions.bands["key"].tolist(),
-                   collisions.bands["order"].tolist(), collisions.bands["digest_hi"].tolist(),
-                   collisions.bands["digest_lo"].tolist(), collisions.copies.tolist(),
-                   strict=True)]
+    # The chunks that are not exact copies of an earlier one of their bucket, verified as the
+    # one-process pass verifies them; the copies (often most records) without a Python object
+    # each: `verify_partition` would give a copy its original's verified pairs (in that
+    # bucket, with chunks before the copy) and, in band 0, the original itself.
+    distinct = collisions.bands[~collisions.copies]
+    records = [band_record(band, key, order, hi.to_bytes(8, "big") + lo.to_bytes(8, "big"))
+               for band, key, order, hi, lo in zip(
+                   distinct["band"].tolist(), distinct["key"].tolist(),
+                   distinct["order"].tolist(), distinct["digest_hi"].tolist(),
+                   distinct["digest_lo"].tolist(), strict=True)]
     result = verify_partition(records, threshold)
+    similar: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
+    for edge in result.edges:  # an edge is found in its bucket of the pair's lowest shared band
+        similar[(edge.band, edge.later)].append((edge.earlier, edge.earlier_doc))
+        similar[(edge.band, edge.earlier)].append((edge.later, doc_of(edge.later)))
+    copied = collisions.bands[collisions.copies]
+    originals = collisions.originals[collisions.copies]
+    first_band = copied["band"] == 0
+    result.edges.extend(Edge(copy, original, doc_of(original), 0) for copy, original in zip(
+        copied["order"][first_band].tolist(), originals[first_band].tolist(), strict=True))
+    if similar:
+        paired = np.isin(originals, np.fromiter((o for _, o in similar), dtype=np.int64,
+                                                count=len(similar)))
+        for band, copy, original in zip(copied["band"][paired].tolist(),
+                                        copied["order"][paired].tolist(),
+                                        originals[paired].tolist(), strict=True):
+            result.edges.extend(Edge(copy, other, doc, band)
+                                for other, doc in similar.get((band, original), ())
+                                if other < copy)
     bounds = [*collisions.id_starts.tolist(), len(collisions.id_orders)]
     orders = collisions.id_orders.tolist()
     for start, end in itertools.pairwise(bounds):
