@@ -19,13 +19,22 @@ from registry.ingest.distributed import (
     BandRecord,
     Edge,
     IdRecord,
+    collide,
+    digests,
+    gather,
+    order_of,
     partition_of_band,
     partition_of_id,
+    partitions_of_bands,
     resolve,
+    route,
+    split_by_block,
+    verify_collisions,
     verify_partition,
 )
 
 THRESHOLD = 0.8
+BANDS = MinHasher(THRESHOLD).bands
 
 
 def corpus_of_sets(seed: int, count: int) -> list[np.ndarray]:
@@ -100,6 +109,52 @@ def distributed(sets: list[np.ndarray], keys: list[tuple[int, ...]], ids: list[b
             if decisions.dropped(order) is not None}
 
 
+def columnar(sets: list[np.ndarray], keys: list[tuple[int, ...]], ids: list[bytes],
+             partitions: int, per_document: int = 3, per_block: int = 4) -> dict[int, int]:
+    """The Ray ingest's shuffle, moved by hand: chunks in documents (`per_document` each) in
+    blocks (`per_block` documents each); only (band, key, order) and id records are routed,
+    and only the chunks that collide are gathered from their blocks for the exact pass."""
+    index_of: dict[int, int] = {}
+    blocks = []
+    for first in range(0, len(sets), per_document * per_block):
+        members = list(range(first, min(first + per_document * per_block, len(sets))))
+        orders = np.array([order_of(i // per_document, i % per_document) for i in members],
+                          dtype=np.int64)
+        index_of.update(zip(orders.tolist(), members, strict=True))
+        has = np.array([bool(keys[i]) for i in members], dtype=bool)
+        rows = np.array([keys[i] for i in members if keys[i]], dtype=np.uint64).reshape(
+            int(has.sum()), BANDS)
+        hi = np.array([int.from_bytes(ids[i][:8], "big") for i in members], dtype=np.uint64)
+        lo = np.array([int.from_bytes(ids[i][8:16], "big") for i in members], dtype=np.uint64)
+        sizes = [len(sets[i]) for i in members]
+        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        values = np.concatenate([sets[i] for i in members]).astype(np.uint64)
+        set_digests = digests(values, offsets)[has]
+        blocks.append((orders, rows, has, [str(i) for i in members], values, offsets,
+                       route(orders, rows, has, set_digests, hi, lo, partitions)))
+    order = list(range(len(blocks)))
+    random.Random(partitions).shuffle(order)  # blocks arrive in any order
+    lows = np.array([blocks[b][0].min() for b in order], dtype=np.int64)
+    collisions = [collide(blocks[b][6][p] for b in reversed(order)) for p in range(partitions)]
+    wanted = [split_by_block(c.wanted(), np.sort(lows), len(blocks)) for c in collisions]
+    by_low = [order[i] for i in np.argsort(lows)]
+    gathered: list[list] = [[] for _ in range(partitions)]
+    for position, b in enumerate(by_low):
+        orders, rows, has, docs, values, offsets, _ = blocks[b]
+        for p, part in enumerate(gather(orders, rows, has, docs, values, offsets, BANDS,
+                                        [wanted[p][position] for p in range(partitions)])):
+            gathered[p].append(part)
+    edges: list[Edge] = []
+    groups = []
+    for p in range(partitions):
+        found = verify_collisions(collisions[p], gathered[p], THRESHOLD)
+        edges.extend(found.edges)
+        groups.extend(found.id_groups)
+    decisions = resolve(edges, groups)
+    return {index_of[order]: int(owner) for order in index_of
+            if (owner := decisions.dropped(order)) is not None}
+
+
 @pytest.mark.parametrize("partitions", [1, 3, 16])
 @pytest.mark.parametrize("seed", range(6))
 def test_the_partitioned_pass_drops_exactly_what_the_greedy_pass_drops(
@@ -158,3 +213,89 @@ def test_the_file_shingle_store_reads_back_what_it_just_stored() -> None:
     in_memory = CorpusDeduplicator(THRESHOLD, MemoryShingleStore())
     assert [on_file.is_duplicate(v, k) for v, k in zip(sets, keys, strict=True)] == [
         in_memory.is_duplicate(v, k) for v, k in zip(sets, keys, strict=True)]
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 7])
+@pytest.mark.parametrize("seed", range(5))
+def test_the_columnar_shuffle_drops_exactly_what_the_greedy_pass_drops(
+    seed: int, partitions: int
+) -> None:
+    """Chains, copies, empty sets and id collisions spread over blocks (documents split
+    across them, blocks in any order): only the colliding chunks' shingles travel, and the
+    kept set and every "duplicate of" are the one-process pass's."""
+    sets = corpus_of_sets(seed, 200)
+    keys = band_keys(sets)
+    ids = [bytes([i % 7]) * 16 if i % 5 == 0 else i.to_bytes(16, "little")
+           for i in range(len(sets))]
+    expected = sequential(sets, keys, ids)
+    assert len(expected) > 20, "the corpus has duplicates to drop"
+    assert columnar(sets, keys, ids, partitions) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 80), st.integers(1, 8), st.integers(1, 5),
+       st.integers(1, 4))
+def test_the_columnar_shuffle_on_any_corpus(seed: int, count: int, partitions: int,
+                                            per_document: int, per_block: int) -> None:
+    sets = corpus_of_sets(seed, count)
+    keys = band_keys(sets)
+    ids = [(i % 3).to_bytes(16, "little") if seed % 2 else i.to_bytes(16, "little")
+           for i in range(len(sets))]
+    assert columnar(sets, keys, ids, partitions, per_document, per_block) == sequential(
+        sets, keys, ids)
+
+
+def test_a_chain_across_blocks_keeps_its_far_end() -> None:
+    """A~B, B~C, not A~C, each in a block of its own: B is dropped as a repeat of A, C kept;
+    a copy of C later on (in a fourth block) is dropped as a repeat of C, not of B."""
+    a = np.arange(0, 100, dtype=np.uint64)
+    b = np.unique(np.concatenate([a[:92], np.arange(1000, 1008, dtype=np.uint64)]))
+    c = np.unique(np.concatenate([b[:84], b[92:], np.arange(2000, 2008, dtype=np.uint64)]))
+    sets = [a, b, c, c.copy()]
+    keys = band_keys(sets)
+    ids = [bytes([i]) * 16 for i in range(4)]
+    assert sequential(sets, keys, ids) == {1: 0, 3: 2}
+    for partitions in (1, 2, 5):
+        assert columnar(sets, keys, ids, partitions, per_document=1, per_block=1) == {
+            1: 0, 3: 2}
+
+
+def test_the_shuffle_carries_no_shingles() -> None:
+    """What a block routes is 40 bytes a band and 24 an id, whatever the sets' sizes, and
+    the vectorized partition of a band key is the scalar one's."""
+    sets = [np.arange(i, i + 5000, dtype=np.uint64) for i in range(0, 400, 40)]
+    keys = band_keys(sets)
+    orders = np.arange(len(sets), dtype=np.int64)
+    rows = np.array(keys, dtype=np.uint64)
+    has = np.ones(len(sets), dtype=bool)
+    zeros = np.zeros(len(sets), dtype=np.uint64)
+    routed = route(orders, rows, has, np.zeros((len(sets), 2), np.uint64), zeros,
+                   orders.astype(np.uint64), 4)
+    assert sum(r.bands.nbytes + r.ids.nbytes for r in routed) == len(sets) * (BANDS * 40 + 24)
+    band = np.repeat(np.arange(BANDS, dtype=np.int64), len(sets))
+    key = rows.T.reshape(-1)
+    assert partitions_of_bands(band, key, 13).tolist() == [
+        partition_of_band(int(x), int(y), 13) for x, y in zip(band, key, strict=True)]
+
+
+def test_exact_copies_are_not_gathered_and_still_dropped_as_repeats_of_the_first() -> None:
+    """Five copies of a set and a near-duplicate of it: only the first copy's and the
+    near-duplicate's shingles are asked of the blocks; every copy repeats the first."""
+    a = np.arange(0, 100, dtype=np.uint64)
+    near = np.unique(np.concatenate([a[:95], np.arange(500, 505, dtype=np.uint64)]))
+    other = np.arange(7000, 7100, dtype=np.uint64)
+    sets = [a, other, a.copy(), near, a.copy(), a.copy(), a.copy()]
+    keys = band_keys(sets)
+    ids = [bytes([i]) * 16 for i in range(len(sets))]
+    assert sequential(sets, keys, ids) == {2: 0, 3: 0, 4: 0, 5: 0, 6: 0}
+    orders = np.arange(len(sets), dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum([len(s) for s in sets]))).astype(np.int64)
+    values = np.concatenate(sets)
+    routed = route(orders, np.array(keys, dtype=np.uint64), np.ones(len(sets), bool),
+                   digests(values, offsets), np.arange(len(sets), dtype=np.uint64),
+                   np.zeros(len(sets), np.uint64), 3)
+    wanted = {o for p in range(3) for o in collide([routed[p]]).wanted().tolist()}
+    assert wanted == {0, 3}
+    for partitions in (1, 3):
+        assert columnar(sets, keys, ids, partitions, per_document=2, per_block=1) == {
+            2: 0, 3: 0, 4: 0, 5: 0, 6: 0}

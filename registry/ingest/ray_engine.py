@@ -7,11 +7,15 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
   documents each; beyond `object_store_memory` Ray spills them to disk), keeping only refs.
 - chunk: `ChunkShard` actors, one CPU each, `workers` of them; the config and the tokenizer
   are put into the object store once and each actor builds its `Chunker` from them at start.
-- dedup: every chunk's MinHash band keys (and its id) are shuffled to partitions by key
-  (`groupby`), so candidates made on different nodes meet; each partition verifies its pairs
-  exactly (`distributed.verify_partition`) and the driver applies the greedy corpus order to
-  the few chunks that have a near-duplicate (`distributed.resolve`): the kept set is the
-  built-in ingest's, chunk for chunk.
+  What they output is columnar (`chunked_table`: the rows' fields, band keys and shingle sets
+  as arrow list columns), nothing pickled, and only what later stages read.
+- dedup: plain Ray tasks, no Ray Data shuffle (`_dedup`): every chunk's band keys (and its id)
+  travel as numpy records of 24 bytes to partitions by key, so candidates made on different
+  nodes meet; each partition keeps the records that meet another, the shingle sets of those
+  chunks alone are gathered from their blocks, each partition verifies its pairs exactly
+  (`distributed.verify_collisions`) and the driver applies the greedy corpus order to the few
+  chunks that have a near-duplicate (`distributed.resolve`): the kept set is the built-in
+  ingest's, chunk for chunk.
 - embed (a config that pins an embedder): `EmbedShards` actors apply the corpus decisions to
   each shard, embed the kept rows' embedding_text with the passage prefix through the embedding
   cache, as the built-in ingest does, and COPY rows and vectors themselves (a task downstream
@@ -41,8 +45,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
@@ -53,7 +59,7 @@ from registry.database.chunk_table import COPY_TYPES, ChunkTable
 from registry.database.connection import connect, database_error
 from registry.errors import EngineUnavailable, RegistryError, UsageError
 from registry.ingest import distributed
-from registry.ingest.chunker import Chunk, ChunkedDocument, Chunker, Document
+from registry.ingest.chunker import Chunk, ChunkedDocument, Chunker, Document, MinHasher
 from registry.ingest.pipeline import (
     ACCOUNTED_KEPT,
     BATCH_DOCUMENTS,
@@ -195,47 +201,164 @@ class ChunkShard:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
         columns = batch.to_pydict()
         documents = [Document(d, t, x, k) for d, t, x, k in zip(
             columns["doc_id"], columns["title"], columns["text"], columns["kind"], strict=True)]
         chunked = self.chunker.chunk_many(documents)
-        return pa.table({
-            "shard": columns["shard"], "seq": columns["seq"],
-            "node": [self.node] * len(chunked),
-            "result": [pickle.dumps(r, protocol=5) for r in chunked],
-        })
+        hasher = self.chunker.hasher
+        return chunked_table(columns["shard"], columns["seq"], self.node, chunked,
+                             hasher.bands if hasher is not None else 0)
 
 
-def _bucket_batch(batch: pa.Table, partitions: int, corpus: bool) -> pa.Table:
-    """The chunk records of a batch, by destination partition (one row per partition)."""
+CHUNK_COLUMNS = ("id", "chunk_index", "embedding_text", "bm25_text", "embedding_tokens",
+                 "bm25_tokens")
+"""A chunk's row as it travels (a list per document each): the rest of the row (the
+document's id, chunk_version, ingest_run_id) is the document's or the run's."""
+DOCUMENT_COUNTS = ("tokens", "too_small", "duplicates", "over_budget", "header_only")
+
+
+def _lists(offsets: npt.NDArray[np.int64], values: pa.Array) -> pa.Array:
     import pyarrow as pa
 
-    columns = batch.to_pydict()
-    out: dict[int, list[Any]] = defaultdict(list)
-    for seq, raw in zip(columns["seq"], columns["result"], strict=True):
-        result: ChunkedDocument = pickle.loads(raw)
-        for part, records in distributed.bucket_records(seq, [result], partitions,
-                                                        corpus).items():
-            out[part].extend(records)
-    return pa.table({"part": list(out), "records": [pickle.dumps(v, protocol=5)
-                                                    for v in out.values()]})
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int64()).cast(pa.int32()), values)
 
 
-def _verify_group(group: pa.Table, threshold: float) -> pa.Table:
+def chunked_table(shards: Sequence[int], seqs: Sequence[int], node: str,
+                  chunked: Sequence[ChunkedDocument], bands: int) -> pa.Table:
+    """The chunk stage's output, a row per document, columnar: its rows' fields as lists, and
+    (corpus dedup: `bands` > 0) its chunks' band keys (a list of `bands` per chunk, empty for
+    a chunk without) and shingle sets as lists of lists of uint64, which the dedup stage reads
+    without unpickling anything and gathers for the chunks that collide only. What later
+    stages do not need (sections, offsets, overlaps) does not travel."""
     import pyarrow as pa
 
-    records = [r for raw in group.column("records").to_pylist()
-               for r in pickle.loads(raw)]
-    found = distributed.verify_partition(records, threshold)
-    return pa.table({"result": [pickle.dumps(found, protocol=5)]})
+    chunks = [c for r in chunked for c in r.chunks]
+    per_document = np.zeros(len(chunked) + 1, dtype=np.int64)
+    np.cumsum([len(r.chunks) for r in chunked], out=per_document[1:])
+    table: dict[str, Any] = {"shard": pa.array(shards, pa.int64()),
+                             "seq": pa.array(seqs, pa.int64()),
+                             "node": pa.array([node] * len(chunked), pa.string()),
+                             "doc_id": pa.array([r.doc_id for r in chunked], pa.string())}
+    for name in DOCUMENT_COUNTS:
+        table[name] = pa.array([getattr(r, name) for r in chunked], pa.int64())
+    fields = (("id", pa.string()), ("chunk_index", pa.int32()),
+              ("embedding_text", pa.large_string()), ("bm25_text", pa.large_string()),
+              ("embedding_token_count", pa.int32()), ("bm25_token_count", pa.int32()))
+    for name, (field_name, kind) in zip(CHUNK_COLUMNS, fields, strict=True):
+        table[name] = _lists(per_document, pa.array([getattr(c, field_name) for c in chunks],
+                                                    kind))
+    sets = [s for r in chunked for s in r.shingles] if bands else []
+    keys = [k for r in chunked for k in r.band_keys] if bands else []
+    set_offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+    key_offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+    if bands:
+        np.cumsum([len(v) for v in sets], out=set_offsets[1:])
+        np.cumsum([len(k) for k in keys], out=key_offsets[1:])
+    values = np.concatenate(sets).astype(np.uint64) if sets else np.empty(0, np.uint64)
+    flat_keys = np.fromiter((x for k in keys for x in k), dtype=np.uint64,
+                            count=int(key_offsets[-1]))
+    table["band_keys"] = _lists(per_document, _lists(key_offsets, pa.array(flat_keys)))
+    table["shingles"] = _lists(per_document, _lists(set_offsets, pa.array(values)))
+    return pa.table(table)
 
 
-PARTITION_SOURCE_BYTES = 4 * 1024 * 1024
-"""Source bytes per dedup partition: a partition holds its chunks' band records (about 15
-bytes of records per source byte at 10 bands, shingles included), so a verifying task needs
-about 60 MB whatever the corpus size, up to MAX_PARTITIONS."""
+@dataclass(frozen=True)
+class BlockChunks:
+    """A chunk-stage block's chunks as the dedup stage reads them (numpy, no Python object
+    per chunk but the id)."""
+
+    orders: npt.NDArray[np.int64]
+    keys: npt.NDArray[np.uint64]
+    has_keys: npt.NDArray[np.bool_]
+    chunk_ids: list[str]
+    doc_of_chunk: npt.NDArray[np.int64]
+    doc_ids: list[str]
+
+
+def _per_chunk(block: pa.Table, bands: int) -> BlockChunks:
+    import pyarrow.compute as pc
+
+    seqs = block.column("seq").to_numpy()
+    ids = block.column("id").combine_chunks()
+    counts = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    doc_of_chunk = np.repeat(np.arange(len(seqs), dtype=np.int64), counts)
+    starts = np.zeros(len(seqs), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    numbers = np.arange(len(doc_of_chunk), dtype=np.int64) - starts[doc_of_chunk]
+    orders = (seqs.astype(np.int64)[doc_of_chunk] << distributed.DOC_SHIFT) | numbers
+    keys = np.empty((0, bands), dtype=np.uint64)
+    has_keys = np.zeros(len(orders), dtype=bool)
+    if bands:
+        per_chunk = block.column("band_keys").combine_chunks().flatten()
+        has_keys = pc.list_value_length(per_chunk).to_numpy(zero_copy_only=False) > 0
+        keys = per_chunk.flatten().to_numpy(zero_copy_only=False).astype(np.uint64).reshape(
+            -1, bands)
+    return BlockChunks(orders, keys, has_keys, ids.flatten().to_pylist(), doc_of_chunk,
+                       block.column("doc_id").to_pylist())
+
+
+def _shingle_sets(block: pa.Table) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """A block's shingle sets, every chunk's: the values, and the offsets that split them."""
+    import pyarrow.compute as pc
+
+    per_chunk = block.column("shingles").combine_chunks().flatten()
+    offsets = np.zeros(len(per_chunk) + 1, dtype=np.int64)
+    np.cumsum(pc.list_value_length(per_chunk).to_numpy(zero_copy_only=False), out=offsets[1:])
+    return per_chunk.flatten().to_numpy(zero_copy_only=False).astype(np.uint64), offsets
+
+
+def _route_block(block: pa.Table, partitions: int, bands: int) -> tuple[Any, ...]:
+    """A dedup task: a block's band and id records, by partition (numpy records, a few dozen
+    bytes a chunk), and the block's lowest order (-1 for a block without a chunk)."""
+    chunks = _per_chunk(block, bands)
+    hi, lo = distributed.id_halves(chunks.chunk_ids)
+    if bands:
+        values, offsets = _shingle_sets(block)
+        keyed = np.flatnonzero(chunks.has_keys)
+        set_digests = distributed.digests(values, offsets)[keyed]
+    else:
+        set_digests = np.empty((0, 2), dtype=np.uint64)
+    routed = distributed.route(chunks.orders, chunks.keys, chunks.has_keys, set_digests, hi, lo,
+                               partitions)
+    return (*routed, int(chunks.orders.min()) if len(chunks.orders) else -1)
+
+
+def _collide_partition(lows: npt.NDArray[np.int64], blocks: int, *routed: distributed.Routed
+                       ) -> tuple[Any, ...]:
+    """A dedup task: one partition's records that meet another, and the chunks it needs
+    from each block (blocks sorted by their lowest order, `lows`)."""
+    collisions = distributed.collide(routed)
+    return (*distributed.split_by_block(collisions.wanted(), lows, blocks), collisions)
+
+
+def _gather_block(block: pa.Table, bands: int, *wanted: npt.NDArray[np.int64]
+                  ) -> tuple[Any, ...]:
+    """A dedup task: of one block's chunks, the band keys, doc ids and shingle sets of those
+    each partition asked for (the chunks that collide there), nothing else."""
+    chunks = _per_chunk(block, bands)
+    if not any(len(w) for w in wanted) or not bands:
+        values = np.empty(0, np.uint64)
+        offsets = np.zeros(len(chunks.orders) + 1, dtype=np.int64)
+    else:
+        values, offsets = _shingle_sets(block)
+    doc_ids = [chunks.doc_ids[d] for d in chunks.doc_of_chunk.tolist()]
+    return tuple(distributed.gather(chunks.orders, chunks.keys, chunks.has_keys, doc_ids,
+                                    values, offsets, bands, wanted))
+
+
+def _verify_collisions(collisions: distributed.Collisions, threshold: float,
+                       *gathered: distributed.Gathered) -> distributed.PartitionResult:
+    """A dedup task: one partition's colliding pairs verified exactly."""
+    return distributed.verify_collisions(collisions, gathered, threshold)
+
+
+PARTITION_SOURCE_BYTES = 16 * 1024 * 1024
+"""Source bytes per dedup partition. A partition holds its chunks' band records (40 bytes
+each) and id records (24), about 0.08 bytes per source byte at 11 bands, shingles never
+included, and the shingle sets of its chunks that meet another but are not exact copies (a
+colliding set goes to each partition one of its bands falls in, at most 11): a few tens of MB
+at most whatever the corpus size, up to MAX_PARTITIONS. The tasks exchange blocks x
+partitions small objects."""
 MAX_PARTITIONS = 16384
 
 
@@ -281,12 +404,13 @@ def _decide_shards(batch: pa.Table, run: IngestReport, decided: dict[int, Any]
     does not grow with the corpus)."""
     import ray
 
-    columns = batch.to_pydict()
+    columns = batch.select(["shard", "seq", "node", "doc_id", *DOCUMENT_COUNTS,
+                            *CHUNK_COLUMNS]).to_pydict()
     by_shard: dict[int, list[tuple[int, ChunkedDocument]]] = defaultdict(list)
     chunked_on: dict[int, str] = {}
-    for shard, seq, raw, node in zip(columns["shard"], columns["seq"], columns["result"],
-                                     columns["node"], strict=True):
-        by_shard[shard].append((seq, pickle.loads(raw)))
+    for position, (shard, seq, node) in enumerate(zip(columns["shard"], columns["seq"],
+                                                      columns["node"], strict=True)):
+        by_shard[shard].append((seq, _document_at(columns, position, run)))
         chunked_on[shard] = node
     shards = []
     for shard, documents in sorted(by_shard.items()):
@@ -300,16 +424,31 @@ def _decide_shards(batch: pa.Table, run: IngestReport, decided: dict[int, Any]
     return shards
 
 
+def _document_at(columns: dict[str, list[Any]], position: int, run: IngestReport
+                 ) -> ChunkedDocument:
+    """Document `position` of a chunk-stage batch, with what its rows and its accounting need
+    (sections and offsets did not travel; shingles are the dedup stage's)."""
+    doc_id = columns["doc_id"][position]
+    chunks = [Chunk(chunk_id, doc_id, index, embedding_text, bm25_text, embedding_tokens,
+                    bm25_tokens, run.chunk_version, run.ingest_run_id, "", 0, 0, 0)
+              for chunk_id, index, embedding_text, bm25_text, embedding_tokens, bm25_tokens
+              in zip(*(columns[name][position] for name in CHUNK_COLUMNS), strict=True)]
+    return ChunkedDocument(doc_id, chunks, [], [],
+                           **{name: columns[name][position] for name in DOCUMENT_COUNTS})
+
+
 def _copy_shards(conn: psycopg.Connection[Any], staging: str, shards: list[DecidedShard],
-                 vectors: bool, loaded_on: str) -> list[ShardSummary]:
+                 types: Sequence[str], loaded_on: str) -> list[ShardSummary]:
     """Each shard's rows (and vectors) COPYed into the staging table in a transaction of its
     own on `conn` (autocommit), after deleting what an earlier attempt left of the shard: a
-    retried load replaces, never doubles."""
+    retried load replaces, never doubles. `types` are the COPY types of the written columns
+    (`vector_copy_types`, registered once per connection, when the rows carry vectors)."""
     target = sql.Identifier(bookkeeping.BOOKKEEPING_SCHEMA, staging)
+    vectors = len(types) > len(COPY_TYPES)
     columns = (*written_columns(vectors), "shard", "doc_seq")
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         target, sql.SQL(", ").join(map(sql.Identifier, columns)))
-    types = [*(vector_copy_types(conn) if vectors else COPY_TYPES), "int4", "int8"]
+    types = [*types, "int4", "int8"]
     summaries = []
     for shard in shards:
         with conn.transaction():
@@ -348,7 +487,7 @@ def _load_batch(batch: pa.Table, dsn: str, staging: str, run: IngestReport,
     try:
         shards = _decide_shards(batch, run, decided)
         with connect(dsn, purpose="ingest ray load") as conn:
-            return _outcomes(_copy_shards(conn, staging, shards, False,
+            return _outcomes(_copy_shards(conn, staging, shards, COPY_TYPES,
                                           ray.get_runtime_context().get_node_id()))
     except RegistryError as refused:
         return _outcomes([refused])
@@ -409,6 +548,8 @@ class EmbedShards:
         self._passages: PassageEmbedder | None = None
         self._refused: RegistryError | None = None
         self._conn: psycopg.Connection[Any] | None = None
+        self._types: list[str] = []
+        """The COPY types, pgvector's registered on `_conn` once (at `_build`)."""
         self._node = ray.get_runtime_context().get_node_id()
 
     def _build(self) -> PassageEmbedder:
@@ -438,6 +579,7 @@ class EmbedShards:
                 raise type(err)(f"the embedder shipped to Ray node {self._node}: {err.message}",
                                 where=err.where, fix=err.fix) from None
         self._conn = connect(self._dsn, purpose="ingest ray embed and load")
+        self._types = vector_copy_types(self._conn)
         return PassageEmbedder(embedder, self._conn, recipe.config.embedder)
 
     def _embed(self, shards: list[DecidedShard]) -> None:
@@ -469,7 +611,8 @@ class EmbedShards:
             shards = _decide_shards(batch, self._run, self._decided)
             self._embed(shards)
             assert self._conn is not None
-            return _outcomes(_copy_shards(self._conn, self._staging, shards, True, self._node))
+            return _outcomes(_copy_shards(self._conn, self._staging, shards, self._types,
+                                          self._node))
         except RegistryError as refused:
             self._refused = refused
             return _outcomes([refused])
@@ -656,17 +799,13 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
                                            max_tasks_in_flight_per_actor=1),
         num_cpus=1, **remote).materialize()
     lap("chunk")
-    # dedup: band keys and ids shuffled by key, verified per partition, resolved in order
+    # dedup: fixed-width band and id records shuffled by key (numpy, through the object
+    # store), the colliding chunks' shingle sets gathered from their blocks, verified per
+    # partition, resolved in corpus order
     partitions = dedup_partitions(report.workers, report.bytes)
-    context.max_hash_shuffle_aggregators = partitions
-    verified = chunked.map_batches(
-        _bucket_batch, fn_kwargs={"partitions": partitions, "corpus": corpus},
-        batch_size=None, batch_format="pyarrow", **remote).groupby(
-        "part", num_partitions=partitions).map_groups(
-        _verify_group, fn_kwargs={"threshold": config.jaccard_threshold},
-        batch_format="pyarrow", **remote)
-    results: list[distributed.PartitionResult] = [
-        pickle.loads(row["result"]) for row in verified.iter_rows()]
+    bands = MinHasher(config.jaccard_threshold).bands if corpus else 0
+    results = _dedup(chunked.to_arrow_refs(), partitions, bands, config.jaccard_threshold,
+                     remote)
     decisions = distributed.resolve(distributed.merge_partitions(results),
                                     [g for r in results for g in r.id_groups])
     def shard_of(order: int) -> int:
@@ -729,6 +868,34 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     if on_progress is not None:
         on_progress(progress)
     check_not_empty(report, source)
+
+
+def _dedup(blocks: list[Any], partitions: int, bands: int, threshold: float,
+           remote: dict[str, Any]) -> list[distributed.PartitionResult]:
+    """The dedup stage as plain tasks over the chunk stage's blocks: route (a task per block:
+    its records by partition), collide (a task per partition: the records that meet, and the
+    chunks it needs from each block), gather (a task per block: those chunks' keys, doc ids and
+    shingle sets, by partition), verify (a task per partition). Every task holds one block or
+    one partition; only refs pass through the driver, and the blocks' lowest orders."""
+    import ray
+
+    route = ray.remote(_route_block).options(num_returns=partitions + 1, **remote)
+    # num_returns > 1: each call gives a list of refs (Ray's stubs say one ref)
+    routed = [cast(list[Any], route.remote(block, partitions, bands)) for block in blocks]
+    lows = np.array(ray.get([refs[-1] for refs in routed]), dtype=np.int64)
+    by_low = np.argsort(lows, kind="stable")
+    collide = ray.remote(_collide_partition).options(num_returns=len(blocks) + 1, **remote)
+    collided = [cast(list[Any], collide.remote(lows[by_low], len(blocks),
+                                               *(refs[p] for refs in routed)))
+                for p in range(partitions)]
+    gather = ray.remote(_gather_block).options(num_returns=partitions, **remote)
+    gathered = [cast(list[Any], gather.remote(blocks[b], bands,
+                                              *(refs[position] for refs in collided)))
+                for position, b in enumerate(by_low.tolist())]
+    verify = ray.remote(_verify_collisions).options(**remote)
+    return list(ray.get([verify.remote(collided[p][-1], threshold,
+                                       *(refs[p] for refs in gathered))
+                         for p in range(partitions)]))
 
 
 def _move(data: psycopg.Connection[Any], target: ChunkTable, staging: sql.Composed,
