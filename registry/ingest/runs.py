@@ -30,13 +30,13 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-_SEPARATORS = re.compile(r"([ \t\n\r]+)")
 _SPACE_RUN = re.compile(r"[ \t\n\r]+")
 LONG_RUN_CHARS = 1 << 12
 """A run longer than this (no ASCII whitespace for 4K characters: minified code, base64) is
 not cached; a document holding one is encoded by `encode_batch` (or in segments) instead."""
-SLICE_CHARS = 1 << 20
-"""A document is split into runs this many characters at a time (bounded list sizes)."""
+SLICE_CHARS = 1 << 18
+"""A longer document is split into runs this many characters at a time (bounded
+temporaries: a list entry and a few int64s a run)."""
 MAX_ENTRIES = 1 << 18
 """Distinct runs kept; past this (checked between batches) the cache starts over."""
 JOIN_CHARS = 1 << 16
@@ -111,38 +111,54 @@ class RunEncoder:
         self._word = np.zeros(4096, dtype=np.int32)  # pool: token's word within its run
         self._tokens = 0
 
-    def encode(self, texts: Sequence[str]
-               ) -> list[tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.integer[Any]],
-                               npt.NDArray[np.integer[Any]]] | None]:
+    def encode(self, texts: Sequence[str]) -> list[Arrays | None]:
         """(starts, ends, word ids) of each text, or None for a text holding a run longer
-        than LONG_RUN_CHARS (the caller encodes it the ordinary way)."""
+        than LONG_RUN_CHARS (the caller encodes it the ordinary way). A text over SLICE_CHARS
+        is encoded slice by slice into its arrays (bounded temporaries; the cache may start
+        over between slices); the others together, their missed runs in one pass."""
         with self._lock:
+            found: list[Arrays | None] = [None] * len(texts)
+            for number, text in enumerate(texts):
+                if len(text) > SLICE_CHARS:
+                    found[number] = self._encode_large(text)
             if len(self._index) > self.max_entries:
                 self._reset()
-            located = [self._locate(text) for text in texts]
+            located = [(number, self._locate(text, 0, len(text)))
+                       for number, text in enumerate(texts) if len(text) <= SLICE_CHARS]
             self._resolve()
-            return [None if found is None else self._assemble(len(text), *found)
-                    for text, found in zip(texts, located, strict=True)]
+            for number, runs in located:
+                if runs is not None:
+                    output = _Output(len(texts[number]), 0)
+                    self._fill(output, *runs)
+                    found[number] = output.arrays()
+            return found
 
-    def _locate(self, text: str
-                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
-        """The entry id and start of every run of `text` (entries missed are queued)."""
-        ids: list[npt.NDArray[np.int64]] = []
-        starts: list[npt.NDArray[np.int64]] = []
+    def _encode_large(self, text: str) -> Arrays | None:
+        output = _Output(len(text), len(text) + 16)
         position = 0
-        lookup = self._index.__getitem__
         while position < len(text):
+            if len(self._index) > self.max_entries:
+                self._reset()
             stop = _slice_end(text, position)
-            parts = self._split(text[position:stop])
-            lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-            if len(lengths) and int(lengths.max()) > LONG_RUN_CHARS:
+            runs = self._locate(text, position, stop)
+            if runs is None:
                 return None
-            starts.append(np.cumsum(lengths) - lengths + position)
-            ids.append(np.fromiter(map(lookup, parts), dtype=np.int64, count=len(parts)))
+            self._resolve()
+            self._fill(output, *runs)
             position = stop
-        if not ids:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(ids), np.concatenate(starts)
+        return output.arrays()
+
+    def _locate(self, text: str, start: int, stop: int
+                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """The entry id and start of every run of text[start:stop] (entries missed are
+        queued), or None if one is longer than LONG_RUN_CHARS."""
+        parts = self._split(text[start:stop])
+        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        if len(lengths) and int(lengths.max()) > LONG_RUN_CHARS:
+            return None
+        ids = np.fromiter(map(self._index.__getitem__, parts), dtype=np.int64,
+                          count=len(parts))
+        return ids, np.cumsum(lengths) - lengths + start
 
     def _resolve(self) -> None:
         """Encode the queued runs (joined by spaces, a few strings at a time) into the pool."""
@@ -210,24 +226,49 @@ class RunEncoder:
         self._word[self._tokens:end] = word
         self._tokens = end
 
-    def _assemble(self, length: int, ids: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]
-                  ) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.integer[Any]],
-                             npt.NDArray[np.integer[Any]]]:
-        dtype: type[np.integer[Any]] = np.int32 if length < 1 << 29 else np.int64
+    def _fill(self, output: _Output, ids: npt.NDArray[np.int64],
+              starts: npt.NDArray[np.int64]) -> None:
+        """Append the tokens of runs `ids` (at character `starts`) to `output`."""
         counts = self._count[ids]
         total = int(counts.sum())
-        if not total:
-            empty = np.zeros(0, dtype=dtype)
-            return empty, empty.copy(), empty.copy()
-        run = np.repeat(np.arange(len(ids)), counts)
-        first = np.cumsum(counts) - counts
-        token = self._offset[ids][run] + (np.arange(total) - first[run])
-        shift = starts[run]
         words = self._words[ids]
-        base = (np.cumsum(words) - words)[run]
-        return ((self._starts[token] + shift).astype(dtype),
-                (self._ends[token] + shift).astype(dtype),
-                (self._word[token] + base).astype(dtype))
+        if total:
+            run = np.repeat(np.arange(len(ids)), counts)
+            first = np.cumsum(counts) - counts
+            token = self._offset[ids][run] + (np.arange(total) - first[run])
+            shift = starts[run]
+            base = (np.cumsum(words) - words)[run] + output.words
+            output.append(self._starts[token] + shift, self._ends[token] + shift,
+                          self._word[token] + base)
+        output.words += int(words.sum())
+
+
+Arrays = tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.integer[Any]],
+               npt.NDArray[np.integer[Any]]]
+
+
+class _Output:
+    """A document's (starts, ends, word ids) columns, filled run block by run block."""
+
+    __slots__ = ("columns", "count", "words")
+
+    def __init__(self, length: int, capacity: int) -> None:
+        dtype: type[np.integer[Any]] = np.int32 if length < 1 << 29 else np.int64
+        self.columns = [np.empty(capacity, dtype=dtype) for _ in range(3)]
+        self.count = 0
+        self.words = 0
+
+    def append(self, *values: npt.NDArray[np.int64]) -> None:
+        end = self.count + len(values[0])
+        if end > len(self.columns[0]):
+            self.columns = [_grown(c[:self.count], max(end, 2 * len(c))) for c in self.columns]
+        for column, value in zip(self.columns, values, strict=True):
+            column[self.count:end] = value
+        self.count = end
+
+    def arrays(self) -> Arrays:
+        starts, ends, words = (c[:self.count] for c in self.columns)
+        return starts, ends, words
 
 
 def _splitter(tokenizer: Tokenizer) -> re.Pattern[str]:
@@ -244,7 +285,7 @@ PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
 
 def _grown(array: npt.NDArray[Any], capacity: int) -> npt.NDArray[Any]:
-    grown = np.zeros(capacity, dtype=array.dtype)
+    grown = np.empty(capacity, dtype=array.dtype)
     grown[:len(array)] = array
     return grown
 
