@@ -30,7 +30,6 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-_SPACE_RUN = re.compile(r"[ \t\n\r]+")
 LONG_RUN_CHARS = 1 << 12
 """A run longer than this (no ASCII whitespace for 4K characters: minified code, base64) is
 not cached; a document holding one is encoded by `encode_batch` (or in segments) instead."""
@@ -92,7 +91,10 @@ class RunEncoder:
         self.tokenizer = tokenizer
         self.max_entries = max_entries
         self._lock = threading.Lock()
-        self._split = _splitter(tokenizer).split
+        punctuation = _punctuation(tokenizer)
+        self._split = re.compile(f"([ \\t\\n\\r]+|[{punctuation}])" if punctuation
+                                 else r"([ \t\n\r]+)").split
+        self._edge = re.compile(f"[ \\t\\n\\r{punctuation}]")
         self._reset()
 
     @classmethod
@@ -139,9 +141,9 @@ class RunEncoder:
         while position < len(text):
             if len(self._index) > self.max_entries:
                 self._reset()
-            stop = _slice_end(text, position)
-            runs = self._locate(text, position, stop)
-            if runs is None:
+            stop = _slice_end(self._edge, text, position)
+            runs = None if stop is None else self._locate(text, position, stop)
+            if stop is None or runs is None:
                 return None
             self._resolve()
             self._fill(output, *runs)
@@ -271,14 +273,14 @@ class _Output:
         return starts, ends, words
 
 
-def _splitter(tokenizer: Tokenizer) -> re.Pattern[str]:
-    """ASCII whitespace runs and single ASCII punctuation characters, captured (both are
-    pre-token edges: BertPreTokenizer drops whitespace and isolates punctuation), except the
-    punctuation any added token holds, which the tokenizer matches before pre-tokenizing."""
+def _punctuation(tokenizer: Tokenizer) -> str:
+    """The ASCII punctuation that ends runs, escaped for a regex character class: every
+    character BertPreTokenizer isolates, except those an added token holds (the tokenizer
+    matches added tokens before pre-tokenizing). With ASCII whitespace runs these are the
+    separators: a run never holds one, and a separator's tokens are cached like a run's."""
     held = {c for added in json.loads(tokenizer.to_str()).get("added_tokens") or []
             for c in str(added.get("content", ""))}
-    punctuation = "".join(re.escape(c) for c in PUNCTUATION if c not in held)
-    return re.compile(f"([ \\t\\n\\r]+|[{punctuation}])" if punctuation else r"([ \t\n\r]+)")
+    return "".join(re.escape(c) for c in PUNCTUATION if c not in held)
 
 
 PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
@@ -290,14 +292,12 @@ def _grown(array: npt.NDArray[Any], capacity: int) -> npt.NDArray[Any]:
     return grown
 
 
-def _slice_end(text: str, start: int) -> int:
-    """Where a slice starting at `start` ends: at ASCII whitespace (never inside a run) at or
-    before start + SLICE_CHARS, else at the first whitespace after it."""
+def _slice_end(edge: re.Pattern[str], text: str, start: int) -> int | None:
+    """Where a slice starting at `start` ends: at the first run edge (`edge`: a separator
+    character, before which a run always ends) at or after start + SLICE_CHARS, or None
+    when there is none within LONG_RUN_CHARS of it (a run too long to cache)."""
     limit = start + SLICE_CHARS
     if limit >= len(text):
         return len(text)
-    found = max(text.rfind(c, start + 1, limit) for c in " \n\t\r")
-    if found > start:  # inside whitespace: both sides split into the same runs
-        return found
-    after = _SPACE_RUN.search(text, limit)
-    return after.start() if after else len(text)
+    found = edge.search(text, limit, limit + LONG_RUN_CHARS + 1)
+    return found.start() if found else None
