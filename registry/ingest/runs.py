@@ -294,10 +294,12 @@ def _grown(array: npt.NDArray[Any], capacity: int) -> npt.NDArray[Any]:
 
 def _slice_end(edge: re.Pattern[str], text: str, start: int) -> int | None:
     """Where a slice starting at `start` ends: at the first run edge (`edge`: a separator
-    character, before which a run always ends) at or after start + SLICE_CHARS, or None
-    when there is none within LONG_RUN_CHARS of it (a run too long to cache)."""
+    character, before which a run always ends) at or after start + SLICE_CHARS, or the text's
+    end; None when neither is within LONG_RUN_CHARS of it (a run too long to cache)."""
     limit = start + SLICE_CHARS
     if limit >= len(text):
         return len(text)
     found = edge.search(text, limit, limit + LONG_RUN_CHARS + 1)
-    return found.start() if found else None
+    if found:
+        return found.start()
+    return len(text) if len(text) <= limit + LONG_RUN_CHARS else None
