@@ -5,8 +5,10 @@ fits `chunk_size` tokens is one chunk; a longer one is packed paragraph by parag
 a paragraph is itself too long, cut into windows. Within a section consecutive chunks share
 exactly `overlap` tokens. Every cut falls on a pre-token (word) boundary of the config's
 tokenizer, so a chunk's text, sliced from the source by offsets and never decoded, re-tokenizes
-to exactly the count stored with it. Each document is encoded once (`encode_batch`); cuts and
-counts are read off that one encoding, never by re-encoding pieces.
+to exactly the count stored with it. Each document is encoded once (`encode_batch`, or for a
+BERT-style WordPiece tokenizer the same offsets and word ids assembled from cached word runs:
+registry.ingest.runs); cuts and counts are read off that one encoding, never by re-encoding
+pieces.
 
 Near-duplicates are found on word 5-gram shingles: exactly within a document, and corpus-wide
 with MinHash LSH whose candidates are verified exactly (so precision is 1 by construction).
@@ -696,8 +698,9 @@ SEGMENT_CHARS = 1 << 17
 
 
 class CompactEncoding:
-    """Offsets and word ids of a large document as numpy arrays (28 bytes a token), built
-    segment by segment, with the four Encoding methods the chunker uses.
+    """Offsets and word ids of a document as numpy arrays (12 or 24 bytes a token), built
+    segment by segment for a large document, or from the run cache (registry.ingest.runs),
+    with the four Encoding methods the chunker uses.
 
     Segments end at a blank line (else a line end, else whitespace), where a whitespace-
     splitting tokenizer tokenizes each side alone exactly as in the whole; other tokenizers
