@@ -1,16 +1,17 @@
 """An exact, faster encoding for BERT-style WordPiece tokenizers: word runs looked up, not
 re-tokenized.
 
-With a BertNormalizer (character by character), a BertPreTokenizer (splits at whitespace and
+With a BertNormalizer (character by character), a BertPreTokenizer (drops whitespace, isolates
 punctuation) and a WordPiece model (each pre-token alone), and no special tokens added, every
-ASCII space, tab, line feed and carriage return is a hard boundary: the text between two of
-them tokenizes alone exactly as within the whole text, at the same offsets (shifted) and with
-its own word (pre-token) numbering (shifted by the words before it). Natural text repeats its
-words, so each distinct run is encoded once (misses batched through the real tokenizer, joined
-by spaces) and the document's offsets and word ids are assembled from the cached runs with
+ASCII space, tab, line feed and carriage return, and every ASCII punctuation character no
+added token holds, is a hard boundary: the text between two of them (a run) tokenizes alone
+exactly as within the whole text, at the same offsets (shifted) and with its own word
+(pre-token) numbering (shifted by the words before it). Natural text repeats its words, so
+each distinct run (and separator) is encoded once (misses batched through the real tokenizer,
+joined by spaces) and the document's offsets and word ids are assembled from the cache with
 numpy. Other Unicode whitespace is never a split point here (Python's and Rust's notions of
-whitespace differ, and BertNormalizer deletes some of what Python calls space): it stays
-inside its run and the real tokenizer decides.
+whitespace differ, and BertNormalizer deletes controls Python calls space, U+001C or U+0085):
+it stays inside its run and the real tokenizer decides.
 
 Tokenizers that do not qualify (`RunEncoder.of` returns None) take `encode_batch`.
 """
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 LONG_RUN_CHARS = 1 << 12
-"""A run longer than this (no ASCII whitespace for 4K characters: minified code, base64) is
-not cached; a document holding one is encoded by `encode_batch` (or in segments) instead."""
+"""A run longer than this (no ASCII whitespace or punctuation for 4K characters: base64, a
+long CJK line) is not cached; a document holding one is encoded by `encode_batch` (or in
+segments) instead."""
 SLICE_CHARS = 1 << 18
 """A longer document is split into runs this many characters at a time (bounded
 temporaries: a list entry and a few int64s a run)."""
@@ -40,7 +42,6 @@ MAX_ENTRIES = 1 << 18
 """Distinct runs kept; past this (checked between batches) the cache starts over."""
 JOIN_CHARS = 1 << 16
 """Missed runs are encoded joined by spaces, about this many characters per string."""
-_IDS = np.int64
 
 
 class _Index(dict[str, int]):
@@ -63,7 +64,7 @@ class _Index(dict[str, int]):
 def qualifies(tokenizer: Tokenizer) -> bool:
     """Whether `tokenizer` is BertNormalizer (or none) + BertPreTokenizer + WordPiece, with
     truncation and padding off and no added token that holds whitespace or strips it: the
-    pipeline in which runs between ASCII whitespace tokenize alone."""
+    pipeline in which runs between ASCII whitespace and punctuation tokenize alone."""
     if tokenizer.truncation is not None or tokenizer.padding is not None:
         return False
     spec: dict[str, Any] = json.loads(tokenizer.to_str())
@@ -105,9 +106,9 @@ class RunEncoder:
         self._index = _Index()
         self._index[""] = 0  # the empty run before leading / after trailing whitespace
         self._index.size = 1
-        self._offset = np.zeros(1024, dtype=_IDS)  # entry -> its first token in the pool
-        self._count = np.zeros(1024, dtype=_IDS)  # entry -> tokens
-        self._words = np.zeros(1024, dtype=_IDS)  # entry -> words (pre-tokens)
+        self._offset = np.zeros(1024, dtype=np.int64)  # entry -> its first token in the pool
+        self._count = np.zeros(1024, dtype=np.int64)  # entry -> tokens
+        self._words = np.zeros(1024, dtype=np.int64)  # entry -> words (pre-tokens)
         self._starts = np.zeros(4096, dtype=np.int32)  # pool: token start within its run
         self._ends = np.zeros(4096, dtype=np.int32)
         self._word = np.zeros(4096, dtype=np.int32)  # pool: token's word within its run
