@@ -358,19 +358,22 @@ def test_large_documents_encoded_in_segments_chunk_exactly_alike(
 
 def assert_segmented_like_whole(config: Any, tokenizer: Tokenizer, document: Document,
                                 segment_chars: int) -> None:
-    """Encoding `document` in segments of `segment_chars` (as a large one is) yields exactly
-    the chunks and counts of one whole encoding."""
+    """Encoding `document` in segments of `segment_chars` (as a large one is, without the run
+    cache) yields exactly the chunks and counts of one whole encoding; so does the run cache
+    (registry.ingest.runs) where the tokenizer qualifies for it."""
     from unittest import mock
 
     from registry.ingest import chunker
 
-    whole = Chunker(config, tokenizer).chunk(document)
+    whole = Chunker(config, tokenizer, runs=False).chunk(document)
     with mock.patch.object(chunker, "LARGE_DOCUMENT_CHARS", 0), \
             mock.patch.object(chunker, "SEGMENT_CHARS", segment_chars):
-        segmented = Chunker(config, tokenizer).chunk(document)
-    assert segmented.chunks == whole.chunks
-    assert (segmented.tokens, segmented.duplicates, segmented.too_small) == (
-        whole.tokens, whole.duplicates, whole.too_small)
+        segmented = Chunker(config, tokenizer, runs=False).chunk(document)
+    cached = Chunker(config, tokenizer).chunk(document)
+    for other in (segmented, cached):
+        assert other.chunks == whole.chunks
+        assert (other.tokens, other.duplicates, other.too_small) == (
+            whole.tokens, whole.duplicates, whole.too_small)
 
 
 def test_headings_inside_code_fences_do_not_start_sections() -> None:

@@ -5,8 +5,10 @@ fits `chunk_size` tokens is one chunk; a longer one is packed paragraph by parag
 a paragraph is itself too long, cut into windows. Within a section consecutive chunks share
 exactly `overlap` tokens. Every cut falls on a pre-token (word) boundary of the config's
 tokenizer, so a chunk's text, sliced from the source by offsets and never decoded, re-tokenizes
-to exactly the count stored with it. Each document is encoded once (`encode_batch`); cuts and
-counts are read off that one encoding, never by re-encoding pieces.
+to exactly the count stored with it. Each document is encoded once (`encode_batch`, or for a
+BERT-style WordPiece tokenizer the same offsets and word ids assembled from cached word runs:
+registry.ingest.runs); cuts and counts are read off that one encoding, never by re-encoding
+pieces.
 
 Near-duplicates are found on word 5-gram shingles: exactly within a document, and corpus-wide
 with MinHash LSH whose candidates are verified exactly (so precision is 1 by construction).
@@ -30,6 +32,7 @@ import numpy.typing as npt
 from tokenizers import PreTokenizedString
 
 from registry.config import PREFIX_MARKER, LockedConfig
+from registry.ingest.runs import RunEncoder
 from registry.tokenizer import splits_on_whitespace
 
 if TYPE_CHECKING:
@@ -695,8 +698,9 @@ SEGMENT_CHARS = 1 << 17
 
 
 class CompactEncoding:
-    """Offsets and word ids of a large document as numpy arrays (28 bytes a token), built
-    segment by segment, with the four Encoding methods the chunker uses.
+    """Offsets and word ids of a document as numpy arrays (12 or 24 bytes a token), built
+    segment by segment for a large document, or from the run cache (registry.ingest.runs),
+    with the four Encoding methods the chunker uses.
 
     Segments end at a blank line (else a line end, else whitespace), where a whitespace-
     splitting tokenizer tokenizes each side alone exactly as in the whole; other tokenizers
@@ -741,6 +745,10 @@ class CompactEncoding:
 
     def __len__(self) -> int:
         return len(self._starts)
+
+    def offsets(self) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.integer[Any]]]:
+        """Every token's (start, end) character offsets, as two arrays."""
+        return self._starts, self._ends
 
     def char_to_token(self, position: int, /) -> int | None:
         # the position as the array's own dtype: a Python int made numpy cast the whole array
@@ -876,11 +884,13 @@ class Chunker:
     `dedup=False` skips the per-document near-duplicate pass (to measure it); `corpus=True`
     makes every ChunkedDocument carry its chunks' shingles and MinHash band keys, so a
     CorpusDeduplicator can run the corpus-wide pass wherever the chunks are gathered.
+    `runs=False` encodes every document with `encode_batch` even where the tokenizer
+    qualifies for the run cache (registry.ingest.runs), which gives the same encodings faster.
     """
 
     def __init__(self, config: LockedConfig, tokenizer: Tokenizer,
                  *, dedup: bool = True, corpus: bool = False,
-                 shared: SharedLayout | None = None) -> None:
+                 shared: SharedLayout | None = None, runs: bool = True) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.size = config.chunk_size
@@ -905,6 +915,8 @@ class Chunker:
                 shared.facts = (self.additive, self._skeleton, self._separator)
         self._title_counts: dict[str, int] = shared.title_counts if shared is not None else {}
         self._fitted: dict[tuple[str, str, str, int], tuple[str, int]] = {}
+        self._runs = runs
+        self._run_encoder: RunEncoder | None = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -943,13 +955,27 @@ class Chunker:
     # -- a batch --------------------------------------------------------------------------------
 
     def _encode(self, documents: Sequence[Document]) -> list[Encoded]:
-        """One encoding per document: `encode_batch` for the batch, and large documents in
-        segments kept as compact arrays (an Encoding holds ~540 bytes per token, so a 2 MB
-        document alone would take ~450 MB)."""
-        small = [d.text for d in documents if len(d.text) <= LARGE_DOCUMENT_CHARS]
-        encoded = iter(self.tokenizer.encode_batch(small, add_special_tokens=False))
-        return [next(encoded) if len(d.text) <= LARGE_DOCUMENT_CHARS
-                else CompactEncoding.of(self.tokenizer, d.text) for d in documents]
+        """One encoding per document: from the run cache where the tokenizer qualifies
+        (`RunEncoder`: the same offsets and word ids, without tokenizing words seen before),
+        else `encode_batch` for the batch, and large documents in segments kept as compact
+        arrays (an Encoding holds ~540 bytes per token, so a 2 MB document alone would take
+        ~450 MB)."""
+        found: list[Encoded | None] = [None] * len(documents)
+        if self._runs:
+            if self._run_encoder is None:
+                self._run_encoder = RunEncoder.of(self.tokenizer)
+                self._runs = self._run_encoder is not None
+            if self._run_encoder is not None:
+                arrays = self._run_encoder.encode([d.text for d in documents])
+                found = [None if a is None else CompactEncoding(*a) for a in arrays]
+        small = [d.text for d, f in zip(documents, found, strict=True)
+                 if f is None and len(d.text) <= LARGE_DOCUMENT_CHARS]
+        encoded = iter(self.tokenizer.encode_batch(small, add_special_tokens=False)
+                       if small else [])
+        return [f if f is not None
+                else next(encoded) if len(d.text) <= LARGE_DOCUMENT_CHARS
+                else CompactEncoding.of(self.tokenizer, d.text)
+                for d, f in zip(documents, found, strict=True)]
 
     def _finish(self, documents: Sequence[Document],
                 encodings: Sequence[Encoded]) -> list[ChunkedDocument]:
@@ -1265,19 +1291,29 @@ reading every offset out costs ~250 ns a token once."""
 
 
 def _first_tokens(encoding: Encoded, spans: Sequence[tuple[int, int]]) -> list[int | None]:
-    """`_first_token` of every span (sorted, as a document's blocks are): a tokenizers
-    Encoding with many blocks and offsets in order is answered from its offsets by binary
-    search, anything else one `char_to_token` at a time."""
-    if len(spans) >= MANY_BLOCKS and not isinstance(encoding, CompactEncoding):
-        offsets = getattr(encoding, "offsets", None)
-        if offsets is not None:
-            found = _first_tokens_by_offsets(offsets, spans)
-            if found is not None:
-                return found
+    """`_first_token` of every span (sorted, as a document's blocks are): an encoding with many
+    blocks and offsets in order is answered from its offsets by binary search (a
+    CompactEncoding's arrays as they are, a tokenizers Encoding's read out once), anything
+    else one `char_to_token` at a time."""
+    if len(spans) >= MANY_BLOCKS:
+        if isinstance(encoding, CompactEncoding):
+            starts, ends = encoding.offsets()
+            found = _first_tokens_by_offsets(starts, ends, spans)
+        else:
+            offsets = getattr(encoding, "offsets", None)
+            found = None
+            if offsets is not None:
+                size = len(offsets)
+                flat = np.fromiter(chain.from_iterable(offsets), dtype=np.int64,
+                                   count=2 * size)
+                found = _first_tokens_by_offsets(flat[0::2], flat[1::2], spans)
+        if found is not None:
+            return found
     return [_first_token(encoding, start, end) for start, end in spans]
 
 
-def _first_tokens_by_offsets(offsets: Sequence[tuple[int, int]],
+def _first_tokens_by_offsets(starts: npt.NDArray[np.integer[Any]],
+                             ends: npt.NDArray[np.integer[Any]],
                              spans: Sequence[tuple[int, int]]) -> list[int | None] | None:
     """What `char_to_token` (the first token covering a character) gives for the first covered
     character of each span, or None when the offsets are not in order (token starts and ends
@@ -1286,11 +1322,8 @@ def _first_tokens_by_offsets(offsets: Sequence[tuple[int, int]],
     In order, the tokens covering a character p are a run: those with end > p, less those
     starting after p. So the first covered character of [s, e) belongs to the first non-empty
     token j ending after s (empty tokens cover nothing), at max(s, start_j), if that is < e."""
-    size = len(offsets)
-    if not size:
+    if not len(starts):
         return [None] * len(spans)
-    flat = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * size)
-    starts, ends = flat[0::2], flat[1::2]
     if (np.any(starts[1:] < starts[:-1]) or np.any(ends[1:] < ends[:-1])
             or np.any(ends < starts)):
         return None
