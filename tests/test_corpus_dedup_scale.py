@@ -119,3 +119,38 @@ def test_jaccard_of_sorted_distinct_sets() -> None:
         sa, sb = set(a.tolist()), set(b.tolist())
         expected = len(sa & sb) / len(sa | sb) if sa and sb else 0.0
         assert jaccard(a, b) == expected
+
+
+@pytest.mark.parametrize("flush_bytes", [1, 200, 1 << 20])
+def test_file_store_reads_back_every_set_pending_or_flushed(flush_bytes: int) -> None:
+    """Appends are buffered and written FLUSH_BYTES at a time: every set reads back the same
+    whether it is still pending, just flushed or long on file, empty sets included."""
+    from registry.ingest.pipeline import FileShingleStore
+
+    rng = np.random.default_rng(flush_bytes)
+    store = FileShingleStore()
+    store.FLUSH_BYTES = flush_bytes
+    appended: list[np.ndarray] = []
+    try:
+        for _ in range(300):
+            values = np.unique(rng.integers(0, 2**64, rng.integers(0, 30), dtype=np.uint64))
+            assert store.append(values) == len(appended)
+            appended.append(values)
+            probe = int(rng.integers(len(appended)))  # reads interleaved with appends
+            assert np.array_equal(store.get(probe), appended[probe])
+        for index, values in enumerate(appended):
+            assert np.array_equal(store.get(index), values)
+    finally:
+        store.close()
+
+
+def test_file_store_with_flushes_gives_the_in_memory_decisions() -> None:
+    from registry.ingest.pipeline import FileShingleStore
+
+    sets = corpus(4, 400)
+    file_store = FileShingleStore()
+    file_store.FLUSH_BYTES = 1000  # a flush every few kept chunks
+    try:
+        assert run(sets, file_store) == run(sets, MemoryShingleStore())
+    finally:
+        file_store.close()
