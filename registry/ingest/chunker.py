@@ -19,10 +19,11 @@ import hashlib
 import math
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -596,7 +597,18 @@ class CorpusDeduplicator:
         if not keys:
             self.kept += 1
             return False
-        found = [bucket.get(key) for bucket, key in zip(self._buckets, keys, strict=True)]
+        if len(keys) != len(self._buckets):
+            raise ValueError(f"{len(keys)} band keys for {len(self._buckets)} bands")
+        # map() over the bound dict.get / dict.__setitem__: the per-band work in C, not in a
+        # Python loop (most chunks meet no kept chunk in any band, and are only inserted)
+        found = list(map(dict.get, self._buckets, keys))
+        if found.count(None) == len(found):
+            index = self.store.append(values)
+            self._sizes.append(len(values))
+            self.last_index = index
+            _consume(map(dict.__setitem__, self._buckets, keys, repeat(index)))
+            self.kept += 1
+            return False
         candidates: list[int] = []
         for members in found:
             if members is None:
@@ -662,6 +674,11 @@ class CorpusDeduplicator:
 
 _FEW_CANDIDATES = 2
 """The first candidates checked one by one before the rest go in one vectorized pass."""
+
+
+def _consume(iterator: Iterator[object]) -> None:
+    """Run `iterator` to its end in C (a deque of no length keeps nothing)."""
+    deque(iterator, maxlen=0)
 
 
 # ---------------------------------------------------------------------------------------------
