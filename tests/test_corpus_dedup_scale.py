@@ -119,3 +119,104 @@ def test_jaccard_of_sorted_distinct_sets() -> None:
         sa, sb = set(a.tolist()), set(b.tolist())
         expected = len(sa & sb) / len(sa | sb) if sa and sb else 0.0
         assert jaccard(a, b) == expected
+
+
+@pytest.mark.parametrize("flush_bytes", [1, 200, 1 << 20])
+def test_file_store_reads_back_every_set_pending_or_flushed(flush_bytes: int) -> None:
+    """Appends are buffered and written FLUSH_BYTES at a time: every set reads back the same
+    whether it is still pending, just flushed or long on file, empty sets included."""
+    from registry.ingest.pipeline import FileShingleStore
+
+    rng = np.random.default_rng(flush_bytes)
+    store = FileShingleStore()
+    store.FLUSH_BYTES = flush_bytes
+    appended: list[np.ndarray] = []
+    try:
+        for _ in range(300):
+            values = np.unique(rng.integers(0, 2**64, rng.integers(0, 30), dtype=np.uint64))
+            assert store.append(values) == len(appended)
+            appended.append(values)
+            probe = int(rng.integers(len(appended)))  # reads interleaved with appends
+            assert np.array_equal(store.get(probe), appended[probe])
+        for index, values in enumerate(appended):
+            assert np.array_equal(store.get(index), values)
+    finally:
+        store.close()
+
+
+def test_file_store_with_flushes_gives_the_in_memory_decisions() -> None:
+    from registry.ingest.pipeline import FileShingleStore
+
+    sets = corpus(4, 400)
+    file_store = FileShingleStore()
+    file_store.FLUSH_BYTES = 1000  # a flush every few kept chunks
+    try:
+        assert run(sets, file_store) == run(sets, MemoryShingleStore())
+    finally:
+        file_store.close()
+
+
+def lsh_reference(sets: list[np.ndarray], keys: list[tuple[int, ...]], threshold: float
+                  ) -> tuple[list[int | None], int]:
+    """LSH greedy in corpus order, written plainly: a chunk's candidates are the kept chunks
+    sharing its key in band 0 (in the order they were kept), then band 1, ...; the first
+    distinct one at Jaccard >= threshold names the match (its store index), candidates counted
+    up to it."""
+    kept: list[int] = []
+    result: list[int | None] = []
+    counted = 0
+    for i, values in enumerate(sets):
+        if not keys[i]:
+            result.append(None)
+            continue
+        candidates = list(dict.fromkeys(
+            store for band in range(len(keys[i])) for store, j in enumerate(kept)
+            if keys[j][band] == keys[i][band]))
+        match = next((p for p, store in enumerate(candidates)
+                      if jaccard(values, sets[kept[store]]) >= threshold), None)
+        if match is None:
+            counted += len(candidates)
+            result.append(None)
+            kept.append(i)
+        else:
+            counted += match + 1
+            result.append(candidates[match])
+    return result, counted
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_band_keys_shared_in_some_bands_only_give_the_plain_lsh_greedy_pass(seed: int) -> None:
+    """Keys from small per-band pools: most chunks meet no kept chunk in any band (the path
+    that only inserts), others meet different kept chunks in different bands, some have no
+    keys at all. Decisions, the kept chunk named and the candidate count must all be those
+    of the plain pass, on both stores."""
+    from registry.ingest.pipeline import FileShingleStore
+
+    rng = random.Random(seed)
+    sets = corpus(seed, 300)
+    bands = CorpusDeduplicator(THRESHOLD).hasher.bands
+    keys: list[tuple[int, ...]] = []
+    for _ in sets:
+        roll = rng.random()
+        if roll < 0.05:
+            keys.append(())
+        elif roll < 0.5:  # fresh in every band
+            keys.append(tuple(rng.randrange(10**9, 2 * 10**9) for _ in range(bands)))
+        else:  # shared with others in a few bands
+            keys.append(tuple(rng.randrange(2) if rng.random() < 0.6
+                              else rng.randrange(10**9, 2 * 10**9) for _ in range(bands)))
+    expected, counted = lsh_reference(sets, keys, THRESHOLD)
+    assert sum(e is not None for e in expected) > 10
+    for store in (MemoryShingleStore(), FileShingleStore()):
+        dedup = CorpusDeduplicator(THRESHOLD, store)
+        found = [dedup.last_index if dedup.is_duplicate(values, these) else None
+                 for values, these in zip(sets, keys, strict=True)]
+        assert found == expected
+        assert dedup.candidates == counted
+        assert dedup.kept == sum(e is None for e in expected)
+
+
+def test_band_keys_of_the_wrong_length_are_refused() -> None:
+    dedup = CorpusDeduplicator(THRESHOLD)
+    with pytest.raises(ValueError):
+        dedup.is_duplicate(as_set([1, 2, 3]), (1, 2))

@@ -570,23 +570,43 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
 
 
 class FileShingleStore:
-    """Shingle sets appended to an unlinked temporary file; only offsets stay in memory."""
+    """Shingle sets appended to an unlinked temporary file; only offsets stay in memory, and
+    the last sets appended (up to FLUSH_BYTES) until they are written in one call."""
+
+    FLUSH_BYTES = 1 << 20
 
     def __init__(self) -> None:
         # lives as long as the store: close() ends it
         self._file = tempfile.TemporaryFile(prefix="registry-shingles-")  # noqa: SIM115
         self._offsets: list[int] = [0]
+        self._pending: list[bytes] = []
+        """The sets from index `_first_pending` on, not yet on file."""
+        self._first_pending = 0
+        self._pending_bytes = 0
 
     def append(self, values: Shingles) -> int:
-        # pwrite, not the buffered file's write: `get` reads with pread, which does not see
-        # bytes still in the file object's buffer (the last ~8 KB of shingles would read short
-        # and the near-duplicates of recently kept chunks would be missed).
-        os.pwrite(self._file.fileno(), values.astype(np.uint64).tobytes(),
-                  self._offsets[-1] * 8)
+        # One pwrite per FLUSH_BYTES, not one per set (a system call each, its cost growing
+        # with the file). `get` reads with pread, so a set still pending is read from here.
+        data = values.astype(np.uint64).tobytes()
+        self._pending.append(data)
+        self._pending_bytes += len(data)
         self._offsets.append(self._offsets[-1] + len(values))
+        if self._pending_bytes >= self.FLUSH_BYTES:
+            self.flush()
         return len(self._offsets) - 2
 
+    def flush(self) -> None:
+        """Write the pending sets to the file."""
+        if self._pending:
+            os.pwrite(self._file.fileno(), b"".join(self._pending),
+                      self._offsets[self._first_pending] * 8)
+            self._first_pending += len(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+
     def get(self, index: int) -> Shingles:
+        if index >= self._first_pending:
+            return np.frombuffer(self._pending[index - self._first_pending], dtype=np.uint64)
         start, end = self._offsets[index], self._offsets[index + 1]
         data = os.pread(self._file.fileno(), (end - start) * 8, start * 8)
         return np.frombuffer(data, dtype=np.uint64)
