@@ -191,11 +191,13 @@ _SHINGLE_MULTIPLIERS = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
      0xFF51AFD7ED558CCD], dtype=np.uint64,
 )
-_WORD_CACHE_LIMIT = 1_000_000
-"""Words whose hashes are kept (then the cache starts over): ~130 bytes each, ~130 MB full.
+_WORD_CACHE_LIMIT = 1 << 19
+"""Words whose hashes are kept (then the cache starts over): ~130 bytes each, ~68 MB full.
 At 200k a corpus past ~200k distinct words (the bench's 1M chunks have 476k) cleared it again
 and again, every frequent word hashed anew each time: 58.6 us CPU per chunk of shingling at 1M
-chunks against 52.7 at this limit (busy machine)."""
+chunks against 52.7 with room for all of them (busy machine). Not more: a document of random
+words fills it, and a worker's peak stays under 0.7 GB for any 16 MB document (1M words took
+the worst shape from 586 to 658 MB)."""
 _word_hashes: dict[str | bytes, int] = {}
 _LONG_RUN = 32
 """Runs of a shingle shared by more chunks than this get their pairs one run at a time."""
