@@ -515,7 +515,10 @@ def run_measured(*args: str) -> tuple[dict[str, Any], int, float]:
     return json.loads(out), peak, time.perf_counter() - started
 
 
-E2E = ("registry ingest", "encode_batch (floor)")
+E2E = ("registry ingest", "encode_batch (floor)", "registry ingest --workers 1")
+"""The ingest as users run it (one worker per core), the floor, and the ingest in one process
+(on one core the same as the default): whether the default should be one process on few
+cores."""
 
 
 def bench_end_to_end(args: argparse.Namespace, tokenizer_path: Path, state: str,
@@ -545,7 +548,8 @@ def bench_end_to_end(args: argparse.Namespace, tokenizer_path: Path, state: str,
             target = json.dumps({"repo": str(repo), "version": version, "dsn": url,
                                  "dedup": dedup})
             argv = {E2E[0]: ["--measure", "e2e:ingest", *files, "--ingest", target],
-                    E2E[1]: ["--measure", "e2e:floor", *files]}
+                    E2E[1]: ["--measure", "e2e:floor", *files],
+                    E2E[2]: ["--measure", "e2e:one-process", *files, "--ingest", target]}
 
             def measure(competitor: str, pinned: list[int],
                         argv: dict[str, list[str]] = argv) -> dict[str, Any]:
@@ -554,7 +558,7 @@ def bench_end_to_end(args: argparse.Namespace, tokenizer_path: Path, state: str,
             raced = fair.race(list(E2E), measure, args.repetitions,
                               fair.chosen_sets(args.cores))
             for cores, figures in raced.items():
-                ours, floor = figures[E2E[0]], figures[E2E[1]]
+                ours, floor, single = figures[E2E[0]], figures[E2E[1]], figures[E2E[2]]
                 mb = ours.extra["bytes"] / 1e6
                 run = {"corpus": name, "dedup": dedup, "cores": cores, "mb": round(mb, 1),
                        "chunks": ours.units, "documents": ours.extra["documents"],
@@ -562,6 +566,8 @@ def bench_end_to_end(args: argparse.Namespace, tokenizer_path: Path, state: str,
                        "wall_mb_s": round(mb / ours.median, 2),
                        "floor_mb_s": round(mb / floor.median, 2),
                        "vs_floor": round(floor.median / ours.median, 3),
+                       "one_process_mb_s": round(mb / single.median, 2),
+                       "one_process_vs_floor": round(floor.median / single.median, 3),
                        "peak_rss_mb": round(ours.extra["peak_rss"] / 1e6),
                        "figures": {n: f.to_dict() for n, f in figures.items()}}
                 results["runs"].append(run)
@@ -569,7 +575,9 @@ def bench_end_to_end(args: argparse.Namespace, tokenizer_path: Path, state: str,
                      f"{mb / ours.median:5.2f} MB/s {ours.spread():>13}",
                      f"{floor.median / ours.median:.2f}x the floor ({mb / floor.median:.2f} "
                      f"MB/s), {ours.units} chunks, {run['duplicates_removed']} duplicates, "
-                     f"peak RSS {run['peak_rss_mb']} MB (process tree)")
+                     f"peak RSS {run['peak_rss_mb']} MB (process tree); --workers 1: "
+                     f"{mb / single.median:.2f} MB/s {single.spread()}, "
+                     f"{floor.median / single.median:.2f}x the floor")
     return results
 
 
@@ -583,7 +591,8 @@ def measure_end_to_end(name: str, args: argparse.Namespace) -> None:
     report, peak, wall = run_measured(
         "ingest", target["version"], "--repo", target["repo"], "--dsn", target["dsn"],
         "--source", str(args.input), "--tokenizer-file", str(args.tokenizer),
-        "--workers", str(len(args.cpus)), "--dedup", target["dedup"], "--format", "json")
+        "--workers", "1" if name == "one-process" else str(len(args.cpus)),
+        "--dedup", target["dedup"], "--format", "json")
     fair.report_measurement(wall, report["chunks"], bytes=report["bytes"], peak_rss=peak,
                             documents=report["documents"],
                             duplicates_removed=report["duplicates_removed"])
