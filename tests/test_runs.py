@@ -274,3 +274,65 @@ def test_the_bench_sample_chunks_byte_identically(bench_sample: tuple[list[Docum
     config = locked_config(**settings)
     for start in range(0, len(documents), 64):
         assert_same_chunks(config, tokenizer, documents[start:start + 64])
+
+
+# -- found by a hostile review: tokenizers that qualified but do not split at every run edge ---
+
+def wordpiece(words: Sequence[str], **normalizer: Any) -> Tokenizer:
+    """A small WordPiece tokenizer built here (every ASCII punctuation in its vocabulary)."""
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    base = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", *words, *runs.PUNCTUATION]
+    vocab = {word: number for number, word in enumerate(dict.fromkeys(base))}
+    built = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    built.normalizer = normalizers.BertNormalizer(**normalizer)
+    built.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return built
+
+
+def exact_or_refused(tokenizer: Tokenizer, texts: Sequence[str]) -> None:
+    """Either the tokenizer takes encode_batch, or the run cache equals it on `texts`."""
+    if qualifies(tokenizer):
+        assert_exact(RunEncoder(tokenizer), tokenizer, texts)
+
+
+def test_a_single_word_added_token_takes_encode_batch() -> None:
+    """HF matches a single-word token only between non-word characters, and `_` is a word
+    character there but a run edge here: "_foo_" holds no token foo, the run "foo" would."""
+    from tokenizers import AddedToken
+
+    tokenizer = wordpiece(["f", "##o", "x", "##x"])
+    tokenizer.add_tokens([AddedToken("foo", single_word=True)])
+    assert not qualifies(tokenizer)
+    exact_or_refused(tokenizer, ["_foo_", "x_foo", "foo_", "-foo-", "foo"])
+
+
+@pytest.mark.parametrize(("content", "text"), [
+    ("x\u037ey", "x;y"), ("a\u1fefb", "a`b"), ("\u2260\u2260", "=="), ("a\u2260b", "a=b"),
+    ("\u226e-", "<-")])
+def test_punctuation_a_normalized_added_token_holds_after_normalization_is_no_edge(
+        content: str, text: str) -> None:
+    """With strip_accents (lowercase on), U+037E normalizes to ";" and a normalized added
+    token "x\\u037ey" matches the text "x;y" whole: ";" must not end a run."""
+    from tokenizers import AddedToken
+
+    tokenizer = wordpiece(["a", "b", "c", "x", "y"], lowercase=True)
+    tokenizer.add_tokens([AddedToken(content, normalized=True)])
+    exact_or_refused(tokenizer, [text, f"c {text} c", f"{text}.{text}"])
+
+
+def test_a_post_processor_that_moves_offsets_takes_encode_batch() -> None:
+    from tokenizers import processors
+
+    tokenizer = wordpiece(["a", "\u0120a", "\u0120", "##\u0120", "x", "##a", "##x"],
+                          lowercase=False, strip_accents=False)
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    assert not qualifies(tokenizer)
+    exact_or_refused(tokenizer, ["x \u0120a", "x.\u0120a", "\u0120a", "x\u0120", "x a\u0120"])
+
+
+def test_a_text_the_tokenizer_refuses_does_not_poison_later_calls(tokenizer: Tokenizer) -> None:
+    encoder = RunEncoder(tokenizer)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the tokenizer raises, as encode_batch
+        encoder.encode(["a \ud800 b"])
+    assert_exact(encoder, tokenizer, ["a b c", "x", "the \ud7ff end"])

@@ -63,8 +63,11 @@ class _Index(dict[str, int]):
 
 def qualifies(tokenizer: Tokenizer) -> bool:
     """Whether `tokenizer` is BertNormalizer (or none) + BertPreTokenizer + WordPiece, with
-    truncation and padding off and no added token that holds whitespace or strips it: the
-    pipeline in which runs between ASCII whitespace and punctuation tokenize alone."""
+    truncation and padding off, a post-processor that only adds special tokens (none here),
+    and no added token that holds whitespace, strips it or matches only as a single word: the
+    pipeline in which runs between ASCII whitespace and punctuation tokenize alone. (A
+    single-word token counts `_` as a word character, which is a run edge here; a ByteLevel
+    post-processor trims offsets by position.)"""
     if tokenizer.truncation is not None or tokenizer.padding is not None:
         return False
     spec: dict[str, Any] = json.loads(tokenizer.to_str())
@@ -75,12 +78,20 @@ def qualifies(tokenizer: Tokenizer) -> bool:
         return False
     if (spec.get("model") or {}).get("type") != "WordPiece":
         return False
+    post_processor = spec.get("post_processor")
+    if post_processor is not None and post_processor.get("type") not in _ADDS_SPECIALS_ONLY:
+        return False
     for added in spec.get("added_tokens") or []:
         content = str(added.get("content", ""))
         if (not content or added.get("lstrip") or added.get("rstrip")
+                or added.get("single_word")
                 or any(c.isspace() or c in " \t\n\r" for c in content)):
             return False
     return True
+
+
+_ADDS_SPECIALS_ONLY = {"TemplateProcessing", "BertProcessing"}
+"""Post-processors that leave the offsets of an encoding without special tokens alone."""
 
 
 class RunEncoder:
@@ -120,21 +131,30 @@ class RunEncoder:
         is encoded slice by slice into its arrays (bounded temporaries; the cache may start
         over between slices); the others together, their missed runs in one pass."""
         with self._lock:
-            found: list[Arrays | None] = [None] * len(texts)
-            for number, text in enumerate(texts):
-                if len(text) > SLICE_CHARS:
-                    found[number] = self._encode_large(text)
-            if len(self._index) > self.max_entries:
+            try:
+                return self._encode(texts)
+            except BaseException:
+                # A text the tokenizer refuses (a lone surrogate) leaves its runs queued and
+                # indexed: start over, so the next call does not fail on them too.
                 self._reset()
-            located = [(number, self._locate(text, 0, len(text)))
-                       for number, text in enumerate(texts) if len(text) <= SLICE_CHARS]
-            self._resolve()
-            for number, runs in located:
-                if runs is not None:
-                    output = _Output(len(texts[number]), 0)
-                    self._fill(output, *runs)
-                    found[number] = output.arrays()
-            return found
+                raise
+
+    def _encode(self, texts: Sequence[str]) -> list[Arrays | None]:
+        found: list[Arrays | None] = [None] * len(texts)
+        for number, text in enumerate(texts):
+            if len(text) > SLICE_CHARS:
+                found[number] = self._encode_large(text)
+        if len(self._index) > self.max_entries:
+            self._reset()
+        located = [(number, self._locate(text, 0, len(text)))
+                   for number, text in enumerate(texts) if len(text) <= SLICE_CHARS]
+        self._resolve()
+        for number, runs in located:
+            if runs is not None:
+                output = _Output(len(texts[number]), 0)
+                self._fill(output, *runs)
+                found[number] = output.arrays()
+        return found
 
     def _encode_large(self, text: str) -> Arrays | None:
         output = _Output(len(text), len(text) + 16)
@@ -279,8 +299,13 @@ def _punctuation(tokenizer: Tokenizer) -> str:
     character BertPreTokenizer isolates, except those an added token holds (the tokenizer
     matches added tokens before pre-tokenizing). With ASCII whitespace runs these are the
     separators: a run never holds one, and a separator's tokens are cached like a run's."""
-    held = {c for added in json.loads(tokenizer.to_str()).get("added_tokens") or []
-            for c in str(added.get("content", ""))}
+    held: set[str] = set()
+    for added in json.loads(tokenizer.to_str()).get("added_tokens") or []:
+        content = str(added.get("content", ""))
+        held.update(content)
+        if added.get("normalized") and tokenizer.normalizer is not None:
+            # matched after normalization: "x\u037ey" is "x;y" then, so ";" must not split
+            held.update(tokenizer.normalizer.normalize_str(content))
     return "".join(re.escape(c) for c in PUNCTUATION if c not in held)
 
 
