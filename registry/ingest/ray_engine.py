@@ -114,6 +114,10 @@ EMBEDDING_SUMMED = ("embed_seconds", "embedding_stage_seconds")
 # The session: a local Ray of our own, or a cluster joined
 
 
+IDLE_WORKER_KEEP_MS = 60 * 60 * 1000
+"""How long a local Ray of our own keeps an idle task worker (Ray's default, 1 s, kills the
+workers started ahead for the dedup steps while the chunk actors hold the CPUs; the session
+ends with the run, and every worker with it)."""
 STARTUP_TIMEOUT_MS = "180000"
 """How long a raylet waits for its agents at start (Ray's default, 30 s, is short on a busy
 machine); only set when the environment does not."""
@@ -169,7 +173,9 @@ def _start_local(workers: int, options: dict[str, Any]) -> None:
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         try:
             ray.init(address="local", num_cpus=workers, include_dashboard=False,
-                     object_store_memory=OBJECT_STORE_BYTES, **options)
+                     object_store_memory=OBJECT_STORE_BYTES,
+                     _system_config={"idle_worker_killing_time_threshold_ms":
+                                     IDLE_WORKER_KEEP_MS}, **options)
             return
         except Exception as err:
             ray.shutdown()
@@ -184,6 +190,25 @@ def worker_options() -> dict[str, Any]:
            (faults.FAULT_ENV, faults.TRACE_ENV, faults.ONCE_ENV) if os.environ.get(name)}
     env["TOKENIZERS_PARALLELISM"] = "false"  # the actors are the parallelism
     return {"runtime_env": {"env_vars": env}}
+
+
+def _warm() -> int:
+    """A warm-up task: nothing to do once its worker has started and imported this module
+    (Ray imports it to find the function), which is the point; its process id."""
+    return os.getpid()
+
+
+def warm_task_workers(count: int, remote: dict[str, Any]) -> list[Any]:
+    """`count` task workers started now, with the stages' runtime env and this module
+    imported, taking no CPU slot (the chunk actors hold them): the dedup steps and the loads
+    that follow the chunk stage find them started instead of waiting for new processes (about
+    7 s on a busy 2-core machine). A local Ray of our own keeps them while idle
+    (IDLE_WORKER_KEEP_MS); a joined cluster keeps them as its own settings say. The refs of
+    their process ids, which nothing needs to wait for."""
+    import ray
+
+    warm = ray.remote(_warm).options(num_cpus=0, **remote)
+    return [warm.remote() for _ in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -788,8 +813,10 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     if report.documents == 0:
         check_not_empty(report, source)
     lap("read")
-    # chunk: one actor per worker, the spec shipped once
+    # chunk: one actor per worker, the spec shipped once; the dedup steps' task workers start
+    # meanwhile
     remote = worker_options()
+    warming = warm_task_workers(report.workers, remote)
     spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
     context = ray.data.DataContext.get_current()
     context.wait_for_min_actors_s = ACTORS_READY_S  # all actors up first: every node chunks
@@ -799,6 +826,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
                                            max_tasks_in_flight_per_actor=1),
         num_cpus=1, **remote).materialize()
     lap("chunk")
+    del warming  # started or starting: the dedup tasks take them as they are
     # dedup: fixed-width band and id records shuffled by key (numpy, through the object
     # store), the colliding chunks' shingle sets gathered from their blocks, verified per
     # partition, resolved in corpus order
