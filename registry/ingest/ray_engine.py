@@ -102,8 +102,8 @@ OBJECT_STORE_BYTES = 128 * 1024 * 1024
 LOAD_RETRIES = 3
 """Times Ray retries a load task whose worker died, before the run fails."""
 ACTORS_READY_S = 900
-"""How long the chunking stage waits for all `--workers` actors to start before it streams
-shards to them (a cluster that cannot host them, or is scaling up, fails the run after it)."""
+"""How long the chunking stage waits for a chunking actor to finish a shard (a cluster that
+cannot host the actors, or is scaling up, fails the run after it)."""
 SUMMED = ("duplicates_removed", "corpus_duplicates", "identical_ids", "too_small",
           "header_only", "over_budget", "tokens", "chunks", "ingested", "vectors_computed",
           "vectors_reused")
@@ -225,7 +225,8 @@ class ChunkShard:
         self.chunker = Chunker(spec.config, tokenizer_from(spec), corpus=spec.corpus)
         self.node = ray.get_runtime_context().get_node_id()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def chunk(self, batch: pa.Table) -> pa.Table:
+        """One shard's documents, chunked (`chunked_table`)."""
         columns = batch.to_pydict()
         documents = [Document(d, t, x, k) for d, t, x, k in zip(
             columns["doc_id"], columns["title"], columns["text"], columns["kind"], strict=True)]
@@ -818,13 +819,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     remote = worker_options()
     warming = warm_task_workers(report.workers, remote)
     spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
-    context = ray.data.DataContext.get_current()
-    context.wait_for_min_actors_s = ACTORS_READY_S  # all actors up first: every node chunks
-    chunked = ray.data.from_arrow_refs(refs).map_batches(
-        ChunkShard, fn_constructor_args=(spec,), batch_size=None, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=report.workers,
-                                           max_tasks_in_flight_per_actor=1),
-        num_cpus=1, **remote).materialize()
+    blocks = chunk_shards(refs, spec, report.workers, remote)
     lap("chunk")
     del warming  # started or starting: the dedup tasks take them as they are
     # dedup: fixed-width band and id records shuffled by key (numpy, through the object
@@ -832,8 +827,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     # partition, resolved in corpus order
     partitions = dedup_partitions(report.workers, report.bytes)
     bands = MinHasher(config.jaccard_threshold).bands if corpus else 0
-    results = _dedup(chunked.to_arrow_refs(), partitions, bands, config.jaccard_threshold,
-                     remote)
+    results = _dedup(blocks, partitions, bands, config.jaccard_threshold, remote)
     decisions = distributed.resolve(distributed.merge_partitions(results),
                                     [g for r in results for g in r.id_groups])
     def shard_of(order: int) -> int:
@@ -843,6 +837,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     lap("dedup")
     # load: COPY per shard into the staging table; with an embedder, the embedding actors
     # decide, embed (only the kept rows) and COPY
+    chunked: Any = ray.data.from_arrow_refs(blocks)  # the loads stream over the blocks
     if embedder is None:
         loaded = chunked.map_batches(
             _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
@@ -896,6 +891,52 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     if on_progress is not None:
         on_progress(progress)
     check_not_empty(report, source)
+
+
+CHUNK_RETRIES = 3
+"""Times a chunking actor whose process died is restarted (and its shard chunked again)."""
+
+
+def chunk_shards(shards: Sequence[Any], spec: Any, workers: int, remote: dict[str, Any]
+                 ) -> list[Any]:
+    """The chunk stage: `workers` ChunkShard actors (1 CPU each), plain Ray actors rather
+    than a Ray Data actor pool (whose executor took ~6 s more to start two actors on a busy
+    2-core machine), each given one shard at a time as it finishes the last, so a slow shard
+    holds one actor only. The refs of the chunked blocks, in shard order. Every actor gets a
+    shard first (every node chunks, with at least `workers` shards); a cluster that cannot
+    host one actor within ACTORS_READY_S fails the run."""
+    import ray
+
+    actor_class: Any = ray.remote(ChunkShard)
+    actor_class = actor_class.options(num_cpus=1, max_restarts=CHUNK_RETRIES,
+                                      max_task_retries=CHUNK_RETRIES, **remote)
+    actors: list[Any] = [actor_class.remote(spec)
+                         for _ in range(max(1, min(workers, len(shards))))]
+    blocks: list[Any] = [None] * len(shards)
+    running: dict[Any, tuple[int, Any]] = {}
+    upcoming = iter(range(len(shards)))
+
+    def give(actor: Any) -> None:
+        position = next(upcoming, None)
+        if position is not None:
+            ref = actor.chunk.remote(shards[position])
+            blocks[position] = ref
+            running[ref] = (position, actor)
+
+    for actor in actors:
+        give(actor)
+    while running:
+        done, _ = ray.wait(list(running), num_returns=1, timeout=ACTORS_READY_S,
+                           fetch_local=False)
+        if not done:
+            raise IngestFailed(f"no chunking actor finished a shard in {ACTORS_READY_S} s: "
+                               "the cluster cannot host the actors", fix="check the cluster's "
+                               "free CPUs, or lower --workers")
+        _, actor = running.pop(done[0])
+        give(actor)  # a shard that failed fails the dedup task that reads its block
+    for actor in actors:
+        ray.kill(actor)
+    return blocks
 
 
 def _dedup(blocks: list[Any], partitions: int, bands: int, threshold: float,
