@@ -231,6 +231,8 @@ class ChunkShard:
         documents = [Document(d, t, x, k) for d, t, x, k in zip(
             columns["doc_id"], columns["title"], columns["text"], columns["kind"], strict=True)]
         chunked = self.chunker.chunk_many(documents)
+        if columns["shard"]:
+            faults.point("ray", "chunk", "chunked", f"shard{columns['shard'][0]}")
         hasher = self.chunker.hasher
         return chunked_table(columns["shard"], columns["seq"], self.node, chunked,
                              hasher.bands if hasher is not None else 0)
