@@ -5,8 +5,11 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
 - read: the driver reads the source with `read_source` (the same documents, problems and order
   as the built-in ingest) and puts it into the object store shard by shard (`shard_documents`
   documents each; beyond `object_store_memory` Ray spills them to disk), keeping only refs.
-- chunk: `ChunkShard` actors, one CPU each, `workers` of them; the config and the tokenizer
-  are put into the object store once and each actor builds its `Chunker` from them at start.
+- chunk: `ChunkShard` actors, one CPU each, `workers` of them, plain Ray actors the driver
+  gives one shard at a time (`chunk_shards`; a Ray Data actor pool took seconds longer to
+  start them); the config and the tokenizer are put into the object store once and each actor
+  builds its `Chunker` from them at start. Meanwhile the dedup steps' task workers start
+  (`warm_task_workers`), so the first step does not wait for new processes.
   What they output is columnar (`chunked_table`: the rows' fields, band keys and shingle sets
   as arrow list columns), nothing pickled, and only what later stages read.
 - dedup: plain Ray tasks, no Ray Data shuffle (`_dedup`): every chunk's band keys (and its id)
