@@ -842,17 +842,13 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     lap("dedup")
     # load: COPY per shard into the staging table; with an embedder, the embedding actors
     # decide, embed (only the kept rows) and COPY
-    chunked: Any = ray.data.from_arrow_refs(blocks)  # the loads stream over the blocks
     if embedder is None:
-        loaded = chunked.map_batches(
-            _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
-                                    "decided": decided},
-            batch_size=None, batch_format="pyarrow",
-            compute=ray.data.TaskPoolStrategy(size=report.workers), max_retries=LOAD_RETRIES,
-            **remote)
+        outcomes = load_blocks(blocks, report.workers, remote, dsn=dsn, staging=staging,
+                               run=report, decided=decided)
     else:
         gpu = uses_gpus(config, report.ray["gpus"] if report.ray else 0)
         actors = min(report.workers, report.ray["gpus"]) if gpu and report.ray else report.workers
+        chunked: Any = ray.data.from_arrow_refs(blocks)
         loaded = chunked.map_batches(
             EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)), dsn,
                                               staging, report, decided, gpu),
@@ -860,9 +856,10 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
             compute=ray.data.ActorPoolStrategy(size=actors),
             max_restarts=LOAD_RETRIES, max_task_retries=LOAD_RETRIES,
             **({"num_gpus": 1} if gpu else {"num_cpus": 1}), **remote)
+        outcomes = [row["outcome"] for row in loaded.iter_rows()]
     summaries: list[ShardSummary] = []
-    for row in loaded.iter_rows():
-        outcome: ShardSummary | RegistryError = pickle.loads(row["outcome"])
+    for pickled in outcomes:
+        outcome: ShardSummary | RegistryError = pickle.loads(pickled)
         if isinstance(outcome, RegistryError):
             raise outcome  # the first refusal ends the run; nothing is moved
         summaries.append(outcome)
@@ -942,6 +939,26 @@ def chunk_shards(shards: Sequence[Any], spec: Any, workers: int, remote: dict[st
     for actor in actors:
         ray.kill(actor)
     return blocks
+
+
+def load_blocks(blocks: Sequence[Any], workers: int, remote: dict[str, Any], **load: Any
+                ) -> list[bytes]:
+    """The load stage of a config without an embedder: a plain Ray task per chunked block
+    (`_load_batch`; a Ray Data task pool took ~4 s to start on a busy 2-core machine), at most
+    `workers` at once (each holds a database connection), a task whose worker died retried up
+    to LOAD_RETRIES times. The pickled outcomes, block after block."""
+    import ray
+
+    task: Any = ray.remote(_load_batch).options(max_retries=LOAD_RETRIES, **remote)
+    results: list[Any] = []
+    running: list[Any] = []
+    for block in blocks:
+        if len(running) >= max(1, workers):
+            _, running = ray.wait(running, num_returns=1, fetch_local=False)
+        ref = task.remote(block, **load)
+        results.append(ref)
+        running.append(ref)
+    return [o for table in ray.get(results) for o in table.column("outcome").to_pylist()]
 
 
 def _dedup(blocks: list[Any], partitions: int, bands: int, threshold: float,
