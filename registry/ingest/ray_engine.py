@@ -1,4 +1,4 @@
-"""`registry ingest --engine ray`: the same ingest as a Ray Data pipeline, on a laptop or a cluster.
+"""`registry ingest --engine ray`: the same ingest on Ray, on a laptop or a cluster.
 
 read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at every step:
 
@@ -28,13 +28,13 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
   embeds: a node whose runtime answers the probes differently (another GPU provider) fails the
   run, writing nothing. An onnx pin takes one actor per GPU when the cluster has GPUs (at most
   `workers`), else one per worker with one onnxruntime thread each.
-- load (no embedder): tasks COPY each shard into `chunk_registry.ingest_staging_<run>` in one
-  transaction per shard, deleting the shard's earlier rows first (a retried task replaces,
-  never doubles). The driver then checks every shard is there and moves the run into the
-  shadow table in one transaction, which also records the run (its shards listed) and drops
-  the staging table: readers see the whole run or none of it. A worker killed mid-run is
-  retried by Ray (`LOAD_RETRIES`); when retries run out the run fails, the staging table is
-  dropped and the shadow table is as it was.
+- load (no embedder): plain tasks (`load_blocks`, at most `workers` at once) COPY each shard
+  into `chunk_registry.ingest_staging_<run>` in one transaction per shard, deleting the shard's
+  earlier rows first (a retried task replaces, never doubles). The driver then checks every
+  shard is there and moves the run into the shadow table in one transaction, which also records
+  the run (its shards listed) and drops the staging table: readers see the whole run or none of
+  it. A worker killed mid-run is retried by Ray (`LOAD_RETRIES`); when retries run out the run
+  fails, the staging table is dropped and the shadow table is as it was.
 """
 
 from __future__ import annotations
