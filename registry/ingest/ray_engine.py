@@ -1,12 +1,15 @@
-"""`registry ingest --engine ray`: the same ingest as a Ray Data pipeline, on a laptop or a cluster.
+"""`registry ingest --engine ray`: the same ingest on Ray, on a laptop or a cluster.
 
 read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at every step:
 
 - read: the driver reads the source with `read_source` (the same documents, problems and order
   as the built-in ingest) and puts it into the object store shard by shard (`shard_documents`
   documents each; beyond `object_store_memory` Ray spills them to disk), keeping only refs.
-- chunk: `ChunkShard` actors, one CPU each, `workers` of them; the config and the tokenizer
-  are put into the object store once and each actor builds its `Chunker` from them at start.
+- chunk: `ChunkShard` actors, one CPU each, `workers` of them, plain Ray actors the driver
+  gives one shard at a time (`chunk_shards`; a Ray Data actor pool took seconds longer to
+  start them); the config and the tokenizer are put into the object store once and each actor
+  builds its `Chunker` from them at start. Meanwhile the dedup steps' task workers start
+  (`warm_task_workers`), so the first step does not wait for new processes.
   What they output is columnar (`chunked_table`: the rows' fields, band keys and shingle sets
   as arrow list columns), nothing pickled, and only what later stages read.
 - dedup: plain Ray tasks, no Ray Data shuffle (`_dedup`): every chunk's band keys (and its id)
@@ -25,13 +28,13 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
   embeds: a node whose runtime answers the probes differently (another GPU provider) fails the
   run, writing nothing. An onnx pin takes one actor per GPU when the cluster has GPUs (at most
   `workers`), else one per worker with one onnxruntime thread each.
-- load (no embedder): tasks COPY each shard into `chunk_registry.ingest_staging_<run>` in one
-  transaction per shard, deleting the shard's earlier rows first (a retried task replaces,
-  never doubles). The driver then checks every shard is there and moves the run into the
-  shadow table in one transaction, which also records the run (its shards listed) and drops
-  the staging table: readers see the whole run or none of it. A worker killed mid-run is
-  retried by Ray (`LOAD_RETRIES`); when retries run out the run fails, the staging table is
-  dropped and the shadow table is as it was.
+- load (no embedder): plain tasks (`load_blocks`, at most `workers` at once) COPY each shard
+  into `chunk_registry.ingest_staging_<run>` in one transaction per shard, deleting the shard's
+  earlier rows first (a retried task replaces, never doubles). The driver then checks every
+  shard is there and moves the run into the shadow table in one transaction, which also records
+  the run (its shards listed) and drops the staging table: readers see the whole run or none of
+  it. A worker killed mid-run is retried by Ray (`LOAD_RETRIES`); when retries run out the run
+  fails, the staging table is dropped and the shadow table is as it was.
 """
 
 from __future__ import annotations
@@ -102,8 +105,8 @@ OBJECT_STORE_BYTES = 128 * 1024 * 1024
 LOAD_RETRIES = 3
 """Times Ray retries a load task whose worker died, before the run fails."""
 ACTORS_READY_S = 900
-"""How long the chunking stage waits for all `--workers` actors to start before it streams
-shards to them (a cluster that cannot host them, or is scaling up, fails the run after it)."""
+"""How long the chunking stage waits for a chunking actor to finish a shard (a cluster that
+cannot host the actors, or is scaling up, fails the run after it)."""
 SUMMED = ("duplicates_removed", "corpus_duplicates", "identical_ids", "too_small",
           "header_only", "over_budget", "tokens", "chunks", "ingested", "vectors_computed",
           "vectors_reused")
@@ -114,6 +117,10 @@ EMBEDDING_SUMMED = ("embed_seconds", "embedding_stage_seconds")
 # The session: a local Ray of our own, or a cluster joined
 
 
+IDLE_WORKER_KEEP_MS = 60 * 60 * 1000
+"""How long a local Ray of our own keeps an idle task worker (Ray's default, 1 s, kills the
+workers started ahead for the dedup steps while the chunk actors hold the CPUs; the session
+ends with the run, and every worker with it)."""
 STARTUP_TIMEOUT_MS = "180000"
 """How long a raylet waits for its agents at start (Ray's default, 30 s, is short on a busy
 machine); only set when the environment does not."""
@@ -169,7 +176,9 @@ def _start_local(workers: int, options: dict[str, Any]) -> None:
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         try:
             ray.init(address="local", num_cpus=workers, include_dashboard=False,
-                     object_store_memory=OBJECT_STORE_BYTES, **options)
+                     object_store_memory=OBJECT_STORE_BYTES,
+                     _system_config={"idle_worker_killing_time_threshold_ms":
+                                     IDLE_WORKER_KEEP_MS}, **options)
             return
         except Exception as err:
             ray.shutdown()
@@ -186,6 +195,25 @@ def worker_options() -> dict[str, Any]:
     return {"runtime_env": {"env_vars": env}}
 
 
+def _warm() -> int:
+    """A warm-up task: nothing to do once its worker has started and imported this module
+    (Ray imports it to find the function), which is the point; its process id."""
+    return os.getpid()
+
+
+def warm_task_workers(count: int, remote: dict[str, Any]) -> list[Any]:
+    """`count` task workers started now, with the stages' runtime env and this module
+    imported, taking no CPU slot (the chunk actors hold them): the dedup steps and the loads
+    that follow the chunk stage find them started instead of waiting for new processes (about
+    7 s on a busy 2-core machine). A local Ray of our own keeps them while idle
+    (IDLE_WORKER_KEEP_MS); a joined cluster keeps them as its own settings say. The refs of
+    their process ids, which nothing needs to wait for."""
+    import ray
+
+    warm = ray.remote(_warm).options(num_cpus=0, **remote)
+    return [warm.remote() for _ in range(count)]
+
+
 # ---------------------------------------------------------------------------------------------
 # The stages (run in Ray workers)
 
@@ -200,11 +228,14 @@ class ChunkShard:
         self.chunker = Chunker(spec.config, tokenizer_from(spec), corpus=spec.corpus)
         self.node = ray.get_runtime_context().get_node_id()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def chunk(self, batch: pa.Table) -> pa.Table:
+        """One shard's documents, chunked (`chunked_table`)."""
         columns = batch.to_pydict()
         documents = [Document(d, t, x, k) for d, t, x, k in zip(
             columns["doc_id"], columns["title"], columns["text"], columns["kind"], strict=True)]
         chunked = self.chunker.chunk_many(documents)
+        if columns["shard"]:
+            faults.point("ray", "chunk", "chunked", f"shard{columns['shard'][0]}")
         hasher = self.chunker.hasher
         return chunked_table(columns["shard"], columns["seq"], self.node, chunked,
                              hasher.bands if hasher is not None else 0)
@@ -788,24 +819,20 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     if report.documents == 0:
         check_not_empty(report, source)
     lap("read")
-    # chunk: one actor per worker, the spec shipped once
+    # chunk: one actor per worker, the spec shipped once; the dedup steps' task workers start
+    # meanwhile
     remote = worker_options()
+    warming = warm_task_workers(report.workers, remote)
     spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
-    context = ray.data.DataContext.get_current()
-    context.wait_for_min_actors_s = ACTORS_READY_S  # all actors up first: every node chunks
-    chunked = ray.data.from_arrow_refs(refs).map_batches(
-        ChunkShard, fn_constructor_args=(spec,), batch_size=None, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=report.workers,
-                                           max_tasks_in_flight_per_actor=1),
-        num_cpus=1, **remote).materialize()
+    blocks = chunk_shards(refs, spec, report.workers, remote)
     lap("chunk")
+    del warming  # started or starting: the dedup tasks take them as they are
     # dedup: fixed-width band and id records shuffled by key (numpy, through the object
     # store), the colliding chunks' shingle sets gathered from their blocks, verified per
     # partition, resolved in corpus order
     partitions = dedup_partitions(report.workers, report.bytes)
     bands = MinHasher(config.jaccard_threshold).bands if corpus else 0
-    results = _dedup(chunked.to_arrow_refs(), partitions, bands, config.jaccard_threshold,
-                     remote)
+    results = _dedup(blocks, partitions, bands, config.jaccard_threshold, remote)
     decisions = distributed.resolve(distributed.merge_partitions(results),
                                     [g for r in results for g in r.id_groups])
     def shard_of(order: int) -> int:
@@ -816,15 +843,12 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     # load: COPY per shard into the staging table; with an embedder, the embedding actors
     # decide, embed (only the kept rows) and COPY
     if embedder is None:
-        loaded = chunked.map_batches(
-            _load_batch, fn_kwargs={"dsn": dsn, "staging": staging, "run": report,
-                                    "decided": decided},
-            batch_size=None, batch_format="pyarrow",
-            compute=ray.data.TaskPoolStrategy(size=report.workers), max_retries=LOAD_RETRIES,
-            **remote)
+        outcomes = load_blocks(blocks, report.workers, remote, dsn=dsn, staging=staging,
+                               run=report, decided=decided)
     else:
         gpu = uses_gpus(config, report.ray["gpus"] if report.ray else 0)
         actors = min(report.workers, report.ray["gpus"]) if gpu and report.ray else report.workers
+        chunked: Any = ray.data.from_arrow_refs(blocks)
         loaded = chunked.map_batches(
             EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)), dsn,
                                               staging, report, decided, gpu),
@@ -832,9 +856,10 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
             compute=ray.data.ActorPoolStrategy(size=actors),
             max_restarts=LOAD_RETRIES, max_task_retries=LOAD_RETRIES,
             **({"num_gpus": 1} if gpu else {"num_cpus": 1}), **remote)
+        outcomes = [row["outcome"] for row in loaded.iter_rows()]
     summaries: list[ShardSummary] = []
-    for row in loaded.iter_rows():
-        outcome: ShardSummary | RegistryError = pickle.loads(row["outcome"])
+    for pickled in outcomes:
+        outcome: ShardSummary | RegistryError = pickle.loads(pickled)
         if isinstance(outcome, RegistryError):
             raise outcome  # the first refusal ends the run; nothing is moved
         summaries.append(outcome)
@@ -868,6 +893,72 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     if on_progress is not None:
         on_progress(progress)
     check_not_empty(report, source)
+
+
+CHUNK_RETRIES = 3
+"""Times a chunking actor whose process died is restarted (and its shard chunked again)."""
+
+
+def chunk_shards(shards: Sequence[Any], spec: Any, workers: int, remote: dict[str, Any]
+                 ) -> list[Any]:
+    """The chunk stage: `workers` ChunkShard actors (1 CPU each), plain Ray actors rather
+    than a Ray Data actor pool (whose executor took ~6 s more to start two actors on a busy
+    2-core machine), each given one shard at a time as it finishes the last, so a slow shard
+    holds one actor only. The refs of the chunked blocks, in shard order. Every actor gets a
+    shard first (every node chunks, with at least `workers` shards); a cluster that cannot
+    host one actor within ACTORS_READY_S fails the run."""
+    import ray
+
+    actor_class: Any = ray.remote(ChunkShard)
+    actor_class = actor_class.options(num_cpus=1, max_restarts=CHUNK_RETRIES,
+                                      max_task_retries=CHUNK_RETRIES, **remote)
+    actors: list[Any] = [actor_class.remote(spec)
+                         for _ in range(max(1, min(workers, len(shards))))]
+    blocks: list[Any] = [None] * len(shards)
+    running: dict[Any, tuple[int, Any]] = {}
+    upcoming = iter(range(len(shards)))
+
+    def give(actor: Any) -> None:
+        position = next(upcoming, None)
+        if position is not None:
+            ref = actor.chunk.remote(shards[position])
+            blocks[position] = ref
+            running[ref] = (position, actor)
+
+    for actor in actors:
+        give(actor)
+    while running:
+        done, _ = ray.wait(list(running), num_returns=1, timeout=ACTORS_READY_S,
+                           fetch_local=False)
+        if not done:
+            raise IngestFailed(f"no chunking actor finished a shard in {ACTORS_READY_S} s: "
+                               "the cluster cannot host the actors", fix="check the cluster's "
+                               "free CPUs, or lower --workers")
+        _, actor = running.pop(done[0])
+        give(actor)  # a shard that failed fails the dedup task that reads its block
+    for actor in actors:
+        ray.kill(actor)
+    return blocks
+
+
+def load_blocks(blocks: Sequence[Any], workers: int, remote: dict[str, Any], **load: Any
+                ) -> list[bytes]:
+    """The load stage of a config without an embedder: a plain Ray task per chunked block
+    (`_load_batch`; a Ray Data task pool took ~4 s to start on a busy 2-core machine), at most
+    `workers` at once (each holds a database connection), a task whose worker died retried up
+    to LOAD_RETRIES times. The pickled outcomes, block after block."""
+    import ray
+
+    task: Any = ray.remote(_load_batch).options(max_retries=LOAD_RETRIES, **remote)
+    results: list[Any] = []
+    running: list[Any] = []
+    for block in blocks:
+        if len(running) >= max(1, workers):
+            _, running = ray.wait(running, num_returns=1, fetch_local=False)
+        ref = task.remote(block, **load)
+        results.append(ref)
+        running.append(ref)
+    return [o for table in ray.get(results) for o in table.column("outcome").to_pylist()]
 
 
 def _dedup(blocks: list[Any], partitions: int, bands: int, threshold: float,
