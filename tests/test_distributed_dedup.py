@@ -155,18 +155,24 @@ def columnar(sets: list[np.ndarray], keys: list[tuple[int, ...]], ids: list[byte
             if (owner := decisions.dropped(order)) is not None}
 
 
-@pytest.mark.parametrize("partitions", [1, 3, 16])
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("split_pass", ["distributed", "columnar"])
+@pytest.mark.parametrize("partitions", [1, 3, 7, 16])
+@pytest.mark.parametrize("seed", range(5))
 def test_the_partitioned_pass_drops_exactly_what_the_greedy_pass_drops(
-    seed: int, partitions: int
+    seed: int, partitions: int, split_pass: str
 ) -> None:
-    sets = corpus_of_sets(seed, 160)
+    """Chains, copies, empty sets and id collisions, split into partitions (and for the
+    columnar shuffle spread over blocks, documents split across them, blocks in any order:
+    only the colliding chunks' shingles travel): the kept set and every "duplicate of" are
+    the one-process pass's."""
+    sets = corpus_of_sets(seed, 200)
     keys = band_keys(sets)
     ids = [bytes([i % 7]) * 16 if i % 5 == 0 else i.to_bytes(16, "little")
            for i in range(len(sets))]
     expected = sequential(sets, keys, ids)
     assert len(expected) > 20, "the corpus has duplicates to drop"
-    assert distributed(sets, keys, ids, partitions) == expected
+    run = distributed if split_pass == "distributed" else columnar
+    assert run(sets, keys, ids, partitions) == expected
 
 
 @settings(max_examples=40, deadline=None)
@@ -213,23 +219,6 @@ def test_the_file_shingle_store_reads_back_what_it_just_stored() -> None:
     in_memory = CorpusDeduplicator(THRESHOLD, MemoryShingleStore())
     assert [on_file.is_duplicate(v, k) for v, k in zip(sets, keys, strict=True)] == [
         in_memory.is_duplicate(v, k) for v, k in zip(sets, keys, strict=True)]
-
-
-@pytest.mark.parametrize("partitions", [1, 2, 7])
-@pytest.mark.parametrize("seed", range(5))
-def test_the_columnar_shuffle_drops_exactly_what_the_greedy_pass_drops(
-    seed: int, partitions: int
-) -> None:
-    """Chains, copies, empty sets and id collisions spread over blocks (documents split
-    across them, blocks in any order): only the colliding chunks' shingles travel, and the
-    kept set and every "duplicate of" are the one-process pass's."""
-    sets = corpus_of_sets(seed, 200)
-    keys = band_keys(sets)
-    ids = [bytes([i % 7]) * 16 if i % 5 == 0 else i.to_bytes(16, "little")
-           for i in range(len(sets))]
-    expected = sequential(sets, keys, ids)
-    assert len(expected) > 20, "the corpus has duplicates to drop"
-    assert columnar(sets, keys, ids, partitions) == expected
 
 
 @settings(max_examples=40, deadline=None)

@@ -158,9 +158,14 @@ def test_ray_ingest_keeps_exactly_the_chunks_of_the_builtin_ingest(
     assert staging_tables(dsn) == []
 
 
-def test_a_worker_killed_mid_load_is_retried_and_the_result_is_unchanged(
+@pytest.mark.parametrize(("fault", "what"), [
+    ("ray.load.copied.shard2", "a load worker killed itself after its COPY, before its commit"),
+    ("ray.chunk.chunked.shard3", "a chunking actor killed itself after chunking shard 3, "
+                                 "before returning it (Ray restarts it and chunks it again)"),
+])
+def test_a_worker_killed_mid_run_is_retried_and_the_result_is_unchanged(
     shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch, fault: str, what: str
 ) -> None:
     repo, version, dsn = shadow
     source = near_duplicate_corpus(tmp_path / "corpus")
@@ -168,39 +173,14 @@ def test_a_worker_killed_mid_load_is_retried_and_the_result_is_unchanged(
            dedup="corpus", workers=1)
     expected = rows_of(dsn, version)
     killed = tmp_path / "killed-once"
-    monkeypatch.setenv("REGISTRY_FAULT", "ray.load.copied.shard2")
+    monkeypatch.setenv("REGISTRY_FAULT", fault)
     monkeypatch.setenv("REGISTRY_FAULT_ONCE", str(killed))
 
     ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
            dedup="corpus", workers=2, engine="ray", ray_address=cluster.address,
            shard_documents=4)
 
-    assert killed.exists(), "a load worker killed itself after its COPY, before its commit"
-    assert rows_of(dsn, version) == expected
-    assert last_run(dsn)["status"] == "succeeded"
-    assert staging_tables(dsn) == []
-
-
-def test_a_chunking_actor_killed_mid_shard_is_restarted_and_the_result_is_unchanged(
-    shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The chunk stage's plain actors: one dies after chunking shard 3, before returning it;
-    Ray restarts it (its chunker built again) and chunks the shard again."""
-    repo, version, dsn = shadow
-    source = near_duplicate_corpus(tmp_path / "corpus")
-    ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
-           dedup="corpus", workers=1)
-    expected = rows_of(dsn, version)
-    killed = tmp_path / "killed-once"
-    monkeypatch.setenv("REGISTRY_FAULT", "ray.chunk.chunked.shard3")
-    monkeypatch.setenv("REGISTRY_FAULT_ONCE", str(killed))
-
-    ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
-           dedup="corpus", workers=2, engine="ray", ray_address=cluster.address,
-           shard_documents=4)
-
-    assert killed.exists(), "a chunking actor killed itself after chunking shard 3"
+    assert killed.exists(), what
     assert rows_of(dsn, version) == expected
     assert last_run(dsn)["status"] == "succeeded"
     assert staging_tables(dsn) == []
