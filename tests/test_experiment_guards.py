@@ -11,10 +11,12 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from registry.config import experiment_run, parse_rfc3339
+from registry.config import config_path, experiment_run, parse_rfc3339
 from registry.database import bookkeeping
-from registry.errors import UsageError
+from registry.errors import Refused, UsageError
 from registry.reconciler.served import SERVED_GRACE
+from registry.repository.git import Git
+from registry.repository.lifecycle import require_no_new_errors
 from registry.serving import MAX_CHECK_INTERVAL_S, MAX_STALE_S, Router
 from tests.database import Database, promote, table_of
 from tests.helpers import RegistryRepo, run_cli
@@ -129,13 +131,21 @@ def test_every_change_command_refuses_a_commit_that_would_not_validate(
     assert cli("tag")[0] == 0
     assert cli("promote", v1, "--environment", "staging")[0] == 0
     repo.merge(f"promote/staging/{v1}")
-    # Retiring what staging serves (production serves nothing): no rule of retire's own
-    # forbids it, and the commit would leave staging serving a config that is gone.
+    # Retiring what staging serves (production serves nothing) would leave staging serving a
+    # config that is gone: retire's own rule names it first.
     code, out = cli("retire", v1)
     assert code == 7, out
-    assert f"retire {v1} would not validate: configs/environments/staging.yaml" in out, out
+    assert f"cannot retire {v1}: it is what staging serves" in out, out
     assert len(out.splitlines()) == 1
     assert repo.git("branch", "--list", "retire/*") == ""
+    # Behind each command's own rules, every change command validates the commit it wrote
+    # before a branch names it: the same deletion, written without retire's rule, is refused.
+    git = Git(repo.path)
+    base = git.desired_ref(fetch=False)
+    commit = git.commit_files(base, {config_path(v1): None}, f"Delete {v1}")
+    with pytest.raises(Refused, match=rf"retire {v1} would not validate: "
+                                      r"configs/environments/staging\.yaml"):
+        require_no_new_errors(git, base, commit, f"retire {v1}")
 
 
 @pytest.mark.slow
