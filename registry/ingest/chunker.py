@@ -608,9 +608,7 @@ class CorpusDeduplicator:
         # Python loop (most chunks meet no kept chunk in any band, and are only inserted)
         found = list(map(dict.get, self._buckets, keys))
         if found.count(None) == len(found):
-            index = self.store.append(values)
-            self._sizes.append(len(values))
-            self.last_index = index
+            index = self._keep(values)
             _consume(map(dict.__setitem__, self._buckets, keys, repeat(index)))
             self.kept += 1
             return False
@@ -632,9 +630,7 @@ class CorpusDeduplicator:
                 self.last_index = candidates[position]
                 return True
             self.candidates += len(candidates)
-        index = self.store.append(values)
-        self._sizes.append(len(values))
-        self.last_index = index
+        index = self._keep(values)
         for bucket, key, members in zip(self._buckets, keys, found, strict=True):
             if members is None:
                 bucket[key] = index
@@ -644,6 +640,13 @@ class CorpusDeduplicator:
                 bucket[key] = [members, index]
         self.kept += 1
         return False
+
+    def _keep(self, values: Shingles) -> int:
+        """Store a kept set's shingles and size; its index is the one the bands will name."""
+        index = self.store.append(values)
+        self._sizes.append(len(values))
+        self.last_index = index
+        return index
 
     def _first_match(self, values: Shingles, candidates: list[int]) -> int | None:
         """The position of the first candidate whose Jaccard with `values` reaches the
