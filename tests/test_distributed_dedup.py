@@ -23,8 +23,6 @@ from registry.ingest.distributed import (
     digests,
     gather,
     order_of,
-    partition_of_band,
-    partition_of_id,
     partitions_of_bands,
     resolve,
     route,
@@ -35,6 +33,18 @@ from registry.ingest.distributed import (
 
 THRESHOLD = 0.8
 BANDS = MinHasher(THRESHOLD).bands
+
+
+def partition_of_band(band: int, key: int, partitions: int) -> int:
+    """`partitions_of_bands` for one record, in Python ints: the reference it is held to."""
+    value = key ^ (band * 0x9E3779B97F4A7C15) & (1 << 64) - 1
+    value = (value ^ (value >> 31)) * 0x7FB5D329728EA185 & (1 << 64) - 1
+    return (value ^ (value >> 27)) % partitions
+
+
+def partition_of_id(id_key: bytes, partitions: int) -> int:
+    """Any partitioning by id serves the record-by-record reference pass."""
+    return int.from_bytes(id_key[:8], "little") % partitions
 
 
 def corpus_of_sets(seed: int, count: int) -> list[np.ndarray]:

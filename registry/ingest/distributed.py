@@ -79,24 +79,6 @@ class Edge:
     band: int
 
 
-def _mix(value: int) -> int:
-    value = (value ^ (value >> 31)) * 0x7FB5D329728EA185 & (1 << 64) - 1
-    return value ^ (value >> 27)
-
-
-def partition_of_band(band: int, key: int, partitions: int) -> int:
-    return _mix(key ^ (band * 0x9E3779B97F4A7C15) & (1 << 64) - 1) % partitions
-
-
-def partition_of_id(id_key: bytes, partitions: int) -> int:
-    return int.from_bytes(id_key[:8], "little") % partitions
-
-
-def id_key(chunk_id: str) -> bytes:
-    """The key the built-in pass compares identical ids by (the first 128 bits)."""
-    return bytes.fromhex(chunk_id[:32])
-
-
 def _first_shared_band(a: Sequence[int], b: Sequence[int]) -> int:
     for band, (x, y) in enumerate(zip(a, b, strict=True)):
         if x == y:
@@ -226,7 +208,8 @@ def _mix_array(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 
 def partitions_of_bands(band: npt.NDArray[np.int64], key: npt.NDArray[np.uint64],
                         partitions: int) -> npt.NDArray[np.int64]:
-    """`partition_of_band` of every (band, key), at once."""
+    """The partition of every (band, key): its key mixed with its band, so a band's keys
+    spread over every partition."""
     mixed = _mix_array(key ^ (band.astype(np.uint64) * _BAND_MULT))
     return (mixed % np.uint64(partitions)).astype(np.int64)
 
@@ -237,7 +220,8 @@ def partitions_of_ids(hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64],
 
 
 def id_halves(chunk_ids: Sequence[str]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    """The two 64-bit halves of each chunk id's first 128 bits (`id_key`, as integers)."""
+    """The two 64-bit halves of each chunk id's first 128 bits (the key the built-in pass
+    compares identical ids by), as integers."""
     hi = np.fromiter((int(i[:16], 16) for i in chunk_ids), dtype=np.uint64, count=len(chunk_ids))
     lo = np.fromiter((int(i[16:32], 16) for i in chunk_ids), dtype=np.uint64,
                      count=len(chunk_ids))
