@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,3 +364,17 @@ def _no_stray_tokenizer_env() -> Iterator[None]:
         os.environ.pop("TOKENIZERS_PARALLELISM", None)
     else:
         os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def test_a_chunking_worker_imports_the_chunker_not_the_pipeline() -> None:
+    """A spawned worker unpickles `init_worker` and imports its module first thing, on the
+    cores the chunking needs: psycopg, git and the bookkeeping (a third of a second of CPU per
+    worker) stay in the parent."""
+    probe = ("import sys\n"
+             "from registry.ingest.workers import init_worker\n"
+             "heavy = sorted(m for m in ('psycopg', 'git', 'jsonschema', 'registry.ingest.pipeline',"
+             " 'registry.database.bookkeeping') if m in sys.modules)\n"
+             "print(','.join(heavy))\n")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True, timeout=60)
+    assert found.stdout.strip() == ""

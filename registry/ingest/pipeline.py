@@ -85,11 +85,11 @@ from registry.ingest.chunker import (
     Document,
     Shingles,
 )
+from registry.ingest.workers import ChunkerSpec, chunk_in_worker, init_worker, tokenizer_from
 from registry.repository.state import RegistryState
 from registry.tokenizer import file_hash, resolve
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
 
     from registry.embedding.base import Embedder
     from registry.ingest.vectors import PassageEmbedder
@@ -434,64 +434,6 @@ def _decode_line(raw: bytes, where: str, number: int) -> str | SourceProblem:
 # Chunking in worker processes
 
 
-@dataclass(frozen=True)
-class ChunkerSpec:
-    """All a worker needs to build the same Chunker: the config and the tokenizer's JSON."""
-
-    config: LockedConfig
-    tokenizer_json: str
-    corpus: bool
-
-
-_worker: dict[str, Chunker] = {}
-
-
-def tokenizer_from(spec: ChunkerSpec) -> Tokenizer:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(spec.tokenizer_json)
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
-
-
-def _init_worker(spec: ChunkerSpec, parent: int, main_thread: bool) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
-    _die_with(parent, main_thread)
-    _worker["chunker"] = Chunker(spec.config, tokenizer_from(spec), corpus=spec.corpus)
-
-
-PARENT_POLL_S = 0.5
-
-
-def _die_with(parent: int, main_thread: bool) -> None:
-    """A worker must not outlive the ingest that started it: after a SIGKILL (or a SIGTERM) of
-    the parent, orphans would chunk for nobody and hold the resource tracker alive. On Linux
-    the kernel kills the worker as the parent dies (PR_SET_PDEATHSIG; only when the pool was
-    started from the main thread, since the signal fires when the starting *thread* ends); a
-    thread that watches the parent covers other systems and a parent that died before it."""
-    import signal
-    import sys
-    import threading
-
-    if main_thread and sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _chunk_in_worker(documents: list[Document]) -> list[ChunkedDocument]:
-    return _worker["chunker"].chunk_many(documents)
-
-
 def batches(items: Iterable[Item], on_problem: Callable[[SourceProblem], None]
             ) -> Iterator[list[Document]]:
     """Documents in batches of BATCH_BYTES or BATCH_DOCUMENTS, what a worker chunks at once
@@ -539,13 +481,13 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
     context = multiprocessing.get_context("spawn")
     import threading
 
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
                                initargs=(spec, os.getpid(),
                                          threading.current_thread() is threading.main_thread()))
     try:
         pending: deque[tuple[list[Document], Future[list[ChunkedDocument]]]] = deque()
         for batch in batches:
-            pending.append((batch, pool.submit(_chunk_in_worker, batch)))
+            pending.append((batch, pool.submit(chunk_in_worker, batch)))
             # Wait while the workers have enough queued, for whichever batch ends first, not
             # for the first one: a batch holding a long document keeps one worker for a while,
             # and the others go on with the batches after it (their results held, in order,

@@ -69,7 +69,6 @@ from registry.ingest.pipeline import (
     DEFAULT_MAX_CHANGE,
     MAX_DOCUMENT_BYTES,
     STAGED,
-    ChunkerSpec,
     DedupMode,
     IngestFailed,
     IngestReport,
@@ -89,10 +88,10 @@ from registry.ingest.pipeline import (
     require_managed_table,
     source_bytes,
     take_run_lock,
-    tokenizer_from,
     vector_copy_types,
     written_columns,
 )
+from registry.ingest.workers import ChunkerSpec, tokenizer_from
 
 if TYPE_CHECKING:
     import pyarrow as pa
