@@ -378,3 +378,38 @@ def test_a_chunking_worker_imports_the_chunker_not_the_pipeline() -> None:
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            check=True, timeout=60)
     assert found.stdout.strip() == ""
+
+
+def test_workers_read_the_chunker_from_a_private_file_gone_after_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spec (config and tokenizer JSON) reaches spawned workers through a file only its
+    user can read, not down the spawn pipe (which held the ingest until each worker had read
+    it); two workers chunk as one process does, and the file is gone after the run."""
+    import pickle
+    import stat
+
+    from registry.ingest.pipeline import chunk_corpus
+    from registry.ingest.workers import ChunkerSpec, shipped
+    from tests.helpers import locked_config
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    tokenizer_json = build_tokenizer(tmp_path / "tokenizer.json").read_text()
+    spec = ChunkerSpec(locked_config(chunk_size=120), tokenizer_json, corpus=True)
+    with shipped(spec) as path:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        with open(path, "rb") as file:
+            assert pickle.load(file) == spec
+    documents = [Document(f"d{n}", f"T{n}", text, "text")
+                 for n, text in enumerate(training_text()[:12])]
+    batches = [documents[:4], documents[4:9], documents[9:]]
+
+    def chunked(workers: int) -> list[list[str]]:
+        return [[c.id for r in results for c in r.chunks]
+                for _, results in chunk_corpus(spec, iter(batches), workers)]
+
+    assert chunked(2) == chunked(1)
+    assert sum(map(len, chunked(1))) > 20
+    assert not list(tmp_path.glob("registry-chunker-*"))

@@ -85,7 +85,13 @@ from registry.ingest.chunker import (
     Document,
     Shingles,
 )
-from registry.ingest.workers import ChunkerSpec, chunk_in_worker, init_worker, tokenizer_from
+from registry.ingest.workers import (
+    ChunkerSpec,
+    chunk_in_worker,
+    init_worker,
+    shipped,
+    tokenizer_from,
+)
 from registry.repository.state import RegistryState
 from registry.tokenizer import file_hash, resolve
 
@@ -478,12 +484,18 @@ def chunk_corpus(spec: ChunkerSpec, batches: Iterable[list[Document]], workers: 
                 yield held.popleft(), results
                 results = []
         return
-    context = multiprocessing.get_context("spawn")
     import threading
 
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
-                               initargs=(spec, os.getpid(),
-                                         threading.current_thread() is threading.main_thread()))
+    main_thread = threading.current_thread() is threading.main_thread()
+    with shipped(spec) as spec_path:
+        yield from _chunk_in_pool(spec_path, batches, workers, main_thread)
+
+
+def _chunk_in_pool(spec_path: str, batches: Iterable[list[Document]], workers: int,
+                   main_thread: bool) -> Iterator[tuple[list[Document], list[ChunkedDocument]]]:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker,
+                               initargs=(spec_path, os.getpid(), main_thread))
     try:
         pending: deque[tuple[list[Document], Future[list[ChunkedDocument]]]] = deque()
         for batch in batches:

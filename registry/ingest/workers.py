@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,9 +42,24 @@ def tokenizer_from(spec: ChunkerSpec) -> Tokenizer:
     return tokenizer
 
 
-def init_worker(spec: ChunkerSpec, parent: int, main_thread: bool) -> None:
+@contextlib.contextmanager
+def shipped(spec: ChunkerSpec) -> Iterator[str]:
+    """`spec` pickled in a private temporary file, the path for the workers to read it from as
+    they start. Passed in a spawned worker's arguments, the tokenizer's JSON (~700 KB) went down
+    a pipe the parent writes whole: each worker's start held the ingest until that worker had
+    imported everything and read it (0.3-0.4 s a worker, one after the other), where a path
+    lets the parent go on and the workers start side by side."""
+    with tempfile.NamedTemporaryFile(prefix="registry-chunker-", suffix=".pickle") as file:
+        pickle.dump(spec, file, protocol=pickle.HIGHEST_PROTOCOL)
+        file.flush()
+        yield file.name
+
+
+def init_worker(spec_path: str, parent: int, main_thread: bool) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     _die_with(parent, main_thread)
+    with open(spec_path, "rb") as file:  # written by this ingest, readable by its user only
+        spec: ChunkerSpec = pickle.load(file)
     _worker["chunker"] = Chunker(spec.config, tokenizer_from(spec), corpus=spec.corpus)
 
 
