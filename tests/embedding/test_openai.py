@@ -173,3 +173,31 @@ def test_vectors_of_another_dimension_are_refused(server: FakeEmbeddings) -> Non
                                             r"expected dimension 768"):
         OpenAIEmbedder(server.model, base_url=server.base_url, token=TOKEN,
                        dimension=768).embed_texts(["ok"])
+
+
+def test_a_server_that_answered_errors_then_restarts_gets_its_unreachable_tries(
+        minilm: OnnxEmbedder) -> None:
+    """A server restarting answers 503 while it drains, then refuses connections for a moment:
+    only the refused tries count toward `unreachable_attempts`, so the 503s before them must
+    not end the run at the first refused connection (it comes back during the next wait)."""
+    first = FakeEmbeddings(minilm).__enter__()
+    first.failures = [503, 503]
+    port = first._server.server_address[1]
+    running: list[FakeEmbeddings | None] = [first]
+
+    def wait(_: float) -> None:
+        if len(first.received) == 2 and running[0] is first:  # drained: it goes down
+            first.__exit__(None, None, None)
+            running[0] = None
+        elif running[0] is None:  # one refused try later: it is back on the same port
+            running[0] = FakeEmbeddings(minilm, port=port).__enter__()
+
+    remote = OpenAIEmbedder("minilm", base_url=f"http://127.0.0.1:{port}/v1", dimension=384,
+                            sleep=wait)
+    try:
+        np.testing.assert_allclose(remote.embed_texts(["ok"]), minilm.embed_texts(["ok"]),
+                                   atol=1e-6)
+    finally:
+        for server in running:
+            if server is not None:
+                server.__exit__(None, None, None)
