@@ -19,6 +19,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -194,6 +195,13 @@ class OpenAIEmbedder(PrefixedEmbedder):
             raise self._http_error(err) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
             reason = getattr(err, "reason", None) or err
+            if isinstance(reason, ssl.SSLCertVerificationError):  # no retry will trust it
+                detail = reason.verify_message or str(reason)
+                raise EmbedderError(
+                    f"embedding endpoint {self.endpoint} has a certificate this machine does "
+                    f"not trust ({self._scrub(detail)})",
+                    fix=f"check {URL_ENV}; for a private CA, set SSL_CERT_FILE to its "
+                    "certificate bundle") from None
             raise _Transient(f"connection failed: {self._scrub(str(reason))}",
                              unreachable=_unreachable(reason)) from None
         return self._vectors(raw, len(batch))
