@@ -3,6 +3,8 @@ refusal is one line with its exit code."""
 
 from __future__ import annotations
 
+import pytest
+
 from registry.config import set_production_pointer
 from tests.helpers import RegistryRepo, run_cli
 from tests.test_environments_config import STAGING_YAML, with_staging
@@ -76,3 +78,25 @@ def test_staging_rolled_back_protects_the_new_target(registry_repo: RegistryRepo
     result = run_cli("retire", v1, "--repo", registry_repo.path)
     assert result.code == 7
     assert run_cli("retire", v3, "--repo", registry_repo.path).code == 0
+
+
+@pytest.mark.parametrize(("path", "content"), [
+    (STAGING, "serves: {version}\ntables: [\n"),  # malformed YAML
+    (STAGING, "serves: {version}\nno_such_key: 1\n"),  # against the schema
+    ("configs/environments/staging.yml", STAGING_YAML),  # misnamed
+])
+def test_retire_refuses_while_an_environment_file_cannot_be_read(
+        registry_repo: RegistryRepo, path: str, content: str) -> None:
+    """A broken staging file still says what staging serves: retiring that version went
+    through (exit 0), and repairing the file then left staging on a deleted config."""
+    v1 = registry_repo.locked()
+    assert run_cli("tag", "--repo", registry_repo.path).code == 0
+    with_staging(registry_repo, v1)
+    if path != STAGING:
+        registry_repo.git("mv", STAGING, path)
+    registry_repo.write(path, content.format(version=v1), "Edit staging")
+    result = run_cli("retire", v1, "--repo", registry_repo.path)
+    assert result.code == 1, result
+    assert result.stderr.startswith(f"error: {path}:"), result.stderr
+    assert f"cannot retire {v1} while an environment file cannot be read" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
