@@ -84,15 +84,16 @@ def test_staging_rolled_back_protects_the_new_target(registry_repo: RegistryRepo
     (STAGING, "serves: {version}\ntables: [\n"),  # malformed YAML
     (STAGING, "serves: {version}\nno_such_key: 1\n"),  # against the schema
     ("configs/environments/staging.yml", STAGING_YAML),  # misnamed
+    ("configs/production.yaml", "production: {version}\ntables: [\n"),
 ])
 def test_retire_refuses_while_an_environment_file_cannot_be_read(
         registry_repo: RegistryRepo, path: str, content: str) -> None:
-    """A broken staging file still says what staging serves: retiring that version went
-    through (exit 0), and repairing the file then left staging on a deleted config."""
+    """A broken environment file still says what it serves: retiring that version went
+    through (exit 0), and repairing the file then left the environment on a deleted config."""
     v1 = registry_repo.locked()
     assert run_cli("tag", "--repo", registry_repo.path).code == 0
-    with_staging(registry_repo, v1)
-    if path != STAGING:
+    with_staging(registry_repo, "null" if path == "configs/production.yaml" else v1)
+    if path.endswith(".yml"):
         registry_repo.git("mv", STAGING, path)
     registry_repo.write(path, content.format(version=v1), "Edit staging")
     result = run_cli("retire", v1, "--repo", registry_repo.path)

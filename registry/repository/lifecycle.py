@@ -560,7 +560,8 @@ def _require_readable_environments(state: RegistryState, declared: set[str],
     may serve `version`: retiring it then would leave that environment, once its file is
     repaired, pointing at a deleted config. Its first problem instead (exit 1, path:line)."""
     broken = [p for p in state.errors
-              if p.path.startswith(f"{ENVIRONMENTS_DIR}/") and p.path not in declared]
+              if (p.path.startswith(f"{ENVIRONMENTS_DIR}/") and p.path not in declared)
+              or (p.path == PRODUCTION_PATH and state.production is None)]
     if broken:
         first = invalid(broken)
         raise ConfigInvalid(f"cannot retire {version} while an environment file cannot be "
