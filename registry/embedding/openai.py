@@ -19,6 +19,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -148,15 +149,20 @@ class OpenAIEmbedder(PrefixedEmbedder):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _post(self, batch: list[str]) -> Vectors:
-        """One batch, retried while the failure is transient; any other failure is one line."""
+        """One batch, retried while the failure is transient; any other failure is one line.
+
+        Only the tries that could not connect count toward `unreachable_attempts`: a server
+        that answered 5xx while draining is restarting, not a wrong URL."""
+        unreachable = 0
         for attempt in range(1, self._retry.attempts + 1):
             try:
                 return self._once(batch)
             except _Transient as err:
-                if err.unreachable and attempt >= min(self._retry.unreachable_attempts,
-                                                       self._retry.attempts):
+                unreachable += err.unreachable
+                if err.unreachable and unreachable >= min(self._retry.unreachable_attempts,
+                                                          self._retry.attempts):
                     raise EmbedderError(
-                        f"embedding endpoint {self.endpoint} cannot be reached ({attempt} "
+                        f"embedding endpoint {self.endpoint} cannot be reached ({unreachable} "
                         f"tries); last: {err.reason}",
                         fix=f"check that {URL_ENV} names a running server (the API base, "
                         "ending in /v1)") from None
@@ -189,6 +195,13 @@ class OpenAIEmbedder(PrefixedEmbedder):
             raise self._http_error(err) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
             reason = getattr(err, "reason", None) or err
+            if isinstance(reason, ssl.SSLCertVerificationError):  # no retry will trust it
+                detail = reason.verify_message or str(reason)
+                raise EmbedderError(
+                    f"embedding endpoint {self.endpoint} has a certificate this machine does "
+                    f"not trust ({self._scrub(detail)})",
+                    fix=f"check {URL_ENV}; for a private CA, set SSL_CERT_FILE to its "
+                    "certificate bundle") from None
             raise _Transient(f"connection failed: {self._scrub(str(reason))}",
                              unreachable=_unreachable(reason)) from None
         return self._vectors(raw, len(batch))

@@ -552,8 +552,13 @@ class FileShingleStore:
     def flush(self) -> None:
         """Write the pending sets to the file."""
         if self._pending:
-            os.pwrite(self._file.fileno(), b"".join(self._pending),
-                      self._offsets[self._first_pending] * 8)
+            # pwrite may write less than asked (a full disk, a file size limit) and say so
+            # only by its count: the rest is written on, or the error it then meets raised
+            data = memoryview(b"".join(self._pending))
+            offset = self._offsets[self._first_pending] * 8
+            while data:
+                written = os.pwrite(self._file.fileno(), data, offset)
+                data, offset = data[written:], offset + written
             self._first_pending += len(self._pending)
             self._pending.clear()
             self._pending_bytes = 0

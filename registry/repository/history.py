@@ -243,10 +243,16 @@ class Standing:
         return self.promotions[-1] if self.promotions else None
 
     def previous_productions(self, keep: int) -> list[str]:
-        """The `keep` most recent versions production would roll back to, newest first."""
+        """The `keep` most recent versions production would roll back to, newest first.
+
+        A promotion from no version (the environment's first, or its first since its file was
+        deleted or its pointer set to null) is where rollbacks stop: what came before it is
+        no rollback target."""
         found: list[str] = []
         for event in reversed(self.promotions):
-            if event.previous and event.previous not in found:
+            if event.previous is None:
+                break
+            if event.previous not in found:
                 found.append(event.previous)
         return found[: max(keep, 1)]
 

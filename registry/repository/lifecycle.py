@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.config import (
     EMBEDDER_SCHEMA_VERSION,
+    ENVIRONMENTS_DIR,
     MAX_CHUNK_SIZE,
     MAX_OVERLAP_RATIO,
     MIN_JACCARD,
@@ -524,7 +525,9 @@ def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
     _require_locked(state, version, base, "retire")
     _require_no_experiment(state, version, "retire", None)
     settings = state.settings
-    for env in environments(state):
+    declared = environments(state)
+    _require_readable_environments(state, {env.path for env in declared}, version)
+    for env in declared:
         production = env.name == PRODUCTION_ENVIRONMENT
         option = "" if production else f" --environment {env.name}"
         if env.serves == version:
@@ -549,6 +552,20 @@ def retire(git: Git, version: str, *, push: bool = False) -> ChangeResult:
     )
     commit = git.commit_files(base, {config_path(version): None}, message)
     return _finish(git, "retire", version, base, commit, push)
+
+
+def _require_readable_environments(state: RegistryState, declared: set[str],
+                                   version: str) -> None:
+    """An environment file that cannot be read (malformed, against the schema, misnamed)
+    may serve `version`: retiring it then would leave that environment, once its file is
+    repaired, pointing at a deleted config. Its first problem instead (exit 1, path:line)."""
+    broken = [p for p in state.errors
+              if (p.path.startswith(f"{ENVIRONMENTS_DIR}/") and p.path not in declared)
+              or (p.path == PRODUCTION_PATH and state.production is None)]
+    if broken:
+        first = invalid(broken)
+        raise ConfigInvalid(f"cannot retire {version} while an environment file cannot be "
+                            f"read: {first.message}", where=first.where, fix=first.fix)
 
 
 def rollback(git: Git, *, push: bool = False, branch: str | None = None,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +17,7 @@ from registry.embedding.base import pin
 from registry.embedding.onnx import OnnxEmbedder
 from registry.embedding.openai import TOKEN_ENV, URL_ENV, OpenAIEmbedder, RetryPolicy
 from registry.errors import EmbedderError
+from tests import local_http
 from tests.embedding.conftest import needs_minilm
 from tests.embedding_server import FakeEmbeddings
 
@@ -173,3 +179,67 @@ def test_vectors_of_another_dimension_are_refused(server: FakeEmbeddings) -> Non
                                             r"expected dimension 768"):
         OpenAIEmbedder(server.model, base_url=server.base_url, token=TOKEN,
                        dimension=768).embed_texts(["ok"])
+
+
+def test_a_server_that_answered_errors_then_restarts_gets_its_unreachable_tries(
+        minilm: OnnxEmbedder) -> None:
+    """A server restarting answers 503 while it drains, then refuses connections for a moment:
+    only the refused tries count toward `unreachable_attempts`, so the 503s before them must
+    not end the run at the first refused connection (it comes back during the next wait)."""
+    first = FakeEmbeddings(minilm).__enter__()
+    first.failures = [503, 503]
+    port = first._server.server_address[1]
+    running: list[FakeEmbeddings | None] = [first]
+
+    def wait(_: float) -> None:
+        if len(first.received) == 2 and running[0] is first:  # drained: it goes down
+            first.__exit__(None, None, None)
+            running[0] = None
+        elif running[0] is None:  # one refused try later: it is back on the same port
+            running[0] = FakeEmbeddings(minilm, port=port).__enter__()
+
+    remote = OpenAIEmbedder("minilm", base_url=f"http://127.0.0.1:{port}/v1", dimension=384,
+                            sleep=wait)
+    try:
+        np.testing.assert_allclose(remote.embed_texts(["ok"]), minilm.embed_texts(["ok"]),
+                                   atol=1e-6)
+    finally:
+        for server in running:
+            if server is not None:
+                server.__exit__(None, None, None)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_an_untrusted_certificate_is_one_line_at_once_not_retried(tmp_path: Path) -> None:
+    """A certificate the client does not trust (self-signed, a private CA, another host's
+    name) is no transient failure: retrying it waited ~10-20 s and then said to retry later."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True)
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = local_http.start(Answer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    sleeps: list[float] = []
+    remote = OpenAIEmbedder("m", base_url=f"https://127.0.0.1:{server.server_address[1]}/v1",
+                            dimension=3, sleep=sleeps.append)
+    try:
+        with pytest.raises(EmbedderError) as caught:
+            remote.embed_texts(["ok"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sleeps == []
+    assert "has a certificate this machine does not trust (self-signed certificate)" in str(
+        caught.value)
+    assert "SSL_CERT_FILE" in str(caught.value)
