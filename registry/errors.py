@@ -6,6 +6,8 @@ a RegistryError is a bug and reaches the user as "unexpected error" (exit 3).
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -218,3 +220,25 @@ class EngineUnavailable(RegistryError):
     """The Ray cluster `--ray-address` names cannot be reached (or Ray cannot start)."""
 
     exit_code = 21
+
+
+class OutOfSpace(RegistryError):
+    """A disk filled up (or a file size or quota limit was met): here, writing a temporary
+    file, or on the database server. The machine's state, not a bug, so not exit 3."""
+
+    exit_code = 22
+
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def out_of_space(err: BaseException) -> OutOfSpace | None:
+    """The OutOfSpace a full disk, quota or file size limit met by this process stands for,
+    or None. Temporary files (the corpus dedup's shingles, the spec workers read) go where
+    TMPDIR says."""
+    if not isinstance(err, OSError) or err.errno not in _NO_SPACE_ERRNOS:
+        return None
+    where = f" {err.filename}" if err.filename else ""
+    return OutOfSpace(f"cannot write{where}: {os.strerror(err.errno)}",
+                      fix="free disk space (temporary files go to TMPDIR, default /tmp: point "
+                      "it at a larger disk), or raise the quota or file size limit, then rerun")

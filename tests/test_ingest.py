@@ -413,3 +413,46 @@ def test_workers_read_the_chunker_from_a_private_file_gone_after_the_run(
     assert chunked(2) == chunked(1)
     assert sum(map(len, chunked(1))) > 20
     assert not list(tmp_path.glob("registry-chunker-*"))
+
+
+FULL_DISK = """
+import resource, signal, sys
+from registry.ingest.pipeline import FileShingleStore
+from registry.cli.app import main
+FileShingleStore.FLUSH_BYTES = 4096  # the shingles reach the disk within this small corpus
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_full_disk_is_one_line_and_its_own_exit_code_never_unexpected(
+        shadow: Shadow, corpus: Path, workers: str) -> None:
+    """A write that cannot be made (a full disk, a quota, a file size limit; here the limit)
+    is the machine's state, not a bug: one line naming TMPDIR, exit 22, and the run written
+    nowhere. With two workers the chunker's spec file meets it first, with one the corpus
+    dedup's shingle file."""
+    found = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, "ingest", shadow.version, "--source", str(corpus),
+         "--repo", str(shadow.repo.path), "--dsn", shadow.dsn, "--tokenizer-file",
+         str(shadow.repo.tokenizer_file), "--dedup", "corpus", "--workers", workers],
+        capture_output=True, text=True, timeout=120)
+    assert found.returncode == 22, found.stderr
+    lines = found.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write"), found.stderr
+    assert "TMPDIR" in lines[0] and "Traceback" not in found.stderr
+    assert shadow.rows("id") == []
+
+
+def test_the_database_server_out_of_disk_space_is_the_same_exit_code() -> None:
+    """PostgreSQL's disk_full (SQLSTATE 53100), escaped from any command, is the machine's
+    state as a local full disk is: exit 22, not an unexpected error."""
+    from psycopg import errors as pg_errors
+
+    from registry.database.connection import explain
+    from registry.errors import OutOfSpace
+
+    known = explain(pg_errors.DiskFull("could not extend file \"base/5/16384\": No space left"))
+    assert isinstance(known, OutOfSpace) and known.exit_code == 22
+    assert "out of disk space" in str(known)

@@ -22,7 +22,7 @@ from registry.cli import changes, data, quality, reconcile, registry_repo, tune
 from registry.cli.experiment import experiment_app
 from registry.cli.notify import notify_app
 from registry.cli.output import say
-from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError
+from registry.errors import UNEXPECTED_EXIT_CODE, RegistryError, out_of_space
 from registry.secrets import scrub
 
 app = typer.Typer(
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:
         from registry.database.connection import explain
 
-        known = explain(err)
+        known = explain(err) or out_of_space(err)
         if known is not None:
             _fail(f"error: {known}", known.exit_code)
         if _debug["on"]:

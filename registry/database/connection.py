@@ -36,6 +36,7 @@ from registry.errors import (
     BookkeepingDamaged,
     DatabasePermission,
     DatabaseUnavailable,
+    OutOfSpace,
     RegistryError,
     UsageError,
     storable,
@@ -356,6 +357,10 @@ def explain(err: BaseException) -> RegistryError | None:
     if unavailable(err):
         return DatabaseUnavailable(f"the database went away: {reason}",
                                    fix="check that the server is up, then rerun")
+    if err.sqlstate == "53100":  # disk_full
+        return OutOfSpace(f"the database server is out of disk space: {reason}",
+                          fix="free disk space on the database server (its data directory "
+                          "and WAL), then rerun")
     return _rights_or_damage(err, reason)
 
 
