@@ -35,7 +35,7 @@ import numpy as np
 from registry.embedding.base import PrefixedEmbedder, Vectors
 from registry.embedding.spec import EmbedderSpec
 from registry.errors import EmbedderError
-from registry.http import no_redirect_opener
+from registry.http import ConnectTimeout, no_redirect_opener
 
 URL_ENV = "REGISTRY_EMBEDDING_URL"
 TOKEN_ENV = "REGISTRY_EMBEDDING_TOKEN"
@@ -280,8 +280,9 @@ _NO_CONNECTION = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
 def _unreachable(reason: object) -> bool:
-    """No connection could be made at all (as opposed to one dropped or timed out)."""
-    if isinstance(reason, socket.gaierror | ConnectionRefusedError):
+    """No connection could be made at all: refused, no route, no such name, or nothing
+    answered within the connect timeout (as opposed to one dropped, or a slow answer)."""
+    if isinstance(reason, socket.gaierror | ConnectionRefusedError | ConnectTimeout):
         return True
     return isinstance(reason, OSError) and reason.errno in _NO_CONNECTION
 
