@@ -394,3 +394,53 @@ def test_an_openai_pin_is_embedded_by_the_actors_at_the_endpoint_the_driver_name
     texts = [text for text, _ in stored]
     expected = minilm.embed_texts(texts)
     assert np.abs(np.stack([v for _, v in stored]) - expected).max() < 1e-4
+
+
+def large_document_corpus(root: Path) -> Path:
+    """Seven documents of about 200,000 characters (the fifth a copy of the first, so a chunk
+    repeats one in another shard), read in name order."""
+    rng = random.Random(5)
+    texts = [t for t in training_text() if len(t) > 200]
+    root.mkdir(parents=True)
+    bodies: list[str] = []
+    for number in range(7):
+        if number == 4:
+            bodies.append(bodies[0])
+            continue
+        parts = [f"# Large {number}"]
+        while sum(map(len, parts)) < 200_000:
+            parts.append(f"## Part {len(parts)}\n\n{rng.choice(texts)} {rng.random()}")
+        bodies.append("\n\n".join(parts) + "\n")
+    for number, body in enumerate(bodies):
+        (root / f"large{number}.md").write_text(body)
+    return root
+
+
+def test_a_shard_of_large_documents_closes_on_text(
+    shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunking actor chunks its whole shard at once (one encode_batch, every shingle set,
+    the output table in memory): shards of 256 documents whatever their size put up to
+    256 x 16 MB of text in one actor. Shards close on text too (SHARD_BYTES, lowered here so
+    a small corpus crosses it), and the kept chunks are still the built-in's (each chunk's
+    shard is found from the shards' first documents, not by division)."""
+    from registry.ingest import ray_engine
+
+    monkeypatch.setattr(ray_engine, "SHARD_BYTES", 512 * 1024)
+    repo, version, dsn = shadow
+    source = large_document_corpus(tmp_path / "large")
+    builtin = ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
+                     dedup="corpus", workers=1)
+    expected = rows_of(dsn, version)
+    assert builtin.corpus_duplicates > 0
+
+    on_ray = ingest(repo.path, version, source, dsn=dsn, tokenizer_file=repo.tokenizer_file,
+                    dedup="corpus", workers=2, engine="ray", ray_address=cluster.address)
+
+    shards = last_run(dsn)["details"]["ray"]["shards"]
+    assert [s["documents"] for s in shards] == [3, 3, 1], "about 200 KB each: 3 reach 512 KB"
+    assert rows_of(dsn, version) == expected
+    assert {k: getattr(on_ray, k) for k in COUNTS} == {k: getattr(builtin, k) for k in COUNTS}
+    assert sorted(map(json.dumps, on_ray.accounted)) == sorted(map(json.dumps, builtin.accounted))
+    assert staging_tables(dsn) == []

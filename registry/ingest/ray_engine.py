@@ -4,7 +4,8 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
 
 - read: the driver reads the source with `read_source` (the same documents, problems and order
   as the built-in ingest) and puts it into the object store shard by shard (`shard_documents`
-  documents each; beyond `object_store_memory` Ray spills them to disk), keeping only refs.
+  documents each, fewer once a shard holds SHARD_BYTES of text; beyond `object_store_memory`
+  Ray spills them to disk), keeping only refs.
 - chunk: `ChunkShard` actors, one CPU each, `workers` of them, plain Ray actors the driver
   gives one shard at a time (`chunk_shards`; a Ray Data actor pool took seconds longer to
   start them); the config and the tokenizer are put into the object store once and each actor
@@ -39,6 +40,7 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -99,6 +101,12 @@ if TYPE_CHECKING:
     from registry.embedding.base import Embedder
     from registry.ingest.vectors import PassageEmbedder
 
+SHARD_BYTES = 8 * 1024 * 1024
+"""Characters of text at which a shard closes before `shard_documents` documents. A chunking
+actor chunks its whole shard in one `chunk_many` (one encode_batch, every shingle set, the
+output table): about 26 MB of memory per MB of text (283 MB for 8 MB), so 256 documents of a
+few MB each would take GBs in one actor. Larger than the built-in's BATCH_BYTES: every shard
+is a block the dedup shuffle exchanges an object with every partition."""
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
 """A local Ray's object store: small, the machine is shared; shards beyond it spill to disk."""
 LOAD_RETRIES = 3
@@ -790,9 +798,15 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     refs: list[Any] = []
     shard: list[Document] = []
     sizes: list[int] = []
+    firsts: list[int] = []
+    """The corpus sequence number of each shard's first document (shards close on bytes too,
+    so a shard's number is not a document's number divided by `shard_documents`)."""
+    text = 0
 
     def put() -> None:
+        nonlocal text
         first = report.documents - len(shard)
+        firsts.append(first)
         refs.append(ray.put(pa.table({
             "shard": [len(refs)] * len(shard),
             "seq": list(range(first, first + len(shard))),
@@ -800,6 +814,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
             "text": [d.text for d in shard], "kind": [d.kind for d in shard]})))
         sizes.append(len(shard))
         shard.clear()
+        text = 0
 
     for item in read_source(source, max_document_bytes=max_document_bytes, ignored=ignore):
         if isinstance(item, SourceProblem):
@@ -808,7 +823,8 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         shard.append(item)
         report.documents += 1
         report.bytes += len(item.text.encode())
-        if len(shard) >= shard_documents:
+        text += len(item.text)
+        if len(shard) >= shard_documents or text >= SHARD_BYTES:  # an actor's memory: bounded
             put()
             progress.documents, progress.bytes = report.documents, report.bytes
             if on_progress is not None:
@@ -835,7 +851,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     decisions = distributed.resolve(distributed.merge_partitions(results),
                                     [g for r in results for g in r.id_groups])
     def shard_of(order: int) -> int:
-        return (order >> distributed.DOC_SHIFT) // shard_documents
+        return bisect.bisect_right(firsts, order >> distributed.DOC_SHIFT) - 1
 
     decided = {shard: ray.put(part) for shard, part in decisions.by_shard(shard_of).items()}
     lap("dedup")
