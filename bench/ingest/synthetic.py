@@ -14,7 +14,7 @@ fresh process (word cache cold, then warm) measured the same at the start of the
 and deep in the derived ones (~47 then ~35-39 us CPU per chunk, busy machine). What grew with
 the corpus was the word-hash cache: the 1M chunks have 476k distinct words (Heaps' law, the 1%
 new words included), and a cache limited to 200k words was cleared over and over, every
-frequent word hashed anew each time (chunker._WORD_CACHE_LIMIT is now 1M words).
+frequent word hashed anew each time (chunker._WORD_CACHE_LIMIT is now 1<<19, 524k words).
 
 What does grow with the corpus, in the real bodies as in the derived ones, is the share of
 chunks that meet an earlier kept chunk in some LSH band (9% of the first 10k chunks, 30% of the
