@@ -44,12 +44,7 @@ def test_a_version_served_by_staging_and_production(registry_repo: RegistryRepo)
 def test_staging_removed_and_declared_again(registry_repo: RegistryRepo) -> None:
     """Staging served v1 then v2, was removed, and is declared again serving v3: its rollback
     has nothing to return to, so nothing of its first life is protected."""
-    v1 = registry_repo.locked()
-    v2 = registry_repo.locked(chunk_size=400)
-    v3 = registry_repo.locked(chunk_size=350)
-    assert run_cli("tag", "--repo", registry_repo.path).code == 0
-    with_staging(registry_repo, v1)
-    _serve(registry_repo, v2)
+    _, v2, v3 = staging_served_v1_then_v2(registry_repo)
     registry_repo.git("rm", "--quiet", STAGING)
     registry_repo.git("commit", "--quiet", "-m", "Remove staging")
     registry_repo.git("push", "--quiet", "origin", "main")
@@ -61,12 +56,7 @@ def test_staging_removed_and_declared_again(registry_repo: RegistryRepo) -> None
 
 
 def test_staging_rolled_back_protects_the_new_target(registry_repo: RegistryRepo) -> None:
-    v1 = registry_repo.locked()
-    v2 = registry_repo.locked(chunk_size=400)
-    v3 = registry_repo.locked(chunk_size=350)
-    assert run_cli("tag", "--repo", registry_repo.path).code == 0
-    with_staging(registry_repo, v1)
-    _serve(registry_repo, v2)
+    v1, v2, v3 = staging_served_v1_then_v2(registry_repo)
     _serve(registry_repo, v3)
     rolled = run_cli("rollback", "--environment", "staging", "--repo", registry_repo.path)
     assert rolled.code == 0, rolled.stderr
@@ -101,3 +91,15 @@ def test_retire_refuses_while_an_environment_file_cannot_be_read(
     assert result.stderr.startswith(f"error: {path}:"), result.stderr
     assert f"cannot retire {v1} while an environment file cannot be read" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def staging_served_v1_then_v2(registry_repo: RegistryRepo) -> tuple[str, str, str]:
+    """Three tagged versions; staging declared serving the first, then promoted to the
+    second."""
+    v1 = registry_repo.locked()
+    v2 = registry_repo.locked(chunk_size=400)
+    v3 = registry_repo.locked(chunk_size=350)
+    assert run_cli("tag", "--repo", registry_repo.path).code == 0
+    with_staging(registry_repo, v1)
+    _serve(registry_repo, v2)
+    return v1, v2, v3

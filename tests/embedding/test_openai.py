@@ -6,7 +6,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -128,20 +128,28 @@ def test_a_server_that_comes_back_within_the_tries_is_used(minilm: OnnxEmbedder)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    started: list[FakeEmbeddings] = []
+    started: list[FakeEmbeddings | None] = []
 
     def start_server(_: float) -> None:
         if not started:
             started.append(FakeEmbeddings(minilm, port=port).__enter__())
 
+    embeds_like_minilm(minilm, port, start_server, started)
+
+
+def embeds_like_minilm(minilm: OnnxEmbedder, port: int, sleep: Callable[[float], None],
+                       servers: list[FakeEmbeddings | None]) -> None:
+    """An embedder on 127.0.0.1:`port` whose waits run `sleep` (which starts and stops the
+    servers it keeps in `servers`) embeds as MiniLM does; the servers are stopped after."""
     remote = OpenAIEmbedder("minilm", base_url=f"http://127.0.0.1:{port}/v1", dimension=384,
-                            sleep=start_server)
+                            sleep=sleep)
     try:
         np.testing.assert_allclose(remote.embed_texts(["ok"]), minilm.embed_texts(["ok"]),
                                    atol=1e-6)
     finally:
-        for server in started:
-            server.__exit__(None, None, None)
+        for server in servers:
+            if server is not None:
+                server.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize("failure", [401, 500])
@@ -198,15 +206,7 @@ def test_a_server_that_answered_errors_then_restarts_gets_its_unreachable_tries(
         elif running[0] is None:  # one refused try later: it is back on the same port
             running[0] = FakeEmbeddings(minilm, port=port).__enter__()
 
-    remote = OpenAIEmbedder("minilm", base_url=f"http://127.0.0.1:{port}/v1", dimension=384,
-                            sleep=wait)
-    try:
-        np.testing.assert_allclose(remote.embed_texts(["ok"]), minilm.embed_texts(["ok"]),
-                                   atol=1e-6)
-    finally:
-        for server in running:
-            if server is not None:
-                server.__exit__(None, None, None)
+    embeds_like_minilm(minilm, port, wait, running)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
