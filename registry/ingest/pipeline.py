@@ -96,7 +96,6 @@ from registry.repository.state import RegistryState
 from registry.tokenizer import file_hash, resolve
 
 if TYPE_CHECKING:
-
     from registry.embedding.base import Embedder
     from registry.ingest.vectors import PassageEmbedder
 
