@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 CONNECT_TIMEOUT_S = 10.0
@@ -24,7 +25,7 @@ class ConnectTimeout(TimeoutError):
     slow to answer a request it has."""
 
 
-def _connect(connection: http.client.HTTPConnection, connect: Any) -> None:
+def _connect(connection: http.client.HTTPConnection, connect: Callable[[], None]) -> None:
     """`connect` (the class's own) within min(CONNECT_TIMEOUT_S, the timeout); then the
     socket gets the full timeout back for the reads."""
     timeout = connection.timeout

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import logging
 import os
 import pickle
@@ -798,15 +799,11 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     refs: list[Any] = []
     shard: list[Document] = []
     sizes: list[int] = []
-    firsts: list[int] = []
-    """The corpus sequence number of each shard's first document (shards close on bytes too,
-    so a shard's number is not a document's number divided by `shard_documents`)."""
     text = 0
 
     def put() -> None:
         nonlocal text
         first = report.documents - len(shard)
-        firsts.append(first)
         refs.append(ray.put(pa.table({
             "shard": [len(refs)] * len(shard),
             "seq": list(range(first, first + len(shard))),
@@ -850,6 +847,10 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     results = _dedup(blocks, partitions, bands, config.jaccard_threshold, remote)
     decisions = distributed.resolve(distributed.merge_partitions(results),
                                     [g for r in results for g in r.id_groups])
+    # each shard's first document number (shards close on bytes too, so a shard's number is
+    # not a document's number divided by `shard_documents`)
+    firsts = list(itertools.accumulate(sizes[:-1], initial=0))
+
     def shard_of(order: int) -> int:
         return bisect.bisect_right(firsts, order >> distributed.DOC_SHIFT) - 1
 
