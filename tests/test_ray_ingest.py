@@ -131,9 +131,16 @@ COUNTS = ("documents", "skipped", "chunks", "duplicates_removed", "corpus_duplic
           "identical_ids", "too_small", "tokens", "bytes", "ingested", "not_ingested")
 
 
+@pytest.mark.parametrize("dedup_on", ["tasks", "driver"])
 def test_ray_ingest_keeps_exactly_the_chunks_of_the_builtin_ingest(
-    shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path
+    shadow: tuple[RegistryRepo, str, str], cluster: Cluster, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, dedup_on: str
 ) -> None:
+    """Both ways the dedup steps run: as tasks shuffling across the two nodes (a corpus past
+    DRIVER_DEDUP_BYTES), and called in the driver (a smaller one)."""
+    from registry.ingest import ray_engine
+
+    monkeypatch.setattr(ray_engine, "DRIVER_DEDUP_BYTES", 0 if dedup_on == "tasks" else 1 << 30)
     dedup = "corpus"
     repo, version, dsn = shadow
     source = near_duplicate_corpus(tmp_path / "corpus")
@@ -152,6 +159,8 @@ def test_ray_ingest_keeps_exactly_the_chunks_of_the_builtin_ingest(
     run = last_run(dsn)
     assert run["status"] == "succeeded"
     ray_record = run["details"]["ray"]
+    assert ray_record["dedup_on"] == dedup_on
+    assert (ray_record["partitions"] > 1) == (dedup_on == "tasks")
     assert [s["shard"] for s in ray_record["shards"]] == list(range(8))  # 31 documents / 4
     assert sum(s["rows"] for s in ray_record["shards"]) == len(expected)
     assert len(ray_record["chunk_nodes"]) == 2, "both nodes chunked (the shuffle crossed them)"

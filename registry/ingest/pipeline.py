@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import psycopg
@@ -715,9 +715,8 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
     spec = ChunkerSpec(config, tokenizer_json, corpus)
     items = read_source(source, max_document_bytes=max_document_bytes, ignored=ignore)
     store = FileShingleStore() if corpus else None
-    deduplicator = CorpusDeduplicator(config.jaccard_threshold, store) if store else None
-    seen_ids: dict[bytes, str] = {}
-    owners: dict[int, str] = {}
+    corpus_pass = CorpusPass(CorpusDeduplicator(config.jaccard_threshold, store)
+                             if store else None)
     last_report = 0.0
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         table, sql.SQL(", ").join(map(sql.Identifier, columns)))
@@ -727,7 +726,7 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
         for batch, chunked in chunk_corpus(spec, batches(items, problem), report.workers):
             rows: list[tuple[Any, ...]] = []
             for document, result in zip(batch, chunked, strict=True):
-                rows.extend(keep_rows(result, deduplicator, seen_ids, owners, report))
+                rows.extend(keep_rows(result, corpus_pass, report))
                 report.documents += 1
                 report.bytes += len(document.text.encode())
                 report.tokens += result.tokens
@@ -877,34 +876,67 @@ def apply_document_changes(data: psycopg.Connection[Any], target: ChunkTable,
     ).format(table=table, cols=columns, staged=STAGED))
 
 
-def keep_rows(result: ChunkedDocument, deduplicator: CorpusDeduplicator | None,
-          seen_ids: dict[bytes, str], owners: dict[int, str], report: IngestReport
-          ) -> list[tuple[Any, ...]]:
-    """The rows of one document that survive corpus dedup and identical ids, renumbered; a
-    document left without a row is accounted for by name (merged into the documents whose
-    chunks it repeats, or without a chunk at all). `seen_ids` and `owners` (the corpus
-    deduplicator's kept chunks) remember which document each kept chunk came from."""
+class Repeat(NamedTuple):
+    """A dropped chunk: the document of the kept chunk it repeats, and whether it was dropped
+    as a near-duplicate (corpus dedup) or for an identical id."""
+
+    doc_id: str
+    near: bool
+
+
+class CorpusPass:
+    """The corpus pass over chunks in corpus order: a chunk goes if a kept chunk is a
+    near-duplicate (with a deduplicator) or has its id; else it is kept and remembered with its
+    document. The one place that decides, for the built-in ingest and the Ray ingest's driver
+    alike, so both keep the same chunks and name the same documents."""
+
+    def __init__(self, deduplicator: CorpusDeduplicator | None) -> None:
+        self.deduplicator = deduplicator
+        self._ids: dict[bytes, str] = {}
+        self._owners: dict[int, str] = {}
+        """The document of each kept chunk, by the deduplicator's store index."""
+
+    def repeats(self, doc_id: str, chunk_id: str, shingles: Shingles | None = None,
+                keys: Sequence[int] = ()) -> Repeat | None:
+        """What this chunk repeats, or None (and it is kept); `shingles` and `keys` (its
+        MinHash band keys) are needed with a deduplicator only."""
+        deduplicator = self.deduplicator
+        if deduplicator is not None:
+            assert shingles is not None
+            if deduplicator.is_duplicate(shingles, keys):
+                return Repeat(self._owners.get(deduplicator.last_index, "?"), near=True)
+            if keys:
+                self._owners[deduplicator.last_index] = doc_id
+        key = bytes.fromhex(chunk_id[:32])
+        held = self._ids.get(key)
+        if held is not None:  # same embedding text under the same config: the same chunk
+            return Repeat(held, near=False)
+        self._ids[key] = doc_id
+        return None
+
+
+def keep_rows(result: ChunkedDocument, corpus_pass: CorpusPass, report: IngestReport
+              ) -> list[tuple[Any, ...]]:
+    """The rows of one document that survive the corpus pass, renumbered; a document left
+    without a row is accounted for by name (merged into the documents whose chunks it
+    repeats, or without a chunk at all)."""
     count_document(result, report)
     kept: list[Chunk] = []
     into: list[str] = []
+    dedup = corpus_pass.deduplicator is not None
     for index, chunk in enumerate(result.chunks):
-        if deduplicator is not None:
-            duplicate = deduplicator.is_duplicate(result.shingles[index], result.band_keys[index])
-            if duplicate:
-                report.corpus_duplicates += 1
-                report.duplicates_removed += 1
-                into.append(owners.get(deduplicator.last_index, "?"))
-                continue
-            if result.band_keys[index]:
-                owners[deduplicator.last_index] = result.doc_id
-        key = bytes.fromhex(chunk.id[:32])
-        if key in seen_ids:  # same embedding text under the same config: the same chunk
-            report.identical_ids += 1
-            report.duplicates_removed += 1
-            into.append(seen_ids[key])
+        repeat = (corpus_pass.repeats(result.doc_id, chunk.id, result.shingles[index],
+                                      result.band_keys[index]) if dedup
+                  else corpus_pass.repeats(result.doc_id, chunk.id))
+        if repeat is None:
+            kept.append(chunk)
             continue
-        seen_ids[key] = result.doc_id
-        kept.append(chunk)
+        if repeat.near:
+            report.corpus_duplicates += 1
+        else:
+            report.identical_ids += 1
+        report.duplicates_removed += 1
+        into.append(repeat.doc_id)
     return account_document(result, kept, into, report)
 
 

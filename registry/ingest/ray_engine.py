@@ -9,17 +9,20 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
 - chunk: `ChunkShard` actors, one CPU each, `workers` of them, plain Ray actors the driver
   gives one shard at a time (`chunk_shards`; a Ray Data actor pool took seconds longer to
   start them); the config and the tokenizer are put into the object store once and each actor
-  builds its `Chunker` from them at start. Meanwhile the dedup steps' task workers start
-  (`warm_task_workers`), so the first step does not wait for new processes.
-  What they output is columnar (`chunked_table`: the rows' fields, band keys and shingle sets
-  as arrow list columns), nothing pickled, and only what later stages read.
-- dedup: plain Ray tasks, no Ray Data shuffle (`_dedup`): every chunk's band keys (and its id)
+  builds its `Chunker` from them at start. What they output is columnar (`chunked_table`: the
+  rows' fields, band keys and shingle sets as arrow list columns), nothing pickled, and only
+  what later stages read.
+- dedup, up to DRIVER_DEDUP_BYTES of source: the driver runs the built-in ingest's corpus pass
+  (`DriverPass`: `CorpusPass`, a `CorpusDeduplicator`) over the blocks in shard order as they
+  are chunked, beside the actors, as the built-in's parent does beside its workers.
+- dedup, past it: plain Ray tasks, no Ray Data shuffle (`_dedup`; their task workers start
+  during the chunk stage, `warm_task_workers`): every chunk's band keys (and its id)
   travel as numpy records of 24 bytes to partitions by key, so candidates made on different
   nodes meet; each partition keeps the records that meet another, the shingle sets of those
   chunks alone are gathered from their blocks, each partition verifies its pairs exactly
   (`distributed.verify_collisions`) and the driver applies the greedy corpus order to the few
-  chunks that have a near-duplicate (`distributed.resolve`): the kept set is the built-in
-  ingest's, chunk for chunk.
+  chunks that have a near-duplicate (`distributed.resolve`). Either way the kept set is the
+  built-in ingest's, chunk for chunk.
 - embed (a config that pins an embedder): `EmbedShards` actors apply the corpus decisions to
   each shard, embed the kept rows' embedding_text with the passage prefix through the embedding
   cache, as the built-in ingest does, and COPY rows and vectors themselves (a task downstream
@@ -29,13 +32,14 @@ read -> chunk -> dedup -> embed -> load, with the built-in ingest's own code at 
   embeds: a node whose runtime answers the probes differently (another GPU provider) fails the
   run, writing nothing. An onnx pin takes one actor per GPU when the cluster has GPUs (at most
   `workers`), else one per worker with one onnxruntime thread each.
-- load (no embedder): plain tasks (`load_blocks`, at most `workers` at once) COPY each shard
-  into `chunk_registry.ingest_staging_<run>` in one transaction per shard, deleting the shard's
-  earlier rows first (a retried task replaces, never doubles). The driver then checks every
-  shard is there and moves the run into the shadow table in one transaction, which also records
-  the run (its shards listed) and drops the staging table: readers see the whole run or none of
-  it. A worker killed mid-run is retried by Ray (`LOAD_RETRIES`); when retries run out the run
-  fails, the staging table is dropped and the shadow table is as it was.
+- load (no embedder): the chunking actors (`load_blocks`, one block per actor at once) COPY
+  each shard into `chunk_registry.ingest_staging_<run>` in one transaction per shard, deleting
+  the shard's earlier rows first (a retried call replaces, never doubles). The driver then
+  checks every shard is there and moves the run into the shadow table in one transaction,
+  which also records the run (its shards listed) and drops the staging table: readers see the
+  whole run or none of it. An actor killed mid-run is restarted and its call made again by
+  Ray (CHUNK_RETRIES; the embedding actors LOAD_RETRIES); when retries run out the run fails,
+  the staging table is dropped and the shadow table is as it was.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import os
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -65,14 +69,23 @@ from registry.database.chunk_table import COPY_TYPES, ChunkTable
 from registry.database.connection import connect, database_error
 from registry.errors import EngineUnavailable, RegistryError, UsageError
 from registry.ingest import distributed
-from registry.ingest.chunker import Chunk, ChunkedDocument, Chunker, Document, MinHasher
+from registry.ingest.chunker import (
+    Chunk,
+    ChunkedDocument,
+    Chunker,
+    CorpusDeduplicator,
+    Document,
+    MinHasher,
+)
 from registry.ingest.pipeline import (
     ACCOUNTED_KEPT,
     BATCH_DOCUMENTS,
     DEFAULT_MAX_CHANGE,
     MAX_DOCUMENT_BYTES,
     STAGED,
+    CorpusPass,
     DedupMode,
+    FileShingleStore,
     IngestFailed,
     IngestReport,
     Progress,
@@ -108,10 +121,15 @@ actor chunks its whole shard in one `chunk_many` (one encode_batch, every shingl
 output table): about 26 MB of memory per MB of text (283 MB for 8 MB), so 256 documents of a
 few MB each would take GBs in one actor. Larger than the built-in's BATCH_BYTES: every shard
 is a block the dedup shuffle exchanges an object with every partition."""
-OBJECT_STORE_BYTES = 128 * 1024 * 1024
-"""A local Ray's object store: small, the machine is shared; shards beyond it spill to disk."""
+OBJECT_STORE_BYTES = 1024 * 1024 * 1024
+"""A local Ray's object store, whose shared-memory pages are taken as objects are put; past
+it objects spill to disk. (At 128 MB a 32 MB corpus's shards and chunked blocks spilled, and
+Ray's spill and restore workers took 2.3 s of CPU on a 2-core machine.)"""
+CHUNK_RETRIES = 3
+"""Times a chunking actor whose process died is restarted (and its call, a shard chunked or
+a block loaded, made again)."""
 LOAD_RETRIES = 3
-"""Times Ray retries a load task whose worker died, before the run fails."""
+"""Times Ray restarts an embedding actor whose process died, before the run fails."""
 ACTORS_READY_S = 900
 """How long the chunking stage waits for a chunking actor to finish a shard (a cluster that
 cannot host the actors, or is scaling up, fails the run after it)."""
@@ -247,6 +265,10 @@ class ChunkShard:
         hasher = self.chunker.hasher
         return chunked_table(columns["shard"], columns["seq"], self.node, chunked,
                              hasher.bands if hasher is not None else 0)
+
+    def load(self, block: pa.Table, **load: Any) -> pa.Table:
+        """A chunked block decided and COPYed (`_load_batch`), once the chunking is done."""
+        return _load_batch(block, **load)
 
 
 CHUNK_COLUMNS = ("id", "chunk_index", "embedding_text", "bm25_text", "embedding_tokens",
@@ -795,84 +817,114 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         seconds[stage] = round(now - mark, 3)
         mark = now
 
-    # read: shards into the object store, refs kept
+    # read -> chunk: the driver reads the source into the object store a shard at a time as
+    # the actors (one per worker, the spec shipped once) ask for work, refs kept. Up to
+    # DRIVER_DEDUP_BYTES of source the driver runs the built-in's corpus pass over the blocks
+    # in shard order as they come (beside the chunking, as the built-in's parent does); past
+    # it the dedup steps' task workers start meanwhile, and the shuffle runs as tasks once
+    # every shard is chunked.
     refs: list[Any] = []
-    shard: list[Document] = []
     sizes: list[int] = []
-    text = 0
 
-    def put() -> None:
-        nonlocal text
-        first = report.documents - len(shard)
-        refs.append(ray.put(pa.table({
-            "shard": [len(refs)] * len(shard),
-            "seq": list(range(first, first + len(shard))),
-            "doc_id": [d.doc_id for d in shard], "title": [d.title for d in shard],
-            "text": [d.text for d in shard], "kind": [d.kind for d in shard]})))
-        sizes.append(len(shard))
-        shard.clear()
+    def shards() -> Iterator[Any]:
+        shard: list[Document] = []
         text = 0
 
-    for item in read_source(source, max_document_bytes=max_document_bytes, ignored=ignore):
-        if isinstance(item, SourceProblem):
-            note_problem(item, report, progress, strict=strict, on_problem=on_problem)
-            continue
-        shard.append(item)
-        report.documents += 1
-        report.bytes += len(item.text.encode())
-        text += len(item.text)
-        if len(shard) >= shard_documents or text >= SHARD_BYTES:  # an actor's memory: bounded
-            put()
+        def put() -> Any:
+            first = report.documents - len(shard)
+            refs.append(ray.put(pa.table({
+                "shard": [len(refs)] * len(shard),
+                "seq": list(range(first, first + len(shard))),
+                "doc_id": [d.doc_id for d in shard], "title": [d.title for d in shard],
+                "text": [d.text for d in shard], "kind": [d.kind for d in shard]})))
+            sizes.append(len(shard))
+            shard.clear()
             progress.documents, progress.bytes = report.documents, report.bytes
             if on_progress is not None:
                 on_progress(progress)
-    if shard:
-        put()
-    if report.documents == 0:
-        check_not_empty(report, source)
-    lap("read")
-    # chunk: one actor per worker, the spec shipped once; the dedup steps' task workers start
-    # meanwhile
+            return refs[-1]
+
+        for item in read_source(source, max_document_bytes=max_document_bytes, ignored=ignore):
+            if isinstance(item, SourceProblem):
+                note_problem(item, report, progress, strict=strict, on_problem=on_problem)
+                continue
+            shard.append(item)
+            report.documents += 1
+            report.bytes += len(item.text.encode())
+            text += len(item.text)
+            if len(shard) >= shard_documents or text >= SHARD_BYTES:  # an actor's memory
+                yield put()
+                text = 0
+        if shard:
+            yield put()
+
     remote = worker_options()
-    warming = warm_task_workers(report.workers, remote)
-    spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
-    blocks = chunk_shards(refs, spec, report.workers, remote)
-    lap("chunk")
-    del warming  # started or starting: the dedup tasks take them as they are
-    # dedup: fixed-width band and id records shuffled by key (numpy, through the object
-    # store), the colliding chunks' shingle sets gathered from their blocks, verified per
-    # partition, resolved in corpus order
-    partitions = dedup_partitions(report.workers, report.bytes)
     bands = MinHasher(config.jaccard_threshold).bands if corpus else 0
-    results = _dedup(blocks, partitions, bands, config.jaccard_threshold, remote)
-    decisions = distributed.resolve(distributed.merge_partitions(results),
-                                    [g for r in results for g in r.id_groups])
-    # each shard's first document number (shards close on bytes too, so a shard's number is
-    # not a document's number divided by `shard_documents`)
-    firsts = list(itertools.accumulate(sizes[:-1], initial=0))
+    dedup_on = "driver" if size_on_disk(source) <= DRIVER_DEDUP_BYTES else "tasks"
+    warming = warm_task_workers(report.workers, remote) if dedup_on == "tasks" else []
+    spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
+    actors = chunk_actors(spec, report.workers, remote)
+    try:
+        if dedup_on == "driver":
+            driver_pass = DriverPass(config.jaccard_threshold if corpus else None, bands)
+            try:
+                blocks = chunk_shards(actors, shards(), driver_pass.add)
+            finally:
+                driver_pass.close()
+            lap("read_and_chunk")
+            partitions, pairs_checked = 0, driver_pass.pairs_checked
+            decisions = driver_pass.decisions
+        else:
+            blocks = chunk_shards(actors, shards())
+            lap("read_and_chunk")
+            for actor in actors:  # the CPUs they hold go to the dedup tasks
+                ray.kill(actor)
+            del warming  # started or starting: the dedup tasks take them as they are
+            # fixed-width band and id records shuffled by key (numpy, through the object
+            # store), the colliding chunks' shingle sets gathered from their blocks, verified
+            # per partition, resolved in corpus order
+            partitions = dedup_partitions(report.workers, report.bytes)
+            results = _dedup(blocks, partitions, bands, config.jaccard_threshold, remote)
+            pairs_checked = sum(r.pairs_checked for r in results)
+            decisions = distributed.resolve(distributed.merge_partitions(results),
+                                            [g for r in results for g in r.id_groups])
+        if report.documents == 0:
+            check_not_empty(report, source)
+        # each shard's first document number (shards close on bytes too, so a shard's number
+        # is not a document's number divided by `shard_documents`)
+        firsts = list(itertools.accumulate(sizes[:-1], initial=0))
 
-    def shard_of(order: int) -> int:
-        return bisect.bisect_right(firsts, order >> distributed.DOC_SHIFT) - 1
+        def shard_of(order: int) -> int:
+            return bisect.bisect_right(firsts, order >> distributed.DOC_SHIFT) - 1
 
-    decided = {shard: ray.put(part) for shard, part in decisions.by_shard(shard_of).items()}
-    lap("dedup")
-    # load: COPY per shard into the staging table; with an embedder, the embedding actors
-    # decide, embed (only the kept rows) and COPY
-    if embedder is None:
-        outcomes = load_blocks(blocks, report.workers, remote, dsn=dsn, staging=staging,
-                               run=report, decided=decided)
-    else:
-        gpu = uses_gpus(config, report.ray["gpus"] if report.ray else 0)
-        actors = min(report.workers, report.ray["gpus"]) if gpu and report.ray else report.workers
-        chunked: Any = ray.data.from_arrow_refs(blocks)
-        loaded = chunked.map_batches(
-            EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)), dsn,
-                                              staging, report, decided, gpu),
-            batch_size=None, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            max_restarts=LOAD_RETRIES, max_task_retries=LOAD_RETRIES,
-            **({"num_gpus": 1} if gpu else {"num_cpus": 1}), **remote)
-        outcomes = [row["outcome"] for row in loaded.iter_rows()]
+        decided = {shard: ray.put(part) for shard, part in decisions.by_shard(shard_of).items()}
+        lap("dedup")
+        # load: COPY per shard into the staging table, on the chunking actors (started, their
+        # module imported); with an embedder, the embedding actors decide, embed (only the
+        # kept rows) and COPY
+        if embedder is None:
+            if dedup_on == "tasks":
+                actors = chunk_actors(spec, min(report.workers, len(blocks)), remote)
+            outcomes = load_blocks(actors, blocks, dsn=dsn, staging=staging, run=report,
+                                   decided=decided)
+        else:
+            for actor in actors:  # their CPUs go to the embedding actors
+                ray.kill(actor)
+            gpu = uses_gpus(config, report.ray["gpus"] if report.ray else 0)
+            count = min(report.workers, report.ray["gpus"]) if gpu and report.ray \
+                else report.workers
+            chunked: Any = ray.data.from_arrow_refs(blocks)
+            loaded = chunked.map_batches(
+                EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)),
+                                                  dsn, staging, report, decided, gpu),
+                batch_size=None, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=count),
+                max_restarts=LOAD_RETRIES, max_task_retries=LOAD_RETRIES,
+                **({"num_gpus": 1} if gpu else {"num_cpus": 1}), **remote)
+            outcomes = [row["outcome"] for row in loaded.iter_rows()]
+    finally:
+        for actor in actors:
+            ray.kill(actor)
     summaries: list[ShardSummary] = []
     for pickled in outcomes:
         outcome: ShardSummary | RegistryError = pickle.loads(pickled)
@@ -891,8 +943,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         setattr(report, name, round(sum(getattr(s.counts, name) for s in summaries), 3))
     assert report.ray is not None
     report.ray.update({
-        "partitions": partitions,
-        "pairs_checked": sum(r.pairs_checked for r in results),
+        "partitions": partitions, "dedup_on": dedup_on, "pairs_checked": pairs_checked,
         "chunk_nodes": sorted({s.chunked_on for s in summaries}),
         "load_nodes": sorted({s.loaded_on for s in summaries}),
         "embed_nodes": sorted({s.embedded_on for s in summaries if s.embedded_on}),
@@ -911,70 +962,78 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     check_not_empty(report, source)
 
 
-CHUNK_RETRIES = 3
-"""Times a chunking actor whose process died is restarted (and its shard chunked again)."""
 
-
-def chunk_shards(shards: Sequence[Any], spec: Any, workers: int, remote: dict[str, Any]
-                 ) -> list[Any]:
-    """The chunk stage: `workers` ChunkShard actors (1 CPU each), plain Ray actors rather
-    than a Ray Data actor pool (whose executor took ~6 s more to start two actors on a busy
-    2-core machine), each given one shard at a time as it finishes the last, so a slow shard
-    holds one actor only. The refs of the chunked blocks, in shard order. Every actor gets a
-    shard first (every node chunks, with at least `workers` shards); a cluster that cannot
-    host one actor within ACTORS_READY_S fails the run."""
+def chunk_actors(spec: Any, workers: int, remote: dict[str, Any]) -> list[Any]:
+    """`workers` ChunkShard actors (1 CPU each), plain Ray actors rather than a Ray Data actor
+    pool (whose executor took ~6 s more to start two actors on a busy 2-core machine), started
+    now (they load the tokenizer while the driver reads). An actor whose process dies is
+    restarted and its call made again, up to CHUNK_RETRIES times."""
     import ray
 
     actor_class: Any = ray.remote(ChunkShard)
     actor_class = actor_class.options(num_cpus=1, max_restarts=CHUNK_RETRIES,
                                       max_task_retries=CHUNK_RETRIES, **remote)
-    actors: list[Any] = [actor_class.remote(spec)
-                         for _ in range(max(1, min(workers, len(shards))))]
-    blocks: list[Any] = [None] * len(shards)
+    return [actor_class.remote(spec) for _ in range(max(1, workers))]
+
+
+def feed(actors: Sequence[Any], method: str, items: Iterable[Any],
+         on_result: Callable[[Any], None] | None = None, **arguments: Any) -> list[Any]:
+    """Each item through `actors`' `method`, one item at a time per actor as it finishes the
+    last (a slow item holds one actor only, and every actor gets an item first: with at least
+    as many items as actors, every node works); `items` is drawn as the actors ask for work.
+    The refs of the results, in item order; `on_result` is given each result in item order as
+    soon as it and those before it are done (the driver works on them while the actors go
+    on). An actor that gives no result within ACTORS_READY_S fails the run (the cluster
+    cannot host the actors)."""
+    import ray
+
+    results: list[Any] = []
     running: dict[Any, tuple[int, Any]] = {}
-    upcoming = iter(range(len(shards)))
+    upcoming = iter(items)
+    finished: set[int] = set()
+    handed = 0
 
     def give(actor: Any) -> None:
-        position = next(upcoming, None)
-        if position is not None:
-            ref = actor.chunk.remote(shards[position])
-            blocks[position] = ref
-            running[ref] = (position, actor)
+        item = next(upcoming, None)
+        if item is not None:
+            ref = getattr(actor, method).remote(item, **arguments)
+            running[ref] = (len(results), actor)
+            results.append(ref)
 
     for actor in actors:
         give(actor)
     while running:
         done, _ = ray.wait(list(running), num_returns=1, timeout=ACTORS_READY_S,
-                           fetch_local=False)
+                           fetch_local=on_result is not None)
         if not done:
-            raise IngestFailed(f"no chunking actor finished a shard in {ACTORS_READY_S} s: "
-                               "the cluster cannot host the actors", fix="check the cluster's "
+            raise IngestFailed(f"no Ray actor finished its work in {ACTORS_READY_S} s: the "
+                               "cluster cannot host the actors", fix="check the cluster's "
                                "free CPUs, or lower --workers")
-        _, actor = running.pop(done[0])
-        give(actor)  # a shard that failed fails the dedup task that reads its block
-    for actor in actors:
-        ray.kill(actor)
-    return blocks
+        position, actor = running.pop(done[0])
+        give(actor)  # a failed item fails the step that reads its result
+        finished.add(position)
+        while on_result is not None and handed in finished:
+            on_result(ray.get(results[handed]))
+            handed += 1
+    return results
 
 
-def load_blocks(blocks: Sequence[Any], workers: int, remote: dict[str, Any], **load: Any
-                ) -> list[bytes]:
-    """The load stage of a config without an embedder: a plain Ray task per chunked block
-    (`_load_batch`; a Ray Data task pool took ~4 s to start on a busy 2-core machine), at most
-    `workers` at once (each holds a database connection), a task whose worker died retried up
-    to LOAD_RETRIES times. The pickled outcomes, block after block."""
+def chunk_shards(actors: Sequence[Any], shards: Iterable[Any],
+                 on_block: Callable[[pa.Table], None] | None = None) -> list[Any]:
+    """The chunk stage: the shards through the ChunkShard actors; the refs of the chunked
+    blocks, in shard order (and each block to `on_block`, in shard order, as it is done)."""
+    return feed(actors, "chunk", shards, on_block)
+
+
+def load_blocks(actors: Sequence[Any], blocks: Sequence[Any], **load: Any) -> list[bytes]:
+    """The load stage of a config without an embedder: each chunked block decided and COPYed
+    (`_load_batch`) by the chunking actors, already started with this module imported (new
+    task workers took seconds to start on a busy 2-core machine), at most one block per actor
+    at once (each holds a database connection). The pickled outcomes, block after block."""
     import ray
 
-    task: Any = ray.remote(_load_batch).options(max_retries=LOAD_RETRIES, **remote)
-    results: list[Any] = []
-    running: list[Any] = []
-    for block in blocks:
-        if len(running) >= max(1, workers):
-            _, running = ray.wait(running, num_returns=1, fetch_local=False)
-        ref = task.remote(block, **load)
-        results.append(ref)
-        running.append(ref)
-    return [o for table in ray.get(results) for o in table.column("outcome").to_pylist()]
+    outcomes = ray.get(feed(actors, "load", blocks, **load))
+    return [o for table in outcomes for o in table.column("outcome").to_pylist()]
 
 
 def _dedup(blocks: list[Any], partitions: int, bands: int, threshold: float,
@@ -1003,6 +1062,71 @@ def _dedup(blocks: list[Any], partitions: int, bands: int, threshold: float,
     return list(ray.get([verify.remote(collided[p][-1], threshold,
                                        *(refs[p] for refs in gathered))
                          for p in range(partitions)]))
+
+
+DRIVER_DEDUP_BYTES = 1024 * 1024 * 1024
+"""Up to this much source (the source's size on disk, known before reading) the driver
+decides, with the built-in's corpus pass (`DriverPass`), as the chunked blocks come: no Ray
+task or object per block and partition (at 32 MB on 2 workers the shuffle's tasks spent ~3 s
+of a 4.3 s stage on overhead, and ran after the chunking instead of beside it). The driver
+then holds what the built-in's parent holds for the same corpus (a dict entry per band per
+kept chunk, a few hundred MB at 1 GB of source; their shingles in a temporary file) and
+decides at the built-in's one-core rate; past it the shuffle spreads that work and memory
+over the cluster."""
+
+
+def size_on_disk(source: Path) -> int:
+    """The bytes of a JSONL source, or of every file under a source directory (the files the
+    ingest ignores too: an upper bound, from one walk of stat calls)."""
+    if source.is_file():
+        return source.stat().st_size
+    total = 0
+    for directory, _subdirs, files in os.walk(source):
+        for name in files:
+            with contextlib.suppress(OSError):  # gone since, or unreadable: the read says so
+                total += (Path(directory) / name).stat().st_size
+    return total
+
+
+class DriverPass:
+    """The corpus pass in the driver over the chunked blocks, in shard order: `CorpusPass`
+    (the built-in ingest's) on each chunk's shingles, band keys and id as the chunking actors
+    computed them, so the decisions are the built-in's by construction."""
+
+    def __init__(self, threshold: float | None, bands: int) -> None:
+        self.bands = bands
+        self._store = FileShingleStore() if threshold is not None else None
+        self._deduplicator = (CorpusDeduplicator(threshold, self._store)
+                              if threshold is not None and self._store is not None else None)
+        self._pass = CorpusPass(self._deduplicator)
+        self.decisions = distributed.Decisions()
+
+    @property
+    def pairs_checked(self) -> int:
+        return self._deduplicator.candidates if self._deduplicator is not None else 0
+
+    def add(self, block: pa.Table) -> None:
+        """One block's chunks decided (the block after the one given last)."""
+        chunks = _per_chunk(block, self.bands)
+        values, offsets = _shingle_sets(block) if self.bands else (None, None)
+        for index, (order, chunk_id, document) in enumerate(zip(
+                chunks.orders.tolist(), chunks.chunk_ids, chunks.doc_of_chunk.tolist(),
+                strict=True)):
+            doc_id = chunks.doc_ids[document]
+            if values is not None and offsets is not None:
+                keys = chunks.keys[index].tolist() if chunks.has_keys[index] else ()
+                repeat = self._pass.repeats(doc_id, chunk_id,
+                                            values[offsets[index]:offsets[index + 1]], keys)
+            else:
+                repeat = self._pass.repeats(doc_id, chunk_id)
+            if repeat is not None:
+                found = (self.decisions.near_duplicates if repeat.near
+                         else self.decisions.identical)
+                found[order] = repeat.doc_id
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _move(data: psycopg.Connection[Any], target: ChunkTable, staging: sql.Composed,
