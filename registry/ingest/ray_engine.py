@@ -807,7 +807,9 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
     def ignore(_path: Path) -> None:
         report.ignored_files += 1
 
-    seconds = report.ray["seconds"] if report.ray else {}
+    assert report.ray is not None  # run_ray_ingest records the cluster first
+    record = report.ray
+    seconds = record["seconds"]
     mark = time.monotonic()
 
     def lap(stage: str) -> None:
@@ -910,9 +912,8 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         else:
             for actor in actors:  # their CPUs go to the embedding actors
                 ray.kill(actor)
-            gpu = uses_gpus(config, report.ray["gpus"] if report.ray else 0)
-            count = min(report.workers, report.ray["gpus"]) if gpu and report.ray \
-                else report.workers
+            gpu = uses_gpus(config, record["gpus"])
+            count = min(report.workers, record["gpus"]) if gpu else report.workers
             chunked: Any = ray.data.from_arrow_refs(blocks)
             loaded = chunked.map_batches(
                 EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)),
@@ -922,6 +923,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
                 max_restarts=LOAD_RETRIES, max_task_retries=LOAD_RETRIES,
                 **({"num_gpus": 1} if gpu else {"num_cpus": 1}), **remote)
             outcomes = [row["outcome"] for row in loaded.iter_rows()]
+            record["embedding_actors"] = {"count": count, "gpu_each": gpu}
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -941,8 +943,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
             0, ACCOUNTED_KEPT - len(report.accounted))])
     for name in EMBEDDING_SUMMED:  # summed over actors working at once: model time, not wall
         setattr(report, name, round(sum(getattr(s.counts, name) for s in summaries), 3))
-    assert report.ray is not None
-    report.ray.update({
+    record.update({
         "partitions": partitions, "dedup_on": dedup_on, "pairs_checked": pairs_checked,
         "chunk_nodes": sorted({s.chunked_on for s in summaries}),
         "load_nodes": sorted({s.loaded_on for s in summaries}),
