@@ -70,17 +70,3 @@ def test_on_a_cluster_with_a_gpu_an_onnx_pin_embeds_in_one_actor_per_gpu(
                                                                      strict=True)) < 1e-4
     assert staging_tables(dsn) == []
 
-
-def test_without_gpus_the_actors_take_a_cpu_each(
-    embedding_shadow: tuple[RegistryRepo, str, str], tmp_path: Path  # noqa: F811
-) -> None:
-    """The same pin on a local Ray of the command's own (no GPU): `--workers` CPU actors."""
-    if ray.is_initialized():
-        pytest.skip("a Ray driver is already connected in this process")
-    repo, version, dsn = embedding_shadow
-    source = near_duplicate_corpus(tmp_path / "corpus")
-    ingest(repo.path, version, source, dsn=dsn, dedup="corpus", workers=2, engine="ray",
-           shard_documents=4)
-    record = last_run(dsn)["details"]["ray"]
-    assert record["gpus"] == 0
-    assert record["embedding_actors"] == {"count": 2, "gpu_each": False}

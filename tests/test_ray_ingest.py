@@ -312,6 +312,7 @@ def test_ray_ingest_embeds_the_kept_rows_in_actors_as_the_builtin_ingest_does(
     assert record["vectors_computed"] == on_ray.vectors_computed
     assert record["embedder_fingerprint"] == on_ray.embedder_fingerprint is not None
     assert len(record["ray"]["embed_nodes"]) >= 1
+    assert record["ray"]["embedding_actors"] == {"count": 2, "gpu_each": False}  # no GPU: CPUs
 
     clear_embedding_cache(dsn)  # the built-in ingest computes every vector again, on its own
     builtin = ingest(repo.path, version, source, dsn=dsn, dedup="corpus", workers=1)

@@ -88,8 +88,8 @@ WorkersOpt = Annotated[
 
 EngineOpt = Annotated[
     Literal["builtin", "ray"],
-    typer.Option("--engine", help="builtin: processes on this machine; ray: a Ray Data "
-                 "pipeline (a local Ray, or the cluster at --ray-address; extra `ray`)."),
+    typer.Option("--engine", help="builtin: processes on this machine; ray: Ray actors "
+                 "and tasks (a local Ray, or the cluster at --ray-address; extra `ray`)."),
 ]
 
 

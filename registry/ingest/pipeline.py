@@ -165,7 +165,7 @@ class IngestReport:
     workers: int
     run: int | None = None
     engine: str = "builtin"
-    """`builtin` (processes on this machine) or `ray` (a Ray Data pipeline, local or a cluster)."""
+    """`builtin` (processes on this machine) or `ray` (Ray actors and tasks, local or a cluster)."""
     ray: dict[str, Any] | None = None
     """With the Ray engine: the cluster's nodes, the shards and where they were chunked."""
     documents: int = 0
@@ -1071,7 +1071,7 @@ def ingest(
     checked by hash, its embedder (if it pins one) checked by fingerprint, its shadow table
     filled (production's only with `into_production`). Ingest takes the resolved `dsn`, not a
     connection: it opens its own (the run lock on one, the rows in one transaction on another,
-    the embedding cache on a third). `engine="ray"` runs it as a Ray Data pipeline."""
+    the embedding cache on a third). `engine="ray"` runs it on Ray (ray_engine)."""
     check_engine(engine, ray_address)
     target = chunk_table(state, version)
     embedder, tokenizer_file = locked_embedder(target.config, tokenizer_file, embedder_model,

@@ -160,8 +160,7 @@ def ray_session(address: str | None, workers: int) -> Iterator[dict[str, Any]]:
     extras.require("ray", "--engine ray")
     import ray
 
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.WARNING)
     started = False
     if not ray.is_initialized():
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
@@ -177,9 +176,6 @@ def ray_session(address: str | None, workers: int) -> Iterator[dict[str, Any]]:
                 fix="check --ray-address (host:6379, or ray://host:10001), or leave it out to "
                 "run a local Ray") from None
         started = True
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
     nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
     try:
         yield {"address": address or "local", "nodes": len(nodes),
@@ -665,7 +661,8 @@ class EmbedShards:
             shard.counts.embedding_stage_seconds = after.stage_seconds - before.stage_seconds
             shard.embedded_on = self._node
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def load(self, batch: pa.Table) -> pa.Table:
+        """A chunked block decided, its kept rows embedded, and COPYed."""
         if self._refused is not None:
             return _outcomes([self._refused])
         try:
@@ -679,9 +676,10 @@ class EmbedShards:
             return _outcomes([refused])
 
     def __del__(self) -> None:
-        if self._conn is not None:
+        conn = getattr(self, "_conn", None)  # not set on Ray's ActorClass wrapper of this class
+        if conn is not None:
             with contextlib.suppress(psycopg.Error):
-                self._conn.close()
+                conn.close()
 
 
 def _decided_rows(seq: int, result: ChunkedDocument, decisions: distributed.Decisions,
@@ -914,16 +912,15 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
                 ray.kill(actor)
             gpu = uses_gpus(config, record["gpus"])
             count = min(report.workers, record["gpus"]) if gpu else report.workers
-            chunked: Any = ray.data.from_arrow_refs(blocks)
-            loaded = chunked.map_batches(
-                EmbedShards, fn_constructor_args=(ray.put(ship_embedder(config, embedder)),
-                                                  dsn, staging, report, decided, gpu),
-                batch_size=None, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=count),
+            embed_class: Any = ray.remote(EmbedShards)
+            embed_class = embed_class.options(
                 max_restarts=LOAD_RETRIES, max_task_retries=LOAD_RETRIES,
                 **({"num_gpus": 1} if gpu else {"num_cpus": 1}), **remote)
-            outcomes = [row["outcome"] for row in loaded.iter_rows()]
-            record["embedding_actors"] = {"count": count, "gpu_each": gpu}
+            shipped = ray.put(ship_embedder(config, embedder))
+            actors = [embed_class.remote(shipped, dsn, staging, report, decided, gpu)
+                      for _ in range(max(1, count))]
+            record["embedding_actors"] = {"count": len(actors), "gpu_each": gpu}
+            outcomes = load_blocks(actors, blocks)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -1027,10 +1024,11 @@ def chunk_shards(actors: Sequence[Any], shards: Iterable[Any],
 
 
 def load_blocks(actors: Sequence[Any], blocks: Sequence[Any], **load: Any) -> list[bytes]:
-    """The load stage of a config without an embedder: each chunked block decided and COPYed
-    (`_load_batch`) by the chunking actors, already started with this module imported (new
-    task workers took seconds to start on a busy 2-core machine), at most one block per actor
-    at once (each holds a database connection). The pickled outcomes, block after block."""
+    """The load stage: each chunked block decided and COPYed by `actors`' `load`, at most one
+    block per actor at once (each holds a database connection): the chunking actors for a
+    config without an embedder (already started with this module imported: new task workers
+    took seconds to start on a busy 2-core machine), else the EmbedShards actors. The pickled
+    outcomes, block after block."""
     import ray
 
     outcomes = ray.get(feed(actors, "load", blocks, **load))
