@@ -328,7 +328,7 @@ def bench_copy(args: argparse.Namespace, tokenizer_path: Path, state: str) -> di
     from psycopg import sql
 
     from registry.database.chunk_table import COPY_TYPES, ROW_COLUMNS
-    from registry.ingest.pipeline import IngestReport, keep_rows
+    from registry.ingest.pipeline import CorpusPass, IngestReport, keep_rows
 
     print(f"3. COPY: the ingest's COPY path vs a plain psycopg binary COPY of the same rows; "
           f"{args.repetitions} alternated rounds, median; {labels(state, '')}")
@@ -392,9 +392,9 @@ def bench_copy(args: argparse.Namespace, tokenizer_path: Path, state: str) -> di
                                 copy.write_row(row)
                         else:
                             report = IngestReport("", "", "", "", "document", 1)
-                            seen: dict[bytes, str] = {}
+                            corpus_pass = CorpusPass(None)
                             for result in chunked:
-                                for row in keep_rows(result, None, seen, {}, report):
+                                for row in keep_rows(result, corpus_pass, report):
                                     copy.write_row(row)
                     conn.commit()
                     seconds[way].append(time.perf_counter() - started)

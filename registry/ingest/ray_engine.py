@@ -818,13 +818,14 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         mark = now
 
     # read -> chunk: the driver reads the source into the object store a shard at a time as
-    # the actors (one per worker, the spec shipped once) ask for work, refs kept. Up to
+    # the actors (one per worker, the spec shipped once) ask for work (a shard is released
+    # once chunked: only the blocks' refs are kept). Up to
     # DRIVER_DEDUP_BYTES of source the driver runs the built-in's corpus pass over the blocks
     # in shard order as they come (beside the chunking, as the built-in's parent does); past
     # it the dedup steps' task workers start meanwhile, and the shuffle runs as tasks once
     # every shard is chunked.
-    refs: list[Any] = []
     sizes: list[int] = []
+    """The documents of each shard, by shard number."""
 
     def shards() -> Iterator[Any]:
         shard: list[Document] = []
@@ -832,17 +833,17 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
 
         def put() -> Any:
             first = report.documents - len(shard)
-            refs.append(ray.put(pa.table({
-                "shard": [len(refs)] * len(shard),
+            ref = ray.put(pa.table({
+                "shard": [len(sizes)] * len(shard),
                 "seq": list(range(first, first + len(shard))),
                 "doc_id": [d.doc_id for d in shard], "title": [d.title for d in shard],
-                "text": [d.text for d in shard], "kind": [d.kind for d in shard]})))
+                "text": [d.text for d in shard], "kind": [d.kind for d in shard]}))
             sizes.append(len(shard))
             shard.clear()
             progress.documents, progress.bytes = report.documents, report.bytes
             if on_progress is not None:
                 on_progress(progress)
-            return refs[-1]
+            return ref
 
         for item in read_source(source, max_document_bytes=max_document_bytes, ignored=ignore):
             if isinstance(item, SourceProblem):
@@ -947,10 +948,10 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
         "embed_nodes": sorted({s.embedded_on for s in summaries if s.embedded_on}),
         "shards": [{"shard": s.shard, "documents": s.documents, "rows": s.rows,
                     "chunked_on": s.chunked_on, "loaded_on": s.loaded_on} for s in summaries]})
-    if [s.shard for s in summaries] != list(range(len(refs))) or any(
+    if [s.shard for s in summaries] != list(range(len(sizes))) or any(
             s.documents != n for s, n in zip(summaries, sizes, strict=False)):
         raise IngestFailed(f"the Ray pipeline returned {len(summaries)} shards of "
-                           f"{len(refs)}: nothing was written",
+                           f"{len(sizes)}: nothing was written",
                            fix="rerun; report it if it happens again")
     progress.documents, progress.chunks, progress.bytes = (report.documents, report.chunks,
                                                            report.bytes)

@@ -31,6 +31,7 @@ from registry.ingest.chunker import (
 from registry.ingest.pipeline import (
     BATCH_DOCUMENTS,
     MAX_DOCUMENT_BYTES,
+    CorpusPass,
     DedupMode,
     IngestFailed,
     IngestReport,
@@ -125,10 +126,9 @@ class TokenizedCorpus:
         started = time.perf_counter()
         corpus = dedup == "corpus"
         chunker = Chunker(config, self.tokenizer, corpus=corpus, shared=self.layout)
-        deduplicator = CorpusDeduplicator(config.jaccard_threshold) if corpus else None
+        corpus_pass = CorpusPass(CorpusDeduplicator(config.jaccard_threshold) if corpus
+                                 else None)
         report = IngestReport(config.chunk_version, config.ingest_run_id, "", "", dedup, 1)
-        seen_ids: dict[bytes, str] = {}
-        owners: dict[int, str] = {}
         rows: list[Row] = []
         digest = hashlib.sha256()
         text_bytes = 0
@@ -136,7 +136,7 @@ class TokenizedCorpus:
             last = first + BATCH_DOCUMENTS
             for result in chunker.chunk_encoded(self.documents[first:last],
                                                 self.encodings[first:last]):
-                for row in keep_rows(result, deduplicator, seen_ids, owners, report):
+                for row in keep_rows(result, corpus_pass, report):
                     rows.append(row)
                     embedding, bm25 = row[3].encode(), row[4].encode()
                     text_bytes += len(embedding) + len(bm25)
