@@ -6,6 +6,7 @@ one-process pass keeps, blocks sliced as Ray Data may slice them."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,71 @@ def test_the_dedup_tasks_over_arrow_blocks_keep_what_the_greedy_pass_keeps(
     assert {i: int(owner[3:]) for i, owner in got.items()} == {
         i: owner // 3 for i, owner in expected.items()}
     assert len(got) > 20
+
+
+@pytest.mark.parametrize("per_block", [1, 4, 1000])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dedup", ["corpus", "document"])
+def test_the_drivers_pass_over_blocks_keeps_what_the_builtin_keeps(
+    dedup: str, seed: int, per_block: int
+) -> None:
+    """`DriverPass` over the chunk stage's blocks against `keep_rows` (the built-in ingest) on
+    the same documents: chunks with no band keys (empty shingle sets) among keyed ones, ids
+    repeated across documents, documents without a chunk, any block size. (A block's `keys`
+    has rows for its keyed chunks only; reading them by chunk position crashed or read another
+    chunk's keys.)"""
+    from registry.ingest.chunker import CorpusDeduplicator
+    from registry.ingest.pipeline import CorpusPass, FileShingleStore, keep_rows
+    from registry.ingest.ray_engine import DriverPass, _decided_rows
+
+    sets = corpus_of_sets(seed, 150)
+    assert any(len(s) == 0 for s in sets) and any(len(s) for s in sets)
+    ids = [bytes([i % 7]) * 16 if i % 5 == 0 else i.to_bytes(16, "little")
+           for i in range(len(sets))]
+    chunked = documents(sets, ids, 3)
+    chunked.insert(5, ChunkedDocument("no-chunk", [], [], [], too_small=1))
+    corpus = dedup == "corpus"
+    builtin = IngestReport("v1", "run1", "t", "s", dedup, 1)
+    store = FileShingleStore() if corpus else None
+    try:
+        corpus_pass = CorpusPass(CorpusDeduplicator(THRESHOLD, store) if store else None)
+        expected = [[row[0] for row in keep_rows(result, corpus_pass, builtin)]
+                    for result in chunked]
+    finally:
+        if store is not None:
+            store.close()
+    bands = BANDS if corpus else 0
+    driver = DriverPass(THRESHOLD if corpus else None, bands)
+    try:
+        for first in range(0, len(chunked), per_block):
+            part = chunked[first:first + per_block]
+            driver.add(chunked_table([0] * len(part), list(range(first, first + len(part))),
+                                     "node", part, bands))
+    finally:
+        driver.close()
+    on_ray = IngestReport("v1", "run1", "t", "s", dedup, 1)
+    kept = [[row[0] for row in _decided_rows(seq, result, driver.decisions, on_ray)]
+            for seq, result in enumerate(chunked)]
+    assert kept == expected
+    assert (on_ray.corpus_duplicates, on_ray.identical_ids) == (builtin.corpus_duplicates,
+                                                                builtin.identical_ids)
+    assert on_ray.accounted == builtin.accounted
+    assert builtin.identical_ids > 0 and (builtin.corpus_duplicates > 0) == corpus
+
+
+def test_the_dedup_way_follows_the_size_the_reader_walks(tmp_path: Path) -> None:
+    """`larger_than` decides driver or shuffle: dot-directories (a .git) are not the corpus,
+    and a file source is its size."""
+    from registry.ingest.ray_engine import larger_than
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("x" * 600)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "pack").write_bytes(b"\0" * 5000)
+    assert not larger_than(tmp_path, 1000)
+    assert larger_than(tmp_path, 500)
+    (tmp_path / "docs" / "b.txt").write_text("y" * 600)
+    assert larger_than(tmp_path, 1000)
+    single = tmp_path / "corpus.jsonl"
+    single.write_text("z" * 100)
+    assert larger_than(single, 99) and not larger_than(single, 100)

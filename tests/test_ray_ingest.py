@@ -454,3 +454,33 @@ def test_a_shard_of_large_documents_closes_on_text(
     assert {k: getattr(on_ray, k) for k in COUNTS} == {k: getattr(builtin, k) for k in COUNTS}
     assert sorted(map(json.dumps, on_ray.accounted)) == sorted(map(json.dumps, builtin.accounted))
     assert staging_tables(dsn) == []
+
+
+def test_feed_waits_for_long_work_but_not_for_actors_the_cluster_cannot_host(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ACTORS_READY_S bounds the wait for a stage's first actor to start, never the work: an
+    8 MB shard embedded on one CPU takes longer than any such bound."""
+    import time
+
+    from registry.ingest import ray_engine
+
+    class Slow:
+        def work(self, seconds: float) -> float:
+            time.sleep(seconds)
+            return seconds
+
+    monkeypatch.setattr(ray_engine, "ACTORS_READY_S", 4)
+    slow = ray.remote(Slow).options(num_cpus=1).remote()
+    got: list[float] = []
+    try:
+        refs = ray_engine.feed([slow], "work", [6.0, 0.1], got.append)
+        assert ray.get(refs) == [6.0, 0.1] == got
+    finally:
+        ray.kill(slow)
+    unhosted = ray.remote(Slow).options(num_cpus=64).remote()
+    try:
+        with pytest.raises(IngestFailed, match="no Ray actor started in 4 s"):
+            ray_engine.feed([unhosted], "work", [0.1])
+    finally:
+        ray.kill(unhosted)

@@ -126,13 +126,13 @@ OBJECT_STORE_BYTES = 1024 * 1024 * 1024
 it objects spill to disk. (At 128 MB a 32 MB corpus's shards and chunked blocks spilled, and
 Ray's spill and restore workers took 2.3 s of CPU on a 2-core machine.)"""
 CHUNK_RETRIES = 3
-"""Times a chunking actor whose process died is restarted (and its call, a shard chunked or
-a block loaded, made again)."""
+"""Times a chunking actor whose process died is restarted over the run (each time its call,
+a shard chunked or a block loaded, is made again): a budget per actor, not per call."""
 LOAD_RETRIES = 3
 """Times Ray restarts an embedding actor whose process died, before the run fails."""
 ACTORS_READY_S = 900
-"""How long the chunking stage waits for a chunking actor to finish a shard (a cluster that
-cannot host the actors, or is scaling up, fails the run after it)."""
+"""How long a stage waits for the first of its actors to start (a cluster that cannot host
+them, or is scaling up, fails the run after it); the work itself has no time limit."""
 SUMMED = ("duplicates_removed", "corpus_duplicates", "identical_ids", "too_small",
           "header_only", "over_budget", "tokens", "chunks", "ingested", "vectors_computed",
           "vectors_reused")
@@ -861,7 +861,7 @@ def _pipeline(target: ChunkTable, source: Path, dsn: str, tokenizer_json: str,
 
     remote = worker_options()
     bands = MinHasher(config.jaccard_threshold).bands if corpus else 0
-    dedup_on = "driver" if size_on_disk(source) <= DRIVER_DEDUP_BYTES else "tasks"
+    dedup_on = "tasks" if larger_than(source, DRIVER_DEDUP_BYTES) else "driver"
     warming = warm_task_workers(report.workers, remote) if dedup_on == "tasks" else []
     spec = ray.put(ChunkerSpec(config, tokenizer_json, corpus))
     actors = chunk_actors(spec, report.workers, remote)
@@ -982,8 +982,8 @@ def feed(actors: Sequence[Any], method: str, items: Iterable[Any],
     as many items as actors, every node works); `items` is drawn as the actors ask for work.
     The refs of the results, in item order; `on_result` is given each result in item order as
     soon as it and those before it are done (the driver works on them while the actors go
-    on). An actor that gives no result within ACTORS_READY_S fails the run (the cluster
-    cannot host the actors)."""
+    on). When no actor has started within ACTORS_READY_S the run fails (the cluster cannot
+    host the actors)."""
     import ray
 
     results: list[Any] = []
@@ -999,15 +999,16 @@ def feed(actors: Sequence[Any], method: str, items: Iterable[Any],
             running[ref] = (len(results), actor)
             results.append(ref)
 
+    started, _ = ray.wait([actor.__ray_ready__.remote() for actor in actors], num_returns=1,
+                          timeout=ACTORS_READY_S)
+    if not started:
+        raise IngestFailed(f"no Ray actor started in {ACTORS_READY_S} s: the cluster cannot "
+                           "host the actors", fix="check the cluster's free CPUs (or GPUs), "
+                           "or lower --workers")
     for actor in actors:
         give(actor)
-    while running:
-        done, _ = ray.wait(list(running), num_returns=1, timeout=ACTORS_READY_S,
-                           fetch_local=on_result is not None)
-        if not done:
-            raise IngestFailed(f"no Ray actor finished its work in {ACTORS_READY_S} s: the "
-                               "cluster cannot host the actors", fix="check the cluster's "
-                               "free CPUs, or lower --workers")
+    while running:  # no time limit on the work: an 8 MB shard embedded on a CPU takes long
+        done, _ = ray.wait(list(running), num_returns=1, fetch_local=on_result is not None)
         position, actor = running.pop(done[0])
         give(actor)  # a failed item fails the step that reads its result
         finished.add(position)
@@ -1065,7 +1066,7 @@ def _dedup(blocks: list[Any], partitions: int, bands: int, threshold: float,
 
 
 DRIVER_DEDUP_BYTES = 1024 * 1024 * 1024
-"""Up to this much source (the source's size on disk, known before reading) the driver
+"""Up to this much source (its size on disk, `larger_than`, known before reading) the driver
 decides, with the built-in's corpus pass (`DriverPass`), as the chunked blocks come: no Ray
 task or object per block and partition (at 32 MB on 2 workers the shuffle's tasks spent ~3 s
 of a 4.3 s stage on overhead, and ran after the chunking instead of beside it). The driver
@@ -1075,17 +1076,21 @@ decides at the built-in's one-core rate; past it the shuffle spreads that work a
 over the cluster."""
 
 
-def size_on_disk(source: Path) -> int:
-    """The bytes of a JSONL source, or of every file under a source directory (the files the
-    ingest ignores too: an upper bound, from one walk of stat calls)."""
+def larger_than(source: Path, limit: int) -> bool:
+    """Whether a JSONL source, or the files under a source directory that the reader walks
+    (dot-directories skipped, as `read_source` skips them; every file counted, an upper bound),
+    hold more than `limit` bytes; the walk stops as soon as they do."""
     if source.is_file():
-        return source.stat().st_size
+        return source.stat().st_size > limit
     total = 0
-    for directory, _subdirs, files in os.walk(source):
+    for directory, subdirs, files in os.walk(source):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         for name in files:
             with contextlib.suppress(OSError):  # gone since, or unreadable: the read says so
                 total += (Path(directory) / name).stat().st_size
-    return total
+            if total > limit:
+                return True
+    return False
 
 
 class DriverPass:
@@ -1109,12 +1114,13 @@ class DriverPass:
         """One block's chunks decided (the block after the one given last)."""
         chunks = _per_chunk(block, self.bands)
         values, offsets = _shingle_sets(block) if self.bands else (None, None)
+        key_rows = np.cumsum(chunks.has_keys) - 1  # `keys` has rows for keyed chunks only
         for index, (order, chunk_id, document) in enumerate(zip(
                 chunks.orders.tolist(), chunks.chunk_ids, chunks.doc_of_chunk.tolist(),
                 strict=True)):
             doc_id = chunks.doc_ids[document]
             if values is not None and offsets is not None:
-                keys = chunks.keys[index].tolist() if chunks.has_keys[index] else ()
+                keys = chunks.keys[key_rows[index]].tolist() if chunks.has_keys[index] else ()
                 repeat = self._pass.repeats(doc_id, chunk_id,
                                             values[offsets[index]:offsets[index + 1]], keys)
             else:
