@@ -1101,14 +1101,14 @@ class DriverPass:
     def __init__(self, threshold: float | None, bands: int) -> None:
         self.bands = bands
         self._store = FileShingleStore() if threshold is not None else None
-        self._deduplicator = (CorpusDeduplicator(threshold, self._store)
-                              if threshold is not None and self._store is not None else None)
-        self._pass = CorpusPass(self._deduplicator)
+        self._pass = CorpusPass(None if threshold is None or self._store is None
+                                else CorpusDeduplicator(threshold, self._store))
         self.decisions = distributed.Decisions()
 
     @property
     def pairs_checked(self) -> int:
-        return self._deduplicator.candidates if self._deduplicator is not None else 0
+        deduplicator = self._pass.deduplicator
+        return deduplicator.candidates if deduplicator is not None else 0
 
     def add(self, block: pa.Table) -> None:
         """One block's chunks decided (the block after the one given last)."""
