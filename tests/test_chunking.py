@@ -278,14 +278,75 @@ def test_shingle_sets_count_distinct_word_five_grams(texts: list[str]) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(st.characters(max_codepoint=127), max_size=120))
-def test_ascii_words_are_the_regex_words_hashed_alike(text: str) -> None:
-    """ASCII texts are split by bytes.translate, not the regex: the same words, the same
-    hashes (blake2b of the UTF-8) as the regex path gives."""
-    from registry.ingest.chunker import _ascii_words, _hash_words, words
+def test_ascii_words_are_the_regex_words(text: str) -> None:
+    """ASCII texts are split by bytes.translate, not the regex: the same words."""
+    from registry.ingest.chunker import _word_bytes, words
 
-    fast = _ascii_words(text)
-    assert [w.decode() for w in fast] == words(text)
-    assert _hash_words(fast).tolist() == _hash_words(words(text)).tolist()
+    assert _word_bytes(text).split() == [w.encode() for w in words(text)]
+
+
+_MASK = (1 << 64) - 1
+
+
+def _scalar_mix(x: int) -> int:
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def _scalar_word_hash(word: bytes) -> int:
+    """The word hash as defined, one Python int at a time: mix(sum of byte x odd weight of its
+    position + length x a constant)."""
+    from registry.ingest.chunker import _LENGTH_MULTIPLIER, _POSITION_SEED
+
+    total = sum(byte * (_scalar_mix((position + int(_POSITION_SEED)) & _MASK) | 1)
+                for position, byte in enumerate(word))
+    return _scalar_mix((total + len(word) * int(_LENGTH_MULTIPLIER)) & _MASK)
+
+
+def _scalar_shingles(text: str) -> set[int]:
+    from registry.ingest.chunker import _SHINGLE_MULTIPLIERS
+
+    found = [w.encode() for w in re.findall(r"\w+", text.lower())]
+    if not found:
+        normalized = " ".join(text.split()).encode()
+        found = [normalized] if normalized else []
+    hashes = [_scalar_word_hash(word) for word in found]
+    multipliers = [int(m) for m in _SHINGLE_MULTIPLIERS]
+    if len(hashes) < 5:
+        return {sum(h * m for h, m in zip(hashes, multipliers[:len(hashes)], strict=True)) & _MASK} if hashes else set()
+    return {sum(hashes[i + k] * multipliers[k] for k in range(5)) & _MASK
+            for i in range(len(hashes) - 4)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(st.one_of(st.text(max_size=60), st.text("ab \n!.", max_size=40),
+                                st.text(st.characters(max_codepoint=127), max_size=80)),
+                      max_size=10))
+def test_shingle_values_are_the_scalar_definition(texts: list[str]) -> None:
+    """The vectorized word hashing of a whole group (words of every text in one buffer, texts
+    without a word as their normalized selves) gives each text exactly the shingle values the
+    one-word-at-a-time definition gives, whatever the mix of ASCII, other scripts and
+    wordless texts around it."""
+    packed = shingle_sets(texts)
+    for index, text in enumerate(texts):
+        assert set(packed[index].tolist()) == _scalar_shingles(text), text
+
+
+def test_word_hashes_past_the_position_table_follow_the_definition() -> None:
+    """A word longer than the precomputed position weights (4096 bytes) is weighted by the
+    same formula; a change in any one byte changes its hash."""
+    from registry.ingest.chunker import hash_words
+
+    long_word = bytes(range(97, 123)) * 400
+    changed = long_word[:-1] + b"y"
+    hashes, starts = hash_words(b"  " + long_word + b" x " + changed)
+    assert starts.tolist() == [2, 3 + len(long_word), 5 + len(long_word)]
+    assert hashes.tolist() == [_scalar_word_hash(long_word), _scalar_word_hash(b"x"),
+                               _scalar_word_hash(changed)]
+    assert hashes[0] != hashes[2]
 
 
 class _Offsets:

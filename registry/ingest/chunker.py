@@ -191,14 +191,6 @@ _SHINGLE_MULTIPLIERS = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
      0xFF51AFD7ED558CCD], dtype=np.uint64,
 )
-_WORD_CACHE_LIMIT = 1 << 19
-"""Words whose hashes are kept (then the cache starts over): ~130 bytes each, ~68 MB full.
-At 200k a corpus past ~200k distinct words (the bench's 1M chunks have 476k) cleared it again
-and again, every frequent word hashed anew each time: 58.6 us CPU per chunk of shingling at 1M
-chunks against 52.7 with room for all of them (busy machine). Not more: a document of random
-words fills it, and a worker's peak stays under 0.7 GB for any 16 MB document (1M words took
-the worst shape from 586 to 658 MB)."""
-_word_hashes: dict[str | bytes, int] = {}
 _LONG_RUN = 32
 """Runs of a shingle shared by more chunks than this get their pairs one run at a time."""
 
@@ -213,27 +205,61 @@ _ASCII_WORDS = bytes(c + 32 if 65 <= c <= 90 else c if chr(c).isalnum() or c == 
 """ASCII lowercased, and every byte that is not a word character (`\\w`) made a space."""
 
 
-def _ascii_words(text: str) -> list[bytes]:
-    """`words(text)` of an ASCII text, as bytes (their UTF-8, which is what is hashed): one
-    bytes.translate and a split instead of a regex, the same runs of [A-Za-z0-9_] lowercased."""
-    return text.encode("ascii").translate(_ASCII_WORDS).split()
+def _word_bytes(text: str) -> bytes:
+    """The words of `text` (`words`) as their UTF-8, separated by spaces: for an ASCII text one
+    bytes.translate (the same runs of [A-Za-z0-9_], lowercased) instead of a regex."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_WORDS)
+    return " ".join(words(text)).encode()
 
 
-def _hash_words(found: list[str] | list[bytes] | list[str | bytes]
-                ) -> npt.NDArray[np.uint64]:
-    """Stable 64-bit hashes (blake2b of the UTF-8, cached): the same word hashes alike in every
-    process, whether it comes as str or as its bytes."""
-    cache = _word_hashes
-    try:
-        return np.fromiter(map(cache.__getitem__, found), dtype=np.uint64, count=len(found))
-    except KeyError:
-        if len(cache) > _WORD_CACHE_LIMIT:
-            cache.clear()
-        for word in set(found).difference(cache):
-            raw = word if isinstance(word, bytes) else word.encode()
-            digest = hashlib.blake2b(raw, digest_size=8).digest()
-            cache[word] = int.from_bytes(digest, "little")
-        return np.fromiter(map(cache.__getitem__, found), dtype=np.uint64, count=len(found))
+def _mix(x: Shingles) -> Shingles:
+    """splitmix64's finalizer: every input bit reaches every output bit (and it is a bijection,
+    so it adds no collision)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+_POSITION_SEED = np.uint64(0x2545F4914F6CDD1D)
+_LENGTH_MULTIPLIER = np.uint64(0x9FB21C651E98DF25)
+_POSITION_WEIGHTS = _mix(np.arange(1 << 12, dtype=np.uint64) + _POSITION_SEED) | np.uint64(1)
+"""The weight of a word's byte at each position (odd, so no single-byte change cancels);
+computed alike past the table for longer words."""
+
+
+def _hash_spans(letters: npt.NDArray[np.uint8], lengths: npt.NDArray[np.int64]) -> Shingles:
+    """Stable 64-bit hashes of byte strings laid end to end (`lengths` each, every one >= 1):
+    mix(sum of byte x weight of its position + length x a constant), one vectorized pass for
+    all of them. No cache: a cache of word hashes grew with the corpus's vocabulary and its
+    lookups missed the CPU caches more the larger it grew (shingling cost 27 us per chunk on
+    10k chunks, 37 within 1M)."""
+    if not len(lengths):
+        return EMPTY_SHINGLES
+    firsts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=firsts[1:])
+    positions = np.arange(len(letters), dtype=np.int64) - np.repeat(firsts, lengths)
+    if int(lengths.max()) <= len(_POSITION_WEIGHTS):
+        weights = _POSITION_WEIGHTS[positions]
+    else:
+        weights = _mix(positions.astype(np.uint64) + _POSITION_SEED) | np.uint64(1)
+    weights *= letters
+    sums = np.add.reduceat(weights, firsts)
+    sums += lengths.astype(np.uint64) * _LENGTH_MULTIPLIER
+    return _mix(sums)
+
+
+def hash_words(data: bytes) -> tuple[Shingles, npt.NDArray[np.int64]]:
+    """The hash of each space-separated word of `data` (see `_hash_spans`), and the offset
+    where each word starts."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    in_word = np.zeros(len(raw) + 2, dtype=np.int8)
+    np.not_equal(raw, 32, out=in_word[1:-1], casting="unsafe")
+    edges = np.flatnonzero(np.diff(in_word))
+    starts, ends = edges[0::2], edges[1::2]
+    return _hash_spans(raw[in_word[1:-1].view(np.bool_)], ends - starts), starts
 
 
 @dataclass(frozen=True)
@@ -289,16 +315,25 @@ def shingle_sets(texts: Sequence[str]) -> ShingleSets:
 
 
 def _shingle_group(texts: Sequence[str]) -> ShingleSets:
-    found: list[str | bytes] = []
-    counts = np.zeros(len(texts), dtype=np.int64)
-    for index, text in enumerate(texts):
-        these: list[str] | list[bytes] = _ascii_words(text) if text.isascii() else words(text)
-        if not these:
-            normalized = _clean(text)
-            these = [normalized] if normalized else []
-        counts[index] = len(these)
-        found.extend(these)
-    hashes = _hash_words(found)
+    pieces = [_word_bytes(text) for text in texts]
+    # one buffer, a text's words after the previous text's: where each text starts in it
+    # counts the words of each
+    hashes, word_starts = hash_words(b" ".join(pieces))
+    text_starts = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)) + 1,
+              out=text_starts[1:])
+    counts = np.diff(np.searchsorted(word_starts, text_starts))
+    wordless = np.flatnonzero(counts == 0).tolist()
+    if wordless:  # a text without a word is one shingle of its whitespace-normalized self
+        normalized = [_clean(texts[index]).encode() for index in wordless]
+        filled = [index for index, text in zip(wordless, normalized, strict=True) if text]
+        spans = [text for text in normalized if text]
+        if filled:
+            lengths = np.fromiter(map(len, spans), dtype=np.int64, count=len(spans))
+            letters = np.frombuffer(b"".join(spans), dtype=np.uint8)
+            at = np.concatenate(([0], np.cumsum(counts)))[filled]
+            hashes = np.insert(hashes, at, _hash_spans(letters, lengths))
+            counts[filled] = 1
     total = len(hashes)
     owner = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
     parts: list[Shingles] = []
@@ -468,15 +503,6 @@ def _continues(values: Shingles, group: npt.NDArray[np.int64]) -> npt.NDArray[np
 
 # ---------------------------------------------------------------------------------------------
 # Corpus-wide near-duplicates: MinHash LSH, candidates verified exactly
-
-def _mix(x: Shingles) -> Shingles:
-    """splitmix64's finalizer: every input bit reaches every output bit."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
 
 PAIR_RECALL = 0.9995
 """Probability that LSH offers a pair at exactly the threshold as a candidate."""
