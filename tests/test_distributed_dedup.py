@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from registry.ingest.distributed import (
     verify_collisions,
     verify_partition,
 )
+from registry.ingest.pipeline import CorpusPass
 
 THRESHOLD = 0.8
 BANDS = MinHasher(THRESHOLD).bands
@@ -75,24 +77,33 @@ def band_keys(sets: list[np.ndarray]) -> list[tuple[int, ...]]:
     return MinHasher(THRESHOLD).band_keys(packed)
 
 
-def sequential(sets: list[np.ndarray], keys: list[tuple[int, ...]], ids: list[bytes]
-               ) -> dict[int, int]:
-    """The built-in pass (CorpusDeduplicator, then identical ids): dropped index -> index of
-    the chunk it repeats."""
-    dedup = CorpusDeduplicator(THRESHOLD)
-    owner_of_store: dict[int, int] = {}
-    seen: dict[bytes, int] = {}
-    dropped: dict[int, int] = {}
-    for index, (values, key) in enumerate(zip(sets, keys, strict=True)):
-        if dedup.is_duplicate(values, key):
-            dropped[index] = owner_of_store[dedup.last_index]
-            continue
+def packed(sets: Sequence[np.ndarray]) -> ShingleSets:
+    sizes = [len(s) for s in sets]
+    return ShingleSets(np.concatenate(sets) if sets else np.zeros(0, np.uint64),
+                       np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
+
+
+def key_matrix(keys: Sequence[tuple[int, ...]]) -> np.ndarray:
+    matrix = np.zeros((len(keys), BANDS), dtype=np.uint64)
+    for row, key in enumerate(keys):
         if key:
-            owner_of_store[dedup.last_index] = index
-        if ids[index] in seen:
-            dropped[index] = seen[ids[index]]
-            continue
-        seen[ids[index]] = index
+            matrix[row] = key
+    return matrix
+
+
+def sequential(sets: list[np.ndarray], keys: list[tuple[int, ...]], ids: list[bytes],
+               batch: int = 7) -> dict[int, int]:
+    """The built-in pass (`CorpusPass`: CorpusDeduplicator, then identical ids), `batch` sets
+    at a time: dropped index -> index of the chunk it repeats."""
+    corpus_pass = CorpusPass(CorpusDeduplicator(THRESHOLD))
+    dropped: dict[int, int] = {}
+    for first in range(0, len(sets), batch):
+        last = min(first + batch, len(sets))
+        repeats = corpus_pass.decide(
+            [str(i) for i in range(first, last)], [ids[i].hex() for i in range(first, last)],
+            packed(sets[first:last]), key_matrix(keys[first:last]))
+        dropped.update({first + offset: int(repeat.doc_id)
+                        for offset, repeat in enumerate(repeats) if repeat is not None})
     return dropped
 
 
@@ -207,28 +218,52 @@ def test_a_chain_keeps_its_ends_when_they_are_apart() -> None:
 
 
 def test_the_file_shingle_store_reads_back_what_it_just_stored() -> None:
-    """The built-in ingest's corpus dedup keeps kept chunks' shingles in a file: a set read
-    right after it was stored must be whole (it was read short while still in the write
-    buffer, and near-duplicates of recently kept chunks slipped through)."""
+    """The built-in ingest's corpus dedup keeps kept chunks' shingles in a file read through a
+    memory map: sets read right after they were stored, and across the file's growth (it is
+    mapped again when it grows), come back whole and in the order asked."""
+    from registry.ingest.chunker import MemoryShingleStore
     from registry.ingest.pipeline import FileShingleStore
 
-    store = FileShingleStore()
+    rng = random.Random(5)
+    big = [np.arange(i, i + 40_000, dtype=np.uint64) for i in range(0, 200, 50)]
+    sets = corpus_of_sets(3, 300) + big + corpus_of_sets(6, 100)
+    on_file, in_memory = FileShingleStore(), MemoryShingleStore()
     try:
-        sets = corpus_of_sets(3, 50)
-        for values in sets:
-            index = store.append(values)
-            assert np.array_equal(store.get(index), values)
-        assert all(np.array_equal(store.get(i), v) for i, v in enumerate(sets))
+        stored: list[np.ndarray] = []
+        first = 0
+        while first < len(sets):
+            last = min(len(sets), first + rng.randint(1, 40))
+            batch = packed(sets[first:last])
+            for store in (on_file, in_memory):
+                store.extend(batch.values, batch.sizes)
+            stored.extend(sets[first:last])
+            wanted = np.array([rng.randrange(len(stored)) for _ in range(25)] + [last - 1])
+            for store in (on_file, in_memory):
+                values, lengths = store.gather(wanted)
+                assert lengths.tolist() == [len(stored[i]) for i in wanted.tolist()]
+                assert np.array_equal(values, np.concatenate([stored[i] for i in wanted]))
+            first = last
     finally:
-        store.close()
-    from registry.ingest.chunker import MemoryShingleStore
+        on_file.close()
 
-    sets = corpus_of_sets(4, 200)
-    keys = band_keys(sets)
-    on_file = CorpusDeduplicator(THRESHOLD, FileShingleStore())
-    in_memory = CorpusDeduplicator(THRESHOLD, MemoryShingleStore())
-    assert [on_file.is_duplicate(v, k) for v, k in zip(sets, keys, strict=True)] == [
-        in_memory.is_duplicate(v, k) for v, k in zip(sets, keys, strict=True)]
+
+def test_the_sketch_bound_never_rules_out_a_near_duplicate() -> None:
+    """The bucket-count bound on shared shingles is never below the true count, a set with a
+    bucket past 255 included (its sketch saturates to 255 everywhere)."""
+    from registry.ingest.chunker import SKETCH_BUCKETS, sketch
+
+    rng = np.random.default_rng(3)
+    sets = [np.unique(rng.integers(0, 2**63, size=n, dtype=np.uint64)) for n in (5, 80, 300)]
+    crowded = np.unique(rng.integers(0, 2**57, size=400, dtype=np.uint64))  # one bucket
+    sets += [crowded, np.unique(np.concatenate([crowded[:390], sets[1]]))]
+    for a in sets:
+        for b in sets:
+            both = packed([a, b])
+            pair = sketch(both, np.array([0, 1]))
+            assert pair.shape == (2, SKETCH_BUCKETS)
+            bound = int(np.minimum(pair[0], pair[1]).astype(np.int64).sum())
+            assert bound >= len(np.intersect1d(a, b))
+    assert sketch(packed([crowded]), np.array([0])).min() == 255
 
 
 @settings(max_examples=40, deadline=None)

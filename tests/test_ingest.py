@@ -417,9 +417,7 @@ def test_workers_read_the_chunker_from_a_private_file_gone_after_the_run(
 
 FULL_DISK = """
 import resource, signal, sys
-from registry.ingest.pipeline import FileShingleStore
 from registry.cli.app import main
-FileShingleStore.FLUSH_BYTES = 4096  # the shingles reach the disk within this small corpus
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
 main(sys.argv[1:])

@@ -21,11 +21,10 @@ import hashlib
 import math
 import os
 import re
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -517,6 +516,11 @@ def lsh_shape(threshold: float) -> tuple[int, int]:
     return max(bands, 1), rows
 
 
+KeyMatrix = npt.NDArray[np.uint64]
+"""MinHash band keys, a row per shingle set and a column per band (a set without a shingle has
+a row of zeros, and no key)."""
+
+
 class MinHasher:
     """MinHash band keys of a shingle set; cheap to build, so every worker process has one."""
 
@@ -530,13 +534,20 @@ class MinHasher:
         self._band_mult = generator.integers(1, 2**63, size=self.rows, dtype=np.uint64) | one
 
     def band_keys(self, sets: ShingleSets) -> list[tuple[int, ...]]:
+        """`key_matrix` as a tuple per set (empty for a set without a shingle)."""
+        keyed = sets.sizes > 0
+        return [tuple(row) if filled else () for row, filled in zip(
+            self.key_matrix(sets).tolist(), keyed.tolist(), strict=True)]
+
+    def key_matrix(self, sets: ShingleSets) -> KeyMatrix:
         """One key per band per set: `rows` min-wise hashes (multiply-shift) mixed into one.
 
-        One vectorized pass per hash function over all sets at once; an empty set has no keys.
+        One vectorized pass per hash function over all sets at once; a set without a shingle
+        has a row of zeros.
         """
         sizes = sets.sizes
         filled = np.flatnonzero(sizes > 0)
-        keys: list[tuple[int, ...]] = [()] * len(sets)
+        keys: KeyMatrix = np.zeros((len(sets), self.bands), dtype=np.uint64)
         if not len(filled):
             return keys
         starts = sets.bounds[:-1][filled]
@@ -561,158 +572,469 @@ class MinHasher:
                 signature[first:last, column] = np.minimum.reduceat(hashed, offsets)
             first = last
         banded = signature.reshape(len(filled), self.bands, self.rows) * self._band_mult
-        mixed = _mix(banded.sum(axis=2, dtype=np.uint64))
-        for index, row in zip(filled.tolist(), mixed.tolist(), strict=True):
-            keys[index] = tuple(row)
+        keys[filled] = _mix(banded.sum(axis=2, dtype=np.uint64))
         return keys
 
 
 _MINHASH_BLOCK = 1 << 15
-"""Shingles hashed per block in `MinHasher.band_keys` (256 KB of uint64: the L2 cache)."""
+"""Shingles hashed per block in `MinHasher.key_matrix` (256 KB of uint64: the L2 cache)."""
+
+
+class Growing:
+    """A numpy array appended to in place, its capacity doubled when it fills."""
+
+    def __init__(self, dtype: type[np.generic], first: Sequence[int] = ()) -> None:
+        self._data = np.empty(max(1024, len(first)), dtype=dtype)
+        self.size = 0
+        self.extend(np.asarray(first, dtype=dtype))
+
+    def extend(self, values: npt.NDArray[Any]) -> None:
+        end = self.size + len(values)
+        if end > len(self._data):
+            grown = np.empty(max(end, 2 * len(self._data)), dtype=self._data.dtype)
+            grown[:self.size] = self._data[:self.size]
+            self._data = grown
+        self._data[self.size:end] = values
+        self.size = end
+
+    def view(self) -> npt.NDArray[Any]:
+        return self._data[:self.size]
+
+
+def spans(offsets: npt.NDArray[np.int64], indices: npt.NDArray[np.int64]
+          ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Where the sets at `indices` lie (sets i at [offsets[i], offsets[i + 1])), position by
+    position, laid end to end; and their lengths."""
+    starts = offsets[indices]
+    lengths = offsets[indices + 1] - starts
+    firsts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=firsts[1:])
+    positions = np.arange(int(lengths.sum()), dtype=np.int64)
+    positions += np.repeat(starts - firsts, lengths)
+    return positions, lengths
 
 
 class ShingleStore(Protocol):
-    """Where the corpus deduplicator keeps the shingles of kept chunks (memory, or a file)."""
+    """Where the corpus deduplicator keeps the shingles of kept chunks (memory, or a file),
+    written and read a batch at a time."""
 
-    def append(self, values: Shingles) -> int: ...
+    def extend(self, values: Shingles, lengths: npt.NDArray[np.int64]) -> None:
+        """Append sets laid end to end (`lengths` each): they take the next indices."""
 
-    def get(self, index: int) -> Shingles: ...
+    def gather(self, indices: npt.NDArray[np.int64]
+               ) -> tuple[Shingles, npt.NDArray[np.int64]]:
+        """The sets at `indices` laid end to end, and their lengths."""
 
 
 class MemoryShingleStore:
     def __init__(self) -> None:
-        self._items: list[Shingles] = []
+        self._values = Growing(np.uint64)
+        self._offsets = Growing(np.int64, [0])
 
-    def append(self, values: Shingles) -> int:
-        self._items.append(values)
-        return len(self._items) - 1
+    def extend(self, values: Shingles, lengths: npt.NDArray[np.int64]) -> None:
+        self._values.extend(values)
+        self._offsets.extend(self._values.size - int(lengths.sum()) + np.cumsum(lengths))
 
-    def get(self, index: int) -> Shingles:
-        return self._items[index]
+    def gather(self, indices: npt.NDArray[np.int64]
+               ) -> tuple[Shingles, npt.NDArray[np.int64]]:
+        positions, lengths = spans(self._offsets.view(), indices)
+        values: Shingles = self._values.view()[positions]
+        return values, lengths
+
+
+class BandTable:
+    """Band key -> the kept chunks that have it: open addressing (linear probing) over numpy
+    arrays, looked up and filled a batch of keys at a time, the chunks of a key a linked chain.
+
+    Not a dict per band: at 1M chunks those held ~10M Python ints, each chunk's 10 lookups and
+    10 inserts missed the CPU caches one after the other, and the cost per chunk grew with the
+    corpus (8.7 us at 10k chunks, 16 at 1M). A batch's lookups here are independent loads the
+    CPU overlaps; a slot takes 12 bytes (the table at most MAX_LOAD full), an entry 8."""
+
+    MAX_LOAD = 0.7
+    LIMIT = 2**31 - 1
+    """Entries (kept chunks x bands) and chunk indices are int32."""
+
+    def __init__(self) -> None:
+        self._keys = np.zeros(1 << 12, dtype=np.uint64)
+        """0 is an empty slot: keys are never 0."""
+        self._heads = np.zeros(1 << 12, dtype=np.int32)
+        self._used = 0
+        self._members = Growing(np.int32)
+        """The kept chunk of each entry."""
+        self._next = Growing(np.int32)
+        """The entry after each one in its key's chain, or -1."""
+
+    def find(self, keys: Shingles) -> npt.NDArray[np.int64]:
+        """The slot of each key, or -1 where a key is absent."""
+        mask = len(self._keys) - 1
+        slots = (keys & np.uint64(mask)).astype(np.int64)
+        found = np.full(len(keys), -1, dtype=np.int64)
+        pending = np.arange(len(keys), dtype=np.int64)
+        while len(pending):
+            held = self._keys[slots]
+            hit = held == keys[pending]
+            found[pending[hit]] = slots[hit]
+            going = ~hit & (held != 0)
+            pending, slots = pending[going], (slots[going] + 1) & mask
+        return found
+
+    def chains(self, slots: npt.NDArray[np.int64]
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(query, member) for every kept chunk in the chain of every slot found (>= 0)."""
+        queries = np.flatnonzero(slots >= 0)
+        entries = self._heads[slots[queries]].astype(np.int64)
+        members, following = self._members.view(), self._next.view()
+        found_queries: list[npt.NDArray[np.int64]] = []
+        found_members: list[npt.NDArray[np.int64]] = []
+        while len(queries):
+            found_queries.append(queries)
+            found_members.append(members[entries].astype(np.int64))
+            entries = following[entries].astype(np.int64)
+            alive = entries >= 0
+            queries, entries = queries[alive], entries[alive]
+        if not found_queries:
+            none = np.zeros(0, dtype=np.int64)
+            return none, none
+        return np.concatenate(found_queries), np.concatenate(found_members)
+
+    def add(self, keys: Shingles, members: npt.NDArray[np.int64]) -> None:
+        """Each key's chunk added to its chain (keys may repeat)."""
+        count = len(keys)
+        first = self._members.size
+        if first + count > self.LIMIT or (len(members) and int(members.max()) > self.LIMIT):
+            raise ValueError(f"more than {self.LIMIT} band entries: the corpus is too large "
+                             f"for one corpus-wide dedup pass")
+        entries = np.arange(first, first + count, dtype=np.int64)
+        self._members.extend(members)
+        self._next.extend(np.full(count, -1, dtype=np.int32))
+        following = self._next.view()
+        order = np.argsort(keys, kind="stable")
+        ordered, entries = keys[order], entries[order]
+        starts = np.ones(count, dtype=bool)
+        starts[1:] = ordered[1:] != ordered[:-1]
+        linked = np.flatnonzero(~starts)  # each entry after its group's first -> the one before
+        following[entries[linked]] = entries[linked - 1]
+        ends = np.ones(count, dtype=bool)
+        ends[:-1] = starts[1:]
+        group_keys, group_first, group_last = ordered[starts], entries[starts], entries[ends]
+        slots = self.find(group_keys)
+        held = slots >= 0
+        following[group_first[held]] = self._heads[slots[held]]
+        self._heads[slots[held]] = group_last[held]
+        new_keys, new_heads = group_keys[~held], group_last[~held]
+        if self._used + len(new_keys) > self.MAX_LOAD * len(self._keys):
+            self._resize(self._used + len(new_keys))
+        self._place(new_keys, new_heads)
+
+    def _place(self, keys: Shingles, heads: npt.NDArray[np.int64]) -> None:
+        """Distinct keys, absent from the table, into free slots."""
+        mask = len(self._keys) - 1
+        slots = (keys & np.uint64(mask)).astype(np.int64)
+        pending = np.arange(len(keys), dtype=np.int64)
+        while len(pending):
+            free = np.flatnonzero(self._keys[slots] == 0)
+            claimed, claiming = slots[free], keys[pending[free]]
+            self._keys[claimed] = claiming  # of keys claiming one slot, the last written wins
+            won = free[self._keys[claimed] == claiming]
+            self._heads[slots[won]] = heads[pending[won]]
+            lost = np.ones(len(pending), dtype=bool)
+            lost[won] = False
+            pending, slots = pending[lost], (slots[lost] + 1) & mask
+        self._used += len(keys)
+
+    def _resize(self, needed: int) -> None:
+        size = len(self._keys)
+        while needed > self.MAX_LOAD * size:
+            size *= 2
+        held = np.flatnonzero(self._keys)
+        keys, heads = self._keys[held], self._heads[held].astype(np.int64)
+        self._keys = np.zeros(size, dtype=np.uint64)
+        self._heads = np.zeros(size, dtype=np.int32)
+        self._used = 0
+        self._place(keys, heads)
+
+
+class Verdicts(NamedTuple):
+    """What `CorpusDeduplicator.decide` found for each set of a batch."""
+
+    matched: npt.NDArray[np.int64]
+    """The store index of the kept chunk the set near-duplicates, or -1 (kept)."""
+    stored: npt.NDArray[np.int64]
+    """The store index the set was kept as, or -1 (a near-duplicate, or without a shingle)."""
 
 
 class CorpusDeduplicator:
     """Greedy corpus-wide near-duplicate filter: LSH proposes, exact Jaccard decides.
 
-    Memory grows with the kept chunks: one dict entry per band per kept chunk and one size
-    here, and the shingles wherever `store` keeps them.
+    A set is dropped when a kept earlier set shares a band key with it and their Jaccard
+    reaches the threshold; the kept set it names is the first such in band order, then corpus
+    order (what a check of the candidates in that order meets first). Sets are decided a batch
+    at a time (`decide`): the band keys are looked up in one pass (`BandTable`), and every
+    candidate from earlier batches is verified in one vectorized pass whose cost per pair is
+    the same however large the corpus; only sets sharing a key with an earlier set of the same
+    batch are decided one by one, in order.
 
-    The cost per chunk stays flat as the corpus grows although the candidates LSH proposes do
-    not: kept chunks that resemble one another (boilerplate, near-misses below the threshold)
-    share band keys, so their buckets grow with the corpus. Candidates whose sizes alone rule
-    out the threshold (Jaccard <= smaller / larger) are never read, and many candidates are
-    verified in one vectorized pass (`_first_match`) instead of one numpy call each; the
-    decision, and the kept chunk it names, are the ones a check in candidate order gives.
+    Memory grows with the kept chunks: 8 bytes an entry per band, ~17 bytes a key in the table,
+    8 a size, and the shingles wherever `store` keeps them.
     """
 
     def __init__(self, threshold: float, store: ShingleStore | None = None) -> None:
         self.threshold = threshold
         self.hasher = MinHasher(threshold)
         self.store: ShingleStore = store or MemoryShingleStore()
-        self._buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.hasher.bands)]
-        self._sizes: list[int] = []
+        self._table = BandTable()
+        self._salts = _mix(np.arange(1, self.hasher.bands + 1, dtype=np.uint64)
+                           * np.uint64(0x9E3779B97F4A7C15))
+        """Keys are salted by band, so one table holds every band's."""
+        self._sizes = Growing(np.int64)
         """The shingle count of each kept chunk, by store index."""
+        self._sketches = Growing(np.uint8)
+        """A `sketch` of each kept chunk, by store index, SKETCH_BUCKETS bytes each."""
         self.kept = 0
         self.removed = 0
         self.candidates = 0
         """Candidates LSH proposed, counted as a check in order would meet them (up to the
         first near-duplicate)."""
-        self.last_index = -1
-        """The store index of the kept chunk the last call matched, or that it stored."""
 
     def is_duplicate(self, values: Shingles, keys: Sequence[int]) -> bool:
-        """True (and nothing stored) if a kept chunk is a near-duplicate; else keep this one.
-
-        `keys` are this set's `MinHasher.band_keys` (computed where the chunk was made).
-        """
-        if not keys:
+        """One set decided (a batch of one): True if a kept set is a near-duplicate, else it
+        is kept. `keys` are its band keys (none: kept, and never a candidate)."""
+        if not len(keys):
             self.kept += 1
             return False
-        if len(keys) != len(self._buckets):
-            raise ValueError(f"{len(keys)} band keys for {len(self._buckets)} bands")
-        # map() over the bound dict.get / dict.__setitem__: the per-band work in C, not in a
-        # Python loop (most chunks meet no kept chunk in any band, and are only inserted)
-        found = list(map(dict.get, self._buckets, keys))
-        if found.count(None) == len(found):
-            index = self._keep(values)
-            _consume(map(dict.__setitem__, self._buckets, keys, repeat(index)))
-            self.kept += 1
-            return False
-        candidates: list[int] = []
-        for members in found:
-            if members is None:
-                continue
-            if isinstance(members, list):
-                candidates.extend(members)
-            else:
-                candidates.append(members)
-        if candidates:
-            if len(candidates) > 1:  # distinct, in the order the bands meet them
-                candidates = list(dict.fromkeys(candidates))
-            position = self._first_match(values, candidates)
-            if position is not None:
-                self.candidates += position + 1
-                self.removed += 1
-                self.last_index = candidates[position]
-                return True
-            self.candidates += len(candidates)
-        index = self._keep(values)
-        for bucket, key, members in zip(self._buckets, keys, found, strict=True):
-            if members is None:
-                bucket[key] = index
-            elif isinstance(members, list):
-                members.append(index)
-            else:
-                bucket[key] = [members, index]
-        self.kept += 1
-        return False
+        matrix = np.array([keys], dtype=np.uint64)
+        sets = ShingleSets(values, np.array([0, len(values)], dtype=np.int64))
+        return bool(self.decide(sets, matrix).matched[0] >= 0)
 
-    def _keep(self, values: Shingles) -> int:
-        """Store a kept set's shingles and size; its index is the one the bands will name."""
-        index = self.store.append(values)
-        self._sizes.append(len(values))
-        self.last_index = index
-        return index
+    def decide(self, sets: ShingleSets, keys: KeyMatrix) -> Verdicts:
+        """Decide a batch of sets in order (each against the kept sets before it, of this
+        batch and earlier ones); `keys` are their `MinHasher.key_matrix`."""
+        count, bands = len(sets), self.hasher.bands
+        if keys.shape != (count, bands):
+            raise ValueError(f"band keys of shape {keys.shape} for {count} sets of {bands} "
+                             f"bands")
+        matched = np.full(count, -1, dtype=np.int64)
+        stored = np.full(count, -1, dtype=np.int64)
+        rows = np.flatnonzero(sets.sizes > 0)  # a set without a shingle is kept, not stored
+        self.kept += count - len(rows)
+        if not len(rows):
+            return Verdicts(matched, stored)
+        salted = keys[rows] ^ self._salts
+        salted[salted == 0] = 1
+        flat = salted.ravel()
+        # Candidates among earlier batches' kept sets: (row, member) pairs, each with the
+        # lowest band the two share, ordered by row, band, member; verified all at once
+        queries, members = self._table.chains(self._table.find(flat))
+        pair_rows, pair_bands = queries // bands, queries % bands
+        order = np.lexsort((pair_bands, members, pair_rows))
+        pair_rows, pair_bands, members = pair_rows[order], pair_bands[order], members[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (pair_rows[1:] != pair_rows[:-1]) | (members[1:] != members[:-1])
+        pair_rows, pair_bands, members = pair_rows[first], pair_bands[first], members[first]
+        order = np.lexsort((members, pair_bands, pair_rows))
+        pair_rows, pair_bands, members = pair_rows[order], pair_bands[order], members[order]
+        pair_starts = np.searchsorted(pair_rows, np.arange(len(rows) + 1))
+        # Rows that share a key with an earlier row of this batch wait for its decision
+        by_key = np.argsort(flat, kind="stable")
+        repeated = np.flatnonzero(flat[by_key[1:]] == flat[by_key[:-1]])
+        waiting = np.zeros(len(rows), dtype=bool)
+        waiting[by_key[repeated + 1] // bands] = True
+        similar = self._verify(sets, rows, pair_rows, members, waiting)
+        # The others are decided by their candidates from earlier batches alone
+        hits = np.flatnonzero(similar & ~waiting[pair_rows])
+        hit_rows, first_hit = np.unique(pair_rows[hits], return_index=True)
+        hits = hits[first_hit]
+        matched_rows = np.full(len(rows), -1, dtype=np.int64)
+        matched_rows[hit_rows] = members[hits]
+        self.candidates += int((hits - pair_starts[hit_rows] + 1).sum())
+        missed = np.flatnonzero(~waiting & (matched_rows < 0))
+        self.candidates += int((pair_starts[missed + 1] - pair_starts[missed]).sum())
+        kept = ~waiting & (matched_rows < 0)
+        local = np.full(len(rows), -1, dtype=np.int64)
+        """The earlier row of this batch a waiting row near-duplicates."""
+        if len(repeated):
+            self._decide_waiting(sets, rows, flat, by_key, repeated, pair_starts, pair_bands,
+                                 members, similar, waiting, kept, matched_rows, local)
+        kept_rows = np.flatnonzero(kept)
+        base = self._sizes.size
+        indices = base + np.arange(len(kept_rows), dtype=np.int64)
+        stored[rows[kept_rows]] = indices
+        row_index = np.full(len(rows), -1, dtype=np.int64)
+        row_index[kept_rows] = indices
+        from_batch = np.flatnonzero(local >= 0)
+        matched_rows[from_batch] = row_index[local[from_batch]]
+        matched[rows] = matched_rows
+        kept_sets = rows[kept_rows]
+        positions, lengths = spans(sets.bounds, kept_sets)
+        self.store.extend(sets.values[positions], lengths)
+        self._sizes.extend(lengths)
+        self._sketches.extend(sketch(sets, kept_sets).ravel())
+        self._table.add(salted[kept_rows].ravel(), np.repeat(indices, bands))
+        self.kept += len(kept_rows)
+        self.removed += len(rows) - len(kept_rows)
+        return Verdicts(matched, stored)
 
-    def _first_match(self, values: Shingles, candidates: list[int]) -> int | None:
-        """The position of the first candidate whose Jaccard with `values` reaches the
-        threshold, or None."""
-        size = len(values)
+    def _decide_waiting(self, sets: ShingleSets, rows: npt.NDArray[np.int64],
+                        flat: Shingles, by_key: npt.NDArray[np.int64],
+                        repeated: npt.NDArray[np.int64], pair_starts: npt.NDArray[np.int64],
+                        pair_bands: npt.NDArray[np.int64], members: npt.NDArray[np.int64],
+                        similar: npt.NDArray[np.bool_], waiting: npt.NDArray[np.bool_],
+                        kept: npt.NDArray[np.bool_], matched_rows: npt.NDArray[np.int64],
+                        local: npt.NDArray[np.int64]) -> None:
+        """The rows sharing a key with an earlier row of the batch, one by one in order: their
+        candidates are the earlier batches' (verified already) and the earlier rows of this
+        batch kept so far, in band order, then corpus order."""
+        bands = self.hasher.bands
+        earlier: dict[int, list[int]] = {}
+        """Rows of the batch by key, for the keys that repeat within it."""
+        for position in np.unique(np.concatenate((repeated, repeated + 1))).tolist():
+            entry = int(by_key[position])
+            earlier.setdefault(int(flat[entry]), []).append(entry // bands)
+        sizes = sets.sizes
         threshold = self.threshold
-        sizes = self._sizes
-        # Jaccard <= min / max of the sizes, and float division is monotonic: a candidate
-        # whose size ratio is below the threshold cannot reach it however jaccard rounds.
-        plausible = [position for position, index in enumerate(candidates)
-                     if (sizes[index] / size if sizes[index] < size else size / sizes[index])
-                     >= threshold]
-        for position in plausible[:_FEW_CANDIDATES]:  # a near-duplicate usually comes first
-            if jaccard(values, self.store.get(candidates[position])) >= threshold:
-                return position
-        plausible = plausible[_FEW_CANDIDATES:]
-        if not plausible:
-            return None
-        # The rest in one pass: every stored shingle of theirs looked up in this sorted set.
-        stored = [self.store.get(candidates[position]) for position in plausible]
-        lengths = np.fromiter((len(s) for s in stored), dtype=np.int64, count=len(stored))
-        joined = np.concatenate(stored)
-        where = np.searchsorted(values, joined)
-        where[where == size] = 0
-        hits = (values[where] == joined).astype(np.int64)
-        starts = np.zeros(len(lengths), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        shared = np.add.reduceat(hits, starts)
+        for row in np.flatnonzero(waiting).tolist():
+            low, high = int(pair_starts[row]), int(pair_starts[row + 1])
+            found: list[tuple[int, int, int, int]] = [
+                (band, 0, member, pair) for band, member, pair in zip(
+                    pair_bands[low:high].tolist(), members[low:high].tolist(),
+                    range(low, high), strict=True)]
+            seen: set[int] = set()
+            for band in range(bands):
+                for other in earlier.get(int(flat[row * bands + band]), ()):
+                    if other >= row:
+                        break
+                    if kept[other] and other not in seen:
+                        seen.add(other)
+                        found.append((band, 1, other, -1))
+            found.sort()
+            size = int(sizes[rows[row]])
+            values = sets[int(rows[row])]
+            for position, (_band, batch, other, pair) in enumerate(found):
+                if batch:
+                    other_size = int(sizes[rows[other]])
+                    close = ((other_size / size if other_size < size else size / other_size)
+                             >= threshold
+                             and jaccard(values, sets[int(rows[other])]) >= threshold)
+                else:
+                    close = bool(similar[pair])
+                if close:
+                    self.candidates += position + 1
+                    if batch:
+                        local[row] = other
+                    else:
+                        matched_rows[row] = other
+                    break
+            else:
+                self.candidates += len(found)
+                kept[row] = True
+
+    def _verify(self, sets: ShingleSets, rows: npt.NDArray[np.int64],
+                pair_rows: npt.NDArray[np.int64], members: npt.NDArray[np.int64],
+                waiting: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """Whether each candidate pair (in check order, grouped by row) is a near-duplicate,
+        for every pair a check in order reaches: a row's first plausible pair first (a chunk
+        that repeats a kept one usually meets it first), the rest only for rows it did not
+        settle (and for waiting rows, all). Pairs whose sizes alone rule the threshold out
+        (Jaccard <= smaller / larger) are never read."""
+        similar = np.zeros(len(members), dtype=bool)
+        set_rows = rows[pair_rows]
+        set_sizes, kept_sizes = sets.sizes[set_rows], self._sizes.view()[members]
+        # float division is monotonic: a pair below by a bound is below however it rounds
+        plausible = np.flatnonzero(np.minimum(set_sizes, kept_sizes)
+                                   / np.maximum(set_sizes, kept_sizes) >= self.threshold)
+        if len(plausible):  # then the sketches' bound on the shared shingles
+            owners, at = np.unique(set_rows[plausible], return_inverse=True)
+            theirs = self._sketches.view().reshape(-1, SKETCH_BUCKETS)[members[plausible]]
+            bound = np.minimum(sketch(sets, owners)[at], theirs).sum(axis=1, dtype=np.int64)
+            sizes = set_sizes[plausible] + kept_sizes[plausible]
+            plausible = plausible[bound / (sizes - bound) >= self.threshold]
+        _, first_at = np.unique(pair_rows[plausible], return_index=True)
+        firsts = plausible[first_at]
+        firsts = firsts[~waiting[pair_rows[firsts]]]
+        similar[firsts] = self._similar(sets, rows[pair_rows[firsts]], members[firsts])
+        settled = np.zeros(len(rows), dtype=bool)
+        settled[pair_rows[firsts[similar[firsts]]]] = True
+        checked = np.zeros(len(members), dtype=bool)
+        checked[firsts] = True
+        rest = plausible[~settled[pair_rows[plausible]] & ~checked[plausible]]
+        similar[rest] = self._similar(sets, rows[pair_rows[rest]], members[rest])
+        return similar
+
+    def _similar(self, sets: ShingleSets, set_rows: npt.NDArray[np.int64],
+                 members: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Whether each (set, kept set) pair's Jaccard reaches the threshold, all pairs in one
+        pass: the kept sets' shingles read in one gather, each looked up in a hash table of
+        the sets' (set, shingle) pairs, so the cost is per shingle read, with no sort."""
+        if not len(members):
+            return np.zeros(0, dtype=bool)
+        stored, lengths = self.store.gather(members)
+        owners = np.unique(set_rows)
+        positions, _ = spans(sets.bounds, owners)
+        table = _PairTable(np.repeat(owners, sets.sizes[owners]), sets.values[positions])
+        found = table.contains(np.repeat(set_rows, lengths), stored)
+        shared = np.add.reduceat(found, np.cumsum(lengths) - lengths, dtype=np.int64)
+        set_sizes, kept_sizes = sets.sizes[set_rows], self._sizes.view()[members]
         # the float jaccard() computes: shared / (|a| + |b| - shared)
-        close = np.flatnonzero(shared / (size + lengths - shared) >= threshold)
-        return plausible[int(close[0])] if len(close) else None
+        jaccards = shared / (set_sizes + kept_sizes - shared)
+        similar: npt.NDArray[np.bool_] = jaccards >= self.threshold
+        return similar
 
 
-_FEW_CANDIDATES = 2
-"""The first candidates checked one by one before the rest go in one vectorized pass."""
+SKETCH_BUCKETS = 64
+"""A set's sketch counts its shingles in this many buckets (by their top bits), a byte each."""
 
 
-def _consume(iterator: Iterator[object]) -> None:
-    """Run `iterator` to its end in C (a deque of no length keeps nothing)."""
-    deque(iterator, maxlen=0)
+def sketch(sets: ShingleSets, indices: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """The shingle count of each set in each of SKETCH_BUCKETS buckets: two sets share at most
+    the sum over buckets of the smaller count, an exact bound on their Jaccard that rules out
+    most LSH candidates (near-misses, Jaccard ~0.5-0.75) without reading their shingles. A set
+    with a bucket past 255 gets 255 in every bucket: its bound is then never below the truth."""
+    positions, lengths = spans(sets.bounds, indices)
+    buckets = (sets.values[positions] >> np.uint64(64 - SKETCH_BUCKETS.bit_length() + 1))
+    owner = np.repeat(np.arange(len(indices), dtype=np.int64) * SKETCH_BUCKETS, lengths)
+    counts = np.bincount(owner + buckets.astype(np.int64),
+                         minlength=len(indices) * SKETCH_BUCKETS).reshape(-1, SKETCH_BUCKETS)
+    counts[(counts > 255).any(axis=1)] = 255
+    return counts.astype(np.uint8)
+
+
+class _PairTable:
+    """A set of (row, shingle) pairs for membership tests of many pairs at once: open
+    addressing over numpy arrays, at most half full, probed in rounds."""
+
+    def __init__(self, rows: npt.NDArray[np.int64], values: Shingles) -> None:
+        self._rows, self._values = rows, values
+        size = 1 << max(4, (2 * len(rows)).bit_length())
+        self._mask = size - 1
+        self._slots = np.full(size, -1, dtype=np.int64)
+        pending = np.arange(len(rows), dtype=np.int64)
+        slots = self._slot(rows, values)
+        while len(pending):
+            free = np.flatnonzero(self._slots[slots] < 0)
+            claimed = slots[free]
+            self._slots[claimed] = pending[free]  # of pairs claiming one slot, the last wins
+            won = free[self._slots[claimed] == pending[free]]
+            lost = np.ones(len(pending), dtype=bool)
+            lost[won] = False
+            pending, slots = pending[lost], (slots[lost] + 1) & self._mask
+
+    def _slot(self, rows: npt.NDArray[np.int64], values: Shingles) -> npt.NDArray[np.int64]:
+        mixed = values + rows.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return (mixed >> np.uint64(20)).astype(np.int64) & self._mask
+
+    def contains(self, rows: npt.NDArray[np.int64], values: Shingles) -> npt.NDArray[np.bool_]:
+        found = np.zeros(len(rows), dtype=bool)
+        pending = np.arange(len(rows), dtype=np.int64)
+        slots = self._slot(rows, values)
+        while len(pending):
+            held = self._slots[slots]
+            filled = held >= 0
+            pending, slots, held = pending[filled], slots[filled], held[filled]
+            hit = (self._rows[held] == rows[pending]) & (self._values[held] == values[pending])
+            found[pending[hit]] = True
+            pending, slots = pending[~hit], (slots[~hit] + 1) & self._mask
+        return found
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import multiprocessing
 import os
 import stat
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
@@ -77,13 +79,18 @@ from registry.errors import (
     storable,
 )
 from registry.ingest.chunker import (
+    EMPTY_SHINGLES,
     MIN_CHUNK_TOKENS,
     Chunk,
     ChunkedDocument,
     Chunker,
     CorpusDeduplicator,
     Document,
+    Growing,
+    KeyMatrix,
     Shingles,
+    ShingleSets,
+    spans,
 )
 from registry.ingest.workers import (
     ChunkerSpec,
@@ -523,53 +530,56 @@ def _chunk_in_pool(spec_path: str, batches: Iterable[list[Document]], workers: i
 
 
 class FileShingleStore:
-    """Shingle sets appended to an unlinked temporary file; only offsets stay in memory, and
-    the last sets appended (up to FLUSH_BYTES) until they are written in one call."""
+    """Shingle sets appended to an unlinked temporary file and read back through a memory map
+    of it; only their offsets stay in memory.
 
-    FLUSH_BYTES = 1 << 20
+    A batch is written in one call and a batch's candidates are read in one gather from the
+    map (the page cache's memory), not one pread each. The file is grown in doubling steps
+    (sparse until written), so it is mapped again only when it grows: a few times a run.
+    """
 
     def __init__(self) -> None:
         # lives as long as the store: close() ends it
         self._file = tempfile.TemporaryFile(prefix="registry-shingles-")  # noqa: SIM115
-        self._offsets: list[int] = [0]
-        self._pending: list[bytes] = []
-        """The sets from index `_first_pending` on, not yet on file."""
-        self._first_pending = 0
-        self._pending_bytes = 0
+        self._offsets = Growing(np.int64, [0])
+        self._capacity = 0
+        """The file's size in bytes (written up to offsets' last, zeros past it)."""
+        self._map: mmap.mmap | None = None
+        self._values: Shingles = EMPTY_SHINGLES
+        """The mapped file, as uint64."""
 
-    def append(self, values: Shingles) -> int:
-        # One pwrite per FLUSH_BYTES, not one per set (a system call each, its cost growing
-        # with the file). `get` reads with pread, so a set still pending is read from here.
-        data = values.astype(np.uint64).tobytes()
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        self._offsets.append(self._offsets[-1] + len(values))
-        if self._pending_bytes >= self.FLUSH_BYTES:
-            self.flush()
-        return len(self._offsets) - 2
+    def extend(self, values: Shingles, lengths: npt.NDArray[np.int64]) -> None:
+        start = int(self._offsets.view()[-1]) * 8
+        data = np.ascontiguousarray(values, dtype=np.uint64).data.cast("B")
+        end = start + len(data)
+        if end > self._capacity:
+            self._capacity = max(end, 2 * self._capacity, 1 << 20)
+            os.ftruncate(self._file.fileno(), self._capacity)
+            self._unmap()
+        # pwrite may write less than asked (a full disk) and say so only by its count: the
+        # rest is written on, or the error it then meets raised
+        while data:
+            written = os.pwrite(self._file.fileno(), data, start)
+            data, start = data[written:], start + written
+        self._offsets.extend(end // 8 - int(lengths.sum()) + np.cumsum(lengths))
 
-    def flush(self) -> None:
-        """Write the pending sets to the file."""
-        if self._pending:
-            # pwrite may write less than asked (a full disk, a file size limit) and say so
-            # only by its count: the rest is written on, or the error it then meets raised
-            data = memoryview(b"".join(self._pending))
-            offset = self._offsets[self._first_pending] * 8
-            while data:
-                written = os.pwrite(self._file.fileno(), data, offset)
-                data, offset = data[written:], offset + written
-            self._first_pending += len(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
+    def gather(self, indices: npt.NDArray[np.int64]
+               ) -> tuple[Shingles, npt.NDArray[np.int64]]:
+        positions, lengths = spans(self._offsets.view(), indices)
+        if self._map is None and self._capacity:
+            self._map = mmap.mmap(self._file.fileno(), self._capacity, access=mmap.ACCESS_READ)
+            self._values = np.frombuffer(self._map, dtype=np.uint64)
+        values: Shingles = self._values[positions]
+        return values, lengths
 
-    def get(self, index: int) -> Shingles:
-        if index >= self._first_pending:
-            return np.frombuffer(self._pending[index - self._first_pending], dtype=np.uint64)
-        start, end = self._offsets[index], self._offsets[index + 1]
-        data = os.pread(self._file.fileno(), (end - start) * 8, start * 8)
-        return np.frombuffer(data, dtype=np.uint64)
+    def _unmap(self) -> None:
+        if self._map is not None:
+            self._values = EMPTY_SHINGLES  # the map's only view, released before it closes
+            self._map.close()
+            self._map = None
 
     def close(self) -> None:
+        self._unmap()
         self._file.close()
 
 
@@ -724,9 +734,8 @@ def _load(data: psycopg.Connection[Any], target: ChunkTable, source: Path, token
     def chunked_rows() -> Iterator[list[tuple[Any, ...]]]:
         """The kept rows, a batch of documents at a time (or EMBED_BATCH rows with vectors)."""
         for batch, chunked in chunk_corpus(spec, batches(items, problem), report.workers):
-            rows: list[tuple[Any, ...]] = []
+            rows = keep_rows(chunked, corpus_pass, report)
             for document, result in zip(batch, chunked, strict=True):
-                rows.extend(keep_rows(result, corpus_pass, report))
                 report.documents += 1
                 report.bytes += len(document.text.encode())
                 report.tokens += result.tokens
@@ -893,51 +902,86 @@ class CorpusPass:
     def __init__(self, deduplicator: CorpusDeduplicator | None) -> None:
         self.deduplicator = deduplicator
         self._ids: dict[bytes, str] = {}
-        self._owners: dict[int, str] = {}
+        self._owners: list[str] = []
         """The document of each kept chunk, by the deduplicator's store index."""
 
-    def repeats(self, doc_id: str, chunk_id: str, shingles: Shingles | None = None,
-                keys: Sequence[int] = ()) -> Repeat | None:
-        """What this chunk repeats, or None (and it is kept); `shingles` and `keys` (its
-        MinHash band keys) are needed with a deduplicator only."""
-        deduplicator = self.deduplicator
-        if deduplicator is not None:
-            assert shingles is not None
-            if deduplicator.is_duplicate(shingles, keys):
-                return Repeat(self._owners.get(deduplicator.last_index, "?"), near=True)
-            if keys:
-                self._owners[deduplicator.last_index] = doc_id
-        key = bytes.fromhex(chunk_id[:32])
-        held = self._ids.get(key)
-        if held is not None:  # same embedding text under the same config: the same chunk
-            return Repeat(held, near=False)
-        self._ids[key] = doc_id
-        return None
+    def decide(self, doc_ids: Sequence[str], chunk_ids: Sequence[str],
+               sets: ShingleSets | None = None, keys: KeyMatrix | None = None
+               ) -> list[Repeat | None]:
+        """What each chunk of a batch (in corpus order) repeats, or None (it is kept); `sets`
+        and `keys` (their shingles and MinHash band keys) are needed with a deduplicator."""
+        repeats: list[Repeat | None] = [None] * len(chunk_ids)
+        if self.deduplicator is not None:
+            if sets is None or keys is None:
+                raise ValueError("a corpus pass with a deduplicator needs shingles and keys")
+            verdicts = self.deduplicator.decide(sets, keys)
+            owners = self._owners
+            for index, (matched, stored) in enumerate(zip(
+                    verdicts.matched.tolist(), verdicts.stored.tolist(), strict=True)):
+                if matched >= 0:
+                    repeats[index] = Repeat(owners[matched], near=True)
+                elif stored >= 0:
+                    owners.append(doc_ids[index])
+        ids = self._ids
+        for index, (doc_id, chunk_id) in enumerate(zip(doc_ids, chunk_ids, strict=True)):
+            if repeats[index] is not None:
+                continue
+            key = bytes.fromhex(chunk_id[:32])
+            held = ids.get(key)
+            if held is not None:  # same embedding text under the same config: the same chunk
+                repeats[index] = Repeat(held, near=False)
+            else:
+                ids[key] = doc_id
+        return repeats
 
 
-def keep_rows(result: ChunkedDocument, corpus_pass: CorpusPass, report: IngestReport
-              ) -> list[tuple[Any, ...]]:
-    """The rows of one document that survive the corpus pass, renumbered; a document left
-    without a row is accounted for by name (merged into the documents whose chunks it
+def batch_sets(results: Sequence[ChunkedDocument], bands: int) -> tuple[ShingleSets, KeyMatrix]:
+    """The shingle sets and band key matrix of a batch of documents' chunks, in order."""
+    shingles = [values for result in results for values in result.shingles]
+    lengths = np.fromiter(map(len, shingles), dtype=np.int64, count=len(shingles))
+    bounds = np.zeros(len(shingles) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    sets = ShingleSets(np.concatenate(shingles) if shingles else EMPTY_SHINGLES, bounds)
+    keys: KeyMatrix = np.zeros((len(shingles), bands), dtype=np.uint64)
+    keyed = [row for result in results for row in result.band_keys if row]
+    if keyed:
+        keys[lengths > 0] = keyed
+    return sets, keys
+
+
+def keep_rows(results: Sequence[ChunkedDocument], corpus_pass: CorpusPass,
+              report: IngestReport) -> list[tuple[Any, ...]]:
+    """The rows of a batch of documents that survive the corpus pass, renumbered; a document
+    left without a row is accounted for by name (merged into the documents whose chunks it
     repeats, or without a chunk at all)."""
-    count_document(result, report)
-    kept: list[Chunk] = []
-    into: list[str] = []
-    dedup = corpus_pass.deduplicator is not None
-    for index, chunk in enumerate(result.chunks):
-        repeat = (corpus_pass.repeats(result.doc_id, chunk.id, result.shingles[index],
-                                      result.band_keys[index]) if dedup
-                  else corpus_pass.repeats(result.doc_id, chunk.id))
-        if repeat is None:
-            kept.append(chunk)
-            continue
-        if repeat.near:
-            report.corpus_duplicates += 1
-        else:
-            report.identical_ids += 1
-        report.duplicates_removed += 1
-        into.append(repeat.doc_id)
-    return account_document(result, kept, into, report)
+    doc_ids = [result.doc_id for result in results for _ in result.chunks]
+    chunk_ids = [chunk.id for result in results for chunk in result.chunks]
+    deduplicator = corpus_pass.deduplicator
+    if deduplicator is not None:
+        repeats = corpus_pass.decide(doc_ids, chunk_ids,
+                                     *batch_sets(results, deduplicator.hasher.bands))
+    else:
+        repeats = corpus_pass.decide(doc_ids, chunk_ids)
+    rows: list[tuple[Any, ...]] = []
+    at = 0
+    for result in results:
+        count_document(result, report)
+        kept: list[Chunk] = []
+        into: list[str] = []
+        for chunk, repeat in zip(result.chunks, repeats[at:at + len(result.chunks)],
+                                 strict=True):
+            if repeat is None:
+                kept.append(chunk)
+                continue
+            if repeat.near:
+                report.corpus_duplicates += 1
+            else:
+                report.identical_ids += 1
+            report.duplicates_removed += 1
+            into.append(repeat.doc_id)
+        at += len(result.chunks)
+        rows.extend(account_document(result, kept, into, report))
+    return rows
 
 
 def account_document(result: ChunkedDocument, kept: list[Chunk], into: list[str],

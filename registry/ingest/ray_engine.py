@@ -75,7 +75,9 @@ from registry.ingest.chunker import (
     Chunker,
     CorpusDeduplicator,
     Document,
+    KeyMatrix,
     MinHasher,
+    ShingleSets,
 )
 from registry.ingest.pipeline import (
     ACCOUNTED_KEPT,
@@ -1113,18 +1115,16 @@ class DriverPass:
     def add(self, block: pa.Table) -> None:
         """One block's chunks decided (the block after the one given last)."""
         chunks = _per_chunk(block, self.bands)
-        values, offsets = _shingle_sets(block) if self.bands else (None, None)
-        key_rows = np.cumsum(chunks.has_keys) - 1  # `keys` has rows for keyed chunks only
-        for index, (order, chunk_id, document) in enumerate(zip(
-                chunks.orders.tolist(), chunks.chunk_ids, chunks.doc_of_chunk.tolist(),
-                strict=True)):
-            doc_id = chunks.doc_ids[document]
-            if values is not None and offsets is not None:
-                keys = chunks.keys[key_rows[index]].tolist() if chunks.has_keys[index] else ()
-                repeat = self._pass.repeats(doc_id, chunk_id,
-                                            values[offsets[index]:offsets[index + 1]], keys)
-            else:
-                repeat = self._pass.repeats(doc_id, chunk_id)
+        doc_ids = [chunks.doc_ids[document] for document in chunks.doc_of_chunk.tolist()]
+        if self.bands:
+            values, offsets = _shingle_sets(block)
+            keys: KeyMatrix = np.zeros((len(chunks.chunk_ids), self.bands), dtype=np.uint64)
+            keys[chunks.has_keys] = chunks.keys  # `chunks.keys` has rows for keyed chunks only
+            repeats = self._pass.decide(doc_ids, chunks.chunk_ids, ShingleSets(values, offsets),
+                                        keys)
+        else:
+            repeats = self._pass.decide(doc_ids, chunks.chunk_ids)
+        for order, repeat in zip(chunks.orders.tolist(), repeats, strict=True):
             if repeat is not None:
                 found = (self.decisions.near_duplicates if repeat.near
                          else self.decisions.identical)

@@ -134,14 +134,14 @@ class TokenizedCorpus:
         text_bytes = 0
         for first in range(0, len(self.documents), BATCH_DOCUMENTS):
             last = first + BATCH_DOCUMENTS
-            for result in chunker.chunk_encoded(self.documents[first:last],
-                                                self.encodings[first:last]):
-                for row in keep_rows(result, corpus_pass, report):
-                    rows.append(row)
-                    embedding, bm25 = row[3].encode(), row[4].encode()
-                    text_bytes += len(embedding) + len(bm25)
-                    digest.update(len(embedding).to_bytes(8, "little") + embedding)
-                    digest.update(len(bm25).to_bytes(8, "little") + bm25)
+            results = list(chunker.chunk_encoded(self.documents[first:last],
+                                                 self.encodings[first:last]))
+            for row in keep_rows(results, corpus_pass, report):
+                rows.append(row)
+                embedding, bm25 = row[3].encode(), row[4].encode()
+                text_bytes += len(embedding) + len(bm25)
+                digest.update(len(embedding).to_bytes(8, "little") + embedding)
+                digest.update(len(bm25).to_bytes(8, "little") + bm25)
         return TrialRows(rows, len(self.documents), self.tokens, report.duplicates_removed,
                          report.too_small, report.over_budget, time.perf_counter() - started,
                          digest.hexdigest(), text_bytes)
