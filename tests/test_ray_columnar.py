@@ -143,7 +143,7 @@ def test_the_drivers_pass_over_blocks_keeps_what_the_builtin_keeps(
     store = FileShingleStore() if corpus else None
     try:
         corpus_pass = CorpusPass(CorpusDeduplicator(THRESHOLD, store) if store else None)
-        expected = [[row[0] for row in keep_rows(result, corpus_pass, builtin)]
+        expected = [[row[0] for row in keep_rows([result], corpus_pass, builtin)]
                     for result in chunked]
     finally:
         if store is not None:

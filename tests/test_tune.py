@@ -110,7 +110,7 @@ def test_rewindowing_one_shared_encoding_gives_exactly_the_rows_of_a_full_chunki
     chunker = Chunker(config, tokenizer)
     report = IngestReport(config.chunk_version, config.ingest_run_id, "t", "s", "document", 1)
     expected = [row for result in chunker.chunk_many(documents)
-                for row in keep_rows(result, CorpusPass(None), report)]
+                for row in keep_rows([result], CorpusPass(None), report)]
     trial = shared.rows(config)
     assert trial.rows == expected
     assert trial.duplicates_removed == report.duplicates_removed

@@ -393,9 +393,8 @@ def bench_copy(args: argparse.Namespace, tokenizer_path: Path, state: str) -> di
                         else:
                             report = IngestReport("", "", "", "", "document", 1)
                             corpus_pass = CorpusPass(None)
-                            for result in chunked:
-                                for row in keep_rows(result, corpus_pass, report):
-                                    copy.write_row(row)
+                            for row in keep_rows(list(chunked), corpus_pass, report):
+                                copy.write_row(row)
                     conn.commit()
                     seconds[way].append(time.perf_counter() - started)
                     size = conn.execute(sql.SQL("SELECT pg_total_relation_size({})").format(
