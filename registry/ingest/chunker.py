@@ -649,16 +649,16 @@ class BandTable:
     Not a dict per band: at 1M chunks those held ~10M Python ints, each chunk's 10 lookups and
     10 inserts missed the CPU caches one after the other, and the cost per chunk grew with the
     corpus (8.7 us at 10k chunks, 16 at 1M). A batch's lookups here are independent loads the
-    CPU overlaps; a slot takes 12 bytes (the table at most MAX_LOAD full), an entry 8."""
+    CPU overlaps. A slot is 16 bytes, key and chain head side by side (one cache line for
+    both), the table at most MAX_LOAD full; an entry is 8 bytes."""
 
     MAX_LOAD = 0.7
     LIMIT = 2**31 - 1
     """Entries (kept chunks x bands) and chunk indices are int32."""
 
     def __init__(self) -> None:
-        self._keys = np.zeros(1 << 12, dtype=np.uint64)
-        """0 is an empty slot: keys are never 0."""
-        self._heads = np.zeros(1 << 12, dtype=np.int32)
+        self._slots = np.zeros((1 << 12, 2), dtype=np.uint64)
+        """Per slot: the key (0: an empty slot; keys are never 0), its chain's first entry."""
         self._used = 0
         self._members = Growing(np.int32)
         """The kept chunk of each entry."""
@@ -667,12 +667,13 @@ class BandTable:
 
     def find(self, keys: Shingles) -> npt.NDArray[np.int64]:
         """The slot of each key, or -1 where a key is absent."""
-        mask = len(self._keys) - 1
+        mask = len(self._slots) - 1
+        table = self._slots[:, 0]
         slots = (keys & np.uint64(mask)).astype(np.int64)
         found = np.full(len(keys), -1, dtype=np.int64)
         pending = np.arange(len(keys), dtype=np.int64)
         while len(pending):
-            held = self._keys[slots]
+            held = table[slots]
             hit = held == keys[pending]
             found[pending[hit]] = slots[hit]
             going = ~hit & (held != 0)
@@ -683,7 +684,7 @@ class BandTable:
                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """(query, member) for every kept chunk in the chain of every slot found (>= 0)."""
         queries = np.flatnonzero(slots >= 0)
-        entries = self._heads[slots[queries]].astype(np.int64)
+        entries = self._slots[slots[queries], 1].astype(np.int64)
         members, following = self._members.view(), self._next.view()
         found_queries: list[npt.NDArray[np.int64]] = []
         found_members: list[npt.NDArray[np.int64]] = []
@@ -698,8 +699,10 @@ class BandTable:
             return none, none
         return np.concatenate(found_queries), np.concatenate(found_members)
 
-    def add(self, keys: Shingles, members: npt.NDArray[np.int64]) -> None:
-        """Each key's chunk added to its chain (keys may repeat)."""
+    def add(self, keys: Shingles, members: npt.NDArray[np.int64],
+            slots: npt.NDArray[np.int64]) -> None:
+        """Each key's chunk added to its chain (keys may repeat); `slots` are the keys' `find`
+        since the last `add`."""
         count = len(keys)
         first = self._members.size
         if first + count > self.LIMIT or (len(members) and int(members.max()) > self.LIMIT):
@@ -710,7 +713,7 @@ class BandTable:
         self._next.extend(np.full(count, -1, dtype=np.int32))
         following = self._next.view()
         order = np.argsort(keys, kind="stable")
-        ordered, entries = keys[order], entries[order]
+        ordered, entries, slots = keys[order], entries[order], slots[order]
         starts = np.ones(count, dtype=bool)
         starts[1:] = ordered[1:] != ordered[:-1]
         linked = np.flatnonzero(~starts)  # each entry after its group's first -> the one before
@@ -718,41 +721,40 @@ class BandTable:
         ends = np.ones(count, dtype=bool)
         ends[:-1] = starts[1:]
         group_keys, group_first, group_last = ordered[starts], entries[starts], entries[ends]
-        slots = self.find(group_keys)
-        held = slots >= 0
-        following[group_first[held]] = self._heads[slots[held]]
-        self._heads[slots[held]] = group_last[held]
+        group_slots = slots[starts]
+        held = group_slots >= 0
+        following[group_first[held]] = self._slots[group_slots[held], 1]
+        self._slots[group_slots[held], 1] = group_last[held]
         new_keys, new_heads = group_keys[~held], group_last[~held]
-        if self._used + len(new_keys) > self.MAX_LOAD * len(self._keys):
+        if self._used + len(new_keys) > self.MAX_LOAD * len(self._slots):
             self._resize(self._used + len(new_keys))
-        self._place(new_keys, new_heads)
+        self._place(new_keys, new_heads.astype(np.uint64))
 
-    def _place(self, keys: Shingles, heads: npt.NDArray[np.int64]) -> None:
+    def _place(self, keys: Shingles, heads: Shingles) -> None:
         """Distinct keys, absent from the table, into free slots."""
-        mask = len(self._keys) - 1
+        mask = len(self._slots) - 1
+        table = self._slots[:, 0]
         slots = (keys & np.uint64(mask)).astype(np.int64)
         pending = np.arange(len(keys), dtype=np.int64)
         while len(pending):
-            free = np.flatnonzero(self._keys[slots] == 0)
+            free = np.flatnonzero(table[slots] == 0)
             claimed, claiming = slots[free], keys[pending[free]]
-            self._keys[claimed] = claiming  # of keys claiming one slot, the last written wins
-            won = free[self._keys[claimed] == claiming]
-            self._heads[slots[won]] = heads[pending[won]]
+            table[claimed] = claiming  # of keys claiming one slot, the last written wins
+            won = free[table[claimed] == claiming]
+            self._slots[slots[won], 1] = heads[pending[won]]
             lost = np.ones(len(pending), dtype=bool)
             lost[won] = False
             pending, slots = pending[lost], (slots[lost] + 1) & mask
         self._used += len(keys)
 
     def _resize(self, needed: int) -> None:
-        size = len(self._keys)
+        size = len(self._slots)
         while needed > self.MAX_LOAD * size:
             size *= 2
-        held = np.flatnonzero(self._keys)
-        keys, heads = self._keys[held], self._heads[held].astype(np.int64)
-        self._keys = np.zeros(size, dtype=np.uint64)
-        self._heads = np.zeros(size, dtype=np.int32)
+        held = self._slots[self._slots[:, 0] != 0]
+        self._slots = np.zeros((size, 2), dtype=np.uint64)
         self._used = 0
-        self._place(keys, heads)
+        self._place(held[:, 0].copy(), held[:, 1].copy())
 
 
 class Verdicts(NamedTuple):
@@ -825,7 +827,8 @@ class CorpusDeduplicator:
         flat = salted.ravel()
         # Candidates among earlier batches' kept sets: (row, member) pairs, each with the
         # lowest band the two share, ordered by row, band, member; verified all at once
-        queries, members = self._table.chains(self._table.find(flat))
+        slots = self._table.find(flat)
+        queries, members = self._table.chains(slots)
         pair_rows, pair_bands = queries // bands, queries % bands
         order = np.lexsort((pair_bands, members, pair_rows))
         pair_rows, pair_bands, members = pair_rows[order], pair_bands[order], members[order]
@@ -870,7 +873,8 @@ class CorpusDeduplicator:
         self.store.extend(sets.values[positions], lengths)
         self._sizes.extend(lengths)
         self._sketches.extend(sketch(sets, kept_sets).ravel())
-        self._table.add(salted[kept_rows].ravel(), np.repeat(indices, bands))
+        self._table.add(salted[kept_rows].ravel(), np.repeat(indices, bands),
+                        slots.reshape(-1, bands)[kept_rows].ravel())
         self.kept += len(kept_rows)
         self.removed += len(rows) - len(kept_rows)
         return Verdicts(matched, stored)
