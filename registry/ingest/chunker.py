@@ -652,7 +652,7 @@ class BandTable:
     CPU overlaps. A slot is 16 bytes, key and chain head side by side (one cache line for
     both), the table at most MAX_LOAD full; an entry is 8 bytes."""
 
-    MAX_LOAD = 0.7
+    MAX_LOAD = 0.6
     LIMIT = 2**31 - 1
     """Entries (kept chunks x bands) and chunk indices are int32."""
 
