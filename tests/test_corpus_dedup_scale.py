@@ -264,3 +264,35 @@ def test_file_store_never_loses_a_short_write_silently() -> None:
     out = subprocess.run([sys.executable, "-c", SHORT_WRITE], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.startswith("refused: [Errno 27] File too large"), out
+
+
+def test_the_band_table_finds_every_key_across_resizes_and_wrapped_probes() -> None:
+    """Keys crowded onto the last home slots (their probes wrap past the end to the first
+    slots), added over many batches with repeats, through several resizes: every key's chain
+    holds exactly the members added with it, and absent keys are not found."""
+    from registry.ingest.chunker import BandTable
+
+    rng = np.random.default_rng(9)
+    table = BandTable()
+    added: dict[int, list[int]] = {}
+    member = 0
+    for _ in range(40):
+        # low bits all ones: the home is the last slot whatever the table's size
+        crowded = (rng.integers(1, 2**40, 60, dtype=np.int64).astype(np.uint64) << np.uint64(24)
+                   ) | np.uint64(2**24 - 1)
+        spread = rng.integers(1, 2**63, 200, dtype=np.int64).astype(np.uint64)
+        known = np.array(list(added)[:30], dtype=np.uint64)
+        keys = np.concatenate([crowded, spread, known, crowded[:5]])
+        members = np.arange(member, member + len(keys), dtype=np.int64)
+        member += len(keys)
+        table.add(keys, members, table.find(keys))
+        for key, index in zip(keys.tolist(), members.tolist(), strict=True):
+            added.setdefault(key, []).append(index)
+        everything = np.array(list(added), dtype=np.uint64)
+        queries, found = table.chains(table.find(everything))
+        chains: dict[int, list[int]] = {}
+        for query, index in zip(queries.tolist(), found.tolist(), strict=True):
+            chains.setdefault(int(everything[query]), []).append(index)
+        assert {key: sorted(v) for key, v in chains.items()} == added
+    absent = rng.integers(1, 2**63, 500, dtype=np.int64).astype(np.uint64)
+    assert (table.find(absent[~np.isin(absent, list(added))]) == -1).all()

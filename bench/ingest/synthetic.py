@@ -10,17 +10,18 @@ a word drawn from the corpus's word stream (so word frequencies stay the corpus'
 those replacements a new word (vocabulary keeps growing with the corpus, as Heaps' law has it).
 
 Derived bodies are comparable per chunk with real ones: shingling 10k-chunk slices in a
-fresh process (word cache cold, then warm) measured the same at the start of the real bodies
-and deep in the derived ones (~47 then ~35-39 us CPU per chunk, busy machine). What grew with
-the corpus was the word-hash cache: the 1M chunks have 476k distinct words (Heaps' law, the 1%
-new words included), and a cache limited to 200k words was cleared over and over, every
-frequent word hashed anew each time (chunker._WORD_CACHE_LIMIT is now 1<<19, 524k words).
+fresh process measured the same at the start of the real bodies and deep in the derived ones.
+The 1M chunks have 476k distinct words (Heaps' law, the 1% new words included): a cache of
+word hashes grew with them and its lookups missed the CPU caches more the larger it grew, so
+shingling now hashes words in one vectorized pass with no cache (flat per chunk). Derived
+bodies mix words from the whole corpus, so slightly more of them hold a non-ASCII word (6% of
+the texts past 100k against 4% of the first 10k) and take the slower regex split.
 
 What does grow with the corpus, in the real bodies as in the derived ones, is the share of
 chunks that meet an earlier kept chunk in some LSH band (9% of the first 10k chunks, 30% of the
 first 100k, 25% of 1M): a chunk's near-duplicates and near-misses are more likely to be in a
-larger prefix of the shuffled corpus. Those chunks cost an exact check each; that is the work
-dedup exists to do, not an artefact of the generator.
+larger prefix of the shuffled corpus. Those chunks cost an exact check each unless a bound
+rules them out; that is the work dedup exists to do, not an artefact of the generator.
 """
 
 from __future__ import annotations
