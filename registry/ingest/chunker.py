@@ -788,8 +788,9 @@ class CorpusDeduplicator:
     the same however large the corpus; only sets sharing a key with an earlier set of the same
     batch are decided one by one, in order.
 
-    Memory grows with the kept chunks: 8 bytes an entry per band, ~17 bytes a key in the table,
-    8 a size, and the shingles wherever `store` keeps them.
+    Memory grows with the kept chunks: per band an 8-byte entry and, for a new key, a 16-byte
+    slot of a table 0.3-0.6 full; a 64-byte sketch and an 8-byte size; and the shingles
+    wherever `store` keeps them.
     """
 
     def __init__(self, threshold: float, store: ShingleStore | None = None) -> None:
